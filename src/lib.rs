@@ -1,0 +1,37 @@
+//! permgate — an authorization gateway for legacy CRM HTTP APIs.
+//!
+//! # Layout
+//!
+//! The authorization core does no I/O and knows nothing of Pingora: it is pure functions over
+//! `http` types and our own, so the data plane can change without touching it.
+//!
+//! - [`canon`]: request canonicalization — the one canonical path we decide on and forward,
+//!   and the header hygiene rules (ambiguous input is rejected, never guessed).
+//! - [`catalog`]: the permission catalogue and role presets, compiled into bitsets.
+//! - [`config`]: the TOML config: raw serde types, validated into [`config::Config`], with errors
+//!   that name the file, line and field.
+//! - [`routes`]: the compiled route table; the most specific route wins, whatever the order.
+//! - [`snapshot`]: who holds which role, compiled for O(1) lookups, swapped atomically.
+//! - [`identity`]: JWT bearer, API keys and trusted identity headers → a caller id.
+//! - [`policy`]: the decision: allow, or a typed denial.
+//! - [`reject`]: every rejection as a JSON body with a stable error code.
+//!
+//! Only the glue touches sockets:
+//!
+//! - [`proxy`]: the Pingora data plane (the only module importing Pingora).
+//! - [`sample_crm`]: a realistic legacy CRM over in-memory data (hyper), for the demo, the tests
+//!   and the bench; never needed in production.
+//! - [`demo`]: the `permgate demo` subcommand.
+#![forbid(unsafe_code)]
+
+pub mod canon;
+pub mod catalog;
+pub mod config;
+pub mod demo;
+pub mod identity;
+pub mod policy;
+pub mod proxy;
+pub mod reject;
+pub mod routes;
+pub mod sample_crm;
+pub mod snapshot;
