@@ -1,1 +1,472 @@
-//! TODO
+//! The permission catalogue and the role presets, compiled into bitsets.
+//!
+//! Permissions are interned once, when the catalogue is built: a [`PermId`] is an index and a
+//! [`PermSet`] a fixed-size bitset, so "does this user hold this permission" is one AND on the
+//! request path. The catalogue ships as TOML in `config/catalog/` (embedded in the binary as the
+//! default); a config may name other files.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::{line_of, ConfigError};
+
+/// Most permissions a catalogue may hold (the bitset's width).
+pub const MAX_PERMISSIONS: usize = 512;
+const WORDS: usize = MAX_PERMISSIONS / 64;
+
+/// The built-in catalogue files, embedded so `permgate demo` and a config without a `[catalog]`
+/// section work from any directory.
+pub const BUILTIN_PERMISSION_FILES: &[(&str, &str)] = &[
+    (
+        "config/catalog/sonar.toml",
+        include_str!("../config/catalog/sonar.toml"),
+    ),
+    (
+        "config/catalog/records.toml",
+        include_str!("../config/catalog/records.toml"),
+    ),
+];
+pub const BUILTIN_ROLE_FILES: &[(&str, &str)] = &[(
+    "config/catalog/roles.toml",
+    include_str!("../config/catalog/roles.toml"),
+)];
+
+/// An interned permission: its index in the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PermId(u16);
+
+impl PermId {
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// A set of permissions.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PermSet([u64; WORDS]);
+
+impl PermSet {
+    pub fn insert(&mut self, p: PermId) {
+        self.0[p.index() / 64] |= 1 << (p.index() % 64);
+    }
+
+    pub fn contains(&self, p: PermId) -> bool {
+        self.0[p.index() / 64] & (1 << (p.index() % 64)) != 0
+    }
+
+    pub fn union_with(&mut self, other: &PermSet) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a |= *b;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = PermId> + '_ {
+        (0..MAX_PERMISSIONS)
+            .filter(|i| self.0[i / 64] & (1 << (i % 64)) != 0)
+            .map(|i| PermId(i as u16))
+    }
+}
+
+impl std::fmt::Debug for PermSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.iter().map(|p| p.0)).finish()
+    }
+}
+
+/// One permission of the catalogue.
+#[derive(Debug, Clone)]
+pub struct Permission {
+    pub id: String,
+    pub group: String,
+    pub name: String,
+    pub description: String,
+}
+
+/// A role: a named set of permissions.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub permissions: PermSet,
+}
+
+/// The compiled catalogue: permissions and preset roles.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    permissions: Vec<Permission>,
+    by_id: HashMap<String, PermId>,
+    roles: Vec<Role>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPermissionFile {
+    #[serde(default)]
+    permission: Vec<Spanned<RawPermission>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPermission {
+    id: String,
+    group: String,
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoleFile {
+    #[serde(default)]
+    role: Vec<Spanned<RawRole>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    id: String,
+    name: String,
+    #[serde(default)]
+    description: String,
+    permissions: Vec<String>,
+}
+
+/// Is `s` a valid dotted id (`campaign.delete`): lowercase words of `[a-z0-9_]` joined by dots.
+pub fn is_valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+/// Is `s` a valid role id: like a permission id but a single word, `-` allowed.
+pub fn is_valid_role_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+impl Catalog {
+    /// Build from permission files and role files, given as `(label, text)`.
+    /// Every problem is reported, each with its file and line; nothing is half-built.
+    pub fn build(
+        permission_files: &[(String, String)],
+        role_files: &[(String, String)],
+    ) -> Result<Catalog, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut catalog = Catalog {
+            permissions: Vec::new(),
+            by_id: HashMap::new(),
+            roles: Vec::new(),
+        };
+        for (file, text) in permission_files {
+            let raw: RawPermissionFile = match toml::from_str(text) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(ConfigError::from_toml(file, text, &e));
+                    continue;
+                }
+            };
+            for entry in raw.permission {
+                let line = line_of(text, entry.span().start);
+                let p = entry.into_inner();
+                let at = |field: &str, message: String| ConfigError {
+                    file: file.clone(),
+                    line: Some(line),
+                    field: format!("permission.{field}"),
+                    message,
+                };
+                if !is_valid_id(&p.id) {
+                    errors.push(at("id", format!("'{}' is not a dotted lowercase id", p.id)));
+                    continue;
+                }
+                if catalog.by_id.contains_key(&p.id) {
+                    errors.push(at("id", format!("permission '{}' is defined twice", p.id)));
+                    continue;
+                }
+                if catalog.permissions.len() >= MAX_PERMISSIONS {
+                    errors.push(at(
+                        "id",
+                        format!("more than {MAX_PERMISSIONS} permissions in the catalogue"),
+                    ));
+                    continue;
+                }
+                let id = PermId(catalog.permissions.len() as u16);
+                catalog.by_id.insert(p.id.clone(), id);
+                catalog.permissions.push(Permission {
+                    id: p.id,
+                    group: p.group,
+                    name: p.name,
+                    description: p.description,
+                });
+            }
+        }
+        for (file, text) in role_files {
+            let raw: RawRoleFile = match toml::from_str(text) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(ConfigError::from_toml(file, text, &e));
+                    continue;
+                }
+            };
+            for entry in raw.role {
+                let line = line_of(text, entry.span().start);
+                let r = entry.into_inner();
+                let at = |field: &str, message: String| ConfigError {
+                    file: file.clone(),
+                    line: Some(line),
+                    field: format!("role.{field}"),
+                    message,
+                };
+                if !is_valid_role_id(&r.id) {
+                    errors.push(at("id", format!("'{}' is not a valid role id", r.id)));
+                    continue;
+                }
+                if catalog.role(&r.id).is_some() {
+                    errors.push(at("id", format!("role '{}' is defined twice", r.id)));
+                    continue;
+                }
+                match catalog.expand(&r.permissions) {
+                    Ok(permissions) => catalog.roles.push(Role {
+                        id: r.id,
+                        name: r.name,
+                        description: r.description,
+                        permissions,
+                    }),
+                    Err(e) => errors.push(at("permissions", format!("role '{}': {e}", r.id))),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The built-in catalogue (`config/catalog/`, embedded).
+    pub fn builtin() -> Result<Catalog, Vec<ConfigError>> {
+        let own = |files: &[(&str, &str)]| {
+            files
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        Catalog::build(&own(BUILTIN_PERMISSION_FILES), &own(BUILTIN_ROLE_FILES))
+    }
+
+    /// Expand permission patterns: `*` (every permission), `group.*` (a whole group) or an
+    /// exact id. An unknown id, or a pattern that matches nothing, is an error.
+    pub fn expand<S: AsRef<str>>(&self, patterns: &[S]) -> Result<PermSet, String> {
+        let mut set = PermSet::default();
+        for pattern in patterns {
+            let pattern = pattern.as_ref();
+            if pattern == "*" {
+                for i in 0..self.permissions.len() {
+                    set.insert(PermId(i as u16));
+                }
+            } else if let Some(group) = pattern.strip_suffix(".*") {
+                let mut any = false;
+                for (i, p) in self.permissions.iter().enumerate() {
+                    if p.group == group {
+                        set.insert(PermId(i as u16));
+                        any = true;
+                    }
+                }
+                if !any {
+                    return Err(format!("no permission group '{group}' in the catalogue"));
+                }
+            } else {
+                match self.by_id.get(pattern) {
+                    Some(id) => set.insert(*id),
+                    None => return Err(format!("unknown permission '{pattern}'")),
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    pub fn permission(&self, id: &str) -> Option<PermId> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn permission_info(&self, id: PermId) -> &Permission {
+        &self.permissions[id.index()]
+    }
+
+    /// The dotted id of an interned permission.
+    pub fn permission_name(&self, id: PermId) -> &str {
+        &self.permissions[id.index()].id
+    }
+
+    pub fn permissions(&self) -> &[Permission] {
+        &self.permissions
+    }
+
+    pub fn roles(&self) -> &[Role] {
+        &self.roles
+    }
+
+    pub fn role(&self, id: &str) -> Option<&Role> {
+        self.roles.iter().find(|r| r.id == id)
+    }
+
+    /// The permission ids of a set, in catalogue order.
+    pub fn names(&self, set: &PermSet) -> Vec<&str> {
+        set.iter().map(|p| self.permission_name(p)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builtin() -> Catalog {
+        Catalog::builtin().expect("the built-in catalogue is valid")
+    }
+
+    #[test]
+    fn sonar_catalogue_has_the_56_permissions_of_the_seed() {
+        let c = builtin();
+        let sonar: Vec<_> = c
+            .permissions()
+            .iter()
+            .filter(|p| {
+                [
+                    "company",
+                    "customer",
+                    "message",
+                    "canned_response",
+                    "follow_up",
+                    "campaign",
+                ]
+                .contains(&p.group.as_str())
+            })
+            .collect();
+        assert_eq!(sonar.len(), 56);
+        let count = |g: &str| sonar.iter().filter(|p| p.group == g).count();
+        assert_eq!(
+            [
+                count("company"),
+                count("customer"),
+                count("message"),
+                count("canned_response"),
+                count("follow_up"),
+                count("campaign")
+            ],
+            [22, 13, 8, 4, 3, 6]
+        );
+        for id in ["campaign.delete", "customer.edit_phone_number", "company.manage_billing"] {
+            assert!(c.permission(id).is_some(), "{id}");
+        }
+    }
+
+    #[test]
+    fn sales_manager_is_exactly_seed_000() {
+        let c = builtin();
+        let sm = c.role("sales_manager").expect("preset");
+        let has = |id: &str| sm.permissions.contains(c.permission(id).unwrap());
+        for group in ["customer", "message", "canned_response", "follow_up"] {
+            for p in c.permissions().iter().filter(|p| p.group == group) {
+                assert!(has(&p.id), "sales manager lacks {}", p.id);
+            }
+        }
+        for p in c.permissions().iter().filter(|p| p.group == "campaign") {
+            assert_eq!(has(&p.id), p.id != "campaign.delete", "{}", p.id);
+        }
+        let company: Vec<_> = c
+            .permissions()
+            .iter()
+            .filter(|p| p.group == "company" && has(&p.id))
+            .map(|p| p.id.as_str())
+            .collect();
+        let mut expected = vec![
+            "company.invite_users",
+            "company.manage_properties",
+            "company.manage_tags",
+            "company.manage_roles_permissions",
+            "company.view_all_threads",
+            "company.search",
+            "company.manage_billing",
+        ];
+        let mut got = company.clone();
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn presets_exist_and_admin_holds_everything() {
+        let c = builtin();
+        for r in [
+            "admin",
+            "member",
+            "sales_manager",
+            "sales_rep",
+            "customer_service_rep",
+            "marketing_manager",
+            "data_analyst",
+        ] {
+            assert!(c.role(r).is_some(), "{r}");
+        }
+        assert_eq!(
+            c.role("admin").unwrap().permissions.len(),
+            c.permissions().len()
+        );
+        let rep = c.role("sales_rep").unwrap();
+        assert!(!rep.permissions.contains(c.permission("campaign.delete").unwrap()));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let perms = (
+            "p.toml".to_string(),
+            "[[permission]]\nid = \"a.b\"\ngroup = \"a\"\nname = \"B\"\n\n[[permission]]\nid = \"a.b\"\ngroup = \"a\"\nname = \"B2\"\n".to_string(),
+        );
+        let roles = (
+            "r.toml".to_string(),
+            "[[role]]\nid = \"x\"\nname = \"X\"\npermissions = [\"a.c\"]\n".to_string(),
+        );
+        let errs = Catalog::build(&[perms], &[roles]).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        assert_eq!(errs[0].line, Some(6));
+        assert!(errs[0].to_string().contains("p.toml:6"), "{}", errs[0]);
+        assert!(errs[1].to_string().contains("unknown permission 'a.c'"));
+        let bad = Catalog::build(
+            &[(
+                "p.toml".into(),
+                "[[permission]]\nid = \"a.b\"\ngroup = \"a\"\nnam = \"B\"\n".into(),
+            )],
+            &[],
+        )
+        .unwrap_err();
+        assert!(bad[0].to_string().contains("p.toml:"), "{}", bad[0]);
+    }
+
+    #[test]
+    fn patterns_expand() {
+        let c = builtin();
+        let all = c.expand(&["*"]).unwrap();
+        assert_eq!(all.len(), c.permissions().len());
+        let campaign = c.expand(&["campaign.*"]).unwrap();
+        assert_eq!(campaign.len(), 6);
+        assert!(c.expand(&["nope.*"]).is_err());
+        assert!(c.expand(&["campaign.nope"]).is_err());
+    }
+}

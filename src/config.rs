@@ -1,1 +1,608 @@
-//! TODO
+//! The TOML config: raw serde types (strict: unknown fields are errors), validated and compiled
+//! into [`Config`]. A bad file gives every error, each naming the file, line and field; it is
+//! never half-applied and never panics.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::catalog::{Catalog, PermId};
+use crate::identity::{IdentitySection, Verifier};
+use crate::routes::{MethodSet, PathPattern, RouteSpec, RouteTable, TrailingSlash};
+
+/// A located problem in a config, catalogue or snapshot file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: ", self.file)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn new(file: &str, line: Option<usize>, field: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            line,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A TOML parse or type error, located by its span.
+    pub fn from_toml(file: &str, text: &str, e: &toml::de::Error) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            field: String::new(),
+            message: e.message().trim().to_string(),
+        }
+    }
+}
+
+/// The 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+// ---- raw serde types ----------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: RawListen,
+    upstream: RawUpstream,
+    identity: IdentitySection,
+    snapshot: RawSnapshot,
+    #[serde(default)]
+    catalog: Option<RawCatalog>,
+    #[serde(default)]
+    forward: RawForward,
+    #[serde(default)]
+    paths: RawPaths,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default, rename = "route")]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    address: Spanned<String>,
+    #[serde(default = "default_true")]
+    h2c: bool,
+    #[serde(default)]
+    threads: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    address: Spanned<String>,
+    #[serde(default = "default_connect_ms")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_read_ms")]
+    read_timeout_ms: u64,
+    #[serde(default = "default_read_ms")]
+    write_timeout_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    idle_timeout_ms: u64,
+    #[serde(default = "default_pool")]
+    pool_size: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshot {
+    path: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    permissions: Vec<Spanned<String>>,
+    roles: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    #[serde(default = "default_user_header")]
+    user_header: Spanned<String>,
+    #[serde(default = "default_roles_header")]
+    roles_header: Spanned<String>,
+    #[serde(default = "default_request_id_header")]
+    request_id_header: Spanned<String>,
+    #[serde(default = "default_true")]
+    forward_authorization: bool,
+}
+
+impl Default for RawForward {
+    fn default() -> Self {
+        RawForward {
+            user_header: default_user_header(),
+            roles_header: default_roles_header(),
+            request_id_header: default_request_id_header(),
+            forward_authorization: true,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    #[serde(default)]
+    trailing_slash: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    unmatched: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(default)]
+    name: Option<String>,
+    methods: Vec<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    regex: Option<String>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    permission: Option<String>,
+    #[serde(default)]
+    public: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_connect_ms() -> u64 {
+    2_000
+}
+fn default_read_ms() -> u64 {
+    30_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+fn default_pool() -> usize {
+    1024
+}
+fn spanned(s: &str) -> Spanned<String> {
+    Spanned::new(0..0, s.to_string())
+}
+fn default_user_header() -> Spanned<String> {
+    spanned("x-permgate-user")
+}
+fn default_roles_header() -> Spanned<String> {
+    spanned("x-permgate-roles")
+}
+fn default_request_id_header() -> Spanned<String> {
+    spanned("x-request-id")
+}
+
+// ---- validated types ----------------------------------------------------------------------
+
+/// What a route requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No identity needed.
+    Public,
+    /// A valid identity holding this permission.
+    Permission(PermId),
+}
+
+/// What a route maps to.
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    pub name: String,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub address: String,
+    pub h2c: bool,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub address: SocketAddr,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_size: usize,
+}
+
+/// The headers permgate sets on forwarded calls; client copies are always removed.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub user_header: HeaderName,
+    pub roles_header: HeaderName,
+    pub request_id_header: HeaderName,
+    pub forward_authorization: bool,
+}
+
+/// How an unmatched route is refused (both deny).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    /// 404 `route_not_found` (default).
+    NotFound,
+    /// 403 `route_not_allowed`.
+    Forbidden,
+}
+
+/// A validated, compiled config.
+pub struct Config {
+    /// The file it came from (for messages).
+    pub file: String,
+    /// Short hash of the config text, for status and logs.
+    pub hash: String,
+    pub listen: Listen,
+    pub upstream: Upstream,
+    pub identity: Verifier,
+    pub snapshot_path: PathBuf,
+    pub catalog: Catalog,
+    pub forward: Forward,
+    pub routes: RouteTable<RouteInfo>,
+    pub unmatched: Unmatched,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("file", &self.file)
+            .field("hash", &self.hash)
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A header name from config: valid, lowercase.
+fn header_name(
+    file: &str,
+    text: &str,
+    field: &str,
+    value: &Spanned<String>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<HeaderName> {
+    match HeaderName::from_bytes(value.get_ref().as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            let line = (value.span().end > 0).then(|| line_of(text, value.span().start));
+            errors.push(ConfigError::new(
+                file,
+                line,
+                field,
+                format!("'{}' is not a valid header name", value.get_ref()),
+            ));
+            None
+        }
+    }
+}
+
+impl Config {
+    /// Read and compile the config file at `path`; relative paths inside are resolved from
+    /// the file's folder.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![ConfigError::new(&file, None, "", format!("cannot read: {e}"))])?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Config::parse(&file, &text, base)
+    }
+
+    /// Compile config text. `base` resolves the relative paths it names.
+    pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| vec![ConfigError::from_toml(file, text, &e)])?;
+        let mut errors = Vec::new();
+        let at = |s: std::ops::Range<usize>| Some(line_of(text, s.start));
+
+        // Catalogue first: routes and roles refer to it.
+        let catalog = match &raw.catalog {
+            None => Catalog::builtin(),
+            Some(c) => {
+                let read = |list: &[Spanned<String>], field: &str, errors: &mut Vec<ConfigError>| {
+                    let mut out = Vec::new();
+                    for p in list {
+                        let full = base.join(p.get_ref());
+                        match std::fs::read_to_string(&full) {
+                            Ok(t) => out.push((full.display().to_string(), t)),
+                            Err(e) => errors.push(ConfigError::new(
+                                file,
+                                at(p.span()),
+                                field,
+                                format!("cannot read '{}': {e}", full.display()),
+                            )),
+                        }
+                    }
+                    out
+                };
+                let perms = read(&c.permissions, "catalog.permissions", &mut errors);
+                let roles = read(&c.roles, "catalog.roles", &mut errors);
+                Catalog::build(&perms, &roles)
+            }
+        };
+        let catalog = match catalog {
+            Ok(c) => Some(c),
+            Err(mut e) => {
+                errors.append(&mut e);
+                None
+            }
+        };
+
+        let threads = raw.listen.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        if threads == 0 || threads > 256 {
+            errors.push(ConfigError::new(
+                file,
+                None,
+                "listen.threads",
+                "must be between 1 and 256",
+            ));
+        }
+        if raw.listen.address.get_ref().parse::<SocketAddr>().is_err() {
+            errors.push(ConfigError::new(
+                file,
+                at(raw.listen.address.span()),
+                "listen.address",
+                format!(
+                    "'{}' is not an IP:port address",
+                    raw.listen.address.get_ref()
+                ),
+            ));
+        }
+        let upstream_addr = match raw.upstream.address.get_ref().to_socket_addrs() {
+            Ok(mut a) => a.next(),
+            Err(_) => None,
+        };
+        if upstream_addr.is_none() {
+            errors.push(ConfigError::new(
+                file,
+                at(raw.upstream.address.span()),
+                "upstream.address",
+                format!(
+                    "'{}' is not a resolvable host:port",
+                    raw.upstream.address.get_ref()
+                ),
+            ));
+        }
+        let u = &raw.upstream;
+        for (name, v) in [
+            ("upstream.connect_timeout_ms", u.connect_timeout_ms),
+            ("upstream.read_timeout_ms", u.read_timeout_ms),
+            ("upstream.write_timeout_ms", u.write_timeout_ms),
+            ("upstream.idle_timeout_ms", u.idle_timeout_ms),
+        ] {
+            if v == 0 || v > 3_600_000 {
+                errors.push(ConfigError::new(
+                    file,
+                    None,
+                    name,
+                    "must be between 1 and 3600000",
+                ));
+            }
+        }
+        if u.pool_size == 0 {
+            errors.push(ConfigError::new(
+                file,
+                None,
+                "upstream.pool_size",
+                "must be at least 1",
+            ));
+        }
+
+        let identity = match Verifier::build(&raw.identity, file, text, base) {
+            Ok(v) => Some(v),
+            Err(mut e) => {
+                errors.append(&mut e);
+                None
+            }
+        };
+
+        let f = &raw.forward;
+        let user_header = header_name(file, text, "forward.user_header", &f.user_header, &mut errors);
+        let roles_header =
+            header_name(file, text, "forward.roles_header", &f.roles_header, &mut errors);
+        let request_id_header = header_name(
+            file,
+            text,
+            "forward.request_id_header",
+            &f.request_id_header,
+            &mut errors,
+        );
+
+        let trailing_slash = match raw.paths.trailing_slash.as_ref() {
+            None => TrailingSlash::Strict,
+            Some(s) => match s.get_ref().as_str() {
+                "strict" => TrailingSlash::Strict,
+                "either" => TrailingSlash::Either,
+                other => {
+                    errors.push(ConfigError::new(
+                        file,
+                        at(s.span()),
+                        "paths.trailing_slash",
+                        format!("'{other}' is not one of: strict, either"),
+                    ));
+                    TrailingSlash::Strict
+                }
+            },
+        };
+        let unmatched = match raw.policy.unmatched.as_ref() {
+            None => Unmatched::NotFound,
+            Some(s) => match s.get_ref().as_str() {
+                "not_found" => Unmatched::NotFound,
+                "forbidden" => Unmatched::Forbidden,
+                other => {
+                    errors.push(ConfigError::new(
+                        file,
+                        at(s.span()),
+                        "policy.unmatched",
+                        format!("'{other}' is not one of: not_found, forbidden (both deny)"),
+                    ));
+                    Unmatched::NotFound
+                }
+            },
+        };
+
+        // Routes.
+        let mut specs = Vec::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let line = line_of(text, r.span().start);
+            let route = r.get_ref();
+            let field = format!("route[{i}]");
+            let err = |m: String| ConfigError::new(file, Some(line), &field, m);
+            let methods = match MethodSet::parse(&route.methods) {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(err(format!("methods: {e}")));
+                    continue;
+                }
+            };
+            let pattern = match (&route.path, &route.regex) {
+                (Some(p), None) => PathPattern::Template(p.clone()),
+                (None, Some(r)) => PathPattern::Regex {
+                    regex: r.clone(),
+                    priority: route.priority,
+                },
+                _ => {
+                    errors.push(err("set exactly one of 'path' or 'regex'".into()));
+                    continue;
+                }
+            };
+            let access = match (&route.permission, route.public) {
+                (Some(p), false) => match catalog.as_ref().map(|c| c.permission(p)) {
+                    Some(Some(id)) => Access::Permission(id),
+                    Some(None) => {
+                        errors.push(err(format!(
+                            "permission: unknown permission '{p}' (not in the catalogue)"
+                        )));
+                        continue;
+                    }
+                    None => continue, // the catalogue itself failed; already reported
+                },
+                (None, true) => Access::Public,
+                (Some(_), true) => {
+                    errors.push(err("a public route takes no 'permission'".into()));
+                    continue;
+                }
+                (None, false) => {
+                    errors.push(err(
+                        "set 'permission' (or 'public = true'); nothing is allowed by default"
+                            .into(),
+                    ));
+                    continue;
+                }
+            };
+            let name = route.name.clone().unwrap_or_else(|| {
+                format!(
+                    "{} {}",
+                    route.methods.join(","),
+                    route.path.as_deref().or(route.regex.as_deref()).unwrap_or("")
+                )
+            });
+            specs.push(RouteSpec {
+                methods,
+                pattern,
+                origin: format!("{file}:{line}"),
+                value: RouteInfo { name, access },
+            });
+        }
+        let routes = match RouteTable::build(specs, trailing_slash) {
+            Ok(t) => Some(t),
+            Err(errs) => {
+                for (origin, message) in errs {
+                    let line = origin.rsplit(':').next().and_then(|l| l.parse().ok());
+                    errors.push(ConfigError::new(file, line, "route", message));
+                }
+                None
+            }
+        };
+
+        match (
+            errors.is_empty(),
+            catalog,
+            identity,
+            routes,
+            upstream_addr,
+            user_header,
+            roles_header,
+            request_id_header,
+        ) {
+            (
+                true,
+                Some(catalog),
+                Some(identity),
+                Some(routes),
+                Some(address),
+                Some(user_header),
+                Some(roles_header),
+                Some(request_id_header),
+            ) => Ok(Config {
+                file: file.to_string(),
+                hash: hex::encode(&Sha256::digest(text.as_bytes())[..8]),
+                listen: Listen {
+                    address: raw.listen.address.into_inner(),
+                    h2c: raw.listen.h2c,
+                    threads,
+                },
+                upstream: Upstream {
+                    address,
+                    connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+                    read_timeout: Duration::from_millis(u.read_timeout_ms),
+                    write_timeout: Duration::from_millis(u.write_timeout_ms),
+                    idle_timeout: Duration::from_millis(u.idle_timeout_ms),
+                    pool_size: u.pool_size,
+                },
+                identity,
+                snapshot_path: base.join(raw.snapshot.path.get_ref()),
+                catalog,
+                forward: Forward {
+                    user_header,
+                    roles_header,
+                    request_id_header,
+                    forward_authorization: f.forward_authorization,
+                },
+                routes,
+                unmatched,
+            }),
+            _ => Err(errors),
+        }
+    }
+}

@@ -1,1 +1,558 @@
-//! TODO
+//! Who is calling: a JWT bearer token, an API key, or an identity header from a trusted peer.
+//!
+//! Exactly one credential must be presented; two kinds at once are ambiguous and refused (400),
+//! none is 401. JWTs are verified with a key picked by `kid` whose algorithm is pinned in the
+//! config (a token naming another algorithm is refused, so RS→HS confusion cannot happen);
+//! `exp`, `nbf`, `iss` and `aud` are required and checked. Headers that point at other keys
+//! (`jku`, `x5u`, `jwk`, `x5c`) are refused: permgate never fetches or trusts a key a token names.
+//! API keys are never stored: the snapshot holds their SHA-256, and the presented key is hashed.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+
+use http::{HeaderMap, HeaderName};
+use ipnet::IpNet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::config::{line_of, ConfigError};
+use crate::reject::Rejection;
+
+// ---- config section -----------------------------------------------------------------------
+
+/// `[identity]` in the config.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    #[serde(default)]
+    jwt: Option<Spanned<RawJwt>>,
+    #[serde(default)]
+    api_keys: Option<RawApiKeys>,
+    #[serde(default)]
+    trusted_header: Option<Spanned<RawTrustedHeader>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    issuer: String,
+    audience: String,
+    #[serde(default = "default_user_claim")]
+    user_claim: String,
+    #[serde(default = "default_leeway")]
+    leeway_seconds: u64,
+    #[serde(default)]
+    keys: Vec<Spanned<RawJwtKey>>,
+    #[serde(default)]
+    jwks_files: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwtKey {
+    kid: String,
+    alg: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_file: Option<String>,
+    #[serde(default)]
+    public_key_file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKeys {
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default = "default_true")]
+    bearer: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrustedHeader {
+    name: String,
+    trusted_cidrs: Vec<String>,
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_true() -> bool {
+    true
+}
+
+const ALLOWED_ALGS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256];
+
+// ---- compiled verifier --------------------------------------------------------------------
+
+struct JwtKey {
+    alg: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+struct JwtVerifier {
+    keys: HashMap<String, JwtKey>,
+    user_claim: String,
+}
+
+/// The compiled identity rules of a config.
+pub struct Verifier {
+    jwt: Option<JwtVerifier>,
+    api_key_header: Option<HeaderName>,
+    api_key_bearer: bool,
+    trusted: Option<(HeaderName, Vec<IpNet>)>,
+}
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Jwt,
+    ApiKey,
+    TrustedHeader,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Jwt => "jwt",
+            Method::ApiKey => "api_key",
+            Method::TrustedHeader => "trusted_header",
+        }
+    }
+}
+
+/// A verified credential, before the snapshot says who it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A user id (from a JWT claim or a trusted header).
+    User(String),
+    /// The SHA-256 of an API key.
+    ApiKey([u8; 32]),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identified {
+    pub credential: Credential,
+    pub method: Method,
+}
+
+/// The SHA-256 of an API key, as stored in the snapshot (`sha256:<hex>`).
+pub fn api_key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn unauthenticated(code: &'static str, message: &'static str) -> Rejection {
+    Rejection::new(401, code, message)
+}
+
+impl Verifier {
+    /// Compile `[identity]`. `base` resolves key file paths.
+    pub fn build(
+        raw: &IdentitySection,
+        file: &str,
+        text: &str,
+        base: &Path,
+    ) -> Result<Verifier, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut jwt = None;
+        if let Some(j) = &raw.jwt {
+            let jline = Some(line_of(text, j.span().start));
+            let j = j.get_ref();
+            let mut keys = HashMap::new();
+            let mut add = |kid: String,
+                           alg: Algorithm,
+                           key: DecodingKey,
+                           line: Option<usize>,
+                           errors: &mut Vec<ConfigError>| {
+                if keys.contains_key(&kid) {
+                    errors.push(ConfigError::new(
+                        file,
+                        line,
+                        "identity.jwt.keys.kid",
+                        format!("key id '{kid}' is defined twice"),
+                    ));
+                    return;
+                }
+                let mut validation = Validation::new(alg);
+                validation.set_issuer(&[&j.issuer]);
+                validation.set_audience(&[&j.audience]);
+                validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud"]);
+                validation.validate_nbf = true;
+                validation.leeway = j.leeway_seconds;
+                keys.insert(
+                    kid,
+                    JwtKey {
+                        alg,
+                        key,
+                        validation,
+                    },
+                );
+            };
+            for k in &j.keys {
+                let line = Some(line_of(text, k.span().start));
+                let k = k.get_ref();
+                let err = |m: String| ConfigError::new(file, line, "identity.jwt.keys", m);
+                let alg = match Algorithm::from_str(&k.alg) {
+                    Ok(a) if ALLOWED_ALGS.contains(&a) => a,
+                    _ => {
+                        errors.push(err(format!(
+                            "alg '{}' is not one of HS256, RS256, ES256",
+                            k.alg
+                        )));
+                        continue;
+                    }
+                };
+                let read = |p: &str| std::fs::read(base.join(p));
+                let key = match (alg, &k.secret, &k.secret_file, &k.public_key_file) {
+                    (Algorithm::HS256, Some(s), None, None) => Ok(s.as_bytes().to_vec()),
+                    (Algorithm::HS256, None, Some(f), None) => read(f)
+                        .map(|mut b| {
+                            // A trailing newline in a secret file is an editor's, not the key's.
+                            while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                                b.pop();
+                            }
+                            b
+                        })
+                        .map_err(|e| format!("cannot read secret_file '{f}': {e}")),
+                    (Algorithm::HS256, _, _, _) => {
+                        Err("an HS256 key needs exactly one of secret, secret_file".into())
+                    }
+                    (_, None, None, Some(f)) => {
+                        read(f).map_err(|e| format!("cannot read public_key_file '{f}': {e}"))
+                    }
+                    _ => Err(format!(
+                        "a {} key needs public_key_file (and no secret)",
+                        k.alg
+                    )),
+                };
+                let key = match key {
+                    Ok(k) => k,
+                    Err(e) => {
+                        errors.push(err(e));
+                        continue;
+                    }
+                };
+                let decoding = match alg {
+                    Algorithm::HS256 => {
+                        if key.len() < 32 {
+                            errors.push(err(
+                                "an HS256 secret must be at least 32 bytes".to_string()
+                            ));
+                            continue;
+                        }
+                        Ok(DecodingKey::from_secret(&key))
+                    }
+                    Algorithm::RS256 => DecodingKey::from_rsa_pem(&key),
+                    _ => DecodingKey::from_ec_pem(&key),
+                };
+                match decoding {
+                    Ok(d) => add(k.kid.clone(), alg, d, line, &mut errors),
+                    Err(e) => errors.push(err(format!("bad {} public key: {e}", k.alg))),
+                }
+            }
+            for f in &j.jwks_files {
+                let line = Some(line_of(text, f.span().start));
+                let path = base.join(f.get_ref());
+                let err = |m: String| ConfigError::new(file, line, "identity.jwt.jwks_files", m);
+                let set: jsonwebtoken::jwk::JwkSet = match std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        errors.push(err(format!("'{}': {e}", path.display())));
+                        continue;
+                    }
+                };
+                for (i, jwk) in set.keys.iter().enumerate() {
+                    let (Some(kid), Some(ka)) =
+                        (&jwk.common.key_id, &jwk.common.key_algorithm)
+                    else {
+                        errors.push(err(format!(
+                            "'{}': keys[{i}] needs both 'kid' and 'alg' (the algorithm is pinned per key)",
+                            path.display()
+                        )));
+                        continue;
+                    };
+                    let alg = match Algorithm::from_str(&ka.to_string()) {
+                        Ok(a) if ALLOWED_ALGS.contains(&a) && a != Algorithm::HS256 => a,
+                        _ => {
+                            errors.push(err(format!(
+                                "'{}': keys[{i}]: alg '{ka}' is not one of RS256, ES256",
+                                path.display()
+                            )));
+                            continue;
+                        }
+                    };
+                    match DecodingKey::from_jwk(jwk) {
+                        Ok(d) => add(kid.clone(), alg, d, line, &mut errors),
+                        Err(e) => errors.push(err(format!(
+                            "'{}': keys[{i}]: {e}",
+                            path.display()
+                        ))),
+                    }
+                }
+            }
+            if keys.is_empty() && errors.is_empty() {
+                errors.push(ConfigError::new(
+                    file,
+                    jline,
+                    "identity.jwt",
+                    "no keys: add [[identity.jwt.keys]] or jwks_files",
+                ));
+            }
+            if j.user_claim.is_empty() {
+                errors.push(ConfigError::new(
+                    file,
+                    jline,
+                    "identity.jwt.user_claim",
+                    "must not be empty",
+                ));
+            }
+            jwt = Some(JwtVerifier {
+                keys,
+                user_claim: j.user_claim.clone(),
+            });
+        }
+
+        let (api_key_header, api_key_bearer) = match &raw.api_keys {
+            None => (None, false),
+            Some(a) => {
+                let h = match &a.header {
+                    None => None,
+                    Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
+                        Ok(h) => Some(h),
+                        Err(_) => {
+                            errors.push(ConfigError::new(
+                                file,
+                                None,
+                                "identity.api_keys.header",
+                                format!("'{h}' is not a valid header name"),
+                            ));
+                            None
+                        }
+                    },
+                };
+                (h, a.bearer)
+            }
+        };
+
+        let mut trusted = None;
+        if let Some(t) = &raw.trusted_header {
+            let line = Some(line_of(text, t.span().start));
+            let t = t.get_ref();
+            let name = HeaderName::from_bytes(t.name.as_bytes());
+            let mut nets = Vec::new();
+            for c in &t.trusted_cidrs {
+                match c.parse::<IpNet>() {
+                    Ok(n) => nets.push(n),
+                    Err(_) => errors.push(ConfigError::new(
+                        file,
+                        line,
+                        "identity.trusted_header.trusted_cidrs",
+                        format!("'{c}' is not a CIDR (e.g. 10.0.0.0/8)"),
+                    )),
+                }
+            }
+            if nets.is_empty() {
+                errors.push(ConfigError::new(
+                    file,
+                    line,
+                    "identity.trusted_header.trusted_cidrs",
+                    "list at least one trusted network",
+                ));
+            }
+            match name {
+                Ok(n) => trusted = Some((n, nets)),
+                Err(_) => errors.push(ConfigError::new(
+                    file,
+                    line,
+                    "identity.trusted_header.name",
+                    format!("'{}' is not a valid header name", t.name),
+                )),
+            }
+        }
+        if jwt.is_none() && api_key_header.is_none() && !api_key_bearer && trusted.is_none() {
+            errors.push(ConfigError::new(
+                file,
+                None,
+                "identity",
+                "no way to identify callers: configure jwt, api_keys or trusted_header",
+            ));
+        }
+        if errors.is_empty() {
+            Ok(Verifier {
+                jwt,
+                api_key_header,
+                api_key_bearer,
+                trusted,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Header names that carry credentials permgate consumes (never forwarded, except
+    /// `Authorization` when the config forwards it and it held a JWT).
+    pub fn credential_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.api_key_header
+            .iter()
+            .chain(self.trusted.as_ref().map(|(h, _)| h))
+    }
+
+    /// Find and verify the one credential of a request.
+    pub fn identify(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<Identified, Rejection> {
+        let single = |name: &HeaderName| -> Result<Option<&str>, Rejection> {
+            let mut values = headers.get_all(name).iter();
+            let Some(first) = values.next() else {
+                return Ok(None);
+            };
+            if values.next().is_some() {
+                return Err(Rejection::new(
+                    400,
+                    "duplicate_header",
+                    "a credential header appears more than once",
+                ));
+            }
+            first.to_str().map(Some).map_err(|_| {
+                unauthenticated("invalid_credentials", "a credential header is not visible ASCII")
+            })
+        };
+        let authorization = single(&http::header::AUTHORIZATION)?;
+        let api_key = match &self.api_key_header {
+            Some(h) => single(h)?,
+            None => None,
+        };
+        let trusted = match &self.trusted {
+            Some((h, _)) => single(h)?,
+            None => None,
+        };
+        let presented =
+            usize::from(authorization.is_some()) + usize::from(api_key.is_some()) + usize::from(trusted.is_some());
+        if presented > 1 {
+            return Err(Rejection::new(
+                400,
+                "ambiguous_credentials",
+                "more than one credential was presented; send exactly one",
+            ));
+        }
+        if let Some(value) = trusted {
+            let Some((_, nets)) = &self.trusted else {
+                return Err(Rejection::internal());
+            };
+            if !peer.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))) {
+                return Err(unauthenticated(
+                    "untrusted_identity_header",
+                    "the identity header is accepted only from trusted peers",
+                ));
+            }
+            let user = value.trim();
+            if user.is_empty() || user.len() > 256 {
+                return Err(unauthenticated(
+                    "invalid_credentials",
+                    "the identity header is empty or too long",
+                ));
+            }
+            return Ok(Identified {
+                credential: Credential::User(user.to_string()),
+                method: Method::TrustedHeader,
+            });
+        }
+        if let Some(key) = api_key {
+            return Ok(Identified {
+                credential: Credential::ApiKey(api_key_digest(key.trim())),
+                method: Method::ApiKey,
+            });
+        }
+        let Some(auth) = authorization else {
+            return Err(unauthenticated(
+                "missing_credentials",
+                "this route needs a bearer token or an API key",
+            ));
+        };
+        let token = match auth.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() => {
+                token
+            }
+            _ => {
+                return Err(unauthenticated(
+                    "unsupported_authorization",
+                    "the Authorization header must be 'Bearer <token>'",
+                ))
+            }
+        };
+        if token.bytes().filter(|b| *b == b'.').count() == 2 {
+            if let Some(jwt) = &self.jwt {
+                return jwt.verify(token).map(|user| Identified {
+                    credential: Credential::User(user),
+                    method: Method::Jwt,
+                });
+            }
+        }
+        if self.api_key_bearer {
+            return Ok(Identified {
+                credential: Credential::ApiKey(api_key_digest(token)),
+                method: Method::ApiKey,
+            });
+        }
+        Err(unauthenticated("invalid_token", "the bearer token is not a valid JWT"))
+    }
+}
+
+impl JwtVerifier {
+    fn verify(&self, token: &str) -> Result<String, Rejection> {
+        use jsonwebtoken::errors::ErrorKind;
+        let invalid = |m: &'static str| unauthenticated("invalid_token", m);
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("the token header is malformed or names an unknown algorithm"))?;
+        if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() || header.x5c.is_some()
+        {
+            return Err(invalid(
+                "the token header names a key (jku, x5u, jwk or x5c); permgate never trusts those",
+            ));
+        }
+        let key = match &header.kid {
+            Some(kid) => self.keys.get(kid),
+            None if self.keys.len() == 1 => self.keys.values().next(),
+            None => None,
+        }
+        .ok_or_else(|| invalid("the token's key id (kid) is missing or unknown"))?;
+        if header.alg != key.alg {
+            return Err(invalid("the token's algorithm is not the one pinned for its key"));
+        }
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &key.key,
+            &key.validation,
+        )
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => invalid("the token has expired"),
+            ErrorKind::ImmatureSignature => invalid("the token is not valid yet (nbf)"),
+            ErrorKind::InvalidIssuer => invalid("the token's issuer is not accepted"),
+            ErrorKind::InvalidAudience => invalid("the token's audience is not accepted"),
+            ErrorKind::MissingRequiredClaim(_) => {
+                invalid("the token lacks a required claim (exp, nbf, iss, aud)")
+            }
+            ErrorKind::InvalidSignature => invalid("the token's signature is invalid"),
+            ErrorKind::InvalidAlgorithm => {
+                invalid("the token's algorithm is not the one pinned for its key")
+            }
+            _ => invalid("the token is malformed"),
+        })?;
+        match data.claims.get(&self.user_claim) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => Ok(s.clone()),
+            Some(serde_json::Value::Number(n)) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
+            _ => Err(invalid("the token's user claim is missing or not a string or integer")),
+        }
+    }
+}

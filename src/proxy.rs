@@ -1,1 +1,326 @@
-//! TODO
+//! The Pingora data plane: the only module that imports Pingora.
+//!
+//! Which decision happens in which phase (cf. Pingora's `docs/user_guide/phase.md`):
+//!
+//! | phase                     | what permgate does                                             |
+//! |---------------------------|----------------------------------------------------------------|
+//! | `new_ctx`                 | a fresh request id                                             |
+//! | `request_filter`          | one load of the live config + snapshot, kept to the end; the whole decision ([`crate::policy::decide`]); a denial is answered here with its JSON body |
+//! | `upstream_peer`           | the CRM peer with the configured timeouts (pooled keep-alive) |
+//! | `upstream_request_filter` | forward exactly the canonical path; strip hop-by-hop headers, every client copy of the identity headers and consumed credentials; add the caller's id, roles and the request id |
+//! | `response_filter`         | the request id goes back to the client                         |
+//! | `fail_to_proxy`           | upstream down → 502, upstream timeout → 504, with JSON bodies  |
+//! | `logging`                 | one line per request, with the request id                      |
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, WWW_AUTHENTICATE};
+use log::{info, warn};
+use pingora::apps::HttpServerOptions;
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::{ErrorType, ErrorSource};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::FailToProxy;
+
+use crate::config::Config;
+use crate::identity;
+use crate::policy::{self, Denied, Permit};
+use crate::reject::Rejection;
+use crate::snapshot::Snapshot;
+
+/// What a request reads: the config and the snapshot compiled against it, swapped together.
+pub struct Live {
+    pub config: Arc<Config>,
+    /// `None` until a valid snapshot is loaded: protected routes answer 503, never allow.
+    pub snapshot: Option<Arc<Snapshot>>,
+}
+
+/// Prefix of every header permgate sets; client copies of any of them are removed.
+pub const OWN_HEADER_PREFIX: &str = "x-permgate-";
+
+/// The gateway's Pingora application.
+pub struct Gateway {
+    live: Arc<ArcSwap<Live>>,
+}
+
+impl Gateway {
+    pub fn new(live: Arc<ArcSwap<Live>>) -> Self {
+        Gateway { live }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    request_id: String,
+    live: Option<Arc<Live>>,
+    permit: Option<Permit>,
+    denied: Option<Denied>,
+}
+
+fn new_request_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Answer a rejection: status, JSON body, request id; `WWW-Authenticate` on 401.
+async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str, id_header: &http::HeaderName) -> Result<()> {
+    let body = rejection.body(request_id);
+    let mut resp = ResponseHeader::build(rejection.status, Some(5))?;
+    resp.insert_header(CONTENT_TYPE, "application/json")?;
+    resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(id_header.clone(), request_id)?;
+    if rejection.status == 401 {
+        resp.insert_header(WWW_AUTHENTICATE, "Bearer")?;
+    }
+    // An unread request body would desynchronise the connection: close it instead.
+    let req = session.req_header();
+    if req.headers.contains_key(TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+    {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    Ok(())
+}
+
+fn default_request_id_header() -> http::HeaderName {
+    http::HeaderName::from_static("x-request-id")
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            request_id: new_request_id(),
+            live: None,
+            permit: None,
+            denied: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // The one load of this request: a swap never changes a request in flight.
+        let live = self.live.load_full();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let req = session.req_header();
+        let decision = policy::decide(
+            &live.config,
+            live.snapshot.as_deref(),
+            &policy::Request {
+                method: &req.method,
+                target: req.raw_path(),
+                headers: &req.headers,
+                peer,
+            },
+        );
+        let id_header = live.config.forward.request_id_header.clone();
+        ctx.live = Some(live);
+        match decision {
+            Ok(permit) => {
+                ctx.permit = Some(permit);
+                Ok(false)
+            }
+            Err(denied) => {
+                respond(session, &denied.rejection, &ctx.request_id, &id_header).await?;
+                ctx.denied = Some(denied);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(live) = &ctx.live else {
+            return Err(Error::explain(ErrorType::InternalError, "no live config in context"));
+        };
+        let u = &live.config.upstream;
+        let mut peer = HttpPeer::new(u.address, false, String::new());
+        peer.options.connection_timeout = Some(u.connect_timeout);
+        peer.options.read_timeout = Some(u.read_timeout);
+        peer.options.write_timeout = Some(u.write_timeout);
+        peer.options.idle_timeout = Some(u.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(live), Some(permit)) = (&ctx.live, &ctx.permit) else {
+            // Fail closed: nothing reaches the CRM without a permit.
+            return Err(Error::explain(ErrorType::InternalError, "no permit in context"));
+        };
+        let config = &live.config;
+        let uri: http::Uri = permit
+            .canonical
+            .path_and_query()
+            .parse()
+            .map_err(|_| Error::explain(ErrorType::InternalError, "canonical path is not a URI"))?;
+        upstream.set_uri(uri);
+
+        for name in crate::canon::hop_by_hop_headers(&upstream.headers) {
+            upstream.remove_header(&name);
+        }
+        let own: Vec<http::HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(OWN_HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for name in own {
+            upstream.remove_header(&name);
+        }
+        let f = &config.forward;
+        upstream.remove_header(&f.user_header);
+        upstream.remove_header(&f.roles_header);
+        upstream.remove_header(&f.request_id_header);
+        for name in config.identity.credential_headers() {
+            upstream.remove_header(name);
+        }
+        let api_key_in_authorization = permit
+            .caller
+            .is_some_and(|c| c.method == identity::Method::ApiKey);
+        if !f.forward_authorization || api_key_in_authorization {
+            upstream.remove_header(&AUTHORIZATION);
+        }
+
+        if let (Some(caller), Some(snapshot)) = (permit.caller, &live.snapshot) {
+            let user = snapshot.user(caller.user);
+            let value = |s: &str| {
+                HeaderValue::from_str(s)
+                    .map_err(|_| Error::explain(ErrorType::InternalError, "identity is not a header value"))
+            };
+            upstream.insert_header(f.user_header.clone(), value(&user.id)?)?;
+            upstream.insert_header(f.roles_header.clone(), value(&snapshot.grant(user).roles_header)?)?;
+        }
+        upstream.insert_header(f.request_id_header.clone(), ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let header = ctx
+            .live
+            .as_ref()
+            .map(|l| l.config.forward.request_id_header.clone())
+            .unwrap_or_else(default_request_id_header);
+        upstream_response.insert_header(header, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        use ErrorType::*;
+        let rejection = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(code)) if *code >= 400 => {
+                Some(Rejection::new(*code, "bad_request", "the request could not be handled"))
+            }
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
+            (ErrorSource::Downstream, _) => {
+                Some(Rejection::new(400, "bad_request", "the request could not be read"))
+            }
+            (_, ConnectTimedout | ReadTimedout | WriteTimedout) => Some(Rejection::upstream_timeout()),
+            (ErrorSource::Upstream, ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError | BindError) => {
+                Some(Rejection::upstream_unavailable())
+            }
+            (ErrorSource::Upstream, _) => Some(Rejection::upstream_error()),
+            _ => Some(Rejection::internal()),
+        };
+        let code = rejection.as_ref().map_or(0, |r| r.status);
+        warn!(
+            "request_id={} upstream failure: {e}; answering {code}",
+            ctx.request_id
+        );
+        if let Some(r) = &rejection {
+            if session.response_written().is_none() {
+                let header = ctx
+                    .live
+                    .as_ref()
+                    .map(|l| l.config.forward.request_id_header.clone())
+                    .unwrap_or_else(default_request_id_header);
+                if let Err(err) = respond(session, r, &ctx.request_id, &header).await {
+                    warn!("request_id={} could not send the error response: {err}", ctx.request_id);
+                }
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let req = session.req_header();
+        let path = String::from_utf8_lossy(req.raw_path());
+        let (decision, code, user, route) = match (&ctx.permit, &ctx.denied, &ctx.live) {
+            (Some(p), _, Some(live)) => (
+                "allow",
+                "",
+                p.caller
+                    .and_then(|c| live.snapshot.as_ref().map(|s| s.user(c.user).id.to_string()))
+                    .unwrap_or_else(|| "-".into()),
+                policy::route_info(&live.config, p.route).name.clone(),
+            ),
+            (_, Some(d), live) => (
+                "deny",
+                d.rejection.code,
+                d.user.clone().unwrap_or_else(|| "-".into()),
+                match (d.route, live) {
+                    (Some(r), Some(l)) => policy::route_info(&l.config, r).name.clone(),
+                    _ => "-".into(),
+                },
+            ),
+            _ => ("none", "", "-".into(), "-".into()),
+        };
+        info!(
+            "request_id={} method={} path={:?} status={status} decision={decision} code={code} user={user} route={route:?}",
+            ctx.request_id, req.method, path
+        );
+    }
+}
+
+/// Build the Pingora server for a config and run it until the process ends.
+pub fn run(live: Arc<ArcSwap<Live>>) -> ! {
+    let config = live.load().config.clone();
+    let mut conf = ServerConf {
+        threads: config.listen.threads,
+        upstream_keepalive_pool_size: config.upstream.pool_size,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    conf.work_stealing = true;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = config.listen.h2c;
+    let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(live))
+        .name("permgate")
+        .server_options(server_options)
+        .build();
+    service.add_tcp(&config.listen.address);
+    server.add_service(service);
+    info!(
+        "permgate listening on {} → CRM {} (config {}, hash {})",
+        config.listen.address, config.upstream.address, config.file, config.hash
+    );
+    server.run_forever()
+}

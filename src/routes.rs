@@ -1,1 +1,542 @@
-//! TODO
+//! The compiled route table: method + canonical path → route.
+//!
+//! Rules (also in the README):
+//! - A **template** route (`/api/v1/campaigns/{id}`) is matched segment by segment against the
+//!   canonical path. At each segment a literal beats a `{param}`, which beats a trailing
+//!   `{*rest}` catch-all; the first segment where two matching templates differ decides. So the
+//!   most specific route wins whatever the declaration order.
+//! - A **regex** route must match the whole canonical path (it is anchored for you). Regex routes
+//!   are a fallback, tried only when no template matches, highest `priority` first.
+//! - Two routes that could match the same request with equal specificity are a build error:
+//!   templates of the same shape with overlapping methods, or regex routes of equal priority
+//!   with overlapping methods (whether two regexes overlap is not decided; equal priority is
+//!   refused outright).
+//! - No match: `None` — the caller denies (deny by default).
+//!
+//! Matching walks a segment trie (literal children in a hash map), so its cost grows with the
+//! path's depth, not with the number of routes.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+
+/// HTTP methods a route may name.
+pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// A set of methods as a bitmask over [`METHODS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MethodSet(u8);
+
+impl MethodSet {
+    pub fn parse(names: &[impl AsRef<str>]) -> Result<MethodSet, String> {
+        if names.is_empty() {
+            return Err("a route needs at least one method".into());
+        }
+        let mut bits = 0u8;
+        for name in names {
+            let name = name.as_ref();
+            match METHODS.iter().position(|m| *m == name) {
+                Some(i) => bits |= 1 << i,
+                None => {
+                    return Err(format!(
+                        "unknown method '{name}' (one of {})",
+                        METHODS.join(", ")
+                    ))
+                }
+            }
+        }
+        Ok(MethodSet(bits))
+    }
+
+    /// The bit of one request method; `None` for a method no route can name.
+    pub fn of(method: &http::Method) -> Option<MethodSet> {
+        METHODS
+            .iter()
+            .position(|m| *m == method.as_str())
+            .map(|i| MethodSet(1 << i))
+    }
+
+    pub fn overlaps(self, other: MethodSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        METHODS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, m)| *m)
+            .collect()
+    }
+}
+
+/// Where a route's path pattern comes from.
+#[derive(Debug, Clone)]
+pub enum PathPattern {
+    /// `/api/v1/campaigns/{id}`: literal segments, `{name}` parameters, a final `{*name}`.
+    Template(String),
+    /// A regex matched against the whole canonical path.
+    Regex { regex: String, priority: i32 },
+}
+
+/// One route as given to [`RouteTable::build`].
+#[derive(Debug, Clone)]
+pub struct RouteSpec<T> {
+    pub methods: MethodSet,
+    pub pattern: PathPattern,
+    /// Where the route was declared (for errors): e.g. `permgate.toml:42`.
+    pub origin: String,
+    /// What the route maps to (permission, name, …); the table does not look inside.
+    pub value: T,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Literal(String),
+    Param,
+    CatchAll,
+}
+
+/// Whether `/a/` and `/a` name the same route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrailingSlash {
+    /// They are different paths (a template ending in `/` matches only the slashed form).
+    #[default]
+    Strict,
+    /// One trailing slash is ignored when matching (the path is forwarded as sent).
+    Either,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    literal: HashMap<Box<str>, Node>,
+    param: Option<Box<Node>>,
+    /// Routes ending in `{*rest}` here: match one or more remaining segments.
+    catch_all: Vec<(MethodSet, usize)>,
+    /// Routes ending exactly here.
+    terminal: Vec<(MethodSet, usize)>,
+}
+
+/// A compiled route table.
+#[derive(Debug)]
+pub struct RouteTable<T> {
+    routes: Vec<RouteSpec<T>>,
+    root: Node,
+    /// Regex routes, highest priority first.
+    regexes: Vec<(Regex, MethodSet, usize)>,
+    trailing_slash: TrailingSlash,
+}
+
+fn parse_template(t: &str, trailing_slash: TrailingSlash) -> Result<Vec<Seg>, String> {
+    let Some(rest) = t.strip_prefix('/') else {
+        return Err(format!("path template '{t}' must start with '/'"));
+    };
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut segs = Vec::new();
+    let parts: Vec<&str> = rest.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            let (catch_all, name) = match inner.strip_prefix('*') {
+                Some(n) => (true, n),
+                None => (false, inner),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!("bad parameter '{part}' in '{t}'"));
+            }
+            if catch_all && !last {
+                return Err(format!("catch-all '{part}' must be the last segment of '{t}'"));
+            }
+            segs.push(if catch_all { Seg::CatchAll } else { Seg::Param });
+        } else if part.is_empty() {
+            if !last {
+                return Err(format!("empty segment ('//') in '{t}'"));
+            }
+            // A trailing slash: a literal empty segment in strict mode, dropped otherwise.
+            if trailing_slash == TrailingSlash::Strict {
+                segs.push(Seg::Literal(String::new()));
+            }
+        } else {
+            // A literal must already be in canonical form, or it could never match.
+            match crate::canon::canonicalize_target(format!("/{part}").as_bytes()) {
+                Ok(c) if c.path == format!("/{part}") && c.query.is_none() => {}
+                _ => {
+                    return Err(format!(
+                        "segment '{part}' of '{t}' is not in canonical form (see the README's path rules)"
+                    ))
+                }
+            }
+            if part.contains(['{', '}', '*']) {
+                return Err(format!("segment '{part}' of '{t}' mixes text and a parameter; use a regex route"));
+            }
+            segs.push(Seg::Literal((*part).to_string()));
+        }
+    }
+    Ok(segs)
+}
+
+impl<T> RouteTable<T> {
+    /// Compile routes. Every problem is reported, each naming the route's origin.
+    pub fn build(
+        routes: Vec<RouteSpec<T>>,
+        trailing_slash: TrailingSlash,
+    ) -> Result<RouteTable<T>, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let mut root = Node::default();
+        let mut regexes: Vec<(Regex, MethodSet, usize, i32)> = Vec::new();
+        for (idx, route) in routes.iter().enumerate() {
+            match &route.pattern {
+                PathPattern::Template(t) => {
+                    let segs = match parse_template(t, trailing_slash) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            errors.push((route.origin.clone(), e));
+                            continue;
+                        }
+                    };
+                    let mut node = &mut root;
+                    let mut catch_all = false;
+                    for seg in &segs {
+                        node = match seg {
+                            Seg::Literal(l) => node.literal.entry(l.as_str().into()).or_default(),
+                            Seg::Param => node.param.get_or_insert_with(Default::default),
+                            Seg::CatchAll => {
+                                catch_all = true;
+                                break;
+                            }
+                        };
+                    }
+                    let slot = if catch_all {
+                        &mut node.catch_all
+                    } else {
+                        &mut node.terminal
+                    };
+                    if let Some((_, other)) = slot.iter().find(|(m, _)| m.overlaps(route.methods)) {
+                        errors.push((
+                            route.origin.clone(),
+                            format!(
+                                "route '{t}' conflicts with the route at {}: same shape and an overlapping method, so neither is more specific",
+                                routes[*other].origin
+                            ),
+                        ));
+                        continue;
+                    }
+                    slot.push((route.methods, idx));
+                }
+                PathPattern::Regex { regex, priority } => {
+                    let re = match Regex::new(&format!("^(?:{regex})$")) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            errors.push((route.origin.clone(), format!("regex does not compile: {e}")));
+                            continue;
+                        }
+                    };
+                    if let Some((_, _, other, _)) = regexes
+                        .iter()
+                        .find(|(_, m, _, p)| p == priority && m.overlaps(route.methods))
+                    {
+                        errors.push((
+                            route.origin.clone(),
+                            format!(
+                                "regex route conflicts with the regex route at {}: equal priority {priority} and an overlapping method; give one a higher priority",
+                                routes[*other].origin
+                            ),
+                        ));
+                        continue;
+                    }
+                    regexes.push((re, route.methods, idx, *priority));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        regexes.sort_by(|a, b| b.3.cmp(&a.3));
+        Ok(RouteTable {
+            routes,
+            root,
+            regexes: regexes.into_iter().map(|(r, m, i, _)| (r, m, i)).collect(),
+            trailing_slash,
+        })
+    }
+
+    /// The most specific route for this method and canonical path, or `None` (deny).
+    pub fn find(&self, method: &http::Method, path: &str) -> Option<&RouteSpec<T>> {
+        self.find_index(method, path).map(|i| &self.routes[i])
+    }
+
+    /// Like [`RouteTable::find`], giving the route's index in [`RouteTable::routes`].
+    pub fn find_index(&self, method: &http::Method, path: &str) -> Option<usize> {
+        let m = MethodSet::of(method)?;
+        let mut p = path.strip_prefix('/')?;
+        if self.trailing_slash == TrailingSlash::Either {
+            p = p.strip_suffix('/').unwrap_or(p);
+        }
+        let found = if p.is_empty() {
+            find_in(&self.root, &[], m)
+        } else {
+            let segs: Vec<&str> = p.split('/').collect();
+            find_in(&self.root, &segs, m)
+        };
+        found.or_else(|| {
+            self.regexes
+                .iter()
+                .find(|(re, methods, _)| methods.overlaps(m) && re.is_match(path))
+                .map(|(_, _, i)| *i)
+        })
+    }
+
+    pub fn routes(&self) -> &[RouteSpec<T>] {
+        &self.routes
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+fn find_in(node: &Node, segs: &[&str], m: MethodSet) -> Option<usize> {
+    let Some((first, rest)) = segs.split_first() else {
+        return node.terminal.iter().find(|(ms, _)| ms.overlaps(m)).map(|(_, i)| *i);
+    };
+    if let Some(child) = node.literal.get(*first) {
+        if let Some(i) = find_in(child, rest, m) {
+            return Some(i);
+        }
+    }
+    // A parameter never matches an empty segment (a trailing slash or an empty path part).
+    if !first.is_empty() {
+        if let Some(child) = &node.param {
+            if let Some(i) = find_in(child, rest, m) {
+                return Some(i);
+            }
+        }
+        if !segs.iter().all(|s| s.is_empty()) {
+            return node.catch_all.iter().find(|(ms, _)| ms.overlaps(m)).map(|(_, i)| *i);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+    use proptest::prelude::*;
+
+    fn spec(methods: &[&str], t: &str, v: &'static str) -> RouteSpec<&'static str> {
+        RouteSpec {
+            methods: MethodSet::parse(methods).unwrap(),
+            pattern: PathPattern::Template(t.into()),
+            origin: format!("test:{v}"),
+            value: v,
+        }
+    }
+
+    fn regex(methods: &[&str], r: &str, priority: i32, v: &'static str) -> RouteSpec<&'static str> {
+        RouteSpec {
+            methods: MethodSet::parse(methods).unwrap(),
+            pattern: PathPattern::Regex { regex: r.into(), priority },
+            origin: format!("test:{v}"),
+            value: v,
+        }
+    }
+
+    fn table(routes: Vec<RouteSpec<&'static str>>) -> RouteTable<&'static str> {
+        RouteTable::build(routes, TrailingSlash::Strict).unwrap()
+    }
+
+    fn find<'a>(t: &'a RouteTable<&'static str>, m: &str, p: &str) -> Option<&'static str> {
+        t.find(&Method::from_bytes(m.as_bytes()).unwrap(), p).map(|r| r.value)
+    }
+
+    #[test]
+    fn most_specific_wins() {
+        let t = table(vec![
+            spec(&["GET"], "/api/{*rest}", "catchall"),
+            spec(&["GET"], "/api/v1/campaigns/{id}", "param"),
+            spec(&["GET"], "/api/v1/campaigns/stats", "literal"),
+            spec(&["DELETE"], "/api/v1/campaigns/{id}", "delete"),
+            regex(&["GET"], r"/api/v1/reports/\d+", 0, "regex"),
+        ]);
+        assert_eq!(find(&t, "GET", "/api/v1/campaigns/stats"), Some("literal"));
+        assert_eq!(find(&t, "GET", "/api/v1/campaigns/7"), Some("param"));
+        assert_eq!(find(&t, "DELETE", "/api/v1/campaigns/stats"), Some("delete"));
+        assert_eq!(find(&t, "GET", "/api/v1/other"), Some("catchall"));
+        // The catch-all template wins over a regex: regexes are the fallback.
+        assert_eq!(find(&t, "GET", "/api/v1/reports/9"), Some("catchall"));
+        assert_eq!(find(&t, "POST", "/api/v1/campaigns/7"), None);
+        assert_eq!(find(&t, "GET", "/other"), None);
+        assert_eq!(find(&t, "GET", "/api"), None, "a catch-all needs a segment");
+        assert_eq!(find(&t, "TRACE", "/api/x"), None);
+    }
+
+    #[test]
+    fn regex_is_anchored_and_ordered_by_priority() {
+        let t = table(vec![
+            regex(&["GET"], r"/r/\d+", 1, "digits"),
+            regex(&["GET"], r"/r/.+", 0, "any"),
+        ]);
+        assert_eq!(find(&t, "GET", "/r/12"), Some("digits"));
+        assert_eq!(find(&t, "GET", "/r/ab"), Some("any"));
+        assert_eq!(find(&t, "GET", "/x/r/12"), None);
+    }
+
+    #[test]
+    fn conflicts_are_build_errors() {
+        let e = RouteTable::build(
+            vec![
+                spec(&["GET", "PUT"], "/a/{id}", "one"),
+                spec(&["PUT"], "/a/{other}", "two"),
+            ],
+            TrailingSlash::Strict,
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].0.contains("two") && e[0].1.contains("test:one"), "{e:?}");
+        let e = RouteTable::build(
+            vec![regex(&["GET"], "/a", 0, "x"), regex(&["GET"], "/b", 0, "y")],
+            TrailingSlash::Strict,
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 1);
+        let e = RouteTable::build(vec![regex(&["GET"], "/a(", 0, "x")], TrailingSlash::Strict)
+            .unwrap_err();
+        assert!(e[0].1.contains("regex"));
+        // Different methods on the same shape are fine.
+        assert!(RouteTable::build(
+            vec![spec(&["GET"], "/a/{id}", "g"), spec(&["DELETE"], "/a/{id}", "d")],
+            TrailingSlash::Strict
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn bad_templates_are_errors() {
+        for t in ["a/b", "/a//b", "/a/{*rest}/b", "/a/{}", "/a/x{id}", "/a/%2e%2e", "/a/../b", "/a/%61"] {
+            assert!(
+                RouteTable::build(vec![spec(&["GET"], t, "x")], TrailingSlash::Strict).is_err(),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_slash_policy() {
+        let strict = table(vec![spec(&["GET"], "/a/b", "x")]);
+        assert_eq!(find(&strict, "GET", "/a/b/"), None);
+        assert_eq!(find(&strict, "GET", "/a/b"), Some("x"));
+        let either =
+            RouteTable::build(vec![spec(&["GET"], "/a/b", "x")], TrailingSlash::Either).unwrap();
+        assert_eq!(find(&either, "GET", "/a/b/"), Some("x"));
+        assert_eq!(find(&either, "GET", "/a/b"), Some("x"));
+        assert_eq!(find(&either, "GET", "/a/b//"), None);
+        // A parameter never matches an empty segment.
+        let p = table(vec![spec(&["GET"], "/a/{id}", "x")]);
+        assert_eq!(find(&p, "GET", "/a/"), None);
+    }
+
+    #[test]
+    fn root_route() {
+        let t = table(vec![spec(&["GET"], "/", "root")]);
+        assert_eq!(find(&t, "GET", "/"), Some("root"));
+        assert_eq!(find(&t, "GET", "/x"), None);
+    }
+
+    // ---- properties -------------------------------------------------------------------------
+
+    /// A naive oracle: does template `t` match `path`, and with which specificity key.
+    fn naive(t: &str, path: &str) -> Option<Vec<u8>> {
+        let tsegs: Vec<&str> = t[1..].split('/').collect();
+        let psegs: Vec<&str> = path[1..].split('/').collect();
+        let mut key = Vec::new();
+        for (i, ts) in tsegs.iter().enumerate() {
+            if ts.starts_with("{*") {
+                if psegs.len() <= i || psegs[i..].iter().all(|s| s.is_empty()) || psegs[i].is_empty() {
+                    return None;
+                }
+                key.push(0);
+                return Some(key);
+            }
+            let ps = psegs.get(i)?;
+            if ts.starts_with('{') {
+                if ps.is_empty() {
+                    return None;
+                }
+                key.push(1);
+            } else if ts == ps {
+                key.push(2);
+            } else {
+                return None;
+            }
+        }
+        (psegs.len() == tsegs.len()).then_some(key)
+    }
+
+    fn template() -> impl Strategy<Value = String> {
+        let seg = prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("{id}".to_string()),
+        ];
+        (prop::collection::vec(seg, 1..4), any::<bool>()).prop_map(|(segs, catch)| {
+            let mut t = format!("/{}", segs.join("/"));
+            if catch {
+                t.push_str("/{*rest}");
+            }
+            t
+        })
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c")], 1..6)
+            .prop_map(|s| format!("/{}", s.join("/")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The trie agrees with a brute-force "highest specificity key wins" oracle, whatever
+        /// the declaration order, and finds nothing where no route matches (deny by default).
+        #[test]
+        fn most_specific_wins_whatever_the_order(
+            templates in prop::collection::vec(template(), 1..8),
+            paths in prop::collection::vec(path(), 1..8),
+            seed in any::<u64>(),
+        ) {
+            let mut uniq: Vec<String> = Vec::new();
+            for t in templates {
+                // Same-shape duplicates would be a (tested) conflict; keep one of each shape.
+                let shape = t.replace("{id}", "{}");
+                if !uniq.iter().any(|u| u.replace("{id}", "{}") == shape) {
+                    uniq.push(t);
+                }
+            }
+            let names: Vec<&'static str> =
+                uniq.iter().map(|t| &*Box::leak(t.clone().into_boxed_str())).collect();
+            let mk = |order: &[usize]| {
+                table(order.iter().map(|&i| spec(&["GET"], names[i], names[i])).collect())
+            };
+            let forward: Vec<usize> = (0..names.len()).collect();
+            let mut shuffled = forward.clone();
+            fastrand::Rng::with_seed(seed).shuffle(&mut shuffled);
+            let (t1, t2) = (mk(&forward), mk(&shuffled));
+            for p in &paths {
+                let expected = names
+                    .iter()
+                    .filter_map(|n| naive(n, p).map(|k| (k, *n)))
+                    .max_by(|a, b| a.0.cmp(&b.0))
+                    .map(|(_, n)| n);
+                prop_assert_eq!(find(&t1, "GET", p), expected, "path {}", p);
+                prop_assert_eq!(find(&t2, "GET", p), expected, "path {} (shuffled)", p);
+                prop_assert_eq!(find(&t1, "POST", p), None);
+            }
+        }
+    }
+}

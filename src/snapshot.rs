@@ -1,1 +1,517 @@
-//! TODO
+//! The snapshot: who holds which role. Compiled once, off the request path, into flat tables
+//! with O(1) lookups, then swapped in whole; a request loads it once and keeps it to the end.
+//!
+//! Source form (JSON, strict: unknown or duplicate keys are errors):
+//!
+//! ```json
+//! { "version": "2026-11-23.1",
+//!   "roles": [ { "id": "regional_rep", "name": "Regional rep", "permissions": ["lead.*"] } ],
+//!   "users": [ { "id": "u-rep1", "name": "Riley Rep", "roles": ["sales_rep"], "teams": ["east"],
+//!                "manager": "u-sm", "api_keys": ["sha256:<64 hex>"], "disabled": false } ] }
+//! ```
+//!
+//! Roles are the catalogue's presets plus the snapshot's custom roles (any named subset of the
+//! catalogue; a custom role may not reuse a preset's id). A user's permissions are the union of
+//! their roles' permissions, precomputed per distinct role combination (users share it).
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{is_valid_role_id, Catalog, PermId, PermSet};
+use crate::config::{line_of, ConfigError};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshot {
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    roles: Vec<RawRole>,
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    permissions: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    roles: Vec<String>,
+    #[serde(default)]
+    teams: Vec<String>,
+    #[serde(default)]
+    manager: Option<String>,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    #[serde(default)]
+    disabled: bool,
+}
+
+/// A role as the snapshot knows it (preset or custom).
+#[derive(Debug, Clone)]
+pub struct SnapshotRole {
+    pub id: String,
+    pub permissions: PermSet,
+    pub custom: bool,
+}
+
+/// The union of a role combination, shared by every user holding exactly those roles.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub permissions: PermSet,
+    pub roles: Box<[u16]>,
+    /// Comma-separated role ids, ready for the forwarded roles header.
+    pub roles_header: Box<str>,
+}
+
+/// One user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: Box<str>,
+    pub name: Option<Box<str>>,
+    pub grant: u32,
+    pub manager: Option<u32>,
+    pub teams: Box<[u32]>,
+    pub disabled: bool,
+}
+
+/// An index into the snapshot's users.
+pub type UserIdx = u32;
+
+/// A compiled snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// From the source, or `sha256:<16 hex>` of the content.
+    pub version: String,
+    pub loaded_at: SystemTime,
+    roles: Vec<SnapshotRole>,
+    grants: Vec<Grant>,
+    users: Vec<User>,
+    teams: Vec<String>,
+    by_id: HashMap<Box<str>, UserIdx>,
+    api_keys: HashMap<[u8; 32], UserIdx>,
+}
+
+/// Byte offsets of the elements of the top-level array `key` in a JSON text, so errors about
+/// `users[12]` can name a line. Best effort: returns nothing on text it does not understand.
+fn element_offsets(text: &str, key: &str) -> Vec<usize> {
+    let b = text.as_bytes();
+    let mut depth = 0i32;
+    let mut i = 0;
+    let mut out = Vec::new();
+    let mut in_target = false;
+    let mut last_string: Option<(usize, usize)> = None;
+    let mut expect_element = false;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                if in_target && depth == 2 && expect_element {
+                    out.push(start - 1);
+                    expect_element = false;
+                }
+                last_string = Some((start, i.min(b.len())));
+            }
+            b'{' | b'[' => {
+                if in_target && depth == 2 && expect_element {
+                    out.push(i);
+                    expect_element = false;
+                }
+                depth += 1;
+                if depth == 2 && c == b'[' {
+                    if let Some((s, e)) = last_string {
+                        in_target = &text[s..e] == key;
+                        expect_element = in_target;
+                    }
+                }
+            }
+            b'}' | b']' => {
+                depth -= 1;
+                if depth < 2 {
+                    in_target = false;
+                }
+            }
+            b',' if in_target && depth == 2 => expect_element = true,
+            c if !c.is_ascii_whitespace() && in_target && depth == 2 && expect_element => {
+                out.push(i);
+                expect_element = false;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+impl Snapshot {
+    /// Parse and compile a snapshot against a catalogue. Every problem is reported with its
+    /// place; a snapshot with any error is refused whole.
+    pub fn build(file: &str, text: &str, catalog: &Catalog) -> Result<Snapshot, Vec<ConfigError>> {
+        let raw: RawSnapshot = serde_json::from_str(text).map_err(|e| {
+            vec![ConfigError {
+                file: file.to_string(),
+                line: Some(e.line()),
+                field: String::new(),
+                message: e.to_string(),
+            }]
+        })?;
+        let user_lines = element_offsets(text, "users");
+        let role_lines = element_offsets(text, "roles");
+        let line = |offsets: &[usize], i: usize| offsets.get(i).map(|o| line_of(text, *o));
+        let mut errors = Vec::new();
+
+        // Roles: presets, then custom.
+        let mut roles: Vec<SnapshotRole> = catalog
+            .roles()
+            .iter()
+            .map(|r| SnapshotRole {
+                id: r.id.clone(),
+                permissions: r.permissions,
+                custom: false,
+            })
+            .collect();
+        for (i, r) in raw.roles.iter().enumerate() {
+            let field = format!("roles[{i}]");
+            let at = |m: String| ConfigError::new(file, line(&role_lines, i), &field, m);
+            if !is_valid_role_id(&r.id) {
+                errors.push(at(format!("'{}' is not a valid role id", r.id)));
+                continue;
+            }
+            if roles.iter().any(|x| x.id == r.id) {
+                errors.push(at(format!(
+                    "role '{}' is already defined (presets cannot be redefined)",
+                    r.id
+                )));
+                continue;
+            }
+            match catalog.expand(&r.permissions) {
+                Ok(permissions) => roles.push(SnapshotRole {
+                    id: r.id.clone(),
+                    permissions,
+                    custom: true,
+                }),
+                Err(e) => errors.push(at(format!("role '{}': {e}", r.id))),
+            }
+            let _ = (&r.name, &r.description);
+        }
+        if roles.len() > usize::from(u16::MAX) {
+            errors.push(ConfigError::new(file, None, "roles", "too many roles"));
+        }
+        let role_idx: HashMap<&str, u16> = roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.as_str(), i as u16))
+            .collect();
+
+        // Users, first pass: ids.
+        let mut by_id: HashMap<Box<str>, UserIdx> = HashMap::with_capacity(raw.users.len());
+        for (i, u) in raw.users.iter().enumerate() {
+            if u.id.is_empty() || u.id.len() > 256 || u.id.chars().any(|c| c.is_control() || c == ',') {
+                errors.push(ConfigError::new(
+                    file,
+                    line(&user_lines, i),
+                    &format!("users[{i}].id"),
+                    format!("'{}' is not a valid user id (1–256 characters, no control characters or commas)", u.id.escape_debug()),
+                ));
+            } else if by_id.insert(u.id.as_str().into(), i as UserIdx).is_some() {
+                errors.push(ConfigError::new(
+                    file,
+                    line(&user_lines, i),
+                    &format!("users[{i}].id"),
+                    format!("user '{}' appears twice", u.id),
+                ));
+            }
+        }
+
+        // Second pass: roles, grants, managers, keys.
+        let mut grants: Vec<Grant> = Vec::new();
+        let mut grant_of: HashMap<Vec<u16>, u32> = HashMap::new();
+        let mut teams: Vec<String> = Vec::new();
+        let mut team_of: HashMap<String, u32> = HashMap::new();
+        let mut api_keys: HashMap<[u8; 32], UserIdx> = HashMap::new();
+        let mut users = Vec::with_capacity(raw.users.len());
+        for (i, u) in raw.users.iter().enumerate() {
+            let at = |field: &str, m: String| {
+                ConfigError::new(file, line(&user_lines, i), &format!("users[{i}].{field}"), m)
+            };
+            let mut combo = Vec::with_capacity(u.roles.len());
+            for (j, r) in u.roles.iter().enumerate() {
+                match role_idx.get(r.as_str()) {
+                    Some(idx) => combo.push(*idx),
+                    None => errors.push(at(&format!("roles[{j}]"), format!("unknown role '{r}'"))),
+                }
+            }
+            combo.sort_unstable();
+            combo.dedup();
+            let grant = match grant_of.get(&combo) {
+                Some(g) => *g,
+                None => {
+                    let mut permissions = PermSet::default();
+                    for r in &combo {
+                        permissions.union_with(&roles[usize::from(*r)].permissions);
+                    }
+                    let roles_header = combo
+                        .iter()
+                        .map(|r| roles[usize::from(*r)].id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    grants.push(Grant {
+                        permissions,
+                        roles: combo.clone().into_boxed_slice(),
+                        roles_header: roles_header.into_boxed_str(),
+                    });
+                    let g = (grants.len() - 1) as u32;
+                    grant_of.insert(combo, g);
+                    g
+                }
+            };
+            let manager = match &u.manager {
+                None => None,
+                Some(m) => match by_id.get(m.as_str()) {
+                    Some(idx) => Some(*idx),
+                    None => {
+                        errors.push(at("manager", format!("unknown user '{m}'")));
+                        None
+                    }
+                },
+            };
+            let mut team_ids = Vec::with_capacity(u.teams.len());
+            for t in &u.teams {
+                let next = teams.len() as u32;
+                let id = *team_of.entry(t.clone()).or_insert_with(|| {
+                    teams.push(t.clone());
+                    next
+                });
+                team_ids.push(id);
+            }
+            for (j, k) in u.api_keys.iter().enumerate() {
+                let digest = k
+                    .strip_prefix("sha256:")
+                    .and_then(|h| hex::decode(h).ok())
+                    .and_then(|d| <[u8; 32]>::try_from(d).ok());
+                match digest {
+                    Some(d) => {
+                        if let Some(other) = api_keys.insert(d, i as UserIdx) {
+                            errors.push(at(
+                                &format!("api_keys[{j}]"),
+                                format!(
+                                    "the same API key is also held by '{}'",
+                                    raw.users[other as usize].id
+                                ),
+                            ));
+                        }
+                    }
+                    None => errors.push(at(
+                        &format!("api_keys[{j}]"),
+                        "must be 'sha256:' followed by 64 hex digits (the key's SHA-256, never the key)"
+                            .into(),
+                    )),
+                }
+            }
+            let _ = &u.email;
+            users.push(User {
+                id: u.id.as_str().into(),
+                name: u.name.as_deref().map(Into::into),
+                grant,
+                manager,
+                teams: team_ids.into_boxed_slice(),
+                disabled: u.disabled,
+            });
+        }
+
+        // The manager relation must be a forest: walk up from each user, with memoised colours.
+        if errors.is_empty() {
+            let mut state = vec![0u8; users.len()]; // 0 unvisited, 1 on the current path, 2 done
+            for start in 0..users.len() {
+                let mut path = Vec::new();
+                let mut cur = Some(start);
+                while let Some(c) = cur {
+                    match state[c] {
+                        2 => break,
+                        1 => {
+                            errors.push(ConfigError::new(
+                                file,
+                                line(&user_lines, c),
+                                &format!("users[{c}].manager"),
+                                format!(
+                                    "the manager chain of '{}' loops back to itself",
+                                    users[c].id
+                                ),
+                            ));
+                            break;
+                        }
+                        _ => {
+                            state[c] = 1;
+                            path.push(c);
+                            cur = users[c].manager.map(|m| m as usize);
+                        }
+                    }
+                }
+                for p in path {
+                    state[p] = 2;
+                }
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let version = match raw.version {
+            Some(v) if !v.is_empty() => v,
+            _ => format!("sha256:{}", hex::encode(&Sha256::digest(text.as_bytes())[..8])),
+        };
+        Ok(Snapshot {
+            version,
+            loaded_at: SystemTime::now(),
+            roles,
+            grants,
+            users,
+            teams,
+            by_id,
+            api_keys,
+        })
+    }
+
+    pub fn user_index(&self, id: &str) -> Option<UserIdx> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn user_by_api_key(&self, digest: &[u8; 32]) -> Option<UserIdx> {
+        self.api_keys.get(digest).copied()
+    }
+
+    pub fn user(&self, idx: UserIdx) -> &User {
+        &self.users[idx as usize]
+    }
+
+    pub fn grant(&self, user: &User) -> &Grant {
+        &self.grants[user.grant as usize]
+    }
+
+    /// Does this user hold this permission through any of their roles?
+    pub fn has_permission(&self, idx: UserIdx, p: PermId) -> bool {
+        self.grant(self.user(idx)).permissions.contains(p)
+    }
+
+    /// The roles (preset and custom) known to this snapshot.
+    pub fn roles(&self) -> &[SnapshotRole] {
+        &self.roles
+    }
+
+    pub fn role_id(&self, idx: u16) -> &str {
+        &self.roles[usize::from(idx)].id
+    }
+
+    pub fn team_name(&self, idx: u32) -> &str {
+        &self.teams[idx as usize]
+    }
+
+    pub fn users(&self) -> &[User] {
+        &self.users
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn custom_role_count(&self) -> usize {
+        self.roles.iter().filter(|r| r.custom).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::builtin().unwrap()
+    }
+
+    #[test]
+    fn roles_union_and_sharing() {
+        let c = catalog();
+        let s = Snapshot::build(
+            "s.json",
+            r#"{"roles":[{"id":"deleter","permissions":["campaign.delete"]}],
+                "users":[{"id":"a","roles":["sales_rep","deleter"]},{"id":"b","roles":["deleter","sales_rep"]},
+                         {"id":"c","roles":["member"],"manager":"a","api_keys":["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]}]}"#,
+            &c,
+        )
+        .unwrap();
+        let a = s.user_index("a").unwrap();
+        let b = s.user_index("b").unwrap();
+        assert_eq!(s.user(a).grant, s.user(b).grant, "same roles share one grant");
+        let del = c.permission("campaign.delete").unwrap();
+        assert!(s.has_permission(a, del));
+        let cu = s.user_index("c").unwrap();
+        assert!(!s.has_permission(cu, del));
+        assert_eq!(
+            s.user_by_api_key(&crate::identity::api_key_digest("test")),
+            Some(cu)
+        );
+        assert_eq!(s.grant(s.user(a)).roles_header.as_ref(), "sales_rep,deleter");
+        assert!(s.version.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn every_error_is_located() {
+        let c = catalog();
+        let text = "{\n  \"users\": [\n    {\"id\": \"a\", \"roles\": [\"admin\"]},\n    {\"id\": \"b\", \"roles\": [\"nope\"], \"manager\": \"zz\"},\n    {\"id\": \"a\", \"roles\": []}\n  ]\n}";
+        let errs = Snapshot::build("s.json", text, &c).unwrap_err();
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(msgs.iter().any(|m| m.starts_with("s.json:5: users[2].id") && m.contains("twice")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.starts_with("s.json:4: users[1].roles[0]") && m.contains("unknown role 'nope'")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.starts_with("s.json:4: users[1].manager")), "{msgs:?}");
+    }
+
+    #[test]
+    fn strict_json() {
+        let c = catalog();
+        for bad in [
+            r#"{"users":[{"id":"a","roles":[],"rolez":[]}]}"#,
+            r#"{"users":[{"id":"a","roles":[],"roles":["admin"]}]}"#,
+            r#"{"users":[]} trailing"#,
+            r#"{"users":[{"id":"a","roles":[]}],"users":[]}"#,
+            r#"{"users":[{"id":"a","roles":[],"api_keys":["plaintext"]}]}"#,
+            r#"{"roles":[{"id":"admin","permissions":[]}],"users":[]}"#,
+            r#"{"roles":[{"id":"x","permissions":["no.such"]}],"users":[]}"#,
+            r#"{"users":[{"id":"a","roles":[],"manager":"b"},{"id":"b","roles":[],"manager":"a"}]}"#,
+            r#"{"users":[{"id":"a","roles":[],"manager":"a"}]}"#,
+        ] {
+            assert!(Snapshot::build("s.json", bad, &c).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn element_offsets_finds_array_items() {
+        let t = r#"{"roles":[], "users": [ {"id":"a,[]"} , {"x":[1,{}]} ]}"#;
+        let offs = element_offsets(t, "users");
+        assert_eq!(offs.len(), 2);
+        assert_eq!(&t[offs[0]..offs[0] + 1], "{");
+        assert!(element_offsets(t, "roles").is_empty());
+    }
+}
