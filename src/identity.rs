@@ -556,3 +556,232 @@ impl JwtVerifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+
+    fn keys_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keys")
+    }
+
+    fn verifier(extra: &str) -> Verifier {
+        let text = format!(
+            r#"
+[jwt]
+issuer = "iss-1"
+audience = "aud-1"
+user_claim = "sub"
+[[jwt.keys]]
+kid = "hs"
+alg = "HS256"
+secret = "{SECRET}"
+[[jwt.keys]]
+kid = "rs"
+alg = "RS256"
+public_key_file = "rs256-public.pem"
+[[jwt.keys]]
+kid = "es"
+alg = "ES256"
+public_key_file = "es256-public.pem"
+[api_keys]
+header = "x-api-key"
+[trusted_header]
+name = "x-auth-user"
+trusted_cidrs = ["10.1.0.0/16"]
+{extra}
+"#
+        );
+        let raw: IdentitySection = toml::from_str(&text).unwrap();
+        Verifier::build(&raw, "t.toml", &text, &keys_dir()).unwrap()
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn claims() -> serde_json::Value {
+        json!({"sub": "u-1", "iss": "iss-1", "aud": "aud-1", "exp": now() + 600, "nbf": now() - 10})
+    }
+
+    fn hs(claims: &serde_json::Value, kid: Option<&str>) -> String {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = kid.map(str::to_string);
+        encode(&h, claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    }
+
+    fn signed(alg: Algorithm, kid: &str, file: &str, claims: &serde_json::Value) -> String {
+        let pem = std::fs::read(keys_dir().join(file)).unwrap();
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+            _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+        };
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        encode(&h, claims, &key).unwrap()
+    }
+
+    fn auth(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+        h
+    }
+
+    fn code(r: Result<Identified, Rejection>) -> &'static str {
+        match r {
+            Ok(_) => "ok",
+            Err(e) => e.code,
+        }
+    }
+
+    #[test]
+    fn valid_tokens_of_each_algorithm() {
+        let v = verifier("");
+        for token in [
+            hs(&claims(), Some("hs")),
+            signed(Algorithm::RS256, "rs", "rs256-private.pem", &claims()),
+            signed(Algorithm::ES256, "es", "es256-private.pem", &claims()),
+        ] {
+            let id = v.identify(&auth(&format!("Bearer {token}")), None).unwrap();
+            assert_eq!(id.credential, Credential::User("u-1".into()));
+            assert_eq!(id.method, Method::Jwt);
+        }
+    }
+
+    #[test]
+    fn invalid_tokens_are_401() {
+        let v = verifier("");
+        let mut expired = claims();
+        expired["exp"] = json!(now() - 3600);
+        let mut future = claims();
+        future["nbf"] = json!(now() + 3600);
+        let mut wrong_iss = claims();
+        wrong_iss["iss"] = json!("other");
+        let mut wrong_aud = claims();
+        wrong_aud["aud"] = json!("other");
+        let mut no_nbf = claims();
+        no_nbf.as_object_mut().unwrap().remove("nbf");
+        let mut no_exp = claims();
+        no_exp.as_object_mut().unwrap().remove("exp");
+        let mut no_sub = claims();
+        no_sub.as_object_mut().unwrap().remove("sub");
+        // An RS256 token whose header claims HS256, signed with the RSA public key as HMAC secret
+        // (the classic algorithm confusion): the kid pins RS256, so it is refused.
+        let public = std::fs::read(keys_dir().join("rs256-public.pem")).unwrap();
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("rs".into());
+        let confused = encode(&h, &claims(), &EncodingKey::from_secret(&public)).unwrap();
+        let unsigned = {
+            let t = hs(&claims(), Some("hs"));
+            let mut parts: Vec<&str> = t.split('.').collect();
+            parts[0] = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}
+            format!("{}.{}.", parts[0], parts[1])
+        };
+        let tampered = {
+            let t = hs(&claims(), Some("hs"));
+            let mut parts: Vec<String> = t.split('.').map(str::to_string).collect();
+            let mut c = claims();
+            c["sub"] = json!("u-admin");
+            parts[1] = base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                serde_json::to_vec(&c).unwrap(),
+            );
+            parts.join(".")
+        };
+        let mut jku = Header::new(Algorithm::HS256);
+        jku.kid = Some("hs".into());
+        jku.jku = Some("https://evil.example/jwks.json".into());
+        let with_jku = encode(&jku, &claims(), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+        for (name, token) in [
+            ("expired", hs(&expired, Some("hs"))),
+            ("not yet valid", hs(&future, Some("hs"))),
+            ("wrong issuer", hs(&wrong_iss, Some("hs"))),
+            ("wrong audience", hs(&wrong_aud, Some("hs"))),
+            ("no nbf", hs(&no_nbf, Some("hs"))),
+            ("no exp", hs(&no_exp, Some("hs"))),
+            ("no user claim", hs(&no_sub, Some("hs"))),
+            ("unknown kid", hs(&claims(), Some("nope"))),
+            ("no kid with several keys", hs(&claims(), None)),
+            ("algorithm confusion", confused),
+            ("alg none", unsigned),
+            ("tampered payload", tampered),
+            ("jku header", with_jku),
+            ("garbage", "a.b.c".to_string()),
+        ] {
+            let r = v.identify(&auth(&format!("Bearer {token}")), None);
+            assert_eq!(code(r), "invalid_token", "{name}");
+        }
+    }
+
+    #[test]
+    fn integer_user_claims_and_custom_claim_names() {
+        let text = format!(
+            "[jwt]\nissuer = \"iss-1\"\naudience = \"aud-1\"\nuser_claim = \"user_id\"\n[[jwt.keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = \"{SECRET}\"\n"
+        );
+        let raw: IdentitySection = toml::from_str(&text).unwrap();
+        let v = Verifier::build(&raw, "t", &text, &keys_dir()).unwrap();
+        let mut c = claims();
+        c["user_id"] = json!(4242);
+        let t = hs(&c, None); // a single key: no kid needed
+        let id = v.identify(&auth(&format!("Bearer {t}")), None).unwrap();
+        assert_eq!(id.credential, Credential::User("4242".into()));
+    }
+
+    #[test]
+    fn api_keys_and_trusted_headers() {
+        let v = verifier("");
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "k1".parse().unwrap());
+        assert_eq!(
+            v.identify(&h, None).unwrap().credential,
+            Credential::ApiKey(api_key_digest("k1"))
+        );
+        // A non-JWT bearer is an API key.
+        assert_eq!(
+            v.identify(&auth("Bearer k2"), None).unwrap().credential,
+            Credential::ApiKey(api_key_digest("k2"))
+        );
+        let mut t = HeaderMap::new();
+        t.insert("x-auth-user", "u-7".parse().unwrap());
+        let trusted: IpAddr = "10.1.2.3".parse().unwrap();
+        let untrusted: IpAddr = "10.2.0.1".parse().unwrap();
+        assert_eq!(
+            v.identify(&t, Some(trusted)).unwrap().credential,
+            Credential::User("u-7".into())
+        );
+        assert_eq!(code(v.identify(&t, Some(untrusted))), "untrusted_identity_header");
+        assert_eq!(code(v.identify(&t, None)), "untrusted_identity_header");
+    }
+
+    #[test]
+    fn zero_two_or_malformed_credentials() {
+        let v = verifier("");
+        assert_eq!(code(v.identify(&HeaderMap::new(), None)), "missing_credentials");
+        let mut both = auth(&format!("Bearer {}", hs(&claims(), Some("hs"))));
+        both.insert("x-api-key", "k".parse().unwrap());
+        assert_eq!(code(v.identify(&both, None)), "ambiguous_credentials");
+        let mut two = HeaderMap::new();
+        two.append("x-api-key", "a".parse().unwrap());
+        two.append("x-api-key", "b".parse().unwrap());
+        assert_eq!(code(v.identify(&two, None)), "duplicate_header");
+        assert_eq!(code(v.identify(&auth("Basic dTpw"), None)), "unsupported_authorization");
+        assert_eq!(code(v.identify(&auth("Bearer"), None)), "unsupported_authorization");
+    }
+
+    #[test]
+    fn bad_identity_config_is_located() {
+        let text = "[jwt]\nissuer = \"i\"\naudience = \"a\"\n\n[[jwt.keys]]\nkid = \"k\"\nalg = \"none\"\nsecret = \"x\"\n\n[[jwt.keys]]\nkid = \"s\"\nalg = \"HS256\"\nsecret = \"short\"\n";
+        let raw: IdentitySection = toml::from_str(text).unwrap();
+        let errs = Verifier::build(&raw, "t.toml", text, &keys_dir()).err().unwrap();
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(msgs.iter().any(|m| m.starts_with("t.toml:5:") && m.contains("alg 'none'")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.starts_with("t.toml:10:") && m.contains("32 bytes")), "{msgs:?}");
+    }
+}

@@ -1,0 +1,254 @@
+//! Test harness: the real gateway binary and the real sample CRM, both on 127.0.0.1.
+//!
+//! Each test builds its own [`Harness`]; dropping it kills the gateway process. The sample CRM
+//! runs in the test's own runtime, so its request log can be read directly.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use permgate::sample_crm::{self, CrmOptions, RecordedRequest, SampleCrm};
+
+pub use permgate::demo::{demo_token, DEMO_ANALYST_API_KEY};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn demo_config() -> PathBuf {
+    repo().join("config/demo/permgate.toml")
+}
+
+/// A running gateway + sample CRM.
+pub struct Harness {
+    pub crm: SampleCrm,
+    pub gateway: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.gateway.kill();
+        let _ = self.gateway.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    // Bind port 0, read the port, release it: the gateway binds it next. A race with another
+    // process is possible, so `start_with` retries on failure.
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Harness {
+    /// The demo config and snapshot.
+    pub async fn demo() -> Harness {
+        Harness::start_with(&demo_config()).await
+    }
+
+    /// A config given as text (the demo snapshot is written beside it unless the text names
+    /// another one that `files` provides).
+    pub async fn with_config_text(text: &str, files: &[(&str, &str)]) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+        std::fs::write(
+            dir.path().join("snapshot.json"),
+            permgate::demo::DEMO_SNAPSHOT,
+        )
+        .unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let path = dir.path().join("permgate.toml");
+        let mut h = Harness::start_with(&path).await;
+        h._dir = dir;
+        h
+    }
+
+    pub async fn start_with(config: &Path) -> Harness {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let crm = sample_crm::start(listener, CrmOptions::default())
+            .await
+            .expect("sample CRM starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for attempt in 0..5 {
+            let port = free_port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let log = dir.path().join(format!("gateway-{attempt}.log"));
+            let out = std::fs::File::create(&log).unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_permgate"))
+                .arg("serve")
+                .arg("--config")
+                .arg(config)
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--upstream")
+                .arg(crm.local_addr().to_string())
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .expect("the permgate binary starts");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: port taken or bad config; maybe retry
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    return Harness {
+                        crm,
+                        gateway: child,
+                        addr,
+                        log,
+                        _dir: dir,
+                    };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if !text.contains("ddress already in use") {
+                panic!("the gateway did not start:\n{text}");
+            }
+        }
+        panic!("the gateway could not bind a port after 5 attempts");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests the CRM received since the last clear.
+    pub fn received(&self) -> Vec<RecordedRequest> {
+        self.crm.requests()
+    }
+
+    pub fn clear(&self) {
+        self.crm.clear_requests()
+    }
+
+    /// The gateway's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send raw bytes (one request, `Connection: close` expected in it) and read the response.
+    pub fn raw(&self, request: &[u8]) -> RawResponse {
+        raw_request(self.addr, request)
+    }
+}
+
+/// A bearer token for a demo user (valid one hour).
+pub fn token(user: &str) -> String {
+    demo_token(user, 3600)
+}
+
+pub fn bearer(user: &str) -> String {
+    format!("Bearer {}", token(user))
+}
+
+/// A parsed HTTP/1.1 response from [`raw_request`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Write `request` as is and read until the server closes (or 10 s pass).
+pub fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(resp) = parse_complete(&buf, false) {
+                    return resp;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    parse_complete(&buf, true).unwrap_or_else(|| {
+        panic!(
+            "incomplete response: {:?}",
+            String::from_utf8_lossy(&buf)
+        )
+    })
+}
+
+fn parse_complete(buf: &[u8], eof: bool) -> Option<RawResponse> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    match len {
+        Some(n) if body.len() >= n => Some(RawResponse {
+            status,
+            headers,
+            body: body[..n].to_string(),
+        }),
+        Some(_) => None,
+        None if !eof => None,
+        None => Some(RawResponse {
+            status,
+            headers,
+            body: body.to_string(),
+        }),
+    }
+}
+
+/// A reqwest client that never follows redirects and never reuses stale state between tests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of a header in a recorded CRM request.
+pub fn recorded_header<'a>(r: &'a RecordedRequest, name: &str) -> Vec<&'a str> {
+    r.headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
