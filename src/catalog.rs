@@ -372,7 +372,11 @@ mod tests {
             ],
             [22, 13, 8, 4, 3, 6]
         );
-        for id in ["campaign.delete", "customer.edit_phone_number", "company.manage_billing"] {
+        for id in [
+            "campaign.delete",
+            "customer.edit_phone_number",
+            "company.manage_billing",
+        ] {
             assert!(c.permission(id).is_some(), "{id}");
         }
     }
@@ -430,7 +434,9 @@ mod tests {
             c.permissions().len()
         );
         let rep = c.role("sales_rep").unwrap();
-        assert!(!rep.permissions.contains(c.permission("campaign.delete").unwrap()));
+        assert!(!rep
+            .permissions
+            .contains(c.permission("campaign.delete").unwrap()));
     }
 
     #[test]

@@ -64,7 +64,11 @@ impl ConfigError {
 /// The 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 // ---- raw serde types ----------------------------------------------------------------------
@@ -318,8 +322,14 @@ impl Config {
     /// the file's folder.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| vec![ConfigError::new(&file, None, "", format!("cannot read: {e}"))])?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError::new(
+                &file,
+                None,
+                "",
+                format!("cannot read: {e}"),
+            )]
+        })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         Config::parse(&file, &text, base)
     }
@@ -335,22 +345,23 @@ impl Config {
         let catalog = match &raw.catalog {
             None => Catalog::builtin(),
             Some(c) => {
-                let read = |list: &[Spanned<String>], field: &str, errors: &mut Vec<ConfigError>| {
-                    let mut out = Vec::new();
-                    for p in list {
-                        let full = base.join(p.get_ref());
-                        match std::fs::read_to_string(&full) {
-                            Ok(t) => out.push((full.display().to_string(), t)),
-                            Err(e) => errors.push(ConfigError::new(
-                                file,
-                                at(p.span()),
-                                field,
-                                format!("cannot read '{}': {e}", full.display()),
-                            )),
+                let read =
+                    |list: &[Spanned<String>], field: &str, errors: &mut Vec<ConfigError>| {
+                        let mut out = Vec::new();
+                        for p in list {
+                            let full = base.join(p.get_ref());
+                            match std::fs::read_to_string(&full) {
+                                Ok(t) => out.push((full.display().to_string(), t)),
+                                Err(e) => errors.push(ConfigError::new(
+                                    file,
+                                    at(p.span()),
+                                    field,
+                                    format!("cannot read '{}': {e}", full.display()),
+                                )),
+                            }
                         }
-                    }
-                    out
-                };
+                        out
+                    };
                 let perms = read(&c.permissions, "catalog.permissions", &mut errors);
                 let roles = read(&c.roles, "catalog.roles", &mut errors);
                 Catalog::build(&perms, &roles)
@@ -437,9 +448,20 @@ impl Config {
         };
 
         let f = &raw.forward;
-        let user_header = header_name(file, text, "forward.user_header", &f.user_header, &mut errors);
-        let roles_header =
-            header_name(file, text, "forward.roles_header", &f.roles_header, &mut errors);
+        let user_header = header_name(
+            file,
+            text,
+            "forward.user_header",
+            &f.user_header,
+            &mut errors,
+        );
+        let roles_header = header_name(
+            file,
+            text,
+            "forward.roles_header",
+            &f.roles_header,
+            &mut errors,
+        );
         let request_id_header = header_name(
             file,
             text,
@@ -534,7 +556,11 @@ impl Config {
                 format!(
                     "{} {}",
                     route.methods.join(","),
-                    route.path.as_deref().or(route.regex.as_deref()).unwrap_or("")
+                    route
+                        .path
+                        .as_deref()
+                        .or(route.regex.as_deref())
+                        .unwrap_or("")
                 )
             });
             specs.push(RouteSpec {

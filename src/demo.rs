@@ -81,8 +81,8 @@ pub fn prepare(listen: &str) -> Result<Config, String> {
                     Ok(crm) => {
                         let _ = tx.send(Ok(crm.local_addr()));
                         // Keep the CRM (and this runtime) alive for the life of the process.
+                        let _crm = crm;
                         std::future::pending::<()>().await;
-                        drop(crm);
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
@@ -128,9 +128,14 @@ pub fn banner(listen: &str, crm: &str) -> String {
         ("REP", "u-rep1", "Sales Representative"),
         ("CSR", "u-csr", "Customer Service Representative"),
     ] {
-        s.push_str(&format!("export {var}='{}'   # {user}, {who}\n", demo_token(user, ttl)));
+        s.push_str(&format!(
+            "export {var}='{}'   # {user}, {who}\n",
+            demo_token(user, ttl)
+        ));
     }
-    s.push_str(&format!("export ANALYST_KEY='{DEMO_ANALYST_API_KEY}'   # u-da, Data Analyst (API key)\n"));
+    s.push_str(&format!(
+        "export ANALYST_KEY='{DEMO_ANALYST_API_KEY}'   # u-da, Data Analyst (API key)\n"
+    ));
     let lines: [(&str, String); 14] = [
         ("Sales rep reads a customer → 200", format!("curl -i {base}/api/v1/customers/1 -H \"Authorization: Bearer $REP\"")),
         ("Sales rep deletes a campaign → 403, names campaign.delete", format!("curl -i -X DELETE {base}/api/v1/campaigns/1 -H \"Authorization: Bearer $REP\"")),

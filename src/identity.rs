@@ -245,9 +245,8 @@ impl Verifier {
                 let decoding = match alg {
                     Algorithm::HS256 => {
                         if key.len() < 32 {
-                            errors.push(err(
-                                "an HS256 secret must be at least 32 bytes".to_string()
-                            ));
+                            errors
+                                .push(err("an HS256 secret must be at least 32 bytes".to_string()));
                             continue;
                         }
                         Ok(DecodingKey::from_secret(&key))
@@ -275,8 +274,7 @@ impl Verifier {
                     }
                 };
                 for (i, jwk) in set.keys.iter().enumerate() {
-                    let (Some(kid), Some(ka)) =
-                        (&jwk.common.key_id, &jwk.common.key_algorithm)
+                    let (Some(kid), Some(ka)) = (&jwk.common.key_id, &jwk.common.key_algorithm)
                     else {
                         errors.push(err(format!(
                             "'{}': keys[{i}] needs both 'kid' and 'alg' (the algorithm is pinned per key)",
@@ -296,10 +294,7 @@ impl Verifier {
                     };
                     match DecodingKey::from_jwk(jwk) {
                         Ok(d) => add(kid.clone(), alg, d, line, &mut errors),
-                        Err(e) => errors.push(err(format!(
-                            "'{}': keys[{i}]: {e}",
-                            path.display()
-                        ))),
+                        Err(e) => errors.push(err(format!("'{}': keys[{i}]: {e}", path.display()))),
                     }
                 }
             }
@@ -411,7 +406,11 @@ impl Verifier {
     }
 
     /// Find and verify the one credential of a request.
-    pub fn identify(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<Identified, Rejection> {
+    pub fn identify(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Identified, Rejection> {
         let single = |name: &HeaderName| -> Result<Option<&str>, Rejection> {
             let mut values = headers.get_all(name).iter();
             let Some(first) = values.next() else {
@@ -425,7 +424,10 @@ impl Verifier {
                 ));
             }
             first.to_str().map(Some).map_err(|_| {
-                unauthenticated("invalid_credentials", "a credential header is not visible ASCII")
+                unauthenticated(
+                    "invalid_credentials",
+                    "a credential header is not visible ASCII",
+                )
             })
         };
         let authorization = single(&http::header::AUTHORIZATION)?;
@@ -437,8 +439,9 @@ impl Verifier {
             Some((h, _)) => single(h)?,
             None => None,
         };
-        let presented =
-            usize::from(authorization.is_some()) + usize::from(api_key.is_some()) + usize::from(trusted.is_some());
+        let presented = usize::from(authorization.is_some())
+            + usize::from(api_key.is_some())
+            + usize::from(trusted.is_some());
         if presented > 1 {
             return Err(Rejection::new(
                 400,
@@ -505,7 +508,10 @@ impl Verifier {
                 method: Method::ApiKey,
             });
         }
-        Err(unauthenticated("invalid_token", "the bearer token is not a valid JWT"))
+        Err(unauthenticated(
+            "invalid_token",
+            "the bearer token is not a valid JWT",
+        ))
     }
 }
 
@@ -515,7 +521,10 @@ impl JwtVerifier {
         let invalid = |m: &'static str| unauthenticated("invalid_token", m);
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the token header is malformed or names an unknown algorithm"))?;
-        if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() || header.x5c.is_some()
+        if header.jku.is_some()
+            || header.x5u.is_some()
+            || header.jwk.is_some()
+            || header.x5c.is_some()
         {
             return Err(invalid(
                 "the token header names a key (jku, x5u, jwk or x5c); permgate never trusts those",
@@ -528,7 +537,9 @@ impl JwtVerifier {
         }
         .ok_or_else(|| invalid("the token's key id (kid) is missing or unknown"))?;
         if header.alg != key.alg {
-            return Err(invalid("the token's algorithm is not the one pinned for its key"));
+            return Err(invalid(
+                "the token's algorithm is not the one pinned for its key",
+            ));
         }
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             token,
@@ -552,7 +563,9 @@ impl JwtVerifier {
         match data.claims.get(&self.user_claim) {
             Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => Ok(s.clone()),
             Some(serde_json::Value::Number(n)) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
-            _ => Err(invalid("the token's user claim is missing or not a string or integer")),
+            _ => Err(invalid(
+                "the token's user claim is missing or not a string or integer",
+            )),
         }
     }
 }
@@ -698,7 +711,12 @@ trusted_cidrs = ["10.1.0.0/16"]
         let mut jku = Header::new(Algorithm::HS256);
         jku.kid = Some("hs".into());
         jku.jku = Some("https://evil.example/jwks.json".into());
-        let with_jku = encode(&jku, &claims(), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+        let with_jku = encode(
+            &jku,
+            &claims(),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
         for (name, token) in [
             ("expired", hs(&expired, Some("hs"))),
             ("not yet valid", hs(&future, Some("hs"))),
@@ -756,14 +774,20 @@ trusted_cidrs = ["10.1.0.0/16"]
             v.identify(&t, Some(trusted)).unwrap().credential,
             Credential::User("u-7".into())
         );
-        assert_eq!(code(v.identify(&t, Some(untrusted))), "untrusted_identity_header");
+        assert_eq!(
+            code(v.identify(&t, Some(untrusted))),
+            "untrusted_identity_header"
+        );
         assert_eq!(code(v.identify(&t, None)), "untrusted_identity_header");
     }
 
     #[test]
     fn zero_two_or_malformed_credentials() {
         let v = verifier("");
-        assert_eq!(code(v.identify(&HeaderMap::new(), None)), "missing_credentials");
+        assert_eq!(
+            code(v.identify(&HeaderMap::new(), None)),
+            "missing_credentials"
+        );
         let mut both = auth(&format!("Bearer {}", hs(&claims(), Some("hs"))));
         both.insert("x-api-key", "k".parse().unwrap());
         assert_eq!(code(v.identify(&both, None)), "ambiguous_credentials");
@@ -771,17 +795,33 @@ trusted_cidrs = ["10.1.0.0/16"]
         two.append("x-api-key", "a".parse().unwrap());
         two.append("x-api-key", "b".parse().unwrap());
         assert_eq!(code(v.identify(&two, None)), "duplicate_header");
-        assert_eq!(code(v.identify(&auth("Basic dTpw"), None)), "unsupported_authorization");
-        assert_eq!(code(v.identify(&auth("Bearer"), None)), "unsupported_authorization");
+        assert_eq!(
+            code(v.identify(&auth("Basic dTpw"), None)),
+            "unsupported_authorization"
+        );
+        assert_eq!(
+            code(v.identify(&auth("Bearer"), None)),
+            "unsupported_authorization"
+        );
     }
 
     #[test]
     fn bad_identity_config_is_located() {
         let text = "[jwt]\nissuer = \"i\"\naudience = \"a\"\n\n[[jwt.keys]]\nkid = \"k\"\nalg = \"none\"\nsecret = \"x\"\n\n[[jwt.keys]]\nkid = \"s\"\nalg = \"HS256\"\nsecret = \"short\"\n";
         let raw: IdentitySection = toml::from_str(text).unwrap();
-        let errs = Verifier::build(&raw, "t.toml", text, &keys_dir()).err().unwrap();
+        let errs = Verifier::build(&raw, "t.toml", text, &keys_dir())
+            .err()
+            .unwrap();
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(msgs.iter().any(|m| m.starts_with("t.toml:5:") && m.contains("alg 'none'")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("t.toml:10:") && m.contains("32 bytes")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("t.toml:5:") && m.contains("alg 'none'")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("t.toml:10:") && m.contains("32 bytes")),
+            "{msgs:?}"
+        );
     }
 }

@@ -14,7 +14,11 @@ use permgate::proxy::{self, Live};
 use permgate::snapshot::Snapshot;
 
 #[derive(Parser)]
-#[command(name = "permgate", version, about = "Authorization gateway for legacy CRM HTTP APIs")]
+#[command(
+    name = "permgate",
+    version,
+    about = "Authorization gateway for legacy CRM HTTP APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,8 +88,14 @@ fn override_addresses(
 /// Load the snapshot a config names. Errors are logged; the gateway then starts not ready.
 fn load_snapshot(config: &Config) -> Result<Snapshot, Vec<ConfigError>> {
     let file = config.snapshot_path.display().to_string();
-    let text = std::fs::read_to_string(&config.snapshot_path)
-        .map_err(|e| vec![ConfigError::new(&file, None, "", format!("cannot read: {e}"))])?;
+    let text = std::fs::read_to_string(&config.snapshot_path).map_err(|e| {
+        vec![ConfigError::new(
+            &file,
+            None,
+            "",
+            format!("cannot read: {e}"),
+        )]
+    })?;
     Snapshot::build(&file, &text, &config.catalog)
 }
 
@@ -167,7 +177,11 @@ fn main() -> ExitCode {
                         s.custom_role_count()
                     );
                     println!("  users:       {}", s.user_count());
-                    println!("  snapshot:    {} ({})", config.snapshot_path.display(), s.version);
+                    println!(
+                        "  snapshot:    {} ({})",
+                        config.snapshot_path.display(),
+                        s.version
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(errors) => {

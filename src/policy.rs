@@ -67,7 +67,11 @@ pub fn route_info(config: &Config, idx: usize) -> &RouteInfo {
 }
 
 /// Decide one request.
-pub fn decide(config: &Config, snapshot: Option<&Snapshot>, req: &Request<'_>) -> Result<Permit, Denied> {
+pub fn decide(
+    config: &Config,
+    snapshot: Option<&Snapshot>,
+    req: &Request<'_>,
+) -> Result<Permit, Denied> {
     canon::check_headers(req.headers)
         .map_err(|e| Denied::bare(Rejection::new(e.status(), e.code(), e.message())))?;
     let canonical = canon::canonicalize_target(req.target)
@@ -107,12 +111,19 @@ pub fn decide(config: &Config, snapshot: Option<&Snapshot>, req: &Request<'_>) -
     let user = match &who.credential {
         Credential::User(id) => snapshot.user_index(id).ok_or_else(|| {
             deny(
-                Rejection::new(401, "unknown_user", "the caller is not a user known to the gateway"),
+                Rejection::new(
+                    401,
+                    "unknown_user",
+                    "the caller is not a user known to the gateway",
+                ),
                 Some(id.clone()),
             )
         })?,
         Credential::ApiKey(digest) => snapshot.user_by_api_key(digest).ok_or_else(|| {
-            deny(Rejection::new(401, "invalid_api_key", "the API key is not valid"), None)
+            deny(
+                Rejection::new(401, "invalid_api_key", "the API key is not valid"),
+                None,
+            )
         })?,
     };
     let u = snapshot.user(user);

@@ -17,15 +17,17 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
+};
 use log::{info, warn};
 use pingora::apps::HttpServerOptions;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
 use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
 use pingora::server::configuration::ServerConf;
-use pingora::{ErrorType, ErrorSource};
-use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::FailToProxy;
+use pingora::{ErrorSource, ErrorType};
 
 use crate::config::Config;
 use crate::identity;
@@ -67,7 +69,12 @@ fn new_request_id() -> String {
 }
 
 /// Answer a rejection: status, JSON body, request id; `WWW-Authenticate` on 401.
-async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str, id_header: &http::HeaderName) -> Result<()> {
+async fn respond(
+    session: &mut Session,
+    rejection: &Rejection,
+    request_id: &str,
+    id_header: &http::HeaderName,
+) -> Result<()> {
     let body = rejection.body(request_id);
     let mut resp = ResponseHeader::build(rejection.status, Some(5))?;
     resp.insert_header(CONTENT_TYPE, "application/json")?;
@@ -87,7 +94,9 @@ async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str,
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
     Ok(())
 }
 
@@ -143,7 +152,10 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(live) = &ctx.live else {
-            return Err(Error::explain(ErrorType::InternalError, "no live config in context"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no live config in context",
+            ));
         };
         let u = &live.config.upstream;
         let mut peer = HttpPeer::new(u.address, false, String::new());
@@ -162,14 +174,16 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let (Some(live), Some(permit)) = (&ctx.live, &ctx.permit) else {
             // Fail closed: nothing reaches the CRM without a permit.
-            return Err(Error::explain(ErrorType::InternalError, "no permit in context"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no permit in context",
+            ));
         };
         let config = &live.config;
-        let uri: http::Uri = permit
-            .canonical
-            .path_and_query()
-            .parse()
-            .map_err(|_| Error::explain(ErrorType::InternalError, "canonical path is not a URI"))?;
+        let uri: http::Uri =
+            permit.canonical.path_and_query().parse().map_err(|_| {
+                Error::explain(ErrorType::InternalError, "canonical path is not a URI")
+            })?;
         upstream.set_uri(uri);
 
         for name in crate::canon::hop_by_hop_headers(&upstream.headers) {
@@ -201,11 +215,15 @@ impl ProxyHttp for Gateway {
         if let (Some(caller), Some(snapshot)) = (permit.caller, &live.snapshot) {
             let user = snapshot.user(caller.user);
             let value = |s: &str| {
-                HeaderValue::from_str(s)
-                    .map_err(|_| Error::explain(ErrorType::InternalError, "identity is not a header value"))
+                HeaderValue::from_str(s).map_err(|_| {
+                    Error::explain(ErrorType::InternalError, "identity is not a header value")
+                })
             };
             upstream.insert_header(f.user_header.clone(), value(&user.id)?)?;
-            upstream.insert_header(f.roles_header.clone(), value(&snapshot.grant(user).roles_header)?)?;
+            upstream.insert_header(
+                f.roles_header.clone(),
+                value(&snapshot.grant(user).roles_header)?,
+            )?;
         }
         upstream.insert_header(f.request_id_header.clone(), ctx.request_id.as_str())?;
         Ok(())
@@ -229,17 +247,25 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
         let rejection = match (e.esource(), e.etype()) {
-            (_, HTTPStatus(code)) if *code >= 400 => {
-                Some(Rejection::new(*code, "bad_request", "the request could not be handled"))
-            }
+            (_, HTTPStatus(code)) if *code >= 400 => Some(Rejection::new(
+                *code,
+                "bad_request",
+                "the request could not be handled",
+            )),
             (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
-            (ErrorSource::Downstream, _) => {
-                Some(Rejection::new(400, "bad_request", "the request could not be read"))
+            (ErrorSource::Downstream, _) => Some(Rejection::new(
+                400,
+                "bad_request",
+                "the request could not be read",
+            )),
+            (_, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+                Some(Rejection::upstream_timeout())
             }
-            (_, ConnectTimedout | ReadTimedout | WriteTimedout) => Some(Rejection::upstream_timeout()),
-            (ErrorSource::Upstream, ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError | BindError) => {
-                Some(Rejection::upstream_unavailable())
-            }
+            (
+                ErrorSource::Upstream,
+                ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
+                | BindError,
+            ) => Some(Rejection::upstream_unavailable()),
             (ErrorSource::Upstream, _) => Some(Rejection::upstream_error()),
             _ => Some(Rejection::internal()),
         };
@@ -256,7 +282,10 @@ impl ProxyHttp for Gateway {
                     .map(|l| l.config.forward.request_id_header.clone())
                     .unwrap_or_else(default_request_id_header);
                 if let Err(err) = respond(session, r, &ctx.request_id, &header).await {
-                    warn!("request_id={} could not send the error response: {err}", ctx.request_id);
+                    warn!(
+                        "request_id={} could not send the error response: {err}",
+                        ctx.request_id
+                    );
                 }
             }
         }
@@ -275,7 +304,11 @@ impl ProxyHttp for Gateway {
                 "allow",
                 "",
                 p.caller
-                    .and_then(|c| live.snapshot.as_ref().map(|s| s.user(c.user).id.to_string()))
+                    .and_then(|c| {
+                        live.snapshot
+                            .as_ref()
+                            .map(|s| s.user(c.user).id.to_string())
+                    })
                     .unwrap_or_else(|| "-".into()),
                 policy::route_info(&live.config, p.route).name.clone(),
             ),

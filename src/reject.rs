@@ -47,11 +47,19 @@ impl Rejection {
     }
 
     pub fn upstream_unavailable() -> Self {
-        Rejection::new(502, "upstream_unavailable", "the CRM backend could not be reached")
+        Rejection::new(
+            502,
+            "upstream_unavailable",
+            "the CRM backend could not be reached",
+        )
     }
 
     pub fn upstream_timeout() -> Self {
-        Rejection::new(504, "upstream_timeout", "the CRM backend did not answer in time")
+        Rejection::new(
+            504,
+            "upstream_timeout",
+            "the CRM backend did not answer in time",
+        )
     }
 
     pub fn upstream_error() -> Self {
@@ -67,7 +75,11 @@ impl Rejection {
     }
 
     pub fn internal() -> Self {
-        Rejection::new(500, "internal_error", "the gateway failed to handle this request")
+        Rejection::new(
+            500,
+            "internal_error",
+            "the gateway failed to handle this request",
+        )
     }
 
     /// The JSON body: `{"error":…,"message":…,"permission":…,"request_id":…}`.

@@ -147,7 +147,9 @@ fn parse_template(t: &str, trailing_slash: TrailingSlash) -> Result<Vec<Seg>, St
                 return Err(format!("bad parameter '{part}' in '{t}'"));
             }
             if catch_all && !last {
-                return Err(format!("catch-all '{part}' must be the last segment of '{t}'"));
+                return Err(format!(
+                    "catch-all '{part}' must be the last segment of '{t}'"
+                ));
             }
             segs.push(if catch_all { Seg::CatchAll } else { Seg::Param });
         } else if part.is_empty() {
@@ -169,7 +171,9 @@ fn parse_template(t: &str, trailing_slash: TrailingSlash) -> Result<Vec<Seg>, St
                 }
             }
             if part.contains(['{', '}', '*']) {
-                return Err(format!("segment '{part}' of '{t}' mixes text and a parameter; use a regex route"));
+                return Err(format!(
+                    "segment '{part}' of '{t}' mixes text and a parameter; use a regex route"
+                ));
             }
             segs.push(Seg::Literal((*part).to_string()));
         }
@@ -229,7 +233,10 @@ impl<T> RouteTable<T> {
                     let re = match Regex::new(&format!("^(?:{regex})$")) {
                         Ok(r) => r,
                         Err(e) => {
-                            errors.push((route.origin.clone(), format!("regex does not compile: {e}")));
+                            errors.push((
+                                route.origin.clone(),
+                                format!("regex does not compile: {e}"),
+                            ));
                             continue;
                         }
                     };
@@ -253,7 +260,7 @@ impl<T> RouteTable<T> {
         if !errors.is_empty() {
             return Err(errors);
         }
-        regexes.sort_by(|a, b| b.3.cmp(&a.3));
+        regexes.sort_by_key(|r| std::cmp::Reverse(r.3));
         Ok(RouteTable {
             routes,
             root,
@@ -303,7 +310,11 @@ impl<T> RouteTable<T> {
 
 fn find_in(node: &Node, segs: &[&str], m: MethodSet) -> Option<usize> {
     let Some((first, rest)) = segs.split_first() else {
-        return node.terminal.iter().find(|(ms, _)| ms.overlaps(m)).map(|(_, i)| *i);
+        return node
+            .terminal
+            .iter()
+            .find(|(ms, _)| ms.overlaps(m))
+            .map(|(_, i)| *i);
     };
     if let Some(child) = node.literal.get(*first) {
         if let Some(i) = find_in(child, rest, m) {
@@ -318,7 +329,11 @@ fn find_in(node: &Node, segs: &[&str], m: MethodSet) -> Option<usize> {
             }
         }
         if !segs.iter().all(|s| s.is_empty()) {
-            return node.catch_all.iter().find(|(ms, _)| ms.overlaps(m)).map(|(_, i)| *i);
+            return node
+                .catch_all
+                .iter()
+                .find(|(ms, _)| ms.overlaps(m))
+                .map(|(_, i)| *i);
         }
     }
     None
@@ -342,7 +357,10 @@ mod tests {
     fn regex(methods: &[&str], r: &str, priority: i32, v: &'static str) -> RouteSpec<&'static str> {
         RouteSpec {
             methods: MethodSet::parse(methods).unwrap(),
-            pattern: PathPattern::Regex { regex: r.into(), priority },
+            pattern: PathPattern::Regex {
+                regex: r.into(),
+                priority,
+            },
             origin: format!("test:{v}"),
             value: v,
         }
@@ -352,8 +370,9 @@ mod tests {
         RouteTable::build(routes, TrailingSlash::Strict).unwrap()
     }
 
-    fn find<'a>(t: &'a RouteTable<&'static str>, m: &str, p: &str) -> Option<&'static str> {
-        t.find(&Method::from_bytes(m.as_bytes()).unwrap(), p).map(|r| r.value)
+    fn find(t: &RouteTable<&'static str>, m: &str, p: &str) -> Option<&'static str> {
+        t.find(&Method::from_bytes(m.as_bytes()).unwrap(), p)
+            .map(|r| r.value)
     }
 
     #[test]
@@ -367,7 +386,10 @@ mod tests {
         ]);
         assert_eq!(find(&t, "GET", "/api/v1/campaigns/stats"), Some("literal"));
         assert_eq!(find(&t, "GET", "/api/v1/campaigns/7"), Some("param"));
-        assert_eq!(find(&t, "DELETE", "/api/v1/campaigns/stats"), Some("delete"));
+        assert_eq!(
+            find(&t, "DELETE", "/api/v1/campaigns/stats"),
+            Some("delete")
+        );
         assert_eq!(find(&t, "GET", "/api/v1/other"), Some("catchall"));
         // The catch-all template wins over a regex: regexes are the fallback.
         assert_eq!(find(&t, "GET", "/api/v1/reports/9"), Some("catchall"));
@@ -399,7 +421,10 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.len(), 1);
-        assert!(e[0].0.contains("two") && e[0].1.contains("test:one"), "{e:?}");
+        assert!(
+            e[0].0.contains("two") && e[0].1.contains("test:one"),
+            "{e:?}"
+        );
         let e = RouteTable::build(
             vec![regex(&["GET"], "/a", 0, "x"), regex(&["GET"], "/b", 0, "y")],
             TrailingSlash::Strict,
@@ -411,7 +436,10 @@ mod tests {
         assert!(e[0].1.contains("regex"));
         // Different methods on the same shape are fine.
         assert!(RouteTable::build(
-            vec![spec(&["GET"], "/a/{id}", "g"), spec(&["DELETE"], "/a/{id}", "d")],
+            vec![
+                spec(&["GET"], "/a/{id}", "g"),
+                spec(&["DELETE"], "/a/{id}", "d")
+            ],
             TrailingSlash::Strict
         )
         .is_ok());
@@ -419,7 +447,16 @@ mod tests {
 
     #[test]
     fn bad_templates_are_errors() {
-        for t in ["a/b", "/a//b", "/a/{*rest}/b", "/a/{}", "/a/x{id}", "/a/%2e%2e", "/a/../b", "/a/%61"] {
+        for t in [
+            "a/b",
+            "/a//b",
+            "/a/{*rest}/b",
+            "/a/{}",
+            "/a/x{id}",
+            "/a/%2e%2e",
+            "/a/../b",
+            "/a/%61",
+        ] {
             assert!(
                 RouteTable::build(vec![spec(&["GET"], t, "x")], TrailingSlash::Strict).is_err(),
                 "{t}"
@@ -458,7 +495,10 @@ mod tests {
         let mut key = Vec::new();
         for (i, ts) in tsegs.iter().enumerate() {
             if ts.starts_with("{*") {
-                if psegs.len() <= i || psegs[i..].iter().all(|s| s.is_empty()) || psegs[i].is_empty() {
+                if psegs.len() <= i
+                    || psegs[i..].iter().all(|s| s.is_empty())
+                    || psegs[i].is_empty()
+                {
                     return None;
                 }
                 key.push(0);

@@ -230,7 +230,10 @@ impl Snapshot {
         // Users, first pass: ids.
         let mut by_id: HashMap<Box<str>, UserIdx> = HashMap::with_capacity(raw.users.len());
         for (i, u) in raw.users.iter().enumerate() {
-            if u.id.is_empty() || u.id.len() > 256 || u.id.chars().any(|c| c.is_control() || c == ',') {
+            if u.id.is_empty()
+                || u.id.len() > 256
+                || u.id.chars().any(|c| c.is_control() || c == ',')
+            {
                 errors.push(ConfigError::new(
                     file,
                     line(&user_lines, i),
@@ -256,7 +259,12 @@ impl Snapshot {
         let mut users = Vec::with_capacity(raw.users.len());
         for (i, u) in raw.users.iter().enumerate() {
             let at = |field: &str, m: String| {
-                ConfigError::new(file, line(&user_lines, i), &format!("users[{i}].{field}"), m)
+                ConfigError::new(
+                    file,
+                    line(&user_lines, i),
+                    &format!("users[{i}].{field}"),
+                    m,
+                )
             };
             let mut combo = Vec::with_capacity(u.roles.len());
             for (j, r) in u.roles.iter().enumerate() {
@@ -382,7 +390,10 @@ impl Snapshot {
         }
         let version = match raw.version {
             Some(v) if !v.is_empty() => v,
-            _ => format!("sha256:{}", hex::encode(&Sha256::digest(text.as_bytes())[..8])),
+            _ => format!(
+                "sha256:{}",
+                hex::encode(&Sha256::digest(text.as_bytes())[..8])
+            ),
         };
         Ok(Snapshot {
             version,
@@ -464,7 +475,11 @@ mod tests {
         .unwrap();
         let a = s.user_index("a").unwrap();
         let b = s.user_index("b").unwrap();
-        assert_eq!(s.user(a).grant, s.user(b).grant, "same roles share one grant");
+        assert_eq!(
+            s.user(a).grant,
+            s.user(b).grant,
+            "same roles share one grant"
+        );
         let del = c.permission("campaign.delete").unwrap();
         assert!(s.has_permission(a, del));
         let cu = s.user_index("c").unwrap();
@@ -473,7 +488,10 @@ mod tests {
             s.user_by_api_key(&crate::identity::api_key_digest("test")),
             Some(cu)
         );
-        assert_eq!(s.grant(s.user(a)).roles_header.as_ref(), "sales_rep,deleter");
+        assert_eq!(
+            s.grant(s.user(a)).roles_header.as_ref(),
+            "sales_rep,deleter"
+        );
         assert!(s.version.starts_with("sha256:"));
     }
 
@@ -483,9 +501,22 @@ mod tests {
         let text = "{\n  \"users\": [\n    {\"id\": \"a\", \"roles\": [\"admin\"]},\n    {\"id\": \"b\", \"roles\": [\"nope\"], \"manager\": \"zz\"},\n    {\"id\": \"a\", \"roles\": []}\n  ]\n}";
         let errs = Snapshot::build("s.json", text, &c).unwrap_err();
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(msgs.iter().any(|m| m.starts_with("s.json:5: users[2].id") && m.contains("twice")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("s.json:4: users[1].roles[0]") && m.contains("unknown role 'nope'")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("s.json:4: users[1].manager")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("s.json:5: users[2].id") && m.contains("twice")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("s.json:4: users[1].roles[0]")
+                    && m.contains("unknown role 'nope'")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("s.json:4: users[1].manager")),
+            "{msgs:?}"
+        );
     }
 
     #[test]

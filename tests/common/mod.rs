@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use permgate::sample_crm::{self, CrmOptions, RecordedRequest, SampleCrm};
 
+#[allow(unused_imports)]
 pub use permgate::demo::{demo_token, DEMO_ANALYST_API_KEY};
 
 pub fn repo() -> PathBuf {
@@ -73,10 +74,17 @@ impl Harness {
     }
 
     pub async fn start_with(config: &Path) -> Harness {
+        Harness::start_custom(config, None).await
+    }
+
+    /// Like [`Harness::start_with`]; `upstream` overrides where the gateway sends calls (the
+    /// sample CRM still starts, so tests can see that nothing reached it).
+    pub async fn start_custom(config: &Path, upstream: Option<SocketAddr>) -> Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let crm = sample_crm::start(listener, CrmOptions::default())
             .await
             .expect("sample CRM starts");
+        let upstream = upstream.unwrap_or_else(|| crm.local_addr());
         let dir = tempfile::tempdir().expect("tempdir");
         for attempt in 0..5 {
             let port = free_port();
@@ -90,7 +98,7 @@ impl Harness {
                 .arg("--listen")
                 .arg(addr.to_string())
                 .arg("--upstream")
-                .arg(crm.local_addr().to_string())
+                .arg(upstream.to_string())
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(out.try_clone().unwrap())
@@ -199,12 +207,8 @@ pub fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
             Err(_) => break,
         }
     }
-    parse_complete(&buf, true).unwrap_or_else(|| {
-        panic!(
-            "incomplete response: {:?}",
-            String::from_utf8_lossy(&buf)
-        )
-    })
+    parse_complete(&buf, true)
+        .unwrap_or_else(|| panic!("incomplete response: {:?}", String::from_utf8_lossy(&buf)))
 }
 
 fn parse_complete(buf: &[u8], eof: bool) -> Option<RawResponse> {
@@ -239,6 +243,7 @@ fn parse_complete(buf: &[u8], eof: bool) -> Option<RawResponse> {
 /// A reqwest client that never follows redirects and never reuses stale state between tests.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()

@@ -1,0 +1,121 @@
+//! `permgate check-config`: a summary for a good config, every error located for a bad one.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn check(path: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_demo_config_checks_out() {
+    let (code, out, err) = check(&demo_config());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("routes:      87"), "{out}");
+    assert!(out.contains("users:       9"), "{out}");
+    assert!(out.contains("71 in the catalogue"), "{out}");
+}
+
+#[test]
+fn a_broken_config_names_every_broken_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(demo_config()).unwrap();
+    let broken = text
+        .replacen(
+            "permission = \"campaign.delete\"",
+            "permission = \"campaign.destroy\"",
+            1,
+        )
+        .replacen(
+            "path = \"/api/v1/leads/{id}/convert\"",
+            "path = \"/api/v1/leads/{lead}/convert\"\nregex = '('",
+            1,
+        )
+        .replacen("alg = \"HS256\"", "alg = \"none\"", 1);
+    std::fs::write(dir.path().join("c.toml"), &broken).unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        permgate::demo::DEMO_SNAPSHOT,
+    )
+    .unwrap();
+    let (code, _, err) = check(&dir.path().join("c.toml"));
+    assert_eq!(code, 1);
+    let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    // The unknown permission: the route's table header line is named.
+    let route_line = broken[..broken.find("campaign.destroy").unwrap()]
+        .rfind("[[route]]")
+        .map(|i| broken[..i].lines().count() + 1)
+        .unwrap();
+    assert!(
+        err.contains(&format!("c.toml:{route_line}: route[")),
+        "{err}"
+    );
+    assert!(
+        err.contains("unknown permission 'campaign.destroy'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("set exactly one of 'path' or 'regex'"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "c.toml:{}: identity.jwt.keys",
+            line_of("[[identity.jwt.keys]]")
+        )),
+        "{err}"
+    );
+    assert!(err.contains("alg 'none'"), "{err}");
+}
+
+#[test]
+fn a_syntax_error_and_an_unknown_field_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(demo_config()).unwrap();
+    let broken = text.replacen("h2c = true", "h2c = true\nworkers = 4", 1);
+    std::fs::write(dir.path().join("c.toml"), &broken).unwrap();
+    let (code, _, err) = check(&dir.path().join("c.toml"));
+    assert_eq!(code, 1);
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("workers"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!("c.toml:{line}:")) && err.contains("unknown field `workers`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_snapshot_is_located() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(demo_config(), dir.path().join("c.toml")).unwrap();
+    let snap = permgate::demo::DEMO_SNAPSHOT.replacen(
+        "\"roles\": [\"sales_rep\"], \"teams\"",
+        "\"roles\": [\"sales_rpe\"], \"teams\"",
+        1,
+    );
+    assert_ne!(snap, permgate::demo::DEMO_SNAPSHOT);
+    std::fs::write(dir.path().join("snapshot.json"), &snap).unwrap();
+    let (code, _, err) = check(&dir.path().join("c.toml"));
+    assert_eq!(code, 1);
+    let line = snap.lines().position(|l| l.contains("sales_rpe")).unwrap() + 1;
+    assert!(
+        err.contains(&format!("snapshot.json:{line}: users[")),
+        "{err}"
+    );
+    assert!(err.contains("unknown role 'sales_rpe'"), "{err}");
+}

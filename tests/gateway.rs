@@ -1,0 +1,434 @@
+//! The gateway end to end: bodies of every kind of refusal, identity, header hygiene,
+//! canonicalization as the CRM sees it, HTTP/2, and upstream failures.
+
+mod common;
+
+use common::*;
+
+fn demo_text() -> String {
+    std::fs::read_to_string(demo_config()).unwrap()
+}
+
+async fn get_json(
+    h: &Harness,
+    path: &str,
+    headers: &[(&str, String)],
+) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+    let mut req = client().get(h.url(path));
+    for (n, v) in headers {
+        req = req.header(*n, v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, v, headers)
+}
+
+fn assert_rejection(v: &serde_json::Value, headers: &reqwest::header::HeaderMap, code: &str) {
+    assert_eq!(v["error"], code, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    let id = headers.get("x-request-id").unwrap().to_str().unwrap();
+    assert_eq!(
+        v["request_id"], id,
+        "the body and the header carry the same request id"
+    );
+    assert_eq!(headers.get("content-type").unwrap(), "application/json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_bodies_401_403_404() {
+    let h = Harness::demo().await;
+    let (s, v, hd) = get_json(&h, "/api/v1/customers/1", &[]).await;
+    assert_eq!(s, 401);
+    assert_rejection(&v, &hd, "missing_credentials");
+    assert_eq!(hd.get("www-authenticate").unwrap(), "Bearer");
+
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/customers/1",
+        &[("authorization", "Bearer a.b.c".into())],
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert_rejection(&v, &hd, "invalid_token");
+
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/settings/billing",
+        &[("authorization", bearer("u-rep1"))],
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_rejection(&v, &hd, "forbidden");
+    assert_eq!(v["permission"], "company.manage_billing");
+
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v2/anything",
+        &[("authorization", bearer("u-admin"))],
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_rejection(&v, &hd, "route_not_found");
+    assert!(v.get("permission").is_none());
+
+    // The request id of a denial is in the log line of that denial.
+    let id = hd
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = h.log_text();
+        if log.contains(&id) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains(&id))
+        .expect("the request id is logged");
+    assert!(
+        line.contains("decision=deny") && line.contains("code=route_not_found"),
+        "{line}"
+    );
+    assert!(h.received().is_empty(), "nothing reached the CRM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_unknown_disabled_and_api_keys() {
+    let h = Harness::demo().await;
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/customers/1",
+        &[("authorization", bearer("u-nobody"))],
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert_rejection(&v, &hd, "unknown_user");
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/leads/1",
+        &[("authorization", bearer("u-gone"))],
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_rejection(&v, &hd, "user_disabled");
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/analytics",
+        &[("x-api-key", "wrong-key".into())],
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert_rejection(&v, &hd, "invalid_api_key");
+    assert!(h.received().is_empty());
+
+    let (s, _, _) = get_json(
+        &h,
+        "/api/v1/analytics",
+        &[("x-api-key", DEMO_ANALYST_API_KEY.into())],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = get_json(
+        &h,
+        "/api/v1/analytics",
+        &[("authorization", format!("Bearer {DEMO_ANALYST_API_KEY}"))],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let got = h.received();
+    assert_eq!(got.len(), 2);
+    for r in &got {
+        assert_eq!(recorded_header(r, "x-permgate-user"), vec!["u-da"]);
+        assert!(
+            recorded_header(r, "x-api-key").is_empty(),
+            "the API key is never forwarded"
+        );
+        assert!(
+            recorded_header(r, "authorization").is_empty(),
+            "an API key in Authorization is never forwarded"
+        );
+    }
+    // Two credentials at once are ambiguous.
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/analytics",
+        &[
+            ("x-api-key", DEMO_ANALYST_API_KEY.into()),
+            ("authorization", bearer("u-admin")),
+        ],
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_rejection(&v, &hd, "ambiguous_credentials");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_and_hop_by_hop_headers_never_reach_the_crm() {
+    let h = Harness::demo().await;
+    let resp = client()
+        .get(h.url("/api/v1/customers/1"))
+        .header("authorization", bearer("u-rep1"))
+        .header("x-permgate-user", "u-admin")
+        .header("x-permgate-roles", "admin")
+        .header("x-permgate-anything", "x")
+        .header("x-request-id", "client-chosen")
+        .header("connection", "keep-alive, x-drop-me")
+        .header("x-drop-me", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-kept", "yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(id, "client-chosen");
+    let got = h.received();
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    assert_eq!(recorded_header(r, "x-permgate-user"), vec!["u-rep1"]);
+    assert_eq!(recorded_header(r, "x-permgate-roles"), vec!["sales_rep"]);
+    assert!(recorded_header(r, "x-permgate-anything").is_empty());
+    assert_eq!(recorded_header(r, "x-request-id"), vec![id.as_str()]);
+    for gone in ["x-drop-me", "keep-alive", "proxy-authorization"] {
+        assert!(
+            recorded_header(r, gone).is_empty(),
+            "{gone} must be stripped"
+        );
+    }
+    assert_eq!(recorded_header(r, "x-kept"), vec!["yes"]);
+    // The JWT is forwarded (forward_authorization = true in the demo config).
+    assert_eq!(recorded_header(r, "authorization").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_headers_are_400_and_reach_nothing() {
+    let h = Harness::demo().await;
+    let tok = token("u-admin");
+    // Two Host headers are refused by Pingora's own parser, before permgate sees the request:
+    // a bare 400 (no JSON body; see the README's "Known limits"), and the connection is closed.
+    let r = h.raw(format!("GET /api/v1/customers/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\nAuthorization: Bearer {tok}\r\nConnection: close\r\n\r\n").as_bytes());
+    assert_eq!(r.status, 400, "{r:?}");
+    let cases: Vec<(String, &str)> = vec![
+        (format!("GET /api/v1/customers/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {tok}\r\nAuthorization: Bearer {tok}\r\nConnection: close\r\n\r\n"), "duplicate_header"),
+        (format!("GET /api/v1/customers/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {tok}\r\nX-HTTP-Method-Override: DELETE\r\nConnection: close\r\n\r\n"), "method_override"),
+        (format!("GET /api/v1/customers/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {tok}\r\nX-Method-Override: DELETE\r\nConnection: close\r\n\r\n"), "method_override"),
+        (format!("GET /api/v1/customers/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {tok}\r\nConnection: close, authorization\r\n\r\n"), "bad_connection_header"),
+    ];
+    for (req, code) in cases {
+        let r = h.raw(req.as_bytes());
+        assert_eq!(r.status, 400, "{req}: {r:?}");
+        assert_eq!(r.json()["error"], code, "{req}");
+        assert_eq!(r.json()["request_id"], r.header("x-request-id").unwrap());
+    }
+    assert!(h.received().is_empty());
+}
+
+/// What the CRM receives for each spelling of a path: the canonical form, or nothing (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canonicalization_as_the_crm_sees_it() {
+    let h = Harness::demo().await;
+    let tok = token("u-admin");
+    let send = |target: &str| {
+        h.raw(format!("GET {target} HTTP/1.1\r\nHost: crm\r\nAuthorization: Bearer {tok}\r\nConnection: close\r\n\r\n").as_bytes())
+    };
+    // Forwarded, canonical.
+    for (target, canonical) in [
+        ("/api/v1/customers/1", "/api/v1/customers/1"),
+        ("/api/v1/x/../customers/1", "/api/v1/customers/1"),
+        ("/api/v1/./customers/./1", "/api/v1/customers/1"),
+        ("/api/v1//customers///1", "/api/v1/customers/1"),
+        ("/api/v1/%63ustomers/1", "/api/v1/customers/1"),
+        ("/api/v1/x/%2e%2e/customers/1", "/api/v1/customers/1"),
+        ("/api/../../api/v1/customers/1", "/api/v1/customers/1"),
+        (
+            "/api/v1/customers/1?x=%2F&y=1",
+            "/api/v1/customers/1?x=%2F&y=1",
+        ),
+    ] {
+        h.clear();
+        let r = send(target);
+        assert_eq!(r.status, 200, "{target}: {r:?}");
+        let got = h.received();
+        assert_eq!(got.len(), 1, "{target}");
+        assert_eq!(got[0].target, canonical, "{target}");
+    }
+    // Dot segments can't smuggle a denied route past the matcher: the rep may read customers
+    // but not delete campaigns, however the path is spelled.
+    let rep = token("u-rep1");
+    for target in [
+        "/api/v1/customers/../campaigns/1",
+        "/api/v1/customers/%2e%2e/campaigns/1",
+    ] {
+        h.clear();
+        let r = h.raw(format!("DELETE {target} HTTP/1.1\r\nHost: crm\r\nAuthorization: Bearer {rep}\r\nConnection: close\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 403, "{target}: {r:?}");
+        assert_eq!(r.json()["permission"], "campaign.delete");
+        assert!(h.received().is_empty());
+    }
+    // Refused, nothing forwarded.
+    h.clear();
+    for target in [
+        "/api/v1/customers%2F1",
+        "/api/v1/customers%2f1",
+        "/api/v1/customers/1%5C",
+        "/api/v1/customers/1;jsessionid=x",
+        "/api/v1/customers/%252e%252e/1",
+        "/api/v1/customers/1%00",
+        "/api/v1/customers/1%zz",
+        "/api/v1/customers/\\1",
+        "http://crm/api/v1/customers/1",
+    ] {
+        let r = send(target);
+        assert!(r.status == 400, "{target}: {r:?}");
+        assert!(r.json()["error"].as_str().is_some(), "{target}");
+    }
+    // Non-ASCII and control bytes in the target.
+    let r =
+        h.raw(b"GET /api/v1/customers/\xc3\xa9 HTTP/1.1\r\nHost: crm\r\nConnection: close\r\n\r\n");
+    assert!(r.status == 400, "{r:?}");
+    assert!(
+        h.received().is_empty(),
+        "no refused spelling reached the CRM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_downstream() {
+    let h = Harness::demo().await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = c
+        .get(h.url("/api/v1/customers/1"))
+        .header("authorization", bearer("u-rep1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let resp = c
+        .delete(h.url("/api/v1/campaigns/1"))
+        .header("authorization", bearer("u-rep1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["permission"], "campaign.delete");
+    assert_eq!(h.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_is_502_and_slow_is_504() {
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let h = Harness::start_custom(&demo_config(), Some(closed)).await;
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/customers/1",
+        &[("authorization", bearer("u-admin"))],
+    )
+    .await;
+    assert_eq!(s, 502);
+    assert_rejection(&v, &hd, "upstream_unavailable");
+    drop(h);
+
+    let text = demo_text().replace("read_timeout_ms = 5000", "read_timeout_ms = 300");
+    assert!(text.contains("read_timeout_ms = 300"));
+    let h = Harness::with_config_text(&text, &[]).await;
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/customers/1",
+        &[
+            ("authorization", bearer("u-admin")),
+            ("x-crm-delay-ms", "3000".into()),
+        ],
+    )
+    .await;
+    assert_eq!(s, 504);
+    assert_rejection(&v, &hd, "upstream_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_identity_header_only_from_trusted_peers() {
+    let trusted = format!(
+        "{}\n[identity.trusted_header]\nname = \"x-authenticated-user\"\ntrusted_cidrs = [\"127.0.0.0/8\"]\n",
+        demo_text()
+    );
+    let h = Harness::with_config_text(&trusted, &[]).await;
+    let (s, _, _) = get_json(
+        &h,
+        "/api/v1/customers/1",
+        &[("x-authenticated-user", "u-rep1".into())],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let got = h.received();
+    assert_eq!(recorded_header(&got[0], "x-permgate-user"), vec!["u-rep1"]);
+    assert!(recorded_header(&got[0], "x-authenticated-user").is_empty());
+    drop(h);
+
+    let untrusted = trusted.replace("127.0.0.0/8", "10.0.0.0/8");
+    let h = Harness::with_config_text(&untrusted, &[]).await;
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/customers/1",
+        &[("x-authenticated-user", "u-admin".into())],
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert_rejection(&v, &hd, "untrusted_identity_header");
+    assert!(h.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_routes_need_no_identity() {
+    let h = Harness::demo().await;
+    let resp = client().get(h.url("/__crm/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The CRM's own test hooks are not routed: deny by default.
+    let (s, _, _) = get_json(
+        &h,
+        "/__crm/requests",
+        &[("authorization", bearer("u-admin"))],
+    )
+    .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_snapshot_means_not_ready_never_allow() {
+    let text = demo_text().replace("path = \"snapshot.json\"", "path = \"missing.json\"");
+    let h = Harness::with_config_text(&text, &[]).await;
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/customers/1",
+        &[("authorization", bearer("u-admin"))],
+    )
+    .await;
+    assert_eq!(s, 503);
+    assert_rejection(&v, &hd, "not_ready");
+    // Public routes still work.
+    let resp = client().get(h.url("/__crm/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the public route reaches the CRM");
+    assert!(h.received().is_empty(), "no protected call was forwarded");
+}
