@@ -112,6 +112,8 @@ struct RawUpstream {
     read_timeout_ms: u64,
     #[serde(default = "default_read_ms")]
     write_timeout_ms: u64,
+    #[serde(default = "default_total_ms")]
+    total_timeout_ms: u64,
     #[serde(default = "default_idle_ms")]
     idle_timeout_ms: u64,
     #[serde(default = "default_pool")]
@@ -196,6 +198,9 @@ fn default_connect_ms() -> u64 {
 fn default_read_ms() -> u64 {
     30_000
 }
+fn default_total_ms() -> u64 {
+    60_000
+}
 fn default_idle_ms() -> u64 {
     60_000
 }
@@ -246,6 +251,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// The whole upstream exchange: connect, request, response headers and body.
+    pub total_timeout: Duration,
     pub idle_timeout: Duration,
     pub pool_size: usize,
 }
@@ -419,6 +426,7 @@ impl Config {
             ("upstream.connect_timeout_ms", u.connect_timeout_ms),
             ("upstream.read_timeout_ms", u.read_timeout_ms),
             ("upstream.write_timeout_ms", u.write_timeout_ms),
+            ("upstream.total_timeout_ms", u.total_timeout_ms),
             ("upstream.idle_timeout_ms", u.idle_timeout_ms),
         ] {
             if v == 0 || v > 3_600_000 {
@@ -613,6 +621,7 @@ impl Config {
                     connect_timeout: Duration::from_millis(u.connect_timeout_ms),
                     read_timeout: Duration::from_millis(u.read_timeout_ms),
                     write_timeout: Duration::from_millis(u.write_timeout_ms),
+                    total_timeout: Duration::from_millis(u.total_timeout_ms),
                     idle_timeout: Duration::from_millis(u.idle_timeout_ms),
                     pool_size: u.pool_size,
                 },

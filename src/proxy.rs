@@ -13,6 +13,7 @@
 //! | `logging`                 | one line per request, with the request id                      |
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -59,6 +60,8 @@ impl Gateway {
 /// Per-request state.
 pub struct Ctx {
     request_id: String,
+    /// When the upstream exchange must be over (`upstream.total_timeout_ms` from the decision).
+    deadline: Option<Instant>,
     live: Option<Arc<Live>>,
     permit: Option<Permit>,
     denied: Option<Denied>,
@@ -100,6 +103,20 @@ async fn respond(
     Ok(())
 }
 
+/// Time left before the total timeout; an error (answered 504) once it has passed.
+fn remaining(deadline: Option<Instant>) -> Result<Duration> {
+    let left = deadline.map_or(Duration::MAX, |d| {
+        d.saturating_duration_since(Instant::now())
+    });
+    if left.is_zero() {
+        return Err(Error::explain(
+            ErrorType::ReadTimedout,
+            "total upstream timeout",
+        ));
+    }
+    Ok(left)
+}
+
 fn default_request_id_header() -> http::HeaderName {
     http::HeaderName::from_static("x-request-id")
 }
@@ -111,6 +128,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             request_id: new_request_id(),
+            deadline: None,
             live: None,
             permit: None,
             denied: None,
@@ -136,6 +154,7 @@ impl ProxyHttp for Gateway {
             },
         );
         let id_header = live.config.forward.request_id_header.clone();
+        ctx.deadline = Some(Instant::now() + live.config.upstream.total_timeout);
         ctx.live = Some(live);
         match decision {
             Ok(permit) => {
@@ -158,10 +177,13 @@ impl ProxyHttp for Gateway {
             ));
         };
         let u = &live.config.upstream;
+        // Each step's timeout is capped by what is left of the total.
+        let left = remaining(ctx.deadline)?;
         let mut peer = HttpPeer::new(u.address, false, String::new());
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.write_timeout = Some(u.write_timeout);
+        peer.options.connection_timeout = Some(u.connect_timeout.min(left));
+        peer.options.total_connection_timeout = Some(u.connect_timeout.min(left));
+        peer.options.read_timeout = Some(u.read_timeout.min(left));
+        peer.options.write_timeout = Some(u.write_timeout.min(left));
         peer.options.idle_timeout = Some(u.idle_timeout);
         Ok(Box::new(peer))
     }
@@ -227,6 +249,17 @@ impl ProxyHttp for Gateway {
         }
         upstream.insert_header(f.request_id_header.clone(), ctx.request_id.as_str())?;
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        remaining(ctx.deadline)?;
+        Ok(None)
     }
 
     async fn response_filter(

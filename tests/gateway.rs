@@ -366,6 +366,29 @@ async fn upstream_down_is_502_and_slow_is_504() {
     .await;
     assert_eq!(s, 504);
     assert_rejection(&v, &hd, "upstream_timeout");
+    drop(h);
+
+    // The total timeout caps every step: a 5 s read timeout, but 300 ms for the whole exchange.
+    let text = demo_text().replace("total_timeout_ms = 30000", "total_timeout_ms = 300");
+    assert!(text.contains("total_timeout_ms = 300"));
+    let h = Harness::with_config_text(&text, &[]).await;
+    let started = std::time::Instant::now();
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/customers/1",
+        &[
+            ("authorization", bearer("u-admin")),
+            ("x-crm-delay-ms", "3000".into()),
+        ],
+    )
+    .await;
+    assert_eq!(s, 504);
+    assert_rejection(&v, &hd, "upstream_timeout");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
