@@ -88,6 +88,8 @@ struct RawConfig {
     paths: RawPaths,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
     #[serde(default, rename = "route")]
     routes: Vec<Spanned<RawRoute>>,
 }
@@ -124,6 +126,28 @@ struct RawUpstream {
 #[serde(deny_unknown_fields)]
 struct RawSnapshot {
     path: Spanned<String>,
+    #[serde(default = "default_true")]
+    watch: bool,
+    #[serde(default = "default_poll_ms")]
+    poll_interval_ms: u64,
+    #[serde(default)]
+    persist_path: Option<Spanned<String>>,
+    #[serde(default)]
+    max_staleness_seconds: u64,
+    #[serde(default)]
+    on_stale: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<Spanned<String>>,
+    #[serde(default = "default_max_snapshot_mb")]
+    max_snapshot_mb: u64,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +222,12 @@ fn default_connect_ms() -> u64 {
 fn default_read_ms() -> u64 {
     30_000
 }
+fn default_poll_ms() -> u64 {
+    1_000
+}
+fn default_max_snapshot_mb() -> u64 {
+    512
+}
 fn default_total_ms() -> u64 {
     60_000
 }
@@ -266,6 +296,48 @@ pub struct Forward {
     pub forward_authorization: bool,
 }
 
+/// What happens when the snapshot is older than `snapshot.max_staleness_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStale {
+    /// Keep serving with the old snapshot (logged, and shown in /status).
+    Serve,
+    /// Refuse protected calls with 503 `snapshot_stale` until a fresh snapshot arrives.
+    FailClosed,
+}
+
+/// Where the snapshot comes from and how fresh it must be.
+#[derive(Debug, Clone)]
+pub struct SnapshotSource {
+    /// The snapshot file (read at start; watched when `watch`).
+    pub path: PathBuf,
+    pub watch: bool,
+    pub poll_interval: Duration,
+    /// Where each accepted snapshot is persisted (temp file + rename), and read back at start
+    /// when the source cannot be read.
+    pub persist_path: Option<PathBuf>,
+    /// Zero: no limit.
+    pub max_staleness: Duration,
+    pub on_stale: OnStale,
+}
+
+/// The admin API: its own listener, never the traffic port.
+#[derive(Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// The bearer token (protected endpoints compare it in constant time).
+    pub token: String,
+    pub max_snapshot_bytes: usize,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
 /// How an unmatched route is refused (both deny).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unmatched {
@@ -284,7 +356,8 @@ pub struct Config {
     pub listen: Listen,
     pub upstream: Upstream,
     pub identity: Verifier,
-    pub snapshot_path: PathBuf,
+    pub snapshot: SnapshotSource,
+    pub admin: Option<Admin>,
     pub catalog: Catalog,
     pub forward: Forward,
     pub routes: RouteTable<RouteInfo>,
@@ -511,6 +584,105 @@ impl Config {
             },
         };
 
+        let sn = &raw.snapshot;
+        let on_stale = match sn.on_stale.as_ref() {
+            None => OnStale::Serve,
+            Some(v) => match v.get_ref().as_str() {
+                "serve" => OnStale::Serve,
+                "fail_closed" => OnStale::FailClosed,
+                other => {
+                    errors.push(ConfigError::new(
+                        file,
+                        at(v.span()),
+                        "snapshot.on_stale",
+                        format!("'{other}' is not one of: serve, fail_closed"),
+                    ));
+                    OnStale::Serve
+                }
+            },
+        };
+        if sn.poll_interval_ms < 50 || sn.poll_interval_ms > 3_600_000 {
+            errors.push(ConfigError::new(
+                file,
+                None,
+                "snapshot.poll_interval_ms",
+                "must be between 50 and 3600000",
+            ));
+        }
+        let snapshot_source = SnapshotSource {
+            path: base.join(sn.path.get_ref()),
+            watch: sn.watch,
+            poll_interval: Duration::from_millis(sn.poll_interval_ms),
+            persist_path: sn.persist_path.as_ref().map(|p| base.join(p.get_ref())),
+            max_staleness: Duration::from_secs(sn.max_staleness_seconds),
+            on_stale,
+        };
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => {
+                let listen = match a.listen.get_ref().parse::<SocketAddr>() {
+                    Ok(l) => Some(l),
+                    Err(_) => {
+                        errors.push(ConfigError::new(
+                            file,
+                            at(a.listen.span()),
+                            "admin.listen",
+                            format!("'{}' is not an IP:port address", a.listen.get_ref()),
+                        ));
+                        None
+                    }
+                };
+                if raw.listen.address.get_ref() == a.listen.get_ref() {
+                    errors.push(ConfigError::new(
+                        file,
+                        at(a.listen.span()),
+                        "admin.listen",
+                        "the admin API must not share the traffic port",
+                    ));
+                }
+                let token = match (&a.token, &a.token_file) {
+                    (Some(t), None) => Some(t.clone()),
+                    (None, Some(f)) => match std::fs::read_to_string(base.join(f.get_ref())) {
+                        Ok(t) => Some(t.trim().to_string()),
+                        Err(e) => {
+                            errors.push(ConfigError::new(
+                                file,
+                                at(f.span()),
+                                "admin.token_file",
+                                format!("cannot read '{}': {e}", f.get_ref()),
+                            ));
+                            None
+                        }
+                    },
+                    _ => {
+                        errors.push(ConfigError::new(
+                            file,
+                            at(a.listen.span()),
+                            "admin",
+                            "set exactly one of token, token_file",
+                        ));
+                        None
+                    }
+                };
+                if token.as_ref().is_some_and(|t| t.len() < 16) {
+                    errors.push(ConfigError::new(
+                        file,
+                        at(a.listen.span()),
+                        "admin.token",
+                        "the admin token must be at least 16 characters",
+                    ));
+                }
+                match (listen, token) {
+                    (Some(listen), Some(token)) => Some(Admin {
+                        listen,
+                        token,
+                        max_snapshot_bytes: (a.max_snapshot_mb as usize).saturating_mul(1 << 20),
+                    }),
+                    _ => None,
+                }
+            }
+        };
+
         // Routes.
         let mut specs = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
@@ -626,7 +798,8 @@ impl Config {
                     pool_size: u.pool_size,
                 },
                 identity,
-                snapshot_path: base.join(raw.snapshot.path.get_ref()),
+                snapshot: snapshot_source,
+                admin,
                 catalog,
                 forward: Forward {
                     user_header,
@@ -637,7 +810,12 @@ impl Config {
                 routes,
                 unmatched,
             }),
-            _ => Err(errors),
+            _ => {
+                if errors.is_empty() {
+                    errors.push(ConfigError::new(file, None, "", "the config is invalid"));
+                }
+                Err(errors)
+            }
         }
     }
 }

@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, EncodingKey, Header};
 
-use crate::config::Config;
+use std::path::PathBuf;
+
+use crate::live::Overrides;
 
 /// The demo config and snapshot, as shipped in `config/demo/`.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo/permgate.toml");
@@ -43,8 +45,9 @@ pub fn demo_token(user: &str, ttl_secs: u64) -> String {
     .unwrap_or_default()
 }
 
-/// Write the demo files, start the sample CRM, and return the config to serve.
-pub fn prepare(listen: &str) -> Result<Config, String> {
+/// Write the demo files, start the sample CRM, and return the config to serve with its
+/// overrides (listen address, the CRM's address).
+pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
     let dir = std::env::temp_dir().join(format!("permgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let config_path = dir.join("permgate.toml");
@@ -96,20 +99,17 @@ pub fn prepare(listen: &str) -> Result<Config, String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("the sample CRM could not start: {e}"))?;
 
-    let mut config = Config::load(&config_path).map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
     listen
         .parse::<std::net::SocketAddr>()
         .map_err(|_| format!("--listen '{listen}' is not an IP:port address"))?;
-    config.listen.address = listen.to_string();
-    config.upstream.address = crm;
     print!("{}", banner(listen, &crm.to_string()));
-    Ok(config)
+    Ok((
+        config_path,
+        Overrides {
+            listen: Some(listen.to_string()),
+            upstream: Some(crm),
+        },
+    ))
 }
 
 /// The text the demo prints: who is who, and curl lines that work as pasted.
@@ -180,7 +180,8 @@ mod tests {
     fn demo_config_and_snapshot_load() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("snapshot.json"), DEMO_SNAPSHOT).unwrap();
-        let config = Config::parse("permgate.toml", DEMO_CONFIG, dir.path()).unwrap();
+        let config =
+            crate::config::Config::parse("permgate.toml", DEMO_CONFIG, dir.path()).unwrap();
         let s = crate::snapshot::Snapshot::build("snapshot.json", DEMO_SNAPSHOT, &config.catalog)
             .unwrap();
         assert!(config.routes.len() > 80);

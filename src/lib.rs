@@ -15,20 +15,27 @@
 //! - [`identity`]: JWT bearer, API keys and trusted identity headers → a caller id.
 //! - [`policy`]: the decision: allow, or a typed denial.
 //! - [`reject`]: every rejection as a JSON body with a stable error code.
+//! - [`live`]: the config + snapshot pair behind one atomic pointer, and every way it changes
+//!   (reload, new snapshot, incremental changes), validated off the request path.
 //!
 //! Only the glue touches sockets:
 //!
 //! - [`proxy`]: the Pingora data plane (the only module importing Pingora).
 //! - [`sample_crm`]: a realistic legacy CRM over in-memory data (hyper), for the demo, the tests
 //!   and the bench; never needed in production.
+//! - [`control`]: the control thread: admin API, snapshot file watcher, SIGHUP, staleness.
+//! - [`admin`]: the admin API (its own listener, bearer token).
 //! - [`demo`]: the `permgate demo` subcommand.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod canon;
 pub mod catalog;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod identity;
+pub mod live;
 pub mod policy;
 pub mod proxy;
 pub mod reject;

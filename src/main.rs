@@ -1,17 +1,17 @@
 //! The `permgate` binary: `serve`, `check-config`, `demo`, `sample-crm`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use log::{error, info};
 
 use permgate::config::{Config, ConfigError};
-use permgate::proxy::{self, Live};
-use permgate::snapshot::Snapshot;
+use permgate::control;
+use permgate::live::{load_startup_snapshot, Overrides, Startup, State};
+use permgate::proxy;
 
 #[derive(Parser)]
 #[command(
@@ -64,65 +64,39 @@ fn print_errors(errors: &[ConfigError]) {
     }
 }
 
-/// Apply command-line overrides to a loaded config.
-fn override_addresses(
-    config: &mut Config,
-    listen: Option<String>,
-    upstream: Option<String>,
-) -> Result<(), String> {
-    if let Some(l) = listen {
+/// Parse the command-line overrides.
+fn overrides(listen: Option<String>, upstream: Option<String>) -> Result<Overrides, String> {
+    if let Some(l) = &listen {
         l.parse::<SocketAddr>()
             .map_err(|_| format!("--listen '{l}' is not an IP:port address"))?;
-        config.listen.address = l;
     }
-    if let Some(u) = upstream {
-        config.upstream.address = u
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| format!("--upstream '{u}' is not a resolvable host:port"))?;
-    }
-    Ok(())
+    let upstream = match upstream {
+        None => None,
+        Some(u) => Some(
+            u.to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| format!("--upstream '{u}' is not a resolvable host:port"))?,
+        ),
+    };
+    Ok(Overrides { listen, upstream })
 }
 
-/// Load the snapshot a config names. Errors are logged; the gateway then starts not ready.
-fn load_snapshot(config: &Config) -> Result<Snapshot, Vec<ConfigError>> {
-    let file = config.snapshot_path.display().to_string();
-    let text = std::fs::read_to_string(&config.snapshot_path).map_err(|e| {
-        vec![ConfigError::new(
-            &file,
-            None,
-            "",
-            format!("cannot read: {e}"),
-        )]
-    })?;
-    Snapshot::build(&file, &text, &config.catalog)
-}
-
-fn serve(config: Config) -> ExitCode {
-    let snapshot = match load_snapshot(&config) {
-        Ok(s) => {
-            info!(
-                "snapshot {} loaded: {} users, {} custom roles",
-                s.version,
-                s.user_count(),
-                s.custom_role_count()
-            );
-            Some(Arc::new(s))
-        }
+/// Load the config and snapshot, start the control thread, and run the proxy.
+fn serve(config: &Path, overrides: Overrides) -> ExitCode {
+    let state = match State::load(config, overrides) {
+        Ok(s) => Arc::new(s),
         Err(errors) => {
-            for e in &errors {
-                error!("snapshot refused: {e}");
-            }
-            error!("no valid snapshot: protected routes answer 503 until one is loaded");
-            None
+            print_errors(&errors);
+            eprintln!("the config was refused; nothing was started");
+            return ExitCode::from(2);
         }
     };
-    let live = Arc::new(ArcSwap::from_pointee(Live {
-        config: Arc::new(config),
-        snapshot,
-    }));
-    proxy::run(live)
+    if let Err(e) = control::spawn(state.clone()) {
+        error!("cannot start the control thread (admin listener?): {e}");
+        return ExitCode::from(2);
+    }
+    proxy::run(state)
 }
 
 fn init_logging() {
@@ -140,19 +114,13 @@ fn main() -> ExitCode {
             upstream,
         } => {
             init_logging();
-            let mut cfg = match Config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    print_errors(&errors);
-                    eprintln!("the config was refused; nothing was started");
-                    return ExitCode::from(2);
+            match overrides(listen, upstream) {
+                Ok(o) => serve(&config, o),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
                 }
-            };
-            if let Err(e) = override_addresses(&mut cfg, listen, upstream) {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
             }
-            serve(cfg)
         }
         Command::CheckConfig { file } => {
             let config = match Config::load(&file) {
@@ -163,8 +131,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match load_snapshot(&config) {
-                Ok(s) => {
+            match load_startup_snapshot(&config) {
+                Startup::Source(s, _) => {
                     println!("config {} (hash {}): OK", config.file, config.hash);
                     println!("  routes:      {}", config.routes.len());
                     println!(
@@ -179,13 +147,15 @@ fn main() -> ExitCode {
                     println!("  users:       {}", s.user_count());
                     println!(
                         "  snapshot:    {} ({})",
-                        config.snapshot_path.display(),
+                        config.snapshot.path.display(),
                         s.version
                     );
                     ExitCode::SUCCESS
                 }
-                Err(errors) => {
-                    print_errors(&errors);
+                Startup::Persisted(_, _, errors) | Startup::Nothing(errors) => {
+                    for e in &errors {
+                        eprintln!("error: {e}");
+                    }
                     eprintln!("{} error(s); the snapshot is refused", errors.len());
                     ExitCode::from(1)
                 }
@@ -194,7 +164,7 @@ fn main() -> ExitCode {
         Command::Demo { listen } => {
             init_logging();
             match permgate::demo::prepare(&listen) {
-                Ok(config) => serve(config),
+                Ok((config, o)) => serve(&config, o),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)

@@ -3,7 +3,7 @@
 //!
 //! Order (README "How a decision is taken"):
 //! 1. header hygiene (400), 2. canonical path (400/414), 3. route match (unmatched: 404 or 403
-//!    as configured), 4. public route → allow, 5. snapshot loaded (else 503), 6. exactly one
+//!    as configured), 4. public route → allow, 5. snapshot loaded and fresh enough (else 503), 6. exactly one
 //!    valid credential (401/400), 7. known, enabled user (401/403), 8. the route's permission
 //!    through any of the user's roles (else 403 naming the permission).
 
@@ -67,9 +67,12 @@ pub fn route_info(config: &Config, idx: usize) -> &RouteInfo {
 }
 
 /// Decide one request.
+///
+/// `snapshot` is the request's snapshot, or the rejection that stands for it (none loaded yet,
+/// or stale with `on_stale = fail_closed`); it only matters for protected routes.
 pub fn decide(
     config: &Config,
-    snapshot: Option<&Snapshot>,
+    snapshot: Result<&Snapshot, Rejection>,
     req: &Request<'_>,
 ) -> Result<Permit, Denied> {
     canon::check_headers(req.headers)
@@ -101,9 +104,7 @@ pub fn decide(
         route: Some(route_idx),
         user,
     };
-    let Some(snapshot) = snapshot else {
-        return Err(deny(Rejection::not_ready(), None));
-    };
+    let snapshot = snapshot.map_err(|r| deny(r, None))?;
     let who = config
         .identity
         .identify(req.headers, req.peer)

@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{
@@ -30,30 +29,22 @@ use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::{ErrorSource, ErrorType};
 
-use crate::config::Config;
 use crate::identity;
+use crate::live::{Live, State};
 use crate::policy::{self, Denied, Permit};
 use crate::reject::Rejection;
-use crate::snapshot::Snapshot;
-
-/// What a request reads: the config and the snapshot compiled against it, swapped together.
-pub struct Live {
-    pub config: Arc<Config>,
-    /// `None` until a valid snapshot is loaded: protected routes answer 503, never allow.
-    pub snapshot: Option<Arc<Snapshot>>,
-}
 
 /// Prefix of every header permgate sets; client copies of any of them are removed.
 pub const OWN_HEADER_PREFIX: &str = "x-permgate-";
 
 /// The gateway's Pingora application.
 pub struct Gateway {
-    live: Arc<ArcSwap<Live>>,
+    state: Arc<State>,
 }
 
 impl Gateway {
-    pub fn new(live: Arc<ArcSwap<Live>>) -> Self {
-        Gateway { live }
+    pub fn new(state: Arc<State>) -> Self {
+        Gateway { state }
     }
 }
 
@@ -137,7 +128,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // The one load of this request: a swap never changes a request in flight.
-        let live = self.live.load_full();
+        let live = self.state.live();
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -145,7 +136,7 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let decision = policy::decide(
             &live.config,
-            live.snapshot.as_deref(),
+            self.state.snapshot_for_request(&live),
             &policy::Request {
                 method: &req.method,
                 target: req.raw_path(),
@@ -364,8 +355,8 @@ impl ProxyHttp for Gateway {
 }
 
 /// Build the Pingora server for a config and run it until the process ends.
-pub fn run(live: Arc<ArcSwap<Live>>) -> ! {
-    let config = live.load().config.clone();
+pub fn run(state: Arc<State>) -> ! {
+    let config = state.live().config.clone();
     let mut conf = ServerConf {
         threads: config.listen.threads,
         upstream_keepalive_pool_size: config.upstream.pool_size,
@@ -378,7 +369,7 @@ pub fn run(live: Arc<ArcSwap<Live>>) -> ! {
     server.bootstrap();
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = config.listen.h2c;
-    let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(live))
+    let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(state))
         .name("permgate")
         .server_options(server_options)
         .build();

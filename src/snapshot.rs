@@ -17,50 +17,55 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{is_valid_role_id, Catalog, PermId, PermSet};
 use crate::config::{line_of, ConfigError};
 
-#[derive(Deserialize)]
+/// The snapshot's source form. Public so incremental changes can be applied to it.
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
-struct RawSnapshot {
+pub struct RawSnapshot {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// When the source produced it (Unix seconds); the snapshot's age counts from here, else
+    /// from when it was loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_at: Option<u64>,
     #[serde(default)]
-    version: Option<String>,
-    #[serde(default)]
-    roles: Vec<RawRole>,
-    users: Vec<RawUser>,
+    pub roles: Vec<RawRole>,
+    pub users: Vec<RawUser>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
-struct RawRole {
-    id: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    description: Option<String>,
-    permissions: Vec<String>,
+pub struct RawRole {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub permissions: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
-struct RawUser {
-    id: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    email: Option<String>,
-    roles: Vec<String>,
-    #[serde(default)]
-    teams: Vec<String>,
-    #[serde(default)]
-    manager: Option<String>,
-    #[serde(default)]
-    api_keys: Vec<String>,
-    #[serde(default)]
-    disabled: bool,
+pub struct RawUser {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 /// A role as the snapshot knows it (preset or custom).
@@ -100,6 +105,8 @@ pub struct Snapshot {
     /// From the source, or `sha256:<16 hex>` of the content.
     pub version: String,
     pub loaded_at: SystemTime,
+    /// When the source produced it; `loaded_at` when the source does not say.
+    pub produced_at: SystemTime,
     roles: Vec<SnapshotRole>,
     grants: Vec<Grant>,
     users: Vec<User>,
@@ -395,9 +402,15 @@ impl Snapshot {
                 hex::encode(&Sha256::digest(text.as_bytes())[..8])
             ),
         };
+        let loaded_at = SystemTime::now();
+        let produced_at = raw
+            .generated_at
+            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+            .unwrap_or(loaded_at);
         Ok(Snapshot {
             version,
-            loaded_at: SystemTime::now(),
+            loaded_at,
+            produced_at,
             roles,
             grants,
             users,
@@ -405,6 +418,13 @@ impl Snapshot {
             by_id,
             api_keys,
         })
+    }
+
+    /// How old the snapshot is (from `generated_at`, else from when it was loaded).
+    pub fn age(&self) -> std::time::Duration {
+        SystemTime::now()
+            .duration_since(self.produced_at)
+            .unwrap_or_default()
     }
 
     pub fn user_index(&self, id: &str) -> Option<UserIdx> {
@@ -544,5 +564,127 @@ mod tests {
         assert_eq!(offs.len(), 2);
         assert_eq!(&t[offs[0]..offs[0] + 1], "{");
         assert!(element_offsets(t, "roles").is_empty());
+    }
+}
+
+/// One incremental change to a snapshot (admin API `POST /snapshot/changes`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    SetRoles { user: String, roles: Vec<String> },
+    SetManager { user: String, manager: Option<String> },
+    SetTeams { user: String, teams: Vec<String> },
+    Disable { user: String },
+    Enable { user: String },
+    UpsertUser { user: RawUser },
+    RemoveUser { user: String },
+    UpsertRole { role: RawRole },
+    RemoveRole { role: String },
+}
+
+impl RawSnapshot {
+    pub fn parse(text: &str) -> Result<RawSnapshot, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Apply a batch of changes, in order. An error names the change; nothing is half-applied
+    /// because the caller works on a copy and validates the result with [`Snapshot::build`].
+    pub fn apply(&mut self, changes: &[Change]) -> Result<(), String> {
+        for (i, change) in changes.iter().enumerate() {
+            let user = |raw: &mut RawSnapshot, id: &str| -> Result<usize, String> {
+                raw.users
+                    .iter()
+                    .position(|u| u.id == id)
+                    .ok_or_else(|| format!("changes[{i}]: unknown user '{id}'"))
+            };
+            match change {
+                Change::SetRoles { user: id, roles } => {
+                    let u = user(self, id)?;
+                    self.users[u].roles = roles.clone();
+                }
+                Change::SetManager { user: id, manager } => {
+                    let u = user(self, id)?;
+                    self.users[u].manager = manager.clone();
+                }
+                Change::SetTeams { user: id, teams } => {
+                    let u = user(self, id)?;
+                    self.users[u].teams = teams.clone();
+                }
+                Change::Disable { user: id } => {
+                    let u = user(self, id)?;
+                    self.users[u].disabled = true;
+                }
+                Change::Enable { user: id } => {
+                    let u = user(self, id)?;
+                    self.users[u].disabled = false;
+                }
+                Change::UpsertUser { user: new } => {
+                    match self.users.iter().position(|u| u.id == new.id) {
+                        Some(u) => self.users[u] = new.clone(),
+                        None => self.users.push(new.clone()),
+                    }
+                }
+                Change::RemoveUser { user: id } => {
+                    let u = user(self, id)?;
+                    self.users.remove(u);
+                }
+                Change::UpsertRole { role } => {
+                    match self.roles.iter().position(|r| r.id == role.id) {
+                        Some(r) => self.roles[r] = role.clone(),
+                        None => self.roles.push(role.clone()),
+                    }
+                }
+                Change::RemoveRole { role } => {
+                    let r = self
+                        .roles
+                        .iter()
+                        .position(|r| &r.id == role)
+                        .ok_or_else(|| format!("changes[{i}]: unknown custom role '{role}'"))?;
+                    self.roles.remove(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings, vectors and booleans cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    #[test]
+    fn changes_apply_in_order_and_validate() {
+        let c = Catalog::builtin().unwrap();
+        let mut raw = RawSnapshot::parse(crate::demo::DEMO_SNAPSHOT).unwrap();
+        let changes: Vec<Change> = serde_json::from_str(
+            r#"[{"op":"set_roles","user":"u-rep1","roles":["sales_rep","campaign_cleaner"]},
+                {"op":"disable","user":"u-csr"},
+                {"op":"upsert_user","user":{"id":"u-new","roles":["member"],"manager":"u-sm"}},
+                {"op":"set_manager","user":"u-rep2","manager":null}]"#,
+        )
+        .unwrap();
+        raw.apply(&changes).unwrap();
+        let s = Snapshot::build("changed", &raw.to_json(), &c).unwrap();
+        let rep = s.user_index("u-rep1").unwrap();
+        assert!(s.has_permission(rep, c.permission("campaign.delete").unwrap()));
+        assert!(s.user(s.user_index("u-csr").unwrap()).disabled);
+        assert!(s.user_index("u-new").is_some());
+        assert!(s.user(s.user_index("u-rep2").unwrap()).manager.is_none());
+
+        let bad: Vec<Change> =
+            serde_json::from_str(r#"[{"op":"disable","user":"u-nobody"}]"#).unwrap();
+        assert!(raw.apply(&bad).unwrap_err().contains("changes[0]"));
+        assert!(serde_json::from_str::<Vec<Change>>(r#"[{"op":"disable","user":"a","x":1}]"#).is_err());
+        assert!(serde_json::from_str::<Vec<Change>>(r#"[{"op":"explode","user":"a"}]"#).is_err());
+        // A change that leaves the snapshot invalid is caught by the build.
+        let mut raw2 = RawSnapshot::parse(crate::demo::DEMO_SNAPSHOT).unwrap();
+        raw2.apply(&serde_json::from_str::<Vec<Change>>(r#"[{"op":"remove_user","user":"u-sm"}]"#).unwrap())
+            .unwrap();
+        assert!(Snapshot::build("changed", &raw2.to_json(), &c).is_err(), "u-rep1's manager is gone");
     }
 }

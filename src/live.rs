@@ -1,0 +1,469 @@
+//! The live state: the config and the snapshot compiled against it, behind one atomic pointer,
+//! and every way they change.
+//!
+//! A request loads [`Live`] once and keeps it to the end, so a swap never changes a request in
+//! flight, and the config and snapshot it sees always belong together. Every change — a config
+//! reload, a new snapshot from a source, a batch of incremental changes — is validated and built
+//! in full *off the request path*, then swapped in with one store; anything that fails leaves the
+//! live state untouched and is logged, counted and shown in `/status`. Writers are serialized.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use log::{error, info, warn};
+
+use crate::config::{Config, ConfigError, OnStale};
+use crate::reject::Rejection;
+use crate::snapshot::{Change, RawSnapshot, Snapshot};
+
+/// What a request reads: the config and the snapshot compiled against it, swapped together.
+pub struct Live {
+    pub config: Arc<Config>,
+    /// `None` until a valid snapshot is loaded: protected routes answer 503, never allow.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// The snapshot's source text (to rebuild it against a reloaded catalogue, and to apply
+    /// incremental changes to).
+    pub snapshot_text: Option<Arc<str>>,
+}
+
+/// Command-line overrides, re-applied on every config reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<SocketAddr>,
+}
+
+impl Overrides {
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(l) = &self.listen {
+            config.listen.address = l.clone();
+        }
+        if let Some(u) = self.upstream {
+            config.upstream.address = u;
+        }
+    }
+}
+
+/// One refused change, for `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChangeError {
+    pub at_unix: u64,
+    pub source: String,
+    pub errors: Vec<String>,
+}
+
+/// Counters shown in `/status` (and later exported as metrics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub config_reloads: AtomicU64,
+    pub config_reload_failures: AtomicU64,
+    pub snapshot_updates: AtomicU64,
+    pub snapshot_update_failures: AtomicU64,
+}
+
+/// The gateway's state, shared by the proxy, the admin API and the sources.
+pub struct State {
+    live: ArcSwap<Live>,
+    config_path: PathBuf,
+    overrides: Overrides,
+    /// Set while the snapshot is older than the configured maximum staleness.
+    stale: AtomicBool,
+    pub counters: Counters,
+    errors: Mutex<VecDeque<ChangeError>>,
+    /// Serializes writers: two changes never build from the same base and race to store.
+    writer: Mutex<()>,
+}
+
+const KEEP_ERRORS: usize = 20;
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A writer that panicked cannot leave half a swap behind (swaps are single stores), so a
+    // poisoned lock is safe to keep using.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn strings(errors: &[ConfigError]) -> Vec<String> {
+    errors.iter().map(|e| e.to_string()).collect()
+}
+
+/// Write `text` to `path` atomically: a temp file in the same folder, fsync, rename.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("snapshot"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// The result of loading the snapshot at start.
+pub enum Startup {
+    /// From the configured source.
+    Source(Snapshot, Arc<str>),
+    /// The source failed; the last good one persisted on disk is served.
+    Persisted(Snapshot, Arc<str>, Vec<String>),
+    /// Nothing usable: the gateway starts not ready.
+    Nothing(Vec<String>),
+}
+
+/// Read and build the snapshot a config names, falling back to the persisted last good one.
+pub fn load_startup_snapshot(config: &Config) -> Startup {
+    let path = &config.snapshot.path;
+    let file = path.display().to_string();
+    let primary = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("{file}: cannot read: {e}")])
+        .and_then(|text| {
+            Snapshot::build(&file, &text, &config.catalog)
+                .map(|s| (s, Arc::<str>::from(text)))
+                .map_err(|e| strings(&e))
+        });
+    let errors = match primary {
+        Ok((s, text)) => return Startup::Source(s, text),
+        Err(e) => e,
+    };
+    if let Some(persisted) = &config.snapshot.persist_path {
+        let pfile = persisted.display().to_string();
+        if let Ok(text) = std::fs::read_to_string(persisted) {
+            match Snapshot::build(&pfile, &text, &config.catalog) {
+                Ok(s) => return Startup::Persisted(s, Arc::from(text), errors),
+                Err(e) => {
+                    let mut all = errors;
+                    all.extend(strings(&e));
+                    return Startup::Nothing(all);
+                }
+            }
+        }
+    }
+    Startup::Nothing(errors)
+}
+
+impl State {
+    /// Load the config and the snapshot. A bad config is an error (nothing starts); a missing or
+    /// bad snapshot is logged and the gateway starts not ready.
+    pub fn load(config_path: &Path, overrides: Overrides) -> Result<State, Vec<ConfigError>> {
+        let mut config = Config::load(config_path)?;
+        overrides.apply(&mut config);
+        let state = State {
+            live: ArcSwap::from_pointee(Live {
+                config: Arc::new(config),
+                snapshot: None,
+                snapshot_text: None,
+            }),
+            config_path: config_path.to_path_buf(),
+            overrides,
+            stale: AtomicBool::new(false),
+            counters: Counters::default(),
+            errors: Mutex::new(VecDeque::new()),
+            writer: Mutex::new(()),
+        };
+        let config = state.live.load().config.clone();
+        match load_startup_snapshot(&config) {
+            Startup::Source(s, text) => {
+                info!("snapshot {} loaded: {} users", s.version, s.user_count());
+                state.store_snapshot(&config, s, text, "startup");
+            }
+            Startup::Persisted(s, text, errors) => {
+                for e in &errors {
+                    error!("snapshot source refused: {e}");
+                }
+                warn!(
+                    "serving the last good snapshot persisted on disk ({}, {} users)",
+                    s.version,
+                    s.user_count()
+                );
+                state.record_error("startup", errors);
+                state.store_snapshot(&config, s, text, "persisted");
+            }
+            Startup::Nothing(errors) => {
+                for e in &errors {
+                    error!("snapshot refused: {e}");
+                }
+                error!("no valid snapshot: protected routes answer 503 until one is loaded");
+                state.record_error("startup", errors);
+            }
+        }
+        Ok(state)
+    }
+
+    /// The live config and snapshot: one atomic load.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// The snapshot as a request may use it, or the rejection that stands for it.
+    pub fn snapshot_for_request<'a>(&self, live: &'a Live) -> Result<&'a Snapshot, Rejection> {
+        match &live.snapshot {
+            None => Err(Rejection::not_ready()),
+            Some(_)
+                if self.stale.load(Ordering::Relaxed)
+                    && live.config.snapshot.on_stale == OnStale::FailClosed =>
+            {
+                Err(Rejection::new(
+                    503,
+                    "snapshot_stale",
+                    "the policy snapshot is older than the configured limit; nothing is allowed",
+                ))
+            }
+            Some(s) => Ok(s),
+        }
+    }
+
+    /// Ready to serve protected routes.
+    pub fn ready(&self) -> bool {
+        let live = self.live();
+        self.snapshot_for_request(&live).is_ok()
+    }
+
+    fn record_error(&self, source: &str, errors: Vec<String>) {
+        let mut q = lock(&self.errors);
+        if q.len() == KEEP_ERRORS {
+            q.pop_front();
+        }
+        q.push_back(ChangeError {
+            at_unix: now_unix(),
+            source: source.to_string(),
+            errors,
+        });
+    }
+
+    /// Swap in a snapshot built against `config` (the caller holds the writer lock, or is
+    /// still starting).
+    fn store_snapshot(&self, config: &Arc<Config>, snapshot: Snapshot, text: Arc<str>, source: &str) {
+        if let Some(p) = &config.snapshot.persist_path {
+            if let Err(e) = write_atomically(p, &text) {
+                // Persisting is a fallback for restarts; failing it does not block the update.
+                warn!("could not persist the snapshot to {}: {e}", p.display());
+                self.record_error(source, vec![format!("persist {}: {e}", p.display())]);
+            }
+        }
+        info!(
+            "snapshot {} live (source {source}, {} users)",
+            snapshot.version,
+            snapshot.user_count()
+        );
+        self.live.store(Arc::new(Live {
+            config: config.clone(),
+            snapshot: Some(Arc::new(snapshot)),
+            snapshot_text: Some(text),
+        }));
+        self.update_staleness();
+    }
+
+    /// Validate and swap in a new snapshot (from a file, a URL or the admin API). On error the
+    /// live one stays and the errors are returned, logged and counted.
+    pub fn replace_snapshot(&self, text: &str, source: &str) -> Result<String, Vec<String>> {
+        let _w = lock(&self.writer);
+        let current = self.live();
+        if current.snapshot_text.as_deref() == Some(text) {
+            // Unchanged content: nothing to rebuild.
+            return Ok(current
+                .snapshot
+                .as_ref()
+                .map(|s| s.version.clone())
+                .unwrap_or_default());
+        }
+        match Snapshot::build(source, text, &current.config.catalog) {
+            Ok(s) => {
+                let version = s.version.clone();
+                self.store_snapshot(&current.config, s, Arc::from(text), source);
+                self.counters.snapshot_updates.fetch_add(1, Ordering::Relaxed);
+                Ok(version)
+            }
+            Err(e) => Err(self.refuse_snapshot(source, strings(&e))),
+        }
+    }
+
+    fn refuse_snapshot(&self, source: &str, errors: Vec<String>) -> Vec<String> {
+        for e in &errors {
+            error!("snapshot from {source} refused, the live one stays: {e}");
+        }
+        self.counters
+            .snapshot_update_failures
+            .fetch_add(1, Ordering::Relaxed);
+        self.record_error(source, errors.clone());
+        errors
+    }
+
+    /// Apply a batch of incremental changes to the live snapshot's source form and swap in the
+    /// result (validated in full, like any other snapshot).
+    pub fn apply_changes(&self, changes: &[Change], source: &str) -> Result<String, Vec<String>> {
+        let _w = lock(&self.writer);
+        let current = self.live();
+        let Some(text) = &current.snapshot_text else {
+            return Err(self.refuse_snapshot(
+                source,
+                vec!["no snapshot is loaded to apply changes to".into()],
+            ));
+        };
+        let mut raw = match RawSnapshot::parse(text) {
+            Ok(r) => r,
+            Err(e) => return Err(self.refuse_snapshot(source, vec![e])),
+        };
+        if let Err(e) = raw.apply(changes) {
+            return Err(self.refuse_snapshot(source, vec![e]));
+        }
+        let previous = current
+            .snapshot
+            .as_ref()
+            .map(|s| s.version.clone())
+            .unwrap_or_default();
+        raw.version = Some(format!("{previous}+{}", changes.len()));
+        raw.generated_at = Some(now_unix());
+        let new_text = raw.to_json();
+        match Snapshot::build(source, &new_text, &current.config.catalog) {
+            Ok(s) => {
+                let version = s.version.clone();
+                self.store_snapshot(&current.config, s, Arc::from(new_text), source);
+                self.counters.snapshot_updates.fetch_add(1, Ordering::Relaxed);
+                Ok(version)
+            }
+            Err(e) => Err(self.refuse_snapshot(source, strings(&e))),
+        }
+    }
+
+    /// Re-read the config file; rebuild the live snapshot against it; swap both at once.
+    pub fn reload_config(&self, source: &str) -> Result<String, Vec<String>> {
+        let _w = lock(&self.writer);
+        let current = self.live();
+        let refuse = |errors: Vec<String>| {
+            for e in &errors {
+                error!("config reload ({source}) refused, the live config stays: {e}");
+            }
+            self.counters
+                .config_reload_failures
+                .fetch_add(1, Ordering::Relaxed);
+            self.record_error(source, errors.clone());
+            errors
+        };
+        let mut config = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => return Err(refuse(strings(&e))),
+        };
+        self.overrides.apply(&mut config);
+        if config.listen.address != current.config.listen.address
+            || config.listen.h2c != current.config.listen.h2c
+            || config.listen.threads != current.config.listen.threads
+        {
+            return Err(refuse(vec![format!(
+                "{}: [listen] changed; listeners cannot change without a restart",
+                config.file
+            )]));
+        }
+        if config.admin.as_ref().map(|a| a.listen) != current.config.admin.as_ref().map(|a| a.listen)
+        {
+            return Err(refuse(vec![format!(
+                "{}: admin.listen changed; it cannot change without a restart",
+                config.file
+            )]));
+        }
+        // The snapshot's roles were compiled against the old catalogue: rebuild it.
+        let snapshot = match &current.snapshot_text {
+            None => None,
+            Some(text) => match Snapshot::build("live snapshot", text, &config.catalog) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    let mut errors = vec![
+                        "the live snapshot is not valid against the new config's catalogue"
+                            .to_string(),
+                    ];
+                    errors.extend(strings(&e));
+                    return Err(refuse(errors));
+                }
+            },
+        };
+        let hash = config.hash.clone();
+        info!("config {} (hash {hash}) live (source {source})", config.file);
+        self.live.store(Arc::new(Live {
+            config: Arc::new(config),
+            snapshot,
+            snapshot_text: current.snapshot_text.clone(),
+        }));
+        self.counters.config_reloads.fetch_add(1, Ordering::Relaxed);
+        self.update_staleness();
+        Ok(hash)
+    }
+
+    /// Recompute the stale flag (called on every swap and by a 1 s ticker).
+    pub fn update_staleness(&self) {
+        let live = self.live();
+        let limit = live.config.snapshot.max_staleness;
+        let stale = match &live.snapshot {
+            Some(s) if !limit.is_zero() => s.age() > limit,
+            _ => false,
+        };
+        let was = self.stale.swap(stale, Ordering::Relaxed);
+        if stale && !was {
+            warn!(
+                "the snapshot is older than {}s ({}); {}",
+                limit.as_secs(),
+                live.snapshot
+                    .as_ref()
+                    .map(|s| s.version.as_str())
+                    .unwrap_or("-"),
+                match live.config.snapshot.on_stale {
+                    OnStale::Serve => "still serving it (on_stale = serve)",
+                    OnStale::FailClosed => "protected routes answer 503 (on_stale = fail_closed)",
+                }
+            );
+        }
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// `/status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let live = self.live();
+        let c = &self.counters;
+        let snapshot = live.snapshot.as_ref().map(|s| {
+            serde_json::json!({
+                "version": s.version,
+                "age_seconds": s.age().as_secs_f64(),
+                "loaded_at_unix": s.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "users": s.user_count(),
+                "custom_roles": s.custom_role_count(),
+                "stale": self.is_stale(),
+            })
+        });
+        serde_json::json!({
+            "ready": self.ready(),
+            "config": {
+                "file": live.config.file,
+                "hash": live.config.hash,
+                "routes": live.config.routes.len(),
+                "permissions": live.config.catalog.permissions().len(),
+            },
+            "snapshot": snapshot,
+            "counters": {
+                "config_reloads": c.config_reloads.load(Ordering::Relaxed),
+                "config_reload_failures": c.config_reload_failures.load(Ordering::Relaxed),
+                "snapshot_updates": c.snapshot_updates.load(Ordering::Relaxed),
+                "snapshot_update_failures": c.snapshot_update_failures.load(Ordering::Relaxed),
+            },
+            "last_errors": lock(&self.errors).iter().cloned().collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// How often the staleness flag is recomputed.
+pub const STALENESS_TICK: Duration = Duration::from_secs(1);
