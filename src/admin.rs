@@ -69,7 +69,11 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Respon
             "too_large",
             "the body is over admin.max_snapshot_mb",
         )),
-        Err(_) => Err(error(StatusCode::BAD_REQUEST, "bad_body", "the body could not be read")),
+        Err(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "the body could not be read",
+        )),
     }
 }
 
@@ -85,22 +89,35 @@ fn outcome(r: Option<Result<String, Vec<String>>>, key: &str, code: &str) -> Res
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({"error": code, "message": "refused; the live state is unchanged", "errors": errors}),
         ),
-        None => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the build task failed"),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the build task failed",
+        ),
     }
 }
 
 /// Handle one admin request.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let resp = match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             let ready = state.ready();
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             reply(status, json!({"ready": ready, "stale": state.is_stale()}))
         }
-        (_, "/status" | "/reload" | "/snapshot" | "/snapshot/changes") if !authorized(&state, &req) => {
+        (_, "/status" | "/reload" | "/snapshot" | "/snapshot/changes")
+            if !authorized(&state, &req) =>
+        {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -115,14 +132,27 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
         (&Method::GET, "/status") => reply(StatusCode::OK, state.status()),
         (&Method::POST, "/reload") => {
             let s = state.clone();
-            outcome(blocking(move || s.reload_config("admin")).await, "config_hash", "config_refused")
+            outcome(
+                blocking(move || s.reload_config("admin")).await,
+                "config_hash",
+                "config_refused",
+            )
         }
         (&Method::PUT, "/snapshot") => {
-            let limit = state.live().config.admin.as_ref().map_or(0, |a| a.max_snapshot_bytes);
+            let limit = state
+                .live()
+                .config
+                .admin
+                .as_ref()
+                .map_or(0, |a| a.max_snapshot_bytes);
             match read_body(req, limit).await {
                 Err(r) => r,
                 Ok(body) => match String::from_utf8(body.to_vec()) {
-                    Err(_) => error(StatusCode::BAD_REQUEST, "bad_body", "the snapshot is not UTF-8"),
+                    Err(_) => error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_body",
+                        "the snapshot is not UTF-8",
+                    ),
                     Ok(text) => {
                         let s = state.clone();
                         outcome(
@@ -135,7 +165,12 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
             }
         }
         (&Method::POST, "/snapshot/changes") => {
-            let limit = state.live().config.admin.as_ref().map_or(0, |a| a.max_snapshot_bytes);
+            let limit = state
+                .live()
+                .config
+                .admin
+                .as_ref()
+                .map_or(0, |a| a.max_snapshot_bytes);
             #[derive(serde::Deserialize)]
             #[serde(deny_unknown_fields)]
             struct Batch {
@@ -157,7 +192,11 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
             }
         }
         (_, "/healthz" | "/readyz" | "/status" | "/reload" | "/snapshot" | "/snapshot/changes") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "wrong method for this endpoint")
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "wrong method for this endpoint",
+            )
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };

@@ -38,7 +38,10 @@ async fn watch_snapshot_file(state: Arc<State>) {
     loop {
         let (path, interval) = {
             let live = state.live();
-            (live.config.snapshot.path.clone(), live.config.snapshot.poll_interval)
+            (
+                live.config.snapshot.path.clone(),
+                live.config.snapshot.poll_interval,
+            )
         };
         tokio::time::sleep(interval).await;
         let now = stamp(&path);
@@ -46,7 +49,10 @@ async fn watch_snapshot_file(state: Arc<State>) {
             continue;
         }
         // Debounce: wait until the file holds still.
-        tokio::time::sleep((interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250))).await;
+        tokio::time::sleep(
+            (interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250)),
+        )
+        .await;
         let settled = stamp(&path);
         if settled != now {
             continue;
@@ -111,7 +117,10 @@ pub fn spawn(state: Arc<State>) -> std::io::Result<()> {
                 if let Some(l) = listener {
                     match tokio::net::TcpListener::from_std(l) {
                         Ok(l) => {
-                            info!("admin API on {}", l.local_addr().map(|a| a.to_string()).unwrap_or_default());
+                            info!(
+                                "admin API on {}",
+                                l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                            );
                             tokio::spawn(crate::admin::serve(state.clone(), l));
                         }
                         Err(e) => error!("admin listener: {e}"),

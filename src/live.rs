@@ -105,7 +105,9 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("snapshot"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("snapshot"),
         std::process::id()
     ));
     let mut f = std::fs::File::create(&tmp)?;
@@ -247,7 +249,13 @@ impl State {
 
     /// Swap in a snapshot built against `config` (the caller holds the writer lock, or is
     /// still starting).
-    fn store_snapshot(&self, config: &Arc<Config>, snapshot: Snapshot, text: Arc<str>, source: &str) {
+    fn store_snapshot(
+        &self,
+        config: &Arc<Config>,
+        snapshot: Snapshot,
+        text: Arc<str>,
+        source: &str,
+    ) {
         if let Some(p) = &config.snapshot.persist_path {
             if let Err(e) = write_atomically(p, &text) {
                 // Persisting is a fallback for restarts; failing it does not block the update.
@@ -285,7 +293,9 @@ impl State {
             Ok(s) => {
                 let version = s.version.clone();
                 self.store_snapshot(&current.config, s, Arc::from(text), source);
-                self.counters.snapshot_updates.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .snapshot_updates
+                    .fetch_add(1, Ordering::Relaxed);
                 Ok(version)
             }
             Err(e) => Err(self.refuse_snapshot(source, strings(&e))),
@@ -333,7 +343,9 @@ impl State {
             Ok(s) => {
                 let version = s.version.clone();
                 self.store_snapshot(&current.config, s, Arc::from(new_text), source);
-                self.counters.snapshot_updates.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .snapshot_updates
+                    .fetch_add(1, Ordering::Relaxed);
                 Ok(version)
             }
             Err(e) => Err(self.refuse_snapshot(source, strings(&e))),
@@ -368,7 +380,8 @@ impl State {
                 config.file
             )]));
         }
-        if config.admin.as_ref().map(|a| a.listen) != current.config.admin.as_ref().map(|a| a.listen)
+        if config.admin.as_ref().map(|a| a.listen)
+            != current.config.admin.as_ref().map(|a| a.listen)
         {
             return Err(refuse(vec![format!(
                 "{}: admin.listen changed; it cannot change without a restart",
@@ -391,7 +404,10 @@ impl State {
             },
         };
         let hash = config.hash.clone();
-        info!("config {} (hash {hash}) live (source {source})", config.file);
+        info!(
+            "config {} (hash {hash}) live (source {source})",
+            config.file
+        );
         self.live.store(Arc::new(Live {
             config: Arc::new(config),
             snapshot,

@@ -571,15 +571,36 @@ mod tests {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Change {
-    SetRoles { user: String, roles: Vec<String> },
-    SetManager { user: String, manager: Option<String> },
-    SetTeams { user: String, teams: Vec<String> },
-    Disable { user: String },
-    Enable { user: String },
-    UpsertUser { user: RawUser },
-    RemoveUser { user: String },
-    UpsertRole { role: RawRole },
-    RemoveRole { role: String },
+    SetRoles {
+        user: String,
+        roles: Vec<String>,
+    },
+    SetManager {
+        user: String,
+        manager: Option<String>,
+    },
+    SetTeams {
+        user: String,
+        teams: Vec<String>,
+    },
+    Disable {
+        user: String,
+    },
+    Enable {
+        user: String,
+    },
+    UpsertUser {
+        user: RawUser,
+    },
+    RemoveUser {
+        user: String,
+    },
+    UpsertRole {
+        role: RawRole,
+    },
+    RemoveRole {
+        role: String,
+    },
 }
 
 impl RawSnapshot {
@@ -679,12 +700,20 @@ mod change_tests {
         let bad: Vec<Change> =
             serde_json::from_str(r#"[{"op":"disable","user":"u-nobody"}]"#).unwrap();
         assert!(raw.apply(&bad).unwrap_err().contains("changes[0]"));
-        assert!(serde_json::from_str::<Vec<Change>>(r#"[{"op":"disable","user":"a","x":1}]"#).is_err());
+        assert!(
+            serde_json::from_str::<Vec<Change>>(r#"[{"op":"disable","user":"a","x":1}]"#).is_err()
+        );
         assert!(serde_json::from_str::<Vec<Change>>(r#"[{"op":"explode","user":"a"}]"#).is_err());
         // A change that leaves the snapshot invalid is caught by the build.
         let mut raw2 = RawSnapshot::parse(crate::demo::DEMO_SNAPSHOT).unwrap();
-        raw2.apply(&serde_json::from_str::<Vec<Change>>(r#"[{"op":"remove_user","user":"u-sm"}]"#).unwrap())
-            .unwrap();
-        assert!(Snapshot::build("changed", &raw2.to_json(), &c).is_err(), "u-rep1's manager is gone");
+        raw2.apply(
+            &serde_json::from_str::<Vec<Change>>(r#"[{"op":"remove_user","user":"u-sm"}]"#)
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            Snapshot::build("changed", &raw2.to_json(), &c).is_err(),
+            "u-rep1's manager is gone"
+        );
     }
 }

@@ -257,3 +257,35 @@ pub fn recorded_header<'a>(r: &'a RecordedRequest, name: &str) -> Vec<&'a str> {
         .map(|(_, v)| v.as_str())
         .collect()
 }
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A free loopback port for an admin listener, written into a config.
+pub fn admin_section() -> (String, u16) {
+    let port = free_port();
+    (
+        format!("\n[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{ADMIN_TOKEN}\"\n"),
+        port,
+    )
+}
+
+/// The demo config's text.
+pub fn demo_config_text() -> String {
+    std::fs::read_to_string(demo_config()).unwrap()
+}
+
+/// Poll `f` every 20 ms for up to `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}

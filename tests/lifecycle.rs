@@ -1,0 +1,513 @@
+//! The snapshot and config lifecycle through the real binary: admin API, snapshot pushes and
+//! incremental changes, the watched file, SIGHUP and admin reloads, the persisted last good
+//! snapshot, staleness, and swaps under load.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use permgate::demo::DEMO_SNAPSHOT;
+
+struct Gw {
+    h: Harness,
+    admin: String,
+    dir: tempfile::TempDir,
+}
+
+/// A gateway on the demo config plus `extra` TOML and an admin listener, in its own folder.
+async fn gateway(extra: &str, snapshot: Option<&str>) -> Gw {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, port) = admin_section();
+    let text = format!("{}{extra}{admin}", demo_config_text());
+    std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+    if let Some(s) = snapshot {
+        std::fs::write(dir.path().join("snapshot.json"), s).unwrap();
+    }
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    Gw {
+        h,
+        admin: format!("http://127.0.0.1:{port}"),
+        dir,
+    }
+}
+
+impl Gw {
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = client()
+            .request(method, format!("{}{path}", self.admin))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Status of `DELETE /api/v1/campaigns/{id}` by u-rep1 (needs campaign.delete).
+    async fn rep_delete(&self, id: u32) -> u16 {
+        client()
+            .delete(self.h.url(&format!("/api/v1/campaigns/{id}")))
+            .header("authorization", bearer("u-rep1"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// The demo snapshot where u-rep1 also holds the custom role campaign_cleaner.
+fn rep_can_delete(version: &str) -> String {
+    DEMO_SNAPSHOT
+        .replacen(
+            "\"roles\": [\"sales_rep\"], \"teams\": [\"sales-east\"], \"manager\": \"u-sm\" },\n    { \"id\": \"u-rep2\"",
+            "\"roles\": [\"sales_rep\", \"campaign_cleaner\"], \"teams\": [\"sales-east\"], \"manager\": \"u-sm\" },\n    { \"id\": \"u-rep2\"",
+            1,
+        )
+        .replacen("demo-2026-11-23.1", version, 1)
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_its_token_and_reports_status() {
+    let g = gateway("", Some(DEMO_SNAPSHOT)).await;
+    let c = client();
+    assert_eq!(
+        c.get(format!("{}/healthz", g.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{}/readyz", g.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for (m, p) in [
+        ("GET", "/status"),
+        ("POST", "/reload"),
+        ("PUT", "/snapshot"),
+        ("POST", "/snapshot/changes"),
+    ] {
+        let r = c
+            .request(
+                reqwest::Method::from_bytes(m.as_bytes()).unwrap(),
+                format!("{}{p}", g.admin),
+            )
+            .header("authorization", "Bearer wrong-token-wrong-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{m} {p}");
+    }
+    let (s, v) = g.admin(reqwest::Method::GET, "/status", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["snapshot"]["version"], "demo-2026-11-23.1");
+    assert_eq!(v["snapshot"]["users"], 9);
+    assert!(v["config"]["hash"].as_str().is_some_and(|h| h.len() == 16));
+    // The admin API is not on the traffic port.
+    let r = c.get(g.h.url("/status")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_snapshots_swap_and_bad_ones_are_refused() {
+    let g = gateway("", Some(DEMO_SNAPSHOT)).await;
+    assert_eq!(g.rep_delete(1).await, 403);
+    let (s, v) = g
+        .admin(
+            reqwest::Method::PUT,
+            "/snapshot",
+            Some(rep_can_delete("v2")),
+        )
+        .await;
+    assert_eq!((s, v["version"].as_str()), (200, Some("v2")));
+    assert_eq!(g.rep_delete(1).await, 204);
+
+    let good = rep_can_delete("v2");
+    for (what, bad) in [
+        ("truncated", good[..good.len() / 2].to_string()),
+        ("corrupt", good.replacen('{', "<", 1)),
+        (
+            "unknown role",
+            good.replacen("campaign_cleaner\"]", "no_such_role\"]", 1),
+        ),
+        (
+            "duplicate key",
+            good.replacen("\"version\"", "\"users\": [], \"version\"", 1),
+        ),
+        ("empty", String::new()),
+    ] {
+        let (s, v) = g.admin(reqwest::Method::PUT, "/snapshot", Some(bad)).await;
+        assert_eq!(s, 422, "{what}: {v}");
+        assert_eq!(v["error"], "snapshot_refused");
+        assert!(!v["errors"].as_array().unwrap().is_empty());
+    }
+    // The good one stayed live.
+    assert_eq!(g.rep_delete(2).await, 204);
+    let (_, st) = g.admin(reqwest::Method::GET, "/status", None).await;
+    assert_eq!(st["snapshot"]["version"], "v2");
+    assert_eq!(st["counters"]["snapshot_update_failures"], 5);
+    assert_eq!(st["last_errors"].as_array().unwrap().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_changes_apply_and_invalid_ones_are_refused() {
+    let g = gateway("", Some(DEMO_SNAPSHOT)).await;
+    assert_eq!(g.rep_delete(1).await, 403);
+    let (s, v) = g
+        .admin(
+            reqwest::Method::POST,
+            "/snapshot/changes",
+            Some(r#"{"changes":[{"op":"set_roles","user":"u-rep1","roles":["sales_rep","campaign_cleaner"]},{"op":"disable","user":"u-csr"}]}"#.into()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["version"], "demo-2026-11-23.1+2");
+    assert_eq!(g.rep_delete(1).await, 204);
+    let r = client()
+        .get(g.h.url("/api/v1/threads"))
+        .header("authorization", bearer("u-csr"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "u-csr is disabled");
+
+    for bad in [
+        r#"{"changes":[{"op":"set_roles","user":"u-nobody","roles":[]}]}"#,
+        r#"{"changes":[{"op":"set_roles","user":"u-rep1","roles":["no_such_role"]}]}"#,
+        r#"{"changes":[{"op":"set_manager","user":"u-sm","manager":"u-rep1"}]}"#,
+    ] {
+        let (s, v) = g
+            .admin(reqwest::Method::POST, "/snapshot/changes", Some(bad.into()))
+            .await;
+        assert_eq!(s, 422, "{bad}: {v}");
+    }
+    let (s, _) = g
+        .admin(
+            reqwest::Method::POST,
+            "/snapshot/changes",
+            Some(r#"{"changes":[{"op":"nope"}]}"#.into()),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(g.rep_delete(2).await, 204, "the last good snapshot stayed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watched_file_is_applied_and_a_bad_one_refused() {
+    let g = gateway("", Some(DEMO_SNAPSHOT)).await;
+    assert_eq!(g.rep_delete(1).await, 403);
+    write_atomically(&g.path("snapshot.json"), &rep_can_delete("file-v2"));
+    assert!(
+        eventually(10, || async { g.rep_delete(1).await == 204 }).await,
+        "file change applied"
+    );
+
+    // A half-written / corrupt file is refused; the live snapshot stays.
+    std::fs::write(g.path("snapshot.json"), &DEMO_SNAPSHOT[..100]).unwrap();
+    assert!(
+        eventually(10, || async {
+            let (_, st) = g.admin(reqwest::Method::GET, "/status", None).await;
+            st["counters"]["snapshot_update_failures"].as_u64() == Some(1)
+        })
+        .await
+    );
+    assert_eq!(g.rep_delete(2).await, 204);
+    let (_, st) = g.admin(reqwest::Method::GET, "/status", None).await;
+    assert_eq!(st["snapshot"]["version"], "file-v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reload_by_sighup_and_admin_and_refusal() {
+    let g = gateway("", Some(DEMO_SNAPSHOT)).await;
+    assert_eq!(g.rep_delete(1).await, 403);
+    let config = g.path("permgate.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    // Let sales reps delete campaigns by pointing the route at a permission they hold.
+    let changed = original.replacen(
+        "path = \"/api/v1/campaigns/{id}\"\npermission = \"campaign.delete\"",
+        "path = \"/api/v1/campaigns/{id}\"\npermission = \"campaign.review_results\"",
+        1,
+    );
+    assert_ne!(changed, original);
+    std::fs::write(&config, &changed).unwrap();
+    let pid = g.h.gateway.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        eventually(10, || async { g.rep_delete(1).await == 204 }).await,
+        "SIGHUP reload applied"
+    );
+
+    // A broken config is refused by both paths; the live one stays.
+    std::fs::write(
+        &config,
+        changed.replacen("campaign.review_results", "campaign.nope", 1),
+    )
+    .unwrap();
+    let (s, v) = g.admin(reqwest::Method::POST, "/reload", None).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("unknown permission 'campaign.nope'"),
+        "{v}"
+    );
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        eventually(10, || async {
+            let (_, st) = g.admin(reqwest::Method::GET, "/status", None).await;
+            st["counters"]["config_reload_failures"].as_u64() == Some(2)
+        })
+        .await
+    );
+    assert_eq!(g.rep_delete(2).await, 204);
+
+    // Back to the original through the admin API.
+    std::fs::write(&config, &original).unwrap();
+    let (s, _) = g.admin(reqwest::Method::POST, "/reload", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(g.rep_delete(3).await, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_snapshot_serves_when_the_source_is_down_at_start() {
+    // With persistence: the first run persists, the second serves it with the source broken.
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, _) = admin_section();
+    let text = demo_config_text().replacen(
+        "path = \"snapshot.json\"",
+        "path = \"snapshot.json\"\npersist_path = \"state/last-good.json\"",
+        1,
+    ) + &admin;
+    std::fs::write(dir.path().join("permgate.toml"), &text).unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        rep_can_delete("persist-v1"),
+    )
+    .unwrap();
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    assert!(dir.path().join("state/last-good.json").exists());
+    drop(h);
+    std::fs::write(dir.path().join("snapshot.json"), "{ broken").unwrap();
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let r = client()
+        .delete(h.url("/api/v1/campaigns/1"))
+        .header("authorization", bearer("u-rep1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        204,
+        "served from the persisted last good snapshot"
+    );
+    drop(h);
+
+    // No source and nothing persisted: not ready, nothing allowed.
+    std::fs::remove_file(dir.path().join("state/last-good.json")).unwrap();
+    let (admin2, port) = admin_section();
+    std::fs::write(
+        dir.path().join("permgate.toml"),
+        text.replace(&admin, &admin2),
+    )
+    .unwrap();
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let r = client()
+        .get(h.url("/api/v1/customers/1"))
+        .header("authorization", bearer("u-admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(h.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staleness_limit_behaves_as_configured() {
+    let old = DEMO_SNAPSHOT.replacen(
+        "\"version\"",
+        "\"generated_at\": 1000000000, \"version\"",
+        1,
+    );
+    let g = gateway("", Some(&old)).await;
+    // No limit configured: an old snapshot is served.
+    assert_eq!(
+        client()
+            .get(g.h.url("/api/v1/customers/1"))
+            .header("authorization", bearer("u-rep1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    drop(g);
+
+    for (on_stale, expected) in [("fail_closed", 503), ("serve", 200)] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = demo_config_text().replacen(
+            "path = \"snapshot.json\"",
+            &format!(
+                "path = \"snapshot.json\"\nmax_staleness_seconds = 60\non_stale = \"{on_stale}\""
+            ),
+            1,
+        );
+        std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+        std::fs::write(dir.path().join("snapshot.json"), &old).unwrap();
+        let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+        let r = client()
+            .get(h.url("/api/v1/customers/1"))
+            .header("authorization", bearer("u-rep1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), expected, "{on_stale}");
+        if expected == 503 {
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"], "snapshot_stale");
+            // A fresh snapshot (no generated_at: its age counts from loading) restores service.
+            write_atomically(&dir.path().join("snapshot.json"), DEMO_SNAPSHOT);
+            assert!(
+                eventually(10, || async {
+                    client()
+                        .get(h.url("/api/v1/customers/1"))
+                        .header("authorization", bearer("u-rep1"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        == 200
+                })
+                .await
+            );
+        }
+    }
+}
+
+/// Thousands of requests in flight while the snapshot is swapped every few milliseconds: no 5xx,
+/// and every response matches one snapshot or the other, never a mix (a forwarded call always
+/// carries the roles of the snapshot that allowed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_under_load_never_fail_or_mix() {
+    let g = Arc::new(gateway("", Some(DEMO_SNAPSHOT)).await);
+    let a = DEMO_SNAPSHOT.to_string();
+    let b = rep_can_delete("swap-b");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swaps = Arc::new(AtomicUsize::new(0));
+    let swapper = {
+        let (g, stop, swaps) = (g.clone(), stop.clone(), swaps.clone());
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let body = if i % 2 == 0 { b.clone() } else { a.clone() };
+                let (s, v) = g.admin(reqwest::Method::PUT, "/snapshot", Some(body)).await;
+                assert_eq!(s, 200, "{v}");
+                swaps.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+        })
+    };
+    // GET /api/v1/campaigns/{id} needs campaign.manage: sales_rep lacks it, campaign_cleaner has
+    // it. So in A the rep gets 403, in B the call is forwarded with roles "sales_rep,campaign_cleaner".
+    let c = client();
+    let (allowed, denied) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let (c, g, allowed, denied) = (c.clone(), g.clone(), allowed.clone(), denied.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let id = 1 + (w + i) % 8;
+                let r = c
+                    .get(g.h.url(&format!("/api/v1/campaigns/{id}")))
+                    .header("authorization", bearer("u-rep1"))
+                    .send()
+                    .await
+                    .unwrap();
+                let s = r.status().as_u16();
+                assert!(s < 500, "no 5xx during swaps: {s}");
+                match s {
+                    200 => allowed.fetch_add(1, Ordering::Relaxed),
+                    403 => {
+                        let v: serde_json::Value = r.json().await.unwrap();
+                        assert_eq!(v["permission"], "campaign.manage");
+                        denied.fetch_add(1, Ordering::Relaxed)
+                    }
+                    other => panic!("unexpected status {other}"),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.await.unwrap();
+    let (allowed, denied) = (
+        allowed.load(Ordering::Relaxed),
+        denied.load(Ordering::Relaxed),
+    );
+    assert_eq!(allowed + denied, 3200);
+    assert!(
+        allowed > 0 && denied > 0,
+        "both snapshots served: {allowed} allowed, {denied} denied"
+    );
+    assert!(
+        swaps.load(Ordering::Relaxed) >= 10,
+        "swapped {} times",
+        swaps.load(Ordering::Relaxed)
+    );
+    // Never a mix: every forwarded call carried snapshot B's roles.
+    let got = g.h.received();
+    assert_eq!(got.len(), allowed);
+    for r in &got {
+        assert_eq!(
+            recorded_header(r, "x-permgate-roles"),
+            vec!["sales_rep,campaign_cleaner"]
+        );
+    }
+    eprintln!(
+        "swaps: {}, allowed: {allowed}, denied: {denied}",
+        swaps.load(Ordering::Relaxed)
+    );
+}
