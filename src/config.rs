@@ -136,6 +136,16 @@ struct RawSnapshot {
     max_staleness_seconds: u64,
     #[serde(default)]
     on_stale: Option<Spanned<String>>,
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+    #[serde(default = "default_pull_ms")]
+    pull_interval_ms: u64,
+    #[serde(default = "default_pull_timeout_ms")]
+    pull_timeout_ms: u64,
+    #[serde(default)]
+    url_token: Option<String>,
+    #[serde(default)]
+    public_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +234,12 @@ fn default_read_ms() -> u64 {
 }
 fn default_poll_ms() -> u64 {
     1_000
+}
+fn default_pull_ms() -> u64 {
+    10_000
+}
+fn default_pull_timeout_ms() -> u64 {
+    5_000
 }
 fn default_max_snapshot_mb() -> u64 {
     512
@@ -318,6 +334,16 @@ pub struct SnapshotSource {
     /// Zero: no limit.
     pub max_staleness: Duration,
     pub on_stale: OnStale,
+    /// An HTTP(S) source pulled every `pull_interval` with `If-None-Match`. When set, it is
+    /// authoritative: the file is read only at start (as a fallback) and not watched.
+    pub url: Option<String>,
+    pub pull_interval: Duration,
+    pub pull_timeout: Duration,
+    /// A bearer token sent to the URL source.
+    pub url_token: Option<String>,
+    /// When set, a pulled snapshot must carry a valid ed25519 signature of its body (base64, in
+    /// the `x-snapshot-signature` response header) by this key.
+    pub public_key: Option<[u8; 32]>,
 }
 
 /// The admin API: its own listener, never the traffic port.
@@ -609,6 +635,54 @@ impl Config {
                 "must be between 50 and 3600000",
             ));
         }
+        if let Some(u) = &sn.url {
+            let ok = (u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://"))
+                && u.get_ref().parse::<http::Uri>().is_ok();
+            if !ok {
+                errors.push(ConfigError::new(
+                    file,
+                    at(u.span()),
+                    "snapshot.url",
+                    format!("'{}' is not an http:// or https:// URL", u.get_ref()),
+                ));
+            }
+        }
+        if sn.pull_interval_ms < 100 || sn.pull_timeout_ms == 0 || sn.pull_timeout_ms > 600_000 {
+            errors.push(ConfigError::new(
+                file,
+                None,
+                "snapshot.pull_interval_ms",
+                "pull_interval_ms must be at least 100 and pull_timeout_ms between 1 and 600000",
+            ));
+        }
+        let public_key = match &sn.public_key {
+            None => None,
+            Some(k) => {
+                use base64::Engine;
+                let key = base64::engine::general_purpose::STANDARD
+                    .decode(k.get_ref().trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .filter(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_ok());
+                if key.is_none() {
+                    errors.push(ConfigError::new(
+                        file,
+                        at(k.span()),
+                        "snapshot.public_key",
+                        "must be a base64 ed25519 public key (32 bytes)",
+                    ));
+                }
+                key
+            }
+        };
+        if public_key.is_some() && sn.url.is_none() {
+            errors.push(ConfigError::new(
+                file,
+                None,
+                "snapshot.public_key",
+                "a public key needs a url source (pulled snapshots are the ones verified)",
+            ));
+        }
         let snapshot_source = SnapshotSource {
             path: base.join(sn.path.get_ref()),
             watch: sn.watch,
@@ -616,6 +690,11 @@ impl Config {
             persist_path: sn.persist_path.as_ref().map(|p| base.join(p.get_ref())),
             max_staleness: Duration::from_secs(sn.max_staleness_seconds),
             on_stale,
+            url: sn.url.as_ref().map(|u| u.get_ref().clone()),
+            pull_interval: Duration::from_millis(sn.pull_interval_ms),
+            pull_timeout: Duration::from_millis(sn.pull_timeout_ms),
+            url_token: sn.url_token.clone(),
+            public_key,
         };
         let admin = match &raw.admin {
             None => None,

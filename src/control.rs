@@ -1,6 +1,6 @@
 //! The control thread: everything that changes the live state runs here, on its own small
-//! runtime, never on a proxy worker — the admin API, the snapshot file watcher, SIGHUP config
-//! reloads and the staleness ticker.
+//! runtime, never on a proxy worker — the admin API, the snapshot file watcher or URL puller,
+//! SIGHUP config reloads and the staleness ticker.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -126,7 +126,10 @@ pub fn spawn(state: Arc<State>) -> std::io::Result<()> {
                         Err(e) => error!("admin listener: {e}"),
                     }
                 }
-                if state.live().config.snapshot.watch {
+                let source = state.live().config.snapshot.clone();
+                if source.url.is_some() {
+                    tokio::spawn(pull_snapshot(state.clone()));
+                } else if source.watch {
                     tokio::spawn(watch_snapshot_file(state.clone()));
                 }
                 tokio::spawn(staleness_ticker(state.clone()));
@@ -136,4 +139,173 @@ pub fn spawn(state: Arc<State>) -> std::io::Result<()> {
             });
         })?;
     Ok(())
+}
+
+/// The header carrying a pulled snapshot's ed25519 signature (base64 of the 64-byte signature of
+/// the exact body).
+pub const SIGNATURE_HEADER: &str = "x-snapshot-signature";
+
+/// Verify a pulled body against the configured key.
+pub fn verify_signature(key: &[u8; 32], body: &[u8], header: Option<&str>) -> Result<(), String> {
+    use base64::Engine;
+    let header = header
+        .ok_or_else(|| format!("no {SIGNATURE_HEADER} header, and a public key is configured"))?;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(header.trim())
+        .map_err(|_| format!("{SIGNATURE_HEADER} is not base64"))?;
+    let sig = ed25519_dalek::Signature::from_slice(&sig)
+        .map_err(|_| format!("{SIGNATURE_HEADER} is not an ed25519 signature"))?;
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(key).map_err(|e| e.to_string())?;
+    vk.verify_strict(body, &sig)
+        .map_err(|_| "the snapshot's signature does not verify; refused".to_string())
+}
+
+/// The delay before the next pull after `failures` consecutive failures: exponential from the
+/// interval, capped at 5 minutes, with ±50% jitter so replicas do not pull in lockstep.
+pub fn backoff(interval: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return interval;
+    }
+    let base = interval
+        .saturating_mul(1u32 << failures.min(10))
+        .min(Duration::from_secs(300));
+    base.mul_f64(0.5 + fastrand::f64())
+}
+
+/// Pull the snapshot from its URL on an interval, with `If-None-Match` (a 304 costs nothing),
+/// timeouts, and backoff with jitter on failure.
+async fn pull_snapshot(state: Arc<State>) {
+    let mut etag: Option<String> = None;
+    let mut failures = 0u32;
+    loop {
+        let source = state.live().config.snapshot.clone();
+        let Some(url) = source.url.clone() else {
+            return;
+        };
+        let max = state
+            .live()
+            .config
+            .admin
+            .as_ref()
+            .map_or(512 << 20, |a| a.max_snapshot_bytes);
+        let label = format!("url {url}");
+        let client = match reqwest::Client::builder()
+            .timeout(source.pull_timeout)
+            .no_proxy()
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                state.source_failed(&label, format!("cannot build an HTTP client: {e}"));
+                return;
+            }
+        };
+        let mut req = client.get(&url);
+        if let Some(e) = &etag {
+            req = req.header(http::header::IF_NONE_MATCH, e);
+        }
+        if let Some(t) = &source.url_token {
+            req = req.bearer_auth(t);
+        }
+        let outcome: Result<(), String> = async {
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| format!("request failed: {e}"))?;
+            if resp.status() == http::StatusCode::NOT_MODIFIED {
+                state
+                    .counters
+                    .source_not_modified
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
+            }
+            if !resp.status().is_success() {
+                return Err(format!("answered {}", resp.status()));
+            }
+            if resp.content_length().is_some_and(|l| l as usize > max) {
+                return Err("the snapshot is over admin.max_snapshot_mb".into());
+            }
+            let new_etag = resp
+                .headers()
+                .get(http::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let signature = resp
+                .headers()
+                .get(SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| format!("reading the body: {e}"))?;
+            if body.len() > max {
+                return Err("the snapshot is over admin.max_snapshot_mb".into());
+            }
+            if let Some(key) = &source.public_key {
+                verify_signature(key, &body, signature.as_deref())?;
+            }
+            let text = String::from_utf8(body.to_vec())
+                .map_err(|_| "the snapshot is not UTF-8".to_string())?;
+            let s = state.clone();
+            let l = label.clone();
+            match tokio::task::spawn_blocking(move || s.replace_snapshot(&text, &l)).await {
+                Ok(Ok(_)) => {
+                    etag = new_etag;
+                    Ok(())
+                }
+                // Refused by validation: already logged and counted; retry with backoff.
+                Ok(Err(_)) => Err(String::new()),
+                Err(e) => Err(format!("build task failed: {e}")),
+            }
+        }
+        .await;
+        match outcome {
+            Ok(()) => failures = 0,
+            Err(message) => {
+                if !message.is_empty() {
+                    state.source_failed(&label, message);
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
+        tokio::time::sleep(backoff(source.pull_interval, failures)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let i = Duration::from_secs(1);
+        assert_eq!(backoff(i, 0), i);
+        for f in 1..20 {
+            let d = backoff(i, f);
+            let base = (i * (1u32 << f.min(10))).min(Duration::from_secs(300));
+            assert!(
+                d >= base.mul_f64(0.5) && d <= base.mul_f64(1.5),
+                "{f}: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn signatures_verify_only_with_the_right_key_and_body() {
+        use base64::Engine;
+        use ed25519_dalek::{Signer, SigningKey};
+        let sk = SigningKey::from_bytes(&[7u8; 32]);
+        let pk = sk.verifying_key().to_bytes();
+        let body = b"{\"users\":[]}";
+        let sig = base64::engine::general_purpose::STANDARD.encode(sk.sign(body).to_bytes());
+        assert!(verify_signature(&pk, body, Some(&sig)).is_ok());
+        assert!(verify_signature(&pk, b"{\"users\":[{}]}", Some(&sig)).is_err());
+        assert!(verify_signature(&pk, body, None).is_err());
+        assert!(verify_signature(&pk, body, Some("not base64!")).is_err());
+        let other = SigningKey::from_bytes(&[8u8; 32])
+            .verifying_key()
+            .to_bytes();
+        assert!(verify_signature(&other, body, Some(&sig)).is_err());
+    }
 }

@@ -64,6 +64,10 @@ pub struct Counters {
     pub config_reload_failures: AtomicU64,
     pub snapshot_updates: AtomicU64,
     pub snapshot_update_failures: AtomicU64,
+    /// Pulls answered 304 Not Modified (nothing parsed).
+    pub source_not_modified: AtomicU64,
+    /// Pulls that failed before a snapshot could be offered (network, status, signature).
+    pub source_errors: AtomicU64,
 }
 
 /// The gateway's state, shared by the proxy, the admin API and the sources.
@@ -302,6 +306,14 @@ impl State {
         }
     }
 
+    /// A source could not deliver (network error, bad status, bad signature): logged, counted,
+    /// shown in `/status`; the live snapshot stays.
+    pub fn source_failed(&self, source: &str, message: String) {
+        warn!("snapshot source {source}: {message}");
+        self.counters.source_errors.fetch_add(1, Ordering::Relaxed);
+        self.record_error(source, vec![message]);
+    }
+
     fn refuse_snapshot(&self, source: &str, errors: Vec<String>) -> Vec<String> {
         for e in &errors {
             error!("snapshot from {source} refused, the live one stays: {e}");
@@ -475,6 +487,8 @@ impl State {
                 "config_reload_failures": c.config_reload_failures.load(Ordering::Relaxed),
                 "snapshot_updates": c.snapshot_updates.load(Ordering::Relaxed),
                 "snapshot_update_failures": c.snapshot_update_failures.load(Ordering::Relaxed),
+                "source_not_modified": c.source_not_modified.load(Ordering::Relaxed),
+                "source_errors": c.source_errors.load(Ordering::Relaxed),
             },
             "last_errors": lock(&self.errors).iter().cloned().collect::<Vec<_>>(),
         })

@@ -511,3 +511,214 @@ async fn swaps_under_load_never_fail_or_mix() {
         swaps.load(Ordering::Relaxed)
     );
 }
+
+/// A snapshot source for tests: serves `body` with an ETag, answers 304 to a matching
+/// `If-None-Match`, signs with `key` when given, and counts what it answered.
+struct Source {
+    addr: std::net::SocketAddr,
+    state: Arc<std::sync::Mutex<SourceState>>,
+}
+
+#[derive(Default)]
+struct SourceState {
+    body: String,
+    etag: String,
+    signature: Option<String>,
+    status: u16,
+    served_full: usize,
+    served_304: usize,
+}
+
+impl Source {
+    async fn start(body: &str, etag: &str) -> Source {
+        use http_body_util::Full;
+        let state = Arc::new(std::sync::Mutex::new(SourceState {
+            body: body.into(),
+            etag: etag.into(),
+            status: 200,
+            ..Default::default()
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let st = st.clone();
+                            async move {
+                                let mut s = st.lock().unwrap();
+                                let inm = req
+                                    .headers()
+                                    .get("if-none-match")
+                                    .map(|v| v.to_str().unwrap().to_string());
+                                let mut resp = hyper::Response::builder();
+                                if s.status != 200 {
+                                    return Ok::<_, std::convert::Infallible>(
+                                        resp.status(s.status)
+                                            .body(Full::new(bytes::Bytes::new()))
+                                            .unwrap(),
+                                    );
+                                }
+                                if inm.as_deref() == Some(s.etag.as_str()) {
+                                    s.served_304 += 1;
+                                    return Ok(resp
+                                        .status(304)
+                                        .body(Full::new(bytes::Bytes::new()))
+                                        .unwrap());
+                                }
+                                s.served_full += 1;
+                                resp = resp.header("etag", s.etag.clone());
+                                if let Some(sig) = &s.signature {
+                                    resp = resp.header("x-snapshot-signature", sig.clone());
+                                }
+                                Ok(resp
+                                    .body(Full::new(bytes::Bytes::from(s.body.clone())))
+                                    .unwrap())
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Source { addr, state }
+    }
+}
+
+fn sign(key: &ed25519_dalek::SigningKey, body: &str) -> String {
+    use base64::Engine;
+    use ed25519_dalek::Signer;
+    base64::engine::general_purpose::STANDARD.encode(key.sign(body.as_bytes()).to_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_source_with_etag_signature_and_refusals() {
+    use base64::Engine;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[42u8; 32]);
+    let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes());
+    let b = rep_can_delete("url-v1");
+    let src = Source::start(&b, "\"etag-1\"").await;
+    src.state.lock().unwrap().signature = Some(sign(&key, &b));
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, port) = admin_section();
+    let text = demo_config_text().replacen(
+        "path = \"snapshot.json\"",
+        &format!(
+            "path = \"snapshot.json\"\nurl = \"http://{}/snapshot.json\"\npull_interval_ms = 100\npull_timeout_ms = 2000\npublic_key = \"{public}\"",
+            src.addr
+        ),
+        1,
+    ) + &admin;
+    std::fs::write(dir.path().join("permgate.toml"), &text).unwrap();
+    std::fs::write(dir.path().join("snapshot.json"), DEMO_SNAPSHOT).unwrap();
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let status = || async {
+        client()
+            .get(format!("http://127.0.0.1:{port}/status"))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert!(
+        eventually(10, || async {
+            status().await["snapshot"]["version"] == "url-v1"
+        })
+        .await
+    );
+    // Unchanged source: 304s, nothing re-parsed or swapped.
+    assert!(eventually(10, || async { src.state.lock().unwrap().served_304 >= 5 }).await);
+    let st = status().await;
+    assert_eq!(st["counters"]["snapshot_updates"], 1, "{st}");
+    assert!(st["counters"]["source_not_modified"].as_u64().unwrap() >= 5);
+    assert_eq!(src.state.lock().unwrap().served_full, 1);
+    let rep_delete = |id: u32| {
+        let url = h.url(&format!("/api/v1/campaigns/{id}"));
+        async move {
+            client()
+                .delete(url)
+                .header("authorization", bearer("u-rep1"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(rep_delete(1).await, 204);
+
+    // A new body with a wrong signature is refused; the live snapshot stays.
+    {
+        let mut s = src.state.lock().unwrap();
+        s.body = DEMO_SNAPSHOT.replacen("demo-2026-11-23.1", "url-v2", 1);
+        s.etag = "\"etag-2\"".into();
+        s.signature = Some(sign(
+            &ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]),
+            &s.body,
+        ));
+    }
+    assert!(
+        eventually(10, || async {
+            status().await["counters"]["source_errors"].as_u64() >= Some(1)
+        })
+        .await
+    );
+    assert_eq!(status().await["snapshot"]["version"], "url-v1");
+    assert_eq!(rep_delete(2).await, 204);
+
+    // A corrupt body, correctly signed, is refused by validation.
+    {
+        let mut s = src.state.lock().unwrap();
+        s.body = "{\"users\": [".into();
+        s.etag = "\"etag-3\"".into();
+        s.signature = Some(sign(&key, &s.body));
+    }
+    assert!(
+        eventually(10, || async {
+            status().await["counters"]["snapshot_update_failures"].as_u64() >= Some(1)
+        })
+        .await
+    );
+    assert_eq!(status().await["snapshot"]["version"], "url-v1");
+
+    // The source goes down: the live snapshot stays, errors are counted (with backoff).
+    src.state.lock().unwrap().status = 503;
+    let before = status().await["counters"]["source_errors"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        eventually(10, || async {
+            status().await["counters"]["source_errors"]
+                .as_u64()
+                .unwrap()
+                > before
+        })
+        .await
+    );
+    assert_eq!(rep_delete(3).await, 204);
+
+    // Back up with a good, signed version.
+    {
+        let mut s = src.state.lock().unwrap();
+        s.status = 200;
+        s.body = DEMO_SNAPSHOT.replacen("demo-2026-11-23.1", "url-v4", 1);
+        s.etag = "\"etag-4\"".into();
+        s.signature = Some(sign(&key, &s.body));
+    }
+    assert!(
+        eventually(20, || async {
+            status().await["snapshot"]["version"] == "url-v4"
+        })
+        .await
+    );
+    assert_eq!(rep_delete(4).await, 403);
+}
