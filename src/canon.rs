@@ -633,6 +633,19 @@ const FIXED_HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// A `_method` query parameter (Rails, Laravel and others honour `?_method=DELETE`) is a method
+/// override like the headers: refused. Matched case-insensitively, also percent-encoded.
+pub fn check_query(query: &str) -> Result<(), CanonError> {
+    for pair in query.split('&') {
+        let name = pair.split('=').next().unwrap_or("");
+        let decoded = name.replace("%5F", "_").replace("%5f", "_");
+        if decoded.eq_ignore_ascii_case("_method") {
+            return Err(CanonError::MethodOverride);
+        }
+    }
+    Ok(())
+}
+
 /// Request header hygiene: see the [module documentation](self#headers).
 pub fn check_headers(headers: &HeaderMap) -> Result<(), CanonError> {
     if METHOD_OVERRIDE_HEADERS
@@ -705,6 +718,26 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
         .flat_map(|value| value.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|token| !token.is_empty())
+}
+
+#[cfg(test)]
+mod query_override_tests {
+    use super::*;
+
+    #[test]
+    fn method_override_in_the_query_is_refused() {
+        for q in [
+            "_method=DELETE",
+            "a=1&_METHOD=put",
+            "%5Fmethod=delete",
+            "x&_method",
+        ] {
+            assert_eq!(check_query(q), Err(CanonError::MethodOverride), "{q}");
+        }
+        for q in ["method=DELETE", "a_method=1", "x=_method", ""] {
+            assert_eq!(check_query(q), Ok(()), "{q}");
+        }
+    }
 }
 
 #[cfg(test)]

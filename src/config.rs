@@ -120,6 +120,8 @@ struct RawUpstream {
     idle_timeout_ms: u64,
     #[serde(default = "default_pool")]
     pool_size: usize,
+    #[serde(default)]
+    host: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +180,10 @@ struct RawForward {
     request_id_header: Spanned<String>,
     #[serde(default = "default_true")]
     forward_authorization: bool,
+    #[serde(default = "default_strip_headers")]
+    strip_headers: Vec<String>,
+    #[serde(default = "default_true")]
+    set_forwarded_for: bool,
 }
 
 impl Default for RawForward {
@@ -187,9 +193,53 @@ impl Default for RawForward {
             roles_header: default_roles_header(),
             request_id_header: default_request_id_header(),
             forward_authorization: true,
+            strip_headers: default_strip_headers(),
+            set_forwarded_for: true,
         }
     }
 }
+
+/// Client headers a legacy CRM may trust for identity or origin; removed by default.
+pub const DEFAULT_STRIP_HEADERS: [&str; 12] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-client-ip",
+    "x-remote-user",
+    "x-remote-addr",
+    "x-forwarded-user",
+    "x-authenticated-user",
+    "remote-user",
+    "x-original-url",
+];
+
+fn default_strip_headers() -> Vec<String> {
+    DEFAULT_STRIP_HEADERS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Header names that config may never use for permgate's own headers or credentials: the
+/// framing, routing and hop-by-hop headers, and `Authorization` (only the JWT lives there).
+const RESERVED_HEADERS: [&str; 14] = [
+    "host",
+    "authorization",
+    "content-length",
+    "transfer-encoding",
+    "content-type",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "cookie",
+];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -216,7 +266,7 @@ struct RawRoute {
     #[serde(default)]
     regex: Option<String>,
     #[serde(default)]
-    priority: i32,
+    priority: Option<i32>,
     #[serde(default)]
     permission: Option<String>,
     #[serde(default)]
@@ -301,6 +351,8 @@ pub struct Upstream {
     pub total_timeout: Duration,
     pub idle_timeout: Duration,
     pub pool_size: usize,
+    /// When set, the `Host` sent to the CRM (else the client's, as received).
+    pub host: Option<http::HeaderValue>,
 }
 
 /// The headers permgate sets on forwarded calls; client copies are always removed.
@@ -310,6 +362,10 @@ pub struct Forward {
     pub roles_header: HeaderName,
     pub request_id_header: HeaderName,
     pub forward_authorization: bool,
+    /// Client headers always removed (see [`DEFAULT_STRIP_HEADERS`]).
+    pub strip_headers: Vec<HeaderName>,
+    /// Set `X-Forwarded-For` to the TCP peer (after removing the client's).
+    pub set_forwarded_for: bool,
 }
 
 /// What happens when the snapshot is older than `snapshot.max_staleness_seconds`.
@@ -577,6 +633,71 @@ impl Config {
             &mut errors,
         );
 
+        // permgate's own header names: distinct, and never a reserved or credential header.
+        {
+            let mut own: Vec<(&str, &Spanned<String>)> = vec![
+                ("forward.user_header", &f.user_header),
+                ("forward.roles_header", &f.roles_header),
+                ("forward.request_id_header", &f.request_id_header),
+            ];
+            own.sort_by_key(|(_, v)| v.get_ref().to_ascii_lowercase());
+            for w in own.windows(2) {
+                if w[0].1.get_ref().eq_ignore_ascii_case(w[1].1.get_ref()) {
+                    errors.push(ConfigError::new(
+                        file,
+                        (w[1].1.span().end > 0).then(|| line_of(text, w[1].1.span().start)),
+                        w[1].0,
+                        format!(
+                            "'{}' is also {}; each header needs its own name",
+                            w[1].1.get_ref(),
+                            w[0].0
+                        ),
+                    ));
+                }
+            }
+            for (field, v) in &own {
+                let name = v.get_ref().to_ascii_lowercase();
+                let credential = identity
+                    .as_ref()
+                    .is_some_and(|i| i.credential_headers().any(|h| h.as_str() == name));
+                if RESERVED_HEADERS.contains(&name.as_str()) || credential {
+                    errors.push(ConfigError::new(
+                        file,
+                        (v.span().end > 0).then(|| line_of(text, v.span().start)),
+                        field,
+                        format!("'{name}' is reserved (framing, routing, hop-by-hop or a credential header)"),
+                    ));
+                }
+            }
+        }
+        let mut strip_headers = Vec::new();
+        for h in &f.strip_headers {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) if !RESERVED_HEADERS.contains(&n.as_str()) => strip_headers.push(n),
+                _ => errors.push(ConfigError::new(
+                    file,
+                    None,
+                    "forward.strip_headers",
+                    format!("'{h}' is not a valid header name, or one permgate handles itself"),
+                )),
+            }
+        }
+        let upstream_host = match &raw.upstream.host {
+            None => None,
+            Some(h) => match http::HeaderValue::from_str(h) {
+                Ok(v) if !h.is_empty() && h.parse::<http::uri::Authority>().is_ok() => Some(v),
+                _ => {
+                    errors.push(ConfigError::new(
+                        file,
+                        None,
+                        "upstream.host",
+                        format!("'{h}' is not a host[:port]"),
+                    ));
+                    None
+                }
+            },
+        };
+
         let trailing_slash = match raw.paths.trailing_slash.as_ref() {
             None => TrailingSlash::Strict,
             Some(s) => match s.get_ref().as_str() {
@@ -777,10 +898,16 @@ impl Config {
                 }
             };
             let pattern = match (&route.path, &route.regex) {
+                (Some(_), None) if route.priority.is_some() => {
+                    errors.push(err(
+                        "'priority' orders regex routes only; template routes are ordered by specificity".into(),
+                    ));
+                    continue;
+                }
                 (Some(p), None) => PathPattern::Template(p.clone()),
                 (None, Some(r)) => PathPattern::Regex {
                     regex: r.clone(),
-                    priority: route.priority,
+                    priority: route.priority.unwrap_or(0),
                 },
                 _ => {
                     errors.push(err("set exactly one of 'path' or 'regex'".into()));
@@ -822,12 +949,30 @@ impl Config {
                         .unwrap_or("")
                 )
             });
+            if let Some(other) = specs
+                .iter()
+                .find(|s: &&RouteSpec<RouteInfo>| s.value.name == name)
+            {
+                errors.push(err(format!(
+                    "route name '{name}' is also used at {}",
+                    other.origin
+                )));
+                continue;
+            }
             specs.push(RouteSpec {
                 methods,
                 pattern,
                 origin: format!("{file}:{line}"),
                 value: RouteInfo { name, access },
             });
+        }
+        if raw.routes.is_empty() {
+            errors.push(ConfigError::new(
+                file,
+                None,
+                "route",
+                "no [[route]]: every call would be denied; add the CRM's routes",
+            ));
         }
         let routes = match RouteTable::build(specs, trailing_slash) {
             Ok(t) => Some(t),
@@ -875,6 +1020,7 @@ impl Config {
                     total_timeout: Duration::from_millis(u.total_timeout_ms),
                     idle_timeout: Duration::from_millis(u.idle_timeout_ms),
                     pool_size: u.pool_size,
+                    host: upstream_host,
                 },
                 identity,
                 snapshot: snapshot_source,
@@ -885,6 +1031,8 @@ impl Config {
                     roles_header,
                     request_id_header,
                     forward_authorization: f.forward_authorization,
+                    strip_headers,
+                    set_forwarded_for: f.set_forwarded_for,
                 },
                 routes,
                 unmatched,

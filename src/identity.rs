@@ -92,6 +92,29 @@ fn default_true() -> bool {
 
 const ALLOWED_ALGS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256];
 
+/// The largest clock-skew allowance accepted for `exp`/`nbf`.
+pub const MAX_LEEWAY_SECONDS: u64 = 300;
+
+/// Headers that can never carry a credential: framing, routing, hop-by-hop, and permgate's own.
+fn reserved_credential_header(name: &HeaderName) -> bool {
+    const RESERVED: [&str; 13] = [
+        "host",
+        "authorization",
+        "content-length",
+        "transfer-encoding",
+        "content-type",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "cookie",
+    ];
+    RESERVED.contains(&name.as_str()) || name.as_str().starts_with("x-permgate-")
+}
+
 // ---- compiled verifier --------------------------------------------------------------------
 
 struct JwtKey {
@@ -168,6 +191,22 @@ impl Verifier {
         if let Some(j) = &raw.jwt {
             let jline = Some(line_of(text, j.span().start));
             let j = j.get_ref();
+            if j.issuer.trim().is_empty() || j.audience.trim().is_empty() {
+                errors.push(ConfigError::new(
+                    file,
+                    jline,
+                    "identity.jwt",
+                    "issuer and audience must not be empty",
+                ));
+            }
+            if j.leeway_seconds > MAX_LEEWAY_SECONDS {
+                errors.push(ConfigError::new(
+                    file,
+                    jline,
+                    "identity.jwt.leeway_seconds",
+                    format!("at most {MAX_LEEWAY_SECONDS} (a large leeway disables exp and nbf)"),
+                ));
+            }
             let mut keys = HashMap::new();
             let mut add = |kid: String,
                            alg: Algorithm,
@@ -326,6 +365,15 @@ impl Verifier {
                 let h = match &a.header {
                     None => None,
                     Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
+                        Ok(h) if reserved_credential_header(&h) => {
+                            errors.push(ConfigError::new(
+                                file,
+                                None,
+                                "identity.api_keys.header",
+                                format!("'{h}' is reserved (framing, routing, hop-by-hop, Authorization or x-permgate-*)"),
+                            ));
+                            None
+                        }
                         Ok(h) => Some(h),
                         Err(_) => {
                             errors.push(ConfigError::new(
@@ -338,6 +386,14 @@ impl Verifier {
                         }
                     },
                 };
+                if h.is_none() && !a.bearer && a.header.is_none() {
+                    errors.push(ConfigError::new(
+                        file,
+                        None,
+                        "identity.api_keys",
+                        "with bearer = false, set a header; otherwise no API key can ever be presented",
+                    ));
+                }
                 (h, a.bearer)
             }
         };
@@ -350,6 +406,12 @@ impl Verifier {
             let mut nets = Vec::new();
             for c in &t.trusted_cidrs {
                 match c.parse::<IpNet>() {
+                    Ok(n) if n.prefix_len() == 0 => errors.push(ConfigError::new(
+                        file,
+                        line,
+                        "identity.trusted_header.trusted_cidrs",
+                        format!("'{c}' trusts every address: anyone could claim any identity"),
+                    )),
                     Ok(n) => nets.push(n),
                     Err(_) => errors.push(ConfigError::new(
                         file,
@@ -368,6 +430,14 @@ impl Verifier {
                 ));
             }
             match name {
+                Ok(n) if reserved_credential_header(&n) || api_key_header.as_ref() == Some(&n) => {
+                    errors.push(ConfigError::new(
+                        file,
+                        line,
+                        "identity.trusted_header.name",
+                        format!("'{n}' is reserved or already the API key header"),
+                    ))
+                }
                 Ok(n) => trusted = Some((n, nets)),
                 Err(_) => errors.push(ConfigError::new(
                     file,

@@ -78,6 +78,10 @@ pub fn decide(
     canon::check_headers(req.headers)
         .map_err(|e| Denied::bare(Rejection::new(e.status(), e.code(), e.message())))?;
     let canonical = canon::canonicalize_target(req.target)
+        .and_then(|c| match &c.query {
+            Some(q) => canon::check_query(q).map(|()| c),
+            None => Ok(c),
+        })
         .map_err(|e| Denied::bare(Rejection::new(e.status(), e.code(), e.message())))?;
     let Some(route_idx) = config.routes.find_index(req.method, &canonical.path) else {
         return Err(Denied::bare(match config.unmatched {

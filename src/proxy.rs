@@ -34,6 +34,8 @@ use crate::live::{Live, State};
 use crate::policy::{self, Denied, Permit};
 use crate::reject::Rejection;
 
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
 /// Prefix of every header permgate sets; client copies of any of them are removed.
 pub const OWN_HEADER_PREFIX: &str = "x-permgate-";
 
@@ -51,6 +53,8 @@ impl Gateway {
 /// Per-request state.
 pub struct Ctx {
     request_id: String,
+    /// The TCP peer's address.
+    peer: Option<std::net::IpAddr>,
     /// When the upstream exchange must be over (`upstream.total_timeout_ms` from the decision).
     deadline: Option<Instant>,
     live: Option<Arc<Live>>,
@@ -119,6 +123,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             request_id: new_request_id(),
+            peer: None,
             deadline: None,
             live: None,
             permit: None,
@@ -146,6 +151,7 @@ impl ProxyHttp for Gateway {
         );
         let id_header = live.config.forward.request_id_header.clone();
         ctx.deadline = Some(Instant::now() + live.config.upstream.total_timeout);
+        ctx.peer = peer;
         ctx.live = Some(live);
         match decision {
             Ok(permit) => {
@@ -218,13 +224,33 @@ impl ProxyHttp for Gateway {
         for name in config.identity.credential_headers() {
             upstream.remove_header(name);
         }
-        let api_key_in_authorization = permit
+        // Only a verified JWT is ever forwarded in Authorization: never an API key, and never
+        // an unverified credential sent to a public route.
+        let verified_jwt = permit
             .caller
-            .is_some_and(|c| c.method == identity::Method::ApiKey);
-        if !f.forward_authorization || api_key_in_authorization {
+            .is_some_and(|c| c.method == identity::Method::Jwt);
+        if !(f.forward_authorization && verified_jwt) {
             upstream.remove_header(&AUTHORIZATION);
         }
+        for name in &f.strip_headers {
+            upstream.remove_header(name);
+        }
+        if f.set_forwarded_for {
+            if let Some(ip) = ctx.peer {
+                upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
+            }
+        }
+        if let Some(host) = &config.upstream.host {
+            upstream.insert_header(http::header::HOST, host.clone())?;
+        }
 
+        if let (Some(_), None) = (permit.caller, &live.snapshot) {
+            // Cannot happen (a caller is resolved through the snapshot); fail closed if it does.
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "caller without a snapshot",
+            ));
+        }
         if let (Some(caller), Some(snapshot)) = (permit.caller, &live.snapshot) {
             let user = snapshot.user(caller.user);
             let value = |s: &str| {
@@ -271,7 +297,7 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
         let rejection = match (e.esource(), e.etype()) {
-            (_, HTTPStatus(code)) if *code >= 400 => Some(Rejection::new(
+            (_, HTTPStatus(code)) if (400..500).contains(code) => Some(Rejection::new(
                 *code,
                 "bad_request",
                 "the request could not be handled",
@@ -348,7 +374,7 @@ impl ProxyHttp for Gateway {
             _ => ("none", "", "-".into(), "-".into()),
         };
         info!(
-            "request_id={} method={} path={:?} status={status} decision={decision} code={code} user={user} route={route:?}",
+            "request_id={} method={} path={:?} status={status} decision={decision} code={code} user={user:?} route={route:?}",
             ctx.request_id, req.method, path
         );
     }

@@ -11,6 +11,10 @@
 //!   templates of the same shape with overlapping methods, or regex routes of equal priority
 //!   with overlapping methods (whether two regexes overlap is not decided; equal priority is
 //!   refused outright).
+//! - The path decides first: the most specific route *for the path* is chosen whatever its
+//!   methods, then the method must be one it routes. `PUT /customers/bulk-delete` is denied
+//!   when `bulk-delete` routes only POST, even if `PUT /customers/{id}` exists: a method is never
+//!   passed down to a less specific route (legacy handlers often ignore the method).
 //! - No match: `None` — the caller denies (deny by default).
 //!
 //! Matching walks a segment trie (literal children in a hash map), so its cost grows with the
@@ -122,8 +126,8 @@ struct Node {
 pub struct RouteTable<T> {
     routes: Vec<RouteSpec<T>>,
     root: Node,
-    /// Regex routes, highest priority first.
-    regexes: Vec<(Regex, MethodSet, usize)>,
+    /// Regex routes, highest priority first: (regex, methods, route index, priority).
+    regexes: Vec<(Regex, MethodSet, usize, i32)>,
     trailing_slash: TrailingSlash,
 }
 
@@ -230,6 +234,11 @@ impl<T> RouteTable<T> {
                     slot.push((route.methods, idx));
                 }
                 PathPattern::Regex { regex, priority } => {
+                    // Compile the user's regex alone first, so `a)|(.*` cannot escape the anchors.
+                    if let Err(e) = Regex::new(regex) {
+                        errors.push((route.origin.clone(), format!("regex does not compile: {e}")));
+                        continue;
+                    }
                     let re = match Regex::new(&format!("^(?:{regex})$")) {
                         Ok(r) => r,
                         Err(e) => {
@@ -264,7 +273,7 @@ impl<T> RouteTable<T> {
         Ok(RouteTable {
             routes,
             root,
-            regexes: regexes.into_iter().map(|(r, m, i, _)| (r, m, i)).collect(),
+            regexes,
             trailing_slash,
         })
     }
@@ -281,18 +290,28 @@ impl<T> RouteTable<T> {
         if self.trailing_slash == TrailingSlash::Either {
             p = p.strip_suffix('/').unwrap_or(p);
         }
-        let found = if p.is_empty() {
-            find_in(&self.root, &[], m)
+        let slot = if p.is_empty() {
+            find_in(&self.root, &[])
         } else {
             let segs: Vec<&str> = p.split('/').collect();
-            find_in(&self.root, &segs, m)
+            find_in(&self.root, &segs)
         };
-        found.or_else(|| {
-            self.regexes
-                .iter()
-                .find(|(re, methods, _)| methods.overlaps(m) && re.is_match(path))
-                .map(|(_, _, i)| *i)
-        })
+        if let Some(slot) = slot {
+            // The most specific path decides; a method it does not route is denied, never
+            // passed down to a less specific route.
+            return slot.iter().find(|(ms, _)| ms.overlaps(m)).map(|(_, i)| *i);
+        }
+        let first = self
+            .regexes
+            .iter()
+            .find(|(re, _, _, _)| re.is_match(path))?;
+        let priority = first.3;
+        self.regexes
+            .iter()
+            .skip_while(|r| r.3 > priority)
+            .take_while(|r| r.3 == priority)
+            .find(|(re, methods, _, _)| methods.overlaps(m) && re.is_match(path))
+            .map(|(_, _, i, _)| *i)
     }
 
     pub fn routes(&self) -> &[RouteSpec<T>] {
@@ -308,32 +327,26 @@ impl<T> RouteTable<T> {
     }
 }
 
-fn find_in(node: &Node, segs: &[&str], m: MethodSet) -> Option<usize> {
+/// The routes of the most specific template matching this path, whatever their methods:
+/// the first non-empty slot in literal → param → catch-all order.
+fn find_in<'n>(node: &'n Node, segs: &[&str]) -> Option<&'n [(MethodSet, usize)]> {
     let Some((first, rest)) = segs.split_first() else {
-        return node
-            .terminal
-            .iter()
-            .find(|(ms, _)| ms.overlaps(m))
-            .map(|(_, i)| *i);
+        return (!node.terminal.is_empty()).then_some(node.terminal.as_slice());
     };
     if let Some(child) = node.literal.get(*first) {
-        if let Some(i) = find_in(child, rest, m) {
-            return Some(i);
+        if let Some(found) = find_in(child, rest) {
+            return Some(found);
         }
     }
     // A parameter never matches an empty segment (a trailing slash or an empty path part).
     if !first.is_empty() {
         if let Some(child) = &node.param {
-            if let Some(i) = find_in(child, rest, m) {
-                return Some(i);
+            if let Some(found) = find_in(child, rest) {
+                return Some(found);
             }
         }
-        if !segs.iter().all(|s| s.is_empty()) {
-            return node
-                .catch_all
-                .iter()
-                .find(|(ms, _)| ms.overlaps(m))
-                .map(|(_, i)| *i);
+        if !node.catch_all.is_empty() {
+            return Some(node.catch_all.as_slice());
         }
     }
     None
@@ -386,10 +399,12 @@ mod tests {
         ]);
         assert_eq!(find(&t, "GET", "/api/v1/campaigns/stats"), Some("literal"));
         assert_eq!(find(&t, "GET", "/api/v1/campaigns/7"), Some("param"));
-        assert_eq!(
-            find(&t, "DELETE", "/api/v1/campaigns/stats"),
-            Some("delete")
-        );
+        // The literal path decides; it routes only GET, so DELETE is denied rather than passed
+        // down to the {id} route.
+        assert_eq!(find(&t, "DELETE", "/api/v1/campaigns/stats"), None);
+        assert_eq!(find(&t, "DELETE", "/api/v1/campaigns/8"), Some("delete"));
+        // Same for a catch-all below a more specific path: POST /api/v1/campaigns/7 is not
+        // routed by the {id} routes, and the catch-all (GET only anyway) is never consulted.
         assert_eq!(find(&t, "GET", "/api/v1/other"), Some("catchall"));
         // The catch-all template wins over a regex: regexes are the fallback.
         assert_eq!(find(&t, "GET", "/api/v1/reports/9"), Some("catchall"));
@@ -542,40 +557,46 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
-        /// The trie agrees with a brute-force "highest specificity key wins" oracle, whatever
-        /// the declaration order, and finds nothing where no route matches (deny by default).
+        /// The trie agrees with a brute-force oracle — the matching template with the highest
+        /// specificity key decides, then its method must match — whatever the declaration
+        /// order; nothing is found where no route matches (deny by default), and a method is
+        /// never passed down to a less specific route.
         #[test]
         fn most_specific_wins_whatever_the_order(
-            templates in prop::collection::vec(template(), 1..8),
+            templates in prop::collection::vec((template(), any::<bool>()), 1..8),
             paths in prop::collection::vec(path(), 1..8),
             seed in any::<u64>(),
         ) {
-            let mut uniq: Vec<String> = Vec::new();
-            for t in templates {
+            let mut uniq: Vec<(String, &'static str)> = Vec::new();
+            for (t, post) in templates {
                 // Same-shape duplicates would be a (tested) conflict; keep one of each shape.
                 let shape = t.replace("{id}", "{}");
-                if !uniq.iter().any(|u| u.replace("{id}", "{}") == shape) {
-                    uniq.push(t);
+                if !uniq.iter().any(|(u, _)| u.replace("{id}", "{}") == shape) {
+                    uniq.push((t, if post { "POST" } else { "GET" }));
                 }
             }
-            let names: Vec<&'static str> =
-                uniq.iter().map(|t| &*Box::leak(t.clone().into_boxed_str())).collect();
+            let names: Vec<(&'static str, &'static str)> = uniq
+                .iter()
+                .map(|(t, m)| (&*Box::leak(t.clone().into_boxed_str()), *m))
+                .collect();
             let mk = |order: &[usize]| {
-                table(order.iter().map(|&i| spec(&["GET"], names[i], names[i])).collect())
+                table(order.iter().map(|&i| spec(&[names[i].1], names[i].0, names[i].0)).collect())
             };
             let forward: Vec<usize> = (0..names.len()).collect();
             let mut shuffled = forward.clone();
             fastrand::Rng::with_seed(seed).shuffle(&mut shuffled);
             let (t1, t2) = (mk(&forward), mk(&shuffled));
             for p in &paths {
-                let expected = names
+                let best = names
                     .iter()
-                    .filter_map(|n| naive(n, p).map(|k| (k, *n)))
-                    .max_by(|a, b| a.0.cmp(&b.0))
-                    .map(|(_, n)| n);
-                prop_assert_eq!(find(&t1, "GET", p), expected, "path {}", p);
-                prop_assert_eq!(find(&t2, "GET", p), expected, "path {} (shuffled)", p);
-                prop_assert_eq!(find(&t1, "POST", p), None);
+                    .filter_map(|(n, m)| naive(n, p).map(|k| (k, *n, *m)))
+                    .max_by(|a, b| a.0.cmp(&b.0));
+                for method in ["GET", "POST"] {
+                    let expected = best.as_ref().filter(|b| b.2 == method).map(|b| b.1);
+                    prop_assert_eq!(find(&t1, method, p), expected, "{} {}", method, p);
+                    prop_assert_eq!(find(&t2, method, p), expected, "{} {} (shuffled)", method, p);
+                }
+                prop_assert_eq!(find(&t1, "DELETE", p), None);
             }
         }
     }

@@ -237,15 +237,17 @@ impl Snapshot {
         // Users, first pass: ids.
         let mut by_id: HashMap<Box<str>, UserIdx> = HashMap::with_capacity(raw.users.len());
         for (i, u) in raw.users.iter().enumerate() {
+            // Visible ASCII only: the id is forwarded in a header and written in logs, and a CRM
+            // that trims " u-admin" must not see another user than the one we checked.
             if u.id.is_empty()
                 || u.id.len() > 256
-                || u.id.chars().any(|c| c.is_control() || c == ',')
+                || !u.id.bytes().all(|b| b.is_ascii_graphic() && b != b',')
             {
                 errors.push(ConfigError::new(
                     file,
                     line(&user_lines, i),
                     &format!("users[{i}].id"),
-                    format!("'{}' is not a valid user id (1–256 characters, no control characters or commas)", u.id.escape_debug()),
+                    format!("'{}' is not a valid user id (1–256 visible ASCII characters, no spaces or commas)", u.id.escape_debug()),
                 ));
             } else if by_id.insert(u.id.as_str().into(), i as UserIdx).is_some() {
                 errors.push(ConfigError::new(

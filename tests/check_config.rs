@@ -119,3 +119,32 @@ fn a_bad_snapshot_is_located() {
     );
     assert!(err.contains("unknown role 'sales_rpe'"), "{err}");
 }
+
+#[test]
+fn unsafe_settings_are_refused() {
+    let base = std::fs::read_to_string(demo_config()).unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (base.replacen("roles_header = \"x-permgate-roles\"", "roles_header = \"x-permgate-user\"", 1), "each header needs its own name"),
+        (base.replacen("user_header = \"x-permgate-user\"", "user_header = \"authorization\"", 1), "is reserved"),
+        (base.replacen("header = \"x-api-key\"", "header = \"host\"", 1), "is reserved"),
+        (base.clone() + "\n[identity.trusted_header]\nname = \"x-sso-user\"\ntrusted_cidrs = [\"0.0.0.0/0\"]\n", "trusts every address"),
+        (base.replacen("regex = '/api/v1/reports/[0-9]{1,9}\\.json'", "regex = '/api/v1/reports/1)|(.*'", 1), "regex does not compile"),
+        (base.replacen("path = \"/api/v1/analytics\"", "path = \"/api/v1/analytics\"\npriority = 3", 1), "orders regex routes only"),
+        (base.replacen("name = \"analytics\"", "name = \"search\"", 1), "route name 'search' is also used"),
+        (base.replacen("leeway_seconds = 30", "leeway_seconds = 999999", 1), "leeway"),
+        (base.replacen("issuer = \"https://crm.example.test\"", "issuer = \"\"", 1), "must not be empty"),
+    ];
+    for (text, needle) in cases {
+        assert_ne!(text, base, "the replacement for '{needle}' happened");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.toml"), &text).unwrap();
+        std::fs::write(
+            dir.path().join("snapshot.json"),
+            permgate::demo::DEMO_SNAPSHOT,
+        )
+        .unwrap();
+        let (code, _, err) = check(&dir.path().join("c.toml"));
+        assert_eq!(code, 1, "{needle}: {err}");
+        assert!(err.contains(needle), "expected '{needle}' in: {err}");
+    }
+}

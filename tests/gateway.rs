@@ -280,22 +280,24 @@ async fn canonicalization_as_the_crm_sees_it() {
         assert_eq!(r.json()["permission"], "campaign.delete");
         assert!(h.received().is_empty());
     }
-    // Refused, nothing forwarded.
+    // Refused with the rule's code, nothing forwarded.
     h.clear();
-    for target in [
-        "/api/v1/customers%2F1",
-        "/api/v1/customers%2f1",
-        "/api/v1/customers/1%5C",
-        "/api/v1/customers/1;jsessionid=x",
-        "/api/v1/customers/%252e%252e/1",
-        "/api/v1/customers/1%00",
-        "/api/v1/customers/1%zz",
-        "/api/v1/customers/\\1",
-        "http://crm/api/v1/customers/1",
+    for (target, code) in [
+        ("/api/v1/customers%2F1", "encoded_slash"),
+        ("/api/v1/customers%2f1", "encoded_slash"),
+        ("/api/v1/customers/1%5C", "encoded_backslash"),
+        ("/api/v1/customers/1;jsessionid=x", "path_parameter"),
+        ("/api/v1/customers/%252e%252e/1", "double_encoding"),
+        ("/api/v1/customers/1%00", "encoded_control"),
+        ("/api/v1/customers/1%zz", "bad_percent_encoding"),
+        ("/api/v1/customers/\\1", "backslash"),
+        ("http://crm/api/v1/customers/1", "not_origin_form"),
+        ("/api/v1/customers/1?_method=DELETE", "method_override"),
+        ("/api/v1/customers/%C0%AE%C0%AE/1", "overlong_utf8"),
     ] {
         let r = send(target);
-        assert!(r.status == 400, "{target}: {r:?}");
-        assert!(r.json()["error"].as_str().is_some(), "{target}");
+        assert_eq!(r.status, 400, "{target}: {r:?}");
+        assert_eq!(r.json()["error"], code, "{target}");
     }
     // Non-ASCII and control bytes in the target.
     let r =
@@ -454,4 +456,105 @@ async fn no_snapshot_means_not_ready_never_allow() {
     let resp = client().get(h.url("/__crm/health")).send().await.unwrap();
     assert_eq!(resp.status(), 200, "the public route reaches the CRM");
     assert!(h.received().is_empty(), "no protected call was forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_is_never_passed_down_to_a_less_specific_route() {
+    let h = Harness::demo().await;
+    // bulk-delete routes only POST; PUT must not fall through to PUT /customers/{id}.
+    let r = client()
+        .put(h.url("/api/v1/customers/bulk-delete"))
+        .header("authorization", bearer("u-admin"))
+        .header("content-type", "application/json")
+        .body(r#"{"ids":[1,2]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(h.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_routes_never_forward_credentials_and_origin_headers_are_ours() {
+    let text = format!(
+        "{}\n[[route]]\nname = \"public.docs\"\nmethods = [\"GET\"]\npath = \"/api/v1/public/{{*rest}}\"\npublic = true\n",
+        std::fs::read_to_string(demo_config()).unwrap()
+    );
+    let h = Harness::with_config_text(&text, &[]).await;
+    for auth in [
+        ("authorization", "Bearer not.a.jwt"),
+        ("authorization", "Bearer some-api-key"),
+        ("x-api-key", "k"),
+    ] {
+        h.clear();
+        let r = client()
+            .get(h.url("/api/v1/public/terms"))
+            .header(auth.0, auth.1)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            404,
+            "the CRM has no such page, but the call was forwarded"
+        );
+        let got = h.received();
+        assert_eq!(got.len(), 1);
+        assert!(
+            recorded_header(&got[0], "authorization").is_empty(),
+            "{auth:?}"
+        );
+        assert!(recorded_header(&got[0], "x-api-key").is_empty(), "{auth:?}");
+        assert!(recorded_header(&got[0], "x-permgate-user").is_empty());
+    }
+    // Identity and origin headers a legacy CRM may trust are replaced or removed.
+    h.clear();
+    let r = client()
+        .get(h.url("/api/v1/customers/1"))
+        .header("authorization", bearer("u-rep1"))
+        .header("x-forwarded-for", "10.9.9.9")
+        .header("x-real-ip", "10.9.9.9")
+        .header("forwarded", "for=10.9.9.9")
+        .header("x-remote-user", "u-admin")
+        .header("x-forwarded-user", "u-admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = h.received();
+    let r = &got[0];
+    assert_eq!(recorded_header(r, "x-forwarded-for"), vec!["127.0.0.1"]);
+    for gone in [
+        "x-real-ip",
+        "forwarded",
+        "x-remote-user",
+        "x-forwarded-user",
+    ] {
+        assert!(recorded_header(r, gone).is_empty(), "{gone}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_headers_are_removed_over_http2_too() {
+    let h = Harness::demo().await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = c
+        .get(h.url("/api/v1/customers/1"))
+        .header("authorization", bearer("u-rep1"))
+        .header("x-permgate-user", "u-admin")
+        .header("x-permgate-roles", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = h.received();
+    assert_eq!(recorded_header(&got[0], "x-permgate-user"), vec!["u-rep1"]);
+    assert_eq!(
+        recorded_header(&got[0], "x-permgate-roles"),
+        vec!["sales_rep"]
+    );
 }
