@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `GET /healthz` | none | the process is up: `200 {"status":"ok"}` |
 //! | `GET /readyz` | none | `200` when a usable snapshot is live, else `503` (probes can't hold secrets; these reveal nothing) |
+//! | `GET /metrics` | none | Prometheus text: requests by route/decision/status, latencies, upstream errors, snapshot age, reloads, decision-log drops |
 //! | `GET /status` | bearer | config hash, snapshot version and age, counts, counters, last errors |
 //! | `POST /reload` | bearer | re-read the config file (like SIGHUP): `200 {"config_hash"}` or `422 {"errors"}` |
 //! | `PUT /snapshot` | bearer | replace the snapshot with the body: `200 {"version"}` or `422 {"errors"}` |
@@ -106,6 +107,14 @@ pub async fn handle(
     let path = req.uri().path().to_string();
     let resp = match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({"status": "ok"})),
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(state.render_metrics())));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
         (&Method::GET, "/readyz") => {
             let ready = state.ready();
             let status = if ready {
@@ -191,13 +200,15 @@ pub async fn handle(
                 },
             }
         }
-        (_, "/healthz" | "/readyz" | "/status" | "/reload" | "/snapshot" | "/snapshot/changes") => {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "wrong method for this endpoint",
-            )
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/status" | "/reload" | "/snapshot"
+            | "/snapshot/changes",
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "wrong method for this endpoint",
+        ),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };
     if resp.status() != StatusCode::OK || method != Method::GET {

@@ -90,6 +90,8 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     admin: Option<RawAdmin>,
+    #[serde(default)]
+    decision_log: Option<RawDecisionLog>,
     #[serde(default, rename = "route")]
     routes: Vec<Spanned<RawRoute>>,
 }
@@ -148,6 +150,30 @@ struct RawSnapshot {
     url_token: Option<String>,
     #[serde(default)]
     public_key: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecisionLog {
+    /// "stdout", "off", or a file path.
+    #[serde(default = "default_log_target")]
+    target: String,
+    #[serde(default = "default_log_capacity")]
+    capacity: usize,
+    #[serde(default = "default_sample")]
+    sample_allows: f64,
+    #[serde(default)]
+    mask: Vec<String>,
+}
+
+fn default_log_target() -> String {
+    "stdout".into()
+}
+fn default_log_capacity() -> usize {
+    65_536
+}
+fn default_sample() -> f64 {
+    1.0
 }
 
 #[derive(Deserialize)]
@@ -253,6 +279,10 @@ struct RawPaths {
 struct RawPolicy {
     #[serde(default)]
     unmatched: Option<Spanned<String>>,
+    #[serde(default)]
+    shadow: bool,
+    #[serde(default)]
+    shadow_roles: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +301,8 @@ struct RawRoute {
     permission: Option<String>,
     #[serde(default)]
     public: bool,
+    #[serde(default)]
+    shadow: bool,
 }
 
 fn default_true() -> bool {
@@ -332,6 +364,8 @@ pub enum Access {
 pub struct RouteInfo {
     pub name: String,
     pub access: Access,
+    /// Shadow mode for this route: decide and log, but forward what would be denied.
+    pub shadow: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -444,6 +478,12 @@ pub struct Config {
     pub forward: Forward,
     pub routes: RouteTable<RouteInfo>,
     pub unmatched: Unmatched,
+    /// Read at start only (the writer thread is not restarted on reload).
+    pub decision_log: crate::decision_log::Settings,
+    /// Shadow mode for every route.
+    pub shadow: bool,
+    /// Shadow mode for callers holding any of these roles.
+    pub shadow_roles: Vec<String>,
 }
 
 impl fmt::Debug for Config {
@@ -883,6 +923,49 @@ impl Config {
             }
         };
 
+        let decision_log = match &raw.decision_log {
+            None => crate::decision_log::Settings::default(),
+            Some(d) => {
+                use crate::decision_log::{Settings, Target};
+                if !(0.0..=1.0).contains(&d.sample_allows) {
+                    errors.push(ConfigError::new(
+                        file,
+                        None,
+                        "decision_log.sample_allows",
+                        "must be between 0.0 and 1.0",
+                    ));
+                }
+                if d.capacity == 0 || d.capacity > 10_000_000 {
+                    errors.push(ConfigError::new(
+                        file,
+                        None,
+                        "decision_log.capacity",
+                        "must be between 1 and 10000000",
+                    ));
+                }
+                for m in &d.mask {
+                    if !["user", "path", "roles", "trimmed"].contains(&m.as_str()) {
+                        errors.push(ConfigError::new(
+                            file,
+                            None,
+                            "decision_log.mask",
+                            format!("'{m}' is not one of: user, path, roles, trimmed"),
+                        ));
+                    }
+                }
+                Settings {
+                    target: match d.target.as_str() {
+                        "stdout" => Target::Stdout,
+                        "off" => Target::Off,
+                        path => Target::File(base.join(path)),
+                    },
+                    capacity: d.capacity,
+                    sample_allows: d.sample_allows,
+                    mask: d.mask.clone(),
+                }
+            }
+        };
+
         // Routes.
         let mut specs = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
@@ -963,7 +1046,11 @@ impl Config {
                 methods,
                 pattern,
                 origin: format!("{file}:{line}"),
-                value: RouteInfo { name, access },
+                value: RouteInfo {
+                    name,
+                    access,
+                    shadow: route.shadow,
+                },
             });
         }
         if raw.routes.is_empty() {
@@ -1036,6 +1123,9 @@ impl Config {
                 },
                 routes,
                 unmatched,
+                decision_log,
+                shadow: raw.policy.shadow,
+                shadow_roles: raw.policy.shadow_roles.clone(),
             }),
             _ => {
                 if errors.is_empty() {

@@ -24,7 +24,9 @@
 //! - [`sample_crm`]: a realistic legacy CRM over in-memory data (hyper), for the demo, the tests
 //!   and the bench; never needed in production.
 //! - [`control`]: the control thread: admin API, snapshot file watcher, SIGHUP, staleness.
-//! - [`admin`]: the admin API (its own listener, bearer token).
+//! - [`admin`]: the admin API (its own listener, bearer token), with `/metrics`.
+//! - [`metrics`]: Prometheus counters and histograms (atomics; bounded labels).
+//! - [`decision_log`]: one JSON line per decision, from a bounded background writer.
 //! - [`demo`]: the `permgate demo` subcommand.
 #![forbid(unsafe_code)]
 
@@ -33,9 +35,11 @@ pub mod canon;
 pub mod catalog;
 pub mod config;
 pub mod control;
+pub mod decision_log;
 pub mod demo;
 pub mod identity;
 pub mod live;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reject;

@@ -18,6 +18,8 @@ use arc_swap::ArcSwap;
 use log::{error, info, warn};
 
 use crate::config::{Config, ConfigError, OnStale};
+use crate::decision_log::DecisionLog;
+use crate::metrics::{Metrics, RouteCounters, UNMATCHED};
 use crate::reject::Rejection;
 use crate::snapshot::{Change, RawSnapshot, Snapshot};
 
@@ -29,6 +31,19 @@ pub struct Live {
     /// The snapshot's source text (to rebuild it against a reloaded catalogue, and to apply
     /// incremental changes to).
     pub snapshot_text: Option<Arc<str>>,
+    /// Request counters of each route of `config`, by route index; one more at the end for
+    /// requests that matched no route.
+    pub route_counters: Vec<Arc<RouteCounters>>,
+}
+
+impl Live {
+    /// The counters of a route index, or of unmatched requests.
+    pub fn counters(&self, route: Option<usize>) -> Option<&Arc<RouteCounters>> {
+        match route {
+            Some(i) => self.route_counters.get(i),
+            None => self.route_counters.last(),
+        }
+    }
 }
 
 /// Command-line overrides, re-applied on every config reload.
@@ -81,6 +96,8 @@ pub struct State {
     errors: Mutex<VecDeque<ChangeError>>,
     /// Serializes writers: two changes never build from the same base and race to store.
     writer: Mutex<()>,
+    pub metrics: Arc<Metrics>,
+    pub decision_log: DecisionLog,
 }
 
 const KEEP_ERRORS: usize = 20;
@@ -119,6 +136,18 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)
+}
+
+/// The route counters for a config, by route index, then the unmatched counters.
+fn counters_for(metrics: &Metrics, config: &Config) -> Vec<Arc<RouteCounters>> {
+    metrics.route_counters(
+        config
+            .routes
+            .routes()
+            .iter()
+            .map(|r| r.value.name.as_str())
+            .chain(std::iter::once(UNMATCHED)),
+    )
 }
 
 /// The result of loading the snapshot at start.
@@ -168,9 +197,20 @@ impl State {
     pub fn load(config_path: &Path, overrides: Overrides) -> Result<State, Vec<ConfigError>> {
         let mut config = Config::load(config_path)?;
         overrides.apply(&mut config);
+        let metrics = Arc::new(Metrics::default());
+        let decision_log = DecisionLog::start(config.decision_log.clone()).map_err(|e| {
+            vec![ConfigError::new(
+                &config.file,
+                None,
+                "decision_log",
+                format!("cannot open the decision log: {e}"),
+            )]
+        })?;
+        let config = Arc::new(config);
         let state = State {
             live: ArcSwap::from_pointee(Live {
-                config: Arc::new(config),
+                route_counters: counters_for(&metrics, &config),
+                config,
                 snapshot: None,
                 snapshot_text: None,
             }),
@@ -180,6 +220,8 @@ impl State {
             counters: Counters::default(),
             errors: Mutex::new(VecDeque::new()),
             writer: Mutex::new(()),
+            metrics,
+            decision_log,
         };
         let config = state.live.load().config.clone();
         match load_startup_snapshot(&config) {
@@ -273,6 +315,7 @@ impl State {
             snapshot.user_count()
         );
         self.live.store(Arc::new(Live {
+            route_counters: counters_for(&self.metrics, config),
             config: config.clone(),
             snapshot: Some(Arc::new(snapshot)),
             snapshot_text: Some(text),
@@ -420,8 +463,10 @@ impl State {
             "config {} (hash {hash}) live (source {source})",
             config.file
         );
+        let config = Arc::new(config);
         self.live.store(Arc::new(Live {
-            config: Arc::new(config),
+            route_counters: counters_for(&self.metrics, &config),
+            config,
             snapshot,
             snapshot_text: current.snapshot_text.clone(),
         }));
@@ -492,6 +537,106 @@ impl State {
             },
             "last_errors": lock(&self.errors).iter().cloned().collect::<Vec<_>>(),
         })
+    }
+}
+
+impl State {
+    /// `/metrics`: the Prometheus text exposition.
+    pub fn render_metrics(&self) -> String {
+        let live = self.live();
+        let c = &self.counters;
+        let (age, users) = live.snapshot.as_ref().map_or((-1.0, 0.0), |s| {
+            (s.age().as_secs_f64(), s.user_count() as f64)
+        });
+        let version = live.snapshot.as_ref().map_or_else(
+            || "none".to_string(),
+            |s| s.version.replace(['"', '\\', '\n'], "_"),
+        );
+        let info = format!(
+            "permgate_snapshot_info{{version=\"{version}\",config_hash=\"{}\"}}",
+            live.config.hash
+        );
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        self.metrics.render(&[
+            (
+                info.as_str(),
+                "gauge",
+                "The live snapshot version and config hash (value 1).",
+                1.0,
+            ),
+            (
+                "permgate_snapshot_age_seconds",
+                "gauge",
+                "Age of the live snapshot (-1: none).",
+                age,
+            ),
+            (
+                "permgate_snapshot_users",
+                "gauge",
+                "Users in the live snapshot.",
+                users,
+            ),
+            (
+                "permgate_ready",
+                "gauge",
+                "1 when a usable snapshot is live.",
+                if self.ready() { 1.0 } else { 0.0 },
+            ),
+            (
+                "permgate_snapshot_stale",
+                "gauge",
+                "1 when the snapshot is older than its limit.",
+                if self.is_stale() { 1.0 } else { 0.0 },
+            ),
+            (
+                "permgate_config_reloads_total",
+                "counter",
+                "Config reloads applied.",
+                load(&c.config_reloads),
+            ),
+            (
+                "permgate_config_reload_failures_total",
+                "counter",
+                "Config reloads refused.",
+                load(&c.config_reload_failures),
+            ),
+            (
+                "permgate_snapshot_updates_total",
+                "counter",
+                "Snapshots swapped in.",
+                load(&c.snapshot_updates),
+            ),
+            (
+                "permgate_snapshot_update_failures_total",
+                "counter",
+                "Snapshots refused.",
+                load(&c.snapshot_update_failures),
+            ),
+            (
+                "permgate_snapshot_source_not_modified_total",
+                "counter",
+                "Pulls answered 304.",
+                load(&c.source_not_modified),
+            ),
+            (
+                "permgate_snapshot_source_errors_total",
+                "counter",
+                "Pulls that failed.",
+                load(&c.source_errors),
+            ),
+            (
+                "permgate_decision_log_written_total",
+                "counter",
+                "Decision log lines written.",
+                load(&self.decision_log.written),
+            ),
+            (
+                "permgate_decision_log_dropped_total",
+                "counter",
+                "Decision log lines dropped (queue full).",
+                load(&self.decision_log.dropped),
+            ),
+        ])
     }
 }
 

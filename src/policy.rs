@@ -31,8 +31,9 @@ pub struct Request<'a> {
 #[derive(Debug, Clone)]
 pub struct Permit {
     pub canonical: CanonicalTarget,
-    /// Index of the matched route in the config's table.
-    pub route: usize,
+    /// Index of the matched route in the config's table (`None` only for a call forwarded in
+    /// shadow mode that matched no route).
+    pub route: Option<usize>,
     /// The caller, unless the route is public.
     pub caller: Option<Caller>,
 }
@@ -43,12 +44,18 @@ pub struct Caller {
     pub method: identity::Method,
 }
 
-/// A refused call, with what the logs need to explain it.
+/// A refused call, with what the logs need to explain it, and what shadow mode needs to
+/// forward it anyway.
 #[derive(Debug, Clone)]
 pub struct Denied {
     pub rejection: Rejection,
     pub route: Option<usize>,
     pub user: Option<String>,
+    /// The canonical target, when the request got that far (never set for a 400 on the path
+    /// or headers: ambiguous input is never forwarded, not even in shadow mode).
+    pub canonical: Option<CanonicalTarget>,
+    /// The identified caller, when the denial came after identification.
+    pub caller: Option<Caller>,
 }
 
 impl Denied {
@@ -57,6 +64,8 @@ impl Denied {
             rejection,
             route: None,
             user: None,
+            canonical: None,
+            caller: None,
         }
     }
 }
@@ -84,20 +93,22 @@ pub fn decide(
         })
         .map_err(|e| Denied::bare(Rejection::new(e.status(), e.code(), e.message())))?;
     let Some(route_idx) = config.routes.find_index(req.method, &canonical.path) else {
-        return Err(Denied::bare(match config.unmatched {
+        let mut d = Denied::bare(match config.unmatched {
             Unmatched::NotFound => Rejection::route_not_found(),
             Unmatched::Forbidden => Rejection::new(
                 403,
                 "route_not_allowed",
                 "no route in the gateway's config allows this method and path",
             ),
-        }));
+        });
+        d.canonical = Some(canonical);
+        return Err(d);
     };
     let permission = match route_info(config, route_idx).access {
         Access::Public => {
             return Ok(Permit {
                 canonical,
-                route: route_idx,
+                route: Some(route_idx),
                 caller: None,
             })
         }
@@ -107,6 +118,8 @@ pub fn decide(
         rejection,
         route: Some(route_idx),
         user,
+        canonical: Some(canonical.clone()),
+        caller: None,
     };
     let snapshot = snapshot.map_err(|r| deny(r, None))?;
     let who = config
@@ -132,24 +145,72 @@ pub fn decide(
         })?,
     };
     let u = snapshot.user(user);
+    let caller = Caller {
+        user,
+        method: who.method,
+    };
+    let deny_caller = |rejection: Rejection| Denied {
+        caller: Some(caller),
+        ..deny(rejection, Some(u.id.to_string()))
+    };
     if u.disabled {
-        return Err(deny(
-            Rejection::new(403, "user_disabled", "the caller's account is disabled"),
-            Some(u.id.to_string()),
-        ));
+        return Err(deny_caller(Rejection::new(
+            403,
+            "user_disabled",
+            "the caller's account is disabled",
+        )));
     }
     if !snapshot.has_permission(user, permission) {
-        return Err(deny(
-            Rejection::forbidden(config.catalog.permission_name(permission)),
-            Some(u.id.to_string()),
-        ));
+        return Err(deny_caller(Rejection::forbidden(
+            config.catalog.permission_name(permission),
+        )));
     }
     Ok(Permit {
         canonical,
-        route: route_idx,
-        caller: Some(Caller {
-            user,
-            method: who.method,
-        }),
+        route: Some(route_idx),
+        caller: Some(caller),
+    })
+}
+
+/// Which of the user's roles grants `permission` (the first in role order), for explanations.
+pub fn granting_role<'s>(
+    snapshot: &'s Snapshot,
+    user: UserIdx,
+    permission: crate::catalog::PermId,
+) -> Option<&'s str> {
+    let grant = snapshot.grant(snapshot.user(user));
+    grant
+        .roles
+        .iter()
+        .find(|r| {
+            snapshot.roles()[usize::from(**r)]
+                .permissions
+                .contains(permission)
+        })
+        .map(|r| snapshot.role_id(*r))
+}
+
+/// Does shadow mode turn this denial into a forwarded call? Only denials that got past
+/// canonicalization qualify: ambiguous input is never forwarded.
+pub fn shadow_permit(
+    config: &Config,
+    snapshot: Option<&Snapshot>,
+    denied: &Denied,
+) -> Option<Permit> {
+    let canonical = denied.canonical.clone()?;
+    let route_shadow = denied.route.is_some_and(|r| route_info(config, r).shadow);
+    let role_shadow = !config.shadow_roles.is_empty()
+        && match (denied.caller, snapshot) {
+            (Some(c), Some(s)) => s
+                .grant(s.user(c.user))
+                .roles
+                .iter()
+                .any(|r| config.shadow_roles.iter().any(|x| x == s.role_id(*r))),
+            _ => false,
+        };
+    (config.shadow || route_shadow || role_shadow).then_some(Permit {
+        canonical,
+        route: denied.route,
+        caller: denied.caller,
     })
 }

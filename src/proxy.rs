@@ -29,8 +29,11 @@ use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::config::Access;
+use crate::decision_log::{self, Record};
 use crate::identity;
 use crate::live::{Live, State};
+use crate::metrics::{Outcome, UpstreamError};
 use crate::policy::{self, Denied, Permit};
 use crate::reject::Rejection;
 
@@ -59,7 +62,12 @@ pub struct Ctx {
     deadline: Option<Instant>,
     live: Option<Arc<Live>>,
     permit: Option<Permit>,
+    /// The denial: answered, or forwarded anyway in shadow mode (then `permit` is set too).
     denied: Option<Denied>,
+    started: Instant,
+    upstream_started: Option<Instant>,
+    upstream_elapsed: Option<Duration>,
+    upstream_status: Option<u16>,
 }
 
 fn new_request_id() -> String {
@@ -128,6 +136,10 @@ impl ProxyHttp for Gateway {
             live: None,
             permit: None,
             denied: None,
+            started: Instant::now(),
+            upstream_started: None,
+            upstream_elapsed: None,
+            upstream_status: None,
         }
     }
 
@@ -139,6 +151,7 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let req = session.req_header();
+        let decided_at = Instant::now();
         let decision = policy::decide(
             &live.config,
             self.state.snapshot_for_request(&live),
@@ -149,21 +162,36 @@ impl ProxyHttp for Gateway {
                 peer,
             },
         );
+        self.state
+            .metrics
+            .decision_seconds
+            .observe(decided_at.elapsed());
         let id_header = live.config.forward.request_id_header.clone();
         ctx.deadline = Some(Instant::now() + live.config.upstream.total_timeout);
         ctx.peer = peer;
-        ctx.live = Some(live);
-        match decision {
+        let outcome = match decision {
             Ok(permit) => {
                 ctx.permit = Some(permit);
                 Ok(false)
             }
             Err(denied) => {
-                respond(session, &denied.rejection, &ctx.request_id, &id_header).await?;
-                ctx.denied = Some(denied);
-                Ok(true)
+                match policy::shadow_permit(&live.config, live.snapshot.as_deref(), &denied) {
+                    // Shadow mode: logged and counted as a would-be denial, forwarded anyway.
+                    Some(permit) => {
+                        ctx.permit = Some(permit);
+                        ctx.denied = Some(denied);
+                        Ok(false)
+                    }
+                    None => {
+                        respond(session, &denied.rejection, &ctx.request_id, &id_header).await?;
+                        ctx.denied = Some(denied);
+                        Ok(true)
+                    }
+                }
             }
-        }
+        };
+        ctx.live = Some(live);
+        outcome
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -174,6 +202,7 @@ impl ProxyHttp for Gateway {
             ));
         };
         let u = &live.config.upstream;
+        ctx.upstream_started = Some(Instant::now());
         // Each step's timeout is capped by what is left of the total.
         let left = remaining(ctx.deadline)?;
         let mut peer = HttpPeer::new(u.address, false, String::new());
@@ -279,6 +308,21 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        if let Some(t) = ctx.upstream_started {
+            let elapsed = t.elapsed();
+            ctx.upstream_elapsed = Some(elapsed);
+            self.state.metrics.upstream_seconds.observe(elapsed);
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -320,6 +364,15 @@ impl ProxyHttp for Gateway {
             _ => Some(Rejection::internal()),
         };
         let code = rejection.as_ref().map_or(0, |r| r.status);
+        match rejection.as_ref().map(|r| r.code) {
+            Some("upstream_timeout") => self.state.metrics.upstream_error(UpstreamError::Timeout),
+            Some("upstream_unavailable") => self
+                .state
+                .metrics
+                .upstream_error(UpstreamError::Unavailable),
+            Some("upstream_error") => self.state.metrics.upstream_error(UpstreamError::Other),
+            _ => {}
+        }
         warn!(
             "request_id={} upstream failure: {e}; answering {code}",
             ctx.request_id
@@ -347,36 +400,93 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let req = session.req_header();
-        let path = String::from_utf8_lossy(req.raw_path());
-        let (decision, code, user, route) = match (&ctx.permit, &ctx.denied, &ctx.live) {
-            (Some(p), _, Some(live)) => (
-                "allow",
-                "",
-                p.caller
-                    .and_then(|c| {
-                        live.snapshot
-                            .as_ref()
-                            .map(|s| s.user(c.user).id.to_string())
-                    })
-                    .unwrap_or_else(|| "-".into()),
-                policy::route_info(&live.config, p.route).name.clone(),
-            ),
-            (_, Some(d), live) => (
-                "deny",
-                d.rejection.code,
-                d.user.clone().unwrap_or_else(|| "-".into()),
-                match (d.route, live) {
-                    (Some(r), Some(l)) => policy::route_info(&l.config, r).name.clone(),
-                    _ => "-".into(),
-                },
-            ),
-            _ => ("none", "", "-".into(), "-".into()),
+        let total = ctx.started.elapsed();
+        let metrics = &self.state.metrics;
+        metrics.request_seconds.observe(total);
+        let Some(live) = &ctx.live else { return };
+        let snapshot = live.snapshot.as_deref();
+        let (outcome, decision) = match (&ctx.permit, &ctx.denied) {
+            (Some(_), Some(_)) => (Outcome::ShadowDeny, "shadow_deny"),
+            (Some(_), None) => (Outcome::Allow, "allow"),
+            _ => (Outcome::Deny, "deny"),
         };
+        let route = ctx
+            .permit
+            .as_ref()
+            .and_then(|p| p.route)
+            .or_else(|| ctx.denied.as_ref().and_then(|d| d.route));
+        if let Some(c) = live.counters(route) {
+            c.count(outcome, status);
+        }
+        let caller = ctx
+            .permit
+            .as_ref()
+            .and_then(|p| p.caller)
+            .or_else(|| ctx.denied.as_ref().and_then(|d| d.caller));
+        let user = match (caller, snapshot) {
+            (Some(c), Some(s)) => Some(s.user(c.user).id.to_string()),
+            _ => ctx.denied.as_ref().and_then(|d| d.user.clone()),
+        };
+        let route_info = route.map(|r| policy::route_info(&live.config, r));
+        let permission = route_info.and_then(|r| match r.access {
+            Access::Permission(p) => Some(p),
+            Access::Public => None,
+        });
+        let reason = match (&ctx.denied, route_info.map(|r| r.access), caller, snapshot) {
+            (Some(d), _, _, _) => d.rejection.code.to_string(),
+            (None, Some(Access::Public), _, _) => "public".to_string(),
+            (None, Some(Access::Permission(p)), Some(c), Some(s)) => {
+                format!(
+                    "granted_by:{}",
+                    policy::granting_role(s, c.user, p).unwrap_or("?")
+                )
+            }
+            _ => String::new(),
+        };
+        let req = session.req_header();
+        let path = ctx
+            .permit
+            .as_ref()
+            .map(|p| p.canonical.path.clone())
+            .or_else(|| {
+                ctx.denied
+                    .as_ref()
+                    .and_then(|d| d.canonical.as_ref().map(|c| c.path.clone()))
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(req.raw_path()).into_owned());
         info!(
-            "request_id={} method={} path={:?} status={status} decision={decision} code={code} user={user:?} route={route:?}",
-            ctx.request_id, req.method, path
+            "request_id={} method={} path={:?} status={status} decision={decision} code={reason} user={:?} route={:?}",
+            ctx.request_id,
+            req.method,
+            path,
+            user.as_deref().unwrap_or("-"),
+            route_info.map_or("-", |r| r.name.as_str()),
         );
+        let log = &self.state.decision_log;
+        if log.wants(outcome == Outcome::Allow) {
+            log.offer(Record {
+                ts_ms: decision_log::now_ms(),
+                request_id: ctx.request_id.clone(),
+                roles: match (caller, snapshot) {
+                    (Some(c), Some(s)) => Some(s.grant(s.user(c.user)).roles_header.to_string()),
+                    _ => None,
+                },
+                user,
+                method: req.method.to_string(),
+                path,
+                route: route_info.map(|r| r.name.clone()),
+                permission: permission.map(|p| live.config.catalog.permission_name(p).to_string()),
+                decision,
+                reason,
+                trimmed: Vec::new(),
+                snapshot_version: snapshot.map(|s| s.version.clone()),
+                config_hash: live.config.hash.clone(),
+                status,
+                upstream_status: ctx.upstream_status,
+                upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
+                total_ms: total.as_secs_f64() * 1e3,
+            });
+        }
     }
 }
 
