@@ -83,15 +83,26 @@ pub fn decide(
     config: &Config,
     snapshot: Result<&Snapshot, Rejection>,
     req: &Request<'_>,
-) -> Result<Permit, Denied> {
-    canon::check_headers(req.headers)
-        .map_err(|e| Denied::bare(Rejection::new(e.status(), e.code(), e.message())))?;
+) -> Result<Permit, Box<Denied>> {
+    canon::check_headers(req.headers).map_err(|e| {
+        Box::new(Denied::bare(Rejection::new(
+            e.status(),
+            e.code(),
+            e.message(),
+        )))
+    })?;
     let canonical = canon::canonicalize_target(req.target)
         .and_then(|c| match &c.query {
             Some(q) => canon::check_query(q).map(|()| c),
             None => Ok(c),
         })
-        .map_err(|e| Denied::bare(Rejection::new(e.status(), e.code(), e.message())))?;
+        .map_err(|e| {
+            Box::new(Denied::bare(Rejection::new(
+                e.status(),
+                e.code(),
+                e.message(),
+            )))
+        })?;
     let Some(route_idx) = config.routes.find_index(req.method, &canonical.path) else {
         let mut d = Denied::bare(match config.unmatched {
             Unmatched::NotFound => Rejection::route_not_found(),
@@ -102,7 +113,7 @@ pub fn decide(
             ),
         });
         d.canonical = Some(canonical);
-        return Err(d);
+        return Err(Box::new(d));
     };
     let permission = match route_info(config, route_idx).access {
         Access::Public => {
@@ -114,12 +125,14 @@ pub fn decide(
         }
         Access::Permission(p) => p,
     };
-    let deny = |rejection: Rejection, user: Option<String>| Denied {
-        rejection,
-        route: Some(route_idx),
-        user,
-        canonical: Some(canonical.clone()),
-        caller: None,
+    let deny = |rejection: Rejection, user: Option<String>| {
+        Box::new(Denied {
+            rejection,
+            route: Some(route_idx),
+            user,
+            canonical: Some(canonical.clone()),
+            caller: None,
+        })
     };
     let snapshot = snapshot.map_err(|r| deny(r, None))?;
     let who = config
@@ -149,9 +162,10 @@ pub fn decide(
         user,
         method: who.method,
     };
-    let deny_caller = |rejection: Rejection| Denied {
-        caller: Some(caller),
-        ..deny(rejection, Some(u.id.to_string()))
+    let deny_caller = |rejection: Rejection| {
+        let mut d = deny(rejection, Some(u.id.to_string()));
+        d.caller = Some(caller);
+        d
     };
     if u.disabled {
         return Err(deny_caller(Rejection::new(
@@ -173,11 +187,11 @@ pub fn decide(
 }
 
 /// Which of the user's roles grants `permission` (the first in role order), for explanations.
-pub fn granting_role<'s>(
-    snapshot: &'s Snapshot,
+pub fn granting_role(
+    snapshot: &Snapshot,
     user: UserIdx,
     permission: crate::catalog::PermId,
-) -> Option<&'s str> {
+) -> Option<&str> {
     let grant = snapshot.grant(snapshot.user(user));
     grant
         .roles

@@ -63,7 +63,7 @@ pub struct Ctx {
     live: Option<Arc<Live>>,
     permit: Option<Permit>,
     /// The denial: answered, or forwarded anyway in shadow mode (then `permit` is set too).
-    denied: Option<Denied>,
+    denied: Option<Box<Denied>>,
     started: Instant,
     upstream_started: Option<Instant>,
     upstream_elapsed: Option<Duration>,
