@@ -6,6 +6,7 @@
 //! | `GET /readyz` | none | `200` when a usable snapshot is live, else `503` (probes can't hold secrets; these reveal nothing) |
 //! | `GET /metrics` | none | Prometheus text: requests by route/decision/status, latencies, upstream errors, snapshot age, reloads, decision-log drops |
 //! | `GET /status` | bearer | config hash, snapshot version and age, counts, counters, last errors |
+//! | `POST /explain` | bearer | `{"user","method","path"}` → the decision and its reasons, as `permgate explain --json` |
 //! | `POST /reload` | bearer | re-read the config file (like SIGHUP): `200 {"config_hash"}` or `422 {"errors"}` |
 //! | `PUT /snapshot` | bearer | replace the snapshot with the body: `200 {"version"}` or `422 {"errors"}` |
 //! | `POST /snapshot/changes` | bearer | `{"changes":[…]}` applied to the live snapshot: `200 {"version"}` or `422` |
@@ -139,6 +140,43 @@ pub async fn handle(
             r
         }
         (&Method::GET, "/status") => reply(StatusCode::OK, state.status()),
+        (&Method::POST, "/explain") => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Ask {
+                #[serde(default)]
+                user: Option<String>,
+                method: String,
+                path: String,
+            }
+            match read_body(req, 64 * 1024).await {
+                Err(r) => r,
+                Ok(body) => match serde_json::from_slice::<Ask>(&body) {
+                    Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+                    Ok(ask) => {
+                        let live = state.live();
+                        match &live.snapshot {
+                            None => error(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "not_ready",
+                                "no snapshot is loaded",
+                            ),
+                            Some(s) => reply(
+                                StatusCode::OK,
+                                crate::explain::explain(
+                                    &live.config,
+                                    s,
+                                    &ask.method,
+                                    &ask.path,
+                                    ask.user.as_deref(),
+                                )
+                                .json,
+                            ),
+                        }
+                    }
+                },
+            }
+        }
         (&Method::POST, "/reload") => {
             let s = state.clone();
             outcome(

@@ -15,6 +15,7 @@
 //! - [`identity`]: JWT bearer, API keys and trusted identity headers → a caller id.
 //! - [`policy`]: the decision: allow, or a typed denial.
 //! - [`reject`]: every rejection as a JSON body with a stable error code.
+//! - [`explain`]: `permgate explain` / `permgate test`: the decision run offline as a user.
 //! - [`live`]: the config + snapshot pair behind one atomic pointer, and every way it changes
 //!   (reload, new snapshot, incremental changes), validated off the request path.
 //!
@@ -37,6 +38,7 @@ pub mod config;
 pub mod control;
 pub mod decision_log;
 pub mod demo;
+pub mod explain;
 pub mod identity;
 pub mod live;
 pub mod metrics;

@@ -51,6 +51,25 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+    /// Explain the decision for one call by a user: route, permission, roles, and why.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        /// The caller's user id (omit for a call without credentials).
+        #[arg(long)]
+        user: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        method: String,
+        /// The request target, e.g. /api/v1/campaigns/7
+        path: String,
+    },
+    /// Run a file of expected decisions offline; exit 1 on any mismatch (CI for a policy repo).
+    Test {
+        /// A TOML file: `config = "permgate.toml"` and `[[case]]` entries.
+        file: PathBuf,
+    },
     /// Run only the bundled sample CRM (for the bench harness or manual tests).
     SampleCrm {
         #[arg(long, default_value = "127.0.0.1:9090")]
@@ -97,6 +116,23 @@ fn serve(config: &Path, overrides: Overrides) -> ExitCode {
         return ExitCode::from(2);
     }
     proxy::run(state)
+}
+
+/// Load a config and its snapshot for the offline tools; errors are printed.
+fn load_offline(path: &Path) -> Result<(Config, permgate::snapshot::Snapshot), ExitCode> {
+    let config = Config::load(path).map_err(|errors| {
+        print_errors(&errors);
+        ExitCode::from(2)
+    })?;
+    match load_startup_snapshot(&config) {
+        Startup::Source(s, _) | Startup::Persisted(s, _, _) => Ok((config, s)),
+        Startup::Nothing(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 fn init_logging() {
@@ -158,6 +194,67 @@ fn main() -> ExitCode {
                     }
                     eprintln!("{} error(s); the snapshot is refused", errors.len());
                     ExitCode::from(1)
+                }
+            }
+        }
+        Command::Explain {
+            config,
+            user,
+            json,
+            method,
+            path,
+        } => match load_offline(&config) {
+            Err(code) => code,
+            Ok((cfg, snapshot)) => {
+                let e =
+                    permgate::explain::explain(&cfg, &snapshot, &method, &path, user.as_deref());
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&e.json).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", e.text());
+                }
+                if e.allowed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(3)
+                }
+            }
+        },
+        Command::Test { file } => {
+            let label = file.display().to_string();
+            let cases: permgate::explain::CaseFile = match std::fs::read_to_string(&file)
+                .map_err(|e| format!("{label}: cannot read: {e}"))
+                .and_then(|t| toml::from_str(&t).map_err(|e| format!("{label}: {e}")))
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let base = file.parent().unwrap_or_else(|| Path::new("."));
+            match load_offline(&base.join(&cases.config)) {
+                Err(code) => code,
+                Ok((cfg, snapshot)) => {
+                    let results = permgate::explain::run_cases(&cfg, &snapshot, &cases.cases);
+                    let failed: Vec<&String> =
+                        results.iter().filter_map(|r| r.as_ref().err()).collect();
+                    for f in &failed {
+                        println!("FAIL {f}");
+                    }
+                    println!(
+                        "{} passed, {} failed",
+                        results.len() - failed.len(),
+                        failed.len()
+                    );
+                    if failed.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
                 }
             }
         }

@@ -84,47 +84,78 @@ pub fn decide(
     snapshot: Result<&Snapshot, Rejection>,
     req: &Request<'_>,
 ) -> Result<Permit, Box<Denied>> {
-    canon::check_headers(req.headers).map_err(|e| {
-        Box::new(Denied::bare(Rejection::new(
-            e.status(),
-            e.code(),
-            e.message(),
-        )))
-    })?;
-    let canonical = canon::canonicalize_target(req.target)
-        .and_then(|c| match &c.query {
-            Some(q) => canon::check_query(q).map(|()| c),
-            None => Ok(c),
+    let (canonical, route_idx, permission) = match route_request(config, req)? {
+        Routed::Public(permit) => return Ok(permit),
+        Routed::Protected(c, r, p) => (c, r, p),
+    };
+    let deny = |rejection: Rejection| {
+        Box::new(Denied {
+            rejection,
+            route: Some(route_idx),
+            user: None,
+            canonical: Some(canonical.clone()),
+            caller: None,
         })
-        .map_err(|e| {
-            Box::new(Denied::bare(Rejection::new(
-                e.status(),
-                e.code(),
-                e.message(),
-            )))
-        })?;
-    let Some(route_idx) = config.routes.find_index(req.method, &canonical.path) else {
-        let mut d = Denied::bare(match config.unmatched {
-            Unmatched::NotFound => Rejection::route_not_found(),
-            Unmatched::Forbidden => Rejection::new(
-                403,
-                "route_not_allowed",
-                "no route in the gateway's config allows this method and path",
+    };
+    let snapshot = snapshot.map_err(deny)?;
+    let who = config
+        .identity
+        .identify(req.headers, req.peer)
+        .map_err(deny)?;
+    authorize(config, snapshot, canonical, route_idx, permission, who)
+}
+
+/// Decide as a given user, without credentials (for `permgate explain` and `permgate test`):
+/// the same canonicalization, route match and permission check as [`decide`].
+pub fn decide_as(
+    config: &Config,
+    snapshot: &Snapshot,
+    method: &Method,
+    target: &[u8],
+    user: Option<&str>,
+) -> Result<Permit, Box<Denied>> {
+    let headers = HeaderMap::new();
+    let (canonical, route_idx, permission) = match route_request(
+        config,
+        &Request {
+            method,
+            target,
+            headers: &headers,
+            peer: None,
+        },
+    )? {
+        Routed::Public(permit) => return Ok(permit),
+        Routed::Protected(c, r, p) => (c, r, p),
+    };
+    let Some(user) = user else {
+        return Err(Box::new(Denied {
+            rejection: Rejection::new(
+                401,
+                "missing_credentials",
+                "this route needs a bearer token or an API key",
             ),
-        });
-        d.canonical = Some(canonical);
-        return Err(Box::new(d));
+            route: Some(route_idx),
+            user: None,
+            canonical: Some(canonical),
+            caller: None,
+        }));
     };
-    let permission = match route_info(config, route_idx).access {
-        Access::Public => {
-            return Ok(Permit {
-                canonical,
-                route: Some(route_idx),
-                caller: None,
-            })
-        }
-        Access::Permission(p) => p,
+    let who = identity::Identified {
+        credential: Credential::User(user.to_string()),
+        method: identity::Method::Jwt,
     };
+    authorize(config, snapshot, canonical, route_idx, permission, who)
+}
+
+/// The identified caller against the route's permission.
+fn authorize(
+    config: &Config,
+    snapshot: &Snapshot,
+    canonical: CanonicalTarget,
+    route_idx: usize,
+    permission: crate::catalog::PermId,
+    who: identity::Identified,
+) -> Result<Permit, Box<Denied>> {
     let deny = |rejection: Rejection, user: Option<String>| {
         Box::new(Denied {
             rejection,
@@ -134,11 +165,6 @@ pub fn decide(
             caller: None,
         })
     };
-    let snapshot = snapshot.map_err(|r| deny(r, None))?;
-    let who = config
-        .identity
-        .identify(req.headers, req.peer)
-        .map_err(|r| deny(r, None))?;
     let user = match &who.credential {
         Credential::User(id) => snapshot.user_index(id).ok_or_else(|| {
             deny(
@@ -183,6 +209,54 @@ pub fn decide(
         canonical,
         route: Some(route_idx),
         caller: Some(caller),
+    })
+}
+
+enum Routed {
+    Public(Permit),
+    Protected(CanonicalTarget, usize, crate::catalog::PermId),
+}
+
+/// Header hygiene, canonical path and route match: everything before identity.
+fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Box<Denied>> {
+    canon::check_headers(req.headers).map_err(|e| {
+        Box::new(Denied::bare(Rejection::new(
+            e.status(),
+            e.code(),
+            e.message(),
+        )))
+    })?;
+    let canonical = canon::canonicalize_target(req.target)
+        .and_then(|c| match &c.query {
+            Some(q) => canon::check_query(q).map(|()| c),
+            None => Ok(c),
+        })
+        .map_err(|e| {
+            Box::new(Denied::bare(Rejection::new(
+                e.status(),
+                e.code(),
+                e.message(),
+            )))
+        })?;
+    let Some(route_idx) = config.routes.find_index(req.method, &canonical.path) else {
+        let mut d = Denied::bare(match config.unmatched {
+            Unmatched::NotFound => Rejection::route_not_found(),
+            Unmatched::Forbidden => Rejection::new(
+                403,
+                "route_not_allowed",
+                "no route in the gateway's config allows this method and path",
+            ),
+        });
+        d.canonical = Some(canonical);
+        return Err(Box::new(d));
+    };
+    Ok(match route_info(config, route_idx).access {
+        Access::Public => Routed::Public(Permit {
+            canonical,
+            route: Some(route_idx),
+            caller: None,
+        }),
+        Access::Permission(p) => Routed::Protected(canonical, route_idx, p),
     })
 }
 

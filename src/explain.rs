@@ -1,0 +1,295 @@
+//! `permgate explain` and `permgate test`: the live decision code, run offline as a named user.
+//!
+//! Both call [`crate::policy::decide_as`] — the same canonicalization, route match and permission
+//! check the gateway runs — so what they say is what the gateway does (an integration test checks
+//! it against the running gateway). Identity is taken as given (`--user`): credentials are the
+//! gateway's business, policy is what these tools explain.
+
+use http::Method;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::{Access, Config};
+use crate::policy::{self, decide_as};
+use crate::snapshot::Snapshot;
+
+/// A decision and its reasons, as JSON (also rendered as text).
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub allowed: bool,
+    pub status: u16,
+    pub code: String,
+    pub json: serde_json::Value,
+}
+
+/// Explain one call by `user` (`None`: no credentials).
+pub fn explain(
+    config: &Config,
+    snapshot: &Snapshot,
+    method: &str,
+    target: &str,
+    user: Option<&str>,
+) -> Explanation {
+    let Ok(m) = Method::from_bytes(method.as_bytes()) else {
+        return Explanation {
+            allowed: false,
+            status: 400,
+            code: "bad_method".into(),
+            json: json!({"decision": "deny", "status": 400, "code": "bad_method"}),
+        };
+    };
+    let result = decide_as(config, snapshot, &m, target.as_bytes(), user);
+    let (route, canonical) = match &result {
+        Ok(p) => (p.route, Some(p.canonical.path_and_query())),
+        Err(d) => (d.route, d.canonical.as_ref().map(|c| c.path_and_query())),
+    };
+    let route_json = route.map(|r| {
+        let spec = &config.routes.routes()[r];
+        json!({
+            "name": spec.value.name,
+            "declared_at": spec.origin,
+            "access": match spec.value.access {
+                Access::Public => "public".to_string(),
+                Access::Permission(p) => config.catalog.permission_name(p).to_string(),
+            },
+        })
+    });
+    let user_json = user.map(|u| match snapshot.user_index(u) {
+        None => json!({"id": u, "known": false}),
+        Some(i) => {
+            let rec = snapshot.user(i);
+            let grant = snapshot.grant(rec);
+            json!({
+                "id": u,
+                "known": true,
+                "disabled": rec.disabled,
+                "roles": grant.roles.iter().map(|r| snapshot.role_id(*r)).collect::<Vec<_>>(),
+                "permissions": grant.permissions.len(),
+            })
+        }
+    });
+    let (allowed, status, code, message, granted_by) = match &result {
+        Ok(p) => {
+            let granted = match (
+                p.caller,
+                route.map(|r| policy::route_info(config, r).access),
+            ) {
+                (Some(c), Some(Access::Permission(perm))) => {
+                    policy::granting_role(snapshot, c.user, perm).map(str::to_string)
+                }
+                _ => None,
+            };
+            (true, 200, "allow".to_string(), None, granted)
+        }
+        Err(d) => (
+            false,
+            d.rejection.status,
+            d.rejection.code.to_string(),
+            Some(d.rejection.message.to_string()),
+            None,
+        ),
+    };
+    Explanation {
+        allowed,
+        status,
+        code: code.clone(),
+        json: json!({
+            "request": {"method": method, "target": target, "canonical": canonical},
+            "route": route_json,
+            "user": user_json,
+            "decision": if allowed { "allow" } else { "deny" },
+            "status": if allowed { None } else { Some(status) },
+            "code": code,
+            "message": message,
+            "granted_by": granted_by,
+            "snapshot_version": snapshot.version,
+            "config_hash": config.hash,
+        }),
+    }
+}
+
+impl Explanation {
+    /// The explanation for a person.
+    pub fn text(&self) -> String {
+        let j = &self.json;
+        let mut s = format!(
+            "request:    {} {}\n",
+            j["request"]["method"].as_str().unwrap_or(""),
+            j["request"]["target"].as_str().unwrap_or("")
+        );
+        match j["request"]["canonical"].as_str() {
+            Some(c) => s.push_str(&format!("canonical:  {c}\n")),
+            None => s.push_str("canonical:  (refused before a canonical path was decided)\n"),
+        }
+        match j["route"].as_object() {
+            Some(r) => s.push_str(&format!(
+                "route:      {} (declared at {})\nneeds:      {}\n",
+                r["name"].as_str().unwrap_or(""),
+                r["declared_at"].as_str().unwrap_or(""),
+                r["access"].as_str().unwrap_or("")
+            )),
+            None => s.push_str("route:      none (deny by default)\n"),
+        }
+        match j["user"].as_object() {
+            Some(u) if u["known"] == true => s.push_str(&format!(
+                "user:       {} (roles: {}{})\n",
+                u["id"].as_str().unwrap_or(""),
+                u["roles"]
+                    .as_array()
+                    .map(|r| r
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
+                if u["disabled"] == true {
+                    "; disabled"
+                } else {
+                    ""
+                }
+            )),
+            Some(u) => s.push_str(&format!(
+                "user:       {} (not in the snapshot)\n",
+                u["id"].as_str().unwrap_or("")
+            )),
+            None => s.push_str("user:       none (no credentials)\n"),
+        }
+        if self.allowed {
+            match j["granted_by"].as_str() {
+                Some(r) => s.push_str(&format!("decision:   ALLOW — granted by role '{r}'\n")),
+                None => s.push_str("decision:   ALLOW — public route\n"),
+            }
+        } else {
+            s.push_str(&format!(
+                "decision:   DENY {} {} — {}\n",
+                self.status,
+                self.code,
+                j["message"].as_str().unwrap_or("")
+            ));
+        }
+        s.push_str(&format!(
+            "policy:     snapshot {}, config {}\n",
+            j["snapshot_version"].as_str().unwrap_or(""),
+            j["config_hash"].as_str().unwrap_or("")
+        ));
+        s
+    }
+}
+
+/// A file of expected decisions for `permgate test`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseFile {
+    /// The config to test, relative to the case file.
+    pub config: String,
+    #[serde(rename = "case")]
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// The caller; omit for a call without credentials.
+    #[serde(default)]
+    pub user: Option<String>,
+    pub method: String,
+    pub path: String,
+    /// `allow` or `deny`.
+    pub expect: String,
+    /// For a denial: the error code expected (e.g. `forbidden`).
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+/// Run the cases; each mismatch is described.
+pub fn run_cases(config: &Config, snapshot: &Snapshot, cases: &[Case]) -> Vec<Result<(), String>> {
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let e = explain(config, snapshot, &c.method, &c.path, c.user.as_deref());
+            let who = c.user.as_deref().unwrap_or("(anonymous)");
+            let got = if e.allowed { "allow" } else { "deny" };
+            if c.expect != "allow" && c.expect != "deny" {
+                return Err(format!(
+                    "case[{i}]: expect must be 'allow' or 'deny', not '{}'",
+                    c.expect
+                ));
+            }
+            if got != c.expect {
+                return Err(format!(
+                    "case[{i}] {who} {} {}: expected {}, got {got} ({})",
+                    c.method, c.path, c.expect, e.code
+                ));
+            }
+            match &c.code {
+                Some(code) if !e.allowed && code != &e.code => Err(format!(
+                    "case[{i}] {who} {} {}: expected code {code}, got {}",
+                    c.method, c.path, e.code
+                )),
+                _ => Ok(()),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> (Config, Snapshot) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse("permgate.toml", crate::demo::DEMO_CONFIG, dir.path()).unwrap();
+        let snapshot =
+            Snapshot::build("snapshot.json", crate::demo::DEMO_SNAPSHOT, &config.catalog).unwrap();
+        (config, snapshot)
+    }
+
+    #[test]
+    fn explains_allow_and_deny() {
+        let (c, s) = demo();
+        let e = explain(&c, &s, "DELETE", "/api/v1/x/../campaigns/1", Some("u-rep1"));
+        assert!(!e.allowed);
+        assert_eq!(e.code, "forbidden");
+        let t = e.text();
+        assert!(t.contains("canonical:  /api/v1/campaigns/1"), "{t}");
+        assert!(t.contains("route:      campaigns.delete"), "{t}");
+        assert!(t.contains("needs:      campaign.delete"), "{t}");
+        assert!(t.contains("roles: sales_rep"), "{t}");
+        assert!(t.contains("DENY 403 forbidden"), "{t}");
+        let e = explain(&c, &s, "DELETE", "/api/v1/campaigns/1", Some("u-member"));
+        assert!(e.allowed);
+        assert_eq!(e.json["granted_by"], "campaign_cleaner");
+        let e = explain(&c, &s, "GET", "/api/v1/customers%2F1", Some("u-admin"));
+        assert_eq!(e.code, "encoded_slash");
+        let e = explain(&c, &s, "GET", "/api/v1/customers/1", None);
+        assert_eq!(e.code, "missing_credentials");
+    }
+
+    #[test]
+    fn cases_report_mismatches() {
+        let (c, s) = demo();
+        let cases: CaseFile = toml::from_str(
+            r#"config = "x"
+[[case]]
+user = "u-rep1"
+method = "DELETE"
+path = "/api/v1/campaigns/1"
+expect = "deny"
+code = "forbidden"
+[[case]]
+user = "u-rep1"
+method = "GET"
+path = "/api/v1/customers/1"
+expect = "deny"
+"#,
+        )
+        .unwrap();
+        let r = run_cases(&c, &s, &cases.cases);
+        assert!(r[0].is_ok());
+        assert!(r[1]
+            .as_ref()
+            .unwrap_err()
+            .contains("expected deny, got allow"));
+    }
+}

@@ -1,0 +1,395 @@
+//! Operating permgate: the decision log, metrics, shadow mode, and `explain`/`test` agreeing
+//! with the live gateway.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+struct Gw {
+    h: Harness,
+    admin: String,
+    dir: tempfile::TempDir,
+}
+
+async fn gateway(edit: impl Fn(String) -> String) -> Gw {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, port) = admin_section();
+    let text = edit(demo_config_text())
+        + &admin
+        + "\n[decision_log]\ntarget = \"decisions.log\"\nmask = []\n";
+    std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        permgate::demo::DEMO_SNAPSHOT,
+    )
+    .unwrap();
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    Gw {
+        h,
+        admin: format!("http://127.0.0.1:{port}"),
+        dir,
+    }
+}
+
+impl Gw {
+    async fn call(&self, method: &str, path: &str, user: Option<&str>) -> (u16, String) {
+        let mut req = client().request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            self.h.url(path),
+        );
+        if let Some(u) = user {
+            req = req.header("authorization", bearer(u));
+        }
+        let r = req.send().await.unwrap();
+        let id = r
+            .headers()
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        (r.status().as_u16(), id)
+    }
+
+    fn decisions(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("decisions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    async fn metrics(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_log_lines_carry_every_field() {
+    let g = gateway(|t| t).await;
+    let (s, allow_id) = g.call("GET", "/api/v1/customers/1", Some("u-rep1")).await;
+    assert_eq!(s, 200);
+    let (s, deny_id) = g
+        .call("DELETE", "/api/v1/campaigns/1", Some("u-rep1"))
+        .await;
+    assert_eq!(s, 403);
+    let (s, anon_id) = g.call("GET", "/api/v1/customers/1", None).await;
+    assert_eq!(s, 401);
+    let mut lines = Vec::new();
+    assert!(
+        eventually(5, || {
+            lines = g.decisions();
+            let done = lines.len() >= 3;
+            async move { done }
+        })
+        .await,
+        "three decision lines"
+    );
+    let find = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["request_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let a = find(&allow_id);
+    assert_eq!(a["decision"], "allow");
+    assert_eq!(a["user"], "u-rep1");
+    assert_eq!(a["roles"], "sales_rep");
+    assert_eq!(a["method"], "GET");
+    assert_eq!(a["path"], "/api/v1/customers/1");
+    assert_eq!(a["route"], "customers.read");
+    assert_eq!(a["permission"], "company.view_customer_management_list");
+    assert_eq!(a["reason"], "granted_by:sales_rep");
+    assert_eq!(a["snapshot_version"], "demo-2026-11-23.1");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["upstream_status"], 200);
+    assert!(a["upstream_ms"].as_f64().is_some() && a["total_ms"].as_f64().is_some());
+    assert!(a["config_hash"].as_str().is_some_and(|h| h.len() == 16));
+    assert!(a["ts_ms"].as_u64().is_some());
+    let d = find(&deny_id);
+    assert_eq!(d["decision"], "deny");
+    assert_eq!(d["reason"], "forbidden");
+    assert_eq!(d["permission"], "campaign.delete");
+    assert_eq!(d["status"], 403);
+    assert!(d["upstream_status"].is_null());
+    let n = find(&anon_id);
+    assert_eq!(n["reason"], "missing_credentials");
+    assert!(n["user"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_by_route_decision_and_status() {
+    let g = gateway(|t| t).await;
+    for _ in 0..3 {
+        g.call("GET", "/api/v1/customers/1", Some("u-rep1")).await;
+    }
+    for _ in 0..2 {
+        g.call("DELETE", "/api/v1/campaigns/1", Some("u-rep1"))
+            .await;
+    }
+    g.call("GET", "/nowhere", Some("u-rep1")).await;
+    let mut text = String::new();
+    assert!(
+        eventually(5, || {
+            let g = &g;
+            async move {
+                metric(
+                    &g.metrics().await,
+                    "permgate_request_duration_seconds_count",
+                ) >= 6
+            }
+        })
+        .await
+    );
+    text.push_str(&g.metrics().await);
+    assert_eq!(
+        metric(
+            &text,
+            "permgate_requests_total{route=\"customers.read\",decision=\"allow\",status=\"2xx\"}"
+        ),
+        3,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "permgate_requests_total{route=\"campaigns.delete\",decision=\"deny\",status=\"4xx\"}"
+        ),
+        2
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "permgate_requests_total{route=\"(unmatched)\",decision=\"deny\",status=\"4xx\"}"
+        ),
+        1
+    );
+    assert_eq!(metric(&text, "permgate_request_duration_seconds_count"), 6);
+    assert_eq!(metric(&text, "permgate_decision_duration_seconds_count"), 6);
+    assert_eq!(metric(&text, "permgate_upstream_duration_seconds_count"), 3);
+    assert_eq!(metric(&text, "permgate_ready"), 1);
+    assert!(text.contains("permgate_snapshot_info{version=\"demo-2026-11-23.1\""));
+    assert!(text.contains("permgate_decision_log_dropped_total 0"));
+    assert!(
+        !text.contains("/api/v1/customers/1"),
+        "no raw paths as label values"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_forwards_what_it_would_deny_and_counts_it() {
+    // Per route: campaigns.delete in shadow.
+    let g = gateway(|t| {
+        let out = t.replacen(
+            "path = \"/api/v1/campaigns/{id}\"\npermission = \"campaign.delete\"",
+            "path = \"/api/v1/campaigns/{id}\"\npermission = \"campaign.delete\"\nshadow = true",
+            1,
+        );
+        assert_ne!(out, t);
+        out
+    })
+    .await;
+    let (s, id) = g
+        .call("DELETE", "/api/v1/campaigns/1", Some("u-rep1"))
+        .await;
+    assert_eq!(s, 204, "forwarded in shadow mode");
+    let got = g.h.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(recorded_header(&got[0], "x-permgate-user"), vec!["u-rep1"]);
+    // Other routes still enforce.
+    let (s, _) = g
+        .call("GET", "/api/v1/settings/billing", Some("u-rep1"))
+        .await;
+    assert_eq!(s, 403);
+    // Ambiguous input is never forwarded, shadow or not.
+    let r = g.h.raw(format!("DELETE /api/v1/campaigns%2F1 HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nConnection: close\r\n\r\n", bearer("u-rep1")).as_bytes());
+    assert_eq!(r.status, 400);
+    assert_eq!(g.h.received().len(), 1);
+    assert!(
+        eventually(5, || {
+            let g = &g;
+            async move {
+                metric(&g.metrics().await, "permgate_requests_total{route=\"campaigns.delete\",decision=\"shadow_deny\",status=\"2xx\"}") == 1
+            }
+        })
+        .await
+    );
+    let mut line = None;
+    assert!(
+        eventually(5, || {
+            line = g
+                .decisions()
+                .into_iter()
+                .find(|l| l["request_id"] == id.as_str());
+            let found = line.is_some();
+            async move { found }
+        })
+        .await
+    );
+    let line = line.unwrap();
+    assert_eq!(line["decision"], "shadow_deny");
+    assert_eq!(line["reason"], "forbidden");
+    assert_eq!(line["status"], 204);
+    drop(g);
+
+    // Per role: callers holding customer_service_rep are in shadow.
+    let g = gateway(|t| {
+        t.replacen(
+            "unmatched = \"not_found\"",
+            "unmatched = \"not_found\"\nshadow_roles = [\"customer_service_rep\"]",
+            1,
+        )
+    })
+    .await;
+    let (s, _) = g
+        .call("POST", "/api/v1/leads/bulk-reassign", Some("u-csr"))
+        .await;
+    assert_ne!(s, 403, "u-csr is in shadow");
+    let (s, _) = g
+        .call("DELETE", "/api/v1/campaigns/1", Some("u-rep1"))
+        .await;
+    assert_eq!(s, 403, "u-rep1 is not");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_and_test_agree_with_the_live_gateway() {
+    #[derive(serde::Deserialize)]
+    struct Table {
+        route: Vec<Row>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Row {
+        method: String,
+        path: String,
+        #[allow(dead_code)]
+        permission: String,
+        #[serde(default)]
+        body: Option<String>,
+        #[allow(dead_code)]
+        allow: Vec<String>,
+    }
+    let table: Table = toml::from_str(
+        &std::fs::read_to_string(repo().join("tests/data/role_routes.toml")).unwrap(),
+    )
+    .unwrap();
+    let g = gateway(|t| t).await;
+    let users = [
+        "u-admin", "u-sm", "u-rep1", "u-csr", "u-mm", "u-da", "u-member", "u-gone", "u-nobody",
+    ];
+    let mut compared = 0;
+    for row in &table.route {
+        for user in users {
+            let mut req = client()
+                .request(
+                    reqwest::Method::from_bytes(row.method.as_bytes()).unwrap(),
+                    g.h.url(&row.path),
+                )
+                .header("authorization", bearer(user));
+            if let Some(b) = &row.body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(b.clone());
+            }
+            g.h.clear();
+            let live = req.send().await.unwrap();
+            let live_status = live.status().as_u16();
+            let forwarded = !g.h.received().is_empty();
+            let live_code = if forwarded {
+                "allow".to_string()
+            } else {
+                live.json::<serde_json::Value>().await.unwrap()["error"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            };
+            let explained: serde_json::Value = client()
+                .post(format!("{}/explain", g.admin))
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+                .json(&serde_json::json!({"user": user, "method": row.method, "path": row.path}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                explained["code"],
+                live_code.as_str(),
+                "{user} {} {} (live {live_status})",
+                row.method,
+                row.path
+            );
+            if !forwarded {
+                assert_eq!(explained["status"], live_status);
+            }
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, table.route.len() * users.len());
+
+    // The CLI agrees too, and `permgate test` runs the demo's expected decisions.
+    let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["explain", "--config"])
+        .arg(demo_config())
+        .args([
+            "--user",
+            "u-rep1",
+            "--json",
+            "DELETE",
+            "/api/v1/campaigns/1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], "forbidden");
+    assert_eq!(v["route"]["access"], "campaign.delete");
+    let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .arg("test")
+        .arg(repo().join("config/demo/policy-tests.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("15 passed, 0 failed"), "{stdout}");
+    // A wrong expectation fails the run.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = std::fs::read_to_string(repo().join("config/demo/policy-tests.toml"))
+        .unwrap()
+        .replacen(
+            "config = \"permgate.toml\"",
+            &format!("config = {:?}", demo_config().display().to_string()),
+            1,
+        )
+        .replacen("expect = \"allow\"", "expect = \"deny\"", 1);
+    std::fs::write(dir.path().join("t.toml"), broken).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .arg("test")
+        .arg(dir.path().join("t.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("14 passed, 1 failed") && stdout.contains("FAIL case[0]"),
+        "{stdout}"
+    );
+}
