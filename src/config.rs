@@ -104,6 +104,12 @@ struct RawListen {
     h2c: bool,
     #[serde(default)]
     threads: Option<usize>,
+    #[serde(default = "default_drain")]
+    drain_seconds: u64,
+}
+
+fn default_drain() -> u64 {
+    10
 }
 
 #[derive(Deserialize)]
@@ -373,6 +379,8 @@ pub struct Listen {
     pub address: String,
     pub h2c: bool,
     pub threads: usize,
+    /// On SIGTERM: stop accepting, then let requests in flight finish for this long.
+    pub drain_seconds: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -1098,6 +1106,7 @@ impl Config {
                     address: raw.listen.address.into_inner(),
                     h2c: raw.listen.h2c,
                     threads,
+                    drain_seconds: raw.listen.drain_seconds,
                 },
                 upstream: Upstream {
                     address,

@@ -429,6 +429,7 @@ impl State {
         if config.listen.address != current.config.listen.address
             || config.listen.h2c != current.config.listen.h2c
             || config.listen.threads != current.config.listen.threads
+            || config.listen.drain_seconds != current.config.listen.drain_seconds
         {
             return Err(refuse(vec![format!(
                 "{}: [listen] changed; listeners cannot change without a restart",

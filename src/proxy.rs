@@ -496,7 +496,9 @@ pub fn run(state: Arc<State>) -> ! {
     let mut conf = ServerConf {
         threads: config.listen.threads,
         upstream_keepalive_pool_size: config.upstream.pool_size,
-        grace_period_seconds: Some(0),
+        // SIGTERM: stop accepting, let requests in flight finish for `drain_seconds`, then stop
+        // (tasks still running after that, and 5 s more for the runtimes, are cut).
+        grace_period_seconds: Some(config.listen.drain_seconds),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     };

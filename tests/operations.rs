@@ -393,3 +393,40 @@ async fn explain_and_test_agree_with_the_live_gateway() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight() {
+    let mut g = gateway(|t| t.replacen("threads = 1", "threads = 1\ndrain_seconds = 2", 1)).await;
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let url = g.h.url(&format!("/api/v1/customers/{}", 1 + i % 5));
+        calls.push(tokio::spawn(async move {
+            client()
+                .get(url)
+                .header("authorization", bearer("u-rep1"))
+                .header("x-crm-delay-ms", "800")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    // Let the requests reach the CRM, then ask the gateway to stop.
+    assert!(
+        eventually(5, || {
+            let n = g.h.received().len();
+            async move { n == 20 }
+        })
+        .await
+    );
+    let pid = g.h.gateway.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    for c in calls {
+        assert_eq!(c.await.unwrap().expect("no request in flight is lost"), 200);
+    }
+    let status = g.h.gateway.wait().unwrap();
+    assert!(status.success(), "exits cleanly after draining: {status:?}");
+}
