@@ -106,6 +106,23 @@ struct RawListen {
     threads: Option<usize>,
     #[serde(default = "default_drain")]
     drain_seconds: u64,
+    #[serde(default)]
+    tls: Option<RawListenTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenTls {
+    cert_file: Spanned<String>,
+    key_file: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    sni: String,
+    #[serde(default)]
+    ca_file: Option<Spanned<String>>,
 }
 
 fn default_drain() -> u64 {
@@ -130,6 +147,8 @@ struct RawUpstream {
     pool_size: usize,
     #[serde(default)]
     host: Option<String>,
+    #[serde(default)]
+    tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Deserialize)]
@@ -381,6 +400,22 @@ pub struct Listen {
     pub threads: usize,
     /// On SIGTERM: stop accepting, then let requests in flight finish for this long.
     pub drain_seconds: u64,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with these files, reloaded when they change.
+    pub tls: Option<ListenTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// TLS to the CRM.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub sni: String,
+    /// PEM bundle of the CAs to trust; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -395,6 +430,7 @@ pub struct Upstream {
     pub pool_size: usize,
     /// When set, the `Host` sent to the CRM (else the client's, as received).
     pub host: Option<http::HeaderValue>,
+    pub tls: Option<UpstreamTls>,
 }
 
 /// The headers permgate sets on forwarded calls; client copies are always removed.
@@ -730,6 +766,39 @@ impl Config {
                 )),
             }
         }
+        let file_exists = |p: &Spanned<String>, field: &str, errors: &mut Vec<ConfigError>| {
+            let full = base.join(p.get_ref());
+            if !full.is_file() {
+                errors.push(ConfigError::new(
+                    file,
+                    at(p.span()),
+                    field,
+                    format!("cannot read '{}'", full.display()),
+                ));
+            }
+            full
+        };
+        let listen_tls = raw.listen.tls.as_ref().map(|t| ListenTls {
+            cert_file: file_exists(&t.cert_file, "listen.tls.cert_file", &mut errors),
+            key_file: file_exists(&t.key_file, "listen.tls.key_file", &mut errors),
+        });
+        let upstream_tls = raw.upstream.tls.as_ref().map(|t| {
+            if t.sni.is_empty() {
+                errors.push(ConfigError::new(
+                    file,
+                    None,
+                    "upstream.tls.sni",
+                    "the CRM's TLS server name is required",
+                ));
+            }
+            UpstreamTls {
+                sni: t.sni.clone(),
+                ca_file: t
+                    .ca_file
+                    .as_ref()
+                    .map(|c| file_exists(c, "upstream.tls.ca_file", &mut errors)),
+            }
+        });
         let upstream_host = match &raw.upstream.host {
             None => None,
             Some(h) => match http::HeaderValue::from_str(h) {
@@ -1107,6 +1176,7 @@ impl Config {
                     h2c: raw.listen.h2c,
                     threads,
                     drain_seconds: raw.listen.drain_seconds,
+                    tls: listen_tls,
                 },
                 upstream: Upstream {
                     address,
@@ -1117,6 +1187,7 @@ impl Config {
                     idle_timeout: Duration::from_millis(u.idle_timeout_ms),
                     pool_size: u.pool_size,
                     host: upstream_host,
+                    tls: upstream_tls,
                 },
                 identity,
                 snapshot: snapshot_source,

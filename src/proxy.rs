@@ -205,7 +205,10 @@ impl ProxyHttp for Gateway {
         ctx.upstream_started = Some(Instant::now());
         // Each step's timeout is capped by what is left of the total.
         let left = remaining(ctx.deadline)?;
-        let mut peer = HttpPeer::new(u.address, false, String::new());
+        let mut peer = match &u.tls {
+            None => HttpPeer::new(u.address, false, String::new()),
+            Some(t) => HttpPeer::new(u.address, true, t.sni.clone()),
+        };
         peer.options.connection_timeout = Some(u.connect_timeout.min(left));
         peer.options.total_connection_timeout = Some(u.connect_timeout.min(left));
         peer.options.read_timeout = Some(u.read_timeout.min(left));
@@ -503,6 +506,13 @@ pub fn run(state: Arc<State>) -> ! {
         ..ServerConf::default()
     };
     conf.work_stealing = true;
+    // Upstream TLS trusts this bundle, else the system's roots (read at start).
+    conf.ca_file = config
+        .upstream
+        .tls
+        .as_ref()
+        .and_then(|t| t.ca_file.as_ref())
+        .map(|p| p.display().to_string());
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut server_options = HttpServerOptions::default();
@@ -511,11 +521,122 @@ pub fn run(state: Arc<State>) -> ! {
         .name("permgate")
         .server_options(server_options)
         .build();
-    service.add_tcp(&config.listen.address);
+    match &config.listen.tls {
+        None => service.add_tcp(&config.listen.address),
+        Some(files) => match tls::settings(files) {
+            Ok(settings) => service.add_tls_with_settings(&config.listen.address, None, settings),
+            Err(e) => {
+                log::error!("listen.tls: {e}");
+                std::process::exit(2);
+            }
+        },
+    }
     server.add_service(service);
     info!(
-        "permgate listening on {} → CRM {} (config {}, hash {})",
-        config.listen.address, config.upstream.address, config.file, config.hash
+        "permgate listening on {}{} → CRM {}{} (config {}, hash {})",
+        if config.listen.tls.is_some() {
+            "https://"
+        } else {
+            "http://"
+        },
+        config.listen.address,
+        config.upstream.address,
+        if config.upstream.tls.is_some() {
+            " over TLS"
+        } else {
+            ""
+        },
+        config.file,
+        config.hash
     );
     server.run_forever()
+}
+
+/// Downstream TLS with rustls: certificates read from files and reloaded when they change.
+mod tls {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use arc_swap::ArcSwap;
+    use log::{info, warn};
+    use pingora::listeners::tls::TlsSettings;
+    use pingora::tls::sign::CertifiedKey;
+    use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+
+    use crate::config::ListenTls;
+
+    /// How often the certificate files are checked for changes.
+    const POLL: Duration = Duration::from_secs(2);
+
+    #[derive(Debug)]
+    struct Reloading {
+        current: ArcSwap<CertifiedKey>,
+    }
+
+    impl ResolvesServerCert for Reloading {
+        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            Some(self.current.load_full())
+        }
+    }
+
+    fn load(files: &ListenTls) -> Result<CertifiedKey, String> {
+        let (cert, key) = (
+            files.cert_file.display().to_string(),
+            files.key_file.display().to_string(),
+        );
+        let label = format!("{cert} / {key}");
+        let (chain, private) = pingora::tls::load_certs_and_key_files(&cert, &key)
+            .map_err(|e| format!("{label}: {e}"))?
+            .ok_or_else(|| format!("{label}: no certificate or key found"))?;
+        let provider = CryptoProvider::get_default()
+            .ok_or_else(|| "no TLS crypto provider installed".to_string())?;
+        CertifiedKey::from_der(chain, private, provider).map_err(|e| format!("{label}: {e}"))
+    }
+
+    fn stamp(files: &ListenTls) -> Option<(SystemTime, SystemTime)> {
+        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        Some((m(&files.cert_file)?, m(&files.key_file)?))
+    }
+
+    /// TLS settings for the listener (HTTP/2 by ALPN), and a thread that swaps in new
+    /// certificates when the files change (a bad pair is logged and the old one stays).
+    pub fn settings(files: &ListenTls) -> Result<TlsSettings, String> {
+        pingora::tls::install_default_crypto_provider();
+        let resolver = Arc::new(Reloading {
+            current: ArcSwap::from_pointee(load(files)?),
+        });
+        let mut settings = TlsSettings::intermediate(
+            &files.cert_file.display().to_string(),
+            &files.key_file.display().to_string(),
+        )
+        .map_err(|e| e.to_string())?;
+        settings.set_cert_resolver(resolver.clone());
+        settings.enable_h2();
+        let files = files.clone();
+        std::thread::Builder::new()
+            .name("permgate-tls-reload".into())
+            .spawn(move || {
+                let mut last = stamp(&files);
+                loop {
+                    std::thread::sleep(POLL);
+                    let now = stamp(&files);
+                    if now.is_none() || now == last {
+                        continue;
+                    }
+                    last = now;
+                    match load(&files) {
+                        Ok(k) => {
+                            resolver.current.store(Arc::new(k));
+                            info!(
+                                "TLS certificate reloaded from {}",
+                                files.cert_file.display()
+                            );
+                        }
+                        Err(e) => warn!("TLS certificate change refused, the old one stays: {e}"),
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(settings)
+    }
 }

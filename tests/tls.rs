@@ -1,0 +1,200 @@
+//! TLS end to end with certificates generated here: HTTPS downstream (HTTP/1.1 and HTTP/2 by
+//! ALPN), certificate reload when the files change, and TLS to the CRM with a CA bundle and SNI.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    /// A server certificate for localhost / 127.0.0.1: (cert PEM, key PEM).
+    fn server(&self) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn https_client(ca: &Ca, h2: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap());
+    if !h2 {
+        b = b.http1_only();
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_downstream_with_certificate_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca1 = Ca::new("permgate test CA 1");
+    let (cert, key) = ca1.server();
+    write(dir.path(), "gw.pem", &cert);
+    write(dir.path(), "gw.key", &key);
+    let text = demo_config_text().replacen(
+        "[upstream]",
+        "[listen.tls]\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n\n[upstream]",
+        1,
+    );
+    write(dir.path(), "permgate.toml", &text);
+    write(dir.path(), "snapshot.json", permgate::demo::DEMO_SNAPSHOT);
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let url = format!("https://localhost:{}/api/v1/customers/1", h.addr.port());
+
+    for h2 in [false, true] {
+        let r = https_client(&ca1, h2)
+            .get(&url)
+            .header("authorization", bearer("u-rep1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.version(),
+            if h2 {
+                reqwest::Version::HTTP_2
+            } else {
+                reqwest::Version::HTTP_11
+            }
+        );
+        let r = https_client(&ca1, h2)
+            .delete(format!(
+                "https://localhost:{}/api/v1/campaigns/1",
+                h.addr.port()
+            ))
+            .header("authorization", bearer("u-rep1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    // Plain HTTP on the TLS port is refused.
+    let plain = client().get(h.url("/api/v1/customers/1")).send().await;
+    assert!(plain.map_or(true, |r| r.status() != 200));
+
+    // Rotate to a certificate from another CA: after the reload, only CA 2 is trusted.
+    let ca2 = Ca::new("permgate test CA 2");
+    let (cert2, key2) = ca2.server();
+    write(dir.path(), "gw.key.new", &key2);
+    write(dir.path(), "gw.pem.new", &cert2);
+    std::fs::rename(dir.path().join("gw.key.new"), dir.path().join("gw.key")).unwrap();
+    std::fs::rename(dir.path().join("gw.pem.new"), dir.path().join("gw.pem")).unwrap();
+    let reloaded = eventually(15, || {
+        let c = https_client(&ca2, false);
+        let url = url.clone();
+        async move {
+            c.get(url)
+                .header("authorization", bearer("u-rep1"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    assert!(reloaded, "the new certificate is served");
+    assert!(https_client(&ca1, false).get(&url).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_crm_with_a_ca_bundle_and_sni() {
+    // front (plain) → back (TLS, public pass-through) → sample CRM.
+    let ca = Ca::new("permgate upstream CA");
+    let (cert, key) = ca.server();
+    let back_dir = tempfile::tempdir().unwrap();
+    write(back_dir.path(), "b.pem", &cert);
+    write(back_dir.path(), "b.key", &key);
+    let back_text = demo_config_text().replacen(
+        "[upstream]",
+        "[listen.tls]\ncert_file = \"b.pem\"\nkey_file = \"b.key\"\n\n[upstream]",
+        1,
+    );
+    write(back_dir.path(), "permgate.toml", &back_text);
+    write(
+        back_dir.path(),
+        "snapshot.json",
+        permgate::demo::DEMO_SNAPSHOT,
+    );
+    let back = Harness::start_with(&back_dir.path().join("permgate.toml")).await;
+
+    let front_dir = tempfile::tempdir().unwrap();
+    write(front_dir.path(), "ca.pem", &ca.pem());
+    let front_text = demo_config_text().replacen(
+        "pool_size = 1024",
+        "pool_size = 1024\n\n[upstream.tls]\nsni = \"localhost\"\nca_file = \"ca.pem\"",
+        1,
+    );
+    assert!(front_text.contains("[upstream.tls]"));
+    write(front_dir.path(), "permgate.toml", &front_text);
+    write(
+        front_dir.path(),
+        "snapshot.json",
+        permgate::demo::DEMO_SNAPSHOT,
+    );
+    let front =
+        Harness::start_custom(&front_dir.path().join("permgate.toml"), Some(back.addr)).await;
+
+    let r = client()
+        .get(front.url("/api/v1/customers/1"))
+        .header("authorization", bearer("u-rep1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", front.log_text());
+    let got = back.received();
+    assert_eq!(
+        got.len(),
+        1,
+        "the call crossed TLS to the back gateway and reached its CRM"
+    );
+    assert_eq!(recorded_header(&got[0], "x-permgate-user"), vec!["u-rep1"]);
+
+    // A front that does not trust the back's CA refuses the connection: 502, nothing forwarded.
+    back.clear();
+    let other = Ca::new("someone else");
+    let bad_dir = tempfile::tempdir().unwrap();
+    write(bad_dir.path(), "ca.pem", &other.pem());
+    write(bad_dir.path(), "permgate.toml", &front_text);
+    write(
+        bad_dir.path(),
+        "snapshot.json",
+        permgate::demo::DEMO_SNAPSHOT,
+    );
+    let bad = Harness::start_custom(&bad_dir.path().join("permgate.toml"), Some(back.addr)).await;
+    let r = client()
+        .get(bad.url("/api/v1/customers/1"))
+        .header("authorization", bearer("u-rep1"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status() == 502 || r.status() == 504, "{}", r.status());
+    assert!(back.received().is_empty());
+}
