@@ -15,6 +15,7 @@
 //! - [`identity`]: JWT bearer, API keys and trusted identity headers → a caller id.
 //! - [`policy`]: the decision: allow, or a typed denial.
 //! - [`reject`]: every rejection as a JSON body with a stable error code.
+//! - [`audit`]: what a snapshot change did (roles, permissions, users), for access reviews.
 //! - [`explain`]: `permgate explain` / `permgate test`: the decision run offline as a user.
 //! - [`live`]: the config + snapshot pair behind one atomic pointer, and every way it changes
 //!   (reload, new snapshot, incremental changes), validated off the request path.
@@ -32,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod canon;
 pub mod catalog;
 pub mod config;

@@ -98,6 +98,8 @@ pub struct State {
     writer: Mutex<()>,
     pub metrics: Arc<Metrics>,
     pub decision_log: DecisionLog,
+    /// The last audit events (accepted and refused changes), newest last.
+    audit: Mutex<VecDeque<serde_json::Value>>,
 }
 
 const KEEP_ERRORS: usize = 20;
@@ -222,6 +224,7 @@ impl State {
             writer: Mutex::new(()),
             metrics,
             decision_log,
+            audit: Mutex::new(VecDeque::new()),
         };
         let config = state.live.load().config.clone();
         match load_startup_snapshot(&config) {
@@ -281,6 +284,19 @@ impl State {
         self.snapshot_for_request(&live).is_ok()
     }
 
+    /// Log an audit event (target `permgate::audit`, one JSON object) and keep it for `/status`.
+    fn audit(&self, mut event: serde_json::Value) {
+        if let Some(o) = event.as_object_mut() {
+            o.insert("ts_unix".into(), serde_json::json!(now_unix()));
+        }
+        info!(target: "permgate::audit", "{event}");
+        let mut q = lock(&self.audit);
+        if q.len() == KEEP_ERRORS {
+            q.pop_front();
+        }
+        q.push_back(event);
+    }
+
     fn record_error(&self, source: &str, errors: Vec<String>) {
         let mut q = lock(&self.errors);
         if q.len() == KEEP_ERRORS {
@@ -314,6 +330,16 @@ impl State {
             snapshot.version,
             snapshot.user_count()
         );
+        let previous = self.live();
+        let changes = crate::audit::diff(previous.snapshot.as_deref(), &snapshot, &config.catalog);
+        self.audit(serde_json::json!({
+            "kind": "snapshot",
+            "outcome": "accepted",
+            "source": source,
+            "version_before": previous.snapshot.as_ref().map(|s| s.version.clone()),
+            "version_after": snapshot.version,
+            "changes": changes,
+        }));
         self.live.store(Arc::new(Live {
             route_counters: counters_for(&self.metrics, config),
             config: config.clone(),
@@ -365,6 +391,13 @@ impl State {
             .snapshot_update_failures
             .fetch_add(1, Ordering::Relaxed);
         self.record_error(source, errors.clone());
+        self.audit(serde_json::json!({
+            "kind": "snapshot",
+            "outcome": "refused",
+            "source": source,
+            "version_live": self.live().snapshot.as_ref().map(|s| s.version.clone()),
+            "errors": errors,
+        }));
         errors
     }
 
@@ -419,6 +452,13 @@ impl State {
                 .config_reload_failures
                 .fetch_add(1, Ordering::Relaxed);
             self.record_error(source, errors.clone());
+            self.audit(serde_json::json!({
+                "kind": "config",
+                "outcome": "refused",
+                "source": source,
+                "hash_live": current.config.hash,
+                "errors": errors,
+            }));
             errors
         };
         let mut config = match Config::load(&self.config_path) {
@@ -537,6 +577,7 @@ impl State {
                 "source_errors": c.source_errors.load(Ordering::Relaxed),
             },
             "last_errors": lock(&self.errors).iter().cloned().collect::<Vec<_>>(),
+            "recent_changes": lock(&self.audit).iter().cloned().collect::<Vec<_>>(),
         })
     }
 }

@@ -189,6 +189,33 @@ async fn incremental_changes_apply_and_invalid_ones_are_refused() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["version"], "demo-2026-11-23.1+2");
     assert_eq!(g.rep_delete(1).await, 204);
+    // The change is audited: who gained which role, who was disabled.
+    let (_, st) = g.admin(reqwest::Method::GET, "/status", None).await;
+    let last = st["recent_changes"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["kind"], "snapshot");
+    assert_eq!(last["outcome"], "accepted");
+    assert_eq!(last["version_before"], "demo-2026-11-23.1");
+    assert_eq!(last["version_after"], "demo-2026-11-23.1+2");
+    let changed = &last["changes"]["roles_changed"]["items"][0];
+    assert_eq!(changed["user"], "u-rep1");
+    assert_eq!(changed["before"], serde_json::json!(["sales_rep"]));
+    assert_eq!(
+        changed["after"],
+        serde_json::json!(["sales_rep", "campaign_cleaner"])
+    );
+    assert_eq!(
+        last["changes"]["users_disabled"]["items"],
+        serde_json::json!(["u-csr"])
+    );
+    assert!(
+        g.h.log_text().contains("permgate::audit"),
+        "audit events are logged"
+    );
     let r = client()
         .get(g.h.url("/api/v1/threads"))
         .header("authorization", bearer("u-csr"))

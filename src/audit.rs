@@ -1,0 +1,204 @@
+//! Change audit: what every accepted or refused config or snapshot change did, for access
+//! reviews (seed 003: role changes documented for audits).
+//!
+//! [`diff`] compares two snapshots: users added or removed, users whose roles changed (with the
+//! before and after), users disabled or re-enabled, manager changes, custom roles added or
+//! removed, and permissions granted or revoked per role. Lists are capped (the counts are not) so
+//! a bulk change cannot flood the log.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::snapshot::Snapshot;
+
+/// Most entries kept per list in one diff.
+pub const LIST_CAP: usize = 100;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Capped<T> {
+    pub count: usize,
+    pub items: Vec<T>,
+}
+
+impl<T> Default for Capped<T> {
+    fn default() -> Self {
+        Capped {
+            count: 0,
+            items: Vec::new(),
+        }
+    }
+}
+
+impl<T> Capped<T> {
+    fn push(&mut self, item: T) {
+        self.count += 1;
+        if self.items.len() < LIST_CAP {
+            self.items.push(item);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RoleChange {
+    pub user: String,
+    pub before: Vec<String>,
+    pub after: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PermissionChange {
+    pub role: String,
+    pub granted: Vec<String>,
+    pub revoked: Vec<String>,
+}
+
+/// What changed between two snapshots.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct SnapshotDiff {
+    pub users_added: Capped<String>,
+    pub users_removed: Capped<String>,
+    pub roles_changed: Capped<RoleChange>,
+    pub users_disabled: Capped<String>,
+    pub users_enabled: Capped<String>,
+    pub managers_changed: Capped<String>,
+    pub custom_roles_added: Capped<String>,
+    pub custom_roles_removed: Capped<String>,
+    pub role_permissions_changed: Capped<PermissionChange>,
+}
+
+fn roles_of(s: &Snapshot, u: &crate::snapshot::User) -> Vec<String> {
+    s.grant(u)
+        .roles
+        .iter()
+        .map(|r| s.role_id(*r).to_string())
+        .collect()
+}
+
+fn permission_names(
+    catalog: &crate::catalog::Catalog,
+    set: &crate::catalog::PermSet,
+) -> BTreeSet<String> {
+    catalog.names(set).into_iter().map(str::to_string).collect()
+}
+
+/// Compare `old` (if any) with `new`; `catalog` names the permissions of both (a config reload
+/// that changes the catalogue is audited as a config change).
+pub fn diff(
+    old: Option<&Snapshot>,
+    new: &Snapshot,
+    catalog: &crate::catalog::Catalog,
+) -> SnapshotDiff {
+    let mut d = SnapshotDiff::default();
+    let Some(old) = old else {
+        for u in new.users() {
+            d.users_added.push(u.id.to_string());
+        }
+        for r in new.roles().iter().filter(|r| r.custom) {
+            d.custom_roles_added.push(r.id.clone());
+        }
+        return d;
+    };
+    for u in new.users() {
+        match old.user_index(&u.id) {
+            None => d.users_added.push(u.id.to_string()),
+            Some(oi) => {
+                let ou = old.user(oi);
+                let (before, after) = (roles_of(old, ou), roles_of(new, u));
+                if before != after {
+                    d.roles_changed.push(RoleChange {
+                        user: u.id.to_string(),
+                        before,
+                        after,
+                    });
+                }
+                match (ou.disabled, u.disabled) {
+                    (false, true) => d.users_disabled.push(u.id.to_string()),
+                    (true, false) => d.users_enabled.push(u.id.to_string()),
+                    _ => {}
+                }
+                let manager = |s: &Snapshot, m: Option<u32>| m.map(|i| s.user(i).id.to_string());
+                if manager(old, ou.manager) != manager(new, u.manager) {
+                    d.managers_changed.push(u.id.to_string());
+                }
+            }
+        }
+    }
+    for u in old.users() {
+        if new.user_index(&u.id).is_none() {
+            d.users_removed.push(u.id.to_string());
+        }
+    }
+    let old_roles: HashMap<&str, &crate::snapshot::SnapshotRole> =
+        old.roles().iter().map(|r| (r.id.as_str(), r)).collect();
+    for r in new.roles() {
+        match old_roles.get(r.id.as_str()) {
+            None => d.custom_roles_added.push(r.id.clone()),
+            Some(o) if o.permissions != r.permissions => {
+                let (before, after) = (
+                    permission_names(catalog, &o.permissions),
+                    permission_names(catalog, &r.permissions),
+                );
+                d.role_permissions_changed.push(PermissionChange {
+                    role: r.id.clone(),
+                    granted: after.difference(&before).cloned().collect(),
+                    revoked: before.difference(&after).cloned().collect(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    for r in old.roles() {
+        if !new.roles().iter().any(|n| n.id == r.id) {
+            d.custom_roles_removed.push(r.id.clone());
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+
+    #[test]
+    fn diff_names_what_changed() {
+        let c = Catalog::builtin().unwrap();
+        let old = Snapshot::build("a", crate::demo::DEMO_SNAPSHOT, &c).unwrap();
+        let text = crate::demo::DEMO_SNAPSHOT
+            .replacen(
+                "\"roles\": [\"customer_service_rep\"]",
+                "\"roles\": [\"customer_service_rep\", \"sales_rep\"]",
+                1,
+            )
+            .replacen(
+                "\"permissions\": [\"campaign.manage\", \"campaign.delete\"]",
+                "\"permissions\": [\"campaign.manage\"]",
+                1,
+            )
+            .replacen(
+                "\"roles\": [\"marketing_manager\"] }",
+                "\"roles\": [\"marketing_manager\"], \"disabled\": true }",
+                1,
+            );
+        assert_ne!(text, crate::demo::DEMO_SNAPSHOT);
+        let new = Snapshot::build("b", &text, &c).unwrap();
+        let d = diff(Some(&old), &new, &c);
+        assert_eq!(d.roles_changed.count, 1);
+        assert_eq!(d.roles_changed.items[0].user, "u-csr");
+        assert_eq!(
+            d.roles_changed.items[0].after,
+            vec!["sales_rep", "customer_service_rep"]
+        );
+        assert_eq!(d.role_permissions_changed.items[0].role, "campaign_cleaner");
+        assert_eq!(
+            d.role_permissions_changed.items[0].revoked,
+            vec!["campaign.delete"]
+        );
+        assert!(d.role_permissions_changed.items[0].granted.is_empty());
+        assert_eq!(d.users_disabled.items, vec!["u-mm"]);
+        assert_eq!(d.users_added.count, 0);
+        let first = diff(None, &new, &c);
+        assert_eq!(first.users_added.count, 9);
+    }
+}
