@@ -1,0 +1,556 @@
+//! The load generator: hyper 1 client connections on tokio, closed or open loop, HTTP/1.1
+//! keep-alive or HTTP/2 (h2c, prior knowledge). Latency goes into an HDR histogram in
+//! microseconds.
+//!
+//! - Closed loop: `connections` × `streams` workers, each sends its next request as soon as
+//!   the previous answer is read.
+//! - Open loop: the same workers share a fixed total rate; each has its own schedule of
+//!   *intended* send times, and latency is measured from the intended time, so a stall that
+//!   delays later sends shows up in their latency instead of being hidden (coordinated
+//!   omission).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use crate::scenario::Plan;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    H1,
+    H2,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase", tag = "mode")]
+pub enum Mode {
+    Closed,
+    /// Total requests per second across all workers.
+    Open {
+        rate: f64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub addr: SocketAddr,
+    /// The `Host` / `:authority` to send.
+    pub authority: String,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub connections: usize,
+    /// Concurrent streams per HTTP/2 connection (1 for HTTP/1.1).
+    pub streams: usize,
+    /// Not recorded: lets connections, pools and caches warm up.
+    pub warmup: Duration,
+    /// Measured time; the run ends at warmup + duration or after `max_requests`.
+    pub duration: Duration,
+    pub max_requests: Option<u64>,
+    /// A progress line on stderr every second.
+    pub progress: Option<String>,
+}
+
+/// What one measured run gives.
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    pub hist: Histogram<u64>,
+    /// Completed requests in the measured window.
+    pub requests: u64,
+    /// Requests whose status was not what the scenario expects.
+    pub unexpected: u64,
+    pub statuses: BTreeMap<u16, u64>,
+    pub transport_errors: BTreeMap<String, u64>,
+    /// Connections the server closed between requests, reopened.
+    pub reconnects: u64,
+    pub elapsed: Duration,
+}
+
+impl LoadResult {
+    pub fn throughput(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        self.hist.value_at_quantile(q)
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 1 µs .. 60 s, 3 significant digits. Bounds are valid constants.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid histogram bounds")
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    /// Wait until the connection can take a request; an error means the server closed it
+    /// between requests (nothing was sent).
+    async fn ready(&mut self) -> Result<(), String> {
+        match self {
+            Sender::H1(s) => s.ready().await.map_err(|e| kind("ready", &e)),
+            Sender::H2(s) => s.ready().await.map_err(|e| kind("ready", &e)),
+        }
+    }
+
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<(u16, usize), String> {
+        let resp = match self {
+            Sender::H1(s) => {
+                s.ready().await.map_err(|e| kind("ready", &e))?;
+                s.send_request(req).await
+            }
+            Sender::H2(s) => {
+                s.ready().await.map_err(|e| kind("ready", &e))?;
+                s.send_request(req).await
+            }
+        }
+        .map_err(|e| kind("send", &e))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| kind("body", &e))?;
+        Ok((status, body.to_bytes().len()))
+    }
+}
+
+fn kind(stage: &str, e: &hyper::Error) -> String {
+    let what = if e.is_closed() {
+        "closed"
+    } else if e.is_incomplete_message() {
+        "incomplete"
+    } else if e.is_timeout() {
+        "timeout"
+    } else if e.is_parse() {
+        "parse"
+    } else {
+        "other"
+    };
+    format!("{stage}:{what}")
+}
+
+/// Open a connection and do the handshake.
+async fn connect(addr: SocketAddr, protocol: Protocol) -> Result<Sender, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect:{:?}", e.kind()))?;
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(stream);
+    match protocol {
+        Protocol::H1 => {
+            let (s, conn) = http1::handshake(io)
+                .await
+                .map_err(|e| kind("handshake", &e))?;
+            tokio::spawn(conn);
+            Ok(Sender::H1(s))
+        }
+        Protocol::H2 => {
+            let (s, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| kind("handshake", &e))?;
+            tokio::spawn(conn);
+            Ok(Sender::H2(s))
+        }
+    }
+}
+
+struct Shared {
+    stop: AtomicBool,
+    issued: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[derive(Default)]
+struct WorkerOut {
+    hist: Option<Histogram<u64>>,
+    requests: u64,
+    unexpected: u64,
+    statuses: BTreeMap<u16, u64>,
+    transport_errors: BTreeMap<String, u64>,
+    reconnects: u64,
+}
+
+struct WorkerCtx {
+    plan: Arc<Plan>,
+    opts: Arc<LoadOptions>,
+    shared: Arc<Shared>,
+    measure_from: Instant,
+    /// Open loop: this worker's first intended send time and interval.
+    schedule: Option<(Instant, Duration)>,
+    seed: u64,
+}
+
+fn build_request(
+    plan: &Plan,
+    opts: &LoadOptions,
+    host: &HeaderValue,
+    rng: &mut fastrand::Rng,
+    path: &mut String,
+) -> Result<(Request<Full<Bytes>>, usize), String> {
+    let idx = plan.pick(rng);
+    let e = &plan.entries[idx];
+    e.path.render(rng, path);
+    let uri: Uri = match opts.protocol {
+        Protocol::H1 => path.parse(),
+        Protocol::H2 => format!("http://{}{}", opts.authority, path).parse(),
+    }
+    .map_err(|_| format!("bad path {path}"))?;
+    let mut b = Request::builder().method(e.method.clone()).uri(uri);
+    if opts.protocol == Protocol::H1 {
+        b = b.header(HOST, host.clone());
+    }
+    if !e.credentials.is_empty() {
+        let c = &e.credentials[rng.usize(0..e.credentials.len())];
+        b = b.header(AUTHORIZATION, c.clone());
+    }
+    let body = match &e.body {
+        Some(body) => {
+            b = b.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Full::new(body.clone())
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let req = b.body(body).map_err(|e| format!("request: {e}"))?;
+    Ok((req, idx))
+}
+
+async fn worker(ctx: WorkerCtx, sender: Option<Sender>) -> WorkerOut {
+    let mut out = WorkerOut {
+        hist: Some(new_hist()),
+        ..Default::default()
+    };
+    let mut rng = fastrand::Rng::with_seed(ctx.seed);
+    let mut path = String::with_capacity(128);
+    let host = HeaderValue::from_str(&ctx.opts.authority)
+        .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+    let mut sender = sender;
+    let mut next_intended = ctx.schedule.map(|(t, _)| t);
+    let record_err = |out: &mut WorkerOut, e: String, measured: bool| {
+        if measured {
+            *out.transport_errors.entry(e).or_insert(0) += 1;
+        }
+    };
+    loop {
+        if ctx.shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(max) = ctx.opts.max_requests {
+            if ctx.shared.issued.fetch_add(1, Ordering::Relaxed) >= max {
+                ctx.shared.stop.store(true, Ordering::Relaxed);
+                break;
+            }
+        }
+        // Open loop: wait for the intended send time. If the previous answer came after it,
+        // the server kept this worker busy: latency counts from the intended time (the queueing
+        // is the server's). Otherwise it counts from the actual send: tokio's timer wakes up to
+        // 1 ms late, and that lateness is the client's, not the server's.
+        let start = match (&mut next_intended, ctx.schedule) {
+            (Some(t), Some((_, interval))) => {
+                let intended = *t;
+                *t += interval;
+                let now = Instant::now();
+                if now < intended {
+                    tokio::time::sleep_until(intended.into()).await;
+                    if ctx.shared.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    Instant::now()
+                } else {
+                    intended
+                }
+            }
+            _ => Instant::now(),
+        };
+        let measured = start >= ctx.measure_from;
+        if sender.is_none() {
+            match connect(ctx.opts.addr, ctx.opts.protocol).await {
+                Ok(s) => sender = Some(s),
+                Err(e) => {
+                    record_err(&mut out, e, measured);
+                    ctx.shared.failed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            }
+        }
+        let (req, idx) = match build_request(&ctx.plan, &ctx.opts, &host, &mut rng, &mut path) {
+            Ok(r) => r,
+            Err(e) => {
+                record_err(&mut out, e, measured);
+                ctx.shared.stop.store(true, Ordering::Relaxed);
+                break;
+            }
+        };
+        // A connection the server closed after its last answer (e.g. a denial that left a
+        // request body unread) is reopened: a reconnect, not a failed request.
+        if let Some(s) = sender.as_mut() {
+            if s.ready().await.is_err() {
+                sender = None;
+                if measured {
+                    out.reconnects += 1;
+                }
+                match connect(ctx.opts.addr, ctx.opts.protocol).await {
+                    Ok(s) => sender = Some(s),
+                    Err(e) => {
+                        record_err(&mut out, e, measured);
+                        ctx.shared.failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            }
+        }
+        let Some(s) = sender.as_mut() else { continue };
+        let result = s.send(req).await;
+        let done = Instant::now();
+        match result {
+            Ok((status, _len)) => {
+                ctx.shared.completed.fetch_add(1, Ordering::Relaxed);
+                if measured {
+                    let us = done.duration_since(start).as_micros().max(1) as u64;
+                    if let Some(h) = out.hist.as_mut() {
+                        let _ = h.record(us.min(60_000_000));
+                    }
+                    out.requests += 1;
+                    *out.statuses.entry(status).or_insert(0) += 1;
+                    if !ctx.plan.entries[idx].expect.matches(status) {
+                        out.unexpected += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                ctx.shared.failed.fetch_add(1, Ordering::Relaxed);
+                record_err(&mut out, e, measured);
+                sender = None;
+            }
+        }
+    }
+    out
+}
+
+/// Moments of a run a caller may want to sample something at (CPU time of a process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Warm-up is over: requests sent from now on are measured.
+    MeasureStart,
+    /// The measured window is over (workers finish their request in flight).
+    Stop,
+}
+
+/// Run one load test to completion; `on_phase` is called at the start and end of the
+/// measured window.
+pub async fn run(
+    plan: Arc<Plan>,
+    opts: LoadOptions,
+    mut on_phase: impl FnMut(Phase),
+) -> LoadResult {
+    let opts = Arc::new(opts);
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        issued: AtomicU64::new(0),
+        completed: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
+    let streams = if opts.protocol == Protocol::H2 {
+        opts.streams.max(1)
+    } else {
+        1
+    };
+    let workers = opts.connections.max(1) * streams;
+    // Connect first, so that handshakes are not in the measured window.
+    let mut senders = Vec::with_capacity(workers);
+    for _ in 0..opts.connections.max(1) {
+        match connect(opts.addr, opts.protocol).await {
+            Ok(Sender::H2(s)) => {
+                for _ in 0..streams {
+                    senders.push(Some(Sender::H2(s.clone())));
+                }
+            }
+            Ok(s) => senders.push(Some(s)),
+            Err(_) => {
+                for _ in 0..streams {
+                    senders.push(None);
+                }
+            }
+        }
+    }
+    let t0 = Instant::now();
+    let measure_from = t0 + opts.warmup;
+    let mut handles = Vec::with_capacity(workers);
+    for (i, sender) in senders.into_iter().enumerate() {
+        let schedule = match opts.mode {
+            Mode::Closed => None,
+            Mode::Open { rate } => {
+                let interval = Duration::from_secs_f64(workers as f64 / rate.max(0.001));
+                // Stagger the workers evenly over one interval.
+                let offset = interval.mul_f64(i as f64 / workers as f64);
+                Some((t0 + offset, interval))
+            }
+        };
+        let ctx = WorkerCtx {
+            plan: plan.clone(),
+            opts: opts.clone(),
+            shared: shared.clone(),
+            measure_from,
+            schedule,
+            seed: 0x5eed_0000 + i as u64,
+        };
+        handles.push(tokio::spawn(worker(ctx, sender)));
+    }
+
+    let end = measure_from + opts.duration;
+    let mut last = (Instant::now(), 0u64);
+    let mut measured_start: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= measure_from && measured_start.is_none() {
+            on_phase(Phase::MeasureStart);
+            measured_start = Some(now);
+        }
+        if now >= end || shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let tick = Duration::from_millis(250);
+        let wake = (now + tick).min(end).min(if measured_start.is_none() {
+            measure_from
+        } else {
+            end
+        });
+        tokio::time::sleep_until(wake.into()).await;
+        if let Some(label) = &opts.progress {
+            let now = Instant::now();
+            if now.duration_since(last.0) >= Duration::from_secs(1) {
+                let c = shared.completed.load(Ordering::Relaxed);
+                let rate = (c - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+                let phase = if now < measure_from {
+                    "warm-up"
+                } else {
+                    "measuring"
+                };
+                eprint!(
+                    "\r  {label}: {:>5.1}s {phase} {c:>9} done {rate:>9.0} req/s {:>6} failed   ",
+                    now.duration_since(t0).as_secs_f64(),
+                    shared.failed.load(Ordering::Relaxed)
+                );
+                let _ = std::io::stderr().flush();
+                last = (now, c);
+            }
+        }
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    let stopped = Instant::now();
+    if measured_start.is_none() {
+        on_phase(Phase::MeasureStart);
+    }
+    on_phase(Phase::Stop);
+    let mut total = WorkerOut {
+        hist: Some(new_hist()),
+        ..Default::default()
+    };
+    for h in handles {
+        // A worker stuck on a dead connection must not hold the run: give it 5 s.
+        match tokio::time::timeout(Duration::from_secs(5), h).await {
+            Ok(Ok(w)) => {
+                if let (Some(t), Some(wh)) = (total.hist.as_mut(), w.hist.as_ref()) {
+                    let _ = t.add(wh);
+                }
+                total.requests += w.requests;
+                total.unexpected += w.unexpected;
+                total.reconnects += w.reconnects;
+                for (k, v) in w.statuses {
+                    *total.statuses.entry(k).or_insert(0) += v;
+                }
+                for (k, v) in w.transport_errors {
+                    *total.transport_errors.entry(k).or_insert(0) += v;
+                }
+            }
+            _ => {
+                *total
+                    .transport_errors
+                    .entry("worker-timeout".into())
+                    .or_insert(0) += 1
+            }
+        }
+    }
+    if opts.progress.is_some() {
+        eprint!("\r{:100}\r", "");
+    }
+    let elapsed = stopped.duration_since(measured_start.unwrap_or(measure_from).min(stopped));
+    LoadResult {
+        hist: total.hist.unwrap_or_else(new_hist),
+        requests: total.requests,
+        unexpected: total.unexpected,
+        statuses: total.statuses,
+        transport_errors: total.transport_errors,
+        reconnects: total.reconnects,
+        elapsed,
+    }
+}
+
+/// Hold `count` idle keep-alive HTTP/1.1 connections, each after one request (so the server
+/// has set up its per-connection state), then call `measure` and close them all.
+pub async fn hold_idle<F: FnOnce() -> T, T>(
+    addr: SocketAddr,
+    authority: &str,
+    path: &str,
+    authorization: Option<HeaderValue>,
+    count: usize,
+    measure: F,
+) -> (usize, T) {
+    let mut held = Vec::with_capacity(count);
+    let batch = 200;
+    let mut i = 0;
+    while i < count {
+        let n = batch.min(count - i);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let authority = authority.to_string();
+            let path = path.to_string();
+            let auth = authorization.clone();
+            set.spawn(async move {
+                // A server at its connection limit leaves us in its backlog: give up after 10 s.
+                tokio::time::timeout(Duration::from_secs(10), async move {
+                    let mut s = connect(addr, Protocol::H1).await.ok()?;
+                    let mut b = Request::builder().uri(path).header(HOST, authority);
+                    if let Some(a) = auth {
+                        b = b.header(AUTHORIZATION, a);
+                    }
+                    let req = b.body(Full::new(Bytes::new())).ok()?;
+                    let (status, _) = s.send(req).await.ok()?;
+                    (status < 500).then_some(s)
+                })
+                .await
+                .ok()
+                .flatten()
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok(Some(s)) = r {
+                held.push(s);
+            }
+        }
+        i += n;
+    }
+    // Let the server settle (idle timers armed, buffers released).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = measure();
+    let n = held.len();
+    drop(held);
+    (n, t)
+}

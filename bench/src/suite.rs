@@ -1,0 +1,666 @@
+//! The side-by-side run: every variant in front of the same upstream, in one process tree,
+//! scenarios run in alternating rounds (the variant order rotates each round, so no variant
+//! always runs first or last), ratios computed within the run.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::load::{self, LoadOptions, Mode, Phase, Protocol};
+use crate::peers::{self, GatewayTuning, JwtKey, MintedTokens, Proc};
+use crate::procstat;
+use crate::report::{Cell, Machine, Memory, Report, Round};
+use crate::scenario::{merged_population, Credentials, Plan, Scenario};
+
+const ALL_VARIANTS: &str = "direct,permgate-authz,permgate-pass,nginx,haproxy-authz,haproxy-plain";
+
+#[derive(Args, Clone)]
+pub struct SuiteArgs {
+    /// The permgate binary (default: `permgate` next to this binary, i.e. the same build).
+    #[arg(long)]
+    permgate_bin: Option<PathBuf>,
+    /// Folder of scenario files.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"))]
+    scenarios: PathBuf,
+    /// Only these scenarios (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Variants to run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = ALL_VARIANTS)]
+    variants: Vec<String>,
+    /// Protocols (comma-separated: h1, h2).
+    #[arg(long, value_delimiter = ',', default_value = "h1")]
+    protocols: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Measured seconds per round (keep ≤ 20).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Unmeasured seconds before each round.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Client connections (closed loop: also the concurrency).
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Open-loop phase at this fraction of permgate pass-through's closed-loop rate, on the
+    /// `--open-loop-scenario` (0: skip).
+    #[arg(long, default_value_t = 0.5)]
+    open_loop_fraction: f64,
+    #[arg(long, default_value = "allowed-get")]
+    open_loop_scenario: String,
+    /// Idle keep-alive connections to hold against each proxy for the memory figure (0: skip).
+    /// Needs `ulimit -n` above this plus a few hundred.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// Gateway worker threads (nginx and HAProxy run one worker/thread too).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Gateway upstream keep-alive pool size (≥ connections, or it reconnects).
+    #[arg(long, default_value_t = 1024)]
+    pool_size: usize,
+    /// `crm`: `permgate sample-crm` (falls back to the stub if it exits); `stub`: our minimal
+    /// upstream.
+    #[arg(long, default_value = "crm")]
+    upstream: String,
+    /// RUST_LOG for the gateways (`info` logs one line per request).
+    #[arg(long, default_value = "warn")]
+    gateway_log: String,
+    /// Load-generator threads (tokio workers).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Where results.json, results.md and latency.svg go.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/out"))]
+    out: PathBuf,
+}
+
+/// One thing to load-test.
+struct Variant {
+    name: String,
+    authorizing: bool,
+    h1: SocketAddr,
+    h2: Option<SocketAddr>,
+    /// The process whose CPU and memory are the variant's cost.
+    pid: u32,
+    process: String,
+    version: String,
+}
+
+struct Ctx {
+    args: SuiteArgs,
+    rt: tokio::runtime::Runtime,
+    ticks: u64,
+    upstream_pid: u32,
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn cpu_delta(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
+    Some(b?.checked_sub(a?)?.as_secs_f64())
+}
+
+impl Ctx {
+    /// One measured round of one variant.
+    fn round(
+        &self,
+        v: &Variant,
+        plan: &Arc<Plan>,
+        protocol: Protocol,
+        mode: Mode,
+        round: usize,
+    ) -> (Round, hdrhistogram::Histogram<u64>) {
+        let addr = match protocol {
+            Protocol::H1 => v.h1,
+            Protocol::H2 => v.h2.unwrap_or(v.h1),
+        };
+        let opts = LoadOptions {
+            addr,
+            authority: addr.to_string(),
+            protocol,
+            mode,
+            connections: self.args.connections,
+            streams: self.args.streams,
+            warmup: Duration::from_secs_f64(self.args.warmup),
+            duration: Duration::from_secs_f64(self.args.duration.min(20.0)),
+            max_requests: None,
+            progress: Some(format!("{} r{}", v.name, round + 1)),
+        };
+        let mut samples = [(None, None); 2];
+        let r = self.rt.block_on(load::run(plan.clone(), opts, |phase| {
+            let i = usize::from(phase == Phase::Stop);
+            samples[i] = (
+                procstat::cpu_time(v.pid, self.ticks),
+                procstat::cpu_time(self.upstream_pid, self.ticks),
+            );
+        }));
+        let cpu = cpu_delta(samples[0].0, samples[1].0);
+        let up = cpu_delta(samples[0].1, samples[1].1);
+        let round = Round::new(round, &r, cpu, up);
+        eprintln!(
+            "  {:<15} r{} {:>8.0} req/s  CPU {:>6} µs/req  p50 {:>6} µs  p99 {:>7} µs  unexpected {}  errors {}",
+            v.name,
+            round.round + 1,
+            round.throughput,
+            round.cpu_us_per_req.map(|c| format!("{c:.1}")).unwrap_or_else(|| "–".into()),
+            round.p50_us,
+            round.p99_us,
+            round.unexpected,
+            round.transport_errors.values().sum::<u64>()
+        );
+        (round, r.hist)
+    }
+
+    /// Rounds × variants, alternating; one cell per variant.
+    fn matrix(
+        &self,
+        scenario: &Scenario,
+        plans: &BTreeMap<bool, Arc<Plan>>,
+        variants: &[&Variant],
+        protocol: Protocol,
+        mode: Mode,
+    ) -> Vec<Cell> {
+        let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); variants.len()];
+        let mut hists: Vec<Option<hdrhistogram::Histogram<u64>>> = vec![None; variants.len()];
+        for r in 0..self.args.rounds.max(1) {
+            for k in 0..variants.len() {
+                let i = (k + r) % variants.len();
+                let v = variants[i];
+                let Some(plan) = plans.get(&v.authorizing) else {
+                    continue;
+                };
+                let (round, hist) = self.round(v, plan, protocol, mode, r);
+                rounds[i].push(round);
+                match &mut hists[i] {
+                    Some(h) => {
+                        let _ = h.add(&hist);
+                    }
+                    slot => *slot = Some(hist),
+                }
+            }
+        }
+        let proto = match protocol {
+            Protocol::H1 => "HTTP/1.1",
+            Protocol::H2 => "h2c",
+        };
+        let mode_s = match mode {
+            Mode::Closed => format!("closed loop, {} conns", self.args.connections),
+            Mode::Open { rate } => format!(
+                "open loop at {rate:.0} req/s, {} conns",
+                self.args.connections
+            ),
+        };
+        variants
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                let h = hists[i].take()?;
+                Some(Cell::summarize(
+                    &scenario.name,
+                    proto,
+                    &mode_s,
+                    &v.name,
+                    std::mem::take(&mut rounds[i]),
+                    &h,
+                ))
+            })
+            .collect()
+    }
+}
+
+fn start_peers(
+    args: &SuiteArgs,
+    dir: &Path,
+    population: &BTreeMap<String, usize>,
+    key: &JwtKey,
+    procs: &mut Vec<Proc>,
+    skipped: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Result<(Vec<Variant>, u32), String> {
+    let permgate_bin = match &args.permgate_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("permgate"),
+    };
+    if !permgate_bin.is_file() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release -p permgate -p permgate-bench`, or pass --permgate-bin",
+            permgate_bin.display()
+        ));
+    }
+    let permgate_version = peers::version_of(&permgate_bin, "--version");
+    let want = |name: &str| args.variants.iter().any(|v| v == name);
+    let max_conns = args.idle_connections + args.connections + 200;
+
+    // The upstream.
+    let crm_addr = peers::free_port()?;
+    let stub = |procs: &mut Vec<Proc>| -> Result<(), String> {
+        let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        cmd.args(["stub-upstream", "--listen", &crm_addr.to_string()]);
+        procs.push(Proc::start(
+            "stub upstream",
+            cmd,
+            &dir.join("upstream.log"),
+            crm_addr,
+        )?);
+        Ok(())
+    };
+    let upstream_desc = if args.upstream == "stub" {
+        stub(procs)?;
+        "stub upstream (permgate-bench stub-upstream)".to_string()
+    } else {
+        let mut cmd = Command::new(&permgate_bin);
+        cmd.args(["sample-crm", "--listen", &crm_addr.to_string()])
+            .env("RUST_LOG", "warn");
+        match Proc::start("sample CRM", cmd, &dir.join("upstream.log"), crm_addr) {
+            Ok(p) => {
+                procs.push(p);
+                "sample CRM (permgate sample-crm)".to_string()
+            }
+            Err(e) => {
+                let msg =
+                    format!("the sample CRM did not start ({e}); using the stub upstream instead");
+                eprintln!("warning: {msg}");
+                notes.push(msg);
+                stub(procs)?;
+                "stub upstream (permgate-bench stub-upstream), the sample CRM did not start"
+                    .to_string()
+            }
+        }
+    };
+    let upstream_pid = procs.last().map(|p| p.pid()).unwrap_or(0);
+    notes.push(format!("upstream: {upstream_desc} on {crm_addr}"));
+    let mut variants = Vec::new();
+    if want("direct") {
+        variants.push(Variant {
+            name: "direct".into(),
+            authorizing: false,
+            h1: crm_addr,
+            h2: Some(crm_addr),
+            pid: upstream_pid,
+            process: "upstream".into(),
+            version: upstream_desc.clone(),
+        });
+    }
+
+    // permgate, with and without authorization.
+    let tuning = GatewayTuning {
+        threads: args.threads,
+        pool_size: args.pool_size.max(args.connections),
+    };
+    let snapshot = peers::snapshot_with(population)?;
+    for (name, authorize) in [("permgate-authz", true), ("permgate-pass", false)] {
+        if !want(name) {
+            continue;
+        }
+        let sub = dir.join(name);
+        let listen = peers::free_port()?;
+        write(&sub.join("snapshot.json"), &snapshot)?;
+        write(
+            &sub.join("permgate.toml"),
+            &peers::permgate_config(listen, crm_addr, &tuning, authorize)?,
+        )?;
+        let mut cmd = Command::new(&permgate_bin);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(sub.join("permgate.toml"))
+            .env("RUST_LOG", &args.gateway_log);
+        let p = Proc::start(name, cmd, &sub.join("permgate.log"), listen)?;
+        variants.push(Variant {
+            name: name.into(),
+            authorizing: authorize,
+            h1: listen,
+            h2: Some(listen),
+            pid: p.pid(),
+            process: "permgate".into(),
+            version: permgate_version.clone(),
+        });
+        procs.push(p);
+    }
+
+    // nginx.
+    if want("nginx") {
+        match peers::which("nginx") {
+            None => skipped.push("nginx: not installed (`apt-get install nginx haproxy`)".into()),
+            Some(bin) => {
+                let sub = dir.join("nginx");
+                for t in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+                    std::fs::create_dir_all(sub.join("nginx-tmp").join(t))
+                        .map_err(|e| e.to_string())?;
+                }
+                let (h1, h2) = (peers::free_port()?, peers::free_port()?);
+                write(
+                    &sub.join("nginx.conf"),
+                    &peers::nginx_config(&sub, h1, h2, crm_addr, max_conns),
+                )?;
+                let mut cmd = Command::new(&bin);
+                cmd.arg("-p")
+                    .arg(&sub)
+                    .arg("-c")
+                    .arg(sub.join("nginx.conf"))
+                    .arg("-e")
+                    .arg(sub.join("nginx-error.log"));
+                match Proc::start("nginx", cmd, &sub.join("nginx.out"), h1) {
+                    Ok(p) => {
+                        variants.push(Variant {
+                            name: "nginx".into(),
+                            authorizing: false,
+                            h1,
+                            h2: Some(h2),
+                            pid: p.pid(),
+                            process: "nginx".into(),
+                            version: peers::version_of(&bin, "-v"),
+                        });
+                        procs.push(p);
+                    }
+                    Err(e) => skipped.push(format!("nginx: {e}")),
+                }
+            }
+        }
+    }
+
+    // HAProxy.
+    if want("haproxy-authz") || want("haproxy-plain") {
+        match peers::which("haproxy") {
+            None => skipped.push("HAProxy: not installed (`apt-get install nginx haproxy`)".into()),
+            Some(bin) => {
+                let sub = dir.join("haproxy");
+                write(
+                    &sub.join("routes.map"),
+                    &peers::haproxy_routes_map(permgate::demo::DEMO_CONFIG)?,
+                )?;
+                write(&sub.join("grants.map"), &peers::haproxy_grants_map()?)?;
+                let authz = (peers::free_port()?, peers::free_port()?);
+                let plain = (peers::free_port()?, peers::free_port()?);
+                write(
+                    &sub.join("haproxy.cfg"),
+                    &peers::haproxy_config(&sub, authz, plain, crm_addr, &key.secret, max_conns),
+                )?;
+                let mut cmd = Command::new(&bin);
+                cmd.arg("-db").arg("-f").arg(sub.join("haproxy.cfg"));
+                match Proc::start("haproxy", cmd, &sub.join("haproxy.log"), authz.0) {
+                    Ok(p) => {
+                        let version = peers::version_of(&bin, "-v");
+                        for (name, a, authorizing) in [
+                            ("haproxy-authz", authz, true),
+                            ("haproxy-plain", plain, false),
+                        ] {
+                            if want(name) {
+                                variants.push(Variant {
+                                    name: name.into(),
+                                    authorizing,
+                                    h1: a.0,
+                                    h2: Some(a.1),
+                                    pid: p.pid(),
+                                    process: "haproxy".into(),
+                                    version: version.clone(),
+                                });
+                            }
+                        }
+                        procs.push(p);
+                    }
+                    Err(e) => skipped.push(format!("HAProxy: {e}")),
+                }
+            }
+        }
+    }
+    // Report in the order asked for.
+    variants.sort_by_key(|v| {
+        args.variants
+            .iter()
+            .position(|n| *n == v.name)
+            .unwrap_or(usize::MAX)
+    });
+    Ok((variants, upstream_pid))
+}
+
+pub fn run(args: SuiteArgs) -> Result<(), String> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut machine = Machine::probe();
+    let mut scenarios = Scenario::load_dir(&args.scenarios)?;
+    if !args.only.is_empty() {
+        scenarios.retain(|s| args.only.contains(&s.name));
+        if scenarios.is_empty() {
+            return Err(format!(
+                "no scenario named {:?} in {}",
+                args.only,
+                args.scenarios.display()
+            ));
+        }
+    }
+    let protocols: Vec<Protocol> = args
+        .protocols
+        .iter()
+        .map(|p| match p.as_str() {
+            "h1" | "http1" => Ok(Protocol::H1),
+            "h2" | "h2c" | "http2" => Ok(Protocol::H2),
+            other => Err(format!("unknown protocol '{other}' (h1, h2)")),
+        })
+        .collect::<Result<_, _>>()?;
+    let mut idle = args.idle_connections;
+    let mut notes = Vec::new();
+    if let Some(limit) = procstat::open_files_limit() {
+        let need = idle as u64 + args.connections as u64 + 300;
+        if idle > 0 && limit < need {
+            let fit = limit.saturating_sub(args.connections as u64 + 300) as usize;
+            notes.push(format!(
+                "open-files limit {limit} < {need}: idle connections lowered from {idle} to {fit} (raise it with `ulimit -n`)"
+            ));
+            idle = fit;
+        }
+    }
+
+    let dir = std::env::temp_dir().join(format!("permgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let population = merged_population(&scenarios);
+    let key = JwtKey::demo();
+    let mut procs = Vec::new();
+    let mut skipped = Vec::new();
+    let (variants, upstream_pid) = start_peers(
+        &args,
+        &dir,
+        &population,
+        &key,
+        &mut procs,
+        &mut skipped,
+        &mut notes,
+    )?;
+    for s in &skipped {
+        eprintln!("skipping {s}");
+    }
+    eprintln!(
+        "{} variants up ({}); files in {}",
+        variants.len(),
+        variants
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        dir.display()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ctx = Ctx {
+        args: args.clone(),
+        rt,
+        ticks: procstat::clock_ticks(),
+        upstream_pid,
+    };
+    let creds = MintedTokens::new(key);
+    let mut cells = Vec::new();
+    for scenario in &scenarios {
+        let mut plans = BTreeMap::new();
+        for authorizing in [true, false] {
+            plans.insert(
+                authorizing,
+                Arc::new(Plan::build(scenario, &creds, authorizing)?),
+            );
+        }
+        let vs: Vec<&Variant> = variants
+            .iter()
+            .filter(|v| v.authorizing || !scenario.authz_only)
+            .collect();
+        for &protocol in &protocols {
+            let vs: Vec<&Variant> = vs
+                .iter()
+                .copied()
+                .filter(|v| protocol == Protocol::H1 || v.h2.is_some())
+                .collect();
+            eprintln!(
+                "scenario {} ({:?}, closed loop): {} rounds × {} variants",
+                scenario.name,
+                protocol,
+                args.rounds,
+                vs.len()
+            );
+            let closed = ctx.matrix(scenario, &plans, &vs, protocol, Mode::Closed);
+            let open_rate = (args.open_loop_fraction > 0.0
+                && scenario.name == args.open_loop_scenario)
+                .then(|| {
+                    let base = closed
+                        .iter()
+                        .find(|c| c.variant == "permgate-pass")
+                        .or_else(|| closed.iter().find(|c| c.variant == "permgate-authz"))
+                        .map(|c| c.throughput)?;
+                    (base > 0.0).then_some(base * args.open_loop_fraction)
+                })
+                .flatten();
+            cells.extend(closed);
+            if let Some(rate) = open_rate {
+                eprintln!(
+                    "scenario {} ({:?}, open loop at {rate:.0} req/s)",
+                    scenario.name, protocol
+                );
+                cells.extend(ctx.matrix(scenario, &plans, &vs, protocol, Mode::Open { rate }));
+            }
+        }
+    }
+
+    // Memory: peak after load, then idle keep-alive connections.
+    let mut memory: Vec<Memory> = Vec::new();
+    let idle_scenario = scenarios
+        .iter()
+        .find(|s| s.name == args.open_loop_scenario)
+        .or(scenarios.first());
+    let idle_req = idle_scenario.and_then(|s| s.requests.first().map(|r| (s, r)));
+    for v in &variants {
+        if v.name == "haproxy-plain" && variants.iter().any(|o| o.name == "haproxy-authz") {
+            continue;
+        }
+        let mut m = Memory {
+            variant: v.name.clone(),
+            process: v.process.clone(),
+            pid: v.pid,
+            version: v.version.clone(),
+            peak_rss_bytes: procstat::peak_rss(v.pid),
+            rss_before_idle_bytes: procstat::rss(v.pid),
+            ..Default::default()
+        };
+        if idle > 0 && v.name != "direct" {
+            if let Some((_, r)) = idle_req {
+                let mut path = String::new();
+                let mut rng = fastrand::Rng::with_seed(7);
+                crate::scenario::PathTemplate::parse(&r.path)?.render(&mut rng, &mut path);
+                let auth = match (&r.role, &r.user) {
+                    (Some(role), _) => creds.for_role(role, 1)?.into_iter().next(),
+                    (_, Some(u)) => Some(creds.for_user(u)?),
+                    _ => None,
+                };
+                eprintln!("  {}: holding {idle} idle keep-alive connections…", v.name);
+                let pid = v.pid;
+                let (held, rss) = ctx.rt.block_on(load::hold_idle(
+                    v.h1,
+                    &v.h1.to_string(),
+                    &path,
+                    auth,
+                    idle,
+                    || procstat::rss(pid),
+                ));
+                m.idle_connections = held;
+                m.rss_idle_bytes = rss;
+                eprintln!(
+                    "  {}: {held} held, RSS {:.1} MB",
+                    v.name,
+                    rss.unwrap_or(0) as f64 / 1_048_576.0
+                );
+                // Let the server close them before the next one.
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        memory.push(m);
+    }
+    machine.loadavg_end = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    drop(procs);
+
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut settings = BTreeMap::new();
+    for (k, v) in [
+        ("rounds", args.rounds.to_string()),
+        ("duration_s", args.duration.to_string()),
+        ("warmup_s", args.warmup.to_string()),
+        ("connections", args.connections.to_string()),
+        ("streams", args.streams.to_string()),
+        ("gateway_threads", args.threads.to_string()),
+        ("pool_size", args.pool_size.to_string()),
+        ("client_threads", args.client_threads.to_string()),
+        ("gateway_log", args.gateway_log.clone()),
+        ("idle_connections", idle.to_string()),
+        ("open_loop_fraction", args.open_loop_fraction.to_string()),
+        (
+            "generated_users",
+            population.values().sum::<usize>().to_string(),
+        ),
+    ] {
+        settings.insert(k.to_string(), v);
+    }
+    let report = Report {
+        tool: format!("permgate-bench {}", env!("CARGO_PKG_VERSION")),
+        date_utc: date,
+        command,
+        machine,
+        settings,
+        variants: variants
+            .iter()
+            .map(|v| (v.name.clone(), v.version.clone()))
+            .collect(),
+        skipped,
+        cells,
+        memory,
+        notes,
+    };
+    let md = report.markdown();
+    println!("{md}");
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    write(&args.out.join("results.json"), &json)?;
+    write(&args.out.join("results.md"), &md)?;
+    write(&args.out.join("latency.svg"), &report.svg())?;
+    eprintln!(
+        "wrote {}/results.json, results.md, latency.svg",
+        args.out.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
