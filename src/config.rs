@@ -308,6 +308,8 @@ struct RawPolicy {
     shadow: bool,
     #[serde(default)]
     shadow_roles: Vec<String>,
+    #[serde(default)]
+    candidate_config: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -528,6 +530,9 @@ pub struct Config {
     pub shadow: bool,
     /// Shadow mode for callers holding any of these roles.
     pub shadow_roles: Vec<String>,
+    /// A candidate config (with its own snapshot) evaluated beside this one on live traffic;
+    /// disagreements are counted and logged, never enforced.
+    pub candidate_config: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -1206,6 +1211,11 @@ impl Config {
                 decision_log,
                 shadow: raw.policy.shadow,
                 shadow_roles: raw.policy.shadow_roles.clone(),
+                candidate_config: raw
+                    .policy
+                    .candidate_config
+                    .as_ref()
+                    .map(|c| base.join(c.get_ref())),
             }),
             _ => {
                 if errors.is_empty() {

@@ -63,6 +63,8 @@ pub struct Record {
     /// Why: the error code of a denial, or `granted_by:<role>` / `public` for an allow.
     pub reason: String,
     pub trimmed: Vec<String>,
+    /// The candidate policy's decision (`allow` or the denial code), when one is configured.
+    pub candidate: Option<String>,
     pub snapshot_version: Option<String>,
     pub config_hash: String,
     /// The status sent to the client.

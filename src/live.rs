@@ -100,6 +100,8 @@ pub struct State {
     pub decision_log: DecisionLog,
     /// The last audit events (accepted and refused changes), newest last.
     audit: Mutex<VecDeque<serde_json::Value>>,
+    /// The candidate policy evaluated beside the live one (`policy.candidate_config`).
+    candidate: arc_swap::ArcSwapOption<Live>,
 }
 
 const KEEP_ERRORS: usize = 20;
@@ -225,6 +227,7 @@ impl State {
             metrics,
             decision_log,
             audit: Mutex::new(VecDeque::new()),
+            candidate: arc_swap::ArcSwapOption::empty(),
         };
         let config = state.live.load().config.clone();
         match load_startup_snapshot(&config) {
@@ -252,7 +255,49 @@ impl State {
                 state.record_error("startup", errors);
             }
         }
+        state.load_candidate(&config);
         Ok(state)
+    }
+
+    /// The candidate policy, if one is configured and valid.
+    pub fn candidate(&self) -> Option<Arc<Live>> {
+        self.candidate.load_full()
+    }
+
+    /// (Re)load the candidate named by `config`; a bad candidate is logged and dropped.
+    fn load_candidate(&self, config: &Config) {
+        let Some(path) = &config.candidate_config else {
+            self.candidate.store(None);
+            return;
+        };
+        let candidate = match Config::load(path) {
+            Err(e) => Err(strings(&e)),
+            Ok(c) => match load_startup_snapshot(&c) {
+                Startup::Source(s, text) | Startup::Persisted(s, text, _) => Ok(Live {
+                    route_counters: Vec::new(),
+                    config: Arc::new(c),
+                    snapshot: Some(Arc::new(s)),
+                    snapshot_text: Some(text),
+                }),
+                Startup::Nothing(e) => Err(e),
+            },
+        };
+        match candidate {
+            Ok(live) => {
+                info!(
+                    "candidate policy {} (hash {}) evaluated beside the live one",
+                    live.config.file, live.config.hash
+                );
+                self.candidate.store(Some(Arc::new(live)));
+            }
+            Err(errors) => {
+                for e in &errors {
+                    error!("candidate policy refused: {e}");
+                }
+                self.record_error("candidate", errors);
+                self.candidate.store(None);
+            }
+        }
     }
 
     /// The live config and snapshot: one atomic load.
@@ -513,6 +558,8 @@ impl State {
         }));
         self.counters.config_reloads.fetch_add(1, Ordering::Relaxed);
         self.update_staleness();
+        let live = self.live();
+        self.load_candidate(&live.config);
         Ok(hash)
     }
 

@@ -123,6 +123,10 @@ pub struct Metrics {
     pub upstream_seconds: Histogram,
     pub decision_seconds: Histogram,
     upstream_errors: [AtomicU64; 3],
+    /// Calls where the candidate policy disagreed: [live allow → candidate deny, live deny →
+    /// candidate allow]; and every call the candidate judged.
+    candidate_disagreements: [AtomicU64; 2],
+    candidate_evaluations: AtomicU64,
 }
 
 /// The counters of requests that matched no route.
@@ -143,6 +147,15 @@ impl Metrics {
                     .clone()
             })
             .collect()
+    }
+
+    /// Count one candidate evaluation, and a disagreement when the outcomes differ.
+    pub fn candidate(&self, live_allows: bool, candidate_allows: bool) {
+        self.candidate_evaluations.fetch_add(1, Ordering::Relaxed);
+        if live_allows != candidate_allows {
+            let i = if live_allows { 0 } else { 1 };
+            self.candidate_disagreements[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn upstream_error(&self, kind: UpstreamError) {
@@ -216,6 +229,20 @@ impl Metrics {
                 out,
                 "permgate_upstream_errors_total{{kind=\"{kind}\"}} {}",
                 self.upstream_errors[i].load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP permgate_candidate_evaluations_total Calls also judged by the candidate policy.\n# TYPE permgate_candidate_evaluations_total counter\n");
+        let _ = writeln!(
+            out,
+            "permgate_candidate_evaluations_total {}",
+            self.candidate_evaluations.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP permgate_candidate_disagreements_total Calls where the candidate policy decided otherwise.\n# TYPE permgate_candidate_disagreements_total counter\n");
+        for (i, (live, cand)) in [("allow", "deny"), ("deny", "allow")].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "permgate_candidate_disagreements_total{{live=\"{live}\",candidate=\"{cand}\"}} {}",
+                self.candidate_disagreements[i].load(Ordering::Relaxed)
             );
         }
         for (name, kind, help, value) in extra {

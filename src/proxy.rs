@@ -68,6 +68,8 @@ pub struct Ctx {
     upstream_started: Option<Instant>,
     upstream_elapsed: Option<Duration>,
     upstream_status: Option<u16>,
+    /// The candidate policy's decision: `Ok` allow, `Err(code)` deny.
+    candidate: Option<Result<(), &'static str>>,
 }
 
 fn new_request_id() -> String {
@@ -140,6 +142,7 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             upstream_elapsed: None,
             upstream_status: None,
+            candidate: None,
         }
     }
 
@@ -166,6 +169,24 @@ impl ProxyHttp for Gateway {
             .metrics
             .decision_seconds
             .observe(decided_at.elapsed());
+        // A candidate policy is judged on the same request, never enforced.
+        if let Some(c) = self.state.candidate() {
+            let verdict = policy::decide(
+                &c.config,
+                c.snapshot.as_deref().ok_or_else(Rejection::not_ready),
+                &policy::Request {
+                    method: &req.method,
+                    target: req.raw_path(),
+                    headers: &req.headers,
+                    peer,
+                },
+            );
+            let candidate = verdict.map(|_| ()).map_err(|d| d.rejection.code);
+            self.state
+                .metrics
+                .candidate(decision.is_ok(), candidate.is_ok());
+            ctx.candidate = Some(candidate);
+        }
         let id_header = live.config.forward.request_id_header.clone();
         ctx.deadline = Some(Instant::now() + live.config.upstream.total_timeout);
         ctx.peer = peer;
@@ -466,7 +487,15 @@ impl ProxyHttp for Gateway {
             route_info.map_or("-", |r| r.name.as_str()),
         );
         let log = &self.state.decision_log;
-        if log.wants(outcome == Outcome::Allow) {
+        let candidate = ctx.candidate.map(|c| match c {
+            Ok(()) => "allow".to_string(),
+            Err(code) => code.to_string(),
+        });
+        // Every disagreement with the candidate is logged, whatever the sampling.
+        let disagrees = ctx
+            .candidate
+            .is_some_and(|c| c.is_ok() != (outcome == Outcome::Allow));
+        if disagrees || log.wants(outcome == Outcome::Allow) {
             log.offer(Record {
                 ts_ms: decision_log::now_ms(),
                 request_id: ctx.request_id.clone(),
@@ -482,6 +511,7 @@ impl ProxyHttp for Gateway {
                 decision,
                 reason,
                 trimmed: Vec::new(),
+                candidate,
                 snapshot_version: snapshot.map(|s| s.version.clone()),
                 config_hash: live.config.hash.clone(),
                 status,

@@ -430,3 +430,79 @@ async fn sigterm_drains_requests_in_flight() {
     let status = g.h.gateway.wait().unwrap();
     assert!(status.success(), "exits cleanly after draining: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_policy_is_judged_beside_the_live_one() {
+    // The candidate lets sales reps delete campaigns (it maps the route to a permission they hold).
+    let candidate = demo_config_text().replacen(
+        "path = \"/api/v1/campaigns/{id}\"\npermission = \"campaign.delete\"",
+        "path = \"/api/v1/campaigns/{id}\"\npermission = \"campaign.review_results\"",
+        1,
+    );
+    assert_ne!(candidate, demo_config_text());
+    let g = gateway(|t| {
+        t.replacen(
+            "unmatched = \"not_found\"",
+            "unmatched = \"not_found\"\ncandidate_config = \"candidate.toml\"",
+            1,
+        )
+    })
+    .await;
+    // The candidate file is read at start; write it, then reload so it is picked up.
+    std::fs::write(g.dir.path().join("candidate.toml"), &candidate).unwrap();
+    let r = client()
+        .post(format!("{}/reload", g.admin))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (s, _) = g.call("GET", "/api/v1/customers/1", Some("u-rep1")).await;
+    assert_eq!(s, 200, "both agree");
+    let (s, id) = g
+        .call("DELETE", "/api/v1/campaigns/1", Some("u-rep1"))
+        .await;
+    assert_eq!(s, 403, "the live policy is enforced, not the candidate");
+    assert!(g.h.received().len() == 1);
+    let text = g.metrics().await;
+    assert_eq!(
+        metric(&text, "permgate_candidate_evaluations_total"),
+        2,
+        "{}",
+        g.h.log_text()
+            .lines()
+            .filter(|l| l.contains("candidate"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "permgate_candidate_disagreements_total{live=\"deny\",candidate=\"allow\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "permgate_candidate_disagreements_total{live=\"allow\",candidate=\"deny\"}"
+        ),
+        0
+    );
+    let mut line = None;
+    assert!(
+        eventually(5, || {
+            line = g
+                .decisions()
+                .into_iter()
+                .find(|l| l["request_id"] == id.as_str());
+            let found = line.is_some();
+            async move { found }
+        })
+        .await
+    );
+    let line = line.unwrap();
+    assert_eq!(line["decision"], "deny");
+    assert_eq!(line["candidate"], "allow");
+}

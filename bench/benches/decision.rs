@@ -178,7 +178,7 @@ fn decision(c: &mut Criterion) {
         b.iter(|| {
             let r = decide(
                 &config,
-                Some(&snapshot),
+                Ok(&snapshot),
                 &Request {
                     method: &get,
                     target: black_box(b"/api/v1/customers/42"),
@@ -194,7 +194,7 @@ fn decision(c: &mut Criterion) {
         b.iter(|| {
             decide(
                 &config,
-                Some(&snapshot),
+                Ok(&snapshot),
                 &Request {
                     method: &delete,
                     target: black_box(b"/api/v1/campaigns/3"),

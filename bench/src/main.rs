@@ -340,7 +340,7 @@ mod tests {
                 let method = http::Method::from_bytes(r.method.as_bytes()).unwrap();
                 let d = permgate::policy::decide(
                     &config,
-                    Some(&snapshot),
+                    Ok(&snapshot),
                     &permgate::policy::Request {
                         method: &method,
                         target: path.as_bytes(),
