@@ -126,6 +126,64 @@ struct JwtKey {
 struct JwtVerifier {
     keys: HashMap<String, JwtKey>,
     user_claim: String,
+    cache: TokenCache,
+}
+
+/// Verified tokens, so a client that reuses its token pays for the signature check once.
+///
+/// Keyed by the whole token (same bytes, same signature, same verdict); an entry is used only
+/// until the token's `exp`. Lives in the compiled config, so a reload (new keys) starts empty.
+/// Bounded: a full shard is cleared (simple, and an attacker filling it only costs us
+/// re-verification). Failures are never cached.
+struct TokenCache {
+    shards: Vec<Shard>,
+}
+
+/// token → (user id, exp).
+type Shard = std::sync::Mutex<HashMap<Box<str>, (Box<str>, u64)>>;
+
+const CACHE_SHARDS: usize = 16;
+const CACHE_PER_SHARD: usize = 4096;
+
+impl TokenCache {
+    fn new() -> Self {
+        TokenCache {
+            shards: (0..CACHE_SHARDS)
+                .map(|_| std::sync::Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, token: &str) -> &Shard {
+        // The signature's last bytes are as good as a hash for picking a shard.
+        let b = token.as_bytes();
+        let i = b.len().saturating_sub(1);
+        &self.shards[(usize::from(b.get(i).copied().unwrap_or(0)) ^ b.len()) % CACHE_SHARDS]
+    }
+
+    fn get(&self, token: &str, now: u64) -> Option<String> {
+        let shard = self.shard(token).lock().ok()?;
+        match shard.get(token) {
+            Some((user, exp)) if now < *exp => Some(user.to_string()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, token: &str, user: &str, exp: u64) {
+        if let Ok(mut shard) = self.shard(token).lock() {
+            if shard.len() >= CACHE_PER_SHARD {
+                shard.clear();
+            }
+            shard.insert(token.into(), (user.into(), exp));
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(u64::MAX)
 }
 
 /// The compiled identity rules of a config.
@@ -356,6 +414,7 @@ impl Verifier {
             jwt = Some(JwtVerifier {
                 keys,
                 user_claim: j.user_claim.clone(),
+                cache: TokenCache::new(),
             });
         }
 
@@ -587,6 +646,16 @@ impl Verifier {
 
 impl JwtVerifier {
     fn verify(&self, token: &str) -> Result<String, Rejection> {
+        let now = now_unix();
+        if let Some(user) = self.cache.get(token, now) {
+            return Ok(user);
+        }
+        let (user, exp) = self.verify_uncached(token)?;
+        self.cache.put(token, &user, exp);
+        Ok(user)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(String, u64), Rejection> {
         use jsonwebtoken::errors::ErrorKind;
         let invalid = |m: &'static str| unauthenticated("invalid_token", m);
         let header = jsonwebtoken::decode_header(token)
@@ -630,13 +699,18 @@ impl JwtVerifier {
             }
             _ => invalid("the token is malformed"),
         })?;
-        match data.claims.get(&self.user_claim) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => Ok(s.clone()),
-            Some(serde_json::Value::Number(n)) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
-            _ => Err(invalid(
-                "the token's user claim is missing or not a string or integer",
-            )),
-        }
+        // `exp` is required and was checked; a token without a usable one is never cached.
+        let exp = data.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
+        let user = match data.claims.get(&self.user_claim) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
+            Some(serde_json::Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+            _ => {
+                return Err(invalid(
+                    "the token's user claim is missing or not a string or integer",
+                ))
+            }
+        };
+        Ok((user, exp))
     }
 }
 
@@ -806,6 +880,36 @@ trusted_cidrs = ["10.1.0.0/16"]
             let r = v.identify(&auth(&format!("Bearer {token}")), None);
             assert_eq!(code(r), "invalid_token", "{name}");
         }
+    }
+
+    #[test]
+    fn verified_tokens_are_cached_until_exp_and_failures_never() {
+        let v = verifier("");
+        let jwt = v.jwt.as_ref().unwrap();
+        let t = hs(&claims(), Some("hs"));
+        assert!(jwt.cache.get(&t, now() as u64).is_none());
+        assert_eq!(
+            v.identify(&auth(&format!("Bearer {t}")), None)
+                .unwrap()
+                .credential,
+            Credential::User("u-1".into())
+        );
+        assert_eq!(jwt.cache.get(&t, now() as u64).as_deref(), Some("u-1"));
+        // Past exp the entry is not used.
+        assert!(jwt.cache.get(&t, now() as u64 + 601).is_none());
+        let mut expired = claims();
+        expired["exp"] = json!(now() - 3600);
+        let bad = hs(&expired, Some("hs"));
+        assert!(v.identify(&auth(&format!("Bearer {bad}")), None).is_err());
+        assert!(
+            jwt.cache.get(&bad, 0).is_none(),
+            "failures are never cached"
+        );
+        // A tampered token (different bytes) is verified on its own.
+        let tampered = format!("{}x", t);
+        assert!(v
+            .identify(&auth(&format!("Bearer {tampered}")), None)
+            .is_err());
     }
 
     #[test]

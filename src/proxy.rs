@@ -108,6 +108,20 @@ async fn respond(
     Ok(())
 }
 
+/// Is `raw` exactly this canonical target (path, then `?query` if any)?
+fn is_target(raw: &[u8], c: &crate::canon::CanonicalTarget) -> bool {
+    let path = c.path.as_bytes();
+    match &c.query {
+        None => raw == path,
+        Some(q) => {
+            raw.len() == path.len() + 1 + q.len()
+                && raw.starts_with(path)
+                && raw[path.len()] == b'?'
+                && raw.ends_with(q.as_bytes())
+        }
+    }
+}
+
 /// Time left before the total timeout; an error (answered 504) once it has passed.
 fn remaining(deadline: Option<Instant>) -> Result<Duration> {
     let left = deadline.map_or(Duration::MAX, |d| {
@@ -252,23 +266,29 @@ impl ProxyHttp for Gateway {
             ));
         };
         let config = &live.config;
-        let uri: http::Uri =
-            permit.canonical.path_and_query().parse().map_err(|_| {
+        // Forward exactly the canonical target; rebuild the URI only when it differs from what
+        // was received (the common case is already canonical).
+        if !is_target(upstream.raw_path(), &permit.canonical) {
+            let uri: http::Uri = permit.canonical.path_and_query().parse().map_err(|_| {
                 Error::explain(ErrorType::InternalError, "canonical path is not a URI")
             })?;
-        upstream.set_uri(uri);
+            upstream.set_uri(uri);
+        }
 
         for name in crate::canon::hop_by_hop_headers(&upstream.headers) {
             upstream.remove_header(&name);
         }
-        let own: Vec<http::HeaderName> = upstream
-            .headers
-            .keys()
-            .filter(|k| k.as_str().starts_with(OWN_HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for name in own {
-            upstream.remove_header(&name);
+        let own = |k: &http::HeaderName| k.as_str().starts_with(OWN_HEADER_PREFIX);
+        if upstream.headers.keys().any(own) {
+            let names: Vec<http::HeaderName> = upstream
+                .headers
+                .keys()
+                .filter(|k| own(k))
+                .cloned()
+                .collect();
+            for name in names {
+                upstream.remove_header(&name);
+            }
         }
         let f = &config.forward;
         upstream.remove_header(&f.user_header);
@@ -442,6 +462,17 @@ impl ProxyHttp for Gateway {
         if let Some(c) = live.counters(route) {
             c.count(outcome, status);
         }
+        let log = &self.state.decision_log;
+        // Every disagreement with the candidate is logged, whatever the sampling.
+        let disagrees = ctx
+            .candidate
+            .is_some_and(|c| c.is_ok() != (outcome == Outcome::Allow));
+        let to_log = disagrees || log.wants(outcome == Outcome::Allow);
+        // The access line is debug-level (the decision log carries the same facts): build the
+        // strings below only when someone will read them.
+        if !to_log && !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
         let caller = ctx
             .permit
             .as_ref()
@@ -478,7 +509,7 @@ impl ProxyHttp for Gateway {
                     .and_then(|d| d.canonical.as_ref().map(|c| c.path.clone()))
             })
             .unwrap_or_else(|| String::from_utf8_lossy(req.raw_path()).into_owned());
-        info!(
+        log::debug!(
             "request_id={} method={} path={:?} status={status} decision={decision} code={reason} user={:?} route={:?}",
             ctx.request_id,
             req.method,
@@ -486,16 +517,11 @@ impl ProxyHttp for Gateway {
             user.as_deref().unwrap_or("-"),
             route_info.map_or("-", |r| r.name.as_str()),
         );
-        let log = &self.state.decision_log;
         let candidate = ctx.candidate.map(|c| match c {
             Ok(()) => "allow".to_string(),
             Err(code) => code.to_string(),
         });
-        // Every disagreement with the candidate is logged, whatever the sampling.
-        let disagrees = ctx
-            .candidate
-            .is_some_and(|c| c.is_ok() != (outcome == Outcome::Allow));
-        if disagrees || log.wants(outcome == Outcome::Allow) {
+        if to_log {
             log.offer(Record {
                 ts_ms: decision_log::now_ms(),
                 request_id: ctx.request_id.clone(),

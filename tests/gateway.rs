@@ -89,14 +89,14 @@ async fn refusal_bodies_401_403_404() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // The decision log (JSON lines on stdout by default) carries the same request id.
     let line = log
         .lines()
-        .find(|l| l.contains(&id))
+        .find(|l| l.contains(&format!("\"request_id\":\"{id}\"")))
         .expect("the request id is logged");
-    assert!(
-        line.contains("decision=deny") && line.contains("code=route_not_found"),
-        "{line}"
-    );
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["decision"], "deny", "{line}");
+    assert_eq!(v["reason"], "route_not_found", "{line}");
     assert!(h.received().is_empty(), "nothing reached the CRM");
 }
 

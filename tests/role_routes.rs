@@ -100,7 +100,18 @@ async fn every_preset_against_representative_routes() {
         }
     }
     assert_eq!(checked, table.route.len() * USERS.len());
-    // Every denial above is in the log with its request id.
-    let log = h.log_text();
-    assert!(log.contains("decision=deny code=forbidden"));
+    // Every decision above is in the decision log with its request id.
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = h.log_text();
+        if log.matches("\"request_id\"").count() >= checked {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        log.matches("\"request_id\"").count() >= checked,
+        "one decision line per call"
+    );
+    assert!(log.contains("\"decision\":\"deny\"") && log.contains("\"reason\":\"forbidden\""));
 }

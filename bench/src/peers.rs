@@ -300,6 +300,11 @@ pub fn permgate_config(
         (tuning.pool_size as i64).into(),
     )?;
     set(&mut t, "snapshot", "path", "snapshot.json".into())?;
+    // Like nginx's `access_log off` in its generated config: no per-request log lines, so the
+    // comparison is like for like.
+    let mut log = toml::Table::new();
+    log.insert("target".into(), "off".into());
+    t.insert("decision_log".into(), toml::Value::Table(log));
     if !authorize {
         let mut route = toml::Table::new();
         route.insert("name".into(), "passthrough".into());
