@@ -61,6 +61,36 @@ impl ConfigError {
     }
 }
 
+/// The line where a dotted field (`upstream.pool_size`, `upstream.tls.sni`) is set in TOML text:
+/// the `key =` line inside its table, else the table's header, else `None` (not in the file: a
+/// default). Used for errors found after parsing, where serde spans are not at hand.
+pub fn locate(text: &str, field: &str) -> Option<usize> {
+    let (table, key) = field.rsplit_once('.')?;
+    let mut current = String::new();
+    let mut header = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            current = name
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+            if current == table {
+                header = Some(i + 1);
+            }
+            continue;
+        }
+        if current == table {
+            if let Some(rest) = t.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    header
+}
+
 /// The 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
@@ -634,7 +664,7 @@ impl Config {
         if threads == 0 || threads > 256 {
             errors.push(ConfigError::new(
                 file,
-                None,
+                locate(text, "listen.threads"),
                 "listen.threads",
                 "must be between 1 and 256",
             ));
@@ -676,7 +706,7 @@ impl Config {
             if v == 0 || v > 3_600_000 {
                 errors.push(ConfigError::new(
                     file,
-                    None,
+                    locate(text, name),
                     name,
                     "must be between 1 and 3600000",
                 ));
@@ -685,7 +715,7 @@ impl Config {
         if u.pool_size == 0 {
             errors.push(ConfigError::new(
                 file,
-                None,
+                locate(text, "upstream.pool_size"),
                 "upstream.pool_size",
                 "must be at least 1",
             ));
@@ -765,7 +795,7 @@ impl Config {
                 Ok(n) if !RESERVED_HEADERS.contains(&n.as_str()) => strip_headers.push(n),
                 _ => errors.push(ConfigError::new(
                     file,
-                    None,
+                    locate(text, "forward.strip_headers"),
                     "forward.strip_headers",
                     format!("'{h}' is not a valid header name, or one permgate handles itself"),
                 )),
@@ -791,7 +821,7 @@ impl Config {
             if t.sni.is_empty() {
                 errors.push(ConfigError::new(
                     file,
-                    None,
+                    locate(text, "upstream.tls.sni"),
                     "upstream.tls.sni",
                     "the CRM's TLS server name is required",
                 ));
@@ -811,7 +841,7 @@ impl Config {
                 _ => {
                     errors.push(ConfigError::new(
                         file,
-                        None,
+                        locate(text, "upstream.host"),
                         "upstream.host",
                         format!("'{h}' is not a host[:port]"),
                     ));
@@ -873,7 +903,7 @@ impl Config {
         if sn.poll_interval_ms < 50 || sn.poll_interval_ms > 3_600_000 {
             errors.push(ConfigError::new(
                 file,
-                None,
+                locate(text, "snapshot.poll_interval_ms"),
                 "snapshot.poll_interval_ms",
                 "must be between 50 and 3600000",
             ));
@@ -893,7 +923,7 @@ impl Config {
         if sn.pull_interval_ms < 100 || sn.pull_timeout_ms == 0 || sn.pull_timeout_ms > 600_000 {
             errors.push(ConfigError::new(
                 file,
-                None,
+                locate(text, "snapshot.pull_interval_ms"),
                 "snapshot.pull_interval_ms",
                 "pull_interval_ms must be at least 100 and pull_timeout_ms between 1 and 600000",
             ));
@@ -921,7 +951,7 @@ impl Config {
         if public_key.is_some() && sn.url.is_none() {
             errors.push(ConfigError::new(
                 file,
-                None,
+                locate(text, "snapshot.public_key"),
                 "snapshot.public_key",
                 "a public key needs a url source (pulled snapshots are the ones verified)",
             ));
@@ -1012,7 +1042,7 @@ impl Config {
                 if !(0.0..=1.0).contains(&d.sample_allows) {
                     errors.push(ConfigError::new(
                         file,
-                        None,
+                        locate(text, "decision_log.sample_allows"),
                         "decision_log.sample_allows",
                         "must be between 0.0 and 1.0",
                     ));
@@ -1020,7 +1050,7 @@ impl Config {
                 if d.capacity == 0 || d.capacity > 10_000_000 {
                     errors.push(ConfigError::new(
                         file,
-                        None,
+                        locate(text, "decision_log.capacity"),
                         "decision_log.capacity",
                         "must be between 1 and 10000000",
                     ));
@@ -1029,7 +1059,7 @@ impl Config {
                     if !["user", "path", "roles", "trimmed"].contains(&m.as_str()) {
                         errors.push(ConfigError::new(
                             file,
-                            None,
+                            locate(text, "decision_log.mask"),
                             "decision_log.mask",
                             format!("'{m}' is not one of: user, path, roles, trimmed"),
                         ));
@@ -1224,5 +1254,48 @@ impl Config {
                 Err(errors)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_keys_tables_and_defaults() {
+        let text = "[listen]\naddress = \"x\"\n\n[upstream]\naddress = \"y\"\npool_size = 0\n\n[upstream.tls]\nsni = \"\"\n";
+        assert_eq!(locate(text, "upstream.pool_size"), Some(6));
+        assert_eq!(
+            locate(text, "upstream.read_timeout_ms"),
+            Some(4),
+            "a default: the table"
+        );
+        assert_eq!(locate(text, "upstream.tls.sni"), Some(9));
+        assert_eq!(locate(text, "listen.address"), Some(2));
+        assert_eq!(locate(text, "admin.listen"), None);
+    }
+
+    #[test]
+    fn value_errors_found_after_parsing_name_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("snapshot.json"), crate::demo::DEMO_SNAPSHOT).unwrap();
+        let text = crate::demo::DEMO_CONFIG
+            .replacen("pool_size = 1024", "pool_size = 0", 1)
+            .replacen("threads = 1", "threads = 0", 1);
+        let errs = Config::parse("c.toml", &text, dir.path()).unwrap_err();
+        let line = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            msgs.contains(&format!(
+                "c.toml:{}: upstream.pool_size: must be at least 1",
+                line("pool_size")
+            )),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with(&format!("c.toml:{}: listen.threads", line("threads")))),
+            "{msgs:?}"
+        );
     }
 }

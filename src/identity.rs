@@ -427,7 +427,7 @@ impl Verifier {
                         Ok(h) if reserved_credential_header(&h) => {
                             errors.push(ConfigError::new(
                                 file,
-                                None,
+                                crate::config::locate(text, "identity.api_keys.header"),
                                 "identity.api_keys.header",
                                 format!("'{h}' is reserved (framing, routing, hop-by-hop, Authorization or x-permgate-*)"),
                             ));
@@ -437,7 +437,7 @@ impl Verifier {
                         Err(_) => {
                             errors.push(ConfigError::new(
                                 file,
-                                None,
+                                crate::config::locate(text, "identity.api_keys.header"),
                                 "identity.api_keys.header",
                                 format!("'{h}' is not a valid header name"),
                             ));
@@ -448,7 +448,7 @@ impl Verifier {
                 if h.is_none() && !a.bearer && a.header.is_none() {
                     errors.push(ConfigError::new(
                         file,
-                        None,
+                        crate::config::locate(text, "identity.api_keys"),
                         "identity.api_keys",
                         "with bearer = false, set a header; otherwise no API key can ever be presented",
                     ));
