@@ -156,7 +156,7 @@ pub fn banner(listen: &str, crm: &str) -> String {
     for (what, cmd) in lines {
         s.push_str(&format!("# {what}\n{cmd}\n"));
     }
-    s.push_str("\nEvery answer carries x-request-id; the same id is in the log line below. Ctrl-C stops.\n\n");
+    s.push_str("\nEvery answer carries x-request-id; the same id is in the decision log line (JSON) printed below. Ctrl-C stops.\n\n");
     s
 }
 
