@@ -305,7 +305,7 @@ fn default_strip_headers() -> Vec<String> {
 
 /// Header names that config may never use for permgate's own headers or credentials: the
 /// framing, routing and hop-by-hop headers, and `Authorization` (only the JWT lives there).
-const RESERVED_HEADERS: [&str; 14] = [
+pub(crate) const RESERVED_HEADERS: [&str; 14] = [
     "host",
     "authorization",
     "content-length",

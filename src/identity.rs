@@ -97,22 +97,8 @@ pub const MAX_LEEWAY_SECONDS: u64 = 300;
 
 /// Headers that can never carry a credential: framing, routing, hop-by-hop, and permgate's own.
 fn reserved_credential_header(name: &HeaderName) -> bool {
-    const RESERVED: [&str; 13] = [
-        "host",
-        "authorization",
-        "content-length",
-        "transfer-encoding",
-        "content-type",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authorization",
-        "cookie",
-    ];
-    RESERVED.contains(&name.as_str()) || name.as_str().starts_with("x-permgate-")
+    crate::config::RESERVED_HEADERS.contains(&name.as_str())
+        || name.as_str().starts_with("x-permgate-")
 }
 
 // ---- compiled verifier --------------------------------------------------------------------
