@@ -4,6 +4,11 @@
 //! [`PermSet`] a fixed-size bitset, so "does this user hold this permission" is one AND on the
 //! request path. The catalogue ships as TOML in `config/catalog/` (embedded in the binary as the
 //! default); a config may name other files.
+//!
+//! A role's permission pattern may carry a record scope (`"lead.view@own+shared"`, see
+//! [`crate::scope`]); without one the scope is `all`. The catalogue also carries the config's
+//! record types ([`RecordTypes`]), because the snapshot's records are validated against them
+//! when the snapshot is built against the catalogue.
 
 use std::collections::HashMap;
 
@@ -11,6 +16,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{line_of, ConfigError};
+use crate::ids::RecordTypes;
+use crate::scope::{split_pattern, PermScopes, ScopeSet};
 
 /// Most permissions a catalogue may hold (the bitset's width).
 pub const MAX_PERMISSIONS: usize = 512;
@@ -99,6 +106,16 @@ pub struct Role {
     pub name: String,
     pub description: String,
     pub permissions: PermSet,
+    /// The record scope of each permission (`all` unless the pattern said otherwise); empty
+    /// exactly where `permissions` lacks the permission.
+    pub scopes: PermScopes,
+}
+
+/// Permission patterns expanded with their scopes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopedPermissions {
+    pub permissions: PermSet,
+    pub scopes: PermScopes,
 }
 
 /// The compiled catalogue: permissions and preset roles.
@@ -107,6 +124,7 @@ pub struct Catalog {
     permissions: Vec<Permission>,
     by_id: HashMap<String, PermId>,
     roles: Vec<Role>,
+    record_types: RecordTypes,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +192,7 @@ impl Catalog {
             permissions: Vec::new(),
             by_id: HashMap::new(),
             roles: Vec::new(),
+            record_types: RecordTypes::default(),
         };
         for (file, text) in permission_files {
             let raw: RawPermissionFile = match toml::from_str(text) {
@@ -242,12 +261,13 @@ impl Catalog {
                     errors.push(at("id", format!("role '{}' is defined twice", r.id)));
                     continue;
                 }
-                match catalog.expand(&r.permissions) {
-                    Ok(permissions) => catalog.roles.push(Role {
+                match catalog.expand_scoped(&r.permissions) {
+                    Ok(g) => catalog.roles.push(Role {
                         id: r.id,
                         name: r.name,
                         description: r.description,
-                        permissions,
+                        permissions: g.permissions,
+                        scopes: g.scopes,
                     }),
                     Err(e) => errors.push(at("permissions", format!("role '{}': {e}", r.id))),
                 }
@@ -272,34 +292,92 @@ impl Catalog {
     }
 
     /// Expand permission patterns: `*` (every permission), `group.*` (a whole group) or an
-    /// exact id. An unknown id, or a pattern that matches nothing, is an error.
+    /// exact id. An unknown id, or a pattern that matches nothing, is an error. Patterns here
+    /// carry no scope (roles use [`Catalog::expand_scoped`]).
     pub fn expand<S: AsRef<str>>(&self, patterns: &[S]) -> Result<PermSet, String> {
-        let mut set = PermSet::default();
-        for pattern in patterns {
-            let pattern = pattern.as_ref();
-            if pattern == "*" {
-                for i in 0..self.permissions.len() {
-                    set.insert(PermId(i as u16));
-                }
+        if let Some(p) = patterns.iter().find(|p| p.as_ref().contains('@')) {
+            return Err(format!(
+                "'{}': a scope suffix is allowed in role permissions only",
+                p.as_ref()
+            ));
+        }
+        self.expand_scoped(patterns).map(|g| g.permissions)
+    }
+
+    /// Expand a role's permission patterns, each with an optional `@scope` suffix
+    /// ([`crate::scope`]). One role grants each permission one scope: two patterns that reach
+    /// the same permission with different scopes are an error naming both.
+    pub fn expand_scoped<S: AsRef<str>>(
+        &self,
+        patterns: &[S],
+    ) -> Result<ScopedPermissions, String> {
+        let mut out = ScopedPermissions {
+            permissions: PermSet::default(),
+            scopes: PermScopes::none(self.permissions.len()),
+        };
+        // The pattern that first granted each permission, for conflict messages.
+        let mut origin: Vec<Option<usize>> = vec![None; self.permissions.len()];
+        for (k, full) in patterns.iter().enumerate() {
+            let full = full.as_ref();
+            let (pattern, scope) = split_pattern(full)?;
+            let matched: Vec<PermId> = if pattern == "*" {
+                (0..self.permissions.len())
+                    .map(|i| PermId(i as u16))
+                    .collect()
             } else if let Some(group) = pattern.strip_suffix(".*") {
-                let mut any = false;
-                for (i, p) in self.permissions.iter().enumerate() {
-                    if p.group == group {
-                        set.insert(PermId(i as u16));
-                        any = true;
-                    }
-                }
-                if !any {
+                let m: Vec<PermId> = self
+                    .permissions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.group == group)
+                    .map(|(i, _)| PermId(i as u16))
+                    .collect();
+                if m.is_empty() {
                     return Err(format!("no permission group '{group}' in the catalogue"));
                 }
+                m
             } else {
                 match self.by_id.get(pattern) {
-                    Some(id) => set.insert(*id),
+                    Some(id) => vec![*id],
                     None => return Err(format!("unknown permission '{pattern}'")),
+                }
+            };
+            for p in matched {
+                let before = out.scopes.get(p);
+                if !before.is_empty() && before != scope {
+                    let first = origin[p.index()]
+                        .and_then(|o| patterns.get(o))
+                        .map(|o| o.as_ref().to_string())
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "'{full}' and '{first}' both grant '{}', with scopes '{scope}' and \
+                         '{before}'; a role grants each permission one scope",
+                        self.permission_name(p)
+                    ));
+                }
+                out.permissions.insert(p);
+                out.scopes.set(p, scope);
+                if origin[p.index()].is_none() {
+                    origin[p.index()] = Some(k);
                 }
             }
         }
-        Ok(set)
+        Ok(out)
+    }
+
+    /// The record types the config declares (`[[record_type]]`); empty by default.
+    pub fn record_types(&self) -> &RecordTypes {
+        &self.record_types
+    }
+
+    /// Attach the config's record types (the config does this once, after validating them).
+    pub fn set_record_types(&mut self, types: RecordTypes) {
+        self.record_types = types;
+    }
+
+    /// The scope per permission of a preset role, or `None` for an unknown role.
+    pub fn role_scope(&self, role: &str, p: PermId) -> Option<ScopeSet> {
+        self.role(role).map(|r| r.scopes.get(p))
     }
 
     pub fn permission(&self, id: &str) -> Option<PermId> {
@@ -463,6 +541,77 @@ mod tests {
         )
         .unwrap_err();
         assert!(bad[0].to_string().contains("p.toml:"), "{}", bad[0]);
+    }
+
+    #[test]
+    fn scoped_patterns() {
+        let c = builtin();
+        let view = c.permission("lead.view").unwrap();
+        let del = c.permission("lead.delete").unwrap();
+        let g = c
+            .expand_scoped(&[
+                "lead.view@own+shared",
+                "lead.delete@subordinates",
+                "campaign.*",
+            ])
+            .unwrap();
+        assert_eq!(g.scopes.get(view), ScopeSet::OWN.union(ScopeSet::SHARED));
+        assert_eq!(g.scopes.get(del), ScopeSet::SUBORDINATES);
+        assert!(g
+            .scopes
+            .get(c.permission("campaign.delete").unwrap())
+            .is_all());
+        assert!(g
+            .scopes
+            .get(c.permission("lead.update").unwrap())
+            .is_empty());
+        assert!(g.permissions.contains(view) && g.permissions.contains(del));
+        // Overlapping patterns with the same scope are fine; different scopes are an error.
+        assert!(c.expand_scoped(&["lead.*@own", "lead.view@own"]).is_ok());
+        let e = c.expand_scoped(&["lead.*", "lead.delete@own"]).unwrap_err();
+        assert!(
+            e.contains("'lead.delete@own' and 'lead.*'") && e.contains("one scope"),
+            "{e}"
+        );
+        assert!(c.expand_scoped(&["lead.view@mine"]).is_err());
+        assert!(c.expand_scoped(&["lead.nope@own"]).is_err());
+        // Plain expansion refuses scopes (it has nowhere to keep them).
+        assert!(c.expand(&["lead.view@own"]).is_err());
+        // Every preset keeps scope `all` on everything it grants.
+        for r in c.roles() {
+            for p in r.permissions.iter() {
+                assert!(
+                    r.scopes.get(p).is_all(),
+                    "{} {}",
+                    r.id,
+                    c.permission_name(p)
+                );
+            }
+            assert_eq!(r.scopes.limited().count(), 0);
+        }
+    }
+
+    #[test]
+    fn scoped_role_file_errors_are_located() {
+        let roles = (
+            "r.toml".to_string(),
+            "[[role]]\nid = \"x\"\nname = \"X\"\npermissions = [\"lead.view@own\"]\n\n[[role]]\nid = \"y\"\nname = \"Y\"\npermissions = [\"lead.*\", \"lead.view@own\"]\n".to_string(),
+        );
+        let own = |files: &[(&str, &str)]| {
+            files
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let errs = Catalog::build(&own(BUILTIN_PERMISSION_FILES), &[roles]).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0]
+                .to_string()
+                .starts_with("r.toml:6: role.permissions: role 'y'"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

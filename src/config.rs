@@ -14,6 +14,9 @@ use toml::Spanned;
 
 use crate::catalog::{Catalog, PermId};
 use crate::identity::{IdentitySection, Verifier};
+use crate::inspect::{
+    Inspect, RawBody, RawBulk, RawInspect, RawList, RawNewOwner, RawRecordRef, RawRecordType,
+};
 use crate::routes::{MethodSet, PathPattern, RouteSpec, RouteTable, TrailingSlash};
 
 /// A located problem in a config, catalogue or snapshot file.
@@ -122,6 +125,9 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     decision_log: Option<RawDecisionLog>,
+    /// Record types, for routes that check records ([`crate::inspect`]).
+    #[serde(default, rename = "record_type")]
+    record_types: Vec<Spanned<RawRecordType>>,
     #[serde(default, rename = "route")]
     routes: Vec<Spanned<RawRoute>>,
 }
@@ -360,6 +366,23 @@ struct RawRoute {
     public: bool,
     #[serde(default)]
     shadow: bool,
+    // What the route inspects beyond its permission ([`crate::inspect`]); all optional.
+    #[serde(default)]
+    records: Vec<RawRecordRef>,
+    #[serde(default)]
+    unknown_record: Option<String>,
+    #[serde(default)]
+    bulk: Option<RawBulk>,
+    #[serde(default)]
+    list: Option<RawList>,
+    #[serde(default)]
+    new_owner: Option<RawNewOwner>,
+    #[serde(default)]
+    fields: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    on_denied_fields: Option<String>,
+    #[serde(default)]
+    body: Option<RawBody>,
 }
 
 fn default_true() -> bool {
@@ -423,6 +446,9 @@ pub struct RouteInfo {
     pub access: Access,
     /// Shadow mode for this route: decide and log, but forward what would be denied.
     pub shadow: bool,
+    /// Records, bulk items, fields or list responses the route checks beyond its permission;
+    /// `None` for most routes (their bodies stream untouched).
+    pub inspect: Option<Box<Inspect>>,
 }
 
 #[derive(Debug, Clone)]
@@ -648,13 +674,29 @@ impl Config {
                 Catalog::build(&perms, &roles)
             }
         };
-        let catalog = match catalog {
+        let mut catalog = match catalog {
             Ok(c) => Some(c),
             Err(mut e) => {
                 errors.append(&mut e);
                 None
             }
         };
+        // Record types ride on the catalogue: the snapshot's records are built against them.
+        if !raw.record_types.is_empty() {
+            let decls: Vec<&RawRecordType> = raw.record_types.iter().map(|r| r.get_ref()).collect();
+            let (types, errs) = crate::inspect::build_record_types(&decls);
+            for (i, m) in errs {
+                errors.push(ConfigError::new(
+                    file,
+                    at(raw.record_types[i].span()),
+                    &format!("record_type[{i}]"),
+                    m,
+                ));
+            }
+            if let Some(c) = catalog.as_mut() {
+                c.set_record_types(types);
+            }
+        }
 
         let threads = raw.listen.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -1133,6 +1175,37 @@ impl Config {
                     continue;
                 }
             };
+            let inspect = match catalog.as_ref() {
+                None => None,
+                Some(c) => {
+                    let raw_inspect = RawInspect {
+                        records: &route.records,
+                        unknown_record: route.unknown_record.as_deref(),
+                        bulk: route.bulk.as_ref(),
+                        list: route.list.as_ref(),
+                        new_owner: route.new_owner.as_ref(),
+                        fields: route.fields.as_ref(),
+                        on_denied_fields: route.on_denied_fields.as_deref(),
+                        body: route.body.as_ref(),
+                    };
+                    let permission = match access {
+                        Access::Permission(p) => Some(p),
+                        Access::Public => None,
+                    };
+                    match crate::inspect::compile(
+                        &raw_inspect,
+                        permission,
+                        route.path.as_deref(),
+                        c,
+                    ) {
+                        Ok(i) => i.map(Box::new),
+                        Err(messages) => {
+                            errors.extend(messages.into_iter().map(&err));
+                            continue;
+                        }
+                    }
+                }
+            };
             let name = route.name.clone().unwrap_or_else(|| {
                 format!(
                     "{} {}",
@@ -1162,6 +1235,7 @@ impl Config {
                     name,
                     access,
                     shadow: route.shadow,
+                    inspect,
                 },
             });
         }

@@ -14,6 +14,16 @@
 //! - [`snapshot`]: who holds which role, compiled for O(1) lookups, swapped atomically.
 //! - [`identity`]: JWT bearer, API keys and trusted identity headers → a caller id.
 //! - [`policy`]: the decision: allow, or a typed denial.
+//! - [`ids`]: record types and canonical record ids (one spelling per record, or a refusal).
+//! - [`scope`]: record scopes (`all`, `subordinates`, `team`, `own`, `shared`) per permission.
+//! - [`hierarchy`]: the manager forest as an Euler tour: "X is my report" in O(1).
+//! - [`records`]: record ownership, shares and related objects in the snapshot; the O(1)
+//!   record check.
+//! - [`json`]: strict JSON bodies (duplicate keys, depth, trailing data, UTF-8) and the one
+//!   writer; a streaming canonicalizer for bulk bodies.
+//! - [`body`]: bulk trimming, list filtering and field permissions as pure functions.
+//! - [`inspect`]: what a route inspects (records in path/query/body, bulk, list, fields),
+//!   from config to the request-time checks the glue calls.
 //! - [`reject`]: every rejection as a JSON body with a stable error code.
 //! - [`audit`]: what a snapshot change did (roles, permissions, users), for access reviews.
 //! - [`explain`]: `permgate explain` / `permgate test`: the decision run offline as a user.
@@ -34,6 +44,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod body;
 pub mod canon;
 pub mod catalog;
 pub mod config;
@@ -41,12 +52,18 @@ pub mod control;
 pub mod decision_log;
 pub mod demo;
 pub mod explain;
+pub mod hierarchy;
 pub mod identity;
+pub mod ids;
+pub mod inspect;
+pub mod json;
 pub mod live;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod records;
 pub mod reject;
 pub mod routes;
 pub mod sample_crm;
+pub mod scope;
 pub mod snapshot;

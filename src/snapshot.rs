@@ -12,7 +12,14 @@
 //!
 //! Roles are the catalogue's presets plus the snapshot's custom roles (any named subset of the
 //! catalogue; a custom role may not reuse a preset's id). A user's permissions are the union of
-//! their roles' permissions, precomputed per distinct role combination (users share it).
+//! their roles' permissions, precomputed per distinct role combination (users share it), and so
+//! are their record scopes (`"lead.view@own+shared"`, [`crate::scope`]): the union over roles.
+//!
+//! An optional `records` section holds record ownership, shares and related objects
+//! ([`crate::records`] for the format); it is read in one streaming pass and compiled into flat
+//! tables, so a snapshot of ten million records needs no intermediate struct per record. The
+//! manager forest is precomputed as an Euler tour ([`Hierarchy`]): "is X my report, at any
+//! depth" is one interval test.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -22,6 +29,9 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::{is_valid_role_id, Catalog, PermId, PermSet};
 use crate::config::{line_of, ConfigError};
+use crate::hierarchy::Hierarchy;
+use crate::records::{RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS};
+use crate::scope::PermScopes;
 
 /// The snapshot's source form. Public so incremental changes can be applied to it.
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -36,7 +46,29 @@ pub struct RawSnapshot {
     #[serde(default)]
     pub roles: Vec<RawRole>,
     pub users: Vec<RawUser>,
+    /// Record ownership, shares and related objects ([`crate::records`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<RawRecords>,
 }
+
+/// The form [`Snapshot::build`] reads: [`RawSnapshot`] with the records streamed into a
+/// compact draft instead of one struct per record. Same fields, same strictness.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildForm {
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    generated_at: Option<u64>,
+    #[serde(default)]
+    roles: Vec<RawRole>,
+    users: Vec<RawUser>,
+    #[serde(default)]
+    records: Option<RecordsDraft>,
+}
+
+/// The most errors reported for the records section (then one line counts the rest).
+const MAX_RECORD_ERRORS: usize = 100;
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +105,8 @@ pub struct RawUser {
 pub struct SnapshotRole {
     pub id: String,
     pub permissions: PermSet,
+    /// The record scope of each permission it grants.
+    pub scopes: PermScopes,
     pub custom: bool,
 }
 
@@ -80,6 +114,8 @@ pub struct SnapshotRole {
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub permissions: PermSet,
+    /// The effective record scope per permission: the union over the roles.
+    pub scopes: PermScopes,
     pub roles: Box<[u16]>,
     /// Comma-separated role ids, ready for the forwarded roles header.
     pub roles_header: Box<str>,
@@ -113,6 +149,8 @@ pub struct Snapshot {
     teams: Vec<String>,
     by_id: HashMap<Box<str>, UserIdx>,
     api_keys: HashMap<[u8; 32], UserIdx>,
+    hierarchy: Hierarchy,
+    records: RecordStore,
 }
 
 /// Byte offsets of the elements of the top-level array `key` in a JSON text, so errors about
@@ -174,11 +212,115 @@ fn element_offsets(text: &str, key: &str) -> Vec<usize> {
     out
 }
 
+/// Byte offsets of the elements of the array found under the object keys `path` (e.g.
+/// `["records", "owners"]`), for locating errors. Best effort, like [`element_offsets`]; run
+/// only when there are errors to locate.
+fn nested_element_offsets(text: &str, path: &[&str]) -> Vec<usize> {
+    struct Frame {
+        array: bool,
+        target: bool,
+        expect_key: bool,
+        at_element: bool,
+    }
+    let b = text.as_bytes();
+    let mut stack: Vec<Frame> = Vec::new();
+    // The object keys leading to the current container ("" for array positions).
+    let mut keys: Vec<String> = Vec::new();
+    let mut last_key = String::new();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() || c == b':' {
+            i += 1;
+            continue;
+        }
+        // A value starts here: note it when it is an element of the target array.
+        let value_start = !matches!(c, b'}' | b']' | b',')
+            && !stack.last().is_some_and(|f| !f.array && f.expect_key);
+        if value_start {
+            if let Some(top) = stack.last_mut() {
+                if top.array && top.at_element {
+                    top.at_element = false;
+                    if top.target {
+                        out.push(i);
+                    }
+                }
+            }
+        }
+        match c {
+            b'{' | b'[' => {
+                let key = match stack.last() {
+                    Some(f) if !f.array => last_key.clone(),
+                    _ => String::new(),
+                };
+                if !stack.is_empty() {
+                    keys.push(key);
+                }
+                let target = c == b'['
+                    && keys.len() == path.len()
+                    && keys.iter().zip(path).all(|(a, b)| a == b);
+                stack.push(Frame {
+                    array: c == b'[',
+                    target,
+                    expect_key: c == b'{',
+                    at_element: c == b'[',
+                });
+                i += 1;
+            }
+            b'}' | b']' => {
+                stack.pop();
+                if !stack.is_empty() {
+                    keys.pop();
+                }
+                i += 1;
+            }
+            b',' => {
+                if let Some(top) = stack.last_mut() {
+                    if top.array {
+                        top.at_element = true;
+                    } else {
+                        top.expect_key = true;
+                    }
+                }
+                i += 1;
+            }
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                if let Some(top) = stack.last_mut() {
+                    if !top.array && top.expect_key {
+                        last_key = text.get(start..i.min(b.len())).unwrap_or("").to_string();
+                        top.expect_key = false;
+                    }
+                }
+                i += 1;
+            }
+            _ => {
+                // A scalar: skip to the next structural byte.
+                while i < b.len()
+                    && !matches!(b[i], b',' | b'}' | b']')
+                    && !b[i].is_ascii_whitespace()
+                {
+                    i += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
 impl Snapshot {
     /// Parse and compile a snapshot against a catalogue. Every problem is reported with its
     /// place; a snapshot with any error is refused whole.
     pub fn build(file: &str, text: &str, catalog: &Catalog) -> Result<Snapshot, Vec<ConfigError>> {
-        let raw: RawSnapshot = serde_json::from_str(text).map_err(|e| {
+        let raw: BuildForm = serde_json::from_str(text).map_err(|e| {
             vec![ConfigError {
                 file: file.to_string(),
                 line: Some(e.line()),
@@ -198,6 +340,7 @@ impl Snapshot {
             .map(|r| SnapshotRole {
                 id: r.id.clone(),
                 permissions: r.permissions,
+                scopes: r.scopes.clone(),
                 custom: false,
             })
             .collect();
@@ -215,10 +358,11 @@ impl Snapshot {
                 )));
                 continue;
             }
-            match catalog.expand(&r.permissions) {
-                Ok(permissions) => roles.push(SnapshotRole {
+            match catalog.expand_scoped(&r.permissions) {
+                Ok(g) => roles.push(SnapshotRole {
                     id: r.id.clone(),
-                    permissions,
+                    permissions: g.permissions,
+                    scopes: g.scopes,
                     custom: true,
                 }),
                 Err(e) => errors.push(at(format!("role '{}': {e}", r.id))),
@@ -288,8 +432,10 @@ impl Snapshot {
                 Some(g) => *g,
                 None => {
                     let mut permissions = PermSet::default();
+                    let mut scopes = PermScopes::none(catalog.permissions().len());
                     for r in &combo {
                         permissions.union_with(&roles[usize::from(*r)].permissions);
+                        scopes.union_with(&roles[usize::from(*r)].scopes);
                     }
                     let roles_header = combo
                         .iter()
@@ -298,6 +444,7 @@ impl Snapshot {
                         .join(",");
                     grants.push(Grant {
                         permissions,
+                        scopes,
                         roles: combo.clone().into_boxed_slice(),
                         roles_header: roles_header.into_boxed_str(),
                     });
@@ -397,6 +544,51 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(errors);
         }
+
+        let hierarchy = Hierarchy::build(&users.iter().map(|u| u.manager).collect::<Vec<_>>());
+        let records = match &raw.records {
+            None => RecordStore::default(),
+            Some(_) if users.len() >= MAX_USERS_WITH_RECORDS => {
+                return Err(vec![ConfigError::new(
+                    file,
+                    None,
+                    "records",
+                    "a snapshot with records holds fewer than 2^30 users",
+                )])
+            }
+            Some(draft) => {
+                let user = |id: &str| by_id.get(id).copied();
+                let team = |name: &str| team_of.get(name).copied();
+                let role = |id: &str| role_idx.get(id).copied();
+                let resolve = Resolve {
+                    user: &user,
+                    team: &team,
+                    role: &role,
+                };
+                RecordStore::build(draft, catalog.record_types(), &resolve, MAX_RECORD_ERRORS)
+                    .map_err(|errs| {
+                        let mut offsets: HashMap<&str, Vec<usize>> = HashMap::new();
+                        errs.into_iter()
+                            .map(|e| {
+                                let offs = offsets.entry(e.list).or_insert_with(|| {
+                                    nested_element_offsets(text, &["records", e.list])
+                                });
+                                let field = match (e.list, e.field) {
+                                    ("records", _) => "records".to_string(),
+                                    (l, "") => format!("records.{l}[{}]", e.index),
+                                    (l, f) => format!("records.{l}[{}].{f}", e.index),
+                                };
+                                ConfigError::new(
+                                    file,
+                                    offs.get(e.index).map(|o| line_of(text, *o)),
+                                    &field,
+                                    e.message,
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    })?
+            }
+        };
         let version = match raw.version {
             Some(v) if !v.is_empty() => v,
             _ => format!(
@@ -419,7 +611,19 @@ impl Snapshot {
             teams,
             by_id,
             api_keys,
+            hierarchy,
+            records,
         })
+    }
+
+    /// The manager forest, for "is X my report at any depth" in O(1).
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.hierarchy
+    }
+
+    /// The snapshot's records (empty when it has none).
+    pub fn records(&self) -> &RecordStore {
+        &self.records
     }
 
     /// How old the snapshot is (from `generated_at`, else from when it was loaded).

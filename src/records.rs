@@ -1,0 +1,2176 @@
+//! Records in the snapshot: who owns which record, what is shared with whom, which related
+//! objects hang under which record; and the O(1) check of one record against a user's scope.
+//!
+//! # Layout
+//!
+//! - Source form: [`RawRecords`] (the snapshot's `records` section, for incremental changes and
+//!   round trips) and [`RecordsDraft`] (the same section read in one streaming pass while the
+//!   snapshot is built, without materialising a struct per record).
+//! - Compiled form: [`RecordStore`], built from a draft against the config's
+//!   [`RecordTypes`]; every lookup is one hash probe sequence in a flat table.
+//! - The decision: [`check_record`] → [`RecordDecision`] (allowed, with the grounds; denied,
+//!   with the reason; or unknown to the snapshot, which the route's [`UnknownRecord`] settles),
+//!   [`check_assignee`] for the new owner of a reassignment, and [`scope_of`].
+//!
+//! # Source form
+//!
+//! ```json
+//! "records": {
+//!   "owners":  [ {"type": "lead", "id": "17", "owner": "u-rep1"},
+//!                {"type": "lead", "id": 18},
+//!                {"type": "task", "id": "9", "owner": "u-rep2"} ],
+//!   "shares":  [ {"type": "lead", "id": "18", "user": "u-rep2"},
+//!                {"type": "lead", "id": "17", "team": "sales-east"},
+//!                {"type": "lead", "id": "17", "role": "regional_rep"} ],
+//!   "related": [ {"type": "note", "id": "5", "parent_type": "lead", "parent_id": "17"},
+//!                {"type": "task", "id": "9", "parent_type": "lead", "parent_id": "18"} ]
+//! }
+//! ```
+//!
+//! - `owners` declares the records the snapshot knows; `owner` is optional (a known record
+//!   without an owner is reached through `all`, shares or its parent only). An id is a string or
+//!   a non-negative JSON integer (integer types only) and is canonicalized per its type
+//!   ([`crate::ids`]); the same record twice is an error.
+//! - `shares` names a record already declared and exactly one of `user`, `team`, `role`. A
+//!   share to a role reaches every holder of the role (seed 002: the role acts as a team). A
+//!   user or role unknown to the snapshot is an error; a team nobody is in matches nobody.
+//! - `related` declares a related object (note, task, call log) under its parent, whose
+//!   visibility it inherits (seed 004); the child may also appear in `owners` (a task with an
+//!   assignee). The parent must be declared in `owners`, and its type must be one of the
+//!   child type's `parents` in the config.
+//!
+//! # Compiled form and its size
+//!
+//! Per record type, one flat open-addressing table (linear probing, load ≤ 0.75, a keyed
+//! folded-multiply hash with random keys per build, as ahash's fallback does, so an id chosen
+//! to collide cannot be computed ahead), slots `[u32; N]` key + `u32` owner and two flags
+//! (shared, has a parent: the share and parent maps are probed only when set): 12 bytes for
+//! integer and string ids (a string id is an offset and length into one arena), 20 for UUIDs.
+//! That is 16 bytes per integer-id record and 27 per UUID record at the table's fullest
+//! sizing, plus the arena for string ids; related objects add a parent entry and shares an
+//! entry each in hash maps. A record's number (for shares and parents) is its slot index plus
+//! its type's base.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::{BuildHasher, Hasher, RandomState};
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::PermId;
+use crate::ids::{
+    canonical_id, canonical_json_number, IdKind, RecordId, RecordTypeId, RecordTypes,
+};
+use crate::scope::ScopeSet;
+use crate::snapshot::{Snapshot, UserIdx};
+
+// ---- source form ---------------------------------------------------------------------------
+
+/// The snapshot's `records` section, as written (module docs).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecords {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<RawOwner>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<RawShare>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<RawRelated>,
+}
+
+/// An id as written: a string, or a non-negative JSON integer.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RawId {
+    Number(u64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawOwner {
+    #[serde(rename = "type")]
+    pub record_type: String,
+    pub id: RawId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawShare {
+    #[serde(rename = "type")]
+    pub record_type: String,
+    pub id: RawId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelated {
+    #[serde(rename = "type")]
+    pub record_type: String,
+    pub id: RawId,
+    pub parent_type: String,
+    pub parent_id: RawId,
+}
+
+/// A string borrowed from the snapshot text when it holds no escapes.
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// An id while streaming: its text, and whether it was a JSON number.
+struct IdText<'a>(Cow<'a, str>, bool);
+
+impl<'de: 'a, 'a> Deserialize<'de> for IdText<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = IdText<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a record id: a string or a non-negative integer")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<IdText<'a>, E> {
+                Ok(IdText(Cow::Borrowed(v), false))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IdText<'a>, E> {
+                Ok(IdText(Cow::Owned(v.to_string()), false))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<IdText<'a>, E> {
+                Ok(IdText(Cow::Owned(v), false))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IdText<'a>, E> {
+                Ok(IdText(Cow::Owned(v.to_string()), true))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IdText<'a>, E> {
+                if v >= 0 {
+                    Ok(IdText(Cow::Owned(v.to_string()), true))
+                } else {
+                    Err(E::custom("a record id is never negative"))
+                }
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<IdText<'a>, E> {
+                Err(E::custom(
+                    "a record id is a string or an integer (no fraction, no exponent)",
+                ))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerEntry<'a> {
+    #[serde(borrow, rename = "type")]
+    record_type: Str<'a>,
+    #[serde(borrow)]
+    id: IdText<'a>,
+    #[serde(borrow, default)]
+    owner: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShareEntry<'a> {
+    #[serde(borrow, rename = "type")]
+    record_type: Str<'a>,
+    #[serde(borrow)]
+    id: IdText<'a>,
+    #[serde(borrow, default)]
+    user: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    team: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    role: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelatedEntry<'a> {
+    #[serde(borrow, rename = "type")]
+    record_type: Str<'a>,
+    #[serde(borrow)]
+    id: IdText<'a>,
+    #[serde(borrow)]
+    parent_type: Str<'a>,
+    #[serde(borrow)]
+    parent_id: IdText<'a>,
+}
+
+/// Names interned while streaming (types, users, teams, roles).
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(i) = self.ids.get(s) {
+            return *i;
+        }
+        let i = self.names.len() as u32;
+        self.ids.insert(s.into(), i);
+        self.names.push(s.into());
+        i
+    }
+}
+
+/// A record reference while streaming: interned type, id text in the arena, number or string.
+#[derive(Debug, Clone, Copy)]
+struct DraftRef {
+    record_type: u32,
+    off: u32,
+    len: u32,
+    number: bool,
+}
+
+const NONE: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+enum DraftPrincipal {
+    User(u32),
+    Team(u32),
+    Role(u32),
+}
+
+/// The `records` section read in one streaming pass: names interned, ids in one arena, about
+/// 16 bytes per entry plus the id's text. Resolved by [`RecordStore::build`].
+#[derive(Debug, Default)]
+pub struct RecordsDraft {
+    types: Interner,
+    users: Interner,
+    teams: Interner,
+    roles: Interner,
+    arena: String,
+    owners: Vec<(DraftRef, u32)>,
+    shares: Vec<(DraftRef, Result<DraftPrincipal, &'static str>)>,
+    related: Vec<(DraftRef, DraftRef)>,
+}
+
+impl RecordsDraft {
+    fn push_ref(&mut self, record_type: &str, id: &IdText<'_>) -> DraftRef {
+        let t = self.types.intern(record_type);
+        let off = self.arena.len() as u32;
+        // Offsets are u32: an arena past 4 GiB (never seen in practice) stores the id empty,
+        // which resolution then refuses.
+        let text: &str = if self.arena.len() + id.0.len() > u32::MAX as usize {
+            ""
+        } else {
+            &id.0
+        };
+        self.arena.push_str(text);
+        DraftRef {
+            record_type: t,
+            off,
+            len: text.len() as u32,
+            number: id.1,
+        }
+    }
+
+    fn text(&self, r: &DraftRef) -> &str {
+        self.arena
+            .get(r.off as usize..r.off as usize + r.len as usize)
+            .unwrap_or("")
+    }
+
+    /// How many entries the three lists hold.
+    pub fn len(&self) -> usize {
+        self.owners.len() + self.shares.len() + self.related.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordsDraft {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Field {
+            Owners,
+            Shares,
+            Related,
+        }
+        struct List<'d>(&'d mut RecordsDraft, Field);
+        impl<'de> DeserializeSeed<'de> for List<'_> {
+            type Value = ();
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_seq(self)
+            }
+        }
+        impl<'de> Visitor<'de> for List<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of record entries")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                let draft = self.0;
+                match self.1 {
+                    Field::Owners => {
+                        while let Some(e) = seq.next_element::<OwnerEntry<'de>>()? {
+                            let r = draft.push_ref(&e.record_type.0, &e.id);
+                            let owner = e.owner.map(|o| draft.users.intern(&o.0)).unwrap_or(NONE);
+                            draft.owners.push((r, owner));
+                        }
+                    }
+                    Field::Shares => {
+                        while let Some(e) = seq.next_element::<ShareEntry<'de>>()? {
+                            let r = draft.push_ref(&e.record_type.0, &e.id);
+                            let p = match (e.user, e.team, e.role) {
+                                (Some(u), None, None) => {
+                                    Ok(DraftPrincipal::User(draft.users.intern(&u.0)))
+                                }
+                                (None, Some(t), None) => {
+                                    Ok(DraftPrincipal::Team(draft.teams.intern(&t.0)))
+                                }
+                                (None, None, Some(r)) => {
+                                    Ok(DraftPrincipal::Role(draft.roles.intern(&r.0)))
+                                }
+                                _ => Err("a share names exactly one of user, team, role"),
+                            };
+                            draft.shares.push((r, p));
+                        }
+                    }
+                    Field::Related => {
+                        while let Some(e) = seq.next_element::<RelatedEntry<'de>>()? {
+                            let child = draft.push_ref(&e.record_type.0, &e.id);
+                            let parent = draft.push_ref(&e.parent_type.0, &e.parent_id);
+                            draft.related.push((child, parent));
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+        struct Top;
+        impl<'de> Visitor<'de> for Top {
+            type Value = RecordsDraft;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("the records section: {owners, shares, related}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RecordsDraft, A::Error> {
+                let mut draft = RecordsDraft::default();
+                let mut seen = [false; 3];
+                while let Some(k) = map.next_key::<Field>()? {
+                    let (slot, name) = match k {
+                        Field::Owners => (0, "owners"),
+                        Field::Shares => (1, "shares"),
+                        Field::Related => (2, "related"),
+                    };
+                    if seen[slot] {
+                        return Err(de::Error::duplicate_field(name));
+                    }
+                    seen[slot] = true;
+                    map.next_value_seed(List(&mut draft, k))?;
+                }
+                Ok(draft)
+            }
+        }
+        d.deserialize_map(Top)
+    }
+}
+
+// ---- compiled form -------------------------------------------------------------------------
+
+/// A slot value: the owner's index in the low 30 bits, two flags above.
+const OWNER_BITS: u32 = (1 << 30) - 1;
+/// In the owner bits: a known record without an owner.
+const NO_OWNER: u32 = OWNER_BITS;
+/// A free slot: an owner no snapshot reaches, without flags.
+const EMPTY: u32 = OWNER_BITS - 1;
+/// The record is shared with someone (probe the share set).
+const HAS_SHARES: u32 = 1 << 30;
+/// The record is a related object (probe the parent map).
+const HAS_PARENT: u32 = 1 << 31;
+/// The most users a snapshot with records may hold (owners have 30 bits, two values reserved).
+pub const MAX_USERS_WITH_RECORDS: usize = (1 << 30) - 2;
+
+/// `a × b` as 128 bits, halves folded: the mixing step of ahash's fallback hasher.
+fn fold(a: u64, b: u64) -> u64 {
+    let m = u128::from(a) * u128::from(b);
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
+/// The keyed hash of record ids (random keys per snapshot build).
+#[derive(Debug, Clone, Copy)]
+struct IdHasher([u64; 4]);
+
+impl Default for IdHasher {
+    fn default() -> Self {
+        let rs = RandomState::new();
+        IdHasher([
+            rs.hash_one(0u8),
+            rs.hash_one(1u8) | 1,
+            rs.hash_one(2u8),
+            rs.hash_one(3u8) | 1,
+        ])
+    }
+}
+
+impl IdHasher {
+    fn finish(&self, h: u64) -> u64 {
+        fold(h ^ self.0[2], self.0[3])
+    }
+
+    fn int(&self, x: u64) -> u64 {
+        self.finish(fold(x ^ self.0[0], self.0[1]))
+    }
+
+    fn uuid(&self, x: u128) -> u64 {
+        self.finish(fold((x as u64) ^ self.0[0], ((x >> 64) as u64) ^ self.0[1]))
+    }
+
+    fn bytes(&self, b: &[u8]) -> u64 {
+        let mut h = self.0[0] ^ b.len() as u64;
+        for c in b.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            h = fold(h ^ u64::from_le_bytes(w), self.0[1]);
+        }
+        self.finish(h)
+    }
+}
+
+/// A fast hash keyed at random per instance, for sets of ids a client chose (a bulk call's
+/// duplicate check): folded multiplies as in ahash's fallback.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyedState([u64; 2]);
+
+impl Default for KeyedState {
+    fn default() -> Self {
+        let rs = RandomState::new();
+        KeyedState([rs.hash_one(0u8), rs.hash_one(1u8) | 1])
+    }
+}
+
+impl BuildHasher for KeyedState {
+    type Hasher = KeyedHasher;
+    fn build_hasher(&self) -> KeyedHasher {
+        KeyedHasher(self.0[0], self.0[1])
+    }
+}
+
+pub(crate) struct KeyedHasher(u64, u64);
+
+impl Hasher for KeyedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = fold(self.0 ^ x, self.1);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+    fn write_isize(&mut self, x: isize) {
+        self.write_u64(x as u64);
+    }
+    fn finish(&self) -> u64 {
+        fold(self.0, self.1 ^ 0xD6E8_FEB8_6659_FD93)
+    }
+}
+
+/// A fast hash for the share set and parent map, keyed by record numbers (placed by the keyed
+/// hash above, so not chosen by anyone) and principals.
+#[derive(Debug, Clone, Copy, Default)]
+struct NumState;
+
+struct NumHasher(u64);
+
+impl BuildHasher for NumState {
+    type Hasher = NumHasher;
+    fn build_hasher(&self) -> NumHasher {
+        NumHasher(0x243F_6A88_85A3_08D3)
+    }
+}
+
+impl Hasher for NumHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(u64::from(x));
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = fold(self.0 ^ x, 0x9E37_79B9_7F4A_7C15);
+    }
+    fn finish(&self) -> u64 {
+        fold(self.0, 0xD6E8_FEB8_6659_FD93)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot<const N: usize> {
+    key: [u32; N],
+    val: u32,
+}
+
+/// An immutable open-addressing table (linear probing, load ≤ 0.75). The caller hashes and
+/// compares keys, so string keys can live in an arena.
+#[derive(Debug, Clone)]
+struct FlatTable<const N: usize> {
+    slots: Box<[Slot<N>]>,
+}
+
+impl<const N: usize> Default for FlatTable<N> {
+    fn default() -> Self {
+        FlatTable {
+            slots: vec![
+                Slot {
+                    key: [0; N],
+                    val: EMPTY,
+                };
+                1
+            ]
+            .into_boxed_slice(),
+        }
+    }
+}
+
+impl<const N: usize> FlatTable<N> {
+    fn with_capacity(n: usize) -> Self {
+        // Always at least one free slot, so every probe sequence ends.
+        let size = n + n / 3 + 1;
+        FlatTable {
+            slots: vec![
+                Slot {
+                    key: [0; N],
+                    val: EMPTY,
+                };
+                size
+            ]
+            .into_boxed_slice(),
+        }
+    }
+
+    fn home(&self, hash: u64) -> usize {
+        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// The slot holding a key equal to one the caller recognises, if any.
+    fn find(&self, hash: u64, eq: impl Fn(&[u32; N]) -> bool) -> Option<usize> {
+        let n = self.slots.len();
+        let mut i = self.home(hash);
+        for _ in 0..n {
+            let s = &self.slots[i];
+            if s.val == EMPTY {
+                return None;
+            }
+            if eq(&s.key) {
+                return Some(i);
+            }
+            i = if i + 1 == n { 0 } else { i + 1 };
+        }
+        None
+    }
+
+    /// Insert, or return the slot already holding an equal key.
+    fn insert(
+        &mut self,
+        hash: u64,
+        key: [u32; N],
+        val: u32,
+        eq: impl Fn(&[u32; N]) -> bool,
+    ) -> Result<usize, usize> {
+        let n = self.slots.len();
+        let mut i = self.home(hash);
+        for _ in 0..n {
+            let s = &mut self.slots[i];
+            if s.val == EMPTY {
+                *s = Slot { key, val };
+                return Ok(i);
+            }
+            if eq(&s.key) {
+                return Err(i);
+            }
+            i = if i + 1 == n { 0 } else { i + 1 };
+        }
+        // Unreachable with the sizing above; refuse rather than loop.
+        Err(usize::MAX)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<Slot<N>>()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Keys {
+    Int(FlatTable<2>),
+    Uuid(FlatTable<4>),
+    Str { table: FlatTable<2>, arena: String },
+}
+
+#[derive(Debug, Clone)]
+struct TypeTable {
+    keys: Keys,
+    /// The record number of slot 0.
+    base: u32,
+    count: usize,
+}
+
+fn split_u64(v: u64) -> [u32; 2] {
+    [(v >> 32) as u32, v as u32]
+}
+
+fn split_u128(v: u128) -> [u32; 4] {
+    [
+        (v >> 96) as u32,
+        (v >> 64) as u32,
+        (v >> 32) as u32,
+        v as u32,
+    ]
+}
+
+/// A record found in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// Its number (unique across types within one snapshot).
+    pub number: u32,
+    pub owner: Option<UserIdx>,
+    flags: u32,
+}
+
+impl Found {
+    fn from_slot(number: u32, val: u32) -> Found {
+        let owner = val & OWNER_BITS;
+        Found {
+            number,
+            owner: (owner != NO_OWNER && owner != EMPTY).then_some(owner),
+            flags: val & (HAS_SHARES | HAS_PARENT),
+        }
+    }
+}
+
+/// Who a share reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    User(UserIdx),
+    Team(u32),
+    Role(u16),
+}
+
+impl Principal {
+    fn code(self) -> u32 {
+        match self {
+            Principal::User(u) => u,
+            Principal::Team(t) => (1 << 30) | t,
+            Principal::Role(r) => (2 << 30) | u32::from(r),
+        }
+    }
+}
+
+/// The compiled records of a snapshot (module docs). Empty when the snapshot has none.
+#[derive(Debug, Clone, Default)]
+pub struct RecordStore {
+    hasher: IdHasher,
+    types: Vec<TypeTable>,
+    parents: HashMap<u32, u32, NumState>,
+    shares: HashSet<u64, NumState>,
+    share_count: usize,
+}
+
+/// A problem with one entry of the `records` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// `owners`, `shares` or `related`.
+    pub list: &'static str,
+    pub index: usize,
+    /// The entry's field (`id`, `owner`, …).
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// How the snapshot resolves names while the store is built.
+pub struct Resolve<'a> {
+    pub user: &'a dyn Fn(&str) -> Option<UserIdx>,
+    pub team: &'a dyn Fn(&str) -> Option<u32>,
+    pub role: &'a dyn Fn(&str) -> Option<u16>,
+}
+
+/// Sizes, for `check-config` and the report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordStats {
+    pub records: usize,
+    pub related: usize,
+    pub shares: usize,
+    /// Heap bytes of the tables (approximate for the hash maps).
+    pub heap_bytes: usize,
+}
+
+impl RecordStore {
+    /// Resolve a draft against the record types and the snapshot's users, teams and roles.
+    /// Every problem is reported (at most `max_errors`, then one line counting the rest).
+    pub fn build(
+        draft: &RecordsDraft,
+        types: &RecordTypes,
+        resolve: &Resolve<'_>,
+        max_errors: usize,
+    ) -> Result<RecordStore, Vec<RecordError>> {
+        let mut errors: Vec<RecordError> = Vec::new();
+        let mut dropped = 0usize;
+        let mut err = |list, index, field, message: String| {
+            if errors.len() < max_errors {
+                errors.push(RecordError {
+                    list,
+                    index,
+                    field,
+                    message,
+                });
+            } else {
+                dropped += 1;
+            }
+        };
+        let type_of: Vec<Option<RecordTypeId>> =
+            draft.types.names.iter().map(|n| types.get(n)).collect();
+        let user_of: Vec<Option<UserIdx>> = draft
+            .users
+            .names
+            .iter()
+            .map(|n| (resolve.user)(n))
+            .collect();
+
+        // Canonicalize a reference: its type and id, or an error message.
+        let canon = |r: &DraftRef| -> Result<(RecordTypeId, RecordId), String> {
+            let name = draft
+                .types
+                .names
+                .get(r.record_type as usize)
+                .map_or("", |n| &**n);
+            let Some(t) = type_of.get(r.record_type as usize).copied().flatten() else {
+                return Err(format!(
+                    "unknown record type '{name}' (declare it as a [[record_type]] in the config)"
+                ));
+            };
+            let text = draft.text(r);
+            let kind = types.kind(t);
+            let id = if r.number {
+                canonical_json_number(kind, text)
+            } else {
+                canonical_id(kind, text)
+            };
+            id.map(|id| (t, id))
+                .map_err(|e| format!("{name} id '{}': {e}", text.escape_debug()))
+        };
+
+        // Size each type's table: owners and related children, an upper bound.
+        let mut per_type = vec![0usize; types.len()];
+        for (r, _) in &draft.owners {
+            if let Some(Some(t)) = type_of.get(r.record_type as usize) {
+                per_type[t.index()] += 1;
+            }
+        }
+        for (r, _) in &draft.related {
+            if let Some(Some(t)) = type_of.get(r.record_type as usize) {
+                per_type[t.index()] += 1;
+            }
+        }
+        let mut store = RecordStore::default();
+        let mut base: u64 = 0;
+        for t in types.ids() {
+            let n = per_type[t.index()];
+            let keys = match types.kind(t) {
+                IdKind::Integer => Keys::Int(FlatTable::with_capacity(n)),
+                IdKind::Uuid => Keys::Uuid(FlatTable::with_capacity(n)),
+                IdKind::String { .. } => Keys::Str {
+                    table: FlatTable::with_capacity(n),
+                    arena: String::new(),
+                },
+            };
+            let size = n + n / 3 + 1;
+            store.types.push(TypeTable {
+                keys,
+                base: base as u32,
+                count: 0,
+            });
+            base += size as u64;
+        }
+        if base >= u64::from(u32::MAX) {
+            err(
+                "owners",
+                0,
+                "",
+                "too many records for one snapshot (at most about 3 billion)".into(),
+            );
+            return Err(errors);
+        }
+
+        // Owners.
+        for (i, (r, owner)) in draft.owners.iter().enumerate() {
+            let (t, id) = match canon(r) {
+                Ok(x) => x,
+                Err(m) => {
+                    err("owners", i, "id", m);
+                    continue;
+                }
+            };
+            let val = if *owner == NONE {
+                NO_OWNER
+            } else {
+                match user_of.get(*owner as usize).copied().flatten() {
+                    Some(u) => u,
+                    None => {
+                        let name = draft.users.names.get(*owner as usize).map_or("", |n| &**n);
+                        err("owners", i, "owner", format!("unknown user '{name}'"));
+                        continue;
+                    }
+                }
+            };
+            match store.insert(t, &id, val) {
+                Ok(_) => {}
+                Err(usize::MAX) => err(
+                    "owners",
+                    i,
+                    "id",
+                    format!(
+                        "{} '{id}' cannot be stored (too many string ids)",
+                        types.name(t)
+                    ),
+                ),
+                Err(_) => err(
+                    "owners",
+                    i,
+                    "id",
+                    format!("{} '{id}' appears twice", types.name(t)),
+                ),
+            }
+        }
+        // Related children (declared unless already an owner entry), then their parents.
+        let mut children = Vec::with_capacity(draft.related.len());
+        for (i, (c, _)) in draft.related.iter().enumerate() {
+            match canon(c) {
+                Ok((t, id)) => {
+                    let number = match store.find(t, &id) {
+                        Some(f) => Some(f.number),
+                        None => store.insert(t, &id, NO_OWNER).ok().and_then(|slot| {
+                            store.types.get(t.index()).map(|tt| tt.base + slot as u32)
+                        }),
+                    };
+                    children.push(number.map(|n| (n, t)));
+                }
+                Err(m) => {
+                    err("related", i, "id", m);
+                    children.push(None);
+                }
+            }
+        }
+        for (i, (_, p)) in draft.related.iter().enumerate() {
+            let Some(Some((child, child_type))) = children.get(i).copied() else {
+                continue;
+            };
+            let (pt, pid) = match canon(p) {
+                Ok(x) => x,
+                Err(m) => {
+                    err("related", i, "parent_id", m);
+                    continue;
+                }
+            };
+            if !types.info(child_type).parents.contains(&pt) {
+                err(
+                    "related",
+                    i,
+                    "parent_type",
+                    format!(
+                        "a {} does not hang under a {} (the config's parents for '{}': {})",
+                        types.name(child_type),
+                        types.name(pt),
+                        types.name(child_type),
+                        types
+                            .info(child_type)
+                            .parents
+                            .iter()
+                            .map(|p| types.name(*p))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                continue;
+            }
+            let Some(parent) = store.find(pt, &pid) else {
+                err(
+                    "related",
+                    i,
+                    "parent_id",
+                    format!("{} '{pid}' is not in the snapshot's owners", types.name(pt)),
+                );
+                continue;
+            };
+            if store.parents.insert(child, parent.number).is_some() {
+                err(
+                    "related",
+                    i,
+                    "id",
+                    "this related object already has a parent".to_string(),
+                );
+            }
+            store.flag(child, HAS_PARENT);
+        }
+        // Shares.
+        for (i, (r, p)) in draft.shares.iter().enumerate() {
+            let (t, id) = match canon(r) {
+                Ok(x) => x,
+                Err(m) => {
+                    err("shares", i, "id", m);
+                    continue;
+                }
+            };
+            let Some(found) = store.find(t, &id) else {
+                err(
+                    "shares",
+                    i,
+                    "id",
+                    format!("{} '{id}' is not in the snapshot's owners", types.name(t)),
+                );
+                continue;
+            };
+            let principal = match p {
+                Err(m) => {
+                    err("shares", i, "", (*m).to_string());
+                    continue;
+                }
+                Ok(DraftPrincipal::User(u)) => match user_of.get(*u as usize).copied().flatten() {
+                    Some(u) => Principal::User(u),
+                    None => {
+                        let name = draft.users.names.get(*u as usize).map_or("", |n| &**n);
+                        err("shares", i, "user", format!("unknown user '{name}'"));
+                        continue;
+                    }
+                },
+                Ok(DraftPrincipal::Team(t)) => {
+                    let name = draft.teams.names.get(*t as usize).map_or("", |n| &**n);
+                    match (resolve.team)(name) {
+                        Some(t) => Principal::Team(t),
+                        None => continue, // a team nobody is in: reaches nobody
+                    }
+                }
+                Ok(DraftPrincipal::Role(r)) => {
+                    let name = draft.roles.names.get(*r as usize).map_or("", |n| &**n);
+                    match (resolve.role)(name) {
+                        Some(r) => Principal::Role(r),
+                        None => {
+                            err("shares", i, "role", format!("unknown role '{name}'"));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if store
+                .shares
+                .insert((u64::from(found.number) << 32) | u64::from(principal.code()))
+            {
+                store.share_count += 1;
+            }
+            store.flag(found.number, HAS_SHARES);
+        }
+        if dropped > 0 {
+            errors.push(RecordError {
+                list: "records",
+                index: 0,
+                field: "",
+                message: format!("… and {dropped} more errors in the records section"),
+            });
+        }
+        if errors.is_empty() {
+            Ok(store)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn hash_id(&self, id: &RecordId) -> u64 {
+        match id {
+            RecordId::Int(n) => self.hasher.int(*n),
+            RecordId::Uuid(u) => self.hasher.uuid(*u),
+            RecordId::Str(s) => self.hasher.bytes(s.as_bytes()),
+        }
+    }
+
+    /// The table and slot of a record number.
+    fn locate(&self, number: u32) -> Option<(&TypeTable, usize)> {
+        let tt = self.types.iter().rev().find(|tt| tt.base <= number)?;
+        Some((tt, (number - tt.base) as usize))
+    }
+
+    /// Set a flag on a record's slot.
+    fn flag(&mut self, number: u32, flag: u32) {
+        let Some(tt) = self.types.iter_mut().rev().find(|tt| tt.base <= number) else {
+            return;
+        };
+        let slot = (number - tt.base) as usize;
+        let val = match &mut tt.keys {
+            Keys::Int(t) => t.slots.get_mut(slot).map(|s| &mut s.val),
+            Keys::Uuid(t) => t.slots.get_mut(slot).map(|s| &mut s.val),
+            Keys::Str { table, .. } => table.slots.get_mut(slot).map(|s| &mut s.val),
+        };
+        if let Some(v) = val {
+            if *v != EMPTY {
+                *v |= flag;
+            }
+        }
+    }
+
+    /// Insert a record with its owner value; `Err(slot)` when it is already there.
+    fn insert(&mut self, t: RecordTypeId, id: &RecordId, val: u32) -> Result<usize, usize> {
+        let hash = self.hash_id(id);
+        let Some(tt) = self.types.get_mut(t.index()) else {
+            return Err(usize::MAX);
+        };
+        let r = match (&mut tt.keys, id) {
+            (Keys::Int(table), RecordId::Int(n)) => {
+                let k = split_u64(*n);
+                table.insert(hash, k, val, |x| *x == k)
+            }
+            (Keys::Uuid(table), RecordId::Uuid(u)) => {
+                let k = split_u128(*u);
+                table.insert(hash, k, val, |x| *x == k)
+            }
+            (Keys::Str { table, arena }, RecordId::Str(s)) => {
+                let off = arena.len();
+                if off + s.len() > u32::MAX as usize {
+                    return Err(usize::MAX); // 4 GiB of string ids: refused, reported
+                }
+                let key = [off as u32, s.len() as u32];
+                let a: &String = arena;
+                let r = table.insert(hash, key, val, |x| {
+                    a.get(x[0] as usize..x[0] as usize + x[1] as usize) == Some(&**s)
+                });
+                if r.is_ok() {
+                    arena.push_str(s);
+                }
+                r
+            }
+            _ => Err(usize::MAX),
+        };
+        if r.is_ok() {
+            tt.count += 1;
+        }
+        r
+    }
+
+    /// Look a record up. `None`: unknown to the snapshot (or an id of another kind).
+    pub fn find(&self, t: RecordTypeId, id: &RecordId) -> Option<Found> {
+        let tt = self.types.get(t.index())?;
+        let hash = self.hash_id(id);
+        let (slot, val) = match (&tt.keys, id) {
+            (Keys::Int(table), RecordId::Int(n)) => {
+                let k = split_u64(*n);
+                let s = table.find(hash, |x| *x == k)?;
+                (s, table.slots[s].val)
+            }
+            (Keys::Uuid(table), RecordId::Uuid(u)) => {
+                let k = split_u128(*u);
+                let s = table.find(hash, |x| *x == k)?;
+                (s, table.slots[s].val)
+            }
+            (Keys::Str { table, arena }, RecordId::Str(s)) => {
+                let i = table.find(hash, |x| {
+                    arena.get(x[0] as usize..x[0] as usize + x[1] as usize) == Some(&**s)
+                })?;
+                (i, table.slots[i].val)
+            }
+            _ => return None,
+        };
+        Some(Found::from_slot(tt.base + slot as u32, val))
+    }
+
+    /// The parent of a related object, as found in the store.
+    fn parent(&self, child: Found) -> Option<Found> {
+        if child.flags & HAS_PARENT == 0 {
+            return None;
+        }
+        let p = *self.parents.get(&child.number)?;
+        let (tt, slot) = self.locate(p)?;
+        let val = match &tt.keys {
+            Keys::Int(t) => t.slots.get(slot)?.val,
+            Keys::Uuid(t) => t.slots.get(slot)?.val,
+            Keys::Str { table, .. } => table.slots.get(slot)?.val,
+        };
+        Some(Found::from_slot(p, val))
+    }
+
+    fn is_shared(&self, number: u32, p: Principal) -> bool {
+        self.shares
+            .contains(&((u64::from(number) << 32) | u64::from(p.code())))
+    }
+
+    pub fn stats(&self) -> RecordStats {
+        let tables: usize = self
+            .types
+            .iter()
+            .map(|t| match &t.keys {
+                Keys::Int(x) => x.heap_bytes(),
+                Keys::Uuid(x) => x.heap_bytes(),
+                Keys::Str { table, arena } => table.heap_bytes() + arena.capacity(),
+            })
+            .sum();
+        // hashbrown: a control byte per bucket, buckets at most 8/7 of the entries, rounded
+        // up to a power of two.
+        let map_bytes = |entries: usize, entry: usize| {
+            let buckets = if entries == 0 {
+                0
+            } else {
+                (entries * 8 / 7 + 1).next_power_of_two()
+            };
+            buckets * (entry + 1)
+        };
+        RecordStats {
+            records: self.types.iter().map(|t| t.count).sum(),
+            related: self.parents.len(),
+            shares: self.share_count,
+            heap_bytes: tables
+                + map_bytes(self.parents.capacity(), 8)
+                + map_bytes(self.shares.capacity(), 8),
+        }
+    }
+}
+
+// ---- the decision --------------------------------------------------------------------------
+
+/// What to do with a record the snapshot does not know (a route setting; deny by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownRecord {
+    #[default]
+    Deny,
+    /// Allow when the caller holds the permission at all (e.g. records created after the last
+    /// snapshot, on a route where the CRM checks ownership itself).
+    Allow,
+}
+
+/// Which rule admitted a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    All,
+    Own,
+    Subordinate,
+    Team,
+    Shared,
+}
+
+/// Why a record was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// None of the user's roles grants the permission.
+    NoPermission,
+    /// The permission is granted, but not over this record.
+    OutOfScope,
+}
+
+/// The outcome of one record check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordDecision {
+    /// Allowed; `through_parent` when a related object was reached through its parent.
+    Allowed {
+        via: Via,
+        through_parent: bool,
+    },
+    Denied(Refusal),
+    /// The record is not in the snapshot and the user's scope is not `all`: the route's
+    /// [`UnknownRecord`] decides ([`RecordDecision::allows`]).
+    Unknown,
+}
+
+impl RecordDecision {
+    /// The final yes/no, with the route's setting for unknown records.
+    pub fn allows(self, unknown: UnknownRecord) -> bool {
+        match self {
+            RecordDecision::Allowed { .. } => true,
+            RecordDecision::Denied(_) => false,
+            RecordDecision::Unknown => unknown == UnknownRecord::Allow,
+        }
+    }
+}
+
+/// The user's effective scope for a permission: the union over their roles (empty: not
+/// granted).
+pub fn scope_of(snapshot: &Snapshot, user: UserIdx, perm: PermId) -> ScopeSet {
+    snapshot.grant(snapshot.user(user)).scopes.get(perm)
+}
+
+/// One caller checking records of one type under one permission: the scope, teams and roles
+/// are read once, then each [`RecordCheck::check`] is a table probe and an interval test (plus
+/// share and parent probes only for records that have them). Bulk trimming and list filtering
+/// build one per call and check every item with it.
+pub struct RecordCheck<'s> {
+    snapshot: &'s Snapshot,
+    user: UserIdx,
+    scope: ScopeSet,
+    record_type: RecordTypeId,
+    teams: &'s [u32],
+    roles: &'s [u16],
+}
+
+impl<'s> RecordCheck<'s> {
+    pub fn new(
+        snapshot: &'s Snapshot,
+        user: UserIdx,
+        perm: PermId,
+        record_type: RecordTypeId,
+    ) -> RecordCheck<'s> {
+        let u = snapshot.user(user);
+        let grant = snapshot.grant(u);
+        RecordCheck {
+            snapshot,
+            user,
+            scope: grant.scopes.get(perm),
+            record_type,
+            teams: &u.teams,
+            roles: &grant.roles,
+        }
+    }
+
+    /// May the caller exercise the permission on this record? O(1) (module docs).
+    pub fn check(&self, id: &RecordId) -> RecordDecision {
+        if self.scope.is_empty() {
+            return RecordDecision::Denied(Refusal::NoPermission);
+        }
+        if self.scope.is_all() {
+            return RecordDecision::Allowed {
+                via: Via::All,
+                through_parent: false,
+            };
+        }
+        let store = self.snapshot.records();
+        let Some(found) = store.find(self.record_type, id) else {
+            return RecordDecision::Unknown;
+        };
+        if let Some(via) = self.admits(found) {
+            return RecordDecision::Allowed {
+                via,
+                through_parent: false,
+            };
+        }
+        if let Some(via) = store.parent(found).and_then(|p| self.admits(p)) {
+            return RecordDecision::Allowed {
+                via,
+                through_parent: true,
+            };
+        }
+        RecordDecision::Denied(Refusal::OutOfScope)
+    }
+
+    /// [`RecordCheck::check`] settled with the route's setting for unknown records.
+    pub fn allows(&self, id: &RecordId, unknown: UnknownRecord) -> bool {
+        self.check(id).allows(unknown)
+    }
+
+    /// Which rule, if any, admits this record (its own owner and shares; not its parent).
+    fn admits(&self, found: Found) -> Option<Via> {
+        let (s, user, scope) = (self.snapshot, self.user, self.scope);
+        if let Some(owner) = found.owner {
+            if owner == user
+                && scope.intersects(
+                    ScopeSet::OWN
+                        .union(ScopeSet::TEAM)
+                        .union(ScopeSet::SUBORDINATES),
+                )
+            {
+                return Some(Via::Own);
+            }
+            if scope.contains(ScopeSet::SUBORDINATES) && s.hierarchy().is_at_or_below(user, owner) {
+                return Some(Via::Subordinate);
+            }
+            if scope.contains(ScopeSet::TEAM)
+                && s.user(owner).teams.iter().any(|t| self.teams.contains(t))
+            {
+                return Some(Via::Team);
+            }
+        }
+        if scope.contains(ScopeSet::SHARED) && found.flags & HAS_SHARES != 0 {
+            let store = s.records();
+            let n = found.number;
+            if store.is_shared(n, Principal::User(user))
+                || self
+                    .teams
+                    .iter()
+                    .any(|t| store.is_shared(n, Principal::Team(*t)))
+                || self
+                    .roles
+                    .iter()
+                    .any(|r| store.is_shared(n, Principal::Role(*r)))
+            {
+                return Some(Via::Shared);
+            }
+        }
+        None
+    }
+}
+
+/// May `user` exercise `perm` on this record? O(1): a table probe, the hierarchy's interval
+/// test, and share probes (one per team and role of the user) only for shared records; see
+/// [`crate::scope`] for the rules. The user is assumed known and enabled (the permission
+/// decision has checked both). For many records, build one [`RecordCheck`].
+pub fn check_record(
+    snapshot: &Snapshot,
+    user: UserIdx,
+    perm: PermId,
+    record_type: RecordTypeId,
+    id: &RecordId,
+) -> RecordDecision {
+    RecordCheck::new(snapshot, user, perm, record_type).check(id)
+}
+
+/// May `user`, holding `perm` (a reassign permission), make `target` the owner of a record?
+/// Within their scope only: any user with `all`; themselves or a report at any depth with
+/// `subordinates`; themselves or a teammate with `team`; only themselves otherwise (seed 004:
+/// one reassigns one's own and one's subordinates' records, to the same people).
+pub fn check_assignee(
+    snapshot: &Snapshot,
+    user: UserIdx,
+    perm: PermId,
+    target: UserIdx,
+) -> Result<(), Refusal> {
+    let scope = scope_of(snapshot, user, perm);
+    if scope.is_empty() {
+        return Err(Refusal::NoPermission);
+    }
+    let ok = scope.is_all()
+        || target == user
+        || (scope.contains(ScopeSet::SUBORDINATES)
+            && snapshot.hierarchy().is_at_or_below(user, target))
+        || (scope.contains(ScopeSet::TEAM) && {
+            let mine = &snapshot.user(user).teams;
+            snapshot.user(target).teams.iter().any(|t| mine.contains(t))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::OutOfScope)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::ids::{IdKind, RecordTypeSpec};
+
+    /// The built-in catalogue with lead (integer), deal (uuid), contact (string, case-folded),
+    /// note and task (integer, under lead/contact/deal).
+    pub(crate) fn catalog() -> Catalog {
+        let none: Vec<String> = vec![];
+        let parents: Vec<String> = ["lead", "contact", "deal"].map(String::from).to_vec();
+        let (types, errs) = RecordTypes::build(&[
+            RecordTypeSpec {
+                name: "lead",
+                id_kind: IdKind::Integer,
+                parents: &none,
+            },
+            RecordTypeSpec {
+                name: "deal",
+                id_kind: IdKind::Uuid,
+                parents: &none,
+            },
+            RecordTypeSpec {
+                name: "contact",
+                id_kind: IdKind::String {
+                    case_insensitive: true,
+                },
+                parents: &none,
+            },
+            RecordTypeSpec {
+                name: "note",
+                id_kind: IdKind::Integer,
+                parents: &parents,
+            },
+            RecordTypeSpec {
+                name: "task",
+                id_kind: IdKind::Integer,
+                parents: &parents,
+            },
+        ]);
+        assert!(errs.is_empty());
+        let mut c = Catalog::builtin().unwrap();
+        c.set_record_types(types);
+        c
+    }
+
+    /// A small organisation: sm manages rep1 and rep2; rep1 manages jr. east = {sm, rep1,
+    /// rep2, jr, east2}, west = {west}.
+    pub(crate) const SNAPSHOT: &str = r#"{
+  "roles": [
+    {"id": "rep_limited", "permissions": ["lead.view@own+shared", "lead.update@own+shared", "lead.reassign@subordinates", "deal.view@own", "task.view@own"]},
+    {"id": "mgr_scoped", "permissions": ["lead.*@subordinates+shared"]},
+    {"id": "rep_team", "permissions": ["lead.view@team+shared", "lead.reassign@team"]},
+    {"id": "viewer_own", "permissions": ["lead.view@own"]},
+    {"id": "campaigns", "permissions": ["campaign.*"]}
+  ],
+  "users": [
+    {"id": "u-admin", "roles": ["admin"]},
+    {"id": "u-sm", "roles": ["mgr_scoped"], "teams": ["east"]},
+    {"id": "u-rep1", "roles": ["rep_limited"], "teams": ["east"], "manager": "u-sm"},
+    {"id": "u-rep2", "roles": ["rep_limited"], "teams": ["east"], "manager": "u-sm"},
+    {"id": "u-jr", "roles": ["rep_limited"], "teams": ["east"], "manager": "u-rep1"},
+    {"id": "u-out", "roles": ["rep_limited"]},
+    {"id": "u-west", "roles": ["rep_team"], "teams": ["west"]},
+    {"id": "u-east2", "roles": ["rep_team"], "teams": ["east"]},
+    {"id": "u-both", "roles": ["viewer_own", "mgr_scoped"]},
+    {"id": "u-camp", "roles": ["campaigns"]}
+  ],
+  "records": {
+    "owners": [
+      {"type": "lead", "id": "1", "owner": "u-rep1"},
+      {"type": "lead", "id": 2, "owner": "u-rep2"},
+      {"type": "lead", "id": "3", "owner": "u-jr"},
+      {"type": "lead", "id": "4", "owner": "u-out"},
+      {"type": "lead", "id": "5"},
+      {"type": "deal", "id": "6BA7B810-9DAD-11D1-80B4-00C04FD430C8", "owner": "u-rep1"},
+      {"type": "contact", "id": "ACME-1", "owner": "u-rep2"},
+      {"type": "task", "id": "20", "owner": "u-rep2"}
+    ],
+    "shares": [
+      {"type": "lead", "id": "4", "user": "u-rep1"},
+      {"type": "lead", "id": "2", "team": "west"},
+      {"type": "lead", "id": "5", "role": "rep_team"},
+      {"type": "lead", "id": "5", "team": "nobody-is-here"}
+    ],
+    "related": [
+      {"type": "note", "id": "10", "parent_type": "lead", "parent_id": "1"},
+      {"type": "note", "id": "11", "parent_type": "lead", "parent_id": 4},
+      {"type": "task", "id": "20", "parent_type": "lead", "parent_id": "1"},
+      {"type": "note", "id": "12", "parent_type": "contact", "parent_id": "acme-1"}
+    ]
+  }
+}"#;
+
+    pub(crate) fn snapshot() -> (Catalog, Snapshot) {
+        let c = catalog();
+        let s = Snapshot::build("s.json", SNAPSHOT, &c).unwrap();
+        (c, s)
+    }
+
+    fn check(
+        c: &Catalog,
+        s: &Snapshot,
+        user: &str,
+        perm: &str,
+        t: &str,
+        id: &str,
+    ) -> RecordDecision {
+        let types = c.record_types();
+        let t = types.get(t).unwrap();
+        let id = canonical_id(types.kind(t), id).unwrap();
+        check_record(
+            s,
+            s.user_index(user).unwrap(),
+            c.permission(perm).unwrap(),
+            t,
+            &id,
+        )
+    }
+
+    fn allowed(via: Via) -> RecordDecision {
+        RecordDecision::Allowed {
+            via,
+            through_parent: false,
+        }
+    }
+
+    fn via_parent(via: Via) -> RecordDecision {
+        RecordDecision::Allowed {
+            via,
+            through_parent: true,
+        }
+    }
+
+    const OUT: RecordDecision = RecordDecision::Denied(Refusal::OutOfScope);
+
+    #[test]
+    fn own_and_shared() {
+        let (c, s) = snapshot();
+        let v = |id| check(&c, &s, "u-rep1", "lead.view", "lead", id);
+        assert_eq!(v("1"), allowed(Via::Own));
+        assert_eq!(v("2"), OUT, "a teammate's lead is not shared with rep1");
+        assert_eq!(v("3"), OUT, "own+shared does not reach reports");
+        assert_eq!(v("4"), allowed(Via::Shared), "shared with rep1 by name");
+        assert_eq!(v("5"), OUT, "unowned, shared with another role");
+        assert_eq!(v("99"), RecordDecision::Unknown);
+        assert!(!v("99").allows(UnknownRecord::Deny));
+        assert!(v("99").allows(UnknownRecord::Allow));
+        assert!(!v("2").allows(UnknownRecord::Allow));
+        // deal.view@own: UUID spellings are one record.
+        for spelling in [
+            "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+            "{6BA7B8109DAD11D180B400C04FD430C8}",
+            "urn:uuid:6BA7B810-9dad-11d1-80b4-00c04fd430c8",
+        ] {
+            assert_eq!(
+                check(&c, &s, "u-rep1", "deal.view", "deal", spelling),
+                allowed(Via::Own)
+            );
+            assert_eq!(check(&c, &s, "u-rep2", "deal.view", "deal", spelling), OUT);
+        }
+    }
+
+    #[test]
+    fn manager_sees_the_whole_subtree_and_nothing_outside() {
+        let (c, s) = snapshot();
+        for perm in ["lead.view", "lead.delete", "lead.reassign"] {
+            let v = |id| check(&c, &s, "u-sm", perm, "lead", id);
+            assert_eq!(v("1"), allowed(Via::Subordinate));
+            assert_eq!(v("2"), allowed(Via::Subordinate));
+            assert_eq!(v("3"), allowed(Via::Subordinate), "two levels down");
+            assert_eq!(v("4"), OUT, "outside the subtree");
+            assert_eq!(v("5"), OUT, "unowned");
+        }
+        // rep1 with subordinates scope on reassign reaches jr, not the peer.
+        let r = |id| check(&c, &s, "u-rep1", "lead.reassign", "lead", id);
+        assert_eq!(r("1"), allowed(Via::Own));
+        assert_eq!(r("3"), allowed(Via::Subordinate));
+        assert_eq!(r("2"), OUT);
+        assert_eq!(r("4"), OUT, "shares count only where the scope says shared");
+    }
+
+    #[test]
+    fn teams_and_roles_acting_as_teams() {
+        let (c, s) = snapshot();
+        // Shared with the team west: every member sees it.
+        assert_eq!(
+            check(&c, &s, "u-west", "lead.view", "lead", "2"),
+            allowed(Via::Shared)
+        );
+        // Shared with the role rep_team: every holder sees it, whatever their team.
+        assert_eq!(
+            check(&c, &s, "u-west", "lead.view", "lead", "5"),
+            allowed(Via::Shared)
+        );
+        assert_eq!(
+            check(&c, &s, "u-east2", "lead.view", "lead", "5"),
+            allowed(Via::Shared)
+        );
+        // Team scope: records owned by teammates.
+        assert_eq!(
+            check(&c, &s, "u-east2", "lead.view", "lead", "1"),
+            allowed(Via::Team)
+        );
+        assert_eq!(check(&c, &s, "u-east2", "lead.view", "lead", "4"), OUT);
+        assert_eq!(check(&c, &s, "u-west", "lead.view", "lead", "1"), OUT);
+    }
+
+    #[test]
+    fn related_objects_follow_their_parent() {
+        let (c, s) = snapshot();
+        let note = |u, id| check(&c, &s, u, "lead.view", "note", id);
+        assert_eq!(note("u-rep1", "10"), via_parent(Via::Own));
+        assert_eq!(note("u-rep1", "11"), via_parent(Via::Shared));
+        assert_eq!(note("u-sm", "10"), via_parent(Via::Subordinate));
+        assert_eq!(note("u-sm", "11"), OUT);
+        assert_eq!(note("u-rep2", "10"), OUT);
+        // The route's permission decides the scope; the note inherits its contact's owner.
+        assert_eq!(note("u-rep2", "12"), via_parent(Via::Own));
+        assert_eq!(note("u-rep1", "12"), OUT);
+        // A task with its own owner: its owner sees it directly, the parent's owner through it.
+        assert_eq!(
+            check(&c, &s, "u-rep2", "lead.view", "task", "20"),
+            allowed(Via::Own)
+        );
+        assert_eq!(
+            check(&c, &s, "u-rep1", "lead.view", "task", "20"),
+            via_parent(Via::Own)
+        );
+        assert_eq!(check(&c, &s, "u-out", "lead.view", "task", "20"), OUT);
+    }
+
+    #[test]
+    fn all_scope_no_permission_and_unions() {
+        let (c, s) = snapshot();
+        assert_eq!(
+            check(&c, &s, "u-admin", "lead.view", "lead", "4"),
+            allowed(Via::All)
+        );
+        assert_eq!(
+            check(&c, &s, "u-admin", "lead.view", "lead", "12345"),
+            allowed(Via::All),
+            "all needs no snapshot knowledge"
+        );
+        assert_eq!(
+            check(&c, &s, "u-camp", "lead.view", "lead", "1"),
+            RecordDecision::Denied(Refusal::NoPermission)
+        );
+        assert_eq!(
+            check(&c, &s, "u-rep1", "lead.delete", "lead", "1"),
+            RecordDecision::Denied(Refusal::NoPermission)
+        );
+        // viewer_own (own) + mgr_scoped (subordinates+shared): the union.
+        let both = s.user_index("u-both").unwrap();
+        let view = c.permission("lead.view").unwrap();
+        assert_eq!(
+            scope_of(&s, both, view),
+            ScopeSet::OWN
+                .union(ScopeSet::SUBORDINATES)
+                .union(ScopeSet::SHARED)
+        );
+    }
+
+    #[test]
+    fn assignees_stay_within_scope() {
+        let (c, s) = snapshot();
+        let u = |id| s.user_index(id).unwrap();
+        let reassign = c.permission("lead.reassign").unwrap();
+        let a = |who, to| check_assignee(&s, u(who), reassign, u(to));
+        assert_eq!(a("u-rep1", "u-rep1"), Ok(()));
+        assert_eq!(a("u-rep1", "u-jr"), Ok(()));
+        assert_eq!(a("u-rep1", "u-rep2"), Err(Refusal::OutOfScope));
+        assert_eq!(a("u-rep1", "u-sm"), Err(Refusal::OutOfScope));
+        assert_eq!(a("u-sm", "u-jr"), Ok(()));
+        assert_eq!(a("u-east2", "u-rep2"), Ok(()), "team scope: a teammate");
+        assert_eq!(a("u-east2", "u-west"), Err(Refusal::OutOfScope));
+        assert_eq!(a("u-admin", "u-out"), Ok(()));
+        assert_eq!(a("u-camp", "u-camp"), Err(Refusal::NoPermission));
+    }
+
+    #[test]
+    fn stats() {
+        let (_, s) = snapshot();
+        let st = s.records().stats();
+        assert_eq!(st.records, 11, "8 owners + notes 10, 11, 12");
+        assert_eq!(st.related, 4);
+        assert_eq!(
+            st.shares, 3,
+            "the share to an empty team reaches nobody and is dropped"
+        );
+        assert!(st.heap_bytes > 0);
+    }
+
+    fn errors(records: &str) -> Vec<String> {
+        let text = format!(
+            "{{\n\"users\": [{{\"id\": \"a\", \"roles\": [\"admin\"]}}],\n\"records\": {records}\n}}"
+        );
+        match Snapshot::build("s.json", &text, &catalog()) {
+            Ok(_) => vec![],
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_record_error_is_located() {
+        let e = errors(
+            r#"{"owners": [
+  {"type": "lead", "id": "1", "owner": "a"},
+  {"type": "lead", "id": "017", "owner": "a"},
+  {"type": "lead", "id": "1"},
+  {"type": "opportunity", "id": "1"},
+  {"type": "lead", "id": "2", "owner": "ghost"},
+  {"type": "deal", "id": 7},
+  {"type": "contact", "id": "ACME"},
+  {"type": "contact", "id": "acme"}
+],
+"shares": [
+  {"type": "lead", "id": "1", "user": "a", "team": "x"},
+  {"type": "lead", "id": "404", "user": "a"},
+  {"type": "lead", "id": "1", "role": "no_such_role"},
+  {"type": "lead", "id": "1", "user": "ghost"}
+],
+"related": [
+  {"type": "note", "id": "1", "parent_type": "lead", "parent_id": "404"},
+  {"type": "lead", "id": "9", "parent_type": "lead", "parent_id": "1"},
+  {"type": "note", "id": "2", "parent_type": "note", "parent_id": "1"}
+]}"#,
+        );
+        let want = [
+            ("s.json:5: records.owners[1].id", "leading zeros"),
+            ("s.json:6: records.owners[2].id", "lead '1' appears twice"),
+            (
+                "s.json:7: records.owners[3].id",
+                "unknown record type 'opportunity'",
+            ),
+            ("s.json:8: records.owners[4].owner", "unknown user 'ghost'"),
+            (
+                "s.json:9: records.owners[5].id",
+                "JSON strings, not numbers",
+            ),
+            (
+                "s.json:11: records.owners[7].id",
+                "contact 'acme' appears twice",
+            ),
+            (
+                "s.json:14: records.shares[0]",
+                "exactly one of user, team, role",
+            ),
+            (
+                "s.json:15: records.shares[1].id",
+                "lead '404' is not in the snapshot's owners",
+            ),
+            (
+                "s.json:16: records.shares[2].role",
+                "unknown role 'no_such_role'",
+            ),
+            ("s.json:17: records.shares[3].user", "unknown user 'ghost'"),
+            (
+                "s.json:20: records.related[0].parent_id",
+                "lead '404' is not in the snapshot",
+            ),
+            (
+                "s.json:21: records.related[1].parent_type",
+                "a lead does not hang under a lead",
+            ),
+            (
+                "s.json:22: records.related[2].parent_type",
+                "a note does not hang under a note",
+            ),
+        ];
+        for (at, msg) in want {
+            assert!(
+                e.iter().any(|m| m.starts_with(at) && m.contains(msg)),
+                "missing {at} … {msg} in {e:#?}"
+            );
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn strict_shapes() {
+        for bad in [
+            r#"{"owners": [], "owners": []}"#,
+            r#"{"owner": []}"#,
+            r#"{"owners": [{"type": "lead", "id": "1", "extra": 1}]}"#,
+            r#"{"owners": [{"type": "lead", "id": -1}]}"#,
+            r#"{"owners": [{"type": "lead", "id": 1.0}]}"#,
+            r#"{"owners": [{"type": "lead", "id": true}]}"#,
+            r#"{"owners": [{"type": "lead"}]}"#,
+            r#"[]"#,
+        ] {
+            assert!(!errors(bad).is_empty(), "{bad}");
+        }
+        assert!(errors(r#"{}"#).is_empty());
+        assert!(
+            errors(r#"{"owners": [{"type": "lead", "id": "1", "owner": "\u0061"}]}"#).is_empty()
+        );
+        // Too many errors: capped, with a count of the rest.
+        let many: Vec<String> = (0..150)
+            .map(|i| format!(r#"{{"type": "lead", "id": "0{i}"}}"#))
+            .collect();
+        let e = errors(&format!(r#"{{"owners": [{}]}}"#, many.join(",")));
+        assert_eq!(e.len(), MAX_ERRORS_FOR_TEST + 1);
+        assert!(
+            e.last().unwrap().contains("… and 50 more errors"),
+            "{:?}",
+            e.last()
+        );
+    }
+
+    const MAX_ERRORS_FOR_TEST: usize = 100;
+
+    #[test]
+    fn raw_form_round_trips_and_builds_the_same() {
+        let c = catalog();
+        let raw = crate::snapshot::RawSnapshot::parse(SNAPSHOT).unwrap();
+        let r = raw.records.as_ref().unwrap();
+        assert_eq!((r.owners.len(), r.shares.len(), r.related.len()), (8, 4, 4));
+        assert_eq!(r.owners[1].id, RawId::Number(2));
+        let again = Snapshot::build("again", &raw.to_json(), &c).unwrap();
+        let (_, s) = snapshot();
+        assert_eq!(again.records().stats(), s.records().stats());
+        // A snapshot without records still parses and has an empty store.
+        let plain = Snapshot::build("p", r#"{"users":[{"id":"a","roles":[]}]}"#, &c).unwrap();
+        assert_eq!(plain.records().stats().records, 0);
+        assert!(crate::snapshot::RawSnapshot::parse(r#"{"users":[]}"#)
+            .unwrap()
+            .records
+            .is_none());
+    }
+
+    #[test]
+    fn flat_table_matches_a_hash_map() {
+        use proptest::prelude::*;
+        proptest!(|(keys in proptest::collection::vec(0u64..200, 0..300), probes in proptest::collection::vec(0u64..220, 0..50))| {
+            let h = RandomState::new();
+            let mut t: FlatTable<2> = FlatTable::with_capacity(keys.len());
+            let mut m = HashMap::new();
+            for (i, k) in keys.iter().enumerate() {
+                let kk = split_u64(*k);
+                let r = t.insert(h.hash_one(k), kk, i as u32, |x| *x == kk);
+                prop_assert_eq!(r.is_ok(), !m.contains_key(k));
+                m.entry(*k).or_insert(i as u32);
+            }
+            for p in probes.iter().chain(keys.iter()) {
+                let kk = split_u64(*p);
+                let got = t.find(h.hash_one(p), |x| *x == kk).map(|s| t.slots[s].val);
+                prop_assert_eq!(got, m.get(p).copied());
+            }
+        });
+    }
+}
+
+/// Scale figures, measured by hand (never timed in CI):
+/// `cargo test --release --lib records::scale -- --ignored --nocapture`.
+#[cfg(test)]
+mod scale {
+    use super::tests::catalog;
+    use super::*;
+    use std::fmt::Write;
+    use std::time::Instant;
+
+    /// Peak and current resident set (KiB) from /proc (Linux only; 0 elsewhere).
+    fn rss() -> (u64, u64) {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |k: &str| {
+            s.lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+
+    /// A snapshot of `users` users (a 10-ary manager tree, 1 000 teams) and `records` leads,
+    /// 1% shared, plus `records / 10` notes under them. UUID ids when `uuid`.
+    pub(super) fn generate(users: usize, records: usize, uuid: bool) -> String {
+        let mut t = String::with_capacity(records * 70 + users * 100);
+        t.push_str(r#"{"roles":[{"id":"rep_limited","permissions":["lead.view@subordinates+shared","lead.reassign@subordinates"]}],"users":["#);
+        for u in 0..users {
+            if u > 0 {
+                t.push(',');
+            }
+            let _ = write!(
+                t,
+                r#"{{"id":"u{u}","roles":["rep_limited"],"teams":["t{}"]"#,
+                u % 1000
+            );
+            if u > 0 {
+                let _ = write!(t, r#","manager":"u{}""#, (u - 1) / 10);
+            }
+            t.push('}');
+        }
+        let id = |i: usize| {
+            if uuid {
+                RecordId::Uuid((i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
+                    .to_string()
+            } else {
+                i.to_string()
+            }
+        };
+        t.push_str(r#"],"records":{"owners":["#);
+        for i in 0..records {
+            if i > 0 {
+                t.push(',');
+            }
+            let _ = write!(
+                t,
+                r#"{{"type":"{}","id":"{}","owner":"u{}"}}"#,
+                if uuid { "deal" } else { "lead" },
+                id(i),
+                (i * 7919) % users
+            );
+        }
+        t.push_str(r#"],"shares":["#);
+        for i in (0..records).step_by(100) {
+            if i > 0 {
+                t.push(',');
+            }
+            let _ = write!(
+                t,
+                r#"{{"type":"{}","id":"{}","team":"t{}"}}"#,
+                if uuid { "deal" } else { "lead" },
+                id(i),
+                i % 1000
+            );
+        }
+        t.push_str(r#"],"related":["#);
+        for i in (0..records).step_by(10) {
+            if i > 0 {
+                t.push(',');
+            }
+            let _ = write!(
+                t,
+                r#"{{"type":"note","id":"{i}","parent_type":"{}","parent_id":"{}"}}"#,
+                if uuid { "deal" } else { "lead" },
+                id(i)
+            );
+        }
+        t.push_str("]}}");
+        t
+    }
+
+    fn measure(users: usize, records: usize, uuid: bool) {
+        let c = catalog();
+        let text = generate(users, records, uuid);
+        let (_, before) = rss();
+        let t0 = Instant::now();
+        let s = Snapshot::build("scale.json", &text, &c).unwrap();
+        let build = t0.elapsed();
+        let (peak, _) = rss();
+        let text_mb = text.len() as f64 / 1e6;
+        drop(text);
+        let (_, after) = rss();
+        let st = s.records().stats();
+        println!(
+            "{} users, {} {} records (+{} notes, {} shares): JSON {:.0} MB, build {:.2} s ({:.0} MB/s); \
+             tables {:.1} B/record ({:.0} MB); RSS after build without the text: {:.0} MB (before: {:.0} MB), peak {:.0} MB",
+            users,
+            records,
+            if uuid { "uuid" } else { "integer" },
+            st.related,
+            st.shares,
+            text_mb,
+            build.as_secs_f64(),
+            text_mb / build.as_secs_f64(),
+            st.heap_bytes as f64 / st.records as f64,
+            st.heap_bytes as f64 / 1e6,
+            after as f64 / 1024.0,
+            before as f64 / 1024.0,
+            peak as f64 / 1024.0,
+        );
+        // Checks: random users and records, scope subordinates+shared.
+        let types = c.record_types();
+        let (t, kind) = if uuid {
+            (types.get("deal").unwrap(), IdKind::Uuid)
+        } else {
+            (types.get("lead").unwrap(), IdKind::Integer)
+        };
+        let perm = c.permission("lead.view").unwrap();
+        let n = 2_000_000usize;
+        let ids: Vec<RecordId> = (0..1000)
+            .map(|i| {
+                let r = (i * 104_729) % records;
+                canonical_id(
+                    kind,
+                    &if uuid {
+                        RecordId::Uuid(
+                            (r as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
+                        )
+                        .to_string()
+                    } else {
+                        r.to_string()
+                    },
+                )
+                .unwrap()
+            })
+            .collect();
+        let t0 = Instant::now();
+        let mut allowed = 0usize;
+        for i in 0..n {
+            let user = ((i * 31) % users) as u32;
+            if check_record(&s, user, perm, t, &ids[i % ids.len()]).allows(UnknownRecord::Deny) {
+                allowed += 1;
+            }
+        }
+        let per = t0.elapsed().as_nanos() as f64 / n as f64;
+        println!("  check_record: {per:.0} ns per check ({allowed} of {n} allowed)");
+    }
+
+    /// The trim step end to end (strict parse, 10 000 record checks, re-serialization) and the
+    /// filtering of a 1 000-item list response, against a 100k-user, 1M-record snapshot.
+    fn body_figures() {
+        use crate::body::{filter_list, trim, Duplicates, Items};
+        use crate::json::{Limits, Pointer};
+        let c = catalog();
+        let text = generate(100_000, 1_000_000, false);
+        let s = Snapshot::build("scale.json", &text, &c).unwrap();
+        let t = c.record_types().get("lead").unwrap();
+        let perm = c.permission("lead.view").unwrap();
+        let user = 3u32; // a manager near the top of the 10-ary tree
+        let rc = RecordCheck::new(&s, user, perm, t);
+        let check = |id: &RecordId| rc.allows(id, UnknownRecord::Deny);
+        let limits = Limits {
+            max_bytes: 64 << 20,
+            max_depth: 32,
+        };
+        for (label, items) in [("10 000 objects", true), ("10 000 bare ids", false)] {
+            let body: String = {
+                let parts: Vec<String> = (0..10_000)
+                    .map(|i| {
+                        let id = (i * 7_919) % 1_000_000;
+                        if items {
+                            format!(r#"{{"id":{id},"owner_id":"u{}","stage":"qualified","amount":1234.50,"tags":["a","b"],"note":"call back on Tuesday"}}"#, i % 100)
+                        } else {
+                            id.to_string()
+                        }
+                    })
+                    .collect();
+                format!(r#"{{"items":[{}],"owner_id":"u3"}}"#, parts.join(","))
+            };
+            let spec = Items {
+                at: Pointer::parse("/items").unwrap(),
+                id_at: Pointer::parse(if items { "/id" } else { "" }).unwrap(),
+                kind: IdKind::Integer,
+            };
+            let rounds = 200;
+            // Breakdown: parse alone, parse + serialize, checks alone.
+            let t0 = Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(crate::json::parse(body.as_bytes(), &limits).unwrap());
+            }
+            let parse_ms = t0.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+            let doc = crate::json::parse(body.as_bytes(), &limits).unwrap();
+            let t0 = Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(crate::json::to_vec(&doc));
+            }
+            let ser_ms = t0.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+            let ids: Vec<RecordId> = spec
+                .at
+                .get(&doc)
+                .and_then(|a| a.as_array())
+                .unwrap()
+                .iter()
+                .map(|i| crate::body::json_id(spec.id_at.get(i).unwrap(), IdKind::Integer).unwrap())
+                .collect();
+            let t0 = Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(ids.iter().filter(|id| check(id)).count());
+            }
+            let check_ms = t0.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+            println!("  breakdown {label}: parse {parse_ms:.2} ms, serialize {ser_ms:.2} ms, checks {check_ms:.2} ms");
+            let t0 = Instant::now();
+            let mut kept = 0;
+            for _ in 0..rounds {
+                kept = trim(body.as_bytes(), &limits, &spec, Duplicates::Reject, check)
+                    .unwrap()
+                    .kept;
+            }
+            let secs = t0.elapsed().as_secs_f64() / rounds as f64;
+            println!(
+                "  trim {label}: {:.0} KB body, {:.2} ms per call, {:.0} MB/s ({kept} kept)",
+                body.len() as f64 / 1e3,
+                secs * 1e3,
+                body.len() as f64 / 1e6 / secs
+            );
+        }
+        let list: String = {
+            let parts: Vec<String> = (0..1000)
+                .map(|i| {
+                    format!(
+                        r#"{{"id":{},"name":"Lead {i}","owner":"u{}","stage":"new","value":100}}"#,
+                        (i * 7_919) % 1_000_000,
+                        i % 100
+                    )
+                })
+                .collect();
+            format!(r#"{{"data":[{}],"total":1000,"page":1}}"#, parts.join(","))
+        };
+        let spec = Items {
+            at: Pointer::parse("/data").unwrap(),
+            id_at: Pointer::parse("/id").unwrap(),
+            kind: IdKind::Integer,
+        };
+        let counts = [Pointer::parse("/total").unwrap()];
+        let mut times: Vec<f64> = (0..2000)
+            .map(|_| {
+                let t0 = Instant::now();
+                let f = filter_list(list.as_bytes(), &limits, &spec, &counts, check).unwrap();
+                std::hint::black_box(f);
+                t0.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        println!(
+            "  filter a 1 000-item list ({:.0} KB): p50 {:.3} ms, p99 {:.3} ms",
+            list.len() as f64 / 1e3,
+            times[times.len() / 2],
+            times[times.len() * 99 / 100]
+        );
+    }
+
+    /// At moderate scale, in debug (under 2 s): every decision equals a naive evaluation of
+    /// the generated data (owner, walk up the manager chain, team shares, notes under leads).
+    #[test]
+    fn generated_snapshot_agrees_with_a_naive_model() {
+        let (users, records) = (10_000usize, 100_000usize);
+        let c = catalog();
+        let s = Snapshot::build("gen.json", &generate(users, records, false), &c).unwrap();
+        let st = s.records().stats();
+        assert_eq!(
+            (st.records, st.related, st.shares),
+            (110_000, 10_000, 1_000)
+        );
+        let manager = |u: usize| (u > 0).then(|| (u - 1) / 10);
+        let above = |boss: usize, mut x: usize| loop {
+            if x == boss {
+                return true;
+            }
+            match manager(x) {
+                Some(m) => x = m,
+                None => return false,
+            }
+        };
+        let naive_lead = |x: usize, i: usize| {
+            let owner = (i * 7919) % users;
+            above(x, owner) || (i % 100 == 0 && x % 1000 == i % 1000)
+        };
+        let types = c.record_types();
+        let (lead, note) = (types.get("lead").unwrap(), types.get("note").unwrap());
+        let perm = c.permission("lead.view").unwrap();
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |m: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % m as u64) as usize
+        };
+        let mut allowed = 0;
+        for _ in 0..20_000 {
+            // Users near the top too, so some checks are allowed through the hierarchy.
+            let x = if next(4) == 0 { next(20) } else { next(users) };
+            let user = s.user_index(&format!("u{x}")).unwrap();
+            let i = next(records + 1_000);
+            let want = (i < records).then(|| naive_lead(x, i));
+            let got = check_record(&s, user, perm, lead, &RecordId::Int(i as u64));
+            match want {
+                None => assert_eq!(got, RecordDecision::Unknown),
+                Some(w) => assert_eq!(got.allows(UnknownRecord::Deny), w, "u{x} lead {i}"),
+            }
+            let n = i - i % 10;
+            let got = check_record(&s, user, perm, note, &RecordId::Int(n as u64));
+            match (n < records).then(|| naive_lead(x, n)) {
+                None => assert_eq!(got, RecordDecision::Unknown),
+                Some(w) => {
+                    assert_eq!(got.allows(UnknownRecord::Deny), w, "u{x} note {n}");
+                    allowed += usize::from(w);
+                }
+            }
+        }
+        assert!(
+            allowed > 100,
+            "the sample reaches allowed records too ({allowed})"
+        );
+    }
+
+    #[test]
+    #[ignore = "scale figures: run by hand with --release"]
+    fn scale_figures() {
+        body_figures();
+        measure(100_000, 1_000_000, false);
+        measure(100_000, 10_000_000, false);
+        measure(100_000, 10_000_000, true);
+    }
+}
