@@ -205,6 +205,19 @@ fn authorize(
             config.catalog.permission_name(permission),
         )));
     }
+    // Records named in the path or query: the permission's scope must cover each of them.
+    if let Some(inspect) = &route_info(config, route_idx).inspect {
+        if let Err(d) = crate::inspect::check_head(
+            snapshot,
+            &config.catalog,
+            user,
+            inspect,
+            &canonical.path,
+            canonical.query.as_deref(),
+        ) {
+            return Err(deny_caller(d.rejection));
+        }
+    }
     Ok(Permit {
         canonical,
         route: Some(route_idx),
