@@ -315,3 +315,43 @@ pub fn shadow_permit(
         caller: denied.caller,
     })
 }
+
+/// The path of the effective-permissions endpoint the gateway answers itself.
+pub const ME_PATH: &str = "/_permgate/me";
+
+/// `GET /_permgate/me`: the caller's roles, permissions and scopes, so a CRM front end can show
+/// only the options the user has. Same identity rules as any protected route.
+pub fn effective_permissions(
+    config: &Config,
+    snapshot: Result<&Snapshot, Rejection>,
+    req: &Request<'_>,
+) -> Result<serde_json::Value, Rejection> {
+    canon::check_headers(req.headers)
+        .map_err(|e| Rejection::new(e.status(), e.code(), e.message()))?;
+    let snapshot = snapshot?;
+    let who = config.identity.identify(req.headers, req.peer)?;
+    let user = match &who.credential {
+        Credential::User(id) => snapshot.user_index(id).ok_or_else(|| {
+            Rejection::new(
+                401,
+                "unknown_user",
+                "the caller is not a user known to the gateway",
+            )
+        })?,
+        Credential::ApiKey(digest) => snapshot
+            .user_by_api_key(digest)
+            .ok_or_else(|| Rejection::new(401, "invalid_api_key", "the API key is not valid"))?,
+    };
+    if snapshot.user(user).disabled {
+        return Err(Rejection::new(
+            403,
+            "user_disabled",
+            "the caller's account is disabled",
+        ));
+    }
+    Ok(crate::inspect::effective_permissions(
+        snapshot,
+        &config.catalog,
+        user,
+    ))
+}

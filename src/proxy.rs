@@ -168,6 +168,40 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let req = session.req_header();
+        // The gateway's own endpoint: the caller's effective permissions.
+        if req.method == http::Method::GET
+            && crate::canon::canonicalize_target(req.raw_path())
+                .is_ok_and(|c| c.path == policy::ME_PATH && c.query.is_none())
+        {
+            let answer = policy::effective_permissions(
+                &live.config,
+                self.state.snapshot_for_request(&live),
+                &policy::Request {
+                    method: &req.method,
+                    target: req.raw_path(),
+                    headers: &req.headers,
+                    peer,
+                },
+            );
+            let id_header = live.config.forward.request_id_header.clone();
+            match answer {
+                Ok(json) => {
+                    let body = serde_json::to_vec(&json).unwrap_or_default();
+                    let mut resp = ResponseHeader::build(200, Some(4))?;
+                    resp.insert_header(CONTENT_TYPE, "application/json")?;
+                    resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+                    resp.insert_header(id_header, ctx.request_id.as_str())?;
+                    session.write_response_header(Box::new(resp), false).await?;
+                    session
+                        .write_response_body(Some(Bytes::from(body)), true)
+                        .await?;
+                }
+                Err(rejection) => {
+                    respond(session, &rejection, &ctx.request_id, &id_header).await?;
+                }
+            }
+            return Ok(true);
+        }
         let decided_at = Instant::now();
         let decision = policy::decide(
             &live.config,

@@ -140,3 +140,37 @@ fn routes_whose_checks_need_body_buffering_are_refused_not_ignored() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "serve refuses to start");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_can_ask_for_their_effective_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("permgate.toml"), config()).unwrap();
+    std::fs::write(dir.path().join("snapshot.json"), snapshot()).unwrap();
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let r = client()
+        .get(h.url("/_permgate/me"))
+        .header("authorization", bearer("u-rep1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["user"], "u-rep1");
+    assert_eq!(v["roles"], serde_json::json!(["limited_rep"]));
+    assert_eq!(v["permissions"]["lead.view"], "own+shared");
+    assert!(v["permissions"].get("campaign.delete").is_none());
+    let r = client()
+        .get(h.url("/_permgate/me"))
+        .header("authorization", bearer("u-admin"))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["permissions"]["campaign.delete"], "all");
+    let r = client().get(h.url("/_permgate/me")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        h.received().is_empty(),
+        "answered by the gateway, never forwarded"
+    );
+}
