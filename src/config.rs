@@ -626,8 +626,8 @@ fn header_name(
 
 impl Config {
     /// Settings the data plane cannot enforce yet, as errors naming their route. A gateway
-    /// refuses to serve with them (fail closed): the bulk/list/field checks exist as pure
-    /// functions, but the request- and response-body buffering that feeds them is not wired.
+    /// refuses to serve with them (fail closed): list filtering exists as a pure function, but
+    /// the response-body buffering that feeds it is not wired.
     pub fn unenforceable(&self) -> Vec<ConfigError> {
         self.routes
             .routes()
@@ -636,7 +636,7 @@ impl Config {
                 r.value
                     .inspect
                     .as_ref()
-                    .is_some_and(|i| i.reads_body() || i.filters_response())
+                    .is_some_and(|i| i.filters_response())
             })
             .map(|r| {
                 let line = r.origin.rsplit(':').next().and_then(|l| l.parse().ok());
@@ -645,9 +645,8 @@ impl Config {
                     line,
                     "route",
                     format!(
-                        "'{}': bulk, new_owner, fields, body record ids and list filtering are not \
-                         enforced by this build's data plane yet; refused rather than forwarded \
-                         unchecked",
+                        "'{}': list filtering is not enforced by this build's data plane yet \
+                         (response bodies are not buffered); refused rather than forwarded unchecked",
                         r.value.name
                     ),
                 )

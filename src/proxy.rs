@@ -70,6 +70,12 @@ pub struct Ctx {
     upstream_status: Option<u16>,
     /// The candidate policy's decision: `Ok` allow, `Err(code)` deny.
     candidate: Option<Result<(), &'static str>>,
+    /// The checked, re-serialized body to send instead of the client's (inspected routes).
+    forward_body: Option<Bytes>,
+    /// Bulk items removed before forwarding (canonical spellings).
+    removed_ids: Vec<String>,
+    /// The checked body has been handed to the upstream.
+    body_replaced: bool,
 }
 
 fn new_request_id() -> String {
@@ -136,6 +142,118 @@ fn remaining(deadline: Option<Instant>) -> Result<Duration> {
     Ok(left)
 }
 
+/// Response headers of a trimmed bulk call: how many items were removed, and which.
+const REMOVED_COUNT: &str = "x-permgate-removed-count";
+const REMOVED_IDS: &str = "x-permgate-removed-ids";
+/// Most removed ids listed in the header (the count is exact).
+const MAX_REMOVED_LISTED: usize = 200;
+/// Pingora forwards a body read in `request_filter` from its retry buffer, which holds 64 KiB:
+/// larger inspected bodies are refused (413) rather than forwarded unchecked or truncated.
+const MAX_INSPECTED_BODY: usize = 64 * 1024;
+
+type BodyVerdict =
+    std::result::Result<crate::inspect::Forward, (Rejection, Vec<String>, Vec<String>)>;
+
+/// Read the request body of an inspected route (JSON only, uncompressed, bounded) and check it.
+async fn read_and_check_body(
+    session: &mut Session,
+    config: &crate::config::Config,
+    snapshot: &crate::snapshot::Snapshot,
+    user: crate::snapshot::UserIdx,
+    inspect: &crate::inspect::Inspect,
+) -> Result<BodyVerdict> {
+    let refuse = |status: u16, code: &'static str, message: &'static str| {
+        Ok(Err((
+            Rejection::new(status, code, message),
+            Vec::new(),
+            Vec::new(),
+        )))
+    };
+    let headers = &session.req_header().headers;
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').map(str::trim).collect::<Vec<_>>())
+        .is_some_and(|parts| {
+            parts[0].eq_ignore_ascii_case("application/json")
+                && parts[1..].iter().all(|p| {
+                    p.is_empty()
+                        || p.eq_ignore_ascii_case("charset=utf-8")
+                        || p.eq_ignore_ascii_case("charset=\"utf-8\"")
+                })
+        });
+    if !json {
+        return refuse(
+            415,
+            "unsupported_media_type",
+            "this route takes only application/json in UTF-8",
+        );
+    }
+    if headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return refuse(
+            415,
+            "unsupported_media_type",
+            "a compressed request body is not accepted on this route",
+        );
+    }
+    let limit = inspect.body_limits.max_bytes.min(MAX_INSPECTED_BODY);
+    session.as_mut().enable_retry_buffering();
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > limit {
+            return refuse(
+                413,
+                "body_too_large",
+                "the request body is over this route's limit",
+            );
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(
+        crate::inspect::check_body(snapshot, &config.catalog, user, inspect, &body)
+            .map_err(|d| (d.rejection, d.denied_ids, d.fields)),
+    )
+}
+
+/// A rejection with the lists a bulk or field denial names (`denied_ids`, `fields`).
+async fn respond_with(
+    session: &mut Session,
+    rejection: &Rejection,
+    request_id: &str,
+    id_header: &http::HeaderName,
+    denied_ids: &[String],
+    fields: &[String],
+) -> Result<()> {
+    if denied_ids.is_empty() && fields.is_empty() {
+        return respond(session, rejection, request_id, id_header).await;
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&rejection.body(request_id)).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        if !denied_ids.is_empty() {
+            o.insert("denied_ids".into(), serde_json::json!(denied_ids));
+        }
+        if !fields.is_empty() {
+            o.insert("fields".into(), serde_json::json!(fields));
+        }
+    }
+    let body = serde_json::to_vec(&v).unwrap_or_default();
+    let mut resp = ResponseHeader::build(rejection.status, Some(4))?;
+    resp.insert_header(CONTENT_TYPE, "application/json")?;
+    resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(id_header.clone(), request_id)?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    Ok(())
+}
+
 fn default_request_id_header() -> http::HeaderName {
     http::HeaderName::from_static("x-request-id")
 }
@@ -157,6 +275,9 @@ impl ProxyHttp for Gateway {
             upstream_elapsed: None,
             upstream_status: None,
             candidate: None,
+            forward_body: None,
+            removed_ids: Vec::new(),
+            body_replaced: false,
         }
     }
 
@@ -240,6 +361,45 @@ impl ProxyHttp for Gateway {
         ctx.peer = peer;
         let outcome = match decision {
             Ok(permit) => {
+                // Routes that inspect the body: read it (bounded), check it, and forward only
+                // the checked, re-serialized copy.
+                let inspect = permit
+                    .route
+                    .and_then(|r| policy::route_info(&live.config, r).inspect.as_ref())
+                    .filter(|i| i.reads_body());
+                if let (Some(inspect), Some(caller), Some(snapshot)) =
+                    (inspect, permit.caller, live.snapshot.as_deref())
+                {
+                    match read_and_check_body(session, &live.config, snapshot, caller.user, inspect)
+                        .await?
+                    {
+                        Ok(forward) => {
+                            ctx.removed_ids =
+                                forward.removed_ids.iter().map(|i| i.to_string()).collect();
+                            ctx.forward_body = Some(Bytes::from(forward.body));
+                        }
+                        Err((rejection, denied_ids, fields)) => {
+                            respond_with(
+                                session,
+                                &rejection,
+                                &ctx.request_id,
+                                &id_header,
+                                &denied_ids,
+                                &fields,
+                            )
+                            .await?;
+                            ctx.denied = Some(Box::new(Denied {
+                                rejection,
+                                route: permit.route,
+                                user: Some(snapshot.user(caller.user).id.to_string()),
+                                canonical: None,
+                                caller: Some(caller),
+                            }));
+                            ctx.live = Some(live);
+                            return Ok(true);
+                        }
+                    }
+                }
                 ctx.permit = Some(permit);
                 Ok(false)
             }
@@ -347,6 +507,10 @@ impl ProxyHttp for Gateway {
                 upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
             }
         }
+        if let Some(body) = &ctx.forward_body {
+            upstream.remove_header(&TRANSFER_ENCODING);
+            upstream.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+        }
         if let Some(host) = &config.upstream.host {
             upstream.insert_header(http::header::HOST, host.clone())?;
         }
@@ -372,6 +536,23 @@ impl ProxyHttp for Gateway {
             )?;
         }
         upstream.insert_header(f.request_id_header.clone(), ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // An inspected route: the client's body was read and checked in `request_filter`;
+        // what goes upstream is only the checked copy, whatever Pingora hands us here.
+        if ctx.forward_body.is_none() && !ctx.body_replaced {
+            return Ok(());
+        }
+        *body = ctx.forward_body.take();
+        ctx.body_replaced = true;
         Ok(())
     }
 
@@ -413,6 +594,23 @@ impl ProxyHttp for Gateway {
             .map(|l| l.config.forward.request_id_header.clone())
             .unwrap_or_else(default_request_id_header);
         upstream_response.insert_header(header, ctx.request_id.as_str())?;
+        if ctx.body_replaced || !ctx.removed_ids.is_empty() {
+            // The documented contract of a trimmed bulk call.
+            upstream_response.insert_header(REMOVED_COUNT, ctx.removed_ids.len().to_string())?;
+            if !ctx.removed_ids.is_empty() {
+                let mut ids = ctx
+                    .removed_ids
+                    .iter()
+                    .take(MAX_REMOVED_LISTED)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",");
+                if ctx.removed_ids.len() > MAX_REMOVED_LISTED {
+                    ids.push_str(",...");
+                }
+                upstream_response.insert_header(REMOVED_IDS, ids)?;
+            }
+        }
         Ok(())
     }
 
@@ -495,6 +693,9 @@ impl ProxyHttp for Gateway {
             .or_else(|| ctx.denied.as_ref().and_then(|d| d.route));
         if let Some(c) = live.counters(route) {
             c.count(outcome, status);
+            if !ctx.removed_ids.is_empty() {
+                c.trimmed(ctx.removed_ids.len() as u64);
+            }
         }
         let log = &self.state.decision_log;
         // Every disagreement with the candidate is logged, whatever the sampling.
@@ -570,7 +771,7 @@ impl ProxyHttp for Gateway {
                 permission: permission.map(|p| live.config.catalog.permission_name(p).to_string()),
                 decision,
                 reason,
-                trimmed: Vec::new(),
+                trimmed: ctx.removed_ids.clone(),
                 candidate,
                 snapshot_version: snapshot.map(|s| s.version.clone()),
                 config_hash: live.config.hash.clone(),

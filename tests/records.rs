@@ -112,14 +112,14 @@ async fn scopes_decide_per_record() {
 }
 
 #[test]
-fn routes_whose_checks_need_body_buffering_are_refused_not_ignored() {
+fn routes_whose_checks_need_response_buffering_are_refused_not_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let text = config().replacen(
-        "path = \"/api/v1/leads/bulk-reassign\"\npermission = \"lead.reassign\"",
-        "path = \"/api/v1/leads/bulk-reassign\"\npermission = \"lead.reassign\"\nbulk = { type = \"lead\", items = \"/ids\" }",
+        "path = \"/api/v1/leads\"\npermission = \"lead.view\"",
+        "path = \"/api/v1/leads\"\npermission = \"lead.view\"\nlist = { type = \"lead\", items = \"/items\", item_id = \"/id\", counts = [\"/total\"] }",
         1,
     );
-    assert!(text.contains("bulk = {"));
+    assert!(text.contains("list = {"));
     std::fs::write(dir.path().join("c.toml"), &text).unwrap();
     std::fs::write(dir.path().join("snapshot.json"), snapshot()).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
@@ -130,7 +130,7 @@ fn routes_whose_checks_need_body_buffering_are_refused_not_ignored() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("leads.bulk_reassign") && err.contains("not") && err.contains("enforced"),
+        err.contains("'leads.read'") && err.contains("not enforced"),
         "{err}"
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
@@ -173,4 +173,216 @@ async fn callers_can_ask_for_their_effective_permissions() {
         h.received().is_empty(),
         "answered by the gateway, never forwarded"
     );
+}
+
+fn bulk_config(mode: &str) -> String {
+    let text = config().replacen(
+        "path = \"/api/v1/leads/bulk-reassign\"\npermission = \"lead.reassign\"",
+        &format!("path = \"/api/v1/leads/bulk-reassign\"\npermission = \"lead.reassign\"\nbulk = {{ type = \"lead\", items = \"/ids\", mode = \"{mode}\", keys = [\"ids\", \"owner_id\"] }}\nnew_owner = {{ at = \"/owner_id\" }}"),
+        1,
+    );
+    assert!(text.contains("bulk = {"));
+    text
+}
+
+/// The manager may reassign leads of their own and their reports' (seed 004).
+fn bulk_snapshot() -> String {
+    snapshot().replacen(
+        "\"lead.view@subordinates\"",
+        "\"lead.view@subordinates\", \"lead.reassign@subordinates\"",
+        1,
+    )
+}
+
+async fn bulk_gateway(mode: &str) -> (Harness, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("permgate.toml"), bulk_config(mode)).unwrap();
+    std::fs::write(dir.path().join("snapshot.json"), bulk_snapshot()).unwrap();
+    (
+        Harness::start_with(&dir.path().join("permgate.toml")).await,
+        dir,
+    )
+}
+
+async fn reassign(
+    h: &Harness,
+    body: &str,
+    content_type: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = client()
+        .post(h.url("/api/v1/leads/bulk-reassign"))
+        .header("authorization", bearer("u-sm"))
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_reassign_of_20_leads_forwards_exactly_the_10_in_scope() {
+    let (h, _dir) = bulk_gateway("trim").await;
+    // 20 leads: 10 owned by u-sm or their reports (u-rep1, u-rep2), 10 by others; interleaved.
+    let ids = [
+        1, 2, 3, 5, 4, 6, 10, 7, 11, 8, 12, 9, 18, 13, 19, 14, 20, 15, 26, 16,
+    ];
+    let in_scope: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|n| ["u-sm", "u-rep1", "u-rep2"].contains(&owner(*n)))
+        .collect();
+    assert_eq!(in_scope.len(), 10);
+    let body = format!("{{\"ids\": {ids:?}, \"owner_id\": \"u-rep2\"}}");
+    let (s, headers, v) = reassign(&h, &body, "application/json").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(headers.get("x-permgate-removed-count").unwrap(), "10");
+    let removed: Vec<u32> = headers
+        .get("x-permgate-removed-ids")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let out_of_scope: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|n| !in_scope.contains(n))
+        .collect();
+    assert_eq!(removed, out_of_scope);
+    // The CRM received exactly the allowed items, in order, with a correct Content-Length.
+    let got = h.received();
+    assert_eq!(got.len(), 1);
+    let sent: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(sent["ids"], serde_json::json!(in_scope));
+    assert_eq!(sent["owner_id"], "u-rep2");
+    assert_eq!(
+        recorded_header(&got[0], "content-length"),
+        vec![got[0].body.len().to_string().as_str()]
+    );
+    assert_eq!(
+        v["updated"],
+        serde_json::json!(in_scope),
+        "the CRM reassigned those 10"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_denials_and_malformed_bodies_forward_nothing() {
+    let (h, _dir) = bulk_gateway("trim").await;
+    let cases: Vec<(&str, &str, u16, &str)> = vec![
+        // Nothing in scope → 403, nothing forwarded.
+        (
+            r#"{"ids": [1, 5, 6], "owner_id": "u-rep2"}"#,
+            "application/json",
+            403,
+            "bulk_forbidden",
+        ),
+        // The new owner must be within the caller's scope.
+        (
+            r#"{"ids": [2, 3], "owner_id": "u-csr"}"#,
+            "application/json",
+            403,
+            "assignee_forbidden",
+        ),
+        // Strict bodies.
+        (
+            r#"{"ids": [2], "ids": [1], "owner_id": "u-rep2"}"#,
+            "application/json",
+            400,
+            "",
+        ),
+        (
+            r#"{"ids": [2], "owner_id": "u-rep2"} trailing"#,
+            "application/json",
+            400,
+            "",
+        ),
+        (
+            "\u{feff}{\"ids\": [2], \"owner_id\": \"u-rep2\"}",
+            "application/json",
+            400,
+            "",
+        ),
+        (
+            r#"{"ids": ["02"], "owner_id": "u-rep2"}"#,
+            "application/json",
+            400,
+            "",
+        ),
+        (
+            r#"{"ids": [2], "owner_id": "u-rep2", "select_all": true}"#,
+            "application/json",
+            400,
+            "",
+        ),
+        (
+            r#"{"ids": [2], "owner_id": "u-rep2"}"#,
+            "text/plain",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            r#"{"ids": [2], "owner_id": "u-rep2"}"#,
+            "application/json; charset=latin1",
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (body, ct, status, code) in cases {
+        h.clear();
+        let (s, _, v) = reassign(&h, body, ct).await;
+        assert_eq!(s, status, "{body} ({ct}): {v}");
+        if !code.is_empty() {
+            assert_eq!(v["error"], code, "{body}: {v}");
+        }
+        assert!(v["request_id"].as_str().is_some(), "{v}");
+        assert!(h.received().is_empty(), "nothing forwarded for {body}");
+    }
+    // Over the inspected-body limit → 413.
+    h.clear();
+    let big = format!(
+        "{{\"ids\": [{}], \"owner_id\": \"u-rep2\"}}",
+        vec!["2"; 40_000].join(",")
+    );
+    let (s, _, v) = reassign(&h, &big, "application/json").await;
+    assert_eq!(s, 413, "{v}");
+    assert!(h.received().is_empty());
+    // A compressed body is refused.
+    let r = client()
+        .post(h.url("/api/v1/leads/bulk-reassign"))
+        .header("authorization", bearer("u-sm"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert!(h.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_or_nothing_refuses_a_partly_allowed_bulk_call() {
+    let (h, _dir) = bulk_gateway("all_or_nothing").await;
+    let (s, _, v) = reassign(
+        &h,
+        r#"{"ids": [2, 3, 1], "owner_id": "u-rep2"}"#,
+        "application/json",
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["denied_ids"], serde_json::json!(["1"]));
+    assert!(h.received().is_empty());
+    let (s, _, _) = reassign(
+        &h,
+        r#"{"ids": [2, 3], "owner_id": "u-rep2"}"#,
+        "application/json",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(h.received().len(), 1);
 }
