@@ -386,3 +386,92 @@ async fn all_or_nothing_refuses_a_partly_allowed_bulk_call() {
     assert_eq!(s, 200);
     assert_eq!(h.received().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_trimming_over_http2_too() {
+    let (h, _dir) = bulk_gateway("trim").await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = c
+        .post(h.url("/api/v1/leads/bulk-reassign"))
+        .header("authorization", bearer("u-sm"))
+        .header("content-type", "application/json")
+        .body(r#"{"ids": [1, 2, 3], "owner_id": "u-rep1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("x-permgate-removed-ids").unwrap(), "1");
+    let got = h.received();
+    let sent: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(sent["ids"], serde_json::json!([2, 3]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_permissions_refuse_or_strip() {
+    for (mode, expect_status) in [("refuse", 403), ("strip", 200)] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config().replacen(
+            "path = \"/api/v1/customers/{id}\"\npermission = \"customer.edit_name_email\"",
+            &format!("path = \"/api/v1/customers/{{id}}\"\npermission = \"customer.edit_name_email\"\nfields = {{ \"/phone\" = \"customer.edit_phone_number\" }}\non_denied_fields = \"{mode}\""),
+            1,
+        );
+        assert!(text.contains("on_denied_fields"));
+        // u-mm gets a custom role that edits names but not phone numbers.
+        let mut v: serde_json::Value = serde_json::from_str(&snapshot()).unwrap();
+        v["roles"].as_array_mut().unwrap().push(
+            serde_json::json!({"id": "name_editor", "permissions": ["customer.edit_name_email"]}),
+        );
+        for u in v["users"].as_array_mut().unwrap() {
+            if u["id"] == "u-mm" {
+                u["roles"] = serde_json::json!(["marketing_manager", "name_editor"]);
+            }
+        }
+        std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+        std::fs::write(
+            dir.path().join("snapshot.json"),
+            serde_json::to_string(&v).unwrap(),
+        )
+        .unwrap();
+        let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+        let patch = |body: &'static str| {
+            let url = h.url("/api/v1/customers/7");
+            async move {
+                client()
+                    .patch(url)
+                    .header("authorization", bearer("u-mm"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            patch(r#"{"name": "Renamed"}"#).await.status(),
+            200,
+            "{mode}"
+        );
+        h.clear();
+        let r = patch(r#"{"name": "Renamed", "phone": "+1 555 0100"}"#).await;
+        assert_eq!(r.status().as_u16(), expect_status, "{mode}");
+        let got = h.received();
+        if mode == "refuse" {
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"], "field_forbidden");
+            assert_eq!(v["fields"], serde_json::json!(["/phone"]));
+            assert!(got.is_empty());
+        } else {
+            let sent: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+            assert_eq!(
+                sent,
+                serde_json::json!({"name": "Renamed"}),
+                "the phone was stripped"
+            );
+        }
+    }
+}
