@@ -625,35 +625,6 @@ fn header_name(
 }
 
 impl Config {
-    /// Settings the data plane cannot enforce yet, as errors naming their route. A gateway
-    /// refuses to serve with them (fail closed): list filtering exists as a pure function, but
-    /// the response-body buffering that feeds it is not wired.
-    pub fn unenforceable(&self) -> Vec<ConfigError> {
-        self.routes
-            .routes()
-            .iter()
-            .filter(|r| {
-                r.value
-                    .inspect
-                    .as_ref()
-                    .is_some_and(|i| i.filters_response())
-            })
-            .map(|r| {
-                let line = r.origin.rsplit(':').next().and_then(|l| l.parse().ok());
-                ConfigError::new(
-                    &self.file,
-                    line,
-                    "route",
-                    format!(
-                        "'{}': list filtering is not enforced by this build's data plane yet \
-                         (response bodies are not buffered); refused rather than forwarded unchecked",
-                        r.value.name
-                    ),
-                )
-            })
-            .collect()
-    }
-
     /// Read and compile the config file at `path`; relative paths inside are resolved from
     /// the file's folder.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {

@@ -200,10 +200,6 @@ impl State {
     /// bad snapshot is logged and the gateway starts not ready.
     pub fn load(config_path: &Path, overrides: Overrides) -> Result<State, Vec<ConfigError>> {
         let mut config = Config::load(config_path)?;
-        let unenforceable = config.unenforceable();
-        if !unenforceable.is_empty() {
-            return Err(unenforceable);
-        }
         overrides.apply(&mut config);
         let metrics = Arc::new(Metrics::default());
         let decision_log = DecisionLog::start(config.decision_log.clone()).map_err(|e| {
@@ -511,9 +507,6 @@ impl State {
             errors
         };
         let mut config = match Config::load(&self.config_path) {
-            Ok(c) if !c.unenforceable().is_empty() => {
-                return Err(refuse(strings(&c.unenforceable())))
-            }
             Ok(c) => c,
             Err(e) => return Err(refuse(strings(&e))),
         };

@@ -164,12 +164,6 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { file } => {
             let config = match Config::load(&file) {
-                Ok(c) if !c.unenforceable().is_empty() => {
-                    let errors = c.unenforceable();
-                    print_errors(&errors);
-                    eprintln!("{} error(s); the config is refused", errors.len());
-                    return ExitCode::from(1);
-                }
                 Ok(c) => c,
                 Err(errors) => {
                     print_errors(&errors);

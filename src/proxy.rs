@@ -76,6 +76,8 @@ pub struct Ctx {
     removed_ids: Vec<String>,
     /// The checked body has been handed to the upstream.
     body_replaced: bool,
+    /// A list response being buffered for filtering (inspected routes with `list`).
+    list_buffer: Option<Vec<u8>>,
 }
 
 fn new_request_id() -> String {
@@ -278,6 +280,7 @@ impl ProxyHttp for Gateway {
             forward_body: None,
             removed_ids: Vec::new(),
             body_replaced: false,
+            list_buffer: None,
         }
     }
 
@@ -556,6 +559,50 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let Some(buffer) = ctx.list_buffer.as_mut() else {
+            return Ok(None);
+        };
+        // Fail closed: anything that prevents filtering aborts the response (its header is
+        // already sent), so no unfiltered item ever reaches the caller.
+        let fail =
+            |why: &str| Error::explain(ErrorType::InternalError, format!("list filter: {why}"));
+        let (Some(live), Some(permit)) = (&ctx.live, &ctx.permit) else {
+            return Err(fail("no permit"));
+        };
+        let inspect = permit
+            .route
+            .and_then(|r| policy::route_info(&live.config, r).inspect.as_ref())
+            .ok_or_else(|| fail("no inspection settings"))?;
+        let limit = inspect.list.as_ref().map_or(0, |l| l.limits.max_bytes);
+        if let Some(chunk) = body.take() {
+            if buffer.len() + chunk.len() > limit {
+                return Err(fail("the response is over the route's list.max_bytes"));
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        if !end_of_stream {
+            return Ok(None);
+        }
+        let (Some(caller), Some(snapshot)) = (permit.caller, live.snapshot.as_deref()) else {
+            return Err(fail("no caller"));
+        };
+        let filtered = crate::inspect::filter_response(snapshot, caller.user, inspect, buffer)
+            .map_err(|e| fail(&e.to_string()))?;
+        if let Some(c) = live.counters(permit.route) {
+            c.trimmed(filtered.removed as u64);
+        }
+        *body = Some(Bytes::from(filtered.body));
+        ctx.list_buffer = None;
+        Ok(None)
+    }
+
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
@@ -594,6 +641,18 @@ impl ProxyHttp for Gateway {
             .map(|l| l.config.forward.request_id_header.clone())
             .unwrap_or_else(default_request_id_header);
         upstream_response.insert_header(header, ctx.request_id.as_str())?;
+        // A list route: buffer the 2xx response to filter it; its length will change.
+        let lists = ctx
+            .live
+            .as_ref()
+            .zip(ctx.permit.as_ref().and_then(|p| p.route))
+            .and_then(|(l, r)| policy::route_info(&l.config, r).inspect.as_ref())
+            .is_some_and(|i| i.filters_response());
+        if lists && upstream_response.status.is_success() {
+            upstream_response.remove_header(&CONTENT_LENGTH);
+            upstream_response.remove_header(&http::header::CONTENT_ENCODING);
+            ctx.list_buffer = Some(Vec::new());
+        }
         if ctx.body_replaced || !ctx.removed_ids.is_empty() {
             // The documented contract of a trimmed bulk call.
             upstream_response.insert_header(REMOVED_COUNT, ctx.removed_ids.len().to_string())?;

@@ -111,8 +111,8 @@ async fn scopes_decide_per_record() {
     assert!(h.received().is_empty());
 }
 
-#[test]
-fn routes_whose_checks_need_response_buffering_are_refused_not_ignored() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_responses_hold_only_what_the_caller_may_see() {
     let dir = tempfile::tempdir().unwrap();
     let text = config().replacen(
         "path = \"/api/v1/leads\"\npermission = \"lead.view\"",
@@ -120,25 +120,43 @@ fn routes_whose_checks_need_response_buffering_are_refused_not_ignored() {
         1,
     );
     assert!(text.contains("list = {"));
-    std::fs::write(dir.path().join("c.toml"), &text).unwrap();
+    std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
     std::fs::write(dir.path().join("snapshot.json"), snapshot()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
-        .arg("check-config")
-        .arg(dir.path().join("c.toml"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let list = |user: &'static str| {
+        let url = h.url("/api/v1/leads?per_page=200");
+        async move {
+            let r = client()
+                .get(url)
+                .header("authorization", bearer(user))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            let ids: Vec<u64> = v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_u64().unwrap())
+                .collect();
+            (ids, v["total"].clone())
+        }
+    };
+    // A rep's list of leads holds only theirs, plus the one shared with their team.
+    let (ids, total) = list("u-rep1").await;
+    assert_eq!(ids, vec![1, 3, 11, 19, 27, 35]);
+    assert_eq!(total, 6, "the count is corrected so nothing leaks");
+    // A manager sees their subtree and nothing outside it.
+    let (ids, _) = list("u-sm").await;
     assert!(
-        err.contains("'leads.read'") && err.contains("not enforced"),
-        "{err}"
+        ids.iter()
+            .all(|n| ["u-sm", "u-rep1", "u-rep2"].contains(&owner(*n as u32))),
+        "{ids:?}"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("c.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "serve refuses to start");
+    assert_eq!(ids.len(), 15);
+    // Full scope: everything.
+    assert_eq!(list("u-admin").await.0.len(), 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
