@@ -510,6 +510,14 @@ impl ProxyHttp for Gateway {
                 upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
             }
         }
+        // A list route's response is filtered: ask the CRM for it uncompressed.
+        if permit
+            .route
+            .and_then(|r| policy::route_info(config, r).inspect.as_ref())
+            .is_some_and(|i| i.filters_response())
+        {
+            upstream.remove_header(&http::header::ACCEPT_ENCODING);
+        }
         if let Some(body) = &ctx.forward_body {
             upstream.remove_header(&TRANSFER_ENCODING);
             upstream.insert_header(CONTENT_LENGTH, body.len().to_string())?;
