@@ -148,6 +148,8 @@ pub async fn handle(
                 user: Option<String>,
                 method: String,
                 path: String,
+                #[serde(default)]
+                body: Option<String>,
             }
             match read_body(req, 64 * 1024).await {
                 Err(r) => r,
@@ -163,12 +165,13 @@ pub async fn handle(
                             ),
                             Some(s) => reply(
                                 StatusCode::OK,
-                                crate::explain::explain(
+                                crate::explain::explain_with_body(
                                     &live.config,
                                     s,
                                     &ask.method,
                                     &ask.path,
                                     ask.user.as_deref(),
+                                    ask.body.as_deref().map(str::as_bytes),
                                 )
                                 .json,
                             ),

@@ -22,13 +22,26 @@ pub struct Explanation {
     pub json: serde_json::Value,
 }
 
-/// Explain one call by `user` (`None`: no credentials).
+/// Explain one call by `user` (`None`: no credentials), with its JSON body when the route
+/// inspects bodies (bulk items trimmed, fields, records in the body).
 pub fn explain(
     config: &Config,
     snapshot: &Snapshot,
     method: &str,
     target: &str,
     user: Option<&str>,
+) -> Explanation {
+    explain_with_body(config, snapshot, method, target, user, None)
+}
+
+/// [`explain`] with the request body.
+pub fn explain_with_body(
+    config: &Config,
+    snapshot: &Snapshot,
+    method: &str,
+    target: &str,
+    user: Option<&str>,
+    body: Option<&[u8]>,
 ) -> Explanation {
     let Ok(m) = Method::from_bytes(method.as_bytes()) else {
         return Explanation {
@@ -39,6 +52,41 @@ pub fn explain(
         };
     };
     let result = decide_as(config, snapshot, &m, target.as_bytes(), user);
+    // The body checks the gateway runs on an inspected route, on the given body.
+    let mut trimmed: Option<Vec<String>> = None;
+    let result = match result {
+        Ok(p) => {
+            let inspect = p
+                .route
+                .and_then(|r| policy::route_info(config, r).inspect.as_ref())
+                .filter(|i| i.reads_body());
+            match (inspect, p.caller) {
+                (Some(i), Some(c)) => {
+                    match crate::inspect::check_body(
+                        snapshot,
+                        &config.catalog,
+                        c.user,
+                        i,
+                        body.unwrap_or_default(),
+                    ) {
+                        Ok(f) => {
+                            trimmed = Some(f.removed_ids.iter().map(|x| x.to_string()).collect());
+                            Ok(p)
+                        }
+                        Err(d) => Err(Box::new(crate::policy::Denied {
+                            rejection: d.rejection,
+                            route: p.route,
+                            user: user.map(str::to_string),
+                            canonical: Some(p.canonical),
+                            caller: p.caller,
+                        })),
+                    }
+                }
+                _ => Ok(p),
+            }
+        }
+        Err(d) => Err(d),
+    };
     let (route, canonical) = match &result {
         Ok(p) => (p.route, Some(p.canonical.path_and_query())),
         Err(d) => (d.route, d.canonical.as_ref().map(|c| c.path_and_query())),
@@ -102,6 +150,7 @@ pub fn explain(
             "code": code,
             "message": message,
             "granted_by": granted_by,
+            "trimmed": trimmed,
             "snapshot_version": snapshot.version,
             "config_hash": config.hash,
         }),
@@ -158,6 +207,15 @@ impl Explanation {
             match j["granted_by"].as_str() {
                 Some(r) => s.push_str(&format!("decision:   ALLOW — granted by role '{r}'\n")),
                 None => s.push_str("decision:   ALLOW — public route\n"),
+            }
+            if let Some(t) = j["trimmed"].as_array() {
+                let ids: Vec<&str> = t.iter().filter_map(|x| x.as_str()).collect();
+                s.push_str(&format!(
+                    "trimmed:    {} item(s) removed before forwarding{}{}\n",
+                    ids.len(),
+                    if ids.is_empty() { "" } else { ": " },
+                    ids.join(", ")
+                ));
             }
         } else {
             s.push_str(&format!(

@@ -65,6 +65,9 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The request body (a JSON file), for routes that inspect bodies.
+        #[arg(long)]
+        body: Option<PathBuf>,
         method: String,
         /// The request target, e.g. /api/v1/campaigns/7
         path: String,
@@ -205,13 +208,27 @@ fn main() -> ExitCode {
             config,
             user,
             json,
+            body,
             method,
             path,
         } => match load_offline(&config) {
             Err(code) => code,
             Ok((cfg, snapshot)) => {
-                let e =
-                    permgate::explain::explain(&cfg, &snapshot, &method, &path, user.as_deref());
+                let body = match body.map(std::fs::read).transpose() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        eprintln!("error: --body: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let e = permgate::explain::explain_with_body(
+                    &cfg,
+                    &snapshot,
+                    &method,
+                    &path,
+                    user.as_deref(),
+                    body.as_deref(),
+                );
                 if json {
                     println!(
                         "{}",

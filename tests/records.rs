@@ -242,7 +242,7 @@ async fn reassign(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_reassign_of_20_leads_forwards_exactly_the_10_in_scope() {
-    let (h, _dir) = bulk_gateway("trim").await;
+    let (h, dir) = bulk_gateway("trim").await;
     // 20 leads: 10 owned by u-sm or their reports (u-rep1, u-rep2), 10 by others; interleaved.
     let ids = [
         1, 2, 3, 5, 4, 6, 10, 7, 11, 8, 12, 9, 18, 13, 19, 14, 20, 15, 26, 16,
@@ -286,6 +286,26 @@ async fn a_bulk_reassign_of_20_leads_forwards_exactly_the_10_in_scope() {
         serde_json::json!(in_scope),
         "the CRM reassigned those 10"
     );
+
+    // `permgate explain --body` agrees with the gateway on what is trimmed.
+    std::fs::write(dir.path().join("body.json"), &body).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["explain", "--json", "--user", "u-sm", "--config"])
+        .arg(dir.path().join("permgate.toml"))
+        .arg("--body")
+        .arg(dir.path().join("body.json"))
+        .args(["POST", "/api/v1/leads/bulk-reassign"])
+        .output()
+        .unwrap();
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["decision"], "allow");
+    let trimmed: Vec<u32> = e["trimmed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(trimmed, removed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
