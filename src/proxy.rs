@@ -92,14 +92,26 @@ async fn respond(
     id_header: &http::HeaderName,
 ) -> Result<()> {
     let body = rejection.body(request_id);
-    let mut resp = ResponseHeader::build(rejection.status, Some(5))?;
+    write_json(session, rejection.status, body, request_id, id_header).await
+}
+
+/// Answer with a JSON body the gateway made: status, body, request id; `WWW-Authenticate` on
+/// 401. The connection is closed when the request had a body we may not have read (it would
+/// desynchronise the connection).
+async fn write_json(
+    session: &mut Session,
+    status: u16,
+    body: Vec<u8>,
+    request_id: &str,
+    id_header: &http::HeaderName,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(5))?;
     resp.insert_header(CONTENT_TYPE, "application/json")?;
     resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(id_header.clone(), request_id)?;
-    if rejection.status == 401 {
+    if status == 401 {
         resp.insert_header(WWW_AUTHENTICATE, "Bearer")?;
     }
-    // An unread request body would desynchronise the connection: close it instead.
     let req = session.req_header();
     if req.headers.contains_key(TRANSFER_ENCODING)
         || req
@@ -230,9 +242,6 @@ async fn respond_with(
     denied_ids: &[String],
     fields: &[String],
 ) -> Result<()> {
-    if denied_ids.is_empty() && fields.is_empty() {
-        return respond(session, rejection, request_id, id_header).await;
-    }
     let mut v: serde_json::Value =
         serde_json::from_slice(&rejection.body(request_id)).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
@@ -244,16 +253,7 @@ async fn respond_with(
         }
     }
     let body = serde_json::to_vec(&v).unwrap_or_default();
-    let mut resp = ResponseHeader::build(rejection.status, Some(4))?;
-    resp.insert_header(CONTENT_TYPE, "application/json")?;
-    resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(id_header.clone(), request_id)?;
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await?;
-    Ok(())
+    write_json(session, rejection.status, body, request_id, id_header).await
 }
 
 fn default_request_id_header() -> http::HeaderName {
@@ -311,14 +311,7 @@ impl ProxyHttp for Gateway {
             match answer {
                 Ok(json) => {
                     let body = serde_json::to_vec(&json).unwrap_or_default();
-                    let mut resp = ResponseHeader::build(200, Some(4))?;
-                    resp.insert_header(CONTENT_TYPE, "application/json")?;
-                    resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
-                    resp.insert_header(id_header, ctx.request_id.as_str())?;
-                    session.write_response_header(Box::new(resp), false).await?;
-                    session
-                        .write_response_body(Some(Bytes::from(body)), true)
-                        .await?;
+                    write_json(session, 200, body, &ctx.request_id, &id_header).await?;
                 }
                 Err(rejection) => {
                     respond(session, &rejection, &ctx.request_id, &id_header).await?;
