@@ -151,6 +151,8 @@ struct RawListen {
 struct RawListenTls {
     cert_file: Spanned<String>,
     key_file: Spanned<String>,
+    #[serde(default)]
+    client_ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -466,6 +468,8 @@ pub struct Listen {
 pub struct ListenTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by one of these CAs (mTLS).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// TLS to the CRM.
@@ -858,6 +862,10 @@ impl Config {
         let listen_tls = raw.listen.tls.as_ref().map(|t| ListenTls {
             cert_file: file_exists(&t.cert_file, "listen.tls.cert_file", &mut errors),
             key_file: file_exists(&t.key_file, "listen.tls.key_file", &mut errors),
+            client_ca_file: t
+                .client_ca_file
+                .as_ref()
+                .map(|c| file_exists(c, "listen.tls.client_ca_file", &mut errors)),
         });
         let upstream_tls = raw.upstream.tls.as_ref().map(|t| {
             if t.sni.is_empty() {

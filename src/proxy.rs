@@ -912,7 +912,9 @@ mod tls {
     use log::{info, warn};
     use pingora::listeners::tls::TlsSettings;
     use pingora::tls::sign::CertifiedKey;
-    use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+    use pingora::tls::{
+        ClientHello, CryptoProvider, ResolvesServerCert, RootCertStore, WebPkiClientVerifier,
+    };
 
     use crate::config::ListenTls;
 
@@ -963,6 +965,16 @@ mod tls {
         .map_err(|e| e.to_string())?;
         settings.set_cert_resolver(resolver.clone());
         settings.enable_h2();
+        if let Some(ca) = &files.client_ca_file {
+            // mTLS: only clients with a certificate from these CAs complete the handshake.
+            let mut roots = RootCertStore::empty();
+            pingora::tls::load_ca_file_into_store(ca, &mut roots)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            settings.set_client_cert_verifier(verifier);
+        }
         let files = files.clone();
         std::thread::Builder::new()
             .name("permgate-tls-reload".into())

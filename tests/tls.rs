@@ -198,3 +198,67 @@ async fn tls_to_the_crm_with_a_ca_bundle_and_sni() {
     assert!(r.status() == 502 || r.status() == 504, "{}", r.status());
     assert!(back.received().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("permgate mTLS CA");
+    let (cert, key) = ca.server();
+    write(dir.path(), "gw.pem", &cert);
+    write(dir.path(), "gw.key", &key);
+    write(dir.path(), "clients.pem", &ca.pem());
+    let text = demo_config_text().replacen(
+        "[upstream]",
+        "[listen.tls]\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\nclient_ca_file = \"clients.pem\"\n\n[upstream]",
+        1,
+    );
+    write(dir.path(), "permgate.toml", &text);
+    write(dir.path(), "snapshot.json", permgate::demo::DEMO_SNAPSHOT);
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let url = format!("https://localhost:{}/api/v1/customers/1", h.addr.port());
+
+    // No client certificate: the handshake fails, nothing reaches the CRM.
+    assert!(https_client(&ca, false).get(&url).send().await.is_err());
+    assert!(h.received().is_empty());
+
+    // A certificate from the trusted CA: served.
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["crm-frontend".to_string()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let identity = reqwest::Identity::from_pem(
+        format!("{}{}", client_cert.pem(), key.serialize_pem()).as_bytes(),
+    )
+    .unwrap();
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .identity(identity)
+        .build()
+        .unwrap();
+    let r = c
+        .get(&url)
+        .header("authorization", bearer("u-rep1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A certificate from another CA: refused.
+    let other = Ca::new("not trusted");
+    let key = KeyPair::generate().unwrap();
+    let bad = params.signed_by(&key, &other.issuer).unwrap();
+    let identity =
+        reqwest::Identity::from_pem(format!("{}{}", bad.pem(), key.serialize_pem()).as_bytes())
+            .unwrap();
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .identity(identity)
+        .build()
+        .unwrap();
+    assert!(c.get(&url).send().await.is_err());
+    assert_eq!(h.received().len(), 1);
+}
