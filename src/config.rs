@@ -170,7 +170,12 @@ fn default_drain() -> u64 {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
-    address: Spanned<String>,
+    #[serde(default)]
+    address: Option<Spanned<String>>,
+    #[serde(default)]
+    addresses: Vec<Spanned<String>>,
+    #[serde(default = "default_health_ms")]
+    health_check_interval_ms: u64,
     #[serde(default = "default_connect_ms")]
     connect_timeout_ms: u64,
     #[serde(default = "default_read_ms")]
@@ -396,6 +401,9 @@ fn default_connect_ms() -> u64 {
 fn default_read_ms() -> u64 {
     30_000
 }
+fn default_health_ms() -> u64 {
+    1_000
+}
 fn default_poll_ms() -> u64 {
     1_000
 }
@@ -482,7 +490,11 @@ pub struct UpstreamTls {
 
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    /// The first (or only) CRM instance.
     pub address: SocketAddr,
+    /// Every CRM instance; more than one: round robin over the healthy ones.
+    pub addresses: Vec<SocketAddr>,
+    pub health_check_interval: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -726,19 +738,45 @@ impl Config {
                 ),
             ));
         }
-        let upstream_addr = match raw.upstream.address.get_ref().to_socket_addrs() {
-            Ok(mut a) => a.next(),
-            Err(_) => None,
-        };
-        if upstream_addr.is_none() {
+        // One CRM (`address`) or several (`addresses`, round robin with health checks).
+        let listed: Vec<&Spanned<String>> =
+            match (&raw.upstream.address, raw.upstream.addresses.as_slice()) {
+                (Some(a), []) => vec![a],
+                (None, list) if !list.is_empty() => list.iter().collect(),
+                _ => {
+                    errors.push(ConfigError::new(
+                        file,
+                        locate(text, "upstream.address"),
+                        "upstream",
+                        "set exactly one of 'address' or 'addresses' (a non-empty list)",
+                    ));
+                    Vec::new()
+                }
+            };
+        let mut upstream_addrs = Vec::new();
+        for a in &listed {
+            match a
+                .get_ref()
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut it| it.next())
+            {
+                Some(addr) => upstream_addrs.push(addr),
+                None => errors.push(ConfigError::new(
+                    file,
+                    at(a.span()),
+                    "upstream.address",
+                    format!("'{}' is not a resolvable host:port", a.get_ref()),
+                )),
+            }
+        }
+        let upstream_addr = upstream_addrs.first().copied();
+        if raw.upstream.health_check_interval_ms < 50 {
             errors.push(ConfigError::new(
                 file,
-                at(raw.upstream.address.span()),
-                "upstream.address",
-                format!(
-                    "'{}' is not a resolvable host:port",
-                    raw.upstream.address.get_ref()
-                ),
+                locate(text, "upstream.health_check_interval_ms"),
+                "upstream.health_check_interval_ms",
+                "must be at least 50",
             ));
         }
         let u = &raw.upstream;
@@ -1297,6 +1335,8 @@ impl Config {
                 },
                 upstream: Upstream {
                     address,
+                    addresses: upstream_addrs,
+                    health_check_interval: Duration::from_millis(u.health_check_interval_ms),
                     connect_timeout: Duration::from_millis(u.connect_timeout_ms),
                     read_timeout: Duration::from_millis(u.read_timeout_ms),
                     write_timeout: Duration::from_millis(u.write_timeout_ms),

@@ -60,6 +60,7 @@ impl Overrides {
         }
         if let Some(u) = self.upstream {
             config.upstream.address = u;
+            config.upstream.addresses = vec![u];
         }
     }
 }
@@ -518,6 +519,12 @@ impl State {
         {
             return Err(refuse(vec![format!(
                 "{}: [listen] changed; listeners cannot change without a restart",
+                config.file
+            )]));
+        }
+        if config.upstream.addresses != current.config.upstream.addresses {
+            return Err(refuse(vec![format!(
+                "{}: upstream addresses changed; the CRM instances cannot change without a restart",
                 config.file
             )]));
         }

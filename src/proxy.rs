@@ -29,6 +29,11 @@ use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::{ErrorSource, ErrorType};
 
+use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::services::background::background_service;
+
 use crate::config::Access;
 use crate::decision_log::{self, Record};
 use crate::identity;
@@ -45,11 +50,17 @@ pub const OWN_HEADER_PREFIX: &str = "x-permgate-";
 /// The gateway's Pingora application.
 pub struct Gateway {
     state: Arc<State>,
+    /// Several CRM instances: round robin over the healthy ones (health checked in the
+    /// background). `None`: one instance, `upstream.address`.
+    balancer: Option<Arc<LoadBalancer<RoundRobin>>>,
 }
 
 impl Gateway {
     pub fn new(state: Arc<State>) -> Self {
-        Gateway { state }
+        Gateway {
+            state,
+            balancer: None,
+        }
     }
 }
 
@@ -430,9 +441,18 @@ impl ProxyHttp for Gateway {
         ctx.upstream_started = Some(Instant::now());
         // Each step's timeout is capped by what is left of the total.
         let left = remaining(ctx.deadline)?;
+        let address = match &self.balancer {
+            None => u.address,
+            Some(lb) => lb
+                .select(b"", 256)
+                .and_then(|b| b.addr.as_inet().copied())
+                .ok_or_else(|| {
+                    Error::explain(ErrorType::ConnectNoRoute, "no healthy CRM instance").into_up()
+                })?,
+        };
         let mut peer = match &u.tls {
-            None => HttpPeer::new(u.address, false, String::new()),
-            Some(t) => HttpPeer::new(u.address, true, t.sni.clone()),
+            None => HttpPeer::new(address, false, String::new()),
+            Some(t) => HttpPeer::new(address, true, t.sni.clone()),
         };
         peer.options.connection_timeout = Some(u.connect_timeout.min(left));
         peer.options.total_connection_timeout = Some(u.connect_timeout.min(left));
@@ -868,7 +888,29 @@ pub fn run(state: Arc<State>) -> ! {
     server.bootstrap();
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = config.listen.h2c;
-    let mut service = ProxyServiceBuilder::new(&server.configuration, Gateway::new(state))
+    let mut gateway = Gateway::new(state);
+    if config.upstream.addresses.len() > 1 {
+        let addresses: Vec<String> = config
+            .upstream
+            .addresses
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        match LoadBalancer::<RoundRobin>::try_from_iter(addresses) {
+            Ok(mut lb) => {
+                lb.set_health_check(TcpHealthCheck::new());
+                lb.health_check_frequency = Some(config.upstream.health_check_interval);
+                let background = background_service("CRM health checks", lb);
+                gateway.balancer = Some(background.task());
+                server.add_service(background);
+            }
+            Err(e) => {
+                log::error!("upstream.addresses: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let mut service = ProxyServiceBuilder::new(&server.configuration, gateway)
         .name("permgate")
         .server_options(server_options)
         .build();

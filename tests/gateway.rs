@@ -558,3 +558,63 @@ async fn spoofed_identity_headers_are_removed_over_http2_too() {
         vec!["sales_rep"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_crm_instances_round_robin_and_skip_a_dead_one() {
+    use permgate::sample_crm::{start, CrmOptions};
+    let crm1 = start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        CrmOptions::default(),
+    )
+    .await
+    .unwrap();
+    let crm2 = start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        CrmOptions::default(),
+    )
+    .await
+    .unwrap();
+    let text = demo_text().replacen(
+        "address = \"127.0.0.1:9090\"",
+        &format!(
+            "addresses = [\"{}\", \"{}\"]\nhealth_check_interval_ms = 100",
+            crm1.local_addr(),
+            crm2.local_addr()
+        ),
+        1,
+    );
+    assert!(text.contains("addresses = ["));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("permgate.toml"), &text).unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        permgate::demo::DEMO_SNAPSHOT,
+    )
+    .unwrap();
+    let h = Harness::start_own_upstreams(&dir.path().join("permgate.toml")).await;
+    let call = || async {
+        client()
+            .get(h.url("/api/v1/customers/1"))
+            .header("authorization", bearer("u-rep1"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // Wait for the first health checks, then spread calls.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for _ in 0..20 {
+        assert_eq!(call().await, 200);
+    }
+    let (n1, n2) = (crm1.requests().len(), crm2.requests().len());
+    assert_eq!(n1 + n2, 20);
+    assert!(n1 >= 5 && n2 >= 5, "round robin: {n1} and {n2}");
+    // One instance goes down: after a health check, every call goes to the other.
+    crm1.shutdown();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for _ in 0..10 {
+        assert_eq!(call().await, 200);
+    }
+    assert_eq!(crm2.requests().len(), n2 + 10);
+}

@@ -80,25 +80,37 @@ impl Harness {
     /// Like [`Harness::start_with`]; `upstream` overrides where the gateway sends calls (the
     /// sample CRM still starts, so tests can see that nothing reached it).
     pub async fn start_custom(config: &Path, upstream: Option<SocketAddr>) -> Harness {
+        Harness::launch(config, Some(upstream)).await
+    }
+
+    /// The config's own `[upstream]` is used as is (no `--upstream`); the harness's sample CRM
+    /// still starts but receives nothing unless the config names it.
+    pub async fn start_own_upstreams(config: &Path) -> Harness {
+        Harness::launch(config, None).await
+    }
+
+    async fn launch(config: &Path, upstream: Option<Option<SocketAddr>>) -> Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let crm = sample_crm::start(listener, CrmOptions::default())
             .await
             .expect("sample CRM starts");
-        let upstream = upstream.unwrap_or_else(|| crm.local_addr());
+        let upstream = upstream.map(|u| u.unwrap_or_else(|| crm.local_addr()));
         let dir = tempfile::tempdir().expect("tempdir");
         for attempt in 0..5 {
             let port = free_port();
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
             let log = dir.path().join(format!("gateway-{attempt}.log"));
             let out = std::fs::File::create(&log).unwrap();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_permgate"))
-                .arg("serve")
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_permgate"));
+            cmd.arg("serve")
                 .arg("--config")
                 .arg(config)
                 .arg("--listen")
-                .arg(addr.to_string())
-                .arg("--upstream")
-                .arg(upstream.to_string())
+                .arg(addr.to_string());
+            if let Some(u) = upstream {
+                cmd.arg("--upstream").arg(u.to_string());
+            }
+            let mut child = cmd
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(out.try_clone().unwrap())
