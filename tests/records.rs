@@ -513,3 +513,45 @@ async fn field_permissions_refuse_or_strip() {
         }
     }
 }
+
+/// The shipped example (`config/examples/scopes/`) stays valid and its expected decisions hold.
+#[test]
+fn the_scopes_example_checks_out() {
+    let example = repo().join("config/examples/scopes");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .arg("check-config")
+        .arg(example.join("permgate.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .arg("test")
+        .arg(example.join("policy-tests.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");
+    // A limited rep's bulk reassign keeps only their own leads.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("b.json"),
+        r#"{"ids":[4,12,3,5],"owner_id":"u-rep2"}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["explain", "--json", "--user", "u-rep2", "--config"])
+        .arg(example.join("permgate.toml"))
+        .arg("--body")
+        .arg(dir.path().join("b.json"))
+        .args(["POST", "/api/v1/leads/bulk-reassign"])
+        .output()
+        .unwrap();
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["trimmed"], serde_json::json!(["3", "5"]));
+}
