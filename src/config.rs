@@ -144,6 +144,8 @@ struct RawListen {
     drain_seconds: u64,
     #[serde(default)]
     tls: Option<RawListenTls>,
+    #[serde(default)]
+    upgrade_sock: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -470,6 +472,8 @@ pub struct Listen {
     pub drain_seconds: u64,
     /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with these files, reloaded when they change.
     pub tls: Option<ListenTls>,
+    /// Where the listening socket is handed to a new process on a binary upgrade (SIGQUIT).
+    pub upgrade_sock: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1332,6 +1336,12 @@ impl Config {
                     threads,
                     drain_seconds: raw.listen.drain_seconds,
                     tls: listen_tls,
+                    upgrade_sock: raw
+                        .listen
+                        .upgrade_sock
+                        .as_ref()
+                        .map(|p| base.join(p))
+                        .unwrap_or_else(|| PathBuf::from("/tmp/permgate-upgrade.sock")),
                 },
                 upstream: Upstream {
                     address,

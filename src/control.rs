@@ -97,34 +97,57 @@ async fn staleness_ticker(state: Arc<State>) {
 
 /// Start the control thread. Binds the admin listener first, so a port problem is an error
 /// here and not a silent absence.
-pub fn spawn(state: Arc<State>) -> std::io::Result<()> {
+///
+/// `upgrade`: the previous process still holds the admin port while it drains, so the port is
+/// taken over when it frees (retried every 200 ms) instead of failing the start.
+pub fn spawn(state: Arc<State>, upgrade: bool) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let admin = state.live().config.admin.clone();
+    let bind = |addr: std::net::SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let l = std::net::TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    };
     let listener = match &admin {
-        Some(a) => {
-            let l = std::net::TcpListener::bind(a.listen)?;
-            l.set_nonblocking(true)?;
-            Some(l)
-        }
+        Some(a) => match bind(a.listen) {
+            Ok(l) => Some(Ok(l)),
+            Err(e) if upgrade && e.kind() == std::io::ErrorKind::AddrInUse => Some(Err(a.listen)),
+            Err(e) => return Err(e),
+        },
         None => None,
     };
     std::thread::Builder::new()
         .name("permgate-control".into())
         .spawn(move || {
             rt.block_on(async move {
-                if let Some(l) = listener {
-                    match tokio::net::TcpListener::from_std(l) {
-                        Ok(l) => {
-                            info!(
-                                "admin API on {}",
-                                l.local_addr().map(|a| a.to_string()).unwrap_or_default()
-                            );
-                            tokio::spawn(crate::admin::serve(state.clone(), l));
-                        }
-                        Err(e) => error!("admin listener: {e}"),
+                let serve = |l: std::net::TcpListener, state: Arc<State>| match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => {
+                        info!(
+                            "admin API on {}",
+                            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                        );
+                        tokio::spawn(crate::admin::serve(state, l));
                     }
+                    Err(e) => error!("admin listener: {e}"),
+                };
+                match listener {
+                    Some(Ok(l)) => serve(l, state.clone()),
+                    Some(Err(addr)) => {
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            warn!("admin port {addr} still held by the previous process; taking it over when it frees");
+                            loop {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                if let Ok(l) = bind(addr) {
+                                    serve(l, state);
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    None => {}
                 }
                 let source = state.live().config.snapshot.clone();
                 if source.url.is_some() {

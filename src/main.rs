@@ -41,6 +41,10 @@ enum Command {
         /// Override `upstream.address` (host:port of the CRM).
         #[arg(long)]
         upstream: Option<String>,
+        /// Binary upgrade: take the listening socket from the running permgate (send it
+        /// SIGQUIT once this one is waiting) instead of binding it.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Load and validate a config, its catalogue and its snapshot; print a summary, or every
     /// error with its file, line and field (exit status 1).
@@ -109,7 +113,7 @@ fn overrides(listen: Option<String>, upstream: Option<String>) -> Result<Overrid
 }
 
 /// Load the config and snapshot, start the control thread, and run the proxy.
-fn serve(config: &Path, overrides: Overrides) -> ExitCode {
+fn serve(config: &Path, overrides: Overrides, upgrade: bool) -> ExitCode {
     let state = match State::load(config, overrides) {
         Ok(s) => Arc::new(s),
         Err(errors) => {
@@ -118,11 +122,11 @@ fn serve(config: &Path, overrides: Overrides) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = control::spawn(state.clone()) {
+    if let Err(e) = control::spawn(state.clone(), upgrade) {
         error!("cannot start the control thread (admin listener?): {e}");
         return ExitCode::from(2);
     }
-    proxy::run(state)
+    proxy::run(state, upgrade)
 }
 
 /// Load a config and its snapshot for the offline tools; errors are printed.
@@ -155,10 +159,11 @@ fn main() -> ExitCode {
             config,
             listen,
             upstream,
+            upgrade,
         } => {
             init_logging();
             match overrides(listen, upstream) {
-                Ok(o) => serve(&config, o),
+                Ok(o) => serve(&config, o, upgrade),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)
@@ -282,7 +287,7 @@ fn main() -> ExitCode {
         Command::Demo { listen } => {
             init_logging();
             match permgate::demo::prepare(&listen) {
-                Ok((config, o)) => serve(&config, o),
+                Ok((config, o)) => serve(&config, o, false),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)

@@ -865,7 +865,11 @@ impl ProxyHttp for Gateway {
 }
 
 /// Build the Pingora server for a config and run it until the process ends.
-pub fn run(state: Arc<State>) -> ! {
+///
+/// `upgrade`: take the listening sockets from a running permgate (which hands them over on
+/// SIGQUIT, then drains and exits) instead of binding them: a binary upgrade that drops no
+/// connection.
+pub fn run(state: Arc<State>, upgrade: bool) -> ! {
     let config = state.live().config.clone();
     let mut conf = ServerConf {
         threads: config.listen.threads,
@@ -884,7 +888,12 @@ pub fn run(state: Arc<State>) -> ! {
         .as_ref()
         .and_then(|t| t.ca_file.as_ref())
         .map(|p| p.display().to_string());
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    conf.upgrade_sock = config.listen.upgrade_sock.display().to_string();
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = config.listen.h2c;

@@ -506,3 +506,86 @@ async fn a_candidate_policy_is_judged_beside_the_live_one() {
     assert_eq!(line["decision"], "deny");
     assert_eq!(line["candidate"], "allow");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrade_hands_over_the_socket_without_refusing_a_call() {
+    let mut g = gateway(|t| {
+        t.replacen(
+            "threads = 1",
+            "threads = 1\ndrain_seconds = 1\nupgrade_sock = \"upgrade.sock\"",
+            1,
+        )
+    })
+    .await;
+    let sock = g.dir.path().join("upgrade.sock");
+    // The new binary starts in upgrade mode: it waits for the listening socket.
+    let log = std::fs::File::create(g.dir.path().join("new.log")).unwrap();
+    let mut new = Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["serve", "--upgrade", "--config"])
+        .arg(g.dir.path().join("permgate.toml"))
+        .arg("--listen")
+        .arg(g.h.addr.to_string())
+        .arg("--upstream")
+        .arg(g.h.crm.local_addr().to_string())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(10, || {
+            let exists = sock.exists();
+            async move { exists }
+        })
+        .await,
+        "the new process waits on the upgrade socket"
+    );
+    // Calls keep coming (a new connection each) while the old process hands over and drains.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = g.h.url("/api/v1/customers/1");
+    let load = {
+        let (fresh, url) = (fresh.clone(), url.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..150 {
+                let s = fresh
+                    .get(&url)
+                    .header("authorization", bearer("u-rep1"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                statuses.push(s);
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let pid = g.h.gateway.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-QUIT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let statuses = load.await.unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every call answered: {statuses:?}"
+    );
+    let old = g.h.gateway.wait().unwrap();
+    assert!(old.success(), "the old process drained and exited: {old:?}");
+    // The new process now owns the port.
+    let r = fresh
+        .get(&url)
+        .header("authorization", bearer("u-rep1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = new.kill();
+    let _ = new.wait();
+}
