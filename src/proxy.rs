@@ -303,8 +303,11 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let req = session.req_header();
-        // The gateway's own endpoint: the caller's effective permissions.
+        // The gateway's own endpoint: the caller's effective permissions. A byte-prefix test
+        // first keeps every other request from paying a second canonicalization; other
+        // spellings of the path fall through to the route table (unmatched: denied).
         if req.method == http::Method::GET
+            && req.raw_path().starts_with(policy::ME_PATH.as_bytes())
             && crate::canon::canonicalize_target(req.raw_path())
                 .is_ok_and(|c| c.path == policy::ME_PATH && c.query.is_none())
         {
