@@ -147,6 +147,31 @@ pub fn decide_as(
     authorize(config, snapshot, canonical, route_idx, permission, who)
 }
 
+/// The snapshot's user for a verified credential, or 401 (with the claimed id, for the logs).
+fn resolve_user(
+    snapshot: &Snapshot,
+    credential: &Credential,
+) -> Result<UserIdx, (Rejection, Option<String>)> {
+    match credential {
+        Credential::User(id) => snapshot.user_index(id).ok_or_else(|| {
+            (
+                Rejection::new(
+                    401,
+                    "unknown_user",
+                    "the caller is not a user known to the gateway",
+                ),
+                Some(id.clone()),
+            )
+        }),
+        Credential::ApiKey(digest) => snapshot.user_by_api_key(digest).ok_or_else(|| {
+            (
+                Rejection::new(401, "invalid_api_key", "the API key is not valid"),
+                None,
+            )
+        }),
+    }
+}
+
 /// The identified caller against the route's permission.
 fn authorize(
     config: &Config,
@@ -165,24 +190,7 @@ fn authorize(
             caller: None,
         })
     };
-    let user = match &who.credential {
-        Credential::User(id) => snapshot.user_index(id).ok_or_else(|| {
-            deny(
-                Rejection::new(
-                    401,
-                    "unknown_user",
-                    "the caller is not a user known to the gateway",
-                ),
-                Some(id.clone()),
-            )
-        })?,
-        Credential::ApiKey(digest) => snapshot.user_by_api_key(digest).ok_or_else(|| {
-            deny(
-                Rejection::new(401, "invalid_api_key", "the API key is not valid"),
-                None,
-            )
-        })?,
-    };
+    let user = resolve_user(snapshot, &who.credential).map_err(|(r, id)| deny(r, id))?;
     let u = snapshot.user(user);
     let caller = Caller {
         user,
@@ -330,18 +338,7 @@ pub fn effective_permissions(
         .map_err(|e| Rejection::new(e.status(), e.code(), e.message()))?;
     let snapshot = snapshot?;
     let who = config.identity.identify(req.headers, req.peer)?;
-    let user = match &who.credential {
-        Credential::User(id) => snapshot.user_index(id).ok_or_else(|| {
-            Rejection::new(
-                401,
-                "unknown_user",
-                "the caller is not a user known to the gateway",
-            )
-        })?,
-        Credential::ApiKey(digest) => snapshot
-            .user_by_api_key(digest)
-            .ok_or_else(|| Rejection::new(401, "invalid_api_key", "the API key is not valid"))?,
-    };
+    let user = resolve_user(snapshot, &who.credential).map_err(|(r, _)| r)?;
     if snapshot.user(user).disabled {
         return Err(Rejection::new(
             403,

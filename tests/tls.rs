@@ -42,6 +42,26 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
+/// A gateway on the demo config serving HTTPS with a certificate from `ca`, plus `extra` lines
+/// in `[listen.tls]`; returns the harness and the URL of a customer read.
+async fn https_gateway(dir: &Path, ca: &Ca, extra: &str) -> (Harness, String) {
+    let (cert, key) = ca.server();
+    write(dir, "gw.pem", &cert);
+    write(dir, "gw.key", &key);
+    let text = demo_config_text().replacen(
+        "[upstream]",
+        &format!(
+            "[listen.tls]\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n{extra}\n[upstream]"
+        ),
+        1,
+    );
+    write(dir, "permgate.toml", &text);
+    write(dir, "snapshot.json", permgate::demo::DEMO_SNAPSHOT);
+    let h = Harness::start_with(&dir.join("permgate.toml")).await;
+    let url = format!("https://localhost:{}/api/v1/customers/1", h.addr.port());
+    (h, url)
+}
+
 fn https_client(ca: &Ca, h2: bool) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .no_proxy()
@@ -57,18 +77,7 @@ fn https_client(ca: &Ca, h2: bool) -> reqwest::Client {
 async fn https_downstream_with_certificate_reload() {
     let dir = tempfile::tempdir().unwrap();
     let ca1 = Ca::new("permgate test CA 1");
-    let (cert, key) = ca1.server();
-    write(dir.path(), "gw.pem", &cert);
-    write(dir.path(), "gw.key", &key);
-    let text = demo_config_text().replacen(
-        "[upstream]",
-        "[listen.tls]\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n\n[upstream]",
-        1,
-    );
-    write(dir.path(), "permgate.toml", &text);
-    write(dir.path(), "snapshot.json", permgate::demo::DEMO_SNAPSHOT);
-    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
-    let url = format!("https://localhost:{}/api/v1/customers/1", h.addr.port());
+    let (h, url) = https_gateway(dir.path(), &ca1, "").await;
 
     for h2 in [false, true] {
         let r = https_client(&ca1, h2)
@@ -203,19 +212,8 @@ async fn tls_to_the_crm_with_a_ca_bundle_and_sni() {
 async fn client_certificates_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("permgate mTLS CA");
-    let (cert, key) = ca.server();
-    write(dir.path(), "gw.pem", &cert);
-    write(dir.path(), "gw.key", &key);
     write(dir.path(), "clients.pem", &ca.pem());
-    let text = demo_config_text().replacen(
-        "[upstream]",
-        "[listen.tls]\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\nclient_ca_file = \"clients.pem\"\n\n[upstream]",
-        1,
-    );
-    write(dir.path(), "permgate.toml", &text);
-    write(dir.path(), "snapshot.json", permgate::demo::DEMO_SNAPSHOT);
-    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
-    let url = format!("https://localhost:{}/api/v1/customers/1", h.addr.port());
+    let (h, url) = https_gateway(dir.path(), &ca, "client_ca_file = \"clients.pem\"\n").await;
 
     // No client certificate: the handshake fails, nothing reaches the CRM.
     assert!(https_client(&ca, false).get(&url).send().await.is_err());
