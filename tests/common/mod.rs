@@ -39,13 +39,60 @@ impl Drop for Harness {
     }
 }
 
-fn free_port() -> u16 {
-    // Bind port 0, read the port, release it: the gateway binds it next. A race with another
-    // process is possible, so `start_with` retries on failure.
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// A loopback port for a gateway or admin listener to bind.
+///
+/// Ports come from 20000..32000, below the kernel's ephemeral range (32768 and up), so no port-0
+/// bind (the in-process sample CRMs) or outgoing connection can take one between the pick and
+/// the gateway's bind. Within a test process a counter hands each port out once; the start
+/// depends on the pid so concurrent test processes rarely meet, and a port someone holds is
+/// skipped. `launch` still checks that the listener it reaches belongs to its own child.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 12000;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 397) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000")
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux /proc): the
+/// harness must be talking to its own gateway, not to whatever else answers on that port.
+fn listener_owned_by(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true; // no /proc: fall back to the connect check alone
+    };
+    let want = format!(":{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state 0A = LISTEN, inode
+            (f.len() > 9 && f[1].ends_with(&want) && f[3] == "0A").then(|| f[9].to_string())
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|l| {
+                let l = l.to_string_lossy();
+                inodes.iter().any(|i| l == format!("socket:[{i}]"))
+            })
+            .unwrap_or(false)
+    })
 }
 
 impl Harness {
@@ -122,7 +169,9 @@ impl Harness {
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // exited: port taken or bad config; maybe retry
                 }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+                    && listener_owned_by(child.id(), port)
+                {
                     return Harness {
                         crm,
                         gateway: child,
