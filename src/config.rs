@@ -163,6 +163,10 @@ struct RawUpstreamTls {
     sni: String,
     #[serde(default)]
     ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    cert_file: Option<Spanned<String>>,
+    #[serde(default)]
+    key_file: Option<Spanned<String>>,
 }
 
 fn default_drain() -> u64 {
@@ -490,6 +494,8 @@ pub struct UpstreamTls {
     pub sni: String,
     /// PEM bundle of the CAs to trust; `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) presented to the CRM (mutual TLS).
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -918,12 +924,44 @@ impl Config {
                     "the CRM's TLS server name is required",
                 ));
             }
+            // The files are parsed here too, so a bad one is refused by check-config and by a
+            // reload (the proxy re-reads them when they change, keeping the last good ones).
+            let mut pem = |p: &Spanned<String>, field: &str, key: bool| {
+                let full = base.join(p.get_ref());
+                let parsed = if key {
+                    crate::pem::private_key(&full).map(|_| ())
+                } else {
+                    crate::pem::certificates(&full).map(|_| ())
+                };
+                if let Err(e) = parsed {
+                    errors.push(ConfigError::new(file, at(p.span()), field, e));
+                }
+                full
+            };
+            let ca_file = t
+                .ca_file
+                .as_ref()
+                .map(|c| pem(c, "upstream.tls.ca_file", false));
+            let client = match (&t.cert_file, &t.key_file) {
+                (Some(c), Some(k)) => Some((
+                    pem(c, "upstream.tls.cert_file", false),
+                    pem(k, "upstream.tls.key_file", true),
+                )),
+                (None, None) => None,
+                (Some(c), None) | (None, Some(c)) => {
+                    errors.push(ConfigError::new(
+                        file,
+                        at(c.span()),
+                        "upstream.tls",
+                        "a client certificate needs both cert_file and key_file",
+                    ));
+                    None
+                }
+            };
             UpstreamTls {
                 sni: t.sni.clone(),
-                ca_file: t
-                    .ca_file
-                    .as_ref()
-                    .map(|c| file_exists(c, "upstream.tls.ca_file", &mut errors)),
+                ca_file,
+                client,
             }
         });
         let upstream_host = match &raw.upstream.host {

@@ -59,6 +59,7 @@ pub mod inspect;
 pub mod json;
 pub mod live;
 pub mod metrics;
+pub mod pem;
 pub mod policy;
 pub mod proxy;
 pub mod records;

@@ -53,6 +53,8 @@ pub struct Gateway {
     /// Several CRM instances: round robin over the healthy ones (health checked in the
     /// background). `None`: one instance, `upstream.address`.
     balancer: Option<Arc<LoadBalancer<RoundRobin>>>,
+    /// CA bundle and client certificate for TLS to the CRM (re-read when the files change).
+    upstream_tls: Arc<arc_swap::ArcSwap<upstream_tls::Material>>,
 }
 
 impl Gateway {
@@ -60,6 +62,7 @@ impl Gateway {
         Gateway {
             state,
             balancer: None,
+            upstream_tls: Default::default(),
         }
     }
 }
@@ -455,7 +458,13 @@ impl ProxyHttp for Gateway {
         };
         let mut peer = match &u.tls {
             None => HttpPeer::new(address, false, String::new()),
-            Some(t) => HttpPeer::new(address, true, t.sni.clone()),
+            Some(t) => {
+                let mut peer = HttpPeer::new(address, true, t.sni.clone());
+                let material = self.upstream_tls.load();
+                peer.options.ca = material.ca.clone();
+                peer.client_cert_key = material.client.clone();
+                peer
+            }
         };
         peer.options.connection_timeout = Some(u.connect_timeout.min(left));
         peer.options.total_connection_timeout = Some(u.connect_timeout.min(left));
@@ -884,13 +893,6 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
         ..ServerConf::default()
     };
     conf.work_stealing = true;
-    // Upstream TLS trusts this bundle, else the system's roots (read at start).
-    conf.ca_file = config
-        .upstream
-        .tls
-        .as_ref()
-        .and_then(|t| t.ca_file.as_ref())
-        .map(|p| p.display().to_string());
     conf.upgrade_sock = config.listen.upgrade_sock.display().to_string();
     let opt = pingora::server::configuration::Opt {
         upgrade,
@@ -900,7 +902,18 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
     server.bootstrap();
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = config.listen.h2c;
-    let mut gateway = Gateway::new(state);
+    let mut gateway = Gateway::new(state.clone());
+    if config.upstream.tls.is_some() {
+        // Upstream TLS trusts `ca_file` (else the system's roots) and presents the client
+        // certificate if one is configured; both are re-read when their files change.
+        match upstream_tls::watch(state) {
+            Ok(material) => gateway.upstream_tls = material,
+            Err(e) => {
+                log::error!("upstream.tls: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     if config.upstream.addresses.len() > 1 {
         let addresses: Vec<String> = config
             .upstream
@@ -1055,5 +1068,130 @@ mod tls {
             })
             .map_err(|e| e.to_string())?;
         Ok(settings)
+    }
+}
+
+/// TLS toward the CRM: the CA bundle to trust and the client certificate to present, read from
+/// the files `upstream.tls` names and re-read when the files (or, after a config reload, the
+/// names) change. New connections use the current pair; a bad file is logged and the last good
+/// material stays.
+mod upstream_tls {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use arc_swap::ArcSwap;
+    use log::{info, warn};
+    use pingora::protocols::tls::CaType;
+    use pingora::tls::{ClientConfig, CryptoProvider, RootCertStore};
+    use pingora::utils::tls::{CertKey, WrappedX509};
+
+    use crate::config::UpstreamTls;
+    use crate::live::State;
+
+    const POLL: Duration = Duration::from_secs(2);
+
+    /// What new upstream connections use.
+    #[derive(Default)]
+    pub struct Material {
+        /// `None`: the system's roots.
+        pub ca: Option<Arc<CaType>>,
+        pub client: Option<Arc<CertKey>>,
+    }
+
+    type Files = (Option<PathBuf>, Option<(PathBuf, PathBuf)>);
+
+    fn files(tls: Option<&UpstreamTls>) -> Files {
+        tls.map_or((None, None), |t| (t.ca_file.clone(), t.client.clone()))
+    }
+
+    fn stamp(files: &Files) -> Vec<Option<SystemTime>> {
+        let m = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut v = vec![files.0.as_ref().and_then(m)];
+        if let Some((c, k)) = &files.1 {
+            v.push(m(c));
+            v.push(m(k));
+        }
+        v
+    }
+
+    /// Parse and check the files: every CA must load into a trust store, and the client chain
+    /// and key must make a working rustls client config (so Pingora never meets a bad one).
+    pub fn load(tls: Option<&UpstreamTls>) -> Result<Material, String> {
+        let (ca_file, client) = files(tls);
+        let mut material = Material::default();
+        if let Some(path) = &ca_file {
+            let certs = crate::pem::certificates(path)?;
+            let mut roots = RootCertStore::empty();
+            for c in &certs {
+                roots
+                    .add(c.clone())
+                    .map_err(|e| format!("'{}': {e}", path.display()))?;
+            }
+            let wrapped: Vec<WrappedX509> = certs
+                .iter()
+                .map(|c| WrappedX509::new(c.to_vec(), pingora::utils::tls::parse_x509))
+                .collect();
+            material.ca = Some(Arc::from(wrapped.into_boxed_slice()));
+        }
+        if let Some((cert, key)) = &client {
+            let chain = crate::pem::certificates(cert)?;
+            let private = crate::pem::private_key(key)?;
+            pingora::tls::install_default_crypto_provider();
+            let provider = CryptoProvider::get_default()
+                .ok_or_else(|| "no TLS crypto provider installed".to_string())?;
+            // The same checks rustls makes when Pingora builds the connection's config.
+            ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(RootCertStore::empty())
+                .with_client_auth_cert(chain.clone(), private.clone_key())
+                .map_err(|e| format!("'{}' / '{}': {e}", cert.display(), key.display()))?;
+            let key_der = private.secret_der().to_vec();
+            if pingora::tls::PrivateKeyDer::try_from(key_der.clone()).is_err() {
+                return Err(format!("'{}': unsupported key encoding", key.display()));
+            }
+            material.client = Some(Arc::new(CertKey::new(
+                chain.iter().map(|c| c.to_vec()).collect(),
+                key_der,
+            )));
+        }
+        Ok(material)
+    }
+
+    /// The material for the config's files now, and a thread that keeps it current.
+    pub fn watch(state: Arc<State>) -> Result<Arc<ArcSwap<Material>>, String> {
+        let tls = state.live().config.upstream.tls.clone();
+        let current = Arc::new(ArcSwap::from_pointee(load(tls.as_ref())?));
+        let shared = current.clone();
+        std::thread::Builder::new()
+            .name("permgate-upstream-tls".into())
+            .spawn(move || {
+                let mut last = {
+                    let f = files(tls.as_ref());
+                    (stamp(&f), f)
+                };
+                loop {
+                    std::thread::sleep(POLL);
+                    let tls = state.live().config.upstream.tls.clone();
+                    let f = files(tls.as_ref());
+                    let now = (stamp(&f), f);
+                    if now == last {
+                        continue;
+                    }
+                    match load(tls.as_ref()) {
+                        Ok(m) => {
+                            shared.store(Arc::new(m));
+                            info!(
+                                "upstream TLS material (CA bundle / client certificate) reloaded"
+                            );
+                        }
+                        Err(e) => warn!("upstream TLS change refused, the old material stays: {e}"),
+                    }
+                    last = now;
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(current)
     }
 }

@@ -148,3 +148,34 @@ fn unsafe_settings_are_refused() {
         assert!(err.contains(needle), "expected '{needle}' in: {err}");
     }
 }
+
+#[test]
+fn bad_upstream_tls_files_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        permgate::demo::DEMO_SNAPSHOT,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    std::fs::write(dir.path().join("client.pem"), "not a certificate\n").unwrap();
+    let text = demo_config_text().replacen(
+        "pool_size = 1024",
+        "pool_size = 1024\n\n[upstream.tls]\nsni = \"crm.internal\"\nca_file = \"ca.pem\"\ncert_file = \"client.pem\"",
+        1,
+    );
+    let line = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    std::fs::write(dir.path().join("permgate.toml"), &text).unwrap();
+    let (code, _, err) = check(&dir.path().join("permgate.toml"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(":{}: upstream.tls.ca_file:", line("ca_file")))
+            && err.contains("holds no certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(":{}: upstream.tls:", line("cert_file")))
+            && err.contains("needs both cert_file and key_file"),
+        "{err}"
+    );
+}

@@ -1,5 +1,6 @@
 //! TLS end to end with certificates generated here: HTTPS downstream (HTTP/1.1 and HTTP/2 by
-//! ALPN), certificate reload when the files change, and TLS to the CRM with a CA bundle and SNI.
+//! ALPN), certificate reload when the files change, and TLS to the CRM with a CA bundle, SNI and
+//! a client certificate (both re-read when their files change).
 
 mod common;
 
@@ -35,6 +36,15 @@ impl Ca {
 
     fn pem(&self) -> String {
         self.issuer.pem()
+    }
+
+    /// A client certificate (clientAuth): (cert PEM, key PEM).
+    fn client(&self, name: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 }
 
@@ -259,4 +269,94 @@ async fn client_certificates_when_configured() {
         .unwrap();
     assert!(c.get(&url).send().await.is_err());
     assert_eq!(h.received().len(), 1);
+}
+
+/// front (plain) → back (TLS that demands a client certificate) → sample CRM. The front presents
+/// `upstream.tls.cert_file`/`key_file`; without them the back refuses the handshake. The CA
+/// bundle is re-read when its file changes: a front that starts with the wrong one recovers
+/// without a restart once the right one is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_toward_the_crm_and_ca_bundle_reload() {
+    let server_ca = Ca::new("back server CA");
+    let client_ca = Ca::new("back client CA");
+    let back_dir = tempfile::tempdir().unwrap();
+    write(back_dir.path(), "clients.pem", &client_ca.pem());
+    let (back, _) = https_gateway(
+        back_dir.path(),
+        &server_ca,
+        "client_ca_file = \"clients.pem\"\n",
+    )
+    .await;
+
+    let front = |ca: &str, client: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ca.pem", ca);
+        let (cert, key) = client_ca.client("permgate-front");
+        write(dir.path(), "client.pem", &cert);
+        write(dir.path(), "client.key", &key);
+        let files = if client {
+            "\ncert_file = \"client.pem\"\nkey_file = \"client.key\""
+        } else {
+            ""
+        };
+        let text = demo_config_text().replacen(
+            "pool_size = 1024",
+            &format!(
+                "pool_size = 1024\n\n[upstream.tls]\nsni = \"localhost\"\nca_file = \"ca.pem\"{files}"
+            ),
+            1,
+        );
+        assert!(text.contains("[upstream.tls]"));
+        write(dir.path(), "permgate.toml", &text);
+        write(dir.path(), "snapshot.json", permgate::demo::DEMO_SNAPSHOT);
+        dir
+    };
+    let get = |h: &Harness| {
+        client()
+            .get(h.url("/api/v1/customers/1"))
+            .header("authorization", bearer("u-rep1"))
+            .send()
+    };
+
+    // With the client certificate: through to the back's CRM.
+    let dir = front(&server_ca.pem(), true);
+    let h = Harness::start_custom(&dir.path().join("permgate.toml"), Some(back.addr)).await;
+    let r = get(&h).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", h.log_text());
+    assert_eq!(back.received().len(), 1);
+    drop(h);
+
+    // Without it: the back refuses the handshake; 502, nothing forwarded.
+    back.clear();
+    let dir = front(&server_ca.pem(), false);
+    let h = Harness::start_custom(&dir.path().join("permgate.toml"), Some(back.addr)).await;
+    let r = get(&h).await.unwrap();
+    assert!(r.status() == 502 || r.status() == 504, "{}", r.status());
+    assert!(back.received().is_empty());
+    drop(h);
+
+    // The wrong CA bundle at start: 502; the right one written in place: served, no restart.
+    let dir = front(&Ca::new("someone else").pem(), true);
+    let h = Harness::start_custom(&dir.path().join("permgate.toml"), Some(back.addr)).await;
+    let r = get(&h).await.unwrap();
+    assert!(r.status() == 502 || r.status() == 504, "{}", r.status());
+    assert!(back.received().is_empty());
+    // A garbage bundle is refused and the old one stays (still failing, still not forwarding).
+    write(
+        dir.path(),
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\ngarbage\n",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(get(&h).await.unwrap().status().is_server_error());
+    let tmp = dir.path().join("ca.pem.tmp");
+    std::fs::write(&tmp, server_ca.pem()).unwrap();
+    std::fs::rename(&tmp, dir.path().join("ca.pem")).unwrap();
+    assert!(
+        eventually(10, || async { get(&h).await.unwrap().status() == 200 }).await,
+        "{}",
+        h.log_text()
+    );
+    assert_eq!(back.received().len(), 1);
+    assert!(h.log_text().contains("upstream TLS change refused"));
 }
