@@ -26,5 +26,9 @@ COPY config/ /usr/share/permgate/config/
 USER 10001:10001
 VOLUME ["/var/lib/permgate"]
 EXPOSE 8080 9901
+# Healthy while the admin listener (admin.listen, here 0.0.0.0:9901 or 127.0.0.1:9901) answers
+# /healthz; a config without [admin] should override this with `--no-healthcheck` or its own probe.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["/usr/local/bin/permgate", "healthcheck", "--admin", "127.0.0.1:9901"]
 ENTRYPOINT ["/usr/local/bin/permgate"]
 CMD ["serve", "--config", "/etc/permgate/permgate.toml", "--listen", "0.0.0.0:8080"]

@@ -81,6 +81,13 @@ enum Command {
         /// A TOML file: `config = "permgate.toml"` and `[[case]]` entries.
         file: PathBuf,
     },
+    /// Probe a running permgate's admin `/healthz` (for a container HEALTHCHECK): exit 0 when it
+    /// answers 200 within 2 s, 1 otherwise.
+    Healthcheck {
+        /// The admin listener (`admin.listen`).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
     /// Run only the bundled sample CRM (for the bench harness or manual tests).
     SampleCrm {
         #[arg(long, default_value = "127.0.0.1:9090")]
@@ -294,6 +301,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Healthcheck { admin } => match healthcheck(admin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::SampleCrm { listen } => {
             init_logging();
             let rt = match tokio::runtime::Runtime::new() {
@@ -315,5 +329,40 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `GET /healthz` on the admin listener with a plain socket (no runtime, no TLS): the status line
+/// must say 200.
+fn healthcheck(admin: SocketAddr) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)
+        .map_err(|e| format!("{admin}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| format!("{admin}: {e}"))?;
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match s.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(format!("{admin}: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..n]);
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(v), Some("200")) if v.starts_with("HTTP/1.") => Ok(()),
+        _ => Err(format!(
+            "{admin}: /healthz answered {:?}",
+            line.lines().next().unwrap_or("")
+        )),
     }
 }

@@ -589,3 +589,30 @@ async fn binary_upgrade_hands_over_the_socket_without_refusing_a_call() {
     let _ = new.kill();
     let _ = new.wait();
 }
+
+/// `permgate healthcheck` (the Dockerfile's HEALTHCHECK): 0 against a live admin listener, 1
+/// against a port where nothing answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_command_probes_the_admin_listener() {
+    let g = gateway(|t| t).await;
+    let admin = g.admin.trim_start_matches("http://").to_string();
+    let run = |addr: &str| {
+        Command::new(env!("CARGO_BIN_EXE_permgate"))
+            .args(["healthcheck", "--admin", addr])
+            .output()
+            .unwrap()
+    };
+    let ok = run(&admin);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = run(&closed.to_string());
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
+}
