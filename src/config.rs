@@ -146,6 +146,18 @@ struct RawListen {
     tls: Option<RawListenTls>,
     #[serde(default)]
     upgrade_sock: Option<String>,
+    #[serde(default = "default_read_buffer")]
+    read_buffer_bytes: Spanned<usize>,
+    #[serde(default = "default_write_buffer")]
+    write_buffer_bytes: Spanned<usize>,
+}
+
+fn default_read_buffer() -> Spanned<usize> {
+    Spanned::new(0..0, 16 * 1024)
+}
+
+fn default_write_buffer() -> Spanned<usize> {
+    Spanned::new(0..0, 1460)
 }
 
 #[derive(Deserialize)]
@@ -478,6 +490,10 @@ pub struct Listen {
     pub tls: Option<ListenTls>,
     /// Where the listening socket is handed to a new process on a binary upgrade (SIGQUIT).
     pub upgrade_sock: PathBuf,
+    /// Per-connection socket buffers (bytes): what each open client connection holds while it
+    /// waits, so they bound idle memory; 0 disables buffering in that direction.
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -729,6 +745,19 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(1)
         });
+        for (v, field) in [
+            (&raw.listen.read_buffer_bytes, "listen.read_buffer_bytes"),
+            (&raw.listen.write_buffer_bytes, "listen.write_buffer_bytes"),
+        ] {
+            if *v.get_ref() > 1024 * 1024 {
+                errors.push(ConfigError::new(
+                    file,
+                    locate(text, field),
+                    field,
+                    "at most 1048576 (each open connection holds this much)",
+                ));
+            }
+        }
         if threads == 0 || threads > 256 {
             errors.push(ConfigError::new(
                 file,
@@ -1374,6 +1403,8 @@ impl Config {
                     threads,
                     drain_seconds: raw.listen.drain_seconds,
                     tls: listen_tls,
+                    read_buffer_bytes: *raw.listen.read_buffer_bytes.get_ref(),
+                    write_buffer_bytes: *raw.listen.write_buffer_bytes.get_ref(),
                     upgrade_sock: raw
                         .listen
                         .upgrade_sock

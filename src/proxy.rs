@@ -23,6 +23,7 @@ use http::header::{
 use log::{info, warn};
 use pingora::apps::HttpServerOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
@@ -939,10 +940,21 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
         .name("permgate")
         .server_options(server_options)
         .build();
+    // Each open client connection holds these buffers (Pingora's default read buffer is 64 KiB).
+    let buffers = L4BufferSettings::new(
+        config.listen.read_buffer_bytes,
+        config.listen.write_buffer_bytes,
+    );
     match &config.listen.tls {
-        None => service.add_tcp(&config.listen.address),
+        None => {
+            service.add_listener(ListenerConfig::tcp(&config.listen.address).l4_buffer(buffers))
+        }
         Some(files) => match tls::settings(files) {
-            Ok(settings) => service.add_tls_with_settings(&config.listen.address, None, settings),
+            Ok(settings) => service.add_listener(
+                ListenerConfig::tcp(&config.listen.address)
+                    .tls(settings)
+                    .l4_buffer(buffers),
+            ),
             Err(e) => {
                 log::error!("listen.tls: {e}");
                 std::process::exit(2);
