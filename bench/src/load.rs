@@ -1,6 +1,6 @@
 //! The load generator: hyper 1 client connections on tokio, closed or open loop, HTTP/1.1
-//! keep-alive or HTTP/2 (h2c, prior knowledge). Latency goes into an HDR histogram in
-//! microseconds.
+//! keep-alive or HTTP/2 (h2c, prior knowledge), in cleartext or over TLS (rustls; HTTP/2 by
+//! ALPN). Latency goes into an HDR histogram in microseconds.
 //!
 //! - Closed loop: `connections` × `streams` workers, each sends its next request as soon as
 //!   the previous answer is read.
@@ -62,6 +62,68 @@ pub struct LoadOptions {
     pub max_requests: Option<u64>,
     /// A progress line on stderr every second.
     pub progress: Option<String>,
+    /// `https://` targets: TLS on every connection (handshakes happen before measuring).
+    pub tls: Option<TlsTarget>,
+}
+
+/// TLS toward the target: the rustls connector and the server name to send and verify.
+#[derive(Clone)]
+pub struct TlsTarget {
+    connector: tokio_rustls::TlsConnector,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsTarget({:?})", self.server_name)
+    }
+}
+
+impl TlsTarget {
+    /// Trust the CAs in `ca_file` (PEM), else the system's roots; offer `h2` or `http/1.1` by
+    /// ALPN.
+    pub fn new(host: &str, ca_file: Option<&std::path::Path>, h2: bool) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_file {
+            Some(path) => {
+                for cert in CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                {
+                    let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().unwrap_or_default() {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err("no CA certificate to trust (give --ca-file)".into());
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| format!("'{host}': {e}"))?;
+        Ok(TlsTarget {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
 }
 
 /// What one measured run gives.
@@ -145,13 +207,33 @@ fn kind(stage: &str, e: &hyper::Error) -> String {
     format!("{stage}:{what}")
 }
 
-/// Open a connection and do the handshake.
-async fn connect(addr: SocketAddr, protocol: Protocol) -> Result<Sender, String> {
+/// Open a connection (with TLS when the target is https) and do the HTTP handshake.
+async fn connect(
+    addr: SocketAddr,
+    protocol: Protocol,
+    tls: Option<&TlsTarget>,
+) -> Result<Sender, String> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect:{:?}", e.kind()))?;
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
+    match tls {
+        None => handshake(TokioIo::new(stream), protocol).await,
+        Some(t) => {
+            let stream = t
+                .connector
+                .connect(t.server_name.clone(), stream)
+                .await
+                .map_err(|e| format!("tls:{:?}", e.kind()))?;
+            handshake(TokioIo::new(stream), protocol).await
+        }
+    }
+}
+
+async fn handshake<I>(io: I, protocol: Protocol) -> Result<Sender, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     match protocol {
         Protocol::H1 => {
             let (s, conn) = http1::handshake(io)
@@ -209,7 +291,10 @@ fn build_request(
     e.path.render(rng, path);
     let uri: Uri = match opts.protocol {
         Protocol::H1 => path.parse(),
-        Protocol::H2 => format!("http://{}{}", opts.authority, path).parse(),
+        Protocol::H2 => {
+            let scheme = if opts.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}{}", opts.authority, path).parse()
+        }
     }
     .map_err(|_| format!("bad path {path}"))?;
     let mut b = Request::builder().method(e.method.clone()).uri(uri);
@@ -280,7 +365,7 @@ async fn worker(ctx: WorkerCtx, sender: Option<Sender>) -> WorkerOut {
         };
         let measured = start >= ctx.measure_from;
         if sender.is_none() {
-            match connect(ctx.opts.addr, ctx.opts.protocol).await {
+            match connect(ctx.opts.addr, ctx.opts.protocol, ctx.opts.tls.as_ref()).await {
                 Ok(s) => sender = Some(s),
                 Err(e) => {
                     record_err(&mut out, e, measured);
@@ -306,7 +391,7 @@ async fn worker(ctx: WorkerCtx, sender: Option<Sender>) -> WorkerOut {
                 if measured {
                     out.reconnects += 1;
                 }
-                match connect(ctx.opts.addr, ctx.opts.protocol).await {
+                match connect(ctx.opts.addr, ctx.opts.protocol, ctx.opts.tls.as_ref()).await {
                     Ok(s) => sender = Some(s),
                     Err(e) => {
                         record_err(&mut out, e, measured);
@@ -376,7 +461,7 @@ pub async fn run(
     // Connect first, so that handshakes are not in the measured window.
     let mut senders = Vec::with_capacity(workers);
     for _ in 0..opts.connections.max(1) {
-        match connect(opts.addr, opts.protocol).await {
+        match connect(opts.addr, opts.protocol, opts.tls.as_ref()).await {
             Ok(Sender::H2(s)) => {
                 for _ in 0..streams {
                     senders.push(Some(Sender::H2(s.clone())));
@@ -526,7 +611,7 @@ pub async fn hold_idle<F: FnOnce() -> T, T>(
             set.spawn(async move {
                 // A server at its connection limit leaves us in its backlog: give up after 10 s.
                 tokio::time::timeout(Duration::from_secs(10), async move {
-                    let mut s = connect(addr, Protocol::H1).await.ok()?;
+                    let mut s = connect(addr, Protocol::H1, None).await.ok()?;
                     let mut b = Request::builder().uri(path).header(HOST, authority);
                     if let Some(a) = auth {
                         b = b.header(AUTHORIZATION, a);
@@ -553,4 +638,97 @@ pub async fn hold_idle<F: FnOnce() -> T, T>(
     let n = held.len();
     drop(held);
     (n, t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::{JwtKey, MintedTokens};
+    use crate::scenario::Scenario;
+
+    /// A TLS server (HTTP/1.1 and HTTP/2 by ALPN) answering 200 to everything; the load
+    /// generator must complete requests over both with no transport error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn https_targets_over_http1_and_http2() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("permgate-bench-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, cert.pem()).unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"{}"),
+                        )))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+
+        let scenario = Scenario::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/allowed-get.toml"),
+        )
+        .unwrap();
+        let plan =
+            Arc::new(Plan::build(&scenario, &MintedTokens::new(JwtKey::demo()), false).unwrap());
+        for protocol in [Protocol::H1, Protocol::H2] {
+            let opts = LoadOptions {
+                addr,
+                authority: format!("localhost:{}", addr.port()),
+                protocol,
+                mode: Mode::Closed,
+                connections: 2,
+                streams: 1,
+                warmup: Duration::ZERO,
+                duration: Duration::from_secs(5),
+                max_requests: Some(200),
+                progress: None,
+                tls: Some(
+                    TlsTarget::new("localhost", Some(&ca), protocol == Protocol::H2).unwrap(),
+                ),
+            };
+            let r = run(plan.clone(), opts, |_| {}).await;
+            assert!(r.requests >= 100, "{protocol:?}: {} requests", r.requests);
+            assert!(r.transport_errors.is_empty(), "{:?}", r.transport_errors);
+            assert_eq!(r.unexpected, 0, "{:?}", r.statuses);
+        }
+        // An untrusted server is a transport error, never a silent success.
+        let other = rcgen::KeyPair::generate().unwrap();
+        let other_cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&other)
+            .unwrap();
+        std::fs::write(&ca, other_cert.pem()).unwrap();
+        let t = TlsTarget::new("localhost", Some(&ca), false).unwrap();
+        assert!(connect(addr, Protocol::H1, Some(&t)).await.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -97,9 +97,13 @@ impl KeyArgs {
 
 #[derive(Args)]
 struct LoadArgs {
-    /// The gateway's base URL, `http://host:port` (cleartext only).
+    /// The gateway's base URL: `http://host:port` or `https://host:port` (TLS with rustls;
+    /// `--http2` then negotiates h2 by ALPN).
     #[arg(long)]
     target: String,
+    /// PEM CA bundle to trust for an https target (default: the system's roots).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     /// A scenario file (see bench/scenarios/).
     #[arg(long)]
     scenario: PathBuf,
@@ -115,7 +119,7 @@ struct LoadArgs {
     rate: Option<f64>,
     #[arg(long, default_value_t = 50)]
     connections: usize,
-    /// HTTP/2 cleartext (prior knowledge) instead of HTTP/1.1.
+    /// HTTP/2 instead of HTTP/1.1 (cleartext: prior knowledge; https: by ALPN).
     #[arg(long)]
     http2: bool,
     /// Concurrent streams per HTTP/2 connection.
@@ -149,13 +153,21 @@ struct TokensArgs {
     key: KeyArgs,
 }
 
-fn target_addr(target: &str) -> Result<(SocketAddr, String), String> {
-    let rest = target.strip_prefix("http://").ok_or_else(|| {
-        format!("--target '{target}': only http:// URLs are supported (no TLS yet)")
-    })?;
+/// `(address, authority, https?)` of a target URL.
+fn target_addr(target: &str) -> Result<(SocketAddr, String, bool), String> {
+    let (rest, https) = match (
+        target.strip_prefix("http://"),
+        target.strip_prefix("https://"),
+    ) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(format!("--target '{target}': an http:// or https:// URL")),
+    };
     let authority = rest.split('/').next().unwrap_or(rest);
     let with_port = if authority.contains(':') {
         authority.to_string()
+    } else if https {
+        format!("{authority}:443")
     } else {
         format!("{authority}:80")
     };
@@ -164,12 +176,23 @@ fn target_addr(target: &str) -> Result<(SocketAddr, String), String> {
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| format!("cannot resolve '{with_port}'"))?;
-    Ok((addr, authority.to_string()))
+    Ok((addr, authority.to_string(), https))
 }
 
 fn load_command(a: LoadArgs) -> Result<(), String> {
     let scenario = Scenario::load(&a.scenario)?;
-    let (addr, authority) = target_addr(&a.target)?;
+    let (addr, authority, https) = target_addr(&a.target)?;
+    let tls = if https {
+        // The name to verify: the authority without its port (brackets kept off IPv6).
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        Some(load::TlsTarget::new(host, a.ca_file.as_deref(), a.http2)?)
+    } else {
+        None
+    };
     let creds: Box<dyn Credentials> = match &a.token_file {
         Some(f) => Box::new(TokenFile::load(f)?),
         None => Box::new(MintedTokens::new(a.key.key())),
@@ -189,6 +212,7 @@ fn load_command(a: LoadArgs) -> Result<(), String> {
         duration: Duration::from_secs_f64(a.duration),
         max_requests: a.requests,
         progress: Some(scenario.name.clone()),
+        tls,
     };
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let ticks = procstat::clock_ticks();

@@ -136,6 +136,7 @@ impl Ctx {
             duration: Duration::from_secs_f64(self.args.duration.min(20.0)),
             max_requests: None,
             progress: Some(format!("{} r{}", v.name, round + 1)),
+            tls: None,
         };
         let mut samples = [(None, None); 2];
         let r = self.rt.block_on(load::run(plan.clone(), opts, |phase| {
