@@ -1,7 +1,7 @@
 # permgate: multi-stage build, runs as a non-root user, config mounted at /etc/permgate.
 #
 #   docker build -t permgate .
-#   docker run -p 8080:8080 -p 9901:9901 -v "$PWD/config/demo:/etc/permgate:ro" permgate \
+#   docker run --stop-timeout 15 -p 8080:8080 -p 9901:9901 -v "$PWD/config/demo:/etc/permgate:ro" permgate \
 #       serve --config /etc/permgate/permgate.toml --listen 0.0.0.0:8080 --upstream crm.internal:80
 #   docker run -p 8080:8080 permgate demo --listen 0.0.0.0:8080   # the self-contained demo
 #
