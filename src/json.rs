@@ -40,8 +40,10 @@ pub struct Limits {
     pub max_depth: usize,
 }
 
-/// 1 MiB: a bulk call of 10 000 small items fits.
-pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
+/// 4 MiB: a bulk call of 10 000 items of up to ~400 bytes each fits. It is buffered per call
+/// in flight, so the default stays a few MiB; a route may set up to
+/// [`crate::inspect::MAX_BODY_LIMIT`].
+pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
 pub const DEFAULT_MAX_DEPTH: usize = 32;
 /// The deepest limit a config may set (the parser recurses once per level).
 pub const MAX_DEPTH_LIMIT: usize = 128;
