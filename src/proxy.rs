@@ -113,32 +113,20 @@ impl Gateway {
             }
         }
 
-        let (mut upstream, _reused) = self
-            .connector
-            .get_http_session(&*peer)
-            .await
-            .map_err(|e| e.into_up())?;
-        upstream.set_read_timeout(peer.options.read_timeout);
-        upstream.set_write_timeout(peer.options.write_timeout);
-        let up = |e: Box<Error>| e.into_up();
-        upstream
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(up)?;
-        if let Some(b) = body {
-            upstream.write_request_body(b, true).await.map_err(up)?;
-        }
-        upstream.finish_request_body().await.map_err(up)?;
-        // Informational answers (100 Continue) are skipped: the body is already sent.
-        let mut resp = loop {
-            remaining(ctx.deadline)?;
-            upstream.read_response_header().await.map_err(up)?;
-            let resp = upstream.response_header().cloned().ok_or_else(|| {
-                Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up()
-            })?;
-            if !resp.status.is_informational() {
-                break resp;
+        // A pooled connection the CRM closed while idle fails at once: the call is tried once
+        // more, as Pingora does for proxied calls (the body is in memory).
+        let (mut upstream, mut resp) = match self.exchange(&peer, &req, &body, ctx).await {
+            Ok(done) => done,
+            Err(Retry::Reused(e)) => {
+                warn!(
+                    "request_id={} retrying on another connection: {e}",
+                    ctx.request_id
+                );
+                self.exchange(&peer, &req, &body, ctx)
+                    .await
+                    .map_err(Retry::into_error)?
             }
+            Err(e) => return Err(e.into_error()),
         };
         self.upstream_response_filter(session, &mut resp, ctx)
             .await?;
@@ -188,7 +176,11 @@ impl Gateway {
         } else {
             self.response_filter(session, &mut resp, ctx).await?;
             session.write_response_header(Box::new(resp), false).await?;
-            while let Some(chunk) = upstream.read_response_body().await.map_err(up)? {
+            while let Some(chunk) = upstream
+                .read_response_body()
+                .await
+                .map_err(|e| e.into_up())?
+            {
                 remaining(ctx.deadline)?;
                 session.write_response_body(Some(chunk), false).await?;
             }
@@ -200,6 +192,62 @@ impl Gateway {
                 .await;
         }
         Ok(())
+    }
+
+    /// Send the request on a connection to `peer` and read the response header (skipping
+    /// informational ones). A reused pooled connection that fails before any response (not by
+    /// a timeout) is [`Retry::Reused`].
+    async fn exchange(
+        &self,
+        peer: &HttpPeer,
+        req: &RequestHeader,
+        body: &Option<Bytes>,
+        ctx: &Ctx,
+    ) -> std::result::Result<(ClientSession, ResponseHeader), Retry> {
+        let fresh = |e: Box<Error>| Retry::Fresh(e.into_up());
+        let (mut upstream, reused) = self.connector.get_http_session(peer).await.map_err(fresh)?;
+        upstream.set_read_timeout(peer.options.read_timeout);
+        upstream.set_write_timeout(peer.options.write_timeout);
+        let failed = |e: Box<Error>| {
+            let e = e.into_up();
+            let timeout = matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
+            );
+            if reused && !timeout {
+                Retry::Reused(e)
+            } else {
+                Retry::Fresh(e)
+            }
+        };
+        upstream
+            .write_request_header(Box::new(req.clone()))
+            .await
+            .map_err(failed)?;
+        if let Some(b) = body {
+            upstream
+                .write_request_body(b.clone(), true)
+                .await
+                .map_err(failed)?;
+        }
+        upstream.finish_request_body().await.map_err(failed)?;
+        upstream.read_response_header().await.map_err(failed)?;
+        loop {
+            remaining(ctx.deadline).map_err(Retry::Fresh)?;
+            let resp = upstream.response_header().cloned().ok_or_else(|| {
+                Retry::Fresh(
+                    Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up(),
+                )
+            })?;
+            // Informational answers (100 Continue) are skipped: the body is already sent.
+            if !resp.status.is_informational() {
+                return Ok((upstream, resp));
+            }
+            upstream
+                .read_response_header()
+                .await
+                .map_err(|e| Retry::Fresh(e.into_up()))?;
+        }
     }
 
     /// Forward a call whose response is filtered but whose body is not checked: the client's
@@ -238,7 +286,7 @@ impl Gateway {
     /// caller. `Ok(Err(why))`: it cannot be filtered (the caller must get none of it).
     async fn read_and_filter_list(
         &self,
-        upstream: &mut pingora::protocols::http::client::HttpSession,
+        upstream: &mut ClientSession,
         ctx: &Ctx,
     ) -> Result<std::result::Result<Vec<u8>, String>> {
         let (Some(live), Some(permit)) = (&ctx.live, &ctx.permit) else {
@@ -503,6 +551,23 @@ async fn read_and_check_body(
         crate::inspect::check_body(snapshot, &config.catalog, user, inspect, &body)
             .map_err(|d| (d.rejection, d.denied_ids, d.fields)),
     )
+}
+
+type ClientSession = pingora::protocols::http::client::HttpSession;
+
+/// A failed upstream exchange: on a reused pooled connection before any response (worth one
+/// more try on a new connection), or not.
+enum Retry {
+    Reused(Box<Error>),
+    Fresh(Box<Error>),
+}
+
+impl Retry {
+    fn into_error(self) -> Box<Error> {
+        match self {
+            Retry::Reused(e) | Retry::Fresh(e) => e,
+        }
+    }
 }
 
 /// Hop-by-hop headers of an upstream response, not passed on.
