@@ -743,6 +743,22 @@ async fn a_list_that_cannot_be_filtered_is_a_clean_502() {
         assert!(v["request_id"].as_str().is_some());
         assert!(!text.contains("\"items\""), "nothing of the list: {text}");
         assert_eq!(h.received().len(), 1, "the CRM was asked");
+        // The same over HTTP/2.
+        let h2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .no_proxy()
+            .build()
+            .unwrap();
+        let r = h2
+            .get(h.url("/api/v1/leads?per_page=200"))
+            .header("authorization", bearer("u-rep1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 502, "{why}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "list_unfilterable", "{why}: {v}");
         // A non-list route of the same gateway is unaffected.
         let r = client()
             .get(h.url("/api/v1/leads/3"))
@@ -752,4 +768,49 @@ async fn a_list_that_cannot_be_filtered_is_a_clean_502() {
             .unwrap();
         assert_eq!(r.status(), 200, "{why}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspected_calls_answer_upstream_failures_like_any_other() {
+    // CRM down: a checked bulk call → 502 upstream_unavailable with the JSON body.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("permgate.toml"), bulk_config("trim")).unwrap();
+    std::fs::write(dir.path().join("snapshot.json"), bulk_snapshot()).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let h = Harness::start_custom(&dir.path().join("permgate.toml"), Some(closed)).await;
+    let (s, _, v) = reassign(
+        &h,
+        r#"{"ids": [2, 3], "owner_id": "u-rep2"}"#,
+        "application/json",
+    )
+    .await;
+    assert_eq!(s, 502, "{v}");
+    assert_eq!(v["error"], "upstream_unavailable");
+    assert!(v["request_id"].as_str().is_some());
+    drop(h);
+
+    // A slow CRM on a filtered list → 504 upstream_timeout (read timeout 300 ms).
+    let text = bulk_config("trim")
+        .replace("read_timeout_ms = 5000", "read_timeout_ms = 300")
+        .replacen(
+            "path = \"/api/v1/leads\"\npermission = \"lead.view\"",
+            "path = \"/api/v1/leads\"\npermission = \"lead.view\"\nlist = { type = \"lead\", items = \"/items\", item_id = \"/id\" }",
+            1,
+        );
+    assert!(text.contains("read_timeout_ms = 300") && text.contains("list = {"));
+    std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let r = client()
+        .get(h.url("/api/v1/leads"))
+        .header("authorization", bearer("u-rep1"))
+        .header("x-crm-delay-ms", "3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "upstream_timeout");
 }
