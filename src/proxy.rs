@@ -139,8 +139,10 @@ impl Gateway {
             .zip(ctx.permit.as_ref().and_then(|p| p.route))
             .and_then(|(l, r)| policy::route_info(&l.config, r).inspect.as_ref())
             .is_some_and(|i| i.filters_response());
-        let head = session.req_header().method == http::Method::HEAD;
-        if lists && resp.status.is_success() && !head {
+        // A 2xx with a body to filter (a HEAD answer or a 204 has none).
+        let has_body = session.req_header().method != http::Method::HEAD
+            && resp.status != http::StatusCode::NO_CONTENT;
+        if lists && resp.status.is_success() && has_body {
             let filtered = match self.read_and_filter_list(&mut upstream, ctx).await? {
                 Ok(body) => body,
                 Err(why) => {
