@@ -248,6 +248,18 @@ impl<C: FnMut(&RecordId) -> bool> Judge<C> {
     }
 
     fn keep(&mut self, index: usize, id: Option<&Scalar<'_>>) -> Result<bool, BodyError> {
+        match self.admit(index, id)? {
+            Some(id) => Ok(self.check(id)),
+            None => Ok(false),
+        }
+    }
+
+    /// Read an item's id and handle a repeat: `None` when the item is dropped as a repeat.
+    fn admit(
+        &mut self,
+        index: usize,
+        id: Option<&Scalar<'_>>,
+    ) -> Result<Option<RecordId>, BodyError> {
         let id = match id {
             None => {
                 return Err(BodyError::BadItem {
@@ -267,17 +279,22 @@ impl<C: FnMut(&RecordId) -> bool> Judge<C> {
                 }),
                 Duplicates::First => {
                     self.duplicates_dropped += 1;
-                    Ok(false)
+                    Ok(None)
                 }
             };
         }
+        Ok(Some(id))
+    }
+
+    /// Check an admitted item's record.
+    fn check(&mut self, id: RecordId) -> bool {
         let allowed = (self.check)(&id);
         if allowed {
             self.kept += 1;
         } else {
             self.removed_ids.push(id);
         }
-        Ok(allowed)
+        allowed
     }
 
     fn result(self, forwarded_body: Vec<u8>) -> TrimResult {
@@ -329,18 +346,33 @@ pub fn trim_capturing<'a>(
         id_at,
         captures,
     };
-    let out = json::canonicalize(body, limits, &select, |i, id| judge.keep(i, id.as_ref()))
-        .map_err(|e| match e {
-            StreamError::Json(j) => BodyError::Json(j),
-            StreamError::Keep(b) => b,
-        })?;
+    // The pass reads ids and handles repeats; the record checks run after it, in one loop
+    // (each is a probe into a large table: back to back, the CPU overlaps their cache misses,
+    // which interleaved with parsing it cannot).
+    let mut admitted = Vec::new();
+    let out = json::canonicalize(body, limits, &select, |i, id| {
+        Ok(judge
+            .admit(i, id.as_ref())?
+            .map(|id| admitted.push(id))
+            .is_some())
+    })
+    .map_err(|e| match e {
+        StreamError::Json(j) => BodyError::Json(j),
+        StreamError::Keep(b) => b,
+    })?;
     if bulk.is_some() && !out.items_found {
         return Err(BodyError::NoItems {
             at: spec.at.to_string(),
         });
     }
+    let allowed: Vec<bool> = admitted.into_iter().map(|id| judge.check(id)).collect();
+    let forwarded = if allowed.iter().all(|a| *a) {
+        out.body
+    } else {
+        out.without(&allowed)
+    };
     Ok(Captured {
-        trimmed: judge.result(out.body),
+        trimmed: judge.result(forwarded),
         values: out.captured,
         root_keys: out.root_keys,
     })

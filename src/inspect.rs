@@ -53,7 +53,7 @@
 //!                           # item_id = "/id" for object items; mode = "trim" | "all_or_nothing";
 //!                           # duplicates = "reject" | "first"; keys: the only top-level keys
 //!                           # accepted (a legacy "select_all": true would reach unchecked records)
-//! body = { max_bytes = 1048576, max_depth = 32 }
+//! body = { max_bytes = 4194304, max_depth = 32 }
 //!
 //! [[route]]
 //! methods = ["GET"]

@@ -40,8 +40,10 @@ pub struct Limits {
     pub max_depth: usize,
 }
 
-/// 1 MiB: a bulk call of 10 000 small items fits.
-pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
+/// 4 MiB: a bulk call of 10 000 items of up to ~400 bytes each fits. It is buffered per call
+/// in flight, so the default stays a few MiB; a route may set up to
+/// [`crate::inspect::MAX_BODY_LIMIT`].
+pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
 pub const DEFAULT_MAX_DEPTH: usize = 32;
 /// The deepest limit a config may set (the parser recurses once per level).
 pub const MAX_DEPTH_LIMIT: usize = 128;
@@ -550,6 +552,32 @@ pub struct Canonical<'a> {
     pub captured: Vec<Option<Scalar<'a>>>,
     /// The keys of the top-level object, in order (empty for any other top-level value).
     pub root_keys: Vec<Cow<'a, str>>,
+    /// Where each element `keep` kept sits in `body` (without its separating comma), in
+    /// order, and where the items array's elements start and end: a caller can still leave
+    /// elements out afterwards ([`Canonical::without`]).
+    pub item_spans: Vec<(usize, usize)>,
+    pub items_inner: (usize, usize),
+}
+
+impl Canonical<'_> {
+    /// The body without the kept elements whose `keep[i]` is `false` (`keep` in the order of
+    /// [`Canonical::item_spans`]). Deciding after the pass lets a caller run its record checks
+    /// in one tight loop, where the CPU overlaps their memory accesses.
+    pub fn without(&self, keep: &[bool]) -> Vec<u8> {
+        let (open, close) = self.items_inner;
+        let mut out = Vec::with_capacity(self.body.len());
+        out.extend_from_slice(&self.body[..open]);
+        let mut first = true;
+        for (&(start, end), _) in self.item_spans.iter().zip(keep).filter(|(_, k)| **k) {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(&self.body[start..end]);
+            first = false;
+        }
+        out.extend_from_slice(&self.body[close..]);
+        out
+    }
 }
 
 /// Why [`canonicalize`] stopped: the body, or the `keep` callback.
@@ -606,6 +634,8 @@ pub fn canonicalize<'a, E>(
         item_id: None,
         items_found: false,
         root_keys: Vec::new(),
+        item_spans: Vec::new(),
+        items_inner: (0, 0),
         keep,
     };
     st.p.ws();
@@ -619,6 +649,8 @@ pub fn canonicalize<'a, E>(
         items_found: st.items_found,
         captured: st.captured,
         root_keys: st.root_keys,
+        item_spans: st.item_spans,
+        items_inner: st.items_inner,
     })
 }
 
@@ -642,6 +674,8 @@ struct Stream<'a, 'p, F> {
     item_id: Option<Scalar<'a>>,
     items_found: bool,
     root_keys: Vec<Cow<'a, str>>,
+    item_spans: Vec<(usize, usize)>,
+    items_inner: (usize, usize),
     keep: F,
 }
 
@@ -805,6 +839,9 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
         self.p.enter(depth)?;
         self.p.i += 1;
         self.out.push(b'[');
+        if offer {
+            self.items_inner = (self.out.len(), self.out.len());
+        }
         self.p.ws();
         if self.p.b.get(self.p.i) == Some(&b']') {
             self.p.i += 1;
@@ -819,6 +856,7 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
             if written > 0 {
                 self.out.push(b',');
             }
+            let start = self.out.len();
             self.path.push(Seg::Index(index));
             if offer {
                 self.item_root = Some(self.path.len());
@@ -838,6 +876,9 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
             };
             if kept {
                 written += 1;
+                if offer {
+                    self.item_spans.push((start, self.out.len()));
+                }
             } else {
                 self.out.truncate(mark);
             }
@@ -847,6 +888,9 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
                 Some(b',') => self.p.i += 1,
                 Some(b']') => {
                     self.p.i += 1;
+                    if offer {
+                        self.items_inner.1 = self.out.len();
+                    }
                     self.out.push(b']');
                     return Ok(());
                 }

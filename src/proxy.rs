@@ -6,6 +6,7 @@
 //! |---------------------------|----------------------------------------------------------------|
 //! | `new_ctx`                 | a fresh request id                                             |
 //! | `request_filter`          | one load of the live config + snapshot, kept to the end; the whole decision ([`crate::policy::decide`]); a denial is answered here with its JSON body |
+//! | `request_filter` (inspected routes) | the body is read (bounded) and checked; the call is forwarded by [`Gateway::forward_inspected`] (our own Pingora connector: exactly the checked body upstream, a list response filtered before its header goes out), then answered here |
 //! | `upstream_peer`           | the CRM peer with the configured timeouts (pooled keep-alive) |
 //! | `upstream_request_filter` | forward exactly the canonical path; strip hop-by-hop headers, every client copy of the identity headers and consumed credentials; add the caller's id, roles and the request id |
 //! | `response_filter`         | the request id goes back to the client                         |
@@ -22,6 +23,8 @@ use http::header::{
 };
 use log::{info, warn};
 use pingora::apps::HttpServerOptions;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
@@ -56,15 +59,283 @@ pub struct Gateway {
     balancer: Option<Arc<LoadBalancer<RoundRobin>>>,
     /// CA bundle and client certificate for TLS to the CRM (re-read when the files change).
     upstream_tls: Arc<arc_swap::ArcSwap<upstream_tls::Material>>,
+    /// The gateway's own upstream client, for inspected calls (see [`Gateway::forward_inspected`]).
+    connector: Connector,
 }
 
 impl Gateway {
-    pub fn new(state: Arc<State>) -> Self {
+    pub fn new(state: Arc<State>, conf: &ServerConf) -> Self {
         Gateway {
             state,
             balancer: None,
             upstream_tls: Default::default(),
+            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
         }
+    }
+
+    /// Forward an inspected call and answer the caller, in `request_filter`.
+    ///
+    /// Pingora's proxy loop cannot send a body other than the client's once that body has been
+    /// read in `request_filter`: it replays only its retry buffer (64 KiB, and `None` past that),
+    /// and `request_body_filter` is never called again for a body already read. Nor can it hold
+    /// a response header back until the body is known. So the calls whose request body is
+    /// checked, or whose response is filtered, are forwarded here, through a Pingora connector
+    /// with the same peer, header rules and timeouts as every other call ([`Self::upstream_peer`],
+    /// [`Self::upstream_request_filter`], [`Self::response_filter`]):
+    /// - the CRM receives exactly `body` (the checked, re-serialized copy, or the client's body
+    ///   on a route that checks none) with its `Content-Length`, or no body;
+    /// - a list response (2xx) is read whole (at most `list.max_bytes`) and filtered before its
+    ///   header is sent; one that cannot be filtered is answered 502 `list_unfilterable`, with
+    ///   nothing of it;
+    /// - any other response streams back as it comes.
+    ///
+    /// An error before the caller got a response header is answered by [`Self::fail_to_proxy`]
+    /// (502/504 with a JSON body), as for proxied calls.
+    async fn forward_inspected(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        body: Option<Bytes>,
+    ) -> Result<()> {
+        let peer = self.upstream_peer(session, ctx).await?;
+        let mut req = session.req_header().clone();
+        // H2 has `:authority` and no Host; an HTTP/1.1 CRM expects Host.
+        if req.version == http::Version::HTTP_2 && !req.headers.contains_key(http::header::HOST) {
+            if let Some(authority) = req.uri.authority().map(|a| a.to_string()) {
+                req.insert_header(http::header::HOST, authority)?;
+            }
+        }
+        req.set_version(http::Version::HTTP_11);
+        self.upstream_request_filter(session, &mut req, ctx).await?;
+        // The body is sent whole, right away: no `Expect`, and exactly its own framing.
+        req.remove_header(&http::header::EXPECT);
+        req.remove_header(&TRANSFER_ENCODING);
+        match &body {
+            Some(b) => req.insert_header(CONTENT_LENGTH, b.len().to_string())?,
+            None => {
+                req.remove_header(&CONTENT_LENGTH);
+            }
+        }
+
+        // A pooled connection the CRM closed while idle fails at once: the call is tried once
+        // more, as Pingora does for proxied calls (the body is in memory).
+        let (mut upstream, mut resp) = match self.exchange(&peer, &req, &body, ctx).await {
+            Ok(done) => done,
+            Err(Retry::Reused(e)) => {
+                warn!(
+                    "request_id={} retrying on another connection: {e}",
+                    ctx.request_id
+                );
+                self.exchange(&peer, &req, &body, ctx)
+                    .await
+                    .map_err(Retry::into_error)?
+            }
+            Err(e) => return Err(e.into_error()),
+        };
+        self.upstream_response_filter(session, &mut resp, ctx)
+            .await?;
+        for name in RESPONSE_HOP_HEADERS {
+            resp.remove_header(name);
+        }
+        let lists = ctx
+            .live
+            .as_ref()
+            .zip(ctx.permit.as_ref().and_then(|p| p.route))
+            .and_then(|(l, r)| policy::route_info(&l.config, r).inspect.as_ref())
+            .is_some_and(|i| i.filters_response());
+        // A 2xx with a body to filter (a HEAD answer or a 204 has none).
+        let has_body = session.req_header().method != http::Method::HEAD
+            && resp.status != http::StatusCode::NO_CONTENT;
+        if lists && resp.status.is_success() && has_body {
+            let filtered = match self.read_and_filter_list(&mut upstream, ctx).await? {
+                Ok(body) => body,
+                Err(why) => {
+                    warn!("request_id={} list not filtered: {why}", ctx.request_id);
+                    let id_header = ctx
+                        .live
+                        .as_ref()
+                        .map(|l| l.config.forward.request_id_header.clone())
+                        .unwrap_or_else(default_request_id_header);
+                    // The CRM connection may hold the rest of that response: not reused.
+                    upstream.shutdown().await;
+                    return respond(
+                        session,
+                        &Rejection::new(
+                            502,
+                            "list_unfilterable",
+                            "the CRM's answer could not be filtered for this caller",
+                        ),
+                        &ctx.request_id,
+                        &id_header,
+                    )
+                    .await;
+                }
+            };
+            self.response_filter(session, &mut resp, ctx).await?;
+            resp.remove_header(&TRANSFER_ENCODING);
+            resp.remove_header(&http::header::CONTENT_ENCODING);
+            resp.insert_header(CONTENT_LENGTH, filtered.len().to_string())?;
+            session.write_response_header(Box::new(resp), false).await?;
+            session
+                .write_response_body(Some(Bytes::from(filtered)), true)
+                .await?;
+        } else {
+            self.response_filter(session, &mut resp, ctx).await?;
+            session.write_response_header(Box::new(resp), false).await?;
+            while let Some(chunk) = upstream
+                .read_response_body()
+                .await
+                .map_err(|e| e.into_up())?
+            {
+                remaining(ctx.deadline)?;
+                session.write_response_body(Some(chunk), false).await?;
+            }
+            session.write_response_body(None, true).await?;
+        }
+        if upstream.response_done() {
+            self.connector
+                .release_http_session(upstream, &*peer, peer.options.idle_timeout)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Send the request on a connection to `peer` and read the response header (skipping
+    /// informational ones). A reused pooled connection that fails before any response (not by
+    /// a timeout) is [`Retry::Reused`].
+    async fn exchange(
+        &self,
+        peer: &HttpPeer,
+        req: &RequestHeader,
+        body: &Option<Bytes>,
+        ctx: &Ctx,
+    ) -> std::result::Result<(ClientSession, ResponseHeader), Retry> {
+        let fresh = |e: Box<Error>| Retry::Fresh(e.into_up());
+        let (mut upstream, reused) = self.connector.get_http_session(peer).await.map_err(fresh)?;
+        upstream.set_read_timeout(peer.options.read_timeout);
+        upstream.set_write_timeout(peer.options.write_timeout);
+        let failed = |e: Box<Error>| {
+            let e = e.into_up();
+            let timeout = matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
+            );
+            if reused && !timeout {
+                Retry::Reused(e)
+            } else {
+                Retry::Fresh(e)
+            }
+        };
+        upstream
+            .write_request_header(Box::new(req.clone()))
+            .await
+            .map_err(failed)?;
+        if let Some(b) = body {
+            upstream
+                .write_request_body(b.clone(), true)
+                .await
+                .map_err(failed)?;
+        }
+        upstream.finish_request_body().await.map_err(failed)?;
+        upstream.read_response_header().await.map_err(failed)?;
+        loop {
+            remaining(ctx.deadline).map_err(Retry::Fresh)?;
+            let resp = upstream.response_header().cloned().ok_or_else(|| {
+                Retry::Fresh(
+                    Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up(),
+                )
+            })?;
+            // Informational answers (100 Continue) are skipped: the body is already sent.
+            if !resp.status.is_informational() {
+                return Ok((upstream, resp));
+            }
+            upstream
+                .read_response_header()
+                .await
+                .map_err(|e| Retry::Fresh(e.into_up()))?;
+        }
+    }
+
+    /// Forward a call whose response is filtered but whose body is not checked: the client's
+    /// body is read (at most `limit`, 413 beyond) and sent as it came.
+    async fn forward_with_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        limit: usize,
+    ) -> Result<bool> {
+        match read_body(session, limit).await? {
+            Ok(body) => self.forward_inspected(session, ctx, body).await?,
+            Err(rejection) => {
+                let id_header = ctx
+                    .live
+                    .as_ref()
+                    .map(|l| l.config.forward.request_id_header.clone())
+                    .unwrap_or_else(default_request_id_header);
+                respond(session, &rejection, &ctx.request_id, &id_header).await?;
+                // Answered by the gateway: logged as a denial, not as a forwarded call.
+                if let Some(permit) = ctx.permit.take() {
+                    ctx.denied = Some(Box::new(Denied {
+                        rejection,
+                        route: permit.route,
+                        user: None,
+                        canonical: None,
+                        caller: permit.caller,
+                    }));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Read a list response whole (at most the route's `list.max_bytes`) and filter it for the
+    /// caller. `Ok(Err(why))`: it cannot be filtered (the caller must get none of it).
+    async fn read_and_filter_list(
+        &self,
+        upstream: &mut ClientSession,
+        ctx: &Ctx,
+    ) -> Result<std::result::Result<Vec<u8>, String>> {
+        let (Some(live), Some(permit)) = (&ctx.live, &ctx.permit) else {
+            return Ok(Err("no permit".into()));
+        };
+        let Some(inspect) = permit
+            .route
+            .and_then(|r| policy::route_info(&live.config, r).inspect.as_ref())
+        else {
+            return Ok(Err("no inspection settings".into()));
+        };
+        let (Some(caller), Some(snapshot)) = (permit.caller, live.snapshot.as_deref()) else {
+            return Ok(Err("no caller".into()));
+        };
+        let limit = inspect.list.as_ref().map_or(0, |l| l.limits.max_bytes);
+        let encoded = upstream
+            .response_header()
+            .and_then(|r| r.headers.get(http::header::CONTENT_ENCODING))
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            return Ok(Err("the response is compressed".into()));
+        }
+        let mut buffer = Vec::new();
+        while let Some(chunk) = upstream
+            .read_response_body()
+            .await
+            .map_err(|e| e.into_up())?
+        {
+            remaining(ctx.deadline)?;
+            if buffer.len() + chunk.len() > limit {
+                return Ok(Err("the response is over the route's list.max_bytes".into()));
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        let filtered =
+            match crate::inspect::filter_response(snapshot, caller.user, inspect, &buffer) {
+                Ok(f) => f,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+        if let Some(c) = live.counters(permit.route) {
+            c.trimmed(filtered.removed as u64);
+        }
+        Ok(Ok(filtered.body))
     }
 }
 
@@ -85,14 +356,10 @@ pub struct Ctx {
     upstream_status: Option<u16>,
     /// The candidate policy's decision: `Ok` allow, `Err(code)` deny.
     candidate: Option<Result<(), &'static str>>,
-    /// The checked, re-serialized body to send instead of the client's (inspected routes).
-    forward_body: Option<Bytes>,
+    /// The request body was checked (and possibly trimmed) before forwarding.
+    body_checked: bool,
     /// Bulk items removed before forwarding (canonical spellings).
     removed_ids: Vec<String>,
-    /// The checked body has been handed to the upstream.
-    body_replaced: bool,
-    /// A list response being buffered for filtering (inspected routes with `list`).
-    list_buffer: Option<Vec<u8>>,
 }
 
 fn new_request_id() -> String {
@@ -176,14 +443,73 @@ const REMOVED_COUNT: &str = "x-permgate-removed-count";
 const REMOVED_IDS: &str = "x-permgate-removed-ids";
 /// Most removed ids listed in the header (the count is exact).
 const MAX_REMOVED_LISTED: usize = 200;
-/// Pingora forwards a body read in `request_filter` from its retry buffer, which holds 64 KiB:
-/// larger inspected bodies are refused (413) rather than forwarded unchecked or truncated.
-const MAX_INSPECTED_BODY: usize = 64 * 1024;
-
 type BodyVerdict =
     std::result::Result<crate::inspect::Forward, (Rejection, Vec<String>, Vec<String>)>;
 
-/// Read the request body of an inspected route (JSON only, uncompressed, bounded) and check it.
+/// Read the whole request body, at most `limit` bytes (`Err` 413 beyond; a declared
+/// `Content-Length` over the limit is refused before reading). `None`: the request has no body.
+/// A client waiting on `Expect: 100-continue` is told to go on first.
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+) -> Result<std::result::Result<Option<Bytes>, Rejection>> {
+    let too_large = || {
+        Rejection::new(
+            413,
+            "body_too_large",
+            "the request body is over this route's limit",
+        )
+    };
+    let headers = &session.req_header().headers;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        drain(session).await;
+        return Ok(Err(too_large()));
+    }
+    if session.as_mut().is_body_empty() {
+        return Ok(Ok(None));
+    }
+    if session.req_header().version == http::Version::HTTP_11
+        && session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        session.as_mut().write_continue_response().await?;
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > limit {
+            drain(session).await;
+            return Ok(Err(too_large()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(Some(Bytes::from(body))))
+}
+
+/// Most bytes of a refused body read and discarded before answering.
+const MAX_DRAINED: usize = 16 << 20;
+
+/// Read and discard what is left of a refused request body (at most [`MAX_DRAINED`]), so the
+/// caller, still sending, gets the answer rather than a reset connection. Errors end it: the
+/// connection is closed after the answer anyway.
+async fn drain(session: &mut Session) {
+    let mut drained = 0;
+    while drained < MAX_DRAINED {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => drained += chunk.len(),
+            _ => return,
+        }
+    }
+}
+
+/// Read the request body of an inspected route (JSON only, uncompressed, at most the route's
+/// `body.max_bytes`) and check it.
 async fn read_and_check_body(
     session: &mut Session,
     config: &crate::config::Config,
@@ -191,13 +517,7 @@ async fn read_and_check_body(
     user: crate::snapshot::UserIdx,
     inspect: &crate::inspect::Inspect,
 ) -> Result<BodyVerdict> {
-    let refuse = |status: u16, code: &'static str, message: &'static str| {
-        Ok(Err((
-            Rejection::new(status, code, message),
-            Vec::new(),
-            Vec::new(),
-        )))
-    };
+    let refuse = |rejection: Rejection| Ok(Err((rejection, Vec::new(), Vec::new())));
     let headers = &session.req_header().headers;
     let json = headers
         .get(CONTENT_TYPE)
@@ -212,41 +532,52 @@ async fn read_and_check_body(
                 })
         });
     if !json {
-        return refuse(
+        return refuse(Rejection::new(
             415,
             "unsupported_media_type",
             "this route takes only application/json in UTF-8",
-        );
+        ));
     }
     if headers
         .get_all(http::header::CONTENT_ENCODING)
         .iter()
         .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
-        return refuse(
+        return refuse(Rejection::new(
             415,
             "unsupported_media_type",
             "a compressed request body is not accepted on this route",
-        );
+        ));
     }
-    let limit = inspect.body_limits.max_bytes.min(MAX_INSPECTED_BODY);
-    session.as_mut().enable_retry_buffering();
-    let mut body = Vec::new();
-    while let Some(chunk) = session.read_request_body().await? {
-        if body.len() + chunk.len() > limit {
-            return refuse(
-                413,
-                "body_too_large",
-                "the request body is over this route's limit",
-            );
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = match read_body(session, inspect.body_limits.max_bytes).await? {
+        Ok(body) => body.unwrap_or_default(),
+        Err(rejection) => return refuse(rejection),
+    };
     Ok(
         crate::inspect::check_body(snapshot, &config.catalog, user, inspect, &body)
             .map_err(|d| (d.rejection, d.denied_ids, d.fields)),
     )
 }
+
+type ClientSession = pingora::protocols::http::client::HttpSession;
+
+/// A failed upstream exchange: on a reused pooled connection before any response (worth one
+/// more try on a new connection), or not.
+enum Retry {
+    Reused(Box<Error>),
+    Fresh(Box<Error>),
+}
+
+impl Retry {
+    fn into_error(self) -> Box<Error> {
+        match self {
+            Retry::Reused(e) | Retry::Fresh(e) => e,
+        }
+    }
+}
+
+/// Hop-by-hop headers of an upstream response, not passed on.
+const RESPONSE_HOP_HEADERS: [&str; 4] = ["connection", "keep-alive", "proxy-connection", "upgrade"];
 
 /// A rejection with the lists a bulk or field denial names (`denied_ids`, `fields`).
 async fn respond_with(
@@ -292,10 +623,8 @@ impl ProxyHttp for Gateway {
             upstream_elapsed: None,
             upstream_status: None,
             candidate: None,
-            forward_body: None,
+            body_checked: false,
             removed_ids: Vec::new(),
-            body_replaced: false,
-            list_buffer: None,
         }
     }
 
@@ -373,68 +702,85 @@ impl ProxyHttp for Gateway {
         let id_header = live.config.forward.request_id_header.clone();
         ctx.deadline = Some(Instant::now() + live.config.upstream.total_timeout);
         ctx.peer = peer;
-        let outcome = match decision {
-            Ok(permit) => {
-                // Routes that inspect the body: read it (bounded), check it, and forward only
-                // the checked, re-serialized copy.
-                let inspect = permit
-                    .route
-                    .and_then(|r| policy::route_info(&live.config, r).inspect.as_ref())
-                    .filter(|i| i.reads_body());
-                if let (Some(inspect), Some(caller), Some(snapshot)) =
-                    (inspect, permit.caller, live.snapshot.as_deref())
-                {
-                    match read_and_check_body(session, &live.config, snapshot, caller.user, inspect)
-                        .await?
-                    {
-                        Ok(forward) => {
-                            ctx.removed_ids =
-                                forward.removed_ids.iter().map(|i| i.to_string()).collect();
-                            ctx.forward_body = Some(Bytes::from(forward.body));
-                        }
-                        Err((rejection, denied_ids, fields)) => {
-                            respond_with(
-                                session,
-                                &rejection,
-                                &ctx.request_id,
-                                &id_header,
-                                &denied_ids,
-                                &fields,
-                            )
-                            .await?;
-                            ctx.denied = Some(Box::new(Denied {
-                                rejection,
-                                route: permit.route,
-                                user: Some(snapshot.user(caller.user).id.to_string()),
-                                canonical: None,
-                                caller: Some(caller),
-                            }));
-                            ctx.live = Some(live);
-                            return Ok(true);
-                        }
-                    }
-                }
-                ctx.permit = Some(permit);
-                Ok(false)
-            }
+        ctx.live = Some(live.clone());
+        let permit = match decision {
+            Ok(permit) => permit,
             Err(denied) => {
-                match policy::shadow_permit(&live.config, live.snapshot.as_deref(), &denied) {
-                    // Shadow mode: logged and counted as a would-be denial, forwarded anyway.
+                return match policy::shadow_permit(&live.config, live.snapshot.as_deref(), &denied)
+                {
+                    // Shadow mode: logged and counted as a would-be denial, forwarded anyway
+                    // (a list response is still filtered).
                     Some(permit) => {
+                        let lists = permit
+                            .route
+                            .and_then(|r| policy::route_info(&live.config, r).inspect.as_ref())
+                            .filter(|i| i.filters_response())
+                            .map(|i| i.body_limits.max_bytes);
                         ctx.permit = Some(permit);
                         ctx.denied = Some(denied);
-                        Ok(false)
+                        match lists {
+                            Some(limit) => self.forward_with_body(session, ctx, limit).await,
+                            None => Ok(false),
+                        }
                     }
                     None => {
                         respond(session, &denied.rejection, &ctx.request_id, &id_header).await?;
                         ctx.denied = Some(denied);
                         Ok(true)
                     }
-                }
+                };
             }
         };
-        ctx.live = Some(live);
-        outcome
+        // Routes that inspect the body or the response are forwarded by the gateway itself.
+        let Some(inspect) = permit
+            .route
+            .and_then(|r| policy::route_info(&live.config, r).inspect.as_ref())
+            .filter(|i| i.reads_body() || i.filters_response())
+        else {
+            ctx.permit = Some(permit);
+            return Ok(false);
+        };
+        if !inspect.reads_body() {
+            let limit = inspect.body_limits.max_bytes;
+            ctx.permit = Some(permit);
+            return self.forward_with_body(session, ctx, limit).await;
+        }
+        // Read the body (bounded), check it, and forward only the checked, re-serialized copy.
+        let (Some(caller), Some(snapshot)) = (permit.caller, live.snapshot.as_deref()) else {
+            // A checking route always has a caller resolved through the snapshot.
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "a checked route without a caller",
+            ));
+        };
+        match read_and_check_body(session, &live.config, snapshot, caller.user, inspect).await? {
+            Ok(forward) => {
+                ctx.removed_ids = forward.removed_ids.iter().map(|i| i.to_string()).collect();
+                ctx.body_checked = true;
+                ctx.permit = Some(permit);
+                self.forward_inspected(session, ctx, Some(Bytes::from(forward.body)))
+                    .await?;
+            }
+            Err((rejection, denied_ids, fields)) => {
+                respond_with(
+                    session,
+                    &rejection,
+                    &ctx.request_id,
+                    &id_header,
+                    &denied_ids,
+                    &fields,
+                )
+                .await?;
+                ctx.denied = Some(Box::new(Denied {
+                    rejection,
+                    route: permit.route,
+                    user: Some(snapshot.user(caller.user).id.to_string()),
+                    canonical: None,
+                    caller: Some(caller),
+                }));
+            }
+        }
+        Ok(true)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -544,10 +890,6 @@ impl ProxyHttp for Gateway {
         {
             upstream.remove_header(&http::header::ACCEPT_ENCODING);
         }
-        if let Some(body) = &ctx.forward_body {
-            upstream.remove_header(&TRANSFER_ENCODING);
-            upstream.insert_header(CONTENT_LENGTH, body.len().to_string())?;
-        }
         if let Some(host) = &config.upstream.host {
             upstream.insert_header(http::header::HOST, host.clone())?;
         }
@@ -579,62 +921,18 @@ impl ProxyHttp for Gateway {
     async fn request_body_filter(
         &self,
         _session: &mut Session,
-        body: &mut Option<Bytes>,
+        _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // An inspected route: the client's body was read and checked in `request_filter`;
-        // what goes upstream is only the checked copy, whatever Pingora hands us here.
-        if ctx.forward_body.is_none() && !ctx.body_replaced {
-            return Ok(());
+        // Fail closed: a checked body is forwarded by `forward_inspected`, never by this loop.
+        if ctx.body_checked {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "a checked body reached the proxy loop",
+            ));
         }
-        *body = ctx.forward_body.take();
-        ctx.body_replaced = true;
         Ok(())
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> Result<Option<Duration>> {
-        let Some(buffer) = ctx.list_buffer.as_mut() else {
-            return Ok(None);
-        };
-        // Fail closed: anything that prevents filtering aborts the response (its header is
-        // already sent), so no unfiltered item ever reaches the caller.
-        let fail =
-            |why: &str| Error::explain(ErrorType::InternalError, format!("list filter: {why}"));
-        let (Some(live), Some(permit)) = (&ctx.live, &ctx.permit) else {
-            return Err(fail("no permit"));
-        };
-        let inspect = permit
-            .route
-            .and_then(|r| policy::route_info(&live.config, r).inspect.as_ref())
-            .ok_or_else(|| fail("no inspection settings"))?;
-        let limit = inspect.list.as_ref().map_or(0, |l| l.limits.max_bytes);
-        if let Some(chunk) = body.take() {
-            if buffer.len() + chunk.len() > limit {
-                return Err(fail("the response is over the route's list.max_bytes"));
-            }
-            buffer.extend_from_slice(&chunk);
-        }
-        if !end_of_stream {
-            return Ok(None);
-        }
-        let (Some(caller), Some(snapshot)) = (permit.caller, live.snapshot.as_deref()) else {
-            return Err(fail("no caller"));
-        };
-        let filtered = crate::inspect::filter_response(snapshot, caller.user, inspect, buffer)
-            .map_err(|e| fail(&e.to_string()))?;
-        if let Some(c) = live.counters(permit.route) {
-            c.trimmed(filtered.removed as u64);
-        }
-        *body = Some(Bytes::from(filtered.body));
-        ctx.list_buffer = None;
-        Ok(None)
     }
 
     fn upstream_response_body_filter(
@@ -675,19 +973,7 @@ impl ProxyHttp for Gateway {
             .map(|l| l.config.forward.request_id_header.clone())
             .unwrap_or_else(default_request_id_header);
         upstream_response.insert_header(header, ctx.request_id.as_str())?;
-        // A list route: buffer the 2xx response to filter it; its length will change.
-        let lists = ctx
-            .live
-            .as_ref()
-            .zip(ctx.permit.as_ref().and_then(|p| p.route))
-            .and_then(|(l, r)| policy::route_info(&l.config, r).inspect.as_ref())
-            .is_some_and(|i| i.filters_response());
-        if lists && upstream_response.status.is_success() {
-            upstream_response.remove_header(&CONTENT_LENGTH);
-            upstream_response.remove_header(&http::header::CONTENT_ENCODING);
-            ctx.list_buffer = Some(Vec::new());
-        }
-        if ctx.body_replaced || !ctx.removed_ids.is_empty() {
+        if ctx.body_checked {
             // The documented contract of a trimmed bulk call.
             upstream_response.insert_header(REMOVED_COUNT, ctx.removed_ids.len().to_string())?;
             if !ctx.removed_ids.is_empty() {
@@ -903,7 +1189,7 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
     server.bootstrap();
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = config.listen.h2c;
-    let mut gateway = Gateway::new(state.clone());
+    let mut gateway = Gateway::new(state.clone(), &server.configuration);
     if config.upstream.tls.is_some() {
         // Upstream TLS trusts `ca_file` (else the system's roots) and presents the client
         // certificate if one is configured; both are re-read when their files change.

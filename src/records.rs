@@ -2165,6 +2165,14 @@ mod scale {
         );
     }
 
+    /// The trim and list-filter figures alone (bench/RESULTS.md):
+    /// `cargo test --release --lib records::scale::trim_figures -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "scale figures: run by hand with --release"]
+    fn trim_figures() {
+        body_figures();
+    }
+
     #[test]
     #[ignore = "scale figures: run by hand with --release"]
     fn scale_figures() {

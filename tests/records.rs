@@ -380,11 +380,11 @@ async fn bulk_denials_and_malformed_bodies_forward_nothing() {
         assert!(v["request_id"].as_str().is_some(), "{v}");
         assert!(h.received().is_empty(), "nothing forwarded for {body}");
     }
-    // Over the inspected-body limit → 413.
+    // Over the route's body limit (the default, 4 MiB) → 413.
     h.clear();
     let big = format!(
         "{{\"ids\": [{}], \"owner_id\": \"u-rep2\"}}",
-        vec!["2"; 40_000].join(",")
+        vec!["2"; 2_200_000].join(",")
     );
     let (s, _, v) = reassign(&h, &big, "application/json").await;
     assert_eq!(s, 413, "{v}");
@@ -554,4 +554,263 @@ fn the_scopes_example_checks_out() {
         .unwrap();
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(e["trimmed"], serde_json::json!(["3", "5"]));
+}
+
+/// A gateway for bulk calls over many leads: every lead of `ids` is in the snapshot (owner by
+/// the same formula), and the route's body limit is `max_bytes`.
+async fn big_bulk_gateway(ids: &[u32], max_bytes: usize) -> (Harness, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = bulk_config("trim").replacen(
+        "new_owner = { at = \"/owner_id\" }",
+        &format!("new_owner = {{ at = \"/owner_id\" }}\nbody = {{ max_bytes = {max_bytes} }}"),
+        1,
+    );
+    assert!(text.contains("body = { max_bytes"));
+    let mut v: serde_json::Value = serde_json::from_str(&bulk_snapshot()).unwrap();
+    let owners = v["records"]["owners"].as_array_mut().unwrap();
+    owners.extend(
+        ids.iter()
+            .map(|n| serde_json::json!({"type": "lead", "id": n.to_string(), "owner": owner(*n)})),
+    );
+    std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        serde_json::to_string(&v).unwrap(),
+    )
+    .unwrap();
+    (
+        Harness::start_with(&dir.path().join("permgate.toml")).await,
+        dir,
+    )
+}
+
+/// What the CRM received for the one forwarded call: its `ids`, and whether its
+/// `Content-Length` is the body's length.
+fn forwarded_ids(h: &Harness) -> (Vec<u32>, bool) {
+    let got = h.received();
+    assert_eq!(got.len(), 1, "one call forwarded");
+    let sent: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(sent["owner_id"], "u-rep2");
+    let ids = sent["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect();
+    let length_ok = recorded_header(&got[0], "content-length")
+        == vec![got[0].body.len().to_string().as_str()]
+        && recorded_header(&got[0], "transfer-encoding").is_empty();
+    (ids, length_ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10000_item_bulk_is_trimmed_and_forwarded_whole() {
+    // Seven-digit ids: the body is ~90 KB, well over Pingora's 64 KiB retry buffer.
+    let ids: Vec<u32> = (1_000_001..=1_010_000).collect();
+    let (h, _dir) = big_bulk_gateway(&ids, 1 << 20).await;
+    let in_scope: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|n| ["u-sm", "u-rep1", "u-rep2"].contains(&owner(*n)))
+        .collect();
+    assert_eq!(in_scope.len(), 3750);
+    let body = format!(
+        "{{\"ids\": [{}], \"owner_id\": \"u-rep2\"}}",
+        ids.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert!(body.len() > 80_000, "{}", body.len());
+
+    // HTTP/1.1 with Content-Length.
+    let (s, headers, v) = reassign(&h, &body, "application/json").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(headers.get("x-permgate-removed-count").unwrap(), "6250");
+    let (sent, length_ok) = forwarded_ids(&h);
+    assert_eq!(sent, in_scope, "exactly the allowed items, in order");
+    assert!(length_ok, "a correct Content-Length, no chunking");
+
+    // HTTP/1.1 chunked.
+    h.clear();
+    let mut raw = format!(
+        "POST /api/v1/leads/bulk-reassign HTTP/1.1\r\nHost: crm\r\nAuthorization: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        bearer("u-sm")
+    )
+    .into_bytes();
+    for chunk in body.as_bytes().chunks(7_000) {
+        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let r = h.raw(&raw);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-permgate-removed-count"), Some("6250"));
+    let (sent, length_ok) = forwarded_ids(&h);
+    assert_eq!(sent, in_scope);
+    assert!(length_ok);
+
+    // HTTP/2.
+    h.clear();
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = c
+        .post(h.url("/api/v1/leads/bulk-reassign"))
+        .header("authorization", bearer("u-sm"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let (sent, length_ok) = forwarded_ids(&h);
+    assert_eq!(sent, in_scope);
+    assert!(length_ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_over_the_route_limit_is_refused_whole() {
+    let ids: Vec<u32> = (1_000_001..=1_010_000).collect();
+    let (h, _dir) = big_bulk_gateway(&ids, 64 << 10).await;
+    let body = format!(
+        "{{\"ids\": [{}], \"owner_id\": \"u-rep2\"}}",
+        ids.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // Declared length over the limit.
+    let (s, _, v) = reassign(&h, &body, "application/json").await;
+    assert_eq!(s, 413, "{v}");
+    assert_eq!(v["error"], "body_too_large");
+    assert!(h.received().is_empty(), "the CRM received nothing");
+    // Chunked: found out while reading.
+    let mut raw = format!(
+        "POST /api/v1/leads/bulk-reassign HTTP/1.1\r\nHost: crm\r\nAuthorization: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        bearer("u-sm")
+    )
+    .into_bytes();
+    for chunk in body.as_bytes().chunks(10_000) {
+        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let r = h.raw(&raw);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.json()["error"], "body_too_large");
+    assert!(h.received().is_empty(), "the CRM received nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_that_cannot_be_filtered_is_a_clean_502() {
+    for (list, why) in [
+        (
+            "list = { type = \"lead\", items = \"/items\", item_id = \"/id\", max_bytes = 200 }",
+            "over list.max_bytes",
+        ),
+        (
+            "list = { type = \"lead\", items = \"/data\", item_id = \"/id\" }",
+            "no items where the route says",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config().replacen(
+            "path = \"/api/v1/leads\"\npermission = \"lead.view\"",
+            &format!("path = \"/api/v1/leads\"\npermission = \"lead.view\"\n{list}"),
+            1,
+        );
+        assert!(text.contains(list));
+        std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+        std::fs::write(dir.path().join("snapshot.json"), snapshot()).unwrap();
+        let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+        let r = client()
+            .get(h.url("/api/v1/leads?per_page=200"))
+            .header("authorization", bearer("u-rep1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502, "{why}");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let text = r.text().await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"], "list_unfilterable", "{why}: {v}");
+        assert!(v["request_id"].as_str().is_some());
+        assert!(!text.contains("\"items\""), "nothing of the list: {text}");
+        assert_eq!(h.received().len(), 1, "the CRM was asked");
+        // The same over HTTP/2.
+        let h2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .no_proxy()
+            .build()
+            .unwrap();
+        let r = h2
+            .get(h.url("/api/v1/leads?per_page=200"))
+            .header("authorization", bearer("u-rep1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 502, "{why}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "list_unfilterable", "{why}: {v}");
+        // A non-list route of the same gateway is unaffected.
+        let r = client()
+            .get(h.url("/api/v1/leads/3"))
+            .header("authorization", bearer("u-rep1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{why}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspected_calls_answer_upstream_failures_like_any_other() {
+    // CRM down: a checked bulk call → 502 upstream_unavailable with the JSON body.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("permgate.toml"), bulk_config("trim")).unwrap();
+    std::fs::write(dir.path().join("snapshot.json"), bulk_snapshot()).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let h = Harness::start_custom(&dir.path().join("permgate.toml"), Some(closed)).await;
+    let (s, _, v) = reassign(
+        &h,
+        r#"{"ids": [2, 3], "owner_id": "u-rep2"}"#,
+        "application/json",
+    )
+    .await;
+    assert_eq!(s, 502, "{v}");
+    assert_eq!(v["error"], "upstream_unavailable");
+    assert!(v["request_id"].as_str().is_some());
+    drop(h);
+
+    // A slow CRM on a filtered list → 504 upstream_timeout (read timeout 300 ms).
+    let text = bulk_config("trim")
+        .replace("read_timeout_ms = 5000", "read_timeout_ms = 300")
+        .replacen(
+            "path = \"/api/v1/leads\"\npermission = \"lead.view\"",
+            "path = \"/api/v1/leads\"\npermission = \"lead.view\"\nlist = { type = \"lead\", items = \"/items\", item_id = \"/id\" }",
+            1,
+        );
+    assert!(text.contains("read_timeout_ms = 300") && text.contains("list = {"));
+    std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let r = client()
+        .get(h.url("/api/v1/leads"))
+        .header("authorization", bearer("u-rep1"))
+        .header("x-crm-delay-ms", "3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "upstream_timeout");
 }

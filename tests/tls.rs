@@ -360,3 +360,93 @@ async fn client_certificate_toward_the_crm_and_ca_bundle_reload() {
     assert_eq!(back.received().len(), 1);
     assert!(h.log_text().contains("upstream TLS change refused"));
 }
+
+/// An inspected call (a bulk reassign, trimmed) is forwarded by the gateway's own client: it
+/// crosses TLS to the CRM with the same CA bundle and client certificate as any other call, and
+/// the CRM receives exactly the allowed items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inspected_call_crosses_mutual_tls_to_the_crm() {
+    let owner = |n: u32| {
+        [
+            "u-admin", "u-sm", "u-rep1", "u-rep2", "u-csr", "u-mm", "u-da", "u-member",
+        ][(n as usize - 1) % 8]
+    };
+    let mut snap: serde_json::Value = serde_json::from_str(permgate::demo::DEMO_SNAPSHOT).unwrap();
+    snap["roles"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"id": "own_reassigner", "permissions": ["lead.reassign@own"]}));
+    for u in snap["users"].as_array_mut().unwrap() {
+        if u["id"] == "u-rep1" {
+            u["roles"] = serde_json::json!(["own_reassigner"]);
+        }
+    }
+    snap["records"] = serde_json::json!({"owners": (1..=16)
+        .map(|n| serde_json::json!({"type": "lead", "id": n.to_string(), "owner": owner(n)}))
+        .collect::<Vec<_>>()});
+    let snap = snap.to_string();
+
+    let server_ca = Ca::new("back server CA");
+    let client_ca = Ca::new("back client CA");
+    let back_dir = tempfile::tempdir().unwrap();
+    write(back_dir.path(), "clients.pem", &client_ca.pem());
+    let (cert, key) = server_ca.server();
+    write(back_dir.path(), "gw.pem", &cert);
+    write(back_dir.path(), "gw.key", &key);
+    let back_text = demo_config_text().replacen(
+        "[upstream]",
+        "[listen.tls]\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\nclient_ca_file = \"clients.pem\"\n\n[upstream]",
+        1,
+    ) + "\n[[record_type]]\nname = \"lead\"\nid = \"integer\"\n";
+    write(back_dir.path(), "permgate.toml", &back_text);
+    write(back_dir.path(), "snapshot.json", &snap);
+    let back = Harness::start_with(&back_dir.path().join("permgate.toml")).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ca.pem", &server_ca.pem());
+    let (cert, key) = client_ca.client("permgate-front");
+    write(dir.path(), "client.pem", &cert);
+    write(dir.path(), "client.key", &key);
+    let route = "path = \"/api/v1/leads/bulk-reassign\"\npermission = \"lead.reassign\"";
+    let text = demo_config_text()
+        .replacen(
+            route,
+            &format!("{route}\nbulk = {{ type = \"lead\", items = \"/ids\", keys = [\"ids\", \"owner_id\"] }}\nnew_owner = {{ at = \"/owner_id\" }}"),
+            1,
+        )
+        .replacen(
+            "pool_size = 1024",
+            "pool_size = 1024\n\n[upstream.tls]\nsni = \"localhost\"\nca_file = \"ca.pem\"\ncert_file = \"client.pem\"\nkey_file = \"client.key\"",
+            1,
+        )
+        + "\n[[record_type]]\nname = \"lead\"\nid = \"integer\"\n";
+    assert!(text.contains("bulk = {") && text.contains("[upstream.tls]"));
+    write(dir.path(), "permgate.toml", &text);
+    write(dir.path(), "snapshot.json", &snap);
+    let front = Harness::start_custom(&dir.path().join("permgate.toml"), Some(back.addr)).await;
+
+    // u-rep1 owns leads 3 and 11 of these.
+    let r = client()
+        .post(front.url("/api/v1/leads/bulk-reassign"))
+        .header("authorization", bearer("u-rep1"))
+        .header("content-type", "application/json")
+        .body(r#"{"ids": [1, 3, 2, 11, 4], "owner_id": "u-rep1"}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let removed = r.headers().get("x-permgate-removed-count").cloned();
+    let answer = r.text().await.unwrap();
+    assert_eq!(
+        status,
+        200,
+        "{answer}\n{}\n{}",
+        front.log_text(),
+        back.log_text()
+    );
+    assert_eq!(removed.unwrap(), "3");
+    let got = back.received();
+    assert_eq!(got.len(), 1, "{}", back.log_text());
+    let forwarded: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(forwarded["ids"], serde_json::json!([3, 11]));
+}
