@@ -47,6 +47,8 @@ pub mod audit;
 pub mod body;
 pub mod canon;
 pub mod catalog;
+pub mod changes;
+pub mod chunked;
 pub mod config;
 pub mod control;
 pub mod decision_log;
