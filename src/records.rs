@@ -229,10 +229,11 @@ struct RelatedEntry<'a> {
     parent_id: IdText<'a>,
 }
 
-/// Names interned while streaming (types, users, teams, roles).
+/// Names interned while streaming (types, users, teams, roles): one probe per entry, so a
+/// fast keyed hash rather than SipHash.
 #[derive(Debug, Default)]
 struct Interner {
-    ids: HashMap<Box<str>, u32>,
+    ids: HashMap<Box<str>, u32, KeyedState>,
     names: Vec<Box<str>>,
 }
 

@@ -447,9 +447,16 @@ impl Snapshot {
                 message: e.to_string(),
             }]
         })?;
-        let user_lines = element_offsets(text, "users");
-        let role_lines = element_offsets(text, "roles");
-        let line = |offsets: &[usize], i: usize| offsets.get(i).map(|o| line_of(text, *o));
+        // Where each user and role starts, for locating errors: a scan of the whole text, so
+        // made only when there is an error to locate.
+        let user_lines = std::cell::OnceCell::new();
+        let role_lines = std::cell::OnceCell::new();
+        let line = |offsets: &std::cell::OnceCell<Vec<usize>>, key: &str, i: usize| {
+            offsets
+                .get_or_init(|| element_offsets(text, key))
+                .get(i)
+                .map(|o| line_of(text, *o))
+        };
         let mut errors = Vec::new();
 
         // Roles: presets, then custom.
@@ -465,7 +472,7 @@ impl Snapshot {
             .collect();
         for (i, r) in raw.roles.iter().enumerate() {
             let field = format!("roles[{i}]");
-            let at = |m: String| ConfigError::new(file, line(&role_lines, i), &field, m);
+            let at = |m: String| ConfigError::new(file, line(&role_lines, "roles", i), &field, m);
             if !is_valid_role_id(&r.id) {
                 errors.push(at(format!("'{}' is not a valid role id", r.id)));
                 continue;
@@ -503,14 +510,14 @@ impl Snapshot {
             if !is_valid_user_id(&u.id) {
                 errors.push(ConfigError::new(
                     file,
-                    line(&user_lines, i),
+                    line(&user_lines, "users", i),
                     &format!("users[{i}].id"),
                     format!("'{}' is not a valid user id (1–256 visible ASCII characters, no spaces or commas)", u.id.escape_debug()),
                 ));
             } else if by_id.insert(u.id.as_str().into(), i as UserIdx).is_some() {
                 errors.push(ConfigError::new(
                     file,
-                    line(&user_lines, i),
+                    line(&user_lines, "users", i),
                     &format!("users[{i}].id"),
                     format!("user '{}' appears twice", u.id),
                 ));
@@ -528,7 +535,7 @@ impl Snapshot {
             let at = |field: &str, m: String| {
                 ConfigError::new(
                     file,
-                    line(&user_lines, i),
+                    line(&user_lines, "users", i),
                     &format!("users[{i}].{field}"),
                     m,
                 )
@@ -608,7 +615,7 @@ impl Snapshot {
                         1 => {
                             errors.push(ConfigError::new(
                                 file,
-                                line(&user_lines, c),
+                                line(&user_lines, "users", c),
                                 &format!("users[{c}].manager"),
                                 format!(
                                     "the manager chain of '{}' loops back to itself",

@@ -10,12 +10,14 @@
 //! - [`suite`]: the side-by-side run (`permgate-bench suite`).
 //! - [`report`]: the markdown table, the JSON file and the SVG chart.
 //! - [`stub`]: a minimal upstream, for runs without the sample CRM.
+//! - [`snapshot_scale`]: the snapshot at scale (build, memory, incremental batches), in process.
 
 mod load;
 mod peers;
 mod procstat;
 mod report;
 mod scenario;
+mod snapshot_scale;
 mod stub;
 mod suite;
 
@@ -52,6 +54,9 @@ enum Command {
     Load(LoadArgs),
     /// Print a token file (`ROLE TOKEN` lines) for a scenario's users, minted with an HS256 key.
     Tokens(TokensArgs),
+    /// The snapshot at scale, in this process: build time, resident bytes per record, time to
+    /// apply batches of incremental changes.
+    Snapshot(snapshot_scale::SnapshotArgs),
     /// Run the minimal stub upstream (used by `suite --upstream stub`).
     #[command(hide = true)]
     StubUpstream {
@@ -287,6 +292,7 @@ fn main() -> ExitCode {
         Command::Suite(a) => suite::run(a),
         Command::Load(a) => load_command(a),
         Command::Tokens(a) => tokens_command(a),
+        Command::Snapshot(a) => snapshot_scale::run(a),
         Command::StubUpstream { listen } => tokio::runtime::Runtime::new()
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(stub::serve(listen)).map_err(|e| e.to_string())),
