@@ -151,7 +151,7 @@ pub fn run(a: SwapsArgs) -> Result<(), String> {
                 let mut k = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     // A demo user the scenario does not call as: each batch is a new version.
-                    let body = if k % 2 == 0 {
+                    let body = if k.is_multiple_of(2) {
                         r#"{"changes":[{"op":"set_roles","user":"u-mm","roles":["marketing_manager","campaign_cleaner"]},{"op":"disable","user":"u-da"}]}"#
                     } else {
                         r#"{"changes":[{"op":"set_roles","user":"u-mm","roles":["marketing_manager"]},{"op":"enable","user":"u-da"}]}"#
