@@ -272,6 +272,14 @@ pub(crate) fn is_valid_user_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 256 && id.bytes().all(|b| b.is_ascii_graphic() && b != b',')
 }
 
+/// `sha256:<16 hex>` of a snapshot's text: its version when the source gives none.
+fn content_hash(text: &str) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(&Sha256::digest(text.as_bytes())[..8])
+    )
+}
+
 /// Byte offsets of the elements of the top-level array `key` in a JSON text, so errors about
 /// `users[12]` can name a line. Best effort: returns nothing on text it does not understand.
 fn element_offsets(text: &str, key: &str) -> Vec<usize> {
@@ -439,6 +447,28 @@ impl Snapshot {
     /// Parse and compile a snapshot against a catalogue. Every problem is reported with its
     /// place; a snapshot with any error is refused whole.
     pub fn build(file: &str, text: &str, catalog: &Catalog) -> Result<Snapshot, Vec<ConfigError>> {
+        // A large snapshot without a version gets the hash of its content: computed on a
+        // second thread while this one parses (the head of the text says whether a version
+        // is likely; when wrong either way, only the time differs).
+        let head = &text.as_bytes()[..text.len().min(4096)];
+        let versioned = head.windows(9).any(|w| w == b"\"version\"");
+        std::thread::scope(|scope| {
+            let early =
+                (text.len() > 16 << 20 && !versioned).then(|| scope.spawn(|| content_hash(text)));
+            Self::build_with(file, text, catalog, move || {
+                early
+                    .and_then(|h| h.join().ok())
+                    .unwrap_or_else(|| content_hash(text))
+            })
+        })
+    }
+
+    fn build_with(
+        file: &str,
+        text: &str,
+        catalog: &Catalog,
+        content_hash: impl FnOnce() -> String,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
         let raw: BuildForm = serde_json::from_str(text).map_err(|e| {
             vec![ConfigError {
                 file: file.to_string(),
@@ -703,10 +733,7 @@ impl Snapshot {
         };
         let version = match raw.version {
             Some(v) if !v.is_empty() => v,
-            _ => format!(
-                "sha256:{}",
-                hex::encode(&Sha256::digest(text.as_bytes())[..8])
-            ),
+            _ => content_hash(),
         };
         let loaded_at = SystemTime::now();
         let produced_at = raw
