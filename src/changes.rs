@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
-use crate::hierarchy::Hierarchy;
+use crate::hierarchy::{Hierarchy, NO_MANAGER};
 use crate::ids::{canonical_id, canonical_json_number, RecordId, RecordTypeId, RecordTypes};
 use crate::records::{Principal, RawId, RawOwner, RawShare};
 use crate::snapshot::{
@@ -574,12 +574,22 @@ impl Snapshot {
             errors.truncate(MAX_ERRORS);
             return Err(errors);
         }
+        let mut managers = self.managers.clone();
         for (idx, u) in compiled {
+            let m = u.manager.unwrap_or(NO_MANAGER);
             if idx >= first_new {
                 by_id.set(u.id.clone(), Some(idx));
                 users.push(u);
-            } else if let Some(slot) = users.get_mut(idx as usize) {
-                *slot = u;
+                Arc::make_mut(&mut managers).push(m);
+            } else {
+                if managers.get(idx as usize) != Some(&m) {
+                    if let Some(x) = Arc::make_mut(&mut managers).get_mut(idx as usize) {
+                        *x = m;
+                    }
+                }
+                if let Some(slot) = users.get_mut(idx as usize) {
+                    *slot = u;
+                }
             }
         }
 
@@ -617,9 +627,7 @@ impl Snapshot {
             if !errors.is_empty() {
                 return Err(errors);
             }
-            Arc::new(Hierarchy::build(
-                &users.iter().map(|u| u.manager).collect::<Vec<_>>(),
-            ))
+            Arc::new(Hierarchy::build_flat(&managers))
         } else {
             self.hierarchy.clone()
         };
@@ -741,6 +749,7 @@ impl Snapshot {
                 by_id,
                 api_keys,
                 hierarchy,
+                managers,
                 records,
             },
             users_touched,

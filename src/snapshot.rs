@@ -222,6 +222,9 @@ pub struct Snapshot {
     pub(crate) by_id: Layered<Box<str>>,
     pub(crate) api_keys: Layered<[u8; 32]>,
     pub(crate) hierarchy: Arc<Hierarchy>,
+    /// Each user's manager ([`crate::hierarchy::NO_MANAGER`]: none), what the hierarchy is
+    /// built from.
+    pub(crate) managers: Arc<Vec<u32>>,
     pub(crate) records: RecordStore,
 }
 
@@ -671,7 +674,11 @@ impl Snapshot {
             return Err(errors);
         }
 
-        let hierarchy = Hierarchy::build(&users.iter().map(|u| u.manager).collect::<Vec<_>>());
+        let managers: Vec<u32> = users
+            .iter()
+            .map(|u| u.manager.unwrap_or(crate::hierarchy::NO_MANAGER))
+            .collect();
+        let hierarchy = Hierarchy::build_flat(&managers);
         let mut team_members = vec![0u32; teams.len()];
         for u in &users {
             for t in u.teams.iter() {
@@ -759,6 +766,7 @@ impl Snapshot {
             by_id: Layered::new(by_id),
             api_keys: Layered::new(api_keys),
             hierarchy: Arc::new(hierarchy),
+            managers: Arc::new(managers),
             records,
         })
     }
