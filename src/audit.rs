@@ -82,6 +82,49 @@ fn permission_names(
     catalog.names(set).into_iter().map(str::to_string).collect()
 }
 
+/// One user of `new` against `old`.
+fn diff_user(old: &Snapshot, new: &Snapshot, u: &crate::snapshot::User, d: &mut SnapshotDiff) {
+    match old.user_index(&u.id) {
+        None => d.users_added.push(u.id.to_string()),
+        Some(oi) => {
+            let ou = old.user(oi);
+            let (before, after) = (roles_of(old, ou), roles_of(new, u));
+            if before != after {
+                d.roles_changed.push(RoleChange {
+                    user: u.id.to_string(),
+                    before,
+                    after,
+                });
+            }
+            match (ou.disabled, u.disabled) {
+                (false, true) => d.users_disabled.push(u.id.to_string()),
+                (true, false) => d.users_enabled.push(u.id.to_string()),
+                _ => {}
+            }
+            let manager = |s: &Snapshot, m: Option<u32>| m.map(|i| s.user(i).id.to_string());
+            if manager(old, ou.manager) != manager(new, u.manager) {
+                d.managers_changed.push(u.id.to_string());
+            }
+        }
+    }
+}
+
+/// [`diff`] restricted to the users a batch of changes touched (the rest are shared, hence
+/// unchanged): costs the batch, not the snapshot.
+pub fn diff_users(old: Option<&Snapshot>, new: &Snapshot, touched: &[String]) -> SnapshotDiff {
+    let mut d = SnapshotDiff::default();
+    for id in touched {
+        let Some(u) = new.user_index(id).map(|i| new.user(i)) else {
+            continue;
+        };
+        match old {
+            Some(old) => diff_user(old, new, u, &mut d),
+            None => d.users_added.push(u.id.to_string()),
+        }
+    }
+    d
+}
+
 /// Compare `old` (if any) with `new`; `catalog` names the permissions of both (a config reload
 /// that changes the catalogue is audited as a config change).
 pub fn diff(
@@ -100,29 +143,7 @@ pub fn diff(
         return d;
     };
     for u in new.users() {
-        match old.user_index(&u.id) {
-            None => d.users_added.push(u.id.to_string()),
-            Some(oi) => {
-                let ou = old.user(oi);
-                let (before, after) = (roles_of(old, ou), roles_of(new, u));
-                if before != after {
-                    d.roles_changed.push(RoleChange {
-                        user: u.id.to_string(),
-                        before,
-                        after,
-                    });
-                }
-                match (ou.disabled, u.disabled) {
-                    (false, true) => d.users_disabled.push(u.id.to_string()),
-                    (true, false) => d.users_enabled.push(u.id.to_string()),
-                    _ => {}
-                }
-                let manager = |s: &Snapshot, m: Option<u32>| m.map(|i| s.user(i).id.to_string());
-                if manager(old, ou.manager) != manager(new, u.manager) {
-                    d.managers_changed.push(u.id.to_string());
-                }
-            }
-        }
+        diff_user(old, new, u, &mut d);
     }
     for u in old.users() {
         if new.user_index(&u.id).is_none() {

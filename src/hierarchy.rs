@@ -8,6 +8,9 @@
 //!   `tin[me] <= tin[X] < tout[me]`. Built in O(users), iteratively (no recursion, so a
 //!   100 000-deep chain cannot overflow the stack); 8 bytes per user.
 
+/// In [`Hierarchy::build_flat`]'s input: no manager.
+pub const NO_MANAGER: u32 = u32::MAX;
+
 /// The manager forest as preorder intervals.
 #[derive(Debug, Clone, Default)]
 pub struct Hierarchy {
@@ -20,10 +23,21 @@ impl Hierarchy {
     /// refused cycles; should one remain, the users on it are treated as roots rather than
     /// looping, so the build always ends.
     pub fn build(managers: &[Option<u32>]) -> Hierarchy {
+        Self::build_flat(
+            &managers
+                .iter()
+                .map(|m| m.unwrap_or(NO_MANAGER))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// [`Hierarchy::build`] from managers as plain indices, [`NO_MANAGER`] for none (the form
+    /// the snapshot keeps, so an incremental change rebuilds without gathering them).
+    pub fn build_flat(managers: &[u32]) -> Hierarchy {
         let n = managers.len();
         // Children in CSR form: counts, offsets, then fill.
         let mut start = vec![0u32; n + 1];
-        for m in managers.iter().flatten() {
+        for m in managers {
             if (*m as usize) < n {
                 start[*m as usize + 1] += 1;
             }
@@ -34,11 +48,9 @@ impl Hierarchy {
         let mut fill = start.clone();
         let mut children = vec![0u32; start[n] as usize];
         for (u, m) in managers.iter().enumerate() {
-            if let Some(m) = m {
-                if (*m as usize) < n {
-                    children[fill[*m as usize] as usize] = u as u32;
-                    fill[*m as usize] += 1;
-                }
+            if (*m as usize) < n {
+                children[fill[*m as usize] as usize] = u as u32;
+                fill[*m as usize] += 1;
             }
         }
         const UNSEEN: u32 = u32::MAX;
@@ -69,7 +81,7 @@ impl Hierarchy {
                 }
             };
         for (u, m) in managers.iter().enumerate() {
-            if m.is_none_or(|m| m as usize >= n) {
+            if *m as usize >= n {
                 visit(u, &mut tin, &mut tout, &mut stack);
             }
         }

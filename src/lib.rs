@@ -12,6 +12,9 @@
 //!   that name the file, line and field.
 //! - [`routes`]: the compiled route table; the most specific route wins, whatever the order.
 //! - [`snapshot`]: who holds which role, compiled for O(1) lookups, swapped atomically.
+//! - [`changes`]: incremental changes to a snapshot: a new version sharing every untouched
+//!   part with the previous one, tested equal to a full rebuild.
+//! - [`chunked`]: the copy-on-write chunked vector those versions share.
 //! - [`identity`]: JWT bearer, API keys and trusted identity headers → a caller id.
 //! - [`policy`]: the decision: allow, or a typed denial.
 //! - [`ids`]: record types and canonical record ids (one spelling per record, or a refusal).
@@ -47,6 +50,8 @@ pub mod audit;
 pub mod body;
 pub mod canon;
 pub mod catalog;
+pub mod changes;
+pub mod chunked;
 pub mod config;
 pub mod control;
 pub mod decision_log;

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use log::{error, info, warn};
 
+use crate::changes::Applied;
 use crate::config::{Config, ConfigError, OnStale};
 use crate::decision_log::DecisionLog;
 use crate::metrics::{Metrics, RouteCounters, UNMATCHED};
@@ -29,8 +30,11 @@ pub struct Live {
     /// `None` until a valid snapshot is loaded: protected routes answer 503, never allow.
     pub snapshot: Option<Arc<Snapshot>>,
     /// The snapshot's source text (to rebuild it against a reloaded catalogue, and to apply
-    /// incremental changes to).
+    /// structural changes to).
     pub snapshot_text: Option<Arc<str>>,
+    /// The batches of incremental changes applied since `snapshot_text`, in order: the live
+    /// snapshot is the text's build with these applied ([`crate::changes`]).
+    pub snapshot_changes: Vec<Arc<[Change]>>,
     /// Request counters of each route of `config`, by route index; one more at the end for
     /// requests that matched no route.
     pub route_counters: Vec<Arc<RouteCounters>>,
@@ -143,6 +147,59 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Where the batches applied on top of a persisted snapshot are journaled: one JSON array of
+/// changes per line, appended as each batch goes live, removed when a new snapshot is
+/// persisted whole (before it is, so a crash in between leaves an older but coherent pair).
+pub fn journal_path(persist: &Path) -> PathBuf {
+    let mut name = persist.as_os_str().to_owned();
+    name.push(".changes");
+    PathBuf::from(name)
+}
+
+/// Append one batch to the journal, synced.
+fn journal_append(persist: &Path, batch: &[Change]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut line = serde_json::to_string(batch).map_err(std::io::Error::other)?;
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(journal_path(persist))?;
+    f.write_all(line.as_bytes())?;
+    f.sync_data()
+}
+
+/// Replay the journal next to a persisted snapshot onto its build. A line that does not parse
+/// (a batch whose write a crash cut short) ends the replay; so does a batch that no longer
+/// applies (logged).
+fn journal_replay(
+    persist: &Path,
+    mut snapshot: Snapshot,
+    config: &Config,
+) -> (Snapshot, Vec<Arc<[Change]>>) {
+    let mut batches = Vec::new();
+    let Ok(text) = std::fs::read_to_string(journal_path(persist)) else {
+        return (snapshot, batches);
+    };
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(batch) = serde_json::from_str::<Vec<Change>>(line) else {
+            warn!("snapshot journal: an unreadable batch ends the replay");
+            break;
+        };
+        match snapshot.apply(&batch, &config.catalog) {
+            Ok(a) => {
+                snapshot = a.snapshot;
+                batches.push(Arc::from(batch));
+            }
+            Err(e) => {
+                warn!("snapshot journal: a batch no longer applies, replay stops: {e:?}");
+                break;
+            }
+        }
+    }
+    (snapshot, batches)
+}
+
 /// The route counters for a config, by route index, then the unmatched counters.
 fn counters_for(metrics: &Metrics, config: &Config) -> Vec<Arc<RouteCounters>> {
     metrics.route_counters(
@@ -159,8 +216,9 @@ fn counters_for(metrics: &Metrics, config: &Config) -> Vec<Arc<RouteCounters>> {
 pub enum Startup {
     /// From the configured source.
     Source(Snapshot, Arc<str>),
-    /// The source failed; the last good one persisted on disk is served.
-    Persisted(Snapshot, Arc<str>, Vec<String>),
+    /// The source failed; the last good one persisted on disk is served (with the batches of
+    /// changes journaled after it).
+    Persisted(Snapshot, Arc<str>, Vec<Arc<[Change]>>, Vec<String>),
     /// Nothing usable: the gateway starts not ready.
     Nothing(Vec<String>),
 }
@@ -184,7 +242,10 @@ pub fn load_startup_snapshot(config: &Config) -> Startup {
         let pfile = persisted.display().to_string();
         if let Ok(text) = std::fs::read_to_string(persisted) {
             match Snapshot::build(&pfile, &text, &config.catalog) {
-                Ok(s) => return Startup::Persisted(s, Arc::from(text), errors),
+                Ok(s) => {
+                    let (s, batches) = journal_replay(persisted, s, config);
+                    return Startup::Persisted(s, Arc::from(text), batches, errors);
+                }
                 Err(e) => {
                     let mut all = errors;
                     all.extend(strings(&e));
@@ -218,6 +279,7 @@ impl State {
                 config,
                 snapshot: None,
                 snapshot_text: None,
+                snapshot_changes: Vec::new(),
             }),
             config_path: config_path.to_path_buf(),
             overrides,
@@ -236,7 +298,7 @@ impl State {
                 info!("snapshot {} loaded: {} users", s.version, s.user_count());
                 state.store_snapshot(&config, s, text, "startup");
             }
-            Startup::Persisted(s, text, errors) => {
+            Startup::Persisted(s, text, batches, errors) => {
                 for e in &errors {
                     error!("snapshot source refused: {e}");
                 }
@@ -247,6 +309,17 @@ impl State {
                 );
                 state.record_error("startup", errors);
                 state.store_snapshot(&config, s, text, "persisted");
+                if !batches.is_empty() {
+                    // Already on disk: keep the journal, and the batches as the live state's.
+                    let live = state.live();
+                    state.live.store(Arc::new(Live {
+                        route_counters: live.route_counters.clone(),
+                        config: live.config.clone(),
+                        snapshot: live.snapshot.clone(),
+                        snapshot_text: live.snapshot_text.clone(),
+                        snapshot_changes: batches,
+                    }));
+                }
             }
             Startup::Nothing(errors) => {
                 for e in &errors {
@@ -274,11 +347,19 @@ impl State {
         let candidate = match Config::load(path) {
             Err(e) => Err(strings(&e)),
             Ok(c) => match load_startup_snapshot(&c) {
-                Startup::Source(s, text) | Startup::Persisted(s, text, _) => Ok(Live {
+                Startup::Source(s, text) => Ok(Live {
                     route_counters: Vec::new(),
                     config: Arc::new(c),
                     snapshot: Some(Arc::new(s)),
                     snapshot_text: Some(text),
+                    snapshot_changes: Vec::new(),
+                }),
+                Startup::Persisted(s, text, batches, _) => Ok(Live {
+                    route_counters: Vec::new(),
+                    config: Arc::new(c),
+                    snapshot: Some(Arc::new(s)),
+                    snapshot_text: Some(text),
+                    snapshot_changes: batches,
                 }),
                 Startup::Nothing(e) => Err(e),
             },
@@ -365,7 +446,12 @@ impl State {
         source: &str,
     ) {
         if let Some(p) = &config.snapshot.persist_path {
-            if let Err(e) = write_atomically(p, &text) {
+            // The journal belongs to the previous base: gone first (see `journal_path`).
+            let removed = match std::fs::remove_file(journal_path(p)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+            if let Err(e) = removed.and_then(|()| write_atomically(p, &text)) {
                 // Persisting is a fallback for restarts; failing it does not block the update.
                 warn!("could not persist the snapshot to {}: {e}", p.display());
                 self.record_error(source, vec![format!("persist {}: {e}", p.display())]);
@@ -391,6 +477,51 @@ impl State {
             config: config.clone(),
             snapshot: Some(Arc::new(snapshot)),
             snapshot_text: Some(text),
+            snapshot_changes: Vec::new(),
+        }));
+        self.update_staleness();
+    }
+
+    /// Swap in a snapshot made from the live one by a batch of changes (the caller holds the
+    /// writer lock): the batch is journaled next to the persisted snapshot, audited with the
+    /// users it touched, and the source text stays the base the batches apply to.
+    fn store_applied(&self, current: &Live, applied: Applied, batch: &[Change], source: &str) {
+        let config = &current.config;
+        if let Some(p) = &config.snapshot.persist_path {
+            if let Err(e) = journal_append(p, batch) {
+                warn!("could not journal the changes next to {}: {e}", p.display());
+                self.record_error(source, vec![format!("journal {}: {e}", p.display())]);
+            }
+        }
+        let snapshot = applied.snapshot;
+        info!(
+            "snapshot {} live (source {source}, {} users touched, {} record changes)",
+            snapshot.version,
+            applied.users_touched.len(),
+            applied.record_changes
+        );
+        let changes = crate::audit::diff_users(
+            current.snapshot.as_deref(),
+            &snapshot,
+            &applied.users_touched,
+        );
+        self.audit(serde_json::json!({
+            "kind": "snapshot",
+            "outcome": "accepted",
+            "source": source,
+            "version_before": current.snapshot.as_ref().map(|s| s.version.clone()),
+            "version_after": snapshot.version,
+            "changes": changes,
+            "record_changes": applied.record_changes,
+        }));
+        let mut batches = current.snapshot_changes.clone();
+        batches.push(Arc::from(batch));
+        self.live.store(Arc::new(Live {
+            route_counters: current.route_counters.clone(),
+            config: config.clone(),
+            snapshot: Some(Arc::new(snapshot)),
+            snapshot_text: current.snapshot_text.clone(),
+            snapshot_changes: batches,
         }));
         self.update_staleness();
     }
@@ -400,7 +531,7 @@ impl State {
     pub fn replace_snapshot(&self, text: &str, source: &str) -> Result<String, Vec<String>> {
         let _w = lock(&self.writer);
         let current = self.live();
-        if current.snapshot_text.as_deref() == Some(text) {
+        if current.snapshot_changes.is_empty() && current.snapshot_text.as_deref() == Some(text) {
             // Unchanged content: nothing to rebuild.
             return Ok(current
                 .snapshot
@@ -447,30 +578,46 @@ impl State {
         errors
     }
 
-    /// Apply a batch of incremental changes to the live snapshot's source form and swap in the
-    /// result (validated in full, like any other snapshot).
+    /// Apply a batch of incremental changes to the live snapshot and swap in the result. The
+    /// batch is validated whole; a batch of structural changes goes through the source form
+    /// and a full build, any other shares every untouched part with the live snapshot
+    /// ([`crate::changes`]).
     pub fn apply_changes(&self, changes: &[Change], source: &str) -> Result<String, Vec<String>> {
         let _w = lock(&self.writer);
         let current = self.live();
-        let Some(text) = &current.snapshot_text else {
+        let (Some(snapshot), Some(text)) = (&current.snapshot, &current.snapshot_text) else {
             return Err(self.refuse_snapshot(
                 source,
                 vec!["no snapshot is loaded to apply changes to".into()],
             ));
         };
+        if !changes.iter().any(Change::is_structural) {
+            return match snapshot.apply(changes, &current.config.catalog) {
+                Ok(applied) => {
+                    let version = applied.snapshot.version.clone();
+                    self.store_applied(&current, applied, changes, source);
+                    self.counters
+                        .snapshot_updates
+                        .fetch_add(1, Ordering::Relaxed);
+                    Ok(version)
+                }
+                Err(e) => Err(self.refuse_snapshot(source, e)),
+            };
+        }
+        let types = current.config.catalog.record_types();
         let mut raw = match RawSnapshot::parse(text) {
             Ok(r) => r,
             Err(e) => return Err(self.refuse_snapshot(source, vec![e])),
         };
-        if let Err(e) = raw.apply(changes) {
+        for batch in &current.snapshot_changes {
+            if let Err(e) = raw.apply(batch, types) {
+                return Err(self.refuse_snapshot(source, vec![e]));
+            }
+        }
+        if let Err(e) = raw.apply(changes, types) {
             return Err(self.refuse_snapshot(source, vec![e]));
         }
-        let previous = current
-            .snapshot
-            .as_ref()
-            .map(|s| s.version.clone())
-            .unwrap_or_default();
-        raw.version = Some(format!("{previous}+{}", changes.len()));
+        raw.version = Some(format!("{}+{}", snapshot.version, changes.len()));
         raw.generated_at = Some(now_unix());
         let new_text = raw.to_json();
         match Snapshot::build(source, &new_text, &current.config.catalog) {
@@ -539,14 +686,21 @@ impl State {
         // The snapshot's roles were compiled against the old catalogue: rebuild it.
         let snapshot = match &current.snapshot_text {
             None => None,
-            Some(text) => match Snapshot::build("live snapshot", text, &config.catalog) {
+            Some(text) => match Snapshot::build("live snapshot", text, &config.catalog)
+                .map_err(|e| strings(&e))
+                .and_then(|mut s| {
+                    for batch in &current.snapshot_changes {
+                        s = s.apply(batch, &config.catalog)?.snapshot;
+                    }
+                    Ok(s)
+                }) {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
                     let mut errors = vec![
                         "the live snapshot is not valid against the new config's catalogue"
                             .to_string(),
                     ];
-                    errors.extend(strings(&e));
+                    errors.extend(e);
                     return Err(refuse(errors));
                 }
             },
@@ -562,6 +716,7 @@ impl State {
             config,
             snapshot,
             snapshot_text: current.snapshot_text.clone(),
+            snapshot_changes: current.snapshot_changes.clone(),
         }));
         self.counters.config_reloads.fetch_add(1, Ordering::Relaxed);
         self.update_staleness();

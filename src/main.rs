@@ -143,7 +143,7 @@ fn load_offline(path: &Path) -> Result<(Config, permgate::snapshot::Snapshot), E
         ExitCode::from(2)
     })?;
     match load_startup_snapshot(&config) {
-        Startup::Source(s, _) | Startup::Persisted(s, _, _) => Ok((config, s)),
+        Startup::Source(s, _) | Startup::Persisted(s, _, _, _) => Ok((config, s)),
         Startup::Nothing(errors) => {
             for e in &errors {
                 eprintln!("error: {e}");
@@ -207,7 +207,7 @@ fn main() -> ExitCode {
                     );
                     ExitCode::SUCCESS
                 }
-                Startup::Persisted(_, _, errors) | Startup::Nothing(errors) => {
+                Startup::Persisted(_, _, _, errors) | Startup::Nothing(errors) => {
                     for e in &errors {
                         eprintln!("error: {e}");
                     }

@@ -33,7 +33,8 @@
 //!   ([`crate::ids`]); the same record twice is an error.
 //! - `shares` names a record already declared and exactly one of `user`, `team`, `role`. A
 //!   share to a role reaches every holder of the role (seed 002: the role acts as a team). A
-//!   user or role unknown to the snapshot is an error; a team nobody is in matches nobody.
+//!   user or role unknown to the snapshot is an error; a team nobody is in matches nobody
+//!   until someone joins it (an incremental change may add a member).
 //! - `related` declares a related object (note, task, call log) under its parent, whose
 //!   visibility it inherits (seed 004); the child may also appear in `owners` (a task with an
 //!   assignee). The parent must be declared in `owners`, and its type must be one of the
@@ -55,11 +56,13 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::PermId;
+use crate::chunked::Chunked;
 use crate::ids::{
     canonical_id, canonical_json_number, IdKind, RecordId, RecordTypeId, RecordTypes,
 };
@@ -226,21 +229,37 @@ struct RelatedEntry<'a> {
     parent_id: IdText<'a>,
 }
 
-/// Names interned while streaming (types, users, teams, roles).
+/// Names interned while streaming (types, users, teams, roles): one probe per entry, so a
+/// fast keyed hash, and names up to 23 bytes held in the table itself (one cache miss per
+/// probe, not two).
 #[derive(Debug, Default)]
 struct Interner {
-    ids: HashMap<Box<str>, u32>,
+    short: HashMap<[u8; 24], u32, KeyedState>,
+    long: HashMap<Box<str>, u32, KeyedState>,
     names: Vec<Box<str>>,
 }
 
 impl Interner {
     fn intern(&mut self, s: &str) -> u32 {
-        if let Some(i) = self.ids.get(s) {
-            return *i;
+        let next = self.names.len() as u32;
+        let b = s.as_bytes();
+        let i = if b.len() < 24 {
+            let mut k = [0u8; 24];
+            k[0] = b.len() as u8;
+            k[1..=b.len()].copy_from_slice(b);
+            *self.short.entry(k).or_insert(next)
+        } else {
+            match self.long.get(s) {
+                Some(i) => *i,
+                None => {
+                    self.long.insert(s.into(), next);
+                    next
+                }
+            }
+        };
+        if i == next {
+            self.names.push(s.into());
         }
-        let i = self.names.len() as u32;
-        self.ids.insert(s.into(), i);
-        self.names.push(s.into());
         i
     }
 }
@@ -310,6 +329,11 @@ impl RecordsDraft {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The team names shares mention.
+    pub fn team_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.teams.names.iter().map(|n| &**n)
     }
 }
 
@@ -544,25 +568,20 @@ struct Slot<const N: usize> {
     val: u32,
 }
 
-/// An immutable open-addressing table (linear probing, load ≤ 0.75). The caller hashes and
-/// compares keys, so string keys can live in an arena.
+/// Slots per chunk of a table: a changed record copies 1 024 slots (12 KiB), not the table.
+const SLOT_CHUNK_SHIFT: u32 = 10;
+
+/// An open-addressing table (linear probing, load ≤ 0.75), immutable once built except for
+/// slot values (owner, flags), which incremental changes rewrite copy-on-write, chunk by chunk.
+/// The caller hashes and compares keys, so string keys can live in an arena.
 #[derive(Debug, Clone)]
 struct FlatTable<const N: usize> {
-    slots: Box<[Slot<N>]>,
+    slots: Chunked<Slot<N>, SLOT_CHUNK_SHIFT>,
 }
 
 impl<const N: usize> Default for FlatTable<N> {
     fn default() -> Self {
-        FlatTable {
-            slots: vec![
-                Slot {
-                    key: [0; N],
-                    val: EMPTY,
-                };
-                1
-            ]
-            .into_boxed_slice(),
-        }
+        FlatTable::with_capacity(0)
     }
 }
 
@@ -571,14 +590,13 @@ impl<const N: usize> FlatTable<N> {
         // Always at least one free slot, so every probe sequence ends.
         let size = n + n / 3 + 1;
         FlatTable {
-            slots: vec![
+            slots: Chunked::filled(
                 Slot {
                     key: [0; N],
                     val: EMPTY,
-                };
-                size
-            ]
-            .into_boxed_slice(),
+                },
+                size,
+            ),
         }
     }
 
@@ -591,7 +609,7 @@ impl<const N: usize> FlatTable<N> {
         let n = self.slots.len();
         let mut i = self.home(hash);
         for _ in 0..n {
-            let s = &self.slots[i];
+            let s = self.slots.get(i)?;
             if s.val == EMPTY {
                 return None;
             }
@@ -601,6 +619,14 @@ impl<const N: usize> FlatTable<N> {
             i = if i + 1 == n { 0 } else { i + 1 };
         }
         None
+    }
+
+    fn val(&self, slot: usize) -> Option<u32> {
+        self.slots.get(slot).map(|s| s.val)
+    }
+
+    fn val_mut(&mut self, slot: usize) -> Option<&mut u32> {
+        self.slots.get_mut(slot).map(|s| &mut s.val)
     }
 
     /// Insert, or return the slot already holding an equal key.
@@ -614,9 +640,13 @@ impl<const N: usize> FlatTable<N> {
         let n = self.slots.len();
         let mut i = self.home(hash);
         for _ in 0..n {
-            let s = &mut self.slots[i];
+            let Some(s) = self.slots.get(i) else {
+                break;
+            };
             if s.val == EMPTY {
-                *s = Slot { key, val };
+                if let Some(s) = self.slots.get_mut(i) {
+                    *s = Slot { key, val };
+                }
                 return Ok(i);
             }
             if eq(&s.key) {
@@ -629,7 +659,7 @@ impl<const N: usize> FlatTable<N> {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.slots.len() * std::mem::size_of::<Slot<N>>()
+        self.slots.heap_bytes()
     }
 }
 
@@ -637,7 +667,28 @@ impl<const N: usize> FlatTable<N> {
 enum Keys {
     Int(FlatTable<2>),
     Uuid(FlatTable<4>),
-    Str { table: FlatTable<2>, arena: String },
+    Str {
+        table: FlatTable<2>,
+        arena: Arc<String>,
+    },
+}
+
+impl Keys {
+    fn val(&self, slot: usize) -> Option<u32> {
+        match self {
+            Keys::Int(t) => t.val(slot),
+            Keys::Uuid(t) => t.val(slot),
+            Keys::Str { table, .. } => table.val(slot),
+        }
+    }
+
+    fn val_mut(&mut self, slot: usize) -> Option<&mut u32> {
+        match self {
+            Keys::Int(t) => t.val_mut(slot),
+            Keys::Uuid(t) => t.val_mut(slot),
+            Keys::Str { table, .. } => table.val_mut(slot),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -704,9 +755,8 @@ impl Principal {
 pub struct RecordStore {
     hasher: IdHasher,
     types: Vec<TypeTable>,
-    parents: HashMap<u32, u32, NumState>,
-    shares: HashSet<u64, NumState>,
-    share_count: usize,
+    parents: Arc<HashMap<u32, u32, NumState>>,
+    shares: Arc<HashSet<u64, NumState>>,
 }
 
 /// A problem with one entry of the `records` section.
@@ -813,7 +863,7 @@ impl RecordStore {
                 IdKind::Uuid => Keys::Uuid(FlatTable::with_capacity(n)),
                 IdKind::String { .. } => Keys::Str {
                     table: FlatTable::with_capacity(n),
-                    arena: String::new(),
+                    arena: Arc::new(String::new()),
                 },
             };
             let size = n + n / 3 + 1;
@@ -834,8 +884,16 @@ impl RecordStore {
             return Err(errors);
         }
 
-        // Owners.
+        // Owners. Each insert lands at a random place in a large table: reading the home slot
+        // of the entry `AHEAD` places on first lets those memory loads overlap (a prefetch
+        // without unsafe code).
+        const AHEAD: usize = 16;
         for (i, (r, owner)) in draft.owners.iter().enumerate() {
+            if let Some((next, _)) = draft.owners.get(i + AHEAD) {
+                if let Ok((t, id)) = canon(next) {
+                    store.touch(t, &id);
+                }
+            }
             let (t, id) = match canon(r) {
                 Ok(x) => x,
                 Err(m) => {
@@ -934,7 +992,10 @@ impl RecordStore {
                 );
                 continue;
             };
-            if store.parents.insert(child, parent.number).is_some() {
+            if Arc::make_mut(&mut store.parents)
+                .insert(child, parent.number)
+                .is_some()
+            {
                 err(
                     "related",
                     i,
@@ -993,12 +1054,8 @@ impl RecordStore {
                     }
                 }
             };
-            if store
-                .shares
-                .insert((u64::from(found.number) << 32) | u64::from(principal.code()))
-            {
-                store.share_count += 1;
-            }
+            Arc::make_mut(&mut store.shares)
+                .insert((u64::from(found.number) << 32) | u64::from(principal.code()));
             store.flag(found.number, HAS_SHARES);
         }
         if dropped > 0 {
@@ -1036,16 +1093,85 @@ impl RecordStore {
             return;
         };
         let slot = (number - tt.base) as usize;
-        let val = match &mut tt.keys {
-            Keys::Int(t) => t.slots.get_mut(slot).map(|s| &mut s.val),
-            Keys::Uuid(t) => t.slots.get_mut(slot).map(|s| &mut s.val),
-            Keys::Str { table, .. } => table.slots.get_mut(slot).map(|s| &mut s.val),
-        };
-        if let Some(v) = val {
+        if let Some(v) = tt.keys.val_mut(slot) {
             if *v != EMPTY {
                 *v |= flag;
             }
         }
+    }
+
+    /// Read the home slot of an id (see the owners loop of [`RecordStore::build`]).
+    fn touch(&self, t: RecordTypeId, id: &RecordId) {
+        let Some(tt) = self.types.get(t.index()) else {
+            return;
+        };
+        let hash = self.hash_id(id);
+        let v = match &tt.keys {
+            Keys::Int(x) => x.val(x.home(hash)),
+            Keys::Uuid(x) => x.val(x.home(hash)),
+            Keys::Str { table, .. } => table.val(table.home(hash)),
+        };
+        std::hint::black_box(v);
+    }
+
+    /// Give a known record a new owner (`None`: no owner), in a new version: only the chunk
+    /// holding its slot is copied.
+    pub(crate) fn set_owner(&mut self, number: u32, owner: Option<UserIdx>) {
+        let Some(tt) = self.types.iter_mut().rev().find(|tt| tt.base <= number) else {
+            return;
+        };
+        let slot = (number - tt.base) as usize;
+        if let Some(v) = tt.keys.val_mut(slot) {
+            if *v != EMPTY {
+                *v = (*v & !OWNER_BITS) | owner.map_or(NO_OWNER, |o| o & OWNER_BITS);
+            }
+        }
+    }
+
+    /// Share a known record with a principal, in a new version (the share set is copied once
+    /// per version that changes it).
+    pub(crate) fn add_share(&mut self, number: u32, p: Principal) {
+        Arc::make_mut(&mut self.shares).insert((u64::from(number) << 32) | u64::from(p.code()));
+        self.flag(number, HAS_SHARES);
+    }
+
+    /// Remove a share; false when there was none. The record keeps its "shared" flag, which
+    /// only makes a check probe the share set.
+    pub(crate) fn remove_share(&mut self, number: u32, p: Principal) -> bool {
+        let key = (u64::from(number) << 32) | u64::from(p.code());
+        if !self.shares.contains(&key) {
+            return false;
+        }
+        Arc::make_mut(&mut self.shares).remove(&key)
+    }
+
+    /// Is the record shared with exactly this principal? (Not what a user reaches; see
+    /// [`RecordCheck`].)
+    pub fn has_share(&self, number: u32, p: Principal) -> bool {
+        self.is_shared(number, p)
+    }
+
+    /// How many table chunks two versions share (for tests and figures).
+    pub fn shared_chunks(&self, other: &RecordStore) -> (usize, usize) {
+        let mut shared = 0;
+        let mut total = 0;
+        for (a, b) in self.types.iter().zip(&other.types) {
+            let (s, t) = match (&a.keys, &b.keys) {
+                (Keys::Int(x), Keys::Int(y)) => {
+                    (x.slots.shared_chunks(&y.slots), x.slots.chunk_count())
+                }
+                (Keys::Uuid(x), Keys::Uuid(y)) => {
+                    (x.slots.shared_chunks(&y.slots), x.slots.chunk_count())
+                }
+                (Keys::Str { table: x, .. }, Keys::Str { table: y, .. }) => {
+                    (x.slots.shared_chunks(&y.slots), x.slots.chunk_count())
+                }
+                _ => (0, 0),
+            };
+            shared += s;
+            total += t;
+        }
+        (shared, total)
     }
 
     /// Insert a record with its owner value; `Err(slot)` when it is already there.
@@ -1074,7 +1200,7 @@ impl RecordStore {
                     a.get(x[0] as usize..x[0] as usize + x[1] as usize) == Some(&**s)
                 });
                 if r.is_ok() {
-                    arena.push_str(s);
+                    Arc::make_mut(arena).push_str(s);
                 }
                 r
             }
@@ -1094,18 +1220,18 @@ impl RecordStore {
             (Keys::Int(table), RecordId::Int(n)) => {
                 let k = split_u64(*n);
                 let s = table.find(hash, |x| *x == k)?;
-                (s, table.slots[s].val)
+                (s, table.val(s)?)
             }
             (Keys::Uuid(table), RecordId::Uuid(u)) => {
                 let k = split_u128(*u);
                 let s = table.find(hash, |x| *x == k)?;
-                (s, table.slots[s].val)
+                (s, table.val(s)?)
             }
             (Keys::Str { table, arena }, RecordId::Str(s)) => {
                 let i = table.find(hash, |x| {
                     arena.get(x[0] as usize..x[0] as usize + x[1] as usize) == Some(&**s)
                 })?;
-                (i, table.slots[i].val)
+                (i, table.val(i)?)
             }
             _ => return None,
         };
@@ -1119,12 +1245,7 @@ impl RecordStore {
         }
         let p = *self.parents.get(&child.number)?;
         let (tt, slot) = self.locate(p)?;
-        let val = match &tt.keys {
-            Keys::Int(t) => t.slots.get(slot)?.val,
-            Keys::Uuid(t) => t.slots.get(slot)?.val,
-            Keys::Str { table, .. } => table.slots.get(slot)?.val,
-        };
-        Some(Found::from_slot(p, val))
+        Some(Found::from_slot(p, tt.keys.val(slot)?))
     }
 
     fn is_shared(&self, number: u32, p: Principal) -> bool {
@@ -1155,7 +1276,7 @@ impl RecordStore {
         RecordStats {
             records: self.types.iter().map(|t| t.count).sum(),
             related: self.parents.len(),
-            shares: self.share_count,
+            shares: self.shares.len(),
             heap_bytes: tables
                 + map_bytes(self.parents.capacity(), 8)
                 + map_bytes(self.shares.capacity(), 8),
@@ -1664,8 +1785,8 @@ pub(crate) mod tests {
         assert_eq!(st.records, 11, "8 owners + notes 10, 11, 12");
         assert_eq!(st.related, 4);
         assert_eq!(
-            st.shares, 3,
-            "the share to an empty team reaches nobody and is dropped"
+            st.shares, 4,
+            "the share to an empty team is kept: it reaches the team's first member"
         );
         assert!(st.heap_bytes > 0);
     }

@@ -22,12 +22,16 @@
 //! depth" is one interval test.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{is_valid_role_id, Catalog, PermId, PermSet};
+pub use crate::changes::Change;
+use crate::chunked::Chunked;
 use crate::config::{line_of, ConfigError};
 use crate::hierarchy::Hierarchy;
 use crate::records::{RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS};
@@ -130,10 +134,69 @@ pub struct User {
     pub manager: Option<u32>,
     pub teams: Box<[u32]>,
     pub disabled: bool,
+    /// SHA-256 digests of the user's API keys (to drop them when the user changes).
+    pub api_keys: Box<[[u8; 32]]>,
 }
 
 /// An index into the snapshot's users.
 pub type UserIdx = u32;
+
+/// Users per chunk: a changed user copies 64 users, not a million.
+pub(crate) const USER_CHUNK_SHIFT: u32 = 6;
+
+/// A map shared between snapshot versions: a large base, shared as is, and a small overlay of
+/// what changed since (`None`: removed). Lookups read the overlay first (skipped while empty);
+/// the overlay is merged into a new base when it grows past a quarter of the base.
+#[derive(Debug, Clone)]
+pub(crate) struct Layered<K: Hash + Eq> {
+    base: Arc<HashMap<K, UserIdx>>,
+    over: Arc<HashMap<K, Option<UserIdx>>>,
+}
+
+impl<K: Hash + Eq + Clone> Layered<K> {
+    fn new(base: HashMap<K, UserIdx>) -> Self {
+        Layered {
+            base: Arc::new(base),
+            over: Arc::new(HashMap::new()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get<Q>(&self, k: &Q) -> Option<UserIdx>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if !self.over.is_empty() {
+            if let Some(v) = self.over.get(k) {
+                return *v;
+            }
+        }
+        self.base.get(k).copied()
+    }
+
+    /// Set (`Some`) or remove (`None`) a key in a new version.
+    pub(crate) fn set(&mut self, k: K, v: Option<UserIdx>) {
+        Arc::make_mut(&mut self.over).insert(k, v);
+    }
+
+    /// Merge the overlay into a new base when it has grown large (amortized: a full copy
+    /// every `base / 4` changes at the least).
+    pub(crate) fn compact_if_large(&mut self) {
+        if self.over.len() <= 65_536.max(self.base.len() / 4) {
+            return;
+        }
+        let mut base = (*self.base).clone();
+        for (k, v) in self.over.iter() {
+            match v {
+                Some(v) => base.insert(k.clone(), *v),
+                None => base.remove(k),
+            };
+        }
+        self.base = Arc::new(base);
+        self.over = Arc::new(HashMap::new());
+    }
+}
 
 /// A compiled snapshot.
 #[derive(Debug)]
@@ -143,14 +206,81 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     /// When the source produced it; `loaded_at` when the source does not say.
     pub produced_at: SystemTime,
-    roles: Vec<SnapshotRole>,
-    grants: Vec<Grant>,
-    users: Vec<User>,
-    teams: Vec<String>,
-    by_id: HashMap<Box<str>, UserIdx>,
-    api_keys: HashMap<[u8; 32], UserIdx>,
-    hierarchy: Hierarchy,
-    records: RecordStore,
+    // Every part is shared with the versions derived from this one by incremental changes
+    // ([`crate::changes`]) where the changes did not touch it.
+    pub(crate) roles: Arc<Vec<SnapshotRole>>,
+    pub(crate) role_idx: Arc<HashMap<String, u16>>,
+    pub(crate) grants: Arc<Vec<Grant>>,
+    pub(crate) grant_of: Arc<HashMap<Box<[u16]>, u32>>,
+    pub(crate) users: Chunked<User, USER_CHUNK_SHIFT>,
+    /// Team names: those of users, and those named by shares (so a share made before a team's
+    /// first member reaches that member, as a rebuild would).
+    pub(crate) teams: Arc<Vec<String>>,
+    pub(crate) team_of: Arc<HashMap<String, u32>>,
+    /// How many users list each team (a change may share only with a team that has members).
+    pub(crate) team_members: Arc<Vec<u32>>,
+    pub(crate) by_id: Layered<Box<str>>,
+    pub(crate) api_keys: Layered<[u8; 32]>,
+    pub(crate) hierarchy: Arc<Hierarchy>,
+    /// Each user's manager ([`crate::hierarchy::NO_MANAGER`]: none), what the hierarchy is
+    /// built from.
+    pub(crate) managers: Arc<Vec<u32>>,
+    pub(crate) records: RecordStore,
+}
+
+/// The grant of a role combination (sorted, deduplicated): the existing one, or a new one.
+pub(crate) fn grant_for(
+    grants: &mut Vec<Grant>,
+    grant_of: &mut HashMap<Box<[u16]>, u32>,
+    roles: &[SnapshotRole],
+    catalog: &Catalog,
+    combo: &[u16],
+) -> u32 {
+    if let Some(g) = grant_of.get(combo) {
+        return *g;
+    }
+    let mut permissions = PermSet::default();
+    let mut scopes = PermScopes::none(catalog.permissions().len());
+    for r in combo {
+        permissions.union_with(&roles[usize::from(*r)].permissions);
+        scopes.union_with(&roles[usize::from(*r)].scopes);
+    }
+    let roles_header = combo
+        .iter()
+        .map(|r| roles[usize::from(*r)].id.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    grants.push(Grant {
+        permissions,
+        scopes,
+        roles: combo.into(),
+        roles_header: roles_header.into_boxed_str(),
+    });
+    let g = (grants.len() - 1) as u32;
+    grant_of.insert(combo.into(), g);
+    g
+}
+
+/// An API key as written (`sha256:<64 hex>`) → its digest.
+pub(crate) fn parse_key_digest(k: &str) -> Option<[u8; 32]> {
+    k.strip_prefix("sha256:")
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|d| <[u8; 32]>::try_from(d).ok())
+}
+
+/// Is this a user id the snapshot accepts? Visible ASCII only: the id is forwarded in a header
+/// and written in logs, and a CRM that trims " u-admin" must not see another user than the one
+/// we checked.
+pub(crate) fn is_valid_user_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && id.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+}
+
+/// `sha256:<16 hex>` of a snapshot's text: its version when the source gives none.
+fn content_hash(text: &str) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(&Sha256::digest(text.as_bytes())[..8])
+    )
 }
 
 /// Byte offsets of the elements of the top-level array `key` in a JSON text, so errors about
@@ -320,6 +450,28 @@ impl Snapshot {
     /// Parse and compile a snapshot against a catalogue. Every problem is reported with its
     /// place; a snapshot with any error is refused whole.
     pub fn build(file: &str, text: &str, catalog: &Catalog) -> Result<Snapshot, Vec<ConfigError>> {
+        // A large snapshot without a version gets the hash of its content: computed on a
+        // second thread while this one parses (the head of the text says whether a version
+        // is likely; when wrong either way, only the time differs).
+        let head = &text.as_bytes()[..text.len().min(4096)];
+        let versioned = head.windows(9).any(|w| w == b"\"version\"");
+        std::thread::scope(|scope| {
+            let early =
+                (text.len() > 16 << 20 && !versioned).then(|| scope.spawn(|| content_hash(text)));
+            Self::build_with(file, text, catalog, move || {
+                early
+                    .and_then(|h| h.join().ok())
+                    .unwrap_or_else(|| content_hash(text))
+            })
+        })
+    }
+
+    fn build_with(
+        file: &str,
+        text: &str,
+        catalog: &Catalog,
+        content_hash: impl FnOnce() -> String,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
         let raw: BuildForm = serde_json::from_str(text).map_err(|e| {
             vec![ConfigError {
                 file: file.to_string(),
@@ -328,9 +480,16 @@ impl Snapshot {
                 message: e.to_string(),
             }]
         })?;
-        let user_lines = element_offsets(text, "users");
-        let role_lines = element_offsets(text, "roles");
-        let line = |offsets: &[usize], i: usize| offsets.get(i).map(|o| line_of(text, *o));
+        // Where each user and role starts, for locating errors: a scan of the whole text, so
+        // made only when there is an error to locate.
+        let user_lines = std::cell::OnceCell::new();
+        let role_lines = std::cell::OnceCell::new();
+        let line = |offsets: &std::cell::OnceCell<Vec<usize>>, key: &str, i: usize| {
+            offsets
+                .get_or_init(|| element_offsets(text, key))
+                .get(i)
+                .map(|o| line_of(text, *o))
+        };
         let mut errors = Vec::new();
 
         // Roles: presets, then custom.
@@ -346,7 +505,7 @@ impl Snapshot {
             .collect();
         for (i, r) in raw.roles.iter().enumerate() {
             let field = format!("roles[{i}]");
-            let at = |m: String| ConfigError::new(file, line(&role_lines, i), &field, m);
+            let at = |m: String| ConfigError::new(file, line(&role_lines, "roles", i), &field, m);
             if !is_valid_role_id(&r.id) {
                 errors.push(at(format!("'{}' is not a valid role id", r.id)));
                 continue;
@@ -381,22 +540,17 @@ impl Snapshot {
         // Users, first pass: ids.
         let mut by_id: HashMap<Box<str>, UserIdx> = HashMap::with_capacity(raw.users.len());
         for (i, u) in raw.users.iter().enumerate() {
-            // Visible ASCII only: the id is forwarded in a header and written in logs, and a CRM
-            // that trims " u-admin" must not see another user than the one we checked.
-            if u.id.is_empty()
-                || u.id.len() > 256
-                || !u.id.bytes().all(|b| b.is_ascii_graphic() && b != b',')
-            {
+            if !is_valid_user_id(&u.id) {
                 errors.push(ConfigError::new(
                     file,
-                    line(&user_lines, i),
+                    line(&user_lines, "users", i),
                     &format!("users[{i}].id"),
                     format!("'{}' is not a valid user id (1–256 visible ASCII characters, no spaces or commas)", u.id.escape_debug()),
                 ));
             } else if by_id.insert(u.id.as_str().into(), i as UserIdx).is_some() {
                 errors.push(ConfigError::new(
                     file,
-                    line(&user_lines, i),
+                    line(&user_lines, "users", i),
                     &format!("users[{i}].id"),
                     format!("user '{}' appears twice", u.id),
                 ));
@@ -405,7 +559,7 @@ impl Snapshot {
 
         // Second pass: roles, grants, managers, keys.
         let mut grants: Vec<Grant> = Vec::new();
-        let mut grant_of: HashMap<Vec<u16>, u32> = HashMap::new();
+        let mut grant_of: HashMap<Box<[u16]>, u32> = HashMap::new();
         let mut teams: Vec<String> = Vec::new();
         let mut team_of: HashMap<String, u32> = HashMap::new();
         let mut api_keys: HashMap<[u8; 32], UserIdx> = HashMap::new();
@@ -414,7 +568,7 @@ impl Snapshot {
             let at = |field: &str, m: String| {
                 ConfigError::new(
                     file,
-                    line(&user_lines, i),
+                    line(&user_lines, "users", i),
                     &format!("users[{i}].{field}"),
                     m,
                 )
@@ -428,31 +582,7 @@ impl Snapshot {
             }
             combo.sort_unstable();
             combo.dedup();
-            let grant = match grant_of.get(&combo) {
-                Some(g) => *g,
-                None => {
-                    let mut permissions = PermSet::default();
-                    let mut scopes = PermScopes::none(catalog.permissions().len());
-                    for r in &combo {
-                        permissions.union_with(&roles[usize::from(*r)].permissions);
-                        scopes.union_with(&roles[usize::from(*r)].scopes);
-                    }
-                    let roles_header = combo
-                        .iter()
-                        .map(|r| roles[usize::from(*r)].id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    grants.push(Grant {
-                        permissions,
-                        scopes,
-                        roles: combo.clone().into_boxed_slice(),
-                        roles_header: roles_header.into_boxed_str(),
-                    });
-                    let g = (grants.len() - 1) as u32;
-                    grant_of.insert(combo, g);
-                    g
-                }
-            };
+            let grant = grant_for(&mut grants, &mut grant_of, &roles, catalog, &combo);
             let manager = match &u.manager {
                 None => None,
                 Some(m) => match by_id.get(m.as_str()) {
@@ -472,13 +602,11 @@ impl Snapshot {
                 });
                 team_ids.push(id);
             }
+            let mut digests = Vec::with_capacity(u.api_keys.len());
             for (j, k) in u.api_keys.iter().enumerate() {
-                let digest = k
-                    .strip_prefix("sha256:")
-                    .and_then(|h| hex::decode(h).ok())
-                    .and_then(|d| <[u8; 32]>::try_from(d).ok());
-                match digest {
+                match parse_key_digest(k) {
                     Some(d) => {
+                        digests.push(d);
                         if let Some(other) = api_keys.insert(d, i as UserIdx) {
                             errors.push(at(
                                 &format!("api_keys[{j}]"),
@@ -504,6 +632,7 @@ impl Snapshot {
                 manager,
                 teams: team_ids.into_boxed_slice(),
                 disabled: u.disabled,
+                api_keys: digests.into_boxed_slice(),
             });
         }
 
@@ -519,7 +648,7 @@ impl Snapshot {
                         1 => {
                             errors.push(ConfigError::new(
                                 file,
-                                line(&user_lines, c),
+                                line(&user_lines, "users", c),
                                 &format!("users[{c}].manager"),
                                 format!(
                                     "the manager chain of '{}' loops back to itself",
@@ -545,7 +674,27 @@ impl Snapshot {
             return Err(errors);
         }
 
-        let hierarchy = Hierarchy::build(&users.iter().map(|u| u.manager).collect::<Vec<_>>());
+        let managers: Vec<u32> = users
+            .iter()
+            .map(|u| u.manager.unwrap_or(crate::hierarchy::NO_MANAGER))
+            .collect();
+        let hierarchy = Hierarchy::build_flat(&managers);
+        let mut team_members = vec![0u32; teams.len()];
+        for u in &users {
+            for t in u.teams.iter() {
+                team_members[*t as usize] += 1;
+            }
+        }
+        // Teams named by shares get an index too (module docs of `Snapshot::teams`).
+        if let Some(draft) = &raw.records {
+            for name in draft.team_names() {
+                if !team_of.contains_key(name) {
+                    team_of.insert(name.to_string(), teams.len() as u32);
+                    teams.push(name.to_string());
+                    team_members.push(0);
+                }
+            }
+        }
         let records = match &raw.records {
             None => RecordStore::default(),
             Some(_) if users.len() >= MAX_USERS_WITH_RECORDS => {
@@ -591,27 +740,33 @@ impl Snapshot {
         };
         let version = match raw.version {
             Some(v) if !v.is_empty() => v,
-            _ => format!(
-                "sha256:{}",
-                hex::encode(&Sha256::digest(text.as_bytes())[..8])
-            ),
+            _ => content_hash(),
         };
         let loaded_at = SystemTime::now();
         let produced_at = raw
             .generated_at
             .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
             .unwrap_or(loaded_at);
+        let role_idx: HashMap<String, u16> = role_idx
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         Ok(Snapshot {
             version,
             loaded_at,
             produced_at,
-            roles,
-            grants,
-            users,
-            teams,
-            by_id,
-            api_keys,
-            hierarchy,
+            roles: Arc::new(roles),
+            role_idx: Arc::new(role_idx),
+            grants: Arc::new(grants),
+            grant_of: Arc::new(grant_of),
+            users: Chunked::from_vec(users),
+            teams: Arc::new(teams),
+            team_of: Arc::new(team_of),
+            team_members: Arc::new(team_members),
+            by_id: Layered::new(by_id),
+            api_keys: Layered::new(api_keys),
+            hierarchy: Arc::new(hierarchy),
+            managers: Arc::new(managers),
             records,
         })
     }
@@ -634,11 +789,11 @@ impl Snapshot {
     }
 
     pub fn user_index(&self, id: &str) -> Option<UserIdx> {
-        self.by_id.get(id).copied()
+        self.by_id.get(id)
     }
 
     pub fn user_by_api_key(&self, digest: &[u8; 32]) -> Option<UserIdx> {
-        self.api_keys.get(digest).copied()
+        self.api_keys.get(digest)
     }
 
     pub fn user(&self, idx: UserIdx) -> &User {
@@ -667,8 +822,8 @@ impl Snapshot {
         &self.teams[idx as usize]
     }
 
-    pub fn users(&self) -> &[User] {
-        &self.users
+    pub fn users(&self) -> impl Iterator<Item = &User> + '_ {
+        self.users.iter()
     }
 
     pub fn user_count(&self) -> usize {
@@ -770,156 +925,5 @@ mod tests {
         assert_eq!(offs.len(), 2);
         assert_eq!(&t[offs[0]..offs[0] + 1], "{");
         assert!(element_offsets(t, "roles").is_empty());
-    }
-}
-
-/// One incremental change to a snapshot (admin API `POST /snapshot/changes`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Change {
-    SetRoles {
-        user: String,
-        roles: Vec<String>,
-    },
-    SetManager {
-        user: String,
-        manager: Option<String>,
-    },
-    SetTeams {
-        user: String,
-        teams: Vec<String>,
-    },
-    Disable {
-        user: String,
-    },
-    Enable {
-        user: String,
-    },
-    UpsertUser {
-        user: RawUser,
-    },
-    RemoveUser {
-        user: String,
-    },
-    UpsertRole {
-        role: RawRole,
-    },
-    RemoveRole {
-        role: String,
-    },
-}
-
-impl RawSnapshot {
-    pub fn parse(text: &str) -> Result<RawSnapshot, String> {
-        serde_json::from_str(text).map_err(|e| e.to_string())
-    }
-
-    /// Apply a batch of changes, in order. An error names the change; nothing is half-applied
-    /// because the caller works on a copy and validates the result with [`Snapshot::build`].
-    pub fn apply(&mut self, changes: &[Change]) -> Result<(), String> {
-        for (i, change) in changes.iter().enumerate() {
-            let user = |raw: &mut RawSnapshot, id: &str| -> Result<usize, String> {
-                raw.users
-                    .iter()
-                    .position(|u| u.id == id)
-                    .ok_or_else(|| format!("changes[{i}]: unknown user '{id}'"))
-            };
-            match change {
-                Change::SetRoles { user: id, roles } => {
-                    let u = user(self, id)?;
-                    self.users[u].roles = roles.clone();
-                }
-                Change::SetManager { user: id, manager } => {
-                    let u = user(self, id)?;
-                    self.users[u].manager = manager.clone();
-                }
-                Change::SetTeams { user: id, teams } => {
-                    let u = user(self, id)?;
-                    self.users[u].teams = teams.clone();
-                }
-                Change::Disable { user: id } => {
-                    let u = user(self, id)?;
-                    self.users[u].disabled = true;
-                }
-                Change::Enable { user: id } => {
-                    let u = user(self, id)?;
-                    self.users[u].disabled = false;
-                }
-                Change::UpsertUser { user: new } => {
-                    match self.users.iter().position(|u| u.id == new.id) {
-                        Some(u) => self.users[u] = new.clone(),
-                        None => self.users.push(new.clone()),
-                    }
-                }
-                Change::RemoveUser { user: id } => {
-                    let u = user(self, id)?;
-                    self.users.remove(u);
-                }
-                Change::UpsertRole { role } => {
-                    match self.roles.iter().position(|r| r.id == role.id) {
-                        Some(r) => self.roles[r] = role.clone(),
-                        None => self.roles.push(role.clone()),
-                    }
-                }
-                Change::RemoveRole { role } => {
-                    let r = self
-                        .roles
-                        .iter()
-                        .position(|r| &r.id == role)
-                        .ok_or_else(|| format!("changes[{i}]: unknown custom role '{role}'"))?;
-                    self.roles.remove(r);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub fn to_json(&self) -> String {
-        // Serializing plain strings, vectors and booleans cannot fail.
-        serde_json::to_string_pretty(self).unwrap_or_default()
-    }
-}
-
-#[cfg(test)]
-mod change_tests {
-    use super::*;
-
-    #[test]
-    fn changes_apply_in_order_and_validate() {
-        let c = Catalog::builtin().unwrap();
-        let mut raw = RawSnapshot::parse(crate::demo::DEMO_SNAPSHOT).unwrap();
-        let changes: Vec<Change> = serde_json::from_str(
-            r#"[{"op":"set_roles","user":"u-rep1","roles":["sales_rep","campaign_cleaner"]},
-                {"op":"disable","user":"u-csr"},
-                {"op":"upsert_user","user":{"id":"u-new","roles":["member"],"manager":"u-sm"}},
-                {"op":"set_manager","user":"u-rep2","manager":null}]"#,
-        )
-        .unwrap();
-        raw.apply(&changes).unwrap();
-        let s = Snapshot::build("changed", &raw.to_json(), &c).unwrap();
-        let rep = s.user_index("u-rep1").unwrap();
-        assert!(s.has_permission(rep, c.permission("campaign.delete").unwrap()));
-        assert!(s.user(s.user_index("u-csr").unwrap()).disabled);
-        assert!(s.user_index("u-new").is_some());
-        assert!(s.user(s.user_index("u-rep2").unwrap()).manager.is_none());
-
-        let bad: Vec<Change> =
-            serde_json::from_str(r#"[{"op":"disable","user":"u-nobody"}]"#).unwrap();
-        assert!(raw.apply(&bad).unwrap_err().contains("changes[0]"));
-        assert!(
-            serde_json::from_str::<Vec<Change>>(r#"[{"op":"disable","user":"a","x":1}]"#).is_err()
-        );
-        assert!(serde_json::from_str::<Vec<Change>>(r#"[{"op":"explode","user":"a"}]"#).is_err());
-        // A change that leaves the snapshot invalid is caught by the build.
-        let mut raw2 = RawSnapshot::parse(crate::demo::DEMO_SNAPSHOT).unwrap();
-        raw2.apply(
-            &serde_json::from_str::<Vec<Change>>(r#"[{"op":"remove_user","user":"u-sm"}]"#)
-                .unwrap(),
-        )
-        .unwrap();
-        assert!(
-            Snapshot::build("changed", &raw2.to_json(), &c).is_err(),
-            "u-rep1's manager is gone"
-        );
     }
 }

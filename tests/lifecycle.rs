@@ -334,7 +334,7 @@ async fn config_reload_by_sighup_and_admin_and_refusal() {
 async fn persisted_snapshot_serves_when_the_source_is_down_at_start() {
     // With persistence: the first run persists, the second serves it with the source broken.
     let dir = tempfile::tempdir().unwrap();
-    let (admin, _) = admin_section();
+    let (admin, admin_port) = admin_section();
     let text = demo_config_text().replacen(
         "path = \"snapshot.json\"",
         "path = \"snapshot.json\"\npersist_path = \"state/last-good.json\"",
@@ -348,20 +348,32 @@ async fn persisted_snapshot_serves_when_the_source_is_down_at_start() {
     .unwrap();
     let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
     assert!(dir.path().join("state/last-good.json").exists());
-    drop(h);
-    std::fs::write(dir.path().join("snapshot.json"), "{ broken").unwrap();
-    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    // A batch of changes is journaled next to it, and replayed at the next start.
     let r = client()
-        .delete(h.url("/api/v1/campaigns/1"))
-        .header("authorization", bearer("u-rep1"))
+        .post(format!("http://127.0.0.1:{admin_port}/snapshot/changes"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(r#"{"changes":[{"op":"set_roles","user":"u-rep2","roles":["sales_rep","campaign_cleaner"]}]}"#)
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        r.status(),
-        204,
-        "served from the persisted last good snapshot"
-    );
+    assert_eq!(r.status(), 200);
+    assert!(dir.path().join("state/last-good.json.changes").exists());
+    drop(h);
+    std::fs::write(dir.path().join("snapshot.json"), "{ broken").unwrap();
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    for (user, campaign) in [("u-rep1", 1), ("u-rep2", 2)] {
+        let r = client()
+            .delete(h.url(&format!("/api/v1/campaigns/{campaign}")))
+            .header("authorization", bearer(user))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            204,
+            "{user}: served from the persisted last good snapshot and its journal"
+        );
+    }
     drop(h);
 
     // No source and nothing persisted: not ready, nothing allowed.

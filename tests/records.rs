@@ -814,3 +814,96 @@ async fn inspected_calls_answer_upstream_failures_like_any_other() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "upstream_timeout");
 }
+
+/// Record changes through the admin API (`POST /snapshot/changes`): a share added makes the
+/// record visible to the sharee, an unshare takes it away, an owner change moves it; a batch
+/// naming an unknown record, user or team is refused whole and the live snapshot stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_and_owners_change_through_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, port) = admin_section();
+    std::fs::write(
+        dir.path().join("permgate.toml"),
+        format!("{}\n{admin}", config()),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("snapshot.json"), snapshot()).unwrap();
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let changes = |body: &'static str| {
+        let url = format!("http://127.0.0.1:{port}/snapshot/changes");
+        async move {
+            let r = client()
+                .post(url)
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let get = |user: &'static str, lead: &'static str| {
+        let url = h.url(&format!("/api/v1/leads/{lead}"));
+        async move {
+            client()
+                .get(url)
+                .header("authorization", bearer(user))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Lead 4 belongs to u-rep2: u-rep1 (own + shared) cannot see it.
+    assert_eq!(get("u-rep1", "4").await, 403);
+    let (s, v) =
+        changes(r#"{"changes":[{"op":"share","type":"lead","id":4,"user":"u-rep1"}]}"#).await;
+    assert_eq!(s, 200, "{v}");
+    h.clear();
+    assert_eq!(get("u-rep1", "4").await, 200, "shared with u-rep1");
+    assert_eq!(h.received().len(), 1);
+    let (s, v) =
+        changes(r#"{"changes":[{"op":"unshare","type":"lead","id":"4","user":"u-rep1"}]}"#).await;
+    assert_eq!(s, 200, "{v}");
+    h.clear();
+    assert_eq!(get("u-rep1", "4").await, 403, "the share is gone");
+    assert!(h.received().is_empty(), "nothing forwarded");
+    // An owner change: lead 2 (u-rep2's) becomes u-rep1's; lead 3 (u-rep1's) gets no owner.
+    let (s, v) = changes(
+        r#"{"changes":[{"op":"set_owner","type":"lead","id":"2","owner":"u-rep1"},
+                       {"op":"set_owner","type":"lead","id":"3","owner":null}]}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(get("u-rep1", "2").await, 200);
+    assert_eq!(get("u-rep1", "3").await, 403);
+    // Refused whole: an unknown record, user or team, or an unshare of nothing; the valid
+    // change in the same batch is not applied either.
+    for bad in [
+        r#"{"changes":[{"op":"share","type":"lead","id":"5","user":"u-rep1"},{"op":"share","type":"lead","id":"999","user":"u-rep1"}]}"#,
+        r#"{"changes":[{"op":"share","type":"lead","id":"5","user":"u-rep1"},{"op":"share","type":"lead","id":"6","user":"u-nobody"}]}"#,
+        r#"{"changes":[{"op":"share","type":"lead","id":"5","user":"u-rep1"},{"op":"share","type":"lead","id":"6","team":"no-such-team"}]}"#,
+        r#"{"changes":[{"op":"share","type":"lead","id":"5","user":"u-rep1"},{"op":"unshare","type":"lead","id":"7","user":"u-rep1"}]}"#,
+        r#"{"changes":[{"op":"share","type":"lead","id":"5","user":"u-rep1"},{"op":"set_owner","type":"lead","id":"8","owner":"u-ghost"}]}"#,
+    ] {
+        let (s, v) = changes(bad).await;
+        assert_eq!(s, 422, "{bad}: {v}");
+        assert_eq!(v["error"], "changes_refused", "{v}");
+        assert!(!v["errors"][0].as_str().unwrap_or("").is_empty(), "{v}");
+        assert_eq!(get("u-rep1", "5").await, 403, "{bad}: nothing applied");
+    }
+    // A share with two principals, or an unknown op, is malformed.
+    let (s, _) = changes(
+        r#"{"changes":[{"op":"share","type":"lead","id":"5","user":"u-rep1","team":"sales-east"}]}"#,
+    )
+    .await;
+    assert_eq!(s, 422);
+    let (s, _) =
+        changes(r#"{"changes":[{"op":"share","type":"lead","id":"5","owner":"x"}]}"#).await;
+    assert_eq!(s, 400);
+}

@@ -10,14 +10,18 @@
 //! - [`suite`]: the side-by-side run (`permgate-bench suite`).
 //! - [`report`]: the markdown table, the JSON file and the SVG chart.
 //! - [`stub`]: a minimal upstream, for runs without the sample CRM.
+//! - [`snapshot_scale`]: the snapshot at scale (build, memory, incremental batches), in process.
+//! - [`swaps`]: proxied calls during continuous snapshot swaps vs at rest.
 
 mod load;
 mod peers;
 mod procstat;
 mod report;
 mod scenario;
+mod snapshot_scale;
 mod stub;
 mod suite;
+mod swaps;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -52,6 +56,12 @@ enum Command {
     Load(LoadArgs),
     /// Print a token file (`ROLE TOKEN` lines) for a scenario's users, minted with an HS256 key.
     Tokens(TokensArgs),
+    /// The snapshot at scale, in this process: build time, resident bytes per record, time to
+    /// apply batches of incremental changes.
+    Snapshot(snapshot_scale::SnapshotArgs),
+    /// Proxied calls while the snapshot is swapped every few milliseconds, against steady
+    /// state: p99 ratio and failures.
+    Swaps(swaps::SwapsArgs),
     /// Run the minimal stub upstream (used by `suite --upstream stub`).
     #[command(hide = true)]
     StubUpstream {
@@ -311,6 +321,8 @@ fn main() -> ExitCode {
         Command::Suite(a) => suite::run(a),
         Command::Load(a) => load_command(a),
         Command::Tokens(a) => tokens_command(a),
+        Command::Snapshot(a) => snapshot_scale::run(a),
+        Command::Swaps(a) => swaps::run(a),
         Command::StubUpstream { listen } => tokio::runtime::Runtime::new()
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(stub::serve(listen)).map_err(|e| e.to_string())),

@@ -1,0 +1,1081 @@
+//! Incremental changes to a snapshot (admin API `POST /snapshot/changes`), applied two ways
+//! that must agree:
+//!
+//! - [`Snapshot::apply`]: the fast path. The new version shares every part of the previous one
+//!   the batch did not touch — user chunks, record-table chunks, the id and key maps (a small
+//!   overlay holds what changed), the role and team tables — and recomputes only the touched
+//!   users' derived data (grant, teams, keys), the manager hierarchy when a manager changed,
+//!   and the touched record slots and shares. A batch costs what it touches plus, when a
+//!   manager changes, one pass over the users' manager links.
+//! - [`RawSnapshot::apply`]: the source form, for the structural changes
+//!   ([`Change::is_structural`]: removing a user, adding, changing or removing a custom role,
+//!   which renumber what the compiled tables point at) followed by a full build; and the
+//!   reference the fast path is tested against (same acceptance, same decisions).
+//!
+//! A batch is atomic: applied in order, validated as a whole against its final state (a
+//! change may name a user an earlier change of the same batch added), and refused whole.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Catalog;
+use crate::hierarchy::{Hierarchy, NO_MANAGER};
+use crate::ids::{canonical_id, canonical_json_number, RecordId, RecordTypeId, RecordTypes};
+use crate::records::{Principal, RawId, RawOwner, RawShare};
+use crate::snapshot::{
+    grant_for, is_valid_user_id, parse_key_digest, RawRole, RawSnapshot, RawUser, Snapshot, User,
+    UserIdx,
+};
+
+/// One incremental change to a snapshot (admin API `POST /snapshot/changes`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    SetRoles {
+        user: String,
+        roles: Vec<String>,
+    },
+    SetManager {
+        user: String,
+        manager: Option<String>,
+    },
+    SetTeams {
+        user: String,
+        teams: Vec<String>,
+    },
+    Disable {
+        user: String,
+    },
+    Enable {
+        user: String,
+    },
+    UpsertUser {
+        user: RawUser,
+    },
+    RemoveUser {
+        user: String,
+    },
+    UpsertRole {
+        role: RawRole,
+    },
+    RemoveRole {
+        role: String,
+    },
+    /// A known record's owner (`null`: none).
+    SetOwner {
+        #[serde(rename = "type")]
+        record_type: String,
+        id: RawId,
+        owner: Option<String>,
+    },
+    /// Share a known record with exactly one of a user, a team (with members) or a role.
+    Share {
+        #[serde(rename = "type")]
+        record_type: String,
+        id: RawId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        team: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+    },
+    /// Remove a share (it must exist).
+    Unshare {
+        #[serde(rename = "type")]
+        record_type: String,
+        id: RawId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        team: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+    },
+}
+
+impl Change {
+    /// Does this change renumber users or roles (and so need a full build)?
+    pub fn is_structural(&self) -> bool {
+        matches!(
+            self,
+            Change::RemoveUser { .. } | Change::UpsertRole { .. } | Change::RemoveRole { .. }
+        )
+    }
+}
+
+/// A share's principal as written: exactly one of user, team, role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named<'a> {
+    User(&'a str),
+    Team(&'a str),
+    Role(&'a str),
+}
+
+impl std::fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Named::User(u) => write!(f, "user '{u}'"),
+            Named::Team(t) => write!(f, "team '{t}'"),
+            Named::Role(r) => write!(f, "role '{r}'"),
+        }
+    }
+}
+
+fn named<'a>(
+    i: usize,
+    user: &'a Option<String>,
+    team: &'a Option<String>,
+    role: &'a Option<String>,
+) -> Result<Named<'a>, String> {
+    match (user, team, role) {
+        (Some(u), None, None) => Ok(Named::User(u)),
+        (None, Some(t), None) => Ok(Named::Team(t)),
+        (None, None, Some(r)) => Ok(Named::Role(r)),
+        _ => Err(format!(
+            "changes[{i}]: a share names exactly one of user, team, role"
+        )),
+    }
+}
+
+/// A record reference as written → its type and canonical id.
+fn canonical(
+    types: &RecordTypes,
+    record_type: &str,
+    id: &RawId,
+) -> Result<(RecordTypeId, RecordId), String> {
+    let t = types
+        .get(record_type)
+        .ok_or_else(|| format!("unknown record type '{record_type}'"))?;
+    let kind = types.kind(t);
+    let id = match id {
+        RawId::Number(n) => canonical_json_number(kind, &n.to_string()),
+        RawId::Text(s) => canonical_id(kind, s),
+    }
+    .map_err(|e| format!("{record_type} id: {e}"))?;
+    Ok((t, id))
+}
+
+impl RawSnapshot {
+    pub fn parse(text: &str) -> Result<RawSnapshot, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Apply a batch of changes, in order. An error names the change; nothing is half-applied
+    /// because the caller works on a copy and validates the result with [`Snapshot::build`].
+    /// Record references are matched by canonical id (`types`: the config's record types).
+    pub fn apply(&mut self, changes: &[Change], types: &RecordTypes) -> Result<(), String> {
+        // Teams shared with in this batch: they must have members once the batch is applied.
+        let mut shared_teams: Vec<(usize, String)> = Vec::new();
+        for (i, change) in changes.iter().enumerate() {
+            let user = |raw: &mut RawSnapshot, id: &str| -> Result<usize, String> {
+                raw.users
+                    .iter()
+                    .position(|u| u.id == id)
+                    .ok_or_else(|| format!("changes[{i}]: unknown user '{id}'"))
+            };
+            match change {
+                Change::SetRoles { user: id, roles } => {
+                    let u = user(self, id)?;
+                    self.users[u].roles = roles.clone();
+                }
+                Change::SetManager { user: id, manager } => {
+                    let u = user(self, id)?;
+                    self.users[u].manager = manager.clone();
+                }
+                Change::SetTeams { user: id, teams } => {
+                    let u = user(self, id)?;
+                    self.users[u].teams = teams.clone();
+                }
+                Change::Disable { user: id } => {
+                    let u = user(self, id)?;
+                    self.users[u].disabled = true;
+                }
+                Change::Enable { user: id } => {
+                    let u = user(self, id)?;
+                    self.users[u].disabled = false;
+                }
+                Change::UpsertUser { user: new } => {
+                    match self.users.iter().position(|u| u.id == new.id) {
+                        Some(u) => self.users[u] = new.clone(),
+                        None => self.users.push(new.clone()),
+                    }
+                }
+                Change::RemoveUser { user: id } => {
+                    let u = user(self, id)?;
+                    self.users.remove(u);
+                }
+                Change::UpsertRole { role } => {
+                    match self.roles.iter().position(|r| r.id == role.id) {
+                        Some(r) => self.roles[r] = role.clone(),
+                        None => self.roles.push(role.clone()),
+                    }
+                }
+                Change::RemoveRole { role } => {
+                    let r = self
+                        .roles
+                        .iter()
+                        .position(|r| &r.id == role)
+                        .ok_or_else(|| format!("changes[{i}]: unknown custom role '{role}'"))?;
+                    self.roles.remove(r);
+                }
+                Change::SetOwner {
+                    record_type,
+                    id,
+                    owner,
+                } => {
+                    let target = canonical(types, record_type, id)
+                        .map_err(|e| format!("changes[{i}]: {e}"))?;
+                    let records = self.records.get_or_insert_with(Default::default);
+                    let same =
+                        |t: &str, x: &RawId| canonical(types, t, x).ok() == Some(target.clone());
+                    if let Some(o) = records
+                        .owners
+                        .iter_mut()
+                        .find(|o| same(&o.record_type, &o.id))
+                    {
+                        o.owner = owner.clone();
+                    } else if records.related.iter().any(|r| same(&r.record_type, &r.id)) {
+                        // A related object declared only under its parent: declare its owner.
+                        records.owners.push(RawOwner {
+                            record_type: record_type.clone(),
+                            id: id.clone(),
+                            owner: owner.clone(),
+                        });
+                    } else {
+                        return Err(format!(
+                            "changes[{i}]: unknown record {record_type} '{}'",
+                            target.1
+                        ));
+                    }
+                }
+                Change::Share {
+                    record_type,
+                    id,
+                    user,
+                    team,
+                    role,
+                } => {
+                    let who = named(i, user, team, role)?;
+                    let target = canonical(types, record_type, id)
+                        .map_err(|e| format!("changes[{i}]: {e}"))?;
+                    let records = self.records.get_or_insert_with(Default::default);
+                    let same =
+                        |t: &str, x: &RawId| canonical(types, t, x).ok() == Some(target.clone());
+                    let known = records.owners.iter().any(|o| same(&o.record_type, &o.id))
+                        || records.related.iter().any(|r| same(&r.record_type, &r.id));
+                    if !known {
+                        return Err(format!(
+                            "changes[{i}]: unknown record {record_type} '{}'",
+                            target.1
+                        ));
+                    }
+                    if let Named::Team(t) = who {
+                        shared_teams.push((i, t.to_string()));
+                    }
+                    records.shares.push(RawShare {
+                        record_type: record_type.clone(),
+                        id: id.clone(),
+                        user: user.clone(),
+                        team: team.clone(),
+                        role: role.clone(),
+                    });
+                }
+                Change::Unshare {
+                    record_type,
+                    id,
+                    user,
+                    team,
+                    role,
+                } => {
+                    let who = named(i, user, team, role)?;
+                    let target = canonical(types, record_type, id)
+                        .map_err(|e| format!("changes[{i}]: {e}"))?;
+                    let records = self.records.get_or_insert_with(Default::default);
+                    let before = records.shares.len();
+                    records.shares.retain(|s| {
+                        let this = named(i, &s.user, &s.team, &s.role).ok();
+                        !(this == Some(who)
+                            && canonical(types, &s.record_type, &s.id).ok() == Some(target.clone()))
+                    });
+                    if records.shares.len() == before {
+                        return Err(format!(
+                            "changes[{i}]: {record_type} '{}' is not shared with {who}",
+                            target.1
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, t) in shared_teams {
+            if !self.users.iter().any(|u| u.teams.contains(&t)) {
+                return Err(format!("changes[{i}]: team '{t}' has no members"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings, vectors and booleans cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// A snapshot made by [`Snapshot::apply`], with what the batch touched (for the audit).
+pub struct Applied {
+    pub snapshot: Snapshot,
+    /// Ids of the users the batch changed or added, in order of first mention.
+    pub users_touched: Vec<String>,
+    /// How many record changes (owner, share, unshare) it made.
+    pub record_changes: usize,
+}
+
+/// The most errors a refused batch reports.
+const MAX_ERRORS: usize = 100;
+
+impl Snapshot {
+    /// A user in source form (what [`RawSnapshot::apply`] would change).
+    fn raw_user(&self, idx: UserIdx) -> RawUser {
+        let u = self.user(idx);
+        RawUser {
+            id: u.id.to_string(),
+            name: u.name.as_deref().map(str::to_string),
+            email: None,
+            roles: self
+                .grant(u)
+                .roles
+                .iter()
+                .map(|r| self.role_id(*r).to_string())
+                .collect(),
+            teams: u
+                .teams
+                .iter()
+                .map(|t| self.team_name(*t).to_string())
+                .collect(),
+            manager: u.manager.map(|m| self.user(m).id.to_string()),
+            api_keys: u
+                .api_keys
+                .iter()
+                .map(|d| format!("sha256:{}", hex::encode(d)))
+                .collect(),
+            disabled: u.disabled,
+        }
+    }
+
+    /// Apply a batch of non-structural changes, sharing every untouched part with `self`
+    /// (module docs). Accepts and refuses exactly what [`RawSnapshot::apply`] followed by
+    /// [`Snapshot::build`] would, and the result decides the same.
+    pub fn apply(&self, changes: &[Change], catalog: &Catalog) -> Result<Applied, Vec<String>> {
+        let mut errors: Vec<String> = Vec::new();
+        // Users in source form, touched in this batch: (index, or None for a new user; form).
+        let mut touched: Vec<(Option<UserIdx>, RawUser)> = Vec::new();
+        let mut position: HashMap<String, usize> = HashMap::new();
+        let mut record_ops: Vec<(usize, &Change)> = Vec::new();
+        for (i, change) in changes.iter().enumerate() {
+            let mut load = |id: &str| -> Option<usize> {
+                if let Some(p) = position.get(id) {
+                    return Some(*p);
+                }
+                let idx = self.user_index(id)?;
+                touched.push((Some(idx), self.raw_user(idx)));
+                position.insert(id.to_string(), touched.len() - 1);
+                Some(touched.len() - 1)
+            };
+            let id = match change {
+                Change::SetRoles { user, .. }
+                | Change::SetManager { user, .. }
+                | Change::SetTeams { user, .. }
+                | Change::Disable { user }
+                | Change::Enable { user } => user,
+                Change::UpsertUser { user } => {
+                    match load(&user.id) {
+                        Some(p) => touched[p].1 = user.clone(),
+                        None => {
+                            touched.push((None, user.clone()));
+                            position.insert(user.id.clone(), touched.len() - 1);
+                        }
+                    }
+                    continue;
+                }
+                Change::SetOwner { .. } | Change::Share { .. } | Change::Unshare { .. } => {
+                    record_ops.push((i, change));
+                    continue;
+                }
+                Change::RemoveUser { .. }
+                | Change::UpsertRole { .. }
+                | Change::RemoveRole { .. } => {
+                    return Err(vec![format!(
+                        "changes[{i}]: a structural change needs a full build"
+                    )]);
+                }
+            };
+            let Some(p) = load(id) else {
+                // The same message the source form gives, and the batch stops here as it does.
+                return Err(vec![format!("changes[{i}]: unknown user '{id}'")]);
+            };
+            let u = &mut touched[p].1;
+            match change {
+                Change::SetRoles { roles, .. } => u.roles = roles.clone(),
+                Change::SetManager { manager, .. } => u.manager = manager.clone(),
+                Change::SetTeams { teams, .. } => u.teams = teams.clone(),
+                Change::Disable { .. } => u.disabled = true,
+                Change::Enable { .. } => u.disabled = false,
+                _ => {}
+            }
+        }
+
+        // Indices: existing users keep theirs; new ones follow, in order of appearance.
+        let first_new = self.users.len() as UserIdx;
+        let mut next = first_new;
+        for t in &mut touched {
+            if t.0.is_none() {
+                t.0 = Some(next);
+                next += 1;
+            }
+        }
+        let index_of = |id: &str| -> Option<UserIdx> {
+            match position.get(id) {
+                Some(p) => touched[*p].0,
+                None => self.user_index(id),
+            }
+        };
+
+        // Compile the touched users.
+        let mut grants = self.grants.clone();
+        let mut grant_of = self.grant_of.clone();
+        let mut teams = self.teams.clone();
+        let mut team_of = self.team_of.clone();
+        let mut team_members = self.team_members.clone();
+        let mut users = self.users.clone();
+        let mut by_id = self.by_id.clone();
+        let mut api_keys = self.api_keys.clone();
+        let mut manager_changed = next != first_new;
+        // Keys first released by every touched user, then taken: a key may move between two
+        // users of the same batch.
+        for (idx, _) in &touched {
+            let Some(old) = idx.and_then(|i| users.get(i as usize)) else {
+                continue;
+            };
+            let i = idx.unwrap_or_default();
+            for d in old.api_keys.iter() {
+                if api_keys.get(d) == Some(i) {
+                    api_keys.set(*d, None);
+                }
+            }
+        }
+        let mut compiled: Vec<(UserIdx, User)> = Vec::with_capacity(touched.len());
+        for (idx, raw) in &touched {
+            let idx = idx.unwrap_or_default();
+            let who = &raw.id;
+            if idx >= first_new && !is_valid_user_id(who) {
+                errors.push(format!(
+                    "changes: '{}' is not a valid user id (1–256 visible ASCII characters, no spaces or commas)",
+                    who.escape_debug()
+                ));
+                continue;
+            }
+            let mut combo = Vec::with_capacity(raw.roles.len());
+            for r in &raw.roles {
+                match self.role_idx.get(r.as_str()) {
+                    Some(x) => combo.push(*x),
+                    None => errors.push(format!("changes: user '{who}': unknown role '{r}'")),
+                }
+            }
+            combo.sort_unstable();
+            combo.dedup();
+            let grant = match grant_of.get(combo.as_slice()) {
+                Some(g) => *g,
+                None => grant_for(
+                    Arc::make_mut(&mut grants),
+                    Arc::make_mut(&mut grant_of),
+                    &self.roles,
+                    catalog,
+                    &combo,
+                ),
+            };
+            let manager = match &raw.manager {
+                None => None,
+                Some(m) => match index_of(m) {
+                    Some(x) => Some(x),
+                    None => {
+                        errors.push(format!(
+                            "changes: user '{who}': manager: unknown user '{m}'"
+                        ));
+                        None
+                    }
+                },
+            };
+            let old = users.get(idx as usize);
+            if old.is_none_or(|o| o.manager != manager) {
+                manager_changed = true;
+            }
+            if let Some(o) = old {
+                let members = Arc::make_mut(&mut team_members);
+                for t in o.teams.iter() {
+                    members[*t as usize] -= 1;
+                }
+            }
+            let mut team_ids = Vec::with_capacity(raw.teams.len());
+            for t in &raw.teams {
+                let id = match team_of.get(t.as_str()) {
+                    Some(x) => *x,
+                    None => {
+                        let x = teams.len() as u32;
+                        Arc::make_mut(&mut teams).push(t.clone());
+                        Arc::make_mut(&mut team_of).insert(t.clone(), x);
+                        Arc::make_mut(&mut team_members).push(0);
+                        x
+                    }
+                };
+                Arc::make_mut(&mut team_members)[id as usize] += 1;
+                team_ids.push(id);
+            }
+            let mut digests = Vec::with_capacity(raw.api_keys.len());
+            for k in &raw.api_keys {
+                match parse_key_digest(k) {
+                    None => errors.push(format!(
+                        "changes: user '{who}': api key must be 'sha256:' followed by 64 hex digits"
+                    )),
+                    Some(d) => {
+                        if let Some(other) = api_keys.get(&d) {
+                            let other = match compiled.iter().find(|(i, _)| *i == other) {
+                                Some((_, u)) => u.id.to_string(),
+                                None => users
+                                    .get(other as usize)
+                                    .map_or(String::new(), |u| u.id.to_string()),
+                            };
+                            errors.push(format!(
+                                "changes: user '{who}': the same API key is also held by '{other}'"
+                            ));
+                        } else {
+                            api_keys.set(d, Some(idx));
+                        }
+                        digests.push(d);
+                    }
+                }
+            }
+            compiled.push((
+                idx,
+                User {
+                    id: who.as_str().into(),
+                    name: raw.name.as_deref().map(Into::into),
+                    grant,
+                    manager,
+                    teams: team_ids.into_boxed_slice(),
+                    disabled: raw.disabled,
+                    api_keys: digests.into_boxed_slice(),
+                },
+            ));
+        }
+        if !errors.is_empty() {
+            errors.truncate(MAX_ERRORS);
+            return Err(errors);
+        }
+        let mut managers = self.managers.clone();
+        for (idx, u) in compiled {
+            let m = u.manager.unwrap_or(NO_MANAGER);
+            if idx >= first_new {
+                by_id.set(u.id.clone(), Some(idx));
+                users.push(u);
+                Arc::make_mut(&mut managers).push(m);
+            } else {
+                if managers.get(idx as usize) != Some(&m) {
+                    if let Some(x) = Arc::make_mut(&mut managers).get_mut(idx as usize) {
+                        *x = m;
+                    }
+                }
+                if let Some(slot) = users.get_mut(idx as usize) {
+                    *slot = u;
+                }
+            }
+        }
+
+        // The manager relation must stay a forest: a new loop goes through a changed link, so
+        // walking up from each touched user finds it. Walks stop at users already known to
+        // reach a root.
+        let hierarchy = if manager_changed {
+            let n = users.len();
+            let mut reaches_root: HashSet<UserIdx> = HashSet::new();
+            for (idx, _) in &touched {
+                let start = idx.unwrap_or_default();
+                let mut path = Vec::new();
+                let mut cur = users.get(start as usize).and_then(|u| u.manager);
+                let mut looped = false;
+                while let Some(c) = cur {
+                    if c == start || path.len() > n {
+                        looped = true;
+                        break;
+                    }
+                    if reaches_root.contains(&c) {
+                        break;
+                    }
+                    path.push(c);
+                    cur = users.get(c as usize).and_then(|u| u.manager);
+                }
+                if looped {
+                    errors.push(format!(
+                        "changes: the manager chain of '{}' loops back to itself",
+                        users.get(start as usize).map_or("", |u| &*u.id)
+                    ));
+                } else {
+                    reaches_root.extend(path);
+                }
+            }
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+            Arc::new(Hierarchy::build_flat(&managers))
+        } else {
+            self.hierarchy.clone()
+        };
+
+        // Records, against the final users.
+        let mut records = self.records.clone();
+        let types = catalog.record_types();
+        for (i, change) in &record_ops {
+            let (record_type, id) = match change {
+                Change::SetOwner {
+                    record_type, id, ..
+                }
+                | Change::Share {
+                    record_type, id, ..
+                }
+                | Change::Unshare {
+                    record_type, id, ..
+                } => (record_type, id),
+                _ => continue,
+            };
+            let (t, rid) = match canonical(types, record_type, id) {
+                Ok(x) => x,
+                Err(e) => {
+                    errors.push(format!("changes[{i}]: {e}"));
+                    continue;
+                }
+            };
+            let Some(found) = records.find(t, &rid) else {
+                errors.push(format!(
+                    "changes[{i}]: unknown record {record_type} '{rid}'"
+                ));
+                continue;
+            };
+            match change {
+                Change::SetOwner { owner, .. } => {
+                    let owner = match owner {
+                        None => None,
+                        Some(o) => match index_of(o) {
+                            Some(x) => Some(x),
+                            None => {
+                                errors.push(format!("changes[{i}]: owner: unknown user '{o}'"));
+                                continue;
+                            }
+                        },
+                    };
+                    records.set_owner(found.number, owner);
+                }
+                Change::Share {
+                    user, team, role, ..
+                } => {
+                    let who = match named(*i, user, team, role) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    };
+                    let p = match who {
+                        Named::User(u) => index_of(u).map(Principal::User),
+                        Named::Team(t) => team_of
+                            .get(t)
+                            .filter(|x| team_members.get(**x as usize).is_some_and(|m| *m > 0))
+                            .map(|x| Principal::Team(*x)),
+                        Named::Role(r) => self.role_idx.get(r).map(|x| Principal::Role(*x)),
+                    };
+                    match p {
+                        Some(p) => records.add_share(found.number, p),
+                        None => errors.push(match who {
+                            Named::Team(t) => format!("changes[{i}]: team '{t}' has no members"),
+                            other => format!("changes[{i}]: unknown {other}"),
+                        }),
+                    }
+                }
+                Change::Unshare {
+                    user, team, role, ..
+                } => {
+                    let who = match named(*i, user, team, role) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    };
+                    let p = match who {
+                        Named::User(u) => index_of(u).map(Principal::User),
+                        Named::Team(t) => team_of.get(t).map(|x| Principal::Team(*x)),
+                        Named::Role(r) => self.role_idx.get(r).map(|x| Principal::Role(*x)),
+                    };
+                    if !p.is_some_and(|p| records.remove_share(found.number, p)) {
+                        errors.push(format!(
+                            "changes[{i}]: {record_type} '{rid}' is not shared with {who}"
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !errors.is_empty() {
+            errors.truncate(MAX_ERRORS);
+            return Err(errors);
+        }
+        by_id.compact_if_large();
+        api_keys.compact_if_large();
+        let now = SystemTime::now();
+        let users_touched = touched.iter().map(|(_, u)| u.id.clone()).collect();
+        Ok(Applied {
+            snapshot: Snapshot {
+                version: format!("{}+{}", self.version, changes.len()),
+                loaded_at: now,
+                produced_at: now,
+                roles: self.roles.clone(),
+                role_idx: self.role_idx.clone(),
+                grants,
+                grant_of,
+                users,
+                teams,
+                team_of,
+                team_members,
+                by_id,
+                api_keys,
+                hierarchy,
+                managers,
+                records,
+            },
+            users_touched,
+            record_changes: record_ops.len(),
+        })
+    }
+}
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    #[test]
+    fn changes_apply_in_order_and_validate() {
+        let c = Catalog::builtin().unwrap();
+        let mut raw = RawSnapshot::parse(crate::demo::DEMO_SNAPSHOT).unwrap();
+        let changes: Vec<Change> = serde_json::from_str(
+            r#"[{"op":"set_roles","user":"u-rep1","roles":["sales_rep","campaign_cleaner"]},
+                {"op":"disable","user":"u-csr"},
+                {"op":"upsert_user","user":{"id":"u-new","roles":["member"],"manager":"u-sm"}},
+                {"op":"set_manager","user":"u-rep2","manager":null}]"#,
+        )
+        .unwrap();
+        raw.apply(&changes, c.record_types()).unwrap();
+        let s = Snapshot::build("changed", &raw.to_json(), &c).unwrap();
+        let rep = s.user_index("u-rep1").unwrap();
+        assert!(s.has_permission(rep, c.permission("campaign.delete").unwrap()));
+        assert!(s.user(s.user_index("u-csr").unwrap()).disabled);
+        assert!(s.user_index("u-new").is_some());
+        assert!(s.user(s.user_index("u-rep2").unwrap()).manager.is_none());
+
+        let bad: Vec<Change> =
+            serde_json::from_str(r#"[{"op":"disable","user":"u-nobody"}]"#).unwrap();
+        assert!(raw
+            .apply(&bad, c.record_types())
+            .unwrap_err()
+            .contains("changes[0]"));
+        assert!(
+            serde_json::from_str::<Vec<Change>>(r#"[{"op":"disable","user":"a","x":1}]"#).is_err()
+        );
+        assert!(serde_json::from_str::<Vec<Change>>(r#"[{"op":"explode","user":"a"}]"#).is_err());
+        // A change that leaves the snapshot invalid is caught by the build.
+        let mut raw2 = RawSnapshot::parse(crate::demo::DEMO_SNAPSHOT).unwrap();
+        raw2.apply(
+            &serde_json::from_str::<Vec<Change>>(r#"[{"op":"remove_user","user":"u-sm"}]"#)
+                .unwrap(),
+            c.record_types(),
+        )
+        .unwrap();
+        assert!(
+            Snapshot::build("changed", &raw2.to_json(), &c).is_err(),
+            "u-rep1's manager is gone"
+        );
+    }
+}
+
+#[cfg(test)]
+mod equivalence {
+    //! The fast path against the reference: random batches applied incrementally accept and
+    //! refuse exactly what the source form + full build does, and decide the same.
+    use super::*;
+    use crate::records::tests::{catalog, SNAPSHOT};
+    use crate::records::{check_assignee, check_record, RecordDecision};
+    use proptest::prelude::*;
+
+    const USERS: &[&str] = &[
+        "u-admin", "u-sm", "u-rep1", "u-rep2", "u-jr", "u-out", "u-west", "u-east2", "u-both",
+        "u-camp", "u-new1", "u-new2", "u-ghost",
+    ];
+    const ROLES: &[&str] = &[
+        "rep_limited",
+        "mgr_scoped",
+        "rep_team",
+        "viewer_own",
+        "campaigns",
+        "admin",
+        "nope",
+    ];
+    const TEAMS: &[&str] = &["east", "west", "north", "nobody-is-here"];
+    const KEYS: &[&str] = &[
+        "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "sha256:60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
+        "sha256:nothex",
+    ];
+    /// (type, id): known records in several spellings, and unknown ones.
+    const RECORDS: &[(&str, &str)] = &[
+        ("lead", "1"),
+        ("lead", "#2"),
+        ("lead", "3"),
+        ("lead", "4"),
+        ("lead", "5"),
+        ("lead", "99"),
+        ("note", "10"),
+        ("note", "11"),
+        ("task", "20"),
+        ("contact", "ACME-1"),
+        ("contact", "acme-1"),
+        ("deal", "6ba7b810-9dad-11d1-80b4-00c04fd430c8"),
+        ("nosuchtype", "1"),
+    ];
+    const PERMS: &[&str] = &[
+        "lead.view",
+        "lead.update",
+        "lead.reassign",
+        "deal.view",
+        "task.view",
+    ];
+
+    fn raw_id(s: &str) -> RawId {
+        match s.strip_prefix('#') {
+            Some(n) => RawId::Number(n.parse().unwrap_or(0)),
+            None => RawId::Text(s.to_string()),
+        }
+    }
+
+    fn pick(pool: &'static [&'static str]) -> impl Strategy<Value = String> {
+        proptest::sample::select(pool).prop_map(str::to_string)
+    }
+
+    fn principal() -> impl Strategy<Value = (Option<String>, Option<String>, Option<String>)> {
+        prop_oneof![
+            pick(USERS).prop_map(|u| (Some(u), None, None)),
+            pick(TEAMS).prop_map(|t| (None, Some(t), None)),
+            pick(ROLES).prop_map(|r| (None, None, Some(r))),
+            Just((Some("u-rep1".to_string()), Some("east".to_string()), None)),
+        ]
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        let record = proptest::sample::select(RECORDS);
+        prop_oneof![
+            (pick(USERS), proptest::collection::vec(pick(ROLES), 0..3))
+                .prop_map(|(user, roles)| Change::SetRoles { user, roles }),
+            (pick(USERS), proptest::option::of(pick(USERS)))
+                .prop_map(|(user, manager)| Change::SetManager { user, manager }),
+            (pick(USERS), proptest::collection::vec(pick(TEAMS), 0..3))
+                .prop_map(|(user, teams)| Change::SetTeams { user, teams }),
+            pick(USERS).prop_map(|user| Change::Disable { user }),
+            pick(USERS).prop_map(|user| Change::Enable { user }),
+            (
+                pick(USERS),
+                proptest::collection::vec(pick(ROLES), 0..2),
+                proptest::collection::vec(pick(TEAMS), 0..2),
+                proptest::option::of(pick(USERS)),
+                proptest::collection::vec(pick(KEYS), 0..2),
+                any::<bool>(),
+            )
+                .prop_map(|(id, roles, teams, manager, api_keys, disabled)| {
+                    Change::UpsertUser {
+                        user: RawUser {
+                            id,
+                            name: None,
+                            email: None,
+                            roles,
+                            teams,
+                            manager,
+                            api_keys,
+                            disabled,
+                        },
+                    }
+                }),
+            (record.clone(), proptest::option::of(pick(USERS))).prop_map(|((t, id), owner)| {
+                Change::SetOwner {
+                    record_type: t.to_string(),
+                    id: raw_id(id),
+                    owner,
+                }
+            }),
+            (record.clone(), principal()).prop_map(|((t, id), (user, team, role))| {
+                Change::Share {
+                    record_type: t.to_string(),
+                    id: raw_id(id),
+                    user,
+                    team,
+                    role,
+                }
+            }),
+            (record, principal()).prop_map(|((t, id), (user, team, role))| Change::Unshare {
+                record_type: t.to_string(),
+                id: raw_id(id),
+                user,
+                team,
+                role,
+            }),
+        ]
+    }
+
+    /// Everything a decision reads, by name, compared between the two snapshots.
+    fn same_effective_data(c: &Catalog, a: &Snapshot, b: &Snapshot) -> Result<(), TestCaseError> {
+        let types = c.record_types();
+        for id in USERS {
+            let (ia, ib) = (a.user_index(id), b.user_index(id));
+            prop_assert_eq!(ia.is_some(), ib.is_some(), "user {}", id);
+            let (Some(ia), Some(ib)) = (ia, ib) else {
+                continue;
+            };
+            let (ua, ub) = (a.user(ia), b.user(ib));
+            prop_assert_eq!(&a.grant(ua).roles_header, &b.grant(ub).roles_header);
+            prop_assert!(a.grant(ua).permissions == b.grant(ub).permissions);
+            prop_assert_eq!(ua.disabled, ub.disabled);
+            let mgr = |s: &Snapshot, m: Option<u32>| m.map(|m| s.user(m).id.to_string());
+            prop_assert_eq!(mgr(a, ua.manager), mgr(b, ub.manager));
+            let teams = |s: &Snapshot, u: &User| {
+                let mut t: Vec<String> = u
+                    .teams
+                    .iter()
+                    .map(|t| s.team_name(*t).to_string())
+                    .collect();
+                t.sort();
+                t
+            };
+            prop_assert_eq!(teams(a, ua), teams(b, ub));
+            for other in USERS {
+                let (Some(oa), Some(ob)) = (a.user_index(other), b.user_index(other)) else {
+                    continue;
+                };
+                prop_assert_eq!(
+                    a.hierarchy().is_at_or_below(ia, oa),
+                    b.hierarchy().is_at_or_below(ib, ob),
+                    "{} above {}",
+                    id,
+                    other
+                );
+                let reassign = c.permission("lead.reassign").unwrap();
+                prop_assert_eq!(
+                    check_assignee(a, ia, reassign, oa),
+                    check_assignee(b, ib, reassign, ob)
+                );
+            }
+            for p in PERMS {
+                let perm = c.permission(p).unwrap();
+                for (t, rid) in RECORDS {
+                    let Some(t) = types.get(t) else { continue };
+                    let Ok((_, rid)) = canonical(types, types.name(t), &raw_id(rid)) else {
+                        continue;
+                    };
+                    let (da, db): (RecordDecision, RecordDecision) = (
+                        check_record(a, ia, perm, t, &rid),
+                        check_record(b, ib, perm, t, &rid),
+                    );
+                    prop_assert_eq!(da, db, "{} {} {} {}", id, p, types.name(t), rid);
+                }
+            }
+        }
+        for k in KEYS {
+            let Some(d) = parse_key_digest(k) else {
+                continue;
+            };
+            let name = |s: &Snapshot| s.user_by_api_key(&d).map(|i| s.user(i).id.to_string());
+            prop_assert_eq!(name(a), name(b));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Batches applied one after another, incrementally and through the source form: the
+        /// same batches are accepted, and the results decide the same.
+        #[test]
+        fn incremental_equals_full_rebuild(
+            batches in proptest::collection::vec(proptest::collection::vec(change(), 1..8), 1..4)
+        ) {
+            let c = catalog();
+            let types = c.record_types();
+            let mut fast = Snapshot::build("s.json", SNAPSHOT, &c).unwrap();
+            let mut raw = RawSnapshot::parse(SNAPSHOT).unwrap();
+            for batch in &batches {
+                let mut next_raw = raw.clone();
+                let slow = next_raw
+                    .apply(batch, types)
+                    .map_err(|e| vec![e])
+                    .and_then(|()| {
+                        Snapshot::build("changed", &next_raw.to_json(), &c)
+                            .map_err(|e| e.iter().map(|e| e.to_string()).collect())
+                    });
+                let quick = fast.apply(batch, &c);
+                prop_assert_eq!(
+                    quick.is_ok(),
+                    slow.is_ok(),
+                    "batch {:?}\nincremental: {:?}\nrebuild: {:?}",
+                    batch,
+                    quick.as_ref().err(),
+                    slow.as_ref().err()
+                );
+                if let (Ok(q), Ok(s)) = (quick, slow) {
+                    same_effective_data(&c, &q.snapshot, &s)?;
+                    fast = q.snapshot;
+                    raw = next_raw;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn untouched_parts_are_shared() {
+        let c = catalog();
+        let base = Snapshot::build("s.json", SNAPSHOT, &c).unwrap();
+        let batch: Vec<Change> = serde_json::from_str(
+            r#"[{"op":"disable","user":"u-camp"},
+                {"op":"set_owner","type":"lead","id":"5","owner":"u-rep2"},
+                {"op":"share","type":"lead","id":1,"user":"u-out"}]"#,
+        )
+        .unwrap();
+        let next = base.apply(&batch, &c).unwrap();
+        assert_eq!(next.users_touched, vec!["u-camp"]);
+        assert_eq!(next.record_changes, 2);
+        let s = &next.snapshot;
+        assert!(
+            Arc::ptr_eq(&s.hierarchy, &base.hierarchy),
+            "no manager changed"
+        );
+        assert!(
+            Arc::ptr_eq(&s.grants, &base.grants),
+            "no new role combination"
+        );
+        assert!(s.version.ends_with("+3"));
+        // The unshare of a share that is not there is refused, naming it.
+        let bad: Vec<Change> =
+            serde_json::from_str(r#"[{"op":"unshare","type":"lead","id":"1","team":"west"}]"#)
+                .unwrap();
+        let e = s.apply(&bad, &c).err().unwrap();
+        assert!(e[0].contains("is not shared with team 'west'"), "{e:?}");
+        let unknown: Vec<Change> = serde_json::from_str(
+            r#"[{"op":"set_owner","type":"lead","id":"404","owner":"u-rep1"}]"#,
+        )
+        .unwrap();
+        let e = s.apply(&unknown, &c).err().unwrap();
+        assert!(e[0].contains("unknown record lead '404'"), "{e:?}");
+    }
+}
