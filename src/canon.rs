@@ -172,11 +172,14 @@ pub enum CanonError {
     AmbiguousFraming,
     /// `Connection` lists a header the proxy must never strip.
     BadConnectionHeader,
+    /// A header name spelled with `_` or `.` that a backend reading those as `-` would take for
+    /// a framing or credential header (`Content_Length`, `Transfer.Encoding`).
+    DisguisedHeader,
 }
 
 impl CanonError {
     /// Every variant, for documentation and exhaustive tests.
-    pub const ALL: [CanonError; 18] = [
+    pub const ALL: [CanonError; 19] = [
         CanonError::NotOriginForm,
         CanonError::TooLong,
         CanonError::ControlCharacter,
@@ -195,6 +198,7 @@ impl CanonError {
         CanonError::DuplicateHeader,
         CanonError::AmbiguousFraming,
         CanonError::BadConnectionHeader,
+        CanonError::DisguisedHeader,
     ];
 
     /// Stable snake_case error code for the JSON error body.
@@ -218,6 +222,7 @@ impl CanonError {
             CanonError::DuplicateHeader => "duplicate_header",
             CanonError::AmbiguousFraming => "ambiguous_framing",
             CanonError::BadConnectionHeader => "bad_connection_header",
+            CanonError::DisguisedHeader => "disguised_header",
         }
     }
 
@@ -253,6 +258,9 @@ impl CanonError {
             }
             CanonError::BadConnectionHeader => {
                 "The Connection header lists a header that cannot be hop-by-hop."
+            }
+            CanonError::DisguisedHeader => {
+                "A header name spells a framing or credential header with '_' or '.'."
             }
         }
     }
@@ -614,6 +622,51 @@ const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
+/// Names a client must not disguise with `_` or `.` (CGI, PHP, and several Java and Python
+/// servers read `Content_Length` as `Content-Length`): the framing and credential headers and
+/// the hop-by-hop ones. Disguised identity headers are stripped instead (the glue asks
+/// [`disguised_copies`]), since their names come from the config.
+const UNDISGUISABLE: [&str; 11] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "authorization",
+    "proxy-authorization",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// Whether header name `name` (lowercase, as `http` stores it) reads as `target` when `_` and
+/// `.` are taken for `-`, while not being spelled `target` itself.
+pub fn folds_to(name: &str, target: &str) -> bool {
+    name.len() == target.len()
+        && name != target
+        && name.bytes().zip(target.bytes()).all(|(a, b)| {
+            let a = if a == b'_' || a == b'.' { b'-' } else { a };
+            a == b
+        })
+}
+
+/// Header names spelled with `_` or `.` whose `-` reading satisfies `sensitive` (given the
+/// folded, lowercase name): copies of identity headers to strip before forwarding.
+pub fn disguised_copies(headers: &HeaderMap, sensitive: impl Fn(&str) -> bool) -> Vec<HeaderName> {
+    let mut out = Vec::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        if n.bytes().any(|b| b == b'_' || b == b'.') {
+            let folded = n.replace(['_', '.'], "-");
+            if sensitive(&folded) && !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Headers a client must not be able to make the proxy strip via `Connection`.
 const PROTECTED_HEADERS: [HeaderName; 4] = [
     header::HOST,
@@ -656,6 +709,18 @@ pub fn check_headers(headers: &HeaderMap) -> Result<(), CanonError> {
     }
     if more_than_one(headers, &header::HOST) || more_than_one(headers, &header::AUTHORIZATION) {
         return Err(CanonError::DuplicateHeader);
+    }
+    for name in headers.keys() {
+        let n = name.as_str();
+        if !n.bytes().any(|b| b == b'_' || b == b'.') {
+            continue;
+        }
+        if METHOD_OVERRIDE_HEADERS.iter().any(|m| folds_to(n, m)) {
+            return Err(CanonError::MethodOverride);
+        }
+        if UNDISGUISABLE.iter().any(|m| folds_to(n, m)) {
+            return Err(CanonError::DisguisedHeader);
+        }
     }
 
     let mut content_lengths = headers.get_all(header::CONTENT_LENGTH).iter();
@@ -1032,6 +1097,42 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn disguised_framing_and_override_headers_are_refused() {
+        for name in [
+            "content_length",
+            "Content.Length",
+            "transfer_encoding",
+            "authorization_x",
+            "x_http_method_override",
+            "X.HTTP.Method",
+            "x_method_override",
+            "upgrade",
+        ] {
+            let h = headers(&[(name, "1")]);
+            let want = match name.to_ascii_lowercase().as_str() {
+                "authorization_x" | "upgrade" => Ok(()),
+                n if n.contains("method") => Err(CanonError::MethodOverride),
+                _ => Err(CanonError::DisguisedHeader),
+            };
+            assert_eq!(check_headers(&h), want, "{name}");
+        }
+        assert!(folds_to("x_permgate_user", "x-permgate-user"));
+        assert!(!folds_to("x-permgate-user", "x-permgate-user"));
+        assert!(!folds_to("x_permgate_users", "x-permgate-user"));
+        let h = headers(&[
+            ("x_permgate_user", "a"),
+            ("x.remote.user", "b"),
+            ("x_kept", "c"),
+        ]);
+        let sensitive = |n: &str| n.starts_with("x-permgate-") || n == "x-remote-user";
+        let got: Vec<String> = disguised_copies(&h, sensitive)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(got, ["x_permgate_user", "x.remote.user"]);
     }
 
     type HeaderCase = (

@@ -296,7 +296,7 @@ impl Default for RawForward {
 }
 
 /// Client headers a legacy CRM may trust for identity or origin; removed by default.
-pub const DEFAULT_STRIP_HEADERS: [&str; 12] = [
+pub const DEFAULT_STRIP_HEADERS: [&str; 21] = [
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
@@ -309,6 +309,16 @@ pub const DEFAULT_STRIP_HEADERS: [&str; 12] = [
     "x-authenticated-user",
     "remote-user",
     "x-original-url",
+    // Rewrites and origin hints some frameworks honour (IIS, Symfony, Spring, Rack).
+    "x-rewrite-url",
+    "x-original-host",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-host",
+    "true-client-ip",
+    "x-cluster-client-ip",
 ];
 
 fn default_strip_headers() -> Vec<String> {

@@ -521,6 +521,21 @@ impl ProxyHttp for Gateway {
         for name in &f.strip_headers {
             upstream.remove_header(name);
         }
+        // The same names spelled with `_` or `.` (a CGI or PHP backend reads them as `-`).
+        let sensitive = |folded: &str| {
+            folded.starts_with(OWN_HEADER_PREFIX)
+                || [&f.user_header, &f.roles_header, &f.request_id_header]
+                    .iter()
+                    .any(|h| h.as_str() == folded)
+                || f.strip_headers.iter().any(|h| h.as_str() == folded)
+                || config
+                    .identity
+                    .credential_headers()
+                    .any(|h| h.as_str() == folded)
+        };
+        for name in crate::canon::disguised_copies(&upstream.headers, sensitive) {
+            upstream.remove_header(&name);
+        }
         if f.set_forwarded_for {
             if let Some(ip) = ctx.peer {
                 upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
