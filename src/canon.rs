@@ -89,11 +89,13 @@
 //! | Condition                                                                 | Error                   |
 //! |---------------------------------------------------------------------------|-------------------------|
 //! | `X-HTTP-Method-Override`, `X-HTTP-Method` or `X-Method-Override` present  | `method_override`       |
-//! | more than one `Host`, or more than one `Authorization`                    | `duplicate_header`      |
+//! | more than one `Host`, `Authorization` or `Content-Type`                   | `duplicate_header`      |
 //! | both `Content-Length` and `Transfer-Encoding`                             | `ambiguous_framing`     |
 //! | more than one `Content-Length`, or one that is not plain digits fitting a `u64` | `ambiguous_framing` |
 //! | `Transfer-Encoding` other than a single header exactly `chunked` (lowercase) | `ambiguous_framing`  |
 //! | `Connection` listing `host`, `content-length`, `transfer-encoding` or `authorization` | `bad_connection_header` |
+//! | a method-override name spelled with `_` or `.` (`X_HTTP_Method_Override`) | `method_override`       |
+//! | a framing, credential or hop-by-hop name so spelled (`Content_Length`)    | `disguised_header`      |
 //!
 //! [`hop_by_hop_headers`] lists what a proxy must not forward: `connection`, `keep-alive`,
 //! `proxy-connection`, `te`, `trailer`, `upgrade`, `proxy-authorization`, `proxy-authenticate`,
@@ -166,7 +168,7 @@ pub enum CanonError {
     OverlongUtf8,
     /// A method override header is present.
     MethodOverride,
-    /// More than one `Host` or `Authorization` header.
+    /// More than one `Host`, `Authorization` or `Content-Type` header.
     DuplicateHeader,
     /// Conflicting or malformed `Content-Length` / `Transfer-Encoding`.
     AmbiguousFraming,
@@ -251,7 +253,7 @@ impl CanonError {
             CanonError::OverlongUtf8 => "The path contains an overlong UTF-8 encoding.",
             CanonError::MethodOverride => "Method override headers are not allowed.",
             CanonError::DuplicateHeader => {
-                "The request has more than one Host or Authorization header."
+                "The request has more than one Host, Authorization or Content-Type header."
             }
             CanonError::AmbiguousFraming => {
                 "The request's Content-Length / Transfer-Encoding headers are ambiguous."
@@ -707,7 +709,12 @@ pub fn check_headers(headers: &HeaderMap) -> Result<(), CanonError> {
     {
         return Err(CanonError::MethodOverride);
     }
-    if more_than_one(headers, &header::HOST) || more_than_one(headers, &header::AUTHORIZATION) {
+    // A second Content-Type could make the CRM read a body permgate inspected as JSON as
+    // something else (or the reverse).
+    if more_than_one(headers, &header::HOST)
+        || more_than_one(headers, &header::AUTHORIZATION)
+        || more_than_one(headers, &header::CONTENT_TYPE)
+    {
         return Err(CanonError::DuplicateHeader);
     }
     for name in headers.keys() {
