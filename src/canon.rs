@@ -177,11 +177,14 @@ pub enum CanonError {
     /// A header name spelled with `_` or `.` that a backend reading those as `-` would take for
     /// a framing or credential header (`Content_Length`, `Transfer.Encoding`).
     DisguisedHeader,
+    /// More request headers, or more header bytes, than `listen.max_headers` /
+    /// `listen.max_header_bytes`.
+    HeadersTooLarge,
 }
 
 impl CanonError {
     /// Every variant, for documentation and exhaustive tests.
-    pub const ALL: [CanonError; 19] = [
+    pub const ALL: [CanonError; 20] = [
         CanonError::NotOriginForm,
         CanonError::TooLong,
         CanonError::ControlCharacter,
@@ -201,6 +204,7 @@ impl CanonError {
         CanonError::AmbiguousFraming,
         CanonError::BadConnectionHeader,
         CanonError::DisguisedHeader,
+        CanonError::HeadersTooLarge,
     ];
 
     /// Stable snake_case error code for the JSON error body.
@@ -225,6 +229,7 @@ impl CanonError {
             CanonError::AmbiguousFraming => "ambiguous_framing",
             CanonError::BadConnectionHeader => "bad_connection_header",
             CanonError::DisguisedHeader => "disguised_header",
+            CanonError::HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -264,13 +269,16 @@ impl CanonError {
             CanonError::DisguisedHeader => {
                 "A header name spells a framing or credential header with '_' or '.'."
             }
+            CanonError::HeadersTooLarge => "The request has too many or too large headers.",
         }
     }
 
-    /// HTTP status for this error: 414 for [`CanonError::TooLong`], 400 otherwise.
+    /// HTTP status for this error: 414 for [`CanonError::TooLong`], 431 for
+    /// [`CanonError::HeadersTooLarge`], 400 otherwise.
     pub fn status(self) -> u16 {
         match self {
             CanonError::TooLong => 414,
+            CanonError::HeadersTooLarge => 431,
             _ => 400,
         }
     }
@@ -762,6 +770,26 @@ pub fn check_headers(headers: &HeaderMap) -> Result<(), CanonError> {
     Ok(())
 }
 
+/// At most `max_count` headers and `max_bytes` of names and values (each header counted as
+/// `name: value` plus its line end, as on the wire).
+pub fn check_header_limits(
+    headers: &HeaderMap,
+    max_count: usize,
+    max_bytes: usize,
+) -> Result<(), CanonError> {
+    if headers.len() > max_count {
+        return Err(CanonError::HeadersTooLarge);
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if bytes > max_bytes {
+        return Err(CanonError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
 /// Names of headers a proxy must not forward: the fixed hop-by-hop list plus every name listed
 /// in `Connection` (lowercased, deduplicated; invalid names ignored). Never includes `host`,
 /// `content-length`, `transfer-encoding` or `authorization`.
@@ -1073,10 +1101,10 @@ mod tests {
             );
             assert!(error.message().ends_with('.'), "{code}");
             assert_eq!(error.to_string(), error.message());
-            let expected_status = if error == CanonError::TooLong {
-                414
-            } else {
-                400
+            let expected_status = match error {
+                CanonError::TooLong => 414,
+                CanonError::HeadersTooLarge => 431,
+                _ => 400,
             };
             assert_eq!(error.status(), expected_status, "{code}");
         }
@@ -1104,6 +1132,23 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn header_limits() {
+        let h = headers(&[("a", "1"), ("b", "22"), ("b", "3")]);
+        assert_eq!(check_header_limits(&h, 3, 100), Ok(()));
+        assert_eq!(
+            check_header_limits(&h, 2, 100),
+            Err(CanonError::HeadersTooLarge)
+        );
+        // a: 1 (6) + b: 22 (7) + b: 3 (6) = 19 bytes
+        assert_eq!(check_header_limits(&h, 3, 19), Ok(()));
+        assert_eq!(
+            check_header_limits(&h, 3, 18),
+            Err(CanonError::HeadersTooLarge)
+        );
+        assert_eq!(CanonError::HeadersTooLarge.status(), 431);
     }
 
     #[test]

@@ -298,6 +298,11 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // The one load of this request: a swap never changes a request in flight.
         let live = self.state.live();
+        // Downstream limits (`[listen]`): a stalled body, an idle keep-alive connection.
+        session.set_read_timeout(Some(live.config.listen.body_read_timeout));
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(live.config.listen.keepalive_timeout_seconds));
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -720,6 +725,12 @@ impl ProxyHttp for Gateway {
                 "bad_request",
                 "the request could not be handled",
             )),
+            // A client that stalls its body past `listen.body_read_timeout_ms` (an inspected
+            // body is read before any upstream call, so its timeout has no source yet).
+            (ErrorSource::Downstream, ReadTimedout) => Some(Rejection::request_timeout()),
+            (_, ReadTimedout) if ctx.upstream_started.is_none() => {
+                Some(Rejection::request_timeout())
+            }
             (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
             (ErrorSource::Downstream, _) => Some(Rejection::new(
                 400,
@@ -915,6 +926,8 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
     server.bootstrap();
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = config.listen.h2c;
+    server_options.h2_idle_timeout =
+        Some(Duration::from_secs(config.listen.keepalive_timeout_seconds));
     let mut gateway = Gateway::new(state);
     if config.upstream.addresses.len() > 1 {
         let addresses: Vec<String> = config
@@ -941,6 +954,12 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
         .name("permgate")
         .server_options(server_options)
         .build();
+    if let Some(app) = service.app_logic_mut() {
+        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+        h2.max_concurrent_streams(config.listen.h2_max_concurrent_streams);
+        h2.max_header_list_size(u32::try_from(config.listen.max_header_bytes).unwrap_or(u32::MAX));
+        app.h2_options = Some(h2);
+    }
     match &config.listen.tls {
         None => service.add_tcp(&config.listen.address),
         Some(files) => match tls::settings(files) {

@@ -95,7 +95,8 @@ fn run(h: &Harness, class: &str, cases: &[Case]) -> usize {
         h.clear();
         let r = h.raw(&c.request);
         assert_eq!(
-            r.status, c.status,
+            r.status,
+            c.status,
             "[{class}] {}: got {r:?}\nrequest: {:?}",
             c.name,
             String::from_utf8_lossy(&c.request)
@@ -153,7 +154,8 @@ fn run(h: &Harness, class: &str, cases: &[Case]) -> usize {
 }
 
 fn get(target: &str, extra: &str, auth: &str) -> Vec<u8> {
-    format!("GET {target} HTTP/1.1\r\nHost: crm\r\n{auth}{extra}Connection: close\r\n\r\n").into_bytes()
+    format!("GET {target} HTTP/1.1\r\nHost: crm\r\n{auth}{extra}Connection: close\r\n\r\n")
+        .into_bytes()
 }
 
 fn auth(user: &str) -> String {
@@ -218,9 +220,8 @@ async fn path_confusion() {
         "/api/v1/%63ampaigns/1",
         "/api/v1/campaigns/./1",
     ] {
-        let req = format!(
-            "DELETE {target} HTTP/1.1\r\nHost: crm\r\n{rep}Connection: close\r\n\r\n"
-        );
+        let req =
+            format!("DELETE {target} HTTP/1.1\r\nHost: crm\r\n{rep}Connection: close\r\n\r\n");
         let mut c = coded(target, req, 403, "forbidden");
         c.code = None; // the permission is checked below by status only
         cases.push(c);
@@ -282,7 +283,12 @@ async fn path_confusion() {
         "/api/v1/customers/1/../../../../etc/passwd",
         "/",
     ] {
-        cases.push(coded(target, get(target, "", &admin), 404, "route_not_found"));
+        cases.push(coded(
+            target,
+            get(target, "", &admin),
+            404,
+            "route_not_found",
+        ));
     }
     // Raw bytes Pingora's parser or ours refuse (no JSON body needed).
     for (name, raw) in [
@@ -303,7 +309,10 @@ async fn path_confusion() {
     // A fragment never reaches a server; Pingora's parser drops it, the CRM gets the path.
     for (name, target) in [
         ("fragment", "/api/v1/customers/1#x"),
-        ("fragment with dots", "/api/v1/customers/1#/../../campaigns/1"),
+        (
+            "fragment with dots",
+            "/api/v1/customers/1#/../../campaigns/1",
+        ),
     ] {
         cases.push(case(
             name,
@@ -317,7 +326,12 @@ async fn path_confusion() {
         ));
     }
     let long = format!("/api/v1/customers/{}", "a".repeat(9000));
-    cases.push(coded("long target", get(&long, "", &admin), 414, "target_too_long"));
+    cases.push(coded(
+        "long target",
+        get(&long, "", &admin),
+        414,
+        "target_too_long",
+    ));
     run(&h, "path", &cases);
 }
 
@@ -371,7 +385,11 @@ async fn identity_headers_and_overrides() {
             };
             cases.push(case(
                 format!("spoof {spelling}"),
-                get("/api/v1/customers/1", &format!("{spelling}: {value}\r\n"), &rep),
+                get(
+                    "/api/v1/customers/1",
+                    &format!("{spelling}: {value}\r\n"),
+                    &rep,
+                ),
                 200,
                 ok.clone(),
             ));
@@ -381,7 +399,11 @@ async fn identity_headers_and_overrides() {
     for spelling in ["X-Permgate-User", "x_permgate_user", "X-Remote-User"] {
         cases.push(coded(
             format!("no token, {spelling}"),
-            get("/api/v1/customers/1", &format!("{spelling}: u-admin\r\n"), ""),
+            get(
+                "/api/v1/customers/1",
+                &format!("{spelling}: u-admin\r\n"),
+                "",
+            ),
             401,
             "missing_credentials",
         ));
@@ -510,7 +532,11 @@ async fn identity_headers_and_overrides() {
     run(&h, "identity", &cases);
     // A dropped Connection-listed header really is gone.
     h.clear();
-    let r = h.raw(&get("/api/v1/customers/1", "X-Drop: 1\r\nConnection: x-drop\r\n", &rep));
+    let r = h.raw(&get(
+        "/api/v1/customers/1",
+        "X-Drop: 1\r\nConnection: x-drop\r\n",
+        &rep,
+    ));
     assert_eq!(r.status, 200);
     assert!(recorded_header(&h.received()[0], "x-drop").is_empty());
 }
@@ -523,7 +549,8 @@ async fn identity_headers_and_overrides() {
 fn exchange(addr: SocketAddr, request: &[u8], secs: u64) -> (String, Duration) {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let _ = s.write_all(request);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -625,7 +652,10 @@ async fn request_smuggling() {
         "2\r\n{}\r\n0;ext\r\n\r\n",
         "2\r\n{}\r\n0\r\n",
     ] {
-        let req = format!("{}{smuggled}", post("Transfer-Encoding: chunked\r\n", chunks));
+        let req = format!(
+            "{}{smuggled}",
+            post("Transfer-Encoding: chunked\r\n", chunks)
+        );
         cases.push((format!("chunks {chunks:?}"), req));
     }
     // Upgrade: h2c (and friends) is never honoured or forwarded.
@@ -674,7 +704,10 @@ async fn request_smuggling() {
             assert!(status < 500, "{name}: {text}");
         }
         if status == 0 {
-            assert!(got.is_empty(), "{name}: closed without answer yet forwarded");
+            assert!(
+                got.is_empty(),
+                "{name}: closed without answer yet forwarded"
+            );
         }
         assert!(took < Duration::from_secs(6), "{name}: took {took:?}");
         // A framing refused in the head reaches nothing. A chunk error found while a streamed
@@ -725,7 +758,12 @@ fn claims() -> serde_json::Value {
 }
 
 /// A token with this header and these claims, HMAC-signed with `secret`.
-fn hs(header: &serde_json::Value, claims: &serde_json::Value, secret: &[u8], alg: jsonwebtoken::Algorithm) -> String {
+fn hs(
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+    secret: &[u8],
+    alg: jsonwebtoken::Algorithm,
+) -> String {
     let input = format!(
         "{}.{}",
         b64(header.to_string().as_bytes()),
@@ -774,56 +812,250 @@ async fn jwt_attacks() {
     ec_header.kid = Some("ec1".into());
     let ec_good = jsonwebtoken::encode(&ec_header, &claims(), &ec_priv).unwrap();
     let mut cases = vec![
-        case("good HS256", get("/api/v1/customers/1", "", &format!("Authorization: Bearer {good}\r\n")), 200, Crm::Exactly { method: "GET", target: "/api/v1/customers/1", user: "u-admin" }),
-        case("good ES256", get("/api/v1/customers/1", "", &format!("Authorization: Bearer {ec_good}\r\n")), 200, Crm::Exactly { method: "GET", target: "/api/v1/customers/1", user: "u-admin" }),
+        case(
+            "good HS256",
+            get(
+                "/api/v1/customers/1",
+                "",
+                &format!("Authorization: Bearer {good}\r\n"),
+            ),
+            200,
+            Crm::Exactly {
+                method: "GET",
+                target: "/api/v1/customers/1",
+                user: "u-admin",
+            },
+        ),
+        case(
+            "good ES256",
+            get(
+                "/api/v1/customers/1",
+                "",
+                &format!("Authorization: Bearer {ec_good}\r\n"),
+            ),
+            200,
+            Crm::Exactly {
+                method: "GET",
+                target: "/api/v1/customers/1",
+                user: "u-admin",
+            },
+        ),
     ];
     let (gh, gc, _) = {
         let mut p = good.split('.');
-        (p.next().unwrap().to_string(), p.next().unwrap().to_string(), p.next().unwrap().to_string())
+        (
+            p.next().unwrap().to_string(),
+            p.next().unwrap().to_string(),
+            p.next().unwrap().to_string(),
+        )
     };
     let bad: Vec<(&str, String)> = vec![
-        ("alg none", format!("{}.{gc}.", b64(br#"{"alg":"none","typ":"JWT"}"#))),
+        (
+            "alg none",
+            format!("{}.{gc}.", b64(br#"{"alg":"none","typ":"JWT"}"#)),
+        ),
         ("alg None", format!("{}.{gc}.", b64(br#"{"alg":"None"}"#))),
-        ("alg nOnE with kid", format!("{}.{gc}.", b64(br#"{"alg":"nOnE","kid":"demo-hs256"}"#))),
-        ("alg none, good sig kept", format!("{}.{gc}.{}", b64(br#"{"alg":"none","kid":"demo-hs256"}"#), good.rsplit('.').next().unwrap())),
+        (
+            "alg nOnE with kid",
+            format!("{}.{gc}.", b64(br#"{"alg":"nOnE","kid":"demo-hs256"}"#)),
+        ),
+        (
+            "alg none, good sig kept",
+            format!(
+                "{}.{gc}.{}",
+                b64(br#"{"alg":"none","kid":"demo-hs256"}"#),
+                good.rsplit('.').next().unwrap()
+            ),
+        ),
         ("alg empty", format!("{}.{gc}.", b64(br#"{"alg":""}"#))),
-        ("RS/ES -> HS with the public key", hs(&json!({"alg":"HS256","kid":"ec1"}), &claims(), public_pem.as_bytes(), HS256)),
-        ("ES -> HS, trimmed public key", hs(&json!({"alg":"HS256","kid":"ec1"}), &claims(), public_pem.trim().as_bytes(), HS256)),
-        ("HS384 with the demo secret", hs(&json!({"alg":"HS384","kid":"demo-hs256"}), &claims(), secret, HS384)),
-        ("HS512 with the demo secret", hs(&json!({"alg":"HS512","kid":"demo-hs256"}), &claims(), secret, HS512)),
-        ("ES256 header on the HS key", format!("{}.{gc}.{}", b64(br#"{"alg":"ES256","kid":"demo-hs256"}"#), good.rsplit('.').next().unwrap())),
-        ("wrong secret", hs(&demo, &claims(), b"another-secret-another-secret-0123456789", HS256)),
-        ("flipped signature", { let mut t = good.clone(); let last = t.pop().unwrap(); t.push(if last == 'A' { 'B' } else { 'A' }); t }),
+        (
+            "RS/ES -> HS with the public key",
+            hs(
+                &json!({"alg":"HS256","kid":"ec1"}),
+                &claims(),
+                public_pem.as_bytes(),
+                HS256,
+            ),
+        ),
+        (
+            "ES -> HS, trimmed public key",
+            hs(
+                &json!({"alg":"HS256","kid":"ec1"}),
+                &claims(),
+                public_pem.trim().as_bytes(),
+                HS256,
+            ),
+        ),
+        (
+            "HS384 with the demo secret",
+            hs(
+                &json!({"alg":"HS384","kid":"demo-hs256"}),
+                &claims(),
+                secret,
+                HS384,
+            ),
+        ),
+        (
+            "HS512 with the demo secret",
+            hs(
+                &json!({"alg":"HS512","kid":"demo-hs256"}),
+                &claims(),
+                secret,
+                HS512,
+            ),
+        ),
+        (
+            "ES256 header on the HS key",
+            format!(
+                "{}.{gc}.{}",
+                b64(br#"{"alg":"ES256","kid":"demo-hs256"}"#),
+                good.rsplit('.').next().unwrap()
+            ),
+        ),
+        (
+            "wrong secret",
+            hs(
+                &demo,
+                &claims(),
+                b"another-secret-another-secret-0123456789",
+                HS256,
+            ),
+        ),
+        ("flipped signature", {
+            let mut t = good.clone();
+            let last = t.pop().unwrap();
+            t.push(if last == 'A' { 'B' } else { 'A' });
+            t
+        }),
         ("empty signature", format!("{gh}.{gc}.")),
         ("garbage signature", format!("{gh}.{gc}.!!!!")),
-        ("signature of another token", format!("{gh}.{}.{}", b64(claims().to_string().replace("u-admin", "u-rep1").as_bytes()), good.rsplit('.').next().unwrap())),
-        ("kid path traversal", header_with(json!({"kid": "../../../../dev/null"}))),
+        (
+            "signature of another token",
+            format!(
+                "{gh}.{}.{}",
+                b64(claims().to_string().replace("u-admin", "u-rep1").as_bytes()),
+                good.rsplit('.').next().unwrap()
+            ),
+        ),
+        (
+            "kid path traversal",
+            header_with(json!({"kid": "../../../../dev/null"})),
+        ),
         ("kid sql", header_with(json!({"kid": "x' OR '1'='1"}))),
         ("kid unknown", header_with(json!({"kid": "nope"}))),
         ("kid NUL", header_with(json!({"kid": "demo-hs256\u{0}"}))),
         ("kid number", header_with(json!({"kid": 1}))),
         ("kid of the EC key", header_with(json!({"kid": "ec1"}))),
-        ("jku", header_with(json!({"jku": "http://127.0.0.1:1/jwks.json"}))),
-        ("x5u", header_with(json!({"x5u": "http://127.0.0.1:1/cert.pem"}))),
-        ("jwk", header_with(json!({"jwk": {"kty": "oct", "k": b64(b"k")}}))),
+        (
+            "jku",
+            header_with(json!({"jku": "http://127.0.0.1:1/jwks.json"})),
+        ),
+        (
+            "x5u",
+            header_with(json!({"x5u": "http://127.0.0.1:1/cert.pem"})),
+        ),
+        (
+            "jwk",
+            header_with(json!({"jwk": {"kty": "oct", "k": b64(b"k")}})),
+        ),
         ("x5c", header_with(json!({"x5c": ["MIIB"]}))),
         ("crit", header_with(json!({"crit": ["exp"]}))),
-        ("expired", with(&|c| { c["exp"] = json!(now() - 3600); })),
-        ("expired beyond leeway", with(&|c| { c["exp"] = json!(now() - 31); })),
-        ("not yet valid", with(&|c| { c["nbf"] = json!(now() + 3600); })),
-        ("no exp", with(&|c| { c.as_object_mut().unwrap().remove("exp"); })),
-        ("no nbf", with(&|c| { c.as_object_mut().unwrap().remove("nbf"); })),
-        ("exp as string", with(&|c| { c["exp"] = json!((now() + 600).to_string()); })),
-        ("no aud", with(&|c| { c.as_object_mut().unwrap().remove("aud"); })),
-        ("wrong aud", with(&|c| { c["aud"] = json!("other-api"); })),
-        ("aud list without ours", with(&|c| { c["aud"] = json!(["a", "b"]); })),
-        ("aud prefix", with(&|c| { c["aud"] = json!("crm-api-x"); })),
-        ("no iss", with(&|c| { c.as_object_mut().unwrap().remove("iss"); })),
-        ("wrong iss", with(&|c| { c["iss"] = json!("https://evil.example"); })),
-        ("iss trailing slash", with(&|c| { c["iss"] = json!("https://crm.example.test/"); })),
-        ("no sub", with(&|c| { c.as_object_mut().unwrap().remove("sub"); })),
-        ("sub number", with(&|c| { c["sub"] = json!(1); })),
-        ("sub empty", with(&|c| { c["sub"] = json!(""); })),
+        (
+            "expired",
+            with(&|c| {
+                c["exp"] = json!(now() - 3600);
+            }),
+        ),
+        (
+            "expired beyond leeway",
+            with(&|c| {
+                c["exp"] = json!(now() - 31);
+            }),
+        ),
+        (
+            "not yet valid",
+            with(&|c| {
+                c["nbf"] = json!(now() + 3600);
+            }),
+        ),
+        (
+            "no exp",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+        ),
+        (
+            "no nbf",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("nbf");
+            }),
+        ),
+        (
+            "exp as string",
+            with(&|c| {
+                c["exp"] = json!((now() + 600).to_string());
+            }),
+        ),
+        (
+            "no aud",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            }),
+        ),
+        (
+            "wrong aud",
+            with(&|c| {
+                c["aud"] = json!("other-api");
+            }),
+        ),
+        (
+            "aud list without ours",
+            with(&|c| {
+                c["aud"] = json!(["a", "b"]);
+            }),
+        ),
+        (
+            "aud prefix",
+            with(&|c| {
+                c["aud"] = json!("crm-api-x");
+            }),
+        ),
+        (
+            "no iss",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("iss");
+            }),
+        ),
+        (
+            "wrong iss",
+            with(&|c| {
+                c["iss"] = json!("https://evil.example");
+            }),
+        ),
+        (
+            "iss trailing slash",
+            with(&|c| {
+                c["iss"] = json!("https://crm.example.test/");
+            }),
+        ),
+        (
+            "no sub",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            }),
+        ),
+        (
+            "sub number",
+            with(&|c| {
+                c["sub"] = json!(1);
+            }),
+        ),
+        (
+            "sub empty",
+            with(&|c| {
+                c["sub"] = json!("");
+            }),
+        ),
         ("two dots only", "..".into()),
         ("a.b.c", "a.b.c".into()),
         ("four parts", format!("{good}.x")),
@@ -834,7 +1066,11 @@ async fn jwt_attacks() {
     for (name, tok) in &bad {
         cases.push(case(
             *name,
-            get("/api/v1/customers/1", "", &format!("Authorization: Bearer {tok}\r\n")),
+            get(
+                "/api/v1/customers/1",
+                "",
+                &format!("Authorization: Bearer {tok}\r\n"),
+            ),
             401,
             Crm::Nothing,
         ));
@@ -845,11 +1081,31 @@ async fn jwt_attacks() {
         ("bearer without space", format!("Bearer{good}")),
         ("Token scheme", format!("Token {good}")),
     ] {
-        cases.push(case(name, get("/api/v1/customers/1", "", &format!("Authorization: {value}\r\n")), 401, Crm::Nothing));
+        cases.push(case(
+            name,
+            get(
+                "/api/v1/customers/1",
+                "",
+                &format!("Authorization: {value}\r\n"),
+            ),
+            401,
+            Crm::Nothing,
+        ));
     }
     // The unknown-user token: verified but unknown to the snapshot.
-    let stranger = with(&|c| { c["sub"] = json!("u-nobody"); });
-    cases.push(case("unknown user", get("/api/v1/customers/1", "", &format!("Authorization: Bearer {stranger}\r\n")), 401, Crm::Nothing));
+    let stranger = with(&|c| {
+        c["sub"] = json!("u-nobody");
+    });
+    cases.push(case(
+        "unknown user",
+        get(
+            "/api/v1/customers/1",
+            "",
+            &format!("Authorization: Bearer {stranger}\r\n"),
+        ),
+        401,
+        Crm::Nothing,
+    ));
     let n = run(&h, "jwt", &cases);
     assert!(n > 50);
 }

@@ -28,7 +28,8 @@ fn snapshot() -> String {
             u["roles"] = serde_json::json!(["lead_manager"]);
         }
     }
-    v["records"] = serde_json::from_str(&format!(r#"{{"owners":[{}]}}"#, owners.join(","))).unwrap();
+    v["records"] =
+        serde_json::from_str(&format!(r#"{{"owners":[{}]}}"#, owners.join(","))).unwrap();
     serde_json::to_string_pretty(&v).unwrap()
 }
 
@@ -72,23 +73,89 @@ async fn bodies_on_an_inspected_route() {
         cases.push((name.into(), extra.into(), body.to_vec(), status, crm));
     };
     let trimmed = Some(r#"{"ids":[2,3],"owner_id":"u-rep2"}"#);
-    add("trim", JSON, br#"{"ids":[2,1,3,5],"owner_id":"u-rep2"}"#, 200, trimmed);
-    add("whitespace", JSON, b" {\n\"ids\" : [ 2 , 1 , 3 ] ,\t\"owner_id\":\"u-rep2\" }\r\n", 200, trimmed);
-    add("escaped key alone", JSON, br#"{"\u0069ds":[2,1,3],"owner_id":"u-rep2"}"#, 200, trimmed);
-    add("escaped value", JSON, br#"{"ids":[2,3],"owner_id":"u-\u0072ep2"}"#, 200, trimmed);
-    add("charset utf-8", "Content-Type: application/json; charset=utf-8\r\n", br#"{"ids":[2,3],"owner_id":"u-rep2"}"#, 200, trimmed);
-    add("nothing in scope", JSON, br#"{"ids":[1,5,6],"owner_id":"u-rep2"}"#, 403, None);
-    add("assignee out of scope", JSON, br#"{"ids":[2,3],"owner_id":"u-csr"}"#, 403, None);
-    add("assignee with NUL", JSON, br#"{"ids":[2],"owner_id":"u-rep2\u0000"}"#, 403, None);
+    add(
+        "trim",
+        JSON,
+        br#"{"ids":[2,1,3,5],"owner_id":"u-rep2"}"#,
+        200,
+        trimmed,
+    );
+    add(
+        "whitespace",
+        JSON,
+        b" {\n\"ids\" : [ 2 , 1 , 3 ] ,\t\"owner_id\":\"u-rep2\" }\r\n",
+        200,
+        trimmed,
+    );
+    add(
+        "escaped key alone",
+        JSON,
+        br#"{"\u0069ds":[2,1,3],"owner_id":"u-rep2"}"#,
+        200,
+        trimmed,
+    );
+    add(
+        "escaped value",
+        JSON,
+        br#"{"ids":[2,3],"owner_id":"u-\u0072ep2"}"#,
+        200,
+        trimmed,
+    );
+    add(
+        "charset utf-8",
+        "Content-Type: application/json; charset=utf-8\r\n",
+        br#"{"ids":[2,3],"owner_id":"u-rep2"}"#,
+        200,
+        trimmed,
+    );
+    add(
+        "nothing in scope",
+        JSON,
+        br#"{"ids":[1,5,6],"owner_id":"u-rep2"}"#,
+        403,
+        None,
+    );
+    add(
+        "assignee out of scope",
+        JSON,
+        br#"{"ids":[2,3],"owner_id":"u-csr"}"#,
+        403,
+        None,
+    );
+    add(
+        "assignee with NUL",
+        JSON,
+        br#"{"ids":[2],"owner_id":"u-rep2\u0000"}"#,
+        403,
+        None,
+    );
     // Parser differentials: anything two parsers could read differently is refused whole.
     for (name, body) in [
-        ("duplicate key", &br#"{"ids":[2],"ids":[1],"owner_id":"u-rep2"}"#[..]),
-        ("duplicate key, escaped", br#"{"ids":[2],"\u0069ds":[1],"owner_id":"u-rep2"}"#),
-        ("duplicate key, escaped first", br#"{"\u0069ds":[1],"ids":[2],"owner_id":"u-rep2"}"#),
-        ("duplicate owner", br#"{"ids":[2],"owner_id":"u-rep2","owner_id":"u-admin"}"#),
+        (
+            "duplicate key",
+            &br#"{"ids":[2],"ids":[1],"owner_id":"u-rep2"}"#[..],
+        ),
+        (
+            "duplicate key, escaped",
+            br#"{"ids":[2],"\u0069ds":[1],"owner_id":"u-rep2"}"#,
+        ),
+        (
+            "duplicate key, escaped first",
+            br#"{"\u0069ds":[1],"ids":[2],"owner_id":"u-rep2"}"#,
+        ),
+        (
+            "duplicate owner",
+            br#"{"ids":[2],"owner_id":"u-rep2","owner_id":"u-admin"}"#,
+        ),
         ("duplicate item", br#"{"ids":[2,2],"owner_id":"u-rep2"}"#),
-        ("duplicate item, other spelling", br#"{"ids":[2,2.0],"owner_id":"u-rep2"}"#),
-        ("id beyond u64", br#"{"ids":[18446744073709551618],"owner_id":"u-rep2"}"#),
+        (
+            "duplicate item, other spelling",
+            br#"{"ids":[2,2.0],"owner_id":"u-rep2"}"#,
+        ),
+        (
+            "id beyond u64",
+            br#"{"ids":[18446744073709551618],"owner_id":"u-rep2"}"#,
+        ),
         ("id 1e400", br#"{"ids":[1e400],"owner_id":"u-rep2"}"#),
         ("id float", br#"{"ids":[2.5],"owner_id":"u-rep2"}"#),
         ("id exponent", br#"{"ids":[2e0],"owner_id":"u-rep2"}"#),
@@ -104,26 +171,56 @@ async fn bodies_on_an_inspected_route() {
         ("id object", br#"{"ids":[{"id":2}],"owner_id":"u-rep2"}"#),
         ("ids not an array", br#"{"ids":2,"owner_id":"u-rep2"}"#),
         ("ids missing", br#"{"owner_id":"u-rep2"}"#),
-        ("owner not a string", br#"{"ids":[2],"owner_id":["u-rep2"]}"#),
+        (
+            "owner not a string",
+            br#"{"ids":[2],"owner_id":["u-rep2"]}"#,
+        ),
         ("owner missing", br#"{"ids":[2]}"#),
-        ("unknown key", br#"{"ids":[2],"owner_id":"u-rep2","select_all":true}"#),
-        ("unknown key, escaped", br#"{"ids":[2],"owner_id":"u-rep2","\u0073elect_all":true}"#),
+        (
+            "unknown key",
+            br#"{"ids":[2],"owner_id":"u-rep2","select_all":true}"#,
+        ),
+        (
+            "unknown key, escaped",
+            br#"{"ids":[2],"owner_id":"u-rep2","\u0073elect_all":true}"#,
+        ),
         ("BOM", b"\xef\xbb\xbf{\"ids\":[2],\"owner_id\":\"u-rep2\"}"),
         ("UTF-16 BOM", b"\xff\xfe{\x00}\x00"),
         ("block comment", br#"{"ids":[2]/*,1*/,"owner_id":"u-rep2"}"#),
         ("line comment", b"{\"ids\":[2],\"owner_id\":\"u-rep2\"}// x"),
-        ("hash comment", b"# x\n{\"ids\":[2],\"owner_id\":\"u-rep2\"}"),
+        (
+            "hash comment",
+            b"# x\n{\"ids\":[2],\"owner_id\":\"u-rep2\"}",
+        ),
         ("trailing data", br#"{"ids":[2],"owner_id":"u-rep2"} x"#),
-        ("two documents", br#"{"ids":[2],"owner_id":"u-rep2"}{"ids":[1],"owner_id":"u-rep2"}"#),
+        (
+            "two documents",
+            br#"{"ids":[2],"owner_id":"u-rep2"}{"ids":[1],"owner_id":"u-rep2"}"#,
+        ),
         ("trailing comma", br#"{"ids":[2,],"owner_id":"u-rep2"}"#),
-        ("trailing comma in object", br#"{"ids":[2],"owner_id":"u-rep2",}"#),
+        (
+            "trailing comma in object",
+            br#"{"ids":[2],"owner_id":"u-rep2",}"#,
+        ),
         ("single quotes", br#"{'ids':[2],'owner_id':'u-rep2'}"#),
         ("unquoted key", br#"{ids:[2],"owner_id":"u-rep2"}"#),
         ("invalid UTF-8", b"{\"ids\":[2],\"owner_id\":\"u-rep\xff\"}"),
-        ("overlong UTF-8", b"{\"ids\":[2],\"owner_id\":\"u-rep\xc0\xb2\"}"),
-        ("lone surrogate", br#"{"ids":[2],"owner_id":"u-rep2\ud800"}"#),
-        ("raw control character", b"{\"ids\":[2],\"owner_id\":\"u-\x01rep2\"}"),
-        ("NUL after document", b"{\"ids\":[2],\"owner_id\":\"u-rep2\"}\x00"),
+        (
+            "overlong UTF-8",
+            b"{\"ids\":[2],\"owner_id\":\"u-rep\xc0\xb2\"}",
+        ),
+        (
+            "lone surrogate",
+            br#"{"ids":[2],"owner_id":"u-rep2\ud800"}"#,
+        ),
+        (
+            "raw control character",
+            b"{\"ids\":[2],\"owner_id\":\"u-\x01rep2\"}",
+        ),
+        (
+            "NUL after document",
+            b"{\"ids\":[2],\"owner_id\":\"u-rep2\"}\x00",
+        ),
         ("empty body", b""),
         ("null", b"null"),
         ("array top level", br#"[2,3]"#),
@@ -137,7 +234,11 @@ async fn bodies_on_an_inspected_route() {
         "]".repeat(200)
     );
     add("deep nesting", JSON, deep.as_bytes(), 400, None);
-    let deep_ids = format!("{{\"ids\":{}2{},\"owner_id\":\"u-rep2\"}}", "[".repeat(100), "]".repeat(100));
+    let deep_ids = format!(
+        "{{\"ids\":{}2{},\"owner_id\":\"u-rep2\"}}",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
     add("deep nesting in ids", JSON, deep_ids.as_bytes(), 400, None);
     // Content types and encodings: only JSON in UTF-8, uncompressed, is read.
     let ok_body = br#"{"ids":[2,3],"owner_id":"u-rep2"}"#;
@@ -155,8 +256,22 @@ async fn bodies_on_an_inspected_route() {
     ] {
         add(&format!("content type {ct:?}"), ct, ok_body, 415, None);
     }
-    add("two content types", "Content-Type: application/json\r\nContent-Type: text/plain\r\n", ok_body, 400, None);
-    for enc in ["gzip", "deflate", "br", "zstd", "compress", "gzip, identity", "x-unknown"] {
+    add(
+        "two content types",
+        "Content-Type: application/json\r\nContent-Type: text/plain\r\n",
+        ok_body,
+        400,
+        None,
+    );
+    for enc in [
+        "gzip",
+        "deflate",
+        "br",
+        "zstd",
+        "compress",
+        "gzip, identity",
+        "x-unknown",
+    ] {
         add(
             &format!("content-encoding {enc}"),
             &format!("{JSON}Content-Encoding: {enc}\r\n"),
@@ -171,6 +286,15 @@ async fn bodies_on_an_inspected_route() {
         vec!["2"; 600_000].join(",")
     );
     add("over the body limit", JSON, big.as_bytes(), 413, None);
+    let many: Vec<String> = (1..=10_001).map(|n| n.to_string()).collect();
+    let many = format!("{{\"ids\":[{}],\"owner_id\":\"u-rep2\"}}", many.join(","));
+    add(
+        "more items than body.max_items",
+        JSON,
+        many.as_bytes(),
+        413,
+        None,
+    );
     let n = cases.len();
     for (name, extra, body, status, crm) in cases {
         h.clear();
