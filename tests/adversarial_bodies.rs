@@ -60,6 +60,9 @@ fn post(extra: &str, body: &[u8]) -> Vec<u8> {
 
 const JSON: &str = "Content-Type: application/json\r\n";
 
+/// (name, extra headers, body, status, exact body the CRM receives if forwarded)
+type BodyCase = (String, String, Vec<u8>, u16, Option<&'static str>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_on_an_inspected_route() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,8 +70,7 @@ async fn bodies_on_an_inspected_route() {
     std::fs::write(dir.path().join("snapshot.json"), snapshot()).unwrap();
     let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
 
-    // (name, extra headers, body, status, exact body the CRM receives if forwarded)
-    let mut cases: Vec<(String, String, Vec<u8>, u16, Option<&str>)> = Vec::new();
+    let mut cases: Vec<BodyCase> = Vec::new();
     let mut add = |name: &str, extra: &str, body: &[u8], status: u16, crm: Option<&'static str>| {
         cases.push((name.into(), extra.into(), body.to_vec(), status, crm));
     };
