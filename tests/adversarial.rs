@@ -785,12 +785,20 @@ async fn jwt_attacks() {
     // The demo HS256 key plus an ES256 key, to try algorithm confusion with its public key.
     let ec = rcgen::KeyPair::generate().unwrap();
     let public_pem = ec.public_key_pem();
+    // And an RS256 key: the classic RS→HS confusion signs HMAC with the RSA public key.
+    let keys = repo().join("tests/data/keys");
+    let rsa_public = std::fs::read_to_string(keys.join("rs256-public.pem")).unwrap();
+    let rsa_private = std::fs::read(keys.join("rs256-private.pem")).unwrap();
     let config = demo_config_text().replacen(
         "[identity.api_keys]",
-        "[[identity.jwt.keys]]\nkid = \"ec1\"\nalg = \"ES256\"\npublic_key_file = \"ec1.pem\"\n\n[identity.api_keys]",
+        "[[identity.jwt.keys]]\nkid = \"ec1\"\nalg = \"ES256\"\npublic_key_file = \"ec1.pem\"\n\n[[identity.jwt.keys]]\nkid = \"rs1\"\nalg = \"RS256\"\npublic_key_file = \"rs1.pem\"\n\n[identity.api_keys]",
         1,
     );
-    let h = Harness::with_config_text(&config, &[("ec1.pem", &public_pem)]).await;
+    let h = Harness::with_config_text(
+        &config,
+        &[("ec1.pem", &public_pem), ("rs1.pem", &rsa_public)],
+    )
+    .await;
     let secret = permgate::demo::DEMO_SECRET.as_bytes();
     let demo = json!({"alg": "HS256", "typ": "JWT", "kid": "demo-hs256"});
     let with = |f: &dyn Fn(&mut serde_json::Value)| {
@@ -811,6 +819,15 @@ async fn jwt_attacks() {
     let mut ec_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     ec_header.kid = Some("ec1".into());
     let ec_good = jsonwebtoken::encode(&ec_header, &claims(), &ec_priv).unwrap();
+    let mut rs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    rs_header.kid = Some("rs1".into());
+    let rs_key = jsonwebtoken::EncodingKey::from_rsa_pem(&rsa_private).unwrap();
+    let rs_good = jsonwebtoken::encode(&rs_header, &claims(), &rs_key).unwrap();
+    let rs_sig = rs_good.rsplit('.').next().unwrap().to_string();
+    let rsa_body: String = rsa_public
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
     let mut cases = vec![
         case(
             "good HS256",
@@ -818,6 +835,20 @@ async fn jwt_attacks() {
                 "/api/v1/customers/1",
                 "",
                 &format!("Authorization: Bearer {good}\r\n"),
+            ),
+            200,
+            Crm::Exactly {
+                method: "GET",
+                target: "/api/v1/customers/1",
+                user: "u-admin",
+            },
+        ),
+        case(
+            "good RS256",
+            get(
+                "/api/v1/customers/1",
+                "",
+                &format!("Authorization: Bearer {rs_good}\r\n"),
             ),
             200,
             Crm::Exactly {
@@ -876,6 +907,46 @@ async fn jwt_attacks() {
                 public_pem.as_bytes(),
                 HS256,
             ),
+        ),
+        (
+            "RS -> HS with the RSA public key",
+            hs(
+                &json!({"alg":"HS256","kid":"rs1"}),
+                &claims(),
+                rsa_public.as_bytes(),
+                HS256,
+            ),
+        ),
+        (
+            "RS -> HS, key body only",
+            hs(
+                &json!({"alg":"HS256","kid":"rs1"}),
+                &claims(),
+                rsa_body.as_bytes(),
+                HS256,
+            ),
+        ),
+        (
+            "RS -> HS, no kid",
+            hs(
+                &json!({"alg":"HS256"}),
+                &claims(),
+                rsa_public.as_bytes(),
+                HS256,
+            ),
+        ),
+        (
+            "RS256 header, HMAC signature",
+            hs(
+                &json!({"alg":"RS256","kid":"rs1"}),
+                &claims(),
+                rsa_public.as_bytes(),
+                HS256,
+            ),
+        ),
+        (
+            "RS signature under the EC kid",
+            format!("{}.{gc}.{rs_sig}", b64(br#"{"alg":"RS256","kid":"ec1"}"#)),
         ),
         (
             "ES -> HS, trimmed public key",
