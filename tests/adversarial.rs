@@ -325,6 +325,26 @@ async fn path_confusion() {
             },
         ));
     }
+    // Request lines: methods the routes do not name, odd versions, CONNECT.
+    for (name, line, status) in [
+        ("lowercase method", "get /api/v1/customers/1 HTTP/1.1", 404),
+        ("TRACE", "TRACE /api/v1/customers/1 HTTP/1.1", 404),
+        ("unknown method", "PURGE /api/v1/customers/1 HTTP/1.1", 404),
+        (
+            "DELETE on a read-only route",
+            "DELETE /api/v1/search HTTP/1.1",
+            404,
+        ),
+        ("CONNECT", "CONNECT crm:443 HTTP/1.1", 405),
+        ("HTTP/1.2", "GET /api/v1/customers/1 HTTP/1.2", 400),
+        ("HTTP/2.0 over h1", "GET /api/v1/customers/1 HTTP/2.0", 400),
+        ("HTTP/0.9", "GET /api/v1/customers/1", 400),
+        ("two spaces", "GET  /api/v1/customers/1 HTTP/1.1", 400),
+        ("tab separator", "GET\t/api/v1/customers/1 HTTP/1.1", 400),
+    ] {
+        let req = format!("{line}\r\nHost: crm\r\n{admin}Connection: close\r\n\r\n");
+        cases.push(case(name, req, status, Crm::Nothing));
+    }
     let long = format!("/api/v1/customers/{}", "a".repeat(9000));
     cases.push(coded(
         "long target",
