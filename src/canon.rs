@@ -94,7 +94,7 @@
 //! | more than one `Content-Length`, or one that is not plain digits fitting a `u64` | `ambiguous_framing` |
 //! | `Transfer-Encoding` other than a single header exactly `chunked` (lowercase) | `ambiguous_framing`  |
 //! | `Connection` listing `host`, `content-length`, `transfer-encoding` or `authorization` | `bad_connection_header` |
-//! | a method-override name spelled with `_` or `.` (`X_HTTP_Method_Override`) | `method_override`       |
+//! | a method-override name spelled with `_`, `.` or other punctuation (`X_HTTP_Method_Override`) | `method_override`       |
 //! | a framing, credential or hop-by-hop name so spelled (`Content_Length`)    | `disguised_header`      |
 //!
 //! [`hop_by_hop_headers`] lists what a proxy must not forward: `connection`, `keep-alive`,
@@ -174,7 +174,7 @@ pub enum CanonError {
     AmbiguousFraming,
     /// `Connection` lists a header the proxy must never strip.
     BadConnectionHeader,
-    /// A header name spelled with `_` or `.` that a backend reading those as `-` would take for
+    /// A header name spelled with `_`, `.` or other punctuation that a backend reading those as `-` would take for
     /// a framing or credential header (`Content_Length`, `Transfer.Encoding`).
     DisguisedHeader,
     /// More request headers, or more header bytes, than `listen.max_headers` /
@@ -267,7 +267,7 @@ impl CanonError {
                 "The Connection header lists a header that cannot be hop-by-hop."
             }
             CanonError::DisguisedHeader => {
-                "A header name spells a framing or credential header with '_' or '.'."
+                "A header name spells a framing or credential header with '_', '.' or the like."
             }
             CanonError::HeadersTooLarge => "The request has too many or too large headers.",
         }
@@ -632,7 +632,7 @@ const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
-/// Names a client must not disguise with `_` or `.` (CGI, PHP, and several Java and Python
+/// Names a client must not disguise with `_`, `.` or other punctuation (CGI, PHP, and several Java and Python
 /// servers read `Content_Length` as `Content-Length`): the framing and credential headers and
 /// the hop-by-hop ones. Disguised identity headers are stripped instead (the glue asks
 /// [`disguised_copies`]), since their names come from the config.
@@ -650,25 +650,41 @@ const UNDISGUISABLE: [&str; 11] = [
     "proxy-connection",
 ];
 
-/// Whether header name `name` (lowercase, as `http` stores it) reads as `target` when `_` and
-/// `.` are taken for `-`, while not being spelled `target` itself.
+/// Whether a header-name byte is punctuation other than `-` (`_`, `.`, `~`, `!`, …): CGI
+/// (`HTTP_X_REMOTE_USER`) and servers built on it read every one of them as the same separator.
+fn disguises(b: u8) -> bool {
+    !(b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Whether header name `name` (lowercase, as `http` stores it) reads as `target` when `_`, `.`
+/// and other punctuation are taken for `-`, while not being spelled `target` itself.
 pub fn folds_to(name: &str, target: &str) -> bool {
     name.len() == target.len()
         && name != target
         && name.bytes().zip(target.bytes()).all(|(a, b)| {
-            let a = if a == b'_' || a == b'.' { b'-' } else { a };
+            let a = if disguises(a) { b'-' } else { a };
             a == b
         })
 }
 
-/// Header names spelled with `_` or `.` whose `-` reading satisfies `sensitive` (given the
-/// folded, lowercase name): copies of identity headers to strip before forwarding.
+/// Header names spelled with `_`, `.` or other punctuation whose `-` reading satisfies
+/// `sensitive` (given the folded, lowercase name): copies of identity headers to strip before
+/// forwarding.
 pub fn disguised_copies(headers: &HeaderMap, sensitive: impl Fn(&str) -> bool) -> Vec<HeaderName> {
     let mut out = Vec::new();
     for name in headers.keys() {
         let n = name.as_str();
-        if n.bytes().any(|b| b == b'_' || b == b'.') {
-            let folded = n.replace(['_', '.'], "-");
+        if n.bytes().any(disguises) {
+            let folded: String = n
+                .chars()
+                .map(|c| {
+                    if c.is_ascii() && disguises(c as u8) {
+                        '-'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
             if sensitive(&folded) && !out.contains(name) {
                 out.push(name.clone());
             }
@@ -727,7 +743,7 @@ pub fn check_headers(headers: &HeaderMap) -> Result<(), CanonError> {
     }
     for name in headers.keys() {
         let n = name.as_str();
-        if !n.bytes().any(|b| b == b'_' || b == b'.') {
+        if !n.bytes().any(disguises) {
             continue;
         }
         if METHOD_OVERRIDE_HEADERS.iter().any(|m| folds_to(n, m)) {
@@ -1174,6 +1190,11 @@ mod tests {
         assert!(folds_to("x_permgate_user", "x-permgate-user"));
         assert!(!folds_to("x-permgate-user", "x-permgate-user"));
         assert!(!folds_to("x_permgate_users", "x-permgate-user"));
+        assert!(folds_to("x~remote!user", "x-remote-user"));
+        assert_eq!(
+            check_headers(&headers(&[("content~length", "1")])),
+            Err(CanonError::DisguisedHeader)
+        );
         let h = headers(&[
             ("x_permgate_user", "a"),
             ("x.remote.user", "b"),

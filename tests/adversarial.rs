@@ -84,9 +84,12 @@ const SPOOFABLE: &[&str] = &[
     "x-method-override",
 ];
 
-/// A header name as a legacy CRM might fold it: lowercase, `_` and `.` read as `-`.
+/// A header name as a legacy CRM might fold it: lowercase, punctuation read as `-`.
 fn folded(name: &str) -> String {
-    name.to_ascii_lowercase().replace(['_', '.'], "-")
+    name.to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
 }
 
 /// Run a table on one gateway; returns how many cases ran.
@@ -397,6 +400,7 @@ async fn identity_headers_and_overrides() {
             name.replace('-', "_"),
             name.replace('-', "."),
             name.to_ascii_lowercase().replace('-', "_"),
+            name.replace('-', "~"),
         ] {
             let value = if name.contains("URL") {
                 "/api/v1/campaigns/1"
@@ -454,6 +458,8 @@ async fn identity_headers_and_overrides() {
         "transfer.encoding: chunked",
         "Proxy_Authorization: Basic eA==",
         "Keep_Alive: 1",
+        "Content~Length: 0",
+        "Transfer!Encoding: chunked",
     ] {
         cases.push(coded(
             name,
