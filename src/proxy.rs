@@ -593,6 +593,14 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // The total timeout covers a streamed body too: a client trickling it is cut off (408).
+        if remaining(ctx.deadline).is_err() {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "request body past the total timeout",
+            )
+            .into_down());
+        }
         // An inspected route: the client's body was read and checked in `request_filter`;
         // what goes upstream is only the checked copy, whatever Pingora hands us here.
         if ctx.forward_body.is_none() && !ctx.body_replaced {

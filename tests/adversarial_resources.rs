@@ -17,6 +17,7 @@ fn config() -> String {
             "threads = 1\nbody_read_timeout_ms = 1000\nkeepalive_timeout_seconds = 1\n",
             1,
         )
+        .replacen("total_timeout_ms = 30000", "total_timeout_ms = 3000", 1)
         .replacen(
             "path = \"/api/v1/leads/bulk-reassign\"\npermission = \"lead.reassign\"",
             "path = \"/api/v1/leads/bulk-reassign\"\npermission = \"lead.reassign\"\nbulk = { type = \"lead\", items = \"/ids\" }",
@@ -126,6 +127,38 @@ async fn resources_are_bounded() {
         cases += 1;
         healthy(&h);
     }
+
+    // 3b. A body trickled within the read timeout: cut off at the total timeout (3 s here).
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.write_all(format!("POST /api/v1/customers/1/subscribe HTTP/1.1\r\nHost: crm\r\nAuthorization: {admin}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n").as_bytes())
+        .unwrap();
+    let start = Instant::now();
+    s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    while start.elapsed() < Duration::from_secs(10) {
+        if s.write_all(b" ").is_err() {
+            break;
+        }
+        s.set_nonblocking(true).unwrap();
+        let mut peek = [0u8; 1];
+        let answered =
+            !matches!(s.peek(&mut peek), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        s.set_nonblocking(false).unwrap();
+        if answered {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (text, _, _) = read_until_close(&mut s, Duration::from_secs(3));
+    let took = start.elapsed();
+    println!(
+        "  trickled body: {:?}, cut after {took:?}",
+        text.lines().next()
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let status = status_of(&text);
+    assert!(status == 408 || status == 0, "{text}");
+    cases += 1;
+    healthy(&h);
 
     // 4. An endless chunked body on an inspected route: 413 once over the limit.
     h.clear();
