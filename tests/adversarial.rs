@@ -719,6 +719,15 @@ async fn request_smuggling() {
                 r.target == "/api/v1/customers/1/subscribe" || r.target == "/api/v1/customers/1",
                 "{name}: {got:?}"
             );
+            // Both framings at once: Pingora reads chunked and drops Content-Length, so the
+            // CRM gets one framing only.
+            if name.contains("Content-Length") && name.contains("Transfer-Encoding") {
+                assert!(
+                    recorded_header(r, "content-length").is_empty(),
+                    "{name}: {r:?}"
+                );
+                assert_eq!(recorded_header(r, "transfer-encoding"), vec!["chunked"]);
+            }
             assert_eq!(recorded_header(r, "x-permgate-user"), vec!["u-admin"]);
             assert!(recorded_header(r, "upgrade").is_empty(), "{name}: {r:?}");
             assert!(recorded_header(r, "http2-settings").is_empty(), "{name}");

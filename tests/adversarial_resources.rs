@@ -218,6 +218,23 @@ async fn resources_are_bounded() {
         healthy(&h);
     }
 
+    // 5b. An idle HTTP/2 connection is closed after the keep-alive timeout too.
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::get(h.url("/api/v1/customers/1"))
+        .header("authorization", admin.as_str())
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    let start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), conn).await;
+    assert!(ended.is_ok(), "an idle h2 connection is closed");
+    println!("  idle h2 connection closed after {:?}", start.elapsed());
+    cases += 1;
+
     // 6. Many slow-header connections at once do not starve other callers.
     let mut idle: Vec<TcpStream> = (0..200)
         .map(|_| {
