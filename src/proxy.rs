@@ -526,7 +526,7 @@ impl ProxyHttp for Gateway {
         for name in &f.strip_headers {
             upstream.remove_header(name);
         }
-        // The same names spelled with `_` or `.` (a CGI or PHP backend reads them as `-`).
+        // The same names spelled with `_`, `.` or other punctuation (CGI and PHP read them as `-`).
         let sensitive = |folded: &str| {
             folded.starts_with(OWN_HEADER_PREFIX)
                 || [&f.user_header, &f.roles_header, &f.request_id_header]
