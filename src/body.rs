@@ -100,12 +100,17 @@ pub enum BodyError {
     UnexpectedKey {
         key: String,
     },
+    /// More items than the route's `body.max_items`.
+    TooManyItems {
+        max: usize,
+    },
 }
 
 impl BodyError {
     pub fn status(&self) -> u16 {
         match self {
             BodyError::Json(e) => e.status(),
+            BodyError::TooManyItems { .. } => 413,
             _ => 400,
         }
     }
@@ -119,6 +124,7 @@ impl BodyError {
             BodyError::DuplicateItem { .. } => "duplicate_item",
             BodyError::BadValue { .. } => "invalid_body",
             BodyError::UnexpectedKey { .. } => "unexpected_key",
+            BodyError::TooManyItems { .. } => "too_many_items",
         }
     }
 }
@@ -138,6 +144,12 @@ impl std::fmt::Display for BodyError {
                 "the body's key '{}' is not one this route accepts",
                 key.escape_debug()
             ),
+            BodyError::TooManyItems { max } => {
+                write!(
+                    f,
+                    "the body holds more than {max} items; send several calls"
+                )
+            }
         }
     }
 }
@@ -226,6 +238,8 @@ struct Judge<C> {
     id_at: String,
     duplicates: Duplicates,
     check: C,
+    /// Items beyond this many refuse the body.
+    max_items: usize,
     /// Ids already seen, with a hash keyed at random per call (ids come from the client).
     seen: HashSet<RecordId, KeyedState>,
     removed_ids: Vec<RecordId>,
@@ -236,6 +250,7 @@ struct Judge<C> {
 impl<C: FnMut(&RecordId) -> bool> Judge<C> {
     fn new(spec: &Items, duplicates: Duplicates, check: C, expect: usize) -> Self {
         Judge {
+            max_items: usize::MAX,
             kind: spec.kind,
             id_at: spec.id_at.to_string(),
             duplicates,
@@ -260,6 +275,11 @@ impl<C: FnMut(&RecordId) -> bool> Judge<C> {
         index: usize,
         id: Option<&Scalar<'_>>,
     ) -> Result<Option<RecordId>, BodyError> {
+        if index >= self.max_items {
+            return Err(BodyError::TooManyItems {
+                max: self.max_items,
+            });
+        }
         let id = match id {
             None => {
                 return Err(BodyError::BadItem {
@@ -341,6 +361,7 @@ pub fn trim_capturing<'a>(
     let (spec, duplicates) = bulk.unwrap_or((&default_spec, Duplicates::Reject));
     // The item count is unknown until the end: the duplicate set grows as it goes.
     let mut judge = Judge::new(spec, duplicates, check, 0);
+    judge.max_items = limits.max_items;
     let select = Select {
         items,
         id_at,
@@ -727,6 +748,32 @@ mod tests {
             ),
             Err((400, "duplicate_key"))
         );
+    }
+
+    #[test]
+    fn too_many_items_is_413() {
+        let limits = Limits {
+            max_items: 3,
+            ..Limits::default()
+        };
+        let spec = ids_spec("/ids");
+        let ok = trim(
+            br#"{"ids":[1,2,3]}"#,
+            &limits,
+            &spec,
+            Duplicates::Reject,
+            even,
+        );
+        assert_eq!(ok.map(|t| t.kept), Ok(1));
+        let e = trim(
+            br#"{"ids":[1,2,3,4]}"#,
+            &limits,
+            &spec,
+            Duplicates::Reject,
+            even,
+        );
+        let e = e.unwrap_err();
+        assert_eq!((e.status(), e.code()), (413, "too_many_items"));
     }
 
     #[test]

@@ -89,11 +89,13 @@
 //! | Condition                                                                 | Error                   |
 //! |---------------------------------------------------------------------------|-------------------------|
 //! | `X-HTTP-Method-Override`, `X-HTTP-Method` or `X-Method-Override` present  | `method_override`       |
-//! | more than one `Host`, or more than one `Authorization`                    | `duplicate_header`      |
+//! | more than one `Host`, `Authorization` or `Content-Type`                   | `duplicate_header`      |
 //! | both `Content-Length` and `Transfer-Encoding`                             | `ambiguous_framing`     |
 //! | more than one `Content-Length`, or one that is not plain digits fitting a `u64` | `ambiguous_framing` |
 //! | `Transfer-Encoding` other than a single header exactly `chunked` (lowercase) | `ambiguous_framing`  |
 //! | `Connection` listing `host`, `content-length`, `transfer-encoding` or `authorization` | `bad_connection_header` |
+//! | a method-override name spelled with `_`, `.` or other punctuation (`X_HTTP_Method_Override`) | `method_override`       |
+//! | a framing, credential or hop-by-hop name so spelled (`Content_Length`)    | `disguised_header`      |
 //!
 //! [`hop_by_hop_headers`] lists what a proxy must not forward: `connection`, `keep-alive`,
 //! `proxy-connection`, `te`, `trailer`, `upgrade`, `proxy-authorization`, `proxy-authenticate`,
@@ -166,17 +168,23 @@ pub enum CanonError {
     OverlongUtf8,
     /// A method override header is present.
     MethodOverride,
-    /// More than one `Host` or `Authorization` header.
+    /// More than one `Host`, `Authorization` or `Content-Type` header.
     DuplicateHeader,
     /// Conflicting or malformed `Content-Length` / `Transfer-Encoding`.
     AmbiguousFraming,
     /// `Connection` lists a header the proxy must never strip.
     BadConnectionHeader,
+    /// A header name spelled with `_`, `.` or other punctuation that a backend reading those as `-` would take for
+    /// a framing or credential header (`Content_Length`, `Transfer.Encoding`).
+    DisguisedHeader,
+    /// More request headers, or more header bytes, than `listen.max_headers` /
+    /// `listen.max_header_bytes`.
+    HeadersTooLarge,
 }
 
 impl CanonError {
     /// Every variant, for documentation and exhaustive tests.
-    pub const ALL: [CanonError; 18] = [
+    pub const ALL: [CanonError; 20] = [
         CanonError::NotOriginForm,
         CanonError::TooLong,
         CanonError::ControlCharacter,
@@ -195,6 +203,8 @@ impl CanonError {
         CanonError::DuplicateHeader,
         CanonError::AmbiguousFraming,
         CanonError::BadConnectionHeader,
+        CanonError::DisguisedHeader,
+        CanonError::HeadersTooLarge,
     ];
 
     /// Stable snake_case error code for the JSON error body.
@@ -218,6 +228,8 @@ impl CanonError {
             CanonError::DuplicateHeader => "duplicate_header",
             CanonError::AmbiguousFraming => "ambiguous_framing",
             CanonError::BadConnectionHeader => "bad_connection_header",
+            CanonError::DisguisedHeader => "disguised_header",
+            CanonError::HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -246,7 +258,7 @@ impl CanonError {
             CanonError::OverlongUtf8 => "The path contains an overlong UTF-8 encoding.",
             CanonError::MethodOverride => "Method override headers are not allowed.",
             CanonError::DuplicateHeader => {
-                "The request has more than one Host or Authorization header."
+                "The request has more than one Host, Authorization or Content-Type header."
             }
             CanonError::AmbiguousFraming => {
                 "The request's Content-Length / Transfer-Encoding headers are ambiguous."
@@ -254,13 +266,19 @@ impl CanonError {
             CanonError::BadConnectionHeader => {
                 "The Connection header lists a header that cannot be hop-by-hop."
             }
+            CanonError::DisguisedHeader => {
+                "A header name spells a framing or credential header with '_', '.' or the like."
+            }
+            CanonError::HeadersTooLarge => "The request has too many or too large headers.",
         }
     }
 
-    /// HTTP status for this error: 414 for [`CanonError::TooLong`], 400 otherwise.
+    /// HTTP status for this error: 414 for [`CanonError::TooLong`], 431 for
+    /// [`CanonError::HeadersTooLarge`], 400 otherwise.
     pub fn status(self) -> u16 {
         match self {
             CanonError::TooLong => 414,
+            CanonError::HeadersTooLarge => 431,
             _ => 400,
         }
     }
@@ -614,6 +632,67 @@ const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
+/// Names a client must not disguise with `_`, `.` or other punctuation (CGI, PHP, and several Java and Python
+/// servers read `Content_Length` as `Content-Length`): the framing and credential headers and
+/// the hop-by-hop ones. Disguised identity headers are stripped instead (the glue asks
+/// [`disguised_copies`]), since their names come from the config.
+const UNDISGUISABLE: [&str; 11] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "authorization",
+    "proxy-authorization",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// Whether a header-name byte is punctuation other than `-` (`_`, `.`, `~`, `!`, …): CGI
+/// (`HTTP_X_REMOTE_USER`) and servers built on it read every one of them as the same separator.
+fn disguises(b: u8) -> bool {
+    !(b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Whether header name `name` (lowercase, as `http` stores it) reads as `target` when `_`, `.`
+/// and other punctuation are taken for `-`, while not being spelled `target` itself.
+pub fn folds_to(name: &str, target: &str) -> bool {
+    name.len() == target.len()
+        && name != target
+        && name.bytes().zip(target.bytes()).all(|(a, b)| {
+            let a = if disguises(a) { b'-' } else { a };
+            a == b
+        })
+}
+
+/// Header names spelled with `_`, `.` or other punctuation whose `-` reading satisfies
+/// `sensitive` (given the folded, lowercase name): copies of identity headers to strip before
+/// forwarding.
+pub fn disguised_copies(headers: &HeaderMap, sensitive: impl Fn(&str) -> bool) -> Vec<HeaderName> {
+    let mut out = Vec::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        if n.bytes().any(disguises) {
+            let folded: String = n
+                .chars()
+                .map(|c| {
+                    if c.is_ascii() && disguises(c as u8) {
+                        '-'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            if sensitive(&folded) && !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Headers a client must not be able to make the proxy strip via `Connection`.
 const PROTECTED_HEADERS: [HeaderName; 4] = [
     header::HOST,
@@ -654,8 +733,25 @@ pub fn check_headers(headers: &HeaderMap) -> Result<(), CanonError> {
     {
         return Err(CanonError::MethodOverride);
     }
-    if more_than_one(headers, &header::HOST) || more_than_one(headers, &header::AUTHORIZATION) {
+    // A second Content-Type could make the CRM read a body permgate inspected as JSON as
+    // something else (or the reverse).
+    if more_than_one(headers, &header::HOST)
+        || more_than_one(headers, &header::AUTHORIZATION)
+        || more_than_one(headers, &header::CONTENT_TYPE)
+    {
         return Err(CanonError::DuplicateHeader);
+    }
+    for name in headers.keys() {
+        let n = name.as_str();
+        if !n.bytes().any(disguises) {
+            continue;
+        }
+        if METHOD_OVERRIDE_HEADERS.iter().any(|m| folds_to(n, m)) {
+            return Err(CanonError::MethodOverride);
+        }
+        if UNDISGUISABLE.iter().any(|m| folds_to(n, m)) {
+            return Err(CanonError::DisguisedHeader);
+        }
     }
 
     let mut content_lengths = headers.get_all(header::CONTENT_LENGTH).iter();
@@ -686,6 +782,26 @@ pub fn check_headers(headers: &HeaderMap) -> Result<(), CanonError> {
     });
     if strips_protected {
         return Err(CanonError::BadConnectionHeader);
+    }
+    Ok(())
+}
+
+/// At most `max_count` headers and `max_bytes` of names and values (each header counted as
+/// `name: value` plus its line end, as on the wire).
+pub fn check_header_limits(
+    headers: &HeaderMap,
+    max_count: usize,
+    max_bytes: usize,
+) -> Result<(), CanonError> {
+    if headers.len() > max_count {
+        return Err(CanonError::HeadersTooLarge);
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if bytes > max_bytes {
+        return Err(CanonError::HeadersTooLarge);
     }
     Ok(())
 }
@@ -1001,10 +1117,10 @@ mod tests {
             );
             assert!(error.message().ends_with('.'), "{code}");
             assert_eq!(error.to_string(), error.message());
-            let expected_status = if error == CanonError::TooLong {
-                414
-            } else {
-                400
+            let expected_status = match error {
+                CanonError::TooLong => 414,
+                CanonError::HeadersTooLarge => 431,
+                _ => 400,
             };
             assert_eq!(error.status(), expected_status, "{code}");
         }
@@ -1032,6 +1148,64 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn header_limits() {
+        let h = headers(&[("a", "1"), ("b", "22"), ("b", "3")]);
+        assert_eq!(check_header_limits(&h, 3, 100), Ok(()));
+        assert_eq!(
+            check_header_limits(&h, 2, 100),
+            Err(CanonError::HeadersTooLarge)
+        );
+        // a: 1 (6) + b: 22 (7) + b: 3 (6) = 19 bytes
+        assert_eq!(check_header_limits(&h, 3, 19), Ok(()));
+        assert_eq!(
+            check_header_limits(&h, 3, 18),
+            Err(CanonError::HeadersTooLarge)
+        );
+        assert_eq!(CanonError::HeadersTooLarge.status(), 431);
+    }
+
+    #[test]
+    fn disguised_framing_and_override_headers_are_refused() {
+        for name in [
+            "content_length",
+            "Content.Length",
+            "transfer_encoding",
+            "authorization_x",
+            "x_http_method_override",
+            "X.HTTP.Method",
+            "x_method_override",
+            "upgrade",
+        ] {
+            let h = headers(&[(name, "1")]);
+            let want = match name.to_ascii_lowercase().as_str() {
+                "authorization_x" | "upgrade" => Ok(()),
+                n if n.contains("method") => Err(CanonError::MethodOverride),
+                _ => Err(CanonError::DisguisedHeader),
+            };
+            assert_eq!(check_headers(&h), want, "{name}");
+        }
+        assert!(folds_to("x_permgate_user", "x-permgate-user"));
+        assert!(!folds_to("x-permgate-user", "x-permgate-user"));
+        assert!(!folds_to("x_permgate_users", "x-permgate-user"));
+        assert!(folds_to("x~remote!user", "x-remote-user"));
+        assert_eq!(
+            check_headers(&headers(&[("content~length", "1")])),
+            Err(CanonError::DisguisedHeader)
+        );
+        let h = headers(&[
+            ("x_permgate_user", "a"),
+            ("x.remote.user", "b"),
+            ("x_kept", "c"),
+        ]);
+        let sensitive = |n: &str| n.starts_with("x-permgate-") || n == "x-remote-user";
+        let got: Vec<String> = disguised_copies(&h, sensitive)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(got, ["x_permgate_user", "x.remote.user"]);
     }
 
     type HeaderCase = (

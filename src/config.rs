@@ -150,6 +150,16 @@ struct RawListen {
     read_buffer_bytes: Spanned<usize>,
     #[serde(default = "default_write_buffer")]
     write_buffer_bytes: Spanned<usize>,
+    #[serde(default = "default_max_headers")]
+    max_headers: usize,
+    #[serde(default = "default_max_header_bytes")]
+    max_header_bytes: usize,
+    #[serde(default = "default_body_read_timeout_ms")]
+    body_read_timeout_ms: u64,
+    #[serde(default = "default_keepalive_timeout_seconds")]
+    keepalive_timeout_seconds: u64,
+    #[serde(default = "default_h2_max_concurrent_streams")]
+    h2_max_concurrent_streams: u32,
 }
 
 fn default_read_buffer() -> Spanned<usize> {
@@ -158,6 +168,22 @@ fn default_read_buffer() -> Spanned<usize> {
 
 fn default_write_buffer() -> Spanned<usize> {
     Spanned::new(0..0, 1460)
+}
+
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_body_read_timeout_ms() -> u64 {
+    30_000
+}
+fn default_keepalive_timeout_seconds() -> u64 {
+    60
+}
+fn default_h2_max_concurrent_streams() -> u32 {
+    100
 }
 
 #[derive(Deserialize)]
@@ -312,7 +338,7 @@ impl Default for RawForward {
 }
 
 /// Client headers a legacy CRM may trust for identity or origin; removed by default.
-pub const DEFAULT_STRIP_HEADERS: [&str; 12] = [
+pub const DEFAULT_STRIP_HEADERS: [&str; 21] = [
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
@@ -325,6 +351,16 @@ pub const DEFAULT_STRIP_HEADERS: [&str; 12] = [
     "x-authenticated-user",
     "remote-user",
     "x-original-url",
+    // Rewrites and origin hints some frameworks honour (IIS, Symfony, Spring, Rack).
+    "x-rewrite-url",
+    "x-original-host",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-host",
+    "true-client-ip",
+    "x-cluster-client-ip",
 ];
 
 fn default_strip_headers() -> Vec<String> {
@@ -494,6 +530,16 @@ pub struct Listen {
     /// waits, so they bound idle memory; 0 disables buffering in that direction.
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
+    /// Most request headers (431 `headers_too_large` above; Pingora's own cap is 256).
+    pub max_headers: usize,
+    /// Most bytes of request headers, names and values (431 above).
+    pub max_header_bytes: usize,
+    /// Longest wait for the next piece of a request body.
+    pub body_read_timeout: Duration,
+    /// How long an idle HTTP/1.1 keep-alive connection (or an idle HTTP/2 connection) is kept.
+    pub keepalive_timeout_seconds: u64,
+    /// Most concurrent streams per HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -765,6 +811,43 @@ impl Config {
                 "listen.threads",
                 "must be between 1 and 256",
             ));
+        }
+        let l = &raw.listen;
+        for (field, ok, range) in [
+            (
+                "listen.max_headers",
+                (1..=256).contains(&l.max_headers),
+                "between 1 and 256",
+            ),
+            (
+                "listen.max_header_bytes",
+                (1024..=1_048_575).contains(&l.max_header_bytes),
+                "between 1024 and 1048575",
+            ),
+            (
+                "listen.body_read_timeout_ms",
+                (100..=600_000).contains(&l.body_read_timeout_ms),
+                "between 100 and 600000",
+            ),
+            (
+                "listen.keepalive_timeout_seconds",
+                (1..=3600).contains(&l.keepalive_timeout_seconds),
+                "between 1 and 3600",
+            ),
+            (
+                "listen.h2_max_concurrent_streams",
+                (1..=10_000).contains(&l.h2_max_concurrent_streams),
+                "between 1 and 10000",
+            ),
+        ] {
+            if !ok {
+                errors.push(ConfigError::new(
+                    file,
+                    locate(text, field),
+                    field,
+                    format!("must be {range}"),
+                ));
+            }
         }
         if raw.listen.address.get_ref().parse::<SocketAddr>().is_err() {
             errors.push(ConfigError::new(
@@ -1411,6 +1494,11 @@ impl Config {
                         .as_ref()
                         .map(|p| base.join(p))
                         .unwrap_or_else(|| PathBuf::from("/tmp/permgate-upgrade.sock")),
+                    max_headers: raw.listen.max_headers,
+                    max_header_bytes: raw.listen.max_header_bytes,
+                    body_read_timeout: Duration::from_millis(raw.listen.body_read_timeout_ms),
+                    keepalive_timeout_seconds: raw.listen.keepalive_timeout_seconds,
+                    h2_max_concurrent_streams: raw.listen.h2_max_concurrent_streams,
                 },
                 upstream: Upstream {
                     address,

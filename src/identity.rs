@@ -630,6 +630,21 @@ impl Verifier {
     }
 }
 
+/// Whether the JOSE header of `token` (already decoded once by `decode_header`) has `crit`.
+fn header_has_crit(token: &str) -> bool {
+    use base64::Engine;
+    let Some(part) = token.split('.').next() else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part) else {
+        return true; // decode_header accepted it; anything else here is suspect: refuse
+    };
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes) {
+        Ok(map) => map.contains_key("crit"),
+        Err(_) => true,
+    }
+}
+
 impl JwtVerifier {
     fn verify(&self, token: &str) -> Result<String, Rejection> {
         let now = now_unix();
@@ -653,6 +668,14 @@ impl JwtVerifier {
         {
             return Err(invalid(
                 "the token header names a key (jku, x5u, jwk or x5c); permgate never trusts those",
+            ));
+        }
+        // `crit` names extensions the recipient must understand (RFC 7515 §4.1.11); permgate
+        // understands none, so a token that carries it is refused. (`Header` drops unknown
+        // members, hence the look at the raw header.)
+        if header_has_crit(token) {
+            return Err(invalid(
+                "the token header has 'crit'; permgate understands no JWS extension",
             ));
         }
         let key = match &header.kid {
@@ -847,7 +870,24 @@ trusted_cidrs = ["10.1.0.0/16"]
             &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap();
+        let with_crit = {
+            let b64 = |v: &serde_json::Value| {
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    serde_json::to_vec(v).unwrap(),
+                )
+            };
+            let input = format!(
+                "{}.{}",
+                b64(&json!({"alg": "HS256", "kid": "hs", "crit": ["exp"]})),
+                b64(&claims())
+            );
+            let key = EncodingKey::from_secret(SECRET.as_bytes());
+            let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256);
+            format!("{input}.{}", sig.unwrap())
+        };
         for (name, token) in [
+            ("crit header", with_crit),
             ("expired", hs(&expired, Some("hs"))),
             ("not yet valid", hs(&future, Some("hs"))),
             ("wrong issuer", hs(&wrong_iss, Some("hs"))),

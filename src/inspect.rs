@@ -53,7 +53,7 @@
 //!                           # item_id = "/id" for object items; mode = "trim" | "all_or_nothing";
 //!                           # duplicates = "reject" | "first"; keys: the only top-level keys
 //!                           # accepted (a legacy "select_all": true would reach unchecked records)
-//! body = { max_bytes = 4194304, max_depth = 32 }
+//! body = { max_bytes = 4194304, max_depth = 32, max_items = 10000 }
 //!
 //! [[route]]
 //! methods = ["GET"]
@@ -96,7 +96,7 @@ use crate::body::{
 };
 use crate::catalog::{Catalog, PermId};
 use crate::ids::{canonical_id, IdKind, RecordId, RecordTypeId, RecordTypeSpec, RecordTypes};
-use crate::json::{self, Limits, Pointer, Scalar, MAX_DEPTH_LIMIT};
+use crate::json::{self, Limits, Pointer, Scalar, MAX_DEPTH_LIMIT, MAX_ITEMS_LIMIT};
 use crate::records::{
     check_assignee, check_record, RecordCheck, RecordDecision, Refusal, UnknownRecord,
 };
@@ -206,7 +206,7 @@ pub struct RawNewOwner {
     pub permission: Option<String>,
 }
 
-/// `body = { max_bytes?, max_depth? }`.
+/// `body = { max_bytes?, max_depth?, max_items? }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBody {
@@ -214,6 +214,8 @@ pub struct RawBody {
     pub max_bytes: Option<usize>,
     #[serde(default)]
     pub max_depth: Option<usize>,
+    #[serde(default)]
+    pub max_items: Option<usize>,
 }
 
 /// A route's inspection fields as written (each optional; see the module docs).
@@ -452,6 +454,14 @@ pub fn compile(
             }
             body_limits.max_depth = d;
         }
+        if let Some(n) = b.max_items {
+            if n == 0 || n > MAX_ITEMS_LIMIT {
+                errors.push(format!(
+                    "body.max_items: must be between 1 and {MAX_ITEMS_LIMIT}"
+                ));
+            }
+            body_limits.max_items = n;
+        }
     }
 
     // Bulk.
@@ -522,6 +532,7 @@ pub fn compile(
             limits: Limits {
                 max_bytes,
                 max_depth: body_limits.max_depth,
+                max_items: body_limits.max_items,
             },
         })
     });

@@ -38,7 +38,14 @@ pub struct Limits {
     pub max_bytes: usize,
     /// The deepest nesting of arrays and objects (the top-level value is depth 1).
     pub max_depth: usize,
+    /// The most items a bulk body's list may hold (more: 413 `too_many_items`).
+    pub max_items: usize,
 }
+
+/// Items in one bulk call by default: a caller with more sends several calls.
+pub const DEFAULT_MAX_ITEMS: usize = 10_000;
+/// The most a config may allow.
+pub const MAX_ITEMS_LIMIT: usize = 1_000_000;
 
 /// 4 MiB: a bulk call of 10 000 items of up to ~400 bytes each fits. It is buffered per call
 /// in flight, so the default stays a few MiB; a route may set up to
@@ -53,6 +60,7 @@ impl Default for Limits {
         Limits {
             max_bytes: DEFAULT_MAX_BYTES,
             max_depth: DEFAULT_MAX_DEPTH,
+            max_items: DEFAULT_MAX_ITEMS,
         }
     }
 }
@@ -1173,6 +1181,7 @@ mod tests {
         let small = Limits {
             max_bytes: 50,
             max_depth: 4,
+            ..Limits::default()
         };
         let e = parse(big.as_bytes(), &small).unwrap_err();
         assert_eq!((e.status(), e.code()), (413, "body_too_large"));
@@ -1432,12 +1441,12 @@ mod tests {
         #[test]
         fn agrees_with_serde_json(v in arb_value(), pretty in any::<bool>()) {
             let text = if pretty { serde_json::to_vec_pretty(&v).unwrap() } else { serde_json::to_vec(&v).unwrap() };
-            let ours = parse(&text, &Limits { max_bytes: usize::MAX, max_depth: 64 }).unwrap();
+            let ours = parse(&text, &Limits { max_bytes: usize::MAX, max_depth: 64, ..Limits::default() }).unwrap();
             prop_assert_eq!(to_serde(&ours), v.clone());
             let out = to_vec(&ours);
             let theirs = serde_json::from_slice::<serde_json::Value>(&out).unwrap();
             prop_assert!(same(&theirs, &v), "{} vs {}", theirs, v);
-            let again = parse(&out, &Limits { max_bytes: usize::MAX, max_depth: 64 }).unwrap();
+            let again = parse(&out, &Limits { max_bytes: usize::MAX, max_depth: 64, ..Limits::default() }).unwrap();
             prop_assert_eq!(to_serde(&again), v);
             prop_assert_eq!(to_vec(&again), out);
         }
@@ -1446,7 +1455,7 @@ mod tests {
         /// same; whatever serde_json accepts, we accept unless it has a duplicate key.
         #[test]
         fn never_more_lenient_than_serde_json(b in mutated()) {
-            let ours = parse(&b, &Limits { max_bytes: usize::MAX, max_depth: 64 });
+            let ours = parse(&b, &Limits { max_bytes: usize::MAX, max_depth: 64, ..Limits::default() });
             let theirs = serde_json::from_slice::<serde_json::Value>(&b);
             match (&ours, &theirs) {
                 (Ok(o), Ok(t)) => prop_assert!(same(&to_serde(o), t), "{:?}", String::from_utf8_lossy(&b)),

@@ -240,13 +240,16 @@ enum Routed {
 
 /// Header hygiene, canonical path and route match: everything before identity.
 fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Box<Denied>> {
-    canon::check_headers(req.headers).map_err(|e| {
-        Box::new(Denied::bare(Rejection::new(
-            e.status(),
-            e.code(),
-            e.message(),
-        )))
-    })?;
+    let l = &config.listen;
+    canon::check_header_limits(req.headers, l.max_headers, l.max_header_bytes)
+        .and_then(|()| canon::check_headers(req.headers))
+        .map_err(|e| {
+            Box::new(Denied::bare(Rejection::new(
+                e.status(),
+                e.code(),
+                e.message(),
+            )))
+        })?;
     let canonical = canon::canonicalize_target(req.target)
         .and_then(|c| match &c.query {
             Some(q) => canon::check_query(q).map(|()| c),
@@ -334,7 +337,9 @@ pub fn effective_permissions(
     snapshot: Result<&Snapshot, Rejection>,
     req: &Request<'_>,
 ) -> Result<serde_json::Value, Rejection> {
-    canon::check_headers(req.headers)
+    let l = &config.listen;
+    canon::check_header_limits(req.headers, l.max_headers, l.max_header_bytes)
+        .and_then(|()| canon::check_headers(req.headers))
         .map_err(|e| Rejection::new(e.status(), e.code(), e.message()))?;
     let snapshot = snapshot?;
     let who = config.identity.identify(req.headers, req.peer)?;

@@ -631,6 +631,11 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // The one load of this request: a swap never changes a request in flight.
         let live = self.state.live();
+        // Downstream limits (`[listen]`): a stalled body, an idle keep-alive connection.
+        session.set_read_timeout(Some(live.config.listen.body_read_timeout));
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(live.config.listen.keepalive_timeout_seconds));
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -877,6 +882,21 @@ impl ProxyHttp for Gateway {
         for name in &f.strip_headers {
             upstream.remove_header(name);
         }
+        // The same names spelled with `_`, `.` or other punctuation (CGI and PHP read them as `-`).
+        let sensitive = |folded: &str| {
+            folded.starts_with(OWN_HEADER_PREFIX)
+                || [&f.user_header, &f.roles_header, &f.request_id_header]
+                    .iter()
+                    .any(|h| h.as_str() == folded)
+                || f.strip_headers.iter().any(|h| h.as_str() == folded)
+                || config
+                    .identity
+                    .credential_headers()
+                    .any(|h| h.as_str() == folded)
+        };
+        for name in crate::canon::disguised_copies(&upstream.headers, sensitive) {
+            upstream.remove_header(&name);
+        }
         if f.set_forwarded_for {
             if let Some(ip) = ctx.peer {
                 upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
@@ -925,6 +945,14 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // The total timeout covers a streamed body too: a client trickling it is cut off (408).
+        if remaining(ctx.deadline).is_err() {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "request body past the total timeout",
+            )
+            .into_down());
+        }
         // Fail closed: a checked body is forwarded by `forward_inspected`, never by this loop.
         if ctx.body_checked {
             return Err(Error::explain(
@@ -1001,6 +1029,12 @@ impl ProxyHttp for Gateway {
                 "bad_request",
                 "the request could not be handled",
             )),
+            // A client that stalls its body past `listen.body_read_timeout_ms` (an inspected
+            // body is read before any upstream call, so its timeout has no source yet).
+            (ErrorSource::Downstream, ReadTimedout) => Some(Rejection::request_timeout()),
+            (_, ReadTimedout) if ctx.upstream_started.is_none() => {
+                Some(Rejection::request_timeout())
+            }
             (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
             (ErrorSource::Downstream, _) => Some(Rejection::new(
                 400,
@@ -1189,6 +1223,8 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
     server.bootstrap();
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = config.listen.h2c;
+    server_options.h2_idle_timeout =
+        Some(Duration::from_secs(config.listen.keepalive_timeout_seconds));
     let mut gateway = Gateway::new(state.clone(), &server.configuration);
     if config.upstream.tls.is_some() {
         // Upstream TLS trusts `ca_file` (else the system's roots) and presents the client
@@ -1231,6 +1267,12 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
         config.listen.read_buffer_bytes,
         config.listen.write_buffer_bytes,
     );
+    if let Some(app) = service.app_logic_mut() {
+        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+        h2.max_concurrent_streams(config.listen.h2_max_concurrent_streams);
+        h2.max_header_list_size(u32::try_from(config.listen.max_header_bytes).unwrap_or(u32::MAX));
+        app.h2_options = Some(h2);
+    }
     match &config.listen.tls {
         None => {
             service.add_listener(ListenerConfig::tcp(&config.listen.address).l4_buffer(buffers))

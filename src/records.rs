@@ -2125,6 +2125,7 @@ mod scale {
         let limits = Limits {
             max_bytes: 64 << 20,
             max_depth: 32,
+            ..Limits::default()
         };
         for (label, items) in [("10 000 objects", true), ("10 000 bare ids", false)] {
             let body: String = {

@@ -54,6 +54,15 @@ impl Rejection {
         )
     }
 
+    /// The client stalled its request body (`listen.body_read_timeout_ms`).
+    pub fn request_timeout() -> Self {
+        Rejection::new(
+            408,
+            "request_timeout",
+            "the request body did not arrive in time",
+        )
+    }
+
     pub fn upstream_timeout() -> Self {
         Rejection::new(
             504,

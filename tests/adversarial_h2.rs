@@ -1,0 +1,267 @@
+//! The attacker's suite, part 3: HTTP/2 (cleartext, prior knowledge) with raw h2 frames — the
+//! path and header cases of part 1, where a friendly client would have normalized them first —
+//! and the connection limits.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+
+struct H2Case {
+    name: String,
+    method: &'static str,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Option<Bytes>,
+    status: u16,
+    /// The canonical target the CRM receives, or `None`: nothing.
+    crm: Option<&'static str>,
+}
+
+async fn connect(h: &Harness) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client.ready().await.unwrap()
+}
+
+/// Send one request on its own connection; the status, or 0 if the stream was reset.
+async fn send(h: &Harness, c: &H2Case) -> u16 {
+    let mut client = connect(h).await;
+    let uri = format!("http://crm{}", c.path);
+    let mut req = http::Request::builder().method(c.method).uri(uri.as_str());
+    for (n, v) in &c.headers {
+        req = req.header(n.as_str(), v.as_str());
+    }
+    let req = req.body(()).unwrap();
+    let Ok((resp, mut stream)) = client.send_request(req, c.body.is_none()) else {
+        return 0;
+    };
+    if let Some(b) = &c.body {
+        let _ = stream.send_data(b.clone(), true);
+    }
+    match tokio::time::timeout(Duration::from_secs(10), resp).await {
+        Ok(Ok(r)) => r.status().as_u16(),
+        Ok(Err(_)) => 0,
+        Err(_) => panic!("{}: no answer in 10 s", c.name),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_paths_and_headers() {
+    let h = Harness::demo().await;
+    let admin = bearer("u-admin");
+    let rep = bearer("u-rep1");
+    let mut cases = Vec::new();
+    let mut add = |name: &str,
+                   method: &'static str,
+                   path: &str,
+                   headers: &[(&str, &str)],
+                   status: u16,
+                   crm: Option<&'static str>| {
+        cases.push(H2Case {
+            name: name.into(),
+            method,
+            path: path.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: None,
+            status,
+            crm,
+        });
+    };
+    let a = [("authorization", admin.as_str())];
+    for path in [
+        "/api/v1/customers/1",
+        "/api/v1/x/../customers/1",
+        "/api/v1/x/%2e%2E/customers/1",
+        "/api/v1/./customers//1",
+        "/api/v1/%63ustomers/1",
+        "/../api/v1/customers/1",
+    ] {
+        add(path, "GET", path, &a, 200, Some("/api/v1/customers/1"));
+    }
+    for path in [
+        "/api/v1/customers%2F1",
+        "/api/v1/customers/1;x",
+        "/api/v1/customers/%252e%252e/1",
+        "/api/v1/customers/1%00",
+        "/api/v1/customers/%C0%AE%C0%AE/1",
+        "/api/v1/customers/1%5c",
+        "/api/v1/customers/1?_method=DELETE",
+    ] {
+        add(path, "GET", path, &a, 400, None);
+    }
+    for path in [
+        "/api/v1/customers/../campaigns/1",
+        "/api/v1/customers/%2e%2e/campaigns/1",
+    ] {
+        add(
+            path,
+            "DELETE",
+            path,
+            &[("authorization", rep.as_str())],
+            403,
+            None,
+        );
+    }
+    add("unrouted", "GET", "/API/v1/customers/1", &a, 404, None);
+    // Headers.
+    let r = ("authorization", rep.as_str());
+    for spoof in [
+        "x-permgate-user",
+        "x-permgate-roles",
+        "x_permgate_user",
+        "x.permgate.user",
+        "x-remote-user",
+        "x_remote_user",
+        "x-forwarded-user",
+        "x-original-url",
+        "x-rewrite-url",
+        "forwarded",
+        "x-real-ip",
+    ] {
+        add(
+            &format!("spoof {spoof}"),
+            "GET",
+            "/api/v1/customers/1",
+            &[r, (spoof, "u-admin")],
+            200,
+            Some("/api/v1/customers/1"),
+        );
+    }
+    for name in [
+        "x-http-method-override",
+        "x-method-override",
+        "x_http_method_override",
+    ] {
+        add(
+            name,
+            "GET",
+            "/api/v1/customers/1",
+            &[r, (name, "DELETE")],
+            400,
+            None,
+        );
+    }
+    add(
+        "two authorization",
+        "GET",
+        "/api/v1/customers/1",
+        &[r, ("authorization", admin.as_str())],
+        400,
+        None,
+    );
+    add(
+        "two content-type",
+        "GET",
+        "/api/v1/customers/1",
+        &[
+            r,
+            ("content-type", "application/json"),
+            ("content-type", "text/plain"),
+        ],
+        400,
+        None,
+    );
+    add(
+        "content_length disguised",
+        "GET",
+        "/api/v1/customers/1",
+        &[r, ("content_length", "5")],
+        400,
+        None,
+    );
+    add(
+        "no token",
+        "GET",
+        "/api/v1/customers/1",
+        &[("x-permgate-user", "u-admin")],
+        401,
+        None,
+    );
+    add(
+        "too many headers",
+        "GET",
+        "/api/v1/customers/1",
+        &[r],
+        431,
+        None,
+    );
+    let last = cases.len() - 1;
+    for i in 0..120 {
+        cases[last].headers.push((format!("x-h{i}"), "1".into()));
+    }
+    // A body longer than its content-length: a stream error, nothing forwarded.
+    cases.push(H2Case {
+        name: "content-length shorter than the data".into(),
+        method: "POST",
+        path: "/api/v1/customers/1/subscribe".into(),
+        headers: vec![
+            ("authorization".into(), admin.clone()),
+            ("content-length".into(), "2".into()),
+        ],
+        body: Some(Bytes::from_static(
+            b"{}GET /api/v1/smuggled HTTP/1.1\r\n\r\n",
+        )),
+        status: 0,
+        crm: None,
+    });
+    let n = cases.len();
+    for c in &cases {
+        h.clear();
+        let status = send(&h, c).await;
+        assert_eq!(status, c.status, "{}", c.name);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let got = h.received();
+        match c.crm {
+            None => assert!(
+                got.iter().all(|r| !r.target.contains("smuggled"))
+                    && (c.status == 0 || got.is_empty()),
+                "{}: the CRM received {got:?}",
+                c.name
+            ),
+            Some(target) => {
+                assert_eq!(got.len(), 1, "{}: {got:?}", c.name);
+                assert_eq!(got[0].target, target, "{}", c.name);
+                let user = if c.headers.iter().any(|(_, v)| v == &admin) {
+                    "u-admin"
+                } else {
+                    "u-rep1"
+                };
+                assert_eq!(
+                    recorded_header(&got[0], "x-permgate-user"),
+                    vec![user],
+                    "{}",
+                    c.name
+                );
+                for (name, value) in &got[0].headers {
+                    let folded = name.replace(['_', '.'], "-");
+                    let spoofed = [
+                        "x-remote-user",
+                        "x-forwarded-user",
+                        "x-original-url",
+                        "x-rewrite-url",
+                        "forwarded",
+                        "x-real-ip",
+                    ]
+                    .contains(&folded.as_str())
+                        || (folded.starts_with("x-permgate-")
+                            && !matches!(name.as_str(), "x-permgate-user" | "x-permgate-roles"));
+                    assert!(!spoofed, "{}: the CRM received {name}: {value}", c.name);
+                }
+            }
+        }
+    }
+    println!("adversarial class http2: {n} cases");
+    // The server's stream limit is announced (listen.h2_max_concurrent_streams, default 100).
+    let client = connect(&h).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(client.current_max_send_streams(), 100);
+}
