@@ -46,3 +46,134 @@ fn jwt_inputs() {
 fn bulk_filter_inputs() {
     replay("bulk_filter", checks::bulk_filter);
 }
+
+/// A short bounded mutation run of each target, in every `cargo test` (CI included): the
+/// committed inputs mutated (byte flips, inserts, deletes, repeats, splices between inputs and
+/// tokens that matter to the parsers) and run through the same invariant. It needs no
+/// cargo-fuzz; the coverage-guided runs are in `fuzz/README.md`. Deterministic by default;
+/// `PERMGATE_FUZZ_SEED` and `PERMGATE_FUZZ_ITERS` (per target, default 3,000) vary it. A
+/// failure prints the seed, the iteration and the input in hex: commit that input under
+/// `fuzz/regressions/<target>/` with the fix.
+fn mutate_run(target: &str, check: fn(&[u8])) {
+    const TOKENS: &[&[u8]] = &[
+        b"..",
+        b"%2e",
+        b"%2E%2e",
+        b"%2f",
+        b"%5c",
+        b"%00",
+        b"%25",
+        b"/",
+        b"\\",
+        b";",
+        b"?",
+        b"#",
+        b"\"",
+        b"\\u0000",
+        b"\\\"",
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b":",
+        b",",
+        b"1e999",
+        b"-0",
+        b"\xef\xbb\xbf",
+        b"\xc0\xae",
+        b"\xff",
+        b"null",
+        b"true",
+        b"{\"a\":1,\"a\":2}",
+        b"eyJhbGciOiJub25lIn0",
+        b".",
+    ];
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    for dir in ["seeds", "regressions"] {
+        if let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) {
+            let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            files.sort();
+            inputs.extend(files.iter().map(|f| std::fs::read(f).unwrap()));
+        }
+    }
+    assert!(!inputs.is_empty(), "no committed inputs for {target}");
+    let seed: u64 = std::env::var("PERMGATE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7065_726d_6761_7465);
+    let iters: usize = std::env::var("PERMGATE_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3_000);
+    let mut rng = fastrand::Rng::with_seed(seed ^ target.len() as u64);
+    let mut failure = None;
+    for i in 0..iters {
+        let mut data = inputs[rng.usize(..inputs.len())].clone();
+        for _ in 0..rng.usize(1..=4) {
+            let at = rng.usize(..=data.len());
+            match rng.u8(..6) {
+                0 if !data.is_empty() => {
+                    let k = rng.usize(..data.len());
+                    data[k] ^= 1 << rng.u8(..8);
+                }
+                1 => data.insert(at, rng.u8(..)),
+                2 if at < data.len() => {
+                    let end = (at + rng.usize(1..=8)).min(data.len());
+                    data.drain(at..end);
+                }
+                3 if at < data.len() => {
+                    let end = (at + rng.usize(1..=16)).min(data.len());
+                    let span = data[at..end].to_vec();
+                    data.splice(
+                        at..at,
+                        span.iter()
+                            .copied()
+                            .cycle()
+                            .take(span.len() * rng.usize(1..=4)),
+                    );
+                }
+                4 => {
+                    let other = &inputs[rng.usize(..inputs.len())];
+                    let from = rng.usize(..=other.len());
+                    data.splice(
+                        at..at,
+                        other[from..].iter().copied().take(rng.usize(1..=32)),
+                    );
+                }
+                _ => {
+                    let t = TOKENS[rng.usize(..TOKENS.len())];
+                    data.splice(at..at, t.iter().copied());
+                }
+            }
+        }
+        if std::panic::catch_unwind(|| check(&data)).is_err() {
+            failure = Some((i, data));
+            break;
+        }
+    }
+    if let Some((i, data)) = failure {
+        let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+        panic!("{target}: iteration {i} (seed {seed}) breaks the invariant; input (hex): {hex}");
+    }
+}
+
+#[test]
+fn canonicalize_mutations() {
+    mutate_run("canonicalize", checks::canonicalize);
+}
+
+#[test]
+fn route_match_mutations() {
+    mutate_run("route_match", checks::route_match);
+}
+
+#[test]
+fn jwt_mutations() {
+    mutate_run("jwt", checks::jwt);
+}
+
+#[test]
+fn bulk_filter_mutations() {
+    mutate_run("bulk_filter", checks::bulk_filter);
+}
