@@ -788,6 +788,15 @@ pub fn check_headers(headers: &HeaderMap) -> Result<(), CanonError> {
 
 /// At most `max_count` headers and `max_bytes` of names and values (each header counted as
 /// `name: value` plus its line end, as on the wire).
+/// The `Content-Length` a request declares, if one parses (duplicates and garbage are refused
+/// by [`check_headers`] before this matters).
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub fn check_header_limits(
     headers: &HeaderMap,
     max_count: usize,

@@ -160,6 +160,8 @@ struct RawListen {
     keepalive_timeout_seconds: u64,
     #[serde(default = "default_h2_max_concurrent_streams")]
     h2_max_concurrent_streams: u32,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: u64,
 }
 
 fn default_read_buffer() -> Spanned<usize> {
@@ -181,6 +183,9 @@ fn default_body_read_timeout_ms() -> u64 {
 }
 fn default_keepalive_timeout_seconds() -> u64 {
     60
+}
+fn default_max_body_bytes() -> u64 {
+    64 << 20
 }
 fn default_h2_max_concurrent_streams() -> u32 {
     100
@@ -540,6 +545,10 @@ pub struct Listen {
     pub keepalive_timeout_seconds: u64,
     /// Most concurrent streams per HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
+    /// The largest request body on any route (declared length → 413 before anything is
+    /// forwarded; a streamed body that grows past it is cut off). Inspected routes also have
+    /// their own `body.max_bytes`.
+    pub max_body_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -839,6 +848,7 @@ impl Config {
                 (1..=10_000).contains(&l.h2_max_concurrent_streams),
                 "between 1 and 10000",
             ),
+            ("listen.max_body_bytes", l.max_body_bytes >= 1, "at least 1"),
         ] {
             if !ok {
                 errors.push(ConfigError::new(
@@ -1499,6 +1509,7 @@ impl Config {
                     body_read_timeout: Duration::from_millis(raw.listen.body_read_timeout_ms),
                     keepalive_timeout_seconds: raw.listen.keepalive_timeout_seconds,
                     h2_max_concurrent_streams: raw.listen.h2_max_concurrent_streams,
+                    max_body_bytes: raw.listen.max_body_bytes,
                 },
                 upstream: Upstream {
                     address,

@@ -250,6 +250,11 @@ fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Box<Denie
                 e.message(),
             )))
         })?;
+    // A declared body over the gateway's limit is refused before anything is forwarded (a
+    // streamed body that grows past it is cut off by the proxy).
+    if canon::declared_length(req.headers).is_some_and(|n| n > l.max_body_bytes) {
+        return Err(Box::new(Denied::bare(Rejection::body_too_large())));
+    }
     let canonical = canon::canonicalize_target(req.target)
         .and_then(|c| match &c.query {
             Some(q) => canon::check_query(q).map(|()| c),

@@ -342,6 +342,8 @@ impl Gateway {
 /// Per-request state.
 pub struct Ctx {
     request_id: String,
+    /// Bytes of a streamed request body seen so far (capped by `listen.max_body_bytes`).
+    body_seen: u64,
     /// The TCP peer's address.
     peer: Option<std::net::IpAddr>,
     /// When the upstream exchange must be over (`upstream.total_timeout_ms` from the decision).
@@ -624,6 +626,7 @@ impl ProxyHttp for Gateway {
             upstream_status: None,
             candidate: None,
             body_checked: false,
+            body_seen: 0,
             removed_ids: Vec::new(),
         }
     }
@@ -941,10 +944,23 @@ impl ProxyHttp for Gateway {
     async fn request_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // A streamed body (a declared length over the limit was refused at the decision) that
+        // grows past `listen.max_body_bytes` is cut off: the caller gets 413 if no answer went
+        // out yet, and the CRM an incomplete request it must discard.
+        if let (Some(chunk), Some(live)) = (body.as_ref(), ctx.live.as_ref()) {
+            ctx.body_seen += chunk.len() as u64;
+            if ctx.body_seen > live.config.listen.max_body_bytes {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over listen.max_body_bytes",
+                )
+                .into_down());
+            }
+        }
         // The total timeout covers a streamed body too: a client trickling it is cut off (408).
         if remaining(ctx.deadline).is_err() {
             return Err(Error::explain(
@@ -1024,6 +1040,7 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
         let rejection = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(413)) => Some(Rejection::body_too_large()),
             (_, HTTPStatus(code)) if (400..500).contains(code) => Some(Rejection::new(
                 *code,
                 "bad_request",

@@ -55,6 +55,14 @@ impl Rejection {
     }
 
     /// The client stalled its request body (`listen.body_read_timeout_ms`).
+    pub fn body_too_large() -> Self {
+        Rejection::new(
+            413,
+            "body_too_large",
+            "the request body is over the gateway's limit (listen.max_body_bytes)",
+        )
+    }
+
     pub fn request_timeout() -> Self {
         Rejection::new(
             408,

@@ -618,3 +618,53 @@ async fn several_crm_instances_round_robin_and_skip_a_dead_one() {
     }
     assert_eq!(crm2.requests().len(), n2 + 10);
 }
+
+/// `listen.max_body_bytes` caps every request body: a declared length over it is refused with
+/// 413 before anything is forwarded; a chunked body that grows past it is cut off (413), and
+/// the CRM never receives it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_over_the_gateway_limit() {
+    let text = demo_text().replacen("[listen]", "[listen]\nmax_body_bytes = 1000", 1);
+    assert!(text.contains("max_body_bytes = 1000"));
+    let h = Harness::with_config_text(&text, &[]).await;
+    let auth = bearer("u-admin");
+    // Under the limit: forwarded.
+    let r = client()
+        .post(h.url("/api/v1/leads/1/notes"))
+        .header("authorization", &auth)
+        .header("content-type", "application/json")
+        .body(format!("{{\"text\":\"{}\"}}", "a".repeat(900)))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(h.received().len(), 1);
+    h.clear();
+
+    // Declared over the limit: 413 with the JSON body, nothing forwarded.
+    let r = client()
+        .post(h.url("/api/v1/leads/1/notes"))
+        .header("authorization", &auth)
+        .header("content-type", "application/json")
+        .body(format!("{{\"text\":\"{}\"}}", "a".repeat(1200)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "body_too_large");
+    assert!(h.received().is_empty());
+
+    // Chunked, growing past the limit: cut off with 413; the CRM never gets the body whole.
+    let chunk = "b".repeat(600);
+    let raw = format!(
+        "POST /api/v1/leads/1/notes HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let r = h.raw(raw.as_bytes());
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.json()["error"], "body_too_large");
+    assert!(
+        h.received().iter().all(|got| got.body.len() < 1200),
+        "the CRM must never receive the whole body"
+    );
+}
