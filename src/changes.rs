@@ -170,6 +170,10 @@ impl RawSnapshot {
     pub fn apply(&mut self, changes: &[Change], types: &RecordTypes) -> Result<(), String> {
         // Teams shared with in this batch: they must have members once the batch is applied.
         let mut shared_teams: Vec<(usize, String)> = Vec::new();
+        // Users named as owners or sharees in this batch: they must exist once it is applied,
+        // even if a later change in the batch overwrites the reference (as `Snapshot::apply`
+        // judges them against the batch's final users).
+        let mut named_users: Vec<(usize, String)> = Vec::new();
         for (i, change) in changes.iter().enumerate() {
             let user = |raw: &mut RawSnapshot, id: &str| -> Result<usize, String> {
                 raw.users
@@ -229,6 +233,9 @@ impl RawSnapshot {
                 } => {
                     let target = canonical(types, record_type, id)
                         .map_err(|e| format!("changes[{i}]: {e}"))?;
+                    if let Some(o) = owner {
+                        named_users.push((i, o.clone()));
+                    }
                     let records = self.records.get_or_insert_with(Default::default);
                     let same =
                         |t: &str, x: &RawId| canonical(types, t, x).ok() == Some(target.clone());
@@ -273,8 +280,10 @@ impl RawSnapshot {
                             target.1
                         ));
                     }
-                    if let Named::Team(t) = who {
-                        shared_teams.push((i, t.to_string()));
+                    match who {
+                        Named::Team(t) => shared_teams.push((i, t.to_string())),
+                        Named::User(u) => named_users.push((i, u.to_string())),
+                        Named::Role(_) => {}
                     }
                     records.shares.push(RawShare {
                         record_type: record_type.clone(),
@@ -308,6 +317,11 @@ impl RawSnapshot {
                         ));
                     }
                 }
+            }
+        }
+        for (i, u) in named_users {
+            if !self.users.iter().any(|x| x.id == u) {
+                return Err(format!("changes[{i}]: unknown user '{u}'"));
             }
         }
         for (i, t) in shared_teams {
