@@ -238,18 +238,21 @@ enum Routed {
     Protected(CanonicalTarget, usize, crate::catalog::PermId),
 }
 
+/// A malformed request (headers, target, query): refused before anything else is looked at.
+fn canon_denied(e: canon::CanonError) -> Box<Denied> {
+    Box::new(Denied::bare(Rejection::new(
+        e.status(),
+        e.code(),
+        e.message(),
+    )))
+}
+
 /// Header hygiene, canonical path and route match: everything before identity.
 fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Box<Denied>> {
     let l = &config.listen;
     canon::check_header_limits(req.headers, l.max_headers, l.max_header_bytes)
         .and_then(|()| canon::check_headers(req.headers))
-        .map_err(|e| {
-            Box::new(Denied::bare(Rejection::new(
-                e.status(),
-                e.code(),
-                e.message(),
-            )))
-        })?;
+        .map_err(canon_denied)?;
     // A declared body over the gateway's limit is refused before anything is forwarded (a
     // streamed body that grows past it is cut off by the proxy).
     if canon::declared_length(req.headers).is_some_and(|n| n > l.max_body_bytes) {
@@ -260,13 +263,7 @@ fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Box<Denie
             Some(q) => canon::check_query(q).map(|()| c),
             None => Ok(c),
         })
-        .map_err(|e| {
-            Box::new(Denied::bare(Rejection::new(
-                e.status(),
-                e.code(),
-                e.message(),
-            )))
-        })?;
+        .map_err(canon_denied)?;
     let Some(route_idx) = config.routes.find_index(req.method, &canonical.path) else {
         let mut d = Denied::bare(match config.unmatched {
             Unmatched::NotFound => Rejection::route_not_found(),
