@@ -307,10 +307,6 @@ impl<C: FnMut(&RecordId) -> bool> Judge<C> {
     }
 }
 
-/// The most ids [`trim_capturing`] reserves room for before it has counted the items: one
-/// per 64 bytes of body (a bulk item is rarely shorter, unless it is a bare id), capped.
-const SEEN_PRESIZE_MAX: usize = 16_384;
-
 /// Parse and trim a bulk body in one streaming pass (module docs). `check` says whether one
 /// record is allowed.
 pub fn trim(
@@ -343,15 +339,8 @@ pub fn trim_capturing<'a>(
         kind: IdKind::Integer,
     };
     let (spec, duplicates) = bulk.unwrap_or((&default_spec, Duplicates::Reject));
-    // The item count is unknown until the end: the duplicate set is sized from the body
-    // (growing it from nothing rehashed it ~14 times for 10 000 items, a sixth of the pass),
-    // at most [`SEEN_PRESIZE_MAX`] ids (512 KiB), and grows past that if it must.
-    let expect = if bulk.is_some() {
-        (body.len() / 64).min(SEEN_PRESIZE_MAX)
-    } else {
-        0
-    };
-    let mut judge = Judge::new(spec, duplicates, check, expect);
+    // The item count is unknown until the end: the duplicate set grows as it goes.
+    let mut judge = Judge::new(spec, duplicates, check, 0);
     let select = Select {
         items,
         id_at,
