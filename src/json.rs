@@ -416,11 +416,7 @@ impl<'a> Parser<'a> {
 
     /// Skip string bytes that need no attention: anything but `"`, `\` and control bytes.
     fn skip_plain(&mut self) {
-        let rest = self.b.get(self.i..).unwrap_or_default();
-        self.i += rest
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-            .unwrap_or(rest.len());
+        self.i = skip_plain_from(self.b, self.i);
     }
 
     fn hex4(&mut self) -> Result<u16, JsonError> {
@@ -514,6 +510,37 @@ impl<'a> Parser<'a> {
             }
         }
     }
+}
+
+/// The first index at or after `i` holding `"`, `\` or a control byte (below 0x20), or
+/// `b.len()`. Eight bytes at a time (SWAR): in each word, a byte equal to `"` or `\` becomes
+/// zero after an XOR, and "is zero" / "is below 0x20" are the classic borrow tricks
+/// (`(x - 0x01..) & !x & 0x80..`). A borrow only carries into bytes *above* a flagged one, so
+/// the lowest flag is always exact (`skip_plain_is_bytewise` checks it against the plain loop).
+fn skip_plain_from(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const QUOTE: u64 = ONES * b'"' as u64;
+    const BACKSLASH: u64 = ONES * b'\\' as u64;
+    const SPACE: u64 = ONES * 0x20;
+    while let Some(chunk) = b.get(i..).and_then(|r| r.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(*chunk);
+        let q = w ^ QUOTE;
+        let s = w ^ BACKSLASH;
+        let hits = ((q.wrapping_sub(ONES) & !q)
+            | (s.wrapping_sub(ONES) & !s)
+            | (w.wrapping_sub(SPACE) & !w))
+            & HIGH;
+        if hits != 0 {
+            return i + (hits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    let rest = b.get(i..).unwrap_or_default();
+    i + rest
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .unwrap_or(rest.len())
 }
 
 /// A scalar read while streaming ([`canonicalize`]).
@@ -1423,7 +1450,77 @@ mod tests {
         assert_eq!(stream(deep, None, "", &[]).unwrap_err(), "json_too_deep");
     }
 
+    /// The plain loop the word-at-a-time scan replaces.
+    fn skip_plain_bytewise(b: &[u8], i: usize) -> usize {
+        let rest = b.get(i..).unwrap_or_default();
+        i + rest
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            .unwrap_or(rest.len())
+    }
+
+    #[test]
+    fn skip_plain_finds_each_stop_byte_at_every_position() {
+        // Every byte value at every position of a 17-byte run (two words and a tail), after
+        // every kind of neighbour (a borrow out of a lower byte must not hide or fake a stop).
+        for before in [b'a', 0x00, 0x1f, 0x20, b'"', b'\\', 0x7f, 0x80, 0xff] {
+            for at in 0..17 {
+                for c in 0..=255u8 {
+                    let mut b = vec![b'x'; 17];
+                    if at > 0 {
+                        b[at - 1] = before;
+                    }
+                    b[at] = c;
+                    for start in [0, at.saturating_sub(1), at] {
+                        assert_eq!(
+                            skip_plain_from(&b, start),
+                            skip_plain_bytewise(&b, start),
+                            "{b:?} from {start}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(skip_plain_from(b"abc", 5), 5);
+    }
+
     proptest! {
+        /// The word-at-a-time scan stops where the byte loop does, on any bytes (biased
+        /// towards the bytes it looks for and their neighbours) from any start.
+        #[test]
+        fn skip_plain_is_bytewise(
+            b in proptest::collection::vec(prop_oneof![
+                any::<u8>(),
+                prop::sample::select(vec![b'"', b'\\', 0x00, 0x01, 0x1f, 0x20, 0x21, 0x5b, 0x5d, 0x7f, 0x80, 0xa0, 0xff]),
+                Just(b'a'),
+            ], 0..64),
+            start in 0usize..70,
+        ) {
+            prop_assert_eq!(skip_plain_from(&b, start), skip_plain_bytewise(&b, start));
+        }
+
+        /// Long strings (several words each) with escapes and raw control bytes in them:
+        /// the tree parser, the streaming writer and serde_json agree on every one.
+        #[test]
+        fn long_strings_agree_with_serde_json(
+            parts in proptest::collection::vec(("[a-z ]{0,20}", prop::sample::select(vec!["\\\"", "\\\\", "\\n", "\\u0041", "\\ud83d\\ude00", "\u{e9}", "\u{1}", "\"", "\\", "\\x", "\t"])), 0..6),
+        ) {
+            let inner: String = parts.iter().map(|(a, b)| format!("{a}{b}")).collect();
+            let doc = format!("{{\"k{inner}\":\"{inner}\",\"v\":[\"{inner}\"]}}");
+            let ours = parse(doc.as_bytes(), &Limits::default());
+            let theirs = serde_json::from_str::<serde_json::Value>(&doc);
+            match (&ours, &theirs) {
+                (Ok(o), Ok(t)) => prop_assert_eq!(&to_serde(o), t),
+                (Err(_), Err(_)) => {}
+                _ => prop_assert!(false, "{:?}: ours {:?}, serde_json {:?}", doc, ours.as_ref().err(), theirs.as_ref().err()),
+            }
+            let sel = Select { items: None, id_at: &Pointer::default(), captures: &[] };
+            let streamed = canonicalize(doc.as_bytes(), &Limits::default(), &sel, |_, _| -> Result<bool, ()> { Ok(true) })
+                .map(|c| c.body)
+                .map_err(|e| match e { StreamError::Json(j) => j, StreamError::Keep(()) => unreachable!() });
+            prop_assert_eq!(ours.map(|v| to_vec(&v)), streamed);
+        }
+
         /// Streaming writes exactly what parse + write would, and refuses exactly what parse
         /// refuses (on valid documents and on mutated near-JSON alike).
         #[test]
