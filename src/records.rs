@@ -409,7 +409,19 @@ pub struct RecordsDraft {
 
 impl RecordsDraft {
     fn push_ref(&mut self, record_type: &str, id: &IdText<'_>) -> DraftRef {
-        let t = self.types.intern(record_type);
+        // Entries of one type come in runs: the previous entry's type first.
+        let t = match self.owners.last() {
+            Some((r, _))
+                if self
+                    .types
+                    .names
+                    .get(r.record_type as usize)
+                    .is_some_and(|n| **n == *record_type) =>
+            {
+                r.record_type
+            }
+            _ => self.types.intern(record_type),
+        };
         let off = self.arena.len() as u32;
         // Offsets are u32: an arena past 4 GiB (never seen in practice) stores the id empty,
         // which resolution then refuses.
