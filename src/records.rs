@@ -1111,11 +1111,23 @@ impl RecordStore {
                 }
             }
         }
-        for (i, (_, p)) in draft.related.iter().enumerate() {
+        // The parents' ids first, then their lookups back to back (each a random slot of a
+        // large table: in a loop of their own, the cache misses overlap).
+        let mut parent_ids: Vec<Result<(RecordTypeId, RecordId), String>> =
+            draft.related.iter().map(|(_, p)| canon(p)).collect();
+        let found: Vec<Option<Found>> = parent_ids
+            .iter()
+            .map(|p| p.as_ref().ok().and_then(|(t, id)| store.find(*t, id)))
+            .collect();
+        Arc::make_mut(&mut store.parents).reserve(draft.related.len());
+        for i in 0..draft.related.len() {
             let Some(Some((child, child_type))) = children.get(i).copied() else {
                 continue;
             };
-            let (pt, pid) = match canon(p) {
+            let Some(p) = parent_ids.get_mut(i) else {
+                continue;
+            };
+            let (pt, pid) = match std::mem::replace(p, Err(String::new())) {
                 Ok(x) => x,
                 Err(m) => {
                     err("related", i, "parent_id", m);
@@ -1143,7 +1155,7 @@ impl RecordStore {
                 );
                 continue;
             }
-            let Some(parent) = store.find(pt, &pid) else {
+            let Some(parent) = found.get(i).copied().flatten() else {
                 err(
                     "related",
                     i,
