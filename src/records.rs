@@ -264,6 +264,105 @@ impl Interner {
     }
 }
 
+/// User ids → user indices, for resolving the owners of a draft: open addressing (linear
+/// probing, load ≤ 0.5), ids up to 23 bytes held in the slot itself (a probe is one cache line,
+/// no pointer to follow, so a pass can read ahead). Longer ids are not held: the caller asks
+/// the snapshot's resolver for those.
+struct NameTable {
+    slots: Vec<NameSlot>,
+    hasher: IdHasher,
+}
+
+/// `name[0]` is the length (0: a free slot; user ids are never empty), then the bytes.
+#[derive(Clone, Copy)]
+#[repr(align(32))]
+struct NameSlot {
+    name: [u8; 24],
+    idx: u32,
+}
+
+impl NameTable {
+    /// The inline form of a name, or `None` when it is too long to be held.
+    fn key(name: &str) -> Option<[u8; 24]> {
+        let b = name.as_bytes();
+        if b.is_empty() || b.len() >= 24 {
+            return None;
+        }
+        let mut k = [0u8; 24];
+        k[0] = b.len() as u8;
+        k[1..=b.len()].copy_from_slice(b);
+        Some(k)
+    }
+
+    fn new(ids: &EachUser<'_>, hasher: IdHasher) -> NameTable {
+        let mut n = 0usize;
+        ids(&mut |_, _| n += 1);
+        let mut t = NameTable {
+            slots: vec![
+                NameSlot {
+                    name: [0; 24],
+                    idx: 0,
+                };
+                2 * n + 1
+            ],
+            hasher,
+        };
+        ids(&mut |name, idx| {
+            let Some(k) = Self::key(name) else {
+                return;
+            };
+            let len = t.slots.len();
+            let mut i = t.home(&k);
+            for _ in 0..len {
+                let s = &mut t.slots[i];
+                if s.name[0] == 0 {
+                    *s = NameSlot { name: k, idx };
+                    return;
+                }
+                if s.name == k {
+                    return; // the first holder wins, as in the snapshot's own map
+                }
+                i = if i + 1 == len { 0 } else { i + 1 };
+            }
+        });
+        t
+    }
+
+    fn home(&self, k: &[u8; 24]) -> usize {
+        let h = self.hasher.bytes(&k[..1 + usize::from(k[0])]);
+        ((u128::from(h) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// `Err(())`: a name this table does not hold (too long); ask the resolver.
+    fn get(&self, name: &str) -> Result<Option<UserIdx>, ()> {
+        let (k, home) = self.locate(name).ok_or(())?;
+        Ok(self.probe(&k, home))
+    }
+
+    /// A name's inline key and home slot; `None` when the table does not hold such names.
+    fn locate(&self, name: &str) -> Option<([u8; 24], usize)> {
+        let k = Self::key(name)?;
+        let home = self.home(&k);
+        Some((k, home))
+    }
+
+    fn probe(&self, k: &[u8; 24], home: usize) -> Option<UserIdx> {
+        let len = self.slots.len();
+        let mut i = home;
+        for _ in 0..len {
+            let s = self.slots.get(i)?;
+            if s.name[0] == 0 {
+                return None;
+            }
+            if s.name == *k {
+                return Some(s.idx);
+            }
+            i = if i + 1 == len { 0 } else { i + 1 };
+        }
+        None
+    }
+}
+
 /// A record reference while streaming: interned type, id text in the arena, number or string.
 #[derive(Debug, Clone, Copy)]
 struct DraftRef {
@@ -273,8 +372,6 @@ struct DraftRef {
     number: bool,
 }
 
-const NONE: u32 = u32::MAX;
-
 #[derive(Debug, Clone, Copy)]
 enum DraftPrincipal {
     User(u32),
@@ -282,8 +379,22 @@ enum DraftPrincipal {
     Role(u32),
 }
 
-/// The `records` section read in one streaming pass: names interned, ids in one arena, about
-/// 16 bytes per entry plus the id's text. Resolved by [`RecordStore::build`].
+/// An owner as streamed: the name's text in the arena, resolved to a user only when the store
+/// is built, in a tight pass of its own (there the lookups' cache misses overlap; interleaved
+/// with parsing, each one was paid in full).
+#[derive(Debug, Clone, Copy)]
+enum OwnerRef {
+    None,
+    Text {
+        off: u32,
+        len: u32,
+    },
+    /// Interned in `users` (only when the arena is past 4 GiB).
+    Interned(u32),
+}
+
+/// The `records` section read in one streaming pass: names interned, ids and owner names in one
+/// arena, about 28 bytes per entry plus the texts. Resolved by [`RecordStore::build`].
 #[derive(Debug, Default)]
 pub struct RecordsDraft {
     types: Interner,
@@ -291,14 +402,26 @@ pub struct RecordsDraft {
     teams: Interner,
     roles: Interner,
     arena: String,
-    owners: Vec<(DraftRef, u32)>,
+    owners: Vec<(DraftRef, OwnerRef)>,
     shares: Vec<(DraftRef, Result<DraftPrincipal, &'static str>)>,
     related: Vec<(DraftRef, DraftRef)>,
 }
 
 impl RecordsDraft {
     fn push_ref(&mut self, record_type: &str, id: &IdText<'_>) -> DraftRef {
-        let t = self.types.intern(record_type);
+        // Entries of one type come in runs: the previous entry's type first.
+        let t = match self.owners.last() {
+            Some((r, _))
+                if self
+                    .types
+                    .names
+                    .get(r.record_type as usize)
+                    .is_some_and(|n| **n == *record_type) =>
+            {
+                r.record_type
+            }
+            _ => self.types.intern(record_type),
+        };
         let off = self.arena.len() as u32;
         // Offsets are u32: an arena past 4 GiB (never seen in practice) stores the id empty,
         // which resolution then refuses.
@@ -313,6 +436,29 @@ impl RecordsDraft {
             off,
             len: text.len() as u32,
             number: id.1,
+        }
+    }
+
+    fn push_owner(&mut self, name: &str) -> OwnerRef {
+        let off = self.arena.len();
+        if off + name.len() > u32::MAX as usize {
+            return OwnerRef::Interned(self.users.intern(name));
+        }
+        self.arena.push_str(name);
+        OwnerRef::Text {
+            off: off as u32,
+            len: name.len() as u32,
+        }
+    }
+
+    fn owner_name(&self, o: &OwnerRef) -> &str {
+        match *o {
+            OwnerRef::None => "",
+            OwnerRef::Text { off, len } => self
+                .arena
+                .get(off as usize..off as usize + len as usize)
+                .unwrap_or(""),
+            OwnerRef::Interned(i) => self.users.names.get(i as usize).map_or("", |n| &**n),
         }
     }
 
@@ -364,7 +510,10 @@ impl<'de> Deserialize<'de> for RecordsDraft {
                     Field::Owners => {
                         while let Some(e) = seq.next_element::<OwnerEntry<'de>>()? {
                             let r = draft.push_ref(&e.record_type.0, &e.id);
-                            let owner = e.owner.map(|o| draft.users.intern(&o.0)).unwrap_or(NONE);
+                            let owner = match e.owner {
+                                Some(o) => draft.push_owner(&o.0),
+                                None => OwnerRef::None,
+                            };
                             draft.owners.push((r, owner));
                         }
                     }
@@ -637,8 +786,19 @@ impl<const N: usize> FlatTable<N> {
         val: u32,
         eq: impl Fn(&[u32; N]) -> bool,
     ) -> Result<usize, usize> {
+        self.insert_at(self.home(hash), key, val, eq)
+    }
+
+    /// [`FlatTable::insert`] with the key's home slot already computed.
+    fn insert_at(
+        &mut self,
+        home: usize,
+        key: [u32; N],
+        val: u32,
+        eq: impl Fn(&[u32; N]) -> bool,
+    ) -> Result<usize, usize> {
         let n = self.slots.len();
-        let mut i = self.home(hash);
+        let mut i = home;
         for _ in 0..n {
             let Some(s) = self.slots.get(i) else {
                 break;
@@ -770,9 +930,18 @@ pub struct RecordError {
     pub message: String,
 }
 
+/// Calls its argument with every user's id and index.
+pub type EachUser<'a> = dyn Fn(&mut dyn FnMut(&str, UserIdx)) + 'a;
+
+/// A draft's record reference → its type and canonical id, or the error message.
+type Canon<'a> = dyn Fn(&DraftRef) -> Result<(RecordTypeId, RecordId), String> + 'a;
+
 /// How the snapshot resolves names while the store is built.
 pub struct Resolve<'a> {
-    pub user: &'a dyn Fn(&str) -> Option<UserIdx>,
+    pub user: &'a (dyn Fn(&str) -> Option<UserIdx> + Sync),
+    /// Every user's id and index (the owners of a large draft are resolved through a table
+    /// built from these; ids the table does not hold go through `user`).
+    pub user_ids: &'a EachUser<'a>,
     pub team: &'a dyn Fn(&str) -> Option<u32>,
     pub role: &'a dyn Fn(&str) -> Option<u16>,
 }
@@ -854,26 +1023,35 @@ impl RecordStore {
                 per_type[t.index()] += 1;
             }
         }
-        let mut store = RecordStore::default();
-        let mut base: u64 = 0;
-        for t in types.ids() {
-            let n = per_type[t.index()];
-            let keys = match types.kind(t) {
-                IdKind::Integer => Keys::Int(FlatTable::with_capacity(n)),
-                IdKind::Uuid => Keys::Uuid(FlatTable::with_capacity(n)),
-                IdKind::String { .. } => Keys::Str {
-                    table: FlatTable::with_capacity(n),
-                    arena: Arc::new(String::new()),
-                },
+        // Empty tables, sized for every entry (built again if the fast path below bails out).
+        let hasher = IdHasher::default();
+        let fresh = || {
+            let mut store = RecordStore {
+                hasher,
+                ..RecordStore::default()
             };
-            let size = n + n / 3 + 1;
-            store.types.push(TypeTable {
-                keys,
-                base: base as u32,
-                count: 0,
-            });
-            base += size as u64;
-        }
+            let mut base: u64 = 0;
+            for t in types.ids() {
+                let n = per_type[t.index()];
+                let keys = match types.kind(t) {
+                    IdKind::Integer => Keys::Int(FlatTable::with_capacity(n)),
+                    IdKind::Uuid => Keys::Uuid(FlatTable::with_capacity(n)),
+                    IdKind::String { .. } => Keys::Str {
+                        table: FlatTable::with_capacity(n),
+                        arena: Arc::new(String::new()),
+                    },
+                };
+                let size = n + n / 3 + 1;
+                store.types.push(TypeTable {
+                    keys,
+                    base: base as u32,
+                    count: 0,
+                });
+                base += size as u64;
+            }
+            (store, base)
+        };
+        let (mut store, base) = fresh();
         if base >= u64::from(u32::MAX) {
             err(
                 "owners",
@@ -884,53 +1062,35 @@ impl RecordStore {
             return Err(errors);
         }
 
-        // Owners. Each insert lands at a random place in a large table: reading the home slot
-        // of the entry `AHEAD` places on first lets those memory loads overlap (a prefetch
-        // without unsafe code).
-        const AHEAD: usize = 16;
-        for (i, (r, owner)) in draft.owners.iter().enumerate() {
-            if let Some((next, _)) = draft.owners.get(i + AHEAD) {
-                if let Ok((t, id)) = canon(next) {
-                    store.touch(t, &id);
-                }
+        // Owners' names → users: through a table built from the users when there are many
+        // owners (one probe each, read ahead), else through the resolver.
+        let names = (draft.owners.len() >= 4096).then(|| NameTable::new(resolve.user_ids, hasher));
+        let user = resolve.user;
+        let names = names.as_ref();
+        let owner_val = |o: &OwnerRef| -> Option<u32> {
+            if let OwnerRef::None = o {
+                return Some(NO_OWNER);
             }
-            let (t, id) = match canon(r) {
-                Ok(x) => x,
-                Err(m) => {
-                    err("owners", i, "id", m);
-                    continue;
-                }
-            };
-            let val = if *owner == NONE {
-                NO_OWNER
-            } else {
-                match user_of.get(*owner as usize).copied().flatten() {
-                    Some(u) => u,
-                    None => {
-                        let name = draft.users.names.get(*owner as usize).map_or("", |n| &**n);
-                        err("owners", i, "owner", format!("unknown user '{name}'"));
-                        continue;
-                    }
-                }
-            };
-            match store.insert(t, &id, val) {
-                Ok(_) => {}
-                Err(usize::MAX) => err(
-                    "owners",
-                    i,
-                    "id",
-                    format!(
-                        "{} '{id}' cannot be stored (too many string ids)",
-                        types.name(t)
-                    ),
-                ),
-                Err(_) => err(
-                    "owners",
-                    i,
-                    "id",
-                    format!("{} '{id}' appears twice", types.name(t)),
-                ),
+            let name = draft.owner_name(o);
+            match names.map(|n| n.get(name)) {
+                Some(Ok(u)) => u,
+                _ => user(name),
             }
+        };
+
+        // The fast path: integer ids, no error. Canonicalized and resolved on both cores, then
+        // inserted in slot order (each table chunk filled while in cache, not one random slot
+        // of a large table per entry). Anything else, errors included, takes the entry-by-entry
+        // path below, so errors are reported exactly as before.
+        let fast = draft.owners.len() >= 4096
+            && store
+                .owners_in_slot_order(draft, &type_of, &owner_val, names)
+                .is_some();
+        if !fast && !draft.owners.is_empty() {
+            if draft.owners.len() >= 4096 {
+                store = fresh().0;
+            }
+            store.owners_one_by_one(draft, &canon, &owner_val, types, &mut err);
         }
         // Related children (declared unless already an owner entry), then their parents.
         let mut children = Vec::with_capacity(draft.related.len());
@@ -951,11 +1111,23 @@ impl RecordStore {
                 }
             }
         }
-        for (i, (_, p)) in draft.related.iter().enumerate() {
+        // The parents' ids first, then their lookups back to back (each a random slot of a
+        // large table: in a loop of their own, the cache misses overlap).
+        let mut parent_ids: Vec<Result<(RecordTypeId, RecordId), String>> =
+            draft.related.iter().map(|(_, p)| canon(p)).collect();
+        let found: Vec<Option<Found>> = parent_ids
+            .iter()
+            .map(|p| p.as_ref().ok().and_then(|(t, id)| store.find(*t, id)))
+            .collect();
+        Arc::make_mut(&mut store.parents).reserve(draft.related.len());
+        for i in 0..draft.related.len() {
             let Some(Some((child, child_type))) = children.get(i).copied() else {
                 continue;
             };
-            let (pt, pid) = match canon(p) {
+            let Some(p) = parent_ids.get_mut(i) else {
+                continue;
+            };
+            let (pt, pid) = match std::mem::replace(p, Err(String::new())) {
                 Ok(x) => x,
                 Err(m) => {
                     err("related", i, "parent_id", m);
@@ -983,7 +1155,7 @@ impl RecordStore {
                 );
                 continue;
             }
-            let Some(parent) = store.find(pt, &pid) else {
+            let Some(parent) = found.get(i).copied().flatten() else {
                 err(
                     "related",
                     i,
@@ -1071,6 +1243,172 @@ impl RecordStore {
         } else {
             Err(errors)
         }
+    }
+
+    /// The owners of a draft, entry by entry, every problem reported.
+    fn owners_one_by_one(
+        &mut self,
+        draft: &RecordsDraft,
+        canon: &Canon<'_>,
+        owner_val: &dyn Fn(&OwnerRef) -> Option<u32>,
+        types: &RecordTypes,
+        err: &mut dyn FnMut(&'static str, usize, &'static str, String),
+    ) {
+        // Each insert lands at a random place in a large table: reading the home slot of the
+        // entry `AHEAD` places on first lets those memory loads overlap (a prefetch without
+        // unsafe code).
+        const AHEAD: usize = 16;
+        for (i, (r, owner)) in draft.owners.iter().enumerate() {
+            if let Some((next, _)) = draft.owners.get(i + AHEAD) {
+                if let Ok((t, id)) = canon(next) {
+                    self.touch(t, &id);
+                }
+            }
+            let (t, id) = match canon(r) {
+                Ok(x) => x,
+                Err(m) => {
+                    err("owners", i, "id", m);
+                    continue;
+                }
+            };
+            let Some(val) = owner_val(owner) else {
+                let name = draft.owner_name(owner);
+                err("owners", i, "owner", format!("unknown user '{name}'"));
+                continue;
+            };
+            match self.insert(t, &id, val) {
+                Ok(_) => {}
+                Err(usize::MAX) => err(
+                    "owners",
+                    i,
+                    "id",
+                    format!(
+                        "{} '{id}' cannot be stored (too many string ids)",
+                        types.name(t)
+                    ),
+                ),
+                Err(_) => err(
+                    "owners",
+                    i,
+                    "id",
+                    format!("{} '{id}' appears twice", types.name(t)),
+                ),
+            }
+        }
+    }
+
+    /// The owners of a draft whose records all have integer ids, when no entry has a problem:
+    /// canonicalized, resolved and placed (home slot) on both cores, then inserted in slot
+    /// order, so each table chunk is filled while it is in cache. `None` (the tables then hold
+    /// a part of the entries: the caller starts over with empty ones) at the first entry of
+    /// another kind or with a problem, which [`RecordStore::owners_one_by_one`] reports.
+    fn owners_in_slot_order(
+        &mut self,
+        draft: &RecordsDraft,
+        type_of: &[Option<RecordTypeId>],
+        owner_val: &(dyn Fn(&OwnerRef) -> Option<u32> + Sync),
+        names: Option<&NameTable>,
+    ) -> Option<()> {
+        #[derive(Clone, Copy, Default)]
+        struct Pending {
+            key: u64,
+            /// The home slot's record number (table base + slot).
+            pos: u32,
+            val: u32,
+        }
+        // Per type index: the table's base and size, when its ids are integers.
+        let layout: Vec<Option<(u32, usize)>> = self
+            .types
+            .iter()
+            .map(|tt| match &tt.keys {
+                Keys::Int(t) => Some((tt.base, t.slots.len())),
+                _ => None,
+            })
+            .collect();
+        let hasher = self.hasher;
+        // In blocks: first the ids and the owners' name slots (sequential reads), then the
+        // name probes back to back, so their cache misses overlap (the crate forbids unsafe
+        // code, so no prefetch instruction).
+        const BLOCK: usize = 32;
+        let prepare = |part: &[(DraftRef, OwnerRef)]| -> Option<Vec<Pending>> {
+            let mut out = Vec::with_capacity(part.len());
+            let mut slots = [None; BLOCK];
+            for block in part.chunks(BLOCK) {
+                let first = out.len();
+                for ((r, o), slot) in block.iter().zip(slots.iter_mut()) {
+                    let t = (*type_of.get(r.record_type as usize)?)?;
+                    let (base, size) = (*layout.get(t.index())?)?;
+                    let text = draft.text(r);
+                    let id = if r.number {
+                        canonical_json_number(IdKind::Integer, text)
+                    } else {
+                        canonical_id(IdKind::Integer, text)
+                    };
+                    let Ok(RecordId::Int(key)) = id else {
+                        return None;
+                    };
+                    let home = ((u128::from(hasher.int(key)) * size as u128) >> 64) as u32;
+                    out.push(Pending {
+                        key,
+                        pos: base + home,
+                        val: NO_OWNER,
+                    });
+                    *slot = match (o, names) {
+                        (OwnerRef::None, _) | (_, None) => None,
+                        (_, Some(n)) => n.locate(draft.owner_name(o)),
+                    };
+                }
+                let pending = out.get_mut(first..)?;
+                for ((p, (_, o)), slot) in pending.iter_mut().zip(block).zip(&slots) {
+                    p.val = match (slot, names) {
+                        (Some((k, home)), Some(n)) => n.probe(k, *home)?,
+                        _ => owner_val(o)?,
+                    };
+                }
+            }
+            Some(out)
+        };
+        let (a, b) = draft.owners.split_at(draft.owners.len() / 2);
+        let (pa, pb) = std::thread::scope(|s| {
+            match std::thread::Builder::new().spawn_scoped(s, || prepare(b)) {
+                Ok(h) => {
+                    let pa = prepare(a);
+                    (pa, h.join().ok().flatten())
+                }
+                Err(_) => (prepare(a), prepare(b)),
+            }
+        });
+        let (pa, pb) = (pa?, pb?);
+        // A counting sort by table chunk (stable: equal ids keep their order).
+        let end = self.types.last().map_or(0, |tt| {
+            tt.base as usize + layout.last().copied().flatten().map_or(0, |l| l.1)
+        });
+        let chunk = |p: &Pending| (p.pos >> SLOT_CHUNK_SHIFT) as usize;
+        let mut next = vec![0usize; (end >> SLOT_CHUNK_SHIFT) + 2];
+        for p in pa.iter().chain(&pb) {
+            *next.get_mut(chunk(p) + 1)? += 1;
+        }
+        for i in 1..next.len() {
+            next[i] += next[i - 1];
+        }
+        let mut sorted = vec![Pending::default(); pa.len() + pb.len()];
+        for p in pa.iter().chain(&pb) {
+            let at = next.get_mut(chunk(p))?;
+            *sorted.get_mut(*at)? = *p;
+            *at += 1;
+        }
+        drop((pa, pb));
+        for p in &sorted {
+            let tt = self.types.iter_mut().rev().find(|tt| tt.base <= p.pos)?;
+            let home = (p.pos - tt.base) as usize;
+            let Keys::Int(table) = &mut tt.keys else {
+                return None;
+            };
+            let k = split_u64(p.key);
+            table.insert_at(home, k, p.val, |x| *x == k).ok()?;
+            tt.count += 1;
+        }
+        Some(())
     }
 
     fn hash_id(&self, id: &RecordId) -> u64 {
@@ -1799,6 +2137,66 @@ pub(crate) mod tests {
             Ok(_) => vec![],
             Err(e) => e.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    /// A draft large enough for the fast path: owners resolved through the name table (and,
+    /// for ids it does not hold, the resolver), and errors still reported entry by entry with
+    /// their exact places.
+    #[test]
+    fn large_drafts_resolve_owners_and_locate_errors() {
+        let long = "u-a-rather-long-user-id-of-40-characters";
+        let owners = |bad: &dyn Fn(usize) -> Option<String>| {
+            (0..6000)
+                .map(|i| {
+                    bad(i).unwrap_or_else(|| {
+                        let o = ["a", long][i % 2];
+                        format!(r#"{{"type":"lead","id":"{i}","owner":"{o}"}}"#)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .join(",\n")
+        };
+        let text = |owners: String| {
+            format!(
+                "{{\n\"users\": [{{\"id\": \"a\", \"roles\": [\"admin\"]}}, {{\"id\": \"{long}\", \"roles\": []}}],\n\"records\": {{\"owners\": [\n{owners}]}}\n}}"
+            )
+        };
+        let c = catalog();
+        let lead = c.record_types().get("lead").unwrap();
+        let s = Snapshot::build("s.json", &text(owners(&|_| None)), &c).unwrap();
+        assert_eq!(s.records().stats().records, 6000);
+        for i in [0u64, 1, 4097, 5999] {
+            let f = s.records().find(lead, &RecordId::Int(i)).unwrap();
+            assert_eq!(f.owner, Some((i % 2) as UserIdx), "lead {i}");
+        }
+        assert!(s.records().find(lead, &RecordId::Int(6000)).is_none());
+
+        let bad = |i: usize| match i {
+            4100 => Some(r#"{"type":"lead","id":"17","owner":"a"}"#.to_string()),
+            4200 => Some(r#"{"type":"lead","id":"x","owner":"a"}"#.to_string()),
+            4300 => Some(r#"{"type":"lead","id":"99999","owner":"ghost"}"#.to_string()),
+            _ => None,
+        };
+        let errs: Vec<String> = Snapshot::build("s.json", &text(owners(&bad)), &c)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].starts_with("s.json:4104: records.owners[4100].id")
+                && errs[0].contains("twice"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("s.json:4204: records.owners[4200].id"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("s.json:4304: records.owners[4300].owner")
+                && errs[2].contains("unknown user 'ghost'"),
+            "{errs:?}"
+        );
     }
 
     #[test]

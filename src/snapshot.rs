@@ -709,8 +709,14 @@ impl Snapshot {
                 let user = |id: &str| by_id.get(id).copied();
                 let team = |name: &str| team_of.get(name).copied();
                 let role = |id: &str| role_idx.get(id).copied();
+                let user_ids = |f: &mut dyn FnMut(&str, UserIdx)| {
+                    for (i, u) in users.iter().enumerate() {
+                        f(&u.id, i as UserIdx);
+                    }
+                };
                 let resolve = Resolve {
                     user: &user,
+                    user_ids: &user_ids,
                     team: &team,
                     role: &role,
                 };
