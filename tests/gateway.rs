@@ -656,11 +656,13 @@ async fn request_bodies_over_the_gateway_limit() {
     assert!(h.received().is_empty());
 
     // Chunked, growing past the limit: cut off with 413; the CRM never gets the body whole.
-    let chunk = "b".repeat(600);
-    let raw = format!(
-        "POST /api/v1/leads/1/notes HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    let raw = chunked_json_post(
+        "/api/v1/leads/1/notes",
+        &auth,
+        "b".repeat(1200).as_bytes(),
+        600,
     );
-    let r = h.raw(raw.as_bytes());
+    let r = h.raw(&raw);
     assert_eq!(r.status, 413, "{r:?}");
     assert_eq!(r.json()["error"], "body_too_large");
     assert!(

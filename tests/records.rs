@@ -633,17 +633,12 @@ async fn a_10000_item_bulk_is_trimmed_and_forwarded_whole() {
 
     // HTTP/1.1 chunked.
     h.clear();
-    let mut raw = format!(
-        "POST /api/v1/leads/bulk-reassign HTTP/1.1\r\nHost: crm\r\nAuthorization: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-        bearer("u-sm")
-    )
-    .into_bytes();
-    for chunk in body.as_bytes().chunks(7_000) {
-        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        raw.extend_from_slice(chunk);
-        raw.extend_from_slice(b"\r\n");
-    }
-    raw.extend_from_slice(b"0\r\n\r\n");
+    let raw = chunked_json_post(
+        "/api/v1/leads/bulk-reassign",
+        &bearer("u-sm"),
+        body.as_bytes(),
+        7_000,
+    );
     let r = h.raw(&raw);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-permgate-removed-count"), Some("6250"));
@@ -690,17 +685,12 @@ async fn a_bulk_over_the_route_limit_is_refused_whole() {
     assert_eq!(v["error"], "body_too_large");
     assert!(h.received().is_empty(), "the CRM received nothing");
     // Chunked: found out while reading.
-    let mut raw = format!(
-        "POST /api/v1/leads/bulk-reassign HTTP/1.1\r\nHost: crm\r\nAuthorization: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-        bearer("u-sm")
-    )
-    .into_bytes();
-    for chunk in body.as_bytes().chunks(10_000) {
-        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        raw.extend_from_slice(chunk);
-        raw.extend_from_slice(b"\r\n");
-    }
-    raw.extend_from_slice(b"0\r\n\r\n");
+    let raw = chunked_json_post(
+        "/api/v1/leads/bulk-reassign",
+        &bearer("u-sm"),
+        body.as_bytes(),
+        10_000,
+    );
     let r = h.raw(&raw);
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(r.json()["error"], "body_too_large");

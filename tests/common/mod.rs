@@ -350,3 +350,19 @@ where
     }
     false
 }
+
+/// A raw HTTP/1.1 JSON `POST` (with `Connection: close`) whose body is sent chunked, in pieces
+/// of `chunk` bytes, for [`Harness::raw`].
+pub fn chunked_json_post(path: &str, authorization: &str, body: &[u8], chunk: usize) -> Vec<u8> {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: crm\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in body.chunks(chunk.max(1)) {
+        raw.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        raw.extend_from_slice(piece);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    raw
+}
