@@ -382,7 +382,11 @@ impl Snapshot {
     /// Apply a batch of non-structural changes, sharing every untouched part with `self`
     /// (module docs). Accepts and refuses exactly what [`RawSnapshot::apply`] followed by
     /// [`Snapshot::build`] would, and the result decides the same.
-    pub fn apply(&self, changes: &[Change], catalog: &Catalog) -> Result<Applied, Vec<String>> {
+    pub fn apply<'c>(
+        &self,
+        changes: &'c [Change],
+        catalog: &Catalog,
+    ) -> Result<Applied, Vec<String>> {
         let mut errors: Vec<String> = Vec::new();
         // Users in source form, touched in this batch: (index, or None for a new user; form).
         let mut touched: Vec<(Option<UserIdx>, RawUser)> = Vec::new();
@@ -649,6 +653,26 @@ impl Snapshot {
         // Records, against the final users.
         let mut records = self.records.clone();
         let types = catalog.record_types();
+        // Whom a share names, and their index in the new snapshot (`None`: unknown; a team
+        // being shared with must have members).
+        let principal = |i: usize,
+                         user: &'c Option<String>,
+                         team: &'c Option<String>,
+                         role: &'c Option<String>,
+                         needs_members: bool| {
+            let who = named(i, user, team, role)?;
+            let p = match who {
+                Named::User(u) => index_of(u).map(Principal::User),
+                Named::Team(t) => team_of
+                    .get(t)
+                    .filter(|x| {
+                        !needs_members || team_members.get(**x as usize).is_some_and(|m| *m > 0)
+                    })
+                    .map(|x| Principal::Team(*x)),
+                Named::Role(r) => self.role_idx.get(r).map(|x| Principal::Role(*x)),
+            };
+            Ok::<_, String>((who, p))
+        };
         for (i, change) in &record_ops {
             let (record_type, id) = match change {
                 Change::SetOwner {
@@ -692,20 +716,12 @@ impl Snapshot {
                 Change::Share {
                     user, team, role, ..
                 } => {
-                    let who = match named(*i, user, team, role) {
-                        Ok(w) => w,
+                    let (who, p) = match principal(*i, user, team, role, true) {
+                        Ok(x) => x,
                         Err(e) => {
                             errors.push(e);
                             continue;
                         }
-                    };
-                    let p = match who {
-                        Named::User(u) => index_of(u).map(Principal::User),
-                        Named::Team(t) => team_of
-                            .get(t)
-                            .filter(|x| team_members.get(**x as usize).is_some_and(|m| *m > 0))
-                            .map(|x| Principal::Team(*x)),
-                        Named::Role(r) => self.role_idx.get(r).map(|x| Principal::Role(*x)),
                     };
                     match p {
                         Some(p) => records.add_share(found.number, p),
@@ -718,17 +734,12 @@ impl Snapshot {
                 Change::Unshare {
                     user, team, role, ..
                 } => {
-                    let who = match named(*i, user, team, role) {
-                        Ok(w) => w,
+                    let (who, p) = match principal(*i, user, team, role, false) {
+                        Ok(x) => x,
                         Err(e) => {
                             errors.push(e);
                             continue;
                         }
-                    };
-                    let p = match who {
-                        Named::User(u) => index_of(u).map(Principal::User),
-                        Named::Team(t) => team_of.get(t).map(|x| Principal::Team(*x)),
-                        Named::Role(r) => self.role_idx.get(r).map(|x| Principal::Role(*x)),
                     };
                     if !p.is_some_and(|p| records.remove_share(found.number, p)) {
                         errors.push(format!(
