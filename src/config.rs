@@ -162,6 +162,20 @@ struct RawListen {
     h2_max_concurrent_streams: u32,
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: u64,
+    #[serde(default)]
+    engine: Engine,
+}
+
+/// The data plane that serves the traffic listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Pingora (the default): every feature.
+    #[default]
+    Pingora,
+    /// hyper: less CPU and memory per connection; no binary upgrade (`--upgrade`), one CRM
+    /// address.
+    Hyper,
 }
 
 fn default_read_buffer() -> Spanned<usize> {
@@ -549,6 +563,8 @@ pub struct Listen {
     /// forwarded; a streamed body that grows past it is cut off). Inspected routes also have
     /// their own `body.max_bytes`.
     pub max_body_bytes: u64,
+    /// The data plane.
+    pub engine: Engine,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -812,6 +828,14 @@ impl Config {
                     "at most 1048576 (each open connection holds this much)",
                 ));
             }
+        }
+        if raw.listen.engine == Engine::Hyper && raw.upstream.addresses.len() > 1 {
+            errors.push(ConfigError::new(
+                file,
+                locate(text, "listen.engine"),
+                "listen.engine",
+                "the hyper engine forwards to one CRM address: set upstream.address, or use engine = \"pingora\" for upstream.addresses",
+            ));
         }
         if threads == 0 || threads > 256 {
             errors.push(ConfigError::new(
@@ -1510,6 +1534,7 @@ impl Config {
                     keepalive_timeout_seconds: raw.listen.keepalive_timeout_seconds,
                     h2_max_concurrent_streams: raw.listen.h2_max_concurrent_streams,
                     max_body_bytes: raw.listen.max_body_bytes,
+                    engine: raw.listen.engine,
                 },
                 upstream: Upstream {
                     address,

@@ -56,6 +56,7 @@ pub mod config;
 pub mod control;
 pub mod decision_log;
 pub mod demo;
+pub mod exchange;
 pub mod explain;
 pub mod hierarchy;
 pub mod identity;

@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{
-    HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
-};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, WWW_AUTHENTICATE};
 use log::{info, warn};
 use pingora::apps::HttpServerOptions;
 use pingora::connectors::http::Connector;
@@ -38,18 +36,12 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::services::background::background_service;
 
-use crate::config::Access;
-use crate::decision_log::{self, Record};
-use crate::identity;
-use crate::live::{Live, State};
-use crate::metrics::{Outcome, UpstreamError};
-use crate::policy::{self, Denied, Permit};
+use crate::exchange::{self, Admission, Ctx};
+use crate::live::State;
+use crate::metrics::UpstreamError;
 use crate::reject::Rejection;
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-
-/// Prefix of every header permgate sets; client copies of any of them are removed.
-pub const OWN_HEADER_PREFIX: &str = "x-permgate-";
+pub use crate::exchange::OWN_HEADER_PREFIX;
 
 /// The gateway's Pingora application.
 pub struct Gateway {
@@ -134,15 +126,10 @@ impl Gateway {
         };
         self.upstream_response_filter(session, &mut resp, ctx)
             .await?;
-        for name in RESPONSE_HOP_HEADERS {
+        for name in exchange::RESPONSE_HOP_HEADERS {
             resp.remove_header(name);
         }
-        let lists = ctx
-            .live
-            .as_ref()
-            .zip(ctx.permit.as_ref().and_then(|p| p.route))
-            .and_then(|(l, r)| policy::route_info(&l.config, r).inspect.as_ref())
-            .is_some_and(|i| i.filters_response());
+        let lists = ctx.filters_response();
         // A 2xx with a body to filter (a HEAD answer or a 204 has none).
         let has_body = session.req_header().method != http::Method::HEAD
             && resp.status != http::StatusCode::NO_CONTENT;
@@ -151,11 +138,7 @@ impl Gateway {
                 Ok(body) => body,
                 Err(why) => {
                     warn!("request_id={} list not filtered: {why}", ctx.request_id);
-                    let id_header = ctx
-                        .live
-                        .as_ref()
-                        .map(|l| l.config.forward.request_id_header.clone())
-                        .unwrap_or_else(default_request_id_header);
+                    let id_header = ctx.id_header();
                     // The CRM connection may hold the rest of that response: not reused.
                     upstream.shutdown().await;
                     return respond(
@@ -267,22 +250,10 @@ impl Gateway {
         match read_body(session, limit).await? {
             Ok(body) => self.forward_inspected(session, ctx, body).await?,
             Err(rejection) => {
-                let id_header = ctx
-                    .live
-                    .as_ref()
-                    .map(|l| l.config.forward.request_id_header.clone())
-                    .unwrap_or_else(default_request_id_header);
+                let id_header = ctx.id_header();
                 respond(session, &rejection, &ctx.request_id, &id_header).await?;
                 // Answered by the gateway: logged as a denial, not as a forwarded call.
-                if let Some(permit) = ctx.permit.take() {
-                    ctx.denied = Some(Box::new(Denied {
-                        rejection,
-                        route: permit.route,
-                        user: None,
-                        canonical: None,
-                        caller: permit.caller,
-                    }));
-                }
+                ctx.deny_after_permit(rejection);
             }
         }
         Ok(true)
@@ -295,19 +266,7 @@ impl Gateway {
         upstream: &mut ClientSession,
         ctx: &Ctx,
     ) -> Result<std::result::Result<Vec<u8>, String>> {
-        let (Some(live), Some(permit)) = (&ctx.live, &ctx.permit) else {
-            return Ok(Err("no permit".into()));
-        };
-        let Some(inspect) = permit
-            .route
-            .and_then(|r| policy::route_info(&live.config, r).inspect.as_ref())
-        else {
-            return Ok(Err("no inspection settings".into()));
-        };
-        let (Some(caller), Some(snapshot)) = (permit.caller, live.snapshot.as_deref()) else {
-            return Ok(Err("no caller".into()));
-        };
-        let limit = inspect.list.as_ref().map_or(0, |l| l.limits.max_bytes);
+        let limit = exchange::list_limit(ctx);
         let encoded = upstream
             .response_header()
             .and_then(|r| r.headers.get(http::header::CONTENT_ENCODING))
@@ -327,45 +286,8 @@ impl Gateway {
             }
             buffer.extend_from_slice(&chunk);
         }
-        let filtered =
-            match crate::inspect::filter_response(snapshot, caller.user, inspect, &buffer) {
-                Ok(f) => f,
-                Err(e) => return Ok(Err(e.to_string())),
-            };
-        if let Some(c) = live.counters(permit.route) {
-            c.trimmed(filtered.removed as u64);
-        }
-        Ok(Ok(filtered.body))
+        Ok(exchange::filter_list(ctx, &buffer))
     }
-}
-
-/// Per-request state.
-pub struct Ctx {
-    request_id: String,
-    /// Bytes of a streamed request body seen so far (capped by `listen.max_body_bytes`).
-    body_seen: u64,
-    /// The TCP peer's address.
-    peer: Option<std::net::IpAddr>,
-    /// When the upstream exchange must be over (`upstream.total_timeout_ms` from the decision).
-    deadline: Option<Instant>,
-    live: Option<Arc<Live>>,
-    permit: Option<Permit>,
-    /// The denial: answered, or forwarded anyway in shadow mode (then `permit` is set too).
-    denied: Option<Box<Denied>>,
-    started: Instant,
-    upstream_started: Option<Instant>,
-    upstream_elapsed: Option<Duration>,
-    upstream_status: Option<u16>,
-    /// The candidate policy's decision: `Ok` allow, `Err(code)` deny.
-    candidate: Option<Result<(), &'static str>>,
-    /// The request body was checked (and possibly trimmed) before forwarding.
-    body_checked: bool,
-    /// Bulk items removed before forwarding (canonical spellings).
-    removed_ids: Vec<String>,
-}
-
-fn new_request_id() -> String {
-    format!("{:016x}", fastrand::u64(..))
 }
 
 /// Answer a rejection: status, JSON body, request id; `WWW-Authenticate` on 401.
@@ -412,20 +334,6 @@ async fn write_json(
     Ok(())
 }
 
-/// Is `raw` exactly this canonical target (path, then `?query` if any)?
-fn is_target(raw: &[u8], c: &crate::canon::CanonicalTarget) -> bool {
-    let path = c.path.as_bytes();
-    match &c.query {
-        None => raw == path,
-        Some(q) => {
-            raw.len() == path.len() + 1 + q.len()
-                && raw.starts_with(path)
-                && raw[path.len()] == b'?'
-                && raw.ends_with(q.as_bytes())
-        }
-    }
-}
-
 /// Time left before the total timeout; an error (answered 504) once it has passed.
 fn remaining(deadline: Option<Instant>) -> Result<Duration> {
     let left = deadline.map_or(Duration::MAX, |d| {
@@ -439,14 +347,6 @@ fn remaining(deadline: Option<Instant>) -> Result<Duration> {
     }
     Ok(left)
 }
-
-/// Response headers of a trimmed bulk call: how many items were removed, and which.
-const REMOVED_COUNT: &str = "x-permgate-removed-count";
-const REMOVED_IDS: &str = "x-permgate-removed-ids";
-/// Most removed ids listed in the header (the count is exact).
-const MAX_REMOVED_LISTED: usize = 200;
-type BodyVerdict =
-    std::result::Result<crate::inspect::Forward, (Rejection, Vec<String>, Vec<String>)>;
 
 /// Read the whole request body, at most `limit` bytes (`Err` 413 beyond; a declared
 /// `Content-Length` over the limit is refused before reading). `None`: the request has no body.
@@ -511,54 +411,26 @@ async fn drain(session: &mut Session) {
 }
 
 /// Read the request body of an inspected route (JSON only, uncompressed, at most the route's
-/// `body.max_bytes`) and check it.
+/// `body.max_bytes`) and check it: `Ok` the checked copy to forward, `Err` the rejection and its
+/// JSON body (`ctx.denied` is set).
 async fn read_and_check_body(
     session: &mut Session,
-    config: &crate::config::Config,
-    snapshot: &crate::snapshot::Snapshot,
-    user: crate::snapshot::UserIdx,
-    inspect: &crate::inspect::Inspect,
-) -> Result<BodyVerdict> {
-    let refuse = |rejection: Rejection| Ok(Err((rejection, Vec::new(), Vec::new())));
-    let headers = &session.req_header().headers;
-    let json = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').map(str::trim).collect::<Vec<_>>())
-        .is_some_and(|parts| {
-            parts[0].eq_ignore_ascii_case("application/json")
-                && parts[1..].iter().all(|p| {
-                    p.is_empty()
-                        || p.eq_ignore_ascii_case("charset=utf-8")
-                        || p.eq_ignore_ascii_case("charset=\"utf-8\"")
-                })
-        });
-    if !json {
-        return refuse(Rejection::new(
-            415,
-            "unsupported_media_type",
-            "this route takes only application/json in UTF-8",
-        ));
-    }
-    if headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-    {
-        return refuse(Rejection::new(
-            415,
-            "unsupported_media_type",
-            "a compressed request body is not accepted on this route",
-        ));
-    }
-    let body = match read_body(session, inspect.body_limits.max_bytes).await? {
-        Ok(body) => body.unwrap_or_default(),
-        Err(rejection) => return refuse(rejection),
+    ctx: &mut Ctx,
+) -> Result<std::result::Result<crate::inspect::Forward, (Rejection, Vec<u8>)>> {
+    let refuse = |ctx: &mut Ctx, rejection: Rejection| {
+        let body = rejection.body(&ctx.request_id);
+        ctx.deny_after_permit(rejection.clone());
+        Ok(Err((rejection, body)))
     };
-    Ok(
-        crate::inspect::check_body(snapshot, &config.catalog, user, inspect, &body)
-            .map_err(|d| (d.rejection, d.denied_ids, d.fields)),
-    )
+    if let Err(rejection) = exchange::check_json_media(&session.req_header().headers) {
+        return refuse(ctx, rejection);
+    }
+    let limit = ctx.inspect().map_or(0, |i| i.body_limits.max_bytes);
+    let body = match read_body(session, limit).await? {
+        Ok(body) => body.unwrap_or_default(),
+        Err(rejection) => return refuse(ctx, rejection),
+    };
+    Ok(exchange::check_body(ctx, &body))
 }
 
 type ClientSession = pingora::protocols::http::client::HttpSession;
@@ -578,217 +450,61 @@ impl Retry {
     }
 }
 
-/// Hop-by-hop headers of an upstream response, not passed on.
-const RESPONSE_HOP_HEADERS: [&str; 4] = ["connection", "keep-alive", "proxy-connection", "upgrade"];
-
-/// A rejection with the lists a bulk or field denial names (`denied_ids`, `fields`).
-async fn respond_with(
-    session: &mut Session,
-    rejection: &Rejection,
-    request_id: &str,
-    id_header: &http::HeaderName,
-    denied_ids: &[String],
-    fields: &[String],
-) -> Result<()> {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&rejection.body(request_id)).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        if !denied_ids.is_empty() {
-            o.insert("denied_ids".into(), serde_json::json!(denied_ids));
-        }
-        if !fields.is_empty() {
-            o.insert("fields".into(), serde_json::json!(fields));
-        }
-    }
-    let body = serde_json::to_vec(&v).unwrap_or_default();
-    write_json(session, rejection.status, body, request_id, id_header).await
-}
-
-fn default_request_id_header() -> http::HeaderName {
-    http::HeaderName::from_static("x-request-id")
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            request_id: new_request_id(),
-            peer: None,
-            deadline: None,
-            live: None,
-            permit: None,
-            denied: None,
-            started: Instant::now(),
-            upstream_started: None,
-            upstream_elapsed: None,
-            upstream_status: None,
-            candidate: None,
-            body_checked: false,
-            body_seen: 0,
-            removed_ids: Vec::new(),
-        }
+        Ctx::new()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // The one load of this request: a swap never changes a request in flight.
-        let live = self.state.live();
         // Downstream limits (`[listen]`): a stalled body, an idle keep-alive connection.
-        session.set_read_timeout(Some(live.config.listen.body_read_timeout));
+        let listen = &self.state.live().config.listen;
+        session.set_read_timeout(Some(listen.body_read_timeout));
         if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(live.config.listen.keepalive_timeout_seconds));
+            session.set_keepalive(Some(listen.keepalive_timeout_seconds));
         }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let req = session.req_header();
-        // The gateway's own endpoint: the caller's effective permissions. A byte-prefix test
-        // first keeps every other request from paying a second canonicalization; other
-        // spellings of the path fall through to the route table (unmatched: denied).
-        if req.method == http::Method::GET
-            && req.raw_path().starts_with(policy::ME_PATH.as_bytes())
-            && crate::canon::canonicalize_target(req.raw_path())
-                .is_ok_and(|c| c.path == policy::ME_PATH && c.query.is_none())
-        {
-            let answer = policy::effective_permissions(
-                &live.config,
-                self.state.snapshot_for_request(&live),
-                &policy::Request {
-                    method: &req.method,
-                    target: req.raw_path(),
-                    headers: &req.headers,
-                    peer,
-                },
-            );
-            let id_header = live.config.forward.request_id_header.clone();
-            match answer {
-                Ok(json) => {
-                    let body = serde_json::to_vec(&json).unwrap_or_default();
-                    write_json(session, 200, body, &ctx.request_id, &id_header).await?;
-                }
-                Err(rejection) => {
-                    respond(session, &rejection, &ctx.request_id, &id_header).await?;
-                }
-            }
-            return Ok(true);
-        }
-        let decided_at = Instant::now();
-        let decision = policy::decide(
-            &live.config,
-            self.state.snapshot_for_request(&live),
-            &policy::Request {
-                method: &req.method,
-                target: req.raw_path(),
-                headers: &req.headers,
-                peer,
-            },
+        let admission = exchange::admit(
+            &self.state,
+            ctx,
+            &req.method,
+            req.raw_path(),
+            &req.headers,
+            peer,
         );
-        self.state
-            .metrics
-            .decision_seconds
-            .observe(decided_at.elapsed());
-        // A candidate policy is judged on the same request, never enforced.
-        if let Some(c) = self.state.candidate() {
-            let verdict = policy::decide(
-                &c.config,
-                c.snapshot.as_deref().ok_or_else(Rejection::not_ready),
-                &policy::Request {
-                    method: &req.method,
-                    target: req.raw_path(),
-                    headers: &req.headers,
-                    peer,
-                },
-            );
-            let candidate = verdict.map(|_| ()).map_err(|d| d.rejection.code);
-            self.state
-                .metrics
-                .candidate(decision.is_ok(), candidate.is_ok());
-            ctx.candidate = Some(candidate);
-        }
-        let id_header = live.config.forward.request_id_header.clone();
-        ctx.deadline = Some(Instant::now() + live.config.upstream.total_timeout);
-        ctx.peer = peer;
-        ctx.live = Some(live.clone());
-        let permit = match decision {
-            Ok(permit) => permit,
-            Err(denied) => {
-                return match policy::shadow_permit(&live.config, live.snapshot.as_deref(), &denied)
-                {
-                    // Shadow mode: logged and counted as a would-be denial, forwarded anyway
-                    // (a list response is still filtered).
-                    Some(permit) => {
-                        let lists = permit
-                            .route
-                            .and_then(|r| policy::route_info(&live.config, r).inspect.as_ref())
-                            .filter(|i| i.filters_response())
-                            .map(|i| i.body_limits.max_bytes);
-                        ctx.permit = Some(permit);
-                        ctx.denied = Some(denied);
-                        match lists {
-                            Some(limit) => self.forward_with_body(session, ctx, limit).await,
-                            None => Ok(false),
-                        }
+        let id_header = ctx.id_header();
+        match admission {
+            Admission::Me(Ok(body)) => {
+                write_json(session, 200, body, &ctx.request_id, &id_header).await?;
+                Ok(true)
+            }
+            Admission::Me(Err(rejection)) | Admission::Deny(rejection) => {
+                respond(session, &rejection, &ctx.request_id, &id_header).await?;
+                Ok(true)
+            }
+            Admission::Stream => Ok(false),
+            Admission::Buffer(limit) => self.forward_with_body(session, ctx, limit).await,
+            Admission::Check => {
+                // Read the body (bounded), check it, and forward only the checked copy.
+                match read_and_check_body(session, ctx).await? {
+                    Ok(forward) => {
+                        self.forward_inspected(session, ctx, Some(Bytes::from(forward.body)))
+                            .await?;
                     }
-                    None => {
-                        respond(session, &denied.rejection, &ctx.request_id, &id_header).await?;
-                        ctx.denied = Some(denied);
-                        Ok(true)
+                    Err((rejection, body)) => {
+                        write_json(session, rejection.status, body, &ctx.request_id, &id_header)
+                            .await?;
                     }
-                };
-            }
-        };
-        // Routes that inspect the body or the response are forwarded by the gateway itself.
-        let Some(inspect) = permit
-            .route
-            .and_then(|r| policy::route_info(&live.config, r).inspect.as_ref())
-            .filter(|i| i.reads_body() || i.filters_response())
-        else {
-            ctx.permit = Some(permit);
-            return Ok(false);
-        };
-        if !inspect.reads_body() {
-            let limit = inspect.body_limits.max_bytes;
-            ctx.permit = Some(permit);
-            return self.forward_with_body(session, ctx, limit).await;
-        }
-        // Read the body (bounded), check it, and forward only the checked, re-serialized copy.
-        let (Some(caller), Some(snapshot)) = (permit.caller, live.snapshot.as_deref()) else {
-            // A checking route always has a caller resolved through the snapshot.
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "a checked route without a caller",
-            ));
-        };
-        match read_and_check_body(session, &live.config, snapshot, caller.user, inspect).await? {
-            Ok(forward) => {
-                ctx.removed_ids = forward.removed_ids.iter().map(|i| i.to_string()).collect();
-                ctx.body_checked = true;
-                ctx.permit = Some(permit);
-                self.forward_inspected(session, ctx, Some(Bytes::from(forward.body)))
-                    .await?;
-            }
-            Err((rejection, denied_ids, fields)) => {
-                respond_with(
-                    session,
-                    &rejection,
-                    &ctx.request_id,
-                    &id_header,
-                    &denied_ids,
-                    &fields,
-                )
-                .await?;
-                ctx.denied = Some(Box::new(Denied {
-                    rejection,
-                    route: permit.route,
-                    user: Some(snapshot.user(caller.user).id.to_string()),
-                    canonical: None,
-                    caller: Some(caller),
-                }));
+                }
+                Ok(true)
             }
         }
-        Ok(true)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -831,113 +547,22 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let (Some(live), Some(permit)) = (&ctx.live, &ctx.permit) else {
-            // Fail closed: nothing reaches the CRM without a permit.
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no permit in context",
-            ));
-        };
-        let config = &live.config;
-        // Forward exactly the canonical target; rebuild the URI only when it differs from what
-        // was received (the common case is already canonical).
-        if !is_target(upstream.raw_path(), &permit.canonical) {
-            let uri: http::Uri = permit.canonical.path_and_query().parse().map_err(|_| {
-                Error::explain(ErrorType::InternalError, "canonical path is not a URI")
-            })?;
+        let edits =
+            exchange::upstream_edits(&upstream.headers, session.req_header().raw_path(), ctx)
+                .map_err(|why| Error::explain(ErrorType::InternalError, why))?;
+        if let Some(uri) = edits.uri {
             upstream.set_uri(uri);
         }
-
-        for name in crate::canon::hop_by_hop_headers(&upstream.headers) {
-            upstream.remove_header(&name);
-        }
-        let own = |k: &http::HeaderName| k.as_str().starts_with(OWN_HEADER_PREFIX);
-        if upstream.headers.keys().any(own) {
-            let names: Vec<http::HeaderName> = upstream
-                .headers
-                .keys()
-                .filter(|k| own(k))
-                .cloned()
-                .collect();
-            for name in names {
-                upstream.remove_header(&name);
-            }
-        }
-        let f = &config.forward;
-        upstream.remove_header(&f.user_header);
-        upstream.remove_header(&f.roles_header);
-        upstream.remove_header(&f.request_id_header);
-        for name in config.identity.credential_headers() {
+        for name in &edits.remove {
             upstream.remove_header(name);
         }
-        // Only a verified JWT is ever forwarded in Authorization: never an API key, and never
-        // an unverified credential sent to a public route.
-        let verified_jwt = permit
-            .caller
-            .is_some_and(|c| c.method == identity::Method::Jwt);
-        if !(f.forward_authorization && verified_jwt) {
-            upstream.remove_header(&AUTHORIZATION);
+        for (name, value) in edits.insert {
+            upstream.insert_header(name, value)?;
         }
-        for name in &f.strip_headers {
-            upstream.remove_header(name);
-        }
-        // The same names spelled with `_`, `.` or other punctuation (CGI and PHP read them as `-`).
-        let sensitive = |folded: &str| {
-            folded.starts_with(OWN_HEADER_PREFIX)
-                || [&f.user_header, &f.roles_header, &f.request_id_header]
-                    .iter()
-                    .any(|h| h.as_str() == folded)
-                || f.strip_headers.iter().any(|h| h.as_str() == folded)
-                || config
-                    .identity
-                    .credential_headers()
-                    .any(|h| h.as_str() == folded)
-        };
-        for name in crate::canon::disguised_copies(&upstream.headers, sensitive) {
-            upstream.remove_header(&name);
-        }
-        if f.set_forwarded_for {
-            if let Some(ip) = ctx.peer {
-                upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
-            }
-        }
-        // A list route's response is filtered: ask the CRM for it uncompressed.
-        if permit
-            .route
-            .and_then(|r| policy::route_info(config, r).inspect.as_ref())
-            .is_some_and(|i| i.filters_response())
-        {
-            upstream.remove_header(&http::header::ACCEPT_ENCODING);
-        }
-        if let Some(host) = &config.upstream.host {
-            upstream.insert_header(http::header::HOST, host.clone())?;
-        }
-
-        if let (Some(_), None) = (permit.caller, &live.snapshot) {
-            // Cannot happen (a caller is resolved through the snapshot); fail closed if it does.
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "caller without a snapshot",
-            ));
-        }
-        if let (Some(caller), Some(snapshot)) = (permit.caller, &live.snapshot) {
-            let user = snapshot.user(caller.user);
-            let value = |s: &str| {
-                HeaderValue::from_str(s).map_err(|_| {
-                    Error::explain(ErrorType::InternalError, "identity is not a header value")
-                })
-            };
-            upstream.insert_header(f.user_header.clone(), value(&user.id)?)?;
-            upstream.insert_header(
-                f.roles_header.clone(),
-                value(&snapshot.grant(user).roles_header)?,
-            )?;
-        }
-        upstream.insert_header(f.request_id_header.clone(), ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -1011,28 +636,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let header = ctx
-            .live
-            .as_ref()
-            .map(|l| l.config.forward.request_id_header.clone())
-            .unwrap_or_else(default_request_id_header);
-        upstream_response.insert_header(header, ctx.request_id.as_str())?;
-        if ctx.body_checked {
-            // The documented contract of a trimmed bulk call.
-            upstream_response.insert_header(REMOVED_COUNT, ctx.removed_ids.len().to_string())?;
-            if !ctx.removed_ids.is_empty() {
-                let mut ids = ctx
-                    .removed_ids
-                    .iter()
-                    .take(MAX_REMOVED_LISTED)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(",");
-                if ctx.removed_ids.len() > MAX_REMOVED_LISTED {
-                    ids.push_str(",...");
-                }
-                upstream_response.insert_header(REMOVED_IDS, ids)?;
-            }
+        for (name, value) in exchange::response_headers(ctx) {
+            upstream_response.insert_header(name, value)?;
         }
         Ok(())
     }
@@ -1085,11 +690,7 @@ impl ProxyHttp for Gateway {
         );
         if let Some(r) = &rejection {
             if session.response_written().is_none() {
-                let header = ctx
-                    .live
-                    .as_ref()
-                    .map(|l| l.config.forward.request_id_header.clone())
-                    .unwrap_or_else(default_request_id_header);
+                let header = ctx.id_header();
                 if let Err(err) = respond(session, r, &ctx.request_id, &header).await {
                     warn!(
                         "request_id={} could not send the error response: {err}",
@@ -1106,111 +707,8 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let total = ctx.started.elapsed();
-        let metrics = &self.state.metrics;
-        metrics.request_seconds.observe(total);
-        let Some(live) = &ctx.live else { return };
-        let snapshot = live.snapshot.as_deref();
-        let (outcome, decision) = match (&ctx.permit, &ctx.denied) {
-            (Some(_), Some(_)) => (Outcome::ShadowDeny, "shadow_deny"),
-            (Some(_), None) => (Outcome::Allow, "allow"),
-            _ => (Outcome::Deny, "deny"),
-        };
-        let route = ctx
-            .permit
-            .as_ref()
-            .and_then(|p| p.route)
-            .or_else(|| ctx.denied.as_ref().and_then(|d| d.route));
-        if let Some(c) = live.counters(route) {
-            c.count(outcome, status);
-            if !ctx.removed_ids.is_empty() {
-                c.trimmed(ctx.removed_ids.len() as u64);
-            }
-        }
-        let log = &self.state.decision_log;
-        // Every disagreement with the candidate is logged, whatever the sampling.
-        let disagrees = ctx
-            .candidate
-            .is_some_and(|c| c.is_ok() != (outcome == Outcome::Allow));
-        let to_log = disagrees || log.wants(outcome == Outcome::Allow);
-        // The access line is debug-level (the decision log carries the same facts): build the
-        // strings below only when someone will read them.
-        if !to_log && !log::log_enabled!(log::Level::Debug) {
-            return;
-        }
-        let caller = ctx
-            .permit
-            .as_ref()
-            .and_then(|p| p.caller)
-            .or_else(|| ctx.denied.as_ref().and_then(|d| d.caller));
-        let user = match (caller, snapshot) {
-            (Some(c), Some(s)) => Some(s.user(c.user).id.to_string()),
-            _ => ctx.denied.as_ref().and_then(|d| d.user.clone()),
-        };
-        let route_info = route.map(|r| policy::route_info(&live.config, r));
-        let permission = route_info.and_then(|r| match r.access {
-            Access::Permission(p) => Some(p),
-            Access::Public => None,
-        });
-        let reason = match (&ctx.denied, route_info.map(|r| r.access), caller, snapshot) {
-            (Some(d), _, _, _) => d.rejection.code.to_string(),
-            (None, Some(Access::Public), _, _) => "public".to_string(),
-            (None, Some(Access::Permission(p)), Some(c), Some(s)) => {
-                format!(
-                    "granted_by:{}",
-                    policy::granting_role(s, c.user, p).unwrap_or("?")
-                )
-            }
-            _ => String::new(),
-        };
         let req = session.req_header();
-        let path = ctx
-            .permit
-            .as_ref()
-            .map(|p| p.canonical.path.clone())
-            .or_else(|| {
-                ctx.denied
-                    .as_ref()
-                    .and_then(|d| d.canonical.as_ref().map(|c| c.path.clone()))
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(req.raw_path()).into_owned());
-        log::debug!(
-            "request_id={} method={} path={:?} status={status} decision={decision} code={reason} user={:?} route={:?}",
-            ctx.request_id,
-            req.method,
-            path,
-            user.as_deref().unwrap_or("-"),
-            route_info.map_or("-", |r| r.name.as_str()),
-        );
-        let candidate = ctx.candidate.map(|c| match c {
-            Ok(()) => "allow".to_string(),
-            Err(code) => code.to_string(),
-        });
-        if to_log {
-            log.offer(Record {
-                ts_ms: decision_log::now_ms(),
-                request_id: ctx.request_id.clone(),
-                roles: match (caller, snapshot) {
-                    (Some(c), Some(s)) => Some(s.grant(s.user(c.user)).roles_header.to_string()),
-                    _ => None,
-                },
-                user,
-                method: req.method.to_string(),
-                path,
-                route: route_info.map(|r| r.name.clone()),
-                permission: permission.map(|p| live.config.catalog.permission_name(p).to_string()),
-                decision,
-                reason,
-                trimmed: ctx.removed_ids.clone(),
-                candidate,
-                snapshot_version: snapshot.map(|s| s.version.clone()),
-                config_hash: live.config.hash.clone(),
-                status,
-                upstream_status: ctx.upstream_status,
-                upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
-                total_ms: total.as_secs_f64() * 1e3,
-            });
-        }
+        exchange::finish(&self.state, ctx, &req.method, req.raw_path(), status);
     }
 }
 

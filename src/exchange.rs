@@ -1,0 +1,615 @@
+//! What every data plane does around the decision, free of any proxy library: the per-call
+//! state, the headers forwarded to the CRM and sent back to the caller, the media-type check of
+//! an inspected body, and the access log, decision log and counters at the end of a call.
+//!
+//! [`crate::proxy`] (Pingora) and [`crate::plane`] (hyper) both call these, so the two planes
+//! forward, answer and log a call the same way.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+
+use crate::config::Access;
+use crate::decision_log::{self, Record};
+use crate::identity;
+use crate::live::{Live, State};
+use crate::metrics::Outcome;
+use crate::policy::{self, Denied, Permit};
+use crate::reject::Rejection;
+
+/// Prefix of every header permgate sets; client copies of any of them are removed.
+pub const OWN_HEADER_PREFIX: &str = "x-permgate-";
+
+/// Response headers of a trimmed bulk call: how many items were removed, and which.
+pub const REMOVED_COUNT: &str = "x-permgate-removed-count";
+pub const REMOVED_IDS: &str = "x-permgate-removed-ids";
+/// Most removed ids listed in the header (the count is exact).
+pub const MAX_REMOVED_LISTED: usize = 200;
+
+/// Hop-by-hop headers of an upstream response, not passed on.
+pub const RESPONSE_HOP_HEADERS: [&str; 4] =
+    ["connection", "keep-alive", "proxy-connection", "upgrade"];
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// Per-call state, from the request's arrival to its log line.
+pub struct Ctx {
+    pub request_id: String,
+    /// Bytes of a streamed request body seen so far (capped by `listen.max_body_bytes`).
+    pub body_seen: u64,
+    /// The TCP peer's address.
+    pub peer: Option<IpAddr>,
+    /// When the upstream exchange must be over (`upstream.total_timeout_ms` from the decision).
+    pub deadline: Option<Instant>,
+    pub live: Option<Arc<Live>>,
+    pub permit: Option<Permit>,
+    /// The denial: answered, or forwarded anyway in shadow mode (then `permit` is set too).
+    pub denied: Option<Box<Denied>>,
+    pub started: Instant,
+    pub upstream_started: Option<Instant>,
+    pub upstream_elapsed: Option<Duration>,
+    pub upstream_status: Option<u16>,
+    /// The candidate policy's decision: `Ok` allow, `Err(code)` deny.
+    pub candidate: Option<Result<(), &'static str>>,
+    /// The request body was checked (and possibly trimmed) before forwarding.
+    pub body_checked: bool,
+    /// Bulk items removed before forwarding (canonical spellings).
+    pub removed_ids: Vec<String>,
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ctx {
+    pub fn new() -> Self {
+        Ctx {
+            request_id: format!("{:016x}", fastrand::u64(..)),
+            body_seen: 0,
+            peer: None,
+            deadline: None,
+            live: None,
+            permit: None,
+            denied: None,
+            started: Instant::now(),
+            upstream_started: None,
+            upstream_elapsed: None,
+            upstream_status: None,
+            candidate: None,
+            body_checked: false,
+            removed_ids: Vec::new(),
+        }
+    }
+
+    /// The header that carries the request id (`forward.request_id_header`).
+    pub fn id_header(&self) -> HeaderName {
+        self.live.as_ref().map_or_else(
+            || HeaderName::from_static("x-request-id"),
+            |l| l.config.forward.request_id_header.clone(),
+        )
+    }
+
+    /// The inspection settings of the permitted route, if it has any.
+    pub fn inspect(&self) -> Option<&crate::inspect::Inspect> {
+        let (live, permit) = (self.live.as_ref()?, self.permit.as_ref()?);
+        policy::route_info(&live.config, permit.route?)
+            .inspect
+            .as_deref()
+    }
+
+    /// Does the permitted route filter its response (a list route)?
+    pub fn filters_response(&self) -> bool {
+        self.inspect().is_some_and(|i| i.filters_response())
+    }
+
+    /// Record a denial answered by the gateway after a permit (a body refused on a route that
+    /// only filters its response): logged as a denial, not as a forwarded call.
+    pub fn deny_after_permit(&mut self, rejection: Rejection) {
+        if let Some(permit) = self.permit.take() {
+            self.denied = Some(Box::new(Denied {
+                rejection,
+                route: permit.route,
+                user: None,
+                canonical: None,
+                caller: permit.caller,
+            }));
+        }
+    }
+}
+
+/// How the request forwarded to the CRM differs from the one received.
+#[derive(Debug, Default)]
+pub struct UpstreamEdits {
+    /// The canonical target, when it differs from the one received.
+    pub uri: Option<http::Uri>,
+    pub remove: Vec<HeaderName>,
+    /// Set (replacing any value) after the removals.
+    pub insert: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Is `raw` exactly this canonical target (path, then `?query` if any)?
+fn is_target(raw: &[u8], c: &crate::canon::CanonicalTarget) -> bool {
+    let path = c.path.as_bytes();
+    match &c.query {
+        None => raw == path,
+        Some(q) => {
+            raw.len() == path.len() + 1 + q.len()
+                && raw.starts_with(path)
+                && raw[path.len()] == b'?'
+                && raw.ends_with(q.as_bytes())
+        }
+    }
+}
+
+/// The edits that turn a permitted request into what the CRM receives: exactly the canonical
+/// target; no hop-by-hop header, no client copy of the identity headers (whatever their
+/// spelling) and no consumed credential; the caller's id and roles and the request id added.
+/// `Err`: nothing may be forwarded (fail closed).
+pub fn upstream_edits(
+    headers: &HeaderMap,
+    raw_target: &[u8],
+    ctx: &Ctx,
+) -> Result<UpstreamEdits, &'static str> {
+    let (Some(live), Some(permit)) = (&ctx.live, &ctx.permit) else {
+        // Fail closed: nothing reaches the CRM without a permit.
+        return Err("no permit in context");
+    };
+    let config = &live.config;
+    let mut edits = UpstreamEdits::default();
+    // Forward exactly the canonical target; rebuild the URI only when it differs from what
+    // was received (the common case is already canonical).
+    if !is_target(raw_target, &permit.canonical) {
+        edits.uri = Some(
+            permit
+                .canonical
+                .path_and_query()
+                .parse()
+                .map_err(|_| "canonical path is not a URI")?,
+        );
+    }
+    let remove = &mut edits.remove;
+    remove.extend(crate::canon::hop_by_hop_headers(headers));
+    remove.extend(
+        headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(OWN_HEADER_PREFIX))
+            .cloned(),
+    );
+    let f = &config.forward;
+    remove.push(f.user_header.clone());
+    remove.push(f.roles_header.clone());
+    remove.push(f.request_id_header.clone());
+    remove.extend(config.identity.credential_headers().cloned());
+    // Only a verified JWT is ever forwarded in Authorization: never an API key, and never
+    // an unverified credential sent to a public route.
+    let verified_jwt = permit
+        .caller
+        .is_some_and(|c| c.method == identity::Method::Jwt);
+    if !(f.forward_authorization && verified_jwt) {
+        remove.push(AUTHORIZATION);
+    }
+    remove.extend(f.strip_headers.iter().cloned());
+    // The same names spelled with `_`, `.` or other punctuation (CGI and PHP read them as `-`).
+    let sensitive = |folded: &str| {
+        folded.starts_with(OWN_HEADER_PREFIX)
+            || [&f.user_header, &f.roles_header, &f.request_id_header]
+                .iter()
+                .any(|h| h.as_str() == folded)
+            || f.strip_headers.iter().any(|h| h.as_str() == folded)
+            || config
+                .identity
+                .credential_headers()
+                .any(|h| h.as_str() == folded)
+    };
+    remove.extend(crate::canon::disguised_copies(headers, sensitive));
+    // A list route's response is filtered: ask the CRM for it uncompressed.
+    if ctx.filters_response() {
+        remove.push(http::header::ACCEPT_ENCODING);
+    }
+    let value = |s: &str| HeaderValue::from_str(s).map_err(|_| "identity is not a header value");
+    let insert = &mut edits.insert;
+    if f.set_forwarded_for {
+        if let Some(ip) = ctx.peer {
+            insert.push((
+                HeaderName::from_static(X_FORWARDED_FOR),
+                value(&ip.to_string())?,
+            ));
+        }
+    }
+    if let Some(host) = &config.upstream.host {
+        insert.push((http::header::HOST, host.clone()));
+    }
+    match (permit.caller, &live.snapshot) {
+        // Cannot happen (a caller is resolved through the snapshot); fail closed if it does.
+        (Some(_), None) => return Err("caller without a snapshot"),
+        (Some(caller), Some(snapshot)) => {
+            let user = snapshot.user(caller.user);
+            insert.push((f.user_header.clone(), value(&user.id)?));
+            insert.push((
+                f.roles_header.clone(),
+                value(&snapshot.grant(user).roles_header)?,
+            ));
+        }
+        (None, _) => {}
+    }
+    insert.push((f.request_id_header.clone(), value(&ctx.request_id)?));
+    Ok(edits)
+}
+
+/// Headers the gateway adds to a forwarded call's response: the request id, and on a checked
+/// bulk call how many items were removed, and which (the documented contract of a trimmed call).
+pub fn response_headers(ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::with_capacity(3);
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        out.push((ctx.id_header(), v));
+    }
+    if ctx.body_checked {
+        out.push((
+            HeaderName::from_static(REMOVED_COUNT),
+            HeaderValue::from(ctx.removed_ids.len()),
+        ));
+        if !ctx.removed_ids.is_empty() {
+            let mut ids = ctx
+                .removed_ids
+                .iter()
+                .take(MAX_REMOVED_LISTED)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",");
+            if ctx.removed_ids.len() > MAX_REMOVED_LISTED {
+                ids.push_str(",...");
+            }
+            if let Ok(v) = HeaderValue::from_str(&ids) {
+                out.push((HeaderName::from_static(REMOVED_IDS), v));
+            }
+        }
+    }
+    out
+}
+
+/// An inspected body must be `application/json` in UTF-8, uncompressed (else 415).
+pub fn check_json_media(headers: &HeaderMap) -> Result<(), Rejection> {
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').map(str::trim).collect::<Vec<_>>())
+        .is_some_and(|parts| {
+            parts[0].eq_ignore_ascii_case("application/json")
+                && parts[1..].iter().all(|p| {
+                    p.is_empty()
+                        || p.eq_ignore_ascii_case("charset=utf-8")
+                        || p.eq_ignore_ascii_case("charset=\"utf-8\"")
+                })
+        });
+    if !json {
+        return Err(Rejection::new(
+            415,
+            "unsupported_media_type",
+            "this route takes only application/json in UTF-8",
+        ));
+    }
+    if headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(Rejection::new(
+            415,
+            "unsupported_media_type",
+            "a compressed request body is not accepted on this route",
+        ));
+    }
+    Ok(())
+}
+
+/// A rejection's JSON body with the lists a bulk or field denial names (`denied_ids`, `fields`).
+pub fn body_with_lists(
+    rejection: &Rejection,
+    request_id: &str,
+    denied_ids: &[String],
+    fields: &[String],
+) -> Vec<u8> {
+    let body = rejection.body(request_id);
+    if denied_ids.is_empty() && fields.is_empty() {
+        return body;
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        if !denied_ids.is_empty() {
+            o.insert("denied_ids".into(), serde_json::json!(denied_ids));
+        }
+        if !fields.is_empty() {
+            o.insert("fields".into(), serde_json::json!(fields));
+        }
+    }
+    serde_json::to_vec(&v).unwrap_or(body)
+}
+
+/// The end of a call: the request-time histogram, the route's counters, the access line
+/// (debug) and the decision log.
+pub fn finish(state: &State, ctx: &Ctx, method: &http::Method, raw_target: &[u8], status: u16) {
+    let total = ctx.started.elapsed();
+    let metrics = &state.metrics;
+    metrics.request_seconds.observe(total);
+    let Some(live) = &ctx.live else { return };
+    let snapshot = live.snapshot.as_deref();
+    let (outcome, decision) = match (&ctx.permit, &ctx.denied) {
+        (Some(_), Some(_)) => (Outcome::ShadowDeny, "shadow_deny"),
+        (Some(_), None) => (Outcome::Allow, "allow"),
+        _ => (Outcome::Deny, "deny"),
+    };
+    let route = ctx
+        .permit
+        .as_ref()
+        .and_then(|p| p.route)
+        .or_else(|| ctx.denied.as_ref().and_then(|d| d.route));
+    if let Some(c) = live.counters(route) {
+        c.count(outcome, status);
+        if !ctx.removed_ids.is_empty() {
+            c.trimmed(ctx.removed_ids.len() as u64);
+        }
+    }
+    let log = &state.decision_log;
+    // Every disagreement with the candidate is logged, whatever the sampling.
+    let disagrees = ctx
+        .candidate
+        .is_some_and(|c| c.is_ok() != (outcome == Outcome::Allow));
+    let to_log = disagrees || log.wants(outcome == Outcome::Allow);
+    // The access line is debug-level (the decision log carries the same facts): build the
+    // strings below only when someone will read them.
+    if !to_log && !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    let caller = ctx
+        .permit
+        .as_ref()
+        .and_then(|p| p.caller)
+        .or_else(|| ctx.denied.as_ref().and_then(|d| d.caller));
+    let user = match (caller, snapshot) {
+        (Some(c), Some(s)) => Some(s.user(c.user).id.to_string()),
+        _ => ctx.denied.as_ref().and_then(|d| d.user.clone()),
+    };
+    let route_info = route.map(|r| policy::route_info(&live.config, r));
+    let permission = route_info.and_then(|r| match r.access {
+        Access::Permission(p) => Some(p),
+        Access::Public => None,
+    });
+    let reason = match (&ctx.denied, route_info.map(|r| r.access), caller, snapshot) {
+        (Some(d), _, _, _) => d.rejection.code.to_string(),
+        (None, Some(Access::Public), _, _) => "public".to_string(),
+        (None, Some(Access::Permission(p)), Some(c), Some(s)) => {
+            format!(
+                "granted_by:{}",
+                policy::granting_role(s, c.user, p).unwrap_or("?")
+            )
+        }
+        _ => String::new(),
+    };
+    let path = ctx
+        .permit
+        .as_ref()
+        .map(|p| p.canonical.path.clone())
+        .or_else(|| {
+            ctx.denied
+                .as_ref()
+                .and_then(|d| d.canonical.as_ref().map(|c| c.path.clone()))
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(raw_target).into_owned());
+    log::debug!(
+        "request_id={} method={} path={:?} status={status} decision={decision} code={reason} user={:?} route={:?}",
+        ctx.request_id,
+        method,
+        path,
+        user.as_deref().unwrap_or("-"),
+        route_info.map_or("-", |r| r.name.as_str()),
+    );
+    let candidate = ctx.candidate.map(|c| match c {
+        Ok(()) => "allow".to_string(),
+        Err(code) => code.to_string(),
+    });
+    if to_log {
+        log.offer(Record {
+            ts_ms: decision_log::now_ms(),
+            request_id: ctx.request_id.clone(),
+            roles: match (caller, snapshot) {
+                (Some(c), Some(s)) => Some(s.grant(s.user(c.user)).roles_header.to_string()),
+                _ => None,
+            },
+            user,
+            method: method.to_string(),
+            path,
+            route: route_info.map(|r| r.name.clone()),
+            permission: permission.map(|p| live.config.catalog.permission_name(p).to_string()),
+            decision,
+            reason,
+            trimmed: ctx.removed_ids.clone(),
+            candidate,
+            snapshot_version: snapshot.map(|s| s.version.clone()),
+            config_hash: live.config.hash.clone(),
+            status,
+            upstream_status: ctx.upstream_status,
+            upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
+            total_ms: total.as_secs_f64() * 1e3,
+        });
+    }
+}
+
+/// What to do with a call once it is decided.
+#[derive(Debug)]
+pub enum Admission {
+    /// The gateway's own endpoint ([`policy::ME_PATH`]): 200 with this JSON body, or refused.
+    Me(Result<Vec<u8>, Rejection>),
+    /// Refused (`ctx.denied` is set): answer with the rejection.
+    Deny(Rejection),
+    /// Forward the call with its body streamed (`ctx.permit` is set).
+    Stream,
+    /// Read the body whole (at most this many bytes, 413 beyond), forward it as it came, and
+    /// filter the list response.
+    Buffer(usize),
+    /// Read the body and check it ([`crate::inspect::check_body`]); forward only the checked copy.
+    Check,
+}
+
+/// Decide one call: the one load of the live config and snapshot (kept in `ctx` to the end, so
+/// a swap never changes a call in flight), the decision, the candidate policy's verdict, and
+/// what the data plane must do next.
+pub fn admit(
+    state: &State,
+    ctx: &mut Ctx,
+    method: &http::Method,
+    target: &[u8],
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+) -> Admission {
+    let live = state.live();
+    let request = policy::Request {
+        method,
+        target,
+        headers,
+        peer,
+    };
+    // The gateway's own endpoint: the caller's effective permissions. A byte-prefix test
+    // first keeps every other request from paying a second canonicalization; other
+    // spellings of the path fall through to the route table (unmatched: denied).
+    if method == http::Method::GET
+        && target.starts_with(policy::ME_PATH.as_bytes())
+        && crate::canon::canonicalize_target(target)
+            .is_ok_and(|c| c.path == policy::ME_PATH && c.query.is_none())
+    {
+        let answer = policy::effective_permissions(
+            &live.config,
+            state.snapshot_for_request(&live),
+            &request,
+        )
+        .map(|json| serde_json::to_vec(&json).unwrap_or_default());
+        ctx.live = Some(live);
+        return Admission::Me(answer);
+    }
+    let decided_at = Instant::now();
+    let decision = policy::decide(&live.config, state.snapshot_for_request(&live), &request);
+    state.metrics.decision_seconds.observe(decided_at.elapsed());
+    // A candidate policy is judged on the same request, never enforced.
+    if let Some(c) = state.candidate() {
+        let verdict = policy::decide(
+            &c.config,
+            c.snapshot.as_deref().ok_or_else(Rejection::not_ready),
+            &request,
+        );
+        let candidate = verdict.map(|_| ()).map_err(|d| d.rejection.code);
+        state.metrics.candidate(decision.is_ok(), candidate.is_ok());
+        ctx.candidate = Some(candidate);
+    }
+    ctx.deadline = Some(Instant::now() + live.config.upstream.total_timeout);
+    ctx.peer = peer;
+    ctx.live = Some(live.clone());
+    let inspect = |permit: &Permit| {
+        permit
+            .route
+            .and_then(|r| policy::route_info(&live.config, r).inspect.as_deref())
+    };
+    match decision {
+        Ok(permit) => {
+            let next = match inspect(&permit) {
+                Some(i) if i.reads_body() => Admission::Check,
+                Some(i) if i.filters_response() => Admission::Buffer(i.body_limits.max_bytes),
+                _ => Admission::Stream,
+            };
+            ctx.permit = Some(permit);
+            next
+        }
+        Err(denied) => {
+            match policy::shadow_permit(&live.config, live.snapshot.as_deref(), &denied) {
+                // Shadow mode: logged and counted as a would-be denial, forwarded anyway (a
+                // list response is still filtered; a body is not checked).
+                Some(permit) => {
+                    let next = match inspect(&permit).filter(|i| i.filters_response()) {
+                        Some(i) => Admission::Buffer(i.body_limits.max_bytes),
+                        None => Admission::Stream,
+                    };
+                    ctx.permit = Some(permit);
+                    ctx.denied = Some(denied);
+                    next
+                }
+                None => {
+                    let rejection = denied.rejection.clone();
+                    ctx.denied = Some(denied);
+                    Admission::Deny(rejection)
+                }
+            }
+        }
+    }
+}
+
+/// Check a body read whole on a [`Admission::Check`] call. `Ok`: what to forward (`ctx` notes
+/// the removed items); `Err`: the rejection and its JSON body (`ctx.denied` is set).
+pub fn check_body(
+    ctx: &mut Ctx,
+    body: &[u8],
+) -> Result<crate::inspect::Forward, (Rejection, Vec<u8>)> {
+    let fail = |ctx: &mut Ctx, rejection: Rejection, ids: &[String], fields: &[String]| {
+        let body = body_with_lists(&rejection, &ctx.request_id, ids, fields);
+        let (route, caller) = ctx
+            .permit
+            .take()
+            .map_or((None, None), |p| (p.route, p.caller));
+        let user = match (
+            caller,
+            ctx.live.as_ref().and_then(|l| l.snapshot.as_deref()),
+        ) {
+            (Some(c), Some(s)) => Some(s.user(c.user).id.to_string()),
+            _ => None,
+        };
+        ctx.denied = Some(Box::new(Denied {
+            rejection: rejection.clone(),
+            route,
+            user,
+            canonical: None,
+            caller,
+        }));
+        Err((rejection, body))
+    };
+    let (Some(live), Some(inspect)) = (ctx.live.clone(), ctx.inspect()) else {
+        return fail(ctx, Rejection::internal(), &[], &[]);
+    };
+    let caller = ctx.permit.as_ref().and_then(|p| p.caller);
+    let (Some(caller), Some(snapshot)) = (caller, live.snapshot.as_deref()) else {
+        // A checking route always has a caller resolved through the snapshot.
+        return fail(ctx, Rejection::internal(), &[], &[]);
+    };
+    match crate::inspect::check_body(snapshot, &live.config.catalog, caller.user, inspect, body) {
+        Ok(forward) => {
+            ctx.removed_ids = forward.removed_ids.iter().map(|i| i.to_string()).collect();
+            ctx.body_checked = true;
+            Ok(forward)
+        }
+        Err(d) => fail(ctx, d.rejection, &d.denied_ids, &d.fields),
+    }
+}
+
+/// Filter a list response read whole. `Err(why)`: it cannot be filtered (the caller must get
+/// none of it).
+pub fn filter_list(ctx: &Ctx, body: &[u8]) -> Result<Vec<u8>, String> {
+    let (Some(live), Some(permit), Some(inspect)) = (&ctx.live, &ctx.permit, ctx.inspect()) else {
+        return Err("no inspection settings".into());
+    };
+    let (Some(caller), Some(snapshot)) = (permit.caller, live.snapshot.as_deref()) else {
+        return Err("no caller".into());
+    };
+    let filtered = crate::inspect::filter_response(snapshot, caller.user, inspect, body)
+        .map_err(|e| e.to_string())?;
+    if let Some(c) = live.counters(permit.route) {
+        c.trimmed(filtered.removed as u64);
+    }
+    Ok(filtered.body)
+}
+
+/// The most bytes of a list response read for filtering (`list.max_bytes`).
+pub fn list_limit(ctx: &Ctx) -> usize {
+    ctx.inspect()
+        .and_then(|i| i.list.as_ref())
+        .map_or(0, |l| l.limits.max_bytes)
+}
