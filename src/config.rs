@@ -173,8 +173,7 @@ pub enum Engine {
     /// Pingora (the default): every feature.
     #[default]
     Pingora,
-    /// hyper: less CPU and memory per connection; no binary upgrade (`--upgrade`), one CRM
-    /// address.
+    /// hyper: less CPU and memory per connection; no binary upgrade (`serve --upgrade`).
     Hyper,
 }
 
@@ -828,14 +827,6 @@ impl Config {
                     "at most 1048576 (each open connection holds this much)",
                 ));
             }
-        }
-        if raw.listen.engine == Engine::Hyper && raw.upstream.addresses.len() > 1 {
-            errors.push(ConfigError::new(
-                file,
-                locate(text, "listen.engine"),
-                "listen.engine",
-                "the hyper engine forwards to one CRM address: set upstream.address, or use engine = \"pingora\" for upstream.addresses",
-            ));
         }
         if threads == 0 || threads > 256 {
             errors.push(ConfigError::new(

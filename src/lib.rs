@@ -66,6 +66,7 @@ pub mod json;
 pub mod live;
 pub mod metrics;
 pub mod pem;
+pub mod plane;
 pub mod policy;
 pub mod proxy;
 pub mod records;

@@ -55,6 +55,7 @@ impl Live {
 pub struct Overrides {
     pub listen: Option<String>,
     pub upstream: Option<SocketAddr>,
+    pub engine: Option<crate::config::Engine>,
 }
 
 impl Overrides {
@@ -65,6 +66,9 @@ impl Overrides {
         if let Some(u) = self.upstream {
             config.upstream.address = u;
             config.upstream.addresses = vec![u];
+        }
+        if let Some(e) = self.engine {
+            config.listen.engine = e;
         }
     }
 }

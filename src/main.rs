@@ -8,10 +8,10 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use log::{error, info};
 
-use permgate::config::{Config, ConfigError};
+use permgate::config::{Config, ConfigError, Engine};
 use permgate::control;
 use permgate::live::{load_startup_snapshot, Overrides, Startup, State};
-use permgate::proxy;
+use permgate::{plane, proxy};
 
 // mimalloc: the bench profile showed glibc malloc at 16% of the gateway's CPU per request.
 #[global_allocator]
@@ -45,6 +45,9 @@ enum Command {
         /// SIGQUIT once this one is waiting) instead of binding it.
         #[arg(long)]
         upgrade: bool,
+        /// Override `listen.engine` (pingora or hyper).
+        #[arg(long)]
+        engine: Option<String>,
     },
     /// Load and validate a config, its catalogue and its snapshot; print a summary, or every
     /// error with its file, line and field (exit status 1).
@@ -102,7 +105,17 @@ fn print_errors(errors: &[ConfigError]) {
 }
 
 /// Parse the command-line overrides.
-fn overrides(listen: Option<String>, upstream: Option<String>) -> Result<Overrides, String> {
+fn overrides(
+    listen: Option<String>,
+    upstream: Option<String>,
+    engine: Option<String>,
+) -> Result<Overrides, String> {
+    let engine = match engine.as_deref() {
+        None => None,
+        Some("pingora") => Some(Engine::Pingora),
+        Some("hyper") => Some(Engine::Hyper),
+        Some(e) => return Err(format!("--engine '{e}': pingora or hyper")),
+    };
     if let Some(l) = &listen {
         l.parse::<SocketAddr>()
             .map_err(|_| format!("--listen '{l}' is not an IP:port address"))?;
@@ -116,7 +129,11 @@ fn overrides(listen: Option<String>, upstream: Option<String>) -> Result<Overrid
                 .ok_or_else(|| format!("--upstream '{u}' is not a resolvable host:port"))?,
         ),
     };
-    Ok(Overrides { listen, upstream })
+    Ok(Overrides {
+        listen,
+        upstream,
+        engine,
+    })
 }
 
 /// Load the config and snapshot, start the control thread, and run the proxy.
@@ -132,6 +149,13 @@ fn serve(config: &Path, overrides: Overrides, upgrade: bool) -> ExitCode {
     if let Err(e) = control::spawn(state.clone(), upgrade) {
         error!("cannot start the control thread (admin listener?): {e}");
         return ExitCode::from(2);
+    }
+    if state.live().config.listen.engine == Engine::Hyper {
+        if upgrade {
+            error!("--upgrade needs listen.engine = \"pingora\" (the hyper engine has no socket handover)");
+            return ExitCode::from(2);
+        }
+        return plane::run(state);
     }
     proxy::run(state, upgrade)
 }
@@ -167,9 +191,10 @@ fn main() -> ExitCode {
             listen,
             upstream,
             upgrade,
+            engine,
         } => {
             init_logging();
-            match overrides(listen, upstream) {
+            match overrides(listen, upstream, engine) {
                 Ok(o) => serve(&config, o, upgrade),
                 Err(e) => {
                     eprintln!("error: {e}");

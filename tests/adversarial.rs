@@ -92,11 +92,21 @@ fn folded(name: &str) -> String {
         .collect()
 }
 
+/// Targets that hyper's request-line parser refuses before the gateway sees the request (the
+/// hyper engine answers them with its own bare 400 and closes; README, "Data plane engines").
+const HYPER_PARSER_REFUSES: &[&str] = &["api/v1/customers/1"];
+
 /// Run a table on one gateway; returns how many cases ran.
 fn run(h: &Harness, class: &str, cases: &[Case]) -> usize {
+    let hyper = std::env::var("PERMGATE_TEST_ENGINE").is_ok_and(|e| e == "hyper");
     for c in cases {
         h.clear();
         let r = h.raw(&c.request);
+        if hyper && HYPER_PARSER_REFUSES.contains(&c.name.as_str()) {
+            assert_eq!(r.status, 400, "[{class}] {}: {r:?}", c.name);
+            assert!(h.received().is_empty(), "[{class}] {}", c.name);
+            continue;
+        }
         assert_eq!(
             r.status,
             c.status,
@@ -105,6 +115,11 @@ fn run(h: &Harness, class: &str, cases: &[Case]) -> usize {
             String::from_utf8_lossy(&c.request)
         );
         if let Some(code) = c.code {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&r.body).is_ok(),
+                "[{class}] {}: the answer has no JSON body: {r:?}",
+                c.name
+            );
             assert_eq!(r.json()["error"], code, "[{class}] {}: {r:?}", c.name);
             assert!(r.json()["request_id"].is_string(), "[{class}] {}", c.name);
         }

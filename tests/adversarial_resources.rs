@@ -196,8 +196,13 @@ async fn resources_are_bounded() {
     for (name, extra, want) in [
         ("150 headers", many.as_str(), vec![431]),
         ("40 KB of headers", big.as_str(), vec![431]),
-        // Beyond Pingora's own parser limits (256 headers, 1 MiB): its bare 400, or a close.
-        ("300 headers", too_many_for_pingora.as_str(), vec![400, 0]),
+        // Beyond the parser's own limits (Pingora: 256 headers, 1 MiB; the hyper engine sets
+        // hyper's to 257 headers): its bare 400 or 431, or a close.
+        (
+            "300 headers",
+            too_many_for_pingora.as_str(),
+            vec![400, 431, 0],
+        ),
         ("1.1 MB header", huge.as_str(), vec![400, 431, 0]),
     ] {
         h.clear();
@@ -210,7 +215,8 @@ async fn resources_are_bounded() {
         let status = status_of(&text);
         assert!(want.contains(&status), "{name}: {status} {text:.200}");
         assert!(closed, "{name}: {took:?}");
-        if status == 431 {
+        // Within the parsers' limits, the gateway's own answer.
+        if name == "150 headers" || name == "40 KB of headers" {
             assert!(text.contains("headers_too_large"), "{text:.300}");
         }
         assert!(h.received().is_empty(), "{name}");

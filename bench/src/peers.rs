@@ -279,6 +279,7 @@ pub fn permgate_config(
     upstream: SocketAddr,
     tuning: &GatewayTuning,
     authorize: bool,
+    engine: &str,
 ) -> Result<String, String> {
     let mut t: toml::Table =
         toml::from_str(permgate::demo::DEMO_CONFIG).map_err(|e| e.to_string())?;
@@ -292,6 +293,7 @@ pub fn permgate_config(
         };
     set(&mut t, "listen", "address", listen.to_string().into())?;
     set(&mut t, "listen", "threads", (tuning.threads as i64).into())?;
+    set(&mut t, "listen", "engine", engine.into())?;
     set(&mut t, "upstream", "address", upstream.to_string().into())?;
     set(
         &mut t,
@@ -527,8 +529,8 @@ mod tests {
             threads: 1,
             pool_size: 64,
         };
-        let on = permgate_config(a, a, &tuning, true).unwrap();
-        let off = permgate_config(a, a, &tuning, false).unwrap();
+        let on = permgate_config(a, a, &tuning, true, "hyper").unwrap();
+        let off = permgate_config(a, a, &tuning, false, "pingora").unwrap();
         assert!(on.matches("[[route]]").count() > 80);
         assert_eq!(off.matches("[[route]]").count(), 1);
         let s = snapshot_with(&BTreeMap::from([("sales_rep".to_string(), 3)])).unwrap();

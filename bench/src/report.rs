@@ -247,7 +247,14 @@ impl Report {
             };
             let nginx = find("nginx");
             let haproxy = find("haproxy-authz");
-            let pass = find("permgate-pass");
+            // Each engine against its own pass-through.
+            let pass_of = |v: &str| {
+                if v.starts_with("permgate-hyper") {
+                    find("permgate-hyper-pass")
+                } else {
+                    find("permgate-pass")
+                }
+            };
             let _ = writeln!(s, "### {g}\n");
             let _ = writeln!(
                 s,
@@ -264,7 +271,7 @@ impl Report {
                     c.variant,
                     if c.variant == "direct" { "–".into() } else { ratio(c.cpu_us_per_req, nginx) },
                     if c.variant == "direct" { "–".into() } else { ratio(c.cpu_us_per_req, haproxy) },
-                    if c.variant == "direct" { "–".into() } else { ratio(c.cpu_us_per_req, pass) },
+                    if c.variant == "direct" { "–".into() } else { ratio(c.cpu_us_per_req, pass_of(&c.variant)) },
                     c.p50_us,
                     c.p99_us,
                     fmt_opt(c.cpu_us_per_req, 1),

@@ -17,7 +17,7 @@ use crate::procstat;
 use crate::report::{Cell, Machine, Memory, Report, Round};
 use crate::scenario::{merged_population, Credentials, Plan, Scenario};
 
-const ALL_VARIANTS: &str = "direct,permgate-authz,permgate-pass,nginx,haproxy-authz,haproxy-plain";
+const ALL_VARIANTS: &str = "direct,permgate-authz,permgate-pass,permgate-hyper,permgate-hyper-pass,nginx,haproxy-authz,haproxy-plain";
 
 #[derive(Args, Clone)]
 pub struct SuiteArgs {
@@ -302,7 +302,13 @@ fn start_peers(
         pool_size: args.pool_size.max(args.connections),
     };
     let snapshot = peers::snapshot_with(population)?;
-    for (name, authorize) in [("permgate-authz", true), ("permgate-pass", false)] {
+    // Each engine (`listen.engine`) with and without authorization.
+    for (name, authorize, engine) in [
+        ("permgate-authz", true, "pingora"),
+        ("permgate-pass", false, "pingora"),
+        ("permgate-hyper", true, "hyper"),
+        ("permgate-hyper-pass", false, "hyper"),
+    ] {
         if !want(name) {
             continue;
         }
@@ -311,7 +317,7 @@ fn start_peers(
         write(&sub.join("snapshot.json"), &snapshot)?;
         write(
             &sub.join("permgate.toml"),
-            &peers::permgate_config(listen, crm_addr, &tuning, authorize)?,
+            &peers::permgate_config(listen, crm_addr, &tuning, authorize, engine)?,
         )?;
         let mut cmd = Command::new(&permgate_bin);
         cmd.arg("serve")

@@ -89,7 +89,7 @@ pub fn run(a: SwapsArgs) -> Result<(), String> {
         threads: 1,
         pool_size: 1024,
     };
-    let config = peers::permgate_config(listen, crm, &tuning, true)?
+    let config = peers::permgate_config(listen, crm, &tuning, true, "pingora")?
         + &format!("\n[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n");
     std::fs::write(dir.join("permgate.toml"), config).map_err(|e| e.to_string())?;
     std::fs::write(

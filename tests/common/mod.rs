@@ -157,6 +157,10 @@ impl Harness {
             if let Some(u) = upstream {
                 cmd.arg("--upstream").arg(u.to_string());
             }
+            // The whole suite runs against either data plane.
+            if let Ok(engine) = std::env::var("PERMGATE_TEST_ENGINE") {
+                cmd.arg("--engine").arg(engine);
+            }
             let mut child = cmd
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())

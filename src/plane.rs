@@ -1,0 +1,1466 @@
+//! The hyper data plane (`listen.engine = "hyper"`): the same calls, decisions, headers and
+//! answers as the Pingora plane ([`crate::proxy`]), both built on [`crate::exchange`], with
+//! less CPU per request and less memory per open connection.
+//!
+//! | step | what happens |
+//! |---|---|
+//! | accept | HTTP/1.1, h2c (`listen.h2c`) or HTTPS with HTTP/2 by ALPN (`listen.tls`) |
+//! | decide | [`exchange::admit`]: one load of the live config and snapshot, kept to the end |
+//! | forward | the body streams to the CRM (capped by `listen.max_body_bytes`, each wait by `listen.body_read_timeout_ms`), or is read whole and checked first on inspected routes; pooled keep-alive connections to the CRM (`upstream.pool_size`), one retry when a pooled connection turns out closed |
+//! | answer | the CRM's response streams back (each wait capped by `upstream.read_timeout_ms`, all of it by `upstream.total_timeout_ms`), or a list response is read whole and filtered first |
+//! | log | [`exchange::finish`] once the response body is done (or dropped) |
+//!
+//! Not supported here: the binary upgrade (`serve --upgrade`); restart behind a load balancer
+//! instead.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{
+    HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, TRANSFER_ENCODING, WWW_AUTHENTICATE,
+};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
+use log::{error, info, warn};
+use tokio::time::Sleep;
+
+use crate::exchange::{self, Admission, Ctx};
+use crate::live::State;
+use crate::metrics::UpstreamError;
+use crate::reject::Rejection;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Most bytes of a refused body read and discarded before answering.
+const MAX_DRAINED: usize = 16 << 20;
+
+/// Why a streamed request body was cut off (shared between the body and the handler).
+const CUT_TOO_LARGE: u8 = 1;
+const CUT_TIMED_OUT: u8 = 2;
+const CUT_UNREADABLE: u8 = 3;
+/// The body was read to its end.
+const BODY_DONE: u8 = 4;
+
+/// The client toward the CRM: plain HTTP, or TLS with material reloaded from its files.
+enum Upstream {
+    Plain(Client<HttpConnector, ReqBody>),
+    Tls(Client<upstream_tls::Connector, ReqBody>),
+}
+
+impl Upstream {
+    fn request(&self, request: Request<ReqBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Upstream::Plain(c) => c.request(request),
+            Upstream::Tls(c) => c.request(request),
+        }
+    }
+}
+
+struct Plane {
+    state: Arc<State>,
+    client: Upstream,
+    scheme: Scheme,
+    /// The CRM's address as a URI authority, cached (the config may change it on reload).
+    authority: arc_swap::ArcSwap<(SocketAddr, Authority)>,
+    /// Several CRM instances (`upstream.addresses`, fixed at start): round robin over the
+    /// healthy ones. `None`: one instance, `upstream.address`.
+    balanced: Option<Arc<Balanced>>,
+}
+
+/// CRM instances checked in the background (a TCP connect every `health_check_interval_ms`).
+struct Balanced {
+    instances: Vec<Instance>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+struct Instance {
+    address: SocketAddr,
+    authority: Authority,
+    healthy: std::sync::atomic::AtomicBool,
+}
+
+impl Balanced {
+    fn new(addresses: &[SocketAddr]) -> Result<Self, String> {
+        Ok(Balanced {
+            instances: addresses
+                .iter()
+                .map(|&address| {
+                    Ok(Instance {
+                        address,
+                        authority: authority_of(address)?,
+                        healthy: true.into(),
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            next: 0.into(),
+        })
+    }
+
+    /// The next healthy instance, round robin.
+    fn pick(&self) -> Option<&Instance> {
+        let n = self.instances.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| &self.instances[(start + k) % n])
+            .find(|i| i.healthy.load(Ordering::Relaxed))
+    }
+
+    /// Check every instance forever (a task on the runtime).
+    async fn check(self: Arc<Self>, every: Duration, timeout: Duration) {
+        loop {
+            for i in &self.instances {
+                let up = matches!(
+                    tokio::time::timeout(timeout, tokio::net::TcpStream::connect(i.address)).await,
+                    Ok(Ok(_))
+                );
+                if i.healthy.swap(up, Ordering::Relaxed) != up {
+                    if up {
+                        info!("CRM instance {} is up again", i.address);
+                    } else {
+                        warn!("CRM instance {} is down: calls go to the others", i.address);
+                    }
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+/// Build the runtime and serve until SIGTERM/SIGINT (then drain for `listen.drain_seconds`).
+pub fn run(state: Arc<State>) -> std::process::ExitCode {
+    let threads = state.live().config.listen.threads;
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("permgate-worker")
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(serve(state)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(state: Arc<State>) -> Result<(), String> {
+    let config = state.live().config.clone();
+    let listen = &config.listen;
+    let u = &config.upstream;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(u.connect_timeout));
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .pool_idle_timeout(u.idle_timeout)
+        .pool_max_idle_per_host(u.pool_size)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    let (client, scheme) = match &u.tls {
+        None => (Upstream::Plain(client.build(connector)), Scheme::HTTP),
+        Some(_) => (
+            Upstream::Tls(client.build(upstream_tls::Connector::watch(state.clone(), {
+                // The TCP part of an https:// connection.
+                connector.enforce_http(false);
+                connector
+            })?)),
+            Scheme::HTTPS,
+        ),
+    };
+    let authority = authority_of(u.address)?;
+    let balanced = if u.addresses.len() > 1 {
+        let b = Arc::new(Balanced::new(&u.addresses)?);
+        tokio::spawn(b.clone().check(u.health_check_interval, u.connect_timeout));
+        Some(b)
+    } else {
+        None
+    };
+    let plane = Arc::new(Plane {
+        state: state.clone(),
+        client,
+        scheme,
+        authority: arc_swap::ArcSwap::from_pointee((u.address, authority)),
+        balanced,
+    });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The gateway's own limits (`listen.max_headers`, `listen.max_header_bytes`) answer
+        // 431 with a JSON body; hyper's are set above them, as a backstop.
+        .max_headers(257)
+        .max_buf_size(listen.max_header_bytes.max(8192) + 64 * 1024)
+        .header_read_timeout(Duration::from_secs(listen.keepalive_timeout_seconds))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(listen.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(listen.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(listen.keepalive_timeout_seconds))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = if listen.h2c || listen.tls.is_some() {
+        builder
+    } else {
+        builder.http1_only()
+    };
+    let tls = match &listen.tls {
+        None => None,
+        Some(files) => Some(tls::acceptor(files)?),
+    };
+
+    let listener = tokio::net::TcpListener::bind(&listen.address)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", listen.address))?;
+    info!(
+        "permgate (hyper engine) listening on {}{} → CRM {} (config {}, hash {})",
+        if tls.is_some() { "https://" } else { "http://" },
+        listen.address,
+        u.address,
+        config.file,
+        config.hash
+    );
+    // Draining: each connection task holds a sender; all dropped = all connections closed.
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let idle = Duration::from_secs(listen.keepalive_timeout_seconds);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| e.to_string())?;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, go on.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => {
+                info!("SIGINT: stopping now");
+                return Ok(());
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let plane = plane.clone();
+        let service = service_fn(move |req| plane.clone().handle(req, peer.ip()));
+        let activity = Arc::new(Activity::default());
+        let stream = Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        };
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let drain = drain_rx.clone();
+        let alive = alive_tx.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    drive(conn, &activity, idle, drain).await;
+                }
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                    else {
+                        return;
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    drive(conn, &activity, idle, drain).await;
+                }
+            }
+            drop(alive);
+        });
+    }
+    let period = Duration::from_secs(listen.drain_seconds);
+    info!(
+        "SIGTERM: no new connections; draining for at most {}s",
+        period.as_secs()
+    );
+    drop(listener);
+    let _ = drain_tx.send(true);
+    drop(alive_tx);
+    if tokio::time::timeout(period, alive_rx.recv()).await.is_err() {
+        warn!("drain period over with connections still open: closing them");
+    }
+    Ok(())
+}
+
+/// When a connection last moved a byte, in milliseconds since [`epoch`].
+#[derive(Default)]
+struct Activity(std::sync::atomic::AtomicU64);
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = epoch().elapsed().as_millis() as u64;
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        epoch() + Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// A client connection that notes when it last moved a byte.
+struct Tracked {
+    inner: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Serve one connection until it ends; after `idle` without a byte either way (an idle
+/// keep-alive or HTTP/2 connection), or when the gateway drains, it is shut down gracefully
+/// (HTTP/2: GOAWAY; requests in flight finish).
+async fn drive<C: GracefulConnection>(
+    conn: C,
+    activity: &Activity,
+    idle: Duration,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
+    activity.touch();
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let quiet_until = activity.last() + idle;
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::sleep_until(quiet_until.into()), if !closing => {
+                if activity.last() + idle <= Instant::now() {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = drain.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+fn authority_of(address: SocketAddr) -> Result<Authority, String> {
+    Authority::try_from(address.to_string()).map_err(|e| format!("upstream.address: {e}"))
+}
+
+/// The request-target as the decision reads it: the origin-form path and query (HTTP/2's
+/// `:path`); an HTTP/1.1 absolute-form target is passed whole, and refused by the canonicalizer.
+fn target_of(req: &Request<Incoming>) -> &[u8] {
+    let uri = req.uri();
+    if req.version() != Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some()) {
+        // `http://host/path` or `host:port` (CONNECT): never a route.
+        return b"*absolute-form*";
+    }
+    uri.path_and_query()
+        .map_or(b"*" as &[u8], |p| p.as_str().as_bytes())
+}
+
+impl Plane {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<Response<RespBody>, Infallible> {
+        let mut ctx = Ctx::new();
+        let method = req.method().clone();
+        let target = req.uri().path_and_query().cloned();
+        let mut response = if method == Method::CONNECT {
+            // No tunnels (Pingora's answer too).
+            let rejection = Rejection::new(
+                405,
+                "method_not_allowed",
+                "CONNECT is not served by this gateway",
+            );
+            reject(&rejection, &ctx, true)
+        } else {
+            self.dispatch(req, peer, &mut ctx).await
+        };
+        let status = response.status().as_u16();
+        // The log line and counters once the body is sent (or dropped).
+        response.body_mut().finish = Some(Box::new(Finish {
+            state: self.state.clone(),
+            ctx,
+            method,
+            target,
+            status,
+        }));
+        Ok(response)
+    }
+
+    /// Decide, then answer or forward.
+    async fn dispatch(
+        &self,
+        req: Request<Incoming>,
+        peer: IpAddr,
+        ctx: &mut Ctx,
+    ) -> Response<RespBody> {
+        let admission = exchange::admit(
+            &self.state,
+            ctx,
+            req.method(),
+            target_of(&req),
+            req.headers(),
+            Some(peer),
+        );
+        match admission {
+            Admission::Me(Ok(body)) => json(200, body, ctx),
+            Admission::Me(Err(rejection)) | Admission::Deny(rejection) => {
+                reject(&rejection, ctx, has_body(&req))
+            }
+            Admission::Stream => self.forward_streamed(req, ctx).await,
+            Admission::Buffer(limit) => match read_body(req, limit, ctx).await {
+                Ok((parts, body)) => self.forward_whole(parts, body, ctx).await,
+                Err(rejection) => {
+                    let response = reject(&rejection, ctx, true);
+                    ctx.deny_after_permit(rejection);
+                    response
+                }
+            },
+            Admission::Check => self.forward_checked(req, ctx).await,
+        }
+    }
+
+    /// The CRM's URI for a target (its address may change on a config reload).
+    fn upstream_uri(&self, ctx: &Ctx, path: PathAndQuery) -> Result<Uri, Rejection> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.path_and_query = Some(path);
+        if let Some(b) = &self.balanced {
+            let Some(instance) = b.pick() else {
+                warn!("request_id={} no healthy CRM instance", ctx.request_id);
+                self.state
+                    .metrics
+                    .upstream_error(UpstreamError::Unavailable);
+                return Err(Rejection::upstream_unavailable());
+            };
+            parts.authority = Some(instance.authority.clone());
+            return Uri::from_parts(parts).map_err(|_| Rejection::internal());
+        }
+        let address = ctx
+            .live
+            .as_ref()
+            .map(|l| l.config.upstream.address)
+            .ok_or_else(Rejection::internal)?;
+        let mut cached = self.authority.load();
+        if cached.0 != address {
+            let a = authority_of(address).map_err(|_| Rejection::internal())?;
+            self.authority.store(Arc::new((address, a)));
+            cached = self.authority.load();
+        }
+        parts.authority = Some(cached.1.clone());
+        Uri::from_parts(parts).map_err(|_| Rejection::internal())
+    }
+
+    /// Turn the client's request head into the CRM's: [`exchange::upstream_edits`], HTTP/1.1,
+    /// a Host (HTTP/2 has `:authority` instead).
+    fn upstream_head(
+        &self,
+        mut parts: http::request::Parts,
+        ctx: &Ctx,
+    ) -> Result<http::request::Parts, Rejection> {
+        let edits = exchange::upstream_edits(&parts.headers, target_of_parts(&parts), ctx)
+            .map_err(|why| {
+                error!("request_id={} not forwarded: {why}", ctx.request_id);
+                Rejection::internal()
+            })?;
+        if parts.version == Version::HTTP_2 && !parts.headers.contains_key(HOST) {
+            if let Some(v) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(HOST, v);
+            }
+        }
+        let path = match edits.uri {
+            Some(uri) => uri.path_and_query().cloned(),
+            None => parts.uri.path_and_query().cloned(),
+        }
+        .ok_or_else(Rejection::internal)?;
+        for name in &edits.remove {
+            parts.headers.remove(name);
+        }
+        for (name, value) in edits.insert {
+            parts.headers.insert(name, value);
+        }
+        parts.uri = self.upstream_uri(ctx, path)?;
+        parts.version = Version::HTTP_11;
+        Ok(parts)
+    }
+
+    /// Forward a call whose body streams through (none checked).
+    async fn forward_streamed(&self, req: Request<Incoming>, ctx: &mut Ctx) -> Response<RespBody> {
+        let (parts, incoming) = req.into_parts();
+        let Some(live) = ctx.live.clone() else {
+            return reject(&Rejection::internal(), ctx, true);
+        };
+        let listen = &live.config.listen;
+        // A declared length over the limit was refused at the decision.
+        let (body, cut) = if incoming.is_end_stream() {
+            (ReqBody::Empty, None)
+        } else {
+            let cut = Arc::new(AtomicU8::new(0));
+            (
+                ReqBody::Stream(Box::new(Streamed {
+                    inner: incoming,
+                    seen: 0,
+                    max: listen.max_body_bytes,
+                    idle: listen.body_read_timeout,
+                    deadline: ctx.deadline,
+                    sleep: None,
+                    cut: cut.clone(),
+                })),
+                Some(cut),
+            )
+        };
+        let parts = match self.upstream_head(parts, ctx) {
+            Ok(p) => p,
+            Err(rejection) => return reject(&rejection, ctx, true),
+        };
+        match self.exchange(Request::from_parts(parts, body), ctx).await {
+            Ok(response) => self.pass_back(response, ctx),
+            Err(rejection) => {
+                let rejection = match cut.map(|c| c.load(Ordering::Acquire)) {
+                    Some(CUT_TOO_LARGE) => Rejection::body_too_large(),
+                    Some(CUT_TIMED_OUT) => Rejection::request_timeout(),
+                    Some(CUT_UNREADABLE) => {
+                        Rejection::new(400, "bad_request", "the request could not be read")
+                    }
+                    // The total timeout ran out while the client was still sending its body.
+                    Some(0) if rejection.code == "upstream_timeout" => Rejection::request_timeout(),
+                    _ => rejection,
+                };
+                reject(&rejection, ctx, true)
+            }
+        }
+    }
+
+    /// Read, check and forward the body of an inspected route: only the checked copy goes.
+    async fn forward_checked(&self, req: Request<Incoming>, ctx: &mut Ctx) -> Response<RespBody> {
+        let refuse = |ctx: &mut Ctx, rejection: Rejection| {
+            let response = reject(&rejection, ctx, true);
+            ctx.deny_after_permit(rejection);
+            response
+        };
+        if let Err(rejection) = exchange::check_json_media(req.headers()) {
+            return refuse(ctx, rejection);
+        }
+        let limit = ctx.inspect().map_or(0, |i| i.body_limits.max_bytes);
+        let (parts, body) = match read_body(req, limit, ctx).await {
+            Ok(read) => read,
+            Err(rejection) => return refuse(ctx, rejection),
+        };
+        match exchange::check_body(ctx, body.as_deref().unwrap_or_default()) {
+            Ok(forward) => {
+                self.forward_whole(parts, Some(Bytes::from(forward.body)), ctx)
+                    .await
+            }
+            Err((rejection, body)) => {
+                let mut response = json(rejection.status, body, ctx);
+                if rejection.status == 401 {
+                    response
+                        .headers_mut()
+                        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
+                response
+            }
+        }
+    }
+
+    /// Forward a call whose body was read whole: exactly `body` with its length, or none.
+    async fn forward_whole(
+        &self,
+        parts: http::request::Parts,
+        body: Option<Bytes>,
+        ctx: &mut Ctx,
+    ) -> Response<RespBody> {
+        let mut parts = match self.upstream_head(parts, ctx) {
+            Ok(p) => p,
+            Err(rejection) => return reject(&rejection, ctx, false),
+        };
+        // The body is sent whole, right away: no `Expect`, and exactly its own framing.
+        parts.headers.remove(EXPECT);
+        parts.headers.remove(TRANSFER_ENCODING);
+        let body = match body {
+            Some(b) => {
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
+                ReqBody::Full(Some(b))
+            }
+            None => {
+                parts.headers.remove(CONTENT_LENGTH);
+                ReqBody::Empty
+            }
+        };
+        let head_request = parts.method == Method::HEAD;
+        let response = match self.exchange(Request::from_parts(parts, body), ctx).await {
+            Ok(r) => r,
+            Err(rejection) => return reject(&rejection, ctx, false),
+        };
+        let lists = ctx.filters_response()
+            && response.status().is_success()
+            && !head_request
+            && response.status() != StatusCode::NO_CONTENT;
+        if !lists {
+            return self.pass_back(response, ctx);
+        }
+        match self.read_and_filter_list(response, ctx).await {
+            Ok((mut parts, filtered)) => {
+                strip_response_hop_headers(&mut parts.headers);
+                parts.headers.remove(http::header::CONTENT_ENCODING);
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(filtered.len()));
+                for (name, value) in exchange::response_headers(ctx) {
+                    parts.headers.insert(name, value);
+                }
+                Response::from_parts(parts, RespBody::full(Bytes::from(filtered)))
+            }
+            Err(Ok(why)) => {
+                warn!("request_id={} list not filtered: {why}", ctx.request_id);
+                reject(
+                    &Rejection::new(
+                        502,
+                        "list_unfilterable",
+                        "the CRM's answer could not be filtered for this caller",
+                    ),
+                    ctx,
+                    false,
+                )
+            }
+            Err(Err(rejection)) => reject(&rejection, ctx, false),
+        }
+    }
+
+    /// Read a list response whole (at most the route's `list.max_bytes`) and filter it.
+    /// `Err(Ok(why))`: it cannot be filtered; `Err(Err(_))`: the CRM failed mid-way.
+    async fn read_and_filter_list(
+        &self,
+        response: Response<Incoming>,
+        ctx: &Ctx,
+    ) -> Result<(http::response::Parts, Vec<u8>), Result<String, Rejection>> {
+        let limit = exchange::list_limit(ctx);
+        let (parts, mut incoming) = response.into_parts();
+        let encoded = parts
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            return Err(Ok("the response is compressed".into()));
+        }
+        let read_timeout = ctx
+            .live
+            .as_ref()
+            .map_or(Duration::from_secs(30), |l| l.config.upstream.read_timeout);
+        let mut buffer = Vec::new();
+        loop {
+            let wait = read_timeout.min(left(ctx.deadline));
+            let frame = match tokio::time::timeout(wait, next_frame(&mut incoming)).await {
+                Err(_) => return Err(Err(self.upstream_failed(ctx, Failure::Timeout, "list"))),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(Err(self.upstream_failed(
+                        ctx,
+                        Failure::Other,
+                        &e.to_string(),
+                    )))
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                if buffer.len() + data.len() > limit {
+                    return Err(Ok("the response is over the route's list.max_bytes".into()));
+                }
+                buffer.extend_from_slice(&data);
+            }
+        }
+        exchange::filter_list(ctx, &buffer)
+            .map(|filtered| (parts, filtered))
+            .map_err(Ok)
+    }
+
+    /// Send the request to the CRM and wait for its response head (bounded by the read and
+    /// total timeouts). A closed pooled connection is retried by the client on a new one.
+    async fn exchange(
+        &self,
+        request: Request<ReqBody>,
+        ctx: &mut Ctx,
+    ) -> Result<Response<Incoming>, Rejection> {
+        let read_timeout = ctx
+            .live
+            .as_ref()
+            .map_or(Duration::from_secs(30), |l| l.config.upstream.read_timeout);
+        let started = Instant::now();
+        ctx.upstream_started = Some(started);
+        let wait = read_timeout.min(left(ctx.deadline));
+        let result = tokio::time::timeout(wait, self.client.request(request)).await;
+        let response = match result {
+            Err(_) => return Err(self.upstream_failed(ctx, Failure::Timeout, "no answer in time")),
+            Ok(Err(e)) => {
+                let failure = if is_timeout(&e) {
+                    Failure::Timeout
+                } else if e.is_connect() {
+                    Failure::Connect
+                } else {
+                    Failure::Other
+                };
+                return Err(self.upstream_failed(ctx, failure, &error_chain(&e)));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let elapsed = started.elapsed();
+        ctx.upstream_elapsed = Some(elapsed);
+        ctx.upstream_status = Some(response.status().as_u16());
+        self.state.metrics.upstream_seconds.observe(elapsed);
+        Ok(response)
+    }
+
+    fn upstream_failed(&self, ctx: &Ctx, failure: Failure, why: &str) -> Rejection {
+        let (rejection, kind) = match failure {
+            Failure::Timeout => (Rejection::upstream_timeout(), UpstreamError::Timeout),
+            Failure::Connect => (
+                Rejection::upstream_unavailable(),
+                UpstreamError::Unavailable,
+            ),
+            Failure::Other => (Rejection::upstream_error(), UpstreamError::Other),
+        };
+        self.state.metrics.upstream_error(kind);
+        warn!(
+            "request_id={} upstream failure: {why}; answering {}",
+            ctx.request_id, rejection.status
+        );
+        rejection
+    }
+
+    /// The CRM's response, streamed back with the gateway's headers.
+    fn pass_back(&self, response: Response<Incoming>, ctx: &Ctx) -> Response<RespBody> {
+        let (mut parts, incoming) = response.into_parts();
+        strip_response_hop_headers(&mut parts.headers);
+        for (name, value) in exchange::response_headers(ctx) {
+            parts.headers.insert(name, value);
+        }
+        let read_timeout = ctx
+            .live
+            .as_ref()
+            .map_or(Duration::from_secs(30), |l| l.config.upstream.read_timeout);
+        let body = if incoming.is_end_stream() {
+            RespBody::empty()
+        } else {
+            RespBody {
+                kind: RespKind::Stream {
+                    inner: incoming,
+                    idle: read_timeout,
+                    deadline: ctx.deadline,
+                    sleep: None,
+                },
+                finish: None,
+            }
+        };
+        Response::from_parts(parts, body)
+    }
+}
+
+fn target_of_parts(parts: &http::request::Parts) -> &[u8] {
+    parts
+        .uri
+        .path_and_query()
+        .map_or(b"*" as &[u8], |p| p.as_str().as_bytes())
+}
+
+enum Failure {
+    Timeout,
+    Connect,
+    Other,
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn strip_response_hop_headers(headers: &mut http::HeaderMap) {
+    for name in exchange::RESPONSE_HOP_HEADERS {
+        headers.remove(name);
+    }
+    // hyper frames the body itself (chunked, a length, or HTTP/2 frames).
+    headers.remove(TRANSFER_ENCODING);
+}
+
+/// Time left before the total timeout (zero once it has passed).
+fn left(deadline: Option<Instant>) -> Duration {
+    deadline.map_or(Duration::MAX, |d| {
+        d.saturating_duration_since(Instant::now())
+    })
+}
+
+fn has_body(req: &Request<Incoming>) -> bool {
+    !req.body().is_end_stream()
+}
+
+fn next_frame(
+    body: &mut Incoming,
+) -> impl Future<Output = Option<Result<Frame<Bytes>, hyper::Error>>> + '_ {
+    std::future::poll_fn(move |cx| Pin::new(&mut *body).poll_frame(cx))
+}
+
+/// Read the whole request body, at most `limit` bytes (413 beyond; a declared
+/// `Content-Length` over the limit is refused before reading). `None`: no body.
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    ctx: &Ctx,
+) -> Result<(http::request::Parts, Option<Bytes>), Rejection> {
+    let (parts, mut incoming) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        drain(&mut incoming).await;
+        return Err(Rejection::body_too_large());
+    }
+    if incoming.is_end_stream() {
+        return Ok((parts, None));
+    }
+    let idle = ctx.live.as_ref().map_or(Duration::from_secs(30), |l| {
+        l.config.listen.body_read_timeout
+    });
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    loop {
+        let wait = idle.min(left(ctx.deadline));
+        match tokio::time::timeout(wait, next_frame(&mut incoming)).await {
+            Err(_) => return Err(Rejection::request_timeout()),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(Rejection::new(
+                    400,
+                    "bad_request",
+                    "the request could not be read",
+                ))
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if body.len() + data.len() > limit {
+                        drain(&mut incoming).await;
+                        return Err(Rejection::body_too_large());
+                    }
+                    body.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    Ok((parts, Some(Bytes::from(body))))
+}
+
+/// Read and discard what is left of a refused request body (at most [`MAX_DRAINED`], for at
+/// most 5 s), so the caller, still sending, gets the answer rather than a reset connection.
+async fn drain(incoming: &mut Incoming) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut drained = 0;
+        while drained < MAX_DRAINED {
+            match next_frame(incoming).await {
+                Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+                _ => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// A JSON answer made by the gateway, with the request id.
+fn json(status: u16, body: Vec<u8>, ctx: &Ctx) -> Response<RespBody> {
+    let mut response = Response::new(RespBody::full(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        headers.insert(ctx.id_header(), v);
+    }
+    response
+}
+
+/// Answer a rejection: status, JSON body, request id; `WWW-Authenticate` on 401. With a
+/// request body possibly unread, the connection is closed after the answer.
+fn reject(rejection: &Rejection, ctx: &Ctx, unread_body: bool) -> Response<RespBody> {
+    let mut response = json(rejection.status, rejection.body(&ctx.request_id), ctx);
+    let headers = response.headers_mut();
+    if rejection.status == 401 {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if unread_body {
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The body sent to the CRM.
+enum ReqBody {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(Box<Streamed>),
+}
+
+/// The client's body on its way to the CRM: capped in size and in time.
+struct Streamed {
+    inner: Incoming,
+    seen: u64,
+    max: u64,
+    /// Longest wait for the next piece (`listen.body_read_timeout_ms`).
+    idle: Duration,
+    /// The total timeout covers a streamed body too.
+    deadline: Option<Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    cut: Arc<AtomicU8>,
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::Stream(s) => s.poll(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Full(b) => b.is_none(),
+            ReqBody::Stream(s) => s.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ReqBody::Stream(s) => s.inner.size_hint(),
+        }
+    }
+}
+
+impl Streamed {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.sleep = None;
+                if let Some(data) = frame.data_ref() {
+                    self.seen += data.len() as u64;
+                    if self.seen > self.max {
+                        self.cut.store(CUT_TOO_LARGE, Ordering::Release);
+                        return Poll::Ready(Some(Err(
+                            "request body over listen.max_body_bytes".into()
+                        )));
+                    }
+                }
+                if left(self.deadline).is_zero() {
+                    self.cut.store(CUT_TIMED_OUT, Ordering::Release);
+                    return Poll::Ready(Some(Err("request body past the total timeout".into())));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // Bad chunk framing, or the client went away: the CRM gets an incomplete
+                // request it must discard, the client (if still there) a 400.
+                self.cut.store(CUT_UNREADABLE, Ordering::Release);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                self.cut.store(BODY_DONE, Ordering::Release);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let wait = self.idle.min(left(self.deadline));
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.cut.store(CUT_TIMED_OUT, Ordering::Release);
+                    return Poll::Ready(Some(Err("request body stalled".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The body sent to the caller; logs the call when done.
+pub struct RespBody {
+    kind: RespKind,
+    finish: Option<Box<Finish>>,
+}
+
+enum RespKind {
+    Full(Option<Bytes>),
+    Stream {
+        inner: Incoming,
+        /// Longest wait for the next piece (`upstream.read_timeout_ms`).
+        idle: Duration,
+        deadline: Option<Instant>,
+        sleep: Option<Pin<Box<Sleep>>>,
+    },
+}
+
+impl RespBody {
+    fn full(b: Bytes) -> Self {
+        RespBody {
+            kind: RespKind::Full(Some(b)),
+            finish: None,
+        }
+    }
+
+    fn empty() -> Self {
+        RespBody {
+            kind: RespKind::Full(None),
+            finish: None,
+        }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            RespKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespKind::Stream {
+                inner,
+                idle,
+                deadline,
+                sleep,
+            } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *sleep = None;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => {
+                    let wait = (*idle).min(left(*deadline));
+                    let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+                    if s.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err("the CRM's response stalled".into())));
+                    }
+                    Poll::Pending
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RespKind::Full(b) => b.is_none(),
+            RespKind::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RespKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespKind::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// What the log line needs, kept until the response body is done.
+struct Finish {
+    state: Arc<State>,
+    ctx: Ctx,
+    method: Method,
+    target: Option<PathAndQuery>,
+    status: u16,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let target = self.target.as_ref().map_or("", |p| p.as_str());
+        exchange::finish(
+            &self.state,
+            &self.ctx,
+            &self.method,
+            target.as_bytes(),
+            self.status,
+        );
+    }
+}
+
+/// Downstream TLS with rustls: certificates read from files and reloaded when they change.
+mod tls {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use arc_swap::ArcSwap;
+    use log::{info, warn};
+    use tokio_rustls::rustls::crypto::CryptoProvider;
+    use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+    use tokio_rustls::rustls::sign::CertifiedKey;
+    use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+    use tokio_rustls::TlsAcceptor;
+
+    use crate::config::ListenTls;
+
+    const POLL: Duration = Duration::from_secs(2);
+
+    #[derive(Debug)]
+    struct Reloading {
+        current: ArcSwap<CertifiedKey>,
+    }
+
+    impl ResolvesServerCert for Reloading {
+        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            Some(self.current.load_full())
+        }
+    }
+
+    fn provider() -> Arc<CryptoProvider> {
+        CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()))
+    }
+
+    fn load(files: &ListenTls) -> Result<CertifiedKey, String> {
+        let chain = crate::pem::certificates(&files.cert_file)?;
+        let key = crate::pem::private_key(&files.key_file)?;
+        CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+            format!(
+                "{} / {}: {e}",
+                files.cert_file.display(),
+                files.key_file.display()
+            )
+        })
+    }
+
+    fn stamp(files: &ListenTls) -> Option<(SystemTime, SystemTime)> {
+        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        Some((m(&files.cert_file)?, m(&files.key_file)?))
+    }
+
+    /// The acceptor (HTTP/2 and HTTP/1.1 by ALPN), and a thread that swaps in new
+    /// certificates when the files change (a bad pair is logged and the old one stays).
+    pub fn acceptor(files: &ListenTls) -> Result<TlsAcceptor, String> {
+        let resolver = Arc::new(Reloading {
+            current: ArcSwap::from_pointee(load(files)?),
+        });
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match &files.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                // mTLS: only clients with a certificate from these CAs complete the handshake.
+                let mut roots = RootCertStore::empty();
+                for c in crate::pem::certificates(ca)? {
+                    roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+                }
+                let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(resolver.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let files = files.clone();
+        std::thread::Builder::new()
+            .name("permgate-tls-reload".into())
+            .spawn(move || {
+                let mut last = stamp(&files);
+                loop {
+                    std::thread::sleep(POLL);
+                    let now = stamp(&files);
+                    if now.is_none() || now == last {
+                        continue;
+                    }
+                    last = now;
+                    match load(&files) {
+                        Ok(k) => {
+                            resolver.current.store(Arc::new(k));
+                            info!(
+                                "TLS certificate reloaded from {}",
+                                files.cert_file.display()
+                            );
+                        }
+                        Err(e) => warn!("TLS certificate change refused, the old one stays: {e}"),
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// TLS toward the CRM: hyper-rustls with the CA bundle (else the system's roots), the client
+/// certificate if configured, and `upstream.tls.sni` as the server name; re-read when the files
+/// (or, after a config reload, their names) change. New connections use the current material;
+/// a bad file is logged and the last good material stays.
+mod upstream_tls {
+    use std::future::Future;
+    use std::path::PathBuf;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use std::time::{Duration, SystemTime};
+
+    use arc_swap::ArcSwap;
+    use http::Uri;
+    use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioIo;
+    use log::{info, warn};
+    use tokio_rustls::rustls::pki_types::ServerName;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    use crate::config::UpstreamTls;
+    use crate::live::State;
+
+    const POLL: Duration = Duration::from_secs(2);
+
+    type Https = HttpsConnector<HttpConnector>;
+
+    #[derive(Clone)]
+    pub struct Connector {
+        current: Arc<ArcSwap<Https>>,
+    }
+
+    fn build(tls: &UpstreamTls, tcp: HttpConnector) -> Result<Https, String> {
+        let mut roots = RootCertStore::empty();
+        match &tls.ca_file {
+            Some(path) => {
+                for c in crate::pem::certificates(path)? {
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("'{}': {e}", path.display()))?;
+                }
+            }
+            None => {
+                for c in rustls_native_certs::load_native_certs()
+                    .map_err(|e| format!("the system's CA certificates: {e}"))?
+                {
+                    let _ = roots.add(c);
+                }
+            }
+        }
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let config = match &tls.client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    crate::pem::certificates(cert)?,
+                    crate::pem::private_key(key)?,
+                )
+                .map_err(|e| format!("'{}' / '{}': {e}", cert.display(), key.display()))?,
+        };
+        let name = ServerName::try_from(tls.sni.clone())
+            .map_err(|e| format!("upstream.tls.sni '{}': {e}", tls.sni))?;
+        Ok(hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .with_server_name_resolver(FixedServerNameResolver::new(name))
+            .enable_http1()
+            .wrap_connector(tcp))
+    }
+
+    type Files = (Option<PathBuf>, Option<(PathBuf, PathBuf)>);
+
+    fn stamp(tls: Option<&UpstreamTls>) -> (Vec<Option<SystemTime>>, Files) {
+        let files: Files = tls.map_or((None, None), |t| (t.ca_file.clone(), t.client.clone()));
+        let m = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut v = vec![files.0.as_ref().and_then(m)];
+        if let Some((c, k)) = &files.1 {
+            v.push(m(c));
+            v.push(m(k));
+        }
+        (v, files)
+    }
+
+    impl Connector {
+        /// The connector for the config's files now, and a thread that keeps it current.
+        pub fn watch(state: Arc<State>, tcp: HttpConnector) -> Result<Self, String> {
+            let tls = state
+                .live()
+                .config
+                .upstream
+                .tls
+                .clone()
+                .ok_or("no upstream.tls")?;
+            let current = Arc::new(ArcSwap::from_pointee(build(&tls, tcp.clone())?));
+            let shared = current.clone();
+            std::thread::Builder::new()
+                .name("permgate-upstream-tls".into())
+                .spawn(move || {
+                    let mut last = stamp(Some(&tls));
+                    loop {
+                        std::thread::sleep(POLL);
+                        let Some(tls) = state.live().config.upstream.tls.clone() else {
+                            continue;
+                        };
+                        let now = stamp(Some(&tls));
+                        if now == last {
+                            continue;
+                        }
+                        match build(&tls, tcp.clone()) {
+                            Ok(c) => {
+                                shared.store(Arc::new(c));
+                                info!("upstream TLS material (CA bundle / client certificate) reloaded");
+                            }
+                            Err(e) => {
+                                warn!("upstream TLS change refused, the old material stays: {e}")
+                            }
+                        }
+                        last = now;
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(Connector { current })
+        }
+    }
+
+    type Stream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    impl tower_service::Service<Uri> for Connector {
+        type Response = Stream;
+        type Error = BoxError;
+        type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, uri: Uri) -> Self::Future {
+            let mut https = (**self.current.load()).clone();
+            Box::pin(async move {
+                std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut https, cx))
+                    .await?;
+                tower_service::Service::call(&mut https, uri).await
+            })
+        }
+    }
+}
