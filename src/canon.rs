@@ -701,7 +701,8 @@ const PROTECTED_HEADERS: [HeaderName; 4] = [
     header::AUTHORIZATION,
 ];
 
-const FIXED_HOP_BY_HOP: [HeaderName; 8] = [
+/// The hop-by-hop headers every proxy drops (plus whatever `Connection` names).
+pub const FIXED_HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -121,14 +121,32 @@ impl Ctx {
     }
 }
 
-/// How the request forwarded to the CRM differs from the one received.
-#[derive(Debug, Default)]
-pub struct UpstreamEdits {
-    /// The canonical target, when it differs from the one received.
-    pub uri: Option<http::Uri>,
-    pub remove: Vec<HeaderName>,
-    /// Set (replacing any value) after the removals.
-    pub insert: Vec<(HeaderName, HeaderValue)>,
+/// The request head forwarded to the CRM, as [`edit_upstream`] changes it (each data plane
+/// implements it for its own request type).
+pub trait UpstreamHead {
+    fn headers(&self) -> &HeaderMap;
+    fn remove(&mut self, name: &HeaderName);
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<(), &'static str>;
+    fn set_uri(&mut self, uri: http::Uri);
+}
+
+impl UpstreamHead for http::request::Parts {
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    fn remove(&mut self, name: &HeaderName) {
+        self.headers.remove(name);
+    }
+
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<(), &'static str> {
+        self.headers.insert(name, value);
+        Ok(())
+    }
+
+    fn set_uri(&mut self, uri: http::Uri) {
+        self.uri = uri;
+    }
 }
 
 /// Is `raw` exactly this canonical target (path, then `?query` if any)?
@@ -145,25 +163,24 @@ fn is_target(raw: &[u8], c: &crate::canon::CanonicalTarget) -> bool {
     }
 }
 
-/// The edits that turn a permitted request into what the CRM receives: exactly the canonical
-/// target; no hop-by-hop header, no client copy of the identity headers (whatever their
-/// spelling) and no consumed credential; the caller's id and roles and the request id added.
-/// `Err`: nothing may be forwarded (fail closed).
-pub fn upstream_edits(
-    headers: &HeaderMap,
+/// Turn a permitted request into what the CRM receives: exactly the canonical target; no
+/// hop-by-hop header, no client copy of the identity headers (whatever their spelling) and no
+/// consumed credential; the caller's id and roles and the request id added. `Err`: nothing may
+/// be forwarded (fail closed).
+pub fn edit_upstream(
+    head: &mut impl UpstreamHead,
     raw_target: &[u8],
     ctx: &Ctx,
-) -> Result<UpstreamEdits, &'static str> {
+) -> Result<(), &'static str> {
     let (Some(live), Some(permit)) = (&ctx.live, &ctx.permit) else {
         // Fail closed: nothing reaches the CRM without a permit.
         return Err("no permit in context");
     };
     let config = &live.config;
-    let mut edits = UpstreamEdits::default();
     // Forward exactly the canonical target; rebuild the URI only when it differs from what
     // was received (the common case is already canonical).
     if !is_target(raw_target, &permit.canonical) {
-        edits.uri = Some(
+        head.set_uri(
             permit
                 .canonical
                 .path_and_query()
@@ -171,28 +188,19 @@ pub fn upstream_edits(
                 .map_err(|_| "canonical path is not a URI")?,
         );
     }
-    let remove = &mut edits.remove;
-    remove.extend(crate::canon::hop_by_hop_headers(headers));
-    remove.extend(
+    let f = &config.forward;
+    // The names that depend on what the client sent (none, usually: no allocation).
+    let mut named: Vec<HeaderName> = Vec::new();
+    let headers = head.headers();
+    if headers.contains_key(http::header::CONNECTION) {
+        named.extend(crate::canon::hop_by_hop_headers(headers));
+    }
+    named.extend(
         headers
             .keys()
             .filter(|k| k.as_str().starts_with(OWN_HEADER_PREFIX))
             .cloned(),
     );
-    let f = &config.forward;
-    remove.push(f.user_header.clone());
-    remove.push(f.roles_header.clone());
-    remove.push(f.request_id_header.clone());
-    remove.extend(config.identity.credential_headers().cloned());
-    // Only a verified JWT is ever forwarded in Authorization: never an API key, and never
-    // an unverified credential sent to a public route.
-    let verified_jwt = permit
-        .caller
-        .is_some_and(|c| c.method == identity::Method::Jwt);
-    if !(f.forward_authorization && verified_jwt) {
-        remove.push(AUTHORIZATION);
-    }
-    remove.extend(f.strip_headers.iter().cloned());
     // The same names spelled with `_`, `.` or other punctuation (CGI and PHP read them as `-`).
     let sensitive = |folded: &str| {
         folded.starts_with(OWN_HEADER_PREFIX)
@@ -205,39 +213,58 @@ pub fn upstream_edits(
                 .credential_headers()
                 .any(|h| h.as_str() == folded)
     };
-    remove.extend(crate::canon::disguised_copies(headers, sensitive));
+    named.extend(crate::canon::disguised_copies(headers, sensitive));
+    for name in crate::canon::FIXED_HOP_BY_HOP.iter().chain(&named) {
+        head.remove(name);
+    }
+    head.remove(&f.user_header);
+    head.remove(&f.roles_header);
+    head.remove(&f.request_id_header);
+    for name in config.identity.credential_headers() {
+        head.remove(name);
+    }
+    // Only a verified JWT is ever forwarded in Authorization: never an API key, and never
+    // an unverified credential sent to a public route.
+    let verified_jwt = permit
+        .caller
+        .is_some_and(|c| c.method == identity::Method::Jwt);
+    if !(f.forward_authorization && verified_jwt) {
+        head.remove(&AUTHORIZATION);
+    }
+    for name in &f.strip_headers {
+        head.remove(name);
+    }
     // A list route's response is filtered: ask the CRM for it uncompressed.
     if ctx.filters_response() {
-        remove.push(http::header::ACCEPT_ENCODING);
+        head.remove(&http::header::ACCEPT_ENCODING);
     }
     let value = |s: &str| HeaderValue::from_str(s).map_err(|_| "identity is not a header value");
-    let insert = &mut edits.insert;
     if f.set_forwarded_for {
         if let Some(ip) = ctx.peer {
-            insert.push((
+            head.set(
                 HeaderName::from_static(X_FORWARDED_FOR),
                 value(&ip.to_string())?,
-            ));
+            )?;
         }
     }
     if let Some(host) = &config.upstream.host {
-        insert.push((http::header::HOST, host.clone()));
+        head.set(http::header::HOST, host.clone())?;
     }
     match (permit.caller, &live.snapshot) {
         // Cannot happen (a caller is resolved through the snapshot); fail closed if it does.
         (Some(_), None) => return Err("caller without a snapshot"),
         (Some(caller), Some(snapshot)) => {
             let user = snapshot.user(caller.user);
-            insert.push((f.user_header.clone(), value(&user.id)?));
-            insert.push((
+            head.set(f.user_header.clone(), value(&user.id)?)?;
+            head.set(
                 f.roles_header.clone(),
                 value(&snapshot.grant(user).roles_header)?,
-            ));
+            )?;
         }
         (None, _) => {}
     }
-    insert.push((f.request_id_header.clone(), value(&ctx.request_id)?));
-    Ok(edits)
+    head.set(f.request_id_header.clone(), value(&ctx.request_id)?)?;
+    Ok(())
 }
 
 /// Headers the gateway adds to a forwarded call's response: the request id, and on a checked

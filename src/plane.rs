@@ -29,7 +29,6 @@ use http::header::{
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -44,6 +43,8 @@ use crate::metrics::UpstreamError;
 use crate::reject::Rejection;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type HandleFuture =
+    Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send + 'static>>;
 
 /// Most bytes of a refused body read and discarded before answering.
 const MAX_DRAINED: usize = 16 << 20;
@@ -225,8 +226,9 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(listen.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(listen.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Duration::from_secs(listen.keepalive_timeout_seconds))
-        .keep_alive_timeout(Duration::from_secs(20));
+        // No keep-alive pings: they would keep an idle connection busy; the idle watchdog
+        // ([`drive`]) closes connections that move no byte.
+        .keep_alive_interval(None);
     let builder = if listen.h2c || listen.tls.is_some() {
         builder
     } else {
@@ -275,35 +277,40 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
         };
         let _ = stream.set_nodelay(true);
         let plane = plane.clone();
-        let service = service_fn(move |req| plane.clone().handle(req, peer.ip()));
+        let service = Service {
+            plane,
+            peer: peer.ip(),
+        };
         let activity = Arc::new(Activity::default());
         let stream = Tracked {
             inner: stream,
             activity: activity.clone(),
         };
         let builder = builder.clone();
-        let tls = tls.clone();
         let drain = drain_rx.clone();
         let alive = alive_tx.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => {
+        // Two task shapes, so a plain connection's task does not carry the TLS state.
+        match &tls {
+            None => {
+                tokio::spawn(async move {
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     drive(conn, &activity, idle, drain).await;
-                }
-                Some(acceptor) => {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                            .await
-                    else {
-                        return;
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    drive(conn, &activity, idle, drain).await;
-                }
+                    drop(alive);
+                });
             }
-            drop(alive);
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        drive(conn, &activity, idle, drain).await;
+                    }
+                    drop(alive);
+                });
+            }
+        }
     }
     let period = Duration::from_secs(listen.drain_seconds);
     info!(
@@ -319,23 +326,18 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
     Ok(())
 }
 
-/// When a connection last moved a byte, in milliseconds since [`epoch`].
+/// How many reads and writes moved bytes on a connection (no clock on the hot path: the idle
+/// watchdog compares counts).
 #[derive(Default)]
 struct Activity(std::sync::atomic::AtomicU64);
 
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
 impl Activity {
     fn touch(&self) {
-        let ms = epoch().elapsed().as_millis() as u64;
-        self.0.store(ms, Ordering::Relaxed);
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn last(&self) -> Instant {
-        epoch() + Duration::from_millis(self.0.load(Ordering::Relaxed))
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -401,24 +403,28 @@ impl tokio::io::AsyncWrite for Tracked {
     }
 }
 
-/// Serve one connection until it ends; after `idle` without a byte either way (an idle
-/// keep-alive or HTTP/2 connection), or when the gateway drains, it is shut down gracefully
-/// (HTTP/2: GOAWAY; requests in flight finish).
+/// Serve one connection until it ends; after `idle` (to 1.5 × `idle`) without a byte either
+/// way (an idle keep-alive or HTTP/2 connection), or when the gateway drains, it is shut down
+/// gracefully (HTTP/2: GOAWAY; requests in flight finish).
 async fn drive<C: GracefulConnection>(
     conn: C,
     activity: &Activity,
     idle: Duration,
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
-    activity.touch();
     tokio::pin!(conn);
+    let tick = (idle / 2).max(Duration::from_millis(50));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    let (mut seen, mut quiet) = (activity.count(), Duration::ZERO);
     let mut closing = false;
     loop {
-        let quiet_until = activity.last() + idle;
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = tokio::time::sleep_until(quiet_until.into()), if !closing => {
-                if activity.last() + idle <= Instant::now() {
+            _ = ticks.tick(), if !closing => {
+                let now = activity.count();
+                quiet = if now == seen { quiet + tick } else { Duration::ZERO };
+                seen = now;
+                if quiet >= idle {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -428,6 +434,25 @@ async fn drive<C: GracefulConnection>(
                 closing = true;
             }
         }
+    }
+}
+
+/// One client connection's service.
+#[derive(Clone)]
+struct Service {
+    plane: Arc<Plane>,
+    peer: IpAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<RespBody>;
+    type Error = Infallible;
+    /// Boxed: hyper keeps a slot for the call's future in every connection, idle or not, so
+    /// an unboxed one (a few KB) would be held by each idle connection.
+    type Future = HandleFuture;
+
+    fn call(&self, req: Request<Incoming>) -> HandleFuture {
+        Box::pin(self.plane.clone().handle(req, self.peer))
     }
 }
 
@@ -543,18 +568,13 @@ impl Plane {
         Uri::from_parts(parts).map_err(|_| Rejection::internal())
     }
 
-    /// Turn the client's request head into the CRM's: [`exchange::upstream_edits`], HTTP/1.1,
+    /// Turn the client's request head into the CRM's: [`exchange::edit_upstream`], HTTP/1.1,
     /// a Host (HTTP/2 has `:authority` instead).
     fn upstream_head(
         &self,
         mut parts: http::request::Parts,
         ctx: &Ctx,
     ) -> Result<http::request::Parts, Rejection> {
-        let edits = exchange::upstream_edits(&parts.headers, target_of_parts(&parts), ctx)
-            .map_err(|why| {
-                error!("request_id={} not forwarded: {why}", ctx.request_id);
-                Rejection::internal()
-            })?;
         if parts.version == Version::HTTP_2 && !parts.headers.contains_key(HOST) {
             if let Some(v) = parts
                 .uri
@@ -564,17 +584,19 @@ impl Plane {
                 parts.headers.insert(HOST, v);
             }
         }
-        let path = match edits.uri {
-            Some(uri) => uri.path_and_query().cloned(),
-            None => parts.uri.path_and_query().cloned(),
-        }
-        .ok_or_else(Rejection::internal)?;
-        for name in &edits.remove {
-            parts.headers.remove(name);
-        }
-        for (name, value) in edits.insert {
-            parts.headers.insert(name, value);
-        }
+        let raw_target = parts.uri.path_and_query().cloned();
+        let raw = raw_target
+            .as_ref()
+            .map_or(&b"*"[..], |p| p.as_str().as_bytes());
+        exchange::edit_upstream(&mut parts, raw, ctx).map_err(|why| {
+            error!("request_id={} not forwarded: {why}", ctx.request_id);
+            Rejection::internal()
+        })?;
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .ok_or_else(Rejection::internal)?;
         parts.uri = self.upstream_uri(ctx, path)?;
         parts.version = Version::HTTP_11;
         Ok(parts)
@@ -851,13 +873,6 @@ impl Plane {
         };
         Response::from_parts(parts, body)
     }
-}
-
-fn target_of_parts(parts: &http::request::Parts) -> &[u8] {
-    parts
-        .uri
-        .path_and_query()
-        .map_or(b"*" as &[u8], |p| p.as_str().as_bytes())
 }
 
 enum Failure {

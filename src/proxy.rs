@@ -290,6 +290,34 @@ impl Gateway {
     }
 }
 
+/// Pingora's request head as [`exchange::edit_upstream`] edits it (through Pingora's own
+/// methods, which keep its header-case map in step).
+struct Head<'a>(&'a mut RequestHeader);
+
+impl exchange::UpstreamHead for Head<'_> {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.0.headers
+    }
+
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.0.remove_header(name);
+    }
+
+    fn set(
+        &mut self,
+        name: http::HeaderName,
+        value: http::HeaderValue,
+    ) -> Result<(), &'static str> {
+        self.0
+            .insert_header(name, value)
+            .map_err(|_| "header not accepted")
+    }
+
+    fn set_uri(&mut self, uri: http::Uri) {
+        self.0.set_uri(uri);
+    }
+}
+
 /// Answer a rejection: status, JSON body, request id; `WWW-Authenticate` on 401.
 async fn respond(
     session: &mut Session,
@@ -551,18 +579,8 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let edits =
-            exchange::upstream_edits(&upstream.headers, session.req_header().raw_path(), ctx)
-                .map_err(|why| Error::explain(ErrorType::InternalError, why))?;
-        if let Some(uri) = edits.uri {
-            upstream.set_uri(uri);
-        }
-        for name in &edits.remove {
-            upstream.remove_header(name);
-        }
-        for (name, value) in edits.insert {
-            upstream.insert_header(name, value)?;
-        }
+        exchange::edit_upstream(&mut Head(upstream), session.req_header().raw_path(), ctx)
+            .map_err(|why| Error::explain(ErrorType::InternalError, why))?;
         Ok(())
     }
 
