@@ -635,8 +635,9 @@ impl IdHasher {
     }
 }
 
-/// A fast hash keyed at random per instance, for sets of ids a client chose (a bulk call's
-/// duplicate check): folded multiplies as in ahash's fallback.
+/// A fast hash keyed at random per instance, for keys a client chose or looks up (a bulk
+/// call's repeats, the route trie's segments, the verified-token cache): folded multiplies as
+/// in ahash's fallback.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyedState([u64; 2]);
 
