@@ -15,9 +15,10 @@
 //! - [`scalar_text`]: a scalar (e.g. a new owner's user id) read from the body.
 //! - [`BodyError`]: every way a body is refused, with its status and stable code.
 //!
-//! Every function re-serializes what it parsed ([`crate::json::write`], or the same writer
-//! inside [`crate::json::canonicalize`]): what the CRM (or the client) receives is exactly
-//! what was checked, in one spelling. Items keep their
+//! Every function re-serializes what it parsed ([`crate::json::write`], or
+//! [`crate::json::canonicalize`], which writes the same bytes by copying the stretches of the
+//! source already in that spelling): what the CRM (or the client) receives is exactly what was
+//! checked, in one spelling. Items keep their
 //! original order. The check is a callback, so these functions know nothing of snapshots.
 //!
 //! # Bulk contract
@@ -28,7 +29,8 @@
 //!   forwarded, trimmed or not.
 //! - Duplicates (two items naming the same record, in any spelling): [`Duplicates::Reject`]
 //!   (the default) refuses the body with 400 `duplicate_item`; [`Duplicates::First`] keeps the
-//!   first item naming a record and drops the rest before any check.
+//!   first item naming a record and drops the rest before any check. Of several problems, the
+//!   one an item-by-item pass meets first is reported.
 //! - [`BulkMode::Trim`]: the allowed items are forwarded in their original order; the removed
 //!   ids are reported. No item allowed (of at least one) → refuse. An empty list is forwarded
 //!   as it is (nothing to check).
@@ -232,49 +234,39 @@ impl TrimResult {
     }
 }
 
-/// The per-item decision shared by both trimming paths: read the id, handle a repeat, check.
-struct Judge<C> {
+/// The per-item decisions shared by both trimming paths: read each id, then (all read) find
+/// the repeats and check the rest.
+struct Judge<'s, C> {
     kind: IdKind,
-    id_at: String,
+    id_at: &'s Pointer,
     duplicates: Duplicates,
     check: C,
     /// Items beyond this many refuse the body.
     max_items: usize,
-    /// Ids already seen, with a hash keyed at random per call (ids come from the client).
-    seen: HashSet<RecordId, KeyedState>,
+    /// The ids read so far, in item order (the position is the item's index).
+    ids: Vec<RecordId>,
     removed_ids: Vec<RecordId>,
     kept: usize,
     duplicates_dropped: usize,
 }
 
-impl<C: FnMut(&RecordId) -> bool> Judge<C> {
-    fn new(spec: &Items, duplicates: Duplicates, check: C, expect: usize) -> Self {
+impl<'s, C: FnMut(&RecordId) -> bool> Judge<'s, C> {
+    fn new(spec: &'s Items, duplicates: Duplicates, check: C, expect: usize) -> Self {
         Judge {
             max_items: usize::MAX,
             kind: spec.kind,
-            id_at: spec.id_at.to_string(),
+            id_at: &spec.id_at,
             duplicates,
             check,
-            seen: HashSet::with_capacity_and_hasher(expect, KeyedState::default()),
+            ids: Vec::with_capacity(expect),
             removed_ids: Vec::new(),
             kept: 0,
             duplicates_dropped: 0,
         }
     }
 
-    fn keep(&mut self, index: usize, id: Option<&Scalar<'_>>) -> Result<bool, BodyError> {
-        match self.admit(index, id)? {
-            Some(id) => Ok(self.check(id)),
-            None => Ok(false),
-        }
-    }
-
-    /// Read an item's id and handle a repeat: `None` when the item is dropped as a repeat.
-    fn admit(
-        &mut self,
-        index: usize,
-        id: Option<&Scalar<'_>>,
-    ) -> Result<Option<RecordId>, BodyError> {
+    /// Read item `index`'s id (items come in order, each once).
+    fn read(&mut self, index: usize, id: Option<&Scalar<'_>>) -> Result<(), BodyError> {
         if index >= self.max_items {
             return Err(BodyError::TooManyItems {
                 max: self.max_items,
@@ -291,30 +283,51 @@ impl<C: FnMut(&RecordId) -> bool> Judge<C> {
                 scalar_id(v, self.kind).map_err(|message| BodyError::BadItem { index, message })?
             }
         };
-        if !self.seen.insert(id.clone()) {
-            return match self.duplicates {
-                Duplicates::Reject => Err(BodyError::DuplicateItem {
-                    index,
-                    id: id.to_string(),
-                }),
-                Duplicates::First => {
-                    self.duplicates_dropped += 1;
-                    Ok(None)
-                }
-            };
-        }
-        Ok(Some(id))
+        self.ids.push(id);
+        Ok(())
     }
 
-    /// Check an admitted item's record.
-    fn check(&mut self, id: RecordId) -> bool {
-        let allowed = (self.check)(&id);
-        if allowed {
-            self.kept += 1;
-        } else {
-            self.removed_ids.push(id);
+    /// The repeats among the items read (see [`repeats`]); with [`Duplicates::Reject`], the
+    /// first repeat refuses the body.
+    fn repeats(&self) -> Result<Option<Vec<bool>>, BodyError> {
+        let r = repeats(&self.ids);
+        if let (Duplicates::Reject, Some(r)) = (self.duplicates, &r) {
+            if let Some(index) = r.iter().position(|&x| x) {
+                return Err(BodyError::DuplicateItem {
+                    index,
+                    id: self.ids[index].to_string(),
+                });
+            }
         }
-        allowed
+        Ok(r)
+    }
+
+    /// The error to report when reading stopped at `e`: a repeat among the items read
+    /// before it comes first, as an item-by-item pass meets it first.
+    fn stopped(&self, e: BodyError) -> BodyError {
+        self.repeats().err().unwrap_or(e)
+    }
+
+    /// Decide every item read: which are forwarded, in item order.
+    fn decide(&mut self) -> Result<Vec<bool>, BodyError> {
+        let repeats = self.repeats()?;
+        let mut keep = Vec::with_capacity(self.ids.len());
+        // The checks run back to back: each is a probe into a large table, and in a tight
+        // loop the CPU overlaps their cache misses.
+        for (index, id) in std::mem::take(&mut self.ids).into_iter().enumerate() {
+            let allowed = if repeats.as_ref().is_some_and(|r| r[index]) {
+                self.duplicates_dropped += 1;
+                false
+            } else if (self.check)(&id) {
+                self.kept += 1;
+                true
+            } else {
+                self.removed_ids.push(id);
+                false
+            };
+            keep.push(allowed);
+        }
+        Ok(keep)
     }
 
     fn result(self, forwarded_body: Vec<u8>) -> TrimResult {
@@ -325,6 +338,34 @@ impl<C: FnMut(&RecordId) -> bool> Judge<C> {
             duplicates_dropped: self.duplicates_dropped,
         }
     }
+}
+
+/// Which items name the same record as an earlier item (`None`: no item does, the usual
+/// case). One sort says whether there is any repeat (integer ids sorted as plain numbers);
+/// only then does an in-order pass, with a hash keyed at random per call (ids come from the
+/// client), say which. Both are O(n log n) or better whatever the ids.
+fn repeats(ids: &[RecordId]) -> Option<Vec<bool>> {
+    let ints: Vec<u64> = ids
+        .iter()
+        .map_while(|id| match id {
+            RecordId::Int(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    let any = if ints.len() == ids.len() {
+        let mut v = ints;
+        v.sort_unstable();
+        v.windows(2).any(|w| w[0] == w[1])
+    } else {
+        let mut v: Vec<&RecordId> = ids.iter().collect();
+        v.sort_unstable();
+        v.windows(2).any(|w| w[0] == w[1])
+    };
+    if !any {
+        return None;
+    }
+    let mut seen = HashSet::with_capacity_and_hasher(ids.len(), KeyedState::default());
+    Some(ids.iter().map(|id| !seen.insert(id)).collect())
 }
 
 /// Parse and trim a bulk body in one streaming pass (module docs). `check` says whether one
@@ -359,7 +400,7 @@ pub fn trim_capturing<'a>(
         kind: IdKind::Integer,
     };
     let (spec, duplicates) = bulk.unwrap_or((&default_spec, Duplicates::Reject));
-    // The item count is unknown until the end: the duplicate set grows as it goes.
+    // The item count is unknown until the end.
     let mut judge = Judge::new(spec, duplicates, check, 0);
     judge.max_items = limits.max_items;
     let select = Select {
@@ -367,30 +408,25 @@ pub fn trim_capturing<'a>(
         id_at,
         captures,
     };
-    // The pass reads ids and handles repeats; the record checks run after it, in one loop
-    // (each is a probe into a large table: back to back, the CPU overlaps their cache misses,
-    // which interleaved with parsing it cannot).
-    let mut admitted = Vec::new();
-    let out = json::canonicalize(body, limits, &select, |i, id| {
-        Ok(judge
-            .admit(i, id.as_ref())?
-            .map(|id| admitted.push(id))
-            .is_some())
+    // The pass only reads ids; repeats and record checks are decided after it.
+    let streamed = json::canonicalize(body, limits, &select, |i, id| {
+        judge.read(i, id.as_ref()).map(|()| true)
     })
     .map_err(|e| match e {
         StreamError::Json(j) => BodyError::Json(j),
         StreamError::Keep(b) => b,
-    })?;
+    });
+    let out = streamed.map_err(|e| judge.stopped(e))?;
     if bulk.is_some() && !out.items_found {
         return Err(BodyError::NoItems {
             at: spec.at.to_string(),
         });
     }
-    let allowed: Vec<bool> = admitted.into_iter().map(|id| judge.check(id)).collect();
-    let forwarded = if allowed.iter().all(|a| *a) {
+    let keep = judge.decide()?;
+    let forwarded = if keep.iter().all(|k| *k) {
         out.body
     } else {
-        out.without(&allowed)
+        out.without(&keep)
     };
     Ok(Captured {
         trimmed: judge.result(forwarded),
@@ -447,11 +483,13 @@ pub(crate) fn trim_sized(
         });
     };
     let mut judge = Judge::new(spec, duplicates, check, items.len());
-    let mut keep = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let id = spec.id_at.get(item).map(Scalar::of);
-        keep.push(judge.keep(index, id.as_ref())?);
+        if let Err(e) = judge.read(index, id.as_ref()) {
+            return Err(judge.stopped(e));
+        }
     }
+    let keep = judge.decide()?;
     let mut k = keep.iter();
     items.retain(|_| k.next().copied().unwrap_or(false));
     Ok(judge.result(json::to_vec_sized(&doc, size_hint)))
@@ -661,6 +699,58 @@ mod tests {
             r#"[{"id":"4","stage":"won","amount":12345678901234567890},{"id":2,"x":{"y":[1.50]}}]"#
         );
         assert_eq!(strings(&r.removed_ids), ["3"]);
+    }
+
+    /// The streaming pass copies clean stretches of the source as they are: whitespace and
+    /// escapes written another way must still come out in the one spelling, around kept,
+    /// denied and repeated items alike.
+    #[test]
+    fn whitespace_and_escapes_come_out_in_the_one_spelling() {
+        let body = b"\t{ \"items\" : [ {\"id\":1, \"n\":\"\\u0041\\/b\"} ,\n\r{ \"id\" : 2 ,\"n\":[ true , null ]},{\"id\":\"2\"},{\"id\":4,\"n\":\"\\u00e9\\n\"} ] , \"k\\u0065y\" :{ } } ";
+        let r = trim(
+            body,
+            &Limits::default(),
+            &objects_spec("/items", "/id", IdKind::Integer),
+            Duplicates::First,
+            even,
+        )
+        .unwrap();
+        assert_eq!(
+            s(&r.forwarded_body),
+            "{\"items\":[{\"id\":2,\"n\":[true,null]},{\"id\":4,\"n\":\"\u{e9}\\n\"}],\"key\":{}}"
+        );
+        assert_eq!((r.kept, r.duplicates_dropped), (2, 1));
+        assert_eq!(strings(&r.removed_ids), ["1"]);
+        let tree = trim_doc(
+            json::parse(body, &Limits::default()).unwrap(),
+            &objects_spec("/items", "/id", IdKind::Integer),
+            Duplicates::First,
+            even,
+        )
+        .unwrap();
+        assert_eq!(r, tree);
+    }
+
+    /// A repeat is reported before a later error, as an item-by-item pass meets it first;
+    /// an error before the repeat wins.
+    #[test]
+    fn the_first_problem_in_item_order_is_reported() {
+        let spec = ids_spec("/ids");
+        let t = |body: &str| {
+            trim(
+                body.as_bytes(),
+                &Limits::default(),
+                &spec,
+                Duplicates::Reject,
+                even,
+            )
+            .unwrap_err()
+            .code()
+        };
+        assert_eq!(t(r#"{"ids":[1,2,1,true]}"#), "duplicate_item");
+        assert_eq!(t(r#"{"ids":[1,2,1,3"#), "duplicate_item");
+        assert_eq!(t(r#"{"ids":[1,true,1]}"#), "invalid_item");
+        assert_eq!(t(r#"{"ids":[1,2,3,4"#), "invalid_json");
     }
 
     #[test]
@@ -897,8 +987,14 @@ mod tests {
 
     fn arb_item() -> impl Strategy<Value = (serde_json::Value, bool)> {
         // (item, as object?) with ids that are sometimes repeated across items.
-        (0u64..40, any::<bool>(), any::<bool>(), "[a-z]{0,5}").prop_map(
-            |(id, as_str, obj, extra)| {
+        // `extra` holds characters written escaped (`"`, `\\`, control bytes) and non-ASCII.
+        (
+            0u64..40,
+            any::<bool>(),
+            any::<bool>(),
+            "[a-z\"\\\\\n\u{1}é]{0,5}",
+        )
+            .prop_map(|(id, as_str, obj, extra)| {
                 let idv = if as_str {
                     serde_json::json!(id.to_string())
                 } else {
@@ -909,8 +1005,7 @@ mod tests {
                 } else {
                     (idv, false)
                 }
-            },
-        )
+            })
     }
 
     proptest! {
@@ -920,9 +1015,12 @@ mod tests {
             raw in proptest::collection::vec(arb_item(), 0..40),
             first in any::<bool>(),
             denied in proptest::collection::hash_set(0u64..40, 0..40),
+            pretty in any::<bool>(),
         ) {
             let items: Vec<serde_json::Value> = raw.into_iter().map(|(v, _)| v).collect();
-            let body = serde_json::to_vec(&serde_json::json!({"a": 1, "items": items})).unwrap();
+            let v = serde_json::json!({"a": 1, "items": items});
+            // Pretty: whitespace between all tokens, which the streaming pass must not copy.
+            let body = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap();
             let spec = objects_spec("/items", "/id", IdKind::Integer);
             let dup = if first { Duplicates::First } else { Duplicates::Reject };
             let allow = |id: &RecordId| matches!(id, RecordId::Int(n) if !denied.contains(n));

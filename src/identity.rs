@@ -8,9 +8,11 @@
 //! API keys are never stored: the snapshot holds their SHA-256, and the presented key is hashed.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
@@ -20,6 +22,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::config::{line_of, ConfigError};
+use crate::records::KeyedState;
 use crate::reject::Rejection;
 
 // ---- config section -----------------------------------------------------------------------
@@ -121,47 +124,97 @@ struct JwtVerifier {
 /// until the token's `exp`. Lives in the compiled config, so a reload (new keys) starts empty.
 /// Bounded: a full shard is cleared (simple, and an attacker filling it only costs us
 /// re-verification). Failures are never cached.
+///
+/// An entry is found by a keyed hash of the token's last [`HASHED_TAIL`] bytes (its signature,
+/// which differs between any two valid tokens) and then compared whole: hashing a 200-byte
+/// token whole cost more than the rest of a cached decision.
 struct TokenCache {
+    hasher: KeyedState,
     shards: Vec<Shard>,
 }
 
-/// token → (user id, exp).
-type Shard = std::sync::Mutex<HashMap<Box<str>, (Box<str>, u64)>>;
+/// tail hash → (token, user id, exp). Two tokens with the same tail hash share a slot (the
+/// later one replaces the earlier: a miss, never a wrong answer).
+type Shard = std::sync::Mutex<HashMap<u64, CachedToken, PreHashed>>;
+
+struct CachedToken {
+    token: Box<[u8]>,
+    user: Arc<str>,
+    exp: u64,
+}
 
 const CACHE_SHARDS: usize = 16;
 const CACHE_PER_SHARD: usize = 4096;
+const HASHED_TAIL: usize = 32;
 
 impl TokenCache {
     fn new() -> Self {
         TokenCache {
+            hasher: KeyedState::default(),
             shards: (0..CACHE_SHARDS)
-                .map(|_| std::sync::Mutex::new(HashMap::new()))
+                .map(|_| std::sync::Mutex::new(HashMap::default()))
                 .collect(),
         }
     }
 
-    fn shard(&self, token: &str) -> &Shard {
-        // The signature's last bytes are as good as a hash for picking a shard.
-        let b = token.as_bytes();
-        let i = b.len().saturating_sub(1);
-        &self.shards[(usize::from(b.get(i).copied().unwrap_or(0)) ^ b.len()) % CACHE_SHARDS]
+    fn slot(&self, token: &[u8]) -> (&Shard, u64) {
+        let tail = &token[token.len().saturating_sub(HASHED_TAIL)..];
+        let h = self.hasher.hash_one(tail);
+        (&self.shards[(h >> 60) as usize % CACHE_SHARDS], h)
     }
 
-    fn get(&self, token: &str, now: u64) -> Option<String> {
-        let shard = self.shard(token).lock().ok()?;
-        match shard.get(token) {
-            Some((user, exp)) if now < *exp => Some(user.to_string()),
+    fn get(&self, token: &[u8], now: u64) -> Option<Arc<str>> {
+        let (shard, h) = self.slot(token);
+        let shard = shard.lock().ok()?;
+        match shard.get(&h) {
+            Some(c) if now < c.exp && *c.token == *token => Some(c.user.clone()),
             _ => None,
         }
     }
 
-    fn put(&self, token: &str, user: &str, exp: u64) {
-        if let Ok(mut shard) = self.shard(token).lock() {
+    fn put(&self, token: &[u8], user: &Arc<str>, exp: u64) {
+        let (shard, h) = self.slot(token);
+        if let Ok(mut shard) = shard.lock() {
             if shard.len() >= CACHE_PER_SHARD {
                 shard.clear();
             }
-            shard.insert(token.into(), (user.into(), exp));
+            shard.insert(
+                h,
+                CachedToken {
+                    token: token.into(),
+                    user: user.clone(),
+                    exp,
+                },
+            );
         }
+    }
+}
+
+/// A map keyed by a hash already computed (and keyed): the key is its own hash.
+#[derive(Default, Clone, Copy)]
+struct PreHashed;
+
+struct PreHashedHasher(u64);
+
+impl std::hash::BuildHasher for PreHashed {
+    type Hasher = PreHashedHasher;
+    fn build_hasher(&self) -> PreHashedHasher {
+        PreHashedHasher(0)
+    }
+}
+
+impl std::hash::Hasher for PreHashedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; anything else still spreads.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = x;
+    }
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -201,8 +254,8 @@ impl Method {
 /// A verified credential, before the snapshot says who it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    /// A user id (from a JWT claim or a trusted header).
-    User(String),
+    /// A user id (from a JWT claim or a trusted header; shared with the token cache).
+    User(Arc<str>),
     /// The SHA-256 of an API key.
     ApiKey([u8; 32]),
 }
@@ -521,6 +574,40 @@ impl Verifier {
     }
 
     /// Find and verify the one credential of a request.
+    /// The usual call in one look: one `Authorization: Bearer <token>` header whose token was
+    /// verified before (and its `exp` is still ahead), and no other credential header. The
+    /// full checks in [`Verifier::identify`] reach the same answer for it: a cached token was
+    /// verified through them, so it is visible ASCII with two dots, and `bearer` is the only
+    /// scheme that reaches the verifier.
+    fn cached_jwt_user(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+        let jwt = self.jwt.as_ref()?;
+        let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+        let value = values.next()?;
+        if values.next().is_some()
+            || self
+                .api_key_header
+                .as_ref()
+                .is_some_and(|h| headers.contains_key(h))
+            || self
+                .trusted
+                .as_ref()
+                .is_some_and(|(h, _)| headers.contains_key(h))
+        {
+            return None;
+        }
+        // `split_once(' ')` below, on bytes: the scheme has no space, so it ends at byte 6.
+        let b = value.as_bytes();
+        let token = match (b.get(..6), b.get(6), b.get(7..)) {
+            (Some(scheme), Some(b' '), Some(token))
+                if scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty() =>
+            {
+                token
+            }
+            _ => return None,
+        };
+        jwt.cache.get(token, now_unix())
+    }
+
     pub fn identify(
         &self,
         headers: &HeaderMap,
@@ -545,6 +632,12 @@ impl Verifier {
                 )
             })
         };
+        if let Some(user) = self.cached_jwt_user(headers) {
+            return Ok(Identified {
+                credential: Credential::User(user),
+                method: Method::Jwt,
+            });
+        }
         let authorization = single(&http::header::AUTHORIZATION)?;
         let api_key = match &self.api_key_header {
             Some(h) => single(h)?,
@@ -582,7 +675,7 @@ impl Verifier {
                 ));
             }
             return Ok(Identified {
-                credential: Credential::User(user.to_string()),
+                credential: Credential::User(user.into()),
                 method: Method::TrustedHeader,
             });
         }
@@ -646,13 +739,14 @@ fn header_has_crit(token: &str) -> bool {
 }
 
 impl JwtVerifier {
-    fn verify(&self, token: &str) -> Result<String, Rejection> {
+    fn verify(&self, token: &str) -> Result<Arc<str>, Rejection> {
         let now = now_unix();
-        if let Some(user) = self.cache.get(token, now) {
+        if let Some(user) = self.cache.get(token.as_bytes(), now) {
             return Ok(user);
         }
         let (user, exp) = self.verify_uncached(token)?;
-        self.cache.put(token, &user, exp);
+        let user: Arc<str> = user.into();
+        self.cache.put(token.as_bytes(), &user, exp);
         Ok(user)
     }
 
@@ -913,22 +1007,25 @@ trusted_cidrs = ["10.1.0.0/16"]
         let v = verifier("");
         let jwt = v.jwt.as_ref().unwrap();
         let t = hs(&claims(), Some("hs"));
-        assert!(jwt.cache.get(&t, now() as u64).is_none());
+        assert!(jwt.cache.get(t.as_bytes(), now() as u64).is_none());
         assert_eq!(
             v.identify(&auth(&format!("Bearer {t}")), None)
                 .unwrap()
                 .credential,
             Credential::User("u-1".into())
         );
-        assert_eq!(jwt.cache.get(&t, now() as u64).as_deref(), Some("u-1"));
+        assert_eq!(
+            jwt.cache.get(t.as_bytes(), now() as u64).as_deref(),
+            Some("u-1")
+        );
         // Past exp the entry is not used.
-        assert!(jwt.cache.get(&t, now() as u64 + 601).is_none());
+        assert!(jwt.cache.get(t.as_bytes(), now() as u64 + 601).is_none());
         let mut expired = claims();
         expired["exp"] = json!(now() - 3600);
         let bad = hs(&expired, Some("hs"));
         assert!(v.identify(&auth(&format!("Bearer {bad}")), None).is_err());
         assert!(
-            jwt.cache.get(&bad, 0).is_none(),
+            jwt.cache.get(bad.as_bytes(), 0).is_none(),
             "failures are never cached"
         );
         // A tampered token (different bytes) is verified on its own.
@@ -936,6 +1033,39 @@ trusted_cidrs = ["10.1.0.0/16"]
         assert!(v
             .identify(&auth(&format!("Bearer {tampered}")), None)
             .is_err());
+        // Same last bytes (what the cache hashes), different token: not the cached entry.
+        let (head, tail) = t.split_at(t.len() - HASHED_TAIL);
+        let other = format!("{}{tail}", head.replace('e', "f"));
+        assert_ne!(other, t);
+        assert!(jwt.cache.get(other.as_bytes(), now() as u64).is_none());
+        assert!(v.identify(&auth(&format!("Bearer {other}")), None).is_err());
+    }
+
+    /// With a cached token, the answer is still the full checks' answer: another credential
+    /// or a repeated header is refused, the scheme is read without case.
+    #[test]
+    fn a_cached_token_changes_no_answer() {
+        let v = verifier("");
+        let t = hs(&claims(), Some("hs"));
+        let bearer = format!("Bearer {t}");
+        assert!(v.identify(&auth(&bearer), None).is_ok());
+        let user = Credential::User("u-1".into());
+        let lower = format!("bearer {t}");
+        assert_eq!(v.identify(&auth(&lower), None).unwrap().credential, user);
+        let mut both = auth(&bearer);
+        both.insert("x-api-key", http::HeaderValue::from_static("k1"));
+        assert_eq!(code(v.identify(&both, None)), "ambiguous_credentials");
+        let mut trusted = auth(&bearer);
+        trusted.insert("x-auth-user", http::HeaderValue::from_static("u-2"));
+        assert_eq!(code(v.identify(&trusted, None)), "ambiguous_credentials");
+        let mut twice = auth(&bearer);
+        twice.append(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&bearer).unwrap(),
+        );
+        assert_eq!(code(v.identify(&twice, None)), "duplicate_header");
+        let spaced = format!("Bearer  {t}");
+        assert_eq!(code(v.identify(&auth(&spaced), None)), "invalid_token");
     }
 
     #[test]

@@ -633,6 +633,9 @@ impl<E> From<JsonError> for StreamError<E> {
 /// `select.items` array is written, then offered to `keep(index, id)` with the scalar at
 /// `select.id_at` inside it (`None` when absent); when `keep` answers `false` the element is
 /// taken back out. The first error stops everything; no output is returned then.
+///
+/// Outside whitespace and escaped strings a body is already in the one spelling, so the
+/// output is the source copied in runs: a clean item (no whitespace, no escape) is one copy.
 pub fn canonicalize<'a, E>(
     body: &'a [u8],
     limits: &Limits,
@@ -671,11 +674,13 @@ pub fn canonicalize<'a, E>(
         root_keys: Vec::new(),
         item_spans: Vec::new(),
         items_inner: (0, 0),
+        run: 0,
         keep,
     };
-    st.p.ws();
+    st.ws();
     st.value(0)?;
-    st.p.ws();
+    st.ws();
+    st.flush();
     if st.p.i != body.len() {
         return Err(JsonError::Trailing { offset: st.p.i }.into());
     }
@@ -711,10 +716,47 @@ struct Stream<'a, 'p, F> {
     root_keys: Vec<Cow<'a, str>>,
     item_spans: Vec<(usize, usize)>,
     items_inner: (usize, usize),
+    /// Where the source bytes not yet copied to `out` start. Outside whitespace and escaped
+    /// strings a body is already in the one spelling, so the output is the source copied in
+    /// runs: a run ends at whitespace (skipped), an escaped string (rewritten), and around
+    /// each selected element (so that it can be left out).
+    run: usize,
     keep: F,
 }
 
 impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '_, F> {
+    /// Copy the pending run of source bytes (up to the read position) to the output.
+    fn flush(&mut self) {
+        let i = self.p.i;
+        if i > self.run {
+            self.out.extend_from_slice(&self.p.b[self.run..i]);
+        }
+        self.run = i;
+    }
+
+    /// Skip whitespace, which ends the pending run.
+    fn ws(&mut self) {
+        let at = self.p.i;
+        self.p.ws();
+        if self.p.i != at {
+            self.out.extend_from_slice(&self.p.b[self.run..at]);
+            self.run = self.p.i;
+        }
+    }
+
+    /// A string just read from `at` (its opening quote): one the parser could borrow holds
+    /// nothing to escape and stays in the run as written; a decoded one is written in the
+    /// one escaping.
+    // The variant is the point here (borrowed = written as is), so the Cow itself is taken.
+    #[allow(clippy::ptr_arg)]
+    fn string_read(&mut self, at: usize, s: &Cow<'_, str>) {
+        if let Cow::Owned(o) = s {
+            self.out.extend_from_slice(&self.p.b[self.run..at]);
+            write_str(o, &mut self.out);
+            self.run = self.p.i;
+        }
+    }
+
     /// Does `path[from..]` equal the pointer's tokens?
     fn at(&self, from: usize, ptr: &Pointer) -> bool {
         let segs = &self.path[from..];
@@ -760,8 +802,9 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
                 Scalar::Other("an array")
             }
             Some(b'"') => {
+                let at = self.p.i;
                 let s = self.p.string()?;
-                write_parsed(&s, &mut self.out);
+                self.string_read(at, &s);
                 Scalar::String(s)
             }
             Some(b'-' | b'0'..=b'9') => {
@@ -772,7 +815,6 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
                     }
                     .into());
                 };
-                self.out.extend_from_slice(n.as_bytes());
                 match n {
                     Cow::Borrowed(n) => Scalar::Number(n),
                     Cow::Owned(_) => Scalar::Other("a number"),
@@ -785,7 +827,6 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
                     _ => (b"null", "null"),
                 };
                 self.p.literal(word, Json::Null)?;
-                self.out.extend_from_slice(word);
                 Scalar::Other(kind)
             }
         };
@@ -804,37 +845,32 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
         self.p.enter(depth)?;
         let start = self.p.i;
         self.p.i += 1;
-        self.out.push(b'{');
-        self.p.ws();
+        self.ws();
         if self.p.b.get(self.p.i) == Some(&b'}') {
             self.p.i += 1;
-            self.out.push(b'}');
             return Ok(());
         }
         let base = self.keys.len();
         loop {
-            self.p.ws();
+            self.ws();
             if self.p.b.get(self.p.i) != Some(&b'"') {
                 return Err(self.p.error("expected a key (a string)").into());
             }
+            let at = self.p.i;
             let key = self.p.string()?;
-            self.p.ws();
+            self.string_read(at, &key);
+            self.ws();
             if self.p.b.get(self.p.i) != Some(&b':') {
                 return Err(self.p.error("expected ':'").into());
             }
             self.p.i += 1;
-            self.p.ws();
-            if self.keys.len() > base {
-                self.out.push(b',');
-            }
-            write_parsed(&key, &mut self.out);
-            self.out.push(b':');
+            self.ws();
             self.keys.push(key);
             self.path.push(Seg::Key(self.keys.len() - 1));
             let r = self.value(depth);
             self.path.pop();
             r?;
-            self.p.ws();
+            self.ws();
             match self.p.b.get(self.p.i) {
                 Some(b',') => self.p.i += 1,
                 Some(b'}') => {
@@ -865,7 +901,6 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
             self.root_keys = self.keys.drain(base..).collect();
         }
         self.keys.truncate(base);
-        self.out.push(b'}');
         Ok(())
     }
 
@@ -873,22 +908,26 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
     fn array_with(&mut self, depth: usize, offer: bool) -> Result<(), StreamError<E>> {
         self.p.enter(depth)?;
         self.p.i += 1;
-        self.out.push(b'[');
         if offer {
+            self.flush();
             self.items_inner = (self.out.len(), self.out.len());
         }
-        self.p.ws();
+        self.ws();
         if self.p.b.get(self.p.i) == Some(&b']') {
             self.p.i += 1;
-            self.out.push(b']');
             return Ok(());
         }
         let mut index = 0;
         let mut written = 0;
         loop {
-            self.p.ws();
+            self.ws();
+            // A selected element is copied on its own (its separating comma written here,
+            // not copied), so that it can be taken back out.
+            if offer {
+                self.flush();
+            }
             let mark = self.out.len();
-            if written > 0 {
+            if offer && written > 0 {
                 self.out.push(b',');
             }
             let start = self.out.len();
@@ -903,6 +942,9 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
             }
             self.path.pop();
             r?;
+            if offer {
+                self.flush();
+            }
             let kept = if offer {
                 let id = self.item_id.take();
                 (self.keep)(index, id).map_err(StreamError::Keep)?
@@ -918,15 +960,20 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
                 self.out.truncate(mark);
             }
             index += 1;
-            self.p.ws();
+            self.ws();
             match self.p.b.get(self.p.i) {
-                Some(b',') => self.p.i += 1,
-                Some(b']') => {
+                Some(b',') => {
                     self.p.i += 1;
                     if offer {
+                        self.run = self.p.i;
+                    }
+                }
+                Some(b']') => {
+                    if offer {
+                        self.flush();
                         self.items_inner.1 = self.out.len();
                     }
-                    self.out.push(b']');
+                    self.p.i += 1;
                     return Ok(());
                 }
                 _ => return Err(self.p.error("expected ',' or ']'").into()),
@@ -940,23 +987,6 @@ impl<'a, E, F: FnMut(usize, Option<Scalar<'a>>) -> Result<bool, E>> Stream<'a, '
 
     fn items_array(&mut self, depth: usize) -> Result<(), StreamError<E>> {
         self.array_with(depth, true)
-    }
-}
-
-/// Write a string the parser just returned: one it could borrow from the body holds nothing
-/// to escape (no `"`, `\` or control byte, or it would have been decoded into an owned
-/// string), so it is copied without a second scan. Only for the parser's own output: a tree
-/// anyone can build goes through [`write_str`].
-// The variant is the point here (borrowed = known clean), so the Cow itself is taken.
-#[allow(clippy::ptr_arg)]
-fn write_parsed(s: &Cow<'_, str>, out: &mut Vec<u8>) {
-    match s {
-        Cow::Borrowed(b) => {
-            out.push(b'"');
-            out.extend_from_slice(b.as_bytes());
-            out.push(b'"');
-        }
-        Cow::Owned(o) => write_str(o, out),
     }
 }
 

@@ -88,21 +88,14 @@ pub fn decide(
         Routed::Public(permit) => return Ok(permit),
         Routed::Protected(c, r, p) => (c, r, p),
     };
-    let deny = |rejection: Rejection| {
-        Box::new(Denied {
-            rejection,
-            route: Some(route_idx),
-            user: None,
-            canonical: Some(canonical.clone()),
-            caller: None,
-        })
-    };
-    let snapshot = snapshot.map_err(deny)?;
-    let who = config
-        .identity
-        .identify(req.headers, req.peer)
-        .map_err(deny)?;
-    authorize(config, snapshot, canonical, route_idx, permission, who)
+    let who = snapshot.and_then(|s| {
+        let who = config.identity.identify(req.headers, req.peer)?;
+        Ok((s, who))
+    });
+    match who {
+        Ok((snapshot, who)) => authorize(config, snapshot, canonical, route_idx, permission, who),
+        Err(rejection) => Err(denied(rejection, route_idx, None, None, canonical)),
+    }
 }
 
 /// Decide as a given user, without credentials (for `permgate explain` and `permgate test`):
@@ -141,7 +134,7 @@ pub fn decide_as(
         }));
     };
     let who = identity::Identified {
-        credential: Credential::User(user.to_string()),
+        credential: Credential::User(user.into()),
         method: identity::Method::Jwt,
     };
     authorize(config, snapshot, canonical, route_idx, permission, who)
@@ -160,7 +153,7 @@ fn resolve_user(
                     "unknown_user",
                     "the caller is not a user known to the gateway",
                 ),
-                Some(id.clone()),
+                Some(id.to_string()),
             )
         }),
         Credential::ApiKey(digest) => snapshot.user_by_api_key(digest).ok_or_else(|| {
@@ -172,6 +165,23 @@ fn resolve_user(
     }
 }
 
+/// A denial after the route match (the canonical target moves into it: no copy).
+fn denied(
+    rejection: Rejection,
+    route_idx: usize,
+    user: Option<String>,
+    caller: Option<Caller>,
+    canonical: CanonicalTarget,
+) -> Box<Denied> {
+    Box::new(Denied {
+        rejection,
+        route: Some(route_idx),
+        user,
+        canonical: Some(canonical),
+        caller,
+    })
+}
+
 /// The identified caller against the route's permission.
 fn authorize(
     config: &Config,
@@ -181,56 +191,57 @@ fn authorize(
     permission: crate::catalog::PermId,
     who: identity::Identified,
 ) -> Result<Permit, Box<Denied>> {
-    let deny = |rejection: Rejection, user: Option<String>| {
-        Box::new(Denied {
-            rejection,
-            route: Some(route_idx),
-            user,
-            canonical: Some(canonical.clone()),
-            caller: None,
-        })
+    let user = match resolve_user(snapshot, &who.credential) {
+        Ok(user) => user,
+        Err((rejection, id)) => return Err(denied(rejection, route_idx, id, None, canonical)),
     };
-    let user = resolve_user(snapshot, &who.credential).map_err(|(r, id)| deny(r, id))?;
     let u = snapshot.user(user);
     let caller = Caller {
         user,
         method: who.method,
     };
-    let deny_caller = |rejection: Rejection| {
-        let mut d = deny(rejection, Some(u.id.to_string()));
-        d.caller = Some(caller);
-        d
-    };
-    if u.disabled {
-        return Err(deny_caller(Rejection::new(
+    let refused = if u.disabled {
+        Some(Rejection::new(
             403,
             "user_disabled",
             "the caller's account is disabled",
-        )));
-    }
-    if !snapshot.has_permission(user, permission) {
-        return Err(deny_caller(Rejection::forbidden(
+        ))
+    } else if !snapshot.has_permission(user, permission) {
+        Some(Rejection::forbidden(
             config.catalog.permission_name(permission),
-        )));
+        ))
+    } else {
+        // Records named in the path or query: the permission's scope must cover each of them.
+        route_info(config, route_idx)
+            .inspect
+            .as_ref()
+            .and_then(|inspect| {
+                crate::inspect::check_head(
+                    snapshot,
+                    &config.catalog,
+                    user,
+                    inspect,
+                    &canonical.path,
+                    canonical.query.as_deref(),
+                )
+                .err()
+                .map(|d| d.rejection)
+            })
+    };
+    match refused {
+        Some(rejection) => Err(denied(
+            rejection,
+            route_idx,
+            Some(u.id.to_string()),
+            Some(caller),
+            canonical,
+        )),
+        None => Ok(Permit {
+            canonical,
+            route: Some(route_idx),
+            caller: Some(caller),
+        }),
     }
-    // Records named in the path or query: the permission's scope must cover each of them.
-    if let Some(inspect) = &route_info(config, route_idx).inspect {
-        if let Err(d) = crate::inspect::check_head(
-            snapshot,
-            &config.catalog,
-            user,
-            inspect,
-            &canonical.path,
-            canonical.query.as_deref(),
-        ) {
-            return Err(deny_caller(d.rejection));
-        }
-    }
-    Ok(Permit {
-        canonical,
-        route: Some(route_idx),
-        caller: Some(caller),
-    })
 }
 
 enum Routed {

@@ -17,10 +17,12 @@
 //!   passed down to a less specific route (legacy handlers often ignore the method).
 //! - No match: `None` — the caller denies (deny by default).
 //!
-//! Matching walks a segment trie (literal children in a hash map), so its cost grows with the
-//! path's depth, not with the number of routes.
+//! Matching walks a segment trie (a few literal children compared in turn, more in a hash map),
+//! so its cost grows with the path's depth, not with the number of routes.
 
 use std::collections::HashMap;
+
+use crate::records::KeyedState;
 
 use regex::Regex;
 
@@ -113,12 +115,61 @@ pub enum TrailingSlash {
 
 #[derive(Debug, Default)]
 struct Node {
-    literal: HashMap<Box<str>, Node>,
+    literal: Literals,
     param: Option<Box<Node>>,
     /// Routes ending in `{*rest}` here: match one or more remaining segments.
     catch_all: Vec<(MethodSet, usize)>,
     /// Routes ending exactly here.
     terminal: Vec<(MethodSet, usize)>,
+}
+
+/// A node's literal children: a few compared in turn (most nodes: `api`, `v1`), many in a
+/// hash map keyed at random per table (lookups are client paths; the keys come from the config).
+#[derive(Debug)]
+enum Literals {
+    Few(Vec<(Box<str>, Node)>),
+    Many(HashMap<Box<str>, Node, KeyedState>),
+}
+
+impl Default for Literals {
+    fn default() -> Self {
+        Literals::Few(Vec::new())
+    }
+}
+
+impl Literals {
+    /// Up to this many children are compared in turn.
+    const FEW: usize = 8;
+
+    fn get(&self, seg: &str) -> Option<&Node> {
+        match self {
+            Literals::Few(v) => v.iter().find(|(k, _)| **k == *seg).map(|(_, n)| n),
+            Literals::Many(m) => m.get(seg),
+        }
+    }
+
+    /// The child for `seg`, added if missing.
+    fn entry(&mut self, seg: &str) -> &mut Node {
+        if let Literals::Few(v) = self {
+            if v.len() >= Self::FEW && !v.iter().any(|(k, _)| **k == *seg) {
+                let many = std::mem::take(v).into_iter().collect();
+                *self = Literals::Many(many);
+            }
+        }
+        match self {
+            Literals::Few(v) => {
+                let i = match v.iter().position(|(k, _)| **k == *seg) {
+                    Some(i) => i,
+                    None => {
+                        v.push((seg.into(), Node::default()));
+                        v.len() - 1
+                    }
+                };
+                &mut v[i].1
+            }
+            Literals::Many(m) => m.entry(seg.into()).or_default(),
+        }
+    }
 }
 
 /// A compiled route table.
@@ -208,7 +259,7 @@ impl<T> RouteTable<T> {
                     let mut catch_all = false;
                     for seg in &segs {
                         node = match seg {
-                            Seg::Literal(l) => node.literal.entry(l.as_str().into()).or_default(),
+                            Seg::Literal(l) => node.literal.entry(l),
                             Seg::Param => node.param.get_or_insert_with(Default::default),
                             Seg::CatchAll => {
                                 catch_all = true;
@@ -290,12 +341,7 @@ impl<T> RouteTable<T> {
         if self.trailing_slash == TrailingSlash::Either {
             p = p.strip_suffix('/').unwrap_or(p);
         }
-        let slot = if p.is_empty() {
-            find_in(&self.root, &[])
-        } else {
-            let segs: Vec<&str> = p.split('/').collect();
-            find_in(&self.root, &segs)
-        };
+        let slot = find_in(&self.root, (!p.is_empty()).then_some(p));
         if let Some(slot) = slot {
             // The most specific path decides; a method it does not route is denied, never
             // passed down to a less specific route.
@@ -329,11 +375,17 @@ impl<T> RouteTable<T> {
 
 /// The routes of the most specific template matching this path, whatever their methods:
 /// the first non-empty slot in literal → param → catch-all order.
-fn find_in<'n>(node: &'n Node, segs: &[&str]) -> Option<&'n [(MethodSet, usize)]> {
-    let Some((first, rest)) = segs.split_first() else {
+/// `segs` is the rest of the path without its leading `/` (`None`: no segment left; `""`
+/// is one empty segment), split as `str::split('/')` would, one segment at a time.
+fn find_in<'n>(node: &'n Node, segs: Option<&str>) -> Option<&'n [(MethodSet, usize)]> {
+    let Some(segs) = segs else {
         return (!node.terminal.is_empty()).then_some(node.terminal.as_slice());
     };
-    if let Some(child) = node.literal.get(*first) {
+    let (first, rest) = match segs.bytes().position(|b| b == b'/') {
+        Some(i) => (&segs[..i], segs.get(i + 1..)),
+        None => (segs, None),
+    };
+    if let Some(child) = node.literal.get(first) {
         if let Some(found) = find_in(child, rest) {
             return Some(found);
         }
