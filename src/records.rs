@@ -308,8 +308,10 @@ pub struct RecordsDraft<'t> {
     teams: Interner,
     roles: Interner,
     arena: String,
-    /// The type of the entry read last (entries of one type come in runs).
+    /// The type of the entry read last (entries of one type come in runs), and the parent
+    /// type of the related entry read last.
     last_type: Option<u32>,
+    last_parent_type: Option<u32>,
     owners: Vec<(DraftRef, OwnerRef)>,
     shares: Vec<(DraftRef, Result<DraftPrincipal, &'static str>)>,
     related: Vec<(DraftRef, DraftRef)>,
@@ -325,6 +327,7 @@ impl<'t> RecordsDraft<'t> {
             roles: Interner::default(),
             arena: String::new(),
             last_type: None,
+            last_parent_type: None,
             owners: Vec::new(),
             shares: Vec::new(),
             related: Vec::new(),
@@ -756,6 +759,10 @@ pub struct Resolve<'a> {
     pub owner_names: Option<&'a OwnerNames>,
 }
 
+/// Drafts with at least this many related objects look their parents up on two threads (lower
+/// under test, so the tests' generated snapshots take that path).
+const PARALLEL_PARENTS_FROM: usize = if cfg!(test) { 1024 } else { 65_536 };
+
 /// Drafts with at least this many owners resolve them through an [`OwnerNames`] table.
 pub const OWNER_NAMES_FROM: usize = 4096;
 
@@ -944,12 +951,33 @@ impl RecordStore {
         }
         // The parents' ids first, then their lookups back to back (each a random slot of a
         // large table: in a loop of their own, the cache misses overlap).
-        let mut parent_ids: Vec<Result<(RecordTypeId, RecordId), String>> =
-            draft.related.iter().map(|(_, p)| canon(p)).collect();
-        let found: Vec<Option<Found>> = parent_ids
-            .iter()
-            .map(|p| p.as_ref().ok().and_then(|(t, id)| store.find(*t, id)))
-            .collect();
+        // Read-only, so on both cores for a large draft, half each.
+        type ParentIds = Vec<Result<(RecordTypeId, RecordId), String>>;
+        let parents_of = |part: &[(DraftRef, DraftRef)]| -> (ParentIds, Vec<Option<Found>>) {
+            let ids: ParentIds = part.iter().map(|(_, p)| canon(p)).collect();
+            let found = ids
+                .iter()
+                .map(|p| p.as_ref().ok().and_then(|(t, id)| store.find(*t, id)))
+                .collect();
+            (ids, found)
+        };
+        let (mut parent_ids, found) = if draft.related.len() >= PARALLEL_PARENTS_FROM {
+            let (a, b) = draft.related.split_at(draft.related.len() / 2);
+            let ((mut ids, mut found), (ids_b, found_b)) = std::thread::scope(|s| {
+                match std::thread::Builder::new().spawn_scoped(s, || parents_of(b)) {
+                    Ok(h) => {
+                        let first = parents_of(a);
+                        (first, h.join().unwrap_or_else(|_| parents_of(b)))
+                    }
+                    Err(_) => (parents_of(a), parents_of(b)),
+                }
+            });
+            ids.extend(ids_b);
+            found.extend(found_b);
+            (ids, found)
+        } else {
+            parents_of(&draft.related)
+        };
         Arc::make_mut(&mut store.parents).reserve(draft.related.len());
         for i in 0..draft.related.len() {
             let Some(Some((child, child_type))) = children.get(i).copied() else {

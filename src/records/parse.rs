@@ -445,9 +445,15 @@ impl<'t> RecordsDraft<'t> {
         }
     }
 
-    /// The type of a compact entry, interned (the previous entry's first).
-    fn compact_type(&mut self, name: &str) -> u32 {
-        match self.last_type {
+    /// The type of a compact entry, interned (the previous entry's first; a related entry's
+    /// parent type is compared with the previous parent type).
+    fn compact_type(&mut self, name: &str, parent: bool) -> u32 {
+        let last = if parent {
+            self.last_parent_type
+        } else {
+            self.last_type
+        };
+        match last {
             Some(t)
                 if self
                     .types
@@ -459,7 +465,11 @@ impl<'t> RecordsDraft<'t> {
             }
             _ => {
                 let t = self.types.intern(name);
-                self.last_type = Some(t);
+                if parent {
+                    self.last_parent_type = Some(t);
+                } else {
+                    self.last_type = Some(t);
+                }
                 t
             }
         }
@@ -484,7 +494,7 @@ impl<'t> RecordsDraft<'t> {
             }
         };
         lit(b, &mut j, b"}")?;
-        let t = self.compact_type(c.s.get(ty.0 as usize..(ty.0 + ty.1) as usize)?);
+        let t = self.compact_type(c.s.get(ty.0 as usize..(ty.0 + ty.1) as usize)?, false);
         let owner = owner.map_or(OwnerRef::None, |(off, len)| {
             OwnerRef::Text(Span { off, len })
         });
@@ -517,8 +527,8 @@ impl<'t> RecordsDraft<'t> {
         lit(b, &mut j, b",\"parent_id\":")?;
         let (pid, pnumber) = compact_id(b, &mut j)?;
         lit(b, &mut j, b"}")?;
-        let t = self.compact_type(c.s.get(ty.0 as usize..(ty.0 + ty.1) as usize)?);
-        let pt = self.compact_type(c.s.get(pty.0 as usize..(pty.0 + pty.1) as usize)?);
+        let t = self.compact_type(c.s.get(ty.0 as usize..(ty.0 + ty.1) as usize)?, false);
+        let pt = self.compact_type(c.s.get(pty.0 as usize..(pty.0 + pty.1) as usize)?, true);
         let r = |record_type, (off, len): (u32, u32), number| DraftRef {
             record_type,
             span: Span { off, len },
@@ -867,8 +877,9 @@ fn entry_start_after(s: &str, from: usize) -> Option<usize> {
 }
 
 /// Owners lists past this size (bytes of text from the list's start to the end of the text)
-/// are read by two threads.
-const SPLIT_OWNERS_ABOVE: usize = 16 << 20;
+/// are read by two threads (lower under test, so the tests' generated snapshots take that
+/// path).
+const SPLIT_OWNERS_ABOVE: usize = if cfg!(test) { 64 << 10 } else { 16 << 20 };
 
 /// Parse the `records` value at `at` in `text`: `null` (no section) or the section. Returns
 /// the draft and the offset just past the value.
