@@ -951,33 +951,34 @@ impl RecordStore {
         }
         // The parents' ids first, then their lookups back to back (each a random slot of a
         // large table: in a loop of their own, the cache misses overlap).
-        // Read-only, so on both cores for a large draft, half each.
-        type ParentIds = Vec<Result<(RecordTypeId, RecordId), String>>;
-        let parents_of = |part: &[(DraftRef, DraftRef)]| -> (ParentIds, Vec<Option<Found>>) {
-            let ids: ParentIds = part.iter().map(|(_, p)| canon(p)).collect();
-            let found = ids
-                .iter()
-                .map(|p| p.as_ref().ok().and_then(|(t, id)| store.find(*t, id)))
-                .collect();
-            (ids, found)
+        // Read-only, so on both cores for a large draft, half each (filled in place).
+        let n = draft.related.len();
+        let mut parent_ids: Vec<Result<(RecordTypeId, RecordId), String>> =
+            (0..n).map(|_| Err(String::new())).collect();
+        let mut found: Vec<Option<Found>> = vec![None; n];
+        let fill = |part: &[(DraftRef, DraftRef)],
+                    ids: &mut [Result<(RecordTypeId, RecordId), String>],
+                    found: &mut [Option<Found>]| {
+            for ((_, p), id) in part.iter().zip(ids.iter_mut()) {
+                *id = canon(p);
+            }
+            for (id, f) in ids.iter().zip(found.iter_mut()) {
+                *f = id.as_ref().ok().and_then(|(t, id)| store.find(*t, id));
+            }
         };
-        let (mut parent_ids, found) = if draft.related.len() >= PARALLEL_PARENTS_FROM {
-            let (a, b) = draft.related.split_at(draft.related.len() / 2);
-            let ((mut ids, mut found), (ids_b, found_b)) = std::thread::scope(|s| {
-                match std::thread::Builder::new().spawn_scoped(s, || parents_of(b)) {
-                    Ok(h) => {
-                        let first = parents_of(a);
-                        (first, h.join().unwrap_or_else(|_| parents_of(b)))
-                    }
-                    Err(_) => (parents_of(a), parents_of(b)),
-                }
-            });
-            ids.extend(ids_b);
-            found.extend(found_b);
-            (ids, found)
-        } else {
-            parents_of(&draft.related)
+        let both = n >= PARALLEL_PARENTS_FROM && {
+            let (ra, rb) = draft.related.split_at(n / 2);
+            let (ia, ib) = parent_ids.split_at_mut(n / 2);
+            let (fa, fb) = found.split_at_mut(n / 2);
+            std::thread::scope(|s| {
+                let other = std::thread::Builder::new().spawn_scoped(s, || fill(rb, ib, fb));
+                fill(ra, ia, fa);
+                other.is_ok_and(|h| h.join().is_ok())
+            })
         };
+        if !both {
+            fill(&draft.related, &mut parent_ids, &mut found);
+        }
         Arc::make_mut(&mut store.parents).reserve(draft.related.len());
         for i in 0..draft.related.len() {
             let Some(Some((child, child_type))) = children.get(i).copied() else {
