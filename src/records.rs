@@ -52,13 +52,10 @@
 //! entry each in hash maps. A record's number (for shares and parents) is its slot index plus
 //! its type's base.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
 
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::PermId;
@@ -68,6 +65,8 @@ use crate::ids::{
 };
 use crate::scope::ScopeSet;
 use crate::snapshot::{Snapshot, UserIdx};
+
+pub mod parse;
 
 // ---- source form ---------------------------------------------------------------------------
 
@@ -123,110 +122,6 @@ pub struct RawRelated {
     pub id: RawId,
     pub parent_type: String,
     pub parent_id: RawId,
-}
-
-/// A string borrowed from the snapshot text when it holds no escapes.
-struct Str<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Str<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
-}
-
-/// An id while streaming: its text, and whether it was a JSON number.
-struct IdText<'a>(Cow<'a, str>, bool);
-
-impl<'de: 'a, 'a> Deserialize<'de> for IdText<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = IdText<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a record id: a string or a non-negative integer")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<IdText<'a>, E> {
-                Ok(IdText(Cow::Borrowed(v), false))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<IdText<'a>, E> {
-                Ok(IdText(Cow::Owned(v.to_string()), false))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<IdText<'a>, E> {
-                Ok(IdText(Cow::Owned(v), false))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IdText<'a>, E> {
-                Ok(IdText(Cow::Owned(v.to_string()), true))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IdText<'a>, E> {
-                if v >= 0 {
-                    Ok(IdText(Cow::Owned(v.to_string()), true))
-                } else {
-                    Err(E::custom("a record id is never negative"))
-                }
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<IdText<'a>, E> {
-                Err(E::custom(
-                    "a record id is a string or an integer (no fraction, no exponent)",
-                ))
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OwnerEntry<'a> {
-    #[serde(borrow, rename = "type")]
-    record_type: Str<'a>,
-    #[serde(borrow)]
-    id: IdText<'a>,
-    #[serde(borrow, default)]
-    owner: Option<Str<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ShareEntry<'a> {
-    #[serde(borrow, rename = "type")]
-    record_type: Str<'a>,
-    #[serde(borrow)]
-    id: IdText<'a>,
-    #[serde(borrow, default)]
-    user: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    team: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    role: Option<Str<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RelatedEntry<'a> {
-    #[serde(borrow, rename = "type")]
-    record_type: Str<'a>,
-    #[serde(borrow)]
-    id: IdText<'a>,
-    #[serde(borrow)]
-    parent_type: Str<'a>,
-    #[serde(borrow)]
-    parent_id: IdText<'a>,
 }
 
 /// Names interned while streaming (types, users, teams, roles): one probe per entry, so a
@@ -363,12 +258,23 @@ impl NameTable {
     }
 }
 
-/// A record reference while streaming: interned type, id text in the arena, number or string.
+/// Where a draft's string is: `len` bytes at `off` in the snapshot text, or in the draft's
+/// arena when `len` has [`IN_ARENA`] set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    off: u32,
+    len: u32,
+}
+
+/// In a [`Span`]'s length: the string is in the arena (escaped in the text). `IN_ARENA` alone:
+/// a string that could not be stored (past 4 GiB), read as empty.
+const IN_ARENA: u32 = 1 << 31;
+
+/// A record reference while streaming: interned type, id text, number or string.
 #[derive(Debug, Clone, Copy)]
 struct DraftRef {
     record_type: u32,
-    off: u32,
-    len: u32,
+    span: Span,
     number: bool,
 }
 
@@ -379,93 +285,89 @@ enum DraftPrincipal {
     Role(u32),
 }
 
-/// An owner as streamed: the name's text in the arena, resolved to a user only when the store
+/// An owner as streamed: the name's text, resolved to a user only when the store
 /// is built, in a tight pass of its own (there the lookups' cache misses overlap; interleaved
 /// with parsing, each one was paid in full).
 #[derive(Debug, Clone, Copy)]
 enum OwnerRef {
     None,
-    Text {
-        off: u32,
-        len: u32,
-    },
-    /// Interned in `users` (only when the arena is past 4 GiB).
+    Text(Span),
+    /// Interned in `users` (only when the name cannot be held as a span: past 4 GiB).
     Interned(u32),
 }
 
-/// The `records` section read in one streaming pass: names interned, ids and owner names in one
-/// arena, about 28 bytes per entry plus the texts. Resolved by [`RecordStore::build`].
-#[derive(Debug, Default)]
-pub struct RecordsDraft {
+/// The `records` section read in one streaming pass ([`parse`]): names interned, ids and owner
+/// names left in the snapshot text (escaped ones copied into an arena), about 28 bytes per
+/// entry. Resolved by [`RecordStore::build`].
+#[derive(Debug)]
+pub struct RecordsDraft<'t> {
+    /// The snapshot text the spans point into.
+    src: &'t str,
     types: Interner,
     users: Interner,
     teams: Interner,
     roles: Interner,
     arena: String,
+    /// The type of the entry read last (entries of one type come in runs), and the parent
+    /// type of the related entry read last.
+    last_type: Option<u32>,
+    last_parent_type: Option<u32>,
     owners: Vec<(DraftRef, OwnerRef)>,
     shares: Vec<(DraftRef, Result<DraftPrincipal, &'static str>)>,
     related: Vec<(DraftRef, DraftRef)>,
 }
 
-impl RecordsDraft {
-    fn push_ref(&mut self, record_type: &str, id: &IdText<'_>) -> DraftRef {
-        // Entries of one type come in runs: the previous entry's type first.
-        let t = match self.owners.last() {
-            Some((r, _))
-                if self
-                    .types
-                    .names
-                    .get(r.record_type as usize)
-                    .is_some_and(|n| **n == *record_type) =>
-            {
-                r.record_type
-            }
-            _ => self.types.intern(record_type),
-        };
-        let off = self.arena.len() as u32;
-        // Offsets are u32: an arena past 4 GiB (never seen in practice) stores the id empty,
-        // which resolution then refuses.
-        let text: &str = if self.arena.len() + id.0.len() > u32::MAX as usize {
-            ""
-        } else {
-            &id.0
-        };
-        self.arena.push_str(text);
-        DraftRef {
-            record_type: t,
-            off,
-            len: text.len() as u32,
-            number: id.1,
+impl<'t> RecordsDraft<'t> {
+    fn new(src: &'t str) -> Self {
+        RecordsDraft {
+            src,
+            types: Interner::default(),
+            users: Interner::default(),
+            teams: Interner::default(),
+            roles: Interner::default(),
+            arena: String::new(),
+            last_type: None,
+            last_parent_type: None,
+            owners: Vec::new(),
+            shares: Vec::new(),
+            related: Vec::new(),
         }
     }
 
-    fn push_owner(&mut self, name: &str) -> OwnerRef {
-        let off = self.arena.len();
-        if off + name.len() > u32::MAX as usize {
-            return OwnerRef::Interned(self.users.intern(name));
-        }
-        self.arena.push_str(name);
-        OwnerRef::Text {
-            off: off as u32,
-            len: name.len() as u32,
-        }
+    /// Parse the `records` value at byte `at` of a snapshot text: `null` or the section
+    /// ([`parse`]). Returns the draft and the offset just past the value.
+    pub fn parse(
+        text: &'t str,
+        at: usize,
+    ) -> Result<(Option<RecordsDraft<'t>>, usize), parse::ParseError> {
+        parse::parse_records(text, at)
+    }
+
+    fn str_of(&self, s: Span) -> &str {
+        let (from, len) = if s.len & IN_ARENA != 0 {
+            (self.arena.as_str(), s.len & !IN_ARENA)
+        } else {
+            (self.src, s.len)
+        };
+        from.get(s.off as usize..s.off as usize + len as usize)
+            .unwrap_or("")
     }
 
     fn owner_name(&self, o: &OwnerRef) -> &str {
         match *o {
             OwnerRef::None => "",
-            OwnerRef::Text { off, len } => self
-                .arena
-                .get(off as usize..off as usize + len as usize)
-                .unwrap_or(""),
+            OwnerRef::Text(s) => self.str_of(s),
             OwnerRef::Interned(i) => self.users.names.get(i as usize).map_or("", |n| &**n),
         }
     }
 
     fn text(&self, r: &DraftRef) -> &str {
-        self.arena
-            .get(r.off as usize..r.off as usize + r.len as usize)
-            .unwrap_or("")
+        self.str_of(r.span)
+    }
+
+    /// How many owner entries it holds.
+    pub fn owners_len(&self) -> usize {
+        self.owners.len()
     }
 
     /// How many entries the three lists hold.
@@ -480,97 +382,6 @@ impl RecordsDraft {
     /// The team names shares mention.
     pub fn team_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.teams.names.iter().map(|n| &**n)
-    }
-}
-
-impl<'de> Deserialize<'de> for RecordsDraft {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(field_identifier, rename_all = "snake_case")]
-        enum Field {
-            Owners,
-            Shares,
-            Related,
-        }
-        struct List<'d>(&'d mut RecordsDraft, Field);
-        impl<'de> DeserializeSeed<'de> for List<'_> {
-            type Value = ();
-            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-                d.deserialize_seq(self)
-            }
-        }
-        impl<'de> Visitor<'de> for List<'_> {
-            type Value = ();
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of record entries")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-                let draft = self.0;
-                match self.1 {
-                    Field::Owners => {
-                        while let Some(e) = seq.next_element::<OwnerEntry<'de>>()? {
-                            let r = draft.push_ref(&e.record_type.0, &e.id);
-                            let owner = match e.owner {
-                                Some(o) => draft.push_owner(&o.0),
-                                None => OwnerRef::None,
-                            };
-                            draft.owners.push((r, owner));
-                        }
-                    }
-                    Field::Shares => {
-                        while let Some(e) = seq.next_element::<ShareEntry<'de>>()? {
-                            let r = draft.push_ref(&e.record_type.0, &e.id);
-                            let p = match (e.user, e.team, e.role) {
-                                (Some(u), None, None) => {
-                                    Ok(DraftPrincipal::User(draft.users.intern(&u.0)))
-                                }
-                                (None, Some(t), None) => {
-                                    Ok(DraftPrincipal::Team(draft.teams.intern(&t.0)))
-                                }
-                                (None, None, Some(r)) => {
-                                    Ok(DraftPrincipal::Role(draft.roles.intern(&r.0)))
-                                }
-                                _ => Err("a share names exactly one of user, team, role"),
-                            };
-                            draft.shares.push((r, p));
-                        }
-                    }
-                    Field::Related => {
-                        while let Some(e) = seq.next_element::<RelatedEntry<'de>>()? {
-                            let child = draft.push_ref(&e.record_type.0, &e.id);
-                            let parent = draft.push_ref(&e.parent_type.0, &e.parent_id);
-                            draft.related.push((child, parent));
-                        }
-                    }
-                }
-                Ok(())
-            }
-        }
-        struct Top;
-        impl<'de> Visitor<'de> for Top {
-            type Value = RecordsDraft;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("the records section: {owners, shares, related}")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RecordsDraft, A::Error> {
-                let mut draft = RecordsDraft::default();
-                let mut seen = [false; 3];
-                while let Some(k) = map.next_key::<Field>()? {
-                    let (slot, name) = match k {
-                        Field::Owners => (0, "owners"),
-                        Field::Shares => (1, "shares"),
-                        Field::Related => (2, "related"),
-                    };
-                    if seen[slot] {
-                        return Err(de::Error::duplicate_field(name));
-                    }
-                    seen[slot] = true;
-                    map.next_value_seed(List(&mut draft, k))?;
-                }
-                Ok(draft)
-            }
-        }
-        d.deserialize_map(Top)
     }
 }
 
@@ -945,6 +756,26 @@ pub struct Resolve<'a> {
     pub user_ids: &'a EachUser<'a>,
     pub team: &'a dyn Fn(&str) -> Option<u32>,
     pub role: &'a dyn Fn(&str) -> Option<u16>,
+    /// The table of `user_ids`, when the caller made it already (else made here when needed).
+    pub owner_names: Option<&'a OwnerNames>,
+}
+
+/// Drafts with at least this many related objects look their parents up on two threads (lower
+/// under test, so the tests' generated snapshots take that path).
+const PARALLEL_PARENTS_FROM: usize = if cfg!(test) { 1024 } else { 65_536 };
+
+/// Drafts with at least this many owners resolve them through an [`OwnerNames`] table.
+pub const OWNER_NAMES_FROM: usize = 4096;
+
+/// User ids → users, to resolve a large draft's owners (ids up to 23 bytes held in the table,
+/// longer ones through [`Resolve::user`]). The snapshot makes it on another core while it
+/// compiles its users.
+pub struct OwnerNames(NameTable);
+
+impl OwnerNames {
+    pub fn new(user_ids: &EachUser<'_>) -> OwnerNames {
+        OwnerNames(NameTable::new(user_ids, IdHasher::default()))
+    }
 }
 
 /// Sizes, for `check-config` and the report.
@@ -961,7 +792,7 @@ impl RecordStore {
     /// Resolve a draft against the record types and the snapshot's users, teams and roles.
     /// Every problem is reported (at most `max_errors`, then one line counting the rest).
     pub fn build(
-        draft: &RecordsDraft,
+        draft: &RecordsDraft<'_>,
         types: &RecordTypes,
         resolve: &Resolve<'_>,
         max_errors: usize,
@@ -1065,9 +896,16 @@ impl RecordStore {
 
         // Owners' names → users: through a table built from the users when there are many
         // owners (one probe each, read ahead), else through the resolver.
-        let names = (draft.owners.len() >= 4096).then(|| NameTable::new(resolve.user_ids, hasher));
+        let built;
+        let names = match resolve.owner_names {
+            _ if draft.owners.len() < OWNER_NAMES_FROM => None,
+            Some(n) => Some(&n.0),
+            None => {
+                built = NameTable::new(resolve.user_ids, hasher);
+                Some(&built)
+            }
+        };
         let user = resolve.user;
-        let names = names.as_ref();
         let owner_val = |o: &OwnerRef| -> Option<u32> {
             if let OwnerRef::None = o {
                 return Some(NO_OWNER);
@@ -1083,12 +921,12 @@ impl RecordStore {
         // inserted in slot order (each table chunk filled while in cache, not one random slot
         // of a large table per entry). Anything else, errors included, takes the entry-by-entry
         // path below, so errors are reported exactly as before.
-        let fast = draft.owners.len() >= 4096
+        let fast = draft.owners.len() >= OWNER_NAMES_FROM
             && store
                 .owners_in_slot_order(draft, &type_of, &owner_val, names)
                 .is_some();
         if !fast && !draft.owners.is_empty() {
-            if draft.owners.len() >= 4096 {
+            if draft.owners.len() >= OWNER_NAMES_FROM {
                 store = fresh().0;
             }
             store.owners_one_by_one(draft, &canon, &owner_val, types, &mut err);
@@ -1114,12 +952,34 @@ impl RecordStore {
         }
         // The parents' ids first, then their lookups back to back (each a random slot of a
         // large table: in a loop of their own, the cache misses overlap).
+        // Read-only, so on both cores for a large draft, half each (filled in place).
+        let n = draft.related.len();
         let mut parent_ids: Vec<Result<(RecordTypeId, RecordId), String>> =
-            draft.related.iter().map(|(_, p)| canon(p)).collect();
-        let found: Vec<Option<Found>> = parent_ids
-            .iter()
-            .map(|p| p.as_ref().ok().and_then(|(t, id)| store.find(*t, id)))
-            .collect();
+            (0..n).map(|_| Err(String::new())).collect();
+        let mut found: Vec<Option<Found>> = vec![None; n];
+        let fill = |part: &[(DraftRef, DraftRef)],
+                    ids: &mut [Result<(RecordTypeId, RecordId), String>],
+                    found: &mut [Option<Found>]| {
+            for ((_, p), id) in part.iter().zip(ids.iter_mut()) {
+                *id = canon(p);
+            }
+            for (id, f) in ids.iter().zip(found.iter_mut()) {
+                *f = id.as_ref().ok().and_then(|(t, id)| store.find(*t, id));
+            }
+        };
+        let both = n >= PARALLEL_PARENTS_FROM && {
+            let (ra, rb) = draft.related.split_at(n / 2);
+            let (ia, ib) = parent_ids.split_at_mut(n / 2);
+            let (fa, fb) = found.split_at_mut(n / 2);
+            std::thread::scope(|s| {
+                let other = std::thread::Builder::new().spawn_scoped(s, || fill(rb, ib, fb));
+                fill(ra, ia, fa);
+                other.is_ok_and(|h| h.join().is_ok())
+            })
+        };
+        if !both {
+            fill(&draft.related, &mut parent_ids, &mut found);
+        }
         Arc::make_mut(&mut store.parents).reserve(draft.related.len());
         for i in 0..draft.related.len() {
             let Some(Some((child, child_type))) = children.get(i).copied() else {
@@ -1249,7 +1109,7 @@ impl RecordStore {
     /// The owners of a draft, entry by entry, every problem reported.
     fn owners_one_by_one(
         &mut self,
-        draft: &RecordsDraft,
+        draft: &RecordsDraft<'_>,
         canon: &Canon<'_>,
         owner_val: &dyn Fn(&OwnerRef) -> Option<u32>,
         types: &RecordTypes,
@@ -1305,7 +1165,7 @@ impl RecordStore {
     /// another kind or with a problem, which [`RecordStore::owners_one_by_one`] reports.
     fn owners_in_slot_order(
         &mut self,
-        draft: &RecordsDraft,
+        draft: &RecordsDraft<'_>,
         type_of: &[Option<RecordTypeId>],
         owner_val: &(dyn Fn(&OwnerRef) -> Option<u32> + Sync),
         names: Option<&NameTable>,

@@ -34,7 +34,10 @@ pub use crate::changes::Change;
 use crate::chunked::Chunked;
 use crate::config::{line_of, ConfigError};
 use crate::hierarchy::Hierarchy;
-use crate::records::{RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS};
+use crate::records::{
+    OwnerNames, RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS,
+    OWNER_NAMES_FROM,
+};
 use crate::scope::PermScopes;
 
 /// The snapshot's source form. Public so incremental changes can be applied to it.
@@ -55,20 +58,252 @@ pub struct RawSnapshot {
     pub records: Option<RawRecords>,
 }
 
-/// The form [`Snapshot::build`] reads: [`RawSnapshot`] with the records streamed into a
-/// compact draft instead of one struct per record. Same fields, same strictness.
+/// The form [`Snapshot::build`] reads: [`RawSnapshot`] with the records read into a compact
+/// draft (their own parser, [`crate::records::parse`]) instead of one struct per record.
+/// Same fields, same strictness.
+struct BuildForm<'t> {
+    version: Option<String>,
+    generated_at: Option<u64>,
+    roles: Vec<RawRole>,
+    users: Vec<UserForm<'t>>,
+    records: Option<RecordsDraft<'t>>,
+}
+
+/// [`RawUser`] as [`Snapshot::build`] reads it: the strings borrowed from the text (copied only
+/// when escaped), so a million users are not four million small allocations, made and freed.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BuildForm {
+struct UserForm<'t> {
+    #[serde(borrow)]
+    id: Name<'t>,
+    #[serde(borrow, default)]
+    name: Option<Name<'t>>,
+    #[serde(borrow, default, rename = "email")]
+    _email: Option<Name<'t>>,
+    #[serde(borrow)]
+    roles: Vec<Name<'t>>,
+    #[serde(borrow, default)]
+    teams: Vec<Name<'t>>,
+    #[serde(borrow, default)]
+    manager: Option<Name<'t>>,
+    #[serde(borrow, default)]
+    api_keys: Vec<Name<'t>>,
     #[serde(default)]
-    version: Option<String>,
-    #[serde(default)]
-    generated_at: Option<u64>,
-    #[serde(default)]
-    roles: Vec<RawRole>,
-    users: Vec<RawUser>,
-    #[serde(default)]
-    records: Option<RecordsDraft>,
+    disabled: bool,
+}
+
+/// A string of the snapshot text: borrowed, or decoded when it holds escapes.
+struct Name<'t>(std::borrow::Cow<'t, str>);
+
+impl std::ops::Deref for Name<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de: 't, 't> Deserialize<'de> for Name<'t> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'t>(std::marker::PhantomData<&'t ()>);
+        impl<'de: 't, 't> serde::de::Visitor<'de> for V<'t> {
+            type Value = Name<'t>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Name<'t>, E> {
+                Ok(Name(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Name<'t>, E> {
+                Ok(Name(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+const BUILD_FIELDS: [&str; 5] = ["version", "generated_at", "roles", "users", "records"];
+
+impl<'t> BuildForm<'t> {
+    /// Parse a snapshot text: the top-level object by hand, each field's value with serde
+    /// except `records` (its own parser). An error is located (line, and column in the
+    /// message) in the whole text.
+    fn parse(file: &str, text: &'t str) -> Result<BuildForm<'t>, ConfigError> {
+        let b = text.as_bytes();
+        let skip_ws = |mut i: usize| {
+            while b
+                .get(i)
+                .is_some_and(|c| matches!(c, b' ' | b'\n' | b'\r' | b'\t'))
+            {
+                i += 1;
+            }
+            i
+        };
+        let fail = |at: usize, message: String| ConfigError {
+            file: file.to_string(),
+            line: Some(line_of(text, at)),
+            field: String::new(),
+            message: format!(
+                "{message} at line {} column {}",
+                line_of(text, at),
+                column_of(text, at)
+            ),
+        };
+        let found = |at: usize| match b.get(at) {
+            None => "the end of the text".to_string(),
+            Some(c) => format!("`{}`", char::from(*c).escape_debug()),
+        };
+        let mut i = skip_ws(0);
+        if b.get(i) != Some(&b'{') {
+            return Err(fail(
+                i,
+                format!("expected the snapshot (a JSON object), found {}", found(i)),
+            ));
+        }
+        i = skip_ws(i + 1);
+        let mut form = BuildForm {
+            version: None,
+            generated_at: None,
+            roles: Vec::new(),
+            users: Vec::new(),
+            records: None,
+        };
+        let mut seen = [false; 5];
+        if b.get(i) == Some(&b'}') {
+            return Err(fail(i, "missing field `users`".into()));
+        }
+        loop {
+            let at = i;
+            if b.get(i) != Some(&b'"') {
+                return Err(fail(
+                    i,
+                    format!("expected a field name, found {}", found(i)),
+                ));
+            }
+            let (key, next) = sub_value::<String>(file, text, i)?;
+            let Some(k) = BUILD_FIELDS.iter().position(|f| *f == key) else {
+                return Err(fail(
+                    at,
+                    format!(
+                        "unknown field `{}`, expected one of `version`, `generated_at`, `roles`, `users`, `records`",
+                        key.escape_debug()
+                    ),
+                ));
+            };
+            if seen[k] {
+                return Err(fail(at, format!("duplicate field `{}`", BUILD_FIELDS[k])));
+            }
+            seen[k] = true;
+            i = skip_ws(next);
+            if b.get(i) != Some(&b':') {
+                return Err(fail(i, format!("expected `:`, found {}", found(i))));
+            }
+            i = skip_ws(i + 1);
+            i = match k {
+                0 => sub_value(file, text, i).map(|(v, n)| {
+                    form.version = v;
+                    n
+                })?,
+                1 => sub_value(file, text, i).map(|(v, n)| {
+                    form.generated_at = v;
+                    n
+                })?,
+                2 => sub_value(file, text, i).map(|(v, n)| {
+                    form.roles = v;
+                    n
+                })?,
+                3 => sub_value(file, text, i).map(|(v, n)| {
+                    form.users = v;
+                    n
+                })?,
+                _ => match RecordsDraft::parse(text, i) {
+                    Ok((v, n)) => {
+                        form.records = v;
+                        n
+                    }
+                    Err(e) => {
+                        return Err(ConfigError::new(
+                            file,
+                            Some(line_of(text, e.offset)),
+                            &e.field(),
+                            format!("{} (column {})", e.message, column_of(text, e.offset)),
+                        ))
+                    }
+                },
+            };
+            i = skip_ws(i);
+            match b.get(i) {
+                Some(b',') => i = skip_ws(i + 1),
+                Some(b'}') => break,
+                _ => return Err(fail(i, format!("expected `,` or `}}`, found {}", found(i)))),
+            }
+        }
+        let end = skip_ws(i + 1);
+        if end < b.len() {
+            return Err(fail(end, "trailing characters".into()));
+        }
+        if !seen[3] {
+            return Err(fail(i, "missing field `users`".into()));
+        }
+        Ok(form)
+    }
+}
+
+/// The 1-based column of a byte offset (in characters).
+fn column_of(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    let start = text.as_bytes()[..at]
+        .iter()
+        .rposition(|c| *c == b'\n')
+        .map_or(0, |p| p + 1);
+    text.get(start..at)
+        .map_or(at - start, |s| s.chars().count())
+        + 1
+}
+
+/// One JSON value of `text` at `at`, read with serde: the value and the offset past it. A
+/// serde error is located in the whole text.
+fn sub_value<'t, T: Deserialize<'t>>(
+    file: &str,
+    text: &'t str,
+    at: usize,
+) -> Result<(T, usize), ConfigError> {
+    let rest = text.get(at..).unwrap_or("");
+    let mut values = serde_json::Deserializer::from_str(rest).into_iter::<T>();
+    let located = |line: usize, column: usize, message: &str| {
+        let (abs_line, abs_col) = if line <= 1 {
+            (
+                line_of(text, at),
+                column_of(text, at) + column.saturating_sub(1),
+            )
+        } else {
+            (line_of(text, at) + line - 1, column)
+        };
+        ConfigError {
+            file: file.to_string(),
+            line: Some(abs_line),
+            field: String::new(),
+            message: format!("{message} at line {abs_line} column {abs_col}"),
+        }
+    };
+    match values.next() {
+        Some(Ok(v)) => Ok((v, at + values.byte_offset())),
+        Some(Err(e)) => {
+            let m = e.to_string();
+            let suffix = format!(" at line {} column {}", e.line(), e.column());
+            Err(located(
+                e.line(),
+                e.column(),
+                m.strip_suffix(&suffix).unwrap_or(&m),
+            ))
+        }
+        None => Err(located(1, rest.len() + 1, "EOF while parsing a value")),
+    }
 }
 
 /// The most errors reported for the records section (then one line counts the rest).
@@ -472,139 +707,156 @@ impl Snapshot {
         catalog: &Catalog,
         content_hash: impl FnOnce() -> String,
     ) -> Result<Snapshot, Vec<ConfigError>> {
-        let raw: BuildForm = serde_json::from_str(text).map_err(|e| {
-            vec![ConfigError {
-                file: file.to_string(),
-                line: Some(e.line()),
-                field: String::new(),
-                message: e.to_string(),
-            }]
-        })?;
-        // Where each user and role starts, for locating errors: a scan of the whole text, so
-        // made only when there is an error to locate.
-        let user_lines = std::cell::OnceCell::new();
-        let role_lines = std::cell::OnceCell::new();
-        let line = |offsets: &std::cell::OnceCell<Vec<usize>>, key: &str, i: usize| {
-            offsets
-                .get_or_init(|| element_offsets(text, key))
-                .get(i)
-                .map(|o| line_of(text, *o))
-        };
-        let mut errors = Vec::new();
+        let raw = &BuildForm::parse(file, text).map_err(|e| vec![e])?;
+        std::thread::scope(|scope| {
+            // A large draft's owners are resolved through a table of the user ids: made on
+            // another core while this one compiles the users.
+            let owner_names = raw
+                .records
+                .as_ref()
+                .filter(|d| d.owners_len() >= OWNER_NAMES_FROM)
+                .map(|_| {
+                    scope.spawn(|| {
+                        OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
+                            for (i, u) in raw.users.iter().enumerate() {
+                                f(&u.id, i as UserIdx);
+                            }
+                        })
+                    })
+                });
+            // Where each user and role starts, for locating errors: a scan of the whole text, so
+            // made only when there is an error to locate.
+            let user_lines = std::cell::OnceCell::new();
+            let role_lines = std::cell::OnceCell::new();
+            let line = |offsets: &std::cell::OnceCell<Vec<usize>>, key: &str, i: usize| {
+                offsets
+                    .get_or_init(|| element_offsets(text, key))
+                    .get(i)
+                    .map(|o| line_of(text, *o))
+            };
+            let mut errors = Vec::new();
 
-        // Roles: presets, then custom.
-        let mut roles: Vec<SnapshotRole> = catalog
-            .roles()
-            .iter()
-            .map(|r| SnapshotRole {
-                id: r.id.clone(),
-                permissions: r.permissions,
-                scopes: r.scopes.clone(),
-                custom: false,
-            })
-            .collect();
-        for (i, r) in raw.roles.iter().enumerate() {
-            let field = format!("roles[{i}]");
-            let at = |m: String| ConfigError::new(file, line(&role_lines, "roles", i), &field, m);
-            if !is_valid_role_id(&r.id) {
-                errors.push(at(format!("'{}' is not a valid role id", r.id)));
-                continue;
-            }
-            if roles.iter().any(|x| x.id == r.id) {
-                errors.push(at(format!(
-                    "role '{}' is already defined (presets cannot be redefined)",
-                    r.id
-                )));
-                continue;
-            }
-            match catalog.expand_scoped(&r.permissions) {
-                Ok(g) => roles.push(SnapshotRole {
+            // Roles: presets, then custom.
+            let mut roles: Vec<SnapshotRole> = catalog
+                .roles()
+                .iter()
+                .map(|r| SnapshotRole {
                     id: r.id.clone(),
-                    permissions: g.permissions,
-                    scopes: g.scopes,
-                    custom: true,
-                }),
-                Err(e) => errors.push(at(format!("role '{}': {e}", r.id))),
+                    permissions: r.permissions,
+                    scopes: r.scopes.clone(),
+                    custom: false,
+                })
+                .collect();
+            for (i, r) in raw.roles.iter().enumerate() {
+                let field = format!("roles[{i}]");
+                let at =
+                    |m: String| ConfigError::new(file, line(&role_lines, "roles", i), &field, m);
+                if !is_valid_role_id(&r.id) {
+                    errors.push(at(format!("'{}' is not a valid role id", r.id)));
+                    continue;
+                }
+                if roles.iter().any(|x| x.id == r.id) {
+                    errors.push(at(format!(
+                        "role '{}' is already defined (presets cannot be redefined)",
+                        r.id
+                    )));
+                    continue;
+                }
+                match catalog.expand_scoped(&r.permissions) {
+                    Ok(g) => roles.push(SnapshotRole {
+                        id: r.id.clone(),
+                        permissions: g.permissions,
+                        scopes: g.scopes,
+                        custom: true,
+                    }),
+                    Err(e) => errors.push(at(format!("role '{}': {e}", r.id))),
+                }
+                let _ = (&r.name, &r.description);
             }
-            let _ = (&r.name, &r.description);
-        }
-        if roles.len() > usize::from(u16::MAX) {
-            errors.push(ConfigError::new(file, None, "roles", "too many roles"));
-        }
-        let role_idx: HashMap<&str, u16> = roles
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.id.as_str(), i as u16))
-            .collect();
+            if roles.len() > usize::from(u16::MAX) {
+                errors.push(ConfigError::new(file, None, "roles", "too many roles"));
+            }
+            let role_idx: HashMap<&str, u16> = roles
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.id.as_str(), i as u16))
+                .collect();
 
-        // Users, first pass: ids.
-        let mut by_id: HashMap<Box<str>, UserIdx> = HashMap::with_capacity(raw.users.len());
-        for (i, u) in raw.users.iter().enumerate() {
-            if !is_valid_user_id(&u.id) {
-                errors.push(ConfigError::new(
+            // Users, first pass: ids.
+            let mut by_id: HashMap<Box<str>, UserIdx> = HashMap::with_capacity(raw.users.len());
+            for (i, u) in raw.users.iter().enumerate() {
+                if !is_valid_user_id(&u.id) {
+                    errors.push(ConfigError::new(
                     file,
                     line(&user_lines, "users", i),
                     &format!("users[{i}].id"),
                     format!("'{}' is not a valid user id (1–256 visible ASCII characters, no spaces or commas)", u.id.escape_debug()),
                 ));
-            } else if by_id.insert(u.id.as_str().into(), i as UserIdx).is_some() {
-                errors.push(ConfigError::new(
-                    file,
-                    line(&user_lines, "users", i),
-                    &format!("users[{i}].id"),
-                    format!("user '{}' appears twice", u.id),
-                ));
-            }
-        }
-
-        // Second pass: roles, grants, managers, keys.
-        let mut grants: Vec<Grant> = Vec::new();
-        let mut grant_of: HashMap<Box<[u16]>, u32> = HashMap::new();
-        let mut teams: Vec<String> = Vec::new();
-        let mut team_of: HashMap<String, u32> = HashMap::new();
-        let mut api_keys: HashMap<[u8; 32], UserIdx> = HashMap::new();
-        let mut users = Vec::with_capacity(raw.users.len());
-        for (i, u) in raw.users.iter().enumerate() {
-            let at = |field: &str, m: String| {
-                ConfigError::new(
-                    file,
-                    line(&user_lines, "users", i),
-                    &format!("users[{i}].{field}"),
-                    m,
-                )
-            };
-            let mut combo = Vec::with_capacity(u.roles.len());
-            for (j, r) in u.roles.iter().enumerate() {
-                match role_idx.get(r.as_str()) {
-                    Some(idx) => combo.push(*idx),
-                    None => errors.push(at(&format!("roles[{j}]"), format!("unknown role '{r}'"))),
+                } else if by_id.insert((*u.id).into(), i as UserIdx).is_some() {
+                    errors.push(ConfigError::new(
+                        file,
+                        line(&user_lines, "users", i),
+                        &format!("users[{i}].id"),
+                        format!("user '{}' appears twice", u.id),
+                    ));
                 }
             }
-            combo.sort_unstable();
-            combo.dedup();
-            let grant = grant_for(&mut grants, &mut grant_of, &roles, catalog, &combo);
-            let manager = match &u.manager {
-                None => None,
-                Some(m) => match by_id.get(m.as_str()) {
-                    Some(idx) => Some(*idx),
-                    None => {
-                        errors.push(at("manager", format!("unknown user '{m}'")));
-                        None
+
+            // Second pass: roles, grants, managers, keys.
+            let mut grants: Vec<Grant> = Vec::new();
+            let mut grant_of: HashMap<Box<[u16]>, u32> = HashMap::new();
+            let mut teams: Vec<String> = Vec::new();
+            let mut team_of: HashMap<String, u32> = HashMap::new();
+            let mut api_keys: HashMap<[u8; 32], UserIdx> = HashMap::new();
+            let mut users = Vec::with_capacity(raw.users.len());
+            let mut combo = Vec::new();
+            for (i, u) in raw.users.iter().enumerate() {
+                let at = |field: &str, m: String| {
+                    ConfigError::new(
+                        file,
+                        line(&user_lines, "users", i),
+                        &format!("users[{i}].{field}"),
+                        m,
+                    )
+                };
+                combo.clear();
+                for (j, r) in u.roles.iter().enumerate() {
+                    match role_idx.get(&**r) {
+                        Some(idx) => combo.push(*idx),
+                        None => {
+                            errors.push(at(&format!("roles[{j}]"), format!("unknown role '{r}'")))
+                        }
                     }
-                },
-            };
-            let mut team_ids = Vec::with_capacity(u.teams.len());
-            for t in &u.teams {
-                let next = teams.len() as u32;
-                let id = *team_of.entry(t.clone()).or_insert_with(|| {
-                    teams.push(t.clone());
-                    next
-                });
-                team_ids.push(id);
-            }
-            let mut digests = Vec::with_capacity(u.api_keys.len());
-            for (j, k) in u.api_keys.iter().enumerate() {
-                match parse_key_digest(k) {
+                }
+                combo.sort_unstable();
+                combo.dedup();
+                let grant = grant_for(&mut grants, &mut grant_of, &roles, catalog, &combo);
+                let manager = match &u.manager {
+                    None => None,
+                    Some(m) => match by_id.get(&**m) {
+                        Some(idx) => Some(*idx),
+                        None => {
+                            errors.push(at("manager", format!("unknown user '{m}'")));
+                            None
+                        }
+                    },
+                };
+                let mut team_ids = Vec::with_capacity(u.teams.len());
+                for t in &u.teams {
+                    let id = match team_of.get(&**t) {
+                        Some(id) => *id,
+                        None => {
+                            let next = teams.len() as u32;
+                            team_of.insert(t.to_string(), next);
+                            teams.push(t.to_string());
+                            next
+                        }
+                    };
+                    team_ids.push(id);
+                }
+                let mut digests = Vec::with_capacity(u.api_keys.len());
+                for (j, k) in u.api_keys.iter().enumerate() {
+                    match parse_key_digest(k) {
                     Some(d) => {
                         digests.push(d);
                         if let Some(other) = api_keys.insert(d, i as UserIdx) {
@@ -623,105 +875,106 @@ impl Snapshot {
                             .into(),
                     )),
                 }
+                }
+                users.push(User {
+                    id: (*u.id).into(),
+                    name: u.name.as_deref().map(Into::into),
+                    grant,
+                    manager,
+                    teams: team_ids.into_boxed_slice(),
+                    disabled: u.disabled,
+                    api_keys: digests.into_boxed_slice(),
+                });
             }
-            let _ = &u.email;
-            users.push(User {
-                id: u.id.as_str().into(),
-                name: u.name.as_deref().map(Into::into),
-                grant,
-                manager,
-                teams: team_ids.into_boxed_slice(),
-                disabled: u.disabled,
-                api_keys: digests.into_boxed_slice(),
-            });
-        }
 
-        // The manager relation must be a forest: walk up from each user, with memoised colours.
-        if errors.is_empty() {
-            let mut state = vec![0u8; users.len()]; // 0 unvisited, 1 on the current path, 2 done
-            for start in 0..users.len() {
-                let mut path = Vec::new();
-                let mut cur = Some(start);
-                while let Some(c) = cur {
-                    match state[c] {
-                        2 => break,
-                        1 => {
-                            errors.push(ConfigError::new(
-                                file,
-                                line(&user_lines, "users", c),
-                                &format!("users[{c}].manager"),
-                                format!(
-                                    "the manager chain of '{}' loops back to itself",
-                                    users[c].id
-                                ),
-                            ));
-                            break;
-                        }
-                        _ => {
-                            state[c] = 1;
-                            path.push(c);
-                            cur = users[c].manager.map(|m| m as usize);
+            // The manager relation must be a forest: walk up from each user, with memoised colours.
+            if errors.is_empty() {
+                let mut state = vec![0u8; users.len()]; // 0 unvisited, 1 on the current path, 2 done
+                for start in 0..users.len() {
+                    let mut path = Vec::new();
+                    let mut cur = Some(start);
+                    while let Some(c) = cur {
+                        match state[c] {
+                            2 => break,
+                            1 => {
+                                errors.push(ConfigError::new(
+                                    file,
+                                    line(&user_lines, "users", c),
+                                    &format!("users[{c}].manager"),
+                                    format!(
+                                        "the manager chain of '{}' loops back to itself",
+                                        users[c].id
+                                    ),
+                                ));
+                                break;
+                            }
+                            _ => {
+                                state[c] = 1;
+                                path.push(c);
+                                cur = users[c].manager.map(|m| m as usize);
+                            }
                         }
                     }
-                }
-                for p in path {
-                    state[p] = 2;
-                }
-            }
-        }
-
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-
-        let managers: Vec<u32> = users
-            .iter()
-            .map(|u| u.manager.unwrap_or(crate::hierarchy::NO_MANAGER))
-            .collect();
-        let hierarchy = Hierarchy::build_flat(&managers);
-        let mut team_members = vec![0u32; teams.len()];
-        for u in &users {
-            for t in u.teams.iter() {
-                team_members[*t as usize] += 1;
-            }
-        }
-        // Teams named by shares get an index too (module docs of `Snapshot::teams`).
-        if let Some(draft) = &raw.records {
-            for name in draft.team_names() {
-                if !team_of.contains_key(name) {
-                    team_of.insert(name.to_string(), teams.len() as u32);
-                    teams.push(name.to_string());
-                    team_members.push(0);
-                }
-            }
-        }
-        let records = match &raw.records {
-            None => RecordStore::default(),
-            Some(_) if users.len() >= MAX_USERS_WITH_RECORDS => {
-                return Err(vec![ConfigError::new(
-                    file,
-                    None,
-                    "records",
-                    "a snapshot with records holds fewer than 2^30 users",
-                )])
-            }
-            Some(draft) => {
-                let user = |id: &str| by_id.get(id).copied();
-                let team = |name: &str| team_of.get(name).copied();
-                let role = |id: &str| role_idx.get(id).copied();
-                let user_ids = |f: &mut dyn FnMut(&str, UserIdx)| {
-                    for (i, u) in users.iter().enumerate() {
-                        f(&u.id, i as UserIdx);
+                    for p in path {
+                        state[p] = 2;
                     }
-                };
-                let resolve = Resolve {
-                    user: &user,
-                    user_ids: &user_ids,
-                    team: &team,
-                    role: &role,
-                };
-                RecordStore::build(draft, catalog.record_types(), &resolve, MAX_RECORD_ERRORS)
-                    .map_err(|errs| {
+                }
+            }
+
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+
+            let managers: Vec<u32> = users
+                .iter()
+                .map(|u| u.manager.unwrap_or(crate::hierarchy::NO_MANAGER))
+                .collect();
+            let hierarchy = Hierarchy::build_flat(&managers);
+            let mut team_members = vec![0u32; teams.len()];
+            for u in &users {
+                for t in u.teams.iter() {
+                    team_members[*t as usize] += 1;
+                }
+            }
+            // Teams named by shares get an index too (module docs of `Snapshot::teams`).
+            if let Some(draft) = &raw.records {
+                for name in draft.team_names() {
+                    if !team_of.contains_key(name) {
+                        team_of.insert(name.to_string(), teams.len() as u32);
+                        teams.push(name.to_string());
+                        team_members.push(0);
+                    }
+                }
+            }
+            let owner_names = owner_names.and_then(|h| h.join().ok());
+            let records = match &raw.records {
+                None => RecordStore::default(),
+                Some(_) if users.len() >= MAX_USERS_WITH_RECORDS => {
+                    return Err(vec![ConfigError::new(
+                        file,
+                        None,
+                        "records",
+                        "a snapshot with records holds fewer than 2^30 users",
+                    )])
+                }
+                Some(draft) => {
+                    let user = |id: &str| by_id.get(id).copied();
+                    let team = |name: &str| team_of.get(name).copied();
+                    let role = |id: &str| role_idx.get(id).copied();
+                    let user_ids = |f: &mut dyn FnMut(&str, UserIdx)| {
+                        for (i, u) in users.iter().enumerate() {
+                            f(&u.id, i as UserIdx);
+                        }
+                    };
+                    let resolve = Resolve {
+                        user: &user,
+                        user_ids: &user_ids,
+                        team: &team,
+                        role: &role,
+                        owner_names: owner_names.as_ref(),
+                    };
+                    RecordStore::build(draft, catalog.record_types(), &resolve, MAX_RECORD_ERRORS)
+                        .map_err(|errs| {
                         let mut offsets: HashMap<&str, Vec<usize>> = HashMap::new();
                         errs.into_iter()
                             .map(|e| {
@@ -742,38 +995,39 @@ impl Snapshot {
                             })
                             .collect::<Vec<_>>()
                     })?
-            }
-        };
-        let version = match raw.version {
-            Some(v) if !v.is_empty() => v,
-            _ => content_hash(),
-        };
-        let loaded_at = SystemTime::now();
-        let produced_at = raw
-            .generated_at
-            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
-            .unwrap_or(loaded_at);
-        let role_idx: HashMap<String, u16> = role_idx
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        Ok(Snapshot {
-            version,
-            loaded_at,
-            produced_at,
-            roles: Arc::new(roles),
-            role_idx: Arc::new(role_idx),
-            grants: Arc::new(grants),
-            grant_of: Arc::new(grant_of),
-            users: Chunked::from_vec(users),
-            teams: Arc::new(teams),
-            team_of: Arc::new(team_of),
-            team_members: Arc::new(team_members),
-            by_id: Layered::new(by_id),
-            api_keys: Layered::new(api_keys),
-            hierarchy: Arc::new(hierarchy),
-            managers: Arc::new(managers),
-            records,
+                }
+            };
+            let version = match &raw.version {
+                Some(v) if !v.is_empty() => v.clone(),
+                _ => content_hash(),
+            };
+            let loaded_at = SystemTime::now();
+            let produced_at = raw
+                .generated_at
+                .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+                .unwrap_or(loaded_at);
+            let role_idx: HashMap<String, u16> = role_idx
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            Ok(Snapshot {
+                version,
+                loaded_at,
+                produced_at,
+                roles: Arc::new(roles),
+                role_idx: Arc::new(role_idx),
+                grants: Arc::new(grants),
+                grant_of: Arc::new(grant_of),
+                users: Chunked::from_vec(users),
+                teams: Arc::new(teams),
+                team_of: Arc::new(team_of),
+                team_members: Arc::new(team_members),
+                by_id: Layered::new(by_id),
+                api_keys: Layered::new(api_keys),
+                hierarchy: Arc::new(hierarchy),
+                managers: Arc::new(managers),
+                records,
+            })
         })
     }
 
@@ -922,6 +1176,64 @@ mod tests {
         ] {
             assert!(Snapshot::build("s.json", bad, &c).is_err(), "{bad}");
         }
+    }
+
+    /// The top level is read by hand, each field's value by serde (the records by their own
+    /// parser): errors are located in the whole text, as one serde pass located them.
+    #[test]
+    fn top_level_errors_are_located_in_the_whole_text() {
+        let c = catalog();
+        let err = |text: &str| -> String {
+            let e = Snapshot::build("s.json", text, &c).unwrap_err();
+            assert_eq!(e.len(), 1, "{e:?}");
+            e[0].to_string()
+        };
+        for (text, want) in [
+            (
+                "{\n\"users\": [\n  {\"id\": \"a\", \"roles\": [], \"rolez\": []}\n]}",
+                "s.json:3: unknown field `rolez`",
+            ),
+            ("{\"users\": []}\n\n x", "s.json:3: trailing characters at line 3 column 2"),
+            ("{\"users\": [], \"users\": []}", "s.json:1: duplicate field `users`"),
+            ("{\"version\": \"1\"}", "s.json:1: missing field `users`"),
+            ("{}", "s.json:1: missing field `users`"),
+            ("{\"users\": [], \"extra\": 1}", "s.json:1: unknown field `extra`"),
+            ("[]", "s.json:1: expected the snapshot (a JSON object)"),
+            ("", "s.json:1: expected the snapshot (a JSON object)"),
+            ("{\"users\": []", "s.json:1: expected `,` or `}`"),
+            ("{\"users\" []}", "s.json:1: expected `:`"),
+            ("{\"users\": [],}", "s.json:1: expected a field name, found `}`"),
+            ("{\"users\": [], \"version\": 7}", "s.json:1: invalid type: integer `7`"),
+            (
+                "{\"users\": [],\n \"records\": {\"owners\": [\n{\"type\": \"lead\", \"id\": 1.5}]}}",
+                "s.json:3: records.owners[0].id: a record id is a string or an integer",
+            ),
+        ] {
+            let got = err(text);
+            assert!(got.starts_with(want), "{text:?}: {got}");
+        }
+        // The place of an error inside a value: where serde over the whole text puts it.
+        for text in [
+            "{\"users\": [{\"id\": \"a\", \"roles\": 5}]}",
+            "{\"roles\": [],\n \"users\": [\n {\"id\": \"a\",\n  \"roles\": [\"x\"], \"teams\": {}}]}",
+        ] {
+            let whole = serde_json::from_str::<RawSnapshot>(text).unwrap_err();
+            let got = err(text);
+            let place = format!("at line {} column {}", whole.line(), whole.column());
+            assert!(got.ends_with(&place), "{got} vs {whole}");
+        }
+        // Optional fields may be null; strings may hold escapes.
+        let s = Snapshot::build(
+            "s.json",
+            r#"{"version": null, "generated_at": null, "records": null,
+                "users": [{"id": "\u0061", "roles": ["adm\u0069n"], "manager": null, "teams": ["t\"1"]}]}"#,
+            &c,
+        )
+        .unwrap();
+        assert!(s.version.starts_with("sha256:"));
+        let a = s.user_index("a").unwrap();
+        assert_eq!(s.team_name(s.user(a).teams[0]), "t\"1");
+        assert_eq!(s.records().stats().records, 0);
     }
 
     #[test]
