@@ -15,7 +15,7 @@ use crate::load::{self, LoadOptions, Mode, Phase, Protocol};
 use crate::peers::{self, GatewayTuning, JwtKey, MintedTokens, Proc};
 use crate::procstat;
 use crate::report::{Cell, Machine, Memory, Report, Round};
-use crate::scenario::{merged_population, Credentials, Plan, Scenario};
+use crate::scenario::{merged_population, Credentials, Plan, Scenario, SnapshotSpec};
 
 const ALL_VARIANTS: &str = "direct,permgate-authz,permgate-pass,nginx,haproxy-authz,haproxy-plain";
 
@@ -223,7 +223,7 @@ impl Ctx {
 fn start_peers(
     args: &SuiteArgs,
     dir: &Path,
-    population: &BTreeMap<String, usize>,
+    snapshot: &str,
     key: &JwtKey,
     procs: &mut Vec<Proc>,
     skipped: &mut Vec<String>,
@@ -301,14 +301,13 @@ fn start_peers(
         threads: args.threads,
         pool_size: args.pool_size.max(args.connections),
     };
-    let snapshot = peers::snapshot_with(population)?;
     for (name, authorize) in [("permgate-authz", true), ("permgate-pass", false)] {
         if !want(name) {
             continue;
         }
         let sub = dir.join(name);
         let listen = peers::free_port()?;
-        write(&sub.join("snapshot.json"), &snapshot)?;
+        write(&sub.join("snapshot.json"), snapshot)?;
         write(
             &sub.join("permgate.toml"),
             &peers::permgate_config(listen, crm_addr, &tuning, authorize)?,
@@ -466,13 +465,14 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("permgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let population = merged_population(&scenarios);
+    let snapshot = peers::snapshot_for(&population, &SnapshotSpec::merged(&scenarios)?)?;
     let key = JwtKey::demo();
     let mut procs = Vec::new();
     let mut skipped = Vec::new();
     let (variants, upstream_pid) = start_peers(
         &args,
         &dir,
-        &population,
+        &snapshot,
         &key,
         &mut procs,
         &mut skipped,
