@@ -132,7 +132,8 @@ pub struct LoadResult {
     pub hist: Histogram<u64>,
     /// Completed requests in the measured window.
     pub requests: u64,
-    /// Requests whose status was not what the scenario expects.
+    /// Requests whose answer was not what the scenario expects (status; on variants that
+    /// authorize also `expect_header` and `expect_body_contains`).
     pub unexpected: u64,
     pub statuses: BTreeMap<u16, u64>,
     pub transport_errors: BTreeMap<String, u64>,
@@ -170,7 +171,11 @@ impl Sender {
         }
     }
 
-    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<(u16, usize), String> {
+    /// Send one request; its status, headers and whole body.
+    async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(u16, http::HeaderMap, Bytes), String> {
         let resp = match self {
             Sender::H1(s) => {
                 s.ready().await.map_err(|e| kind("ready", &e))?;
@@ -182,13 +187,9 @@ impl Sender {
             }
         }
         .map_err(|e| kind("send", &e))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| kind("body", &e))?;
-        Ok((status, body.to_bytes().len()))
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| kind("body", &e))?;
+        Ok((parts.status.as_u16(), parts.headers, body.to_bytes()))
     }
 }
 
@@ -405,7 +406,7 @@ async fn worker(ctx: WorkerCtx, sender: Option<Sender>) -> WorkerOut {
         let result = s.send(req).await;
         let done = Instant::now();
         match result {
-            Ok((status, _len)) => {
+            Ok((status, headers, body)) => {
                 ctx.shared.completed.fetch_add(1, Ordering::Relaxed);
                 if measured {
                     let us = done.duration_since(start).as_micros().max(1) as u64;
@@ -414,7 +415,7 @@ async fn worker(ctx: WorkerCtx, sender: Option<Sender>) -> WorkerOut {
                     }
                     out.requests += 1;
                     *out.statuses.entry(status).or_insert(0) += 1;
-                    if !ctx.plan.entries[idx].expect.matches(status) {
+                    if !ctx.plan.entries[idx].accepts(status, &headers, &body) {
                         out.unexpected += 1;
                     }
                 }
@@ -617,7 +618,7 @@ pub async fn hold_idle<F: FnOnce() -> T, T>(
                         b = b.header(AUTHORIZATION, a);
                     }
                     let req = b.body(Full::new(Bytes::new())).ok()?;
-                    let (status, _) = s.send(req).await.ok()?;
+                    let (status, ..) = s.send(req).await.ok()?;
                     (status < 500).then_some(s)
                 })
                 .await

@@ -341,8 +341,10 @@ mod tests {
     use super::*;
     use crate::scenario::Expect;
 
-    /// Every shipped scenario's `expect` agrees with permgate's own decision on the demo config
-    /// (so a failing expectation in a run is the gateway's or the CRM's doing, not the file's).
+    /// Every shipped scenario's `expect` agrees with permgate's own decision on the config and
+    /// snapshot the suite gives `permgate-authz` (so a failing expectation in a run is the
+    /// gateway's or the CRM's doing, not the file's); so does a bulk call's
+    /// `expect_header` `x-permgate-removed-count`.
     #[test]
     fn scenario_expectations_match_the_policy() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
@@ -350,11 +352,16 @@ mod tests {
         let population = scenario::merged_population(&scenarios);
         let tmp = std::env::temp_dir().join(format!("permgate-bench-test-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).unwrap();
-        let snapshot_text = peers::snapshot_with(&population).unwrap();
+        let spec = scenario::SnapshotSpec::merged(&scenarios).unwrap();
+        let snapshot_text = peers::snapshot_for(&population, &spec).unwrap();
         std::fs::write(tmp.join("snapshot.json"), &snapshot_text).unwrap();
-        let config =
-            permgate::config::Config::parse("permgate.toml", permgate::demo::DEMO_CONFIG, &tmp)
-                .unwrap();
+        let a: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let tuning = peers::GatewayTuning {
+            threads: 1,
+            pool_size: 64,
+        };
+        let config_text = peers::permgate_config(a, a, &tuning, true).unwrap();
+        let config = permgate::config::Config::parse("permgate.toml", &config_text, &tmp).unwrap();
         let snapshot =
             permgate::snapshot::Snapshot::build("snapshot.json", &snapshot_text, &config.catalog)
                 .unwrap();
@@ -386,12 +393,39 @@ mod tests {
                 );
                 let expect = Expect::from_spec(r.expect.as_ref().unwrap()).unwrap();
                 match d {
-                    Ok(_) => assert!(
-                        expect.matches(200) || expect.matches(201) || expect.matches(204),
-                        "{}: {} {path} is allowed",
-                        s.name,
-                        r.method
-                    ),
+                    Ok(permit) => {
+                        assert!(
+                            expect.matches(200) || expect.matches(201) || expect.matches(204),
+                            "{}: {} {path} is allowed",
+                            s.name,
+                            r.method
+                        );
+                        let removed = r.expect_header.get("x-permgate-removed-count");
+                        let inspect = permit.route.and_then(|i| {
+                            permgate::policy::route_info(&config, i).inspect.as_deref()
+                        });
+                        if let (Some(removed), Some(inspect), Some(caller), Some(body)) =
+                            (removed, inspect, permit.caller, &r.body)
+                        {
+                            let body = scenario::expand_body(body).unwrap();
+                            let fwd = permgate::inspect::check_body(
+                                &snapshot,
+                                &config.catalog,
+                                caller.user,
+                                inspect,
+                                body.as_bytes(),
+                            )
+                            .unwrap_or_else(|d| panic!("{}: body refused: {d:?}", s.name));
+                            assert_eq!(
+                                fwd.removed_ids.len().to_string(),
+                                *removed,
+                                "{}: removed count",
+                                s.name
+                            );
+                        } else {
+                            assert!(removed.is_none(), "{}: no bulk check to remove", s.name);
+                        }
+                    }
                     Err(denied) => assert!(
                         expect.matches(denied.rejection.status),
                         "{}: {} {path} is denied {}",

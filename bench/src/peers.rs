@@ -17,7 +17,7 @@ use http::HeaderValue;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
 
-use crate::scenario::{generated_user, Credentials};
+use crate::scenario::{generated_user, Credentials, SnapshotSpec};
 
 /// A child process, stopped (SIGKILL, by pid) and reaped on drop.
 pub struct Proc {
@@ -251,16 +251,47 @@ impl Credentials for TokenFile {
 
 /// The demo snapshot plus generated users (`population`: role → count), as JSON text.
 pub fn snapshot_with(population: &BTreeMap<String, usize>) -> Result<String, String> {
+    snapshot_for(population, &SnapshotSpec::default())
+}
+
+/// [`snapshot_with`] plus what the scenarios add: custom roles, the generated users' teams, and
+/// record owners.
+pub fn snapshot_for(
+    population: &BTreeMap<String, usize>,
+    spec: &SnapshotSpec,
+) -> Result<String, String> {
     let mut v: serde_json::Value =
         serde_json::from_str(permgate::demo::DEMO_SNAPSHOT).map_err(|e| e.to_string())?;
     v["version"] = json!("bench");
+    let roles = v["roles"]
+        .as_array_mut()
+        .ok_or("demo snapshot has no roles")?;
+    for r in &spec.roles {
+        let name = if r.name.is_empty() { &r.id } else { &r.name };
+        roles.push(json!({ "id": r.id, "name": name, "permissions": r.permissions }));
+    }
     let users = v["users"]
         .as_array_mut()
         .ok_or("demo snapshot has no users")?;
     for (role, n) in population {
+        let teams = spec.teams.get(role);
         for i in 0..*n {
-            users.push(json!({ "id": generated_user(role, i), "roles": [role] }));
+            let mut user = json!({ "id": generated_user(role, i), "roles": [role] });
+            if let Some(t) = teams {
+                user["teams"] = json!(t);
+            }
+            users.push(user);
         }
+    }
+    let owners = spec.owners()?;
+    if !owners.is_empty() {
+        let owners: Vec<_> = owners
+            .iter()
+            .map(
+                |((kind, id), owner)| json!({ "type": kind, "id": id.to_string(), "owner": owner }),
+            )
+            .collect();
+        v["records"] = json!({ "owners": owners, "shares": [] });
     }
     serde_json::to_string(&v).map_err(|e| e.to_string())
 }
@@ -307,7 +338,9 @@ pub fn permgate_config(
     let mut log = toml::Table::new();
     log.insert("target".into(), "off".into());
     t.insert("decision_log".into(), toml::Value::Table(log));
-    if !authorize {
+    if authorize {
+        inspect_leads(&mut t)?;
+    } else {
         let mut route = toml::Table::new();
         route.insert("name".into(), "passthrough".into());
         route.insert(
@@ -326,6 +359,46 @@ pub fn permgate_config(
         );
     }
     toml::to_string(&t).map_err(|e| e.to_string())
+}
+
+/// Record checks on leads, as in config/examples/scopes: `lead` ids are integers; the bulk
+/// reassign is trimmed to the caller's leads (new owner in scope); the lead list is filtered.
+/// Callers whose `lead.*` scope is `all` (every built-in role) keep every item.
+fn inspect_leads(t: &mut toml::Table) -> Result<(), String> {
+    let extra: toml::Table = toml::from_str(
+        r#"
+        [bulk_reassign]
+        bulk = { type = "lead", items = "/ids", mode = "trim", keys = ["ids", "owner_id"] }
+        new_owner = { at = "/owner_id" }
+        [list]
+        list = { type = "lead", items = "/items", item_id = "/id", counts = ["/total"] }
+        [[record_type]]
+        name = "lead"
+        id = "integer"
+        "#,
+    )
+    .map_err(|e| e.to_string())?;
+    let routes = t
+        .get_mut("route")
+        .and_then(|r| r.as_array_mut())
+        .ok_or("demo config has no routes")?;
+    for (name, key) in [
+        ("leads.bulk_reassign", "bulk_reassign"),
+        ("leads.read", "list"),
+    ] {
+        let route = routes
+            .iter_mut()
+            .filter_map(|r| r.as_table_mut())
+            .find(|r| r.get("name").and_then(|n| n.as_str()) == Some(name))
+            .ok_or_else(|| format!("demo config has no route {name}"))?;
+        if let Some(add) = extra.get(key).and_then(|a| a.as_table()) {
+            route.extend(add.clone());
+        }
+    }
+    if let Some(types) = extra.get("record_type") {
+        t.insert("record_type".into(), types.clone());
+    }
+    Ok(())
 }
 
 // ---- nginx ----------------------------------------------------------------------------------
@@ -535,5 +608,65 @@ mod tests {
         assert_eq!(off.matches("[[route]]").count(), 1);
         let s = snapshot_with(&BTreeMap::from([("sales_rep".to_string(), 3)])).unwrap();
         assert!(s.contains("u-bench-sales_rep-00002"));
+        // Record checks on leads only where authorizing.
+        assert!(on.contains("[[record_type]]") && off.matches("record_type").count() == 0);
+        let t: toml::Table = toml::from_str(&on).unwrap();
+        let route = |name: &str| {
+            t["route"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["name"].as_str() == Some(name))
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            route("leads.bulk_reassign")["bulk"]["mode"].as_str(),
+            Some("trim")
+        );
+        assert_eq!(
+            route("leads.read")["list"]["items"].as_str(),
+            Some("/items")
+        );
+    }
+
+    #[test]
+    fn snapshot_additions() {
+        let spec = SnapshotSpec {
+            roles: vec![crate::scenario::RoleSpec {
+                id: "team_rep".into(),
+                name: String::new(),
+                permissions: vec!["lead.view@team".into()],
+            }],
+            teams: BTreeMap::from([("team_rep".to_string(), vec!["east".to_string()])]),
+            records: vec![crate::scenario::RecordsSpec {
+                kind: "lead".into(),
+                ids: "1..3".into(),
+                owners: vec!["u-rep1".into(), "u-admin".into()],
+            }],
+        };
+        let s = snapshot_for(&BTreeMap::from([("team_rep".to_string(), 2)]), &spec).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        let role = v["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == "team_rep");
+        assert_eq!(role.unwrap()["name"], "team_rep");
+        let user = v["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == "u-bench-team_rep-00001")
+            .unwrap();
+        assert_eq!(user["teams"], json!(["east"]));
+        assert_eq!(
+            v["records"]["owners"],
+            json!([
+                {"type": "lead", "id": "1", "owner": "u-rep1"},
+                {"type": "lead", "id": "2", "owner": "u-admin"},
+                {"type": "lead", "id": "3", "owner": "u-rep1"},
+            ])
+        );
     }
 }

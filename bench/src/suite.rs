@@ -15,7 +15,7 @@ use crate::load::{self, LoadOptions, Mode, Phase, Protocol};
 use crate::peers::{self, GatewayTuning, JwtKey, MintedTokens, Proc};
 use crate::procstat;
 use crate::report::{Cell, Machine, Memory, Report, Round};
-use crate::scenario::{merged_population, Credentials, Plan, Scenario};
+use crate::scenario::{merged_population, Credentials, Plan, Scenario, SnapshotSpec};
 
 const ALL_VARIANTS: &str = "direct,permgate-authz,permgate-pass,permgate-hyper,permgate-hyper-pass,nginx,haproxy-authz,haproxy-plain";
 
@@ -223,7 +223,7 @@ impl Ctx {
 fn start_peers(
     args: &SuiteArgs,
     dir: &Path,
-    population: &BTreeMap<String, usize>,
+    snapshot: &str,
     key: &JwtKey,
     procs: &mut Vec<Proc>,
     skipped: &mut Vec<String>,
@@ -301,7 +301,6 @@ fn start_peers(
         threads: args.threads,
         pool_size: args.pool_size.max(args.connections),
     };
-    let snapshot = peers::snapshot_with(population)?;
     // Each engine (`listen.engine`) with and without authorization.
     for (name, authorize, engine) in [
         ("permgate-authz", true, "pingora"),
@@ -314,7 +313,7 @@ fn start_peers(
         }
         let sub = dir.join(name);
         let listen = peers::free_port()?;
-        write(&sub.join("snapshot.json"), &snapshot)?;
+        write(&sub.join("snapshot.json"), snapshot)?;
         write(
             &sub.join("permgate.toml"),
             &peers::permgate_config(listen, crm_addr, &tuning, authorize, engine)?,
@@ -472,13 +471,14 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("permgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let population = merged_population(&scenarios);
+    let snapshot = peers::snapshot_for(&population, &SnapshotSpec::merged(&scenarios)?)?;
     let key = JwtKey::demo();
     let mut procs = Vec::new();
     let mut skipped = Vec::new();
     let (variants, upstream_pid) = start_peers(
         &args,
         &dir,
-        &population,
+        &snapshot,
         &key,
         &mut procs,
         &mut skipped,
