@@ -32,7 +32,6 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use log::{error, info, warn};
 use tokio::time::Sleep;
@@ -211,29 +210,28 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
         balanced,
     });
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    // One builder per protocol (not hyper-util's `auto`, whose connection type holds room
+    // for an HTTP/2 connection in every HTTP/1.1 one: ~0.9 KB per idle connection).
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         // The gateway's own limits (`listen.max_headers`, `listen.max_header_bytes`) answer
         // 431 with a JSON body; hyper's are set above them, as a backstop.
         .max_headers(257)
         .max_buf_size(listen.max_header_bytes.max(8192) + 64 * 1024)
         .header_read_timeout(Duration::from_secs(listen.keepalive_timeout_seconds))
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(listen.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(listen.max_header_bytes).unwrap_or(u32::MAX))
         // No keep-alive pings: they would keep an idle connection busy; the idle watchdog
         // ([`drive`]) closes connections that move no byte.
         .keep_alive_interval(None);
-    let builder = if listen.h2c || listen.tls.is_some() {
-        builder
-    } else {
-        builder.http1_only()
-    };
+    let builders = Arc::new(Builders {
+        h1,
+        h2,
+        h2c: listen.h2c,
+    });
     let tls = match &listen.tls {
         None => None,
         Some(files) => Some(tls::acceptor(files)?),
@@ -281,31 +279,51 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
             plane,
             peer: peer.ip(),
         };
-        let activity = Arc::new(Activity::default());
-        let stream = Tracked {
-            inner: stream,
-            activity: activity.clone(),
-        };
-        let builder = builder.clone();
+        let builders = builders.clone();
         let drain = drain_rx.clone();
         let alive = alive_tx.clone();
-        // Two task shapes, so a plain connection's task does not carry the TLS state.
+        // Two task shapes, so a plain connection's task does not carry the TLS state; an
+        // HTTP/2 connection's state is boxed, so an HTTP/1.1 one does not carry it either.
         match &tls {
             None => {
                 tokio::spawn(async move {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    drive(conn, &activity, idle, drain).await;
+                    let h2 = builders.h2c && is_h2_preface(&stream, idle).await;
+                    let activity = Arc::new(Activity::default());
+                    let io = TokioIo::new(Tracked {
+                        inner: stream,
+                        activity: activity.clone(),
+                    });
+                    if h2 {
+                        let conn = builders.h2.serve_connection(io, service);
+                        Box::pin(drive(conn, &activity, idle, drain)).await;
+                    } else {
+                        let conn = builders.h1.serve_connection(io, service);
+                        drive(conn, &activity, idle, drain).await;
+                    }
                     drop(alive);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    let activity = Arc::new(Activity::default());
+                    let stream = Tracked {
+                        inner: stream,
+                        activity: activity.clone(),
+                    };
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
                     if let Ok(Ok(stream)) = handshake.await {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        drive(conn, &activity, idle, drain).await;
+                        // The protocol is the one agreed by ALPN.
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = TokioIo::new(stream);
+                        if h2 {
+                            let conn = builders.h2.serve_connection(io, service);
+                            Box::pin(drive(conn, &activity, idle, drain)).await;
+                        } else {
+                            let conn = builders.h1.serve_connection(io, service);
+                            drive(conn, &activity, idle, drain).await;
+                        }
                     }
                     drop(alive);
                 });
@@ -433,6 +451,41 @@ async fn drive<C: GracefulConnection>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+        }
+    }
+}
+
+/// How client connections are served.
+struct Builders {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// HTTP/2 by prior knowledge on the plain listener (`listen.h2c`).
+    h2c: bool,
+}
+
+/// The client's first bytes, without consuming them: the HTTP/2 connection preface, or not
+/// (then HTTP/1.x). A client that sends nothing for `idle` is taken as HTTP/1.x (and closed as
+/// idle by the watchdog).
+async fn is_h2_preface(stream: &tokio::net::TcpStream, idle: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let deadline = tokio::time::Instant::now() + idle;
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await;
+        let n = match peeked {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        if buf[..n] != PREFACE[..n] {
+            return false;
+        }
+        if n == PREFACE.len() {
+            return true;
+        }
+        // A prefix of the preface so far (rare: a client sending a few bytes at a time).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return false;
         }
     }
 }
