@@ -256,6 +256,9 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| e.to_string())?;
+    // SIGQUIT hands the socket over on the Pingora engine; here it drains like SIGTERM.
+    let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
+        .map_err(|e| e.to_string())?;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -268,6 +271,7 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
                 }
             },
             _ = term.recv() => break,
+            _ = quit.recv() => break,
             _ = int.recv() => {
                 info!("SIGINT: stopping now");
                 return Ok(());
@@ -332,7 +336,7 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
     }
     let period = Duration::from_secs(listen.drain_seconds);
     info!(
-        "SIGTERM: no new connections; draining for at most {}s",
+        "SIGTERM/SIGQUIT: no new connections; draining for at most {}s",
         period.as_secs()
     );
     drop(listener);
