@@ -50,6 +50,7 @@ pub mod audit;
 pub mod body;
 pub mod canon;
 pub mod catalog;
+pub mod certs;
 pub mod changes;
 pub mod chunked;
 pub mod config;

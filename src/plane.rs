@@ -1282,104 +1282,25 @@ impl Drop for Finish {
 /// Downstream TLS with rustls: certificates read from files and reloaded when they change.
 mod tls {
     use std::sync::Arc;
-    use std::time::{Duration, SystemTime};
 
-    use arc_swap::ArcSwap;
-    use log::{info, warn};
-    use tokio_rustls::rustls::crypto::CryptoProvider;
-    use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-    use tokio_rustls::rustls::sign::CertifiedKey;
-    use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+    use tokio_rustls::rustls::ServerConfig;
     use tokio_rustls::TlsAcceptor;
 
     use crate::config::ListenTls;
 
-    const POLL: Duration = Duration::from_secs(2);
-
-    #[derive(Debug)]
-    struct Reloading {
-        current: ArcSwap<CertifiedKey>,
-    }
-
-    impl ResolvesServerCert for Reloading {
-        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-            Some(self.current.load_full())
-        }
-    }
-
-    fn provider() -> Arc<CryptoProvider> {
-        CryptoProvider::get_default()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()))
-    }
-
-    fn load(files: &ListenTls) -> Result<CertifiedKey, String> {
-        let chain = crate::pem::certificates(&files.cert_file)?;
-        let key = crate::pem::private_key(&files.key_file)?;
-        CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
-            format!(
-                "{} / {}: {e}",
-                files.cert_file.display(),
-                files.key_file.display()
-            )
-        })
-    }
-
-    fn stamp(files: &ListenTls) -> Option<(SystemTime, SystemTime)> {
-        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        Some((m(&files.cert_file)?, m(&files.key_file)?))
-    }
-
-    /// The acceptor (HTTP/2 and HTTP/1.1 by ALPN), and a thread that swaps in new
-    /// certificates when the files change (a bad pair is logged and the old one stays).
+    /// The acceptor (HTTP/2 and HTTP/1.1 by ALPN), with the certificate resolver that swaps in
+    /// new certificates when the files change ([`crate::certs`]).
     pub fn acceptor(files: &ListenTls) -> Result<TlsAcceptor, String> {
-        let resolver = Arc::new(Reloading {
-            current: ArcSwap::from_pointee(load(files)?),
-        });
-        let builder = ServerConfig::builder_with_provider(provider())
+        let resolver = crate::certs::listener_resolver(files)?;
+        let builder = ServerConfig::builder_with_provider(crate::certs::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
         let builder = match &files.client_ca_file {
             None => builder.with_no_client_auth(),
-            Some(ca) => {
-                // mTLS: only clients with a certificate from these CAs complete the handshake.
-                let mut roots = RootCertStore::empty();
-                for c in crate::pem::certificates(ca)? {
-                    roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
-                }
-                let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-                    .build()
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+            Some(ca) => builder.with_client_cert_verifier(crate::certs::client_verifier(ca)?),
         };
-        let mut config = builder.with_cert_resolver(resolver.clone());
+        let mut config = builder.with_cert_resolver(resolver);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let files = files.clone();
-        std::thread::Builder::new()
-            .name("permgate-tls-reload".into())
-            .spawn(move || {
-                let mut last = stamp(&files);
-                loop {
-                    std::thread::sleep(POLL);
-                    let now = stamp(&files);
-                    if now.is_none() || now == last {
-                        continue;
-                    }
-                    last = now;
-                    match load(&files) {
-                        Ok(k) => {
-                            resolver.current.store(Arc::new(k));
-                            info!(
-                                "TLS certificate reloaded from {}",
-                                files.cert_file.display()
-                            );
-                        }
-                        Err(e) => warn!("TLS certificate change refused, the old one stays: {e}"),
-                    }
-                }
-            })
-            .map_err(|e| e.to_string())?;
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
@@ -1390,11 +1311,9 @@ mod tls {
 /// a bad file is logged and the last good material stays.
 mod upstream_tls {
     use std::future::Future;
-    use std::path::PathBuf;
     use std::pin::Pin;
     use std::sync::Arc;
     use std::task::{Context, Poll};
-    use std::time::{Duration, SystemTime};
 
     use arc_swap::ArcSwap;
     use http::Uri;
@@ -1407,8 +1326,6 @@ mod upstream_tls {
 
     use crate::config::UpstreamTls;
     use crate::live::State;
-
-    const POLL: Duration = Duration::from_secs(2);
 
     type Https = HttpsConnector<HttpConnector>;
 
@@ -1459,19 +1376,6 @@ mod upstream_tls {
             .wrap_connector(tcp))
     }
 
-    type Files = (Option<PathBuf>, Option<(PathBuf, PathBuf)>);
-
-    fn stamp(tls: Option<&UpstreamTls>) -> (Vec<Option<SystemTime>>, Files) {
-        let files: Files = tls.map_or((None, None), |t| (t.ca_file.clone(), t.client.clone()));
-        let m = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut v = vec![files.0.as_ref().and_then(m)];
-        if let Some((c, k)) = &files.1 {
-            v.push(m(c));
-            v.push(m(k));
-        }
-        (v, files)
-    }
-
     impl Connector {
         /// The connector for the config's files now, and a thread that keeps it current.
         pub fn watch(state: Arc<State>, tcp: HttpConnector) -> Result<Self, String> {
@@ -1484,32 +1388,25 @@ mod upstream_tls {
                 .ok_or("no upstream.tls")?;
             let current = Arc::new(ArcSwap::from_pointee(build(&tls, tcp.clone())?));
             let shared = current.clone();
-            std::thread::Builder::new()
-                .name("permgate-upstream-tls".into())
-                .spawn(move || {
-                    let mut last = stamp(Some(&tls));
-                    loop {
-                        std::thread::sleep(POLL);
-                        let Some(tls) = state.live().config.upstream.tls.clone() else {
-                            continue;
-                        };
-                        let now = stamp(Some(&tls));
-                        if now == last {
-                            continue;
+            let watched = state.clone();
+            crate::certs::watch(
+                "permgate-upstream-tls",
+                move || crate::certs::upstream_stamp(watched.live().config.upstream.tls.as_ref()),
+                move || {
+                    let Some(tls) = state.live().config.upstream.tls.clone() else {
+                        return;
+                    };
+                    match build(&tls, tcp.clone()) {
+                        Ok(c) => {
+                            shared.store(Arc::new(c));
+                            info!(
+                                "upstream TLS material (CA bundle / client certificate) reloaded"
+                            );
                         }
-                        match build(&tls, tcp.clone()) {
-                            Ok(c) => {
-                                shared.store(Arc::new(c));
-                                info!("upstream TLS material (CA bundle / client certificate) reloaded");
-                            }
-                            Err(e) => {
-                                warn!("upstream TLS change refused, the old material stays: {e}")
-                            }
-                        }
-                        last = now;
+                        Err(e) => warn!("upstream TLS change refused, the old material stays: {e}"),
                     }
-                })
-                .map_err(|e| e.to_string())?;
+                },
+            )?;
             Ok(Connector { current })
         }
     }

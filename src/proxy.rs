@@ -845,101 +845,25 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
 
 /// Downstream TLS with rustls: certificates read from files and reloaded when they change.
 mod tls {
-    use std::sync::Arc;
-    use std::time::{Duration, SystemTime};
-
-    use arc_swap::ArcSwap;
-    use log::{info, warn};
     use pingora::listeners::tls::TlsSettings;
-    use pingora::tls::sign::CertifiedKey;
-    use pingora::tls::{
-        ClientHello, CryptoProvider, ResolvesServerCert, RootCertStore, WebPkiClientVerifier,
-    };
 
     use crate::config::ListenTls;
 
-    /// How often the certificate files are checked for changes.
-    const POLL: Duration = Duration::from_secs(2);
-
-    #[derive(Debug)]
-    struct Reloading {
-        current: ArcSwap<CertifiedKey>,
-    }
-
-    impl ResolvesServerCert for Reloading {
-        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-            Some(self.current.load_full())
-        }
-    }
-
-    fn load(files: &ListenTls) -> Result<CertifiedKey, String> {
-        let (cert, key) = (
-            files.cert_file.display().to_string(),
-            files.key_file.display().to_string(),
-        );
-        let label = format!("{cert} / {key}");
-        let (chain, private) = pingora::tls::load_certs_and_key_files(&cert, &key)
-            .map_err(|e| format!("{label}: {e}"))?
-            .ok_or_else(|| format!("{label}: no certificate or key found"))?;
-        let provider = CryptoProvider::get_default()
-            .ok_or_else(|| "no TLS crypto provider installed".to_string())?;
-        CertifiedKey::from_der(chain, private, provider).map_err(|e| format!("{label}: {e}"))
-    }
-
-    fn stamp(files: &ListenTls) -> Option<(SystemTime, SystemTime)> {
-        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        Some((m(&files.cert_file)?, m(&files.key_file)?))
-    }
-
-    /// TLS settings for the listener (HTTP/2 by ALPN), and a thread that swaps in new
-    /// certificates when the files change (a bad pair is logged and the old one stays).
+    /// TLS settings for the listener (HTTP/2 by ALPN), with the certificate resolver that
+    /// swaps in new certificates when the files change ([`crate::certs`]).
     pub fn settings(files: &ListenTls) -> Result<TlsSettings, String> {
         pingora::tls::install_default_crypto_provider();
-        let resolver = Arc::new(Reloading {
-            current: ArcSwap::from_pointee(load(files)?),
-        });
+        let resolver = crate::certs::listener_resolver(files)?;
         let mut settings = TlsSettings::intermediate(
             &files.cert_file.display().to_string(),
             &files.key_file.display().to_string(),
         )
         .map_err(|e| e.to_string())?;
-        settings.set_cert_resolver(resolver.clone());
+        settings.set_cert_resolver(resolver);
         settings.enable_h2();
         if let Some(ca) = &files.client_ca_file {
-            // mTLS: only clients with a certificate from these CAs complete the handshake.
-            let mut roots = RootCertStore::empty();
-            pingora::tls::load_ca_file_into_store(ca, &mut roots)
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-                .build()
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
-            settings.set_client_cert_verifier(verifier);
+            settings.set_client_cert_verifier(crate::certs::client_verifier(ca)?);
         }
-        let files = files.clone();
-        std::thread::Builder::new()
-            .name("permgate-tls-reload".into())
-            .spawn(move || {
-                let mut last = stamp(&files);
-                loop {
-                    std::thread::sleep(POLL);
-                    let now = stamp(&files);
-                    if now.is_none() || now == last {
-                        continue;
-                    }
-                    last = now;
-                    match load(&files) {
-                        Ok(k) => {
-                            resolver.current.store(Arc::new(k));
-                            info!(
-                                "TLS certificate reloaded from {}",
-                                files.cert_file.display()
-                            );
-                        }
-                        Err(e) => warn!("TLS certificate change refused, the old one stays: {e}"),
-                    }
-                }
-            })
-            .map_err(|e| e.to_string())?;
         Ok(settings)
     }
 }
@@ -951,7 +875,6 @@ mod tls {
 mod upstream_tls {
     use std::path::PathBuf;
     use std::sync::Arc;
-    use std::time::{Duration, SystemTime};
 
     use arc_swap::ArcSwap;
     use log::{info, warn};
@@ -961,8 +884,6 @@ mod upstream_tls {
 
     use crate::config::UpstreamTls;
     use crate::live::State;
-
-    const POLL: Duration = Duration::from_secs(2);
 
     /// What new upstream connections use.
     #[derive(Default)]
@@ -976,16 +897,6 @@ mod upstream_tls {
 
     fn files(tls: Option<&UpstreamTls>) -> Files {
         tls.map_or((None, None), |t| (t.ca_file.clone(), t.client.clone()))
-    }
-
-    fn stamp(files: &Files) -> Vec<Option<SystemTime>> {
-        let m = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut v = vec![files.0.as_ref().and_then(m)];
-        if let Some((c, k)) = &files.1 {
-            v.push(m(c));
-            v.push(m(k));
-        }
-        v
     }
 
     /// Parse and check the files: every CA must load into a trust store, and the client chain
@@ -1037,34 +948,18 @@ mod upstream_tls {
         let tls = state.live().config.upstream.tls.clone();
         let current = Arc::new(ArcSwap::from_pointee(load(tls.as_ref())?));
         let shared = current.clone();
-        std::thread::Builder::new()
-            .name("permgate-upstream-tls".into())
-            .spawn(move || {
-                let mut last = {
-                    let f = files(tls.as_ref());
-                    (stamp(&f), f)
-                };
-                loop {
-                    std::thread::sleep(POLL);
-                    let tls = state.live().config.upstream.tls.clone();
-                    let f = files(tls.as_ref());
-                    let now = (stamp(&f), f);
-                    if now == last {
-                        continue;
-                    }
-                    match load(tls.as_ref()) {
-                        Ok(m) => {
-                            shared.store(Arc::new(m));
-                            info!(
-                                "upstream TLS material (CA bundle / client certificate) reloaded"
-                            );
-                        }
-                        Err(e) => warn!("upstream TLS change refused, the old material stays: {e}"),
-                    }
-                    last = now;
+        let watched = state.clone();
+        crate::certs::watch(
+            "permgate-upstream-tls",
+            move || crate::certs::upstream_stamp(watched.live().config.upstream.tls.as_ref()),
+            move || match load(state.live().config.upstream.tls.as_ref()) {
+                Ok(m) => {
+                    shared.store(Arc::new(m));
+                    info!("upstream TLS material (CA bundle / client certificate) reloaded");
                 }
-            })
-            .map_err(|e| e.to_string())?;
+                Err(e) => warn!("upstream TLS change refused, the old material stays: {e}"),
+            },
+        )?;
         Ok(current)
     }
 }
