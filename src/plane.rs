@@ -286,24 +286,19 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
         let builders = builders.clone();
         let drain = drain_rx.clone();
         let alive = alive_tx.clone();
-        // Two task shapes, so a plain connection's task does not carry the TLS state; an
-        // HTTP/2 connection's state is boxed, so an HTTP/1.1 one does not carry it either.
+        // Two task shapes, so a plain connection's task does not carry the TLS state.
         match &tls {
             None => {
                 tokio::spawn(async move {
                     let h2 = builders.h2c && is_h2_preface(&stream, idle).await;
                     let activity = Arc::new(Activity::default());
-                    let io = TokioIo::new(Tracked {
+                    let io = Tracked {
                         inner: stream,
                         activity: activity.clone(),
-                    });
-                    if h2 {
-                        let conn = builders.h2.serve_connection(io, service);
-                        Box::pin(drive(conn, &activity, idle, drain)).await;
-                    } else {
-                        let conn = builders.h1.serve_connection(io, service);
-                        drive(conn, &activity, idle, drain).await;
-                    }
+                    };
+                    builders
+                        .serve(io, h2, service, &activity, idle, drain)
+                        .await;
                     drop(alive);
                 });
             }
@@ -320,14 +315,9 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
                     if let Ok(Ok(stream)) = handshake.await {
                         // The protocol is the one agreed by ALPN.
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let io = TokioIo::new(stream);
-                        if h2 {
-                            let conn = builders.h2.serve_connection(io, service);
-                            Box::pin(drive(conn, &activity, idle, drain)).await;
-                        } else {
-                            let conn = builders.h1.serve_connection(io, service);
-                            drive(conn, &activity, idle, drain).await;
-                        }
+                        builders
+                            .serve(stream, h2, service, &activity, idle, drain)
+                            .await;
                     }
                     drop(alive);
                 });
@@ -465,6 +455,31 @@ struct Builders {
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// HTTP/2 by prior knowledge on the plain listener (`listen.h2c`).
     h2c: bool,
+}
+
+impl Builders {
+    /// Serve one client connection with HTTP/2 or HTTP/1.1 until it ends ([`drive`]). The
+    /// HTTP/2 connection's state is boxed, so an HTTP/1.1 connection's task does not carry it.
+    async fn serve<I>(
+        &self,
+        io: I,
+        h2: bool,
+        service: Service,
+        activity: &Activity,
+        idle: Duration,
+        drain: tokio::sync::watch::Receiver<bool>,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        if h2 {
+            let conn = self.h2.serve_connection(io, service);
+            Box::pin(drive(conn, activity, idle, drain)).await;
+        } else {
+            let conn = self.h1.serve_connection(io, service);
+            drive(conn, activity, idle, drain).await;
+        }
+    }
 }
 
 /// The client's first bytes, without consuming them: the HTTP/2 connection preface, or not
