@@ -688,12 +688,9 @@ impl Plane {
             let cut = Arc::new(AtomicU8::new(0));
             (
                 ReqBody::Stream(Box::new(Streamed {
-                    inner: incoming,
+                    paced: Paced::new(incoming, listen.body_read_timeout, ctx.deadline),
                     seen: 0,
                     max: listen.max_body_bytes,
-                    idle: listen.body_read_timeout,
-                    deadline: ctx.deadline,
-                    sleep: None,
                     cut: cut.clone(),
                 })),
                 Some(cut),
@@ -934,12 +931,7 @@ impl Plane {
             RespBody::empty()
         } else {
             RespBody {
-                kind: RespKind::Stream {
-                    inner: incoming,
-                    idle: read_timeout,
-                    deadline: ctx.deadline,
-                    sleep: None,
-                },
+                kind: RespKind::Stream(Paced::new(incoming, read_timeout, ctx.deadline)),
                 finish: None,
             }
         };
@@ -1102,15 +1094,64 @@ enum ReqBody {
 
 /// The client's body on its way to the CRM: capped in size and in time.
 struct Streamed {
-    inner: Incoming,
+    paced: Paced,
     seen: u64,
     max: u64,
-    /// Longest wait for the next piece (`listen.body_read_timeout_ms`).
+    cut: Arc<AtomicU8>,
+}
+
+/// An incoming body (the client's or the CRM's) whose every wait is capped: `idle` between
+/// pieces, and what is left before `deadline` in all.
+struct Paced {
+    inner: Incoming,
     idle: Duration,
-    /// The total timeout covers a streamed body too.
     deadline: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
-    cut: Arc<AtomicU8>,
+}
+
+/// Why a [`Paced`] body stopped short.
+enum Halt {
+    /// No piece within `idle` (or before the deadline).
+    Stalled,
+    /// A piece came after the deadline.
+    PastDeadline,
+    /// The body could not be read (bad framing, the peer went away).
+    Failed(hyper::Error),
+}
+
+impl Paced {
+    fn new(inner: Incoming, idle: Duration, deadline: Option<Instant>) -> Self {
+        Paced {
+            inner,
+            idle,
+            deadline,
+            sleep: None,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Halt>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.sleep = None;
+                if left(self.deadline).is_zero() {
+                    return Poll::Ready(Some(Err(Halt::PastDeadline)));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Halt::Failed(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let wait = self.idle.min(left(self.deadline));
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Halt::Stalled)));
+                }
+                Poll::Pending
+            }
+        }
+    }
 }
 
 impl Body for ReqBody {
@@ -1132,7 +1173,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => true,
             ReqBody::Full(b) => b.is_none(),
-            ReqBody::Stream(s) => s.inner.is_end_stream(),
+            ReqBody::Stream(s) => s.paced.inner.is_end_stream(),
         }
     }
 
@@ -1140,53 +1181,39 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Stream(s) => s.inner.size_hint(),
+            ReqBody::Stream(s) => s.paced.inner.size_hint(),
         }
     }
 }
 
 impl Streamed {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let (cut, why): (u8, BoxError) = match self.paced.poll(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                self.sleep = None;
-                if let Some(data) = frame.data_ref() {
-                    self.seen += data.len() as u64;
-                    if self.seen > self.max {
-                        self.cut.store(CUT_TOO_LARGE, Ordering::Release);
-                        return Poll::Ready(Some(Err(
-                            "request body over listen.max_body_bytes".into()
-                        )));
-                    }
+                self.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if self.seen <= self.max {
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                if left(self.deadline).is_zero() {
-                    self.cut.store(CUT_TIMED_OUT, Ordering::Release);
-                    return Poll::Ready(Some(Err("request body past the total timeout".into())));
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                // Bad chunk framing, or the client went away: the CRM gets an incomplete
-                // request it must discard, the client (if still there) a 400.
-                self.cut.store(CUT_UNREADABLE, Ordering::Release);
-                Poll::Ready(Some(Err(e.into())))
+                (
+                    CUT_TOO_LARGE,
+                    "request body over listen.max_body_bytes".into(),
+                )
             }
             Poll::Ready(None) => {
                 self.cut.store(BODY_DONE, Ordering::Release);
-                Poll::Ready(None)
+                return Poll::Ready(None);
             }
-            Poll::Pending => {
-                let wait = self.idle.min(left(self.deadline));
-                let sleep = self
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    self.cut.store(CUT_TIMED_OUT, Ordering::Release);
-                    return Poll::Ready(Some(Err("request body stalled".into())));
-                }
-                Poll::Pending
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Err(Halt::Stalled))) => (CUT_TIMED_OUT, "request body stalled".into()),
+            Poll::Ready(Some(Err(Halt::PastDeadline))) => {
+                (CUT_TIMED_OUT, "request body past the total timeout".into())
             }
-        }
+            // Bad chunk framing, or the client went away: the CRM gets an incomplete request
+            // it must discard, the client (if still there) a 400.
+            Poll::Ready(Some(Err(Halt::Failed(e)))) => (CUT_UNREADABLE, e.into()),
+        };
+        self.cut.store(cut, Ordering::Release);
+        Poll::Ready(Some(Err(why)))
     }
 }
 
@@ -1198,13 +1225,9 @@ pub struct RespBody {
 
 enum RespKind {
     Full(Option<Bytes>),
-    Stream {
-        inner: Incoming,
-        /// Longest wait for the next piece (`upstream.read_timeout_ms`).
-        idle: Duration,
-        deadline: Option<Instant>,
-        sleep: Option<Pin<Box<Sleep>>>,
-    },
+    /// The CRM's body: each wait capped by `upstream.read_timeout_ms`, all of it by the total
+    /// timeout (past it, the response is cut off).
+    Stream(Paced),
 }
 
 impl RespBody {
@@ -1233,26 +1256,17 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
             RespKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespKind::Stream {
-                inner,
-                idle,
-                deadline,
-                sleep,
-            } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    *sleep = None;
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            RespKind::Stream(paced) => match paced.poll(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => {
-                    let wait = (*idle).min(left(*deadline));
-                    let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
-                    if s.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Some(Err("the CRM's response stalled".into())));
-                    }
-                    Poll::Pending
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Err(Halt::Failed(e)))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Err(Halt::Stalled))) => {
+                    Poll::Ready(Some(Err("the CRM's response stalled".into())))
                 }
+                Poll::Ready(Some(Err(Halt::PastDeadline))) => Poll::Ready(Some(Err(
+                    "the CRM's response ran past the total timeout".into(),
+                ))),
             },
         }
     }
@@ -1260,14 +1274,14 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             RespKind::Full(b) => b.is_none(),
-            RespKind::Stream { inner, .. } => inner.is_end_stream(),
+            RespKind::Stream(p) => p.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             RespKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            RespKind::Stream { inner, .. } => inner.size_hint(),
+            RespKind::Stream(p) => p.inner.size_hint(),
         }
     }
 }
