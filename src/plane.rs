@@ -30,7 +30,6 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use log::{error, info, warn};
@@ -40,6 +39,9 @@ use crate::exchange::{self, Admission, Ctx};
 use crate::live::State;
 use crate::metrics::UpstreamError;
 use crate::reject::Rejection;
+
+mod pool;
+use pool::{Failure as SendFailure, Lease, Pool};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type HandleFuture =
@@ -55,17 +57,22 @@ const CUT_UNREADABLE: u8 = 3;
 /// The body was read to its end.
 const BODY_DONE: u8 = 4;
 
-/// The client toward the CRM: plain HTTP, or TLS with material reloaded from its files.
+/// The connections to the CRM ([`pool`]): plain HTTP, or TLS with material reloaded from
+/// its files.
 enum Upstream {
-    Plain(Client<HttpConnector, ReqBody>),
-    Tls(Client<upstream_tls::Connector, ReqBody>),
+    Plain(Pool<HttpConnector>),
+    Tls(Pool<upstream_tls::Connector>),
 }
 
 impl Upstream {
-    fn request(&self, request: Request<ReqBody>) -> hyper_util::client::legacy::ResponseFuture {
+    async fn send(
+        &self,
+        authority: Authority,
+        request: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendFailure> {
         match self {
-            Upstream::Plain(c) => c.request(request),
-            Upstream::Tls(c) => c.request(request),
+            Upstream::Plain(p) => p.send(authority, request).await,
+            Upstream::Tls(p) => p.send(authority, request).await,
         }
     }
 }
@@ -73,7 +80,6 @@ impl Upstream {
 struct Plane {
     state: Arc<State>,
     client: Upstream,
-    scheme: Scheme,
     /// The CRM's address as a URI authority, cached (the config may change it on reload).
     authority: arc_swap::ArcSwap<(SocketAddr, Authority)>,
     /// Several CRM instances (`upstream.addresses`, fixed at start): round robin over the
@@ -177,22 +183,23 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(u.connect_timeout));
-    let mut client = Client::builder(TokioExecutor::new());
-    client
-        .pool_idle_timeout(u.idle_timeout)
-        .pool_max_idle_per_host(u.pool_size)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    let (client, scheme) = match &u.tls {
-        None => (Upstream::Plain(client.build(connector)), Scheme::HTTP),
-        Some(_) => (
-            Upstream::Tls(client.build(upstream_tls::Connector::watch(state.clone(), {
+    let client = match &u.tls {
+        None => Upstream::Plain(Pool::new(
+            connector,
+            Scheme::HTTP,
+            u.pool_size,
+            u.idle_timeout,
+        )),
+        Some(_) => Upstream::Tls(Pool::new(
+            upstream_tls::Connector::watch(state.clone(), {
                 // The TCP part of an https:// connection.
                 connector.enforce_http(false);
                 connector
-            })?)),
+            })?,
             Scheme::HTTPS,
-        ),
+            u.pool_size,
+            u.idle_timeout,
+        )),
     };
     let authority = authority_of(u.address)?;
     let balanced = if u.addresses.len() > 1 {
@@ -205,7 +212,6 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
     let plane = Arc::new(Plane {
         state: state.clone(),
         client,
-        scheme,
         authority: arc_swap::ArcSwap::from_pointee((u.address, authority)),
         balanced,
     });
@@ -609,11 +615,8 @@ impl Plane {
         }
     }
 
-    /// The CRM's URI for a target (its address may change on a config reload).
-    fn upstream_uri(&self, ctx: &Ctx, path: PathAndQuery) -> Result<Uri, Rejection> {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.path_and_query = Some(path);
+    /// The CRM instance for this call (its address may change on a config reload).
+    fn upstream_authority(&self, ctx: &Ctx) -> Result<Authority, Rejection> {
         if let Some(b) = &self.balanced {
             let Some(instance) = b.pick() else {
                 warn!("request_id={} no healthy CRM instance", ctx.request_id);
@@ -622,8 +625,7 @@ impl Plane {
                     .upstream_error(UpstreamError::Unavailable);
                 return Err(Rejection::upstream_unavailable());
             };
-            parts.authority = Some(instance.authority.clone());
-            return Uri::from_parts(parts).map_err(|_| Rejection::internal());
+            return Ok(instance.authority.clone());
         }
         let address = ctx
             .live
@@ -636,17 +638,17 @@ impl Plane {
             self.authority.store(Arc::new((address, a)));
             cached = self.authority.load();
         }
-        parts.authority = Some(cached.1.clone());
-        Uri::from_parts(parts).map_err(|_| Rejection::internal())
+        Ok(cached.1.clone())
     }
 
     /// Turn the client's request head into the CRM's: [`exchange::edit_upstream`], HTTP/1.1,
-    /// a Host (HTTP/2 has `:authority` instead).
+    /// an origin-form target, a Host (HTTP/2 has `:authority` instead; without either, the
+    /// CRM instance's). Also: which instance.
     fn upstream_head(
         &self,
         mut parts: http::request::Parts,
         ctx: &Ctx,
-    ) -> Result<http::request::Parts, Rejection> {
+    ) -> Result<(http::request::Parts, Authority), Rejection> {
         if parts.version == Version::HTTP_2 && !parts.headers.contains_key(HOST) {
             if let Some(v) = parts
                 .uri
@@ -669,9 +671,15 @@ impl Plane {
             .path_and_query()
             .cloned()
             .ok_or_else(Rejection::internal)?;
-        parts.uri = self.upstream_uri(ctx, path)?;
+        let authority = self.upstream_authority(ctx)?;
+        if !parts.headers.contains_key(HOST) {
+            let host =
+                HeaderValue::from_str(authority.as_str()).map_err(|_| Rejection::internal())?;
+            parts.headers.insert(HOST, host);
+        }
+        parts.uri = Uri::from(path);
         parts.version = Version::HTTP_11;
-        Ok(parts)
+        Ok((parts, authority))
     }
 
     /// Forward a call whose body streams through (none checked).
@@ -696,12 +704,15 @@ impl Plane {
                 Some(cut),
             )
         };
-        let parts = match self.upstream_head(parts, ctx) {
+        let (parts, authority) = match self.upstream_head(parts, ctx) {
             Ok(p) => p,
             Err(rejection) => return reject(&rejection, ctx, true),
         };
-        match self.exchange(Request::from_parts(parts, body), ctx).await {
-            Ok(response) => self.pass_back(response, ctx),
+        match self
+            .exchange(authority, Request::from_parts(parts, body), ctx)
+            .await
+        {
+            Ok((response, lease)) => self.pass_back(response, lease, ctx),
             Err(rejection) => {
                 let rejection = match cut.map(|c| c.load(Ordering::Acquire)) {
                     Some(CUT_TOO_LARGE) => Rejection::body_too_large(),
@@ -757,7 +768,7 @@ impl Plane {
         body: Option<Bytes>,
         ctx: &mut Ctx,
     ) -> Response<RespBody> {
-        let mut parts = match self.upstream_head(parts, ctx) {
+        let (mut parts, authority) = match self.upstream_head(parts, ctx) {
             Ok(p) => p,
             Err(rejection) => return reject(&rejection, ctx, false),
         };
@@ -777,7 +788,10 @@ impl Plane {
             }
         };
         let head_request = parts.method == Method::HEAD;
-        let response = match self.exchange(Request::from_parts(parts, body), ctx).await {
+        let (response, lease) = match self
+            .exchange(authority, Request::from_parts(parts, body), ctx)
+            .await
+        {
             Ok(r) => r,
             Err(rejection) => return reject(&rejection, ctx, false),
         };
@@ -786,9 +800,9 @@ impl Plane {
             && !head_request
             && response.status() != StatusCode::NO_CONTENT;
         if !lists {
-            return self.pass_back(response, ctx);
+            return self.pass_back(response, lease, ctx);
         }
-        match self.read_and_filter_list(response, ctx).await {
+        match self.read_and_filter_list(response, lease, ctx).await {
             Ok((mut parts, filtered)) => {
                 strip_response_hop_headers(&mut parts.headers);
                 parts.headers.remove(http::header::CONTENT_ENCODING);
@@ -821,6 +835,7 @@ impl Plane {
     async fn read_and_filter_list(
         &self,
         response: Response<Incoming>,
+        lease: Lease,
         ctx: &Ctx,
     ) -> Result<(http::response::Parts, Vec<u8>), Result<String, Rejection>> {
         let limit = exchange::list_limit(ctx);
@@ -841,7 +856,10 @@ impl Plane {
             let wait = read_timeout.min(left(ctx.deadline));
             let frame = match tokio::time::timeout(wait, next_frame(&mut incoming)).await {
                 Err(_) => return Err(Err(self.upstream_failed(ctx, Failure::Timeout, "list"))),
-                Ok(None) => break,
+                Ok(None) => {
+                    lease.release();
+                    break;
+                }
                 Ok(Some(Err(e))) => {
                     return Err(Err(self.upstream_failed(
                         ctx,
@@ -863,13 +881,15 @@ impl Plane {
             .map_err(Ok)
     }
 
-    /// Send the request to the CRM and wait for its response head (bounded by the read and
-    /// total timeouts). A closed pooled connection is retried by the client on a new one.
+    /// Send the request to the CRM instance at `authority` and wait for its response head
+    /// (bounded by the read and total timeouts). A closed pooled connection is retried on
+    /// another ([`pool`]).
     async fn exchange(
         &self,
+        authority: Authority,
         request: Request<ReqBody>,
         ctx: &mut Ctx,
-    ) -> Result<Response<Incoming>, Rejection> {
+    ) -> Result<(Response<Incoming>, Lease), Rejection> {
         let read_timeout = ctx
             .live
             .as_ref()
@@ -877,14 +897,20 @@ impl Plane {
         let started = Instant::now();
         ctx.upstream_started = Some(started);
         let wait = read_timeout.min(left(ctx.deadline));
-        let result = tokio::time::timeout(wait, self.client.request(request)).await;
-        let response = match result {
+        let result = tokio::time::timeout(wait, self.client.send(authority, request)).await;
+        let (response, lease) = match result {
             Err(_) => return Err(self.upstream_failed(ctx, Failure::Timeout, "no answer in time")),
-            Ok(Err(e)) => {
+            Ok(Err(SendFailure::Connect(e))) => {
+                let failure = if is_timeout(e.as_ref()) {
+                    Failure::Timeout
+                } else {
+                    Failure::Connect
+                };
+                return Err(self.upstream_failed(ctx, failure, &error_chain(e.as_ref())));
+            }
+            Ok(Err(SendFailure::Exchange(e))) => {
                 let failure = if is_timeout(&e) {
                     Failure::Timeout
-                } else if e.is_connect() {
-                    Failure::Connect
                 } else {
                     Failure::Other
                 };
@@ -896,7 +922,7 @@ impl Plane {
         ctx.upstream_elapsed = Some(elapsed);
         ctx.upstream_status = Some(response.status().as_u16());
         self.state.metrics.upstream_seconds.observe(elapsed);
-        Ok(response)
+        Ok((response, lease))
     }
 
     fn upstream_failed(&self, ctx: &Ctx, failure: Failure, why: &str) -> Rejection {
@@ -917,7 +943,12 @@ impl Plane {
     }
 
     /// The CRM's response, streamed back with the gateway's headers.
-    fn pass_back(&self, response: Response<Incoming>, ctx: &Ctx) -> Response<RespBody> {
+    fn pass_back(
+        &self,
+        response: Response<Incoming>,
+        lease: Lease,
+        ctx: &Ctx,
+    ) -> Response<RespBody> {
         let (mut parts, incoming) = response.into_parts();
         strip_response_hop_headers(&mut parts.headers);
         for (name, value) in exchange::response_headers(ctx) {
@@ -928,10 +959,14 @@ impl Plane {
             .as_ref()
             .map_or(Duration::from_secs(30), |l| l.config.upstream.read_timeout);
         let body = if incoming.is_end_stream() {
+            lease.release();
             RespBody::empty()
         } else {
             RespBody {
-                kind: RespKind::Stream(Paced::new(incoming, read_timeout, ctx.deadline)),
+                kind: RespKind::Stream(
+                    Paced::new(incoming, read_timeout, ctx.deadline),
+                    Some(lease),
+                ),
                 finish: None,
             }
         };
@@ -1226,8 +1261,9 @@ pub struct RespBody {
 enum RespKind {
     Full(Option<Bytes>),
     /// The CRM's body: each wait capped by `upstream.read_timeout_ms`, all of it by the total
-    /// timeout (past it, the response is cut off).
-    Stream(Paced),
+    /// timeout (past it, the response is cut off). Its connection goes back to the pool once
+    /// the body has been read to its end.
+    Stream(Paced, Option<Lease>),
 }
 
 impl RespBody {
@@ -1256,9 +1292,21 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
             RespKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespKind::Stream(paced) => match paced.poll(cx) {
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(None) => Poll::Ready(None),
+            RespKind::Stream(paced, lease) => match paced.poll(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if paced.inner.is_end_stream() {
+                        if let Some(lease) = lease.take() {
+                            lease.release();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(None) => {
+                    if let Some(lease) = lease.take() {
+                        lease.release();
+                    }
+                    Poll::Ready(None)
+                }
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Err(Halt::Failed(e)))) => Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(Some(Err(Halt::Stalled))) => {
@@ -1274,14 +1322,14 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             RespKind::Full(b) => b.is_none(),
-            RespKind::Stream(p) => p.inner.is_end_stream(),
+            RespKind::Stream(p, _) => p.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             RespKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            RespKind::Stream(p) => p.inner.size_hint(),
+            RespKind::Stream(p, _) => p.inner.size_hint(),
         }
     }
 }
