@@ -398,7 +398,10 @@ pub fn finish(state: &State, ctx: &Ctx, method: &http::Method, raw_target: &[u8]
         .or_else(|| ctx.denied.as_ref().and_then(|d| d.caller));
     let user = match (caller, snapshot) {
         (Some(c), Some(s)) => Some(s.user(c.user).id.to_string()),
-        _ => ctx.denied.as_ref().and_then(|d| d.user.as_deref().map(str::to_string)),
+        _ => ctx
+            .denied
+            .as_ref()
+            .and_then(|d| d.user.as_deref().map(str::to_string)),
     };
     let route_info = route.map(|r| policy::route_info(&live.config, r));
     let permission = route_info.and_then(|r| match r.access {

@@ -722,7 +722,9 @@ fn record_denial(
 ) -> Denial {
     let name = catalog.permission_name(perm);
     match d {
-        RecordDecision::Denied(Refusal::NoPermission) => Denial::new(Rejection::forbidden(catalog.permission_shared(perm))),
+        RecordDecision::Denied(Refusal::NoPermission) => {
+            Denial::new(Rejection::forbidden(catalog.permission_shared(perm)))
+        }
         _ => {
             let _ = snapshot;
             let mut r = Rejection::new(

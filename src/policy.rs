@@ -82,8 +82,6 @@ pub fn route_info(config: &Config, idx: usize) -> &RouteInfo {
 ///
 /// `snapshot` is the request's snapshot, or the rejection that stands for it (none loaded yet,
 /// or stale with `on_stale = fail_closed`); it only matters for protected routes.
-// A `Denied` is about 150 bytes: returned in place, it costs less than the allocation of a box.
-#[allow(clippy::result_large_err)]
 pub fn decide(
     config: &Config,
     snapshot: Result<&Snapshot, Rejection>,
@@ -105,7 +103,6 @@ pub fn decide(
 
 /// Decide as a given user, without credentials (for `permgate explain` and `permgate test`):
 /// the same canonicalization, route match and permission check as [`decide`].
-#[allow(clippy::result_large_err)]
 pub fn decide_as(
     config: &Config,
     snapshot: &Snapshot,
@@ -189,7 +186,6 @@ fn denied(
 }
 
 /// The identified caller against the route's permission.
-#[allow(clippy::result_large_err)]
 fn authorize(
     config: &Config,
     snapshot: &Snapshot,
@@ -256,7 +252,6 @@ fn canon_denied(e: canon::CanonError) -> Denied {
 }
 
 /// Header hygiene, canonical path and route match: everything before identity.
-#[allow(clippy::result_large_err)]
 fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Denied> {
     let l = &config.listen;
     canon::check_header_limits(req.headers, l.max_headers, l.max_header_bytes)

@@ -206,7 +206,10 @@ mod tests {
             "request_id": request_id,
         });
         if let (Some(p), Some(map)) = (&r.permission, body.as_object_mut()) {
-            map.insert("permission".into(), serde_json::Value::String(p.to_string()));
+            map.insert(
+                "permission".into(),
+                serde_json::Value::String(p.to_string()),
+            );
         }
         serde_json::to_vec(&body).unwrap()
     }
