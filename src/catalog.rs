@@ -11,6 +11,7 @@
 //! when the snapshot is built against the catalogue.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -122,6 +123,8 @@ pub struct ScopedPermissions {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     permissions: Vec<Permission>,
+    /// Each permission's id again, shared: a denial names it without copying it.
+    shared_names: Vec<Arc<str>>,
     by_id: HashMap<String, PermId>,
     roles: Vec<Role>,
     record_types: RecordTypes,
@@ -190,6 +193,7 @@ impl Catalog {
         let mut errors = Vec::new();
         let mut catalog = Catalog {
             permissions: Vec::new(),
+            shared_names: Vec::new(),
             by_id: HashMap::new(),
             roles: Vec::new(),
             record_types: RecordTypes::default(),
@@ -228,6 +232,7 @@ impl Catalog {
                 }
                 let id = PermId(catalog.permissions.len() as u16);
                 catalog.by_id.insert(p.id.clone(), id);
+                catalog.shared_names.push(Arc::from(p.id.as_str()));
                 catalog.permissions.push(Permission {
                     id: p.id,
                     group: p.group,
@@ -391,6 +396,11 @@ impl Catalog {
     /// The dotted id of an interned permission.
     pub fn permission_name(&self, id: PermId) -> &str {
         &self.permissions[id.index()].id
+    }
+
+    /// The same id, shared (a clone is a reference count, not a copy).
+    pub fn permission_shared(&self, id: PermId) -> Arc<str> {
+        self.shared_names[id.index()].clone()
     }
 
     pub fn permissions(&self) -> &[Permission] {

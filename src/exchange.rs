@@ -46,7 +46,7 @@ pub struct Ctx {
     pub live: Option<Arc<Live>>,
     pub permit: Option<Permit>,
     /// The denial: answered, or forwarded anyway in shadow mode (then `permit` is set too).
-    pub denied: Option<Box<Denied>>,
+    pub denied: Option<Denied>,
     pub started: Instant,
     pub upstream_started: Option<Instant>,
     pub upstream_elapsed: Option<Duration>,
@@ -110,13 +110,13 @@ impl Ctx {
     /// only filters its response): logged as a denial, not as a forwarded call.
     pub fn deny_after_permit(&mut self, rejection: Rejection) {
         if let Some(permit) = self.permit.take() {
-            self.denied = Some(Box::new(Denied {
+            self.denied = Some(Denied {
                 rejection,
                 route: permit.route,
                 user: None,
                 canonical: None,
                 caller: permit.caller,
-            }));
+            });
         }
     }
 }
@@ -398,7 +398,10 @@ pub fn finish(state: &State, ctx: &Ctx, method: &http::Method, raw_target: &[u8]
         .or_else(|| ctx.denied.as_ref().and_then(|d| d.caller));
     let user = match (caller, snapshot) {
         (Some(c), Some(s)) => Some(s.user(c.user).id.to_string()),
-        _ => ctx.denied.as_ref().and_then(|d| d.user.clone()),
+        _ => ctx
+            .denied
+            .as_ref()
+            .and_then(|d| d.user.as_deref().map(str::to_string)),
     };
     let route_info = route.map(|r| policy::route_info(&live.config, r));
     let permission = route_info.and_then(|r| match r.access {
@@ -583,20 +586,14 @@ pub fn check_body(
             .permit
             .take()
             .map_or((None, None), |p| (p.route, p.caller));
-        let user = match (
-            caller,
-            ctx.live.as_ref().and_then(|l| l.snapshot.as_deref()),
-        ) {
-            (Some(c), Some(s)) => Some(s.user(c.user).id.to_string()),
-            _ => None,
-        };
-        ctx.denied = Some(Box::new(Denied {
+        // The caller (if any) is known: the logs take its id from the snapshot.
+        ctx.denied = Some(Denied {
             rejection: rejection.clone(),
             route,
-            user,
+            user: None,
             canonical: None,
             caller,
-        }));
+        });
         Err((rejection, body))
     };
     let (Some(live), Some(inspect)) = (ctx.live.clone(), ctx.inspect()) else {

@@ -73,13 +73,13 @@ pub fn explain_with_body(
                             trimmed = Some(f.removed_ids.iter().map(|x| x.to_string()).collect());
                             Ok(p)
                         }
-                        Err(d) => Err(Box::new(crate::policy::Denied {
+                        Err(d) => Err(crate::policy::Denied {
                             rejection: d.rejection,
                             route: p.route,
-                            user: user.map(str::to_string),
+                            user: user.map(Into::into),
                             canonical: Some(p.canonical),
                             caller: p.caller,
-                        })),
+                        }),
                     }
                 }
                 _ => Ok(p),
@@ -133,7 +133,7 @@ pub fn explain_with_body(
             false,
             d.rejection.status,
             d.rejection.code.to_string(),
-            Some(d.rejection.message.to_string()),
+            Some(d.rejection.message().into_owned()),
             None,
         ),
     };

@@ -722,7 +722,9 @@ fn record_denial(
 ) -> Denial {
     let name = catalog.permission_name(perm);
     match d {
-        RecordDecision::Denied(Refusal::NoPermission) => Denial::new(Rejection::forbidden(name)),
+        RecordDecision::Denied(Refusal::NoPermission) => {
+            Denial::new(Rejection::forbidden(catalog.permission_shared(perm)))
+        }
         _ => {
             let _ = snapshot;
             let mut r = Rejection::new(
@@ -733,7 +735,7 @@ fn record_denial(
                     catalog.record_types().name(t)
                 ),
             );
-            r.permission = Some(name.to_string());
+            r.permission = Some(catalog.permission_shared(perm));
             Denial::new(r)
         }
     }
@@ -845,7 +847,7 @@ pub fn check_body(
     if let Some(b) = &inspect.bulk {
         if !snapshot.has_permission(user, b.permission) {
             return Err(Denial::new(Rejection::forbidden(
-                catalog.permission_name(b.permission),
+                catalog.permission_shared(b.permission),
             )));
         }
     }
@@ -898,7 +900,7 @@ pub fn check_body(
                                 names.join("', '")
                             ),
                         );
-                        r.permission = names.first().map(|n| n.to_string());
+                        r.permission = permissions.first().map(|p| catalog.permission_shared(*p));
                         let mut d = Denial::new(r);
                         d.fields = fields;
                         return Err(d);
@@ -938,7 +940,7 @@ pub fn check_body(
             .map_err(|e| Denial::body(&e))?;
         let refused = |m: String| {
             let mut r = Rejection::new(403, "assignee_forbidden", m);
-            r.permission = Some(catalog.permission_name(n.permission).to_string());
+            r.permission = Some(catalog.permission_shared(n.permission));
             Denial::new(r)
         };
         let Some(target) = snapshot.user_index(who) else {
@@ -950,7 +952,7 @@ pub fn check_body(
             Ok(()) => {}
             Err(Refusal::NoPermission) => {
                 return Err(Denial::new(Rejection::forbidden(
-                    catalog.permission_name(n.permission),
+                    catalog.permission_shared(n.permission),
                 )))
             }
             Err(Refusal::OutOfScope) => {
@@ -988,7 +990,7 @@ pub fn check_body(
                     t.removed_ids.len() + t.kept
                 ),
             );
-            r.permission = Some(name.to_string());
+            r.permission = Some(catalog.permission_shared(b.permission));
             let mut d = Denial::new(r);
             d.denied_ids = t.removed_ids.iter().map(ToString::to_string).collect();
             Err(d)
@@ -1232,9 +1234,9 @@ mod tests {
         let d = check_head(&s, &c, u("u-rep1"), &i, "/api/v1/leads/2", None).unwrap_err();
         assert_eq!(d.rejection.permission.as_deref(), Some("lead.view"));
         assert!(
-            d.rejection.message.contains("lead '2'"),
+            d.rejection.message().contains("lead '2'"),
             "{}",
-            d.rejection.message
+            d.rejection.message()
         );
 
         let allow = inspect(

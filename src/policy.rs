@@ -8,6 +8,7 @@
 //!    through any of the user's roles (else 403 naming the permission).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 
@@ -45,12 +46,14 @@ pub struct Caller {
 }
 
 /// A refused call, with what the logs need to explain it, and what shadow mode needs to
-/// forward it anyway.
+/// forward it anyway. Returned by value, not boxed: a denial allocates nothing of its own.
 #[derive(Debug, Clone)]
 pub struct Denied {
     pub rejection: Rejection,
     pub route: Option<usize>,
-    pub user: Option<String>,
+    /// The claimed user id of a caller the snapshot does not know (for the logs; a known
+    /// caller is `caller`, and the logs take its id from the snapshot).
+    pub user: Option<Arc<str>>,
     /// The canonical target, when the request got that far (never set for a 400 on the path
     /// or headers: ambiguous input is never forwarded, not even in shadow mode).
     pub canonical: Option<CanonicalTarget>,
@@ -83,7 +86,7 @@ pub fn decide(
     config: &Config,
     snapshot: Result<&Snapshot, Rejection>,
     req: &Request<'_>,
-) -> Result<Permit, Box<Denied>> {
+) -> Result<Permit, Denied> {
     let (canonical, route_idx, permission) = match route_request(config, req)? {
         Routed::Public(permit) => return Ok(permit),
         Routed::Protected(c, r, p) => (c, r, p),
@@ -106,7 +109,7 @@ pub fn decide_as(
     method: &Method,
     target: &[u8],
     user: Option<&str>,
-) -> Result<Permit, Box<Denied>> {
+) -> Result<Permit, Denied> {
     let headers = HeaderMap::new();
     let (canonical, route_idx, permission) = match route_request(
         config,
@@ -121,7 +124,7 @@ pub fn decide_as(
         Routed::Protected(c, r, p) => (c, r, p),
     };
     let Some(user) = user else {
-        return Err(Box::new(Denied {
+        return Err(Denied {
             rejection: Rejection::new(
                 401,
                 "missing_credentials",
@@ -131,7 +134,7 @@ pub fn decide_as(
             user: None,
             canonical: Some(canonical),
             caller: None,
-        }));
+        });
     };
     let who = identity::Identified {
         credential: Credential::User(user.into()),
@@ -144,7 +147,7 @@ pub fn decide_as(
 fn resolve_user(
     snapshot: &Snapshot,
     credential: &Credential,
-) -> Result<UserIdx, (Rejection, Option<String>)> {
+) -> Result<UserIdx, (Rejection, Option<Arc<str>>)> {
     match credential {
         Credential::User(id) => snapshot.user_index(id).ok_or_else(|| {
             (
@@ -153,7 +156,7 @@ fn resolve_user(
                     "unknown_user",
                     "the caller is not a user known to the gateway",
                 ),
-                Some(id.to_string()),
+                Some(id.clone()),
             )
         }),
         Credential::ApiKey(digest) => snapshot.user_by_api_key(digest).ok_or_else(|| {
@@ -169,17 +172,17 @@ fn resolve_user(
 fn denied(
     rejection: Rejection,
     route_idx: usize,
-    user: Option<String>,
+    user: Option<Arc<str>>,
     caller: Option<Caller>,
     canonical: CanonicalTarget,
-) -> Box<Denied> {
-    Box::new(Denied {
+) -> Denied {
+    Denied {
         rejection,
         route: Some(route_idx),
         user,
         canonical: Some(canonical),
         caller,
-    })
+    }
 }
 
 /// The identified caller against the route's permission.
@@ -190,7 +193,7 @@ fn authorize(
     route_idx: usize,
     permission: crate::catalog::PermId,
     who: identity::Identified,
-) -> Result<Permit, Box<Denied>> {
+) -> Result<Permit, Denied> {
     let user = match resolve_user(snapshot, &who.credential) {
         Ok(user) => user,
         Err((rejection, id)) => return Err(denied(rejection, route_idx, id, None, canonical)),
@@ -208,7 +211,7 @@ fn authorize(
         ))
     } else if !snapshot.has_permission(user, permission) {
         Some(Rejection::forbidden(
-            config.catalog.permission_name(permission),
+            config.catalog.permission_shared(permission),
         ))
     } else {
         // Records named in the path or query: the permission's scope must cover each of them.
@@ -229,13 +232,7 @@ fn authorize(
             })
     };
     match refused {
-        Some(rejection) => Err(denied(
-            rejection,
-            route_idx,
-            Some(u.id.to_string()),
-            Some(caller),
-            canonical,
-        )),
+        Some(rejection) => Err(denied(rejection, route_idx, None, Some(caller), canonical)),
         None => Ok(Permit {
             canonical,
             route: Some(route_idx),
@@ -250,16 +247,12 @@ enum Routed {
 }
 
 /// A malformed request (headers, target, query): refused before anything else is looked at.
-fn canon_denied(e: canon::CanonError) -> Box<Denied> {
-    Box::new(Denied::bare(Rejection::new(
-        e.status(),
-        e.code(),
-        e.message(),
-    )))
+fn canon_denied(e: canon::CanonError) -> Denied {
+    Denied::bare(Rejection::new(e.status(), e.code(), e.message()))
 }
 
 /// Header hygiene, canonical path and route match: everything before identity.
-fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Box<Denied>> {
+fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Denied> {
     let l = &config.listen;
     canon::check_header_limits(req.headers, l.max_headers, l.max_header_bytes)
         .and_then(|()| canon::check_headers(req.headers))
@@ -267,7 +260,7 @@ fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Box<Denie
     // A declared body over the gateway's limit is refused before anything is forwarded (a
     // streamed body that grows past it is cut off by the proxy).
     if canon::declared_length(req.headers).is_some_and(|n| n > l.max_body_bytes) {
-        return Err(Box::new(Denied::bare(Rejection::body_too_large())));
+        return Err(Denied::bare(Rejection::body_too_large()));
     }
     let canonical = canon::canonicalize_target(req.target)
         .and_then(|c| match &c.query {
@@ -285,7 +278,7 @@ fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Box<Denie
             ),
         });
         d.canonical = Some(canonical);
-        return Err(Box::new(d));
+        return Err(d);
     };
     Ok(match route_info(config, route_idx).access {
         Access::Public => Routed::Public(Permit {
