@@ -835,7 +835,7 @@ impl Plane {
     async fn read_and_filter_list(
         &self,
         response: Response<Incoming>,
-        mut lease: Lease,
+        lease: Lease,
         ctx: &Ctx,
     ) -> Result<(http::response::Parts, Vec<u8>), Result<String, Rejection>> {
         let limit = exchange::list_limit(ctx);
@@ -854,11 +854,7 @@ impl Plane {
         let mut buffer = Vec::new();
         loop {
             let wait = read_timeout.min(left(ctx.deadline));
-            let next = std::future::poll_fn(|cx| {
-                lease.drive(cx);
-                Pin::new(&mut incoming).poll_frame(cx)
-            });
-            let frame = match tokio::time::timeout(wait, next).await {
+            let frame = match tokio::time::timeout(wait, next_frame(&mut incoming)).await {
                 Err(_) => return Err(Err(self.upstream_failed(ctx, Failure::Timeout, "list"))),
                 Ok(None) => {
                     lease.release();
@@ -1296,7 +1292,7 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
             RespKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespKind::Stream(paced, lease) => match poll_driven(paced, lease, cx) {
+            RespKind::Stream(paced, lease) => match paced.poll(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if paced.inner.is_end_stream() {
                         if let Some(lease) = lease.take() {
@@ -1336,18 +1332,6 @@ impl Body for RespBody {
             RespKind::Stream(p, _) => p.inner.size_hint(),
         }
     }
-}
-
-/// Read the CRM's body, driving its connection first (this call's task drives it: [`pool`]).
-fn poll_driven(
-    paced: &mut Paced,
-    lease: &mut Option<Lease>,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, Halt>>> {
-    if let Some(lease) = lease.as_mut() {
-        lease.drive(cx);
-    }
-    paced.poll(cx)
 }
 
 /// What the log line needs, kept until the response body is done.

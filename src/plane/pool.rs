@@ -2,13 +2,10 @@
 //!
 //! Why not hyper-util's pooled client: per call, it hashes its pool key, checks a connection
 //! out through a future, and spawns a task that waits for the connection to be ready again
-//! before putting it back; and each connection runs in a task of its own, which the call's
-//! task hands the request to and gets the response from (two task switches and a channel per
-//! call). Here a call takes the most recently used idle connection for its CRM instance from
-//! a short list and drives that connection itself, in its own task, until the response has
-//! been read to its end; the response body then puts it back ([`Lease`]). No task, no channel
-//! hop and no hashing per call. A connection whose response is dropped half-read is closed,
-//! never reused.
+//! before putting it back. Here a call takes the most recently used idle connection for its
+//! CRM instance from a short list, and the response body puts it back itself when it has
+//! been read to its end ([`Lease`]): no task and no hashing per call. A connection whose
+//! response is dropped half-read is closed, never reused.
 //!
 //! | event | what happens |
 //! |---|---|
@@ -17,10 +14,7 @@
 //! | response read to its end | the connection goes back, unless `upstream.pool_size` are idle already |
 //! | idle longer than `upstream.idle_timeout_ms` | closed (checked when taken, and swept in the background) |
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
@@ -34,57 +28,7 @@ use super::{BoxError, ReqBody};
 
 type Sender = SendRequest<ReqBody>;
 /// Idle connections to one instance, each with the time it went idle; newest last.
-type IdleList = Vec<(Conn, Instant)>;
-
-/// One connection to the CRM: the handle requests are sent through, and hyper's connection
-/// state machine, which whoever holds the connection drives (reads, writes) by polling it.
-struct Conn {
-    sender: Sender,
-    driver: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
-    /// The state machine has finished (the connection is closed).
-    done: bool,
-}
-
-impl Conn {
-    /// Move the connection forward: write what is queued, read what came. Wakes `cx` when
-    /// there is more to do.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if self.done {
-            return;
-        }
-        if let Poll::Ready(result) = self.driver.as_mut().poll(cx) {
-            self.done = true;
-            if let Err(e) = result {
-                debug!("CRM connection closed: {e}");
-            }
-        }
-    }
-
-    /// Drive once without waiting (a closed connection is noticed), then: can it take a call?
-    fn settle(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop()));
-        !self.done && !self.sender.is_closed()
-    }
-
-    /// Wait until the connection can take a request (driving it meanwhile).
-    async fn ready(&mut self) -> hyper::Result<()> {
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            self.sender.poll_ready(cx)
-        })
-        .await
-    }
-
-    /// Wait for `response` while driving the connection.
-    async fn drive_until<F: Future>(&mut self, response: F) -> F::Output {
-        let mut response = std::pin::pin!(response);
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            response.as_mut().poll(cx)
-        })
-        .await
-    }
-}
+type IdleList = Vec<(Sender, Instant)>;
 
 /// Why a call got no response head.
 pub enum Failure {
@@ -103,29 +47,27 @@ pub struct Idle {
 
 impl Idle {
     /// The newest idle connection to `authority` that is still open and not idle for too long.
-    fn take(&self, authority: &Authority) -> Option<Conn> {
+    fn take(&self, authority: &Authority) -> Option<Sender> {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut lists.iter_mut().find(|(a, _)| a == authority)?.1;
-        while let Some((mut conn, since)) = list.pop() {
-            if since.elapsed() < self.timeout && conn.settle() {
-                return Some(conn);
+        while let Some((sender, since)) = list.pop() {
+            if !sender.is_closed() && since.elapsed() < self.timeout {
+                return Some(sender);
             }
         }
         None
     }
 
-    fn put(&self, authority: Authority, mut conn: Conn) {
-        // A connection still busy with its call (the client's body not all sent) is not
-        // kept: nobody would drive it while it is idle.
-        if !conn.settle() || !conn.sender.is_ready() || self.max == 0 {
+    fn put(&self, authority: Authority, sender: Sender) {
+        if sender.is_closed() || self.max == 0 {
             return;
         }
         let now = Instant::now();
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         match lists.iter_mut().find(|(a, _)| *a == authority) {
-            Some((_, list)) if list.len() < self.max => list.push((conn, now)),
+            Some((_, list)) if list.len() < self.max => list.push((sender, now)),
             Some(_) => {}
-            None => lists.push((authority, vec![(conn, now)])),
+            None => lists.push((authority, vec![(sender, now)])),
         }
     }
 
@@ -133,7 +75,7 @@ impl Idle {
     fn sweep(&self) {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         for (_, list) in lists.iter_mut() {
-            list.retain_mut(|(conn, since)| since.elapsed() < self.timeout && conn.settle());
+            list.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < self.timeout);
         }
         lists.retain(|(_, list)| !list.is_empty());
     }
@@ -143,19 +85,14 @@ impl Idle {
 /// end puts it back; dropped otherwise, it closes the connection (hyper closes an HTTP/1.1
 /// connection whose exchange did not finish).
 pub struct Lease {
-    conn: Conn,
+    sender: Sender,
     authority: Authority,
     idle: Arc<Idle>,
 }
 
 impl Lease {
-    /// Move the connection forward (the response body's reader calls this before reading).
-    pub fn drive(&mut self, cx: &mut Context<'_>) {
-        self.conn.drive(cx);
-    }
-
     pub fn release(self) {
-        self.idle.put(self.authority, self.conn);
+        self.idle.put(self.authority, self.sender);
     }
 }
 
@@ -199,13 +136,12 @@ where
         authority: Authority,
         mut request: Request<ReqBody>,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
-        while let Some(mut conn) = self.idle.take(&authority) {
-            if conn.ready().await.is_err() {
+        while let Some(mut sender) = self.idle.take(&authority) {
+            if sender.ready().await.is_err() {
                 continue;
             }
-            let sent = conn.sender.try_send_request(request);
-            match conn.drive_until(sent).await {
-                Ok(response) => return Ok((response, self.lease(conn, authority))),
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, self.lease(sender, authority))),
                 Err(mut e) => match e.take_message() {
                     // Not sent: the connection closed in the meantime. The next one.
                     Some(r) => request = r,
@@ -213,23 +149,22 @@ where
                 },
             }
         }
-        let mut conn = self.connect(&authority).await?;
-        let sent = conn.sender.send_request(request);
-        match conn.drive_until(sent).await {
-            Ok(response) => Ok((response, self.lease(conn, authority))),
+        let mut sender = self.connect(&authority).await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok((response, self.lease(sender, authority))),
             Err(e) => Err(Failure::Exchange(e)),
         }
     }
 
-    fn lease(&self, conn: Conn, authority: Authority) -> Lease {
+    fn lease(&self, sender: Sender, authority: Authority) -> Lease {
         Lease {
-            conn,
+            sender,
             authority,
             idle: self.idle.clone(),
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Conn, Failure> {
+    async fn connect(&self, authority: &Authority) -> Result<Sender, Failure> {
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(authority.clone())
@@ -248,11 +183,12 @@ where
             .handshake(io)
             .await
             .map_err(|e| Failure::Connect(e.into()))?;
-        Ok(Conn {
-            sender,
-            driver: Box::pin(connection),
-            done: false,
-        })
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("CRM connection closed: {e}");
+            }
+        });
+        Ok(sender)
     }
 }
 
@@ -270,7 +206,7 @@ async fn sweep(idle: Weak<Idle>, every: Duration) {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use hyper::body::Body;
+    use http_body_util::BodyExt;
     use hyper_util::client::legacy::connect::HttpConnector;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -325,29 +261,17 @@ mod tests {
     /// Send one call, read its body whole, and give the connection back.
     async fn call(pool: &Pool<HttpConnector>, authority: &Authority) -> Vec<u8> {
         let result = pool.send(authority.clone(), request(authority)).await;
-        let Ok((response, mut lease)) = result else {
+        let Ok((response, lease)) = result else {
             panic!("the call failed");
         };
-        // As the gateway's response body does: drive the connection, then read.
-        let mut incoming = response.into_body();
-        let mut body = Vec::new();
-        loop {
-            let frame = std::future::poll_fn(|cx| {
-                lease.drive(cx);
-                Pin::new(&mut incoming).poll_frame(cx)
-            })
-            .await;
-            match frame {
-                None => break,
-                Some(frame) => {
-                    if let Ok(data) = frame.expect("body").into_data() {
-                        body.extend_from_slice(&data);
-                    }
-                }
-            }
-        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         lease.release();
-        body
+        body.to_vec()
     }
 
     #[tokio::test]
@@ -388,8 +312,8 @@ mod tests {
                     .lists
                     .lock()
                     .expect("lock")
-                    .iter_mut()
-                    .all(|(_, list)| list.iter_mut().all(|(conn, _)| !conn.settle()));
+                    .iter()
+                    .all(|(_, list)| list.iter().all(|(sender, _)| sender.is_closed()));
                 if closed {
                     break;
                 }
