@@ -35,7 +35,7 @@ use crate::chunked::Chunked;
 use crate::config::{line_of, ConfigError};
 use crate::hierarchy::Hierarchy;
 use crate::records::{
-    OwnerNames, RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS,
+    KeyedState, OwnerNames, RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS,
     OWNER_NAMES_FROM,
 };
 use crate::scope::PermScopes;
@@ -306,6 +306,30 @@ fn sub_value<'t, T: Deserialize<'t>>(
     }
 }
 
+/// Snapshots with at least this many users map their ids and look their managers up on two
+/// threads (lower under test, so the tests' snapshots take that path too).
+const PARALLEL_USERS_FROM: usize = if cfg!(test) { 4 } else { 65_536 };
+
+/// A problem with one user, located once all passes are done: `stage` orders a user's
+/// problems as one pass reports them (id, roles, manager, keys).
+struct UserError {
+    user: usize,
+    stage: u8,
+    field: String,
+    message: String,
+}
+
+impl UserError {
+    fn new(user: usize, stage: u8, field: String, message: String) -> Self {
+        UserError {
+            user,
+            stage,
+            field,
+            message,
+        }
+    }
+}
+
 /// The most errors reported for the records section (then one line counts the rest).
 const MAX_RECORD_ERRORS: usize = 100;
 
@@ -384,15 +408,15 @@ pub(crate) const USER_CHUNK_SHIFT: u32 = 6;
 /// the overlay is merged into a new base when it grows past a quarter of the base.
 #[derive(Debug, Clone)]
 pub(crate) struct Layered<K: Hash + Eq> {
-    base: Arc<HashMap<K, UserIdx>>,
-    over: Arc<HashMap<K, Option<UserIdx>>>,
+    base: Arc<HashMap<K, UserIdx, KeyedState>>,
+    over: Arc<HashMap<K, Option<UserIdx>, KeyedState>>,
 }
 
 impl<K: Hash + Eq + Clone> Layered<K> {
-    fn new(base: HashMap<K, UserIdx>) -> Self {
+    fn new(base: HashMap<K, UserIdx, KeyedState>) -> Self {
         Layered {
             base: Arc::new(base),
-            over: Arc::new(HashMap::new()),
+            over: Arc::new(HashMap::default()),
         }
     }
 
@@ -429,7 +453,7 @@ impl<K: Hash + Eq + Clone> Layered<K> {
             };
         }
         self.base = Arc::new(base);
-        self.over = Arc::new(HashMap::new());
+        self.over = Arc::new(HashMap::default());
     }
 }
 
@@ -782,66 +806,64 @@ impl Snapshot {
                 .map(|(i, r)| (r.id.as_str(), i as u16))
                 .collect();
 
-            // Users, first pass: ids.
-            let mut by_id: HashMap<Box<str>, UserIdx> = HashMap::with_capacity(raw.users.len());
-            for (i, u) in raw.users.iter().enumerate() {
-                if !is_valid_user_id(&u.id) {
-                    errors.push(ConfigError::new(
-                    file,
-                    line(&user_lines, "users", i),
-                    &format!("users[{i}].id"),
-                    format!("'{}' is not a valid user id (1–256 visible ASCII characters, no spaces or commas)", u.id.escape_debug()),
-                ));
-                } else if by_id.insert((*u.id).into(), i as UserIdx).is_some() {
-                    errors.push(ConfigError::new(
-                        file,
-                        line(&user_lines, "users", i),
-                        &format!("users[{i}].id"),
-                        format!("user '{}' appears twice", u.id),
-                    ));
+            // Users: the map of their ids on another core while this one compiles their roles,
+            // teams and keys; then their managers, looked up on both cores. Errors are kept with
+            // their user and merged in the order one pass over the users would report them.
+            let n_users = raw.users.len();
+            let both = n_users >= PARALLEL_USERS_FROM;
+            let ids_pass = move || {
+                let mut by_id: HashMap<Box<str>, UserIdx, KeyedState> =
+                    HashMap::with_capacity_and_hasher(n_users, KeyedState::default());
+                let mut errs: Vec<UserError> = Vec::new();
+                for (i, u) in raw.users.iter().enumerate() {
+                    if !is_valid_user_id(&u.id) {
+                        errs.push(UserError::new(i, 0, "id".into(), format!("'{}' is not a valid user id (1–256 visible ASCII characters, no spaces or commas)", u.id.escape_debug())));
+                    } else if by_id.insert((*u.id).into(), i as UserIdx).is_some() {
+                        errs.push(UserError::new(
+                            i,
+                            0,
+                            "id".into(),
+                            format!("user '{}' appears twice", u.id),
+                        ));
+                    }
                 }
-            }
+                (by_id, errs)
+            };
+            let ids_thread = both
+                .then(|| {
+                    std::thread::Builder::new()
+                        .spawn_scoped(scope, ids_pass)
+                        .ok()
+                })
+                .flatten();
 
-            // Second pass: roles, grants, managers, keys.
+            // Roles, grants, teams, keys (managers below, once the ids are mapped).
             let mut grants: Vec<Grant> = Vec::new();
             let mut grant_of: HashMap<Box<[u16]>, u32> = HashMap::new();
             let mut teams: Vec<String> = Vec::new();
             let mut team_of: HashMap<String, u32> = HashMap::new();
-            let mut api_keys: HashMap<[u8; 32], UserIdx> = HashMap::new();
-            let mut users = Vec::with_capacity(raw.users.len());
+            let mut api_keys: HashMap<[u8; 32], UserIdx, KeyedState> = HashMap::default();
+            let mut users = Vec::with_capacity(n_users);
+            let mut user_errors: Vec<UserError> = Vec::new();
             let mut combo = Vec::new();
+            let mut team_ids = Vec::new();
             for (i, u) in raw.users.iter().enumerate() {
-                let at = |field: &str, m: String| {
-                    ConfigError::new(
-                        file,
-                        line(&user_lines, "users", i),
-                        &format!("users[{i}].{field}"),
-                        m,
-                    )
-                };
                 combo.clear();
                 for (j, r) in u.roles.iter().enumerate() {
                     match role_idx.get(&**r) {
                         Some(idx) => combo.push(*idx),
-                        None => {
-                            errors.push(at(&format!("roles[{j}]"), format!("unknown role '{r}'")))
-                        }
+                        None => user_errors.push(UserError::new(
+                            i,
+                            1,
+                            format!("roles[{j}]"),
+                            format!("unknown role '{r}'"),
+                        )),
                     }
                 }
                 combo.sort_unstable();
                 combo.dedup();
                 let grant = grant_for(&mut grants, &mut grant_of, &roles, catalog, &combo);
-                let manager = match &u.manager {
-                    None => None,
-                    Some(m) => match by_id.get(&**m) {
-                        Some(idx) => Some(*idx),
-                        None => {
-                            errors.push(at("manager", format!("unknown user '{m}'")));
-                            None
-                        }
-                    },
-                };
-                let mut team_ids = Vec::with_capacity(u.teams.len());
+                team_ids.clear();
                 for t in &u.teams {
                     let id = match team_of.get(&**t) {
                         Some(id) => *id,
@@ -857,36 +879,97 @@ impl Snapshot {
                 let mut digests = Vec::with_capacity(u.api_keys.len());
                 for (j, k) in u.api_keys.iter().enumerate() {
                     match parse_key_digest(k) {
-                    Some(d) => {
-                        digests.push(d);
-                        if let Some(other) = api_keys.insert(d, i as UserIdx) {
-                            errors.push(at(
-                                &format!("api_keys[{j}]"),
-                                format!(
-                                    "the same API key is also held by '{}'",
-                                    raw.users[other as usize].id
-                                ),
-                            ));
+                        Some(d) => {
+                            digests.push(d);
+                            if let Some(other) = api_keys.insert(d, i as UserIdx) {
+                                user_errors.push(UserError::new(
+                                    i,
+                                    3,
+                                    format!("api_keys[{j}]"),
+                                    format!(
+                                        "the same API key is also held by '{}'",
+                                        raw.users[other as usize].id
+                                    ),
+                                ));
+                            }
                         }
+                        None => user_errors.push(UserError::new(
+                            i,
+                            3,
+                            format!("api_keys[{j}]"),
+                            "must be 'sha256:' followed by 64 hex digits (the key's SHA-256, never the key)"
+                                .into(),
+                        )),
                     }
-                    None => errors.push(at(
-                        &format!("api_keys[{j}]"),
-                        "must be 'sha256:' followed by 64 hex digits (the key's SHA-256, never the key)"
-                            .into(),
-                    )),
-                }
                 }
                 users.push(User {
                     id: (*u.id).into(),
                     name: u.name.as_deref().map(Into::into),
                     grant,
-                    manager,
-                    teams: team_ids.into_boxed_slice(),
+                    manager: None,
+                    teams: team_ids.as_slice().into(),
                     disabled: u.disabled,
                     api_keys: digests.into_boxed_slice(),
                 });
             }
+            let (by_id, id_errors) = match ids_thread.map(|h| h.join()) {
+                Some(Ok(r)) => r,
+                _ => ids_pass(),
+            };
 
+            // Managers: read-only lookups, half the users on each core when there are many.
+            let managers_of = |part: &[UserForm<'_>], first: usize| {
+                let mut errs = Vec::new();
+                let mut out = Vec::with_capacity(part.len());
+                for (k, u) in part.iter().enumerate() {
+                    let m = u.manager.as_ref().and_then(|name| {
+                        let m = by_id.get(&**name).copied();
+                        if m.is_none() {
+                            errs.push(UserError::new(
+                                first + k,
+                                2,
+                                "manager".into(),
+                                format!("unknown user '{name}'"),
+                            ));
+                        }
+                        m
+                    });
+                    out.push(m);
+                }
+                (out, errs)
+            };
+            let half = if both { n_users / 2 } else { n_users };
+            let (ua, ub) = raw.users.split_at(half);
+            let ((ma, mut manager_errors), (mb, eb)) = std::thread::scope(|s| {
+                let other = (!ub.is_empty())
+                    .then(|| {
+                        std::thread::Builder::new()
+                            .spawn_scoped(s, || managers_of(ub, half))
+                            .ok()
+                    })
+                    .flatten();
+                let a = managers_of(ua, 0);
+                let b = match other.map(|h| h.join()) {
+                    Some(Ok(b)) => b,
+                    _ => managers_of(ub, half),
+                };
+                (a, b)
+            });
+            manager_errors.extend(eb);
+            for (u, m) in users.iter_mut().zip(ma.into_iter().chain(mb)) {
+                u.manager = m;
+            }
+            user_errors.extend(manager_errors);
+            // One pass's order: the ids first, then user by user: roles, manager, keys.
+            user_errors.sort_by_key(|e| (e.user, e.stage));
+            for e in id_errors.into_iter().chain(user_errors) {
+                errors.push(ConfigError::new(
+                    file,
+                    line(&user_lines, "users", e.user),
+                    &format!("users[{}].{}", e.user, e.field),
+                    e.message,
+                ));
+            }
             // The manager relation must be a forest: walk up from each user, with memoised colours.
             if errors.is_empty() {
                 let mut state = vec![0u8; users.len()]; // 0 unvisited, 1 on the current path, 2 done
@@ -1158,6 +1241,49 @@ mod tests {
                 .any(|m| m.starts_with("s.json:4: users[1].manager")),
             "{msgs:?}"
         );
+    }
+
+    /// Ids are mapped on one thread, managers looked up on two (from 4 users under test): the
+    /// errors still come in the order of one pass, ids first, then user by user.
+    #[test]
+    fn user_errors_keep_the_order_of_one_pass() {
+        let c = catalog();
+        let key = format!("sha256:{}", "ab".repeat(32));
+        let text = format!(
+            "{{\"users\": [\n{}\n]}}",
+            [
+                r#"{"id": "a", "roles": ["nope"], "manager": "x1", "api_keys": ["bad"]}"#
+                    .to_string(),
+                format!(r#"{{"id": "b", "roles": [], "api_keys": ["{key}"]}}"#),
+                r#"{"id": "a b", "roles": ["no2", "no3"]}"#.to_string(),
+                r#"{"id": "c", "roles": [], "manager": "x2"}"#.to_string(),
+                format!(
+                    r#"{{"id": "d", "roles": ["no4"], "manager": "x3", "api_keys": ["{key}"]}}"#
+                ),
+                r#"{"id": "b", "roles": []}"#.to_string(),
+            ]
+            .join(",\n")
+        );
+        let errs = Snapshot::build("s.json", &text, &c).unwrap_err();
+        let got: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{:?} {}", e.line, e.field))
+            .collect();
+        let want = [
+            "Some(4) users[2].id",
+            "Some(7) users[5].id",
+            "Some(2) users[0].roles[0]",
+            "Some(2) users[0].manager",
+            "Some(2) users[0].api_keys[0]",
+            "Some(4) users[2].roles[0]",
+            "Some(4) users[2].roles[1]",
+            "Some(5) users[3].manager",
+            "Some(6) users[4].roles[0]",
+            "Some(6) users[4].manager",
+            "Some(6) users[4].api_keys[0]",
+        ];
+        assert_eq!(got, want, "{errs:?}");
+        assert!(errs[10].message.contains("also held by 'b'"), "{errs:?}");
     }
 
     #[test]
