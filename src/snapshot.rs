@@ -306,30 +306,6 @@ fn sub_value<'t, T: Deserialize<'t>>(
     }
 }
 
-/// Snapshots with at least this many users map their ids and look their managers up on two
-/// threads (lower under test, so the tests' snapshots take that path too).
-const PARALLEL_USERS_FROM: usize = if cfg!(test) { 4 } else { 65_536 };
-
-/// A problem with one user, located once all passes are done: `stage` orders a user's
-/// problems as one pass reports them (id, roles, manager, keys).
-struct UserError {
-    user: usize,
-    stage: u8,
-    field: String,
-    message: String,
-}
-
-impl UserError {
-    fn new(user: usize, stage: u8, field: String, message: String) -> Self {
-        UserError {
-            user,
-            stage,
-            field,
-            message,
-        }
-    }
-}
-
 /// The most errors reported for the records section (then one line counts the rest).
 const MAX_RECORD_ERRORS: usize = 100;
 
@@ -806,64 +782,68 @@ impl Snapshot {
                 .map(|(i, r)| (r.id.as_str(), i as u16))
                 .collect();
 
-            // Users: the map of their ids on another core while this one compiles their roles,
-            // teams and keys; then their managers, looked up on both cores. Errors are kept with
-            // their user and merged in the order one pass over the users would report them.
-            let n_users = raw.users.len();
-            let both = n_users >= PARALLEL_USERS_FROM;
-            let ids_pass = move || {
-                let mut by_id: HashMap<Box<str>, UserIdx, KeyedState> =
-                    HashMap::with_capacity_and_hasher(n_users, KeyedState::default());
-                let mut errs: Vec<UserError> = Vec::new();
-                for (i, u) in raw.users.iter().enumerate() {
-                    if !is_valid_user_id(&u.id) {
-                        errs.push(UserError::new(i, 0, "id".into(), format!("'{}' is not a valid user id (1–256 visible ASCII characters, no spaces or commas)", u.id.escape_debug())));
-                    } else if by_id.insert((*u.id).into(), i as UserIdx).is_some() {
-                        errs.push(UserError::new(
-                            i,
-                            0,
-                            "id".into(),
-                            format!("user '{}' appears twice", u.id),
-                        ));
-                    }
+            // Users, first pass: ids.
+            // The keyed fast hash of the records' names, not SipHash.
+            let mut by_id: HashMap<Box<str>, UserIdx, KeyedState> =
+                HashMap::with_capacity_and_hasher(raw.users.len(), KeyedState::default());
+            for (i, u) in raw.users.iter().enumerate() {
+                if !is_valid_user_id(&u.id) {
+                    errors.push(ConfigError::new(
+                    file,
+                    line(&user_lines, "users", i),
+                    &format!("users[{i}].id"),
+                    format!("'{}' is not a valid user id (1–256 visible ASCII characters, no spaces or commas)", u.id.escape_debug()),
+                ));
+                } else if by_id.insert((*u.id).into(), i as UserIdx).is_some() {
+                    errors.push(ConfigError::new(
+                        file,
+                        line(&user_lines, "users", i),
+                        &format!("users[{i}].id"),
+                        format!("user '{}' appears twice", u.id),
+                    ));
                 }
-                (by_id, errs)
-            };
-            let ids_thread = both
-                .then(|| {
-                    std::thread::Builder::new()
-                        .spawn_scoped(scope, ids_pass)
-                        .ok()
-                })
-                .flatten();
+            }
 
-            // Roles, grants, teams, keys (managers below, once the ids are mapped).
+            // Second pass: roles, grants, managers, keys.
             let mut grants: Vec<Grant> = Vec::new();
             let mut grant_of: HashMap<Box<[u16]>, u32> = HashMap::new();
             let mut teams: Vec<String> = Vec::new();
             let mut team_of: HashMap<String, u32> = HashMap::new();
             let mut api_keys: HashMap<[u8; 32], UserIdx, KeyedState> = HashMap::default();
-            let mut users = Vec::with_capacity(n_users);
-            let mut user_errors: Vec<UserError> = Vec::new();
+            let mut users = Vec::with_capacity(raw.users.len());
             let mut combo = Vec::new();
-            let mut team_ids = Vec::new();
             for (i, u) in raw.users.iter().enumerate() {
+                let at = |field: &str, m: String| {
+                    ConfigError::new(
+                        file,
+                        line(&user_lines, "users", i),
+                        &format!("users[{i}].{field}"),
+                        m,
+                    )
+                };
                 combo.clear();
                 for (j, r) in u.roles.iter().enumerate() {
                     match role_idx.get(&**r) {
                         Some(idx) => combo.push(*idx),
-                        None => user_errors.push(UserError::new(
-                            i,
-                            1,
-                            format!("roles[{j}]"),
-                            format!("unknown role '{r}'"),
-                        )),
+                        None => {
+                            errors.push(at(&format!("roles[{j}]"), format!("unknown role '{r}'")))
+                        }
                     }
                 }
                 combo.sort_unstable();
                 combo.dedup();
                 let grant = grant_for(&mut grants, &mut grant_of, &roles, catalog, &combo);
-                team_ids.clear();
+                let manager = match &u.manager {
+                    None => None,
+                    Some(m) => match by_id.get(&**m) {
+                        Some(idx) => Some(*idx),
+                        None => {
+                            errors.push(at("manager", format!("unknown user '{m}'")));
+                            None
+                        }
+                    },
+                };
+                let mut team_ids = Vec::with_capacity(u.teams.len());
                 for t in &u.teams {
                     let id = match team_of.get(&**t) {
                         Some(id) => *id,
@@ -879,97 +859,36 @@ impl Snapshot {
                 let mut digests = Vec::with_capacity(u.api_keys.len());
                 for (j, k) in u.api_keys.iter().enumerate() {
                     match parse_key_digest(k) {
-                        Some(d) => {
-                            digests.push(d);
-                            if let Some(other) = api_keys.insert(d, i as UserIdx) {
-                                user_errors.push(UserError::new(
-                                    i,
-                                    3,
-                                    format!("api_keys[{j}]"),
-                                    format!(
-                                        "the same API key is also held by '{}'",
-                                        raw.users[other as usize].id
-                                    ),
-                                ));
-                            }
+                    Some(d) => {
+                        digests.push(d);
+                        if let Some(other) = api_keys.insert(d, i as UserIdx) {
+                            errors.push(at(
+                                &format!("api_keys[{j}]"),
+                                format!(
+                                    "the same API key is also held by '{}'",
+                                    raw.users[other as usize].id
+                                ),
+                            ));
                         }
-                        None => user_errors.push(UserError::new(
-                            i,
-                            3,
-                            format!("api_keys[{j}]"),
-                            "must be 'sha256:' followed by 64 hex digits (the key's SHA-256, never the key)"
-                                .into(),
-                        )),
                     }
+                    None => errors.push(at(
+                        &format!("api_keys[{j}]"),
+                        "must be 'sha256:' followed by 64 hex digits (the key's SHA-256, never the key)"
+                            .into(),
+                    )),
+                }
                 }
                 users.push(User {
                     id: (*u.id).into(),
                     name: u.name.as_deref().map(Into::into),
                     grant,
-                    manager: None,
-                    teams: team_ids.as_slice().into(),
+                    manager,
+                    teams: team_ids.into_boxed_slice(),
                     disabled: u.disabled,
                     api_keys: digests.into_boxed_slice(),
                 });
             }
-            let (by_id, id_errors) = match ids_thread.map(|h| h.join()) {
-                Some(Ok(r)) => r,
-                _ => ids_pass(),
-            };
 
-            // Managers: read-only lookups, half the users on each core when there are many.
-            let managers_of = |part: &[UserForm<'_>], first: usize| {
-                let mut errs = Vec::new();
-                let mut out = Vec::with_capacity(part.len());
-                for (k, u) in part.iter().enumerate() {
-                    let m = u.manager.as_ref().and_then(|name| {
-                        let m = by_id.get(&**name).copied();
-                        if m.is_none() {
-                            errs.push(UserError::new(
-                                first + k,
-                                2,
-                                "manager".into(),
-                                format!("unknown user '{name}'"),
-                            ));
-                        }
-                        m
-                    });
-                    out.push(m);
-                }
-                (out, errs)
-            };
-            let half = if both { n_users / 2 } else { n_users };
-            let (ua, ub) = raw.users.split_at(half);
-            let ((ma, mut manager_errors), (mb, eb)) = std::thread::scope(|s| {
-                let other = (!ub.is_empty())
-                    .then(|| {
-                        std::thread::Builder::new()
-                            .spawn_scoped(s, || managers_of(ub, half))
-                            .ok()
-                    })
-                    .flatten();
-                let a = managers_of(ua, 0);
-                let b = match other.map(|h| h.join()) {
-                    Some(Ok(b)) => b,
-                    _ => managers_of(ub, half),
-                };
-                (a, b)
-            });
-            manager_errors.extend(eb);
-            for (u, m) in users.iter_mut().zip(ma.into_iter().chain(mb)) {
-                u.manager = m;
-            }
-            user_errors.extend(manager_errors);
-            // One pass's order: the ids first, then user by user: roles, manager, keys.
-            user_errors.sort_by_key(|e| (e.user, e.stage));
-            for e in id_errors.into_iter().chain(user_errors) {
-                errors.push(ConfigError::new(
-                    file,
-                    line(&user_lines, "users", e.user),
-                    &format!("users[{}].{}", e.user, e.field),
-                    e.message,
-                ));
-            }
             // The manager relation must be a forest: walk up from each user, with memoised colours.
             if errors.is_empty() {
                 let mut state = vec![0u8; users.len()]; // 0 unvisited, 1 on the current path, 2 done
@@ -1243,8 +1162,8 @@ mod tests {
         );
     }
 
-    /// Ids are mapped on one thread, managers looked up on two (from 4 users under test): the
-    /// errors still come in the order of one pass, ids first, then user by user.
+    /// The errors come in the order of one pass: ids first, then user by user (roles,
+    /// manager, keys).
     #[test]
     fn user_errors_keep_the_order_of_one_pass() {
         let c = catalog();
