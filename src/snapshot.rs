@@ -35,7 +35,7 @@ use crate::chunked::Chunked;
 use crate::config::{line_of, ConfigError};
 use crate::hierarchy::Hierarchy;
 use crate::records::{
-    OwnerNames, RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS,
+    KeyedState, OwnerNames, RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS,
     OWNER_NAMES_FROM,
 };
 use crate::scope::PermScopes;
@@ -384,15 +384,15 @@ pub(crate) const USER_CHUNK_SHIFT: u32 = 6;
 /// the overlay is merged into a new base when it grows past a quarter of the base.
 #[derive(Debug, Clone)]
 pub(crate) struct Layered<K: Hash + Eq> {
-    base: Arc<HashMap<K, UserIdx>>,
-    over: Arc<HashMap<K, Option<UserIdx>>>,
+    base: Arc<HashMap<K, UserIdx, KeyedState>>,
+    over: Arc<HashMap<K, Option<UserIdx>, KeyedState>>,
 }
 
 impl<K: Hash + Eq + Clone> Layered<K> {
-    fn new(base: HashMap<K, UserIdx>) -> Self {
+    fn new(base: HashMap<K, UserIdx, KeyedState>) -> Self {
         Layered {
             base: Arc::new(base),
-            over: Arc::new(HashMap::new()),
+            over: Arc::new(HashMap::default()),
         }
     }
 
@@ -429,7 +429,7 @@ impl<K: Hash + Eq + Clone> Layered<K> {
             };
         }
         self.base = Arc::new(base);
-        self.over = Arc::new(HashMap::new());
+        self.over = Arc::new(HashMap::default());
     }
 }
 
@@ -783,7 +783,9 @@ impl Snapshot {
                 .collect();
 
             // Users, first pass: ids.
-            let mut by_id: HashMap<Box<str>, UserIdx> = HashMap::with_capacity(raw.users.len());
+            // The keyed fast hash of the records' names, not SipHash.
+            let mut by_id: HashMap<Box<str>, UserIdx, KeyedState> =
+                HashMap::with_capacity_and_hasher(raw.users.len(), KeyedState::default());
             for (i, u) in raw.users.iter().enumerate() {
                 if !is_valid_user_id(&u.id) {
                     errors.push(ConfigError::new(
@@ -807,7 +809,7 @@ impl Snapshot {
             let mut grant_of: HashMap<Box<[u16]>, u32> = HashMap::new();
             let mut teams: Vec<String> = Vec::new();
             let mut team_of: HashMap<String, u32> = HashMap::new();
-            let mut api_keys: HashMap<[u8; 32], UserIdx> = HashMap::new();
+            let mut api_keys: HashMap<[u8; 32], UserIdx, KeyedState> = HashMap::default();
             let mut users = Vec::with_capacity(raw.users.len());
             let mut combo = Vec::new();
             for (i, u) in raw.users.iter().enumerate() {
@@ -1158,6 +1160,49 @@ mod tests {
                 .any(|m| m.starts_with("s.json:4: users[1].manager")),
             "{msgs:?}"
         );
+    }
+
+    /// The errors come in the order of one pass: ids first, then user by user (roles,
+    /// manager, keys).
+    #[test]
+    fn user_errors_keep_the_order_of_one_pass() {
+        let c = catalog();
+        let key = format!("sha256:{}", "ab".repeat(32));
+        let text = format!(
+            "{{\"users\": [\n{}\n]}}",
+            [
+                r#"{"id": "a", "roles": ["nope"], "manager": "x1", "api_keys": ["bad"]}"#
+                    .to_string(),
+                format!(r#"{{"id": "b", "roles": [], "api_keys": ["{key}"]}}"#),
+                r#"{"id": "a b", "roles": ["no2", "no3"]}"#.to_string(),
+                r#"{"id": "c", "roles": [], "manager": "x2"}"#.to_string(),
+                format!(
+                    r#"{{"id": "d", "roles": ["no4"], "manager": "x3", "api_keys": ["{key}"]}}"#
+                ),
+                r#"{"id": "b", "roles": []}"#.to_string(),
+            ]
+            .join(",\n")
+        );
+        let errs = Snapshot::build("s.json", &text, &c).unwrap_err();
+        let got: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{:?} {}", e.line, e.field))
+            .collect();
+        let want = [
+            "Some(4) users[2].id",
+            "Some(7) users[5].id",
+            "Some(2) users[0].roles[0]",
+            "Some(2) users[0].manager",
+            "Some(2) users[0].api_keys[0]",
+            "Some(4) users[2].roles[0]",
+            "Some(4) users[2].roles[1]",
+            "Some(5) users[3].manager",
+            "Some(6) users[4].roles[0]",
+            "Some(6) users[4].manager",
+            "Some(6) users[4].api_keys[0]",
+        ];
+        assert_eq!(got, want, "{errs:?}");
+        assert!(errs[10].message.contains("also held by 'b'"), "{errs:?}");
     }
 
     #[test]
