@@ -27,6 +27,8 @@ use log::debug;
 use super::{BoxError, ReqBody};
 
 type Sender = SendRequest<ReqBody>;
+/// How long a call waits for a pooled connection that is not ready yet before taking another.
+const READY_WAIT: Duration = Duration::from_millis(20);
 /// Idle connections to one instance, each with the time it went idle; newest last.
 type IdleList = Vec<(Sender, Instant)>;
 
@@ -137,7 +139,15 @@ where
         mut request: Request<ReqBody>,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         while let Some(mut sender) = self.idle.take(&authority) {
-            if sender.ready().await.is_err() {
+            // Just put back, its connection task may still be finishing the last exchange
+            // (microseconds). Longer means it is still sending an earlier client's body that
+            // the CRM answered early: not worth waiting for; dropped, it closes when done.
+            let ready = sender.is_ready()
+                || matches!(
+                    tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                    Ok(Ok(()))
+                );
+            if !ready {
                 continue;
             }
             match sender.try_send_request(request).await {
@@ -206,6 +216,7 @@ async fn sweep(idle: Weak<Idle>, every: Duration) {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use bytes::Bytes;
     use http_body_util::BodyExt;
     use hyper_util::client::legacy::connect::HttpConnector;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -321,6 +332,70 @@ mod tests {
             }
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_an_answered_body_is_not_waited_for() {
+        // The CRM answers the first call as soon as its head is in, then reads nothing more
+        // on that connection (holding it open); the gateway is still sending that call's body.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let authority = Authority::try_from(listener.local_addr().expect("addr").to_string())
+            .expect("authority");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        if first {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = pool(Duration::from_secs(60));
+        // A body far larger than the socket buffers: its sending cannot finish.
+        let big = Request::builder()
+            .method("POST")
+            .uri("/x")
+            .header(http::header::HOST, authority.as_str())
+            .header(http::header::CONTENT_LENGTH, 64 << 20)
+            .body(ReqBody::Full(Some(Bytes::from(vec![b'x'; 64 << 20]))))
+            .expect("request");
+        let Ok((response, lease)) = pool.send(authority.clone(), big).await else {
+            panic!("the first call failed");
+        };
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"ok");
+        lease.release();
+        // The next call does not wait for that upload: it goes on a new connection.
+        let next = tokio::time::timeout(Duration::from_secs(5), call(&pool, &authority)).await;
+        assert_eq!(
+            next.expect("the next call waited for the busy connection"),
+            b"ok"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
