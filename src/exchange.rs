@@ -195,12 +195,6 @@ pub fn edit_upstream(
     if headers.contains_key(http::header::CONNECTION) {
         named.extend(crate::canon::hop_by_hop_headers(headers));
     }
-    named.extend(
-        headers
-            .keys()
-            .filter(|k| k.as_str().starts_with(OWN_HEADER_PREFIX))
-            .cloned(),
-    );
     // The same names spelled with `_`, `.` or other punctuation (CGI and PHP read them as `-`).
     let sensitive = |folded: &str| {
         folded.starts_with(OWN_HEADER_PREFIX)
@@ -214,29 +208,34 @@ pub fn edit_upstream(
                 .any(|h| h.as_str() == folded)
     };
     named.extend(crate::canon::disguised_copies(headers, sensitive));
-    for name in crate::canon::FIXED_HOP_BY_HOP.iter().chain(&named) {
-        head.remove(name);
-    }
-    head.remove(&f.user_header);
-    head.remove(&f.roles_header);
-    head.remove(&f.request_id_header);
-    for name in config.identity.credential_headers() {
-        head.remove(name);
-    }
     // Only a verified JWT is ever forwarded in Authorization: never an API key, and never
     // an unverified credential sent to a public route.
     let verified_jwt = permit
         .caller
         .is_some_and(|c| c.method == identity::Method::Jwt);
-    if !(f.forward_authorization && verified_jwt) {
-        head.remove(&AUTHORIZATION);
-    }
-    for name in &f.strip_headers {
-        head.remove(name);
-    }
+    let drop_authorization = !(f.forward_authorization && verified_jwt);
     // A list route's response is filtered: ask the CRM for it uncompressed.
-    if ctx.filters_response() {
-        head.remove(&http::header::ACCEPT_ENCODING);
+    let drop_accept_encoding = ctx.filters_response();
+    // Every other name that never goes upstream as the client sent it: one pass over the
+    // names present (a handful) rather than a lookup of each of these in the map.
+    let stripped = |name: &HeaderName| {
+        name.as_str().starts_with(OWN_HEADER_PREFIX)
+            || crate::canon::FIXED_HOP_BY_HOP.contains(name)
+            || *name == f.user_header
+            || *name == f.roles_header
+            || *name == f.request_id_header
+            || config.identity.credential_headers().any(|h| h == name)
+            || f.strip_headers.contains(name)
+            || (drop_authorization && *name == AUTHORIZATION)
+            || (drop_accept_encoding && *name == http::header::ACCEPT_ENCODING)
+    };
+    for name in headers.keys() {
+        if stripped(name) && !named.contains(name) {
+            named.push(name.clone());
+        }
+    }
+    for name in &named {
+        head.remove(name);
     }
     let value = |s: &str| HeaderValue::from_str(s).map_err(|_| "identity is not a header value");
     if f.set_forwarded_for {
