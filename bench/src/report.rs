@@ -88,6 +88,22 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// How much higher `cell`'s p99 is than `base`'s, paired by round (rounds of the variants
+/// alternate, so round k of each ran in the same few seconds): the median of the per-round
+/// differences, µs. Steadier than the difference of the merged histograms' p99 on a shared
+/// machine, where every variant's p99 moves by hundreds of µs between rounds.
+pub fn paired_p99_delta(cell: &Cell, base: &Cell) -> Option<f64> {
+    let deltas = cell
+        .rounds
+        .iter()
+        .filter_map(|r| {
+            let b = base.rounds.iter().find(|b| b.round == r.round)?;
+            (r.requests > 0 && b.requests > 0).then(|| r.p99_us as f64 - b.p99_us as f64)
+        })
+        .collect();
+    median(deltas)
+}
+
 impl Cell {
     pub fn summarize(
         scenario: &str,
@@ -239,39 +255,43 @@ impl Report {
 `direct` shows the CRM's own. Latency from all rounds' merged HDR histogram, µs.\n"
         );
         for (g, cells) in self.groups() {
-            let find = |v: &str| {
-                cells
-                    .iter()
-                    .find(|c| c.variant == v)
-                    .and_then(|c| c.cpu_us_per_req)
-            };
+            let cell = |v: &str| cells.iter().find(|c| c.variant == v);
+            let find = |v: &str| cell(v).and_then(|c| c.cpu_us_per_req);
             let nginx = find("nginx");
             let haproxy = find("haproxy-authz");
             // Each engine against its own pass-through.
-            let pass_of = |v: &str| {
+            let pass_cell = |v: &str| {
                 if v.starts_with("permgate-hyper") {
-                    find("permgate-hyper-pass")
+                    cell("permgate-hyper-pass")
                 } else {
-                    find("permgate-pass")
+                    cell("permgate-pass")
                 }
+            };
+            let pass_of = |v: &str| pass_cell(v).and_then(|c| c.cpu_us_per_req);
+            let p99_over_pass = |c: &Cell| match pass_cell(&c.variant) {
+                Some(p) if c.variant.starts_with("permgate") && p.variant != c.variant => {
+                    paired_p99_delta(c, p).map_or("–".into(), |d| format!("{d:+.0}"))
+                }
+                _ => "–".into(),
             };
             let _ = writeln!(s, "### {g}\n");
             let _ = writeln!(
                 s,
-                "| variant | CPU ÷ nginx | CPU ÷ HAProxy authz | CPU ÷ permgate pass | p50 µs | p99 µs | CPU µs/req | CRM CPU µs/req | req/s | p90 | p99.9 | max | requests | unexpected | transport errors |"
+                "| variant | CPU ÷ nginx | CPU ÷ HAProxy authz | CPU ÷ permgate pass | p99 − pass µs (paired) | p50 µs | p99 µs | CPU µs/req | CRM CPU µs/req | req/s | p90 | p99.9 | max | requests | unexpected | transport errors |"
             );
             let _ = writeln!(
                 s,
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             );
             for c in &cells {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
                     c.variant,
                     if c.variant == "direct" { "–".into() } else { ratio(c.cpu_us_per_req, nginx) },
                     if c.variant == "direct" { "–".into() } else { ratio(c.cpu_us_per_req, haproxy) },
                     if c.variant == "direct" { "–".into() } else { ratio(c.cpu_us_per_req, pass_of(&c.variant)) },
+                    p99_over_pass(c),
                     c.p50_us,
                     c.p99_us,
                     fmt_opt(c.cpu_us_per_req, 1),
@@ -442,5 +462,41 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(vec![]), None);
+    }
+
+    fn cell(variant: &str, p99s: &[(usize, u64)]) -> Cell {
+        let rounds = p99s
+            .iter()
+            .map(|&(round, p99_us)| Round {
+                round,
+                requests: 1000,
+                elapsed_s: 1.0,
+                throughput: 1000.0,
+                cpu_us_per_req: Some(10.0),
+                upstream_cpu_us_per_req: None,
+                p50_us: p99_us / 2,
+                p99_us,
+                unexpected: 0,
+                reconnects: 0,
+                statuses: BTreeMap::new(),
+                transport_errors: BTreeMap::new(),
+            })
+            .collect();
+        let hist = Histogram::<u64>::new(3).unwrap();
+        Cell::summarize("s", "h1", "closed", variant, rounds, &hist)
+    }
+
+    #[test]
+    fn p99_over_pass_is_paired_by_round() {
+        // The machine got slower in round 1 for both: the paired delta sees +20 each time.
+        let pass = cell("permgate-pass", &[(0, 1000), (1, 3000), (2, 1100)]);
+        let authz = cell("permgate-authz", &[(0, 1020), (1, 3020), (2, 1120)]);
+        assert_eq!(paired_p99_delta(&authz, &pass), Some(20.0));
+        // A round missing on one side is left out; one with no requests too.
+        let mut short = cell("permgate-authz", &[(0, 1050), (2, 1090)]);
+        assert_eq!(paired_p99_delta(&short, &pass), Some(20.0));
+        short.rounds[0].requests = 0;
+        assert_eq!(paired_p99_delta(&short, &pass), Some(-10.0));
+        assert_eq!(paired_p99_delta(&cell("x", &[]), &pass), None);
     }
 }
