@@ -98,7 +98,7 @@ pub fn paired_p99_delta(cell: &Cell, base: &Cell) -> Option<f64> {
         .iter()
         .filter_map(|r| {
             let b = base.rounds.iter().find(|b| b.round == r.round)?;
-            (r.requests > 0 && b.requests > 0).then(|| r.p99_us as f64 - b.p99_us as f64)
+            (r.requests > 0 && b.requests > 0).then_some(r.p99_us as f64 - b.p99_us as f64)
         })
         .collect();
     median(deltas)
