@@ -173,7 +173,7 @@ pub enum Engine {
     /// Pingora (the default): every feature.
     #[default]
     Pingora,
-    /// hyper: less CPU and memory per connection; no binary upgrade (`serve --upgrade`).
+    /// hyper: less CPU and memory per connection; its own binary upgrade (`serve --upgrade`).
     Hyper,
 }
 

@@ -151,11 +151,7 @@ fn serve(config: &Path, overrides: Overrides, upgrade: bool) -> ExitCode {
         return ExitCode::from(2);
     }
     if state.live().config.listen.engine == Engine::Hyper {
-        if upgrade {
-            error!("--upgrade needs listen.engine = \"pingora\" (the hyper engine has no socket handover)");
-            return ExitCode::from(2);
-        }
-        return plane::run(state);
+        return plane::run(state, upgrade);
     }
     proxy::run(state, upgrade)
 }

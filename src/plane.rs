@@ -10,12 +10,13 @@
 //! | answer | the CRM's response streams back (each wait capped by `upstream.read_timeout_ms`, all of it by `upstream.total_timeout_ms`), or a list response is read whole and filtered first |
 //! | log | [`exchange::finish`] once the response body is done (or dropped) |
 //!
-//! Not supported here: the binary upgrade (`serve --upgrade`); restart behind a load balancer
-//! instead.
+//! The binary upgrade (`serve --upgrade`, then `SIGQUIT` to the running process) hands the
+//! listening socket over as the Pingora engine does ([`handover`]).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use crate::live::State;
 use crate::metrics::UpstreamError;
 use crate::reject::Rejection;
 
+mod handover;
 mod pool;
 use pool::{Failure as SendFailure, Lease, Pool};
 
@@ -147,7 +149,20 @@ impl Balanced {
 }
 
 /// Build the runtime and serve until SIGTERM/SIGINT (then drain for `listen.drain_seconds`).
-pub fn run(state: Arc<State>) -> std::process::ExitCode {
+/// `upgrade`: take the listening socket from the running permgate first (`serve --upgrade`).
+pub fn run(state: Arc<State>, upgrade: bool) -> std::process::ExitCode {
+    let inherited = if upgrade {
+        let listen = &state.live().config.listen;
+        match handover::receive(&listen.upgrade_sock, &listen.address) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                error!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let threads = state.live().config.listen.threads;
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -167,7 +182,7 @@ pub fn run(state: Arc<State>) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match runtime.block_on(serve(state)) {
+    match runtime.block_on(serve(state, inherited)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -176,7 +191,7 @@ pub fn run(state: Arc<State>) -> std::process::ExitCode {
     }
 }
 
-async fn serve(state: Arc<State>) -> Result<(), String> {
+async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> Result<(), String> {
     let config = state.live().config.clone();
     let listen = &config.listen;
     let u = &config.upstream;
@@ -243,9 +258,13 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
         Some(files) => Some(tls::acceptor(files)?),
     };
 
-    let listener = tokio::net::TcpListener::bind(&listen.address)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", listen.address))?;
+    let listener = match inherited {
+        Some(l) => tokio::net::TcpListener::from_std(l)
+            .map_err(|e| format!("the socket handed over: {e}"))?,
+        None => tokio::net::TcpListener::bind(&listen.address)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", listen.address))?,
+    };
     info!(
         "permgate (hyper engine) listening on {}{} → CRM {} (config {}, hash {})",
         if tls.is_some() { "https://" } else { "http://" },
@@ -262,7 +281,7 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| e.to_string())?;
-    // SIGQUIT hands the socket over on the Pingora engine; here it drains like SIGTERM.
+    // SIGQUIT: the binary upgrade (the listening socket to the new process, then drain).
     let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
         .map_err(|e| e.to_string())?;
     loop {
@@ -277,7 +296,27 @@ async fn serve(state: Arc<State>) -> Result<(), String> {
                 }
             },
             _ = term.recv() => break,
-            _ = quit.recv() => break,
+            _ = quit.recv() => {
+                let path = listen.upgrade_sock.clone();
+                // A duplicate of the listening socket goes across; this one is not polled
+                // until the answer.
+                let sent = match (listener.as_fd().try_clone_to_owned(), listener.local_addr()) {
+                    (Ok(fd), Ok(local)) => {
+                        tokio::task::spawn_blocking(move || handover::send(&path, fd, local))
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+                };
+                match sent.and_then(|r| r) {
+                    Ok(()) => {
+                        info!("SIGQUIT: the listening socket was handed to the new process");
+                        break;
+                    }
+                    Err(e) => error!("SIGQUIT: binary upgrade failed, still serving: {e}"),
+                }
+                continue;
+            }
             _ = int.recv() => {
                 info!("SIGINT: stopping now");
                 return Ok(());
