@@ -170,10 +170,11 @@ struct RawListen {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
-    /// Pingora (the default): every feature.
-    #[default]
+    /// Pingora: the first data plane; every feature, more CPU and memory per call.
     Pingora,
-    /// hyper: less CPU and memory per connection; its own binary upgrade (`serve --upgrade`).
+    /// hyper (the default): every feature, about a third less CPU per call and 60% less
+    /// memory per open connection than Pingora here (`bench/RESULTS.md`).
+    #[default]
     Hyper,
 }
 

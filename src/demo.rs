@@ -54,7 +54,7 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
     std::fs::write(&config_path, DEMO_CONFIG).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("snapshot.json"), DEMO_SNAPSHOT).map_err(|e| e.to_string())?;
 
-    // The sample CRM gets its own runtime on a thread of its own; Pingora owns the main thread.
+    // The sample CRM gets its own runtime on a thread of its own; the gateway owns the main thread.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("sample-crm".into())

@@ -98,7 +98,7 @@ const HYPER_PARSER_REFUSES: &[&str] = &["api/v1/customers/1"];
 
 /// Run a table on one gateway; returns how many cases ran.
 fn run(h: &Harness, class: &str, cases: &[Case]) -> usize {
-    let hyper = std::env::var("PERMGATE_TEST_ENGINE").is_ok_and(|e| e == "hyper");
+    let hyper = engine() == "hyper";
     for c in cases {
         h.clear();
         let r = h.raw(&c.request);

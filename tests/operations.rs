@@ -518,7 +518,7 @@ async fn binary_upgrade_hands_over_the_socket_without_refusing_a_call() {
     })
     .await;
     let sock = g.dir.path().join("upgrade.sock");
-    let hyper = std::env::var("PERMGATE_TEST_ENGINE").is_ok_and(|e| e == "hyper");
+    let hyper = engine() == "hyper";
     if hyper {
         // The hyper engine: SIGQUIT with no new process waiting is refused, and it keeps
         // serving (the Pingora engine would drain and exit).
@@ -546,11 +546,7 @@ async fn binary_upgrade_hands_over_the_socket_without_refusing_a_call() {
     let log = std::fs::File::create(g.dir.path().join("new.log")).unwrap();
     let mut new = Command::new(env!("CARGO_BIN_EXE_permgate"))
         .args(["serve", "--upgrade"])
-        .args(if hyper {
-            &["--engine", "hyper"][..]
-        } else {
-            &[]
-        })
+        .args(["--engine", &engine()])
         .arg("--config")
         .arg(g.dir.path().join("permgate.toml"))
         .arg("--listen")

@@ -158,9 +158,7 @@ impl Harness {
                 cmd.arg("--upstream").arg(u.to_string());
             }
             // The whole suite runs against either data plane.
-            if let Ok(engine) = std::env::var("PERMGATE_TEST_ENGINE") {
-                cmd.arg("--engine").arg(engine);
-            }
+            cmd.arg("--engine").arg(engine());
             let mut child = cmd
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
@@ -369,4 +367,11 @@ pub fn chunked_json_post(path: &str, authorization: &str, body: &[u8], chunk: us
     }
     raw.extend_from_slice(b"0\r\n\r\n");
     raw
+}
+
+/// The data plane the gateway under test runs: `PERMGATE_TEST_ENGINE` (`hyper` or `pingora`),
+/// the default engine (`hyper`) when unset.
+#[allow(dead_code)]
+pub fn engine() -> String {
+    std::env::var("PERMGATE_TEST_ENGINE").unwrap_or_else(|_| "hyper".into())
 }
