@@ -13,6 +13,16 @@ struct Gw {
     dir: tempfile::TempDir,
 }
 
+/// Send `sig` (`TERM`, `QUIT`, …) to the gateway process this test started.
+fn signal(child: &std::process::Child, sig: &str) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args([format!("-{sig}").as_str(), &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
 async fn gateway(edit: impl Fn(String) -> String) -> Gw {
     let dir = tempfile::tempdir().unwrap();
     let (admin, port) = admin_section();
@@ -418,12 +428,7 @@ async fn sigterm_drains_requests_in_flight() {
         })
         .await
     );
-    let pid = g.h.gateway.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&g.h.gateway, "TERM");
     for c in calls {
         assert_eq!(c.await.unwrap().expect("no request in flight is lost"), 200);
     }
@@ -522,12 +527,7 @@ async fn binary_upgrade_hands_over_the_socket_without_refusing_a_call() {
     if hyper {
         // The hyper engine: SIGQUIT with no new process waiting is refused, and it keeps
         // serving (the Pingora engine would drain and exit).
-        let pid = g.h.gateway.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-QUIT", &pid])
-            .status()
-            .unwrap()
-            .success());
+        signal(&g.h.gateway, "QUIT");
         // It tries to reach the new process for 5 s, serving meanwhile.
         tokio::time::sleep(std::time::Duration::from_secs(6)).await;
         assert!(g.h.gateway.try_wait().unwrap().is_none(), "still running");
@@ -591,12 +591,7 @@ async fn binary_upgrade_hands_over_the_socket_without_refusing_a_call() {
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let pid = g.h.gateway.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-QUIT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&g.h.gateway, "QUIT");
     let statuses = load.await.unwrap();
     assert!(
         statuses.iter().all(|s| *s == 200),
