@@ -41,6 +41,9 @@ pub struct SwapsArgs {
     /// Milliseconds between two batches of changes while swapping.
     #[arg(long, default_value_t = 5)]
     interval_ms: u64,
+    /// The gateway's data plane (`listen.engine`): hyper (the default engine) or pingora.
+    #[arg(long, default_value = "hyper", value_parser = ["hyper", "pingora"])]
+    engine: String,
 }
 
 /// POST one batch to the admin API; the status code.
@@ -89,7 +92,7 @@ pub fn run(a: SwapsArgs) -> Result<(), String> {
         threads: 1,
         pool_size: 1024,
     };
-    let config = peers::permgate_config(listen, crm, &tuning, true, "pingora")?
+    let config = peers::permgate_config(listen, crm, &tuning, true, &a.engine)?
         + &format!("\n[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n");
     std::fs::write(dir.join("permgate.toml"), config).map_err(|e| e.to_string())?;
     std::fs::write(
@@ -185,6 +188,7 @@ pub fn run(a: SwapsArgs) -> Result<(), String> {
         return Err("no rounds".into());
     };
     let failed = |r: &load::LoadResult| r.unexpected + r.transport_errors.values().sum::<u64>();
+    println!("engine: {}", a.engine);
     println!(
         "| | requests | req/s | p50 µs | p99 µs | failed |\n|---|---|---|---|---|---|\n| steady | {} | {:.0} | {} | {} | {} |\n| swapping | {} | {:.0} | {} | {} | {} |",
         st.requests,
