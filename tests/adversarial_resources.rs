@@ -256,3 +256,61 @@ async fn resources_are_bounded() {
     cases += 1;
     println!("adversarial class resources: {cases} cases");
 }
+
+/// A first request head sent a byte at a time (slowloris) is cut off at the keep-alive timeout
+/// (1 s here) on the hyper engine, however steadily the bytes come. The Pingora engine reads a
+/// first head under its fixed 60 s per-read timeout with no total deadline (README, "Known
+/// limits"), so there the test only checks the gateway keeps answering others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_first_head_is_cut_off() {
+    let h = Harness::with_config_text(&config(), &[]).await;
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    let head = format!(
+        "GET /api/v1/customers/1 HTTP/1.1\r\nHost: crm\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(200)
+    );
+    let start = Instant::now();
+    let mut sent = 0;
+    let mut closed = false;
+    // One byte every 100 ms: the connection never goes quiet, the head never ends in time.
+    for b in head.bytes().take(80) {
+        if s.write_all(&[b]).is_err() {
+            closed = true;
+            break;
+        }
+        sent += 1;
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = start.elapsed();
+    println!(
+        "trickled head on {}: closed {closed} after {took:?}, {sent} bytes sent",
+        engine()
+    );
+    if engine() == "hyper" {
+        assert!(closed, "a head trickled for {took:?} is cut off");
+        assert!(
+            took < Duration::from_secs(4),
+            "cut off near the 1 s keep-alive timeout, not later: {took:?}"
+        );
+        assert!(h.received().is_empty(), "nothing reached the CRM");
+    }
+    healthy(&h);
+}
