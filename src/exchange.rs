@@ -266,11 +266,20 @@ pub fn edit_upstream(
     Ok(())
 }
 
+/// The request id as a response header value. Marked never-indexed: HPACK (HTTP/2) would
+/// otherwise look every new id up in the connection's table, insert it and evict another entry
+/// to make room, for a value that never comes again.
+pub fn request_id_value(request_id: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(request_id).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
 /// Headers the gateway adds to a forwarded call's response: the request id, and on a checked
 /// bulk call how many items were removed, and which (the documented contract of a trimmed call).
 pub fn response_headers(ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(3);
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+    if let Some(v) = request_id_value(&ctx.request_id) {
         out.push((ctx.id_header(), v));
     }
     if ctx.body_checked {
@@ -635,4 +644,18 @@ pub fn list_limit(ctx: &Ctx) -> usize {
     ctx.inspect()
         .and_then(|i| i.list.as_ref())
         .map_or(0, |l| l.limits.max_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_id_is_never_indexed_by_hpack() {
+        let v = request_id_value("00ab34cd56ef7890").unwrap();
+        assert_eq!(v, "00ab34cd56ef7890");
+        assert!(v.is_sensitive());
+        // Not a header value: no header rather than a broken one.
+        assert!(request_id_value("a\nb").is_none());
+    }
 }

@@ -1139,7 +1139,7 @@ fn json(status: u16, body: Vec<u8>, ctx: &Ctx) -> Response<RespBody> {
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+    if let Some(v) = exchange::request_id_value(&ctx.request_id) {
         headers.insert(ctx.id_header(), v);
     }
     response

@@ -342,7 +342,9 @@ async fn write_json(
     let mut resp = ResponseHeader::build(status, Some(5))?;
     resp.insert_header(CONTENT_TYPE, "application/json")?;
     resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(id_header.clone(), request_id)?;
+    if let Some(v) = exchange::request_id_value(request_id) {
+        resp.insert_header(id_header.clone(), v)?;
+    }
     if status == 401 {
         resp.insert_header(WWW_AUTHENTICATE, "Bearer")?;
     }

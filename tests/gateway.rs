@@ -324,6 +324,15 @@ async fn http2_downstream() {
         .unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
+    // The request id (sent never-indexed in HPACK) arrives on each answer, a new one each time.
+    let id = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+            .expect("a request id")
+    };
+    let first = id(&resp);
     let resp = c
         .delete(h.url("/api/v1/campaigns/1"))
         .header("authorization", bearer("u-rep1"))
@@ -331,8 +340,11 @@ async fn http2_downstream() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
+    let second = id(&resp);
+    assert_ne!(first, second);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["permission"], "campaign.delete");
+    assert_eq!(v["request_id"], second.as_str());
     assert_eq!(h.received().len(), 1);
 }
 
