@@ -656,6 +656,10 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // The CRM's hop-by-hop headers are not passed on (Pingora frames the body itself).
+        for name in exchange::RESPONSE_HOP_HEADERS {
+            upstream_response.remove_header(name);
+        }
         for (name, value) in exchange::response_headers(ctx) {
             upstream_response.insert_header(name, value)?;
         }

@@ -682,3 +682,59 @@ async fn request_bodies_over_the_gateway_limit() {
         "the CRM must never receive the whole body"
     );
 }
+
+/// Hop-by-hop headers in the CRM's answer (`Keep-Alive`, `Proxy-Connection`, `Upgrade`,
+/// `Transfer-Encoding` framing) are not passed on; the other headers and the body are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_of_the_answer_are_not_passed_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let crm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = crm.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        // Bounded: a few connections, each answered once per request head read.
+        for _ in 0..4 {
+            let Ok((mut s, _)) = crm.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        seen.clear();
+                        let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                            Transfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\
+                            Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\r\n\
+                            2\r\n{}\r\n0\r\n\r\n";
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let h = Harness::start_custom(&demo_config(), Some(addr)).await;
+    let resp = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(h.url("/api/v1/customers/1"))
+        .header("authorization", bearer("u-admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let headers = resp.headers().clone();
+    for hop in ["keep-alive", "proxy-connection", "upgrade"] {
+        assert!(headers.get(hop).is_none(), "{hop} passed on: {headers:?}");
+    }
+    assert_eq!(headers.get("x-kept").unwrap(), "yes");
+    assert!(headers.get("x-request-id").is_some());
+    assert_eq!(resp.text().await.unwrap(), "{}");
+    server.abort();
+}
