@@ -28,9 +28,23 @@ pub const REMOVED_IDS: &str = "x-permgate-removed-ids";
 /// Most removed ids listed in the header (the count is exact).
 pub const MAX_REMOVED_LISTED: usize = 200;
 
-/// Hop-by-hop headers of an upstream response, not passed on.
-pub const RESPONSE_HOP_HEADERS: [&str; 4] =
-    ["connection", "keep-alive", "proxy-connection", "upgrade"];
+/// The headers of the CRM's answer that are not passed on: the hop-by-hop ones (`Connection`,
+/// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`, `Proxy-Authenticate`, …) and
+/// every name its `Connection` header lists (never `Content-Length` or `Transfer-Encoding`:
+/// each engine frames the body itself). Usually none is there: one pass over the names
+/// present, no lookup by name, no allocation.
+pub fn response_hop_headers(headers: &HeaderMap) -> Vec<HeaderName> {
+    let listed = if headers.contains_key(http::header::CONNECTION) {
+        crate::canon::hop_by_hop_headers(headers)
+    } else {
+        Vec::new()
+    };
+    headers
+        .keys()
+        .filter(|n| crate::canon::FIXED_HOP_BY_HOP.contains(n) || listed.contains(n))
+        .cloned()
+        .collect()
+}
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
@@ -649,6 +663,28 @@ pub fn list_limit(ctx: &Ctx) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_answer_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("content-length", HeaderValue::from_static("2"));
+        assert!(response_hop_headers(&h).is_empty());
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        h.append(
+            "connection",
+            HeaderValue::from_static("X-Secret, content-length"),
+        );
+        let mut names: Vec<String> = response_hop_headers(&h)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["connection", "keep-alive", "upgrade", "x-secret"]);
+    }
 
     #[test]
     fn the_request_id_is_never_indexed_by_hpack() {

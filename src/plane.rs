@@ -1045,15 +1045,9 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 
 fn strip_response_hop_headers(headers: &mut http::HeaderMap) {
     // hyper frames the body itself (chunked, a length, or HTTP/2 frames): Transfer-Encoding too.
-    let hop = |n: &http::HeaderName| {
-        *n == TRANSFER_ENCODING || exchange::RESPONSE_HOP_HEADERS.contains(&n.as_str())
-    };
-    // Usually none is there: one pass over the names present, no lookup by name.
-    if headers.keys().any(hop) {
-        let names: Vec<http::HeaderName> = headers.keys().filter(|n| hop(n)).cloned().collect();
-        for name in names {
-            headers.remove(name);
-        }
+    headers.remove(TRANSFER_ENCODING);
+    for name in exchange::response_hop_headers(headers) {
+        headers.remove(name);
     }
 }
 

@@ -126,8 +126,8 @@ impl Gateway {
         };
         self.upstream_response_filter(session, &mut resp, ctx)
             .await?;
-        for name in exchange::RESPONSE_HOP_HEADERS {
-            resp.remove_header(name);
+        for name in exchange::response_hop_headers(&resp.headers) {
+            resp.remove_header(&name);
         }
         let lists = ctx.filters_response();
         // A 2xx with a body to filter (a HEAD answer or a 204 has none).
@@ -657,8 +657,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         // The CRM's hop-by-hop headers are not passed on (Pingora frames the body itself).
-        for name in exchange::RESPONSE_HOP_HEADERS {
-            upstream_response.remove_header(name);
+        for name in exchange::response_hop_headers(&upstream_response.headers) {
+            upstream_response.remove_header(&name);
         }
         for (name, value) in exchange::response_headers(ctx) {
             upstream_response.insert_header(name, value)?;
