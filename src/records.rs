@@ -365,6 +365,22 @@ impl<'t> RecordsDraft<'t> {
         self.str_of(r.span)
     }
 
+    /// Empty the lists and names of a large draft, freeing them on another thread (hundreds of
+    /// megabytes at scale: off the build's path; freed here if no thread can be started).
+    pub fn free_elsewhere(&mut self) {
+        if self.len() < OWNER_NAMES_FROM {
+            return;
+        }
+        let lists = (
+            std::mem::take(&mut self.owners),
+            std::mem::take(&mut self.related),
+            std::mem::take(&mut self.shares),
+            std::mem::take(&mut self.arena),
+            std::mem::take(&mut self.users),
+        );
+        let _ = std::thread::Builder::new().spawn(move || drop(lists));
+    }
+
     /// How many owner entries it holds.
     pub fn owners_len(&self) -> usize {
         self.owners.len()
@@ -1140,6 +1156,11 @@ impl RecordStore {
                 );
             }
             store.flag(child, HAS_PARENT);
+        }
+        // The lookups' lists (tens of megabytes at scale): freed on another thread.
+        if n >= PARALLEL_PARENTS_FROM {
+            let lists = (children, parent_ids, found);
+            let _ = std::thread::Builder::new().spawn(move || drop(lists));
         }
         // Shares.
         for (i, (r, p)) in draft.shares.iter().enumerate() {
