@@ -761,6 +761,9 @@ pub struct RecordError {
 /// Calls its argument with every user's id and index.
 pub type EachUser<'a> = dyn Fn(&mut dyn FnMut(&str, UserIdx)) + 'a;
 
+/// A record's type and canonical id, or why it has none.
+type Canonical = Result<(RecordTypeId, RecordId), String>;
+
 /// A draft's record reference → its type and canonical id, or the error message.
 type Canon<'a> = dyn Fn(&DraftRef) -> Result<(RecordTypeId, RecordId), String> + 'a;
 
@@ -1050,10 +1053,43 @@ impl RecordStore {
             }
             store.owners_one_by_one(draft, &canon, &owner_val, types, &mut err);
         }
-        // Related children (declared unless already an owner entry), then their parents.
-        let mut children = Vec::with_capacity(draft.related.len());
-        for (i, (c, _)) in draft.related.iter().enumerate() {
-            match canon(c) {
+        // Related children (declared unless already an owner entry), then their parents. The
+        // ids of both first: read-only, so on both cores for a large draft, half each (filled
+        // in place).
+        let n = draft.related.len();
+        let mut child_ids: Vec<Canonical> = (0..n).map(|_| Err(String::new())).collect();
+        let mut parent_ids: Vec<Canonical> = (0..n).map(|_| Err(String::new())).collect();
+        let ids = |part: &[(DraftRef, DraftRef)], cs: &mut [Canonical], ps: &mut [Canonical]| {
+            for (((c, p), ci), pi) in part.iter().zip(cs.iter_mut()).zip(ps.iter_mut()) {
+                *ci = canon(c);
+                *pi = canon(p);
+            }
+        };
+        let both = n >= PARALLEL_PARENTS_FROM && {
+            let (ra, rb) = draft.related.split_at(n / 2);
+            let (ca, cb) = child_ids.split_at_mut(n / 2);
+            let (pa, pb) = parent_ids.split_at_mut(n / 2);
+            std::thread::scope(|s| {
+                let other = std::thread::Builder::new().spawn_scoped(s, || ids(rb, cb, pb));
+                ids(ra, ca, pa);
+                other.is_ok_and(|h| h.join().is_ok())
+            })
+        };
+        if !both {
+            ids(&draft.related, &mut child_ids, &mut parent_ids);
+        }
+        // The children's inserts, each reading the home slot of the child `AHEAD` places on
+        // first (a random slot of a large table: so the cache misses overlap).
+        const AHEAD: usize = 16;
+        let mut children = Vec::with_capacity(n);
+        for i in 0..n {
+            if let Some(Ok((t, id))) = child_ids.get(i + AHEAD) {
+                store.touch(*t, id);
+            }
+            let Some(c) = child_ids.get_mut(i) else {
+                break;
+            };
+            match std::mem::replace(c, Err(String::new())) {
                 Ok((t, id)) => {
                     let number = match store.find(t, &id) {
                         Some(f) => Some(f.number),
@@ -1069,35 +1105,25 @@ impl RecordStore {
                 }
             }
         }
-        // The parents' ids first, then their lookups back to back (each a random slot of a
-        // large table: in a loop of their own, the cache misses overlap).
-        // Read-only, so on both cores for a large draft, half each (filled in place).
-        let n = draft.related.len();
-        let mut parent_ids: Vec<Result<(RecordTypeId, RecordId), String>> =
-            (0..n).map(|_| Err(String::new())).collect();
+        // The parents' lookups back to back (each a random slot of a large table: in a loop
+        // of their own, the cache misses overlap), on both cores for a large draft.
         let mut found: Vec<Option<Found>> = vec![None; n];
-        let fill = |part: &[(DraftRef, DraftRef)],
-                    ids: &mut [Result<(RecordTypeId, RecordId), String>],
-                    found: &mut [Option<Found>]| {
-            for ((_, p), id) in part.iter().zip(ids.iter_mut()) {
-                *id = canon(p);
-            }
+        let fill = |ids: &[Canonical], found: &mut [Option<Found>]| {
             for (id, f) in ids.iter().zip(found.iter_mut()) {
                 *f = id.as_ref().ok().and_then(|(t, id)| store.find(*t, id));
             }
         };
         let both = n >= PARALLEL_PARENTS_FROM && {
-            let (ra, rb) = draft.related.split_at(n / 2);
-            let (ia, ib) = parent_ids.split_at_mut(n / 2);
+            let (ia, ib) = parent_ids.split_at(n / 2);
             let (fa, fb) = found.split_at_mut(n / 2);
             std::thread::scope(|s| {
-                let other = std::thread::Builder::new().spawn_scoped(s, || fill(rb, ib, fb));
-                fill(ra, ia, fa);
+                let other = std::thread::Builder::new().spawn_scoped(s, || fill(ib, fb));
+                fill(ia, fa);
                 other.is_ok_and(|h| h.join().is_ok())
             })
         };
         if !both {
-            fill(&draft.related, &mut parent_ids, &mut found);
+            fill(&parent_ids, &mut found);
         }
         Arc::make_mut(&mut store.parents).reserve(draft.related.len());
         for i in 0..draft.related.len() {
@@ -1159,7 +1185,7 @@ impl RecordStore {
         }
         // The lookups' lists (tens of megabytes at scale): freed on another thread.
         if n >= PARALLEL_PARENTS_FROM {
-            let lists = (children, parent_ids, found);
+            let lists = (children, child_ids, parent_ids, found);
             let _ = std::thread::Builder::new().spawn(move || drop(lists));
         }
         // Shares.
