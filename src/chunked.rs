@@ -49,16 +49,29 @@ impl<T: Clone, const SHIFT: u32> Chunked<T, SHIFT> {
         Chunked { chunks, len }
     }
 
-    /// `n` copies of `value`.
+    /// `n` copies of `value`. The full chunks all share one allocation until written (copy on
+    /// write, as between versions), so a large table costs its memory, and its first touch,
+    /// where and when it is filled: on whichever thread writes it.
     pub fn filled(value: T, n: usize) -> Self {
         let mut chunks = Vec::with_capacity(n.div_ceil(Self::SIZE));
+        let full: Option<Arc<[T]>> =
+            (n >= Self::SIZE).then(|| std::iter::repeat_n(value.clone(), Self::SIZE).collect());
         let mut left = n;
         while left > 0 {
             let k = left.min(Self::SIZE);
-            chunks.push(vec![value.clone(); k].into());
+            match &full {
+                Some(f) if k == Self::SIZE => chunks.push(Arc::clone(f)),
+                _ => chunks.push(std::iter::repeat_n(value.clone(), k).collect()),
+            }
             left -= k;
         }
         Chunked { chunks, len: n }
+    }
+
+    /// The chunks, for writers that split a vector by chunk ranges (each chunk written through
+    /// `Arc::make_mut`, so one shared with another version is copied first).
+    pub fn chunks_mut(&mut self) -> &mut [Arc<[T]>] {
+        &mut self.chunks
     }
 
     pub fn len(&self) -> usize {
@@ -154,7 +167,16 @@ mod tests {
         assert!(b.get(12).is_none());
         let f: Chunked<u8, 3> = Chunked::filled(7, 20);
         assert_eq!(f.len(), 20);
+        assert_eq!(f.chunk_count(), 3);
         assert!(f.iter().all(|x| *x == 7));
+        let mut g = f.clone();
+        *g.get_mut(9).unwrap() = 9;
+        assert_eq!(
+            (f[9], g[9], g[1], g[17]),
+            (7, 9, 7, 7),
+            "a write copies its chunk only"
+        );
+        assert_eq!(g.shared_chunks(&f), 2);
         let e: Chunked<u8, 3> = Chunked::from_vec(Vec::new());
         assert!(e.is_empty() && e.get(0).is_none());
     }

@@ -707,8 +707,9 @@ impl Snapshot {
         catalog: &Catalog,
         content_hash: impl FnOnce() -> String,
     ) -> Result<Snapshot, Vec<ConfigError>> {
-        let raw = &BuildForm::parse(file, text).map_err(|e| vec![e])?;
-        std::thread::scope(|scope| {
+        let mut form = BuildForm::parse(file, text).map_err(|e| vec![e])?;
+        let raw = &form;
+        let built = std::thread::scope(|scope| {
             // A large draft's owners are resolved through a table of the user ids: made on
             // another core while this one compiles the users.
             let owner_names = raw
@@ -999,6 +1000,10 @@ impl Snapshot {
                     })?
                 }
             };
+            // The owners' name table (tens of megabytes at scale): freed on another thread.
+            if let Some(n) = owner_names {
+                let _ = std::thread::Builder::new().spawn(move || drop(n));
+            }
             let version = match &raw.version {
                 Some(v) if !v.is_empty() => v.clone(),
                 _ => content_hash(),
@@ -1030,7 +1035,13 @@ impl Snapshot {
                 managers: Arc::new(managers),
                 records,
             })
-        })
+        });
+        // The records draft's lists (hundreds of megabytes at scale) are freed on another
+        // thread; the rest of the parsed form here.
+        if let Some(draft) = form.records.as_mut() {
+            draft.free_elsewhere();
+        }
+        built
     }
 
     /// The manager forest, for "is X my report at any depth" in O(1).
