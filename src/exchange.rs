@@ -28,12 +28,12 @@ pub const REMOVED_IDS: &str = "x-permgate-removed-ids";
 /// Most removed ids listed in the header (the count is exact).
 pub const MAX_REMOVED_LISTED: usize = 200;
 
-/// The headers of the CRM's answer that are not passed on: the hop-by-hop ones (`Connection`,
-/// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`, `Proxy-Authenticate`, …) and
-/// every name its `Connection` header lists (never `Content-Length` or `Transfer-Encoding`:
-/// each engine frames the body itself). Usually none is there: one pass over the names
-/// present, no lookup by name, no allocation.
-pub fn response_hop_headers(headers: &HeaderMap) -> Vec<HeaderName> {
+/// The hop-by-hop headers present in a request or in the CRM's answer, never passed on: the
+/// fixed ones (`Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`,
+/// `Proxy-Authorization`, `Proxy-Authenticate`) and every name its `Connection` header lists
+/// (never `Host`, `Content-Length`, `Transfer-Encoding` or `Authorization`). Usually none is
+/// there: one pass over the names present, no lookup by name, no allocation.
+pub fn hop_headers_present(headers: &HeaderMap) -> Vec<HeaderName> {
     let listed = if headers.contains_key(http::header::CONNECTION) {
         crate::canon::hop_by_hop_headers(headers)
     } else {
@@ -204,11 +204,8 @@ pub fn edit_upstream(
     }
     let f = &config.forward;
     // The names that depend on what the client sent (none, usually: no allocation).
-    let mut named: Vec<HeaderName> = Vec::new();
     let headers = head.headers();
-    if headers.contains_key(http::header::CONNECTION) {
-        named.extend(crate::canon::hop_by_hop_headers(headers));
-    }
+    let mut named = hop_headers_present(headers);
     // The same names spelled with `_`, `.` or other punctuation (CGI and PHP read them as `-`).
     let sensitive = |folded: &str| {
         folded.starts_with(OWN_HEADER_PREFIX)
@@ -234,7 +231,6 @@ pub fn edit_upstream(
     // names present (a handful) rather than a lookup of each of these in the map.
     let stripped = |name: &HeaderName| {
         name.as_str().starts_with(OWN_HEADER_PREFIX)
-            || crate::canon::FIXED_HOP_BY_HOP.contains(name)
             || *name == f.user_header
             || *name == f.roles_header
             || *name == f.request_id_header
@@ -669,7 +665,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("content-type", HeaderValue::from_static("application/json"));
         h.insert("content-length", HeaderValue::from_static("2"));
-        assert!(response_hop_headers(&h).is_empty());
+        assert!(hop_headers_present(&h).is_empty());
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("upgrade", HeaderValue::from_static("h2c"));
         h.insert("x-secret", HeaderValue::from_static("1"));
@@ -678,7 +674,7 @@ mod tests {
             "connection",
             HeaderValue::from_static("X-Secret, content-length"),
         );
-        let mut names: Vec<String> = response_hop_headers(&h)
+        let mut names: Vec<String> = hop_headers_present(&h)
             .iter()
             .map(|n| n.to_string())
             .collect();

@@ -1046,7 +1046,7 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 fn strip_response_hop_headers(headers: &mut http::HeaderMap) {
     // hyper frames the body itself (chunked, a length, or HTTP/2 frames): Transfer-Encoding too.
     headers.remove(TRANSFER_ENCODING);
-    for name in exchange::response_hop_headers(headers) {
+    for name in exchange::hop_headers_present(headers) {
         headers.remove(name);
     }
 }

@@ -126,7 +126,7 @@ impl Gateway {
         };
         self.upstream_response_filter(session, &mut resp, ctx)
             .await?;
-        for name in exchange::response_hop_headers(&resp.headers) {
+        for name in exchange::hop_headers_present(&resp.headers) {
             resp.remove_header(&name);
         }
         let lists = ctx.filters_response();
@@ -657,7 +657,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         // The CRM's hop-by-hop headers are not passed on (Pingora frames the body itself).
-        for name in exchange::response_hop_headers(&upstream_response.headers) {
+        for name in exchange::hop_headers_present(&upstream_response.headers) {
             upstream_response.remove_header(&name);
         }
         for (name, value) in exchange::response_headers(ctx) {
