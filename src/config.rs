@@ -164,6 +164,8 @@ struct RawListen {
     max_body_bytes: u64,
     #[serde(default)]
     engine: Engine,
+    #[serde(default = "default_true")]
+    h1_lane: bool,
 }
 
 /// The data plane that serves the traffic listener.
@@ -565,6 +567,9 @@ pub struct Listen {
     pub max_body_bytes: u64,
     /// The data plane.
     pub engine: Engine,
+    /// hyper engine: plain HTTP/1.1 connections served by permgate's own loop toward a plain
+    /// HTTP CRM (less CPU per call); what it does not handle goes to hyper (`plane::lane`).
+    pub h1_lane: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1527,6 +1532,7 @@ impl Config {
                     h2_max_concurrent_streams: raw.listen.h2_max_concurrent_streams,
                     max_body_bytes: raw.listen.max_body_bytes,
                     engine: raw.listen.engine,
+                    h1_lane: raw.listen.h1_lane,
                 },
                 upstream: Upstream {
                     address,

@@ -108,7 +108,7 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
         Overrides {
             listen: Some(listen.to_string()),
             upstream: Some(crm),
-            engine: None,
+            ..Overrides::default()
         },
     ))
 }

@@ -56,6 +56,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub upstream: Option<SocketAddr>,
     pub engine: Option<crate::config::Engine>,
+    /// `listen.h1_lane`.
+    pub h1_lane: Option<bool>,
 }
 
 impl Overrides {
@@ -69,6 +71,9 @@ impl Overrides {
         }
         if let Some(e) = self.engine {
             config.listen.engine = e;
+        }
+        if let Some(on) = self.h1_lane {
+            config.listen.h1_lane = on;
         }
     }
 }

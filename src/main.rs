@@ -48,6 +48,9 @@ enum Command {
         /// Override `listen.engine` (pingora or hyper).
         #[arg(long)]
         engine: Option<String>,
+        /// Override `listen.h1_lane` (on or off).
+        #[arg(long)]
+        h1_lane: Option<String>,
     },
     /// Load and validate a config, its catalogue and its snapshot; print a summary, or every
     /// error with its file, line and field (exit status 1).
@@ -109,12 +112,19 @@ fn overrides(
     listen: Option<String>,
     upstream: Option<String>,
     engine: Option<String>,
+    h1_lane: Option<String>,
 ) -> Result<Overrides, String> {
     let engine = match engine.as_deref() {
         None => None,
         Some("pingora") => Some(Engine::Pingora),
         Some("hyper") => Some(Engine::Hyper),
         Some(e) => return Err(format!("--engine '{e}': pingora or hyper")),
+    };
+    let h1_lane = match h1_lane.as_deref() {
+        None => None,
+        Some("on") => Some(true),
+        Some("off") => Some(false),
+        Some(v) => return Err(format!("--h1-lane '{v}': on or off")),
     };
     if let Some(l) = &listen {
         l.parse::<SocketAddr>()
@@ -133,6 +143,7 @@ fn overrides(
         listen,
         upstream,
         engine,
+        h1_lane,
     })
 }
 
@@ -188,9 +199,10 @@ fn main() -> ExitCode {
             upstream,
             upgrade,
             engine,
+            h1_lane,
         } => {
             init_logging();
-            match overrides(listen, upstream, engine) {
+            match overrides(listen, upstream, engine, h1_lane) {
                 Ok(o) => serve(&config, o, upgrade),
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -42,6 +42,7 @@ use crate::metrics::UpstreamError;
 use crate::reject::Rejection;
 
 mod handover;
+mod lane;
 mod pool;
 use pool::{Failure as SendFailure, Lease, Pool};
 
@@ -87,6 +88,9 @@ struct Plane {
     /// Several CRM instances (`upstream.addresses`, fixed at start): round robin over the
     /// healthy ones. `None`: one instance, `upstream.address`.
     balanced: Option<Arc<Balanced>>,
+    /// The CRM connections of the HTTP/1.1 lane ([`lane`]); `None`: every connection is
+    /// hyper's (`listen.h1_lane = false`, or TLS to the CRM).
+    lane: Option<lane::LanePool>,
 }
 
 /// CRM instances checked in the background (a TCP connect every `health_check_interval_ms`).
@@ -224,11 +228,14 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
     } else {
         None
     };
+    let lane = (listen.h1_lane && matches!(client, Upstream::Plain(_)))
+        .then(|| pool::Idle::new(u.pool_size, u.idle_timeout));
     let plane = Arc::new(Plane {
         state: state.clone(),
         client,
         authority: arc_swap::ArcSwap::from_pointee((u.address, authority)),
         balanced,
+        lane,
     });
 
     // One builder per protocol (not hyper-util's `auto`, whose connection type holds room
@@ -327,6 +334,7 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
         let service = Service {
             plane,
             peer: peer.ip(),
+            pending: None,
         };
         let builders = builders.clone();
         let drain = drain_rx.clone();
@@ -336,6 +344,12 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
             None => {
                 tokio::spawn(async move {
                     let h2 = builders.h2c && is_h2_preface(&stream, idle).await;
+                    if let (false, Some(pool)) = (h2, &service.plane.lane) {
+                        let (plane, pool) = (service.plane.clone(), pool.clone());
+                        lane::serve(plane, pool, stream, service.peer, builders, idle, drain).await;
+                        drop(alive);
+                        return;
+                    }
                     let activity = Arc::new(Activity::default());
                     let io = Tracked {
                         inner: stream,
@@ -559,6 +573,9 @@ async fn is_h2_preface(stream: &tokio::net::TcpStream, idle: Duration) -> bool {
 struct Service {
     plane: Arc<Plane>,
     peer: IpAddr,
+    /// A connection handed over by the HTTP/1.1 lane with its first request already
+    /// decided ([`lane::Pending`]): taken by the first call.
+    pending: Option<Arc<std::sync::Mutex<Option<Box<lane::Pending>>>>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -569,7 +586,11 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     type Future = HandleFuture;
 
     fn call(&self, req: Request<Incoming>) -> HandleFuture {
-        Box::pin(self.plane.clone().handle(req, self.peer))
+        let decided = self
+            .pending
+            .as_ref()
+            .and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take());
+        Box::pin(self.plane.clone().handle(req, self.peer, decided))
     }
 }
 
@@ -594,8 +615,12 @@ impl Plane {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: IpAddr,
+        decided: Option<Box<lane::Pending>>,
     ) -> Result<Response<RespBody>, Infallible> {
-        let mut ctx = Ctx::new();
+        let (mut ctx, admission) = match decided {
+            Some(p) => (p.ctx, Some(p.admission)),
+            None => (Ctx::new(), None),
+        };
         let method = req.method().clone();
         let target = req.uri().path_and_query().cloned();
         let mut response = if method == Method::CONNECT {
@@ -607,7 +632,7 @@ impl Plane {
             );
             reject(&rejection, &ctx, true)
         } else {
-            self.dispatch(req, peer, &mut ctx).await
+            self.dispatch(req, peer, &mut ctx, admission).await
         };
         let status = response.status().as_u16();
         // The log line and counters once the body is sent (or dropped).
@@ -621,21 +646,25 @@ impl Plane {
         Ok(response)
     }
 
-    /// Decide, then answer or forward.
+    /// Decide (unless the lane did), then answer or forward.
     async fn dispatch(
         &self,
         req: Request<Incoming>,
         peer: IpAddr,
         ctx: &mut Ctx,
+        decided: Option<Admission>,
     ) -> Response<RespBody> {
-        let admission = exchange::admit(
-            &self.state,
-            ctx,
-            req.method(),
-            target_of(&req),
-            req.headers(),
-            Some(peer),
-        );
+        let admission = match decided {
+            Some(a) => a,
+            None => exchange::admit(
+                &self.state,
+                ctx,
+                req.method(),
+                target_of(&req),
+                req.headers(),
+                Some(peer),
+            ),
+        };
         match admission {
             Admission::Me(Ok(body)) => json(200, body, ctx),
             Admission::Me(Err(rejection)) | Admission::Deny(rejection) => {

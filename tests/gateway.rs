@@ -740,3 +740,182 @@ async fn hop_by_hop_headers_of_the_answer_are_not_passed_on() {
     assert_eq!(resp.text().await.unwrap(), "{}");
     server.abort();
 }
+
+/// A raw CRM on loopback: every request head it reads is answered with `answer(request line)`,
+/// then the connection is closed if it says so. Bounded: it stops accepting after 64
+/// connections.
+async fn raw_crm(
+    answer: fn(&str) -> (&'static str, bool),
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let crm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = crm.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..64 {
+            let Ok((mut s, _)) = crm.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).to_string();
+                        seen.drain(..end + 4);
+                        let line = head.lines().next().unwrap_or_default().to_string();
+                        let (text, close) = answer(&line);
+                        if s.write_all(text.as_bytes()).await.is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, server)
+}
+
+/// The CRM's answer reaches the caller whatever its framing: chunked (extensions and trailer
+/// fields dropped, the chunks checked), a length, none (204, 304), an informational 1xx
+/// first; kept-alive CRM connections serve the next call afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_of_every_framing_reach_the_caller() {
+    let (addr, server) = raw_crm(|line| {
+        let path = line.split(' ').nth(1).unwrap_or_default();
+        let answer = match path {
+            "/api/v1/customers/1" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            "/api/v1/customers/2" => "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsame",
+            "/api/v1/customers/4" => "HTTP/1.1 204 No Content\r\nX-Kept: yes\r\n\r\n",
+            "/api/v1/customers/5" => "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+            _ => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        };
+        (answer, false)
+    })
+    .await;
+    let h = Harness::start_custom(&demo_config(), Some(addr)).await;
+    let c = client();
+    let admin = bearer("u-admin");
+    let get = |path: &str, method: reqwest::Method| {
+        c.request(method, h.url(path))
+            .header("authorization", &admin)
+            .send()
+    };
+    for round in 0..3 {
+        let r = get("/api/v1/customers/1", reqwest::Method::GET)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "round {round}");
+        assert!(r.headers().get("x-trailer").is_none());
+        assert_eq!(r.text().await.unwrap(), "hello world");
+        let r = get("/api/v1/customers/2", reqwest::Method::GET)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "same");
+        let r = get("/api/v1/customers/4", reqwest::Method::GET)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        assert_eq!(r.headers().get("x-kept").unwrap(), "yes");
+        assert_eq!(r.bytes().await.unwrap().len(), 0);
+        let r = get("/api/v1/customers/5", reqwest::Method::GET)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 304);
+        assert_eq!(r.headers().get("etag").unwrap(), "\"x\"");
+        let r = get("/api/v1/customers/6", reqwest::Method::GET)
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+    server.abort();
+}
+
+/// An answer that runs until the CRM closes is passed on whole; a CRM that closes its kept-alive
+/// connections without a word costs the next GET nothing (a new connection is opened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_connections_closed_by_the_crm_are_replaced() {
+    let (addr, server) = raw_crm(|line| {
+        if line.contains("/api/v1/customers/3") {
+            // No length: the body ends when the connection does.
+            return (
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+                true,
+            );
+        }
+        // A length, then the connection closed without a word.
+        ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true)
+    })
+    .await;
+    let h = Harness::start_custom(&demo_config(), Some(addr)).await;
+    let c = client();
+    for _ in 0..5 {
+        let r = c
+            .get(h.url("/api/v1/customers/3"))
+            .header("authorization", bearer("u-admin"))
+            .send();
+        let ten = std::time::Duration::from_secs(10);
+        let r = tokio::time::timeout(ten, r).await.unwrap().unwrap();
+        assert_eq!(r.status(), 200);
+        let body = tokio::time::timeout(ten, r.text()).await.unwrap();
+        assert_eq!(body.unwrap(), "until the end");
+        let r = c
+            .get(h.url("/api/v1/customers/1"))
+            .header("authorization", bearer("u-admin"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+    server.abort();
+}
+
+/// A CRM answer with both `Transfer-Encoding` and `Content-Length`, or a malformed chunked body,
+/// never reaches the caller as if it were whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_or_broken_crm_answers_are_not_passed_as_whole() {
+    let (addr, server) = raw_crm(|line| {
+        let answer = if line.contains("/api/v1/customers/1") {
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        } else {
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n"
+        };
+        (answer, false)
+    })
+    .await;
+    let h = Harness::start_custom(&demo_config(), Some(addr)).await;
+    let c = client();
+    let r = c
+        .get(h.url("/api/v1/customers/2"))
+        .header("authorization", bearer("u-admin"))
+        .send()
+        .await;
+    // The head may have gone out: then the body fails, never reads as whole.
+    if let Ok(r) = r {
+        assert!(
+            r.bytes().await.is_err(),
+            "a malformed chunked body read as whole"
+        );
+    }
+    let r = c
+        .get(h.url("/api/v1/customers/1"))
+        .header("authorization", bearer("u-admin"))
+        .send()
+        .await
+        .unwrap();
+    if engine() == "hyper" && h1_lane() {
+        // The lane refuses the ambiguity outright (hyper and Pingora take the chunks).
+        assert_eq!(r.status(), 502);
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap()["error"],
+            "upstream_error"
+        );
+    } else {
+        assert_eq!(r.text().await.unwrap(), "hello");
+    }
+    server.abort();
+}

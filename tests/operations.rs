@@ -637,3 +637,55 @@ async fn healthcheck_command_probes_the_admin_listener() {
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
 }
+
+/// A call the HTTP/1.1 lane decides and hands to hyper (a list route) is decided, counted and
+/// logged once, like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_handed_over_is_decided_once() {
+    let g = gateway(|t| {
+        let with_list = t.replacen(
+            "path = \"/api/v1/leads\"\npermission = \"lead.view\"",
+            "path = \"/api/v1/leads\"\npermission = \"lead.view\"\nlist = { type = \"lead\", items = \"/items\", item_id = \"/id\", counts = [\"/total\"] }",
+            1,
+        );
+        assert_ne!(with_list, t);
+        with_list + "\n[[record_type]]\nname = \"lead\"\nid = \"integer\"\n"
+    })
+    .await;
+    let auth = bearer("u-admin");
+    let raw = format!(
+        "GET /api/v1/customers/1 HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\n\r\n\
+         GET /api/v1/leads HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+    );
+    let text = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(g.h.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(raw.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert_eq!(text.matches("HTTP/1.1 200 ").count(), 2, "{text}");
+    let mut lines = Vec::new();
+    assert!(
+        eventually(5, || {
+            lines = g.decisions();
+            let done = lines.len() >= 2;
+            async move { done }
+        })
+        .await,
+        "two decision lines"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let lines = g.decisions();
+    let routes: Vec<&str> = lines.iter().filter_map(|l| l["route"].as_str()).collect();
+    assert_eq!(routes, ["customers.read", "leads.read"], "{lines:?}");
+    let text = g.metrics().await;
+    assert_eq!(
+        metric(&text, "permgate_decision_duration_seconds_count"),
+        2,
+        "{text}"
+    );
+}

@@ -157,6 +157,42 @@ async fn list_responses_hold_only_what_the_caller_may_see() {
     assert_eq!(ids.len(), 15);
     // Full scope: everything.
     assert_eq!(list("u-admin").await.0.len(), 40);
+
+    // Pipelined on one connection: a lead read, the list (a route whose answer is filtered:
+    // the HTTP/1.1 lane hands the connection to hyper with the call already decided), and
+    // another read. Each is answered once, in order, the list filtered.
+    let auth = bearer("u-rep1");
+    let raw = format!(
+        "GET /api/v1/leads/3 HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\n\r\n\
+         GET /api/v1/leads?per_page=200 HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\n\r\n\
+         GET /api/v1/leads/4 HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+    );
+    h.clear();
+    let text = read_all(h.addr, raw.as_bytes());
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "403"], "{text}");
+    assert!(text.contains("\"total\":6"), "the list is filtered: {text}");
+    let paths: Vec<String> = h.received().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(
+        paths,
+        ["/api/v1/leads/3", "/api/v1/leads?per_page=200"],
+        "{paths:?}"
+    );
+}
+
+/// Write `request` and read until the gateway closes the connection.
+fn read_all(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

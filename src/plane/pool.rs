@@ -30,7 +30,7 @@ type Sender = SendRequest<ReqBody>;
 /// How long a call waits for a pooled connection that is not ready yet before taking another.
 const READY_WAIT: Duration = Duration::from_millis(20);
 /// Idle connections to one instance, each with the time it went idle; newest last.
-type IdleList = Vec<(Sender, Instant)>;
+type IdleList<T> = Vec<(T, Instant)>;
 
 /// Why a call got no response head.
 pub enum Failure {
@@ -40,16 +40,44 @@ pub enum Failure {
     Exchange(hyper::Error),
 }
 
+/// A connection kept idle between calls: hyper's client half here, a raw stream in
+/// [`super::lane`].
+pub trait Pooled: Send + 'static {
+    /// Closed by the CRM (or not fit for another call) while it sat idle.
+    fn is_closed(&self) -> bool;
+}
+
+impl Pooled for Sender {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
 /// The idle connections, by CRM instance (a few instances at most: a short list).
-pub struct Idle {
-    lists: Mutex<Vec<(Authority, IdleList)>>,
+pub struct Idle<T> {
+    lists: Mutex<Vec<(Authority, IdleList<T>)>>,
     max: usize,
     timeout: Duration,
 }
 
-impl Idle {
+impl<T: Pooled> Idle<T> {
+    /// At most `max` idle connections per instance, each for at most `timeout` (swept every
+    /// half of it on the current runtime).
+    pub fn new(max: usize, timeout: Duration) -> Arc<Self> {
+        let idle = Arc::new(Idle {
+            lists: Mutex::new(Vec::new()),
+            max,
+            timeout,
+        });
+        tokio::spawn(sweep(
+            Arc::downgrade(&idle),
+            (timeout / 2).max(Duration::from_millis(100)),
+        ));
+        idle
+    }
+
     /// The newest idle connection to `authority` that is still open and not idle for too long.
-    fn take(&self, authority: &Authority) -> Option<Sender> {
+    pub fn take(&self, authority: &Authority) -> Option<T> {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut lists.iter_mut().find(|(a, _)| a == authority)?.1;
         while let Some((sender, since)) = list.pop() {
@@ -60,7 +88,7 @@ impl Idle {
         None
     }
 
-    fn put(&self, authority: Authority, sender: Sender) {
+    pub fn put(&self, authority: Authority, sender: T) {
         if sender.is_closed() || self.max == 0 {
             return;
         }
@@ -89,7 +117,7 @@ impl Idle {
 pub struct Lease {
     sender: Sender,
     authority: Authority,
-    idle: Arc<Idle>,
+    idle: Arc<Idle<Sender>>,
 }
 
 impl Lease {
@@ -102,7 +130,7 @@ impl Lease {
 pub struct Pool<C> {
     connector: C,
     scheme: Scheme,
-    idle: Arc<Idle>,
+    idle: Arc<Idle<Sender>>,
 }
 
 impl<C> Pool<C>
@@ -115,19 +143,10 @@ where
     /// At most `max_idle` idle connections per instance, each for at most `idle_timeout`
     /// (swept every half of it on the current runtime).
     pub fn new(connector: C, scheme: Scheme, max_idle: usize, idle_timeout: Duration) -> Self {
-        let idle = Arc::new(Idle {
-            lists: Mutex::new(Vec::new()),
-            max: max_idle,
-            timeout: idle_timeout,
-        });
-        tokio::spawn(sweep(
-            Arc::downgrade(&idle),
-            (idle_timeout / 2).max(Duration::from_millis(100)),
-        ));
         Pool {
             connector,
             scheme,
-            idle,
+            idle: Idle::new(max_idle, idle_timeout),
         }
     }
 
@@ -202,7 +221,7 @@ where
     }
 }
 
-async fn sweep(idle: Weak<Idle>, every: Duration) {
+async fn sweep<T: Pooled>(idle: Weak<Idle<T>>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         match idle.upgrade() {

@@ -157,8 +157,12 @@ impl Harness {
             if let Some(u) = upstream {
                 cmd.arg("--upstream").arg(u.to_string());
             }
-            // The whole suite runs against either data plane.
+            // The whole suite runs against either data plane (and the hyper engine with or
+            // without its own HTTP/1.1 lane).
             cmd.arg("--engine").arg(engine());
+            if !h1_lane() {
+                cmd.arg("--h1-lane").arg("off");
+            }
             let mut child = cmd
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
@@ -374,4 +378,11 @@ pub fn chunked_json_post(path: &str, authorization: &str, body: &[u8], chunk: us
 #[allow(dead_code)]
 pub fn engine() -> String {
     std::env::var("PERMGATE_TEST_ENGINE").unwrap_or_else(|_| "hyper".into())
+}
+
+/// Whether the hyper engine serves plain HTTP/1.1 with its own lane (`listen.h1_lane`, on by
+/// default): `PERMGATE_TEST_H1_LANE=off` runs the suites on hyper's HTTP/1.1 server instead.
+#[allow(dead_code)]
+pub fn h1_lane() -> bool {
+    std::env::var("PERMGATE_TEST_H1_LANE").map_or(true, |v| v != "off")
 }

@@ -1,0 +1,1189 @@
+//! permgate's own HTTP/1.1 loop (`listen.h1_lane`, on by default): plain HTTP/1.1 client
+//! connections toward a plain HTTP CRM, served without hyper.
+//!
+//! Why: the CPU a proxied call costs here is mostly the kernel's (the same two reads and two
+//! writes nginx makes); of the rest, hyper's server and client halves, the client's dispatch
+//! channel and the task hop to the CRM connection's task were the largest part. This loop
+//! parses a request head with `httparse` (hyper's own parser), decides it with the same
+//! [`exchange::admit`], writes the CRM's request head itself on a pooled connection owned by
+//! this task for the call, and streams the CRM's answer back: one task, no channel, no
+//! header map for the answer.
+//!
+//! It serves only what it can serve exactly as hyper would; anything else hands the connection
+//! to hyper's HTTP/1.1 server, with the bytes already read, for the rest of its life:
+//!
+//! | request | served by |
+//! |---|---|
+//! | HTTP/1.1, origin-form target, no body (`Content-Length: 0` at most), no `Transfer-Encoding`, `Expect`, `Upgrade` or `Connection` header | this loop, when the decision is to forward as is (streamed) or to refuse |
+//! | a route that reads its body or filters its answer | hyper, with the decision already taken (not taken twice) |
+//! | anything else (a body, HTTP/1.0, an absolute-form target, a head hyper answers with its own 400/431, …) | hyper, from that request on |
+//!
+//! The CRM's answer: its status and headers minus the hop-by-hop ones and those the gateway
+//! sets, framed as it came (a length, chunked with the chunks checked as they pass and
+//! trailer fields dropped, or until the CRM closes, then the client connection closes too).
+//! Timeouts as on hyper's path: `upstream.connect_timeout_ms`, `write_timeout_ms`,
+//! `read_timeout_ms` per wait, `total_timeout_ms` in all; a head trickled in for longer than
+//! `listen.keepalive_timeout_seconds` is cut off; the idle watchdog and the drain as
+//! [`super::drive`].
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING,
+    UPGRADE,
+};
+use http::uri::Authority;
+use http::{Method, Response, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::pool::{Idle, Pooled};
+use super::{json, left, reject, Activity, Builders, Plane, RespBody, RespKind, Service, Tracked};
+use crate::exchange::{self, Admission, Ctx};
+use crate::reject::Rejection;
+
+/// A client's request head is read into this much room at first, at most [`MAX_HEAD`]
+/// (a longer head goes to hyper, which applies `listen.max_header_bytes`).
+const FIRST_ROOM: usize = 4096;
+const MAX_HEAD: usize = 16 * 1024;
+/// Request headers parsed here at most (more: hyper's parser, then the decision's 431).
+const MAX_HEADERS: usize = 128;
+/// The CRM's answer head: at most this many headers and bytes (else 502).
+const MAX_RESPONSE_HEADERS: usize = 128;
+/// Each pooled CRM connection's read buffer (its answer head must fit in it).
+const UPSTREAM_ROOM: usize = 16 * 1024;
+/// Longest chunk extension or trailer section of a chunked answer.
+const MAX_CHUNK_META: usize = 16 * 1024;
+
+/// A decision taken here whose call hyper serves (a route that reads its body or filters
+/// its answer): the first request hyper parses from the handed-over bytes is this one.
+pub(super) struct Pending {
+    pub ctx: Ctx,
+    pub admission: Admission,
+}
+
+/// A keep-alive connection to the CRM, with its own read buffer.
+pub(super) struct Upconn {
+    stream: TcpStream,
+    buf: Box<[u8]>,
+}
+
+impl Pooled for Upconn {
+    /// Without a syscall in the usual case: an idle connection the CRM closed (or wrote to)
+    /// has been reported readable by the reactor; then one non-blocking read tells.
+    fn is_closed(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                !matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+/// The lane's CRM connections (one list per CRM instance).
+pub(super) type LanePool = Arc<Idle<Upconn>>;
+
+/// How a client connection's time in the lane ended.
+enum End {
+    Closed,
+    /// hyper serves the rest (with the decision on the first request, if taken).
+    Handover(Option<Box<Pending>>),
+}
+
+/// Serve one plain HTTP/1.1 client connection.
+pub(super) async fn serve(
+    plane: Arc<Plane>,
+    pool: LanePool,
+    stream: TcpStream,
+    peer: IpAddr,
+    builders: Arc<Builders>,
+    idle: Duration,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
+    let activity = Arc::new(Activity::default());
+    let mut lane = Lane {
+        plane,
+        pool,
+        stream,
+        peer,
+        buf: vec![0; FIRST_ROOM],
+        start: 0,
+        end: 0,
+        out: Vec::new(),
+    };
+    let busy = AtomicBool::new(false);
+    let closing = AtomicBool::new(false);
+    let end = {
+        let run = lane.run(&activity, &busy, &closing, idle);
+        tokio::pin!(run);
+        // The idle watchdog and the drain, as `drive`: a call in flight finishes first.
+        let tick = (idle / 2).max(Duration::from_millis(50));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        let (mut seen, mut quiet) = (activity.count(), Duration::ZERO);
+        loop {
+            tokio::select! {
+                end = run.as_mut() => break end,
+                _ = ticks.tick() => {
+                    let now = activity.count();
+                    quiet = if now == seen { quiet + tick } else { Duration::ZERO };
+                    seen = now;
+                    if quiet >= idle {
+                        if !busy.load(Ordering::Relaxed) {
+                            break End::Closed;
+                        }
+                        closing.store(true, Ordering::Relaxed);
+                    }
+                }
+                _ = drain.changed(), if !closing.load(Ordering::Relaxed) => {
+                    closing.store(true, Ordering::Relaxed);
+                    if !busy.load(Ordering::Relaxed) {
+                        break End::Closed;
+                    }
+                }
+            }
+        }
+    };
+    let End::Handover(pending) = end else { return };
+    let Lane {
+        plane,
+        stream,
+        buf,
+        start,
+        end,
+        ..
+    } = lane;
+    let io = Rewind {
+        prefix: buf[start..end].to_vec(),
+        at: 0,
+        inner: Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        },
+    };
+    let service = Service {
+        plane,
+        peer,
+        pending: pending.map(|p| Arc::new(Mutex::new(Some(p)))),
+    };
+    builders
+        .serve(io, false, service, &activity, idle, drain)
+        .await;
+}
+
+/// One client connection in the lane.
+struct Lane {
+    plane: Arc<Plane>,
+    pool: LanePool,
+    stream: TcpStream,
+    peer: IpAddr,
+    /// What the client sent and was not served yet: `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// What goes out next (the CRM's request head, the client's answer head).
+    out: Vec<u8>,
+}
+
+/// A request head the lane serves.
+struct Head {
+    len: usize,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+// Returned once per request and matched at once: boxing `Head` would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Ready(Head),
+    Partial,
+    /// Not for the lane: hyper serves it.
+    Other,
+}
+
+/// Parse a request head (`httparse`, as hyper does) and say whether the lane serves it.
+fn parse_head(bytes: &[u8]) -> Parsed {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Other;
+    };
+    if !path.starts_with('/') {
+        return Parsed::Other;
+    }
+    let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), Uri::try_from(path)) else {
+        return Parsed::Other;
+    };
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Parsed::Other;
+        };
+        // Framing and connection-level requests are hyper's to handle.
+        let bodiless = name != CONTENT_LENGTH || (h.value == b"0" && !headers.contains_key(&name));
+        if !bodiless || name == TRANSFER_ENCODING || name == CONNECTION || name == EXPECT {
+            return Parsed::Other;
+        }
+        if name == UPGRADE {
+            return Parsed::Other;
+        }
+        headers.append(name, value);
+    }
+    Parsed::Ready(Head {
+        len,
+        method,
+        uri,
+        headers,
+    })
+}
+
+impl Lane {
+    async fn run(
+        &mut self,
+        activity: &Activity,
+        busy: &AtomicBool,
+        closing: &AtomicBool,
+        idle: Duration,
+    ) -> End {
+        loop {
+            let head = match self.next_head(activity, busy, idle).await {
+                Ok(h) => h,
+                Err(end) => return end,
+            };
+            let mut ctx = Ctx::new();
+            let target = head.uri.path_and_query().cloned();
+            let raw_target = target.as_ref().map_or("*", |p| p.as_str());
+            let admission = exchange::admit(
+                &self.plane.state,
+                &mut ctx,
+                &head.method,
+                raw_target.as_bytes(),
+                &head.headers,
+                Some(self.peer),
+            );
+            let method = head.method.clone();
+            let (status, keep) = match admission {
+                Admission::Stream => {
+                    self.start += head.len;
+                    self.forward(head, &mut ctx, activity).await
+                }
+                Admission::Me(Ok(body)) => {
+                    self.start += head.len;
+                    self.answer(json(200, body, &ctx), activity).await
+                }
+                Admission::Me(Err(rejection)) | Admission::Deny(rejection) => {
+                    self.start += head.len;
+                    self.answer(reject(&rejection, &ctx, false), activity).await
+                }
+                admission @ (Admission::Buffer(_) | Admission::Check) => {
+                    return End::Handover(Some(Box::new(Pending { ctx, admission })));
+                }
+            };
+            exchange::finish(
+                &self.plane.state,
+                &ctx,
+                &method,
+                raw_target.as_bytes(),
+                status,
+            );
+            busy.store(false, Ordering::Relaxed);
+            if self.out.capacity() > 4 * UPSTREAM_ROOM {
+                self.out = Vec::new();
+            }
+            if !keep || closing.load(Ordering::Relaxed) {
+                return End::Closed;
+            }
+        }
+    }
+
+    /// The next request head the lane serves, reading as needed.
+    async fn next_head(
+        &mut self,
+        activity: &Activity,
+        busy: &AtomicBool,
+        idle: Duration,
+    ) -> Result<Head, End> {
+        let mut started: Option<Instant> = None;
+        loop {
+            if self.start < self.end {
+                match parse_head(&self.buf[self.start..self.end]) {
+                    Parsed::Ready(head) => {
+                        // In flight from here: the watchdog and the drain let it finish (a
+                        // head still arriving is not: cut off when the connection is quiet).
+                        busy.store(true, Ordering::Relaxed);
+                        return Ok(head);
+                    }
+                    Parsed::Other => return Err(End::Handover(None)),
+                    Parsed::Partial => {}
+                }
+                // A head trickled in: cut off once it took longer than a keep-alive period.
+                if started.get_or_insert_with(Instant::now).elapsed() >= idle {
+                    return Err(End::Closed);
+                }
+            } else {
+                (self.start, self.end) = (0, 0);
+            }
+            if self.end == self.buf.len() {
+                if self.start > 0 {
+                    self.buf.copy_within(self.start..self.end, 0);
+                    (self.start, self.end) = (0, self.end - self.start);
+                } else if self.buf.len() < MAX_HEAD {
+                    self.buf.resize((self.buf.len() * 2).min(MAX_HEAD), 0);
+                } else {
+                    return Err(End::Handover(None));
+                }
+            }
+            match self.stream.read(&mut self.buf[self.end..]).await {
+                Ok(0) | Err(_) => return Err(End::Closed),
+                Ok(n) => {
+                    activity.touch();
+                    self.end += n;
+                }
+            }
+        }
+    }
+
+    /// Write the gateway's own answer (a refusal, `/me`). `(status, keep the connection)`.
+    async fn answer(&mut self, response: Response<RespBody>, activity: &Activity) -> (u16, bool) {
+        let status = response.status();
+        self.out.clear();
+        status_line(&mut self.out, status.as_u16(), status.canonical_reason());
+        for (name, value) in response.headers() {
+            header(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        let body = match &response.body().kind {
+            RespKind::Full(Some(b)) => &b[..],
+            _ => &[],
+        };
+        header(
+            &mut self.out,
+            b"content-length",
+            itoa_buf(body.len() as u64).as_bytes(),
+        );
+        date_header(&mut self.out);
+        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(body);
+        let sent = self.write_out(activity).await;
+        (status.as_u16(), sent)
+    }
+
+    async fn write_out(&mut self, activity: &Activity) -> bool {
+        let sent = self.stream.write_all(&self.out).await.is_ok();
+        activity.touch();
+        sent
+    }
+
+    async fn reject_with(
+        &mut self,
+        rejection: Rejection,
+        ctx: &Ctx,
+        activity: &Activity,
+    ) -> (u16, bool) {
+        self.answer(reject(&rejection, ctx, false), activity).await
+    }
+
+    /// Forward a permitted call (no body) and stream the CRM's answer back.
+    async fn forward(&mut self, head: Head, ctx: &mut Ctx, activity: &Activity) -> (u16, bool) {
+        let mut parts = http::Request::new(()).into_parts().0;
+        parts.method = head.method;
+        parts.uri = head.uri;
+        parts.headers = head.headers;
+        let (parts, authority) = match self.plane.upstream_head(parts, ctx) {
+            Ok(p) => p,
+            Err(rejection) => return self.reject_with(rejection, ctx, activity).await,
+        };
+        self.out.clear();
+        self.out.extend_from_slice(parts.method.as_str().as_bytes());
+        self.out.push(b' ');
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        self.out.extend_from_slice(target.as_bytes());
+        self.out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &parts.headers {
+            header(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        self.out.extend_from_slice(b"\r\n");
+        let head_request = parts.method == Method::HEAD;
+        let (mut up, answer) = match self
+            .exchange(&authority, parts.method.is_idempotent(), head_request, ctx)
+            .await
+        {
+            Ok(r) => r,
+            Err(rejection) => return self.reject_with(rejection, ctx, activity).await,
+        };
+        let status = answer.status;
+        // The client's answer: head, then the body as it streams.
+        self.out.clear();
+        self.out.extend_from_slice(&answer.client_head);
+        let (done, reusable) = self.stream_body(&mut up, &answer, ctx, activity).await;
+        if done && reusable && answer.reusable {
+            self.pool.put(authority, up);
+        }
+        (
+            status,
+            done && !matches!(answer.framing, Framing::UntilClose),
+        )
+    }
+
+    /// Send the request head in `self.out` to the CRM and read its answer head. A pooled
+    /// connection found closed before any answer is replaced once (idempotent methods only:
+    /// a call that may have reached the CRM is never sent twice).
+    async fn exchange(
+        &mut self,
+        authority: &Authority,
+        idempotent: bool,
+        head_request: bool,
+        ctx: &mut Ctx,
+    ) -> Result<(Upconn, Answer), Rejection> {
+        let plane = &self.plane;
+        let (connect_timeout, write_timeout, read_timeout) = ctx.live.as_ref().map_or(
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+            ),
+            |l| {
+                let u = &l.config.upstream;
+                (u.connect_timeout, u.write_timeout, u.read_timeout)
+            },
+        );
+        let started = Instant::now();
+        ctx.upstream_started = Some(started);
+        let mut retried = false;
+        loop {
+            let (mut up, reused) = match self.pool.take(authority) {
+                Some(up) => (up, true),
+                None => {
+                    let wait = connect_timeout.min(left(ctx.deadline));
+                    match connect(authority, wait).await {
+                        Ok(up) => (up, false),
+                        Err((failure, why)) => {
+                            return Err(plane.upstream_failed(ctx, failure, &why))
+                        }
+                    }
+                }
+            };
+            let wait = write_timeout.min(left(ctx.deadline));
+            match tokio::time::timeout(wait, up.stream.write_all(&self.out)).await {
+                Err(_) => return Err(plane.upstream_failed(ctx, super::Failure::Timeout, "write")),
+                Ok(Err(_)) if reused && !retried => {
+                    retried = true;
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    return Err(plane.upstream_failed(ctx, super::Failure::Other, &e.to_string()))
+                }
+                Ok(Ok(())) => {}
+            }
+            match read_answer_head(&mut up, read_timeout, head_request, ctx).await {
+                Ok(answer) => {
+                    let elapsed = started.elapsed();
+                    ctx.upstream_elapsed = Some(elapsed);
+                    ctx.upstream_status = Some(answer.status);
+                    plane.state.metrics.upstream_seconds.observe(elapsed);
+                    return Ok((up, answer));
+                }
+                Err(HeadError::ClosedEarly) if reused && !retried && idempotent => {
+                    retried = true;
+                }
+                Err(HeadError::TimedOut) => {
+                    return Err(plane.upstream_failed(
+                        ctx,
+                        super::Failure::Timeout,
+                        "no answer in time",
+                    ))
+                }
+                Err(HeadError::ClosedEarly) => {
+                    return Err(plane.upstream_failed(
+                        ctx,
+                        super::Failure::Other,
+                        "connection closed before an answer",
+                    ))
+                }
+                Err(HeadError::Bad(why)) => {
+                    return Err(plane.upstream_failed(ctx, super::Failure::Other, why))
+                }
+            }
+        }
+    }
+
+    /// Pass the answer's body on (its head is in `self.out`). `(sent whole, the CRM
+    /// connection is fit for another call)`.
+    async fn stream_body(
+        &mut self,
+        up: &mut Upconn,
+        answer: &Answer,
+        ctx: &Ctx,
+        activity: &Activity,
+    ) -> (bool, bool) {
+        let read_timeout = ctx
+            .live
+            .as_ref()
+            .map_or(Duration::from_secs(30), |l| l.config.upstream.read_timeout);
+        let (mut at, mut end) = (answer.head_len, answer.buffered);
+        match answer.framing {
+            Framing::Empty => {
+                let clean = at == end;
+                (self.write_out(activity).await, clean)
+            }
+            Framing::Length(total) => {
+                let mut remaining = total;
+                let mut clean = true;
+                loop {
+                    let take = remaining.min((end - at) as u64) as usize;
+                    clean &= at + take == end;
+                    remaining -= take as u64;
+                    if self.out.is_empty() {
+                        if self.stream.write_all(&up.buf[at..at + take]).await.is_err() {
+                            return (false, false);
+                        }
+                        activity.touch();
+                    } else {
+                        self.out.extend_from_slice(&up.buf[at..at + take]);
+                        if !self.write_out(activity).await {
+                            return (false, false);
+                        }
+                        self.out.clear();
+                    }
+                    if remaining == 0 {
+                        return (true, clean);
+                    }
+                    match read_more(up, read_timeout, ctx).await {
+                        Some(n) => (at, end) = (0, n),
+                        None => return (false, false),
+                    }
+                }
+            }
+            Framing::Chunked => {
+                let mut chunks = Chunks::default();
+                loop {
+                    let fed = chunks.feed(&up.buf[at..end], &mut self.out);
+                    let done = match fed {
+                        Err(why) => {
+                            log::warn!(
+                                "request_id={} the CRM's chunked answer is malformed: {why}",
+                                ctx.request_id
+                            );
+                            return (false, false);
+                        }
+                        Ok(Some(used)) => Some(at + used == end),
+                        Ok(None) => None,
+                    };
+                    if !self.out.is_empty() {
+                        if !self.write_out(activity).await {
+                            return (false, false);
+                        }
+                        self.out.clear();
+                    }
+                    if let Some(clean) = done {
+                        return (true, clean);
+                    }
+                    match read_more(up, read_timeout, ctx).await {
+                        Some(n) => (at, end) = (0, n),
+                        None => return (false, false),
+                    }
+                }
+            }
+            Framing::UntilClose => {
+                self.out.extend_from_slice(&up.buf[at..end]);
+                if !self.write_out(activity).await {
+                    return (false, false);
+                }
+                loop {
+                    let wait = read_timeout.min(left(ctx.deadline));
+                    match tokio::time::timeout(wait, up.stream.read(&mut up.buf)).await {
+                        Ok(Ok(0)) => return (true, false),
+                        Ok(Ok(n)) => {
+                            if self.stream.write_all(&up.buf[..n]).await.is_err() {
+                                return (false, false);
+                            }
+                            activity.touch();
+                        }
+                        _ => return (false, false),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Read the next piece of an answer body into the connection's buffer (`None`: the CRM
+/// closed, failed or was too slow; the client's connection is then closed, its answer cut).
+async fn read_more(up: &mut Upconn, read_timeout: Duration, ctx: &Ctx) -> Option<usize> {
+    let wait = read_timeout.min(left(ctx.deadline));
+    match tokio::time::timeout(wait, up.stream.read(&mut up.buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(n),
+        _ => {
+            log::warn!(
+                "request_id={} the CRM's answer stopped short; the client's connection is closed",
+                ctx.request_id
+            );
+            None
+        }
+    }
+}
+
+async fn connect(
+    authority: &Authority,
+    wait: Duration,
+) -> Result<Upconn, (super::Failure, String)> {
+    let address: SocketAddr = authority.as_str().parse().map_err(|_| {
+        (
+            super::Failure::Other,
+            format!("{authority}: not an address"),
+        )
+    })?;
+    match tokio::time::timeout(wait, TcpStream::connect(address)).await {
+        Err(_) => Err((
+            super::Failure::Timeout,
+            format!("connect to {address}: timed out"),
+        )),
+        Ok(Err(e)) => Err((
+            super::Failure::Connect,
+            format!("connect to {address}: {e}"),
+        )),
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(Upconn {
+                stream,
+                buf: vec![0; UPSTREAM_ROOM].into_boxed_slice(),
+            })
+        }
+    }
+}
+
+/// How the CRM's answer body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// None (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the CRM closes (the client's connection closes after it too).
+    UntilClose,
+}
+
+/// The CRM's answer head, turned into the client's.
+struct Answer {
+    status: u16,
+    /// The head the client receives.
+    client_head: Vec<u8>,
+    framing: Framing,
+    /// Bytes of the head in the connection's buffer, and bytes buffered in all.
+    head_len: usize,
+    buffered: usize,
+    /// The CRM did not ask to close.
+    reusable: bool,
+}
+
+enum HeadError {
+    /// The connection closed (or failed) before a byte of an answer.
+    ClosedEarly,
+    TimedOut,
+    Bad(&'static str),
+}
+
+async fn read_answer_head(
+    up: &mut Upconn,
+    read_timeout: Duration,
+    head_request: bool,
+    ctx: &Ctx,
+) -> Result<Answer, HeadError> {
+    let mut end = 0;
+    loop {
+        let wait = read_timeout.min(left(ctx.deadline));
+        let n = match tokio::time::timeout(wait, up.stream.read(&mut up.buf[end..])).await {
+            Err(_) => return Err(HeadError::TimedOut),
+            Ok(Ok(0)) | Ok(Err(_)) if end == 0 => return Err(HeadError::ClosedEarly),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Bad("the answer head stopped short")),
+            Ok(Ok(n)) => n,
+        };
+        end += n;
+        loop {
+            match parse_answer(&up.buf[..end], head_request, ctx) {
+                Err(why) => return Err(HeadError::Bad(why)),
+                Ok(AnswerParse::Partial) => break,
+                Ok(AnswerParse::Informational(len)) => {
+                    // 100 Continue, 102, 103: not passed on; the final answer follows.
+                    up.buf.copy_within(len..end, 0);
+                    end -= len;
+                    if end == 0 {
+                        break;
+                    }
+                }
+                Ok(AnswerParse::Final(mut answer)) => {
+                    answer.buffered = end;
+                    return Ok(answer);
+                }
+            }
+        }
+        if end == up.buf.len() {
+            return Err(HeadError::Bad("the answer head is too large"));
+        }
+    }
+}
+
+enum AnswerParse {
+    Partial,
+    Informational(usize),
+    Final(Answer),
+}
+
+/// Headers never passed from the CRM to the client: hop-by-hop ones (plus those the answer's
+/// `Connection` names), and the framing, which is written anew.
+const NOT_PASSED: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "transfer-encoding",
+    "content-length",
+];
+
+/// Names a `Connection` header may list that are never removed because of it.
+const PROTECTED: [&str; 4] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "authorization",
+];
+
+fn parse_answer(bytes: &[u8], head_request: bool, ctx: &Ctx) -> Result<AnswerParse, &'static str> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(AnswerParse::Partial),
+        Err(_) => return Err("the answer head is not HTTP/1.1"),
+    };
+    let status = resp.code.ok_or("no status")?;
+    match status {
+        101 => return Err("101 Switching Protocols was not asked for"),
+        100..=199 => return Ok(AnswerParse::Informational(len)),
+        _ => {}
+    }
+    // Framing (RFC 9112 §6.3) and what `Connection` says.
+    let mut length: Option<u64> = None;
+    let mut chunked: Option<bool> = None;
+    let mut reusable = resp.version == Some(1);
+    let mut listed: Vec<&str> = Vec::new();
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or("bad Content-Length")?;
+            if length.is_some_and(|l| l != v) {
+                return Err("two different Content-Length values");
+            }
+            length = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in std::str::from_utf8(h.value)
+                .map_err(|_| "bad Connection")?
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+            {
+                if token.eq_ignore_ascii_case("close") {
+                    reusable = false;
+                } else if !PROTECTED.iter().any(|p| p.eq_ignore_ascii_case(token)) {
+                    listed.push(token);
+                }
+            }
+        }
+    }
+    let no_body = head_request || status == 204 || status == 304;
+    let framing = match (no_body, chunked, length) {
+        (true, _, _) => Framing::Empty,
+        (false, Some(_), Some(_)) => return Err("both Transfer-Encoding and Content-Length"),
+        (false, Some(true), None) => Framing::Chunked,
+        (false, Some(false), None) | (false, None, None) => Framing::UntilClose,
+        (false, None, Some(n)) => Framing::Length(n),
+    };
+    let id_header = ctx.id_header();
+    let own = exchange::response_headers(ctx);
+    let mut head = Vec::with_capacity(len + 64);
+    let reason = resp
+        .reason
+        .filter(|r| !r.is_empty())
+        .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason());
+    status_line(&mut head, status, reason);
+    let mut dated = false;
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if NOT_PASSED.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || listed.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || own
+                .iter()
+                .any(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
+            || id_header.as_str().eq_ignore_ascii_case(name)
+        {
+            continue;
+        }
+        dated |= name.eq_ignore_ascii_case("date");
+        let start = head.len();
+        head.extend_from_slice(name.as_bytes());
+        head[start..].make_ascii_lowercase();
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(h.value);
+        head.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &own {
+        header(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        Framing::Length(n) => header(&mut head, b"content-length", itoa_buf(n).as_bytes()),
+        Framing::Chunked => header(&mut head, b"transfer-encoding", b"chunked"),
+        Framing::UntilClose => header(&mut head, b"connection", b"close"),
+        // HEAD and 304 keep the length the CRM declared.
+        Framing::Empty => {
+            if let (Some(n), false) = (length, status == 204) {
+                header(&mut head, b"content-length", itoa_buf(n).as_bytes());
+            }
+        }
+    }
+    if !dated {
+        date_header(&mut head);
+    }
+    head.extend_from_slice(b"\r\n");
+    Ok(AnswerParse::Final(Answer {
+        status,
+        client_head: head,
+        framing,
+        head_len: len,
+        buffered: 0,
+        reusable: reusable && framing != Framing::UntilClose,
+    }))
+}
+
+fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa_buf(u64::from(status)).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa_buf(n: u64) -> String {
+    n.to_string()
+}
+
+/// `date: <IMF-fixdate>`, formatted once a second per thread (as hyper does).
+fn date_header(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs || c.1.is_empty() {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        header(out, b"date", c.1.as_bytes());
+    });
+}
+
+/// Where a chunked body ends (RFC 9112 §7.1), checked as it streams through: sizes and line
+/// ends must be exact; chunk extensions and trailer fields are dropped (as hyper's path does).
+#[derive(Default)]
+struct Chunks {
+    state: ChunkState,
+    /// Bytes left in the current chunk, or the size being read.
+    size: u64,
+    digits: u8,
+    /// Bytes of extensions and trailers seen (bounded).
+    meta: usize,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final empty line).
+    Trailer,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+}
+
+impl Chunks {
+    /// Take in `data`; what the client receives is appended to `out`. `Ok(Some(n))`: the body
+    /// ended after the first `n` bytes of `data`.
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, &'static str> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let v = (b as char).to_digit(16).unwrap_or(0) as u64;
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err("chunk size too large");
+                        }
+                        self.size = self.size * 16 + v;
+                        out.push(b);
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Ext,
+                    b'\r' if self.digits > 0 => self.state = SizeLf,
+                    _ => return Err("bad chunk size"),
+                },
+                Ext => match b {
+                    b'\r' => self.state = SizeLf,
+                    b'\n' => return Err("bare LF in a chunk extension"),
+                    _ => self.meta_byte()?,
+                },
+                SizeLf => {
+                    if b != b'\n' {
+                        return Err("bad chunk size line end");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    self.digits = 0;
+                    self.state = if self.size == 0 { Trailer } else { Data };
+                }
+                Data => {
+                    let n = (self.size.min((data.len() - i) as u64)) as usize;
+                    out.extend_from_slice(&data[i..i + n]);
+                    self.size -= n as u64;
+                    i += n;
+                    if self.size == 0 {
+                        self.state = DataCr;
+                    }
+                    continue;
+                }
+                DataCr => {
+                    if b != b'\r' {
+                        return Err("chunk longer than its size");
+                    }
+                    self.state = DataLf;
+                }
+                DataLf => {
+                    if b != b'\n' {
+                        return Err("bad chunk data line end");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    self.state = Size;
+                }
+                Trailer => match b {
+                    b'\r' => self.state = EndLf,
+                    b'\n' => return Err("bare LF in the trailer section"),
+                    _ => {
+                        self.meta_byte()?;
+                        self.state = TrailerLine;
+                    }
+                },
+                TrailerLine => match b {
+                    b'\r' => self.state = TrailerLf,
+                    b'\n' => return Err("bare LF in a trailer field"),
+                    _ => self.meta_byte()?,
+                },
+                TrailerLf => {
+                    if b != b'\n' {
+                        return Err("bad trailer line end");
+                    }
+                    self.state = Trailer;
+                }
+                EndLf => {
+                    if b != b'\n' {
+                        return Err("bad last line end");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    return Ok(Some(i + 1));
+                }
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+
+    fn meta_byte(&mut self) -> Result<(), &'static str> {
+        self.meta += 1;
+        if self.meta > MAX_CHUNK_META {
+            return Err("chunk extensions or trailers too large");
+        }
+        Ok(())
+    }
+}
+
+/// The client connection handed to hyper: the bytes the lane read but did not serve first.
+struct Rewind<T> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dechunk(pieces: &[&[u8]]) -> (Result<Option<usize>, &'static str>, Vec<u8>) {
+        let mut c = Chunks::default();
+        let mut out = Vec::new();
+        let mut last = Ok(None);
+        for p in pieces {
+            last = c.feed(p, &mut out);
+            if !matches!(last, Ok(None)) {
+                break;
+            }
+        }
+        (last, out)
+    }
+
+    #[test]
+    fn chunked_bodies_pass_whole_and_end_where_they_end() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let (end, out) = dechunk(&[body]);
+        assert_eq!(end, Ok(Some(body.len() - 4)));
+        assert_eq!(out, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+        // The same, a byte at a time.
+        let pieces: Vec<&[u8]> = body[..body.len() - 4].chunks(1).collect();
+        let (end, out2) = dechunk(&pieces);
+        assert_eq!(end, Ok(Some(1)));
+        assert_eq!(out2, out);
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        for bad in [
+            &b"5\r\nhelloX\r\n0\r\n\r\n"[..],
+            b"g\r\n",
+            b"\r\n",
+            b"5\nhello\r\n",
+            b"ffffffffffffffff\r\n",
+            b"0\r\n\n",
+            b"0\r\nx: 1\n",
+        ] {
+            assert!(
+                dechunk(&[bad]).0.is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Unfinished is not an error: more is read.
+        assert_eq!(dechunk(&[b"5\r\nhel"]).0, Ok(None));
+    }
+
+    #[test]
+    fn the_lane_takes_only_plain_bodiless_http11_requests() {
+        let ready = |raw: &[u8]| matches!(parse_head(raw), Parsed::Ready(_));
+        assert!(ready(b"GET /a?b=1 HTTP/1.1\r\nhost: x\r\n\r\n"));
+        assert!(ready(
+            b"DELETE /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(matches!(
+            parse_head(b"GET /a HTTP/1.1\r\nhost: x\r\n"),
+            Parsed::Partial
+        ));
+        for other in [
+            &b"GET /a HTTP/1.0\r\n\r\n"[..],
+            b"GET http://x/a HTTP/1.1\r\nhost: x\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\nhost: x\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nab",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: x\r\nupgrade: h2c\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: x\r\nbad header: 1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: x\r\nx: a\x01b\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_head(other), Parsed::Other),
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+}
