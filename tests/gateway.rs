@@ -881,6 +881,8 @@ async fn ambiguous_or_broken_crm_answers_are_not_passed_as_whole() {
     let (addr, server) = raw_crm(|line| {
         let answer = if line.contains("/api/v1/customers/1") {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        } else if line.contains("/api/v1/customers/3") {
+            "HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n"
         } else {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n"
         };
@@ -888,8 +890,7 @@ async fn ambiguous_or_broken_crm_answers_are_not_passed_as_whole() {
     })
     .await;
     let h = Harness::start_custom(&demo_config(), Some(addr)).await;
-    let c = client();
-    let r = c
+    let r = client()
         .get(h.url("/api/v1/customers/2"))
         .header("authorization", bearer("u-admin"))
         .send()
@@ -901,7 +902,15 @@ async fn ambiguous_or_broken_crm_answers_are_not_passed_as_whole() {
             "a malformed chunked body read as whole"
         );
     }
-    let r = c
+    // A status under 100 is no status: 502.
+    let r = client()
+        .get(h.url("/api/v1/customers/3"))
+        .header("authorization", bearer("u-admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let r = client()
         .get(h.url("/api/v1/customers/1"))
         .header("authorization", bearer("u-admin"))
         .send()
@@ -918,4 +927,45 @@ async fn ambiguous_or_broken_crm_answers_are_not_passed_as_whole() {
         assert_eq!(r.text().await.unwrap(), "hello");
     }
     server.abort();
+}
+
+/// A refusal of a HEAD request has no body (the next answer on the connection reads right),
+/// and CONNECT is never a route, even with an origin-form target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_refusals_have_no_body_and_connect_is_405() {
+    let h = Harness::demo().await;
+    let rep = bearer("u-rep1");
+    let raw = format!(
+        "HEAD /api/v1/campaigns/1 HTTP/1.1\r\nHost: crm\r\nAuthorization: {rep}\r\n\r\n\
+         HEAD /api/v1/nowhere HTTP/1.1\r\nHost: crm\r\nAuthorization: {rep}\r\n\r\n\
+         GET /api/v1/customers/1 HTTP/1.1\r\nHost: crm\r\nAuthorization: {rep}\r\nConnection: close\r\n\r\n"
+    );
+    let text = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(h.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(raw.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let heads: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert!(
+        !text.contains("\"error\""),
+        "no refusal body to HEAD: {text}"
+    );
+    if engine() == "hyper" {
+        // Kept alive after a refusal (Pingora closes the connection after its first answer).
+        assert_eq!(heads, ["404", "404", "200"], "{text}");
+    } else {
+        assert_eq!(heads[0], "404", "{text}");
+    }
+    let r =
+        h.raw(b"CONNECT /api/v1/customers/1 HTTP/1.1\r\nHost: crm\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 405, "{r:?}");
+    assert!(h.received().iter().all(|r| r.method != "CONNECT"));
 }

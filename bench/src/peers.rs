@@ -324,7 +324,14 @@ pub fn permgate_config(
         };
     set(&mut t, "listen", "address", listen.to_string().into())?;
     set(&mut t, "listen", "threads", (tuning.threads as i64).into())?;
+    // `hyper-nolane`: the hyper engine with every HTTP/1.1 connection on hyper's own server
+    // (`listen.h1_lane = false`), to measure what the lane saves.
+    let (engine, lane) = match engine {
+        "hyper-nolane" => ("hyper", false),
+        e => (e, true),
+    };
     set(&mut t, "listen", "engine", engine.into())?;
+    set(&mut t, "listen", "h1_lane", lane.into())?;
     set(&mut t, "upstream", "address", upstream.to_string().into())?;
     set(
         &mut t,

@@ -76,6 +76,11 @@ pub struct SuiteArgs {
     /// Load-generator threads (tokio workers).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Pin every proxy to the last CPU, and this process (the load generator) and the CRM to
+    /// the others (`taskset`): the proxy's latency is then not set by where the scheduler put
+    /// the client. Needs 2 CPUs or more.
+    #[arg(long)]
+    pin: bool,
     /// Where results.json, results.md and latency.svg go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/out"))]
     out: PathBuf,
@@ -98,6 +103,21 @@ struct Ctx {
     rt: tokio::runtime::Runtime,
     ticks: u64,
     upstream_pid: u32,
+}
+
+/// Move every thread of `pid` to `cpus` (`taskset -a -p -c`).
+fn pin(pid: u32, cpus: &str) -> Result<(), String> {
+    let ok = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("taskset: {e}"))?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("taskset could not pin {pid} to CPU {cpus}"))
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
@@ -307,6 +327,7 @@ fn start_peers(
         ("permgate-pass", false, "pingora"),
         ("permgate-hyper", true, "hyper"),
         ("permgate-hyper-pass", false, "hyper"),
+        ("permgate-hyper-nolane", true, "hyper-nolane"),
     ] {
         if !want(name) {
             continue;
@@ -470,6 +491,21 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
 
     let dir = std::env::temp_dir().join(format!("permgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Before any child starts: the CRM inherits the client's CPUs.
+    let pinned = if args.pin {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 {
+            return Err("--pin needs 2 CPUs or more".into());
+        }
+        let (client, proxy) = (format!("0-{}", cpus - 2), (cpus - 1).to_string());
+        pin(std::process::id(), &client)?;
+        notes.push(format!(
+            "pinned: proxies on CPU {proxy}; load generator and CRM on CPU {client}"
+        ));
+        Some(proxy)
+    } else {
+        None
+    };
     let population = merged_population(&scenarios);
     let snapshot = peers::snapshot_for(&population, &SnapshotSpec::merged(&scenarios)?)?;
     let key = JwtKey::demo();
@@ -486,6 +522,13 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
     )?;
     for s in &skipped {
         eprintln!("skipping {s}");
+    }
+    if let Some(cpu) = &pinned {
+        for v in &variants {
+            if v.pid != upstream_pid {
+                pin(v.pid, cpu)?;
+            }
+        }
     }
     eprintln!(
         "{} variants up ({}); files in {}",
@@ -539,11 +582,17 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
             let open_rate = (args.open_loop_fraction > 0.0
                 && scenario.name == args.open_loop_scenario)
                 .then(|| {
-                    let base = closed
-                        .iter()
-                        .find(|c| c.variant == "permgate-pass")
-                        .or_else(|| closed.iter().find(|c| c.variant == "permgate-authz"))
-                        .map(|c| c.throughput)?;
+                    // The default engine's pass-through first (hyper), else the first
+                    // permgate variant that ran.
+                    let base = [
+                        "permgate-hyper-pass",
+                        "permgate-pass",
+                        "permgate-hyper",
+                        "permgate-authz",
+                    ]
+                    .iter()
+                    .find_map(|name| closed.iter().find(|c| c.variant == *name))
+                    .map(|c| c.throughput)?;
                     (base > 0.0).then_some(base * args.open_loop_fraction)
                 })
                 .flatten();
@@ -633,6 +682,7 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
         ("gateway_threads", args.threads.to_string()),
         ("pool_size", args.pool_size.to_string()),
         ("client_threads", args.client_threads.to_string()),
+        ("pin", args.pin.to_string()),
         ("gateway_log", args.gateway_log.clone()),
         ("idle_connections", idle.to_string()),
         ("open_loop_fraction", args.open_loop_fraction.to_string()),

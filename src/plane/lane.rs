@@ -153,7 +153,11 @@ pub(super) async fn serve(
             }
         }
     };
-    let End::Handover(pending) = end else { return };
+    let End::Handover(pending) = end else {
+        // FIN after the last answer, rather than leaving it to the drop.
+        let _ = lane.stream.shutdown().await;
+        return;
+    };
     let Lane {
         plane,
         stream,
@@ -194,6 +198,27 @@ struct Lane {
     out: Vec<u8>,
 }
 
+/// What one call's writes need to know of its connection.
+struct Call<'a> {
+    activity: &'a Activity,
+    /// Set by the idle watchdog or the drain: this answer is the connection's last.
+    closing: &'a AtomicBool,
+    head_request: bool,
+}
+
+impl Call<'_> {
+    /// End an answer head (`Connection: close` first when it is the connection's last).
+    /// Whether the connection stays open after it.
+    fn end_head(&self, out: &mut Vec<u8>) -> bool {
+        let last = self.closing.load(Ordering::Relaxed);
+        if last {
+            header(out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        !last
+    }
+}
+
 /// A request head the lane serves.
 struct Head {
     len: usize,
@@ -229,6 +254,10 @@ fn parse_head(bytes: &[u8]) -> Parsed {
     let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), Uri::try_from(path)) else {
         return Parsed::Other;
     };
+    // No tunnels: hyper's path answers CONNECT with 405 before any decision.
+    if method == Method::CONNECT {
+        return Parsed::Other;
+    }
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let (Ok(name), Ok(value)) = (
@@ -280,18 +309,23 @@ impl Lane {
                 Some(self.peer),
             );
             let method = head.method.clone();
+            let call = Call {
+                activity,
+                closing,
+                head_request: method == Method::HEAD,
+            };
             let (status, keep) = match admission {
                 Admission::Stream => {
                     self.start += head.len;
-                    self.forward(head, &mut ctx, activity).await
+                    self.forward(head, &mut ctx, &call).await
                 }
                 Admission::Me(Ok(body)) => {
                     self.start += head.len;
-                    self.answer(json(200, body, &ctx), activity).await
+                    self.answer(json(200, body, &ctx), &call).await
                 }
                 Admission::Me(Err(rejection)) | Admission::Deny(rejection) => {
                     self.start += head.len;
-                    self.answer(reject(&rejection, &ctx, false), activity).await
+                    self.answer(reject(&rejection, &ctx, false), &call).await
                 }
                 admission @ (Admission::Buffer(_) | Admission::Check) => {
                     return End::Handover(Some(Box::new(Pending { ctx, admission })));
@@ -361,8 +395,9 @@ impl Lane {
         }
     }
 
-    /// Write the gateway's own answer (a refusal, `/me`). `(status, keep the connection)`.
-    async fn answer(&mut self, response: Response<RespBody>, activity: &Activity) -> (u16, bool) {
+    /// Write the gateway's own answer (a refusal, `/me`; no body to a HEAD request).
+    /// `(status, keep the connection)`.
+    async fn answer(&mut self, response: Response<RespBody>, call: &Call<'_>) -> (u16, bool) {
         let status = response.status();
         self.out.clear();
         status_line(&mut self.out, status.as_u16(), status.canonical_reason());
@@ -373,16 +408,14 @@ impl Lane {
             RespKind::Full(Some(b)) => &b[..],
             _ => &[],
         };
-        header(
-            &mut self.out,
-            b"content-length",
-            itoa_buf(body.len() as u64).as_bytes(),
-        );
+        number(&mut self.out, b"content-length", body.len() as u64);
         date_header(&mut self.out);
-        self.out.extend_from_slice(b"\r\n");
-        self.out.extend_from_slice(body);
-        let sent = self.write_out(activity).await;
-        (status.as_u16(), sent)
+        let keep = call.end_head(&mut self.out);
+        if !call.head_request {
+            self.out.extend_from_slice(body);
+        }
+        let sent = self.write_out(call.activity).await;
+        (status.as_u16(), sent && keep)
     }
 
     async fn write_out(&mut self, activity: &Activity) -> bool {
@@ -395,20 +428,21 @@ impl Lane {
         &mut self,
         rejection: Rejection,
         ctx: &Ctx,
-        activity: &Activity,
+        call: &Call<'_>,
     ) -> (u16, bool) {
-        self.answer(reject(&rejection, ctx, false), activity).await
+        self.answer(reject(&rejection, ctx, false), call).await
     }
 
     /// Forward a permitted call (no body) and stream the CRM's answer back.
-    async fn forward(&mut self, head: Head, ctx: &mut Ctx, activity: &Activity) -> (u16, bool) {
+    async fn forward(&mut self, head: Head, ctx: &mut Ctx, call: &Call<'_>) -> (u16, bool) {
+        let activity = call.activity;
         let mut parts = http::Request::new(()).into_parts().0;
         parts.method = head.method;
         parts.uri = head.uri;
         parts.headers = head.headers;
         let (parts, authority) = match self.plane.upstream_head(parts, ctx) {
             Ok(p) => p,
-            Err(rejection) => return self.reject_with(rejection, ctx, activity).await,
+            Err(rejection) => return self.reject_with(rejection, ctx, call).await,
         };
         self.out.clear();
         self.out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -426,20 +460,25 @@ impl Lane {
             .await
         {
             Ok(r) => r,
-            Err(rejection) => return self.reject_with(rejection, ctx, activity).await,
+            Err(rejection) => return self.reject_with(rejection, ctx, call).await,
         };
         let status = answer.status;
-        // The client's answer: head, then the body as it streams.
-        self.out.clear();
-        self.out.extend_from_slice(&answer.client_head);
+        // The client's answer: its head is in `self.out`, then the body as it streams.
+        let keep = if answer.framing == Framing::UntilClose {
+            header(&mut self.out, b"connection", b"close");
+            self.out.extend_from_slice(
+                b"
+",
+            );
+            false
+        } else {
+            call.end_head(&mut self.out)
+        };
         let (done, reusable) = self.stream_body(&mut up, &answer, ctx, activity).await;
         if done && reusable && answer.reusable {
             self.pool.put(authority, up);
         }
-        (
-            status,
-            done && !matches!(answer.framing, Framing::UntilClose),
-        )
+        (status, done && keep)
     }
 
     /// Send the request head in `self.out` to the CRM and read its answer head. A pooled
@@ -492,7 +531,7 @@ impl Lane {
                 }
                 Ok(Ok(())) => {}
             }
-            match read_answer_head(&mut up, read_timeout, head_request, ctx).await {
+            match read_answer_head(&mut up, read_timeout, head_request, ctx, &mut self.out).await {
                 Ok(answer) => {
                     let elapsed = started.elapsed();
                     ctx.upstream_elapsed = Some(elapsed);
@@ -610,7 +649,7 @@ impl Lane {
                     let wait = read_timeout.min(left(ctx.deadline));
                     match tokio::time::timeout(wait, up.stream.read(&mut up.buf)).await {
                         Ok(Ok(0)) => return (true, false),
-                        Ok(Ok(n)) => {
+                        Ok(Ok(n)) if !left(ctx.deadline).is_zero() => {
                             if self.stream.write_all(&up.buf[..n]).await.is_err() {
                                 return (false, false);
                             }
@@ -629,7 +668,8 @@ impl Lane {
 async fn read_more(up: &mut Upconn, read_timeout: Duration, ctx: &Ctx) -> Option<usize> {
     let wait = read_timeout.min(left(ctx.deadline));
     match tokio::time::timeout(wait, up.stream.read(&mut up.buf)).await {
-        Ok(Ok(n)) if n > 0 => Some(n),
+        // A piece past the total timeout cuts the answer too (a CRM streaming steadily).
+        Ok(Ok(n)) if n > 0 && !left(ctx.deadline).is_zero() => Some(n),
         _ => {
             log::warn!(
                 "request_id={} the CRM's answer stopped short; the client's connection is closed",
@@ -683,8 +723,6 @@ enum Framing {
 /// The CRM's answer head, turned into the client's.
 struct Answer {
     status: u16,
-    /// The head the client receives.
-    client_head: Vec<u8>,
     framing: Framing,
     /// Bytes of the head in the connection's buffer, and bytes buffered in all.
     head_len: usize,
@@ -705,19 +743,25 @@ async fn read_answer_head(
     read_timeout: Duration,
     head_request: bool,
     ctx: &Ctx,
+    head: &mut Vec<u8>,
 ) -> Result<Answer, HeadError> {
-    let mut end = 0;
+    // The whole head within one read timeout (and the total), as hyper's path waits for it.
+    let until = tokio::time::Instant::now() + read_timeout.min(left(ctx.deadline));
+    let (mut end, mut answered) = (0, false);
     loop {
-        let wait = read_timeout.min(left(ctx.deadline));
-        let n = match tokio::time::timeout(wait, up.stream.read(&mut up.buf[end..])).await {
+        let read = tokio::time::timeout_at(until, up.stream.read(&mut up.buf[end..])).await;
+        let n = match read {
             Err(_) => return Err(HeadError::TimedOut),
-            Ok(Ok(0)) | Ok(Err(_)) if end == 0 => return Err(HeadError::ClosedEarly),
+            // Nothing came back: the request may be sent again on another connection.
+            Ok(Ok(0)) | Ok(Err(_)) if !answered => return Err(HeadError::ClosedEarly),
             Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Bad("the answer head stopped short")),
+            Ok(Ok(_)) if tokio::time::Instant::now() >= until => return Err(HeadError::TimedOut),
             Ok(Ok(n)) => n,
         };
+        answered = true;
         end += n;
         loop {
-            match parse_answer(&up.buf[..end], head_request, ctx) {
+            match parse_answer(&up.buf[..end], head_request, ctx, head) {
                 Err(why) => return Err(HeadError::Bad(why)),
                 Ok(AnswerParse::Partial) => break,
                 Ok(AnswerParse::Informational(len)) => {
@@ -769,7 +813,13 @@ const PROTECTED: [&str; 4] = [
     "authorization",
 ];
 
-fn parse_answer(bytes: &[u8], head_request: bool, ctx: &Ctx) -> Result<AnswerParse, &'static str> {
+/// Parse the CRM's answer head; the client's head is written to `head`.
+fn parse_answer(
+    bytes: &[u8],
+    head_request: bool,
+    ctx: &Ctx,
+    head: &mut Vec<u8>,
+) -> Result<AnswerParse, &'static str> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(bytes) {
@@ -779,6 +829,7 @@ fn parse_answer(bytes: &[u8], head_request: bool, ctx: &Ctx) -> Result<AnswerPar
     };
     let status = resp.code.ok_or("no status")?;
     match status {
+        0..=99 => return Err("the answer's status is not a status"),
         101 => return Err("101 Switching Protocols was not asked for"),
         100..=199 => return Ok(AnswerParse::Informational(len)),
         _ => {}
@@ -826,21 +877,17 @@ fn parse_answer(bytes: &[u8], head_request: bool, ctx: &Ctx) -> Result<AnswerPar
         (false, None, Some(n)) => Framing::Length(n),
     };
     let id_header = ctx.id_header();
-    let own = exchange::response_headers(ctx);
-    let mut head = Vec::with_capacity(len + 64);
+    head.clear();
     let reason = resp
         .reason
         .filter(|r| !r.is_empty())
         .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason());
-    status_line(&mut head, status, reason);
+    status_line(head, status, reason);
     let mut dated = false;
     for h in resp.headers.iter() {
         let name = h.name;
         if NOT_PASSED.iter().any(|n| n.eq_ignore_ascii_case(name))
             || listed.iter().any(|n| n.eq_ignore_ascii_case(name))
-            || own
-                .iter()
-                .any(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
             || id_header.as_str().eq_ignore_ascii_case(name)
         {
             continue;
@@ -853,27 +900,31 @@ fn parse_answer(bytes: &[u8], head_request: bool, ctx: &Ctx) -> Result<AnswerPar
         head.extend_from_slice(h.value);
         head.extend_from_slice(b"\r\n");
     }
-    for (name, value) in &own {
-        header(&mut head, name.as_str().as_bytes(), value.as_bytes());
-    }
+    // What the gateway adds to a forwarded answer: the request id (the removed-items headers
+    // are for checked bodies, which hyper serves).
+    header(
+        head,
+        id_header.as_str().as_bytes(),
+        ctx.request_id.as_bytes(),
+    );
     match framing {
-        Framing::Length(n) => header(&mut head, b"content-length", itoa_buf(n).as_bytes()),
-        Framing::Chunked => header(&mut head, b"transfer-encoding", b"chunked"),
-        Framing::UntilClose => header(&mut head, b"connection", b"close"),
+        Framing::Length(n) => number(head, b"content-length", n),
+        Framing::Chunked => header(head, b"transfer-encoding", b"chunked"),
+        // The connection closes after it (`Lane::forward` says so).
+        Framing::UntilClose => {}
         // HEAD and 304 keep the length the CRM declared.
         Framing::Empty => {
             if let (Some(n), false) = (length, status == 204) {
-                header(&mut head, b"content-length", itoa_buf(n).as_bytes());
+                number(head, b"content-length", n);
             }
         }
     }
     if !dated {
-        date_header(&mut head);
+        date_header(head);
     }
-    head.extend_from_slice(b"\r\n");
+    // The head is ended by `Call::end_head`.
     Ok(AnswerParse::Final(Answer {
         status,
-        client_head: head,
         framing,
         head_len: len,
         buffered: 0,
@@ -883,7 +934,7 @@ fn parse_answer(bytes: &[u8], head_request: bool, ctx: &Ctx) -> Result<AnswerPar
 
 fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa_buf(u64::from(status)).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -896,8 +947,8 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn itoa_buf(n: u64) -> String {
-    n.to_string()
+fn number(out: &mut Vec<u8>, name: &[u8], n: u64) {
+    header(out, name, itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `date: <IMF-fixdate>`, formatted once a second per thread (as hyper does).
@@ -926,7 +977,7 @@ struct Chunks {
     /// Bytes left in the current chunk, or the size being read.
     size: u64,
     digits: u8,
-    /// Bytes of extensions and trailers seen (bounded).
+    /// Bytes of this chunk's extensions, or of the trailer section, seen so far (bounded).
     meta: usize,
 }
 
@@ -934,6 +985,7 @@ struct Chunks {
 enum ChunkState {
     #[default]
     Size,
+    SizeWs,
     Ext,
     SizeLf,
     Data,
@@ -965,8 +1017,16 @@ impl Chunks {
                         self.size = self.size * 16 + v;
                         out.push(b);
                     }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Ext,
+                    b';' if self.digits > 0 => self.state = Ext,
+                    b' ' | b'\t' if self.digits > 0 => self.state = SizeWs,
                     b'\r' if self.digits > 0 => self.state = SizeLf,
+                    _ => return Err("bad chunk size"),
+                },
+                // Whitespace after the size: only more of it, an extension or the line end.
+                SizeWs => match b {
+                    b' ' | b'\t' => self.meta_byte()?,
+                    b';' => self.state = Ext,
+                    b'\r' => self.state = SizeLf,
                     _ => return Err("bad chunk size"),
                 },
                 Ext => match b {
@@ -979,7 +1039,7 @@ impl Chunks {
                         return Err("bad chunk size line end");
                     }
                     out.extend_from_slice(b"\r\n");
-                    self.digits = 0;
+                    (self.digits, self.meta) = (0, 0);
                     self.state = if self.size == 0 { Trailer } else { Data };
                 }
                 Data => {
@@ -1123,7 +1183,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies_pass_whole_and_end_where_they_end() {
-        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let body = b"5 \r\nhello\r\n6 ;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
         let (end, out) = dechunk(&[body]);
         assert_eq!(end, Ok(Some(body.len() - 4)));
         assert_eq!(out, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
@@ -1142,6 +1202,7 @@ mod tests {
             b"\r\n",
             b"5\nhello\r\n",
             b"ffffffffffffffff\r\n",
+            b"5 5\r\nhello\r\n0\r\n\r\n",
             b"0\r\n\n",
             b"0\r\nx: 1\n",
         ] {
