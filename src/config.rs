@@ -443,7 +443,7 @@ struct RawRoute {
     #[serde(default)]
     priority: Option<i32>,
     #[serde(default)]
-    permission: Option<String>,
+    permission: Option<Spanned<String>>,
     #[serde(default)]
     public: bool,
     #[serde(default)]
@@ -1383,12 +1383,19 @@ impl Config {
                 }
             };
             let access = match (&route.permission, route.public) {
-                (Some(p), false) => match catalog.as_ref().map(|c| c.permission(p)) {
+                (Some(p), false) => match catalog.as_ref().map(|c| c.permission(p.get_ref())) {
                     Some(Some(id)) => Access::Permission(id),
                     Some(None) => {
-                        errors.push(err(format!(
-                            "permission: unknown permission '{p}' (not in the catalogue)"
-                        )));
+                        // The permission's own line, not the route's.
+                        errors.push(ConfigError::new(
+                            file,
+                            Some(line_of(text, p.span().start)),
+                            &field,
+                            format!(
+                                "permission: unknown permission '{}' (not in the catalogue)",
+                                p.get_ref()
+                            ),
+                        ));
                         continue;
                     }
                     None => continue, // the catalogue itself failed; already reported

@@ -53,13 +53,10 @@ fn a_broken_config_names_every_broken_line() {
     let (code, _, err) = check(&dir.path().join("c.toml"));
     assert_eq!(code, 1);
     let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
-    // The unknown permission: the route's table header line is named.
-    let route_line = broken[..broken.find("campaign.destroy").unwrap()]
-        .rfind("[[route]]")
-        .map(|i| broken[..i].lines().count() + 1)
-        .unwrap();
+    // The unknown permission: its own line is named.
+    let permission_line = line_of("campaign.destroy");
     assert!(
-        err.contains(&format!("c.toml:{route_line}: route[")),
+        err.contains(&format!("c.toml:{permission_line}: route[")),
         "{err}"
     );
     assert!(

@@ -779,6 +779,14 @@ async fn raw_crm(
     (addr, server)
 }
 
+/// An answer whose head is 40 KB (a legacy CRM's cookies).
+static BIG_HEAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Big: {}\r\n\r\nbig",
+        "c".repeat(40_000)
+    )
+});
+
 /// The CRM's answer reaches the caller whatever its framing: chunked (extensions and trailer
 /// fields dropped, the chunks checked), a length, none (204, 304), an informational 1xx
 /// first; kept-alive CRM connections serve the next call afterwards.
@@ -791,6 +799,8 @@ async fn answers_of_every_framing_reach_the_caller() {
             "/api/v1/customers/2" => "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsame",
             "/api/v1/customers/4" => "HTTP/1.1 204 No Content\r\nX-Kept: yes\r\n\r\n",
             "/api/v1/customers/5" => "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+            // A head larger than a CRM connection's first buffer (16 KiB).
+            "/api/v1/customers/7" => BIG_HEAD.as_str(),
             _ => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         };
         (answer, false)
@@ -831,6 +841,11 @@ async fn answers_of_every_framing_reach_the_caller() {
             .await
             .unwrap();
         assert_eq!(r.text().await.unwrap(), "ok");
+        let r = get("/api/v1/customers/7", reqwest::Method::GET)
+            .await
+            .unwrap();
+        assert!(r.headers().get("x-big").is_some_and(|v| v.len() == 40_000));
+        assert_eq!(r.text().await.unwrap(), "big");
     }
     server.abort();
 }

@@ -653,11 +653,10 @@ async fn a_call_handed_over_is_decided_once() {
     })
     .await;
     let auth = bearer("u-admin");
-    let raw = format!(
-        "GET /api/v1/customers/1 HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\n\r\n\
-         GET /api/v1/leads HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
-    );
-    let text = {
+    let first =
+        format!("GET /api/v1/customers/1 HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\n");
+    let second = format!("GET /api/v1/leads HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n");
+    let exchange = |raw: String| {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(g.h.addr).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
@@ -666,6 +665,13 @@ async fn a_call_handed_over_is_decided_once() {
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
         String::from_utf8_lossy(&out).into_owned()
+    };
+    // Pipelined on one connection (the Pingora engine answers only the first of pipelined
+    // requests: "Known limits"; there, one connection each).
+    let text = if engine() == "hyper" {
+        exchange(format!("{first}\r\n{second}"))
+    } else {
+        exchange(format!("{first}Connection: close\r\n\r\n")) + &exchange(second)
     };
     assert_eq!(text.matches("HTTP/1.1 200 ").count(), 2, "{text}");
     let mut lines = Vec::new();

