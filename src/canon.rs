@@ -694,7 +694,7 @@ pub fn disguised_copies(headers: &HeaderMap, sensitive: impl Fn(&str) -> bool) -
 }
 
 /// Headers a client must not be able to make the proxy strip via `Connection`.
-const PROTECTED_HEADERS: [HeaderName; 4] = [
+pub const PROTECTED_HEADERS: [HeaderName; 4] = [
     header::HOST,
     header::CONTENT_LENGTH,
     header::TRANSFER_ENCODING,

@@ -351,10 +351,7 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
                         return;
                     }
                     let activity = Arc::new(Activity::default());
-                    let io = Tracked {
-                        inner: stream,
-                        activity: activity.clone(),
-                    };
+                    let io = Tracked::new(stream, activity.clone(), Vec::new());
                     builders
                         .serve(io, h2, service, &activity, idle, drain)
                         .await;
@@ -365,10 +362,7 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let activity = Arc::new(Activity::default());
-                    let stream = Tracked {
-                        inner: stream,
-                        activity: activity.clone(),
-                    };
+                    let stream = Tracked::new(stream, activity.clone(), Vec::new());
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
                     if let Ok(Ok(stream)) = handshake.await {
@@ -412,10 +406,24 @@ impl Activity {
     }
 }
 
-/// A client connection that notes when it last moved a byte.
+/// A client connection that notes when it last moved a byte. `unread`: bytes already read
+/// from it (by the HTTP/1.1 lane, before it handed the connection over) that come first.
 struct Tracked {
     inner: tokio::net::TcpStream,
     activity: Arc<Activity>,
+    unread: Vec<u8>,
+    at: usize,
+}
+
+impl Tracked {
+    fn new(inner: tokio::net::TcpStream, activity: Arc<Activity>, unread: Vec<u8>) -> Self {
+        Tracked {
+            inner,
+            activity,
+            unread,
+            at: 0,
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Tracked {
@@ -425,6 +433,15 @@ impl tokio::io::AsyncRead for Tracked {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if this.at < this.unread.len() {
+            let n = buf.remaining().min(this.unread.len() - this.at);
+            buf.put_slice(&this.unread[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.unread.len() {
+                (this.unread, this.at) = (Vec::new(), 0);
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {

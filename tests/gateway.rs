@@ -688,38 +688,15 @@ async fn request_bodies_over_the_gateway_limit() {
 /// and the body are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_of_the_answer_are_not_passed_on() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let crm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = crm.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        // Bounded: a few connections, each answered once per request head read.
-        for _ in 0..4 {
-            let Ok((mut s, _)) = crm.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut seen = Vec::new();
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        seen.clear();
-                        let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                            Transfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\
-                            Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\
-                            Connection: X-Secret\r\nX-Secret: 1\r\n\r\n\
-                            2\r\n{}\r\n0\r\n\r\n";
-                        if s.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
+    let (addr, server) = raw_crm(|_| {
+        let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+            Transfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\
+            Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\
+            Connection: X-Secret\r\nX-Secret: 1\r\n\r\n\
+            2\r\n{}\r\n0\r\n\r\n";
+        (answer, false)
+    })
+    .await;
     let h = Harness::start_custom(&demo_config(), Some(addr)).await;
     let resp = reqwest::Client::builder()
         .no_proxy()
@@ -955,16 +932,7 @@ async fn head_refusals_have_no_body_and_connect_is_405() {
          HEAD /api/v1/nowhere HTTP/1.1\r\nHost: crm\r\nAuthorization: {rep}\r\n\r\n\
          GET /api/v1/customers/1 HTTP/1.1\r\nHost: crm\r\nAuthorization: {rep}\r\nConnection: close\r\n\r\n"
     );
-    let text = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(h.addr).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        s.write_all(raw.as_bytes()).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let text = raw_exchange(h.addr, raw.as_bytes());
     let heads: Vec<&str> = text
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| &text[i + 9..i + 12])

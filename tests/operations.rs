@@ -656,16 +656,7 @@ async fn a_call_handed_over_is_decided_once() {
     let first =
         format!("GET /api/v1/customers/1 HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\n");
     let second = format!("GET /api/v1/leads HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n");
-    let exchange = |raw: String| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(g.h.addr).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        s.write_all(raw.as_bytes()).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let exchange = |raw: String| raw_exchange(g.h.addr, raw.as_bytes());
     // Pipelined on one connection (the Pingora engine answers only the first of pipelined
     // requests: "Known limits"; there, one connection each).
     let text = if engine() == "hyper" {

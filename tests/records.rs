@@ -172,7 +172,7 @@ async fn list_responses_hold_only_what_the_caller_may_see() {
          GET /api/v1/leads/4 HTTP/1.1\r\nHost: crm\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
     );
     h.clear();
-    let text = read_all(h.addr, raw.as_bytes());
+    let text = raw_exchange(h.addr, raw.as_bytes());
     let statuses: Vec<&str> = text
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| &text[i + 9..i + 12])
@@ -185,18 +185,6 @@ async fn list_responses_hold_only_what_the_caller_may_see() {
         ["/api/v1/leads/3", "/api/v1/leads?per_page=200"],
         "{paths:?}"
     );
-}
-
-/// Write `request` and read until the gateway closes the connection.
-fn read_all(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    s.write_all(request).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,6 @@
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -40,7 +39,7 @@ use http::header::{
 };
 use http::uri::Authority;
 use http::{Method, Response, Uri};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::pool::{Idle, Pooled};
@@ -168,14 +167,7 @@ pub(super) async fn serve(
         end,
         ..
     } = lane;
-    let io = Rewind {
-        prefix: buf[start..end].to_vec(),
-        at: 0,
-        inner: Tracked {
-            inner: stream,
-            activity: activity.clone(),
-        },
-    };
+    let io = Tracked::new(stream, activity.clone(), buf[start..end].to_vec());
     let service = Service {
         plane,
         peer,
@@ -799,28 +791,21 @@ enum AnswerParse {
     Final(Answer),
 }
 
-/// Headers never passed from the CRM to the client: hop-by-hop ones (plus those the answer's
-/// `Connection` names), and the framing, which is written anew.
-const NOT_PASSED: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "transfer-encoding",
-    "content-length",
-];
+/// Headers never passed from the CRM to the client: the hop-by-hop ones (plus those the
+/// answer's `Connection` names, never a protected one), and the framing, which is written anew.
+fn not_passed(name: &str) -> bool {
+    crate::canon::FIXED_HOP_BY_HOP
+        .iter()
+        .any(|n| n.as_str().eq_ignore_ascii_case(name))
+        || name.eq_ignore_ascii_case("transfer-encoding")
+        || name.eq_ignore_ascii_case("content-length")
+}
 
-/// Names a `Connection` header may list that are never removed because of it.
-const PROTECTED: [&str; 4] = [
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "authorization",
-];
+fn protected(name: &str) -> bool {
+    crate::canon::PROTECTED_HEADERS
+        .iter()
+        .any(|n| n.as_str().eq_ignore_ascii_case(name))
+}
 
 /// Parse the CRM's answer head; the client's head is written to `head`.
 fn parse_answer(
@@ -871,7 +856,7 @@ fn parse_answer(
             {
                 if token.eq_ignore_ascii_case("close") {
                     reusable = false;
-                } else if !PROTECTED.iter().any(|p| p.eq_ignore_ascii_case(token)) {
+                } else if !protected(token) {
                     listed.push(token);
                 }
             }
@@ -895,7 +880,7 @@ fn parse_answer(
     let mut dated = false;
     for h in resp.headers.iter() {
         let name = h.name;
-        if NOT_PASSED.iter().any(|n| n.eq_ignore_ascii_case(name))
+        if not_passed(name)
             || listed.iter().any(|n| n.eq_ignore_ascii_case(name))
             || id_header.as_str().eq_ignore_ascii_case(name)
         {
@@ -1112,64 +1097,6 @@ impl Chunks {
             return Err("chunk extensions or trailers too large");
         }
         Ok(())
-    }
-}
-
-/// The client connection handed to hyper: the bytes the lane read but did not serve first.
-struct Rewind<T> {
-    prefix: Vec<u8>,
-    at: usize,
-    inner: T,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.at < this.prefix.len() {
-            let n = buf.remaining().min(this.prefix.len() - this.at);
-            buf.put_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

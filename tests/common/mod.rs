@@ -255,6 +255,18 @@ impl RawResponse {
     }
 }
 
+/// Write `request` (pipelined requests, say) and return everything read until the server
+/// closes (or 10 s pass), as text.
+#[allow(dead_code)]
+pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Write `request` as is and read until the server closes (or 10 s pass).
 pub fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let mut s = TcpStream::connect(addr).expect("connect");
