@@ -5,6 +5,10 @@
 //! - `snapshot/lookup_and_check/1M_users`: user id → index → permission bit, 1,000,000 users;
 //! - `identify/hs256`: identification by an HS256 JWT, the same token every time: after the
 //!   first call, the verified-token cache's hit path;
+//! - `identify/hs256_cold`: the same with a new token every call (100,000 distinct tokens in
+//!   turn, more than the cache holds): signature, claims, and the cache insert;
+//! - `bulk_trim/{100,1000,10000}_items`: `body::trim` of a bulk body of that many objects,
+//!   half of them allowed (parse, checks, the trimmed copy);
 //! - `decide/*`: the whole `policy::decide` (header checks, canonicalize, route, identity with
 //!   the JWT cached, permission) with 1,000 routes and 1,000,000 users, allowed and denied;
 //! - `cpu/decide/*`: the same two, timed on the thread's CPU clock
@@ -78,13 +82,18 @@ fn snapshot_json(users: usize) -> String {
 }
 
 fn token(user: &str) -> String {
+    token_expiring(user, 3600)
+}
+
+/// A token valid for `ttl` seconds more (distinct `ttl`s make distinct tokens).
+fn token_expiring(user: &str, ttl: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let claims = serde_json::json!({
         "sub": user, "iss": permgate::demo::DEMO_ISSUER, "aud": permgate::demo::DEMO_AUDIENCE,
-        "iat": now, "nbf": now - 60, "exp": now + 3600,
+        "iat": now, "nbf": now - 60, "exp": now + ttl,
     });
     let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
     h.kid = Some(permgate::demo::DEMO_KID.into());
@@ -200,6 +209,26 @@ fn decision(c: &mut Criterion) {
 
     c.bench_function("identify/hs256", |b| {
         b.iter(|| config.identity.identify(black_box(headers), None))
+    });
+    // More distinct tokens than the verified-token cache holds (16 × 4,096), in turn: every
+    // call verifies.
+    let cold: Vec<HeaderMap> = (0..100_000u64)
+        .map(|k| {
+            let mut h = HeaderMap::new();
+            let t = token_expiring("u0000000", 3600 + k);
+            h.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {t}")).expect("header"),
+            );
+            h
+        })
+        .collect();
+    let mut k = 0;
+    c.bench_function("identify/hs256_cold", |b| {
+        b.iter(|| {
+            k = (k + 1) % cold.len();
+            config.identity.identify(black_box(&cold[k]), None)
+        })
     });
     decide_benches(c, "");
 }
@@ -323,10 +352,54 @@ fn settings<M: Measurement>(c: Criterion<M>) -> Criterion<M> {
         .measurement_time(std::time::Duration::from_secs(2))
 }
 
+/// `body::trim` of a bulk body of N objects, every other one allowed.
+fn bulk_trim(c: &mut Criterion) {
+    use permgate::body::{trim, Duplicates, Items};
+    use permgate::ids::{IdKind, RecordId};
+    use permgate::json::{Limits, Pointer};
+    let spec = Items {
+        at: Pointer::parse("/items").expect("pointer"),
+        id_at: Pointer::parse("/id").expect("pointer"),
+        kind: IdKind::Integer,
+    };
+    let limits = Limits {
+        max_bytes: 64 << 20,
+        max_depth: 32,
+        max_items: 10_000,
+    };
+    let allowed = |id: &RecordId| matches!(id, RecordId::Int(n) if n % 2 == 0);
+    for n in [100usize, 1_000, 10_000] {
+        let items: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"id":{i},"owner_id":"u{}","stage":"qualified","amount":1234.50,"note":"call back on Tuesday"}}"#,
+                    i % 100
+                )
+            })
+            .collect();
+        let body = format!(r#"{{"items":[{}],"owner_id":"u3"}}"#, items.join(","));
+        let mut group = c.benchmark_group("bulk_trim");
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(format!("{n}_items"), |b| {
+            b.iter(|| {
+                trim(
+                    black_box(body.as_bytes()),
+                    &limits,
+                    &spec,
+                    Duplicates::Reject,
+                    allowed,
+                )
+                .expect("trimmed")
+            })
+        });
+        group.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = settings(Criterion::default());
-    targets = route_find, canonicalize, decision
+    targets = route_find, canonicalize, decision, bulk_trim
 }
 criterion_group! {
     name = cpu_benches;
