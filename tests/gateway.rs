@@ -863,6 +863,24 @@ async fn crm_connections_closed_by_the_crm_are_replaced() {
             .unwrap();
         assert_eq!(r.text().await.unwrap(), "ok");
     }
+    // On the wire: every line of the answer head ends with CRLF (read raw, to the close).
+    let raw = format!(
+        "GET /api/v1/customers/3 HTTP/1.1\r\nHost: crm\r\nAuthorization: {}\r\n\r\n",
+        bearer("u-admin")
+    );
+    let text = raw_exchange(h.addr, raw.as_bytes());
+    let end = text
+        .find("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head end: {text:?}"));
+    assert!(
+        !text[..end].replace("\r\n", "").contains('\n'),
+        "a bare LF: {text:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert!(
+        text.ends_with("until the end") || text.contains("until the end\r\n0\r\n\r\n"),
+        "{text:?}"
+    );
     server.abort();
 }
 

@@ -14,7 +14,7 @@
 //!
 //! | request | served by |
 //! |---|---|
-//! | HTTP/1.1, origin-form target, no body (`Content-Length: 0` at most), no `Transfer-Encoding`, `Expect`, `Upgrade` or `Connection` header | this loop, when the decision is to forward as is (streamed) or to refuse |
+//! | HTTP/1.1, origin-form target, no body (`Content-Length: 0` at most), no `Transfer-Encoding`, `Expect` or `Upgrade` header, no `Connection` header but a single `close` | this loop, when the decision is to forward as is (streamed) or to refuse |
 //! | a route that reads its body or filters its answer | hyper, with the decision already taken (not taken twice) |
 //! | anything else (a body, HTTP/1.0, an absolute-form target, a head hyper answers with its own 400/431, …) | hyper, from that request on |
 //!
@@ -198,13 +198,15 @@ struct Call<'a> {
     /// Set by the idle watchdog or the drain: this answer is the connection's last.
     closing: &'a AtomicBool,
     head_request: bool,
+    /// The client asked to close after this call (`Connection: close`).
+    last: bool,
 }
 
 impl Call<'_> {
     /// End an answer head (`Connection: close` first when it is the connection's last).
     /// Whether the connection stays open after it.
     fn end_head(&self, out: &mut Vec<u8>) -> bool {
-        let last = self.closing.load(Ordering::Relaxed);
+        let last = self.last || self.closing.load(Ordering::Relaxed);
         if last {
             header(out, b"connection", b"close");
         }
@@ -219,6 +221,8 @@ struct Head {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    /// The client sent `Connection: close`: its last request on this connection.
+    close: bool,
 }
 
 // Returned once per request and matched at once: boxing `Head` would cost an allocation.
@@ -260,21 +264,29 @@ fn parse_head(bytes: &[u8]) -> Parsed {
         ) else {
             return Parsed::Other;
         };
-        // Framing and connection-level requests are hyper's to handle.
+        // Framing and connection-level requests are hyper's to handle, but for a single
+        // `Connection: close` (the connection ends after this call's answer).
         let bodiless = name != CONTENT_LENGTH || (h.value == b"0" && !headers.contains_key(&name));
-        if !bodiless || name == TRANSFER_ENCODING || name == CONNECTION || name == EXPECT {
-            return Parsed::Other;
-        }
-        if name == UPGRADE {
+        let close = name == CONNECTION
+            && h.value.eq_ignore_ascii_case(b"close")
+            && !headers.contains_key(&name);
+        if !bodiless
+            || name == TRANSFER_ENCODING
+            || (name == CONNECTION && !close)
+            || name == EXPECT
+            || name == UPGRADE
+        {
             return Parsed::Other;
         }
         headers.append(name, value);
     }
+    let close = headers.contains_key(CONNECTION);
     Parsed::Ready(Head {
         len,
         method,
         uri,
         headers,
+        close,
     })
 }
 
@@ -307,6 +319,7 @@ impl Lane {
                 activity,
                 closing,
                 head_request: method == Method::HEAD,
+                last: head.close,
             };
             let (status, keep) = match admission {
                 Admission::Stream => {
@@ -460,10 +473,7 @@ impl Lane {
         // The client's answer: its head is in `self.out`, then the body as it streams.
         let keep = if answer.framing == Framing::UntilClose {
             header(&mut self.out, b"connection", b"close");
-            self.out.extend_from_slice(
-                b"
-",
-            );
+            self.out.extend_from_slice(b"\r\n");
             false
         } else {
             call.end_head(&mut self.out)
@@ -1160,6 +1170,10 @@ mod tests {
             b"DELETE /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
         ));
         assert!(matches!(
+            parse_head(b"GET /a HTTP/1.1\r\nhost: x\r\nConnection: Close\r\n\r\n"),
+            Parsed::Ready(Head { close: true, .. })
+        ));
+        assert!(matches!(
             parse_head(b"GET /a HTTP/1.1\r\nhost: x\r\n"),
             Parsed::Partial
         ));
@@ -1170,7 +1184,8 @@ mod tests {
             b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nab",
             b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
             b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, x-secret\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\nconnection: close\r\n\r\n",
             b"GET /a HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n",
             b"GET /a HTTP/1.1\r\nhost: x\r\nupgrade: h2c\r\n\r\n",
             b"GET /a HTTP/1.1\r\nhost: x\r\nbad header: 1\r\n\r\n",
