@@ -4,12 +4,16 @@
 //! |---|---|---|
 //! | `GET /healthz` | none | the process is up: `200 {"status":"ok"}` |
 //! | `GET /readyz` | none | `200` when a usable snapshot is live, else `503` (probes can't hold secrets; these reveal nothing) |
-//! | `GET /metrics` | none | Prometheus text: requests by route/decision/status, latencies, upstream errors, snapshot age, reloads, decision-log drops |
+//! | `GET /metrics` | none (bearer with `admin.protect_metrics`) | Prometheus text: requests by route/decision/status, latencies, upstream errors, snapshot age, reloads, decision-log drops |
 //! | `GET /status` | bearer | config hash, snapshot version and age, counts, counters, last errors |
 //! | `POST /explain` | bearer | `{"user","method","path"}` → the decision and its reasons, as `permgate explain --json` |
 //! | `POST /reload` | bearer | re-read the config file (like SIGHUP): `200 {"config_hash"}` or `422 {"errors"}` |
 //! | `PUT /snapshot` | bearer | replace the snapshot with the body: `200 {"version"}` or `422 {"errors"}` |
 //! | `POST /snapshot/changes` | bearer | `{"changes":[…]}` applied to the live snapshot: `200 {"version"}` or `422` |
+//!
+//! The open set is an allow-list ([`is_open`]): every other method and path, including an
+//! unknown one and any endpoint added later, needs the token before it is even routed (an
+//! unknown path without a token is 401, not 404: nothing about the API is learned without it).
 //!
 //! A refused change leaves everything live as it was.
 
@@ -48,9 +52,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(state: &State, req: &Request<Incoming>) -> bool {
-    let live = state.live();
-    let Some(admin) = &live.config.admin else {
+/// What anyone who reaches the admin port may call without the token: the probes (they
+/// cannot hold secrets and reveal nothing) and, unless `admin.protect_metrics`, the metrics.
+fn is_open(method: &Method, path: &str, protect_metrics: bool) -> bool {
+    *method == Method::GET
+        && match path {
+            "/healthz" | "/readyz" => true,
+            "/metrics" => !protect_metrics,
+            _ => false,
+        }
+}
+
+fn authorized(admin: Option<&crate::config::Admin>, req: &Request<Incoming>) -> bool {
+    let Some(admin) = admin else {
         return false;
     };
     let mut values = req.headers().get_all(http::header::AUTHORIZATION).iter();
@@ -106,6 +120,21 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let admin = state.live().config.admin.clone();
+    let protect_metrics = admin.as_ref().is_some_and(|a| a.protect_metrics);
+    if !is_open(&method, &path, protect_metrics) && !authorized(admin.as_ref(), &req) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "the admin API needs 'Authorization: Bearer <admin token>'",
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        info!("admin {method} {path} → 401");
+        return Ok(r);
+    }
     let resp = match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/metrics") => {
@@ -124,20 +153,6 @@ pub async fn handle(
                 StatusCode::SERVICE_UNAVAILABLE
             };
             reply(status, json!({"ready": ready, "stale": state.is_stale()}))
-        }
-        (_, "/status" | "/reload" | "/snapshot" | "/snapshot/changes")
-            if !authorized(&state, &req) =>
-        {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "the admin API needs 'Authorization: Bearer <admin token>'",
-            );
-            r.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
-            r
         }
         (&Method::GET, "/status") => reply(StatusCode::OK, state.status()),
         (&Method::POST, "/explain") => {
@@ -243,7 +258,7 @@ pub async fn handle(
         }
         (
             _,
-            "/healthz" | "/readyz" | "/metrics" | "/status" | "/reload" | "/snapshot"
+            "/healthz" | "/readyz" | "/metrics" | "/status" | "/explain" | "/reload" | "/snapshot"
             | "/snapshot/changes",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,

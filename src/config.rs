@@ -162,8 +162,8 @@ struct RawListen {
     h2_max_concurrent_streams: u32,
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: u64,
-    #[serde(default)]
-    engine: Engine,
+    #[serde(default = "default_engine")]
+    engine: Spanned<Engine>,
     #[serde(default = "default_true")]
     h1_lane: bool,
 }
@@ -172,12 +172,17 @@ struct RawListen {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
-    /// Pingora: the first data plane; every feature, more CPU and memory per call.
+    /// Pingora: the first data plane; more CPU and memory per call, and not the edge hardening
+    /// of the default engine. Only in a build with the `pingora` cargo feature.
     Pingora,
     /// hyper (the default): every feature, about a third less CPU per call and 60% less
     /// memory per open connection than Pingora here (`bench/RESULTS.md`).
     #[default]
     Hyper,
+}
+
+fn default_engine() -> Spanned<Engine> {
+    Spanned::new(0..0, Engine::default())
 }
 
 fn default_read_buffer() -> Spanned<usize> {
@@ -319,6 +324,8 @@ struct RawAdmin {
     token_file: Option<Spanned<String>>,
     #[serde(default = "default_max_snapshot_mb")]
     max_snapshot_mb: u64,
+    #[serde(default)]
+    protect_metrics: bool,
 }
 
 #[derive(Deserialize)]
@@ -663,6 +670,8 @@ pub struct Admin {
     /// The bearer token (protected endpoints compare it in constant time).
     pub token: String,
     pub max_snapshot_bytes: usize,
+    /// `GET /metrics` needs the token too (it is open by default, like the probes).
+    pub protect_metrics: bool,
 }
 
 impl fmt::Debug for Admin {
@@ -833,6 +842,15 @@ impl Config {
                     "at most 1048576 (each open connection holds this much)",
                 ));
             }
+        }
+        if *raw.listen.engine.get_ref() == Engine::Pingora && !cfg!(feature = "pingora") {
+            errors.push(ConfigError::new(
+                file,
+                at(raw.listen.engine.span()),
+                "listen.engine",
+                "this build has no Pingora engine (it is built only with the cargo feature \
+                 `pingora`); use \"hyper\", the default",
+            ));
         }
         if threads == 0 || threads > 256 {
             errors.push(ConfigError::new(
@@ -1302,6 +1320,7 @@ impl Config {
                         listen,
                         token,
                         max_snapshot_bytes: (a.max_snapshot_mb as usize).saturating_mul(1 << 20),
+                        protect_metrics: a.protect_metrics,
                     }),
                     _ => None,
                 }
@@ -1538,7 +1557,7 @@ impl Config {
                     keepalive_timeout_seconds: raw.listen.keepalive_timeout_seconds,
                     h2_max_concurrent_streams: raw.listen.h2_max_concurrent_streams,
                     max_body_bytes: raw.listen.max_body_bytes,
-                    engine: raw.listen.engine,
+                    engine: *raw.listen.engine.get_ref(),
                     h1_lane: raw.listen.h1_lane,
                 },
                 upstream: Upstream {

@@ -35,7 +35,8 @@
 //!
 //! Only the glue touches sockets:
 //!
-//! - [`proxy`]: the Pingora data plane (the only module importing Pingora).
+//! - `proxy`: the Pingora data plane (the only module importing Pingora), built only with the
+//!   `pingora` cargo feature.
 //! - [`sample_crm`]: a realistic legacy CRM over in-memory data (hyper), for the demo, the tests
 //!   and the bench; never needed in production.
 //! - [`control`]: the control thread: admin API, snapshot file watcher, SIGHUP, staleness.
@@ -69,6 +70,7 @@ pub mod metrics;
 pub mod pem;
 pub mod plane;
 pub mod policy;
+#[cfg(feature = "pingora")]
 pub mod proxy;
 pub mod records;
 pub mod reject;

@@ -11,7 +11,7 @@ use log::{error, info};
 use permgate::config::{Config, ConfigError, Engine};
 use permgate::control;
 use permgate::live::{load_startup_snapshot, Overrides, Startup, State};
-use permgate::{plane, proxy};
+use permgate::plane;
 
 // mimalloc: the bench profile showed glibc malloc at 16% of the gateway's CPU per request.
 #[global_allocator]
@@ -116,7 +116,14 @@ fn overrides(
 ) -> Result<Overrides, String> {
     let engine = match engine.as_deref() {
         None => None,
-        Some("pingora") => Some(Engine::Pingora),
+        Some("pingora") if cfg!(feature = "pingora") => Some(Engine::Pingora),
+        Some("pingora") => {
+            return Err(
+                "--engine pingora: this build has no Pingora engine (cargo feature \
+                        `pingora`)"
+                    .into(),
+            )
+        }
         Some("hyper") => Some(Engine::Hyper),
         Some(e) => return Err(format!("--engine '{e}': pingora or hyper")),
     };
@@ -161,10 +168,11 @@ fn serve(config: &Path, overrides: Overrides, upgrade: bool) -> ExitCode {
         error!("cannot start the control thread (admin listener?): {e}");
         return ExitCode::from(2);
     }
-    if state.live().config.listen.engine == Engine::Hyper {
-        return plane::run(state, upgrade);
+    #[cfg(feature = "pingora")]
+    if state.live().config.listen.engine == Engine::Pingora {
+        permgate::proxy::run(state, upgrade);
     }
-    proxy::run(state, upgrade)
+    plane::run(state, upgrade)
 }
 
 /// Load a config and its snapshot for the offline tools; errors are printed.

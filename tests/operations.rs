@@ -686,3 +686,104 @@ async fn a_call_handed_over_is_decided_once() {
         "{text}"
     );
 }
+
+/// Issue 14 item 1: the admin API fails closed. Every endpoint but the probes (and `/metrics`,
+/// unless `admin.protect_metrics`) answers 401 without the token and with a wrong one, before
+/// anything is routed — `POST /explain` and an unknown path included — and works with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_the_token_everywhere_but_the_probes() {
+    let g = gateway(|t| t).await;
+    let explain = r#"{"user":"u-admin","method":"GET","path":"/api/v1/customers/1"}"#;
+    let changes = r#"{"changes":[]}"#;
+    let protected: [(&str, &str, &str); 9] = [
+        ("GET", "/status", ""),
+        ("POST", "/explain", explain),
+        ("POST", "/reload", ""),
+        ("PUT", "/snapshot", "{}"),
+        ("POST", "/snapshot/changes", changes),
+        ("GET", "/explain", ""),
+        ("GET", "/no-such-endpoint", ""),
+        ("POST", "/healthz", ""),
+        ("DELETE", "/metrics", ""),
+    ];
+    let send = |method: &str, path: &str, body: &str, auth: Option<&str>| {
+        let mut req = client()
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", g.admin),
+            )
+            .body(body.to_string());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let wrong = "Bearer test-admin-token-0123456780";
+    for (method, path, body) in protected {
+        for auth in [None, Some(wrong), Some("test-admin-token-0123456789")] {
+            let r = send(method, path, body, auth).await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path} with {auth:?}");
+            assert_eq!(r.headers()["www-authenticate"], "Bearer");
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"], "unauthenticated", "{method} {path}");
+            assert!(v.get("decision").is_none() && v.get("roles").is_none());
+        }
+    }
+    // With the token: the endpoints answer (explain says what it decided).
+    let ok = format!("Bearer {ADMIN_TOKEN}");
+    let r = send("POST", "/explain", explain, Some(&ok)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "allow");
+    assert_eq!(
+        send("GET", "/status", "", Some(&ok))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = send("GET", "/no-such-endpoint", "", Some(&ok))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = send("POST", "/healthz", "", Some(&ok)).await.unwrap();
+    assert_eq!(r.status(), 405);
+    // The open set: probes and metrics need nothing.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            send("GET", path, "", None).await.unwrap().status(),
+            200,
+            "{path}"
+        );
+    }
+
+    // `admin.protect_metrics`: /metrics needs the token too; the probes stay open.
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, port) = admin_section();
+    std::fs::write(
+        dir.path().join("permgate.toml"),
+        demo_config_text() + &admin + "protect_metrics = true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        permgate::demo::DEMO_SNAPSHOT,
+    )
+    .unwrap();
+    let _h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let get = |path: &str, auth: Option<&str>| {
+        let mut req = client().get(format!("{base}{path}"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    assert_eq!(get("/metrics", None).await.unwrap().status(), 401);
+    assert_eq!(get("/metrics", Some(wrong)).await.unwrap().status(), 401);
+    let r = get("/metrics", Some(&ok)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("permgate_requests_total"));
+    assert_eq!(get("/healthz", None).await.unwrap().status(), 200);
+    assert_eq!(get("/readyz", None).await.unwrap().status(), 200);
+}

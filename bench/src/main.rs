@@ -360,7 +360,7 @@ mod tests {
             threads: 1,
             pool_size: 64,
         };
-        let config_text = peers::permgate_config(a, a, &tuning, true, "pingora").unwrap();
+        let config_text = peers::permgate_config(a, a, &tuning, true, "hyper").unwrap();
         let config = permgate::config::Config::parse("permgate.toml", &config_text, &tmp).unwrap();
         let snapshot =
             permgate::snapshot::Snapshot::build("snapshot.json", &snapshot_text, &config.catalog)

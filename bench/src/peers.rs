@@ -610,7 +610,7 @@ mod tests {
             pool_size: 64,
         };
         let on = permgate_config(a, a, &tuning, true, "hyper").unwrap();
-        let off = permgate_config(a, a, &tuning, false, "pingora").unwrap();
+        let off = permgate_config(a, a, &tuning, false, "hyper").unwrap();
         assert!(on.matches("[[route]]").count() > 80);
         assert_eq!(off.matches("[[route]]").count(), 1);
         let s = snapshot_with(&BTreeMap::from([("sales_rep".to_string(), 3)])).unwrap();

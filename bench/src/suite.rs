@@ -329,7 +329,9 @@ fn start_peers(
         ("permgate-hyper-pass", false, "hyper"),
         ("permgate-hyper-nolane", true, "hyper-nolane"),
     ] {
-        if !want(name) {
+        // The Pingora engine is only in a gateway built with `--features pingora` (the bench
+        // crate's feature of the same name passes it on).
+        if !want(name) || (engine == "pingora" && !cfg!(feature = "pingora")) {
             continue;
         }
         let sub = dir.join(name);
