@@ -176,3 +176,43 @@ fn bad_upstream_tls_files_are_located() {
         "{err}"
     );
 }
+
+/// The Pingora engine is not in the default build: a config naming it is refused at its line,
+/// and so is `serve --engine pingora` (nothing is started).
+#[cfg(not(feature = "pingora"))]
+#[test]
+fn a_default_build_refuses_the_pingora_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(demo_config()).unwrap().replacen(
+        "threads = 1",
+        "threads = 1\nengine = \"pingora\"",
+        1,
+    );
+    std::fs::write(dir.path().join("c.toml"), &text).unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        permgate::demo::DEMO_SNAPSHOT,
+    )
+    .unwrap();
+    let (code, _, err) = check(&dir.path().join("c.toml"));
+    assert_eq!(code, 1, "{err}");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("engine = \"pingora\""))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "c.toml:{line}: listen.engine: this build has no Pingora engine"
+        )),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["serve", "--config"])
+        .arg(demo_config())
+        .args(["--engine", "pingora", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("this build has no Pingora engine"));
+}
