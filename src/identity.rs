@@ -3,7 +3,10 @@
 //! Exactly one credential must be presented; two kinds at once are ambiguous and refused (400),
 //! none is 401. JWTs are verified with a key picked by `kid` whose algorithm is pinned in the
 //! config (a token naming another algorithm is refused, so RS→HS confusion cannot happen);
-//! `exp`, `nbf`, `iss` and `aud` are required and checked. Headers that point at other keys
+//! `exp` is required; `iss` and `aud` are required and checked when the config names them (a
+//! CRM's own tokens often carry neither) and not looked at when it does not (`check-config` says
+//! so); `nbf` and `iat` are checked when present; `kid` may be left out when there is one key.
+//! Headers that point at other keys
 //! (`jku`, `x5u`, `jwk`, `x5c`) are refused: permgate never fetches or trusts a key a token names.
 //! API keys are never stored: the snapshot holds their SHA-256, and the presented key is hashed.
 
@@ -42,8 +45,10 @@ pub struct IdentitySection {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawJwt {
-    issuer: String,
-    audience: String,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    audience: Option<String>,
     #[serde(default = "default_user_claim")]
     user_claim: String,
     #[serde(default = "default_leeway")]
@@ -116,6 +121,9 @@ struct JwtVerifier {
     keys: HashMap<String, JwtKey>,
     user_claim: String,
     cache: TokenCache,
+    /// Whether `iss` / `aud` are checked (configured), for `check-config` to say so.
+    checks_issuer: bool,
+    checks_audience: bool,
 }
 
 /// Verified tokens, so a client that reuses its token pays for the signature check once.
@@ -276,6 +284,32 @@ fn unauthenticated(code: &'static str, message: &'static str) -> Rejection {
 }
 
 impl Verifier {
+    /// What `check-config` tells the operator about how tokens are checked: the claims that
+    /// are left unchecked because the config does not name them.
+    pub fn notes(&self) -> Vec<String> {
+        let Some(j) = &self.jwt else {
+            return Vec::new();
+        };
+        let mut notes = vec![format!(
+            "jwt: exp required; nbf and iat checked when present; user from '{}'",
+            j.user_claim
+        )];
+        for (checked, claim, key) in [
+            (j.checks_issuer, "iss", "issuer"),
+            (j.checks_audience, "aud", "audience"),
+        ] {
+            notes.push(if checked {
+                format!("jwt: {claim} required and checked (identity.jwt.{key})")
+            } else {
+                format!(
+                    "jwt: {claim} NOT checked (identity.jwt.{key} is not set): any {claim} \
+                     signed with a configured key is accepted"
+                )
+            });
+        }
+        notes
+    }
+
     /// Compile `[identity]`. `base` resolves key file paths.
     pub fn build(
         raw: &IdentitySection,
@@ -288,12 +322,16 @@ impl Verifier {
         if let Some(j) = &raw.jwt {
             let jline = Some(line_of(text, j.span().start));
             let j = j.get_ref();
-            if j.issuer.trim().is_empty() || j.audience.trim().is_empty() {
+            if [&j.issuer, &j.audience]
+                .into_iter()
+                .flatten()
+                .any(|v| v.trim().is_empty())
+            {
                 errors.push(ConfigError::new(
                     file,
                     jline,
                     "identity.jwt",
-                    "issuer and audience must not be empty",
+                    "issuer and audience must not be empty (leave a key out not to check it)",
                 ));
             }
             if j.leeway_seconds > MAX_LEEWAY_SECONDS {
@@ -320,9 +358,21 @@ impl Verifier {
                     return;
                 }
                 let mut validation = Validation::new(alg);
-                validation.set_issuer(&[&j.issuer]);
-                validation.set_audience(&[&j.audience]);
-                validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud"]);
+                // `exp` always; `iss` and `aud` when configured (then required and checked),
+                // not looked at otherwise; `nbf` checked when present.
+                let mut required = vec!["exp"];
+                if let Some(iss) = &j.issuer {
+                    validation.set_issuer(&[iss]);
+                    required.push("iss");
+                }
+                match &j.audience {
+                    Some(aud) => {
+                        validation.set_audience(&[aud]);
+                        required.push("aud");
+                    }
+                    None => validation.validate_aud = false,
+                }
+                validation.set_required_spec_claims(&required);
                 validation.validate_nbf = true;
                 validation.leeway = j.leeway_seconds;
                 keys.insert(
@@ -454,6 +504,8 @@ impl Verifier {
                 keys,
                 user_claim: j.user_claim.clone(),
                 cache: TokenCache::new(),
+                checks_issuer: j.issuer.is_some(),
+                checks_audience: j.audience.is_some(),
             });
         }
 
@@ -794,7 +846,7 @@ impl JwtVerifier {
             ErrorKind::InvalidIssuer => invalid("the token's issuer is not accepted"),
             ErrorKind::InvalidAudience => invalid("the token's audience is not accepted"),
             ErrorKind::MissingRequiredClaim(_) => {
-                invalid("the token lacks a required claim (exp, nbf, iss, aud)")
+                invalid("the token lacks a required claim (exp; iss and aud when configured)")
             }
             ErrorKind::InvalidSignature => invalid("the token's signature is invalid"),
             ErrorKind::InvalidAlgorithm => {
@@ -804,6 +856,19 @@ impl JwtVerifier {
         })?;
         // `exp` is required and was checked; a token without a usable one is never cached.
         let exp = data.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
+        // `iat` (not checked by the JWT library), when present: a number, and not in the
+        // future beyond the leeway (a token issued later than now is forged or from a skewed
+        // clock).
+        match data.claims.get("iat") {
+            None => {}
+            Some(serde_json::Value::Number(n)) => {
+                let iat = n.as_f64().unwrap_or(f64::INFINITY);
+                if iat > (now_unix() + key.validation.leeway) as f64 {
+                    return Err(invalid("the token is issued in the future (iat)"));
+                }
+            }
+            Some(_) => return Err(invalid("the token's iat is not a number")),
+        }
         let user = match data.claims.get(&self.user_claim) {
             Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
             Some(serde_json::Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
@@ -926,8 +991,14 @@ trusted_cidrs = ["10.1.0.0/16"]
         wrong_iss["iss"] = json!("other");
         let mut wrong_aud = claims();
         wrong_aud["aud"] = json!("other");
-        let mut no_nbf = claims();
-        no_nbf.as_object_mut().unwrap().remove("nbf");
+        let mut no_iss = claims();
+        no_iss.as_object_mut().unwrap().remove("iss");
+        let mut no_aud = claims();
+        no_aud.as_object_mut().unwrap().remove("aud");
+        let mut issued_later = claims();
+        issued_later["iat"] = json!(now() + 3600);
+        let mut iat_text = claims();
+        iat_text["iat"] = json!("yesterday");
         let mut no_exp = claims();
         no_exp.as_object_mut().unwrap().remove("exp");
         let mut no_sub = claims();
@@ -986,7 +1057,13 @@ trusted_cidrs = ["10.1.0.0/16"]
             ("not yet valid", hs(&future, Some("hs"))),
             ("wrong issuer", hs(&wrong_iss, Some("hs"))),
             ("wrong audience", hs(&wrong_aud, Some("hs"))),
-            ("no nbf", hs(&no_nbf, Some("hs"))),
+            ("no iss while issuer is configured", hs(&no_iss, Some("hs"))),
+            (
+                "no aud while audience is configured",
+                hs(&no_aud, Some("hs")),
+            ),
+            ("iat in the future", hs(&issued_later, Some("hs"))),
+            ("iat not a number", hs(&iat_text, Some("hs"))),
             ("no exp", hs(&no_exp, Some("hs"))),
             ("no user claim", hs(&no_sub, Some("hs"))),
             ("unknown kid", hs(&claims(), Some("nope"))),
@@ -1000,6 +1077,50 @@ trusted_cidrs = ["10.1.0.0/16"]
             let r = v.identify(&auth(&format!("Bearer {token}")), None);
             assert_eq!(code(r), "invalid_token", "{name}");
         }
+    }
+
+    /// A CRM's own tokens as they are (Django simplejwt): no `iss`, `aud`, `nbf` or `kid`, the
+    /// user in `user_id`. With no issuer or audience configured and one key they are accepted;
+    /// `exp` stays required and `nbf`/`iat` are checked when present.
+    #[test]
+    fn tokens_without_iss_aud_nbf_kid_when_the_config_names_none() {
+        let text = format!(
+            "[jwt]\nuser_claim = \"user_id\"\n[[jwt.keys]]\nkid = \"crm\"\nalg = \"HS256\"\n\
+             secret = \"{SECRET}\"\n"
+        );
+        let raw: IdentitySection = toml::from_str(&text).unwrap();
+        let v = Verifier::build(&raw, "t.toml", &text, &keys_dir()).unwrap();
+        let simplejwt = json!({"token_type": "access", "exp": now() + 300, "iat": now(),
+                               "jti": "5f0c", "user_id": 42});
+        let token = |c: &serde_json::Value| format!("Bearer {}", hs(c, None));
+        let id = v.identify(&auth(&token(&simplejwt)), None).unwrap();
+        assert_eq!(id.credential, Credential::User("42".into()));
+        // Any iss / aud is accepted when not configured (check-config says so).
+        let mut with_aud = simplejwt.clone();
+        with_aud["aud"] = json!("whatever");
+        with_aud["iss"] = json!("whoever");
+        assert_eq!(code(v.identify(&auth(&token(&with_aud)), None)), "ok");
+        let notes = v.notes().join("\n");
+        assert!(notes.contains("jwt: iss NOT checked"), "{notes}");
+        assert!(notes.contains("jwt: aud NOT checked"), "{notes}");
+        assert!(verifier("")
+            .notes()
+            .join("\n")
+            .contains("iss required and checked"));
+        let broken = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut c = simplejwt.clone();
+            edit(&mut c);
+            code(v.identify(&auth(&token(&c)), None))
+        };
+        assert_eq!(
+            broken(&|c| drop(c.as_object_mut().unwrap().remove("exp"))),
+            "invalid_token"
+        );
+        assert_eq!(broken(&|c| c["nbf"] = json!(now() + 3600)), "invalid_token");
+        assert_eq!(broken(&|c| c["iat"] = json!(now() + 3600)), "invalid_token");
+        assert_eq!(broken(&|c| c["exp"] = json!(now() - 3600)), "invalid_token");
+        // Within the leeway (30 s by default) an iat a little ahead is clock skew, accepted.
+        assert_eq!(broken(&|c| c["iat"] = json!(now() + 5)), "ok");
     }
 
     #[test]

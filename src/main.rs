@@ -241,6 +241,9 @@ fn main() -> ExitCode {
                         s.custom_role_count()
                     );
                     println!("  users:       {}", s.user_count());
+                    for note in config.identity.notes() {
+                        println!("  {note}");
+                    }
                     println!(
                         "  snapshot:    {} ({})",
                         config.snapshot.path.display(),

@@ -970,3 +970,72 @@ async fn head_refusals_have_no_body_and_connect_is_405() {
     assert_eq!(r.status, 405, "{r:?}");
     assert!(h.received().iter().all(|r| r.method != "CONNECT"));
 }
+
+/// Issue 16 item 1: a CRM's own tokens as they are (Django simplejwt: no `iss`, `aud`, `nbf` or
+/// `kid`, the user in `user_id`) pass when the config names no issuer or audience, through the
+/// real binary; `check-config` says those claims are not checked; `exp` stays required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crms_own_tokens_without_iss_aud_nbf_kid() {
+    let text = demo_text()
+        .replace("issuer = \"https://crm.example.test\"\n", "")
+        .replace("audience = \"crm-api\"\n", "")
+        .replace("user_claim = \"sub\"", "user_claim = \"user_id\"");
+    assert!(!text.contains("issuer =") && text.contains("user_claim = \"user_id\""));
+    let h = Harness::with_config_text(&text, &[]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mint = |claims: serde_json::Value| {
+        let t = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(permgate::demo::DEMO_SECRET.as_bytes()),
+        )
+        .unwrap();
+        format!("Bearer {t}")
+    };
+    let simplejwt = serde_json::json!({"token_type": "access", "exp": now + 300, "iat": now,
+                                       "jti": "9b1f", "user_id": "u-rep1"});
+    let (s, _, _) = get_json(
+        &h,
+        "/api/v1/customers/1",
+        &[("authorization", mint(simplejwt.clone()))],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        recorded_header(h.received().last().unwrap(), "x-permgate-user"),
+        ["u-rep1"]
+    );
+    let mut no_exp = simplejwt.clone();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let (s, v, hd) = get_json(
+        &h,
+        "/api/v1/customers/1",
+        &[("authorization", mint(no_exp))],
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert_rejection(&v, &hd, "invalid_token");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), &text).unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        permgate::demo::DEMO_SNAPSHOT,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .arg("check-config")
+        .arg(dir.path().join("c.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("jwt: iss NOT checked (identity.jwt.issuer is not set)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("jwt: aud NOT checked"), "{stdout}");
+}
