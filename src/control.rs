@@ -156,6 +156,7 @@ pub fn spawn(state: Arc<State>, upgrade: bool) -> std::io::Result<()> {
                     tokio::spawn(watch_snapshot_file(state.clone()));
                 }
                 tokio::spawn(staleness_ticker(state.clone()));
+                tokio::spawn(refresh_jwks(state.clone()));
                 reload_on_sighup(state).await;
                 // SIGHUP could not be installed: keep the other tasks running.
                 std::future::pending::<()>().await;
@@ -294,6 +295,76 @@ async fn pull_snapshot(state: Arc<State>) {
         }
         tokio::time::sleep(backoff(source.pull_interval, failures)).await;
     }
+}
+
+/// Keep the live config's JWKS keys fresh ([`crate::jwks`]): a fetch when the store says one is
+/// due (at start, every `jwks_refresh_seconds`, early after an unknown `kid` or a failure, never
+/// more often than `jwks_min_refresh_seconds`). A failure keeps the last good keys.
+async fn refresh_jwks(state: Arc<State>) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            error!("jwks: cannot build an HTTP client: {e}");
+            return;
+        }
+    };
+    loop {
+        let store = state.live().config.identity.jwks().cloned();
+        if let Some(store) = store.filter(|s| s.due(std::time::Instant::now())) {
+            let fetched = fetch_jwks(&client, store.source()).await;
+            let url = store.source().first_url();
+            match store.apply(fetched.as_deref().map_err(Clone::clone)) {
+                Ok(note) => info!("jwks {url}: {note}"),
+                Err(e) => warn!("jwks {url}: {e}; the last good keys stay"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The JWKS document of a source (through the discovery document first, for OIDC discovery).
+async fn fetch_jwks(
+    client: &reqwest::Client,
+    source: &crate::jwks::JwksSource,
+) -> Result<Vec<u8>, String> {
+    let first = fetch_bounded(client, &source.first_url()).await?;
+    match source {
+        crate::jwks::JwksSource::Url(_) => Ok(first),
+        crate::jwks::JwksSource::Discovery(_) => {
+            let uri = crate::jwks::discovered_jwks_uri(&first)?;
+            fetch_bounded(client, &uri).await
+        }
+    }
+}
+
+/// GET `url`, at most [`crate::jwks::MAX_JWKS_BYTES`] of body.
+async fn fetch_bounded(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
+    let max = crate::jwks::MAX_JWKS_BYTES;
+    let mut resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: request failed: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url}: answered {}", resp.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("{url}: reading the body failed: {e}"))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(format!("{url}: the document is over {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::config::{line_of, ConfigError};
+use crate::jwks::{JwksSource, JwksStore};
 use crate::records::KeyedState;
 use crate::reject::Rejection;
 
@@ -57,6 +58,21 @@ struct RawJwt {
     keys: Vec<Spanned<RawJwtKey>>,
     #[serde(default)]
     jwks_files: Vec<Spanned<String>>,
+    #[serde(default)]
+    jwks_url: Option<Spanned<String>>,
+    #[serde(default)]
+    oidc_discovery: bool,
+    #[serde(default = "default_jwks_refresh")]
+    jwks_refresh_seconds: u64,
+    #[serde(default = "default_jwks_min_refresh")]
+    jwks_min_refresh_seconds: u64,
+}
+
+fn default_jwks_refresh() -> u64 {
+    300
+}
+fn default_jwks_min_refresh() -> u64 {
+    10
 }
 
 #[derive(Deserialize)]
@@ -119,6 +135,12 @@ struct JwtKey {
 
 struct JwtVerifier {
     keys: HashMap<String, JwtKey>,
+    /// Keys fetched from a JWKS URL (or OIDC discovery), and the validation each of their
+    /// algorithms gets (the same claim rules as the configured keys).
+    jwks: Option<Arc<JwksStore>>,
+    jwks_validation: [(Algorithm, Validation); 2],
+    /// The store's epoch the token cache was last cleared at.
+    cache_epoch: std::sync::atomic::AtomicU64,
     user_claim: String,
     cache: TokenCache,
     /// Whether `iss` / `aud` are checked (configured), for `check-config` to say so.
@@ -177,6 +199,14 @@ impl TokenCache {
         match shard.get(&h) {
             Some(c) if now < c.exp && *c.token == *token => Some(c.user.clone()),
             _ => None,
+        }
+    }
+
+    fn clear(&self) {
+        for shard in &self.shards {
+            if let Ok(mut shard) = shard.lock() {
+                shard.clear();
+            }
         }
     }
 
@@ -283,7 +313,35 @@ fn unauthenticated(code: &'static str, message: &'static str) -> Rejection {
     Rejection::new(401, code, message)
 }
 
+/// The claim rules every key of a config verifies with: `exp` always; `iss` and `aud` when
+/// configured (then required and checked), not looked at otherwise; `nbf` checked when present.
+fn validation_for(alg: Algorithm, j: &RawJwt) -> Validation {
+    let mut validation = Validation::new(alg);
+    let mut required = vec!["exp"];
+    if let Some(iss) = &j.issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    match &j.audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    validation.validate_nbf = true;
+    validation.leeway = j.leeway_seconds;
+    validation
+}
+
 impl Verifier {
+    /// The JWKS store the control thread keeps fresh, when the config names a JWKS URL or
+    /// OIDC discovery.
+    pub fn jwks(&self) -> Option<&Arc<JwksStore>> {
+        self.jwt.as_ref().and_then(|j| j.jwks.as_ref())
+    }
+
     /// What `check-config` tells the operator about how tokens are checked: the claims that
     /// are left unchecked because the config does not name them.
     pub fn notes(&self) -> Vec<String> {
@@ -294,6 +352,12 @@ impl Verifier {
             "jwt: exp required; nbf and iat checked when present; user from '{}'",
             j.user_claim
         )];
+        if let Some(s) = &j.jwks {
+            notes.push(format!(
+                "jwt: keys also from {} (fetched when serving, not by check-config)",
+                s.source().first_url()
+            ));
+        }
         for (checked, claim, key) in [
             (j.checks_issuer, "iss", "issuer"),
             (j.checks_audience, "aud", "audience"),
@@ -357,24 +421,7 @@ impl Verifier {
                     ));
                     return;
                 }
-                let mut validation = Validation::new(alg);
-                // `exp` always; `iss` and `aud` when configured (then required and checked),
-                // not looked at otherwise; `nbf` checked when present.
-                let mut required = vec!["exp"];
-                if let Some(iss) = &j.issuer {
-                    validation.set_issuer(&[iss]);
-                    required.push("iss");
-                }
-                match &j.audience {
-                    Some(aud) => {
-                        validation.set_audience(&[aud]);
-                        required.push("aud");
-                    }
-                    None => validation.validate_aud = false,
-                }
-                validation.set_required_spec_claims(&required);
-                validation.validate_nbf = true;
-                validation.leeway = j.leeway_seconds;
+                let validation = validation_for(alg, j);
                 keys.insert(
                     kid,
                     JwtKey {
@@ -460,36 +507,67 @@ impl Verifier {
                     }
                 };
                 for (i, jwk) in set.keys.iter().enumerate() {
-                    let (Some(kid), Some(ka)) = (&jwk.common.key_id, &jwk.common.key_algorithm)
-                    else {
-                        errors.push(err(format!(
-                            "'{}': keys[{i}] needs both 'kid' and 'alg' (the algorithm is pinned per key)",
-                            path.display()
-                        )));
-                        continue;
-                    };
-                    let alg = match Algorithm::from_str(&ka.to_string()) {
-                        Ok(a) if ALLOWED_ALGS.contains(&a) && a != Algorithm::HS256 => a,
-                        _ => {
-                            errors.push(err(format!(
-                                "'{}': keys[{i}]: alg '{ka}' is not one of RS256, ES256",
-                                path.display()
-                            )));
-                            continue;
-                        }
-                    };
-                    match DecodingKey::from_jwk(jwk) {
-                        Ok(d) => add(kid.clone(), alg, d, line, &mut errors),
+                    match crate::jwks::jwk_key(jwk, false) {
+                        Ok((kid, alg, d)) => add(kid, alg, d, line, &mut errors),
                         Err(e) => errors.push(err(format!("'{}': keys[{i}]: {e}", path.display()))),
                     }
                 }
             }
-            if keys.is_empty() && errors.is_empty() {
+            let jwks_source = match (&j.jwks_url, j.oidc_discovery, &j.issuer) {
+                (None, false, _) => None,
+                (Some(u), false, _) => Some((JwksSource::Url(u.get_ref().clone()), u.span())),
+                (None, true, Some(iss)) => Some((JwksSource::Discovery(iss.clone()), 0..0)),
+                (None, true, None) => {
+                    errors.push(ConfigError::new(
+                        file,
+                        jline,
+                        "identity.jwt.oidc_discovery",
+                        "needs identity.jwt.issuer (discovery reads <issuer>/.well-known/openid-configuration)",
+                    ));
+                    None
+                }
+                (Some(u), true, _) => {
+                    errors.push(ConfigError::new(
+                        file,
+                        Some(line_of(text, u.span().start)),
+                        "identity.jwt.jwks_url",
+                        "set jwks_url or oidc_discovery, not both",
+                    ));
+                    None
+                }
+            };
+            if let Some((source, span)) = &jwks_source {
+                let line = if span.is_empty() {
+                    jline
+                } else {
+                    Some(line_of(text, span.start))
+                };
+                if let Err(e) = crate::jwks::check_url(&source.first_url()) {
+                    errors.push(ConfigError::new(file, line, "identity.jwt.jwks_url", e));
+                }
+                if !(10..=86_400).contains(&j.jwks_refresh_seconds) {
+                    errors.push(ConfigError::new(
+                        file,
+                        jline,
+                        "identity.jwt.jwks_refresh_seconds",
+                        "must be between 10 and 86400",
+                    ));
+                }
+                if !(1..=j.jwks_refresh_seconds.max(1)).contains(&j.jwks_min_refresh_seconds) {
+                    errors.push(ConfigError::new(
+                        file,
+                        jline,
+                        "identity.jwt.jwks_min_refresh_seconds",
+                        "must be between 1 and jwks_refresh_seconds",
+                    ));
+                }
+            }
+            if keys.is_empty() && jwks_source.is_none() && errors.is_empty() {
                 errors.push(ConfigError::new(
                     file,
                     jline,
                     "identity.jwt",
-                    "no keys: add [[identity.jwt.keys]] or jwks_files",
+                    "no keys: add [[identity.jwt.keys]], jwks_files, jwks_url or oidc_discovery",
                 ));
             }
             if j.user_claim.is_empty() {
@@ -500,8 +578,20 @@ impl Verifier {
                     "must not be empty",
                 ));
             }
+            let jwks = match jwks_source {
+                Some((source, _)) if errors.is_empty() => Some(JwksStore::shared(
+                    source,
+                    std::time::Duration::from_secs(j.jwks_refresh_seconds),
+                    std::time::Duration::from_secs(j.jwks_min_refresh_seconds),
+                )),
+                _ => None,
+            };
             jwt = Some(JwtVerifier {
                 keys,
+                jwks,
+                jwks_validation: [Algorithm::RS256, Algorithm::ES256]
+                    .map(|alg| (alg, validation_for(alg, j))),
+                cache_epoch: std::sync::atomic::AtomicU64::new(0),
                 user_claim: j.user_claim.clone(),
                 cache: TokenCache::new(),
                 checks_issuer: j.issuer.is_some(),
@@ -657,6 +747,7 @@ impl Verifier {
             }
             _ => return None,
         };
+        jwt.sync_cache();
         jwt.cache.get(token, now_unix())
     }
 
@@ -791,14 +882,32 @@ fn header_has_crit(token: &str) -> bool {
 }
 
 impl JwtVerifier {
+    /// When the JWKS key set changed since the cache was last cleared, clear it: a token
+    /// verified with a key the IdP withdrew is not answered from the cache.
+    fn sync_cache(&self) {
+        use std::sync::atomic::Ordering;
+        if let Some(store) = &self.jwks {
+            let epoch = store.epoch();
+            if self.cache_epoch.load(Ordering::Acquire) != epoch {
+                self.cache.clear();
+                self.cache_epoch.store(epoch, Ordering::Release);
+            }
+        }
+    }
+
     fn verify(&self, token: &str) -> Result<Arc<str>, Rejection> {
+        self.sync_cache();
         let now = now_unix();
         if let Some(user) = self.cache.get(token.as_bytes(), now) {
             return Ok(user);
         }
+        let epoch = self.jwks.as_ref().map(|s| s.epoch());
         let (user, exp) = self.verify_uncached(token)?;
         let user: Arc<str> = user.into();
-        self.cache.put(token.as_bytes(), &user, exp);
+        // Not cached if the key set changed meanwhile (the key may just have been withdrawn).
+        if epoch == self.jwks.as_ref().map(|s| s.epoch()) {
+            self.cache.put(token.as_bytes(), &user, exp);
+        }
         Ok(user)
     }
 
@@ -824,21 +933,46 @@ impl JwtVerifier {
                 "the token header has 'crit'; permgate understands no JWS extension",
             ));
         }
-        let key = match &header.kid {
+        // The configured keys first, then those fetched from the JWKS source. A token without
+        // `kid` uses the one key there is, if there is exactly one.
+        let fetched = self.jwks.as_ref().map(|s| s.keys());
+        let fetched_key = |kid: Option<&String>| -> Option<(Algorithm, &DecodingKey, &Validation)> {
+            let set = fetched.as_deref()?;
+            let (alg, key) = match kid {
+                Some(kid) => set.get(kid)?,
+                None if self.keys.is_empty() && set.len() == 1 => set.values().next()?,
+                None => return None,
+            };
+            let (_, validation) = self.jwks_validation.iter().find(|(a, _)| a == alg)?;
+            Some((*alg, key, validation))
+        };
+        let configured = match &header.kid {
             Some(kid) => self.keys.get(kid),
-            None if self.keys.len() == 1 => self.keys.values().next(),
+            None if self.keys.len() == 1 && fetched.as_ref().is_none_or(|f| f.is_empty()) => {
+                self.keys.values().next()
+            }
             None => None,
-        }
-        .ok_or_else(|| invalid("the token's key id (kid) is missing or unknown"))?;
-        if header.alg != key.alg {
+        };
+        let (alg, key, validation) = match configured {
+            Some(k) => (k.alg, &k.key, &k.validation),
+            None => match fetched_key(header.kid.as_ref()) {
+                Some(found) => found,
+                None => {
+                    // Perhaps the IdP rotated its keys: fetch early (rate-limited).
+                    if let (Some(store), Some(_)) = (&self.jwks, &header.kid) {
+                        store.want_refresh();
+                    }
+                    return Err(invalid("the token's key id (kid) is missing or unknown"));
+                }
+            },
+        };
+        if header.alg != alg {
             return Err(invalid(
                 "the token's algorithm is not the one pinned for its key",
             ));
         }
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            &key.key,
-            &key.validation,
+            token, key, validation,
         )
         .map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => invalid("the token has expired"),
@@ -863,7 +997,7 @@ impl JwtVerifier {
             None => {}
             Some(serde_json::Value::Number(n)) => {
                 let iat = n.as_f64().unwrap_or(f64::INFINITY);
-                if iat > (now_unix() + key.validation.leeway) as f64 {
+                if iat > (now_unix() + validation.leeway) as f64 {
                     return Err(invalid("the token is issued in the future (iat)"));
                 }
             }

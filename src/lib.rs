@@ -16,6 +16,8 @@
 //!   part with the previous one, tested equal to a full rebuild.
 //! - [`chunked`]: the copy-on-write chunked vector those versions share.
 //! - [`identity`]: JWT bearer, API keys and trusted identity headers → a caller id.
+//! - [`jwks`]: keys from an IdP's JWKS URL or OIDC discovery, kept fresh by the control
+//!   thread (the store is data; the fetch is in [`control`]).
 //! - [`policy`]: the decision: allow, or a typed denial.
 //! - [`ids`]: record types and canonical record ids (one spelling per record, or a refusal).
 //! - [`scope`]: record scopes (`all`, `subordinates`, `team`, `own`, `shared`) per permission.
@@ -65,6 +67,7 @@ pub mod identity;
 pub mod ids;
 pub mod inspect;
 pub mod json;
+pub mod jwks;
 pub mod live;
 pub mod metrics;
 pub mod pem;

@@ -415,9 +415,11 @@ impl State {
     }
 
     /// Ready to serve protected routes.
+    /// A usable snapshot is live and, when keys come from a JWKS URL, they have been fetched once.
     pub fn ready(&self) -> bool {
         let live = self.live();
         self.snapshot_for_request(&live).is_ok()
+            && live.config.identity.jwks().is_none_or(|s| s.loaded())
     }
 
     /// Log an audit event (target `permgate::audit`, one JSON object) and keep it for `/status`.
@@ -786,6 +788,7 @@ impl State {
                 "permissions": live.config.catalog.permissions().len(),
             },
             "snapshot": snapshot,
+            "jwks": live.config.identity.jwks().map(|s| s.status()),
             "counters": {
                 "config_reloads": c.config_reloads.load(Ordering::Relaxed),
                 "config_reload_failures": c.config_reload_failures.load(Ordering::Relaxed),

@@ -1,0 +1,280 @@
+//! Keys from an IdP (issue 16 item 1): OIDC discovery from the issuer, the JWKS fetched and
+//! refreshed, a rotation followed on the first unknown `kid` (rate-limited), the last good keys
+//! kept while the IdP is down. A real local IdP on 127.0.0.1 and the real gateway binary.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+
+use common::*;
+
+/// A local IdP: the discovery document, and a JWKS whose content and status the test sets.
+struct Idp {
+    addr: SocketAddr,
+    jwks: Arc<Mutex<(u16, String)>>,
+    jwks_hits: Arc<AtomicUsize>,
+}
+
+async fn idp() -> Idp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let jwks = Arc::new(Mutex::new((200u16, r#"{"keys":[]}"#.to_string())));
+    let jwks_hits = Arc::new(AtomicUsize::new(0));
+    let (j, hits) = (jwks.clone(), jwks_hits.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (j, hits) = (j.clone(), hits.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (status, body) = match req.uri().path() {
+                        "/.well-known/openid-configuration" => (
+                            200,
+                            format!(
+                                r#"{{"issuer":"http://{addr}","jwks_uri":"http://{addr}/jwks"}}"#
+                            ),
+                        ),
+                        "/jwks" => {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            j.lock().unwrap().clone()
+                        }
+                        _ => (404, String::new()),
+                    };
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Idp {
+        addr,
+        jwks,
+        jwks_hits,
+    }
+}
+
+/// An ES256 key of the IdP: its JWK (no `alg`: inferred from the curve) and a token signer.
+struct Key {
+    kid: String,
+    pair: rcgen::KeyPair,
+}
+
+impl Key {
+    fn new(kid: &str) -> Key {
+        Key {
+            kid: kid.into(),
+            pair: rcgen::KeyPair::generate().unwrap(),
+        }
+    }
+    fn jwk(&self) -> serde_json::Value {
+        let raw = self.pair.public_key_raw();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        serde_json::json!({"kty": "EC", "crv": "P-256", "use": "sig", "kid": self.kid,
+                           "x": b64(&raw[1..33]), "y": b64(&raw[33..65])})
+    }
+    fn bearer(&self, issuer: &str, user: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some(self.kid.clone());
+        let claims = serde_json::json!({"sub": user, "iss": issuer, "aud": "crm-api",
+                                        "exp": now + 600, "iat": now});
+        let key =
+            jsonwebtoken::EncodingKey::from_ec_pem(self.pair.serialize_pem().as_bytes()).unwrap();
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&h, &claims, &key).unwrap()
+        )
+    }
+}
+
+fn jwks_of(keys: &[&Key]) -> String {
+    serde_json::json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()}).to_string()
+}
+
+async fn status_of(h: &Harness, bearer: &str) -> u16 {
+    client()
+        .get(h.url("/api/v1/customers/1"))
+        .header("authorization", bearer)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_oidc_discovery_follow_a_rotation_and_survive_an_outage() {
+    let idp = idp().await;
+    let issuer = format!("http://{}", idp.addr);
+    let (k1, k2, k3) = (Key::new("k1"), Key::new("k2"), Key::new("k3"));
+    // An encryption key and a symmetric key in the set are skipped, not trusted.
+    let mut set: serde_json::Value = serde_json::from_str(&jwks_of(&[&k1])).unwrap();
+    set["keys"].as_array_mut().unwrap().push(
+        serde_json::json!({"kty": "oct", "kid": "h", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}),
+    );
+    *idp.jwks.lock().unwrap() = (200, set.to_string());
+
+    let (admin, admin_port) = admin_section();
+    let text = demo_config_text().replace(
+        "issuer = \"https://crm.example.test\"",
+        &format!("issuer = \"{issuer}\"\noidc_discovery = true\njwks_min_refresh_seconds = 1\njwks_refresh_seconds = 3600"),
+    ) + &admin;
+    assert!(text.contains("oidc_discovery = true"));
+    let h = Harness::with_config_text(&text, &[]).await;
+
+    // The first fetch at start: k1 tokens pass; the configured HS256 key still works.
+    assert!(
+        eventually(10, || async {
+            status_of(&h, &k1.bearer(&issuer, "u-rep1")).await == 200
+        })
+        .await,
+        "k1 accepted after the first fetch:\n{}",
+        h.log_text()
+    );
+    let hs = {
+        let mut head = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        head.kid = Some(permgate::demo::DEMO_KID.into());
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        let claims =
+            serde_json::json!({"sub": "u-rep1", "iss": issuer, "aud": "crm-api", "exp": exp});
+        let key = jsonwebtoken::EncodingKey::from_secret(permgate::demo::DEMO_SECRET.as_bytes());
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&head, &claims, &key).unwrap()
+        )
+    };
+    assert_eq!(status_of(&h, &hs).await, 200);
+    // A token for the IdP's issuer signed by a key it never published: refused.
+    assert_eq!(status_of(&h, &k2.bearer(&issuer, "u-rep1")).await, 401);
+    let ready = client()
+        .get(format!("http://127.0.0.1:{admin_port}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // The IdP rotates to k2 (k1 withdrawn). The first k2 token is refused and asks for an
+    // early fetch; within the rate limit k2 passes and k1 (cached until now) is refused.
+    let k1_token = k1.bearer(&issuer, "u-rep1");
+    assert_eq!(status_of(&h, &k1_token).await, 200); // cached
+    *idp.jwks.lock().unwrap() = (200, jwks_of(&[&k2]));
+    let k2_token = k2.bearer(&issuer, "u-rep1");
+    assert!(
+        eventually(10, || async { status_of(&h, &k2_token).await == 200 }).await,
+        "k2 accepted after the rotation:\n{}",
+        h.log_text()
+    );
+    assert_eq!(status_of(&h, &k1_token).await, 401, "the withdrawn key");
+
+    // Unknown kids in a burst: fetches stay rate-limited (1 s here).
+    let before = idp.jwks_hits.load(Ordering::SeqCst);
+    for i in 0..30 {
+        let stranger = Key::new(&format!("x{i}"));
+        assert_eq!(
+            status_of(&h, &stranger.bearer(&issuer, "u-rep1")).await,
+            401
+        );
+    }
+    let during = idp.jwks_hits.load(Ordering::SeqCst) - before;
+    assert!(
+        during <= 3,
+        "{during} fetches for 30 unknown kids in a burst"
+    );
+
+    // The IdP goes down: an early fetch fails, the last good keys stay.
+    *idp.jwks.lock().unwrap() = (503, String::new());
+    let failed_before = idp.jwks_hits.load(Ordering::SeqCst);
+    assert_eq!(status_of(&h, &k3.bearer(&issuer, "u-rep1")).await, 401);
+    assert!(
+        eventually(5, || async {
+            idp.jwks_hits.load(Ordering::SeqCst) > failed_before
+        })
+        .await,
+        "a fetch was tried"
+    );
+    let fresh_k2 = k2.bearer(&issuer, "u-csr");
+    assert_eq!(
+        status_of(&h, &fresh_k2).await,
+        200,
+        "k2 kept while the IdP is down"
+    );
+    let status: serde_json::Value = client()
+        .get(format!("http://127.0.0.1:{admin_port}/status"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["jwks"]["keys"],
+        serde_json::json!(["k2"]),
+        "{status}"
+    );
+    assert!(
+        status["jwks"]["failures"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    // Back up with k3: followed.
+    *idp.jwks.lock().unwrap() = (200, jwks_of(&[&k2, &k3]));
+    let k3_token = k3.bearer(&issuer, "u-rep1");
+    assert!(
+        eventually(10, || async { status_of(&h, &k3_token).await == 200 }).await,
+        "k3 accepted once the IdP is back"
+    );
+}
+
+/// `jwks_url` must be https (http only to loopback); discovery needs an issuer; located errors.
+#[test]
+fn jwks_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    for (edit, expect) in [
+        (
+            "issuer = \"https://crm.example.test\"\njwks_url = \"http://idp.example.com/jwks\"",
+            "identity.jwt.jwks_url: 'http://idp.example.com/jwks': keys are fetched over https",
+        ),
+        (
+            "oidc_discovery = true",
+            "identity.jwt.oidc_discovery: needs identity.jwt.issuer",
+        ),
+        (
+            "issuer = \"https://crm.example.test\"\njwks_url = \"https://idp.example.com/jwks\"\njwks_refresh_seconds = 1",
+            "identity.jwt.jwks_refresh_seconds: must be between 10 and 86400",
+        ),
+    ] {
+        let text = demo_config_text().replace("issuer = \"https://crm.example.test\"", edit);
+        std::fs::write(dir.path().join("c.toml"), &text).unwrap();
+        std::fs::write(
+            dir.path().join("snapshot.json"),
+            permgate::demo::DEMO_SNAPSHOT,
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+            .arg("check-config")
+            .arg(dir.path().join("c.toml"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{edit}: {err}");
+        assert!(err.contains(expect), "{edit}: {err}");
+    }
+}
