@@ -618,13 +618,13 @@ fn one_of<'v>(
     v
 }
 
-/// The segment index of `{name}` in a path template (`/api/v1/leads/{id}` → 3 for `id`).
+/// The segment index of `{name}` (or `{name:type}`) in a path template
+/// (`/api/v1/leads/{id}` → 3 for `id`).
 fn param_segment(template: &str, name: &str) -> Option<usize> {
-    let want = format!("{{{name}}}");
     template
         .strip_prefix('/')?
         .split('/')
-        .position(|s| s == want)
+        .position(|s| !s.starts_with("{*") && crate::routes::param_name(s) == Some(name))
 }
 
 // ---- request time --------------------------------------------------------------------------

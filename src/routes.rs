@@ -2,9 +2,14 @@
 //!
 //! Rules (also in the README):
 //! - A **template** route (`/api/v1/campaigns/{id}`) is matched segment by segment against the
-//!   canonical path. At each segment a literal beats a `{param}`, which beats a trailing
-//!   `{*rest}` catch-all; the first segment where two matching templates differ decides. So the
-//!   most specific route wins whatever the declaration order.
+//!   canonical path. At each segment a literal beats a typed parameter (`{id:int}`: ASCII digits;
+//!   `{id:uuid}`: 8-4-4-4-12 hex digits, either case; `{code:<regex>}`: the regex matches the
+//!   whole segment), which beats an untyped `{param}`, which beats a trailing `{*rest}`
+//!   catch-all; among typed parameters at one position `int` is tried before `uuid` (they never
+//!   both match) before a regex (at most one regex parameter per position: two could overlap).
+//!   The first segment where two matching templates differ decides, so the most specific route
+//!   wins whatever the declaration order. A typed parameter that does not match lets the path
+//!   fall through to the next candidate: `/cases/bulk/` never reaches `/cases/{id:uuid}/`.
 //! - A **regex** route must match the whole canonical path (it is anchored for you). Regex routes
 //!   are a fallback, tried only when no template matches, highest `priority` first.
 //! - Two routes that could match the same request with equal specificity are a build error:
@@ -100,7 +105,56 @@ pub struct RouteSpec<T> {
 enum Seg {
     Literal(String),
     Param,
+    Typed(ParamType),
     CatchAll,
+}
+
+/// What a typed parameter accepts.
+#[derive(Debug, Clone)]
+enum ParamType {
+    Int,
+    Uuid,
+    /// The source (what makes two the same) and the anchored regex.
+    Regex(String, Regex),
+}
+
+impl PartialEq for ParamType {
+    fn eq(&self, other: &Self) -> bool {
+        self.order_key() == other.order_key()
+    }
+}
+impl Eq for ParamType {}
+
+impl ParamType {
+    /// The order typed parameters are tried in at one position, and their identity.
+    fn order_key(&self) -> (u8, &str) {
+        match self {
+            ParamType::Int => (0, ""),
+            ParamType::Uuid => (1, ""),
+            ParamType::Regex(src, _) => (2, src),
+        }
+    }
+
+    fn matches(&self, seg: &str) -> bool {
+        match self {
+            ParamType::Int => !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()),
+            ParamType::Uuid => {
+                seg.len() == 36
+                    && seg.bytes().enumerate().all(|(i, b)| match i {
+                        8 | 13 | 18 | 23 => b == b'-',
+                        _ => b.is_ascii_hexdigit(),
+                    })
+            }
+            ParamType::Regex(_, re) => re.is_match(seg),
+        }
+    }
+}
+
+/// The name of a template segment's parameter: `id` for `{id}`, `{id:uuid}` or `{*id}`.
+pub fn param_name(segment: &str) -> Option<&str> {
+    let inner = segment.strip_prefix('{')?.strip_suffix('}')?;
+    let inner = inner.strip_prefix('*').unwrap_or(inner);
+    Some(inner.split_once(':').map_or(inner, |(name, _)| name))
 }
 
 /// Whether `/a/` and `/a` name the same route.
@@ -116,6 +170,8 @@ pub enum TrailingSlash {
 #[derive(Debug, Default)]
 struct Node {
     literal: Literals,
+    /// Typed parameters, in [`ParamType::order_key`] order.
+    typed: Vec<(ParamType, Node)>,
     param: Option<Box<Node>>,
     /// Routes ending in `{*rest}` here: match one or more remaining segments.
     catch_all: Vec<(MethodSet, usize)>,
@@ -194,9 +250,13 @@ fn parse_template(t: &str, trailing_slash: TrailingSlash) -> Result<Vec<Seg>, St
     for (i, part) in parts.iter().enumerate() {
         let last = i + 1 == parts.len();
         if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-            let (catch_all, name) = match inner.strip_prefix('*') {
+            let (catch_all, inner) = match inner.strip_prefix('*') {
                 Some(n) => (true, n),
                 None => (false, inner),
+            };
+            let (name, kind) = match inner.split_once(':') {
+                Some((n, k)) => (n, Some(k)),
+                None => (inner, None),
             };
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(format!("bad parameter '{part}' in '{t}'"));
@@ -206,7 +266,27 @@ fn parse_template(t: &str, trailing_slash: TrailingSlash) -> Result<Vec<Seg>, St
                     "catch-all '{part}' must be the last segment of '{t}'"
                 ));
             }
-            segs.push(if catch_all { Seg::CatchAll } else { Seg::Param });
+            let seg = match (catch_all, kind) {
+                (true, Some(_)) => {
+                    return Err(format!("catch-all '{part}' in '{t}' cannot have a type"))
+                }
+                (true, None) => Seg::CatchAll,
+                (false, None) => Seg::Param,
+                (false, Some("int")) => Seg::Typed(ParamType::Int),
+                (false, Some("uuid")) => Seg::Typed(ParamType::Uuid),
+                (false, Some("")) => {
+                    return Err(format!("parameter '{part}' in '{t}' has an empty type"))
+                }
+                (false, Some(re)) => match Regex::new(&format!("^(?:{re})$")) {
+                    Ok(r) if Regex::new(re).is_ok() => Seg::Typed(ParamType::Regex(re.into(), r)),
+                    _ => {
+                        return Err(format!(
+                            "parameter '{part}' in '{t}': '{re}' is not int, uuid or a regex that compiles"
+                        ))
+                    }
+                },
+            };
+            segs.push(seg);
         } else if part.is_empty() {
             if !last {
                 return Err(format!("empty segment ('//') in '{t}'"));
@@ -257,15 +337,49 @@ impl<T> RouteTable<T> {
                     };
                     let mut node = &mut root;
                     let mut catch_all = false;
+                    let mut clash = None;
                     for seg in &segs {
                         node = match seg {
                             Seg::Literal(l) => node.literal.entry(l),
                             Seg::Param => node.param.get_or_insert_with(Default::default),
+                            Seg::Typed(ty) => {
+                                // Two regex parameters at one position could both match: which
+                                // wins would depend on the declaration order.
+                                if let ParamType::Regex(src, _) = ty {
+                                    if let Some((ParamType::Regex(other, _), _)) = node
+                                        .typed
+                                        .iter()
+                                        .find(|(t, _)| matches!(t, ParamType::Regex(s, _) if s != src))
+                                    {
+                                        clash = Some(format!(
+                                            "route '{t}': a second regex parameter ('{src}' beside '{other}') at the same position; use one regex, or a regex route"
+                                        ));
+                                        break;
+                                    }
+                                }
+                                let i = match node.typed.iter().position(|(t, _)| t == ty) {
+                                    Some(i) => i,
+                                    None => {
+                                        let at = node
+                                            .typed
+                                            .iter()
+                                            .position(|(t, _)| t.order_key() > ty.order_key())
+                                            .unwrap_or(node.typed.len());
+                                        node.typed.insert(at, (ty.clone(), Node::default()));
+                                        at
+                                    }
+                                };
+                                &mut node.typed[i].1
+                            }
                             Seg::CatchAll => {
                                 catch_all = true;
                                 break;
                             }
                         };
+                    }
+                    if let Some(e) = clash {
+                        errors.push((route.origin.clone(), e));
+                        continue;
                     }
                     let slot = if catch_all {
                         &mut node.catch_all
@@ -392,6 +506,13 @@ fn find_in<'n>(node: &'n Node, segs: Option<&str>) -> Option<&'n [(MethodSet, us
     }
     // A parameter never matches an empty segment (a trailing slash or an empty path part).
     if !first.is_empty() {
+        for (ty, child) in &node.typed {
+            if ty.matches(first) {
+                if let Some(found) = find_in(child, rest) {
+                    return Some(found);
+                }
+            }
+        }
         if let Some(child) = &node.param {
             if let Some(found) = find_in(child, rest) {
                 return Some(found);
@@ -464,6 +585,82 @@ mod tests {
         assert_eq!(find(&t, "GET", "/other"), None);
         assert_eq!(find(&t, "GET", "/api"), None, "a catch-all needs a segment");
         assert_eq!(find(&t, "TRACE", "/api/x"), None);
+    }
+
+    /// Typed parameters: literal > int > uuid > regex > untyped > catch-all at each position; a
+    /// typed parameter that does not match falls through (`/cases/bulk/` is not a case id).
+    #[test]
+    fn typed_parameters() {
+        let t = table(vec![
+            spec(&["GET", "PUT"], "/cases/{id:uuid}", "case"),
+            spec(&["GET"], "/cases/{n:int}", "number"),
+            spec(&["GET"], "/cases/{code:[A-Z]{3}}", "code"),
+            spec(&["POST"], "/cases/bulk", "bulk"),
+            spec(&["GET"], "/cases/{other}", "untyped"),
+            spec(&["GET"], "/cases/{id:uuid}/notes", "notes"),
+            spec(&["GET"], "/files/{*rest}", "files"),
+            spec(&["GET"], "/files/{id:int}", "file"),
+        ]);
+        let uuid = "/cases/0e2a3f0c-8a1b-4c2d-9e3f-a1b2c3d4e5f6";
+        assert_eq!(find(&t, "GET", uuid), Some("case"));
+        assert_eq!(
+            find(&t, "GET", &uuid.to_uppercase().replace("/CASES", "/cases")),
+            Some("case")
+        );
+        assert_eq!(find(&t, "PUT", uuid), Some("case"));
+        assert_eq!(find(&t, "GET", &format!("{uuid}/notes")), Some("notes"));
+        assert_eq!(find(&t, "GET", "/cases/42"), Some("number"));
+        assert_eq!(find(&t, "GET", "/cases/ABC"), Some("code"));
+        assert_eq!(find(&t, "GET", "/cases/ABCD"), Some("untyped"));
+        // The literal decides for its path: a GET there is not passed to a parameter route.
+        assert_eq!(find(&t, "GET", "/cases/bulk"), None);
+        assert_eq!(find(&t, "POST", "/cases/bulk"), Some("bulk"));
+        // Not a uuid (wrong shape, braces): the untyped route, never the uuid one.
+        assert_eq!(
+            find(&t, "PUT", "/cases/0e2a3f0c8a1b4c2d9e3fa1b2c3d4e5f6"),
+            None
+        );
+        assert_eq!(
+            find(&t, "GET", "/cases/0e2a3f0c8a1b4c2d9e3fa1b2c3d4e5f6"),
+            Some("untyped")
+        );
+        assert_eq!(find(&t, "GET", "/files/7"), Some("file"));
+        assert_eq!(find(&t, "GET", "/files/x"), Some("files"));
+        // Declared in another order: the same answers.
+        let mut routes = vec![
+            spec(&["GET"], "/cases/{other}", "untyped"),
+            spec(&["GET"], "/cases/{code:[A-Z]{3}}", "code"),
+            spec(&["GET"], "/cases/{n:int}", "number"),
+            spec(&["GET", "PUT"], "/cases/{id:uuid}", "case"),
+        ];
+        let t2 = table(std::mem::take(&mut routes));
+        assert_eq!(find(&t2, "GET", "/cases/42"), Some("number"));
+        assert_eq!(find(&t2, "GET", uuid), Some("case"));
+        assert_eq!(find(&t2, "GET", "/cases/ABC"), Some("code"));
+        // Two regex parameters at one position, a typed catch-all, a bad type: build errors.
+        for bad in [
+            vec![
+                spec(&["GET"], "/a/{x:[a-z]+}", "1"),
+                spec(&["PUT"], "/a/{y:[0-9a-z]+}", "2"),
+            ],
+            vec![spec(&["GET"], "/a/{*x:int}", "1")],
+            vec![spec(&["GET"], "/a/{x:(}", "1")],
+            vec![spec(&["GET"], "/a/{x:}", "1")],
+        ] {
+            assert!(RouteTable::build(bad, TrailingSlash::Strict).is_err());
+        }
+        // Same type and shape, overlapping methods: a conflict, as for untyped parameters.
+        assert!(RouteTable::build(
+            vec![
+                spec(&["GET"], "/a/{x:int}", "1"),
+                spec(&["GET"], "/a/{y:int}", "2"),
+            ],
+            TrailingSlash::Strict
+        )
+        .is_err());
+        assert_eq!(param_name("{id:uuid}"), Some("id"));
+        assert_eq!(param_name("{*rest}"), Some("rest"));
+        assert_eq!(param_name("id"), None);
     }
 
     #[test]

@@ -1039,3 +1039,51 @@ async fn a_crms_own_tokens_without_iss_aud_nbf_kid() {
     );
     assert!(stdout.contains("jwt: aud NOT checked"), "{stdout}");
 }
+
+/// Issue 16 item 5: typed route parameters through the real binary. `{id:uuid}` takes only a
+/// UUID, so `/tickets/bulk` and `/tickets/import` are not a ticket id and stay unrouted (denied,
+/// nothing forwarded) instead of reaching the CRM through the `{id}` route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_route_parameters_keep_sub_collections_out_of_id_routes() {
+    let text = demo_text()
+        + r#"
+[[route]]
+name = "tickets.read"
+methods = ["GET"]
+path = "/api/v1/tickets/{id:uuid}"
+permission = "company.view_customer_management_list"
+
+[[route]]
+name = "tickets.by_number"
+methods = ["GET"]
+path = "/api/v1/tickets/{n:int}"
+permission = "company.view_customer_management_list"
+"#;
+    let h = Harness::with_config_text(&text, &[]).await;
+    let call = |path: &'static str| {
+        let h = &h;
+        async move {
+            h.clear();
+            let r = client()
+                .get(h.url(path))
+                .header("authorization", bearer("u-rep1"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), !h.received().is_empty())
+        }
+    };
+    let (_, forwarded) = call("/api/v1/tickets/0e2a3f0c-8a1b-4c2d-9e3f-a1b2c3d4e5f6").await;
+    assert!(forwarded, "a UUID reaches the uuid route");
+    let (_, forwarded) = call("/api/v1/tickets/1234").await;
+    assert!(forwarded, "a number reaches the int route");
+    for path in [
+        "/api/v1/tickets/bulk",
+        "/api/v1/tickets/import",
+        "/api/v1/tickets/12a",
+    ] {
+        let (status, forwarded) = call(path).await;
+        assert!(!forwarded, "{path} must not be forwarded");
+        assert!(status == 403 || status == 404, "{path}: {status}");
+    }
+}
