@@ -54,6 +54,9 @@ pub fn explain_with_body(
     let result = decide_as(config, snapshot, &m, target.as_bytes(), user);
     // The body checks the gateway runs on an inspected route, on the given body.
     let mut trimmed: Option<Vec<String>> = None;
+    // What a body denial names (the 403 body's `denied_ids` and `fields`).
+    let mut denied_ids: Option<Vec<String>> = None;
+    let mut denied_fields: Option<Vec<String>> = None;
     let result = match result {
         Ok(p) => {
             let inspect = p
@@ -73,13 +76,17 @@ pub fn explain_with_body(
                             trimmed = Some(f.removed_ids.iter().map(|x| x.to_string()).collect());
                             Ok(p)
                         }
-                        Err(d) => Err(crate::policy::Denied {
-                            rejection: d.rejection,
-                            route: p.route,
-                            user: user.map(Into::into),
-                            canonical: Some(p.canonical),
-                            caller: p.caller,
-                        }),
+                        Err(d) => {
+                            denied_ids = Some(d.denied_ids.clone());
+                            denied_fields = Some(d.fields.clone());
+                            Err(crate::policy::Denied {
+                                rejection: d.rejection,
+                                route: p.route,
+                                user: user.map(Into::into),
+                                canonical: Some(p.canonical),
+                                caller: p.caller,
+                            })
+                        }
                     }
                 }
                 _ => Ok(p),
@@ -151,6 +158,8 @@ pub fn explain_with_body(
             "message": message,
             "granted_by": granted_by,
             "trimmed": trimmed,
+            "denied_ids": denied_ids,
+            "fields": denied_fields,
             "snapshot_version": snapshot.version,
             "config_hash": config.hash,
         }),
@@ -257,6 +266,34 @@ pub struct Case {
     /// For a denial: the error code expected (e.g. `forbidden`).
     #[serde(default)]
     pub code: Option<String>,
+    /// For a denial: the status expected (e.g. 403).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The request body (JSON text), checked as the gateway checks it on an inspected route
+    /// (bulk trimming, fields, records in the body).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// For an allowed bulk call: the item ids expected to be removed before forwarding
+    /// (`[]`: none), in any order.
+    #[serde(default)]
+    pub trimmed: Option<Vec<String>>,
+    /// For a body denial: the record ids the 403 names, in any order.
+    #[serde(default)]
+    pub denied_ids: Option<Vec<String>>,
+    /// For a field denial: the fields the 403 names, in any order.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+}
+
+/// The strings of a JSON array, sorted (`None` when it is not an array).
+fn sorted_strings(v: &serde_json::Value) -> Option<Vec<String>> {
+    let mut out: Vec<String> = v
+        .as_array()?
+        .iter()
+        .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+        .collect();
+    out.sort();
+    Some(out)
 }
 
 /// Run the cases; each mismatch is described.
@@ -265,7 +302,14 @@ pub fn run_cases(config: &Config, snapshot: &Snapshot, cases: &[Case]) -> Vec<Re
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let e = explain(config, snapshot, &c.method, &c.path, c.user.as_deref());
+            let e = explain_with_body(
+                config,
+                snapshot,
+                &c.method,
+                &c.path,
+                c.user.as_deref(),
+                c.body.as_deref().map(str::as_bytes),
+            );
             let who = c.user.as_deref().unwrap_or("(anonymous)");
             let got = if e.allowed { "allow" } else { "deny" };
             if c.expect != "allow" && c.expect != "deny" {
@@ -280,13 +324,41 @@ pub fn run_cases(config: &Config, snapshot: &Snapshot, cases: &[Case]) -> Vec<Re
                     c.method, c.path, c.expect, e.code
                 ));
             }
-            match &c.code {
-                Some(code) if !e.allowed && code != &e.code => Err(format!(
-                    "case[{i}] {who} {} {}: expected code {code}, got {}",
-                    c.method, c.path, e.code
-                )),
-                _ => Ok(()),
+            let here = format!("case[{i}] {who} {} {}", c.method, c.path);
+            if let Some(code) = c.code.as_ref().filter(|_| !e.allowed) {
+                if code != &e.code {
+                    return Err(format!("{here}: expected code {code}, got {}", e.code));
+                }
             }
+            if let Some(status) = c.status.filter(|_| !e.allowed) {
+                if status != e.status {
+                    return Err(format!(
+                        "{here}: expected status {status}, got {}",
+                        e.status
+                    ));
+                }
+            }
+            for (key, want) in [
+                ("trimmed", &c.trimmed),
+                ("denied_ids", &c.denied_ids),
+                ("fields", &c.fields),
+            ] {
+                let Some(want) = want else { continue };
+                let mut want = want.clone();
+                want.sort();
+                match sorted_strings(&e.json[key]) {
+                    Some(got) if got == want => {}
+                    got => {
+                        return Err(format!(
+                            "{here}: expected {key} {want:?}, got {}",
+                            got.map_or("none (no body check ran)".to_string(), |g| format!(
+                                "{g:?}"
+                            ))
+                        ))
+                    }
+                }
+            }
+            Ok(())
         })
         .collect()
 }

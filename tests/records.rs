@@ -564,9 +564,54 @@ fn the_scopes_example_checks_out() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");
-    // A limited rep's bulk reassign keeps only their own leads.
+    assert!(stdout.contains("12 passed, 0 failed"), "{stdout}");
+    // Cases with a body (issue 16 item 6): a wrong expectation of the trimmed ids, of the
+    // denied ids or of a bulk denial fails the run, naming the case.
     let dir = tempfile::tempdir().unwrap();
+    for (from, to, says) in [
+        (
+            "trimmed = [\"3\", \"5\"]",
+            "trimmed = [\"3\"]",
+            "expected trimmed [\"3\"], got [\"3\", \"5\"]",
+        ),
+        (
+            "denied_ids = [\"3\", \"5\"]",
+            "denied_ids = [\"5\"]",
+            "expected denied_ids [\"5\"]",
+        ),
+        (
+            "body = '{\"ids\":[3,5],\"owner_id\":\"u-rep2\"}'",
+            "body = '{\"ids\":[4],\"owner_id\":\"u-rep2\"}'",
+            "expected deny, got allow",
+        ),
+    ] {
+        let text = std::fs::read_to_string(example.join("policy-tests.toml")).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(
+            dir.path().join("t.toml"),
+            text.replace(from, to).replace(
+                "config = \"permgate.toml\"",
+                &format!("config = \"{}\"", example.join("permgate.toml").display()),
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+            .arg("test")
+            .arg(dir.path().join("t.toml"))
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_ne!(out.status.code(), Some(0), "{all}");
+        assert!(
+            all.contains(says) && all.contains("11 passed, 1 failed"),
+            "{says}: {all}"
+        );
+    }
+    // A limited rep's bulk reassign keeps only their own leads.
     std::fs::write(
         dir.path().join("b.json"),
         r#"{"ids":[4,12,3,5],"owner_id":"u-rep2"}"#,
