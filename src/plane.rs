@@ -51,7 +51,7 @@ type HandleFuture =
     Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send + 'static>>;
 
 /// Most bytes of a refused body read and discarded before answering.
-const MAX_DRAINED: usize = 16 << 20;
+pub(super) const MAX_DRAINED: usize = 16 << 20;
 
 /// Why a streamed request body was cut off (shared between the body and the handler).
 const CUT_TOO_LARGE: u8 = 1;
