@@ -122,6 +122,7 @@ pub fn explain_with_body(
                 (Some(c), Some(r)) => match policy::route_info(config, r).access {
                     Access::Permission(perm) => {
                         policy::granting_role(config, snapshot, c.user, r, perm, &p.canonical)
+                            .map(String::from)
                     }
                     Access::Public => None,
                 },

@@ -86,6 +86,7 @@
 //! | a top-level key a bulk route's `keys` does not list | 400 | `unexpected_key` |
 //! | a body that fails the strict parse, or whose items cannot all be read | 400/413 | [`crate::json`] and [`crate::body`] codes |
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -816,26 +817,25 @@ fn head_id(r: &RecordRef, path: &str, query: Option<&str>) -> Result<Option<Reco
 /// items and list items are judged against the union of the roles' scopes, item by item, and
 /// are not attributed; with no record in the path or query this is the first role holding the
 /// permission. `None`: no role holds it.
-pub fn granting_role(
-    snapshot: &Snapshot,
+pub fn granting_role<'s>(
+    snapshot: &'s Snapshot,
     user: UserIdx,
     permission: PermId,
     inspect: Option<&Inspect>,
     path: &str,
     query: Option<&str>,
-) -> Option<String> {
+) -> Option<Cow<'s, str>> {
     let roles = snapshot.roles();
-    let holders: Vec<u16> = snapshot
-        .grant(snapshot.user(user))
-        .roles
-        .iter()
-        .copied()
-        .filter(|r| {
+    let grant = snapshot.grant(snapshot.user(user));
+    let holders = || {
+        grant.roles.iter().copied().filter(|r| {
             roles
                 .get(usize::from(*r))
                 .is_some_and(|x| x.permissions.contains(permission))
         })
-        .collect();
+    };
+    // The records the path and query name under this permission (none on most routes: no
+    // allocation then).
     let mut records = Vec::new();
     if let Some(i) = inspect {
         for r in i.records.iter().filter(|r| r.permission == permission) {
@@ -848,22 +848,19 @@ pub fn granting_role(
     let covers = |role: u16, (t, id): &(RecordTypeId, RecordId)| {
         RecordCheck::for_role(snapshot, user, role, permission, *t).allows(id, unknown)
     };
-    if let Some(r) = holders
-        .iter()
-        .find(|r| records.iter().all(|rec| covers(**r, rec)))
-    {
-        return Some(snapshot.role_id(*r).to_string());
+    if let Some(r) = holders().find(|r| records.iter().all(|rec| covers(*r, rec))) {
+        return Some(Cow::Borrowed(snapshot.role_id(r)));
     }
     let mut names: Vec<&str> = Vec::new();
     for rec in &records {
-        if let Some(r) = holders.iter().find(|r| covers(**r, rec)) {
-            let name = snapshot.role_id(*r);
+        if let Some(r) = holders().find(|r| covers(*r, rec)) {
+            let name = snapshot.role_id(r);
             if !names.contains(&name) {
                 names.push(name);
             }
         }
     }
-    (!names.is_empty()).then(|| names.join("+"))
+    (!names.is_empty()).then(|| Cow::Owned(names.join("+")))
 }
 
 /// What to forward after [`check_body`].

@@ -293,14 +293,14 @@ fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Denied> {
 /// Which of the caller's roles grants the route's permission on this allowed call (for the
 /// decision log's `granted_by` and `explain`): a role whose scope covers the records the path
 /// and query name ([`crate::inspect::granting_role`] says which). Computed only when asked.
-pub fn granting_role(
+pub fn granting_role<'s>(
     config: &Config,
-    snapshot: &Snapshot,
+    snapshot: &'s Snapshot,
     user: UserIdx,
     route: usize,
     permission: crate::catalog::PermId,
     canonical: &CanonicalTarget,
-) -> Option<String> {
+) -> Option<std::borrow::Cow<'s, str>> {
     crate::inspect::granting_role(
         snapshot,
         user,
