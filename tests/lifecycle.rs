@@ -355,6 +355,21 @@ async fn a_bad_role_change_is_one_error_naming_the_change() {
             .starts_with("changes[0]: custom role 'campaign_cleaner' is still held by 301 user(s)"),
         "{v}"
     );
+    // A problem found only by rebuilding the snapshot (u-sm still manages two reps) names the
+    // field, never a line of the generated text.
+    let (s, v) = g
+        .admin(
+            reqwest::Method::POST,
+            "/snapshot/changes",
+            Some(r#"{"changes":[{"op":"remove_user","user":"u-sm"}]}"#.into()),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    for e in v["errors"].as_array().unwrap() {
+        let e = e.as_str().unwrap();
+        assert!(e.starts_with("after the changes: users["), "{v}");
+        assert!(e.contains("unknown user 'u-sm'"), "{v}");
+    }
     // Nothing was applied: u-member still deletes campaigns through campaign_cleaner, u-csr is
     // enabled, the version is the base's.
     let r = client()
