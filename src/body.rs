@@ -32,9 +32,11 @@
 //!   first item naming a record and drops the rest before any check. Of several problems, the
 //!   one an item-by-item pass meets first is reported.
 //! - [`BulkMode::Trim`]: the allowed items are forwarded in their original order; the removed
-//!   ids are reported. No item allowed (of at least one) → refuse. An empty list is forwarded
-//!   as it is (nothing to check).
+//!   ids are reported. No item allowed → refuse.
 //! - [`BulkMode::AllOrNothing`]: any denied item → refuse, listing the denied ids.
+//! - In both modes a list with no item left to forward is refused, an empty one included: a
+//!   legacy CRM may read an empty selection as "all records" (`{"ids":[]}` → 403, never
+//!   forwarded).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -219,14 +221,15 @@ pub struct TrimResult {
 pub enum BulkVerdict {
     /// Forward `forwarded_body`.
     Forward,
-    /// 403: nothing forwarded (no item allowed, or `all_or_nothing` with a denied item).
+    /// 403: nothing forwarded (no item left to forward, the list empty to begin with
+    /// included, or `all_or_nothing` with a denied item).
     Refuse,
 }
 
 impl TrimResult {
     pub fn verdict(&self, mode: BulkMode) -> BulkVerdict {
         let denied = !self.removed_ids.is_empty();
-        if denied && (self.kept == 0 || mode == BulkMode::AllOrNothing) {
+        if self.kept == 0 || (denied && mode == BulkMode::AllOrNothing) {
             BulkVerdict::Refuse
         } else {
             BulkVerdict::Forward
@@ -770,9 +773,10 @@ mod tests {
         assert_eq!(none.verdict(BulkMode::Trim), BulkVerdict::Refuse);
         let all = t(r#"{"ids":[2,4]}"#);
         assert_eq!(all.verdict(BulkMode::AllOrNothing), BulkVerdict::Forward);
+        // An empty selection is never forwarded (a legacy CRM may read it as "all").
         let empty = t(r#"{"ids":[]}"#);
-        assert_eq!(empty.verdict(BulkMode::Trim), BulkVerdict::Forward);
-        assert_eq!(s(&empty.forwarded_body), r#"{"ids":[]}"#);
+        assert_eq!(empty.verdict(BulkMode::Trim), BulkVerdict::Refuse);
+        assert_eq!(empty.verdict(BulkMode::AllOrNothing), BulkVerdict::Refuse);
     }
 
     #[test]

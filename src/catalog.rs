@@ -316,6 +316,15 @@ impl Catalog {
         &self,
         patterns: &[S],
     ) -> Result<ScopedPermissions, String> {
+        self.expand_scoped_at(patterns).map_err(|(_, e)| e)
+    }
+
+    /// [`Catalog::expand_scoped`], the error with the index of the pattern it is about (of two
+    /// patterns in conflict, the later one).
+    pub fn expand_scoped_at<S: AsRef<str>>(
+        &self,
+        patterns: &[S],
+    ) -> Result<ScopedPermissions, (usize, String)> {
         let mut out = ScopedPermissions {
             permissions: PermSet::default(),
             scopes: PermScopes::none(self.permissions.len()),
@@ -324,7 +333,7 @@ impl Catalog {
         let mut origin: Vec<Option<usize>> = vec![None; self.permissions.len()];
         for (k, full) in patterns.iter().enumerate() {
             let full = full.as_ref();
-            let (pattern, scope) = split_pattern(full)?;
+            let (pattern, scope) = split_pattern(full).map_err(|e| (k, e))?;
             let matched: Vec<PermId> = if pattern == "*" {
                 (0..self.permissions.len())
                     .map(|i| PermId(i as u16))
@@ -338,13 +347,13 @@ impl Catalog {
                     .map(|(i, _)| PermId(i as u16))
                     .collect();
                 if m.is_empty() {
-                    return Err(format!("no permission group '{group}' in the catalogue"));
+                    return Err((k, format!("no permission group '{group}' in the catalogue")));
                 }
                 m
             } else {
                 match self.by_id.get(pattern) {
                     Some(id) => vec![*id],
-                    None => return Err(format!("unknown permission '{pattern}'")),
+                    None => return Err((k, format!("unknown permission '{pattern}'"))),
                 }
             };
             for p in matched {
@@ -354,10 +363,13 @@ impl Catalog {
                         .and_then(|o| patterns.get(o))
                         .map(|o| o.as_ref().to_string())
                         .unwrap_or_default();
-                    return Err(format!(
-                        "'{full}' and '{first}' both grant '{}', with scopes '{scope}' and \
-                         '{before}'; a role grants each permission one scope",
-                        self.permission_name(p)
+                    return Err((
+                        k,
+                        format!(
+                            "'{full}' and '{first}' both grant '{}', with scopes '{scope}' and \
+                             '{before}'; a role grants each permission one scope",
+                            self.permission_name(p)
+                        ),
                     ));
                 }
                 out.permissions.insert(p);
@@ -583,8 +595,21 @@ mod tests {
             e.contains("'lead.delete@own' and 'lead.*'") && e.contains("one scope"),
             "{e}"
         );
+        assert_eq!(
+            c.expand_scoped_at(&["lead.*", "lead.delete@own"])
+                .map(|_| ())
+                .map_err(|(k, _)| k),
+            Err(1)
+        );
         assert!(c.expand_scoped(&["lead.view@mine"]).is_err());
         assert!(c.expand_scoped(&["lead.nope@own"]).is_err());
+        // The error names the pattern it is about.
+        assert_eq!(
+            c.expand_scoped_at(&["lead.view", "x.y", "lead.*"])
+                .map(|_| ())
+                .unwrap_err(),
+            (1, "unknown permission 'x.y'".to_string())
+        );
         // Plain expansion refuses scopes (it has nowhere to keep them).
         assert!(c.expand(&["lead.view@own"]).is_err());
         // Every preset keeps scope `all` on everything it grants.

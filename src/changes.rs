@@ -21,7 +21,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::Catalog;
+use crate::catalog::{is_valid_role_id, Catalog};
 use crate::hierarchy::{Hierarchy, NO_MANAGER};
 use crate::ids::{canonical_id, canonical_json_number, RecordId, RecordTypeId, RecordTypes};
 use crate::records::{Principal, RawId, RawOwner, RawShare};
@@ -174,6 +174,8 @@ impl RawSnapshot {
         // even if a later change in the batch overwrites the reference (as `Snapshot::apply`
         // judges them against the batch's final users).
         let mut named_users: Vec<(usize, String)> = Vec::new();
+        // Custom roles removed in this batch: nobody may hold them once it is applied.
+        let mut removed_roles: Vec<(usize, String)> = Vec::new();
         for (i, change) in changes.iter().enumerate() {
             let user = |raw: &mut RawSnapshot, id: &str| -> Result<usize, String> {
                 raw.users
@@ -225,6 +227,7 @@ impl RawSnapshot {
                         .position(|r| &r.id == role)
                         .ok_or_else(|| format!("changes[{i}]: unknown custom role '{role}'"))?;
                     self.roles.remove(r);
+                    removed_roles.push((i, role.clone()));
                 }
                 Change::SetOwner {
                     record_type,
@@ -324,6 +327,25 @@ impl RawSnapshot {
                 return Err(format!("changes[{i}]: unknown user '{u}'"));
             }
         }
+        for (i, role) in removed_roles {
+            if self.roles.iter().any(|r| r.id == role) {
+                continue; // upserted again later in the batch
+            }
+            let holders: Vec<&str> = self
+                .users
+                .iter()
+                .filter(|u| u.roles.contains(&role))
+                .map(|u| u.id.as_str())
+                .collect();
+            if let Some(first) = holders.first() {
+                return Err(format!(
+                    "changes[{i}]: custom role '{role}' is still held by {} user(s) ('{first}'{}); \
+                     take it from them (set_roles) first",
+                    holders.len(),
+                    if holders.len() > 1 { ", …" } else { "" }
+                ));
+            }
+        }
         for (i, t) in shared_teams {
             if !self.users.iter().any(|u| u.teams.contains(&t)) {
                 return Err(format!("changes[{i}]: team '{t}' has no members"));
@@ -348,7 +370,53 @@ pub struct Applied {
 }
 
 /// The most errors a refused batch reports.
-const MAX_ERRORS: usize = 100;
+pub(crate) const MAX_ERRORS: usize = 100;
+
+/// The custom roles a batch upserts, checked against the catalogue on their own: each problem
+/// is one error naming the change and the field (`changes[3].role.permissions[1]: unknown
+/// permission 'x'`), never one per user holding the role.
+pub fn check_roles(changes: &[Change], catalog: &Catalog) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        let Change::UpsertRole { role } = change else {
+            continue;
+        };
+        if !is_valid_role_id(&role.id) {
+            errors.push(format!(
+                "changes[{i}].role.id: '{}' is not a valid role id",
+                role.id
+            ));
+        } else if catalog.role(&role.id).is_some() {
+            errors.push(format!(
+                "changes[{i}].role.id: '{}' is a preset role (presets cannot be redefined)",
+                role.id
+            ));
+        }
+        if let Err((k, e)) = catalog.expand_scoped_at(&role.permissions) {
+            errors.push(format!("changes[{i}].role.permissions[{k}]: {e}"));
+        }
+    }
+    errors
+}
+
+/// The version of a snapshot made by applying one batch of changes to the snapshot of version
+/// `v`: `<base>+<n>`, where `<base>` is the version of the last whole snapshot loaded and `<n>`
+/// counts the batches applied since (1, 2, 3, …). Bounded (the base plus at most 20 digits, however
+/// many batches) and different for every batch on one base. A version that already ends in
+/// `+<n>` (no leading zero) is read as `<base>+<n>`, so a source's own version should not end
+/// that way.
+pub fn next_version(v: &str) -> String {
+    let counted = v
+        .rsplit_once('+')
+        .filter(|(base, n)| {
+            !base.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit())
+        })
+        .and_then(|(base, n)| n.parse::<u64>().ok().map(|n| (base, n)));
+    match counted {
+        Some((base, n)) => format!("{base}+{}", n.saturating_add(1)),
+        None => format!("{v}+1"),
+    }
+}
 
 impl Snapshot {
     /// A user in source form (what [`RawSnapshot::apply`] would change).
@@ -760,7 +828,7 @@ impl Snapshot {
         let users_touched = touched.iter().map(|(_, u)| u.id.clone()).collect();
         Ok(Applied {
             snapshot: Snapshot {
-                version: format!("{}+{}", self.version, changes.len()),
+                version: next_version(&self.version),
                 loaded_at: now,
                 produced_at: now,
                 roles: self.roles.clone(),
@@ -785,6 +853,30 @@ impl Snapshot {
 #[cfg(test)]
 mod change_tests {
     use super::*;
+
+    #[test]
+    fn versions_count_batches_and_stay_bounded() {
+        assert_eq!(next_version("2026-11-23.1"), "2026-11-23.1+1");
+        assert_eq!(next_version("2026-11-23.1+1"), "2026-11-23.1+2");
+        assert_eq!(next_version("sha256:0123+9"), "sha256:0123+10");
+        // Not a count: `+` with no base, a leading zero, no digits, or past u64.
+        assert_eq!(next_version("+5"), "+5+1");
+        assert_eq!(next_version("v+05"), "v+05+1");
+        assert_eq!(next_version("v+"), "v++1");
+        assert_eq!(next_version("v+x"), "v+x+1");
+        assert_eq!(
+            next_version("v+99999999999999999999"),
+            "v+99999999999999999999+1"
+        );
+        let mut v = "demo-2026-11-23.1".to_string();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3000 {
+            v = next_version(&v);
+            assert!(v.len() <= "demo-2026-11-23.1".len() + 5, "{v}");
+            assert!(seen.insert(v.clone()), "{v} repeats");
+        }
+        assert_eq!(v, "demo-2026-11-23.1+3000");
+    }
 
     #[test]
     fn changes_apply_in_order_and_validate() {
@@ -1089,7 +1181,11 @@ mod equivalence {
             Arc::ptr_eq(&s.grants, &base.grants),
             "no new role combination"
         );
-        assert!(s.version.ends_with("+3"));
+        assert_eq!(
+            s.version,
+            format!("{}+1", base.version),
+            "one batch on the base"
+        );
         // The unshare of a share that is not there is refused, naming it.
         let bad: Vec<Change> =
             serde_json::from_str(r#"[{"op":"unshare","type":"lead","id":"1","team":"west"}]"#)

@@ -102,7 +102,8 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
     listen
         .parse::<std::net::SocketAddr>()
         .map_err(|_| format!("--listen '{listen}' is not an IP:port address"))?;
-    print!("{}", banner(listen, &crm.to_string()));
+    crate::print_stdout(&banner(listen, &crm.to_string()))
+        .map_err(|e| format!("cannot write the banner: {e}"))?;
     Ok((
         config_path,
         Overrides {

@@ -430,10 +430,13 @@ pub fn finish(state: &State, ctx: &Ctx, method: &http::Method, raw_target: &[u8]
         (Some(d), _, _, _) => d.rejection.code.to_string(),
         (None, Some(Access::Public), _, _) => "public".to_string(),
         (None, Some(Access::Permission(p)), Some(c), Some(s)) => {
-            format!(
-                "granted_by:{}",
-                policy::granting_role(s, c.user, p).unwrap_or("?")
-            )
+            let granted = match (route, &ctx.permit) {
+                (Some(r), Some(permit)) => {
+                    policy::granting_role(&live.config, s, c.user, r, p, &permit.canonical)
+                }
+                _ => None,
+            };
+            format!("granted_by:{}", granted.as_deref().unwrap_or("?"))
         }
         _ => String::new(),
     };

@@ -125,13 +125,14 @@ pub fn explain_with_body(
     });
     let (allowed, status, code, message, granted_by) = match &result {
         Ok(p) => {
-            let granted = match (
-                p.caller,
-                route.map(|r| policy::route_info(config, r).access),
-            ) {
-                (Some(c), Some(Access::Permission(perm))) => {
-                    policy::granting_role(snapshot, c.user, perm).map(str::to_string)
-                }
+            let granted = match (p.caller, route) {
+                (Some(c), Some(r)) => match policy::route_info(config, r).access {
+                    Access::Permission(perm) => {
+                        policy::granting_role(config, snapshot, c.user, r, perm, &p.canonical)
+                            .map(String::from)
+                    }
+                    Access::Public => None,
+                },
                 _ => None,
             };
             (true, 200, "allow".to_string(), None, granted)

@@ -79,13 +79,14 @@
 //! | a record id in the path/query/body that is not canonical, or missing | 400 | `invalid_record_id` |
 //! | the query names the id parameter twice (also as `id[]`, `%69d`, or after `;`) | 400 | `ambiguous_query` |
 //! | a record out of the caller's scope, or unknown to the snapshot with `unknown_record = "deny"` (the same answer, so existence does not leak) | 403 | `record_forbidden` |
-//! | a bulk call with no item allowed, or `all_or_nothing` with a denied item | 403 | `bulk_forbidden` (+ `denied_ids`) |
+//! | a bulk call with no item left to forward (an empty list included), or `all_or_nothing` with a denied item | 403 | `bulk_forbidden` (+ `denied_ids`) |
 //! | a new owner outside the caller's scope, or unknown | 403 | `assignee_forbidden` |
 //! | a field the caller may not change, `on_denied_fields = "refuse"` | 403 | `field_forbidden` (+ `fields`) |
 //! | the caller lacks a permission a record or item check names | 403 | `forbidden` (+ `permission`) |
 //! | a top-level key a bulk route's `keys` does not list | 400 | `unexpected_key` |
 //! | a body that fails the strict parse, or whose items cannot all be read | 400/413 | [`crate::json`] and [`crate::body`] codes |
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -775,28 +776,91 @@ pub fn check_head(
     query: Option<&str>,
 ) -> Result<(), Denial> {
     for r in &inspect.records {
-        let text = match &r.source {
-            IdSource::Path { name, segment } => path
-                .strip_prefix('/')
-                .and_then(|p| p.split('/').nth(*segment))
-                .map(str::to_string)
-                .ok_or_else(|| Denial::bad_id(&format!("path parameter '{name}'"), "missing"))?,
-            IdSource::Query(name) => match query_param(query, name) {
-                Ok(Some(v)) => v,
-                Ok(None) => {
-                    return Err(Denial::bad_id(
-                        &format!("query parameter '{name}'"),
-                        "missing",
-                    ))
-                }
-                Err(m) => return Err(Denial::new(Rejection::new(400, "ambiguous_query", m))),
-            },
-            IdSource::Body(_) => continue,
+        let Some(id) = head_id(r, path, query)? else {
+            continue;
         };
-        let id = canonical_id(r.kind, &text).map_err(|e| Denial::bad_id("the record id", e))?;
         check_one(snapshot, catalog, user, inspect.unknown, r, &id)?;
     }
     Ok(())
+}
+
+/// The id of a record the path or the query names (`None`: the record is in the body).
+fn head_id(r: &RecordRef, path: &str, query: Option<&str>) -> Result<Option<RecordId>, Denial> {
+    let text = match &r.source {
+        IdSource::Path { name, segment } => path
+            .strip_prefix('/')
+            .and_then(|p| p.split('/').nth(*segment))
+            .map(str::to_string)
+            .ok_or_else(|| Denial::bad_id(&format!("path parameter '{name}'"), "missing"))?,
+        IdSource::Query(name) => match query_param(query, name) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return Err(Denial::bad_id(
+                    &format!("query parameter '{name}'"),
+                    "missing",
+                ))
+            }
+            Err(m) => return Err(Denial::new(Rejection::new(400, "ambiguous_query", m))),
+        },
+        IdSource::Body(_) => return Ok(None),
+    };
+    canonical_id(r.kind, &text)
+        .map(Some)
+        .map_err(|e| Denial::bad_id("the record id", e))
+}
+
+/// Which of the caller's roles grants `permission` on an allowed call, for the decision log's
+/// `granted_by` and `explain`: the first of the caller's roles (in role order: the catalogue's
+/// presets, then the snapshot's custom roles) that holds the permission with a scope covering
+/// every record the path and the query name under that permission. When no single role covers
+/// them all, the first covering role of each record, joined with `+`. Records in the body, bulk
+/// items and list items are judged against the union of the roles' scopes, item by item, and
+/// are not attributed; with no record in the path or query this is the first role holding the
+/// permission. `None`: no role holds it.
+pub fn granting_role<'s>(
+    snapshot: &'s Snapshot,
+    user: UserIdx,
+    permission: PermId,
+    inspect: Option<&Inspect>,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Cow<'s, str>> {
+    let roles = snapshot.roles();
+    let grant = snapshot.grant(snapshot.user(user));
+    let holders = || {
+        grant.roles.iter().copied().filter(|r| {
+            roles
+                .get(usize::from(*r))
+                .is_some_and(|x| x.permissions.contains(permission))
+        })
+    };
+    // The records the path and query name under this permission (none on most routes: no
+    // allocation then).
+    let mut records = Vec::new();
+    if let Some(i) = inspect {
+        for r in i.records.iter().filter(|r| r.permission == permission) {
+            if let Ok(Some(id)) = head_id(r, path, query) {
+                records.push((r.record_type, id));
+            }
+        }
+    }
+    let unknown = inspect.map_or(UnknownRecord::Deny, |i| i.unknown);
+    let covers = |role: u16, (t, id): &(RecordTypeId, RecordId)| {
+        RecordCheck::for_role(snapshot, user, role, permission, *t).allows(id, unknown)
+    };
+    if let Some(r) = holders().find(|r| records.iter().all(|rec| covers(*r, rec))) {
+        return Some(Cow::Borrowed(snapshot.role_id(r)));
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for rec in &records {
+        if let Some(r) = holders().find(|r| covers(*r, rec)) {
+            let name = snapshot.role_id(r);
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    (!names.is_empty()).then(|| Cow::Owned(names.join("+")))
 }
 
 /// What to forward after [`check_body`].
@@ -981,15 +1045,17 @@ pub fn check_body(
         }),
         BulkVerdict::Refuse => {
             let name = catalog.permission_name(b.permission);
-            let mut r = Rejection::new(
-                403,
-                "bulk_forbidden",
+            let message = if t.removed_ids.is_empty() && t.kept == 0 {
+                // A legacy CRM may read an empty selection as "all records".
+                "the bulk list is empty: an empty selection is never forwarded".to_string()
+            } else {
                 format!(
                     "{} of {} items need the permission '{name}' on records outside the caller's scope",
                     t.removed_ids.len(),
                     t.removed_ids.len() + t.kept
-                ),
-            );
+                )
+            };
+            let mut r = Rejection::new(403, "bulk_forbidden", message);
             r.permission = Some(catalog.permission_shared(b.permission));
             let mut d = Denial::new(r);
             d.denied_ids = t.removed_ids.iter().map(ToString::to_string).collect();
@@ -1197,6 +1263,81 @@ mod tests {
         assert_eq!(ok.info(ok.get("note").unwrap()).parents.len(), 2);
     }
 
+    /// `granted_by` names a role whose own scope covers the records the path and query name,
+    /// not merely the first role holding the permission.
+    #[test]
+    fn the_granting_role_covers_the_record() {
+        let c = crate::records::tests::catalog();
+        let s = Snapshot::build(
+            "s.json",
+            r#"{"roles": [{"id": "a_own", "permissions": ["lead.view@own"]},
+                          {"id": "b_shared", "permissions": ["lead.view@shared"]},
+                          {"id": "c_all", "permissions": ["lead.view"]}],
+                "users": [{"id": "u-x", "roles": ["b_shared", "a_own"]}, {"id": "u-y", "roles": ["a_own"]},
+                          {"id": "u-z", "roles": ["a_own", "c_all"]}],
+                "records": {"owners": [{"type": "lead", "id": "1", "owner": "u-x"},
+                                       {"type": "lead", "id": "2", "owner": "u-y"}],
+                            "shares": [{"type": "lead", "id": "2", "user": "u-x"}]}}"#,
+            &c,
+        )
+        .unwrap();
+        let perm = c.permission("lead.view").unwrap();
+        let i = inspect(
+            &c,
+            r#"records = [{ type = "lead", id = "path:id" }, { type = "lead", id = "query:other" }]"#,
+            "lead.view",
+            "/api/v1/leads/{id}",
+        );
+        let one = inspect(
+            &c,
+            r#"records = [{ type = "lead", id = "path:id" }]"#,
+            "lead.view",
+            "/api/v1/leads/{id}",
+        );
+        let u = |id| s.user_index(id).unwrap();
+        let role = |user, inspect: Option<&Inspect>, path, query| {
+            granting_role(&s, u(user), perm, inspect, path, query)
+        };
+        // Roles in role order (a_own before b_shared, whatever the user's list says).
+        assert_eq!(
+            role("u-x", Some(&one), "/api/v1/leads/1", None).as_deref(),
+            Some("a_own")
+        );
+        // Lead 2 is shared with u-x: only b_shared covers it (the first holder, a_own, does not).
+        assert_eq!(
+            role("u-x", Some(&one), "/api/v1/leads/2", None).as_deref(),
+            Some("b_shared")
+        );
+        // Two records no single role covers: each one's covering role.
+        assert_eq!(
+            role("u-x", Some(&i), "/api/v1/leads/2", Some("other=1")).as_deref(),
+            Some("b_shared+a_own")
+        );
+        assert_eq!(
+            role("u-x", Some(&i), "/api/v1/leads/1", Some("other=1")).as_deref(),
+            Some("a_own")
+        );
+        // An `all` scope covers a record the snapshot does not know; no record: the first holder.
+        assert_eq!(
+            role("u-z", Some(&one), "/api/v1/leads/99", None).as_deref(),
+            Some("c_all")
+        );
+        assert_eq!(
+            role("u-z", None, "/api/v1/leads", None).as_deref(),
+            Some("a_own")
+        );
+        assert_eq!(
+            role("u-x", None, "/x", None).as_deref(),
+            Some("a_own"),
+            "no record named"
+        );
+        let campaign = c.permission("campaign.delete").unwrap();
+        assert_eq!(
+            granting_role(&s, u("u-x"), campaign, None, "/x", None),
+            None
+        );
+    }
+
     #[test]
     fn head_checks_path_and_query() {
         let (c, s) = snapshot();
@@ -1360,6 +1501,14 @@ mod tests {
             (403, "bulk_forbidden")
         );
         assert_eq!(d.denied_ids, ["2", "4"]);
+        // An empty selection is refused too: a legacy CRM may read it as "all".
+        let d = err("u-rep1", r#"{"ids":[],"owner_id":"u-jr"}"#);
+        assert_eq!(
+            (d.rejection.status, d.rejection.code),
+            (403, "bulk_forbidden")
+        );
+        assert!(d.denied_ids.is_empty());
+        assert!(d.rejection.message().contains("empty"), "{d:?}");
         assert_eq!(
             err("u-rep1", r#"{"ids":[1],"owner_id":"u-rep2"}"#)
                 .rejection

@@ -81,3 +81,15 @@ pub mod routes;
 pub mod sample_crm;
 pub mod scope;
 pub mod snapshot;
+
+/// Write `text` to stdout and flush it. A reader that left early (`permgate check-config x |
+/// head -1`: a closed pipe) is not an error: the rest is dropped quietly (`println!` would
+/// panic). `Err`: any other write error, for the caller to report.
+pub fn print_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
+}

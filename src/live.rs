@@ -137,6 +137,25 @@ fn strings(errors: &[ConfigError]) -> Vec<String> {
     errors.iter().map(|e| e.to_string()).collect()
 }
 
+/// The errors of building the snapshot a batch of changes made: their lines are in a text
+/// nobody sees, so each names its field only, and at most [`crate::changes::MAX_ERRORS`] are
+/// kept (the last line says how many more there were).
+fn batch_errors(errors: &[ConfigError]) -> Vec<String> {
+    let max = crate::changes::MAX_ERRORS;
+    let mut out: Vec<String> = errors
+        .iter()
+        .take(max)
+        .map(|e| match e.field.as_str() {
+            "" => format!("after the changes: {}", e.message),
+            f => format!("after the changes: {f}: {}", e.message),
+        })
+        .collect();
+    if errors.len() > max {
+        out.push(format!("… and {} more", errors.len() - max));
+    }
+    out
+}
+
 /// Write `text` to `path` atomically: a temp file in the same folder, fsync, rename.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -615,6 +634,11 @@ impl State {
                 Err(e) => Err(self.refuse_snapshot(source, e)),
             };
         }
+        // A bad role is one error naming the change, not one per user holding the role.
+        let role_errors = crate::changes::check_roles(changes, &current.config.catalog);
+        if !role_errors.is_empty() {
+            return Err(self.refuse_snapshot(source, role_errors));
+        }
         let types = current.config.catalog.record_types();
         let mut raw = match RawSnapshot::parse(text) {
             Ok(r) => r,
@@ -628,7 +652,7 @@ impl State {
         if let Err(e) = raw.apply(changes, types) {
             return Err(self.refuse_snapshot(source, vec![e]));
         }
-        raw.version = Some(format!("{}+{}", snapshot.version, changes.len()));
+        raw.version = Some(crate::changes::next_version(&snapshot.version));
         raw.generated_at = Some(now_unix());
         let new_text = raw.to_json();
         match Snapshot::build(source, &new_text, &current.config.catalog) {
@@ -640,7 +664,7 @@ impl State {
                     .fetch_add(1, Ordering::Relaxed);
                 Ok(version)
             }
-            Err(e) => Err(self.refuse_snapshot(source, strings(&e))),
+            Err(e) => Err(self.refuse_snapshot(source, batch_errors(&e))),
         }
     }
 

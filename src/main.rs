@@ -101,9 +101,27 @@ enum Command {
     },
 }
 
+/// One line on stderr; a closed stderr is ignored (`eprintln!` would panic).
+fn stderr_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Print a command's output, then exit with `code`. A closed stdout (the reader left: `| head
+/// -1`) ends the output quietly and keeps `code`; any other write error is reported (exit 2).
+fn print_out(text: &str, code: ExitCode) -> ExitCode {
+    match permgate::print_stdout(text) {
+        Ok(()) => code,
+        Err(e) => {
+            stderr_line(&format!("error: cannot write the output: {e}"));
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn print_errors(errors: &[ConfigError]) {
     for e in errors {
-        eprintln!("error: {e}");
+        stderr_line(&format!("error: {e}"));
     }
 }
 
@@ -160,7 +178,7 @@ fn serve(config: &Path, overrides: Overrides, upgrade: bool) -> ExitCode {
         Ok(s) => Arc::new(s),
         Err(errors) => {
             print_errors(&errors);
-            eprintln!("the config was refused; nothing was started");
+            stderr_line("the config was refused; nothing was started");
             return ExitCode::from(2);
         }
     };
@@ -185,7 +203,7 @@ fn load_offline(path: &Path) -> Result<(Config, permgate::snapshot::Snapshot), E
         Startup::Source(s, _) | Startup::Persisted(s, _, _, _) => Ok((config, s)),
         Startup::Nothing(errors) => {
             for e in &errors {
-                eprintln!("error: {e}");
+                stderr_line(&format!("error: {e}"));
             }
             Err(ExitCode::from(2))
         }
@@ -213,7 +231,7 @@ fn main() -> ExitCode {
             match overrides(listen, upstream, engine, h1_lane) {
                 Ok(o) => serve(&config, o, upgrade),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    stderr_line(&format!("error: {e}"));
                     ExitCode::from(2)
                 }
             }
@@ -223,39 +241,42 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(errors) => {
                     print_errors(&errors);
-                    eprintln!("{} error(s); the config is refused", errors.len());
+                    stderr_line(&format!("{} error(s); the config is refused", errors.len()));
                     return ExitCode::from(1);
                 }
             };
             match load_startup_snapshot(&config) {
-                Startup::Source(s, _) => {
-                    println!("config {} (hash {}): OK", config.file, config.hash);
-                    println!("  routes:      {}", config.routes.len());
-                    println!(
-                        "  permissions: {} in the catalogue",
-                        config.catalog.permissions().len()
-                    );
-                    println!(
-                        "  roles:       {} presets, {} custom",
+                Startup::Source(s, _) => print_out(
+                    &format!(
+                        "config {} (hash {}): OK\n  routes:      {}\n  permissions: {} in the \
+                         catalogue\n  roles:       {} presets, {} custom\n  users:       {}\n  \
+                         snapshot:    {} ({})\n{}",
+                        config.file,
+                        config.hash,
+                        config.routes.len(),
+                        config.catalog.permissions().len(),
                         config.catalog.roles().len(),
-                        s.custom_role_count()
-                    );
-                    println!("  users:       {}", s.user_count());
-                    for note in config.identity.notes() {
-                        println!("  {note}");
-                    }
-                    println!(
-                        "  snapshot:    {} ({})",
+                        s.custom_role_count(),
+                        s.user_count(),
                         config.snapshot.path.display(),
-                        s.version
-                    );
-                    ExitCode::SUCCESS
-                }
+                        s.version,
+                        config
+                            .identity
+                            .notes()
+                            .iter()
+                            .map(|n| format!("  {n}\n"))
+                            .collect::<String>()
+                    ),
+                    ExitCode::SUCCESS,
+                ),
                 Startup::Persisted(_, _, _, errors) | Startup::Nothing(errors) => {
                     for e in &errors {
-                        eprintln!("error: {e}");
+                        stderr_line(&format!("error: {e}"));
                     }
-                    eprintln!("{} error(s); the snapshot is refused", errors.len());
+                    stderr_line(&format!(
+                        "{} error(s); the snapshot is refused",
+                        errors.len()
+                    ));
                     ExitCode::from(1)
                 }
             }
@@ -273,7 +294,7 @@ fn main() -> ExitCode {
                 let body = match body.map(std::fs::read).transpose() {
                     Ok(b) => b,
                     Err(e) => {
-                        eprintln!("error: --body: {e}");
+                        stderr_line(&format!("error: --body: {e}"));
                         return ExitCode::from(2);
                     }
                 };
@@ -285,19 +306,19 @@ fn main() -> ExitCode {
                     user.as_deref(),
                     body.as_deref(),
                 );
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&e.json).unwrap_or_default()
-                    );
+                let text = if json {
+                    serde_json::to_string_pretty(&e.json).unwrap_or_default() + "\n"
                 } else {
-                    print!("{}", e.text());
-                }
-                if e.allowed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(3)
-                }
+                    e.text()
+                };
+                print_out(
+                    &text,
+                    if e.allowed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(3)
+                    },
+                )
             }
         },
         Command::Test { file } => {
@@ -308,7 +329,7 @@ fn main() -> ExitCode {
             {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    stderr_line(&format!("error: {e}"));
                     return ExitCode::from(2);
                 }
             };
@@ -319,19 +340,23 @@ fn main() -> ExitCode {
                     let results = permgate::explain::run_cases(&cfg, &snapshot, &cases.cases);
                     let failed: Vec<&String> =
                         results.iter().filter_map(|r| r.as_ref().err()).collect();
+                    let mut text = String::new();
                     for f in &failed {
-                        println!("FAIL {f}");
+                        text.push_str(&format!("FAIL {f}\n"));
                     }
-                    println!(
-                        "{} passed, {} failed",
+                    text.push_str(&format!(
+                        "{} passed, {} failed\n",
                         results.len() - failed.len(),
                         failed.len()
-                    );
-                    if failed.is_empty() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    }
+                    ));
+                    print_out(
+                        &text,
+                        if failed.is_empty() {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::from(1)
+                        },
+                    )
                 }
             }
         }
@@ -340,7 +365,7 @@ fn main() -> ExitCode {
             match permgate::demo::prepare(&listen) {
                 Ok((config, o)) => serve(&config, o, false),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    stderr_line(&format!("error: {e}"));
                     ExitCode::from(2)
                 }
             }
@@ -348,7 +373,7 @@ fn main() -> ExitCode {
         Command::Healthcheck { admin } => match healthcheck(admin) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("unhealthy: {e}");
+                stderr_line(&format!("unhealthy: {e}"));
                 ExitCode::from(1)
             }
         },
@@ -357,7 +382,7 @@ fn main() -> ExitCode {
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    stderr_line(&format!("error: {e}"));
                     return ExitCode::from(2);
                 }
             };
@@ -368,7 +393,7 @@ fn main() -> ExitCode {
             )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    stderr_line(&format!("error: {e}"));
                     ExitCode::from(2)
                 }
             }

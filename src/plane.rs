@@ -51,7 +51,7 @@ type HandleFuture =
     Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send + 'static>>;
 
 /// Most bytes of a refused body read and discarded before answering.
-const MAX_DRAINED: usize = 16 << 20;
+pub(super) const MAX_DRAINED: usize = 16 << 20;
 
 /// Why a streamed request body was cut off (shared between the body and the handler).
 const CUT_TOO_LARGE: u8 = 1;
@@ -1450,7 +1450,7 @@ mod tls {
 
     use crate::config::ListenTls;
 
-    /// The acceptor (HTTP/2 and HTTP/1.1 by ALPN), with the certificate resolver that swaps in
+    /// The acceptor (HTTP/2, HTTP/1.1 and HTTP/1.0 by ALPN), with the certificate resolver that swaps in
     /// new certificates when the files change ([`crate::certs`]).
     pub fn acceptor(files: &ListenTls) -> Result<TlsAcceptor, String> {
         let resolver = crate::certs::listener_resolver(files)?;
@@ -1462,7 +1462,9 @@ mod tls {
             Some(ca) => builder.with_client_cert_verifier(crate::certs::client_verifier(ca)?),
         };
         let mut config = builder.with_cert_resolver(resolver);
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // HTTP/1.0 too (served by the HTTP/1.1 server, as nginx does): a client offering only
+        // `http/1.0` is not refused at the handshake.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }

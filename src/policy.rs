@@ -290,22 +290,25 @@ fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Denied> {
     })
 }
 
-/// Which of the user's roles grants `permission` (the first in role order), for explanations.
-pub fn granting_role(
-    snapshot: &Snapshot,
+/// Which of the caller's roles grants the route's permission on this allowed call (for the
+/// decision log's `granted_by` and `explain`): a role whose scope covers the records the path
+/// and query name ([`crate::inspect::granting_role`] says which). Computed only when asked.
+pub fn granting_role<'s>(
+    config: &Config,
+    snapshot: &'s Snapshot,
     user: UserIdx,
+    route: usize,
     permission: crate::catalog::PermId,
-) -> Option<&str> {
-    let grant = snapshot.grant(snapshot.user(user));
-    grant
-        .roles
-        .iter()
-        .find(|r| {
-            snapshot.roles()[usize::from(**r)]
-                .permissions
-                .contains(permission)
-        })
-        .map(|r| snapshot.role_id(*r))
+    canonical: &CanonicalTarget,
+) -> Option<std::borrow::Cow<'s, str>> {
+    crate::inspect::granting_role(
+        snapshot,
+        user,
+        permission,
+        route_info(config, route).inspect.as_deref(),
+        &canonical.path,
+        canonical.query.as_deref(),
+    )
 }
 
 /// Does shadow mode turn this denial into a forwarded call? Only denials that got past

@@ -1826,6 +1826,23 @@ impl<'s> RecordCheck<'s> {
         }
     }
 
+    /// The same check under one of the user's roles alone (that role's own scope for the
+    /// permission, not the union): which role's scope covers a record, for `granted_by`.
+    pub fn for_role(
+        snapshot: &'s Snapshot,
+        user: UserIdx,
+        role: u16,
+        perm: PermId,
+        record_type: RecordTypeId,
+    ) -> RecordCheck<'s> {
+        let mut check = RecordCheck::new(snapshot, user, perm, record_type);
+        check.scope = snapshot
+            .roles()
+            .get(usize::from(role))
+            .map_or(ScopeSet::NONE, |r| r.scopes.get(perm));
+        check
+    }
+
     /// May the caller exercise the permission on this record? O(1) (module docs).
     pub fn check(&self, id: &RecordId) -> RecordDecision {
         if self.scope.is_empty() {

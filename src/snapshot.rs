@@ -763,14 +763,29 @@ impl Snapshot {
                     )));
                     continue;
                 }
-                match catalog.expand_scoped(&r.permissions) {
+                match catalog.expand_scoped_at(&r.permissions) {
                     Ok(g) => roles.push(SnapshotRole {
                         id: r.id.clone(),
                         permissions: g.permissions,
                         scopes: g.scopes,
                         custom: true,
                     }),
-                    Err(e) => errors.push(at(format!("role '{}': {e}", r.id))),
+                    Err((k, e)) => {
+                        errors.push(ConfigError::new(
+                            file,
+                            line(&role_lines, "roles", i),
+                            &format!("{field}.permissions[{k}]"),
+                            format!("role '{}': {e}", r.id),
+                        ));
+                        // Still known (granting nothing; the snapshot is refused anyway): one
+                        // error for the role, not one more per user holding it.
+                        roles.push(SnapshotRole {
+                            id: r.id.clone(),
+                            permissions: PermSet::default(),
+                            scopes: PermScopes::none(catalog.permissions().len()),
+                            custom: true,
+                        });
+                    }
                 }
                 let _ = (&r.name, &r.description);
             }

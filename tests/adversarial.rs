@@ -782,6 +782,89 @@ async fn request_smuggling() {
     assert_eq!(r.status, 200);
 }
 
+/// `Content-Length` with `Transfer-Encoding` on HTTP/1.1. With the lane (the default), every
+/// request head the lane reads — the first on a plain connection and each one after while the
+/// lane still serves it — is refused with the documented 400 `ambiguous_framing` (JSON body,
+/// request id, `Connection: close`), nothing forwarded, in either order and any spelling of the
+/// names. With the lane off, hyper's server frames the body by its chunked encoding and drops
+/// `Content-Length` before permgate sees the request, and closes the connection after the
+/// answer: the CRM gets one framing only (README, "Known limits").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding() {
+    if engine() == "pingora" {
+        return; // Pingora's own framing: request_smuggling covers it
+    }
+    let h = Harness::demo().await;
+    let admin = auth("u-admin");
+    let smuggled = "GET /api/v1/smuggled HTTP/1.1\r\nHost: crm\r\n\r\n";
+    let body = format!("2\r\n{{}}\r\n0\r\n\r\n{smuggled}");
+    let post = |framing: String| {
+        format!("POST /api/v1/customers/1/subscribe HTTP/1.1\r\nHost: crm\r\n{admin}Content-Type: application/json\r\n{framing}\r\n{body}")
+    };
+    let framings = [
+        format!(
+            "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n",
+            body.len()
+        ),
+        format!(
+            "Transfer-Encoding: chunked\r\nContent-Length: {}\r\n",
+            body.len()
+        ),
+        "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n".to_string(),
+        format!(
+            "transfer-encoding: chunked\r\nCONTENT-LENGTH: {}\r\n",
+            body.len()
+        ),
+    ];
+    let bodiless_first = format!("GET /api/v1/customers/1 HTTP/1.1\r\nHost: crm\r\n{admin}\r\n");
+    for framing in framings {
+        for first in ["", bodiless_first.as_str()] {
+            let name = format!("{framing:?} after {first:?}");
+            h.clear();
+            let (text, _) = exchange(
+                h.addr,
+                format!("{first}{}", post(framing.clone())).as_bytes(),
+                5,
+            );
+            std::thread::sleep(Duration::from_millis(30));
+            let got = h.received();
+            assert!(
+                got.iter().all(|r| !r.target.contains("smuggled")),
+                "{name}: {got:?}"
+            );
+            // The last answer on the connection is the one to the two-framing request.
+            let last = text.rfind("HTTP/1.1 ").map_or("", |i| &text[i..]);
+            if h1_lane() {
+                assert!(last.starts_with("HTTP/1.1 400 "), "{name}: {text}");
+                assert!(
+                    last.to_ascii_lowercase()
+                        .contains("\r\nconnection: close\r\n"),
+                    "{name}: {last}"
+                );
+                let json = &last[last.find("\r\n\r\n").unwrap() + 4..];
+                let v: serde_json::Value = serde_json::from_str(json).unwrap();
+                assert_eq!(v["error"], "ambiguous_framing", "{name}: {v}");
+                assert!(v["request_id"].as_str().is_some(), "{name}: {v}");
+                assert!(
+                    got.iter().all(|r| r.method == "GET"),
+                    "{name}: the POST was forwarded: {got:?}"
+                );
+            } else {
+                // hyper: chunked wins, Content-Length is gone, the connection ends.
+                for r in got.iter().filter(|r| r.method == "POST") {
+                    assert!(recorded_header(r, "content-length").len() <= 1, "{name}");
+                    assert!(
+                        recorded_header(r, "transfer-encoding").is_empty()
+                            || recorded_header(r, "content-length").is_empty(),
+                        "{name}: two framings reached the CRM: {r:?}"
+                    );
+                    assert_eq!(r.body, "{}", "{name}: {r:?}");
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // JWT
 

@@ -216,3 +216,59 @@ fn a_default_build_refuses_the_pingora_engine() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("this build has no Pingora engine"));
 }
+
+/// No command panics when its stdout is a pipe the reader closed (`permgate check-config x |
+/// head -1`): the output ends quietly and the command keeps its own exit status.
+#[test]
+fn no_command_panics_on_a_closed_stdout() {
+    use std::process::Stdio;
+    let demo = demo_config();
+    let demo = demo.to_str().unwrap();
+    let cases = repo().join("config/examples/scopes/policy-tests.toml");
+    let commands: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["check-config", demo], 0),
+        (
+            vec![
+                "explain",
+                "--config",
+                demo,
+                "--user",
+                "u-rep1",
+                "GET",
+                "/api/v1/customers/1",
+            ],
+            0,
+        ),
+        (
+            vec![
+                "explain",
+                "--json",
+                "--config",
+                demo,
+                "--user",
+                "u-rep1",
+                "DELETE",
+                "/api/v1/campaigns/1",
+            ],
+            3,
+        ),
+        (vec!["test", cases.to_str().unwrap()], 0),
+        (vec!["--help"], 0),
+        (vec!["--version"], 0),
+    ];
+    for (args, want) in commands {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_permgate"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader leaves before the command writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(want), "{args:?}: {err}");
+    }
+}

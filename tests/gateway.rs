@@ -1087,3 +1087,58 @@ permission = "company.view_customer_management_list"
         assert!(status == 403 || status == 404, "{path}: {status}");
     }
 }
+
+/// A demo token that expired `ago` seconds ago (`nbf` a minute before that).
+fn expired_token(user: &str, ago: u64) -> String {
+    use permgate::demo::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DEMO_SECRET};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(DEMO_KID.to_string());
+    jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"sub": user, "iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE,
+                            "nbf": now - ago - 60, "exp": now - ago}),
+        &jsonwebtoken::EncodingKey::from_secret(DEMO_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// The JWT clock-skew leeway is pinned: 30 s by default (a token 10 s past `exp` is accepted,
+/// one 40 s past refused), and `identity.jwt.leeway_seconds = 0` refuses the token 10 s past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwt_leeway_is_30_seconds_by_default_and_configurable() {
+    let text = demo_text();
+    assert!(text.contains("leeway_seconds = 30\n"));
+    for (what, config, ago, want) in [
+        (
+            "default",
+            text.replacen("leeway_seconds = 30\n", "", 1),
+            10,
+            200,
+        ),
+        (
+            "default",
+            text.replacen("leeway_seconds = 30\n", "", 1),
+            40,
+            401,
+        ),
+        (
+            "leeway 0",
+            text.replacen("leeway_seconds = 30", "leeway_seconds = 0", 1),
+            10,
+            401,
+        ),
+    ] {
+        let h = Harness::with_config_text(&config, &[]).await;
+        let auth = format!("Bearer {}", expired_token("u-rep1", ago));
+        let (s, v, headers) = get_json(&h, "/api/v1/customers/1", &[("authorization", auth)]).await;
+        assert_eq!(s, want, "{what}, {ago} s past exp: {v}");
+        if want == 401 {
+            assert_rejection(&v, &headers, "invalid_token");
+            assert!(h.received().is_empty());
+        }
+    }
+}

@@ -187,7 +187,7 @@ async fn incremental_changes_apply_and_invalid_ones_are_refused() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["version"], "demo-2026-11-23.1+2");
+    assert_eq!(v["version"], "demo-2026-11-23.1+1");
     assert_eq!(g.rep_delete(1).await, 204);
     // The change is audited: who gained which role, who was disabled.
     let (_, st) = g.admin(reqwest::Method::GET, "/status", None).await;
@@ -200,7 +200,7 @@ async fn incremental_changes_apply_and_invalid_ones_are_refused() {
     assert_eq!(last["kind"], "snapshot");
     assert_eq!(last["outcome"], "accepted");
     assert_eq!(last["version_before"], "demo-2026-11-23.1");
-    assert_eq!(last["version_after"], "demo-2026-11-23.1+2");
+    assert_eq!(last["version_after"], "demo-2026-11-23.1+1");
     let changed = &last["changes"]["roles_changed"]["items"][0];
     assert_eq!(changed["user"], "u-rep1");
     assert_eq!(changed["before"], serde_json::json!(["sales_rep"]));
@@ -243,6 +243,148 @@ async fn incremental_changes_apply_and_invalid_ones_are_refused() {
         .await;
     assert_eq!(s, 400);
     assert_eq!(g.rep_delete(2).await, 204, "the last good snapshot stayed");
+}
+
+/// The snapshot version after change batches is `<base>+<n>` (n: batches since the base):
+/// bounded however many batches are applied, and different after each one, through the fast
+/// path and the rebuild (an `upsert_role` batch) alike; the decision log and the metrics
+/// label carry the short form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_versions_stay_bounded_over_many_batches() {
+    let g = gateway("", Some(DEMO_SNAPSHOT)).await;
+    let base = "demo-2026-11-23.1";
+    let mut seen = std::collections::HashSet::new();
+    for n in 1..=400u32 {
+        let batch = if n % 100 == 0 {
+            // Structural: rebuilt from the source form.
+            format!(
+                r#"{{"changes":[{{"op":"upsert_role","role":{{"id":"cleaner_{n}","permissions":["campaign.delete"]}}}}]}}"#
+            )
+        } else {
+            let op = if n % 2 == 0 { "enable" } else { "disable" };
+            format!(
+                r#"{{"changes":[{{"op":"{op}","user":"u-csr"}},{{"op":"set_teams","user":"u-csr","teams":["t{n}"]}}]}}"#
+            )
+        };
+        let (s, v) = g
+            .admin(reqwest::Method::POST, "/snapshot/changes", Some(batch))
+            .await;
+        assert_eq!(s, 200, "batch {n}: {v}");
+        let version = v["version"].as_str().unwrap().to_string();
+        assert_eq!(version, format!("{base}+{n}"));
+        assert!(version.len() <= base.len() + 4, "{version}");
+        assert!(seen.insert(version), "batch {n}: the version repeats");
+    }
+    let (_, st) = g.admin(reqwest::Method::GET, "/status", None).await;
+    assert_eq!(st["snapshot"]["version"], format!("{base}+400"));
+    let metrics = client()
+        .get(format!("{}/metrics", g.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("permgate_snapshot_info{{version=\"{base}+400\"")),
+        "{metrics}"
+    );
+}
+
+/// A bad permission in an `upsert_role` of a role many users hold is one error naming the
+/// change and the field, not one per holder with positions in a generated text; removing a
+/// role still held is one error too. The live snapshot stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_role_change_is_one_error_naming_the_change() {
+    let mut snapshot: serde_json::Value = serde_json::from_str(DEMO_SNAPSHOT).unwrap();
+    let users = snapshot["users"].as_array_mut().unwrap();
+    for i in 0..300 {
+        users.push(serde_json::json!({"id": format!("u-clean{i}"), "roles": ["campaign_cleaner"]}));
+    }
+    let g = gateway("", Some(&snapshot.to_string())).await;
+    let bad = r#"{"changes":[{"op":"disable","user":"u-csr"},{"op":"upsert_role","role":{"id":"campaign_cleaner","permissions":["campaign.delete","campaign.nope"]}}]}"#;
+    let (s, v) = g
+        .admin(reqwest::Method::POST, "/snapshot/changes", Some(bad.into()))
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"], "changes_refused");
+    assert_eq!(
+        v["errors"],
+        serde_json::json!(["changes[1].role.permissions[1]: unknown permission 'campaign.nope'"])
+    );
+    // A preset cannot be redefined; a bad scope names its pattern.
+    for (role, want) in [
+        (
+            r#"{"id":"admin","permissions":["campaign.delete"]}"#,
+            "changes[0].role.id: 'admin' is a preset role",
+        ),
+        (
+            r#"{"id":"campaign_cleaner","permissions":["campaign.delete@mine"]}"#,
+            "changes[0].role.permissions[0]: ",
+        ),
+    ] {
+        let (s, v) = g
+            .admin(
+                reqwest::Method::POST,
+                "/snapshot/changes",
+                Some(format!(
+                    r#"{{"changes":[{{"op":"upsert_role","role":{role}}}]}}"#
+                )),
+            )
+            .await;
+        assert_eq!(s, 422, "{v}");
+        let errors = v["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1, "{v}");
+        assert!(errors[0].as_str().unwrap().starts_with(want), "{v}");
+    }
+    // Removing a role 301 users hold: one error.
+    let (s, v) = g
+        .admin(
+            reqwest::Method::POST,
+            "/snapshot/changes",
+            Some(r#"{"changes":[{"op":"remove_role","role":"campaign_cleaner"}]}"#.into()),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{v}");
+    assert!(
+        errors[0]
+            .as_str()
+            .unwrap()
+            .starts_with("changes[0]: custom role 'campaign_cleaner' is still held by 301 user(s)"),
+        "{v}"
+    );
+    // A problem found only by rebuilding the snapshot (u-sm still manages two reps) names the
+    // field, never a line of the generated text.
+    let (s, v) = g
+        .admin(
+            reqwest::Method::POST,
+            "/snapshot/changes",
+            Some(r#"{"changes":[{"op":"remove_user","user":"u-sm"}]}"#.into()),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    for e in v["errors"].as_array().unwrap() {
+        let e = e.as_str().unwrap();
+        assert!(e.starts_with("after the changes: users["), "{v}");
+        assert!(e.contains("unknown user 'u-sm'"), "{v}");
+    }
+    // Nothing was applied: u-member still deletes campaigns through campaign_cleaner, u-csr is
+    // enabled, the version is the base's.
+    let r = client()
+        .delete(g.h.url("/api/v1/campaigns/1"))
+        .header("authorization", bearer("u-member"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (_, st) = g.admin(reqwest::Method::GET, "/status", None).await;
+    assert_eq!(st["snapshot"]["version"], "demo-2026-11-23.1");
+    // Logged once (the error line and its audit event), not once per holder.
+    let log = g.h.log_text();
+    assert!(log.matches("campaign.nope").count() <= 2, "{log}");
+    assert!(!log.contains("unknown role 'campaign_cleaner'"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

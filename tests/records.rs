@@ -111,6 +111,82 @@ async fn scopes_decide_per_record() {
     assert!(h.received().is_empty());
 }
 
+/// `granted_by` (decision log, `permgate explain`) names a role whose own scope covers the
+/// record, not the first role holding the permission: u-sm holds limited_rep (own + shared,
+/// first in role order) and lead_manager (subordinates). Lead 1 is shared with u-sm's team
+/// (limited_rep covers it); lead 3 is u-rep1's, u-sm's report (only lead_manager covers it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_by_names_a_role_whose_scope_covers_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("permgate.toml"),
+        config() + "\n[decision_log]\ntarget = \"decisions.log\"\nmask = []\n",
+    )
+    .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&snapshot()).unwrap();
+    for u in v["users"].as_array_mut().unwrap() {
+        if u["id"] == "u-sm" {
+            u["roles"] = serde_json::json!(["lead_manager", "limited_rep"]);
+        }
+    }
+    std::fs::write(dir.path().join("snapshot.json"), v.to_string()).unwrap();
+    let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+    let mut ids = Vec::new();
+    // Lead 2 is u-sm's own (both cover it: the first in role order); lead 4 is u-rep2's.
+    for (lead, role) in [
+        ("1", "limited_rep"),
+        ("3", "lead_manager"),
+        ("2", "limited_rep"),
+        ("4", "lead_manager"),
+    ] {
+        let r = client()
+            .get(h.url(&format!("/api/v1/leads/{lead}")))
+            .header("authorization", bearer("u-sm"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "lead {lead}");
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        ids.push((id, lead, role));
+        // `permgate explain` names the same role.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+            .args(["explain", "--json", "--user", "u-sm", "--config"])
+            .arg(dir.path().join("permgate.toml"))
+            .args(["GET", &format!("/api/v1/leads/{lead}")])
+            .output()
+            .unwrap();
+        let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(e["decision"], "allow", "{e}");
+        assert_eq!(e["granted_by"], role, "explain, lead {lead}: {e}");
+    }
+    let log = dir.path().join("decisions.log");
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    assert!(
+        eventually(5, || {
+            lines = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let done = lines.len() >= ids.len();
+            async move { done }
+        })
+        .await,
+        "decision lines"
+    );
+    for (id, lead, role) in &ids {
+        let line = lines
+            .iter()
+            .find(|l| l["request_id"] == id.as_str())
+            .unwrap();
+        assert_eq!(
+            line["reason"],
+            format!("granted_by:{role}"),
+            "lead {lead}: {line}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_responses_hold_only_what_the_caller_may_see() {
     let dir = tempfile::tempdir().unwrap();
@@ -451,6 +527,74 @@ async fn all_or_nothing_refuses_a_partly_allowed_bulk_call() {
     .await;
     assert_eq!(s, 200);
     assert_eq!(h.received().len(), 1);
+}
+
+/// An empty bulk list (`{"ids":[]}`) is refused with 403 `bulk_forbidden` and nothing reaches
+/// the CRM (a legacy CRM may read an empty selection as "all"): in both modes, on a shadow
+/// route too (body checks are enforced on every call the permission admits), with a
+/// `Content-Length` body, a chunked one and over HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_bulk_list_is_refused_in_every_mode() {
+    for (mode, shadow) in [("trim", false), ("all_or_nothing", false), ("trim", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = bulk_config(mode);
+        if shadow {
+            text = text.replacen(
+                "new_owner = { at = \"/owner_id\" }",
+                "new_owner = { at = \"/owner_id\" }\nshadow = true",
+                1,
+            );
+            assert!(text.contains("shadow = true"));
+        }
+        std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+        std::fs::write(dir.path().join("snapshot.json"), bulk_snapshot()).unwrap();
+        let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
+        let what = format!("mode {mode}, shadow {shadow}");
+        let check = |status: u16, v: &serde_json::Value, how: &str| {
+            assert_eq!(status, 403, "{what}, {how}: {v}");
+            assert_eq!(v["error"], "bulk_forbidden", "{what}, {how}: {v}");
+            assert!(v["request_id"].as_str().is_some(), "{v}");
+            assert!(h.received().is_empty(), "{what}, {how}: nothing forwarded");
+        };
+        for body in [
+            r#"{"ids":[],"owner_id":"u-rep2"}"#,
+            r#"{"ids": [ ], "owner_id": "u-rep2"}"#,
+        ] {
+            h.clear();
+            let (s, _, v) = reassign(&h, body, "application/json").await;
+            check(s, &v, body);
+            let raw = chunked_json_post(
+                "/api/v1/leads/bulk-reassign",
+                &bearer("u-sm"),
+                body.as_bytes(),
+                7,
+            );
+            let r = h.raw(&raw);
+            check(r.status, &r.json(), "chunked");
+            let c = reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .no_proxy()
+                .build()
+                .unwrap();
+            let r = c
+                .post(h.url("/api/v1/leads/bulk-reassign"))
+                .header("authorization", bearer("u-sm"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.version(), reqwest::Version::HTTP_2);
+            let s = r.status().as_u16();
+            check(s, &r.json().await.unwrap(), "HTTP/2");
+        }
+        // A list with an item in scope still goes through.
+        h.clear();
+        let (s, _, v) =
+            reassign(&h, r#"{"ids":[2],"owner_id":"u-rep2"}"#, "application/json").await;
+        assert_eq!(s, 200, "{what}: {v}");
+        assert_eq!(h.received().len(), 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

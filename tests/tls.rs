@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -141,6 +142,70 @@ async fn https_downstream_with_certificate_reload() {
     .await;
     assert!(reloaded, "the new certificate is served");
     assert!(https_client(&ca1, false).get(&url).send().await.is_err());
+}
+
+/// A TLS client offering only ALPN `http/1.0` (old clients, some monitors) is accepted, as
+/// nginx accepts it, and served HTTP/1.0: the decision is taken and the call forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_only_http_1_0_by_alpn_is_served() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+
+    if engine() == "pingora" {
+        return; // the hyper engine's acceptor
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("permgate test CA");
+    let (h, _) = https_gateway(dir.path(), &ca, "").await;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.0".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    for (path, user, want) in [
+        ("/api/v1/customers/1", "u-rep1", "200"),
+        ("/api/v1/campaigns/1", "u-rep1", "403"),
+    ] {
+        h.clear();
+        let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("the handshake succeeds with ALPN http/1.0 only");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+        let method = if want == "403" { "DELETE" } else { "GET" };
+        tls.write_all(
+            format!(
+                "{method} {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+                bearer(user)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tls.read_to_end(&mut answer),
+        )
+        .await;
+        let answer = String::from_utf8_lossy(&answer);
+        let status_line = answer.lines().next().unwrap_or("");
+        assert!(
+            status_line.starts_with("HTTP/1.") && status_line.contains(&format!(" {want} ")),
+            "{answer}"
+        );
+        assert_eq!(h.received().len(), usize::from(want == "200"), "{answer}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@
 //! | HTTP/1.1, origin-form target, no body (`Content-Length: 0` at most), no `Transfer-Encoding`, `Expect` or `Upgrade` header, no `Connection` header but a single `close` | this loop, when the decision is to forward as is (streamed) or to refuse |
 //! | a route that reads its body or filters its answer | hyper, with the decision already taken (not taken twice) |
 //! | anything else (a body, HTTP/1.0, an absolute-form target, a head hyper answers with its own 400/431, …) | hyper, from that request on |
+//! | HTTP/1.1, origin-form target, both `Content-Length` and `Transfer-Encoding` | this loop: 400 `ambiguous_framing`, then the connection closes (hyper's server would read it as chunked) |
 //!
 //! The CRM's answer: its status and headers minus the hop-by-hop ones and those the gateway
 //! sets, framed as it came (a length, chunked with the chunks checked as they pass and
@@ -121,6 +122,7 @@ pub(super) async fn serve(
         start: 0,
         end: 0,
         out: Vec::new(),
+        linger: false,
     };
     let busy = AtomicBool::new(false);
     let closing = AtomicBool::new(false);
@@ -157,6 +159,9 @@ pub(super) async fn serve(
     let End::Handover(pending) = end else {
         // FIN after the last answer, rather than leaving it to the drop.
         let _ = lane.stream.shutdown().await;
+        if lane.linger {
+            lane.discard_rest().await;
+        }
         return;
     };
     let Lane {
@@ -190,6 +195,9 @@ struct Lane {
     end: usize,
     /// What goes out next (the CRM's request head, the client's answer head).
     out: Vec<u8>,
+    /// The last answer refused a request whose body is still arriving: read and discard it
+    /// before closing, so the client gets the answer rather than a reset connection.
+    linger: bool,
 }
 
 /// What one call's writes need to know of its connection.
@@ -223,6 +231,10 @@ struct Head {
     headers: HeaderMap,
     /// The client sent `Connection: close`: its last request on this connection.
     close: bool,
+    /// Both `Content-Length` and `Transfer-Encoding`: refused here (400 `ambiguous_framing`)
+    /// and the connection closed, as the README promises, where hyper's server would drop
+    /// `Content-Length` and read the body as chunked.
+    ambiguous_framing: bool,
 }
 
 // Returned once per request and matched at once: boxing `Head` would cost an allocation.
@@ -270,12 +282,12 @@ fn parse_head(bytes: &[u8]) -> Parsed {
         let close = name == CONNECTION
             && h.value.eq_ignore_ascii_case(b"close")
             && !headers.contains_key(&name);
-        if !bodiless
-            || name == TRANSFER_ENCODING
-            || (name == CONNECTION && !close)
-            || name == EXPECT
-            || name == UPGRADE
-        {
+        if !bodiless || name == TRANSFER_ENCODING {
+            // A body: hyper's, unless its framing is ambiguous (looked for only here, so a
+            // bodiless request pays nothing for it).
+            return ambiguous_framing(req.headers, len, method, uri);
+        }
+        if (name == CONNECTION && !close) || name == EXPECT || name == UPGRADE {
             return Parsed::Other;
         }
         headers.append(name, value);
@@ -287,6 +299,37 @@ fn parse_head(bytes: &[u8]) -> Parsed {
         uri,
         headers,
         close,
+        ambiguous_framing: false,
+    })
+}
+
+/// A request head with a body: [`Parsed::Other`] (hyper serves it), or, when it has both
+/// `Content-Length` and `Transfer-Encoding` (in any order, any spelling of the name), a head
+/// the lane refuses itself: hyper's server would drop `Content-Length`, read the body as
+/// chunked and close after the answer; the documented answer is 400 `ambiguous_framing`.
+fn ambiguous_framing(raw: &[httparse::Header<'_>], len: usize, method: Method, uri: Uri) -> Parsed {
+    let has = |name: &str| raw.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    if !(has("content-length") && has("transfer-encoding")) {
+        return Parsed::Other;
+    }
+    let mut headers = HeaderMap::with_capacity(raw.len());
+    for h in raw {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Parsed::Other;
+        };
+        headers.append(name, value);
+    }
+    Parsed::Ready(Head {
+        len,
+        method,
+        uri,
+        headers,
+        // Where its body ends cannot be known: the connection ends after the answer.
+        close: true,
+        ambiguous_framing: true,
     })
 }
 
@@ -314,6 +357,22 @@ impl Lane {
                 &head.headers,
                 Some(self.peer),
             );
+            // Fail closed: a head with two framings is never forwarded, whatever the decision
+            // said (header hygiene refuses it first: this only keeps it so).
+            let admission = match admission {
+                Admission::Stream
+                | Admission::Buffer(_)
+                | Admission::Check
+                | Admission::Me(Ok(_))
+                    if head.ambiguous_framing =>
+                {
+                    let e = crate::canon::CanonError::AmbiguousFraming;
+                    let rejection = Rejection::new(e.status(), e.code(), e.message());
+                    ctx.deny_after_permit(rejection.clone());
+                    Admission::Deny(rejection)
+                }
+                admission => admission,
+            };
             let method = head.method.clone();
             let call = Call {
                 activity,
@@ -332,6 +391,7 @@ impl Lane {
                 }
                 Admission::Me(Err(rejection)) | Admission::Deny(rejection) => {
                     self.start += head.len;
+                    self.linger = head.ambiguous_framing;
                     self.answer(reject(&rejection, &ctx, false), &call).await
                 }
                 admission @ (Admission::Buffer(_) | Admission::Check) => {
@@ -353,6 +413,22 @@ impl Lane {
                 return End::Closed;
             }
         }
+    }
+
+    /// Read and discard what the client still sends (at most [`super::MAX_DRAINED`] bytes, for
+    /// at most 5 s), until it closes.
+    async fn discard_rest(&mut self) {
+        let mut sink = std::mem::take(&mut self.buf);
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut drained = 0;
+            while drained < super::MAX_DRAINED {
+                match self.stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
     }
 
     /// The next request head the lane serves, reading as needed.
