@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{is_valid_role_id, Catalog};
 use crate::hierarchy::{Hierarchy, NO_MANAGER};
 use crate::ids::{canonical_id, canonical_json_number, RecordId, RecordTypeId, RecordTypes};
-use crate::records::{Principal, RawId, RawOwner, RawShare};
+use crate::records::{Principal, RawId, RawOwner, RawRelated, RawShare};
 use crate::snapshot::{
     grant_for, is_valid_user_id, parse_key_digest, RawRole, RawSnapshot, RawUser, Snapshot, User,
     UserIdx,
@@ -83,6 +83,25 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         role: Option<String>,
     },
+    /// A record the CRM created (or changed): its owner (`null`: none) and, for a related
+    /// object (a note, a task), the record it belongs to. Added when unknown, updated when
+    /// known.
+    UpsertRecord {
+        #[serde(rename = "type")]
+        record_type: String,
+        id: RawId,
+        #[serde(default)]
+        owner: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<RecordRef>,
+    },
+    /// A record the CRM deleted: it, its shares and its related objects are forgotten (a call
+    /// naming it is then judged as for any unknown record).
+    RemoveRecord {
+        #[serde(rename = "type")]
+        record_type: String,
+        id: RawId,
+    },
     /// Remove a share (it must exist).
     Unshare {
         #[serde(rename = "type")]
@@ -97,12 +116,30 @@ pub enum Change {
     },
 }
 
+/// A record named by type and id (a related object's parent).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordRef {
+    #[serde(rename = "type")]
+    pub record_type: String,
+    pub id: RawId,
+}
+
 impl Change {
-    /// Does this change renumber users or roles (and so need a full build)?
+    /// Does this change renumber users, roles or records (and so need a full build)? A new
+    /// record without a parent is not structural: it takes a free slot of its type's table
+    /// when there is room ([`Snapshot::needs_rebuild`] says when there is not).
     pub fn is_structural(&self) -> bool {
         matches!(
             self,
-            Change::RemoveUser { .. } | Change::UpsertRole { .. } | Change::RemoveRole { .. }
+            Change::RemoveUser { .. }
+                | Change::UpsertRole { .. }
+                | Change::RemoveRole { .. }
+                | Change::RemoveRecord { .. }
+                | Change::UpsertRecord {
+                    parent: Some(_),
+                    ..
+                }
         )
     }
 }
@@ -296,6 +333,95 @@ impl RawSnapshot {
                         role: role.clone(),
                     });
                 }
+                Change::UpsertRecord {
+                    record_type,
+                    id,
+                    owner,
+                    parent,
+                } => {
+                    let target = canonical(types, record_type, id)
+                        .map_err(|e| format!("changes[{i}]: {e}"))?;
+                    let parent_target = match parent {
+                        None => None,
+                        Some(p) => Some(
+                            canonical(types, &p.record_type, &p.id)
+                                .map_err(|e| format!("changes[{i}]: parent: {e}"))?,
+                        ),
+                    };
+                    if let Some(o) = owner {
+                        named_users.push((i, o.clone()));
+                    }
+                    let records = self.records.get_or_insert_with(Default::default);
+                    let same =
+                        |t: &str, x: &RawId| canonical(types, t, x).ok() == Some(target.clone());
+                    if let Some(pt) = &parent_target {
+                        if *pt == target {
+                            return Err(format!("changes[{i}]: a record cannot be its own parent"));
+                        }
+                        let p = parent.as_ref().map(|p| (&p.record_type, &p.id));
+                        let known =
+                            |t: &str, x: &RawId| canonical(types, t, x).ok() == Some(pt.clone());
+                        if !records.owners.iter().any(|o| known(&o.record_type, &o.id))
+                            && !records.related.iter().any(|r| known(&r.record_type, &r.id))
+                        {
+                            return Err(format!(
+                                "changes[{i}]: parent: unknown record {} '{}'",
+                                p.map_or("", |p| p.0.as_str()),
+                                pt.1
+                            ));
+                        }
+                        records.related.retain(|r| !same(&r.record_type, &r.id));
+                        if let Some((pt_type, pt_id)) = p {
+                            records.related.push(RawRelated {
+                                record_type: record_type.clone(),
+                                id: id.clone(),
+                                parent_type: pt_type.clone(),
+                                parent_id: pt_id.clone(),
+                            });
+                        }
+                    }
+                    match records
+                        .owners
+                        .iter_mut()
+                        .find(|o| same(&o.record_type, &o.id))
+                    {
+                        Some(o) => o.owner = owner.clone(),
+                        None => records.owners.push(RawOwner {
+                            record_type: record_type.clone(),
+                            id: id.clone(),
+                            owner: owner.clone(),
+                        }),
+                    }
+                }
+                Change::RemoveRecord { record_type, id } => {
+                    let target = canonical(types, record_type, id)
+                        .map_err(|e| format!("changes[{i}]: {e}"))?;
+                    let records = self.records.get_or_insert_with(Default::default);
+                    let canon = |t: &str, x: &RawId| canonical(types, t, x).ok();
+                    let is = |t: &str, x: &RawId| canon(t, x).as_ref() == Some(&target);
+                    if !records.owners.iter().any(|o| is(&o.record_type, &o.id))
+                        && !records.related.iter().any(|r| is(&r.record_type, &r.id))
+                    {
+                        return Err(format!(
+                            "changes[{i}]: unknown record {record_type} '{}'",
+                            target.1
+                        ));
+                    }
+                    // Its related objects go with it (as the CRM's own delete cascades).
+                    let mut gone = vec![target.clone()];
+                    for r in &records.related {
+                        if is(&r.parent_type, &r.parent_id) {
+                            gone.extend(canon(&r.record_type, &r.id));
+                        }
+                    }
+                    let forgotten =
+                        |t: &str, x: &RawId| canon(t, x).is_some_and(|c| gone.contains(&c));
+                    records
+                        .related
+                        .retain(|r| !forgotten(&r.record_type, &r.id));
+                    records.owners.retain(|o| !forgotten(&o.record_type, &o.id));
+                    records.shares.retain(|s| !forgotten(&s.record_type, &s.id));
+                }
                 Change::Unshare {
                     record_type,
                     id,
@@ -447,6 +573,32 @@ impl Snapshot {
         }
     }
 
+    /// Does this batch need the source form and a full build? Yes for a structural change
+    /// ([`Change::is_structural`]), and when the records it adds do not fit in the free slots
+    /// of their type's table.
+    pub fn needs_rebuild(&self, changes: &[Change], catalog: &Catalog) -> bool {
+        if changes.iter().any(Change::is_structural) {
+            return true;
+        }
+        let types = catalog.record_types();
+        let mut adding: HashMap<RecordTypeId, usize> = HashMap::new();
+        let mut seen: HashSet<(RecordTypeId, RecordId)> = HashSet::new();
+        for change in changes {
+            if let Change::UpsertRecord {
+                record_type, id, ..
+            } = change
+            {
+                // A bad reference is refused by the fast path itself, with its message.
+                if let Ok((t, rid)) = canonical(types, record_type, id) {
+                    if self.records.find(t, &rid).is_none() && seen.insert((t, rid)) {
+                        *adding.entry(t).or_default() += 1;
+                    }
+                }
+            }
+        }
+        adding.into_iter().any(|(t, n)| self.records.room(t) < n)
+    }
+
     /// Apply a batch of non-structural changes, sharing every untouched part with `self`
     /// (module docs). Accepts and refuses exactly what [`RawSnapshot::apply`] followed by
     /// [`Snapshot::build`] would, and the result decides the same.
@@ -486,13 +638,18 @@ impl Snapshot {
                     }
                     continue;
                 }
-                Change::SetOwner { .. } | Change::Share { .. } | Change::Unshare { .. } => {
+                Change::SetOwner { .. }
+                | Change::Share { .. }
+                | Change::Unshare { .. }
+                | Change::UpsertRecord { parent: None, .. } => {
                     record_ops.push((i, change));
                     continue;
                 }
                 Change::RemoveUser { .. }
                 | Change::UpsertRole { .. }
-                | Change::RemoveRole { .. } => {
+                | Change::RemoveRole { .. }
+                | Change::UpsertRecord { .. }
+                | Change::RemoveRecord { .. } => {
                     return Err(vec![format!(
                         "changes[{i}]: a structural change needs a full build"
                     )]);
@@ -746,6 +903,9 @@ impl Snapshot {
                 Change::SetOwner {
                     record_type, id, ..
                 }
+                | Change::UpsertRecord {
+                    record_type, id, ..
+                }
                 | Change::Share {
                     record_type, id, ..
                 }
@@ -761,13 +921,37 @@ impl Snapshot {
                     continue;
                 }
             };
+            let owner_of = |owner: &Option<String>| match owner {
+                None => Ok(None),
+                Some(o) => index_of(o)
+                    .map(Some)
+                    .ok_or_else(|| format!("changes[{i}]: owner: unknown user '{o}'")),
+            };
             let Some(found) = records.find(t, &rid) else {
-                errors.push(format!(
-                    "changes[{i}]: unknown record {record_type} '{rid}'"
-                ));
+                match change {
+                    // A record the CRM just created: a free slot of its type's table.
+                    Change::UpsertRecord { owner, .. } => match owner_of(owner) {
+                        Ok(owner) => {
+                            if !records.add(t, &rid, owner) {
+                                errors.push(format!(
+                                    "changes[{i}]: no room for another {record_type} before a \
+                                     full build"
+                                ));
+                            }
+                        }
+                        Err(e) => errors.push(e),
+                    },
+                    _ => errors.push(format!(
+                        "changes[{i}]: unknown record {record_type} '{rid}'"
+                    )),
+                }
                 continue;
             };
             match change {
+                Change::UpsertRecord { owner, .. } => match owner_of(owner) {
+                    Ok(owner) => records.set_owner(found.number, owner),
+                    Err(e) => errors.push(e),
+                },
                 Change::SetOwner { owner, .. } => {
                     let owner = match owner {
                         None => None,
@@ -1041,6 +1225,14 @@ mod equivalence {
                     user,
                     team,
                     role,
+                }
+            }),
+            (record.clone(), proptest::option::of(pick(USERS))).prop_map(|((t, id), owner)| {
+                Change::UpsertRecord {
+                    record_type: t.to_string(),
+                    id: raw_id(id),
+                    owner,
+                    parent: None,
                 }
             }),
             (record, principal()).prop_map(|((t, id), (user, team, role))| Change::Unshare {

@@ -621,7 +621,7 @@ impl State {
                 vec!["no snapshot is loaded to apply changes to".into()],
             ));
         };
-        if !changes.iter().any(Change::is_structural) {
+        if !snapshot.needs_rebuild(changes, &current.config.catalog) {
             return match snapshot.apply(changes, &current.config.catalog) {
                 Ok(applied) => {
                     let version = applied.snapshot.version.clone();

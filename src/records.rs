@@ -661,7 +661,19 @@ enum Keys {
     },
 }
 
+/// Free slots each record type's table is built with beyond a quarter of its records, for records
+/// added by incremental changes ([`RecordStore::add`]) before the next full build.
+const GROWTH_ROOM: usize = 64;
+
 impl Keys {
+    fn size(&self) -> usize {
+        match self {
+            Keys::Int(t) => t.slots.len(),
+            Keys::Uuid(t) => t.slots.len(),
+            Keys::Str { table, .. } => table.slots.len(),
+        }
+    }
+
     fn val(&self, slot: usize) -> Option<u32> {
         match self {
             Keys::Int(t) => t.val(slot),
@@ -978,7 +990,9 @@ impl RecordStore {
             };
             let mut base: u64 = 0;
             for t in types.ids() {
-                let n = per_type[t.index()];
+                // Room for records the CRM creates between two full builds
+                // ([`RecordStore::add`]).
+                let n = per_type[t.index()] + GROWTH_ROOM;
                 let keys = match types.kind(t) {
                     IdKind::Integer => Keys::Int(FlatTable::with_capacity(n)),
                     IdKind::Uuid => Keys::Uuid(FlatTable::with_capacity(n)),
@@ -1574,6 +1588,24 @@ impl RecordStore {
                 *v = (*v & !OWNER_BITS) | owner.map_or(NO_OWNER, |o| o & OWNER_BITS);
             }
         }
+    }
+
+    /// How many more records of type `t` fit before a full build must make room: the table
+    /// stays at most 7/8 full (short probes, and always a free slot to end one).
+    pub fn room(&self, t: RecordTypeId) -> usize {
+        self.types
+            .get(t.index())
+            .map_or(0, |tt| (tt.keys.size() * 7 / 8).saturating_sub(tt.count))
+    }
+
+    /// Add a record the store does not know, with its owner, in a new version: only the chunk
+    /// holding its slot is copied, and no other record's number changes. `false`: no room
+    /// ([`RecordStore::room`]) or already known.
+    pub(crate) fn add(&mut self, t: RecordTypeId, id: &RecordId, owner: Option<UserIdx>) -> bool {
+        self.room(t) > 0
+            && self
+                .insert(t, id, owner.map_or(NO_OWNER, |o| o & OWNER_BITS))
+                .is_ok()
     }
 
     /// Share a known record with a principal, in a new version (the share set is copied once
