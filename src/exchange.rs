@@ -15,7 +15,7 @@ use crate::config::Access;
 use crate::decision_log::{self, Record};
 use crate::identity;
 use crate::live::{Live, State};
-use crate::metrics::Outcome;
+use crate::metrics::{Limited, Outcome};
 use crate::policy::{self, Denied, Permit};
 use crate::reject::Rejection;
 
@@ -561,26 +561,33 @@ pub fn admit(
     };
     match decision {
         Ok(permit) => {
-            let next = match inspect(&permit) {
+            if let Some(refused) = over_limit(state, &live, ctx, permit) {
+                return refused;
+            }
+            let Some(permit) = ctx.permit.as_ref() else {
+                return Admission::Deny(Rejection::internal());
+            };
+            match inspect(permit) {
                 Some(i) if i.reads_body() => Admission::Check,
                 Some(i) if i.filters_response() => Admission::Buffer(i.body_limits.max_bytes),
                 _ => Admission::Stream,
-            };
-            ctx.permit = Some(permit);
-            next
+            }
         }
         Err(denied) => {
             match policy::shadow_permit(&live.config, live.snapshot.as_deref(), &denied) {
                 // Shadow mode: logged and counted as a would-be denial, forwarded anyway (a
                 // list response is still filtered; a body is not checked).
                 Some(permit) => {
-                    let next = match inspect(&permit).filter(|i| i.filters_response()) {
-                        Some(i) => Admission::Buffer(i.body_limits.max_bytes),
-                        None => Admission::Stream,
-                    };
-                    ctx.permit = Some(permit);
+                    if let Some(refused) = over_limit(state, &live, ctx, permit) {
+                        return refused;
+                    }
                     ctx.denied = Some(denied);
-                    next
+                    match ctx.permit.as_ref().and_then(inspect) {
+                        Some(i) if i.filters_response() => {
+                            Admission::Buffer(i.body_limits.max_bytes)
+                        }
+                        _ => Admission::Stream,
+                    }
                 }
                 None => {
                     let rejection = denied.rejection.clone();
@@ -590,6 +597,77 @@ pub fn admit(
             }
         }
     }
+}
+
+/// The rate limits of a call about to be forwarded: `[rate_limit] per_caller` (keyed by the
+/// caller's user id, or the client's address when it is anonymous), then its route's own.
+/// Under them (or over a shadow one: counted and logged, forwarded) the permit goes to `ctx`
+/// and `None` is returned; over one that is enforced, the call is refused with 429
+/// `rate_limited` and `Retry-After`. Nothing is looked at when no limit is configured.
+fn over_limit(state: &State, live: &Live, ctx: &mut Ctx, permit: Permit) -> Option<Admission> {
+    let per_caller = live.config.rate_limit.per_caller.as_ref();
+    let route = permit
+        .route
+        .and_then(|r| policy::route_info(&live.config, r).rate_limit.as_deref());
+    if per_caller.is_none() && route.is_none() {
+        ctx.permit = Some(permit);
+        return None;
+    }
+    let now = state.clock.nanos(ctx.started);
+    let mut caller_over = None;
+    if let Some(limit) = per_caller {
+        let user = match (permit.caller, live.snapshot.as_deref()) {
+            (Some(c), Some(s)) => Some(&*s.user(c.user).id),
+            _ => None,
+        };
+        let key = match (user, ctx.peer) {
+            (Some(id), _) => crate::limit::CallerKey::User(id),
+            (None, Some(ip)) => crate::limit::CallerKey::Ip(ip),
+            (None, None) => crate::limit::CallerKey::Ip(IpAddr::from([0u8; 4])),
+        };
+        let max = live.config.rate_limit.max_callers;
+        if let Err(wait) = state.callers.check(key, limit, now, max) {
+            caller_over = Some((Limited::Caller, limit.shadow, wait));
+        }
+    }
+    // A call refused by the caller's limit takes nothing from the route's.
+    let route_over = match (route, caller_over) {
+        (Some(bucket), None | Some((_, true, _))) => bucket
+            .check(now)
+            .err()
+            .map(|wait| (Limited::Route, bucket.limit.shadow, wait)),
+        _ => None,
+    };
+    let mut refused = None;
+    for (limited, shadow, wait) in [caller_over, route_over].into_iter().flatten() {
+        if let Some(c) = live.counters(permit.route) {
+            c.rate_limited(limited, shadow);
+        }
+        if !shadow {
+            refused = Some(Rejection::rate_limited(limited == Limited::Route, wait));
+            continue;
+        }
+        log::info!(
+            "request_id={} shadow: over {} rate limit (429 rate_limited when enforced, retry after {wait}s)",
+            ctx.request_id,
+            match limited {
+                Limited::Caller => "the caller's",
+                Limited::Route => "the route's",
+            }
+        );
+    }
+    let Some(rejection) = refused else {
+        ctx.permit = Some(permit);
+        return None;
+    };
+    ctx.denied = Some(Denied {
+        rejection: rejection.clone(),
+        route: permit.route,
+        user: None,
+        canonical: Some(permit.canonical),
+        caller: permit.caller,
+    });
+    Some(Admission::Deny(rejection))
 }
 
 /// Check a body read whole on a [`Admission::Check`] call. `Ok`: what to forward (`ctx` notes

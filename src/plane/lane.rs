@@ -101,17 +101,29 @@ enum End {
     Handover(Option<Box<Pending>>),
 }
 
+/// A client connection the lane takes.
+pub(super) struct Conn {
+    pub stream: TcpStream,
+    pub peer: IpAddr,
+    /// `listen.write_timeout_ms`: a write that makes no progress for this long closes it.
+    pub write_timeout: Duration,
+}
+
 /// Serve one plain HTTP/1.1 client connection.
 pub(super) async fn serve(
     plane: Arc<Plane>,
     pool: LanePool,
-    stream: TcpStream,
-    peer: IpAddr,
+    conn: Conn,
+    activity: &Arc<Activity>,
     builders: Arc<Builders>,
     idle: Duration,
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
-    let activity = Arc::new(Activity::default());
+    let Conn {
+        stream,
+        peer,
+        write_timeout,
+    } = conn;
     let mut lane = Lane {
         plane,
         pool,
@@ -121,11 +133,12 @@ pub(super) async fn serve(
         start: 0,
         end: 0,
         out: Vec::new(),
+        write_timeout,
     };
     let busy = AtomicBool::new(false);
     let closing = AtomicBool::new(false);
     let end = {
-        let run = lane.run(&activity, &busy, &closing, idle);
+        let run = lane.run(activity, &busy, &closing, idle);
         tokio::pin!(run);
         // The idle watchdog and the drain, as `drive`: a call in flight finishes first.
         let tick = (idle / 2).max(Duration::from_millis(50));
@@ -165,16 +178,22 @@ pub(super) async fn serve(
         buf,
         start,
         end,
+        write_timeout,
         ..
     } = lane;
-    let io = Tracked::new(stream, activity.clone(), buf[start..end].to_vec());
+    let io = Tracked::new(
+        stream,
+        activity.clone(),
+        buf[start..end].to_vec(),
+        write_timeout,
+    );
     let service = Service {
         plane,
         peer,
         pending: pending.map(|p| Arc::new(Mutex::new(Some(p)))),
     };
     builders
-        .serve(io, false, service, &activity, idle, drain)
+        .serve(io, false, service, activity, idle, drain)
         .await;
 }
 
@@ -190,6 +209,7 @@ struct Lane {
     end: usize,
     /// What goes out next (the CRM's request head, the client's answer head).
     out: Vec<u8>,
+    write_timeout: Duration,
 }
 
 /// What one call's writes need to know of its connection.
@@ -426,7 +446,7 @@ impl Lane {
     }
 
     async fn write_out(&mut self, activity: &Activity) -> bool {
-        let sent = self.stream.write_all(&self.out).await.is_ok();
+        let sent = write_within(&self.stream, &self.out, self.write_timeout, activity).await;
         activity.touch();
         sent
     }
@@ -598,7 +618,8 @@ impl Lane {
                     clean &= at + take == end;
                     remaining -= take as u64;
                     if self.out.is_empty() {
-                        if self.stream.write_all(&up.buf[at..at + take]).await.is_err() {
+                        let piece = &up.buf[at..at + take];
+                        if !write_within(&self.stream, piece, self.write_timeout, activity).await {
                             return (false, false);
                         }
                         activity.touch();
@@ -658,7 +679,10 @@ impl Lane {
                     match tokio::time::timeout(wait, up.stream.read(&mut up.buf)).await {
                         Ok(Ok(0)) => return (true, false),
                         Ok(Ok(n)) if !left(ctx.deadline).is_zero() => {
-                            if self.stream.write_all(&up.buf[..n]).await.is_err() {
+                            let piece = &up.buf[..n];
+                            if !write_within(&self.stream, piece, self.write_timeout, activity)
+                                .await
+                            {
                                 return (false, false);
                             }
                             activity.touch();
@@ -669,6 +693,35 @@ impl Lane {
             }
         }
     }
+}
+
+/// Write all of `bytes` to the client; `false` when it fails, or when a write makes no
+/// progress for `timeout` (a client that does not read its answer: `listen.write_timeout_ms`).
+/// No timer unless the socket is full.
+async fn write_within(
+    stream: &TcpStream,
+    mut bytes: &[u8],
+    timeout: Duration,
+    activity: &Activity,
+) -> bool {
+    while !bytes.is_empty() {
+        match stream.try_write(bytes) {
+            Ok(0) => return false,
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                match tokio::time::timeout(timeout, stream.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return false,
+                    Err(_) => {
+                        activity.write_timed_out();
+                        return false;
+                    }
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Read the next piece of an answer body into the connection's buffer (`None`: the CRM
