@@ -4,7 +4,7 @@
 //!
 //! | step | what happens |
 //! |---|---|
-//! | accept | HTTP/1.1, h2c (`listen.h2c`) or HTTPS with HTTP/2 by ALPN (`listen.tls`) |
+//! | accept | HTTP/1.1, h2c (`listen.h2c`) or HTTPS with HTTP/2 by ALPN (`listen.tls`); at most `listen.max_connections` open (beyond, new ones wait in the backlog, `listen.backlog`, not accepted); a write to the client that makes no progress for `listen.write_timeout_ms` closes the connection |
 //! | decide | [`exchange::admit`]: one load of the live config and snapshot, kept to the end |
 //! | forward | the body streams to the CRM (capped by `listen.max_body_bytes`, each wait by `listen.body_read_timeout_ms`), or is read whole and checked first on inspected routes; pooled keep-alive connections to the CRM ([`pool`], `upstream.pool_size`), one retry when a pooled connection turns out closed |
 //! | answer | the CRM's response streams back (each wait capped by `upstream.read_timeout_ms`, all of it by `upstream.total_timeout_ms`), or a list response is read whole and filtered first |

@@ -475,3 +475,57 @@ fn limit_settings_are_validated() {
     assert!(c.rate_limit.per_caller.is_none());
     assert_eq!(c.rate_limit.max_callers, 100_000);
 }
+
+/// A binary upgrade: the new process applies its own `listen.backlog` to the socket handed
+/// over (a second `listen()`), not the old process's. The old one listens with 128; after the
+/// hand-over, the new one (4096) holds a burst of 600 connects while it accepts none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_process_of_an_upgrade_applies_its_backlog() {
+    const N: usize = 600;
+    let old_listen =
+        "max_connections = 1\nbacklog = 128\ndrain_seconds = 1\nupgrade_sock = \"upgrade.sock\"";
+    let mut g = gateway(old_listen, |t| t, "").await;
+    let config = g._dir.path().join("permgate.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen("backlog = 128\n", "", 1)).unwrap();
+    let log = std::fs::File::create(g._dir.path().join("new.log")).unwrap();
+    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["serve", "--upgrade", "--config"])
+        .arg(&config)
+        .arg("--listen")
+        .arg(g.h.addr.to_string())
+        .arg("--upstream")
+        .arg(g.h.crm.local_addr().to_string())
+        .args(["--h1-lane", if h1_lane() { "on" } else { "off" }])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let sock = g._dir.path().join("upgrade.sock");
+    assert!(
+        eventually(10, || {
+            let exists = sock.exists();
+            async move { exists }
+        })
+        .await,
+        "the new process waits on the upgrade socket"
+    );
+    let quit = std::process::Command::new("kill")
+        .args(["-QUIT", &g.h.gateway.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(quit.success());
+    assert!(
+        g.h.gateway.wait().unwrap().success(),
+        "the old process exits"
+    );
+    let held = served_connection(g.h.addr);
+    let (ok, open) = burst(g.h.addr, N, Duration::from_millis(2500)).await;
+    let _ = new.kill();
+    let _ = new.wait();
+    assert_eq!(
+        ok, N,
+        "connects lost: the handed-over socket kept the old backlog"
+    );
+    drop((open, held));
+}

@@ -23,7 +23,8 @@
 //! trailer fields dropped, or until the CRM closes, then the client connection closes too).
 //! Timeouts as on hyper's path: `upstream.connect_timeout_ms`, `write_timeout_ms`,
 //! `read_timeout_ms` per wait, `total_timeout_ms` in all; a head trickled in for longer than
-//! `listen.keepalive_timeout_seconds` is cut off; the idle watchdog and the drain as
+//! `listen.keepalive_timeout_seconds` is cut off; a write to the client that makes no progress
+//! for `listen.write_timeout_ms` closes the connection; the idle watchdog and the drain as
 //! [`super::drive`].
 
 use std::io::ErrorKind;
