@@ -276,7 +276,7 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
         }
         None => bind(listen).map_err(|e| format!("cannot listen on {}: {e}", listen.address))?,
     };
-    check_fd_limit(listen.max_connections);
+    raise_fd_limit(listen.max_connections);
     // `listen.max_connections`: a slot per open connection, taken before accepting.
     let slots = Arc::new(tokio::sync::Semaphore::new(listen.max_connections));
     let metrics = state.metrics.clone();
@@ -497,16 +497,34 @@ fn bind(listen: &crate::config::Listen) -> std::io::Result<tokio::net::TcpListen
     Err(last)
 }
 
-/// Warn when the open-file limit cannot hold `listen.max_connections` client connections and
-/// a CRM connection for each (accepts would then fail instead of waiting in the backlog).
-fn check_fd_limit(max_connections: usize) {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+/// Make room for `listen.max_connections` client connections and a CRM connection for each
+/// in the open-file limit: the soft limit is raised toward that (up to the hard limit, as Go's
+/// runtime does); still short, a warning (accepts would then fail instead of waiting in the
+/// backlog).
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let needed = (max_connections as u64)
         .saturating_mul(2)
         .saturating_add(64);
-    if let Some(limit) = limit.filter(|l| *l < needed) {
+    let limit = getrlimit(Resource::Nofile);
+    // `None`: no limit.
+    let Some(mut current) = limit.current.filter(|c| *c < needed) else {
+        return;
+    };
+    let raised = limit.maximum.map_or(needed, |m| m.min(needed));
+    if raised > current {
+        let set = Rlimit {
+            current: Some(raised),
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, set).is_ok() {
+            info!("open-file limit raised from {current} to {raised} for listen.max_connections");
+            current = raised;
+        }
+    }
+    if current < needed {
         warn!(
-            "the open-file limit ({limit}) is below what listen.max_connections ({max_connections}) may need ({needed}: a client and a CRM connection each); raise it (ulimit -n, LimitNOFILE) or lower listen.max_connections"
+            "the open-file limit ({current}) is below what listen.max_connections ({max_connections}) may need ({needed}: a client and a CRM connection each); raise it (ulimit -n, LimitNOFILE) or lower listen.max_connections"
         );
     }
 }
