@@ -14,6 +14,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TY
 use crate::config::Access;
 use crate::decision_log::{self, Record};
 use crate::identity;
+use crate::limit::CallerKey;
 use crate::live::{Live, State};
 use crate::metrics::{Limited, Outcome};
 use crate::policy::{self, Denied, Permit};
@@ -561,33 +562,32 @@ pub fn admit(
     };
     match decision {
         Ok(permit) => {
-            if let Some(refused) = over_limit(state, &live, ctx, permit) {
-                return refused;
+            if let Some(rejection) = over_limit(state, &live, ctx, &permit) {
+                return refuse_over_limit(ctx, permit, rejection);
             }
-            let Some(permit) = ctx.permit.as_ref() else {
-                return Admission::Deny(Rejection::internal());
-            };
-            match inspect(permit) {
+            let next = match inspect(&permit) {
                 Some(i) if i.reads_body() => Admission::Check,
                 Some(i) if i.filters_response() => Admission::Buffer(i.body_limits.max_bytes),
                 _ => Admission::Stream,
-            }
+            };
+            ctx.permit = Some(permit);
+            next
         }
         Err(denied) => {
             match policy::shadow_permit(&live.config, live.snapshot.as_deref(), &denied) {
                 // Shadow mode: logged and counted as a would-be denial, forwarded anyway (a
                 // list response is still filtered; a body is not checked).
                 Some(permit) => {
-                    if let Some(refused) = over_limit(state, &live, ctx, permit) {
-                        return refused;
+                    if let Some(rejection) = over_limit(state, &live, ctx, &permit) {
+                        return refuse_over_limit(ctx, permit, rejection);
                     }
+                    let next = match inspect(&permit).filter(|i| i.filters_response()) {
+                        Some(i) => Admission::Buffer(i.body_limits.max_bytes),
+                        None => Admission::Stream,
+                    };
+                    ctx.permit = Some(permit);
                     ctx.denied = Some(denied);
-                    match ctx.permit.as_ref().and_then(inspect) {
-                        Some(i) if i.filters_response() => {
-                            Admission::Buffer(i.body_limits.max_bytes)
-                        }
-                        _ => Admission::Stream,
-                    }
+                    next
                 }
                 None => {
                     let rejection = denied.rejection.clone();
@@ -601,16 +601,15 @@ pub fn admit(
 
 /// The rate limits of a call about to be forwarded: `[rate_limit] per_caller` (keyed by the
 /// caller's user id, or the client's address when it is anonymous), then its route's own.
-/// Under them (or over a shadow one: counted and logged, forwarded) the permit goes to `ctx`
-/// and `None` is returned; over one that is enforced, the call is refused with 429
-/// `rate_limited` and `Retry-After`. Nothing is looked at when no limit is configured.
-fn over_limit(state: &State, live: &Live, ctx: &mut Ctx, permit: Permit) -> Option<Admission> {
+/// `None` under them (or over a shadow one: counted and logged, forwarded); over one that is
+/// enforced, the rejection: 429 `rate_limited` with `Retry-After`. Nothing is looked at when
+/// no limit is configured.
+fn over_limit(state: &State, live: &Live, ctx: &Ctx, permit: &Permit) -> Option<Rejection> {
     let per_caller = live.config.rate_limit.per_caller.as_ref();
     let route = permit
         .route
         .and_then(|r| policy::route_info(&live.config, r).rate_limit.as_deref());
     if per_caller.is_none() && route.is_none() {
-        ctx.permit = Some(permit);
         return None;
     }
     let now = state.clock.nanos(ctx.started);
@@ -621,9 +620,9 @@ fn over_limit(state: &State, live: &Live, ctx: &mut Ctx, permit: Permit) -> Opti
             _ => None,
         };
         let key = match (user, ctx.peer) {
-            (Some(id), _) => crate::limit::CallerKey::User(id),
-            (None, Some(ip)) => crate::limit::CallerKey::Ip(ip),
-            (None, None) => crate::limit::CallerKey::Ip(IpAddr::from([0u8; 4])),
+            (Some(id), _) => CallerKey::User(id),
+            (None, Some(ip)) => CallerKey::Ip(ip),
+            (None, None) => CallerKey::Ip(IpAddr::from([0u8; 4])),
         };
         let max = live.config.rate_limit.max_callers;
         if let Err(wait) = state.callers.check(key, limit, now, max) {
@@ -656,10 +655,11 @@ fn over_limit(state: &State, live: &Live, ctx: &mut Ctx, permit: Permit) -> Opti
             }
         );
     }
-    let Some(rejection) = refused else {
-        ctx.permit = Some(permit);
-        return None;
-    };
+    refused
+}
+
+/// A call refused by [`over_limit`]: logged and counted as a denial of its route.
+fn refuse_over_limit(ctx: &mut Ctx, permit: Permit, rejection: Rejection) -> Admission {
     ctx.denied = Some(Denied {
         rejection: rejection.clone(),
         route: permit.route,
@@ -667,7 +667,7 @@ fn over_limit(state: &State, live: &Live, ctx: &mut Ctx, permit: Permit) -> Opti
         canonical: Some(permit.canonical),
         caller: permit.caller,
     });
-    Some(Admission::Deny(rejection))
+    Admission::Deny(rejection)
 }
 
 /// Check a body read whole on a [`Admission::Check`] call. `Ok`: what to forward (`ctx` notes
