@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -125,6 +126,8 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     decision_log: Option<RawDecisionLog>,
+    #[serde(default)]
+    rate_limit: RawRateLimits,
     /// Record types, for routes that check records ([`crate::inspect`]).
     #[serde(default, rename = "record_type")]
     record_types: Vec<Spanned<RawRecordType>>,
@@ -166,6 +169,12 @@ struct RawListen {
     engine: Spanned<Engine>,
     #[serde(default = "default_true")]
     h1_lane: bool,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_backlog")]
+    backlog: u32,
+    #[serde(default = "default_client_write_timeout_ms")]
+    write_timeout_ms: u64,
 }
 
 /// The data plane that serves the traffic listener.
@@ -210,6 +219,60 @@ fn default_max_body_bytes() -> u64 {
 }
 fn default_h2_max_concurrent_streams() -> u32 {
     100
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_backlog() -> u32 {
+    4096
+}
+fn default_client_write_timeout_ms() -> u64 {
+    30_000
+}
+
+/// `[rate_limit]`: the per-caller token bucket (a route's own is on its `[[route]]` block).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    #[serde(default)]
+    per_caller: Option<RawRateLimit>,
+    #[serde(default = "default_max_callers")]
+    max_callers: usize,
+}
+
+fn default_max_callers() -> usize {
+    100_000
+}
+
+impl Default for RawRateLimits {
+    fn default() -> Self {
+        RawRateLimits {
+            per_caller: None,
+            max_callers: default_max_callers(),
+        }
+    }
+}
+
+/// `{ rate = 50, burst = 100, shadow = false }`: calls per second, calls at once.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    rate: f64,
+    burst: u32,
+    #[serde(default)]
+    shadow: bool,
+}
+
+impl RawRateLimit {
+    fn compile(&self) -> Result<crate::limit::Limit, String> {
+        if !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= 1_000_000.0) {
+            return Err("rate: calls per second, more than 0 and at most 1000000".into());
+        }
+        if !(1..=1_000_000).contains(&self.burst) {
+            return Err("burst: between 1 and 1000000".into());
+        }
+        Ok(crate::limit::Limit::new(self.rate, self.burst, self.shadow))
+    }
 }
 
 #[derive(Deserialize)]
@@ -472,6 +535,9 @@ struct RawRoute {
     on_denied_fields: Option<String>,
     #[serde(default)]
     body: Option<RawBody>,
+    /// A token bucket for the route as a whole (every caller together).
+    #[serde(default)]
+    rate_limit: Option<RawRateLimit>,
 }
 
 fn default_true() -> bool {
@@ -541,6 +607,9 @@ pub struct RouteInfo {
     /// Records, bulk items, fields or list responses the route checks beyond its permission;
     /// `None` for most routes (their bodies stream untouched).
     pub inspect: Option<Box<Inspect>>,
+    /// The route's own rate limit (all callers together) and its bucket. The bucket lives
+    /// with the compiled config: a config reload starts it full again.
+    pub rate_limit: Option<Arc<crate::limit::RouteBucket>>,
 }
 
 #[derive(Debug, Clone)]
@@ -577,6 +646,15 @@ pub struct Listen {
     /// hyper engine: plain HTTP/1.1 connections served by permgate's own loop toward a plain
     /// HTTP CRM (less CPU per call); what it does not handle goes to hyper (`plane::lane`).
     pub h1_lane: bool,
+    /// hyper engine: most client connections open at once; beyond, new ones wait in the
+    /// listen backlog (not accepted) until one closes. Read at start.
+    pub max_connections: usize,
+    /// hyper engine: the listen backlog (connections the kernel completes before they are
+    /// accepted; capped by `net.core.somaxconn`). Read at start.
+    pub backlog: u32,
+    /// hyper engine: a write to a client that makes no progress for this long (a client that
+    /// does not read its answer) closes the connection.
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -692,6 +770,15 @@ pub enum Unmatched {
     Forbidden,
 }
 
+/// `[rate_limit]`.
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    /// One token bucket per caller (its user id; the client IP for an anonymous caller).
+    pub per_caller: Option<crate::limit::Limit>,
+    /// Most callers tracked at once (idle buckets are evicted first).
+    pub max_callers: usize,
+}
+
 /// A validated, compiled config.
 pub struct Config {
     /// The file it came from (for messages).
@@ -716,6 +803,7 @@ pub struct Config {
     /// A candidate config (with its own snapshot) evaluated beside this one on live traffic;
     /// disagreements are counted and logged, never enforced.
     pub candidate_config: Option<PathBuf>,
+    pub rate_limit: RateLimits,
 }
 
 impl fmt::Debug for Config {
@@ -888,6 +976,26 @@ impl Config {
                 "between 1 and 10000",
             ),
             ("listen.max_body_bytes", l.max_body_bytes >= 1, "at least 1"),
+            (
+                "listen.max_connections",
+                (1..=1_000_000).contains(&l.max_connections),
+                "between 1 and 1000000",
+            ),
+            (
+                "listen.backlog",
+                (1..=65_535).contains(&l.backlog),
+                "between 1 and 65535",
+            ),
+            (
+                "listen.write_timeout_ms",
+                (100..=3_600_000).contains(&l.write_timeout_ms),
+                "between 100 and 3600000",
+            ),
+            (
+                "rate_limit.max_callers",
+                (1..=10_000_000).contains(&raw.rate_limit.max_callers),
+                "between 1 and 10000000",
+            ),
         ] {
             if !ok {
                 errors.push(ConfigError::new(
@@ -1370,6 +1478,25 @@ impl Config {
             }
         };
 
+        let per_caller = match raw
+            .rate_limit
+            .per_caller
+            .as_ref()
+            .map(RawRateLimit::compile)
+        {
+            None => None,
+            Some(Ok(limit)) => Some(limit),
+            Some(Err(e)) => {
+                errors.push(ConfigError::new(
+                    file,
+                    locate(text, "rate_limit.per_caller"),
+                    "rate_limit.per_caller",
+                    e,
+                ));
+                None
+            }
+        };
+
         // Routes.
         let mut specs = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
@@ -1474,6 +1601,14 @@ impl Config {
                         .unwrap_or("")
                 )
             });
+            let rate_limit = match route.rate_limit.as_ref().map(RawRateLimit::compile) {
+                None => None,
+                Some(Ok(limit)) => Some(Arc::new(crate::limit::RouteBucket::new(limit))),
+                Some(Err(e)) => {
+                    errors.push(err(format!("rate_limit.{e}")));
+                    continue;
+                }
+            };
             if let Some(other) = specs
                 .iter()
                 .find(|s: &&RouteSpec<RouteInfo>| s.value.name == name)
@@ -1493,6 +1628,7 @@ impl Config {
                     access,
                     shadow: route.shadow,
                     inspect,
+                    rate_limit,
                 },
             });
         }
@@ -1559,6 +1695,9 @@ impl Config {
                     max_body_bytes: raw.listen.max_body_bytes,
                     engine: *raw.listen.engine.get_ref(),
                     h1_lane: raw.listen.h1_lane,
+                    max_connections: raw.listen.max_connections,
+                    backlog: raw.listen.backlog,
+                    write_timeout: Duration::from_millis(raw.listen.write_timeout_ms),
                 },
                 upstream: Upstream {
                     address,
@@ -1595,6 +1734,10 @@ impl Config {
                     .candidate_config
                     .as_ref()
                     .map(|c| base.join(c.get_ref())),
+                rate_limit: RateLimits {
+                    per_caller,
+                    max_callers: raw.rate_limit.max_callers,
+                },
             }),
             _ => {
                 if errors.is_empty() {

@@ -14,8 +14,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TY
 use crate::config::Access;
 use crate::decision_log::{self, Record};
 use crate::identity;
+use crate::limit::CallerKey;
 use crate::live::{Live, State};
-use crate::metrics::Outcome;
+use crate::metrics::{Limited, Outcome};
 use crate::policy::{self, Denied, Permit};
 use crate::reject::Rejection;
 
@@ -564,6 +565,9 @@ pub fn admit(
     };
     match decision {
         Ok(permit) => {
+            if let Some(rejection) = over_limit(state, &live, ctx, &permit) {
+                return refuse_over_limit(ctx, permit, rejection);
+            }
             let next = match inspect(&permit) {
                 Some(i) if i.reads_body() => Admission::Check,
                 Some(i) if i.filters_response() => Admission::Buffer(i.body_limits.max_bytes),
@@ -577,6 +581,9 @@ pub fn admit(
                 // Shadow mode: logged and counted as a would-be denial, forwarded anyway (a
                 // list response is still filtered; a body is not checked).
                 Some(permit) => {
+                    if let Some(rejection) = over_limit(state, &live, ctx, &permit) {
+                        return refuse_over_limit(ctx, permit, rejection);
+                    }
                     let next = match inspect(&permit).filter(|i| i.filters_response()) {
                         Some(i) => Admission::Buffer(i.body_limits.max_bytes),
                         None => Admission::Stream,
@@ -593,6 +600,77 @@ pub fn admit(
             }
         }
     }
+}
+
+/// The rate limits of a call about to be forwarded: `[rate_limit] per_caller` (keyed by the
+/// caller's user id, or the client's address when it is anonymous), then its route's own.
+/// `None` under them (or over a shadow one: counted and logged, forwarded); over one that is
+/// enforced, the rejection: 429 `rate_limited` with `Retry-After`. Nothing is looked at when
+/// no limit is configured.
+fn over_limit(state: &State, live: &Live, ctx: &Ctx, permit: &Permit) -> Option<Rejection> {
+    let per_caller = live.config.rate_limit.per_caller.as_ref();
+    let route = permit
+        .route
+        .and_then(|r| policy::route_info(&live.config, r).rate_limit.as_deref());
+    if per_caller.is_none() && route.is_none() {
+        return None;
+    }
+    let now = state.clock.nanos(ctx.started);
+    let mut caller_over = None;
+    if let Some(limit) = per_caller {
+        let user = match (permit.caller, live.snapshot.as_deref()) {
+            (Some(c), Some(s)) => Some(&*s.user(c.user).id),
+            _ => None,
+        };
+        let key = match (user, ctx.peer) {
+            (Some(id), _) => CallerKey::User(id),
+            (None, Some(ip)) => CallerKey::Ip(ip),
+            (None, None) => CallerKey::Ip(IpAddr::from([0u8; 4])),
+        };
+        let max = live.config.rate_limit.max_callers;
+        if let Err(wait) = state.callers.check(key, limit, now, max) {
+            caller_over = Some((Limited::Caller, limit.shadow, wait));
+        }
+    }
+    // A call refused by the caller's limit takes nothing from the route's.
+    let route_over = match (route, caller_over) {
+        (Some(bucket), None | Some((_, true, _))) => bucket
+            .check(now)
+            .err()
+            .map(|wait| (Limited::Route, bucket.limit.shadow, wait)),
+        _ => None,
+    };
+    let mut refused = None;
+    for (limited, shadow, wait) in [caller_over, route_over].into_iter().flatten() {
+        if let Some(c) = live.counters(permit.route) {
+            c.rate_limited(limited, shadow);
+        }
+        if !shadow {
+            refused = Some(Rejection::rate_limited(limited == Limited::Route, wait));
+            continue;
+        }
+        log::info!(
+            "request_id={} shadow: over {} rate limit (429 rate_limited when enforced, retry after {wait}s)",
+            ctx.request_id,
+            match limited {
+                Limited::Caller => "the caller's",
+                Limited::Route => "the route's",
+            }
+        );
+    }
+    refused
+}
+
+/// A call refused by [`over_limit`]: logged and counted as a denial of its route.
+fn refuse_over_limit(ctx: &mut Ctx, permit: Permit, rejection: Rejection) -> Admission {
+    ctx.denied = Some(Denied {
+        rejection: rejection.clone(),
+        route: permit.route,
+        user: None,
+        canonical: Some(permit.canonical),
+        caller: permit.caller,
+    });
+    Admission::Deny(rejection)
 }
 
 /// Check a body read whole on a [`Admission::Check`] call. `Ok`: what to forward (`ctx` notes

@@ -29,6 +29,7 @@
 //! - [`body`]: bulk trimming, list filtering and field permissions as pure functions.
 //! - [`inspect`]: what a route inspects (records in path/query/body, bulk, list, fields),
 //!   from config to the request-time checks the glue calls.
+//! - [`limit`]: rate limits (token buckets per caller and per route), bounded and lock-light.
 //! - [`reject`]: every rejection as a JSON body with a stable error code.
 //! - [`audit`]: what a snapshot change did (roles, permissions, users), for access reviews.
 //! - [`explain`]: `permgate explain` / `permgate test`: the decision run offline as a user.
@@ -68,6 +69,7 @@ pub mod ids;
 pub mod inspect;
 pub mod json;
 pub mod jwks;
+pub mod limit;
 pub mod live;
 pub mod metrics;
 pub mod pem;

@@ -116,6 +116,10 @@ pub struct State {
     audit: Mutex<VecDeque<serde_json::Value>>,
     /// The candidate policy evaluated beside the live one (`policy.candidate_config`).
     candidate: arc_swap::ArcSwapOption<Live>,
+    /// The callers' rate-limit buckets (`[rate_limit] per_caller`), kept across reloads.
+    pub callers: crate::limit::Callers,
+    /// The time base of every rate-limit bucket.
+    pub clock: crate::limit::Clock,
 }
 
 const KEEP_ERRORS: usize = 20;
@@ -317,6 +321,8 @@ impl State {
             writer: Mutex::new(()),
             metrics,
             decision_log,
+            callers: crate::limit::Callers::default(),
+            clock: crate::limit::Clock::default(),
             audit: Mutex::new(VecDeque::new()),
             candidate: arc_swap::ArcSwapOption::empty(),
         };
@@ -698,6 +704,8 @@ impl State {
             || config.listen.h2c != current.config.listen.h2c
             || config.listen.threads != current.config.listen.threads
             || config.listen.drain_seconds != current.config.listen.drain_seconds
+            || config.listen.max_connections != current.config.listen.max_connections
+            || config.listen.backlog != current.config.listen.backlog
         {
             return Err(refuse(vec![format!(
                 "{}: [listen] changed; listeners cannot change without a restart",
@@ -916,6 +924,12 @@ impl State {
                 "counter",
                 "Decision log lines written.",
                 load(&self.decision_log.written),
+            ),
+            (
+                "permgate_rate_limit_callers",
+                "gauge",
+                "Callers with a rate-limit bucket now ([rate_limit] per_caller).",
+                self.callers.len() as f64,
             ),
             (
                 "permgate_decision_log_dropped_total",

@@ -84,7 +84,19 @@ pub struct RouteCounters {
     name: String,
     counts: [[AtomicU64; 6]; 3],
     trimmed_items: AtomicU64,
+    /// Calls over a rate limit, by [`Limited`] kind: refused, and forwarded in shadow mode.
+    rate_limited: [[AtomicU64; 2]; 2],
 }
+
+/// Which rate limit a call was over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    Caller = 0,
+    Route = 1,
+}
+
+const LIMITS: [&str; 2] = ["caller", "route"];
+const LIMIT_MODES: [&str; 2] = ["enforced", "shadow"];
 
 impl RouteCounters {
     fn new(name: &str) -> Self {
@@ -92,7 +104,13 @@ impl RouteCounters {
             name: name.to_string(),
             counts: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             trimmed_items: AtomicU64::new(0),
+            rate_limited: Default::default(),
         }
+    }
+
+    /// A call over a rate limit (`shadow`: forwarded all the same).
+    pub fn rate_limited(&self, limit: Limited, shadow: bool) {
+        self.rate_limited[limit as usize][usize::from(shadow)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count(&self, outcome: Outcome, status: u16) {
@@ -127,6 +145,13 @@ pub struct Metrics {
     /// candidate allow]; and every call the candidate judged.
     candidate_disagreements: [AtomicU64; 2],
     candidate_evaluations: AtomicU64,
+    /// Client connections (hyper engine): open now, accepted in all, and how often the
+    /// accept loop paused at `listen.max_connections` (new connections waited in the backlog).
+    pub client_connections: AtomicU64,
+    pub client_connections_accepted: AtomicU64,
+    pub client_connection_limit_waits: AtomicU64,
+    /// Client connections closed because a write made no progress (`listen.write_timeout_ms`).
+    pub client_write_timeouts: AtomicU64,
 }
 
 /// The counters of requests that matched no route.
@@ -199,7 +224,55 @@ impl Metrics {
                 );
             }
         }
+        out.push_str("# HELP permgate_rate_limited_total Calls over a rate limit, by route, limit (caller, route) and mode (enforced: refused with 429; shadow: forwarded).\n");
+        out.push_str("# TYPE permgate_rate_limited_total counter\n");
+        for n in &names {
+            for (l, limit) in LIMITS.iter().enumerate() {
+                for (m, mode) in LIMIT_MODES.iter().enumerate() {
+                    let v = routes[*n].rate_limited[l][m].load(Ordering::Relaxed);
+                    if v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "permgate_rate_limited_total{{route=\"{}\",limit=\"{limit}\",mode=\"{mode}\"}} {v}",
+                            escape(n)
+                        );
+                    }
+                }
+            }
+        }
         drop(routes);
+        for (name, kind, help, v) in [
+            (
+                "permgate_client_connections",
+                "gauge",
+                "Client connections open now.",
+                &self.client_connections,
+            ),
+            (
+                "permgate_client_connections_accepted_total",
+                "counter",
+                "Client connections accepted.",
+                &self.client_connections_accepted,
+            ),
+            (
+                "permgate_client_connection_limit_waits_total",
+                "counter",
+                "Times the accept loop paused at listen.max_connections (new connections waited in the listen backlog).",
+                &self.client_connection_limit_waits,
+            ),
+            (
+                "permgate_client_write_timeouts_total",
+                "counter",
+                "Client connections closed because a write made no progress for listen.write_timeout_ms.",
+                &self.client_write_timeouts,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
         for (name, help, h) in [
             (
                 "permgate_request_duration_seconds",
@@ -282,6 +355,7 @@ mod tests {
         b[1].count(Outcome::Allow, 204);
         m.request_seconds.observe(Duration::from_micros(300));
         m.upstream_error(UpstreamError::Timeout);
+        a[1].rate_limited(Limited::Route, true);
         let text = m.render(&[("permgate_snapshot_age_seconds", "gauge", "Age.", 3.5)]);
         assert!(
             text.contains(
@@ -296,5 +370,9 @@ mod tests {
         assert!(text.contains("permgate_request_duration_seconds_count 1"));
         assert!(text.contains("permgate_upstream_errors_total{kind=\"timeout\"} 1"));
         assert!(text.contains("permgate_snapshot_age_seconds 3.5"));
+        assert!(text.contains(
+            "permgate_rate_limited_total{route=\"r2\",limit=\"route\",mode=\"shadow\"} 1"
+        ));
+        assert!(text.contains("permgate_client_connections 0"));
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | step | what happens |
 //! |---|---|
-//! | accept | HTTP/1.1, h2c (`listen.h2c`) or HTTPS with HTTP/2 by ALPN (`listen.tls`) |
+//! | accept | HTTP/1.1, h2c (`listen.h2c`) or HTTPS with HTTP/2 by ALPN (`listen.tls`); at most `listen.max_connections` open (beyond, new ones wait in the backlog, `listen.backlog`, not accepted); a write to the client that makes no progress for `listen.write_timeout_ms` closes the connection |
 //! | decide | [`exchange::admit`]: one load of the live config and snapshot, kept to the end |
 //! | forward | the body streams to the CRM (capped by `listen.max_body_bytes`, each wait by `listen.body_read_timeout_ms`), or is read whole and checked first on inspected routes; pooled keep-alive connections to the CRM ([`pool`], `upstream.pool_size`), one retry when a pooled connection turns out closed |
 //! | answer | the CRM's response streams back (each wait capped by `upstream.read_timeout_ms`, all of it by `upstream.total_timeout_ms`), or a list response is read whole and filtered first |
@@ -266,12 +266,21 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
     };
 
     let listener = match inherited {
-        Some(l) => tokio::net::TcpListener::from_std(l)
-            .map_err(|e| format!("the socket handed over: {e}"))?,
-        None => tokio::net::TcpListener::bind(&listen.address)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", listen.address))?,
+        Some(l) => {
+            // The backlog is this process's setting, not the one that handed it over (a
+            // second listen() on a listening socket only changes its backlog).
+            rustix::net::listen(&l, i32::try_from(listen.backlog).unwrap_or(i32::MAX))
+                .map_err(|e| format!("the socket handed over: listen: {e}"))?;
+            tokio::net::TcpListener::from_std(l)
+                .map_err(|e| format!("the socket handed over: {e}"))?
+        }
+        None => bind(listen).map_err(|e| format!("cannot listen on {}: {e}", listen.address))?,
     };
+    raise_fd_limit(listen.max_connections);
+    // `listen.max_connections`: a slot per open connection, taken before accepting.
+    let slots = Arc::new(tokio::sync::Semaphore::new(listen.max_connections));
+    let metrics = state.metrics.clone();
+    let mut waits_logged: Option<Instant> = None;
     info!(
         "permgate (hyper engine) listening on {}{} → CRM {} (config {}, hash {})",
         if tls.is_some() { "https://" } else { "http://" },
@@ -292,8 +301,8 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
     let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
         .map_err(|e| e.to_string())?;
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+        let (stream, peer, slot) = tokio::select! {
+            accepted = next_connection(&listener, &slots, &metrics, &mut waits_logged) => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little, go on.
@@ -330,6 +339,8 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
             }
         };
         let _ = stream.set_nodelay(true);
+        let alive = Slot::new(slot, metrics.clone(), alive_tx.clone());
+        let write_timeout = state.live().config.listen.write_timeout;
         let plane = plane.clone();
         let service = Service {
             plane,
@@ -338,31 +349,34 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
         };
         let builders = builders.clone();
         let drain = drain_rx.clone();
-        let alive = alive_tx.clone();
         // Two task shapes, so a plain connection's task does not carry the TLS state.
         match &tls {
             None => {
                 tokio::spawn(async move {
                     let h2 = builders.h2c && is_h2_preface(&stream, idle).await;
+                    let activity = Arc::new(Activity::default());
                     if let (false, Some(pool)) = (h2, &service.plane.lane) {
                         let (plane, pool) = (service.plane.clone(), pool.clone());
-                        lane::serve(plane, pool, stream, service.peer, builders, idle, drain).await;
-                        drop(alive);
-                        return;
+                        let conn = lane::Conn {
+                            stream,
+                            peer: service.peer,
+                            write_timeout,
+                        };
+                        lane::serve(plane, pool, conn, &activity, builders, idle, drain).await;
+                    } else {
+                        let io = Tracked::new(stream, activity.clone(), Vec::new(), write_timeout);
+                        builders
+                            .serve(io, h2, service, &activity, idle, drain)
+                            .await;
                     }
-                    let activity = Arc::new(Activity::default());
-                    let io = Tracked::new(stream, activity.clone(), Vec::new());
-                    builders
-                        .serve(io, h2, service, &activity, idle, drain)
-                        .await;
-                    drop(alive);
+                    alive.end(&activity);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let activity = Arc::new(Activity::default());
-                    let stream = Tracked::new(stream, activity.clone(), Vec::new());
+                    let stream = Tracked::new(stream, activity.clone(), Vec::new(), write_timeout);
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
                     if let Ok(Ok(stream)) = handshake.await {
@@ -372,7 +386,7 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
                             .serve(stream, h2, service, &activity, idle, drain)
                             .await;
                     }
-                    drop(alive);
+                    alive.end(&activity);
                 });
             }
         }
@@ -392,37 +406,228 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
 }
 
 /// How many reads and writes moved bytes on a connection (no clock on the hot path: the idle
-/// watchdog compares counts).
+/// watchdog compares counts), and whether it was closed for a write that made no progress.
 #[derive(Default)]
-struct Activity(std::sync::atomic::AtomicU64);
+struct Activity {
+    moved: std::sync::atomic::AtomicU64,
+    write_timed_out: std::sync::atomic::AtomicBool,
+}
 
 impl Activity {
     fn touch(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.moved.fetch_add(1, Ordering::Relaxed);
     }
 
     fn count(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.moved.load(Ordering::Relaxed)
+    }
+
+    /// A write to the client made no progress for `listen.write_timeout_ms`: the connection
+    /// is closed.
+    fn write_timed_out(&self) -> std::io::Error {
+        self.write_timed_out.store(true, Ordering::Relaxed);
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client read nothing for listen.write_timeout_ms",
+        )
     }
 }
 
+/// A client connection's slot under `listen.max_connections`, held until it closes (also
+/// what the drain waits for).
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _alive: tokio::sync::mpsc::Sender<()>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Slot {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        metrics: Arc<crate::metrics::Metrics>,
+        alive: tokio::sync::mpsc::Sender<()>,
+    ) -> Self {
+        metrics.client_connections.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            _permit: permit,
+            _alive: alive,
+            metrics,
+        }
+    }
+
+    /// The connection is over.
+    fn end(self, activity: &Activity) {
+        if activity.write_timed_out.load(Ordering::Relaxed) {
+            info!("a client connection was closed: it read nothing for listen.write_timeout_ms");
+            self.metrics
+                .client_write_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics
+            .client_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The listening socket, with `listen.backlog` (tokio's own `bind` listens with 128).
+fn bind(listen: &crate::config::Listen) -> std::io::Result<tokio::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address");
+    for address in listen.address.to_socket_addrs()? {
+        let socket = if address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let bound = socket.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(address)?;
+            s.listen(listen.backlog)
+        });
+        match bound {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Make room for `listen.max_connections` client connections and a CRM connection for each
+/// in the open-file limit: the soft limit is raised toward that (up to the hard limit, as Go's
+/// runtime does); still short, a warning (accepts would then fail instead of waiting in the
+/// backlog).
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    let limit = getrlimit(Resource::Nofile);
+    // `None`: no limit.
+    let Some(mut current) = limit.current.filter(|c| *c < needed) else {
+        return;
+    };
+    let raised = limit.maximum.map_or(needed, |m| m.min(needed));
+    if raised > current {
+        let set = Rlimit {
+            current: Some(raised),
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, set).is_ok() {
+            info!("open-file limit raised from {current} to {raised} for listen.max_connections");
+            current = raised;
+        }
+    }
+    if current < needed {
+        warn!(
+            "the open-file limit ({current}) is below what listen.max_connections ({max_connections}) may need ({needed}: a client and a CRM connection each); raise it (ulimit -n, LimitNOFILE) or lower listen.max_connections"
+        );
+    }
+}
+
+/// The next client connection: a slot first (`listen.max_connections`; while none is free,
+/// nothing is accepted and new connections wait in the listen backlog), then the accept.
+async fn next_connection(
+    listener: &tokio::net::TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+    metrics: &crate::metrics::Metrics,
+    logged: &mut Option<Instant>,
+) -> std::io::Result<(
+    tokio::net::TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    let slot = match slots.clone().try_acquire_owned() {
+        Ok(slot) => slot,
+        Err(_) => {
+            metrics
+                .client_connection_limit_waits
+                .fetch_add(1, Ordering::Relaxed);
+            if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                warn!(
+                    "listen.max_connections reached: new connections wait in the listen backlog until one closes (logged once a minute at most)"
+                );
+                *logged = Some(Instant::now());
+            }
+            slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(std::io::Error::other)?
+        }
+    };
+    let (stream, peer) = listener.accept().await?;
+    metrics
+        .client_connections_accepted
+        .fetch_add(1, Ordering::Relaxed);
+    Ok((stream, peer, slot))
+}
+
 /// A client connection that notes when it last moved a byte. `unread`: bytes already read
-/// from it (by the HTTP/1.1 lane, before it handed the connection over) that come first.
+/// from it (by the HTTP/1.1 lane, before it handed the connection over) that come first. A
+/// write that makes no progress for `write_timeout` fails (the connection is closed).
 struct Tracked {
     inner: tokio::net::TcpStream,
     activity: Arc<Activity>,
     unread: Vec<u8>,
     at: usize,
+    write_timeout: Duration,
+    /// Set when a write could not proceed, until one does (the timer is kept for reuse).
+    stalled: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl Tracked {
-    fn new(inner: tokio::net::TcpStream, activity: Arc<Activity>, unread: Vec<u8>) -> Self {
+    fn new(
+        inner: tokio::net::TcpStream,
+        activity: Arc<Activity>,
+        unread: Vec<u8>,
+        write_timeout: Duration,
+    ) -> Self {
         Tracked {
             inner,
             activity,
             unread,
             at: 0,
+            write_timeout,
+            stalled: None,
+            armed: false,
         }
+    }
+
+    /// A write's outcome, with the deadline: no progress for `write_timeout` is an error.
+    fn written(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        if !r.is_pending() {
+            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+                self.activity.touch();
+            }
+            self.armed = false;
+            return r;
+        }
+        if !self.armed {
+            let deadline = tokio::time::Instant::now() + self.write_timeout;
+            match &mut self.stalled {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.stalled = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        let expired = self
+            .stalled
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        if expired {
+            return Poll::Ready(Err(self.activity.write_timed_out()));
+        }
+        Poll::Pending
     }
 }
 
@@ -459,10 +664,7 @@ impl tokio::io::AsyncWrite for Tracked {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        r
+        this.written(cx, r)
     }
 
     fn poll_write_vectored(
@@ -472,10 +674,7 @@ impl tokio::io::AsyncWrite for Tracked {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        r
+        this.written(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1198,6 +1397,9 @@ fn reject(rejection: &Rejection, ctx: &Ctx, unread_body: bool) -> Response<RespB
     let headers = response.headers_mut();
     if rejection.status == 401 {
         headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(secs) = rejection.retry_after {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.get()));
     }
     if unread_body {
         headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));

@@ -25,6 +25,9 @@ pub struct Rejection {
     message: Message,
     /// The permission the caller lacks, where there is one.
     pub permission: Option<Arc<str>>,
+    /// Seconds after which a retry may succeed (sent as `Retry-After`). Two bytes: the
+    /// rejection stays as small as before.
+    pub retry_after: Option<std::num::NonZeroU16>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +87,7 @@ impl Rejection {
             code,
             message: Message::Text(message.into()),
             permission: None,
+            retry_after: None,
         }
     }
 
@@ -95,6 +99,7 @@ impl Rejection {
             code: "forbidden",
             message: Message::NeedsPermission,
             permission: Some(permission.into()),
+            retry_after: None,
         }
     }
 
@@ -149,6 +154,24 @@ impl Rejection {
 
     pub fn upstream_error() -> Self {
         Rejection::new(502, "upstream_error", "the CRM backend failed to answer")
+    }
+
+    /// 429 `rate_limited`: over a rate limit (`[rate_limit] per_caller`, or the route's own);
+    /// a retry after `retry_after` seconds is admitted.
+    pub fn rate_limited(route: bool, retry_after: u32) -> Self {
+        let secs = u16::try_from(retry_after).unwrap_or(u16::MAX);
+        Rejection {
+            retry_after: Some(std::num::NonZeroU16::MIN.saturating_add(secs.saturating_sub(1))),
+            ..Rejection::new(
+                429,
+                "rate_limited",
+                if route {
+                    "too many calls to this route; retry after the time in Retry-After"
+                } else {
+                    "too many calls from this caller; retry after the time in Retry-After"
+                },
+            )
+        }
     }
 
     pub fn not_ready() -> Self {

@@ -24,7 +24,8 @@
 //! trailer fields dropped, or until the CRM closes, then the client connection closes too).
 //! Timeouts as on hyper's path: `upstream.connect_timeout_ms`, `write_timeout_ms`,
 //! `read_timeout_ms` per wait, `total_timeout_ms` in all; a head trickled in for longer than
-//! `listen.keepalive_timeout_seconds` is cut off; the idle watchdog and the drain as
+//! `listen.keepalive_timeout_seconds` is cut off; a write to the client that makes no progress
+//! for `listen.write_timeout_ms` closes the connection; the idle watchdog and the drain as
 //! [`super::drive`].
 
 use std::io::ErrorKind;
@@ -102,17 +103,29 @@ enum End {
     Handover(Option<Box<Pending>>),
 }
 
+/// A client connection the lane takes.
+pub(super) struct Conn {
+    pub stream: TcpStream,
+    pub peer: IpAddr,
+    /// `listen.write_timeout_ms`: a write that makes no progress for this long closes it.
+    pub write_timeout: Duration,
+}
+
 /// Serve one plain HTTP/1.1 client connection.
 pub(super) async fn serve(
     plane: Arc<Plane>,
     pool: LanePool,
-    stream: TcpStream,
-    peer: IpAddr,
+    conn: Conn,
+    activity: &Arc<Activity>,
     builders: Arc<Builders>,
     idle: Duration,
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
-    let activity = Arc::new(Activity::default());
+    let Conn {
+        stream,
+        peer,
+        write_timeout,
+    } = conn;
     let mut lane = Lane {
         plane,
         pool,
@@ -123,11 +136,12 @@ pub(super) async fn serve(
         end: 0,
         out: Vec::new(),
         linger: false,
+        write_timeout,
     };
     let busy = AtomicBool::new(false);
     let closing = AtomicBool::new(false);
     let end = {
-        let run = lane.run(&activity, &busy, &closing, idle);
+        let run = lane.run(activity, &busy, &closing, idle);
         tokio::pin!(run);
         // The idle watchdog and the drain, as `drive`: a call in flight finishes first.
         let tick = (idle / 2).max(Duration::from_millis(50));
@@ -170,16 +184,22 @@ pub(super) async fn serve(
         buf,
         start,
         end,
+        write_timeout,
         ..
     } = lane;
-    let io = Tracked::new(stream, activity.clone(), buf[start..end].to_vec());
+    let io = Tracked::new(
+        stream,
+        activity.clone(),
+        buf[start..end].to_vec(),
+        write_timeout,
+    );
     let service = Service {
         plane,
         peer,
         pending: pending.map(|p| Arc::new(Mutex::new(Some(p)))),
     };
     builders
-        .serve(io, false, service, &activity, idle, drain)
+        .serve(io, false, service, activity, idle, drain)
         .await;
 }
 
@@ -198,6 +218,7 @@ struct Lane {
     /// The last answer refused a request whose body is still arriving: read and discard it
     /// before closing, so the client gets the answer rather than a reset connection.
     linger: bool,
+    write_timeout: Duration,
 }
 
 /// What one call's writes need to know of its connection.
@@ -502,7 +523,7 @@ impl Lane {
     }
 
     async fn write_out(&mut self, activity: &Activity) -> bool {
-        let sent = self.stream.write_all(&self.out).await.is_ok();
+        let sent = write_within(&self.stream, &self.out, self.write_timeout, activity).await;
         activity.touch();
         sent
     }
@@ -674,7 +695,8 @@ impl Lane {
                     clean &= at + take == end;
                     remaining -= take as u64;
                     if self.out.is_empty() {
-                        if self.stream.write_all(&up.buf[at..at + take]).await.is_err() {
+                        let piece = &up.buf[at..at + take];
+                        if !write_within(&self.stream, piece, self.write_timeout, activity).await {
                             return (false, false);
                         }
                         activity.touch();
@@ -734,7 +756,10 @@ impl Lane {
                     match tokio::time::timeout(wait, up.stream.read(&mut up.buf)).await {
                         Ok(Ok(0)) => return (true, false),
                         Ok(Ok(n)) if !left(ctx.deadline).is_zero() => {
-                            if self.stream.write_all(&up.buf[..n]).await.is_err() {
+                            let piece = &up.buf[..n];
+                            if !write_within(&self.stream, piece, self.write_timeout, activity)
+                                .await
+                            {
                                 return (false, false);
                             }
                             activity.touch();
@@ -745,6 +770,35 @@ impl Lane {
             }
         }
     }
+}
+
+/// Write all of `bytes` to the client; `false` when it fails, or when a write makes no
+/// progress for `timeout` (a client that does not read its answer: `listen.write_timeout_ms`).
+/// No timer unless the socket is full.
+async fn write_within(
+    stream: &TcpStream,
+    mut bytes: &[u8],
+    timeout: Duration,
+    activity: &Activity,
+) -> bool {
+    while !bytes.is_empty() {
+        match stream.try_write(bytes) {
+            Ok(0) => return false,
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                match tokio::time::timeout(timeout, stream.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return false,
+                    Err(_) => {
+                        activity.write_timed_out();
+                        return false;
+                    }
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Read the next piece of an answer body into the connection's buffer (`None`: the CRM

@@ -30,6 +30,9 @@ pub struct Harness {
     pub addr: SocketAddr,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
+    /// The config's own folder, when the harness wrote the config (kept as long as the
+    /// gateway runs; the log stays in `_dir`).
+    _config_dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Harness {
@@ -116,7 +119,7 @@ impl Harness {
         }
         let path = dir.path().join("permgate.toml");
         let mut h = Harness::start_with(&path).await;
-        h._dir = dir;
+        h._config_dir = Some(dir);
         h
     }
 
@@ -184,6 +187,7 @@ impl Harness {
                         addr,
                         log,
                         _dir: dir,
+                        _config_dir: None,
                     };
                 }
                 if Instant::now() > deadline {
