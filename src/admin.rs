@@ -3,7 +3,7 @@
 //! | endpoint | auth | what |
 //! |---|---|---|
 //! | `GET /healthz` | none | the process is up: `200 {"status":"ok"}` |
-//! | `GET /readyz` | none | `200` when a usable snapshot is live, else `503` (probes can't hold secrets; these reveal nothing) |
+//! | `GET /readyz` | none | `200` when a usable snapshot is live (and a configured JWKS was fetched once), else `503` (probes can't hold secrets; these reveal nothing) |
 //! | `GET /metrics` | none (bearer with `admin.protect_metrics`) | Prometheus text: requests by route/decision/status, latencies, upstream errors, snapshot age, reloads, decision-log drops |
 //! | `GET /status` | bearer | config hash, snapshot version and age, counts, counters, last errors |
 //! | `POST /explain` | bearer | `{"user","method","path"}` → the decision and its reasons, as `permgate explain --json` |

@@ -335,8 +335,8 @@ async fn fetch_jwks(
     let first = fetch_bounded(client, &source.first_url()).await?;
     match source {
         crate::jwks::JwksSource::Url(_) => Ok(first),
-        crate::jwks::JwksSource::Discovery(_) => {
-            let uri = crate::jwks::discovered_jwks_uri(&first)?;
+        crate::jwks::JwksSource::Discovery(issuer) => {
+            let uri = crate::jwks::discovered_jwks_uri(&first, issuer)?;
             fetch_bounded(client, &uri).await
         }
     }

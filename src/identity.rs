@@ -139,8 +139,6 @@ struct JwtVerifier {
     /// algorithms gets (the same claim rules as the configured keys).
     jwks: Option<Arc<JwksStore>>,
     jwks_validation: [(Algorithm, Validation); 2],
-    /// The store's epoch the token cache was last cleared at.
-    cache_epoch: std::sync::atomic::AtomicU64,
     user_claim: String,
     cache: TokenCache,
     /// Whether `iss` / `aud` are checked (configured), for `check-config` to say so.
@@ -170,6 +168,10 @@ type Shard = std::sync::Mutex<HashMap<u64, CachedToken, PreHashed>>;
 struct CachedToken {
     token: Box<[u8]>,
     user: Arc<str>,
+    /// The JWKS key set's epoch the token was verified under (0 without a JWKS): an entry of
+    /// another epoch is a miss, so a token verified with a key the IdP withdrew is checked
+    /// again (and refused) rather than answered from the cache.
+    epoch: u64,
     exp: u64,
 }
 
@@ -193,24 +195,18 @@ impl TokenCache {
         (&self.shards[(h >> 60) as usize % CACHE_SHARDS], h)
     }
 
-    fn get(&self, token: &[u8], now: u64) -> Option<Arc<str>> {
+    fn get(&self, token: &[u8], now: u64, epoch: u64) -> Option<Arc<str>> {
         let (shard, h) = self.slot(token);
         let shard = shard.lock().ok()?;
         match shard.get(&h) {
-            Some(c) if now < c.exp && *c.token == *token => Some(c.user.clone()),
+            Some(c) if now < c.exp && c.epoch == epoch && *c.token == *token => {
+                Some(c.user.clone())
+            }
             _ => None,
         }
     }
 
-    fn clear(&self) {
-        for shard in &self.shards {
-            if let Ok(mut shard) = shard.lock() {
-                shard.clear();
-            }
-        }
-    }
-
-    fn put(&self, token: &[u8], user: &Arc<str>, exp: u64) {
+    fn put(&self, token: &[u8], user: &Arc<str>, exp: u64, epoch: u64) {
         let (shard, h) = self.slot(token);
         if let Ok(mut shard) = shard.lock() {
             if shard.len() >= CACHE_PER_SHARD {
@@ -222,6 +218,7 @@ impl TokenCache {
                     token: token.into(),
                     user: user.clone(),
                     exp,
+                    epoch,
                 },
             );
         }
@@ -366,8 +363,9 @@ impl Verifier {
                 format!("jwt: {claim} required and checked (identity.jwt.{key})")
             } else {
                 format!(
-                    "jwt: {claim} NOT checked (identity.jwt.{key} is not set): any {claim} \
-                     signed with a configured key is accepted"
+                    "jwt: {claim} NOT checked (identity.jwt.{key} is not set): a token with \
+                     any {claim}, or none, signed with one of the [[identity.jwt.keys]] is \
+                     accepted"
                 )
             });
         }
@@ -542,6 +540,17 @@ impl Verifier {
                 } else {
                     Some(line_of(text, span.start))
                 };
+                // Keys from an IdP sign tokens for every application it serves: without `iss`
+                // and `aud` checks, a token issued to another application would pass here.
+                if j.issuer.is_none() || j.audience.is_none() {
+                    errors.push(ConfigError::new(
+                        file,
+                        line,
+                        "identity.jwt",
+                        "keys fetched from an IdP (jwks_url, oidc_discovery) need both issuer and \
+                         audience: the IdP signs tokens for other applications too",
+                    ));
+                }
                 if let Err(e) = crate::jwks::check_url(&source.first_url()) {
                     errors.push(ConfigError::new(file, line, "identity.jwt.jwks_url", e));
                 }
@@ -591,7 +600,6 @@ impl Verifier {
                 jwks,
                 jwks_validation: [Algorithm::RS256, Algorithm::ES256]
                     .map(|alg| (alg, validation_for(alg, j))),
-                cache_epoch: std::sync::atomic::AtomicU64::new(0),
                 user_claim: j.user_claim.clone(),
                 cache: TokenCache::new(),
                 checks_issuer: j.issuer.is_some(),
@@ -747,8 +755,7 @@ impl Verifier {
             }
             _ => return None,
         };
-        jwt.sync_cache();
-        jwt.cache.get(token, now_unix())
+        jwt.cache.get(token, now_unix(), jwt.epoch())
     }
 
     pub fn identify(
@@ -882,32 +889,22 @@ fn header_has_crit(token: &str) -> bool {
 }
 
 impl JwtVerifier {
-    /// When the JWKS key set changed since the cache was last cleared, clear it: a token
-    /// verified with a key the IdP withdrew is not answered from the cache.
-    fn sync_cache(&self) {
-        use std::sync::atomic::Ordering;
-        if let Some(store) = &self.jwks {
-            let epoch = store.epoch();
-            if self.cache_epoch.load(Ordering::Acquire) != epoch {
-                self.cache.clear();
-                self.cache_epoch.store(epoch, Ordering::Release);
-            }
-        }
+    /// The JWKS key set's epoch (0 without a JWKS): cached tokens of another epoch are missed.
+    fn epoch(&self) -> u64 {
+        self.jwks.as_ref().map_or(0, |s| s.epoch())
     }
 
     fn verify(&self, token: &str) -> Result<Arc<str>, Rejection> {
-        self.sync_cache();
         let now = now_unix();
-        if let Some(user) = self.cache.get(token.as_bytes(), now) {
+        // Read before verifying: if the keys change meanwhile, the entry is of the old epoch
+        // and never served.
+        let epoch = self.epoch();
+        if let Some(user) = self.cache.get(token.as_bytes(), now, epoch) {
             return Ok(user);
         }
-        let epoch = self.jwks.as_ref().map(|s| s.epoch());
         let (user, exp) = self.verify_uncached(token)?;
         let user: Arc<str> = user.into();
-        // Not cached if the key set changed meanwhile (the key may just have been withdrawn).
-        if epoch == self.jwks.as_ref().map(|s| s.epoch()) {
-            self.cache.put(token.as_bytes(), &user, exp);
-        }
+        self.cache.put(token.as_bytes(), &user, exp, epoch);
         Ok(user)
     }
 
@@ -934,23 +931,17 @@ impl JwtVerifier {
             ));
         }
         // The configured keys first, then those fetched from the JWKS source. A token without
-        // `kid` uses the one key there is, if there is exactly one.
+        // `kid` uses the configured key if exactly one is configured (whatever was fetched); a
+        // fetched key is only ever picked by its `kid`.
         let fetched = self.jwks.as_ref().map(|s| s.keys());
         let fetched_key = |kid: Option<&String>| -> Option<(Algorithm, &DecodingKey, &Validation)> {
-            let set = fetched.as_deref()?;
-            let (alg, key) = match kid {
-                Some(kid) => set.get(kid)?,
-                None if self.keys.is_empty() && set.len() == 1 => set.values().next()?,
-                None => return None,
-            };
+            let (alg, key) = fetched.as_deref()?.get(kid?)?;
             let (_, validation) = self.jwks_validation.iter().find(|(a, _)| a == alg)?;
             Some((*alg, key, validation))
         };
         let configured = match &header.kid {
             Some(kid) => self.keys.get(kid),
-            None if self.keys.len() == 1 && fetched.as_ref().is_none_or(|f| f.is_empty()) => {
-                self.keys.values().next()
-            }
+            None if self.keys.len() == 1 => self.keys.values().next(),
             None => None,
         };
         let (alg, key, validation) = match configured {
@@ -1262,7 +1253,7 @@ trusted_cidrs = ["10.1.0.0/16"]
         let v = verifier("");
         let jwt = v.jwt.as_ref().unwrap();
         let t = hs(&claims(), Some("hs"));
-        assert!(jwt.cache.get(t.as_bytes(), now() as u64).is_none());
+        assert!(jwt.cache.get(t.as_bytes(), now() as u64, 0).is_none());
         assert_eq!(
             v.identify(&auth(&format!("Bearer {t}")), None)
                 .unwrap()
@@ -1270,17 +1261,17 @@ trusted_cidrs = ["10.1.0.0/16"]
             Credential::User("u-1".into())
         );
         assert_eq!(
-            jwt.cache.get(t.as_bytes(), now() as u64).as_deref(),
+            jwt.cache.get(t.as_bytes(), now() as u64, 0).as_deref(),
             Some("u-1")
         );
         // Past exp the entry is not used.
-        assert!(jwt.cache.get(t.as_bytes(), now() as u64 + 601).is_none());
+        assert!(jwt.cache.get(t.as_bytes(), now() as u64 + 601, 0).is_none());
         let mut expired = claims();
         expired["exp"] = json!(now() - 3600);
         let bad = hs(&expired, Some("hs"));
         assert!(v.identify(&auth(&format!("Bearer {bad}")), None).is_err());
         assert!(
-            jwt.cache.get(bad.as_bytes(), 0).is_none(),
+            jwt.cache.get(bad.as_bytes(), 0, 0).is_none(),
             "failures are never cached"
         );
         // A tampered token (different bytes) is verified on its own.
@@ -1292,7 +1283,7 @@ trusted_cidrs = ["10.1.0.0/16"]
         let (head, tail) = t.split_at(t.len() - HASHED_TAIL);
         let other = format!("{}{tail}", head.replace('e', "f"));
         assert_ne!(other, t);
-        assert!(jwt.cache.get(other.as_bytes(), now() as u64).is_none());
+        assert!(jwt.cache.get(other.as_bytes(), now() as u64, 0).is_none());
         assert!(v.identify(&auth(&format!("Bearer {other}")), None).is_err());
     }
 

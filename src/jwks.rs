@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 /// The largest JWKS or discovery document read.
@@ -89,6 +89,9 @@ struct Schedule {
     refresh: Duration,
     min_refresh: Duration,
     last_attempt: Option<Instant>,
+    /// What the live keys were made of ([`parse_jwks`]): a new document is taken when this
+    /// differs (new material under a known `kid` included).
+    fingerprint: [u8; 32],
     status: JwksStatus,
 }
 
@@ -134,6 +137,7 @@ impl JwksStore {
                 refresh,
                 min_refresh,
                 last_attempt: None,
+                fingerprint: [0; 32],
                 status: JwksStatus {
                     source: source.first_url(),
                     ..JwksStatus::default()
@@ -199,13 +203,17 @@ impl JwksStore {
         let mut s = self.schedule();
         s.status.fetches += 1;
         match parsed {
-            Ok((keys, skipped)) => {
+            Ok(Parsed {
+                keys,
+                skipped,
+                fingerprint,
+            }) => {
                 let mut ids: Vec<String> = keys.keys().cloned().collect();
                 ids.sort();
-                let changed = ids != s.status.keys;
-                if changed {
+                if fingerprint != s.fingerprint {
                     self.keys.store(Arc::new(keys));
                     self.epoch.fetch_add(1, Ordering::AcqRel);
+                    s.fingerprint = fingerprint;
                 }
                 s.status.keys = ids.clone();
                 s.status.fetched_unix = Some(unix_now());
@@ -235,15 +243,29 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The `jwks_uri` of an OIDC discovery document.
-pub fn discovered_jwks_uri(document: &[u8]) -> Result<String, String> {
+/// The `jwks_uri` of the OIDC discovery document of `issuer`: the document must name that very
+/// issuer (OIDC Discovery §4.3), and a document fetched over https must name an https URI.
+pub fn discovered_jwks_uri(document: &[u8], issuer: &str) -> Result<String, String> {
     #[derive(serde::Deserialize)]
     struct Discovery {
+        issuer: String,
         jwks_uri: String,
     }
     let d: Discovery = serde_json::from_slice(document)
-        .map_err(|e| format!("the discovery document has no usable jwks_uri: {e}"))?;
+        .map_err(|e| format!("the discovery document has no usable issuer and jwks_uri: {e}"))?;
+    if d.issuer != issuer {
+        return Err(format!(
+            "the discovery document names the issuer '{}', not '{issuer}'",
+            d.issuer
+        ));
+    }
     check_url(&d.jwks_uri)?;
+    if issuer.starts_with("https:") && !d.jwks_uri.starts_with("https:") {
+        return Err(format!(
+            "the discovery document of an https issuer names '{}'",
+            d.jwks_uri
+        ));
+    }
     Ok(d.jwks_uri)
 }
 
@@ -251,24 +273,27 @@ pub fn discovered_jwks_uri(document: &[u8]) -> Result<String, String> {
 /// `alg` takes the one algorithm its type allows here (RSA → RS256, EC P-256 → ES256), as IdPs
 /// that omit `alg` intend. Symmetric keys (HS256) are never taken from a JWKS.
 pub fn jwk_key(jwk: &Jwk, infer_alg: bool) -> Result<(String, Algorithm, DecodingKey), String> {
-    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
     let kid = jwk
         .common
         .key_id
         .clone()
         .filter(|k| !k.is_empty())
         .ok_or("no 'kid'")?;
+    let rsa = matches!(jwk.algorithm, AlgorithmParameters::RSA(_));
+    let p256 = matches!(&jwk.algorithm, AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256);
     let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+        // The key's type must be the algorithm's: an `oct` (symmetric) or P-384 key labelled
+        // RS256 / ES256 is not taken.
         (Some(ka), _) => match Algorithm::from_str(&ka.to_string()) {
-            Ok(a @ (Algorithm::RS256 | Algorithm::ES256)) => a,
+            Ok(a @ Algorithm::RS256) if rsa => a,
+            Ok(a @ Algorithm::ES256) if p256 => a,
+            Ok(Algorithm::RS256 | Algorithm::ES256) => {
+                return Err(format!("'{kid}': alg '{ka}' does not match its key type"))
+            }
             _ => return Err(format!("'{kid}': alg '{ka}' is not one of RS256, ES256")),
         },
-        (None, AlgorithmParameters::RSA(_)) if infer_alg => Algorithm::RS256,
-        (None, AlgorithmParameters::EllipticCurve(p))
-            if infer_alg && p.curve == EllipticCurve::P256 =>
-        {
-            Algorithm::ES256
-        }
+        (None, _) if infer_alg && rsa => Algorithm::RS256,
+        (None, _) if infer_alg && p256 => Algorithm::ES256,
         (None, _) if infer_alg => {
             return Err(format!(
                 "'{kid}': no 'alg', and its key type is not RSA or EC P-256"
@@ -284,10 +309,19 @@ pub fn jwk_key(jwk: &Jwk, infer_alg: bool) -> Result<(String, Algorithm, Decodin
     Ok((kid, alg, key))
 }
 
-/// The signing keys of a fetched JWKS document, and why others were skipped (encryption keys,
-/// other algorithms). Refused whole when it is not a JWKS, holds more than [`MAX_JWKS_KEYS`]
-/// keys, or none usable.
-pub fn parse_jwks(document: &[u8]) -> Result<(JwksKeys, Vec<String>), String> {
+/// What a JWKS document yields.
+pub struct Parsed {
+    pub keys: JwksKeys,
+    /// Why other keys were skipped (encryption keys, other algorithms).
+    pub skipped: Vec<String>,
+    /// A digest of the keys taken (kid, algorithm, key parameters), to tell a new document
+    /// from the live one.
+    pub fingerprint: [u8; 32],
+}
+
+/// The signing keys of a fetched JWKS document. Refused whole when it is not a JWKS, holds
+/// more than [`MAX_JWKS_KEYS`] keys, or none usable.
+pub fn parse_jwks(document: &[u8]) -> Result<Parsed, String> {
     if document.len() > MAX_JWKS_BYTES {
         return Err(format!("the JWKS is over {MAX_JWKS_BYTES} bytes"));
     }
@@ -301,6 +335,7 @@ pub fn parse_jwks(document: &[u8]) -> Result<(JwksKeys, Vec<String>), String> {
     }
     let mut keys = HashMap::new();
     let mut skipped = Vec::new();
+    let mut taken: Vec<String> = Vec::new();
     for (i, jwk) in set.keys.iter().enumerate() {
         if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
             skipped.push(format!("keys[{i}]: an encryption key"));
@@ -308,6 +343,9 @@ pub fn parse_jwks(document: &[u8]) -> Result<(JwksKeys, Vec<String>), String> {
         }
         match jwk_key(jwk, true) {
             Ok((kid, alg, key)) => {
+                // Serializing a parsed JWK's parameters cannot fail.
+                let params = serde_json::to_string(&jwk.algorithm).unwrap_or_default();
+                taken.push(format!("{kid}\u{0}{alg:?}\u{0}{params}"));
                 if keys.insert(kid.clone(), (alg, key)).is_some() {
                     return Err(format!("key id '{kid}' appears twice"));
                 }
@@ -315,13 +353,22 @@ pub fn parse_jwks(document: &[u8]) -> Result<(JwksKeys, Vec<String>), String> {
             Err(e) => skipped.push(format!("keys[{i}]: {e}")),
         }
     }
+    taken.sort();
+    let fingerprint: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(taken.join("\u{1}").as_bytes()).into()
+    };
     if keys.is_empty() {
         return Err(format!(
             "the JWKS has no usable signing key ({})",
             skipped.join("; ")
         ));
     }
-    Ok((keys, skipped))
+    Ok(Parsed {
+        keys,
+        skipped,
+        fingerprint,
+    })
 }
 
 #[cfg(test)]

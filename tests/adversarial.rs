@@ -1313,3 +1313,32 @@ async fn jwt_attacks() {
     let n = run(&h, "jwt", &cases);
     assert!(n > 50);
 }
+
+/// Review finding: the lane's 400 for Content-Length + Transfer-Encoding holds when a
+/// `Connection`, `Expect` or `Upgrade` header comes first in the head (those send the request
+/// to hyper's server, which would read it as chunked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_after_a_connection_header() {
+    if engine() == "pingora" || !h1_lane() {
+        return;
+    }
+    let h = Harness::demo().await;
+    let admin = auth("u-admin");
+    let body = "2\r\n{}\r\n0\r\n\r\n";
+    for pre in [
+        "Connection: keep-alive\r\n",
+        "Expect: 100-continue\r\n",
+        "Upgrade: websocket\r\n",
+    ] {
+        h.clear();
+        let req = format!(
+            "POST /api/v1/customers/1/subscribe HTTP/1.1\r\nHost: crm\r\n{admin}Content-Type: application/json\r\n{pre}Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{body}",
+            body.len()
+        );
+        let (text, _) = exchange(h.addr, req.as_bytes(), 5);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(text.starts_with("HTTP/1.1 400 "), "{pre:?}: {text}");
+        assert!(text.contains("ambiguous_framing"), "{pre:?}: {text}");
+        assert!(h.received().is_empty(), "{pre:?}: forwarded");
+    }
+}

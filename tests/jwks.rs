@@ -278,3 +278,126 @@ fn jwks_settings_are_checked() {
         assert!(err.contains(expect), "{edit}: {err}");
     }
 }
+
+/// Review finding: the IdP replaces the key material under the same `kid` (a compromised key
+/// replaced, or an IdP with a fixed kid). The new document is taken: the old key's tokens are
+/// refused (its cached tokens too), the new key's pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_key_material_under_the_same_kid_is_taken() {
+    let idp = idp().await;
+    let issuer = format!("http://{}", idp.addr);
+    let (old, new) = (Key::new("k1"), Key::new("k1"));
+    *idp.jwks.lock().unwrap() = (200, jwks_of(&[&old]));
+    let (admin, _) = admin_section();
+    let text = demo_config_text().replace(
+        "issuer = \"https://crm.example.test\"",
+        &format!("issuer = \"{issuer}\"\noidc_discovery = true\njwks_min_refresh_seconds = 1"),
+    ) + &admin;
+    let h = Harness::with_config_text(&text, &[]).await;
+    let old_token = old.bearer(&issuer, "u-rep1");
+    assert!(eventually(10, || async { status_of(&h, &old_token).await == 200 }).await);
+    *idp.jwks.lock().unwrap() = (200, jwks_of(&[&new]));
+    // An unknown kid asks for an early fetch (the periodic one is 300 s away).
+    let stranger = Key::new("zz").bearer(&issuer, "u-rep1");
+    let new_token = new.bearer(&issuer, "u-rep1");
+    assert!(
+        eventually(10, || async {
+            status_of(&h, &stranger).await;
+            status_of(&h, &new_token).await == 200
+        })
+        .await,
+        "the new key under the same kid is taken"
+    );
+    assert_eq!(
+        status_of(&h, &old_token).await,
+        401,
+        "the cached old-key token"
+    );
+    assert_eq!(status_of(&h, &old.bearer(&issuer, "u-csr")).await, 401);
+}
+
+fn hs_token(issuer: &str, kid: Option<&str>) -> String {
+    let mut head = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    head.kid = kid.map(Into::into);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({"sub": "u-rep1", "iss": issuer, "aud": "crm-api", "exp": exp});
+    let key = jsonwebtoken::EncodingKey::from_secret(permgate::demo::DEMO_SECRET.as_bytes());
+    format!(
+        "Bearer {}",
+        jsonwebtoken::encode(&head, &claims, &key).unwrap()
+    )
+}
+
+/// Review finding: with one configured key, a token without `kid` (a CRM's own) uses it,
+/// whatever keys were fetched; a fetched key is only ever picked by its `kid`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kidless_token_uses_the_one_configured_key_beside_fetched_keys() {
+    let idp = idp().await;
+    let issuer = format!("http://{}", idp.addr);
+    let k1 = Key::new("k1");
+    *idp.jwks.lock().unwrap() = (200, jwks_of(&[&k1]));
+    let (admin, _) = admin_section();
+    let text = demo_config_text().replace(
+        "issuer = \"https://crm.example.test\"",
+        &format!("issuer = \"{issuer}\"\noidc_discovery = true"),
+    ) + &admin;
+    let h = Harness::with_config_text(&text, &[]).await;
+    assert!(
+        eventually(10, || async {
+            status_of(&h, &k1.bearer(&issuer, "u-rep1")).await == 200
+        })
+        .await
+    );
+    assert_eq!(status_of(&h, &hs_token(&issuer, None)).await, 200);
+    // A fetched key's token without its kid is not matched to it.
+    let mut kidless = k1.bearer(&issuer, "u-rep1");
+    {
+        let token = kidless.trim_start_matches("Bearer ").to_string();
+        let parts: Vec<&str> = token.split('.').collect();
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"alg":"ES256","typ":"JWT"}"#);
+        kidless = format!("Bearer {header}.{}.{}", parts[1], parts[2]);
+    }
+    assert_eq!(status_of(&h, &kidless).await, 401);
+}
+
+/// Review findings: a JWK whose type is not its algorithm's (a symmetric key labelled RS256) is
+/// skipped; a discovery document must name the configured issuer; keys from an IdP need both
+/// issuer and audience configured.
+#[test]
+fn mislabelled_keys_foreign_discovery_and_unscoped_idp_keys_are_refused() {
+    let doc = br#"{"keys":[{"kty":"oct","kid":"h","alg":"RS256","k":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}]}"#;
+    assert!(permgate::jwks::parse_jwks(doc).is_err());
+    let discovery = br#"{"issuer":"https://other.example","jwks_uri":"https://other.example/k"}"#;
+    assert!(permgate::jwks::discovered_jwks_uri(discovery, "https://idp.example").is_err());
+    let downgrade = br#"{"issuer":"https://idp.example","jwks_uri":"http://localhost/k"}"#;
+    assert!(permgate::jwks::discovered_jwks_uri(downgrade, "https://idp.example").is_err());
+    let fine = br#"{"issuer":"https://idp.example","jwks_uri":"https://idp.example/k"}"#;
+    assert!(permgate::jwks::discovered_jwks_uri(fine, "https://idp.example").is_ok());
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = demo_config_text()
+        .replace("audience = \"crm-api\"\n", "")
+        .replace(
+            "issuer = \"https://crm.example.test\"",
+            "issuer = \"https://crm.example.test\"\njwks_url = \"https://idp.example.com/jwks\"",
+        );
+    std::fs::write(dir.path().join("c.toml"), &text).unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        permgate::demo::DEMO_SNAPSHOT,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .arg("check-config")
+        .arg(dir.path().join("c.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("need both issuer and audience"), "{err}");
+}

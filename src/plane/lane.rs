@@ -309,7 +309,8 @@ fn parse_head(bytes: &[u8]) -> Parsed {
             return ambiguous_framing(req.headers, len, method, uri);
         }
         if (name == CONNECTION && !close) || name == EXPECT || name == UPGRADE {
-            return Parsed::Other;
+            // Hyper's too, but two framings further down the head are still refused here.
+            return ambiguous_framing(req.headers, len, method, uri);
         }
         headers.append(name, value);
     }
