@@ -627,6 +627,20 @@ fn target_of(req: &Request<Incoming>) -> &[u8] {
         .map_or(b"*" as &[u8], |p| p.as_str().as_bytes())
 }
 
+/// What the decision needs beyond the head's fields: HTTP/1.1 requires a `Host`; HTTP/2's
+/// `:authority`; a body (declared, or HTTP/2 DATA: a HEADERS frame that does not end the
+/// stream, without a `Content-Length: 0`).
+fn wire_of(req: &Request<Incoming>) -> crate::policy::Wire<'_> {
+    let h2 = req.version() == Version::HTTP_2;
+    let mut wire = crate::policy::Wire::from_head(req.headers());
+    wire.host_required = req.version() == Version::HTTP_11;
+    if h2 {
+        wire.authority = req.uri().authority().map(|a| a.as_str());
+        wire.body |= !req.headers().contains_key(CONTENT_LENGTH) && has_body(req);
+    }
+    wire
+}
+
 impl Plane {
     async fn handle(
         self: Arc<Self>,
@@ -673,13 +687,16 @@ impl Plane {
     ) -> Response<RespBody> {
         let admission = match decided {
             Some(a) => a,
-            None => exchange::admit(
+            None => exchange::admit_request(
                 &self.state,
                 ctx,
-                req.method(),
-                target_of(&req),
-                req.headers(),
-                Some(peer),
+                &crate::policy::Request {
+                    method: req.method(),
+                    target: target_of(&req),
+                    headers: req.headers(),
+                    peer: Some(peer),
+                    wire: wire_of(&req),
+                },
             ),
         };
         match admission {

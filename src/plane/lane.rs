@@ -220,8 +220,12 @@ struct Head {
     len: usize,
     method: Method,
     uri: Uri,
+    /// Where the request-target is in the head's bytes, exactly as sent (`uri` has dropped a
+    /// `#fragment`; the decision refuses one).
+    target: std::ops::Range<usize>,
     headers: HeaderMap,
-    /// The client sent `Connection: close`: its last request on this connection.
+    /// The client sent `Connection: close`: its last request on this connection (or the
+    /// target has a `#fragment`: refused, the connection closed, whatever follows unread).
     close: bool,
 }
 
@@ -249,6 +253,13 @@ fn parse_head(bytes: &[u8]) -> Parsed {
     if !path.starts_with('/') {
         return Parsed::Other;
     }
+    // A fragment has no place in a request-target (the URI parser drops it silently): the
+    // lane refuses it itself whatever else the request holds, then closes the connection.
+    let fragment = path.contains('#');
+    let target = {
+        let at = path.as_ptr() as usize - bytes.as_ptr() as usize;
+        at..at + path.len()
+    };
     let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), Uri::try_from(path)) else {
         return Parsed::Other;
     };
@@ -270,21 +281,23 @@ fn parse_head(bytes: &[u8]) -> Parsed {
         let close = name == CONNECTION
             && h.value.eq_ignore_ascii_case(b"close")
             && !headers.contains_key(&name);
-        if !bodiless
-            || name == TRANSFER_ENCODING
-            || (name == CONNECTION && !close)
-            || name == EXPECT
-            || name == UPGRADE
+        if !fragment
+            && (!bodiless
+                || name == TRANSFER_ENCODING
+                || (name == CONNECTION && !close)
+                || name == EXPECT
+                || name == UPGRADE)
         {
             return Parsed::Other;
         }
         headers.append(name, value);
     }
-    let close = headers.contains_key(CONNECTION);
+    let close = fragment || headers.contains_key(CONNECTION);
     Parsed::Ready(Head {
         len,
         method,
         uri,
+        target,
         headers,
         close,
     })
@@ -306,13 +319,23 @@ impl Lane {
             let mut ctx = Ctx::new();
             let target = head.uri.path_and_query().cloned();
             let raw_target = target.as_ref().map_or("*", |p| p.as_str());
-            let admission = exchange::admit(
+            let at = self.start;
+            let admission = exchange::admit_request(
                 &self.plane.state,
                 &mut ctx,
-                &head.method,
-                raw_target.as_bytes(),
-                &head.headers,
-                Some(self.peer),
+                &crate::policy::Request {
+                    method: &head.method,
+                    target: &self.buf[at + head.target.start..at + head.target.end],
+                    headers: &head.headers,
+                    peer: Some(self.peer),
+                    // HTTP/1.1 only; a body is hyper's to read (handed over), or refused
+                    // with the fragment that let it through.
+                    wire: crate::policy::Wire {
+                        host_required: true,
+                        authority: None,
+                        body: crate::canon::declares_body(&head.headers),
+                    },
+                },
             );
             let method = head.method.clone();
             let call = Call {
