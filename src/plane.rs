@@ -41,6 +41,7 @@ use crate::live::State;
 use crate::metrics::UpstreamError;
 use crate::reject::Rejection;
 
+mod fragments;
 mod handover;
 mod lane;
 mod pool;
@@ -240,12 +241,13 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
 
     // One builder per protocol (not hyper-util's `auto`, whose connection type holds room
     // for an HTTP/2 connection in every HTTP/1.1 one: ~0.9 KB per idle connection).
+    let max_h1_buf = listen.max_header_bytes.max(8192) + 64 * 1024;
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new())
         // The gateway's own limits (`listen.max_headers`, `listen.max_header_bytes`) answer
         // 431 with a JSON body; hyper's are set above them, as a backstop.
         .max_headers(257)
-        .max_buf_size(listen.max_header_bytes.max(8192) + 64 * 1024)
+        .max_buf_size(max_h1_buf)
         .header_read_timeout(Duration::from_secs(listen.keepalive_timeout_seconds))
         .keep_alive(true);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -259,6 +261,7 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
         h1,
         h2,
         h2c: listen.h2c,
+        max_head: max_h1_buf,
     });
     let tls = match &listen.tls {
         None => None,
@@ -335,6 +338,7 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
             plane,
             peer: peer.ip(),
             pending: None,
+            fragments: None,
         };
         let builders = builders.clone();
         let drain = drain_rx.clone();
@@ -531,6 +535,8 @@ struct Builders {
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// HTTP/2 by prior knowledge on the plain listener (`listen.h2c`).
     h2c: bool,
+    /// The largest HTTP/1.x head hyper reads (what [`fragments`] follows).
+    max_head: usize,
 }
 
 impl Builders {
@@ -540,19 +546,21 @@ impl Builders {
         &self,
         io: I,
         h2: bool,
-        service: Service,
+        mut service: Service,
         activity: &Activity,
         idle: Duration,
         drain: tokio::sync::watch::Receiver<bool>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let io = TokioIo::new(io);
         if h2 {
-            let conn = self.h2.serve_connection(io, service);
+            let conn = self.h2.serve_connection(TokioIo::new(io), service);
             Box::pin(drive(conn, activity, idle, drain)).await;
         } else {
-            let conn = self.h1.serve_connection(io, service);
+            // hyper cuts a `#fragment` off the target silently: watched for, to refuse it.
+            let (io, marks) = fragments::Watched::new(io, self.max_head);
+            service.fragments = Some(marks);
+            let conn = self.h1.serve_connection(TokioIo::new(io), service);
             drive(conn, activity, idle, drain).await;
         }
     }
@@ -593,6 +601,8 @@ struct Service {
     /// A connection handed over by the HTTP/1.1 lane with its first request already
     /// decided ([`lane::Pending`]): taken by the first call.
     pending: Option<Arc<std::sync::Mutex<Option<Box<lane::Pending>>>>>,
+    /// HTTP/1.x: which request targets held a `#fragment` ([`fragments`]).
+    fragments: Option<Arc<fragments::Marks>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -607,7 +617,8 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             .pending
             .as_ref()
             .and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take());
-        Box::pin(self.plane.clone().handle(req, self.peer, decided))
+        let fragment = self.fragments.as_ref().is_some_and(|m| m.next());
+        Box::pin(self.plane.clone().handle(req, self.peer, decided, fragment))
     }
 }
 
@@ -647,6 +658,7 @@ impl Plane {
         req: Request<Incoming>,
         peer: IpAddr,
         decided: Option<Box<lane::Pending>>,
+        fragment: bool,
     ) -> Result<Response<RespBody>, Infallible> {
         let (mut ctx, admission) = match decided {
             Some(p) => (p.ctx, Some(p.admission)),
@@ -663,7 +675,8 @@ impl Plane {
             );
             reject(&rejection, &ctx, true)
         } else {
-            self.dispatch(req, peer, &mut ctx, admission).await
+            self.dispatch(req, peer, &mut ctx, admission, fragment)
+                .await
         };
         let status = response.status().as_u16();
         // The log line and counters once the body is sent (or dropped).
@@ -684,7 +697,16 @@ impl Plane {
         peer: IpAddr,
         ctx: &mut Ctx,
         decided: Option<Admission>,
+        fragment: bool,
     ) -> Response<RespBody> {
+        // The target as sent had a `#fragment` hyper dropped: put its `#` back for the
+        // decision to refuse (the leftmost bad byte decides the code, as on the lane).
+        let with_fragment;
+        let mut target = target_of(&req);
+        if fragment {
+            with_fragment = [target, b"#".as_slice()].concat();
+            target = &with_fragment;
+        }
         let admission = match decided {
             Some(a) => a,
             None => exchange::admit_request(
@@ -692,7 +714,7 @@ impl Plane {
                 ctx,
                 &crate::policy::Request {
                     method: req.method(),
-                    target: target_of(&req),
+                    target,
                     headers: req.headers(),
                     peer: Some(peer),
                     wire: wire_of(&req),

@@ -172,6 +172,7 @@ pub(super) async fn serve(
         plane,
         peer,
         pending: pending.map(|p| Arc::new(Mutex::new(Some(p)))),
+        fragments: None,
     };
     builders
         .serve(io, false, service, &activity, idle, drain)
