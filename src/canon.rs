@@ -1656,3 +1656,49 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_a_bare_authority() {
+        for ok in [
+            "crm.test",
+            "crm.test:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:443",
+            "crm_01.internal",
+            "h:65535",
+        ] {
+            assert_eq!(check_host(ok.as_bytes()), Ok(()), "{ok}");
+        }
+        for bad in [
+            "", "u@h", "u:p@h", "h/", "h/x", "h?x", "h#f", "h:", "h:65536", "h:123456", "h:8o",
+            "h h", "a,b", "[::1", "[]", "[zz]", "[::1]x", ":80", "h:80:80", "http://h", "h\t",
+        ] {
+            assert_eq!(
+                check_host(bad.as_bytes()),
+                Err(CanonError::InvalidHost),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_is_declared_by_a_length_over_zero_or_an_encoding() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(*n, http::HeaderValue::from_static(v));
+            }
+            declares_body(&h)
+        };
+        assert!(!with(&[]));
+        assert!(!with(&[("content-length", "0")]));
+        assert!(!with(&[("content-length", "000")]));
+        assert!(with(&[("content-length", "1")]));
+        assert!(with(&[("transfer-encoding", "chunked")]));
+    }
+}

@@ -1845,4 +1845,66 @@ mod tests {
             "{msgs:?}"
         );
     }
+
+    #[test]
+    fn allow_lists_refuse_what_permgate_handles_and_need_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("snapshot.json"), crate::demo::DEMO_SNAPSHOT).unwrap();
+        let parse = |forward: &str, route: &str| {
+            let text = crate::demo::DEMO_CONFIG
+                .replacen("[forward]\n", &format!("[forward]\n{forward}"), 1)
+                .replacen(
+                    "name = \"customers.read\"\n",
+                    &format!("name = \"customers.read\"\n{route}"),
+                    1,
+                );
+            Config::parse("c.toml", &text, dir.path())
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        };
+        let allow = "request_headers = \"allow_list\"\n";
+        assert_eq!(
+            parse(allow, "allow_headers = [\"x-crm-tenant\"]\n"),
+            Vec::<String>::new()
+        );
+        let errs = parse(
+            &format!("{allow}allow_headers = [\"accept\", \"authorization\", \"x-forwarded-for\", \"te\", \"x-permgate-user\"]\n"),
+            "",
+        );
+        for name in ["authorization", "te", "x-permgate-user"] {
+            assert!(
+                errs.iter().any(|e| e.contains(&format!(
+                    "forward.allow_headers: '{name}' is a header permgate handles itself"
+                ))),
+                "{name}: {errs:?}"
+            );
+        }
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("'x-forwarded-for' is in forward.strip_headers")),
+            "{errs:?}"
+        );
+        let errs = parse("request_headers = \"allow\"\n", "");
+        assert!(
+            errs.iter().any(|e| e.contains(
+                "forward.request_headers: 'allow' is not one of: strip_list, allow_list"
+            )),
+            "{errs:?}"
+        );
+        let errs = parse("", "allow_headers = [\"x-crm-tenant\"]\n");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("allow_headers: needs forward.request_headers")),
+            "{errs:?}"
+        );
+        let errs = parse(allow, "allow_headers = [\"host\"]\n");
+        assert!(
+            errs.iter().any(|e| e
+                .contains("route[3]: allow_headers: 'host' is a header permgate handles itself")),
+            "{errs:?}"
+        );
+    }
 }

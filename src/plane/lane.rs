@@ -17,6 +17,7 @@
 //! | HTTP/1.1, origin-form target, no body (`Content-Length: 0` at most), no `Transfer-Encoding`, `Expect` or `Upgrade` header, no `Connection` header but a single `close` | this loop, when the decision is to forward as is (streamed) or to refuse |
 //! | a route that reads its body or filters its answer | hyper, with the decision already taken (not taken twice) |
 //! | anything else (a body, HTTP/1.0, an absolute-form target, a head hyper answers with its own 400/431, …) | hyper, from that request on |
+//! | an HTTP/1.1 origin-form target with a `#fragment` (whatever else the request holds) | this loop: refused (`invalid_character`), then the connection is closed |
 //!
 //! The CRM's answer: its status and headers minus the hop-by-hop ones and those the gateway
 //! sets, framed as it came (a length, chunked with the chunks checked as they pass and
