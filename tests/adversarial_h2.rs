@@ -217,10 +217,15 @@ async fn http2_paths_and_headers() {
         status: 0,
         crm: None,
     });
+    // The hyper engine's (Pingora's plane sees only the head: no DATA, no `:authority`).
+    let hyper = engine() != "pingora";
     // A body on GET or DELETE (DATA frames, with or without a length): 400
     // `body_not_allowed`, nothing forwarded (a CRM that does not read it would take it for
     // its next request).
-    for (method, length) in [("GET", None), ("GET", Some("33")), ("DELETE", None)] {
+    for (method, length) in [("GET", None), ("GET", Some("33")), ("DELETE", None)]
+        .into_iter()
+        .filter(|_| hyper)
+    {
         let mut headers = vec![("authorization".to_string(), admin.clone())];
         if let Some(l) = length {
             headers.push(("content-length".into(), l.into()));
@@ -244,7 +249,10 @@ async fn http2_paths_and_headers() {
         ("crm.test", Some("crm.test"), 200),
         ("crm.test", Some("other.test"), 400),
         ("crm.test", Some("u@crm.test"), 400),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| hyper)
+    {
         let mut headers = vec![("authorization".to_string(), rep.clone())];
         if let Some(h) = host {
             headers.push(("host".into(), h.into()));
