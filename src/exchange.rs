@@ -541,7 +541,7 @@ pub fn admit(
             target,
             headers,
             peer,
-            wire: policy::Wire::from_head(headers),
+            wire: policy::Wire::from_head(method, headers),
         },
     )
 }

@@ -643,11 +643,13 @@ fn target_of(req: &Request<Incoming>) -> &[u8] {
 /// stream, without a `Content-Length: 0`).
 fn wire_of(req: &Request<Incoming>) -> crate::policy::Wire<'_> {
     let h2 = req.version() == Version::HTTP_2;
-    let mut wire = crate::policy::Wire::from_head(req.headers());
+    let mut wire = crate::policy::Wire::from_head(req.method(), req.headers());
     wire.host_required = req.version() == Version::HTTP_11;
     if h2 {
         wire.authority = req.uri().authority().map(|a| a.as_str());
-        wire.body |= !req.headers().contains_key(CONTENT_LENGTH) && has_body(req);
+        wire.body |= crate::policy::bodiless(req.method())
+            && !req.headers().contains_key(CONTENT_LENGTH)
+            && has_body(req);
     }
     wire
 }

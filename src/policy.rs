@@ -44,19 +44,19 @@ pub struct Wire<'a> {
 
 impl Wire<'_> {
     /// What the head's fields alone tell (a body declared by `Content-Length` or
-    /// `Transfer-Encoding`; no `Host` rule).
-    pub fn from_head(headers: &HeaderMap) -> Self {
+    /// `Transfer-Encoding`, looked for only on a [`bodiless`] method; no `Host` rule).
+    pub fn from_head(method: &Method, headers: &HeaderMap) -> Self {
         Wire {
             host_required: false,
             authority: None,
-            body: canon::declares_body(headers),
+            body: bodiless(method) && canon::declares_body(headers),
         }
     }
 }
 
 /// Methods whose requests carry no body (RFC 9110 gives a body on them no meaning, and many
 /// legacy servers do not read one: they would take it for the next request).
-fn bodiless(method: &Method) -> bool {
+pub fn bodiless(method: &Method) -> bool {
     [
         Method::GET,
         Method::HEAD,

@@ -330,12 +330,13 @@ impl Lane {
                     target: &self.buf[at + head.target.start..at + head.target.end],
                     headers: &head.headers,
                     peer: Some(self.peer),
-                    // HTTP/1.1 only; a body is hyper's to read (handed over), or refused
-                    // with the fragment that let it through.
+                    // HTTP/1.1 only. No body: a head with one is handed to hyper, unless
+                    // its target has a fragment, which the decision refuses before it
+                    // looks at bodies.
                     wire: crate::policy::Wire {
                         host_required: true,
                         authority: None,
-                        body: crate::canon::declares_body(&head.headers),
+                        body: false,
                     },
                 },
             );
