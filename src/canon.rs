@@ -97,6 +97,10 @@
 //! | a method-override name spelled with `_`, `.` or other punctuation (`X_HTTP_Method_Override`) | `method_override`       |
 //! | a framing, credential or hop-by-hop name so spelled (`Content_Length`)    | `disguised_header`      |
 //!
+//! and, in the decision ([`crate::policy`]), an HTTP/1.1 request without `Host`
+//! (`missing_host`) and a `Host` or HTTP/2 `:authority` that is not a bare `host[:port]`
+//! ([`check_host`]: `invalid_host`).
+//!
 //! [`hop_by_hop_headers`] lists what a proxy must not forward: `connection`, `keep-alive`,
 //! `proxy-connection`, `te`, `trailer`, `upgrade`, `proxy-authorization`, `proxy-authenticate`,
 //! plus every valid name listed in `Connection` — except the four protected names above, which
@@ -180,11 +184,16 @@ pub enum CanonError {
     /// More request headers, or more header bytes, than `listen.max_headers` /
     /// `listen.max_header_bytes`.
     HeadersTooLarge,
+    /// An HTTP/1.1 request without `Host`.
+    MissingHost,
+    /// A `Host` (or HTTP/2 `:authority`) that is not a bare `host[:port]`: userinfo, a path,
+    /// a query, empty, or other bytes; or an `:authority` and a `Host` that differ.
+    InvalidHost,
 }
 
 impl CanonError {
     /// Every variant, for documentation and exhaustive tests.
-    pub const ALL: [CanonError; 20] = [
+    pub const ALL: [CanonError; 22] = [
         CanonError::NotOriginForm,
         CanonError::TooLong,
         CanonError::ControlCharacter,
@@ -205,6 +214,8 @@ impl CanonError {
         CanonError::BadConnectionHeader,
         CanonError::DisguisedHeader,
         CanonError::HeadersTooLarge,
+        CanonError::MissingHost,
+        CanonError::InvalidHost,
     ];
 
     /// Stable snake_case error code for the JSON error body.
@@ -230,6 +241,8 @@ impl CanonError {
             CanonError::BadConnectionHeader => "bad_connection_header",
             CanonError::DisguisedHeader => "disguised_header",
             CanonError::HeadersTooLarge => "headers_too_large",
+            CanonError::MissingHost => "missing_host",
+            CanonError::InvalidHost => "invalid_host",
         }
     }
 
@@ -270,6 +283,10 @@ impl CanonError {
                 "A header name spells a framing or credential header with '_', '.' or the like."
             }
             CanonError::HeadersTooLarge => "The request has too many or too large headers.",
+            CanonError::MissingHost => "An HTTP/1.1 request needs a Host header.",
+            CanonError::InvalidHost => {
+                "The Host (or :authority) must be a host name or IP address with an optional port."
+            }
         }
     }
 
@@ -789,8 +806,67 @@ pub fn check_headers(headers: &HeaderMap) -> Result<(), CanonError> {
     Ok(())
 }
 
-/// At most `max_count` headers and `max_bytes` of names and values (each header counted as
-/// `name: value` plus its line end, as on the wire).
+/// Is `value` a bare authority, `host[:port]` (RFC 9110 §7.2 without userinfo)? The host is a
+/// name of letters, digits, `-`, `.` and `_`, an IPv4 address, or a bracketed IPv6 address;
+/// the port 1 to 5 digits up to 65535. Anything else (userinfo `u@h`, a path, a query, a
+/// fragment, spaces, a list, empty) is [`CanonError::InvalidHost`].
+pub fn check_host(value: &[u8]) -> Result<(), CanonError> {
+    const MAX_HOST: usize = 255;
+    let (host, rest) = match value.first() {
+        Some(b'[') => {
+            let end = value
+                .iter()
+                .position(|&b| b == b']')
+                .ok_or(CanonError::InvalidHost)?;
+            let inner = &value[1..end];
+            let ipv6 = !inner.is_empty()
+                && inner
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.');
+            if !ipv6 {
+                return Err(CanonError::InvalidHost);
+            }
+            (&value[..=end], &value[end + 1..])
+        }
+        _ => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            let host = &value[..end];
+            let name = host
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            if host.is_empty() || !name {
+                return Err(CanonError::InvalidHost);
+            }
+            (host, &value[end..])
+        }
+    };
+    let port_ok = match rest {
+        [] => true,
+        [b':', digits @ ..] => {
+            (1..=5).contains(&digits.len())
+                && digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse::<u32>().ok())
+                    .is_some_and(|p| p <= 65535)
+        }
+        _ => false,
+    };
+    if host.len() > MAX_HOST || !port_ok {
+        return Err(CanonError::InvalidHost);
+    }
+    Ok(())
+}
+
+/// Does the head declare a body: a `Content-Length` over 0 or any `Transfer-Encoding`?
+pub fn declares_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().iter().any(|b| *b != b'0'))
+}
+
 /// The `Content-Length` a request declares, if one parses (duplicates and garbage are refused
 /// by [`check_headers`] before this matters).
 pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -800,6 +876,8 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// At most `max_count` headers and `max_bytes` of names and values (each header counted as
+/// `name: value` plus its line end, as on the wire).
 pub fn check_header_limits(
     headers: &HeaderMap,
     max_count: usize,
@@ -1576,5 +1654,51 @@ mod tests {
                 prop_assert_eq!(needs_rewrite, rewritten != path, "{:?} → {:?}", path, rewritten);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_a_bare_authority() {
+        for ok in [
+            "crm.test",
+            "crm.test:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:443",
+            "crm_01.internal",
+            "h:65535",
+        ] {
+            assert_eq!(check_host(ok.as_bytes()), Ok(()), "{ok}");
+        }
+        for bad in [
+            "", "u@h", "u:p@h", "h/", "h/x", "h?x", "h#f", "h:", "h:65536", "h:123456", "h:8o",
+            "h h", "a,b", "[::1", "[]", "[zz]", "[::1]x", ":80", "h:80:80", "http://h", "h\t",
+        ] {
+            assert_eq!(
+                check_host(bad.as_bytes()),
+                Err(CanonError::InvalidHost),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_is_declared_by_a_length_over_zero_or_an_encoding() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(*n, http::HeaderValue::from_static(v));
+            }
+            declares_body(&h)
+        };
+        assert!(!with(&[]));
+        assert!(!with(&[("content-length", "0")]));
+        assert!(!with(&[("content-length", "000")]));
+        assert!(with(&[("content-length", "1")]));
+        assert!(with(&[("transfer-encoding", "chunked")]));
     }
 }

@@ -413,6 +413,11 @@ struct RawForward {
     strip_headers: Vec<String>,
     #[serde(default = "default_true")]
     set_forwarded_for: bool,
+    /// `"strip_list"` (default) or `"allow_list"`.
+    #[serde(default)]
+    request_headers: Option<Spanned<String>>,
+    #[serde(default = "default_allow_headers")]
+    allow_headers: Vec<String>,
 }
 
 impl Default for RawForward {
@@ -424,25 +429,27 @@ impl Default for RawForward {
             forward_authorization: true,
             strip_headers: default_strip_headers(),
             set_forwarded_for: true,
+            request_headers: None,
+            allow_headers: default_allow_headers(),
         }
     }
 }
 
-/// Client headers a legacy CRM may trust for identity or origin; removed by default.
-pub const DEFAULT_STRIP_HEADERS: [&str; 21] = [
+/// Client headers a legacy CRM may trust for identity or origin; removed by default (their
+/// `_` and `.` spellings too: CGI, PHP and others read `X_User_Id` as `X-User-Id`).
+pub const DEFAULT_STRIP_HEADERS: [&str; 53] = [
+    // Origin and addressing.
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
     "x-real-ip",
     "x-client-ip",
-    "x-remote-user",
     "x-remote-addr",
-    "x-forwarded-user",
-    "x-authenticated-user",
-    "remote-user",
-    "x-original-url",
+    "true-client-ip",
+    "x-cluster-client-ip",
     // Rewrites and origin hints some frameworks honour (IIS, Symfony, Spring, Rack).
+    "x-original-url",
     "x-rewrite-url",
     "x-original-host",
     "x-forwarded-prefix",
@@ -450,9 +457,77 @@ pub const DEFAULT_STRIP_HEADERS: [&str; 21] = [
     "x-forwarded-server",
     "x-forwarded-scheme",
     "x-host",
-    "true-client-ip",
-    "x-cluster-client-ip",
+    // Identity set by an authenticating proxy in front of many legacy apps (Apache
+    // `REMOTE_USER`, nginx `auth_request`, oauth2-proxy, Kong, Azure App Service, Google IAP,
+    // AWS ALB, Cloudflare Access), and ones home-grown CRMs read.
+    "remote-user",
+    "x-remote-user",
+    "x-user",
+    "x-user-id",
+    "x-user-name",
+    "x-username",
+    "x-user-email",
+    "x-email",
+    "x-roles",
+    "x-user-roles",
+    "x-groups",
+    "x-user-groups",
+    "x-auth-user",
+    "x-authenticated-user",
+    "x-authenticated-userid",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-request-access-token",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-consumer-id",
+    "x-consumer-username",
+    "x-credential-identifier",
+    "x-ms-client-principal",
+    "x-ms-client-principal-id",
+    "x-ms-client-principal-name",
+    "x-goog-authenticated-user-email",
+    "x-goog-authenticated-user-id",
+    "x-amzn-oidc-identity",
+    "x-amzn-oidc-data",
+    "cf-access-authenticated-user-email",
 ];
+
+/// The request headers forwarded in `forward.request_headers = "allow_list"` mode unless
+/// `forward.allow_headers` says otherwise: content negotiation, conditional and range requests,
+/// the body's own description, and the browser's origin hints. Not `Cookie`: a CRM's session
+/// cookie is a second identity beside permgate's; add it where the CRM needs it.
+pub const DEFAULT_ALLOW_HEADERS: [&str; 17] = [
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "content-encoding",
+    "content-language",
+    "content-type",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "origin",
+    "pragma",
+    "range",
+    "referer",
+    "user-agent",
+];
+
+fn default_allow_headers() -> Vec<String> {
+    DEFAULT_ALLOW_HEADERS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
 
 fn default_strip_headers() -> Vec<String> {
     DEFAULT_STRIP_HEADERS
@@ -538,6 +613,12 @@ struct RawRoute {
     /// A token bucket for the route as a whole (every caller together).
     #[serde(default)]
     rate_limit: Option<RawRateLimit>,
+    /// A body on GET, HEAD, DELETE, OPTIONS or TRACE is forwarded (else 400 `body_not_allowed`).
+    #[serde(default)]
+    allow_body: bool,
+    /// Request headers this route forwards beside `forward.allow_headers` (allow-list mode).
+    #[serde(default)]
+    allow_headers: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -610,6 +691,11 @@ pub struct RouteInfo {
     /// The route's own rate limit (all callers together) and its bucket. The bucket lives
     /// with the compiled config: a config reload starts it full again.
     pub rate_limit: Option<Arc<crate::limit::RouteBucket>>,
+    /// A body on a method that has none (GET, HEAD, DELETE, OPTIONS, TRACE) is forwarded.
+    pub allow_body: bool,
+    /// Allow-list mode: the request headers this route forwards, when it adds some to
+    /// `forward.allow_headers` (merged at load); `None`: the global set.
+    pub allow_headers: Option<HeaderSet>,
 }
 
 #[derive(Debug, Clone)]
@@ -702,9 +788,63 @@ pub struct Forward {
     pub request_id_header: HeaderName,
     pub forward_authorization: bool,
     /// Client headers always removed (see [`DEFAULT_STRIP_HEADERS`]).
-    pub strip_headers: Vec<HeaderName>,
+    pub strip_headers: HeaderSet,
     /// Set `X-Forwarded-For` to the TCP peer (after removing the client's).
     pub set_forwarded_for: bool,
+    /// Which client request headers reach the CRM.
+    pub request_headers: RequestHeaders,
+    /// Allow-list mode: the client headers forwarded on every route (see
+    /// [`DEFAULT_ALLOW_HEADERS`]); a route may add its own ([`RouteInfo::allow_headers`]).
+    pub allow_headers: HeaderSet,
+}
+
+/// Which client request headers reach the CRM (`forward.request_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestHeaders {
+    /// All but the hop-by-hop ones, `forward.strip_headers`, credentials and permgate's own.
+    StripList,
+    /// Only `forward.allow_headers` (and the route's), the framing headers (`Host`,
+    /// `Content-Length`, `Transfer-Encoding`), a verified JWT in `Authorization` when
+    /// `forward_authorization` is on, and the headers permgate sets.
+    AllowList,
+}
+
+/// Header names looked up without hashing: by length, then byte for byte among the few of
+/// that length (built once, at load).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderSet {
+    by_len: Vec<Vec<HeaderName>>,
+}
+
+impl HeaderSet {
+    pub fn new(names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let mut set = HeaderSet::default();
+        for n in names {
+            set.insert(n);
+        }
+        set
+    }
+
+    fn insert(&mut self, name: HeaderName) {
+        let len = name.as_str().len();
+        if self.by_len.len() <= len {
+            self.by_len.resize_with(len + 1, Vec::new);
+        }
+        if !self.by_len[len].contains(&name) {
+            self.by_len[len].push(name);
+        }
+    }
+
+    /// Is `name` (lowercase, as `http` stores names) in the set?
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_len
+            .get(name.len())
+            .is_some_and(|names| names.iter().any(|n| n.as_str() == name))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &HeaderName> {
+        self.by_len.iter().flatten()
+    }
 }
 
 /// What happens when the snapshot is older than `snapshot.max_staleness_seconds`.
@@ -1164,6 +1304,64 @@ impl Config {
                 )),
             }
         }
+        let strip_headers = HeaderSet::new(strip_headers);
+        let request_headers = match f.request_headers.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("strip_list") => RequestHeaders::StripList,
+            Some("allow_list") => RequestHeaders::AllowList,
+            Some(other) => {
+                errors.push(ConfigError::new(
+                    file,
+                    locate(text, "forward.request_headers"),
+                    "forward.request_headers",
+                    format!("'{other}' is not one of: strip_list, allow_list"),
+                ));
+                RequestHeaders::StripList
+            }
+        };
+        // A name in an allow list: valid, and not one permgate handles itself (framing,
+        // hop-by-hop, credentials, its own headers) or always strips.
+        let own_names = [&f.user_header, &f.roles_header, &f.request_id_header];
+        let allowed_name = |h: &str| -> Result<HeaderName, String> {
+            let n = HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| format!("'{h}' is not a valid header name"))?;
+            let name = n.as_str();
+            let handled = [
+                "host",
+                "content-length",
+                "transfer-encoding",
+                "authorization",
+            ]
+            .contains(&name)
+                || crate::canon::FIXED_HOP_BY_HOP.contains(&n)
+                || name.starts_with(crate::exchange::OWN_HEADER_PREFIX)
+                || own_names
+                    .iter()
+                    .any(|o| o.get_ref().eq_ignore_ascii_case(name))
+                || identity
+                    .as_ref()
+                    .is_some_and(|i| i.credential_headers().any(|c| c == n));
+            if handled {
+                return Err(format!("'{h}' is a header permgate handles itself"));
+            }
+            if strip_headers.contains(name) {
+                return Err(format!(
+                    "'{h}' is in forward.strip_headers (stripped names are never forwarded)"
+                ));
+            }
+            Ok(n)
+        };
+        let mut allow_headers = Vec::new();
+        for h in &f.allow_headers {
+            match allowed_name(h) {
+                Ok(n) => allow_headers.push(n),
+                Err(m) => errors.push(ConfigError::new(
+                    file,
+                    locate(text, "forward.allow_headers"),
+                    "forward.allow_headers",
+                    m,
+                )),
+            }
+        }
         let file_exists = |p: &Spanned<String>, field: &str, errors: &mut Vec<ConfigError>| {
             let full = base.join(p.get_ref());
             if !full.is_file() {
@@ -1590,6 +1788,21 @@ impl Config {
                     }
                 }
             };
+            if !route.allow_headers.is_empty() && request_headers != RequestHeaders::AllowList {
+                errors.push(err(
+                    "allow_headers: needs forward.request_headers = \"allow_list\" (every header not stripped is forwarded already)".into(),
+                ));
+                continue;
+            }
+            let mut route_allow = Vec::new();
+            for h in &route.allow_headers {
+                match allowed_name(h) {
+                    Ok(n) => route_allow.push(n),
+                    Err(m) => errors.push(err(format!("allow_headers: {m}"))),
+                }
+            }
+            let route_allow = (!route_allow.is_empty())
+                .then(|| HeaderSet::new(allow_headers.iter().cloned().chain(route_allow)));
             let name = route.name.clone().unwrap_or_else(|| {
                 format!(
                     "{} {}",
@@ -1629,6 +1842,8 @@ impl Config {
                     shadow: route.shadow,
                     inspect,
                     rate_limit,
+                    allow_body: route.allow_body,
+                    allow_headers: route_allow,
                 },
             });
         }
@@ -1723,6 +1938,8 @@ impl Config {
                     forward_authorization: f.forward_authorization,
                     strip_headers,
                     set_forwarded_for: f.set_forwarded_for,
+                    request_headers,
+                    allow_headers: HeaderSet::new(allow_headers),
                 },
                 routes,
                 unmatched,
@@ -1788,6 +2005,68 @@ mod tests {
             msgs.iter()
                 .any(|m| m.starts_with(&format!("c.toml:{}: listen.threads", line("threads")))),
             "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn allow_lists_refuse_what_permgate_handles_and_need_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("snapshot.json"), crate::demo::DEMO_SNAPSHOT).unwrap();
+        let parse = |forward: &str, route: &str| {
+            let text = crate::demo::DEMO_CONFIG
+                .replacen("[forward]\n", &format!("[forward]\n{forward}"), 1)
+                .replacen(
+                    "name = \"customers.read\"\n",
+                    &format!("name = \"customers.read\"\n{route}"),
+                    1,
+                );
+            Config::parse("c.toml", &text, dir.path())
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        };
+        let allow = "request_headers = \"allow_list\"\n";
+        assert_eq!(
+            parse(allow, "allow_headers = [\"x-crm-tenant\"]\n"),
+            Vec::<String>::new()
+        );
+        let errs = parse(
+            &format!("{allow}allow_headers = [\"accept\", \"authorization\", \"x-forwarded-for\", \"te\", \"x-permgate-user\"]\n"),
+            "",
+        );
+        for name in ["authorization", "te", "x-permgate-user"] {
+            assert!(
+                errs.iter().any(|e| e.contains(&format!(
+                    "forward.allow_headers: '{name}' is a header permgate handles itself"
+                ))),
+                "{name}: {errs:?}"
+            );
+        }
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("'x-forwarded-for' is in forward.strip_headers")),
+            "{errs:?}"
+        );
+        let errs = parse("request_headers = \"allow\"\n", "");
+        assert!(
+            errs.iter().any(|e| e.contains(
+                "forward.request_headers: 'allow' is not one of: strip_list, allow_list"
+            )),
+            "{errs:?}"
+        );
+        let errs = parse("", "allow_headers = [\"x-crm-tenant\"]\n");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("allow_headers: needs forward.request_headers")),
+            "{errs:?}"
+        );
+        let errs = parse(allow, "allow_headers = [\"host\"]\n");
+        assert!(
+            errs.iter().any(|e| e
+                .contains("route[3]: allow_headers: 'host' is a header permgate handles itself")),
+            "{errs:?}"
         );
     }
 }

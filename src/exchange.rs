@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
-use crate::config::Access;
+use crate::config::{Access, RequestHeaders};
 use crate::decision_log::{self, Record};
 use crate::identity;
 use crate::limit::CallerKey;
@@ -164,6 +164,16 @@ impl UpstreamHead for http::request::Parts {
     }
 }
 
+/// Allow-list mode: the framing headers the data planes need, `Authorization` (kept only when
+/// it is a verified JWT to forward, decided beside), and the listed names.
+fn forwarded_in_allow_list(name: &HeaderName, set: &crate::config::HeaderSet) -> bool {
+    *name == http::header::HOST
+        || *name == http::header::CONTENT_LENGTH
+        || *name == http::header::TRANSFER_ENCODING
+        || *name == AUTHORIZATION
+        || set.contains(name.as_str())
+}
+
 /// Is `raw` exactly this canonical target (path, then `?query` if any)?
 fn is_target(raw: &[u8], c: &crate::canon::CanonicalTarget) -> bool {
     let path = c.path.as_bytes();
@@ -213,7 +223,7 @@ pub fn edit_upstream(
             || [&f.user_header, &f.roles_header, &f.request_id_header]
                 .iter()
                 .any(|h| h.as_str() == folded)
-            || f.strip_headers.iter().any(|h| h.as_str() == folded)
+            || f.strip_headers.contains(folded)
             || config
                 .identity
                 .credential_headers()
@@ -228,6 +238,16 @@ pub fn edit_upstream(
     let drop_authorization = !(f.forward_authorization && verified_jwt);
     // A list route's response is filtered: ask the CRM for it uncompressed.
     let drop_accept_encoding = ctx.filters_response();
+    // Allow-list mode: the route's set (the global one merged with its own), else the global.
+    let allowed = match f.request_headers {
+        RequestHeaders::StripList => None,
+        RequestHeaders::AllowList => Some(
+            permit
+                .route
+                .and_then(|r| policy::route_info(config, r).allow_headers.as_ref())
+                .unwrap_or(&f.allow_headers),
+        ),
+    };
     // Every other name that never goes upstream as the client sent it: one pass over the
     // names present (a handful) rather than a lookup of each of these in the map.
     let stripped = |name: &HeaderName| {
@@ -236,9 +256,10 @@ pub fn edit_upstream(
             || *name == f.roles_header
             || *name == f.request_id_header
             || config.identity.credential_headers().any(|h| h == name)
-            || f.strip_headers.contains(name)
+            || f.strip_headers.contains(name.as_str())
             || (drop_authorization && *name == AUTHORIZATION)
             || (drop_accept_encoding && *name == http::header::ACCEPT_ENCODING)
+            || allowed.is_some_and(|set| !forwarded_in_allow_list(name, set))
     };
     for name in headers.keys() {
         if stripped(name) && !named.contains(name) {
@@ -506,9 +527,8 @@ pub enum Admission {
     Check,
 }
 
-/// Decide one call: the one load of the live config and snapshot (kept in `ctx` to the end, so
-/// a swap never changes a call in flight), the decision, the candidate policy's verdict, and
-/// what the data plane must do next.
+/// [`admit_request`] for a data plane that has only the request head: a body is what its
+/// `Content-Length` or `Transfer-Encoding` declares, and a missing `Host` is not checked.
 pub fn admit(
     state: &State,
     ctx: &mut Ctx,
@@ -517,13 +537,25 @@ pub fn admit(
     headers: &HeaderMap,
     peer: Option<IpAddr>,
 ) -> Admission {
+    admit_request(
+        state,
+        ctx,
+        &policy::Request {
+            method,
+            target,
+            headers,
+            peer,
+            wire: policy::Wire::from_head(method, headers),
+        },
+    )
+}
+
+/// Decide one call: the one load of the live config and snapshot (kept in `ctx` to the end, so
+/// a swap never changes a call in flight), the decision, the candidate policy's verdict, and
+/// what the data plane must do next.
+pub fn admit_request(state: &State, ctx: &mut Ctx, request: &policy::Request<'_>) -> Admission {
     let live = state.live();
-    let request = policy::Request {
-        method,
-        target,
-        headers,
-        peer,
-    };
+    let (method, target, peer) = (request.method, request.target, request.peer);
     // The gateway's own endpoint: the caller's effective permissions. A byte-prefix test
     // first keeps every other request from paying a second canonicalization; other
     // spellings of the path fall through to the route table (unmatched: denied).
@@ -532,24 +564,21 @@ pub fn admit(
         && crate::canon::canonicalize_target(target)
             .is_ok_and(|c| c.path == policy::ME_PATH && c.query.is_none())
     {
-        let answer = policy::effective_permissions(
-            &live.config,
-            state.snapshot_for_request(&live),
-            &request,
-        )
-        .map(|json| serde_json::to_vec(&json).unwrap_or_default());
+        let answer =
+            policy::effective_permissions(&live.config, state.snapshot_for_request(&live), request)
+                .map(|json| serde_json::to_vec(&json).unwrap_or_default());
         ctx.live = Some(live);
         return Admission::Me(answer);
     }
     let decided_at = Instant::now();
-    let decision = policy::decide(&live.config, state.snapshot_for_request(&live), &request);
+    let decision = policy::decide(&live.config, state.snapshot_for_request(&live), request);
     state.metrics.decision_seconds.observe(decided_at.elapsed());
     // A candidate policy is judged on the same request, never enforced.
     if let Some(c) = state.candidate() {
         let verdict = policy::decide(
             &c.config,
             c.snapshot.as_deref().ok_or_else(Rejection::not_ready),
-            &request,
+            request,
         );
         let candidate = verdict.map(|_| ()).map_err(|d| d.rejection.code);
         state.metrics.candidate(decision.is_ok(), candidate.is_ok());

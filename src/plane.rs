@@ -41,6 +41,7 @@ use crate::live::State;
 use crate::metrics::UpstreamError;
 use crate::reject::Rejection;
 
+mod fragments;
 mod handover;
 mod lane;
 mod pool;
@@ -240,12 +241,13 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
 
     // One builder per protocol (not hyper-util's `auto`, whose connection type holds room
     // for an HTTP/2 connection in every HTTP/1.1 one: ~0.9 KB per idle connection).
+    let max_h1_buf = listen.max_header_bytes.max(8192) + 64 * 1024;
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new())
         // The gateway's own limits (`listen.max_headers`, `listen.max_header_bytes`) answer
         // 431 with a JSON body; hyper's are set above them, as a backstop.
         .max_headers(257)
-        .max_buf_size(listen.max_header_bytes.max(8192) + 64 * 1024)
+        .max_buf_size(max_h1_buf)
         .header_read_timeout(Duration::from_secs(listen.keepalive_timeout_seconds))
         .keep_alive(true);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -259,6 +261,7 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
         h1,
         h2,
         h2c: listen.h2c,
+        max_head: max_h1_buf,
     });
     let tls = match &listen.tls {
         None => None,
@@ -346,6 +349,7 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
             plane,
             peer: peer.ip(),
             pending: None,
+            fragments: None,
         };
         let builders = builders.clone();
         let drain = drain_rx.clone();
@@ -730,6 +734,8 @@ struct Builders {
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// HTTP/2 by prior knowledge on the plain listener (`listen.h2c`).
     h2c: bool,
+    /// The largest HTTP/1.x head hyper reads (what [`fragments`] follows).
+    max_head: usize,
 }
 
 impl Builders {
@@ -739,19 +745,21 @@ impl Builders {
         &self,
         io: I,
         h2: bool,
-        service: Service,
+        mut service: Service,
         activity: &Activity,
         idle: Duration,
         drain: tokio::sync::watch::Receiver<bool>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let io = TokioIo::new(io);
         if h2 {
-            let conn = self.h2.serve_connection(io, service);
+            let conn = self.h2.serve_connection(TokioIo::new(io), service);
             Box::pin(drive(conn, activity, idle, drain)).await;
         } else {
-            let conn = self.h1.serve_connection(io, service);
+            // hyper cuts a `#fragment` off the target silently: watched for, to refuse it.
+            let (io, marks) = fragments::Watched::new(io, self.max_head);
+            service.fragments = Some(marks);
+            let conn = self.h1.serve_connection(TokioIo::new(io), service);
             drive(conn, activity, idle, drain).await;
         }
     }
@@ -792,6 +800,8 @@ struct Service {
     /// A connection handed over by the HTTP/1.1 lane with its first request already
     /// decided ([`lane::Pending`]): taken by the first call.
     pending: Option<Arc<std::sync::Mutex<Option<Box<lane::Pending>>>>>,
+    /// HTTP/1.x: which request targets held a `#fragment` ([`fragments`]).
+    fragments: Option<Arc<fragments::Marks>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -806,7 +816,8 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             .pending
             .as_ref()
             .and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take());
-        Box::pin(self.plane.clone().handle(req, self.peer, decided))
+        let fragment = self.fragments.as_ref().is_some_and(|m| m.next());
+        Box::pin(self.plane.clone().handle(req, self.peer, decided, fragment))
     }
 }
 
@@ -826,12 +837,29 @@ fn target_of(req: &Request<Incoming>) -> &[u8] {
         .map_or(b"*" as &[u8], |p| p.as_str().as_bytes())
 }
 
+/// What the decision needs beyond the head's fields: HTTP/1.1 requires a `Host`; HTTP/2's
+/// `:authority`; a body (declared, or HTTP/2 DATA: a HEADERS frame that does not end the
+/// stream, without a `Content-Length: 0`).
+fn wire_of(req: &Request<Incoming>) -> crate::policy::Wire<'_> {
+    let h2 = req.version() == Version::HTTP_2;
+    let mut wire = crate::policy::Wire::from_head(req.method(), req.headers());
+    wire.host_required = req.version() == Version::HTTP_11;
+    if h2 {
+        wire.authority = req.uri().authority().map(|a| a.as_str());
+        wire.body |= crate::policy::bodiless(req.method())
+            && !req.headers().contains_key(CONTENT_LENGTH)
+            && has_body(req);
+    }
+    wire
+}
+
 impl Plane {
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: IpAddr,
         decided: Option<Box<lane::Pending>>,
+        fragment: bool,
     ) -> Result<Response<RespBody>, Infallible> {
         let (mut ctx, admission) = match decided {
             Some(p) => (p.ctx, Some(p.admission)),
@@ -848,7 +876,8 @@ impl Plane {
             );
             reject(&rejection, &ctx, true)
         } else {
-            self.dispatch(req, peer, &mut ctx, admission).await
+            self.dispatch(req, peer, &mut ctx, admission, fragment)
+                .await
         };
         let status = response.status().as_u16();
         // The log line and counters once the body is sent (or dropped).
@@ -869,16 +898,28 @@ impl Plane {
         peer: IpAddr,
         ctx: &mut Ctx,
         decided: Option<Admission>,
+        fragment: bool,
     ) -> Response<RespBody> {
+        // The target as sent had a `#fragment` hyper dropped: put its `#` back for the
+        // decision to refuse (the leftmost bad byte decides the code, as on the lane).
+        let with_fragment;
+        let mut target = target_of(&req);
+        if fragment {
+            with_fragment = [target, b"#".as_slice()].concat();
+            target = &with_fragment;
+        }
         let admission = match decided {
             Some(a) => a,
-            None => exchange::admit(
+            None => exchange::admit_request(
                 &self.state,
                 ctx,
-                req.method(),
-                target_of(&req),
-                req.headers(),
-                Some(peer),
+                &crate::policy::Request {
+                    method: req.method(),
+                    target,
+                    headers: req.headers(),
+                    peer: Some(peer),
+                    wire: wire_of(&req),
+                },
             ),
         };
         match admission {

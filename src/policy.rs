@@ -26,6 +26,45 @@ pub struct Request<'a> {
     pub headers: &'a HeaderMap,
     /// The TCP peer, for trusted identity headers.
     pub peer: Option<IpAddr>,
+    /// What the data plane knows of the request beyond its head's fields.
+    pub wire: Wire<'a>,
+}
+
+/// Facts of a request that its header map does not carry, from the data plane.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wire<'a> {
+    /// HTTP/1.1: a `Host` is required (RFC 9112 §3.2; HTTP/1.0 may omit it, HTTP/2 has
+    /// `:authority`).
+    pub host_required: bool,
+    /// HTTP/2's `:authority`, checked as a `Host` is.
+    pub authority: Option<&'a str>,
+    /// A body follows: a `Content-Length` over 0, any `Transfer-Encoding`, or HTTP/2 DATA.
+    pub body: bool,
+}
+
+impl Wire<'_> {
+    /// What the head's fields alone tell (a body declared by `Content-Length` or
+    /// `Transfer-Encoding`, looked for only on a [`bodiless`] method; no `Host` rule).
+    pub fn from_head(method: &Method, headers: &HeaderMap) -> Self {
+        Wire {
+            host_required: false,
+            authority: None,
+            body: bodiless(method) && canon::declares_body(headers),
+        }
+    }
+}
+
+/// Methods whose requests carry no body (RFC 9110 gives a body on them no meaning, and many
+/// legacy servers do not read one: they would take it for the next request).
+pub fn bodiless(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+    ]
+    .contains(method)
 }
 
 /// An allowed call: what to forward, and who makes it.
@@ -118,6 +157,7 @@ pub fn decide_as(
             target,
             headers: &headers,
             peer: None,
+            wire: Wire::default(),
         },
     )? {
         Routed::Public(permit) => return Ok(permit),
@@ -251,12 +291,47 @@ fn canon_denied(e: canon::CanonError) -> Denied {
     Denied::bare(Rejection::new(e.status(), e.code(), e.message()))
 }
 
+/// Header hygiene: limits, framing and override headers, `Host` (and HTTP/2's `:authority`).
+fn hygiene(config: &Config, req: &Request<'_>) -> Result<(), canon::CanonError> {
+    let l = &config.listen;
+    canon::check_header_limits(req.headers, l.max_headers, l.max_header_bytes)?;
+    canon::check_headers(req.headers)?;
+    let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
+    match (host, req.wire.authority) {
+        (None, None) if req.wire.host_required => Err(canon::CanonError::MissingHost),
+        (None, None) => Ok(()),
+        (Some(h), None) => canon::check_host(h),
+        (None, Some(a)) => canon::check_host(a.as_bytes()),
+        // Both (HTTP/2): each valid, and the same authority.
+        (Some(h), Some(a)) => {
+            canon::check_host(h)?;
+            canon::check_host(a.as_bytes())?;
+            if h.eq_ignore_ascii_case(a.as_bytes()) {
+                Ok(())
+            } else {
+                Err(canon::CanonError::InvalidHost)
+            }
+        }
+    }
+}
+
+/// A body on a method that has none, on a route that does not take one (`allow_body`), is
+/// refused: a CRM that does not read it would take it for the next request (the CL.0 class).
+/// Never forwarded, not even in shadow mode.
+fn refuse_body(route: Option<usize>) -> Denied {
+    let mut d = Denied::bare(Rejection::new(
+        400,
+        "body_not_allowed",
+        "this method takes no request body on this route",
+    ));
+    d.route = route;
+    d
+}
+
 /// Header hygiene, canonical path and route match: everything before identity.
 fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Denied> {
     let l = &config.listen;
-    canon::check_header_limits(req.headers, l.max_headers, l.max_header_bytes)
-        .and_then(|()| canon::check_headers(req.headers))
-        .map_err(canon_denied)?;
+    hygiene(config, req).map_err(canon_denied)?;
     // A declared body over the gateway's limit is refused before anything is forwarded (a
     // streamed body that grows past it is cut off by the proxy).
     if canon::declared_length(req.headers).is_some_and(|n| n > l.max_body_bytes) {
@@ -268,7 +343,11 @@ fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Denied> {
             None => Ok(c),
         })
         .map_err(canon_denied)?;
+    let body_refused = req.wire.body && bodiless(req.method);
     let Some(route_idx) = config.routes.find_index(req.method, &canonical.path) else {
+        if body_refused {
+            return Err(refuse_body(None));
+        }
         let mut d = Denied::bare(match config.unmatched {
             Unmatched::NotFound => Rejection::route_not_found(),
             Unmatched::Forbidden => Rejection::new(
@@ -280,7 +359,11 @@ fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Denied> {
         d.canonical = Some(canonical);
         return Err(d);
     };
-    Ok(match route_info(config, route_idx).access {
+    let route = route_info(config, route_idx);
+    if body_refused && !route.allow_body {
+        return Err(refuse_body(Some(route_idx)));
+    }
+    Ok(match route.access {
         Access::Public => Routed::Public(Permit {
             canonical,
             route: Some(route_idx),
@@ -346,10 +429,7 @@ pub fn effective_permissions(
     snapshot: Result<&Snapshot, Rejection>,
     req: &Request<'_>,
 ) -> Result<serde_json::Value, Rejection> {
-    let l = &config.listen;
-    canon::check_header_limits(req.headers, l.max_headers, l.max_header_bytes)
-        .and_then(|()| canon::check_headers(req.headers))
-        .map_err(|e| Rejection::new(e.status(), e.code(), e.message()))?;
+    hygiene(config, req).map_err(|e| Rejection::new(e.status(), e.code(), e.message()))?;
     let snapshot = snapshot?;
     let who = config.identity.identify(req.headers, req.peer)?;
     let user = resolve_user(snapshot, &who.credential).map_err(|(r, _)| r)?;

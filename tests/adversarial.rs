@@ -324,7 +324,9 @@ async fn path_confusion() {
         );
         cases.push(case(name, req, 400, Crm::Nothing));
     }
-    // A fragment never reaches a server; Pingora's parser drops it, the CRM gets the path.
+    // A fragment has no place in a request-target: 400 `invalid_character` (README's path
+    // table), on the lane and on hyper's server (which drops it silently, so it is watched
+    // for). Pingora's parser still drops it: the CRM gets the path.
     for (name, target) in [
         ("fragment", "/api/v1/customers/1#x"),
         (
@@ -332,16 +334,25 @@ async fn path_confusion() {
             "/api/v1/customers/1#/../../campaigns/1",
         ),
     ] {
-        cases.push(case(
-            name,
-            get(target, "", &admin),
-            200,
-            Crm::Exactly {
-                method: "GET",
-                target: "/api/v1/customers/1",
-                user: "u-admin",
-            },
-        ));
+        if engine() == "pingora" {
+            cases.push(case(
+                name,
+                get(target, "", &admin),
+                200,
+                Crm::Exactly {
+                    method: "GET",
+                    target: "/api/v1/customers/1",
+                    user: "u-admin",
+                },
+            ));
+        } else {
+            cases.push(coded(
+                name,
+                get(target, "", &admin),
+                400,
+                "invalid_character",
+            ));
+        }
     }
     // Request lines: methods the routes do not name, odd versions, CONNECT.
     for (name, line, status) in [

@@ -15,6 +15,8 @@ struct H2Case {
     path: String,
     headers: Vec<(String, String)>,
     body: Option<Bytes>,
+    /// `:authority` (`crm` when `None`).
+    authority: Option<&'static str>,
     status: u16,
     /// The canonical target the CRM receives, or `None`: nothing.
     crm: Option<&'static str>,
@@ -32,7 +34,7 @@ async fn connect(h: &Harness) -> h2::client::SendRequest<Bytes> {
 /// Send one request on its own connection; the status, or 0 if the stream was reset.
 async fn send(h: &Harness, c: &H2Case) -> u16 {
     let mut client = connect(h).await;
-    let uri = format!("http://crm{}", c.path);
+    let uri = format!("http://{}{}", c.authority.unwrap_or("crm"), c.path);
     let mut req = http::Request::builder().method(c.method).uri(uri.as_str());
     for (n, v) in &c.headers {
         req = req.header(n.as_str(), v.as_str());
@@ -72,6 +74,7 @@ async fn http2_paths_and_headers() {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
             body: None,
+            authority: None,
             status,
             crm,
         });
@@ -210,9 +213,61 @@ async fn http2_paths_and_headers() {
         body: Some(Bytes::from_static(
             b"{}GET /api/v1/smuggled HTTP/1.1\r\n\r\n",
         )),
+        authority: None,
         status: 0,
         crm: None,
     });
+    // The hyper engine's (Pingora's plane sees only the head: no DATA, no `:authority`).
+    let hyper = engine() != "pingora";
+    // A body on GET or DELETE (DATA frames, with or without a length): 400
+    // `body_not_allowed`, nothing forwarded (a CRM that does not read it would take it for
+    // its next request).
+    for (method, length) in [("GET", None), ("GET", Some("33")), ("DELETE", None)]
+        .into_iter()
+        .filter(|_| hyper)
+    {
+        let mut headers = vec![("authorization".to_string(), admin.clone())];
+        if let Some(l) = length {
+            headers.push(("content-length".into(), l.into()));
+        }
+        cases.push(H2Case {
+            name: format!("{method} with DATA, content-length {length:?}"),
+            method,
+            path: "/api/v1/customers/1".into(),
+            headers,
+            body: Some(Bytes::from_static(b"GET /api/v1/smuggled HTTP/1.1\r\n\r\n")),
+            authority: None,
+            status: 400,
+            crm: None,
+        });
+    }
+    // `:authority`: a bare host[:port], and the same as a Host beside it.
+    for (authority, host, status) in [
+        ("u_admin@crm.test", None, 400),
+        ("u:p@crm.test:80", None, 400),
+        ("crm.test:8080", None, 200),
+        ("crm.test", Some("crm.test"), 200),
+        ("crm.test", Some("other.test"), 400),
+        ("crm.test", Some("u@crm.test"), 400),
+    ]
+    .into_iter()
+    .filter(|_| hyper)
+    {
+        let mut headers = vec![("authorization".to_string(), rep.clone())];
+        if let Some(h) = host {
+            headers.push(("host".into(), h.into()));
+        }
+        cases.push(H2Case {
+            name: format!(":authority {authority}, host {host:?}"),
+            method: "GET",
+            path: "/api/v1/customers/1".into(),
+            headers,
+            body: None,
+            authority: Some(authority),
+            status,
+            crm: (status == 200).then_some("/api/v1/customers/1"),
+        });
+    }
     let n = cases.len();
     for c in &cases {
         h.clear();

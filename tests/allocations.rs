@@ -66,6 +66,7 @@ fn a_denied_decision_allocates_no_more_than_an_allowed_one() {
                 target,
                 headers: &headers,
                 peer: None,
+                wire: Default::default(),
             },
         )
     };

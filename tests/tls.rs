@@ -515,3 +515,77 @@ async fn an_inspected_call_crosses_mutual_tls_to_the_crm() {
     let forwarded: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
     assert_eq!(forwarded["ids"], serde_json::json!([3, 11]));
 }
+
+/// Write raw HTTP/1.1 bytes over TLS (no ALPN: HTTP/1.1, hyper's own server, never the lane)
+/// and read until the gateway closes.
+async fn raw_over_tls(h: &Harness, ca: &Ca, request: &[u8]) -> String {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut out),
+    )
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// hyper's HTTP/1.1 server behind TLS checks what the lane checks on plain HTTP (issue 14):
+/// a `#fragment` (which hyper drops silently), a missing or bad `Host`, a body on GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_refuses_fragments_bad_hosts_and_bodies_on_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("permgate test CA");
+    let (h, _) = https_gateway(dir.path(), &ca, "").await;
+    let admin = bearer("u-admin");
+    let ok = format!(
+        "GET /api/v1/customers/2 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {admin}\r\nConnection: close\r\n\r\n"
+    );
+    for (request, code) in [
+        (
+            format!("GET /api/v1/customers/1#x HTTP/1.1\r\nHost: localhost\r\nAuthorization: {admin}\r\n\r\n{ok}"),
+            "invalid_character",
+        ),
+        (
+            format!("GET /api/v1/customers/1 HTTP/1.1\r\nAuthorization: {admin}\r\n\r\n{ok}"),
+            "missing_host",
+        ),
+        (
+            format!("GET /api/v1/customers/1 HTTP/1.1\r\nHost: u_admin@localhost\r\nAuthorization: {admin}\r\n\r\n{ok}"),
+            "invalid_host",
+        ),
+        (
+            format!("GET /api/v1/customers/1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {admin}\r\nContent-Length: 5\r\n\r\nhello{ok}"),
+            "body_not_allowed",
+        ),
+    ] {
+        h.clear();
+        let answer = raw_over_tls(&h, &ca, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{code}: {answer}");
+        assert!(answer.contains(&format!("\"error\":\"{code}\"")), "{answer}");
+        let reached: Vec<String> = h.received().into_iter().map(|r| r.target).collect();
+        assert!(
+            reached.iter().all(|t| t == "/api/v1/customers/2"),
+            "{code}: the CRM received {reached:?}"
+        );
+    }
+}

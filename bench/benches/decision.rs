@@ -254,6 +254,7 @@ fn decide_benches<M: Measurement + 'static>(c: &mut Criterion<M>, prefix: &str) 
                         target: black_box(b"/api/v1/customers/42"),
                         headers,
                         peer: None,
+                        wire: Default::default(),
                     },
                 );
                 assert!(r.is_ok());
@@ -273,6 +274,7 @@ fn decide_benches<M: Measurement + 'static>(c: &mut Criterion<M>, prefix: &str) 
                         target: black_box(b"/api/v1/campaigns/3"),
                         headers,
                         peer: None,
+                        wire: Default::default(),
                     },
                 )
             })

@@ -389,6 +389,7 @@ mod tests {
                         target: path.as_bytes(),
                         headers: &headers,
                         peer: None,
+                        wire: Default::default(),
                     },
                 );
                 let expect = Expect::from_spec(r.expect.as_ref().unwrap()).unwrap();

@@ -18,6 +18,7 @@
 //! | a route that reads its body or filters its answer | hyper, with the decision already taken (not taken twice) |
 //! | anything else (a body, HTTP/1.0, an absolute-form target, a head hyper answers with its own 400/431, …) | hyper, from that request on |
 //! | HTTP/1.1, origin-form target, both `Content-Length` and `Transfer-Encoding` | this loop: 400 `ambiguous_framing`, then the connection closes (hyper's server would read it as chunked) |
+//! | an HTTP/1.1 origin-form target with a `#fragment` (whatever else the request holds) | this loop: refused (`invalid_character`), then the connection is closed |
 //!
 //! The CRM's answer: its status and headers minus the hop-by-hop ones and those the gateway
 //! sets, framed as it came (a length, chunked with the chunks checked as they pass and
@@ -197,6 +198,7 @@ pub(super) async fn serve(
         plane,
         peer,
         pending: pending.map(|p| Arc::new(Mutex::new(Some(p)))),
+        fragments: None,
     };
     builders
         .serve(io, false, service, activity, idle, drain)
@@ -249,8 +251,12 @@ struct Head {
     len: usize,
     method: Method,
     uri: Uri,
+    /// Where the request-target is in the head's bytes, exactly as sent (`uri` has dropped a
+    /// `#fragment`; the decision refuses one).
+    target: std::ops::Range<usize>,
     headers: HeaderMap,
-    /// The client sent `Connection: close`: its last request on this connection.
+    /// The client sent `Connection: close`: its last request on this connection (or the
+    /// target has a `#fragment`: refused, the connection closed, whatever follows unread).
     close: bool,
     /// Both `Content-Length` and `Transfer-Encoding`: refused here (400 `ambiguous_framing`)
     /// and the connection closed, as the README promises, where hyper's server would drop
@@ -282,6 +288,13 @@ fn parse_head(bytes: &[u8]) -> Parsed {
     if !path.starts_with('/') {
         return Parsed::Other;
     }
+    // A fragment has no place in a request-target (the URI parser drops it silently): the
+    // lane refuses it itself whatever else the request holds, then closes the connection.
+    let fragment = path.contains('#');
+    let target = {
+        let at = path.as_ptr() as usize - bytes.as_ptr() as usize;
+        at..at + path.len()
+    };
     let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), Uri::try_from(path)) else {
         return Parsed::Other;
     };
@@ -303,22 +316,25 @@ fn parse_head(bytes: &[u8]) -> Parsed {
         let close = name == CONNECTION
             && h.value.eq_ignore_ascii_case(b"close")
             && !headers.contains_key(&name);
-        if !bodiless || name == TRANSFER_ENCODING {
-            // A body: hyper's, unless its framing is ambiguous (looked for only here, so a
-            // bodiless request pays nothing for it).
-            return ambiguous_framing(req.headers, len, method, uri);
-        }
-        if (name == CONNECTION && !close) || name == EXPECT || name == UPGRADE {
-            // Hyper's too, but two framings further down the head are still refused here.
-            return ambiguous_framing(req.headers, len, method, uri);
+        if !fragment
+            && (!bodiless
+                || name == TRANSFER_ENCODING
+                || (name == CONNECTION && !close)
+                || name == EXPECT
+                || name == UPGRADE)
+        {
+            // Hyper's to serve, unless its framing is ambiguous: both framings are looked for
+            // only here, so a bodiless request without these headers pays nothing for it.
+            return ambiguous_framing(req.headers, len, method, uri, target);
         }
         headers.append(name, value);
     }
-    let close = headers.contains_key(CONNECTION);
+    let close = fragment || headers.contains_key(CONNECTION);
     Parsed::Ready(Head {
         len,
         method,
         uri,
+        target,
         headers,
         close,
         ambiguous_framing: false,
@@ -329,7 +345,13 @@ fn parse_head(bytes: &[u8]) -> Parsed {
 /// `Content-Length` and `Transfer-Encoding` (in any order, any spelling of the name), a head
 /// the lane refuses itself: hyper's server would drop `Content-Length`, read the body as
 /// chunked and close after the answer; the documented answer is 400 `ambiguous_framing`.
-fn ambiguous_framing(raw: &[httparse::Header<'_>], len: usize, method: Method, uri: Uri) -> Parsed {
+fn ambiguous_framing(
+    raw: &[httparse::Header<'_>],
+    len: usize,
+    method: Method,
+    uri: Uri,
+    target: std::ops::Range<usize>,
+) -> Parsed {
     let has = |name: &str| raw.iter().any(|h| h.name.eq_ignore_ascii_case(name));
     if !(has("content-length") && has("transfer-encoding")) {
         return Parsed::Other;
@@ -348,6 +370,7 @@ fn ambiguous_framing(raw: &[httparse::Header<'_>], len: usize, method: Method, u
         len,
         method,
         uri,
+        target,
         headers,
         // Where its body ends cannot be known: the connection ends after the answer.
         close: true,
@@ -371,13 +394,24 @@ impl Lane {
             let mut ctx = Ctx::new();
             let target = head.uri.path_and_query().cloned();
             let raw_target = target.as_ref().map_or("*", |p| p.as_str());
-            let admission = exchange::admit(
+            let at = self.start;
+            let admission = exchange::admit_request(
                 &self.plane.state,
                 &mut ctx,
-                &head.method,
-                raw_target.as_bytes(),
-                &head.headers,
-                Some(self.peer),
+                &crate::policy::Request {
+                    method: &head.method,
+                    target: &self.buf[at + head.target.start..at + head.target.end],
+                    headers: &head.headers,
+                    peer: Some(self.peer),
+                    // HTTP/1.1 only. No body: a head with one is handed to hyper, unless
+                    // its target has a fragment, which the decision refuses before it
+                    // looks at bodies.
+                    wire: crate::policy::Wire {
+                        host_required: true,
+                        authority: None,
+                        body: false,
+                    },
+                },
             );
             // Fail closed: a head with two framings is never forwarded, whatever the decision
             // said (header hygiene refuses it first: this only keeps it so).

@@ -402,3 +402,57 @@ pub fn engine() -> String {
 pub fn h1_lane() -> bool {
     std::env::var("PERMGATE_TEST_H1_LANE").map_or(true, |v| v != "off")
 }
+
+/// The request heads a [`raw_crm_recording`] read, in order (each up to its blank line).
+pub type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A raw CRM on loopback: every request head it reads is answered with `answer(request line)`,
+/// then the connection is closed if it says so. Bounded: it stops accepting after 64
+/// connections.
+pub async fn raw_crm(
+    answer: fn(&str) -> (&'static str, bool),
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let (addr, server, _) = raw_crm_recording(answer).await;
+    (addr, server)
+}
+
+/// [`raw_crm`], also keeping every head it read. It never reads a body: like many legacy
+/// servers on GET, whatever follows a head is taken for the next request.
+pub async fn raw_crm_recording(
+    answer: fn(&str) -> (&'static str, bool),
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>, Heads) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let crm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = crm.local_addr().unwrap();
+    let heads = Heads::default();
+    let recorded = heads.clone();
+    let server = tokio::spawn(async move {
+        for _ in 0..64 {
+            let Ok((mut s, _)) = crm.accept().await else {
+                return;
+            };
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).to_string();
+                        seen.drain(..end + 4);
+                        let line = head.lines().next().unwrap_or_default().to_string();
+                        recorded.lock().unwrap().push(head);
+                        let (text, close) = answer(&line);
+                        if s.write_all(text.as_bytes()).await.is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, server, heads)
+}
