@@ -447,7 +447,12 @@ impl Lane {
         parts.method = head.method;
         parts.uri = head.uri;
         parts.headers = head.headers;
-        let (parts, authority) = match self.plane.upstream_head(parts, ctx) {
+        let (parts, authority, gate) = match self.plane.upstream_head(parts, ctx) {
+            Ok(p) => p,
+            Err(rejection) => return self.reject_with(rejection, ctx, call).await,
+        };
+        // Held until the CRM connection is back in the pool (or closed).
+        let _permit = match self.plane.enter(gate, ctx).await {
             Ok(p) => p,
             Err(rejection) => return self.reject_with(rejection, ctx, call).await,
         };
@@ -463,7 +468,7 @@ impl Lane {
         self.out.extend_from_slice(b"\r\n");
         let head_request = parts.method == Method::HEAD;
         let (mut up, answer) = match self
-            .exchange(&authority, parts.method.is_idempotent(), head_request, ctx)
+            .exchange(&authority, &parts.method, head_request, ctx)
             .await
         {
             Ok(r) => r,
@@ -490,12 +495,13 @@ impl Lane {
     }
 
     /// Send the request head in `self.out` to the CRM and read its answer head. A pooled
-    /// connection found closed before any answer is replaced once (idempotent methods only:
-    /// a call that may have reached the CRM is never sent twice).
+    /// connection found closed before any answer is replaced once (the methods of
+    /// `upstream.retry_methods` only: any other call that may have reached the CRM is never
+    /// sent twice).
     async fn exchange(
         &mut self,
         authority: &Authority,
-        idempotent: bool,
+        method: &Method,
         head_request: bool,
         ctx: &mut Ctx,
     ) -> Result<(Upconn, Answer), Rejection> {
@@ -547,7 +553,14 @@ impl Lane {
                     plane.state.metrics.upstream_seconds.observe(elapsed);
                     return Ok((up, answer));
                 }
-                Err(HeadError::ClosedEarly) if reused && !retried && idempotent => {
+                Err(HeadError::ClosedEarly)
+                    if reused
+                        && !retried
+                        && ctx
+                            .live
+                            .as_ref()
+                            .is_some_and(|l| l.config.upstream.retry_methods.contains(method)) =>
+                {
                     retried = true;
                 }
                 Err(HeadError::TimedOut) => {

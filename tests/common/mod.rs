@@ -104,6 +104,16 @@ impl Harness {
     /// A config given as text (the demo snapshot is written beside it unless the text names
     /// another one that `files` provides).
     pub async fn with_config_text(text: &str, files: &[(&str, &str)]) -> Harness {
+        Harness::with_config_text_to(text, files, None).await
+    }
+
+    /// [`Harness::with_config_text`], the calls sent to `upstream` when given (else to the
+    /// harness's sample CRM).
+    pub async fn with_config_text_to(
+        text: &str,
+        files: &[(&str, &str)],
+        upstream: Option<SocketAddr>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
         std::fs::write(
@@ -115,7 +125,7 @@ impl Harness {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
         let path = dir.path().join("permgate.toml");
-        let mut h = Harness::start_with(&path).await;
+        let mut h = Harness::start_custom(&path, upstream).await;
         h._dir = dir;
         h
     }
@@ -397,4 +407,113 @@ pub fn engine() -> String {
 #[allow(dead_code)]
 pub fn h1_lane() -> bool {
     std::env::var("PERMGATE_TEST_H1_LANE").map_or(true, |v| v != "off")
+}
+
+/// What a [`RawCrm`] does with one request head.
+pub enum Reply {
+    /// Write these bytes, then read the next request.
+    Send(String),
+    /// Wait, then write.
+    After(Duration, String),
+    /// Write the first answer, wait, then write the second (bytes past the first's end,
+    /// arriving in a later segment), then read the next request.
+    ThenLate(String, Duration, String),
+    /// Close the connection without a word (the request was read whole).
+    Close,
+}
+
+/// What a [`RawCrm`] saw.
+#[derive(Default)]
+pub struct RawSeen {
+    /// Connections accepted, open now, and open at once at most.
+    pub accepted: std::sync::atomic::AtomicUsize,
+    pub open: std::sync::atomic::AtomicUsize,
+    pub max_open: std::sync::atomic::AtomicUsize,
+    /// Every request line read, in order.
+    pub lines: std::sync::Mutex<Vec<String>>,
+}
+
+impl RawSeen {
+    pub fn count(&self, line_start: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with(line_start))
+            .count()
+    }
+}
+
+/// A raw HTTP/1.1 CRM on loopback (bodiless requests): each request head is answered as
+/// `reply(request line, its index on its connection)` says. Stopped when dropped.
+pub struct RawCrm {
+    pub addr: SocketAddr,
+    pub seen: std::sync::Arc<RawSeen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawCrm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawCrm {
+    pub async fn start<F>(reply: F) -> RawCrm
+    where
+        F: Fn(&str, usize) -> Reply + Send + Sync + 'static,
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(RawSeen::default());
+        let reply = std::sync::Arc::new(reply);
+        let stats = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                stats.accepted.fetch_add(1, SeqCst);
+                let now = stats.open.fetch_add(1, SeqCst) + 1;
+                stats.max_open.fetch_max(now, SeqCst);
+                let (stats, reply) = (stats.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut pending = Vec::new();
+                    let mut index = 0;
+                    'conn: while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+                            pending.drain(..end + 4);
+                            let line = head.lines().next().unwrap_or_default().to_string();
+                            stats.lines.lock().unwrap().push(line.clone());
+                            let ok = match reply(&line, index) {
+                                Reply::Send(a) => s.write_all(a.as_bytes()).await.is_ok(),
+                                Reply::After(wait, a) => {
+                                    tokio::time::sleep(wait).await;
+                                    s.write_all(a.as_bytes()).await.is_ok()
+                                }
+                                Reply::ThenLate(a, wait, b) => {
+                                    let first = s.write_all(a.as_bytes()).await.is_ok();
+                                    tokio::time::sleep(wait).await;
+                                    first && s.write_all(b.as_bytes()).await.is_ok()
+                                }
+                                Reply::Close => false,
+                            };
+                            index += 1;
+                            if !ok {
+                                break 'conn;
+                            }
+                        }
+                    }
+                    drop(s);
+                    stats.open.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        RawCrm { addr, seen, task }
+    }
 }
