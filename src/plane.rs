@@ -6,7 +6,7 @@
 //! |---|---|
 //! | accept | HTTP/1.1, h2c (`listen.h2c`) or HTTPS with HTTP/2 by ALPN (`listen.tls`) |
 //! | decide | [`exchange::admit`]: one load of the live config and snapshot, kept to the end |
-//! | forward | the body streams to the CRM (capped by `listen.max_body_bytes`, each wait by `listen.body_read_timeout_ms`), or is read whole and checked first on inspected routes; pooled keep-alive connections to the CRM ([`pool`], `upstream.pool_size`), one retry when a pooled connection turns out closed |
+//! | forward | the body streams to the CRM (capped by `listen.max_body_bytes`, each wait by `listen.body_read_timeout_ms`), or is read whole and checked first on inspected routes; pooled keep-alive connections to the CRM ([`pool`], `upstream.pool_size`, `upstream.keepalive`), one retry when a pooled connection turns out closed (after the request went out: `upstream.retry_methods` only); at most `upstream.max_connections` calls in flight per CRM instance, then a bounded queue, then 503 `upstream_busy` ([`gate`]) |
 //! | answer | the CRM's response streams back (each wait capped by `upstream.read_timeout_ms`, all of it by `upstream.total_timeout_ms`), or a list response is read whole and filtered first |
 //! | log | [`exchange::finish`] once the response body is done (or dropped) |
 //!

@@ -21,6 +21,8 @@
 //! The CRM's answer: its status and headers minus the hop-by-hop ones and those the gateway
 //! sets, framed as it came (a length, chunked with the chunks checked as they pass and
 //! trailer fields dropped, or until the CRM closes, then the client connection closes too).
+//! The CRM's calls in flight are capped as on hyper's path ([`super::gate`]), and a call that
+//! may have reached the CRM is sent again only for `upstream.retry_methods`.
 //! Timeouts as on hyper's path: `upstream.connect_timeout_ms`, `write_timeout_ms`,
 //! `read_timeout_ms` per wait, `total_timeout_ms` in all; a head trickled in for longer than
 //! `listen.keepalive_timeout_seconds` is cut off; the idle watchdog and the drain as
