@@ -718,42 +718,15 @@ async fn hop_by_hop_headers_of_the_answer_are_not_passed_on() {
     server.abort();
 }
 
-/// A raw CRM on loopback: every request head it reads is answered with `answer(request line)`,
-/// then the connection is closed if it says so. Bounded: it stops accepting after 64
-/// connections.
-async fn raw_crm(
-    answer: fn(&str) -> (&'static str, bool),
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let crm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = crm.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        for _ in 0..64 {
-            let Ok((mut s, _)) = crm.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut seen = Vec::new();
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&seen[..end]).to_string();
-                        seen.drain(..end + 4);
-                        let line = head.lines().next().unwrap_or_default().to_string();
-                        let (text, close) = answer(&line);
-                        if s.write_all(text.as_bytes()).await.is_err() || close {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, server)
+/// A raw CRM on loopback ([`RawCrm`]): every request head it reads is answered with
+/// `answer(request line)`, then the connection is closed if it says so.
+async fn raw_crm(answer: fn(&str) -> (&'static str, bool)) -> (std::net::SocketAddr, RawCrm) {
+    let crm = RawCrm::start(move |line, _| match answer(line) {
+        (text, false) => Reply::Send(text.into()),
+        (text, true) => Reply::SendThenClose(text.into()),
+    })
+    .await;
+    (crm.addr, crm)
 }
 
 /// An answer whose head is 40 KB (a legacy CRM's cookies).

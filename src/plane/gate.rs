@@ -47,17 +47,37 @@ impl Gate {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Some(permit);
         }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue_size {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        // Counted out when the wait ends, also when the call is dropped while waiting (its
+        // client went away).
+        let place = Waiting::new(&self.waiting);
+        if place.ahead >= self.queue_size {
             return None;
         }
         let wait = self.queue_timeout.min(left);
-        let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        match permit {
+        match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Some(permit),
             _ => None,
         }
+    }
+}
+
+/// A call counted in a gate's queue while this lives.
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    /// Calls waiting before this one came.
+    ahead: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        let ahead = count.fetch_add(1, Ordering::AcqRel);
+        Waiting { count, ahead }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -81,6 +101,10 @@ mod tests {
         assert!(waited.is_none());
         assert!(refused.0.is_none());
         assert!(refused.1 < Duration::from_millis(40));
+        // A call dropped while it waits leaves the queue.
+        let dropped = tokio::time::timeout(Duration::from_millis(10), gate.enter(Duration::MAX));
+        assert!(dropped.await.is_err());
+        assert_eq!(gate.waiting.load(Ordering::Acquire), 0);
         drop(held);
         assert!(gate.enter(Duration::MAX).await.is_some());
         assert!(Gate::new(0, 10, Duration::from_secs(1)).is_none());

@@ -418,6 +418,8 @@ pub enum Reply {
     /// Write the first answer, wait, then write the second (bytes past the first's end,
     /// arriving in a later segment), then read the next request.
     ThenLate(String, Duration, String),
+    /// Write these bytes, then close the connection.
+    SendThenClose(String),
     /// Close the connection without a word (the request was read whole).
     Close,
 }
@@ -459,6 +461,11 @@ impl Drop for RawCrm {
 }
 
 impl RawCrm {
+    /// Stop accepting connections (those open go on).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+
     pub async fn start<F>(reply: F) -> RawCrm
     where
         F: Fn(&str, usize) -> Reply + Send + Sync + 'static,
@@ -500,6 +507,10 @@ impl RawCrm {
                                     let first = s.write_all(a.as_bytes()).await.is_ok();
                                     tokio::time::sleep(wait).await;
                                     first && s.write_all(b.as_bytes()).await.is_ok()
+                                }
+                                Reply::SendThenClose(a) => {
+                                    let _ = s.write_all(a.as_bytes()).await;
+                                    false
                                 }
                                 Reply::Close => false,
                             };
