@@ -252,3 +252,82 @@ async fn max_connections_caps_the_crm_and_refuses_the_excess_fast() {
         "{metrics}"
     );
 }
+
+/// A call that waits in the queue longer than `upstream.queue_timeout_ms` is refused (503
+/// `upstream_busy`, `Retry-After`) when its wait runs out, not when the CRM is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_past_queue_timeout_ms_is_refused() {
+    let crm = RawCrm::start(|_, _| Reply::After(Duration::from_millis(1500), ok("slow"))).await;
+    let text = config_with("max_connections = 1\nqueue_size = 10\nqueue_timeout_ms = 100");
+    let h = Harness::with_config_text_to(&text, &[], Some(crm.addr)).await;
+    let call = |i: usize| {
+        let url = h.url(&format!("/api/v1/customers/{i}"));
+        async move {
+            let started = Instant::now();
+            let r = client()
+                .get(url)
+                .header("authorization", bearer("u-admin"))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = r.headers().get("retry-after").cloned();
+            (
+                r.status().as_u16(),
+                retry_after,
+                r.text().await.unwrap(),
+                started.elapsed(),
+            )
+        }
+    };
+    let first = tokio::spawn(call(0));
+    // The first holds the CRM's one place; the second waits, then is refused.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, retry_after, body, took) = call(1).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("upstream_busy"), "{body}");
+    assert_eq!(retry_after.unwrap(), "1");
+    assert!(
+        took >= Duration::from_millis(90) && took < Duration::from_millis(1000),
+        "{took:?}"
+    );
+    let (status, _, body, _) = first.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "slow"));
+    assert_eq!(crm.seen.accepted.load(SeqCst), 1);
+}
+
+/// A body the CRM sends after its answer to a HEAD request, in a later segment, reaches no
+/// one with `upstream.keepalive = false`: the next caller gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_off_a_body_after_a_head_answer_reaches_no_one() {
+    let crm = RawCrm::start(|line, _| {
+        let path = line.split(' ').nth(1).unwrap_or_default();
+        if line.starts_with("HEAD ") {
+            let head = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_string();
+            Reply::ThenLate(head, Duration::from_millis(50), "stale".into())
+        } else {
+            Reply::Send(ok(path))
+        }
+    })
+    .await;
+    let text = config_with("keepalive = false")
+        + "\n[[route]]\nname = \"heads\"\nmethods = [\"HEAD\"]\npath = \"/api/v1/heads/{id}\"\npublic = true\n";
+    let h = Harness::with_config_text_to(&text, &[], Some(crm.addr)).await;
+    let c = client();
+    for i in 0..5 {
+        let r = c
+            .head(h.url(&format!("/api/v1/heads/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let path = format!("/api/v1/customers/{i}");
+        let r = c
+            .get(h.url(&path))
+            .header("authorization", bearer("u-admin"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), path);
+    }
+    assert_eq!(crm.seen.accepted.load(SeqCst), 10);
+}
