@@ -1662,6 +1662,44 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_off_or_no_pool_keeps_nothing_and_retry_methods_are_method_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("snapshot.json"), crate::demo::DEMO_SNAPSHOT).unwrap();
+        let with = |extra: &str| {
+            crate::demo::DEMO_CONFIG.replacen(
+                "pool_size = 1024",
+                &format!("pool_size = 1024\n{extra}"),
+                1,
+            )
+        };
+        let c = Config::parse("c.toml", &with(""), dir.path()).unwrap();
+        assert!(c.upstream.keepalive);
+        assert_eq!(c.upstream.max_connections, 256);
+        assert_eq!(
+            c.upstream.retry_methods,
+            [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS]
+        );
+        let c = Config::parse("c.toml", &with("keepalive = false"), dir.path()).unwrap();
+        assert_eq!((c.upstream.keepalive, c.upstream.pool_size), (false, 0));
+        let text = crate::demo::DEMO_CONFIG.replacen("pool_size = 1024", "pool_size = 0", 1);
+        let c = Config::parse("c.toml", &text, dir.path()).unwrap();
+        assert!(!c.upstream.keepalive);
+        let text = with("retry_methods = [\"GET\", \"get\"]");
+        let errs = Config::parse("c.toml", &text, dir.path()).unwrap_err();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("retry_methods"))
+            .unwrap()
+            + 1;
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with(&format!("c.toml:{line}: upstream.retry_methods: 'get'"))),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
     fn value_errors_found_after_parsing_name_their_line() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("snapshot.json"), crate::demo::DEMO_SNAPSHOT).unwrap();
