@@ -321,6 +321,16 @@ struct RawUpstream {
     idle_timeout_ms: u64,
     #[serde(default = "default_pool")]
     pool_size: usize,
+    #[serde(default = "default_true")]
+    keepalive: bool,
+    #[serde(default = "default_retry_methods")]
+    retry_methods: Vec<Spanned<String>>,
+    #[serde(default = "default_upstream_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_queue_size")]
+    queue_size: usize,
+    #[serde(default = "default_queue_timeout_ms")]
+    queue_timeout_ms: u64,
     #[serde(default)]
     host: Option<String>,
     #[serde(default)]
@@ -654,6 +664,18 @@ fn default_idle_ms() -> u64 {
 fn default_pool() -> usize {
     1024
 }
+fn default_retry_methods() -> Vec<Spanned<String>> {
+    ["GET", "HEAD", "OPTIONS"].map(spanned).to_vec()
+}
+fn default_upstream_max_connections() -> usize {
+    256
+}
+fn default_queue_size() -> usize {
+    1024
+}
+fn default_queue_timeout_ms() -> u64 {
+    1_000
+}
 fn spanned(s: &str) -> Spanned<String> {
     Spanned::new(0..0, s.to_string())
 }
@@ -774,7 +796,21 @@ pub struct Upstream {
     /// The whole upstream exchange: connect, request, response headers and body.
     pub total_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Idle keep-alive connections kept per CRM instance (0 when `keepalive` is off).
     pub pool_size: usize,
+    /// Reuse CRM connections between calls (`upstream.keepalive`, and `pool_size > 0`). Off:
+    /// every call opens its own connection, asks `Connection: close`, and closes it after the
+    /// answer (no late byte of one answer can be read as another caller's).
+    pub keepalive: bool,
+    /// Methods re-sent once on a fresh connection when a reused one closed before any answer
+    /// (`upstream.retry_methods`); any other method gets 502 `upstream_error` instead.
+    pub retry_methods: Vec<http::Method>,
+    /// Calls in flight at once per CRM instance (`upstream.max_connections`; 0: no cap).
+    pub max_connections: usize,
+    /// Calls waiting for one of those at most (beyond: 503 `upstream_busy` at once).
+    pub queue_size: usize,
+    /// Longest wait in that queue (then 503 `upstream_busy`).
+    pub queue_timeout: Duration,
     /// When set, the `Host` sent to the CRM (else the client's, as received).
     pub host: Option<http::HeaderValue>,
     pub tls: Option<UpstreamTls>,
@@ -1215,13 +1251,28 @@ impl Config {
                 ));
             }
         }
-        if u.pool_size == 0 {
+        if u.queue_timeout_ms == 0 || u.queue_timeout_ms > 3_600_000 {
             errors.push(ConfigError::new(
                 file,
-                locate(text, "upstream.pool_size"),
-                "upstream.pool_size",
-                "must be at least 1",
+                locate(text, "upstream.queue_timeout_ms"),
+                "upstream.queue_timeout_ms",
+                "must be between 1 and 3600000",
             ));
+        }
+        let mut retry_methods = Vec::new();
+        for m in &u.retry_methods {
+            let name = m.get_ref();
+            match http::Method::from_bytes(name.as_bytes()) {
+                Ok(method) if name.bytes().all(|b| b.is_ascii_uppercase()) => {
+                    retry_methods.push(method)
+                }
+                _ => errors.push(ConfigError::new(
+                    file,
+                    at(m.span()),
+                    "upstream.retry_methods",
+                    format!("'{name}' is not an HTTP method name (upper case, as GET)"),
+                )),
+            }
         }
 
         let identity = match Verifier::build(&raw.identity, file, text, base) {
@@ -1923,7 +1974,12 @@ impl Config {
                     write_timeout: Duration::from_millis(u.write_timeout_ms),
                     total_timeout: Duration::from_millis(u.total_timeout_ms),
                     idle_timeout: Duration::from_millis(u.idle_timeout_ms),
-                    pool_size: u.pool_size,
+                    pool_size: if u.keepalive { u.pool_size } else { 0 },
+                    keepalive: u.keepalive && u.pool_size > 0,
+                    retry_methods,
+                    max_connections: u.max_connections,
+                    queue_size: u.queue_size,
+                    queue_timeout: Duration::from_millis(u.queue_timeout_ms),
                     host: upstream_host,
                     tls: upstream_tls,
                 },
@@ -1985,19 +2041,61 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_off_or_no_pool_keeps_nothing_and_retry_methods_are_method_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("snapshot.json"), crate::demo::DEMO_SNAPSHOT).unwrap();
+        let with = |extra: &str| {
+            crate::demo::DEMO_CONFIG.replacen(
+                "pool_size = 1024",
+                &format!("pool_size = 1024\n{extra}"),
+                1,
+            )
+        };
+        let c = Config::parse("c.toml", &with(""), dir.path()).unwrap();
+        assert!(c.upstream.keepalive);
+        assert_eq!(c.upstream.max_connections, 256);
+        assert_eq!(
+            c.upstream.retry_methods,
+            [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS]
+        );
+        let c = Config::parse("c.toml", &with("keepalive = false"), dir.path()).unwrap();
+        assert_eq!((c.upstream.keepalive, c.upstream.pool_size), (false, 0));
+        let text = crate::demo::DEMO_CONFIG.replacen("pool_size = 1024", "pool_size = 0", 1);
+        let c = Config::parse("c.toml", &text, dir.path()).unwrap();
+        assert!(!c.upstream.keepalive);
+        let text = with("retry_methods = [\"GET\", \"get\"]");
+        let errs = Config::parse("c.toml", &text, dir.path()).unwrap_err();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("retry_methods"))
+            .unwrap()
+            + 1;
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with(&format!("c.toml:{line}: upstream.retry_methods: 'get'"))),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
     fn value_errors_found_after_parsing_name_their_line() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("snapshot.json"), crate::demo::DEMO_SNAPSHOT).unwrap();
         let text = crate::demo::DEMO_CONFIG
-            .replacen("pool_size = 1024", "pool_size = 0", 1)
+            .replacen(
+                "pool_size = 1024",
+                "pool_size = 1024\nqueue_timeout_ms = 0",
+                1,
+            )
             .replacen("threads = 1", "threads = 0", 1);
         let errs = Config::parse("c.toml", &text, dir.path()).unwrap_err();
         let line = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert!(
             msgs.contains(&format!(
-                "c.toml:{}: upstream.pool_size: must be at least 1",
-                line("pool_size")
+                "c.toml:{}: upstream.queue_timeout_ms: must be between 1 and 3600000",
+                line("queue_timeout_ms")
             )),
             "{msgs:?}"
         );

@@ -129,9 +129,12 @@ pub enum UpstreamError {
     Unavailable = 0,
     Timeout = 1,
     Other = 2,
+    /// Refused with 503 `upstream_busy` (`upstream.max_connections`, its queue full or the
+    /// wait over).
+    Busy = 3,
 }
 
-const UPSTREAM_ERRORS: [&str; 3] = ["unavailable", "timeout", "error"];
+const UPSTREAM_ERRORS: [&str; 4] = ["unavailable", "timeout", "error", "busy"];
 
 /// Every metric of the process.
 #[derive(Default)]
@@ -140,7 +143,7 @@ pub struct Metrics {
     pub request_seconds: Histogram,
     pub upstream_seconds: Histogram,
     pub decision_seconds: Histogram,
-    upstream_errors: [AtomicU64; 3],
+    upstream_errors: [AtomicU64; 4],
     /// Calls where the candidate policy disagreed: [live allow → candidate deny, live deny →
     /// candidate allow]; and every call the candidate judged.
     candidate_disagreements: [AtomicU64; 2],

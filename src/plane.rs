@@ -6,7 +6,7 @@
 //! |---|---|
 //! | accept | HTTP/1.1, h2c (`listen.h2c`) or HTTPS with HTTP/2 by ALPN (`listen.tls`); at most `listen.max_connections` open (beyond, new ones wait in the backlog, `listen.backlog`, not accepted); a write to the client that makes no progress for `listen.write_timeout_ms` closes the connection |
 //! | decide | [`exchange::admit`]: one load of the live config and snapshot, kept to the end |
-//! | forward | the body streams to the CRM (capped by `listen.max_body_bytes`, each wait by `listen.body_read_timeout_ms`), or is read whole and checked first on inspected routes; pooled keep-alive connections to the CRM ([`pool`], `upstream.pool_size`), one retry when a pooled connection turns out closed |
+//! | forward | the body streams to the CRM (capped by `listen.max_body_bytes`, each wait by `listen.body_read_timeout_ms`), or is read whole and checked first on inspected routes; pooled keep-alive connections to the CRM ([`pool`], `upstream.pool_size`, `upstream.keepalive`), one retry when a pooled connection turns out closed (after the request went out: `upstream.retry_methods` only); at most `upstream.max_connections` calls in flight per CRM instance, then a bounded queue, then 503 `upstream_busy` ([`gate`]) |
 //! | answer | the CRM's response streams back (each wait capped by `upstream.read_timeout_ms`, all of it by `upstream.total_timeout_ms`), or a list response is read whole and filtered first |
 //! | log | [`exchange::finish`] once the response body is done (or dropped) |
 //!
@@ -42,9 +42,11 @@ use crate::metrics::UpstreamError;
 use crate::reject::Rejection;
 
 mod fragments;
+mod gate;
 mod handover;
 mod lane;
 mod pool;
+use gate::{Gate, Permit};
 use pool::{Failure as SendFailure, Lease, Pool};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -73,10 +75,11 @@ impl Upstream {
         &self,
         authority: Authority,
         request: Request<ReqBody>,
+        retryable: bool,
     ) -> Result<(Response<Incoming>, Lease), SendFailure> {
         match self {
-            Upstream::Plain(p) => p.send(authority, request).await,
-            Upstream::Tls(p) => p.send(authority, request).await,
+            Upstream::Plain(p) => p.send(authority, request, retryable).await,
+            Upstream::Tls(p) => p.send(authority, request, retryable).await,
         }
     }
 }
@@ -89,6 +92,11 @@ struct Plane {
     /// Several CRM instances (`upstream.addresses`, fixed at start): round robin over the
     /// healthy ones. `None`: one instance, `upstream.address`.
     balanced: Option<Arc<Balanced>>,
+    /// The cap on calls in flight to the single CRM instance (`upstream.max_connections`; for
+    /// several, each [`Instance`] has its own). `None`: no cap.
+    gate: Option<Gate>,
+    /// `upstream.keepalive`: when off, every CRM request asks `Connection: close`.
+    keepalive: bool,
     /// The CRM connections of the HTTP/1.1 lane ([`lane`]); `None`: every connection is
     /// hyper's (`listen.h1_lane = false`, or TLS to the CRM).
     lane: Option<lane::LanePool>,
@@ -104,18 +112,26 @@ struct Instance {
     address: SocketAddr,
     authority: Authority,
     healthy: std::sync::atomic::AtomicBool,
+    gate: Option<Gate>,
+}
+
+/// The gate of one CRM instance, as `upstream` says.
+fn gate_of(u: &crate::config::Upstream) -> Option<Gate> {
+    Gate::new(u.max_connections, u.queue_size, u.queue_timeout)
 }
 
 impl Balanced {
-    fn new(addresses: &[SocketAddr]) -> Result<Self, String> {
+    fn new(u: &crate::config::Upstream) -> Result<Self, String> {
         Ok(Balanced {
-            instances: addresses
+            instances: u
+                .addresses
                 .iter()
                 .map(|&address| {
                     Ok(Instance {
                         address,
                         authority: authority_of(address)?,
                         healthy: true.into(),
+                        gate: gate_of(u),
                     })
                 })
                 .collect::<Result<_, String>>()?,
@@ -223,7 +239,7 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
     };
     let authority = authority_of(u.address)?;
     let balanced = if u.addresses.len() > 1 {
-        let b = Arc::new(Balanced::new(&u.addresses)?);
+        let b = Arc::new(Balanced::new(u)?);
         tokio::spawn(b.clone().check(u.health_check_interval, u.connect_timeout));
         Some(b)
     } else {
@@ -236,6 +252,8 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
         client,
         authority: arc_swap::ArcSwap::from_pointee((u.address, authority)),
         balanced,
+        gate: gate_of(u),
+        keepalive: u.keepalive,
         lane,
     });
 
@@ -940,8 +958,9 @@ impl Plane {
         }
     }
 
-    /// The CRM instance for this call (its address may change on a config reload).
-    fn upstream_authority(&self, ctx: &Ctx) -> Result<Authority, Rejection> {
+    /// The CRM instance for this call (its address may change on a config reload), and its
+    /// gate.
+    fn upstream_authority(&self, ctx: &Ctx) -> Result<(Authority, Option<&Gate>), Rejection> {
         if let Some(b) = &self.balanced {
             let Some(instance) = b.pick() else {
                 warn!("request_id={} no healthy CRM instance", ctx.request_id);
@@ -950,7 +969,7 @@ impl Plane {
                     .upstream_error(UpstreamError::Unavailable);
                 return Err(Rejection::upstream_unavailable());
             };
-            return Ok(instance.authority.clone());
+            return Ok((instance.authority.clone(), instance.gate.as_ref()));
         }
         let address = ctx
             .live
@@ -963,17 +982,18 @@ impl Plane {
             self.authority.store(Arc::new((address, a)));
             cached = self.authority.load();
         }
-        Ok(cached.1.clone())
+        Ok((cached.1.clone(), self.gate.as_ref()))
     }
 
     /// Turn the client's request head into the CRM's: [`exchange::edit_upstream`], HTTP/1.1,
     /// an origin-form target, a Host (HTTP/2 has `:authority` instead; without either, the
-    /// CRM instance's). Also: which instance.
+    /// CRM instance's); `Connection: close` when `upstream.keepalive` is off. Also: which
+    /// instance, and its gate.
     fn upstream_head(
         &self,
         mut parts: http::request::Parts,
         ctx: &Ctx,
-    ) -> Result<(http::request::Parts, Authority), Rejection> {
+    ) -> Result<(http::request::Parts, Authority, Option<&Gate>), Rejection> {
         if parts.version == Version::HTTP_2 && !parts.headers.contains_key(HOST) {
             if let Some(v) = parts
                 .uri
@@ -996,15 +1016,20 @@ impl Plane {
             .path_and_query()
             .cloned()
             .ok_or_else(Rejection::internal)?;
-        let authority = self.upstream_authority(ctx)?;
+        let (authority, gate) = self.upstream_authority(ctx)?;
         if !parts.headers.contains_key(HOST) {
             let host =
                 HeaderValue::from_str(authority.as_str()).map_err(|_| Rejection::internal())?;
             parts.headers.insert(HOST, host);
         }
+        if !self.keepalive {
+            parts
+                .headers
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         parts.uri = Uri::from(path);
         parts.version = Version::HTTP_11;
-        Ok((parts, authority))
+        Ok((parts, authority, gate))
     }
 
     /// Forward a call whose body streams through (none checked).
@@ -1029,12 +1054,12 @@ impl Plane {
                 Some(cut),
             )
         };
-        let (parts, authority) = match self.upstream_head(parts, ctx) {
+        let (parts, authority, gate) = match self.upstream_head(parts, ctx) {
             Ok(p) => p,
             Err(rejection) => return reject(&rejection, ctx, true),
         };
         match self
-            .exchange(authority, Request::from_parts(parts, body), ctx)
+            .exchange(authority, gate, Request::from_parts(parts, body), ctx)
             .await
         {
             Ok((response, lease)) => self.pass_back(response, lease, ctx),
@@ -1093,7 +1118,7 @@ impl Plane {
         body: Option<Bytes>,
         ctx: &mut Ctx,
     ) -> Response<RespBody> {
-        let (mut parts, authority) = match self.upstream_head(parts, ctx) {
+        let (mut parts, authority, gate) = match self.upstream_head(parts, ctx) {
             Ok(p) => p,
             Err(rejection) => return reject(&rejection, ctx, false),
         };
@@ -1114,7 +1139,7 @@ impl Plane {
         };
         let head_request = parts.method == Method::HEAD;
         let (response, lease) = match self
-            .exchange(authority, Request::from_parts(parts, body), ctx)
+            .exchange(authority, gate, Request::from_parts(parts, body), ctx)
             .await
         {
             Ok(r) => r,
@@ -1206,24 +1231,51 @@ impl Plane {
             .map_err(Ok)
     }
 
+    /// A place at the CRM instance (`upstream.max_connections`), waiting in its queue if
+    /// need be; 503 `upstream_busy` when the queue is full or the wait runs out.
+    async fn enter(&self, gate: Option<&Gate>, ctx: &Ctx) -> Result<Option<Permit>, Rejection> {
+        let Some(gate) = gate else {
+            return Ok(None);
+        };
+        match gate.enter(left(ctx.deadline)).await {
+            Some(permit) => Ok(Some(permit)),
+            None => {
+                self.state.metrics.upstream_error(UpstreamError::Busy);
+                warn!(
+                    "request_id={} the CRM instance is at upstream.max_connections and its queue is full or the wait ran out; answering 503",
+                    ctx.request_id
+                );
+                Err(Rejection::upstream_busy())
+            }
+        }
+    }
+
     /// Send the request to the CRM instance at `authority` and wait for its response head
-    /// (bounded by the read and total timeouts). A closed pooled connection is retried on
-    /// another ([`pool`]).
+    /// (bounded by the read and total timeouts), once the instance's gate lets it in. A closed
+    /// pooled connection is retried on another ([`pool`]; after the request went out, only for
+    /// `upstream.retry_methods`). An answer framed both by `Transfer-Encoding` and
+    /// `Content-Length` is refused (502 `upstream_error`, the connection closed), as the lane does.
     async fn exchange(
         &self,
         authority: Authority,
+        gate: Option<&Gate>,
         request: Request<ReqBody>,
         ctx: &mut Ctx,
     ) -> Result<(Response<Incoming>, Lease), Rejection> {
-        let read_timeout = ctx
-            .live
-            .as_ref()
-            .map_or(Duration::from_secs(30), |l| l.config.upstream.read_timeout);
+        let permit = self.enter(gate, ctx).await?;
+        let Some(live) = ctx.live.as_ref() else {
+            return Err(Rejection::internal());
+        };
+        let upstream = &live.config.upstream;
+        let read_timeout = upstream.read_timeout;
+        let retryable = upstream.retry_methods.contains(request.method());
+        let head_request = request.method() == Method::HEAD;
         let started = Instant::now();
         ctx.upstream_started = Some(started);
         let wait = read_timeout.min(left(ctx.deadline));
-        let result = tokio::time::timeout(wait, self.client.send(authority, request)).await;
-        let (response, lease) = match result {
+        let result =
+            tokio::time::timeout(wait, self.client.send(authority, request, retryable)).await;
+        let (response, mut lease) = match result {
             Err(_) => return Err(self.upstream_failed(ctx, Failure::Timeout, "no answer in time")),
             Ok(Err(SendFailure::Connect(e))) => {
                 let failure = if is_timeout(e.as_ref()) {
@@ -1243,10 +1295,26 @@ impl Plane {
             }
             Ok(Ok(r)) => r,
         };
+        lease.permit = permit;
         let elapsed = started.elapsed();
         ctx.upstream_elapsed = Some(elapsed);
         ctx.upstream_status = Some(response.status().as_u16());
         self.state.metrics.upstream_seconds.observe(elapsed);
+        let status = response.status();
+        let bodiless =
+            head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        if !bodiless
+            && response.headers().contains_key(TRANSFER_ENCODING)
+            && response.headers().contains_key(CONTENT_LENGTH)
+        {
+            // hyper took the chunks and would pass the CRM's length on: neither is trusted.
+            // The lease is dropped unreleased: the connection closes.
+            return Err(self.upstream_failed(
+                ctx,
+                Failure::Other,
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
         Ok((response, lease))
     }
 

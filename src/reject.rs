@@ -152,6 +152,19 @@ impl Rejection {
         )
     }
 
+    /// The CRM instance is at `upstream.max_connections` and the wait queue is full, or the
+    /// wait ran out (sent with `Retry-After`).
+    pub fn upstream_busy() -> Self {
+        Rejection {
+            retry_after: Some(std::num::NonZeroU16::MIN),
+            ..Rejection::new(
+                503,
+                "upstream_busy",
+                "the CRM backend is at its connection limit; retry later",
+            )
+        }
+    }
+
     pub fn upstream_error() -> Self {
         Rejection::new(502, "upstream_error", "the CRM backend failed to answer")
     }

@@ -23,6 +23,8 @@
 //! The CRM's answer: its status and headers minus the hop-by-hop ones and those the gateway
 //! sets, framed as it came (a length, chunked with the chunks checked as they pass and
 //! trailer fields dropped, or until the CRM closes, then the client connection closes too).
+//! The CRM's calls in flight are capped as on hyper's path ([`super::gate`]), and a call that
+//! may have reached the CRM is sent again only for `upstream.retry_methods`.
 //! Timeouts as on hyper's path: `upstream.connect_timeout_ms`, `write_timeout_ms`,
 //! `read_timeout_ms` per wait, `total_timeout_ms` in all; a head trickled in for longer than
 //! `listen.keepalive_timeout_seconds` is cut off; a write to the client that makes no progress
@@ -579,7 +581,12 @@ impl Lane {
         parts.method = head.method;
         parts.uri = head.uri;
         parts.headers = head.headers;
-        let (parts, authority) = match self.plane.upstream_head(parts, ctx) {
+        let (parts, authority, gate) = match self.plane.upstream_head(parts, ctx) {
+            Ok(p) => p,
+            Err(rejection) => return self.reject_with(rejection, ctx, call).await,
+        };
+        // Held until the CRM connection is back in the pool (or closed).
+        let _permit = match self.plane.enter(gate, ctx).await {
             Ok(p) => p,
             Err(rejection) => return self.reject_with(rejection, ctx, call).await,
         };
@@ -595,7 +602,7 @@ impl Lane {
         self.out.extend_from_slice(b"\r\n");
         let head_request = parts.method == Method::HEAD;
         let (mut up, answer) = match self
-            .exchange(&authority, parts.method.is_idempotent(), head_request, ctx)
+            .exchange(&authority, &parts.method, head_request, ctx)
             .await
         {
             Ok(r) => r,
@@ -622,12 +629,13 @@ impl Lane {
     }
 
     /// Send the request head in `self.out` to the CRM and read its answer head. A pooled
-    /// connection found closed before any answer is replaced once (idempotent methods only:
-    /// a call that may have reached the CRM is never sent twice).
+    /// connection found closed before any answer is replaced once (the methods of
+    /// `upstream.retry_methods` only: any other call that may have reached the CRM is never
+    /// sent twice).
     async fn exchange(
         &mut self,
         authority: &Authority,
-        idempotent: bool,
+        method: &Method,
         head_request: bool,
         ctx: &mut Ctx,
     ) -> Result<(Upconn, Answer), Rejection> {
@@ -679,7 +687,14 @@ impl Lane {
                     plane.state.metrics.upstream_seconds.observe(elapsed);
                     return Ok((up, answer));
                 }
-                Err(HeadError::ClosedEarly) if reused && !retried && idempotent => {
+                Err(HeadError::ClosedEarly)
+                    if reused
+                        && !retried
+                        && ctx
+                            .live
+                            .as_ref()
+                            .is_some_and(|l| l.config.upstream.retry_methods.contains(method)) =>
+                {
                     retried = true;
                 }
                 Err(HeadError::TimedOut) => {

@@ -11,6 +11,8 @@
 //! |---|---|
 //! | call | the newest idle connection to that instance that is still open; else a new one (`upstream.connect_timeout_ms`) |
 //! | pooled connection turns out closed before the request went out | the request is tried on the next one (or a new one) |
+//! | pooled connection closes after the request went out, before an answer | a method of `upstream.retry_methods` (a body read whole, or none) is sent once more on a new connection; any other call fails (502): the CRM may have executed it |
+//! | `upstream.keepalive = false` (or `pool_size = 0`) | nothing is kept: every call opens its own connection, closed after the answer |
 //! | response read to its end | the connection goes back, unless `upstream.pool_size` are idle already |
 //! | idle longer than `upstream.idle_timeout_ms` | closed (checked when taken, and swept in the background) |
 
@@ -118,6 +120,8 @@ pub struct Lease {
     sender: Sender,
     authority: Authority,
     idle: Arc<Idle<Sender>>,
+    /// The call's place at the CRM ([`super::gate`]), given up after the connection is back.
+    pub permit: Option<super::gate::Permit>,
 }
 
 impl Lease {
@@ -151,11 +155,13 @@ where
     }
 
     /// Send `request` (origin-form target, `Host` set) to the instance at `authority` and wait
-    /// for the response head. The lease comes back with it.
+    /// for the response head. The lease comes back with it. `retryable`: the request may be
+    /// sent again after it may have reached the CRM (`upstream.retry_methods`).
     pub async fn send(
         &self,
         authority: Authority,
         mut request: Request<ReqBody>,
+        retryable: bool,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         while let Some(mut sender) = self.idle.take(&authority) {
             // Just put back, its connection task may still be finishing the last exchange
@@ -169,12 +175,22 @@ where
             if !ready {
                 continue;
             }
+            // A copy to send again if this connection closes before an answer (a CRM closing
+            // a kept-alive connection as the call arrives): only for a retryable call.
+            let mut spare = if retryable { copy(&request) } else { None };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, self.lease(sender, authority))),
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), spare.take()) {
                     // Not sent: the connection closed in the meantime. The next one.
-                    Some(r) => request = r,
-                    None => return Err(Failure::Exchange(e.into_error())),
+                    (Some(r), _) => request = r,
+                    // Sent, then the connection closed without an answer: once more, on a
+                    // new connection.
+                    (None, Some(r)) if closed_early(e.error()) => {
+                        debug!("a pooled CRM connection closed before an answer; sent again");
+                        request = r;
+                        break;
+                    }
+                    (None, _) => return Err(Failure::Exchange(e.into_error())),
                 },
             }
         }
@@ -190,6 +206,7 @@ where
             sender,
             authority,
             idle: self.idle.clone(),
+            permit: None,
         }
     }
 
@@ -219,6 +236,30 @@ where
         });
         Ok(sender)
     }
+}
+
+/// A copy of a request whose body is at hand (none, or read whole); `None` for a streamed one.
+fn copy(request: &Request<ReqBody>) -> Option<Request<ReqBody>> {
+    let body = match request.body() {
+        ReqBody::Empty => ReqBody::Empty,
+        ReqBody::Full(b) => ReqBody::Full(b.clone()),
+        ReqBody::Stream(_) => return None,
+    };
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// The connection closed (or was reset) before a complete answer head: nothing was answered.
+fn closed_early(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    e.is_incomplete_message()
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
 }
 
 async fn sweep<T: Pooled>(idle: Weak<Idle<T>>, every: Duration) {
@@ -290,7 +331,7 @@ mod tests {
 
     /// Send one call, read its body whole, and give the connection back.
     async fn call(pool: &Pool<HttpConnector>, authority: &Authority) -> Vec<u8> {
-        let result = pool.send(authority.clone(), request(authority)).await;
+        let result = pool.send(authority.clone(), request(authority), true).await;
         let Ok((response, lease)) = result else {
             panic!("the call failed");
         };
@@ -318,7 +359,9 @@ mod tests {
     async fn a_response_dropped_half_read_closes_its_connection() {
         let (authority, accepted) = server(usize::MAX).await;
         let pool = pool(Duration::from_secs(60));
-        let result = pool.send(authority.clone(), request(&authority)).await;
+        let result = pool
+            .send(authority.clone(), request(&authority), true)
+            .await;
         let Ok((response, lease)) = result else {
             panic!("the call failed");
         };
@@ -397,7 +440,7 @@ mod tests {
             .header(http::header::CONTENT_LENGTH, 64 << 20)
             .body(ReqBody::Full(Some(Bytes::from(vec![b'x'; 64 << 20]))))
             .expect("request");
-        let Ok((response, lease)) = pool.send(authority.clone(), big).await else {
+        let Ok((response, lease)) = pool.send(authority.clone(), big, false).await else {
             panic!("the first call failed");
         };
         let body = response
@@ -434,7 +477,9 @@ mod tests {
             Authority::try_from(listener.local_addr().expect("addr").to_string()).expect("a");
         drop(listener);
         let pool = pool(Duration::from_secs(60));
-        let result = pool.send(authority.clone(), request(&authority)).await;
+        let result = pool
+            .send(authority.clone(), request(&authority), true)
+            .await;
         assert!(matches!(result, Err(Failure::Connect(_))));
     }
 }

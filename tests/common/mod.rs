@@ -107,6 +107,16 @@ impl Harness {
     /// A config given as text (the demo snapshot is written beside it unless the text names
     /// another one that `files` provides).
     pub async fn with_config_text(text: &str, files: &[(&str, &str)]) -> Harness {
+        Harness::with_config_text_to(text, files, None).await
+    }
+
+    /// [`Harness::with_config_text`], the calls sent to `upstream` when given (else to the
+    /// harness's sample CRM).
+    pub async fn with_config_text_to(
+        text: &str,
+        files: &[(&str, &str)],
+        upstream: Option<SocketAddr>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
         std::fs::write(
@@ -118,7 +128,7 @@ impl Harness {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
         let path = dir.path().join("permgate.toml");
-        let mut h = Harness::start_with(&path).await;
+        let mut h = Harness::start_custom(&path, upstream).await;
         h._config_dir = Some(dir);
         h
     }
@@ -403,56 +413,149 @@ pub fn h1_lane() -> bool {
     std::env::var("PERMGATE_TEST_H1_LANE").map_or(true, |v| v != "off")
 }
 
-/// The request heads a [`raw_crm_recording`] read, in order (each up to its blank line).
-pub type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
-
-/// A raw CRM on loopback: every request head it reads is answered with `answer(request line)`,
-/// then the connection is closed if it says so. Bounded: it stops accepting after 64
-/// connections.
-pub async fn raw_crm(
-    answer: fn(&str) -> (&'static str, bool),
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let (addr, server, _) = raw_crm_recording(answer).await;
-    (addr, server)
+/// What a [`RawCrm`] does with one request head.
+pub enum Reply {
+    /// Write these bytes, then read the next request.
+    Send(String),
+    /// Wait, then write.
+    After(Duration, String),
+    /// Write the first answer, wait, then write the second (bytes past the first's end,
+    /// arriving in a later segment), then read the next request.
+    ThenLate(String, Duration, String),
+    /// Write these bytes, then close the connection.
+    SendThenClose(String),
+    /// Close the connection without a word (the request was read whole).
+    Close,
 }
 
-/// [`raw_crm`], also keeping every head it read. It never reads a body: like many legacy
-/// servers on GET, whatever follows a head is taken for the next request.
-pub async fn raw_crm_recording(
-    answer: fn(&str) -> (&'static str, bool),
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>, Heads) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let crm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = crm.local_addr().unwrap();
-    let heads = Heads::default();
-    let recorded = heads.clone();
-    let server = tokio::spawn(async move {
-        for _ in 0..64 {
-            let Ok((mut s, _)) = crm.accept().await else {
-                return;
-            };
-            let recorded = recorded.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut seen = Vec::new();
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&seen[..end]).to_string();
-                        seen.drain(..end + 4);
-                        let line = head.lines().next().unwrap_or_default().to_string();
-                        recorded.lock().unwrap().push(head);
-                        let (text, close) = answer(&line);
-                        if s.write_all(text.as_bytes()).await.is_err() || close {
-                            return;
+/// What a [`RawCrm`] saw.
+#[derive(Default)]
+pub struct RawSeen {
+    /// Connections accepted, open now, and open at once at most.
+    pub accepted: std::sync::atomic::AtomicUsize,
+    pub open: std::sync::atomic::AtomicUsize,
+    pub max_open: std::sync::atomic::AtomicUsize,
+    /// Every request line read, in order.
+    pub lines: std::sync::Mutex<Vec<String>>,
+    /// Every request head read, in order (each up to its blank line).
+    pub heads: Heads,
+}
+
+/// The request heads a [`RawCrm`] read.
+pub type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+impl RawSeen {
+    pub fn count(&self, line_start: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with(line_start))
+            .count()
+    }
+}
+
+/// A raw HTTP/1.1 CRM on loopback (bodiless requests): each request head is answered as
+/// `reply(request line, its index on its connection)` says. Stopped when dropped.
+pub struct RawCrm {
+    pub addr: SocketAddr,
+    pub seen: std::sync::Arc<RawSeen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawCrm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawCrm {
+    /// Stop accepting connections (those open go on).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+
+    pub async fn start<F>(reply: F) -> RawCrm
+    where
+        F: Fn(&str, usize) -> Reply + Send + Sync + 'static,
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(RawSeen::default());
+        let reply = std::sync::Arc::new(reply);
+        let stats = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                stats.accepted.fetch_add(1, SeqCst);
+                let now = stats.open.fetch_add(1, SeqCst) + 1;
+                stats.max_open.fetch_max(now, SeqCst);
+                let (stats, reply) = (stats.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut pending = Vec::new();
+                    let mut index = 0;
+                    'conn: while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+                            pending.drain(..end + 4);
+                            let line = head.lines().next().unwrap_or_default().to_string();
+                            stats.lines.lock().unwrap().push(line.clone());
+                            stats.heads.lock().unwrap().push(head);
+                            let ok = match reply(&line, index) {
+                                Reply::Send(a) => s.write_all(a.as_bytes()).await.is_ok(),
+                                Reply::After(wait, a) => {
+                                    tokio::time::sleep(wait).await;
+                                    s.write_all(a.as_bytes()).await.is_ok()
+                                }
+                                Reply::ThenLate(a, wait, b) => {
+                                    let first = s.write_all(a.as_bytes()).await.is_ok();
+                                    tokio::time::sleep(wait).await;
+                                    first && s.write_all(b.as_bytes()).await.is_ok()
+                                }
+                                Reply::SendThenClose(a) => {
+                                    let _ = s.write_all(a.as_bytes()).await;
+                                    false
+                                }
+                                Reply::Close => false,
+                            };
+                            index += 1;
+                            if !ok {
+                                break 'conn;
+                            }
                         }
                     }
-                }
-            });
-        }
-    });
-    (addr, server, heads)
+                    drop(s);
+                    stats.open.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        RawCrm { addr, seen, task }
+    }
+}
+
+/// A raw CRM on loopback ([`RawCrm`]): every request head it reads is answered with
+/// `answer(request line)`, then the connection is closed if it says so. It never reads a body:
+/// like many legacy servers on GET, whatever follows a head is taken for the next request.
+pub async fn raw_crm(answer: fn(&str) -> (&'static str, bool)) -> (SocketAddr, RawCrm) {
+    let crm = RawCrm::start(move |line, _| match answer(line) {
+        (text, false) => Reply::Send(text.into()),
+        (text, true) => Reply::SendThenClose(text.into()),
+    })
+    .await;
+    (crm.addr, crm)
+}
+
+/// [`raw_crm`], with the heads it reads.
+pub async fn raw_crm_recording(
+    answer: fn(&str) -> (&'static str, bool),
+) -> (SocketAddr, RawCrm, Heads) {
+    let (addr, crm) = raw_crm(answer).await;
+    let heads = crm.seen.heads.clone();
+    (addr, crm, heads)
 }
