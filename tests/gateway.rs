@@ -945,19 +945,8 @@ async fn a_crms_own_tokens_without_iss_aud_nbf_kid() {
         .replace("user_claim = \"sub\"", "user_claim = \"user_id\"");
     assert!(!text.contains("issuer =") && text.contains("user_claim = \"user_id\""));
     let h = Harness::with_config_text(&text, &[]).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mint = |claims: serde_json::Value| {
-        let t = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_secret(permgate::demo::DEMO_SECRET.as_bytes()),
-        )
-        .unwrap();
-        format!("Bearer {t}")
-    };
+    let now = unix_now();
+    let mint = |claims: serde_json::Value| format!("Bearer {}", demo_key_token(&claims, None));
     let simplejwt = serde_json::json!({"token_type": "access", "exp": now + 300, "iat": now,
                                        "jti": "9b1f", "user_id": "u-rep1"});
     let (s, _, _) = get_json(
@@ -982,18 +971,7 @@ async fn a_crms_own_tokens_without_iss_aud_nbf_kid() {
     assert_eq!(s, 401);
     assert_rejection(&v, &hd, "invalid_token");
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("c.toml"), &text).unwrap();
-    std::fs::write(
-        dir.path().join("snapshot.json"),
-        permgate::demo::DEMO_SNAPSHOT,
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
-        .arg("check-config")
-        .arg(dir.path().join("c.toml"))
-        .output()
-        .unwrap();
+    let out = check_config_text(&text);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
@@ -1053,20 +1031,13 @@ permission = "company.view_customer_management_list"
 
 /// A demo token that expired `ago` seconds ago (`nbf` a minute before that).
 fn expired_token(user: &str, ago: u64) -> String {
-    use permgate::demo::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DEMO_SECRET};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some(DEMO_KID.to_string());
-    jsonwebtoken::encode(
-        &header,
+    use permgate::demo::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID};
+    let now = unix_now();
+    demo_key_token(
         &serde_json::json!({"sub": user, "iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE,
                             "nbf": now - ago - 60, "exp": now - ago}),
-        &jsonwebtoken::EncodingKey::from_secret(DEMO_SECRET.as_bytes()),
+        Some(DEMO_KID),
     )
-    .unwrap()
 }
 
 /// The JWT clock-skew leeway is pinned: 30 s by default (a token 10 s past `exp` is accepted,

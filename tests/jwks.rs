@@ -145,22 +145,7 @@ async fn keys_from_oidc_discovery_follow_a_rotation_and_survive_an_outage() {
         "k1 accepted after the first fetch:\n{}",
         h.log_text()
     );
-    let hs = {
-        let mut head = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-        head.kid = Some(permgate::demo::DEMO_KID.into());
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 600;
-        let claims =
-            serde_json::json!({"sub": "u-rep1", "iss": issuer, "aud": "crm-api", "exp": exp});
-        let key = jsonwebtoken::EncodingKey::from_secret(permgate::demo::DEMO_SECRET.as_bytes());
-        format!(
-            "Bearer {}",
-            jsonwebtoken::encode(&head, &claims, &key).unwrap()
-        )
-    };
+    let hs = hs_token(&issuer, Some(permgate::demo::DEMO_KID));
     assert_eq!(status_of(&h, &hs).await, 200);
     // A token for the IdP's issuer signed by a key it never published: refused.
     assert_eq!(status_of(&h, &k2.bearer(&issuer, "u-rep1")).await, 401);
@@ -246,7 +231,6 @@ async fn keys_from_oidc_discovery_follow_a_rotation_and_survive_an_outage() {
 /// `jwks_url` must be https (http only to loopback); discovery needs an issuer; located errors.
 #[test]
 fn jwks_settings_are_checked() {
-    let dir = tempfile::tempdir().unwrap();
     for (edit, expect) in [
         (
             "issuer = \"https://crm.example.test\"\njwks_url = \"http://idp.example.com/jwks\"",
@@ -262,17 +246,7 @@ fn jwks_settings_are_checked() {
         ),
     ] {
         let text = demo_config_text().replace("issuer = \"https://crm.example.test\"", edit);
-        std::fs::write(dir.path().join("c.toml"), &text).unwrap();
-        std::fs::write(
-            dir.path().join("snapshot.json"),
-            permgate::demo::DEMO_SNAPSHOT,
-        )
-        .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
-            .arg("check-config")
-            .arg(dir.path().join("c.toml"))
-            .output()
-            .unwrap();
+        let out = check_config_text(&text);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{edit}: {err}");
         assert!(err.contains(expect), "{edit}: {err}");
@@ -317,19 +291,9 @@ async fn new_key_material_under_the_same_kid_is_taken() {
 }
 
 fn hs_token(issuer: &str, kid: Option<&str>) -> String {
-    let mut head = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    head.kid = kid.map(Into::into);
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let claims = serde_json::json!({"sub": "u-rep1", "iss": issuer, "aud": "crm-api", "exp": exp});
-    let key = jsonwebtoken::EncodingKey::from_secret(permgate::demo::DEMO_SECRET.as_bytes());
-    format!(
-        "Bearer {}",
-        jsonwebtoken::encode(&head, &claims, &key).unwrap()
-    )
+    let claims = serde_json::json!({"sub": "u-rep1", "iss": issuer, "aud": "crm-api",
+                                    "exp": unix_now() + 600});
+    format!("Bearer {}", demo_key_token(&claims, kid))
 }
 
 /// Review finding: with one configured key, a token without `kid` (a CRM's own) uses it,
@@ -379,24 +343,13 @@ fn mislabelled_keys_foreign_discovery_and_unscoped_idp_keys_are_refused() {
     let fine = br#"{"issuer":"https://idp.example","jwks_uri":"https://idp.example/k"}"#;
     assert!(permgate::jwks::discovered_jwks_uri(fine, "https://idp.example").is_ok());
 
-    let dir = tempfile::tempdir().unwrap();
     let text = demo_config_text()
         .replace("audience = \"crm-api\"\n", "")
         .replace(
             "issuer = \"https://crm.example.test\"",
             "issuer = \"https://crm.example.test\"\njwks_url = \"https://idp.example.com/jwks\"",
         );
-    std::fs::write(dir.path().join("c.toml"), &text).unwrap();
-    std::fs::write(
-        dir.path().join("snapshot.json"),
-        permgate::demo::DEMO_SNAPSHOT,
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
-        .arg("check-config")
-        .arg(dir.path().join("c.toml"))
-        .output()
-        .unwrap();
+    let out = check_config_text(&text);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("need both issuer and audience"), "{err}");

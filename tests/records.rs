@@ -1036,23 +1036,7 @@ async fn shares_and_owners_change_through_the_admin_api() {
     .unwrap();
     std::fs::write(dir.path().join("snapshot.json"), snapshot()).unwrap();
     let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
-    let changes = |body: &'static str| {
-        let url = format!("http://127.0.0.1:{port}/snapshot/changes");
-        async move {
-            let r = client()
-                .post(url)
-                .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (
-                status,
-                r.json::<serde_json::Value>().await.unwrap_or_default(),
-            )
-        }
-    };
+    let changes = |body: &'static str| admin_changes(port, body.to_string());
     let get = |user: &'static str, lead: &'static str| {
         let url = h.url(&format!("/api/v1/leads/{lead}"));
         async move {
@@ -1133,23 +1117,7 @@ async fn records_are_added_and_removed_through_the_admin_api() {
     .unwrap();
     std::fs::write(dir.path().join("snapshot.json"), snapshot()).unwrap();
     let h = Harness::start_with(&dir.path().join("permgate.toml")).await;
-    let changes = |body: String| {
-        let url = format!("http://127.0.0.1:{port}/snapshot/changes");
-        async move {
-            let r = client()
-                .post(url)
-                .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (
-                status,
-                r.json::<serde_json::Value>().await.unwrap_or_default(),
-            )
-        }
-    };
+    let changes = |body: String| admin_changes(port, body);
     // 200 when the gateway forwarded the call (the sample CRM may not know the lead), else
     // the gateway's status.
     let get = |user: &'static str, lead: u32| {
@@ -1250,4 +1218,17 @@ async fn records_are_added_and_removed_through_the_admin_api() {
     for lead in [1000, 1123, 1299] {
         assert_eq!(get("u-rep1", lead).await, 200, "lead {lead}");
     }
+}
+
+/// `POST /snapshot/changes` on the admin port: the status and the JSON answer.
+async fn admin_changes(port: u16, body: String) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(format!("http://127.0.0.1:{port}/snapshot/changes"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
 }

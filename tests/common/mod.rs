@@ -559,3 +559,35 @@ pub async fn raw_crm_recording(
     let heads = crm.seen.heads.clone();
     (addr, crm, heads)
 }
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 token with these claims, signed with the demo key (`kid` as given).
+pub fn demo_key_token(claims: &serde_json::Value, kid: Option<&str>) -> String {
+    let mut head = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    head.kid = kid.map(Into::into);
+    let key = jsonwebtoken::EncodingKey::from_secret(permgate::demo::DEMO_SECRET.as_bytes());
+    jsonwebtoken::encode(&head, claims, &key).unwrap()
+}
+
+/// `permgate check-config` on a config given as text (the demo snapshot beside it).
+pub fn check_config_text(text: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), text).unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        permgate::demo::DEMO_SNAPSHOT,
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .arg("check-config")
+        .arg(dir.path().join("c.toml"))
+        .output()
+        .unwrap()
+}
