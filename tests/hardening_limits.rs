@@ -51,24 +51,7 @@ async fn gateway_to(
 }
 
 async fn metrics(admin: &str) -> String {
-    client()
-        .get(format!("{admin}/metrics"))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The value of the first metric line starting with `prefix` (0 when absent).
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    admin_metrics(admin).await
 }
 
 const HEALTH: &[u8] = b"GET /__crm/health HTTP/1.1\r\nHost: crm\r\n\r\n";

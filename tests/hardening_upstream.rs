@@ -236,15 +236,7 @@ async fn max_connections_caps_the_crm_and_refuses_the_excess_fast() {
     // answered may have got in too).
     assert!(answered >= 6, "{answered} answered");
     assert!(refused >= 1, "none refused");
-    let metrics = client()
-        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(&format!("http://127.0.0.1:{admin_port}")).await;
     assert!(
         metrics.contains(&format!(
             "permgate_upstream_errors_total{{kind=\"busy\"}} {refused}"

@@ -591,3 +591,25 @@ pub fn check_config_text(text: &str) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// `GET /metrics` on an admin base URL (`http://127.0.0.1:port`), with the admin token.
+pub async fn admin_metrics(admin: &str) -> String {
+    client()
+        .get(format!("{admin}/metrics"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the first metric line starting with `prefix` (0 when absent).
+pub fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
