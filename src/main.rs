@@ -1,4 +1,5 @@
 //! The `permgate` binary: `serve`, `check-config`, `demo`, `sample-crm`.
+#![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@
 //! Classes: path confusion, identity headers, request smuggling, JWT, bodies on an inspected
 //! route, HTTP/2, resources. Every table counts its cases; `cargo test --test adversarial --
 //! --nocapture` prints the counts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 

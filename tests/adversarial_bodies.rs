@@ -1,6 +1,7 @@
 //! The attacker's suite, part 2: bodies on an inspected (bulk) route, raw on the wire. Each case
 //! says the status; whatever reaches the CRM is parsed and must hold only leads the caller may
 //! reassign (for allowed calls: exactly the trimmed, canonical body).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The attacker's suite, part 3: HTTP/2 (cleartext, prior knowledge) with raw h2 frames — the
 //! path and header cases of part 1, where a friendly client would have normalized them first —
 //! and the connection limits.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The attacker's suite, part 4: resources. Slow and endless requests, idle connections, too
 //! many or too large headers: each is cut off or refused in bounded time, and the gateway keeps
 //! answering the next caller. Limits are set low here (`[listen]`) so the test stays short.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Heap allocations of one decision (issue 5: a denied call must cost no more than an allowed
 //! one). A counting global allocator, per thread, around `policy::decide` with the demo config
 //! and snapshot and a cached JWT. Counts, not times: they are the same on every machine.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
+#![allow(unsafe_code)] // a counting `GlobalAlloc` is an unsafe impl
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

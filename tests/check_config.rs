@@ -1,4 +1,5 @@
 //! `permgate check-config`: a summary for a good config, every error located for a bad one.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 

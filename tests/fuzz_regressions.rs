@@ -2,6 +2,7 @@
 //! `fuzz/regressions/<target>/`) through the same invariants the fuzzer checks, so every
 //! `cargo test` (and CI) runs them without cargo-fuzz. A crashing input found by fuzzing goes
 //! into `fuzz/regressions/<target>/` with the fix.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 #[path = "../fuzz/src/checks.rs"]
 mod checks;

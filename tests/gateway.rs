@@ -1,5 +1,6 @@
 //! The gateway end to end: bodies of every kind of refusal, identity, header hygiene,
 //! canonicalization as the CRM sees it, HTTP/2, and upstream failures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! belong (the CL.0 class, item 3), `Host` (item 4) and a `#fragment` in the target (item 9).
 //! Every case goes through the real binary, on raw TCP where a friendly client would have
 //! cleaned the request up first.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 

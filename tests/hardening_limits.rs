@@ -2,6 +2,7 @@
 //! `listen.write_timeout_ms`, and the rate limits (`[rate_limit] per_caller`, a route's
 //! `rate_limit`), through the real binary and real sockets on loopback. Run on the hyper engine
 //! with its HTTP/1.1 lane and with `PERMGATE_TEST_H1_LANE=off`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Issue 14, items 5 and 6 (upstream side): a CRM that breaks framing, calls sent twice, and a
 //! CRM protected from load. Every test runs the real binary against a raw CRM on loopback, on
 //! the hyper engine with its HTTP/1.1 lane and (`PERMGATE_TEST_H1_LANE=off`) without it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Operating permgate: the decision log, metrics, shadow mode, and `explain`/`test` agreeing
 //! with the live gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 

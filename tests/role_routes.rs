@@ -1,6 +1,7 @@
 //! Table-driven role × route decisions (`tests/data/role_routes.toml`), through the real gateway
 //! and the real sample CRM: allowed calls reach the CRM exactly once, canonical, with the
 //! caller's identity headers; denied calls get 403 naming the permission and reach nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! TLS end to end with certificates generated here: HTTPS downstream (HTTP/1.1 and HTTP/2 by
 //! ALPN), certificate reload when the files change, and TLS to the CRM with a CA bundle, SNI and
 //! a client certificate (both re-read when their files change).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 
