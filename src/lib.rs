@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //!
-//! The authorization core does no I/O and knows nothing of Pingora: it is pure functions over
-//! `http` types and our own, so the data plane can change without touching it.
+//! The authorization core does no I/O and knows no data plane: it is pure functions over
+//! `http` types and our own, so the data plane can change without touching it. (It is held by
+//! review, not yet by the compiler: splitting it into its own crate is issue 15.)
 //!
 //! - [`canon`]: request canonicalization — the one canonical path we decide on and forward,
 //!   and the header hygiene rules (ambiguous input is rejected, never guessed).
@@ -35,9 +36,18 @@
 //! - [`explain`]: `permgate explain` / `permgate test`: the decision run offline as a user.
 //! - [`live`]: the config + snapshot pair behind one atomic pointer, and every way it changes
 //!   (reload, new snapshot, incremental changes), validated off the request path.
+//! - [`exchange`]: what every data plane shares around a call: `admit` (the one decision,
+//!   rate limits, what to do next), the edit of what the CRM receives, the headers answered,
+//!   body checks and list filtering, the decision log line and metrics (`finish`).
+//! - [`pem`], [`certs`]: PEM parsing and the certificate material that reloads itself.
 //!
 //! Only the glue touches sockets:
 //!
+//! - [`plane`]: the default data plane (hyper and tokio): its listener (connection cap,
+//!   backlog, binary upgrade in `plane::handover`), hyper's HTTP/1.1 and HTTP/2 server, and
+//!   toward the CRM its own pool (`plane::pool`) behind a per-instance cap (`plane::gate`);
+//!   `plane::lane` serves plain HTTP/1.1 with its own loop; `plane::fragments` watches what
+//!   hyper's HTTP/1 server reads for a `#fragment` its URI parser would drop.
 //! - `proxy`: the Pingora data plane (the only module importing Pingora), built only with the
 //!   `pingora` cargo feature.
 //! - [`sample_crm`]: a realistic legacy CRM over in-memory data (hyper), for the demo, the tests
