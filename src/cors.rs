@@ -232,7 +232,12 @@ impl RawCors {
             "cors.allowed_headers",
             &mut errors,
         );
-        let mut exposed = names(&self.exposed_headers, &[], "cors.exposed_headers", &mut errors);
+        let mut exposed = names(
+            &self.exposed_headers,
+            &[],
+            "cors.exposed_headers",
+            &mut errors,
+        );
         if self.exposed_headers.is_none() {
             exposed = [
                 request_id_header,
@@ -427,7 +432,10 @@ mod tests {
             "https://app.example.com:444",
             "null",
         ] {
-            assert!(c.allowed_origin(&req(&[("origin", bad)])).is_none(), "{bad}");
+            assert!(
+                c.allowed_origin(&req(&[("origin", bad)])).is_none(),
+                "{bad}"
+            );
         }
         let two = req(&[
             ("origin", "https://app.example.com"),
@@ -456,7 +464,10 @@ mod tests {
             .unwrap_err();
         assert_eq!((e[0].field.as_str(), e[0].line), ("cors.mode", Some(2)));
         assert!(build("[cors]\n").is_err(), "no origin");
-        assert!(build("[cors]\nallowed_origins = [\"https://a.test\"]\nmax_age_seconds = 90000\n").is_err());
+        assert!(
+            build("[cors]\nallowed_origins = [\"https://a.test\"]\nmax_age_seconds = 90000\n")
+                .is_err()
+        );
     }
 
     #[test]
@@ -482,10 +493,7 @@ mod tests {
         let origin = pre("https://a.test", "PATCH", "X-Trace, content-type").unwrap();
         let mut out = HeaderMap::new();
         out.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
-        out.insert(
-            ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
-        );
+        out.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
         c.apply(&mut out, Some(&origin), true, true);
         assert_eq!(out[ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.test");
         assert_eq!(out.get_all(VARY).iter().count(), 2);

@@ -409,23 +409,23 @@ impl Lane {
             let admission = match preflight {
                 Some(answer) => Err(answer),
                 None => Ok(exchange::admit_request(
-                &self.plane.state,
-                &mut ctx,
-                &crate::policy::Request {
-                    method: &head.method,
-                    target: &self.buf[at + head.target.start..at + head.target.end],
-                    headers: &head.headers,
-                    peer: Some(self.peer),
-                    // HTTP/1.1 only. No body: a head with one is handed to hyper, unless
-                    // its target has a fragment, which the decision refuses before it
-                    // looks at bodies.
-                    wire: crate::policy::Wire {
-                        host_required: true,
-                        authority: None,
-                        body: false,
+                    &self.plane.state,
+                    &mut ctx,
+                    &crate::policy::Request {
+                        method: &head.method,
+                        target: &self.buf[at + head.target.start..at + head.target.end],
+                        headers: &head.headers,
+                        peer: Some(self.peer),
+                        // HTTP/1.1 only. No body: a head with one is handed to hyper, unless
+                        // its target has a fragment, which the decision refuses before it
+                        // looks at bodies.
+                        wire: crate::policy::Wire {
+                            host_required: true,
+                            authority: None,
+                            body: false,
+                        },
                     },
-                },
-            )),
+                )),
             };
             // Fail closed: a head with two framings is never forwarded, whatever the decision
             // said (header hygiene refuses it first: this only keeps it so).
