@@ -128,6 +128,9 @@ struct RawConfig {
     decision_log: Option<RawDecisionLog>,
     #[serde(default)]
     rate_limit: RawRateLimits,
+    /// `[cors]`: browser front ends on another origin ([`crate::cors`]).
+    #[serde(default)]
+    cors: Option<crate::cors::RawCors>,
     /// Record types, for routes that check records ([`crate::inspect`]).
     #[serde(default, rename = "record_type")]
     record_types: Vec<Spanned<RawRecordType>>,
@@ -980,6 +983,8 @@ pub struct Config {
     /// disagreements are counted and logged, never enforced.
     pub candidate_config: Option<PathBuf>,
     pub rate_limit: RateLimits,
+    /// `[cors]` (boxed: most configs have none).
+    pub cors: Option<Box<crate::cors::Cors>>,
 }
 
 impl fmt::Debug for Config {
@@ -1746,6 +1751,28 @@ impl Config {
             }
         };
 
+        let cors = match &raw.cors {
+            None => None,
+            Some(c) => {
+                if *raw.listen.engine.get_ref() == Engine::Pingora {
+                    errors.push(ConfigError::new(
+                        file,
+                        locate(text, "listen.engine"),
+                        "cors",
+                        "[cors] is served by the hyper engine only: remove listen.engine = \"pingora\"",
+                    ));
+                }
+                let id_header = raw.forward.request_id_header.get_ref().to_ascii_lowercase();
+                match c.build(file, text, &id_header) {
+                    Ok(c) => Some(Box::new(c)),
+                    Err(mut e) => {
+                        errors.append(&mut e);
+                        None
+                    }
+                }
+            }
+        };
+
         // Routes.
         let mut specs = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
@@ -2011,6 +2038,7 @@ impl Config {
                     per_caller,
                     max_callers: raw.rate_limit.max_callers,
                 },
+                cors,
             }),
             _ => {
                 if errors.is_empty() {

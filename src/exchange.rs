@@ -72,6 +72,11 @@ pub struct Ctx {
     pub body_checked: bool,
     /// Bulk items removed before forwarding (canonical spellings).
     pub removed_ids: Vec<String>,
+    /// `[cors]`: the request's `Origin` when it is allowed (every answer then carries the
+    /// CORS headers). Always `None` without `[cors]`.
+    pub cors_origin: Option<HeaderValue>,
+    /// `[cors]`: a CORS preflight (answered by the gateway, or by the CRM in `mode = "crm"`).
+    pub preflight: bool,
 }
 
 impl Default for Ctx {
@@ -97,6 +102,8 @@ impl Ctx {
             candidate: None,
             body_checked: false,
             removed_ids: Vec::new(),
+            cors_origin: None,
+            preflight: false,
         }
     }
 
@@ -407,6 +414,8 @@ pub fn finish(state: &State, ctx: &Ctx, method: &http::Method, raw_target: &[u8]
     let (outcome, decision) = match (&ctx.permit, &ctx.denied) {
         (Some(_), Some(_)) => (Outcome::ShadowDeny, "shadow_deny"),
         (Some(_), None) => (Outcome::Allow, "allow"),
+        // A preflight the gateway answered (`[cors]`): nothing was forwarded.
+        (None, None) if ctx.preflight => (Outcome::Allow, "preflight"),
         _ => (Outcome::Deny, "deny"),
     };
     let route = ctx
@@ -511,6 +520,56 @@ pub fn finish(state: &State, ctx: &Ctx, method: &http::Method, raw_target: &[u8]
     }
 }
 
+/// A CORS preflight the gateway answers itself (`[cors]` with `mode = "gateway"`), on any
+/// path, before any route or identity is looked at (a preflight carries no credentials) and
+/// without forwarding anything. `None`: not such a call (decide it with [`admit_request`]);
+/// `Some(Ok)`: answer 204 with [`cors_headers`]; `Some(Err)`: 403 `cors_forbidden`, without
+/// CORS headers (`ctx.denied` is set). A data plane calls this for `OPTIONS` only.
+pub fn answer_preflight(
+    state: &State,
+    ctx: &mut Ctx,
+    method: &http::Method,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+) -> Option<Result<(), Rejection>> {
+    let live = state.live();
+    let cors = live.config.cors.as_deref()?;
+    if cors.mode != crate::cors::Mode::Gateway || !crate::cors::is_preflight(method, headers) {
+        return None;
+    }
+    let verdict = cors.check_preflight(headers);
+    ctx.peer = peer;
+    ctx.preflight = true;
+    let answer = match verdict {
+        Ok(origin) => {
+            ctx.cors_origin = Some(origin);
+            Ok(())
+        }
+        Err(rejection) => {
+            ctx.denied = Some(Denied::bare(rejection.clone()));
+            Err(rejection)
+        }
+    };
+    ctx.live = Some(live);
+    Some(answer)
+}
+
+/// Set the CORS headers of an answer (`[cors]`; nothing without it). `forwarded`: the CRM's
+/// answer, whose own `Access-Control-*` headers are replaced by the gateway's, except on a
+/// preflight the CRM answers (`mode = "crm"`), passed as it came.
+pub fn cors_headers(ctx: &Ctx, headers: &mut HeaderMap, forwarded: bool) {
+    if let Some(cors) = cors_of(ctx, forwarded) {
+        cors.apply(headers, ctx.cors_origin.as_ref(), ctx.preflight, forwarded);
+    }
+}
+
+/// The `[cors]` settings that apply to an answer to this call: `None` without `[cors]`, and
+/// for the CRM's answer to a preflight (`mode = "crm"`), passed as it came.
+pub fn cors_of(ctx: &Ctx, forwarded: bool) -> Option<&crate::cors::Cors> {
+    let cors = ctx.live.as_ref()?.config.cors.as_deref()?;
+    (!(forwarded && ctx.preflight)).then_some(cors)
+}
+
 /// What to do with a call once it is decided.
 #[derive(Debug)]
 pub enum Admission {
@@ -556,6 +615,10 @@ pub fn admit(
 pub fn admit_request(state: &State, ctx: &mut Ctx, request: &policy::Request<'_>) -> Admission {
     let live = state.live();
     let (method, target, peer) = (request.method, request.target, request.peer);
+    if let Some(cors) = &live.config.cors {
+        ctx.cors_origin = cors.allowed_origin(request.headers);
+        ctx.preflight = crate::cors::is_preflight(method, request.headers);
+    }
     // The gateway's own endpoint: the caller's effective permissions. A byte-prefix test
     // first keeps every other request from paying a second canonicalization; other
     // spellings of the path fall through to the route table (unmatched: denied).

@@ -69,6 +69,7 @@ pub mod changes;
 pub mod chunked;
 pub mod config;
 pub mod control;
+pub mod cors;
 pub mod decision_log;
 pub mod demo;
 pub mod exchange;

@@ -189,6 +189,10 @@ fn serve(config: &Path, overrides: Overrides, upgrade: bool) -> ExitCode {
     }
     #[cfg(feature = "pingora")]
     if state.live().config.listen.engine == Engine::Pingora {
+        if state.live().config.cors.is_some() {
+            stderr_line("[cors] is served by the hyper engine only; nothing was started");
+            return ExitCode::from(2);
+        }
         permgate::proxy::run(state, upgrade);
     }
     plane::run(state, upgrade)

@@ -926,6 +926,14 @@ impl Plane {
             with_fragment = [target, b"#".as_slice()].concat();
             target = &with_fragment;
         }
+        if decided.is_none() {
+            let (method, headers) = (req.method(), req.headers());
+            if let Some(answer) =
+                answer_preflight(&self.state, ctx, method, headers, peer, has_body(&req))
+            {
+                return answer;
+            }
+        }
         let admission = match decided {
             Some(a) => a,
             None => exchange::admit_request(
@@ -1162,6 +1170,7 @@ impl Plane {
                 for (name, value) in exchange::response_headers(ctx) {
                     parts.headers.insert(name, value);
                 }
+                exchange::cors_headers(ctx, &mut parts.headers, true);
                 Response::from_parts(parts, RespBody::full(Bytes::from(filtered)))
             }
             Err(Ok(why)) => {
@@ -1347,6 +1356,7 @@ impl Plane {
         for (name, value) in exchange::response_headers(ctx) {
             parts.headers.insert(name, value);
         }
+        exchange::cors_headers(ctx, &mut parts.headers, true);
         let read_timeout = ctx
             .live
             .as_ref()
@@ -1496,7 +1506,45 @@ fn json(status: u16, body: Vec<u8>, ctx: &Ctx) -> Response<RespBody> {
     if let Some(v) = exchange::request_id_value(&ctx.request_id) {
         headers.insert(ctx.id_header(), v);
     }
+    exchange::cors_headers(ctx, headers, false);
     response
+}
+
+/// The gateway's answer to a CORS preflight it allowed ([`exchange::answer_preflight`]): 204,
+/// the request id and the CORS headers. With a request body possibly unread, the connection is
+/// closed after it.
+fn preflight(ctx: &Ctx, unread_body: bool) -> Response<RespBody> {
+    let mut response = Response::new(RespBody::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    if let Some(v) = exchange::request_id_value(&ctx.request_id) {
+        headers.insert(ctx.id_header(), v);
+    }
+    exchange::cors_headers(ctx, headers, false);
+    if unread_body {
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A CORS preflight the gateway answers itself (`[cors]`, `mode = "gateway"`), if this is one.
+fn answer_preflight(
+    state: &State,
+    ctx: &mut Ctx,
+    method: &Method,
+    headers: &http::HeaderMap,
+    peer: IpAddr,
+    unread_body: bool,
+) -> Option<Response<RespBody>> {
+    if method != Method::OPTIONS {
+        return None;
+    }
+    Some(
+        match exchange::answer_preflight(state, ctx, method, headers, Some(peer))? {
+            Ok(()) => preflight(ctx, unread_body),
+            Err(rejection) => reject(&rejection, ctx, unread_body),
+        },
+    )
 }
 
 /// Answer a rejection: status, JSON body, request id; `WWW-Authenticate` on 401. With a

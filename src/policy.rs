@@ -101,7 +101,7 @@ pub struct Denied {
 }
 
 impl Denied {
-    fn bare(rejection: Rejection) -> Self {
+    pub fn bare(rejection: Rejection) -> Self {
         Denied {
             rejection,
             route: None,
@@ -344,6 +344,24 @@ fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Denied> {
         })
         .map_err(canon_denied)?;
     let body_refused = req.wire.body && bodiless(req.method);
+    // `[cors] mode = "crm"`: a preflight goes to the CRM on any path, without a route and
+    // without credentials (the caller is nobody: the forwarded head carries none).
+    if req.method == Method::OPTIONS
+        && config
+            .cors
+            .as_ref()
+            .is_some_and(|c| c.mode == crate::cors::Mode::Crm)
+        && crate::cors::is_preflight(req.method, req.headers)
+    {
+        if body_refused {
+            return Err(refuse_body(None));
+        }
+        return Ok(Routed::Public(Permit {
+            canonical,
+            route: None,
+            caller: None,
+        }));
+    }
     let Some(route_idx) = config.routes.find_index(req.method, &canonical.path) else {
         if body_refused {
             return Err(refuse_body(None));

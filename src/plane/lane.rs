@@ -397,37 +397,49 @@ impl Lane {
             let target = head.uri.path_and_query().cloned();
             let raw_target = target.as_ref().map_or("*", |p| p.as_str());
             let at = self.start;
-            let admission = exchange::admit_request(
+            // A CORS preflight the gateway answers itself (`[cors]`): no decision.
+            let preflight = super::answer_preflight(
                 &self.plane.state,
                 &mut ctx,
-                &crate::policy::Request {
-                    method: &head.method,
-                    target: &self.buf[at + head.target.start..at + head.target.end],
-                    headers: &head.headers,
-                    peer: Some(self.peer),
-                    // HTTP/1.1 only. No body: a head with one is handed to hyper, unless
-                    // its target has a fragment, which the decision refuses before it
-                    // looks at bodies.
-                    wire: crate::policy::Wire {
-                        host_required: true,
-                        authority: None,
-                        body: false,
-                    },
-                },
+                &head.method,
+                &head.headers,
+                self.peer,
+                false,
             );
+            let admission = match preflight {
+                Some(answer) => Err(answer),
+                None => Ok(exchange::admit_request(
+                    &self.plane.state,
+                    &mut ctx,
+                    &crate::policy::Request {
+                        method: &head.method,
+                        target: &self.buf[at + head.target.start..at + head.target.end],
+                        headers: &head.headers,
+                        peer: Some(self.peer),
+                        // HTTP/1.1 only. No body: a head with one is handed to hyper, unless
+                        // its target has a fragment, which the decision refuses before it
+                        // looks at bodies.
+                        wire: crate::policy::Wire {
+                            host_required: true,
+                            authority: None,
+                            body: false,
+                        },
+                    },
+                )),
+            };
             // Fail closed: a head with two framings is never forwarded, whatever the decision
             // said (header hygiene refuses it first: this only keeps it so).
             let admission = match admission {
-                Admission::Stream
-                | Admission::Buffer(_)
-                | Admission::Check
-                | Admission::Me(Ok(_))
-                    if head.ambiguous_framing =>
-                {
+                Ok(
+                    Admission::Stream
+                    | Admission::Buffer(_)
+                    | Admission::Check
+                    | Admission::Me(Ok(_)),
+                ) if head.ambiguous_framing => {
                     let e = crate::canon::CanonError::AmbiguousFraming;
                     let rejection = Rejection::new(e.status(), e.code(), e.message());
                     ctx.deny_after_permit(rejection.clone());
-                    Admission::Deny(rejection)
+                    Ok(Admission::Deny(rejection))
                 }
                 admission => admission,
             };
@@ -439,20 +451,25 @@ impl Lane {
                 last: head.close,
             };
             let (status, keep) = match admission {
-                Admission::Stream => {
+                Err(answer) => {
+                    self.start += head.len;
+                    self.linger = head.ambiguous_framing;
+                    self.answer(answer, &call).await
+                }
+                Ok(Admission::Stream) => {
                     self.start += head.len;
                     self.forward(head, &mut ctx, &call).await
                 }
-                Admission::Me(Ok(body)) => {
+                Ok(Admission::Me(Ok(body))) => {
                     self.start += head.len;
                     self.answer(json(200, body, &ctx), &call).await
                 }
-                Admission::Me(Err(rejection)) | Admission::Deny(rejection) => {
+                Ok(Admission::Me(Err(rejection)) | Admission::Deny(rejection)) => {
                     self.start += head.len;
                     self.linger = head.ambiguous_framing;
                     self.answer(reject(&rejection, &ctx, false), &call).await
                 }
-                admission @ (Admission::Buffer(_) | Admission::Check) => {
+                Ok(admission @ (Admission::Buffer(_) | Admission::Check)) => {
                     return End::Handover(Some(Box::new(Pending { ctx, admission })));
                 }
             };
@@ -549,7 +566,9 @@ impl Lane {
             RespKind::Full(Some(b)) => &b[..],
             _ => &[],
         };
-        number(&mut self.out, b"content-length", body.len() as u64);
+        if status != http::StatusCode::NO_CONTENT {
+            number(&mut self.out, b"content-length", body.len() as u64);
+        }
         date_header(&mut self.out);
         let keep = call.end_head(&mut self.out);
         if !call.head_request {
@@ -1061,6 +1080,8 @@ fn parse_answer(
         (false, None, Some(n)) => Framing::Length(n),
     };
     let id_header = ctx.id_header();
+    // `[cors]`: the CRM's own CORS headers are replaced by the gateway's.
+    let cors = exchange::cors_of(ctx, true);
     head.clear();
     let reason = resp
         .reason
@@ -1073,6 +1094,7 @@ fn parse_answer(
         if not_passed(name)
             || listed.iter().any(|n| n.eq_ignore_ascii_case(name))
             || id_header.as_str().eq_ignore_ascii_case(name)
+            || (cors.is_some() && crate::cors::is_cors_header(name))
         {
             continue;
         }
@@ -1091,6 +1113,11 @@ fn parse_answer(
         id_header.as_str().as_bytes(),
         ctx.request_id.as_bytes(),
     );
+    if let (Some(cors), Some(origin)) = (cors, &ctx.cors_origin) {
+        for (name, value) in cors.headers(origin, false) {
+            header(head, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
     match framing {
         Framing::Length(n) => number(head, b"content-length", n),
         Framing::Chunked => header(head, b"transfer-encoding", b"chunked"),

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use permgate::sample_crm::{self, CrmOptions, RecordedRequest, SampleCrm};
 
+pub mod records;
+
 #[allow(unused_imports)]
 pub use permgate::demo::{demo_token, DEMO_ANALYST_API_KEY};
 
