@@ -364,6 +364,29 @@ struct RawSnapshot {
     url_token: Option<String>,
     #[serde(default)]
     public_key: Option<Spanned<String>>,
+    #[serde(default)]
+    database: Option<Spanned<RawDatabase>>,
+}
+
+/// `[snapshot.database]` as written ([`crate::dbsource`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: String,
+    #[serde(default = "default_db_poll_ms")]
+    poll_interval_ms: u64,
+    #[serde(default = "default_db_reconcile_ms")]
+    reconcile_interval_ms: u64,
+    #[serde(default)]
+    session_sql: Vec<String>,
+    queries: crate::dbsource::DbQueries,
+}
+
+fn default_db_poll_ms() -> u64 {
+    2000
+}
+fn default_db_reconcile_ms() -> u64 {
+    300_000
 }
 
 #[derive(Deserialize)]
@@ -918,6 +941,8 @@ pub struct SnapshotSource {
     /// When set, a pulled snapshot must carry a valid ed25519 signature of its body (base64, in
     /// the `x-snapshot-signature` response header) by this key.
     pub public_key: Option<[u8; 32]>,
+    /// The CRM's own database ([`crate::dbsource`]). When set, it is authoritative like `url`.
+    pub database: Option<crate::dbsource::DbSource>,
 }
 
 /// The admin API: its own listener, never the traffic port.
@@ -1601,6 +1626,46 @@ impl Config {
                 key
             }
         };
+        let database = sn.database.as_ref().and_then(|d| {
+            let line = at(d.span());
+            let d = d.get_ref();
+            let mut bad = |field: &str, m: &str| {
+                errors.push(ConfigError::new(file, line, field, m));
+            };
+            if sn.url.is_some() {
+                bad("snapshot.database", "set url or database, not both");
+            }
+            if !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://"))
+                || d.url.parse::<tokio_postgres::Config>().is_err()
+            {
+                bad(
+                    "snapshot.database.url",
+                    "must be a postgres:// URL (postgres://user:password@host:port/dbname)",
+                );
+            }
+            if !(100..=3_600_000).contains(&d.poll_interval_ms) {
+                bad(
+                    "snapshot.database.poll_interval_ms",
+                    "must be between 100 and 3600000",
+                );
+            }
+            if d.reconcile_interval_ms < d.poll_interval_ms {
+                bad(
+                    "snapshot.database.reconcile_interval_ms",
+                    "must be at least poll_interval_ms",
+                );
+            }
+            if d.queries.users.trim().is_empty() {
+                bad("snapshot.database.queries.users", "must not be empty");
+            }
+            Some(crate::dbsource::DbSource {
+                url: d.url.clone(),
+                poll_interval: Duration::from_millis(d.poll_interval_ms),
+                reconcile_interval: Duration::from_millis(d.reconcile_interval_ms),
+                session_sql: d.session_sql.clone(),
+                queries: d.queries.clone(),
+            })
+        });
         if public_key.is_some() && sn.url.is_none() {
             errors.push(ConfigError::new(
                 file,
@@ -1621,6 +1686,7 @@ impl Config {
             pull_timeout: Duration::from_millis(sn.pull_timeout_ms),
             url_token: sn.url_token.clone(),
             public_key,
+            database,
         };
         let admin = match &raw.admin {
             None => None,

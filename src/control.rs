@@ -150,7 +150,9 @@ pub fn spawn(state: Arc<State>, upgrade: bool) -> std::io::Result<()> {
                     None => {}
                 }
                 let source = state.live().config.snapshot.clone();
-                if source.url.is_some() {
+                if source.database.is_some() {
+                    tokio::spawn(follow_database(state.clone()));
+                } else if source.url.is_some() {
                     tokio::spawn(pull_snapshot(state.clone()));
                 } else if source.watch {
                     tokio::spawn(watch_snapshot_file(state.clone()));
@@ -295,6 +297,155 @@ async fn pull_snapshot(state: Arc<State>) {
         }
         tokio::time::sleep(backoff(source.pull_interval, failures)).await;
     }
+}
+
+/// Follow the CRM's own database ([`crate::dbsource`]): a full load at start, when the
+/// `cursor` query's value changes (checked every `poll_interval_ms`; without a cursor query every
+/// poll is a full load) and every `reconcile_interval_ms`. One connection, kept and re-opened
+/// after an error; failures back off (at most 30 s) and keep the last good snapshot.
+async fn follow_database(state: Arc<State>) {
+    let mut conn: Option<tokio_postgres::Client> = None;
+    let mut last_cursor: Option<String> = None;
+    let mut last_full: Option<std::time::Instant> = None;
+    let mut failures = 0u32;
+    let label = "database";
+    loop {
+        let Some(db) = state.live().config.snapshot.database.clone() else {
+            return;
+        };
+        let outcome: Result<(), String> = async {
+            if conn.as_ref().is_none_or(|c| c.is_closed()) {
+                let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| format!("cannot connect: {e}"))?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        warn!("database connection ended: {e}");
+                    }
+                });
+                for sql in &db.session_sql {
+                    client
+                        .batch_execute(sql)
+                        .await
+                        .map_err(|e| format!("session_sql: {e}"))?;
+                }
+                conn = Some(client);
+            }
+            let Some(client) = conn.as_ref() else {
+                return Err("no connection".into());
+            };
+            let cursor = match &db.queries.cursor {
+                None => None,
+                Some(q) => {
+                    let rows = query_rows(client, "cursor", q).await?;
+                    Some(
+                        rows.first()
+                            .and_then(|r| r.text.first().map(|(_, v)| v.clone()))
+                            .unwrap_or_default(),
+                    )
+                }
+            };
+            let due = cursor.is_none()
+                || cursor != last_cursor
+                || last_full.is_none_or(|t| t.elapsed() >= db.reconcile_interval);
+            if !due {
+                return Ok(());
+            }
+            let q = &db.queries;
+            let mut rows = crate::dbsource::Rows {
+                users: query_rows(client, "users", &q.users).await?,
+                ..Default::default()
+            };
+            for (name, sql, into) in [
+                ("roles", &q.roles, &mut rows.roles),
+                ("api_keys", &q.api_keys, &mut rows.api_keys),
+                ("owners", &q.owners, &mut rows.owners),
+                ("shares", &q.shares, &mut rows.shares),
+                ("related", &q.related, &mut rows.related),
+            ] {
+                if let Some(sql) = sql {
+                    *into = query_rows(client, name, sql).await?;
+                }
+            }
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let text = crate::dbsource::snapshot_text(&rows, format!("db-{now}"), now)?;
+            let s = state.clone();
+            match tokio::task::spawn_blocking(move || s.replace_snapshot(&text, label)).await {
+                Ok(Ok(_)) => {
+                    last_full = Some(std::time::Instant::now());
+                    last_cursor = cursor;
+                    Ok(())
+                }
+                // Refused by validation: already logged and counted.
+                Ok(Err(_)) => Err(String::new()),
+                Err(e) => Err(format!("build task failed: {e}")),
+            }
+        }
+        .await;
+        match outcome {
+            Ok(()) => failures = 0,
+            Err(message) => {
+                if !message.is_empty() {
+                    state.source_failed(label, message);
+                    conn = None;
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
+        tokio::time::sleep(backoff(db.poll_interval, failures).min(Duration::from_secs(30))).await;
+    }
+}
+
+/// Run one of the source's queries: its rows, text, text-array, boolean and integer columns by
+/// name (NULLs left out; other types refused, naming the column: cast them to text).
+async fn query_rows(
+    client: &tokio_postgres::Client,
+    name: &str,
+    sql: &str,
+) -> Result<Vec<crate::dbsource::Row>, String> {
+    use tokio_postgres::types::Type;
+    let rows = client
+        .query(sql, &[])
+        .await
+        .map_err(|e| format!("query '{name}': {e}"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut r = crate::dbsource::Row::default();
+        for (i, col) in row.columns().iter().enumerate() {
+            let c = col.name().to_string();
+            let bad = |e: tokio_postgres::Error| format!("query '{name}', column '{c}': {e}");
+            let t = col.type_();
+            if *t == Type::TEXT || *t == Type::VARCHAR || *t == Type::NAME || *t == Type::BPCHAR {
+                if let Some(v) = row.try_get::<_, Option<String>>(i).map_err(bad)? {
+                    r.text.push((c, v));
+                }
+            } else if *t == Type::TEXT_ARRAY || *t == Type::VARCHAR_ARRAY {
+                let v: Option<Vec<Option<String>>> = row.try_get(i).map_err(bad)?;
+                r.lists
+                    .push((c, v.unwrap_or_default().into_iter().flatten().collect()));
+            } else if *t == Type::BOOL {
+                if let Some(v) = row.try_get::<_, Option<bool>>(i).map_err(bad)? {
+                    r.flags.push((c, v));
+                }
+            } else if *t == Type::INT8 {
+                if let Some(v) = row.try_get::<_, Option<i64>>(i).map_err(bad)? {
+                    r.text.push((c, v.to_string()));
+                }
+            } else if *t == Type::INT4 {
+                if let Some(v) = row.try_get::<_, Option<i32>>(i).map_err(bad)? {
+                    r.text.push((c, v.to_string()));
+                }
+            } else {
+                return Err(format!(
+                    "query '{name}', column '{c}': type {t} (cast it to text)"
+                ));
+            }
+        }
+        out.push(r);
+    }
+    Ok(out)
 }
 
 /// Keep the live config's JWKS keys fresh ([`crate::jwks`]): a fetch when the store says one is

@@ -34,6 +34,7 @@
 //! - [`reject`]: every rejection as a JSON body with a stable error code.
 //! - [`audit`]: what a snapshot change did (roles, permissions, users), for access reviews.
 //! - [`explain`]: `permgate explain` / `permgate test`: the decision run offline as a user.
+//! - [`dbsource`]: `[snapshot.database]`: the rows of the CRM's own database → a snapshot.
 //! - [`live`]: the config + snapshot pair behind one atomic pointer, and every way it changes
 //!   (reload, new snapshot, incremental changes), validated off the request path.
 //! - [`exchange`]: what every data plane shares around a call: `admit` (the one decision,
@@ -70,6 +71,7 @@ pub mod chunked;
 pub mod config;
 pub mod control;
 pub mod cors;
+pub mod dbsource;
 pub mod decision_log;
 pub mod demo;
 pub mod exchange;
