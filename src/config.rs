@@ -1626,7 +1626,7 @@ impl Config {
                 key
             }
         };
-        let database = sn.database.as_ref().and_then(|d| {
+        let database = sn.database.as_ref().map(|d| {
             let line = at(d.span());
             let d = d.get_ref();
             let mut bad = |field: &str, m: &str| {
@@ -1658,13 +1658,13 @@ impl Config {
             if d.queries.users.trim().is_empty() {
                 bad("snapshot.database.queries.users", "must not be empty");
             }
-            Some(crate::dbsource::DbSource {
+            crate::dbsource::DbSource {
                 url: d.url.clone(),
                 poll_interval: Duration::from_millis(d.poll_interval_ms),
                 reconcile_interval: Duration::from_millis(d.reconcile_interval_ms),
                 session_sql: d.session_sql.clone(),
                 queries: d.queries.clone(),
-            })
+            }
         });
         if public_key.is_some() && sn.url.is_none() {
             errors.push(ConfigError::new(
