@@ -713,6 +713,12 @@ impl Snapshot {
         for (idx, raw) in &touched {
             let idx = idx.unwrap_or_default();
             let who = &raw.id;
+            if idx >= first_new && self.services.contains_key(who.as_str()) {
+                // What a full build says of a user and a service sharing an id.
+                errors.push(format!(
+                    "changes: '{who}' is a service's id (services change with a full snapshot)"
+                ));
+            }
             if idx >= first_new && !is_valid_user_id(who) {
                 errors.push(format!(
                     "changes: '{}' is not a valid user id (1–256 visible ASCII characters, no spaces or commas)",
@@ -810,6 +816,7 @@ impl Snapshot {
                     teams: team_ids.into_boxed_slice(),
                     disabled: raw.disabled,
                     api_keys: digests.into_boxed_slice(),
+                    service: false,
                 },
             ));
         }
@@ -1025,6 +1032,7 @@ impl Snapshot {
                 team_members,
                 by_id,
                 api_keys,
+                services: self.services.clone(),
                 hierarchy,
                 managers,
                 records,

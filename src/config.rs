@@ -601,6 +601,10 @@ struct RawRoute {
     permission: Option<Spanned<String>>,
     #[serde(default)]
     public: bool,
+    /// `"passthrough"`: the caller's `Authorization` and API-key header reach the CRM
+    /// untouched and unverified (the route is public for permgate's decision).
+    #[serde(default)]
+    credentials: Option<RouteCredentials>,
     #[serde(default)]
     shadow: bool,
     // What the route inspects beyond its permission ([`crate::inspect`]); all optional.
@@ -629,6 +633,14 @@ struct RawRoute {
     /// Request headers this route forwards beside `forward.allow_headers` (allow-list mode).
     #[serde(default)]
     allow_headers: Vec<String>,
+}
+
+/// `credentials` of a route.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RouteCredentials {
+    /// Forwarded untouched, not verified by permgate (for calls only the CRM can check).
+    Passthrough,
 }
 
 fn default_true() -> bool {
@@ -718,6 +730,9 @@ pub struct RouteInfo {
     /// Allow-list mode: the request headers this route forwards, when it adds some to
     /// `forward.allow_headers` (merged at load); `None`: the global set.
     pub allow_headers: Option<HeaderSet>,
+    /// `credentials = "passthrough"`: a public route whose `Authorization` and API-key header
+    /// are forwarded untouched (never verified by permgate).
+    pub passthrough: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1777,7 +1792,14 @@ impl Config {
                     continue;
                 }
             };
-            let access = match (&route.permission, route.public) {
+            let passthrough = route.credentials == Some(RouteCredentials::Passthrough);
+            if passthrough && route.permission.is_some() {
+                errors.push(err(
+                    "credentials = \"passthrough\": the route is public for permgate (its credentials are the CRM's to check), so it takes no 'permission'".into(),
+                ));
+                continue;
+            }
+            let access = match (&route.permission, route.public || passthrough) {
                 (Some(p), false) => match catalog.as_ref().map(|c| c.permission(p.get_ref())) {
                     Some(Some(id)) => Access::Permission(id),
                     Some(None) => {
@@ -1839,6 +1861,12 @@ impl Config {
                     }
                 }
             };
+            if passthrough && inspect.is_some() {
+                errors.push(err(
+                    "credentials = \"passthrough\": permgate knows no caller on this route, so it takes no record, bulk, list, field or body checks".into(),
+                ));
+                continue;
+            }
             if !route.allow_headers.is_empty() && request_headers != RequestHeaders::AllowList {
                 errors.push(err(
                     "allow_headers: needs forward.request_headers = \"allow_list\" (every header not stripped is forwarded already)".into(),
@@ -1895,6 +1923,7 @@ impl Config {
                     rate_limit,
                     allow_body: route.allow_body,
                     allow_headers: route_allow,
+                    passthrough,
                 },
             });
         }
