@@ -1830,6 +1830,21 @@ impl Config {
                     continue;
                 }
             };
+            if passthrough
+                && (!route.records.is_empty()
+                    || route.unknown_record.is_some()
+                    || route.bulk.is_some()
+                    || route.list.is_some()
+                    || route.new_owner.is_some()
+                    || route.fields.is_some()
+                    || route.on_denied_fields.is_some()
+                    || route.body.is_some())
+            {
+                errors.push(err(
+                    "credentials = \"passthrough\": permgate knows no caller on this route, so it takes no records, bulk, list, new_owner, fields or body checks".into(),
+                ));
+                continue;
+            }
             let inspect = match catalog.as_ref() {
                 None => None,
                 Some(c) => {
@@ -1861,12 +1876,6 @@ impl Config {
                     }
                 }
             };
-            if passthrough && inspect.is_some() {
-                errors.push(err(
-                    "credentials = \"passthrough\": permgate knows no caller on this route, so it takes no record, bulk, list, field or body checks".into(),
-                ));
-                continue;
-            }
             if !route.allow_headers.is_empty() && request_headers != RequestHeaders::AllowList {
                 errors.push(err(
                     "allow_headers: needs forward.request_headers = \"allow_list\" (every header not stripped is forwarded already)".into(),
