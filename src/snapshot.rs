@@ -1360,6 +1360,62 @@ mod tests {
         assert!(errs[10].message.contains("also held by 'b'"), "{errs:?}");
     }
 
+    /// A service principal: decided by its roles, reached by key only, not a person; its
+    /// errors located like a user's.
+    #[test]
+    fn services_are_key_only_principals_with_roles() {
+        let c = catalog();
+        let key = |k: &str| format!("sha256:{}", hex::encode(crate::identity::api_key_digest(k)));
+        let text = format!(
+            r#"{{"users":[{{"id":"a","roles":["member"],"api_keys":["{}"]}}],
+                "services":[{{"id":"svc","name":"Sync","roles":["data_analyst"],"api_keys":["{}"]}}]}}"#,
+            key("ka"),
+            key("ks")
+        );
+        let s = Snapshot::build("s.json", &text, &c).unwrap();
+        let svc = s
+            .user_by_api_key(&crate::identity::api_key_digest("ks"))
+            .unwrap();
+        assert!(s.user(svc).service);
+        assert_eq!(&*s.user(svc).id, "svc");
+        assert_eq!(s.user_index("svc"), None, "never reached by id");
+        assert_eq!(s.users().count(), 1);
+        assert_eq!(s.services().count(), 1);
+        let analytics = c.permission("company.access_analytics").unwrap();
+        assert!(s.has_permission(svc, analytics));
+        assert_eq!(s.grant(s.user(svc)).roles_header.as_ref(), "data_analyst");
+
+        let text = format!(
+            "{{\"users\": [{{\"id\": \"a\", \"roles\": [], \"api_keys\": [\"{}\"]}}],\n\"services\": [\n{}\n]}}",
+            key("ka"),
+            [
+                format!(r#"{{"id": "a", "roles": ["nope"], "api_keys": ["{}"]}}"#, key("ka")),
+                r#"{"id": "s", "roles": []}"#.to_string(),
+                r#"{"id": "s", "roles": [], "api_keys": ["bad"]}"#.to_string(),
+            ]
+            .join(",\n")
+        );
+        let errs = Snapshot::build("s.json", &text, &c).unwrap_err();
+        let got: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{:?} {}", e.line, e.field))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "Some(3) services[0].id",
+                "Some(3) services[0].roles[0]",
+                "Some(3) services[0].api_keys[0]",
+                "Some(5) services[2].id",
+                "Some(5) services[2].api_keys[0]",
+            ],
+            "{errs:?}"
+        );
+        assert!(errs[0].message.contains("also a user's id"), "{errs:?}");
+        assert!(errs[2].message.contains("also held by 'a'"), "{errs:?}");
+        assert!(errs[3].message.contains("twice"), "{errs:?}");
+    }
+
     #[test]
     fn strict_json() {
         let c = catalog();

@@ -41,8 +41,11 @@ fn config(forward: bool) -> String {
 }
 
 async fn harness(forward: bool) -> Harness {
-    Harness::with_config_text(&config(forward), &[("snapshot.json", &snapshot_with_service())])
-        .await
+    Harness::with_config_text(
+        &config(forward),
+        &[("snapshot.json", &snapshot_with_service())],
+    )
+    .await
 }
 
 /// The CRM's last request.
@@ -197,7 +200,10 @@ async fn a_service_principal_is_decided_by_its_roles_and_the_crm_sees_its_id() {
     assert_eq!(recorded_header(&got, "x-permgate-user"), ["svc-sync"]);
     assert_eq!(recorded_header(&got, "x-permgate-principal"), ["service"]);
     assert_eq!(recorded_header(&got, "x-permgate-roles"), ["data_analyst"]);
-    assert!(recorded_header(&got, "x-api-key").is_empty(), "stripped by default");
+    assert!(
+        recorded_header(&got, "x-api-key").is_empty(),
+        "stripped by default"
+    );
     // Denied where its roles do not reach.
     h.clear();
     let r = client()
@@ -225,7 +231,12 @@ async fn a_service_principal_is_decided_by_its_roles_and_the_crm_sees_its_id() {
         .unwrap();
     assert_eq!(me["principal"], "user");
     h.clear();
-    let r = get(&h, "/api/v1/analytics", &[("authorization", &bearer("u-da"))]).await;
+    let r = get(
+        &h,
+        "/api/v1/analytics",
+        &[("authorization", &bearer("u-da"))],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert!(recorded_header(&last(&h), "x-permgate-principal").is_empty());
     // Reached by key only: a token naming the service's id is an unknown user.
@@ -266,7 +277,10 @@ fn a_passthrough_route_with_a_permission_or_checks_is_refused_at_load() {
     )
     .unwrap();
     for (extra, expect) in [
-        ("permission = \"company.access_analytics\"\n", "takes no 'permission'"),
+        (
+            "permission = \"company.access_analytics\"\n",
+            "takes no 'permission'",
+        ),
         (
             "records = [{ type = \"lead\", id = \"path:id\" }]\n",
             "takes no records",
