@@ -1243,8 +1243,13 @@ impl Snapshot {
         self.services.values().map(|i| self.user(*i))
     }
 
+    /// The people (service principals not counted).
     pub fn user_count(&self) -> usize {
-        self.users.len()
+        self.users.len() - self.services.len()
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
     }
 
     pub fn custom_role_count(&self) -> usize {

@@ -271,11 +271,23 @@ async fn a_service_principal_is_decided_by_its_roles_and_the_crm_sees_its_id() {
 #[test]
 fn a_passthrough_route_with_a_permission_or_checks_is_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("snapshot.json"),
-        permgate::demo::DEMO_SNAPSHOT,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("snapshot.json"), snapshot_with_service()).unwrap();
+    // A valid one: check-config names it as unchecked, and counts the service apart.
+    let path = dir.path().join("permgate.toml");
+    std::fs::write(&path, config(true)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("route 'auth.pat_exchange'") && text.contains("NOT verified"),
+        "{text}"
+    );
+    assert!(text.contains("(and 1 service principal(s))"), "{text}");
+    assert!(text.contains("api_keys: forwarded"), "{text}");
     for (extra, expect) in [
         (
             "permission = \"company.access_analytics\"\n",
