@@ -895,11 +895,10 @@ impl Snapshot {
                     None => raw.services.get(i - raw.users.len()).map_or("", |s| &s.id),
                 }
             };
-            // What users and services share: roles → grant, keys → digests (located errors).
-            let mut grant_and_keys =
-                |idx: UserIdx,
-                 role_names: &[Name<'_>],
-                 keys: &[Name<'_>],
+            // What users and services share: roles → grant, then keys → digests (located
+            // errors, in the order of one pass: roles, manager, keys).
+            let mut grant_of_roles =
+                |role_names: &[Name<'_>],
                  at: &dyn Fn(&str, String) -> ConfigError,
                  errors: &mut Vec<ConfigError>| {
                     combo.clear();
@@ -912,10 +911,15 @@ impl Snapshot {
                     }
                     combo.sort_unstable();
                     combo.dedup();
-                    let grant = grant_for(&mut grants, &mut grant_of, &roles, catalog, &combo);
-                    let mut digests = Vec::with_capacity(keys.len());
-                    for (j, k) in keys.iter().enumerate() {
-                        match parse_key_digest(k) {
+                    grant_for(&mut grants, &mut grant_of, &roles, catalog, &combo)
+                };
+            let mut digests_of = |idx: UserIdx,
+                                  keys: &[Name<'_>],
+                                  at: &dyn Fn(&str, String) -> ConfigError,
+                                  errors: &mut Vec<ConfigError>| {
+                let mut digests = Vec::with_capacity(keys.len());
+                for (j, k) in keys.iter().enumerate() {
+                    match parse_key_digest(k) {
                             Some(d) => {
                                 digests.push(d);
                                 if let Some(other) = api_keys.insert(d, idx) {
@@ -934,9 +938,9 @@ impl Snapshot {
                                     .into(),
                             )),
                         }
-                    }
-                    (grant, digests.into_boxed_slice())
-                };
+                }
+                digests.into_boxed_slice()
+            };
             for (i, u) in raw.users.iter().enumerate() {
                 let at = |field: &str, m: String| {
                     ConfigError::new(
@@ -946,8 +950,7 @@ impl Snapshot {
                         m,
                     )
                 };
-                let (grant, api_keys) =
-                    grant_and_keys(i as UserIdx, &u.roles, &u.api_keys, &at, &mut errors);
+                let grant = grant_of_roles(&u.roles, &at, &mut errors);
                 let manager = match &u.manager {
                     None => None,
                     Some(m) => match by_id.get(&**m) {
@@ -971,6 +974,7 @@ impl Snapshot {
                     };
                     team_ids.push(id);
                 }
+                let api_keys = digests_of(i as UserIdx, &u.api_keys, &at, &mut errors);
                 users.push(User {
                     id: (*u.id).into(),
                     name: u.name.as_deref().map(Into::into),
@@ -1012,8 +1016,8 @@ impl Snapshot {
                     errors.push(at("id", format!("service '{}' appears twice", sv.id)));
                 }
                 let idx = (raw.users.len() + i) as UserIdx;
-                let (grant, api_keys) =
-                    grant_and_keys(idx, &sv.roles, &sv.api_keys, &at, &mut errors);
+                let grant = grant_of_roles(&sv.roles, &at, &mut errors);
+                let api_keys = digests_of(idx, &sv.api_keys, &at, &mut errors);
                 users.push(User {
                     id: (*sv.id).into(),
                     name: sv.name.as_deref().map(Into::into),
