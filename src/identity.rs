@@ -1396,6 +1396,29 @@ trusted_cidrs = ["10.1.0.0/16"]
         assert_eq!(code(v.identify(&t, None)), "untrusted_identity_header");
     }
 
+    /// `[api_keys] forward`: `strip` by default, `forward` on request (and said by
+    /// check-config), any other value refused.
+    #[test]
+    fn api_keys_forward_is_strip_unless_asked() {
+        let build = |forward: &str| {
+            let text = format!("[api_keys]\nheader = \"x-api-key\"\n{forward}");
+            toml::from_str::<IdentitySection>(&text)
+                .map_err(|e| e.to_string())
+                .map(|raw| Verifier::build(&raw, "t.toml", &text, &keys_dir()).ok())
+        };
+        let v = build("").unwrap().unwrap();
+        assert!(!v.forwards_api_keys());
+        assert!(v.notes().is_empty());
+        let v = build("forward = \"strip\"").unwrap().unwrap();
+        assert!(!v.forwards_api_keys());
+        let v = build("forward = \"forward\"").unwrap().unwrap();
+        assert!(v.forwards_api_keys());
+        assert_eq!(v.api_key_header().map(|h| h.as_str()), Some("x-api-key"));
+        assert!(v.notes()[0].contains("can replay"), "{:?}", v.notes());
+        let e = build("forward = \"passthrough\"").err().unwrap();
+        assert!(e.contains("unknown variant") && e.contains("line 3"), "{e}");
+    }
+
     #[test]
     fn zero_two_or_malformed_credentials() {
         let v = verifier("");
