@@ -1252,6 +1252,11 @@ impl Snapshot {
         self.users.len() - self.services.len()
     }
 
+    /// A service principal by id (never found by [`Snapshot::user_index`]).
+    pub fn service_index(&self, id: &str) -> Option<UserIdx> {
+        self.services.get(id).copied()
+    }
+
     pub fn service_count(&self) -> usize {
         self.services.len()
     }
