@@ -320,3 +320,37 @@ fn a_passthrough_route_with_a_permission_or_checks_is_refused_at_load() {
         assert!(all.contains("permgate.toml:"), "located: {all}");
     }
 }
+
+/// In allow-list mode (only listed headers reach the CRM) a forwarded key and a passthrough
+/// route's credentials still go through; nothing else unlisted does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_credentials_survive_allow_list_mode() {
+    let text = config(true).replace(
+        "[forward]\n",
+        "[forward]\nrequest_headers = \"allow_list\"\n",
+    );
+    let h = Harness::with_config_text(&text, &[("snapshot.json", &snapshot_with_service())]).await;
+    h.clear();
+    let r = get(
+        &h,
+        "/api/v1/analytics",
+        &[("x-api-key", DEMO_ANALYST_API_KEY), ("x-unlisted", "1")],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let got = last(&h);
+    assert_eq!(recorded_header(&got, "x-api-key"), [DEMO_ANALYST_API_KEY]);
+    assert!(recorded_header(&got, "x-unlisted").is_empty());
+    h.clear();
+    let r = client()
+        .post(h.url("/api/v1/auth/pat-exchange"))
+        .header("authorization", "Bearer crm-pat")
+        .header("x-unlisted", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the CRM's own answer");
+    let got = last(&h);
+    assert_eq!(recorded_header(&got, "authorization"), ["Bearer crm-pat"]);
+    assert!(recorded_header(&got, "x-unlisted").is_empty());
+}
