@@ -196,8 +196,7 @@ fn is_target(raw: &[u8], c: &crate::canon::CanonicalTarget) -> bool {
 /// hop-by-hop header, no client copy of the identity headers (whatever their spelling) and no
 /// consumed credential (unless the config forwards its kind, or the route passes credentials
 /// through); the caller's id and roles (and [`PRINCIPAL_HEADER`] for a service) and the request
-/// id added. `Err`: nothing may
-/// be forwarded (fail closed).
+/// id added. `Err`: nothing may be forwarded (fail closed).
 pub fn edit_upstream(
     head: &mut impl UpstreamHead,
     raw_target: &[u8],
