@@ -82,9 +82,15 @@ fn permission_names(
     catalog.names(set).into_iter().map(str::to_string).collect()
 }
 
-/// One user of `new` against `old`.
-fn diff_user(old: &Snapshot, new: &Snapshot, u: &crate::snapshot::User, d: &mut SnapshotDiff) {
-    match old.user_index(&u.id) {
+/// One user (or service principal) of `new` against `old`: `before` is its index in `old`.
+fn diff_user(
+    old: &Snapshot,
+    new: &Snapshot,
+    u: &crate::snapshot::User,
+    before: Option<crate::snapshot::UserIdx>,
+    d: &mut SnapshotDiff,
+) {
+    match before {
         None => d.users_added.push(u.id.to_string()),
         Some(oi) => {
             let ou = old.user(oi);
@@ -118,7 +124,7 @@ pub fn diff_users(old: Option<&Snapshot>, new: &Snapshot, touched: &[String]) ->
             continue;
         };
         match old {
-            Some(old) => diff_user(old, new, u, &mut d),
+            Some(old) => diff_user(old, new, u, old.user_index(id), &mut d),
             None => d.users_added.push(u.id.to_string()),
         }
     }
@@ -133,8 +139,9 @@ pub fn diff(
     catalog: &crate::catalog::Catalog,
 ) -> SnapshotDiff {
     let mut d = SnapshotDiff::default();
+    // Service principals are listed with the users (their ids are one namespace).
     let Some(old) = old else {
-        for u in new.users() {
+        for u in new.users().chain(new.services()) {
             d.users_added.push(u.id.to_string());
         }
         for r in new.roles().iter().filter(|r| r.custom) {
@@ -143,10 +150,18 @@ pub fn diff(
         return d;
     };
     for u in new.users() {
-        diff_user(old, new, u, &mut d);
+        diff_user(old, new, u, old.user_index(&u.id), &mut d);
+    }
+    for u in new.services() {
+        diff_user(old, new, u, old.service_index(&u.id), &mut d);
     }
     for u in old.users() {
         if new.user_index(&u.id).is_none() {
+            d.users_removed.push(u.id.to_string());
+        }
+    }
+    for u in old.services() {
+        if new.service_index(&u.id).is_none() {
             d.users_removed.push(u.id.to_string());
         }
     }
@@ -221,5 +236,27 @@ mod tests {
         assert_eq!(d.users_added.count, 0);
         let first = diff(None, &new, &c);
         assert_eq!(first.users_added.count, 9);
+    }
+
+    /// Service principals are audited with the users: added, given other roles, removed.
+    #[test]
+    fn diff_names_service_principals() {
+        let c = Catalog::builtin().unwrap();
+        let with = |services: &str| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(crate::demo::DEMO_SNAPSHOT).unwrap();
+            v["services"] = serde_json::from_str(services).unwrap();
+            Snapshot::build("s", &v.to_string(), &c).unwrap()
+        };
+        let none = with("[]");
+        let one = with(r#"[{"id":"svc","roles":["member"]}]"#);
+        let promoted = with(r#"[{"id":"svc","roles":["admin"]}]"#);
+        assert_eq!(diff(Some(&none), &one, &c).users_added.items, ["svc"]);
+        let d = diff(Some(&one), &promoted, &c);
+        assert_eq!(d.roles_changed.items[0].user, "svc");
+        assert_eq!(d.roles_changed.items[0].after, ["admin"]);
+        assert_eq!(d.users_added.count, 0);
+        assert_eq!(diff(Some(&one), &none, &c).users_removed.items, ["svc"]);
+        assert_eq!(diff(None, &one, &c).users_added.count, 10);
     }
 }

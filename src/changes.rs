@@ -713,6 +713,12 @@ impl Snapshot {
         for (idx, raw) in &touched {
             let idx = idx.unwrap_or_default();
             let who = &raw.id;
+            if idx >= first_new && self.services.contains_key(who.as_str()) {
+                // What a full build says of a user and a service sharing an id.
+                errors.push(format!(
+                    "changes: '{who}' is a service's id (services change with a full snapshot)"
+                ));
+            }
             if idx >= first_new && !is_valid_user_id(who) {
                 errors.push(format!(
                     "changes: '{}' is not a valid user id (1–256 visible ASCII characters, no spaces or commas)",
@@ -810,6 +816,7 @@ impl Snapshot {
                     teams: team_ids.into_boxed_slice(),
                     disabled: raw.disabled,
                     api_keys: digests.into_boxed_slice(),
+                    service: false,
                 },
             ));
         }
@@ -1025,6 +1032,7 @@ impl Snapshot {
                 team_members,
                 by_id,
                 api_keys,
+                services: self.services.clone(),
                 hierarchy,
                 managers,
                 records,
@@ -1103,6 +1111,74 @@ mod change_tests {
             Snapshot::build("changed", &raw2.to_json(), &c).is_err(),
             "u-rep1's manager is gone"
         );
+    }
+}
+
+#[cfg(test)]
+mod service_changes {
+    use super::*;
+
+    /// The changes API stays user-only: a service keeps its key and roles through a batch,
+    /// and no change can reach it or take its id, on the fast path and through a full build.
+    #[test]
+    fn changes_never_reach_or_shadow_a_service() {
+        let c = Catalog::builtin().unwrap();
+        let key = format!(
+            "sha256:{}",
+            hex::encode(crate::identity::api_key_digest("svc-key"))
+        );
+        let text = format!(
+            r#"{{"users":[{{"id":"a","roles":["member"]}}],
+                "services":[{{"id":"svc","roles":["data_analyst"],"api_keys":["{key}"]}}]}}"#
+        );
+        let s = Snapshot::build("s.json", &text, &c).unwrap();
+        let parse = |j: &str| serde_json::from_str::<Vec<Change>>(j).unwrap();
+        // A batch on the fast path: the service is untouched and still decided by its roles.
+        let next = s
+            .apply(
+                &parse(r#"[{"op":"upsert_user","user":{"id":"b","roles":["admin"]}}]"#),
+                &c,
+            )
+            .unwrap()
+            .snapshot;
+        let svc = next
+            .user_by_api_key(&crate::identity::api_key_digest("svc-key"))
+            .unwrap();
+        assert!(next.user(svc).service);
+        assert_eq!(&*next.user(svc).id, "svc");
+        assert!(next.user_index("b").is_some());
+        // A change naming the service is an unknown user; a new user may not take its id or
+        // its key; both paths agree.
+        for (batch, want) in [
+            (r#"[{"op":"disable","user":"svc"}]"#, "unknown user 'svc'"),
+            (
+                r#"[{"op":"upsert_user","user":{"id":"svc","roles":["admin"]}}]"#,
+                "svc",
+            ),
+            (
+                &*format!(
+                    r#"[{{"op":"upsert_user","user":{{"id":"c","roles":[],"api_keys":["{key}"]}}}}]"#
+                ),
+                "also held by 'svc'",
+            ),
+        ] {
+            let e = s.apply(&parse(batch), &c).err().unwrap();
+            assert!(e.iter().any(|m| m.contains(want)), "{batch}: {e:?}");
+            let mut raw = RawSnapshot::parse(&text).unwrap();
+            let full = raw
+                .apply(&parse(batch), c.record_types())
+                .map_err(|e| vec![e])
+                .and_then(|()| {
+                    Snapshot::build("s.json", &raw.to_json(), &c)
+                        .map(|_| ())
+                        .map_err(|e| e.iter().map(|e| e.to_string()).collect())
+                });
+            assert!(full.is_err(), "{batch}: the full build accepts it");
+        }
+        // The source form keeps the services through a rebuild.
+        let raw = RawSnapshot::parse(&text).unwrap();
+        let rebuilt = Snapshot::build("s.json", &raw.to_json(), &c).unwrap();
+        assert_eq!(rebuilt.services().count(), 1);
     }
 }
 

@@ -627,6 +627,10 @@ struct RawRoute {
     permission: Option<Spanned<String>>,
     #[serde(default)]
     public: bool,
+    /// `"passthrough"`: the caller's `Authorization` and API-key header reach the CRM
+    /// untouched and unverified (the route is public for permgate's decision).
+    #[serde(default)]
+    credentials: Option<RouteCredentials>,
     #[serde(default)]
     shadow: bool,
     // What the route inspects beyond its permission ([`crate::inspect`]); all optional.
@@ -655,6 +659,14 @@ struct RawRoute {
     /// Request headers this route forwards beside `forward.allow_headers` (allow-list mode).
     #[serde(default)]
     allow_headers: Vec<String>,
+}
+
+/// `credentials` of a route.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RouteCredentials {
+    /// Forwarded untouched, not verified by permgate (for calls only the CRM can check).
+    Passthrough,
 }
 
 fn default_true() -> bool {
@@ -744,6 +756,9 @@ pub struct RouteInfo {
     /// Allow-list mode: the request headers this route forwards, when it adds some to
     /// `forward.allow_headers` (merged at load); `None`: the global set.
     pub allow_headers: Option<HeaderSet>,
+    /// `credentials = "passthrough"`: a public route whose `Authorization` and API-key header
+    /// are forwarded untouched (never verified by permgate).
+    pub passthrough: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1870,7 +1885,14 @@ impl Config {
                     continue;
                 }
             };
-            let access = match (&route.permission, route.public) {
+            let passthrough = route.credentials == Some(RouteCredentials::Passthrough);
+            if passthrough && route.permission.is_some() {
+                errors.push(err(
+                    "credentials = \"passthrough\": the route is public for permgate (its credentials are the CRM's to check), so it takes no 'permission'".into(),
+                ));
+                continue;
+            }
+            let access = match (&route.permission, route.public || passthrough) {
                 (Some(p), false) => match catalog.as_ref().map(|c| c.permission(p.get_ref())) {
                     Some(Some(id)) => Access::Permission(id),
                     Some(None) => {
@@ -1901,6 +1923,21 @@ impl Config {
                     continue;
                 }
             };
+            if passthrough
+                && (!route.records.is_empty()
+                    || route.unknown_record.is_some()
+                    || route.bulk.is_some()
+                    || route.list.is_some()
+                    || route.new_owner.is_some()
+                    || route.fields.is_some()
+                    || route.on_denied_fields.is_some()
+                    || route.body.is_some())
+            {
+                errors.push(err(
+                    "credentials = \"passthrough\": permgate knows no caller on this route, so it takes no records, bulk, list, new_owner, fields or body checks".into(),
+                ));
+                continue;
+            }
             let inspect = match catalog.as_ref() {
                 None => None,
                 Some(c) => {
@@ -1988,6 +2025,7 @@ impl Config {
                     rate_limit,
                     allow_body: route.allow_body,
                     allow_headers: route_allow,
+                    passthrough,
                 },
             });
         }

@@ -52,6 +52,9 @@ pub struct Record {
     pub ts_ms: u64,
     pub request_id: String,
     pub user: Option<String>,
+    /// `service` when the caller is a service principal (left out for a person).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<&'static str>,
     pub roles: Option<String>,
     pub method: String,
     /// The canonical path (the raw target when it could not be canonicalized).

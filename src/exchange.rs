@@ -26,6 +26,10 @@ pub const OWN_HEADER_PREFIX: &str = "x-permgate-";
 /// Response headers of a trimmed bulk call: how many items were removed, and which.
 pub const REMOVED_COUNT: &str = "x-permgate-removed-count";
 pub const REMOVED_IDS: &str = "x-permgate-removed-ids";
+/// Sent to the CRM beside the user header when the caller is a service principal (value
+/// `service`); never sent for a person. Client copies are removed like every `x-permgate-*`.
+pub const PRINCIPAL_HEADER: &str = "x-permgate-principal";
+
 /// Most removed ids listed in the header (the count is exact).
 pub const MAX_REMOVED_LISTED: usize = 200;
 
@@ -197,8 +201,9 @@ fn is_target(raw: &[u8], c: &crate::canon::CanonicalTarget) -> bool {
 
 /// Turn a permitted request into what the CRM receives: exactly the canonical target; no
 /// hop-by-hop header, no client copy of the identity headers (whatever their spelling) and no
-/// consumed credential; the caller's id and roles and the request id added. `Err`: nothing may
-/// be forwarded (fail closed).
+/// consumed credential (unless the config forwards its kind, or the route passes credentials
+/// through); the caller's id and roles (and [`PRINCIPAL_HEADER`] for a service) and the request
+/// id added. `Err`: nothing may be forwarded (fail closed).
 pub fn edit_upstream(
     head: &mut impl UpstreamHead,
     raw_target: &[u8],
@@ -237,27 +242,35 @@ pub fn edit_upstream(
                 .any(|h| h.as_str() == folded)
     };
     named.extend(crate::canon::disguised_copies(headers, sensitive));
-    // Only a verified JWT is ever forwarded in Authorization: never an API key, and never
-    // an unverified credential sent to a public route.
-    let verified_jwt = permit
-        .caller
-        .is_some_and(|c| c.method == identity::Method::Jwt);
-    let drop_authorization = !(f.forward_authorization && verified_jwt);
+    let route = permit.route.map(|r| policy::route_info(config, r));
+    let method = permit.caller.map(|c| c.method);
+    // The caller's credential as sent reaches the CRM on a passthrough route (unverified:
+    // the CRM's to check), and when the config forwards the kind that was verified: a JWT in
+    // `Authorization` (`forward.forward_authorization`), an API key in its own header or in
+    // `Authorization` (`identity.api_keys.forward`; only one credential is ever presented, so
+    // whichever of the two is there is the key). Otherwise neither goes upstream.
+    let forward_key = route.is_some_and(|r| r.passthrough)
+        || (method == Some(identity::Method::ApiKey) && config.identity.forwards_api_keys());
+    let drop_authorization =
+        !(forward_key || (f.forward_authorization && method == Some(identity::Method::Jwt)));
+    let key_header = config.identity.api_key_header().filter(|_| forward_key);
     // A list route's response is filtered: ask the CRM for it uncompressed.
     let drop_accept_encoding = ctx.filters_response();
     // Allow-list mode: the route's set (the global one merged with its own), else the global.
     let allowed = match f.request_headers {
         RequestHeaders::StripList => None,
         RequestHeaders::AllowList => Some(
-            permit
-                .route
-                .and_then(|r| policy::route_info(config, r).allow_headers.as_ref())
+            route
+                .and_then(|r| r.allow_headers.as_ref())
                 .unwrap_or(&f.allow_headers),
         ),
     };
     // Every other name that never goes upstream as the client sent it: one pass over the
     // names present (a handful) rather than a lookup of each of these in the map.
     let stripped = |name: &HeaderName| {
+        if key_header == Some(name) {
+            return false;
+        }
         name.as_str().starts_with(OWN_HEADER_PREFIX)
             || *name == f.user_header
             || *name == f.roles_header
@@ -294,6 +307,12 @@ pub fn edit_upstream(
         (Some(caller), Some(snapshot)) => {
             let user = snapshot.user(caller.user);
             head.set(f.user_header.clone(), value(&user.id)?)?;
+            if user.service {
+                head.set(
+                    HeaderName::from_static(PRINCIPAL_HEADER),
+                    HeaderValue::from_static("service"),
+                )?;
+            }
             head.set(
                 f.roles_header.clone(),
                 value(&snapshot.grant(user).roles_header)?,
@@ -459,6 +478,9 @@ pub fn finish(state: &State, ctx: &Ctx, method: &http::Method, raw_target: &[u8]
     });
     let reason = match (&ctx.denied, route_info.map(|r| r.access), caller, snapshot) {
         (Some(d), _, _, _) => d.rejection.code.to_string(),
+        (None, Some(Access::Public), _, _) if route_info.is_some_and(|r| r.passthrough) => {
+            "passthrough".to_string()
+        }
         (None, Some(Access::Public), _, _) => "public".to_string(),
         (None, Some(Access::Permission(p)), Some(c), Some(s)) => {
             let granted = match (route, &ctx.permit) {
@@ -499,6 +521,10 @@ pub fn finish(state: &State, ctx: &Ctx, method: &http::Method, raw_target: &[u8]
             request_id: ctx.request_id.clone(),
             roles: match (caller, snapshot) {
                 (Some(c), Some(s)) => Some(s.grant(s.user(c.user)).roles_header.to_string()),
+                _ => None,
+            },
+            principal: match (caller, snapshot) {
+                (Some(c), Some(s)) if s.user(c.user).service => Some("service"),
                 _ => None,
             },
             user,

@@ -104,6 +104,8 @@ pub fn explain_with_body(
             "name": spec.value.name,
             "declared_at": spec.origin,
             "access": match spec.value.access {
+                // Public for permgate; the caller's credentials go to the CRM unverified.
+                Access::Public if spec.value.passthrough => "public, credentials passthrough".to_string(),
                 Access::Public => "public".to_string(),
                 Access::Permission(p) => config.catalog.permission_name(p).to_string(),
             },

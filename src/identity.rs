@@ -95,6 +95,21 @@ struct RawApiKeys {
     header: Option<String>,
     #[serde(default = "default_true")]
     bearer: bool,
+    /// What reaches the CRM once the key is verified: nothing (`strip`, the default) or the
+    /// key as the client sent it, in its own header or `Authorization` (`forward`).
+    #[serde(default)]
+    forward: CredentialForward,
+}
+
+/// What a verified credential becomes upstream (`[identity.api_keys] forward`).
+#[derive(Deserialize, Default, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialForward {
+    /// Verified by permgate, then removed: the CRM sees only the identity headers.
+    #[default]
+    Strip,
+    /// Verified by permgate, then forwarded as sent (the CRM can check it, and replay it).
+    Forward,
 }
 
 #[derive(Deserialize)]
@@ -265,6 +280,7 @@ pub struct Verifier {
     jwt: Option<JwtVerifier>,
     api_key_header: Option<HeaderName>,
     api_key_bearer: bool,
+    api_key_forward: bool,
     trusted: Option<(HeaderName, Vec<IpNet>)>,
 }
 
@@ -342,13 +358,21 @@ impl Verifier {
     /// What `check-config` tells the operator about how tokens are checked: the claims that
     /// are left unchecked because the config does not name them.
     pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.api_key_forward {
+            notes.push(
+                "api_keys: forwarded to the CRM as sent once verified (forward = \"forward\"): \
+                 the CRM sees, and can replay, every caller's key"
+                    .to_string(),
+            );
+        }
         let Some(j) = &self.jwt else {
-            return Vec::new();
+            return notes;
         };
-        let mut notes = vec![format!(
+        notes.push(format!(
             "jwt: exp required; nbf and iat checked when present; user from '{}'",
             j.user_claim
-        )];
+        ));
         if let Some(s) = &j.jwks {
             notes.push(format!(
                 "jwt: keys also from {} (fetched when serving, not by check-config)",
@@ -607,6 +631,10 @@ impl Verifier {
             });
         }
 
+        let api_key_forward = raw
+            .api_keys
+            .as_ref()
+            .is_some_and(|a| a.forward == CredentialForward::Forward);
         let (api_key_header, api_key_bearer) = match &raw.api_keys {
             None => (None, false),
             Some(a) => {
@@ -708,6 +736,7 @@ impl Verifier {
                 jwt,
                 api_key_header,
                 api_key_bearer,
+                api_key_forward,
                 trusted,
             })
         } else {
@@ -721,6 +750,16 @@ impl Verifier {
         self.api_key_header
             .iter()
             .chain(self.trusted.as_ref().map(|(h, _)| h))
+    }
+
+    /// The header an API key may be presented in, if one is configured.
+    pub fn api_key_header(&self) -> Option<&HeaderName> {
+        self.api_key_header.as_ref()
+    }
+
+    /// Are verified API keys forwarded to the CRM as sent (`[identity.api_keys] forward`)?
+    pub fn forwards_api_keys(&self) -> bool {
+        self.api_key_forward
     }
 
     /// Find and verify the one credential of a request.
@@ -1355,6 +1394,29 @@ trusted_cidrs = ["10.1.0.0/16"]
             "untrusted_identity_header"
         );
         assert_eq!(code(v.identify(&t, None)), "untrusted_identity_header");
+    }
+
+    /// `[api_keys] forward`: `strip` by default, `forward` on request (and said by
+    /// check-config), any other value refused.
+    #[test]
+    fn api_keys_forward_is_strip_unless_asked() {
+        let build = |forward: &str| {
+            let text = format!("[api_keys]\nheader = \"x-api-key\"\n{forward}");
+            toml::from_str::<IdentitySection>(&text)
+                .map_err(|e| e.to_string())
+                .map(|raw| Verifier::build(&raw, "t.toml", &text, &keys_dir()).ok())
+        };
+        let v = build("").unwrap().unwrap();
+        assert!(!v.forwards_api_keys());
+        assert!(v.notes().is_empty());
+        let v = build("forward = \"strip\"").unwrap().unwrap();
+        assert!(!v.forwards_api_keys());
+        let v = build("forward = \"forward\"").unwrap().unwrap();
+        assert!(v.forwards_api_keys());
+        assert_eq!(v.api_key_header().map(|h| h.as_str()), Some("x-api-key"));
+        assert!(v.notes()[0].contains("can replay"), "{:?}", v.notes());
+        let e = build("forward = \"passthrough\"").err().unwrap();
+        assert!(e.contains("unknown variant") && e.contains("line 3"), "{e}");
     }
 
     #[test]

@@ -1102,6 +1102,7 @@ pub fn effective_permissions(
         .collect();
     serde_json::json!({
         "user": &*u.id,
+        "principal": if u.service { "service" } else { "user" },
         "roles": g.roles.iter().map(|r| snapshot.role_id(*r)).collect::<Vec<_>>(),
         "permissions": permissions,
     })

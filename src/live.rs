@@ -807,6 +807,7 @@ impl State {
                 "age_seconds": s.age().as_secs_f64(),
                 "loaded_at_unix": s.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                 "users": s.user_count(),
+                "services": s.service_count(),
                 "custom_roles": s.custom_role_count(),
                 "stale": self.is_stale(),
             })

@@ -254,8 +254,8 @@ fn main() -> ExitCode {
                 Startup::Source(s, _) => print_out(
                     &format!(
                         "config {} (hash {}): OK\n  routes:      {}\n  permissions: {} in the \
-                         catalogue\n  roles:       {} presets, {} custom\n  users:       {}\n  \
-                         snapshot:    {} ({})\n{}",
+                         catalogue\n  roles:       {} presets, {} custom\n  users:       {}{}\n  \
+                         snapshot:    {} ({})\n{}{}",
                         config.file,
                         config.hash,
                         config.routes.len(),
@@ -263,8 +263,13 @@ fn main() -> ExitCode {
                         config.catalog.roles().len(),
                         s.custom_role_count(),
                         s.user_count(),
+                        match s.service_count() {
+                            0 => String::new(),
+                            n => format!(" (and {n} service principal(s))"),
+                        },
                         config.snapshot.path.display(),
                         s.version,
+                        passthrough_notes(&config),
                         config
                             .identity
                             .notes()
@@ -439,4 +444,21 @@ fn healthcheck(admin: SocketAddr) -> Result<(), String> {
             line.lines().next().unwrap_or("")
         )),
     }
+}
+
+/// One `check-config` line per route whose credentials permgate does not check.
+fn passthrough_notes(config: &permgate::config::Config) -> String {
+    config
+        .routes
+        .routes()
+        .iter()
+        .filter(|r| r.value.passthrough)
+        .map(|r| {
+            format!(
+                "  route '{}' ({}): credentials = \"passthrough\": public for permgate, its \
+                 Authorization and API-key header reach the CRM NOT verified\n",
+                r.value.name, r.origin
+            )
+        })
+        .collect()
 }

@@ -7,8 +7,16 @@
 //! { "version": "2026-11-23.1",
 //!   "roles": [ { "id": "regional_rep", "name": "Regional rep", "permissions": ["lead.*"] } ],
 //!   "users": [ { "id": "u-rep1", "name": "Riley Rep", "roles": ["sales_rep"], "teams": ["east"],
-//!                "manager": "u-sm", "api_keys": ["sha256:<64 hex>"], "disabled": false } ] }
+//!                "manager": "u-sm", "api_keys": ["sha256:<64 hex>"], "disabled": false } ],
+//!   "services": [ { "id": "svc-billing", "name": "Billing sync", "roles": ["billing_sync"],
+//!                   "api_keys": ["sha256:<64 hex>"], "disabled": false } ] }
 //! ```
+//!
+//! A service (optional `services`) is a principal that is not a person: an org or integration
+//! API key with roles. It is decided like a user (its roles' permissions and scopes) but has
+//! no team, no manager and owns no record, so only an `all` scope reaches records for it; it
+//! is reached only through its API keys (a JWT or trusted header naming its id is an unknown
+//! user), and its id shares the users' namespace (unique across both).
 //!
 //! Roles are the catalogue's presets plus the snapshot's custom roles (any named subset of the
 //! catalogue; a custom role may not reuse a preset's id). A user's permissions are the union of
@@ -53,6 +61,9 @@ pub struct RawSnapshot {
     #[serde(default)]
     pub roles: Vec<RawRole>,
     pub users: Vec<RawUser>,
+    /// Principals that are not people (org or integration keys), decided like users.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<RawService>,
     /// Record ownership, shares and related objects ([`crate::records`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records: Option<RawRecords>,
@@ -66,7 +77,24 @@ struct BuildForm<'t> {
     generated_at: Option<u64>,
     roles: Vec<RawRole>,
     users: Vec<UserForm<'t>>,
+    services: Vec<ServiceForm<'t>>,
     records: Option<RecordsDraft<'t>>,
+}
+
+/// [`RawService`] as [`Snapshot::build`] reads it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceForm<'t> {
+    #[serde(borrow)]
+    id: Name<'t>,
+    #[serde(borrow, default)]
+    name: Option<Name<'t>>,
+    #[serde(borrow)]
+    roles: Vec<Name<'t>>,
+    #[serde(borrow, default)]
+    api_keys: Vec<Name<'t>>,
+    #[serde(default)]
+    disabled: bool,
 }
 
 /// [`RawUser`] as [`Snapshot::build`] reads it: the strings borrowed from the text (copied only
@@ -127,7 +155,14 @@ impl<'de: 't, 't> Deserialize<'de> for Name<'t> {
     }
 }
 
-const BUILD_FIELDS: [&str; 5] = ["version", "generated_at", "roles", "users", "records"];
+const BUILD_FIELDS: [&str; 6] = [
+    "version",
+    "generated_at",
+    "roles",
+    "users",
+    "records",
+    "services",
+];
 
 impl<'t> BuildForm<'t> {
     /// Parse a snapshot text: the top-level object by hand, each field's value with serde
@@ -171,9 +206,10 @@ impl<'t> BuildForm<'t> {
             generated_at: None,
             roles: Vec::new(),
             users: Vec::new(),
+            services: Vec::new(),
             records: None,
         };
-        let mut seen = [false; 5];
+        let mut seen = [false; BUILD_FIELDS.len()];
         if b.get(i) == Some(&b'}') {
             return Err(fail(i, "missing field `users`".into()));
         }
@@ -190,7 +226,7 @@ impl<'t> BuildForm<'t> {
                 return Err(fail(
                     at,
                     format!(
-                        "unknown field `{}`, expected one of `version`, `generated_at`, `roles`, `users`, `records`",
+                        "unknown field `{}`, expected one of `version`, `generated_at`, `roles`, `users`, `records`, `services`",
                         key.escape_debug()
                     ),
                 ));
@@ -219,6 +255,10 @@ impl<'t> BuildForm<'t> {
                 })?,
                 3 => sub_value(file, text, i).map(|(v, n)| {
                     form.users = v;
+                    n
+                })?,
+                5 => sub_value(file, text, i).map(|(v, n)| {
+                    form.services = v;
                     n
                 })?,
                 _ => match RecordsDraft::parse(text, i) {
@@ -339,6 +379,20 @@ pub struct RawUser {
     pub disabled: bool,
 }
 
+/// A service principal in source form (module docs).
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
 /// A role as the snapshot knows it (preset or custom).
 #[derive(Debug, Clone)]
 pub struct SnapshotRole {
@@ -371,6 +425,9 @@ pub struct User {
     pub disabled: bool,
     /// SHA-256 digests of the user's API keys (to drop them when the user changes).
     pub api_keys: Box<[[u8; 32]]>,
+    /// A service principal (the snapshot's `services`), not a person: reached only by its
+    /// API keys, never by id; no team, no manager, no record of its own.
+    pub service: bool,
 }
 
 /// An index into the snapshot's users.
@@ -456,6 +513,8 @@ pub struct Snapshot {
     pub(crate) team_members: Arc<Vec<u32>>,
     pub(crate) by_id: Layered<Box<str>>,
     pub(crate) api_keys: Layered<[u8; 32]>,
+    /// The service principals by id (few; never in `by_id`, which resolves people only).
+    pub(crate) services: Arc<HashMap<Box<str>, UserIdx>>,
     pub(crate) hierarchy: Arc<Hierarchy>,
     /// Each user's manager ([`crate::hierarchy::NO_MANAGER`]: none), what the hierarchy is
     /// built from.
@@ -826,8 +885,62 @@ impl Snapshot {
             let mut teams: Vec<String> = Vec::new();
             let mut team_of: HashMap<String, u32> = HashMap::new();
             let mut api_keys: HashMap<[u8; 32], UserIdx, KeyedState> = HashMap::default();
-            let mut users = Vec::with_capacity(raw.users.len());
+            let mut users = Vec::with_capacity(raw.users.len() + raw.services.len());
             let mut combo = Vec::new();
+            // The id of principal `i` (users, then services), for a duplicate key's message.
+            let principal_id = |i: UserIdx| -> &str {
+                let i = i as usize;
+                match raw.users.get(i) {
+                    Some(u) => &u.id,
+                    None => raw.services.get(i - raw.users.len()).map_or("", |s| &s.id),
+                }
+            };
+            // What users and services share: roles → grant, then keys → digests (located
+            // errors, in the order of one pass: roles, manager, keys).
+            let mut grant_of_roles =
+                |role_names: &[Name<'_>],
+                 at: &dyn Fn(&str, String) -> ConfigError,
+                 errors: &mut Vec<ConfigError>| {
+                    combo.clear();
+                    for (j, r) in role_names.iter().enumerate() {
+                        match role_idx.get(&**r) {
+                            Some(idx) => combo.push(*idx),
+                            None => errors
+                                .push(at(&format!("roles[{j}]"), format!("unknown role '{r}'"))),
+                        }
+                    }
+                    combo.sort_unstable();
+                    combo.dedup();
+                    grant_for(&mut grants, &mut grant_of, &roles, catalog, &combo)
+                };
+            let mut digests_of = |idx: UserIdx,
+                                  keys: &[Name<'_>],
+                                  at: &dyn Fn(&str, String) -> ConfigError,
+                                  errors: &mut Vec<ConfigError>| {
+                let mut digests = Vec::with_capacity(keys.len());
+                for (j, k) in keys.iter().enumerate() {
+                    match parse_key_digest(k) {
+                            Some(d) => {
+                                digests.push(d);
+                                if let Some(other) = api_keys.insert(d, idx) {
+                                    errors.push(at(
+                                        &format!("api_keys[{j}]"),
+                                        format!(
+                                            "the same API key is also held by '{}'",
+                                            principal_id(other)
+                                        ),
+                                    ));
+                                }
+                            }
+                            None => errors.push(at(
+                                &format!("api_keys[{j}]"),
+                                "must be 'sha256:' followed by 64 hex digits (the key's SHA-256, never the key)"
+                                    .into(),
+                            )),
+                        }
+                }
+                digests.into_boxed_slice()
+            };
             for (i, u) in raw.users.iter().enumerate() {
                 let at = |field: &str, m: String| {
                     ConfigError::new(
@@ -837,18 +950,7 @@ impl Snapshot {
                         m,
                     )
                 };
-                combo.clear();
-                for (j, r) in u.roles.iter().enumerate() {
-                    match role_idx.get(&**r) {
-                        Some(idx) => combo.push(*idx),
-                        None => {
-                            errors.push(at(&format!("roles[{j}]"), format!("unknown role '{r}'")))
-                        }
-                    }
-                }
-                combo.sort_unstable();
-                combo.dedup();
-                let grant = grant_for(&mut grants, &mut grant_of, &roles, catalog, &combo);
+                let grant = grant_of_roles(&u.roles, &at, &mut errors);
                 let manager = match &u.manager {
                     None => None,
                     Some(m) => match by_id.get(&**m) {
@@ -872,28 +974,7 @@ impl Snapshot {
                     };
                     team_ids.push(id);
                 }
-                let mut digests = Vec::with_capacity(u.api_keys.len());
-                for (j, k) in u.api_keys.iter().enumerate() {
-                    match parse_key_digest(k) {
-                    Some(d) => {
-                        digests.push(d);
-                        if let Some(other) = api_keys.insert(d, i as UserIdx) {
-                            errors.push(at(
-                                &format!("api_keys[{j}]"),
-                                format!(
-                                    "the same API key is also held by '{}'",
-                                    raw.users[other as usize].id
-                                ),
-                            ));
-                        }
-                    }
-                    None => errors.push(at(
-                        &format!("api_keys[{j}]"),
-                        "must be 'sha256:' followed by 64 hex digits (the key's SHA-256, never the key)"
-                            .into(),
-                    )),
-                }
-                }
+                let api_keys = digests_of(i as UserIdx, &u.api_keys, &at, &mut errors);
                 users.push(User {
                     id: (*u.id).into(),
                     name: u.name.as_deref().map(Into::into),
@@ -901,7 +982,51 @@ impl Snapshot {
                     manager,
                     teams: team_ids.into_boxed_slice(),
                     disabled: u.disabled,
-                    api_keys: digests.into_boxed_slice(),
+                    api_keys,
+                    service: false,
+                });
+            }
+            // Services: after the users, never in `by_id` (reached by key only), ids unique
+            // across both.
+            let service_lines = std::cell::OnceCell::new();
+            let mut services: HashMap<Box<str>, UserIdx> = HashMap::new();
+            for (i, sv) in raw.services.iter().enumerate() {
+                let at = |field: &str, m: String| {
+                    ConfigError::new(
+                        file,
+                        line(&service_lines, "services", i),
+                        &format!("services[{i}].{field}"),
+                        m,
+                    )
+                };
+                if !is_valid_user_id(&sv.id) {
+                    errors.push(at(
+                        "id",
+                        format!(
+                            "'{}' is not a valid id (1–256 visible ASCII characters, no spaces or commas)",
+                            sv.id.escape_debug()
+                        ),
+                    ));
+                } else if by_id.contains_key(&*sv.id) {
+                    errors.push(at("id", format!("'{}' is also a user's id", sv.id)));
+                } else if services
+                    .insert((*sv.id).into(), (raw.users.len() + i) as UserIdx)
+                    .is_some()
+                {
+                    errors.push(at("id", format!("service '{}' appears twice", sv.id)));
+                }
+                let idx = (raw.users.len() + i) as UserIdx;
+                let grant = grant_of_roles(&sv.roles, &at, &mut errors);
+                let api_keys = digests_of(idx, &sv.api_keys, &at, &mut errors);
+                users.push(User {
+                    id: (*sv.id).into(),
+                    name: sv.name.as_deref().map(Into::into),
+                    grant,
+                    manager: None,
+                    teams: Box::default(),
+                    disabled: sv.disabled,
+                    api_keys,
+                    service: true,
                 });
             }
 
@@ -979,8 +1104,9 @@ impl Snapshot {
                     let user = |id: &str| by_id.get(id).copied();
                     let team = |name: &str| team_of.get(name).copied();
                     let role = |id: &str| role_idx.get(id).copied();
+                    // People only: a service owns no record and is shared none.
                     let user_ids = |f: &mut dyn FnMut(&str, UserIdx)| {
-                        for (i, u) in users.iter().enumerate() {
+                        for (i, u) in users.iter().enumerate().filter(|(_, u)| !u.service) {
                             f(&u.id, i as UserIdx);
                         }
                     };
@@ -1046,6 +1172,7 @@ impl Snapshot {
                 team_members: Arc::new(team_members),
                 by_id: Layered::new(by_id),
                 api_keys: Layered::new(api_keys),
+                services: Arc::new(services),
                 hierarchy: Arc::new(hierarchy),
                 managers: Arc::new(managers),
                 records,
@@ -1110,12 +1237,28 @@ impl Snapshot {
         &self.teams[idx as usize]
     }
 
+    /// The people (not the service principals).
     pub fn users(&self) -> impl Iterator<Item = &User> + '_ {
-        self.users.iter()
+        self.users.iter().filter(|u| !u.service)
     }
 
+    /// The service principals.
+    pub fn services(&self) -> impl Iterator<Item = &User> + '_ {
+        self.services.values().map(|i| self.user(*i))
+    }
+
+    /// The people (service principals not counted).
     pub fn user_count(&self) -> usize {
-        self.users.len()
+        self.users.len() - self.services.len()
+    }
+
+    /// A service principal by id (never found by [`Snapshot::user_index`]).
+    pub fn service_index(&self, id: &str) -> Option<UserIdx> {
+        self.services.get(id).copied()
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
     }
 
     pub fn custom_role_count(&self) -> usize {
@@ -1229,6 +1372,62 @@ mod tests {
         ];
         assert_eq!(got, want, "{errs:?}");
         assert!(errs[10].message.contains("also held by 'b'"), "{errs:?}");
+    }
+
+    /// A service principal: decided by its roles, reached by key only, not a person; its
+    /// errors located like a user's.
+    #[test]
+    fn services_are_key_only_principals_with_roles() {
+        let c = catalog();
+        let key = |k: &str| format!("sha256:{}", hex::encode(crate::identity::api_key_digest(k)));
+        let text = format!(
+            r#"{{"users":[{{"id":"a","roles":["member"],"api_keys":["{}"]}}],
+                "services":[{{"id":"svc","name":"Sync","roles":["data_analyst"],"api_keys":["{}"]}}]}}"#,
+            key("ka"),
+            key("ks")
+        );
+        let s = Snapshot::build("s.json", &text, &c).unwrap();
+        let svc = s
+            .user_by_api_key(&crate::identity::api_key_digest("ks"))
+            .unwrap();
+        assert!(s.user(svc).service);
+        assert_eq!(&*s.user(svc).id, "svc");
+        assert_eq!(s.user_index("svc"), None, "never reached by id");
+        assert_eq!(s.users().count(), 1);
+        assert_eq!(s.services().count(), 1);
+        let analytics = c.permission("company.access_analytics").unwrap();
+        assert!(s.has_permission(svc, analytics));
+        assert_eq!(s.grant(s.user(svc)).roles_header.as_ref(), "data_analyst");
+
+        let text = format!(
+            "{{\"users\": [{{\"id\": \"a\", \"roles\": [], \"api_keys\": [\"{}\"]}}],\n\"services\": [\n{}\n]}}",
+            key("ka"),
+            [
+                format!(r#"{{"id": "a", "roles": ["nope"], "api_keys": ["{}"]}}"#, key("ka")),
+                r#"{"id": "s", "roles": []}"#.to_string(),
+                r#"{"id": "s", "roles": [], "api_keys": ["bad"]}"#.to_string(),
+            ]
+            .join(",\n")
+        );
+        let errs = Snapshot::build("s.json", &text, &c).unwrap_err();
+        let got: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{:?} {}", e.line, e.field))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "Some(3) services[0].id",
+                "Some(3) services[0].roles[0]",
+                "Some(3) services[0].api_keys[0]",
+                "Some(5) services[2].id",
+                "Some(5) services[2].api_keys[0]",
+            ],
+            "{errs:?}"
+        );
+        assert!(errs[0].message.contains("also a user's id"), "{errs:?}");
+        assert!(errs[2].message.contains("also held by 'a'"), "{errs:?}");
+        assert!(errs[3].message.contains("twice"), "{errs:?}");
     }
 
     #[test]
