@@ -190,6 +190,8 @@ pub fn snapshot_text(rows: &Rows, version: String, generated_at: u64) -> Result<
         roles,
         users,
         records: has_records.then_some(records),
+        // Service principals come from the snapshot file or a URL source, not yet from SQL.
+        services: Vec::new(),
     };
     Ok(raw.to_json())
 }

@@ -3,6 +3,7 @@
 //! credentials; the CORS headers on forwarded answers and on the gateway's own refusals; the
 //! CRM's own CORS headers replaced. Last, a real headless Chromium runs a page on another
 //! origin against the gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
 
