@@ -1670,6 +1670,17 @@ impl Config {
                     "must be at least poll_interval_ms",
                 );
             }
+            if sn.max_staleness_seconds > 0
+                && Duration::from_secs(sn.max_staleness_seconds)
+                    < Duration::from_millis(d.reconcile_interval_ms)
+            {
+                // A quiet database is reloaded only every reconcile interval: a shorter
+                // staleness limit would call a healthy source stale.
+                bad(
+                    "snapshot.max_staleness_seconds",
+                    "must be at least snapshot.database.reconcile_interval_ms (or 0)",
+                );
+            }
             if d.queries.users.trim().is_empty() {
                 bad("snapshot.database.queries.users", "must not be empty");
             }
@@ -1886,6 +1897,16 @@ impl Config {
                 }
             };
             let passthrough = route.credentials == Some(RouteCredentials::Passthrough);
+            // Unverified credentials go to exactly the paths named: no catch-all, no regex.
+            if passthrough
+                && (route.regex.is_some()
+                    || route.path.as_deref().is_some_and(|p| p.contains("{*")))
+            {
+                errors.push(err(
+                    "credentials = \"passthrough\": name exact paths (a template without {*rest}), not a catch-all or a regex".into(),
+                ));
+                continue;
+            }
             if passthrough && route.permission.is_some() {
                 errors.push(err(
                     "credentials = \"passthrough\": the route is public for permgate (its credentials are the CRM's to check), so it takes no 'permission'".into(),

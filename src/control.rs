@@ -301,10 +301,13 @@ async fn pull_snapshot(state: Arc<State>) {
 
 /// Follow the CRM's own database ([`crate::dbsource`]): a full load at start, when the
 /// `cursor` query's value changes (checked every `poll_interval_ms`; without a cursor query every
-/// poll is a full load) and every `reconcile_interval_ms`. One connection, kept and re-opened
-/// after an error; failures back off (at most 30 s) and keep the last good snapshot.
+/// poll is a full load) and every `reconcile_interval_ms`. One connection, kept, re-opened after
+/// an error or when a reload changes its URL or session SQL. Each round reads one consistent
+/// state (a read-only repeatable-read transaction) within a deadline (connect 10 s; statement
+/// timeout 30 s unless `session_sql` sets another; the round at most `max(poll, 60 s)`);
+/// failures back off (at most 30 s more than the poll) and keep the last good snapshot.
 async fn follow_database(state: Arc<State>) {
-    let mut conn: Option<tokio_postgres::Client> = None;
+    let mut conn: Option<(tokio_postgres::Client, String)> = None;
     let mut last_cursor: Option<String> = None;
     let mut last_full: Option<std::time::Instant> = None;
     let mut failures = 0u32;
@@ -313,9 +316,19 @@ async fn follow_database(state: Arc<State>) {
         let Some(db) = state.live().config.snapshot.database.clone() else {
             return;
         };
-        let outcome: Result<(), String> = async {
-            if conn.as_ref().is_none_or(|c| c.is_closed()) {
-                let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        let key = format!("{}\u{0}{}", db.url, db.session_sql.join("\u{0}"));
+        let round = async {
+            if conn
+                .as_ref()
+                .is_none_or(|(c, k)| c.is_closed() || *k != key)
+            {
+                conn = None;
+                let mut pg: tokio_postgres::Config =
+                    db.url.parse().map_err(|e| format!("the URL: {e}"))?;
+                pg.connect_timeout(Duration::from_secs(10))
+                    .keepalives_idle(Duration::from_secs(30));
+                let (client, connection) = pg
+                    .connect(tokio_postgres::NoTls)
                     .await
                     .map_err(|e| format!("cannot connect: {e}"))?;
                 tokio::spawn(async move {
@@ -323,50 +336,34 @@ async fn follow_database(state: Arc<State>) {
                         warn!("database connection ended: {e}");
                     }
                 });
+                client
+                    .batch_execute("SET statement_timeout = '30s'")
+                    .await
+                    .map_err(|e| format!("statement_timeout: {e}"))?;
                 for sql in &db.session_sql {
                     client
                         .batch_execute(sql)
                         .await
                         .map_err(|e| format!("session_sql: {e}"))?;
                 }
-                conn = Some(client);
+                conn = Some((client, key.clone()));
             }
-            let Some(client) = conn.as_ref() else {
+            let Some((client, _)) = conn.as_ref() else {
                 return Err("no connection".into());
             };
-            let cursor = match &db.queries.cursor {
-                None => None,
-                Some(q) => {
-                    let rows = query_rows(client, "cursor", q).await?;
-                    Some(
-                        rows.first()
-                            .and_then(|r| r.text.first().map(|(_, v)| v.clone()))
-                            .unwrap_or_default(),
-                    )
-                }
-            };
-            let due = cursor.is_none()
-                || cursor != last_cursor
-                || last_full.is_none_or(|t| t.elapsed() >= db.reconcile_interval);
-            if !due {
+            // One consistent state for the cursor and every query of the load.
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(|e| format!("begin: {e}"))?;
+            let loaded = load_round(client, &db, &last_cursor, last_full).await;
+            client
+                .batch_execute(if loaded.is_ok() { "COMMIT" } else { "ROLLBACK" })
+                .await
+                .map_err(|e| format!("end of the transaction: {e}"))?;
+            let Some((rows, cursor)) = loaded? else {
                 return Ok(());
-            }
-            let q = &db.queries;
-            let mut rows = crate::dbsource::Rows {
-                users: query_rows(client, "users", &q.users).await?,
-                ..Default::default()
             };
-            for (name, sql, into) in [
-                ("roles", &q.roles, &mut rows.roles),
-                ("api_keys", &q.api_keys, &mut rows.api_keys),
-                ("owners", &q.owners, &mut rows.owners),
-                ("shares", &q.shares, &mut rows.shares),
-                ("related", &q.related, &mut rows.related),
-            ] {
-                if let Some(sql) = sql {
-                    *into = query_rows(client, name, sql).await?;
-                }
-            }
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -382,8 +379,12 @@ async fn follow_database(state: Arc<State>) {
                 Ok(Err(_)) => Err(String::new()),
                 Err(e) => Err(format!("build task failed: {e}")),
             }
-        }
-        .await;
+        };
+        let deadline = db.poll_interval.max(Duration::from_secs(60));
+        let outcome = match tokio::time::timeout(deadline, round).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} s", deadline.as_secs())),
+        };
         match outcome {
             Ok(()) => failures = 0,
             Err(message) => {
@@ -394,8 +395,57 @@ async fn follow_database(state: Arc<State>) {
                 failures = failures.saturating_add(1);
             }
         }
-        tokio::time::sleep(backoff(db.poll_interval, failures).min(Duration::from_secs(30))).await;
+        let wait = if failures == 0 {
+            db.poll_interval
+        } else {
+            backoff(db.poll_interval, failures).min(db.poll_interval + Duration::from_secs(30))
+        };
+        tokio::time::sleep(wait).await;
     }
+}
+
+/// One round inside the transaction: the cursor, and when a load is due the rows of every
+/// query (`None`: nothing changed).
+async fn load_round(
+    client: &tokio_postgres::Client,
+    db: &crate::dbsource::DbSource,
+    last_cursor: &Option<String>,
+    last_full: Option<std::time::Instant>,
+) -> Result<Option<(crate::dbsource::Rows, Option<String>)>, String> {
+    let cursor = match &db.queries.cursor {
+        None => None,
+        Some(q) => {
+            let rows = query_rows(client, "cursor", q).await?;
+            Some(
+                rows.first()
+                    .and_then(|r| r.text.first().map(|(_, v)| v.clone()))
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let due = cursor.is_none()
+        || cursor != *last_cursor
+        || last_full.is_none_or(|t| t.elapsed() >= db.reconcile_interval);
+    if !due {
+        return Ok(None);
+    }
+    let q = &db.queries;
+    let mut rows = crate::dbsource::Rows {
+        users: query_rows(client, "users", &q.users).await?,
+        ..Default::default()
+    };
+    for (name, sql, into) in [
+        ("roles", &q.roles, &mut rows.roles),
+        ("api_keys", &q.api_keys, &mut rows.api_keys),
+        ("owners", &q.owners, &mut rows.owners),
+        ("shares", &q.shares, &mut rows.shares),
+        ("related", &q.related, &mut rows.related),
+    ] {
+        if let Some(sql) = sql {
+            *into = query_rows(client, name, sql).await?;
+        }
+    }
+    Ok(Some((rows, cursor)))
 }
 
 /// Run one of the source's queries: its rows, text, text-array, boolean and integer columns by

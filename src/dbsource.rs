@@ -121,6 +121,12 @@ pub fn snapshot_text(rows: &Rows, version: String, generated_at: u64) -> Result<
     let mut index = std::collections::HashMap::new();
     for (i, r) in rows.users.iter().enumerate() {
         let id = r.need("users", i, "id")?;
+        // A `disabled` that is not a boolean (1/0, 'Y') must not read as "enabled".
+        if r.text("disabled").is_some() || r.lists.iter().any(|(c, _)| c == "disabled") {
+            return Err(format!(
+                "users[{i}]: column 'disabled' must be a boolean (cast it: disabled::boolean)"
+            ));
+        }
         index.insert(id.clone(), users.len());
         users.push(RawUser {
             id,

@@ -279,6 +279,8 @@ pub fn edit_upstream(
             || f.strip_headers.contains(name.as_str())
             || (drop_authorization && *name == AUTHORIZATION)
             || (drop_accept_encoding && *name == http::header::ACCEPT_ENCODING)
+            // A browser's preflight carries no cookie: one that does is not a browser's.
+            || (ctx.preflight && *name == http::header::COOKIE)
             || allowed.is_some_and(|set| !forwarded_in_allow_list(name, set))
     };
     for name in headers.keys() {
@@ -589,11 +591,12 @@ pub fn cors_headers(ctx: &Ctx, headers: &mut HeaderMap, forwarded: bool) {
     }
 }
 
-/// The `[cors]` settings that apply to an answer to this call: `None` without `[cors]`, and
-/// for the CRM's answer to a preflight (`mode = "crm"`), passed as it came.
-pub fn cors_of(ctx: &Ctx, forwarded: bool) -> Option<&crate::cors::Cors> {
-    let cors = ctx.live.as_ref()?.config.cors.as_deref()?;
-    (!(forwarded && ctx.preflight)).then_some(cors)
+/// The `[cors]` settings that apply to an answer to this call (`None` without `[cors]`). The
+/// CRM's answer to a preflight (`mode = "crm"`) gets the gateway's CORS headers too, in place of
+/// its own: the CRM may refuse a preflight (its status passes) but never widen what the config
+/// allows.
+pub fn cors_of(ctx: &Ctx, _forwarded: bool) -> Option<&crate::cors::Cors> {
+    ctx.live.as_ref()?.config.cors.as_deref()
 }
 
 /// What to do with a call once it is decided.

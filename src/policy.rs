@@ -344,18 +344,29 @@ fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Denied> {
         })
         .map_err(canon_denied)?;
     let body_refused = req.wire.body && bodiless(req.method);
-    // `[cors] mode = "crm"`: a preflight goes to the CRM on any path, without a route and
-    // without credentials (the caller is nobody: the forwarded head carries none).
-    if req.method == Method::OPTIONS
-        && config
-            .cors
-            .as_ref()
-            .is_some_and(|c| c.mode == crate::cors::Mode::Crm)
-        && crate::cors::is_preflight(req.method, req.headers)
+    // `[cors] mode = "crm"`: a preflight goes to the CRM without credentials (the caller is
+    // nobody: the forwarded head carries none), and only one a browser could be sending for a
+    // call permgate routes: an allowed origin, method and headers, a route for the requested
+    // method on this path; without its query. Anything else is refused here, not forwarded.
+    if let Some(cors) = config
+        .cors
+        .as_ref()
+        .filter(|c| c.mode == crate::cors::Mode::Crm)
+        .filter(|_| crate::cors::is_preflight(req.method, req.headers))
     {
         if body_refused {
             return Err(refuse_body(None));
         }
+        cors.check_preflight(req.headers).map_err(Denied::bare)?;
+        let requested = req
+            .headers
+            .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+        if requested.is_none_or(|m| config.routes.find_index(&m, &canonical.path).is_none()) {
+            return Err(Denied::bare(Rejection::route_not_found()));
+        }
+        let mut canonical = canonical;
+        canonical.query = None;
         return Ok(Routed::Public(Permit {
             canonical,
             route: None,

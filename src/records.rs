@@ -1854,7 +1854,9 @@ impl<'s> RecordCheck<'s> {
             scope: grant.scopes.get(perm),
             record_type,
             teams: &u.teams,
-            roles: &grant.roles,
+            // A service principal owns nothing and is in no share: only an `all` scope reaches
+            // records for it, not a share made to a role it holds.
+            roles: if u.service { &[] } else { &grant.roles },
         }
     }
 
@@ -2225,6 +2227,35 @@ pub(crate) mod tests {
             via_parent(Via::Own)
         );
         assert_eq!(check(&c, &s, "u-out", "lead.view", "task", "20"), OUT);
+    }
+
+    /// Review finding: a service principal's non-`all` scope reaches no record, not even one
+    /// shared with a role it holds.
+    #[test]
+    fn a_service_reaches_no_record_shared_with_its_role() {
+        let c = catalog();
+        let key = format!(
+            "sha256:{}",
+            hex::encode(crate::identity::api_key_digest("svc-key"))
+        );
+        let text = SNAPSHOT.replacen(
+            "  \"records\": {",
+            &format!("  \"services\": [{{\"id\": \"svc\", \"roles\": [\"rep_team\"], \"api_keys\": [\"{key}\"]}}],\n  \"records\": {{"),
+            1,
+        );
+        let s = Snapshot::build("s.json", &text, &c).unwrap();
+        let svc = s
+            .user_by_api_key(&crate::identity::api_key_digest("svc-key"))
+            .unwrap();
+        assert!(s.user(svc).service);
+        let types = c.record_types();
+        let t = types.get("lead").unwrap();
+        let id = canonical_id(types.kind(t), "5").unwrap();
+        let d = check_record(&s, svc, c.permission("lead.view").unwrap(), t, &id);
+        assert!(
+            !matches!(d, RecordDecision::Allowed { .. }),
+            "service reached lead 5: {d:?}"
+        );
     }
 
     #[test]

@@ -275,36 +275,60 @@ async fn the_crm_s_own_cors_headers_are_replaced_by_the_gateway_s() {
 async fn crm_mode_passes_preflights_to_the_crm_without_credentials_or_a_route() {
     let (addr, _crm, heads) = raw_crm_recording(crm_with_cors).await;
     let h = Harness::with_config_text_to(&with_cors("mode = \"crm\"\n"), &[], Some(addr)).await;
-    let r = client()
-        .request(reqwest::Method::OPTIONS, h.url("/api/v1/customers/17?x=1"))
-        .header("origin", ORIGIN)
-        .header("access-control-request-method", "PUT")
-        .header("access-control-request-headers", "x-anything")
-        .header("authorization", bearer("u-admin"))
-        .header("x-api-key", DEMO_ANALYST_API_KEY)
-        .send()
+    let preflight = |path: &'static str, origin: &'static str, method: &'static str| {
+        client()
+            .request(reqwest::Method::OPTIONS, h.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "x-trace")
+            .header("authorization", bearer("u-admin"))
+            .header("x-api-key", DEMO_ANALYST_API_KEY)
+            .header("cookie", "PHPSESSID=stolen")
+            .send()
+    };
+    let r = preflight("/api/v1/customers/17?x=1", ORIGIN, "PATCH")
         .await
         .unwrap();
-    // The CRM's answer, as it came (its own methods, not the gateway's list).
+    // The CRM's status and its own headers pass, but the CORS headers are the gateway's: the
+    // CRM may refuse a preflight, never widen what the config allows.
     assert_eq!(r.status(), 204);
     assert_eq!(header(&r, "x-crm"), Some("preflight"));
-    assert_eq!(header(&r, "access-control-allow-methods"), Some("GET, PUT"));
+    assert_eq!(
+        header(&r, "access-control-allow-methods"),
+        Some("GET, POST, PATCH")
+    );
     assert_eq!(header(&r, "access-control-allow-origin"), Some(ORIGIN));
     let seen = heads.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "{seen:?}");
     let head = seen[0].to_ascii_lowercase();
+    // Without its query, credentials or cookie.
+    assert!(head.starts_with("options /api/v1/customers/17 "), "{head}");
     assert!(
-        head.starts_with("options /api/v1/customers/17?x=1 "),
-        "{head}"
-    );
-    assert!(
-        head.contains("access-control-request-method: put"),
+        head.contains("access-control-request-method: patch"),
         "{head}"
     );
     assert!(head.contains("origin: https://app.example.com"), "{head}");
     assert!(!head.contains("authorization"), "{head}");
     assert!(!head.contains("x-api-key"), "{head}");
     assert!(!head.contains("x-permgate-user"), "{head}");
+    assert!(!head.contains("cookie"), "{head}");
+    // Review finding: only what a browser could send for a routed call is forwarded — not an
+    // unrouted path, not a method or origin the config does not allow.
+    for (path, origin, method, status) in [
+        ("/internal/admin/export?table=payroll", ORIGIN, "GET", 404),
+        (
+            "/api/v1/customers/17",
+            "https://evil.example.net",
+            "PATCH",
+            403,
+        ),
+        ("/api/v1/customers/17", ORIGIN, "TRACE", 403),
+        ("/api/v1/customers/17", ORIGIN, "DELETE", 403),
+    ] {
+        let r = preflight(path, origin, method).await.unwrap();
+        assert_eq!(r.status(), status, "{path} {origin} {method}");
+        assert_eq!(heads.lock().unwrap().len(), 1, "{path} {origin} {method}");
+    }
     // Other calls are decided as usual, and carry the gateway's CORS headers.
     let r = client()
         .get(h.url("/api/v1/customers"))

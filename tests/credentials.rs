@@ -320,6 +320,20 @@ fn a_passthrough_route_with_a_permission_or_checks_is_refused_at_load() {
         assert!(all.contains(expect), "{extra}: {all}");
         assert!(all.contains("permgate.toml:"), "located: {all}");
     }
+    // Review finding: unverified credentials go to exact paths only.
+    for pattern in ["path = \"/api/v1/pt/{*rest}\"", "regex = '/api/v1/pt/.*'"] {
+        let out = check_config_text(&format!(
+            "{}\n[[route]]\nname = \"pt\"\nmethods = [\"POST\"]\n{pattern}\n\
+             credentials = \"passthrough\"\n",
+            demo_config_text()
+        ));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{pattern}: {err}");
+        assert!(
+            err.contains("not a catch-all or a regex"),
+            "{pattern}: {err}"
+        );
+    }
 }
 
 /// In allow-list mode (only listed headers reach the CRM) a forwarded key and a passthrough

@@ -1114,7 +1114,7 @@ fn parse_answer(
         ctx.request_id.as_bytes(),
     );
     if let (Some(cors), Some(origin)) = (cors, &ctx.cors_origin) {
-        for (name, value) in cors.headers(origin, false) {
+        for (name, value) in cors.headers(origin, ctx.preflight) {
             header(head, name.as_str().as_bytes(), value.as_bytes());
         }
     }
