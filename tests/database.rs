@@ -175,26 +175,7 @@ async fn the_gateway_follows_the_crms_database() {
     su.batch_execute(SCHEMA).await.unwrap();
     let h = Harness::with_config_text(&database_config(pg.port), &[]).await;
     // 200 when the gateway forwarded the call, else the gateway's status.
-    let get = |user: &'static str, lead: u32| {
-        let url = h.url(&format!("/api/v1/leads/{lead}"));
-        let h = &h;
-        async move {
-            h.clear();
-            let status = client()
-                .get(url)
-                .header("authorization", bearer(user))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16();
-            if h.received().is_empty() {
-                status
-            } else {
-                200
-            }
-        }
-    };
+    let get = |user: &'static str, lead: u32| lead_call(&h, user, lead);
     let follows = |user: &'static str, lead: u32, want: u16| async move {
         eventually(10, || async { get(user, lead).await == want }).await
     };

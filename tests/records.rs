@@ -1061,26 +1061,7 @@ async fn records_are_added_and_removed_through_the_admin_api() {
     let changes = |body: String| admin_changes(port, body);
     // 200 when the gateway forwarded the call (the sample CRM may not know the lead), else
     // the gateway's status.
-    let get = |user: &'static str, lead: u32| {
-        let url = h.url(&format!("/api/v1/leads/{lead}"));
-        let h = &h;
-        async move {
-            h.clear();
-            let status = client()
-                .get(url)
-                .header("authorization", bearer(user))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16();
-            if h.received().is_empty() {
-                status
-            } else {
-                200
-            }
-        }
-    };
+    let get = |user: &'static str, lead: u32| lead_call(&h, user, lead);
     assert_eq!(get("u-rep1", 500).await, 403, "unknown to the snapshot");
     let (s, v) = changes(
         r#"{"changes":[{"op":"upsert_record","type":"lead","id":500,"owner":"u-rep1"}]}"#.into(),

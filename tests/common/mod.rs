@@ -615,3 +615,22 @@ pub fn metric(text: &str, prefix: &str) -> u64 {
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
+
+/// `GET /api/v1/leads/{lead}` as `user`: 200 when the gateway forwarded the call (the CRM may not
+/// know the lead), else the gateway's own status.
+pub async fn lead_call(h: &Harness, user: &str, lead: u32) -> u16 {
+    h.clear();
+    let status = client()
+        .get(h.url(&format!("/api/v1/leads/{lead}")))
+        .header("authorization", bearer(user))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    if h.received().is_empty() {
+        status
+    } else {
+        200
+    }
+}
