@@ -6,7 +6,6 @@
 //! (`decision_log.sample_allows`). Configured fields are masked before writing.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -14,36 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-/// Where decision lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Stdout,
-    File(PathBuf),
-    Off,
-}
-
-/// `[decision_log]` compiled.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub target: Target,
-    /// Records waiting to be written before new ones are dropped.
-    pub capacity: usize,
-    /// Fraction of allows written (0.0–1.0); denials are always written.
-    pub sample_allows: f64,
-    /// Fields replaced by `"***"`: any of `user`, `path`, `roles`, `trimmed`.
-    pub mask: Vec<String>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            target: Target::Stdout,
-            capacity: 65_536,
-            sample_allows: 1.0,
-            mask: Vec::new(),
-        }
-    }
-}
+pub use permgate_core::decision_log::{Settings, Target};
 
 /// One decision, as logged.
 #[derive(Debug, Clone, Serialize, Default)]

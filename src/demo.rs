@@ -1,49 +1,14 @@
 //! `permgate demo`: the bundled sample CRM on loopback, the gateway in front of it with the demo
 //! config (embedded: works from any directory), and ready-to-paste curl commands.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::{encode, EncodingKey, Header};
-
 use std::path::PathBuf;
 
 use crate::live::Overrides;
 
-/// The demo config and snapshot, as shipped in `config/demo/`.
-pub const DEMO_CONFIG: &str = include_str!("../config/demo/permgate.toml");
-pub const DEMO_SNAPSHOT: &str = include_str!("../config/demo/snapshot.json");
-/// The demo's HS256 key (must match `config/demo/permgate.toml`; a test checks).
-pub const DEMO_KID: &str = "demo-hs256";
-pub const DEMO_SECRET: &str = "permgate-demo-secret-not-for-production-0123456789";
-pub const DEMO_ISSUER: &str = "https://crm.example.test";
-pub const DEMO_AUDIENCE: &str = "crm-api";
-/// The demo analyst's API key (its SHA-256 is in the demo snapshot).
-pub const DEMO_ANALYST_API_KEY: &str = "pgk_demo_analyst_key_5f2c9e";
-
-/// A demo token for `user`, valid for `ttl_secs`.
-pub fn demo_token(user: &str, ttl_secs: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let claims = serde_json::json!({
-        "sub": user,
-        "iss": DEMO_ISSUER,
-        "aud": DEMO_AUDIENCE,
-        "iat": now,
-        "nbf": now.saturating_sub(60),
-        "exp": now + ttl_secs,
-    });
-    let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some(DEMO_KID.to_string());
-    // Encoding fixed claims with a valid HMAC key cannot fail; an empty token would be refused.
-    encode(
-        &header,
-        &claims,
-        &EncodingKey::from_secret(DEMO_SECRET.as_bytes()),
-    )
-    .unwrap_or_default()
-}
+pub use permgate_core::demo::{
+    demo_token, DEMO_ANALYST_API_KEY, DEMO_AUDIENCE, DEMO_CONFIG, DEMO_ISSUER, DEMO_KID,
+    DEMO_SECRET, DEMO_SNAPSHOT,
+};
 
 /// Write the demo files, start the sample CRM, and return the config to serve with its
 /// overrides (listen address, the CRM's address).

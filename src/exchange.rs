@@ -20,18 +20,9 @@ use crate::metrics::{Limited, Outcome};
 use crate::policy::{self, Denied, Permit};
 use crate::reject::Rejection;
 
-/// Prefix of every header permgate sets; client copies of any of them are removed.
-pub const OWN_HEADER_PREFIX: &str = "x-permgate-";
-
-/// Response headers of a trimmed bulk call: how many items were removed, and which.
-pub const REMOVED_COUNT: &str = "x-permgate-removed-count";
-pub const REMOVED_IDS: &str = "x-permgate-removed-ids";
-/// Sent to the CRM beside the user header when the caller is a service principal (value
-/// `service`); never sent for a person. Client copies are removed like every `x-permgate-*`.
-pub const PRINCIPAL_HEADER: &str = "x-permgate-principal";
-
-/// Most removed ids listed in the header (the count is exact).
-pub const MAX_REMOVED_LISTED: usize = 200;
+pub use permgate_core::headers::{
+    MAX_REMOVED_LISTED, OWN_HEADER_PREFIX, PRINCIPAL_HEADER, REMOVED_COUNT, REMOVED_IDS,
+};
 
 /// The hop-by-hop headers present in a request or in the CRM's answer, never passed on: the
 /// fixed ones (`Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`,

@@ -293,7 +293,7 @@ impl State {
     /// Load the config and the snapshot. A bad config is an error (nothing starts); a missing or
     /// bad snapshot is logged and the gateway starts not ready.
     pub fn load(config_path: &Path, overrides: Overrides) -> Result<State, Vec<ConfigError>> {
-        let mut config = Config::load(config_path)?;
+        let mut config = crate::config::load(config_path)?;
         overrides.apply(&mut config);
         let metrics = Arc::new(Metrics::default());
         let decision_log = DecisionLog::start(config.decision_log.clone()).map_err(|e| {
@@ -378,7 +378,7 @@ impl State {
             self.candidate.store(None);
             return;
         };
-        let candidate = match Config::load(path) {
+        let candidate = match crate::config::load(path) {
             Err(e) => Err(strings(&e)),
             Ok(c) => match load_startup_snapshot(&c) {
                 Startup::Source(s, text) => Ok(Live {
@@ -695,7 +695,7 @@ impl State {
             }));
             errors
         };
-        let mut config = match Config::load(&self.config_path) {
+        let mut config = match crate::config::load(&self.config_path) {
             Ok(c) => c,
             Err(e) => return Err(refuse(strings(&e))),
         };

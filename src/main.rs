@@ -200,7 +200,7 @@ fn serve(config: &Path, overrides: Overrides, upgrade: bool) -> ExitCode {
 
 /// Load a config and its snapshot for the offline tools; errors are printed.
 fn load_offline(path: &Path) -> Result<(Config, permgate::snapshot::Snapshot), ExitCode> {
-    let config = Config::load(path).map_err(|errors| {
+    let config = permgate::config::load(path).map_err(|errors| {
         print_errors(&errors);
         ExitCode::from(2)
     })?;
@@ -242,7 +242,7 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { file } => {
-            let config = match Config::load(&file) {
+            let config = match permgate::config::load(&file) {
                 Ok(c) => c,
                 Err(errors) => {
                     print_errors(&errors);

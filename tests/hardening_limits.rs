@@ -439,7 +439,7 @@ fn limit_settings_are_validated() {
             permgate::demo::DEMO_SNAPSHOT,
         )
         .unwrap();
-        let errors = permgate::config::Config::load(&path)
+        let errors = permgate::config::load(&path)
             .err()
             .unwrap_or_else(|| panic!("accepted: {to}"));
         let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -452,7 +452,7 @@ fn limit_settings_are_validated() {
     // The defaults.
     let path = dir.path().join("permgate.toml");
     std::fs::write(&path, demo_config_text()).unwrap();
-    let c = permgate::config::Config::load(&path).unwrap();
+    let c = permgate::config::load(&path).unwrap();
     assert_eq!(c.listen.max_connections, 10_000);
     assert_eq!(c.listen.backlog, 4096);
     assert_eq!(c.listen.write_timeout, Duration::from_secs(30));

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{line_of, ConfigError};
+use crate::error::{line_of, ConfigError};
 use crate::ids::RecordTypes;
 use crate::scope::{split_pattern, PermScopes, ScopeSet};
 
@@ -29,16 +29,16 @@ const WORDS: usize = MAX_PERMISSIONS / 64;
 pub const BUILTIN_PERMISSION_FILES: &[(&str, &str)] = &[
     (
         "config/catalog/sonar.toml",
-        include_str!("../config/catalog/sonar.toml"),
+        include_str!("../../../config/catalog/sonar.toml"),
     ),
     (
         "config/catalog/records.toml",
-        include_str!("../config/catalog/records.toml"),
+        include_str!("../../../config/catalog/records.toml"),
     ),
 ];
 pub const BUILTIN_ROLE_FILES: &[(&str, &str)] = &[(
     "config/catalog/roles.toml",
-    include_str!("../config/catalog/roles.toml"),
+    include_str!("../../../config/catalog/roles.toml"),
 )];
 
 /// An interned permission: its index in the catalogue.

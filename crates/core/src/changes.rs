@@ -496,7 +496,7 @@ pub struct Applied {
 }
 
 /// The most errors a refused batch reports.
-pub(crate) const MAX_ERRORS: usize = 100;
+pub const MAX_ERRORS: usize = 100;
 
 /// The custom roles a batch upserts, checked against the catalogue on their own: each problem
 /// is one error naming the change and the field (`changes[3].role.permissions[1]: unknown

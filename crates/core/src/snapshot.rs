@@ -40,7 +40,7 @@ use sha2::{Digest, Sha256};
 use crate::catalog::{is_valid_role_id, Catalog, PermId, PermSet};
 pub use crate::changes::Change;
 use crate::chunked::Chunked;
-use crate::config::{line_of, ConfigError};
+use crate::error::{line_of, ConfigError};
 use crate::hierarchy::Hierarchy;
 use crate::records::{
     KeyedState, OwnerNames, RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS,

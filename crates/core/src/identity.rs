@@ -24,7 +24,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use crate::config::{line_of, ConfigError};
+use crate::error::{line_of, ConfigError};
 use crate::jwks::{JwksSource, JwksStore};
 use crate::records::KeyedState;
 use crate::reject::Rejection;
@@ -644,7 +644,7 @@ impl Verifier {
                         Ok(h) if reserved_credential_header(&h) => {
                             errors.push(ConfigError::new(
                                 file,
-                                crate::config::locate(text, "identity.api_keys.header"),
+                                crate::error::locate(text, "identity.api_keys.header"),
                                 "identity.api_keys.header",
                                 format!("'{h}' is reserved (framing, routing, hop-by-hop, Authorization or x-permgate-*)"),
                             ));
@@ -654,7 +654,7 @@ impl Verifier {
                         Err(_) => {
                             errors.push(ConfigError::new(
                                 file,
-                                crate::config::locate(text, "identity.api_keys.header"),
+                                crate::error::locate(text, "identity.api_keys.header"),
                                 "identity.api_keys.header",
                                 format!("'{h}' is not a valid header name"),
                             ));
@@ -665,7 +665,7 @@ impl Verifier {
                 if h.is_none() && !a.bearer && a.header.is_none() {
                     errors.push(ConfigError::new(
                         file,
-                        crate::config::locate(text, "identity.api_keys"),
+                        crate::error::locate(text, "identity.api_keys"),
                         "identity.api_keys",
                         "with bearer = false, set a header; otherwise no API key can ever be presented",
                     ));
@@ -1055,7 +1055,7 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
 
     fn keys_dir() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keys")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/keys")
     }
 
     fn verifier(extra: &str) -> Verifier {

@@ -1,5 +1,5 @@
 //! Rate limits: token buckets per caller (`[rate_limit] per_caller`) and per route (a route's
-//! `rate_limit`), checked by [`crate::exchange::admit`] for every call about to be forwarded,
+//! `rate_limit`), checked by the server's `exchange::admit` for every call about to be forwarded,
 //! so every data plane shares them.
 //!
 //! Each bucket is kept as a single number, the time its next token is due (GCRA, the

@@ -16,7 +16,8 @@ use http::Method;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{line_of, locate, ConfigError, HeaderSet};
+use crate::config::HeaderSet;
+use crate::error::{line_of, locate, ConfigError};
 use crate::reject::Rejection;
 
 /// The error code of a refused preflight.
@@ -241,8 +242,8 @@ impl RawCors {
         if self.exposed_headers.is_none() {
             exposed = [
                 request_id_header,
-                crate::exchange::REMOVED_COUNT,
-                crate::exchange::REMOVED_IDS,
+                crate::headers::REMOVED_COUNT,
+                crate::headers::REMOVED_IDS,
                 "retry-after",
             ]
             .iter()

@@ -1245,11 +1245,7 @@ mod tests {
                 assert_eq!(e.entry, Some((*list, 30)), "{bad} (split {split:?}): {e:?}");
                 assert_eq!(e.key, *key, "{bad}: {e:?}");
                 assert!(e.message.contains(msg), "{bad}: {e:?}");
-                assert_eq!(
-                    crate::config::line_of(&text, e.offset),
-                    line,
-                    "{bad}: {e:?}"
-                );
+                assert_eq!(crate::error::line_of(&text, e.offset), line, "{bad}: {e:?}");
             }
         }
         // The list's last entry: its index whichever thread read it.
