@@ -7,10 +7,8 @@
 #
 # The snapshot's persist_path (if set) must point into a writable volume, e.g. /var/lib/permgate.
 
+# The default build needs only a C compiler (ring, mimalloc), which the rust image has; no cmake.
 FROM rust:1-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin permgate

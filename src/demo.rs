@@ -13,12 +13,32 @@ pub use permgate_core::demo::{
 /// Write the demo files, start the sample CRM, and return the config to serve with its
 /// overrides (listen address, the CRM's address).
 pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
+    let crm = start_sample_crm()?;
     let dir = std::env::temp_dir().join(format!("permgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let config_path = dir.join("permgate.toml");
     std::fs::write(&config_path, DEMO_CONFIG).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("snapshot.json"), DEMO_SNAPSHOT).map_err(|e| e.to_string())?;
 
+    listen
+        .parse::<std::net::SocketAddr>()
+        .map_err(|_| format!("--listen '{listen}' is not an IP:port address"))?;
+    crate::print_stdout(&banner(listen, &crm.to_string()))
+        .map_err(|e| format!("cannot write the banner: {e}"))?;
+    Ok((
+        config_path,
+        Overrides {
+            listen: Some(listen.to_string()),
+            upstream: Some(crm),
+            ..Overrides::default()
+        },
+    ))
+}
+
+/// Start the sample CRM on loopback, on a runtime and thread of its own (the gateway owns the
+/// main thread), for the life of the process; its address.
+#[cfg(feature = "demo")]
+fn start_sample_crm() -> Result<std::net::SocketAddr, String> {
     // The sample CRM gets its own runtime on a thread of its own; the gateway owns the main thread.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -59,24 +79,38 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
             });
         })
         .map_err(|e| e.to_string())?;
-    let crm = rx
-        .recv()
+    rx.recv()
         .map_err(|e| e.to_string())?
-        .map_err(|e| format!("the sample CRM could not start: {e}"))?;
+        .map_err(|e| format!("the sample CRM could not start: {e}"))
+}
 
-    listen
-        .parse::<std::net::SocketAddr>()
-        .map_err(|_| format!("--listen '{listen}' is not an IP:port address"))?;
-    crate::print_stdout(&banner(listen, &crm.to_string()))
-        .map_err(|e| format!("cannot write the banner: {e}"))?;
-    Ok((
-        config_path,
-        Overrides {
-            listen: Some(listen.to_string()),
-            upstream: Some(crm),
-            ..Overrides::default()
-        },
-    ))
+#[cfg(not(feature = "demo"))]
+fn start_sample_crm() -> Result<std::net::SocketAddr, String> {
+    Err(NO_DEMO.to_string())
+}
+
+/// What a build without the sample CRM says to `permgate demo` and `permgate sample-crm`.
+#[cfg(not(feature = "demo"))]
+pub const NO_DEMO: &str =
+    "this build has no sample CRM (it was built without the cargo feature `demo`)";
+
+/// `permgate sample-crm`: the sample CRM alone, until the process ends.
+pub fn run_sample_crm(listen: std::net::SocketAddr) -> Result<(), String> {
+    #[cfg(feature = "demo")]
+    {
+        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        log::info!("sample CRM listening on {listen}");
+        rt.block_on(crate::sample_crm::serve(
+            listen,
+            crate::sample_crm::CrmOptions::default(),
+        ))
+        .map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "demo"))]
+    {
+        let _ = listen;
+        Err(NO_DEMO.to_string())
+    }
 }
 
 /// The text the demo prints: who is who, and curl lines that work as pasted.

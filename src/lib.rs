@@ -57,7 +57,9 @@ pub mod metrics;
 pub mod plane;
 #[cfg(feature = "pingora")]
 pub mod proxy;
-pub mod sample_crm;
+/// The sample CRM (`crates/sample-crm`), in a build with the `demo` feature (the default).
+#[cfg(feature = "demo")]
+pub use permgate_sample_crm as sample_crm;
 
 /// Write `text` to stdout and flush it. A reader that left early (`permgate check-config x |
 /// head -1`: a closed pipe) is not an error: the rest is dropped quietly (`println!` would

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use log::{error, info};
+use log::error;
 
 use permgate::config::{Config, ConfigError, Engine};
 use permgate::control;
@@ -389,18 +389,7 @@ fn main() -> ExitCode {
         },
         Command::SampleCrm { listen } => {
             init_logging();
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    stderr_line(&format!("error: {e}"));
-                    return ExitCode::from(2);
-                }
-            };
-            info!("sample CRM listening on {listen}");
-            match rt.block_on(permgate::sample_crm::serve(
-                listen,
-                permgate::sample_crm::CrmOptions::default(),
-            )) {
+            match permgate::demo::run_sample_crm(listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     stderr_line(&format!("error: {e}"));

@@ -50,7 +50,7 @@ async fn harness(forward: bool) -> Harness {
 }
 
 /// The CRM's last request.
-fn last(h: &Harness) -> permgate::sample_crm::RecordedRequest {
+fn last(h: &Harness) -> permgate_sample_crm::RecordedRequest {
     h.received().pop().expect("the CRM received the call")
 }
 

@@ -240,4 +240,17 @@ fn database_settings_are_checked() {
         err.contains("snapshot.database.url: must be a postgres:// URL"),
         "{err}"
     );
+    assert_eq!(err.matches("snapshot.database.url").count(), 1, "{err}");
+    // The right scheme, but a URL the driver refuses (the server's check, after the core's).
+    let text = database_config(5432).replace(
+        "url = \"postgres://permgate_ro:ro@127.0.0.1:5432/postgres\"",
+        "url = \"postgres://permgate_ro@127.0.0.1:notaport/postgres\"",
+    );
+    let out = check_config_text(&text);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("snapshot.database.url: must be a postgres:// URL"),
+        "{err}"
+    );
 }

@@ -574,7 +574,7 @@ async fn spoofed_identity_headers_are_removed_over_http2_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_crm_instances_round_robin_and_skip_a_dead_one() {
-    use permgate::sample_crm::{start, CrmOptions};
+    use permgate_sample_crm::{start, CrmOptions};
     let crm1 = start(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         CrmOptions::default(),

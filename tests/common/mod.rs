@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use permgate::sample_crm::{self, CrmOptions, RecordedRequest, SampleCrm};
+use permgate_sample_crm::{self as sample_crm, CrmOptions, RecordedRequest, SampleCrm};
 
 pub mod records;
 
