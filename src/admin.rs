@@ -27,8 +27,8 @@ use hyper::body::Incoming;
 use log::{info, warn};
 use serde_json::json;
 
+use crate::changes::Change;
 use crate::live::State;
-use crate::snapshot::Change;
 
 type Body = Full<Bytes>;
 

@@ -40,7 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub use permgate_core::{
-    audit, body, canon, catalog, changes, chunked, cors, dbsource, error, explain, headers,
+    access, audit, body, canon, catalog, changes, chunked, cors, dbsource, error, explain, headers,
     hierarchy, identity, ids, inspect, json, jwks, limit, pem, policy, records, reject, routes,
     scope, snapshot,
 };

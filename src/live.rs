@@ -18,11 +18,12 @@ use arc_swap::ArcSwap;
 use log::{error, info, warn};
 
 use crate::changes::Applied;
+use crate::changes::Change;
 use crate::config::{Config, ConfigError, OnStale};
 use crate::decision_log::DecisionLog;
 use crate::metrics::{Metrics, RouteCounters, UNMATCHED};
 use crate::reject::Rejection;
-use crate::snapshot::{Change, RawSnapshot, Snapshot};
+use crate::snapshot::{RawSnapshot, Snapshot};
 
 /// What a request reads: the config and the snapshot compiled against it, swapped together.
 pub struct Live {

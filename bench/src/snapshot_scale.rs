@@ -9,10 +9,11 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use permgate::access::{check_record, UnknownRecord};
 use permgate::catalog::Catalog;
+use permgate::changes::Change;
 use permgate::ids::{canonical_id, IdKind, RecordTypeSpec, RecordTypes};
-use permgate::records::{check_record, UnknownRecord};
-use permgate::snapshot::{Change, Snapshot};
+use permgate::snapshot::Snapshot;
 
 use crate::procstat;
 

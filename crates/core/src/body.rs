@@ -42,9 +42,9 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use crate::catalog::PermId;
+use crate::hash::KeyedState;
 use crate::ids::{canonical_id, canonical_json_number, IdError, IdKind, RecordId};
 use crate::json::{self, Json, JsonError, Limits, Pointer, Scalar, Select, StreamError};
-use crate::records::KeyedState;
 
 /// Where a body's items are.
 #[derive(Debug, Clone, PartialEq, Eq)]

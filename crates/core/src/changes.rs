@@ -1187,8 +1187,8 @@ mod equivalence {
     //! The fast path against the reference: random batches applied incrementally accept and
     //! refuse exactly what the source form + full build does, and decide the same.
     use super::*;
+    use crate::access::{check_assignee, check_record, RecordDecision};
     use crate::records::tests::{catalog, SNAPSHOT};
-    use crate::records::{check_assignee, check_record, RecordDecision};
     use proptest::prelude::*;
 
     const USERS: &[&str] = &[

@@ -21,6 +21,8 @@ use crate::inspect::{
 use crate::routes::{MethodSet, PathPattern, RouteSpec, RouteTable, TrailingSlash};
 
 pub use crate::error::{line_of, locate, ConfigError};
+pub use crate::headers::HeaderSet;
+use crate::headers::RESERVED_HEADERS;
 
 // ---- raw serde types ----------------------------------------------------------------------
 
@@ -489,25 +491,6 @@ fn default_strip_headers() -> Vec<String> {
         .collect()
 }
 
-/// Header names that config may never use for permgate's own headers or credentials: the
-/// framing, routing and hop-by-hop headers, and `Authorization` (only the JWT lives there).
-pub(crate) const RESERVED_HEADERS: [&str; 14] = [
-    "host",
-    "authorization",
-    "content-length",
-    "transfer-encoding",
-    "content-type",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "cookie",
-];
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawPaths {
@@ -801,44 +784,6 @@ pub enum RequestHeaders {
     /// `Content-Length`, `Transfer-Encoding`), a verified JWT in `Authorization` when
     /// `forward_authorization` is on, and the headers permgate sets.
     AllowList,
-}
-
-/// Header names looked up without hashing: by length, then byte for byte among the few of
-/// that length (built once, at load).
-#[derive(Debug, Clone, Default)]
-pub struct HeaderSet {
-    by_len: Vec<Vec<HeaderName>>,
-}
-
-impl HeaderSet {
-    pub fn new(names: impl IntoIterator<Item = HeaderName>) -> Self {
-        let mut set = HeaderSet::default();
-        for n in names {
-            set.insert(n);
-        }
-        set
-    }
-
-    fn insert(&mut self, name: HeaderName) {
-        let len = name.as_str().len();
-        if self.by_len.len() <= len {
-            self.by_len.resize_with(len + 1, Vec::new);
-        }
-        if !self.by_len[len].contains(&name) {
-            self.by_len[len].push(name);
-        }
-    }
-
-    /// Is `name` (lowercase, as `http` stores names) in the set?
-    pub fn contains(&self, name: &str) -> bool {
-        self.by_len
-            .get(name.len())
-            .is_some_and(|names| names.iter().any(|n| n.as_str() == name))
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &HeaderName> {
-        self.by_len.iter().flatten()
-    }
 }
 
 /// What happens when the snapshot is older than `snapshot.max_staleness_seconds`.

@@ -16,8 +16,8 @@ use http::Method;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::HeaderSet;
 use crate::error::{line_of, locate, ConfigError};
+use crate::headers::HeaderSet;
 use crate::reject::Rejection;
 
 /// The error code of a refused preflight.

@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::error::{line_of, ConfigError};
+use crate::hash::KeyedState;
 use crate::jwks::{JwksSource, JwksStore};
-use crate::records::KeyedState;
 use crate::reject::Rejection;
 
 // ---- config section -----------------------------------------------------------------------
@@ -136,7 +136,7 @@ pub const MAX_LEEWAY_SECONDS: u64 = 300;
 
 /// Headers that can never carry a credential: framing, routing, hop-by-hop, and permgate's own.
 fn reserved_credential_header(name: &HeaderName) -> bool {
-    crate::config::RESERVED_HEADERS.contains(&name.as_str())
+    crate::headers::RESERVED_HEADERS.contains(&name.as_str())
         || name.as_str().starts_with("x-permgate-")
 }
 

@@ -259,7 +259,7 @@ impl RecordTypes {
         // The declaration each type came from (a duplicate declaration makes no type).
         let mut declared_at = Vec::new();
         for (i, s) in specs.iter().enumerate() {
-            if !crate::catalog::is_valid_role_id(s.name) || s.name.contains('-') {
+            if !crate::perms::is_valid_role_id(s.name) || s.name.contains('-') {
                 errors.push((
                     i,
                     format!(

@@ -91,6 +91,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::access::{
+    check_assignee, check_record, RecordCheck, RecordDecision, Refusal, UnknownRecord,
+};
 use crate::body::{
     self, BodyError, BulkMode, BulkVerdict, Duplicates, FieldMode, FieldOutcome, FieldRule, Items,
     TrimResult,
@@ -98,9 +101,6 @@ use crate::body::{
 use crate::catalog::{Catalog, PermId};
 use crate::ids::{canonical_id, IdKind, RecordId, RecordTypeId, RecordTypeSpec, RecordTypes};
 use crate::json::{self, Limits, Pointer, Scalar, MAX_DEPTH_LIMIT, MAX_ITEMS_LIMIT};
-use crate::records::{
-    check_assignee, check_record, RecordCheck, RecordDecision, Refusal, UnknownRecord,
-};
 use crate::reject::Rejection;
 use crate::snapshot::{Snapshot, UserIdx};
 

@@ -16,8 +16,9 @@
 //! 3. [`identity`]: JWT bearer, API keys and trusted identity headers → a caller id
 //!    ([`jwks`]: the keys an IdP publishes, as data; the server fetches them).
 //! 4. [`snapshot`]: who holds which role, compiled for O(1) lookups; [`records`]: record
-//!    ownership, shares and related objects, the O(1) record check; [`hierarchy`]: the
-//!    manager forest ("X is my report" in O(1)); [`scope`]: record scopes per permission.
+//!    ownership, shares and related objects; [`hierarchy`]: the manager forest ("X is my
+//!    report" in O(1)); [`scope`]: record scopes per permission; [`access`]: the O(1) record
+//!    check over all of them.
 //! 5. [`policy`]: the decision: allow, or a typed denial ([`reject`]: every rejection as a JSON
 //!    body with a stable code).
 //! 6. [`inspect`]: what a route checks beyond its permission (records in path, query and body,
@@ -29,8 +30,8 @@
 //! - [`config`]: the TOML config: raw serde types, validated and compiled into
 //!   [`config::Config`]; [`error`]: the located errors (file, line, field) every file reader
 //!   reports with.
-//! - [`catalog`]: the permission catalogue and role presets, compiled into bitsets; [`ids`]:
-//!   record types and canonical record ids.
+//! - [`catalog`]: the permission catalogue and role presets, compiled into bitsets ([`perms`]);
+//!   [`ids`]: record types and canonical record ids.
 //! - [`changes`]: incremental changes to a snapshot, sharing every untouched part (on
 //!   [`chunked`], a copy-on-write chunked vector), tested equal to a full rebuild.
 //! - [`cors`]: browser front ends on another origin: preflights and answer headers.
@@ -39,10 +40,13 @@
 //! - [`explain`]: `permgate explain` / `permgate test`: the decision run offline as a user.
 //! - [`dbsource`]: `[snapshot.database]`: the rows of the CRM's own database → a snapshot (the
 //!   server runs the queries).
+//! - The leaves everything above shares (no module cycle in this crate): [`error`], [`perms`],
+//!   [`headers`], the keyed hash for client-chosen keys (foldhash, seeded per map).
 //! - [`pem`]: PEM certificates and keys; [`headers`]: the names of the headers permgate sets;
 //!   [`decision_log`]: its settings; [`demo`]: the demo's config, snapshot and credentials.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
 pub mod body;
 pub mod canon;
@@ -56,6 +60,7 @@ pub mod decision_log;
 pub mod demo;
 pub mod error;
 pub mod explain;
+mod hash;
 pub mod headers;
 pub mod hierarchy;
 pub mod identity;
@@ -65,6 +70,7 @@ pub mod json;
 pub mod jwks;
 pub mod limit;
 pub mod pem;
+pub mod perms;
 pub mod policy;
 pub mod records;
 pub mod reject;

@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 
-use crate::records::KeyedState;
+use crate::hash::KeyedState;
 
 use regex::Regex;
 

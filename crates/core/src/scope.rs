@@ -36,7 +36,7 @@
 
 use std::fmt;
 
-use crate::catalog::PermId;
+use crate::perms::PermId;
 
 /// A set of scope rules.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]

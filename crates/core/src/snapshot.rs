@@ -38,12 +38,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{is_valid_role_id, Catalog, PermId, PermSet};
-pub use crate::changes::Change;
 use crate::chunked::Chunked;
 use crate::error::{line_of, ConfigError};
+use crate::hash::KeyedState;
 use crate::hierarchy::Hierarchy;
 use crate::records::{
-    KeyedState, OwnerNames, RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS,
+    OwnerNames, RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS,
     OWNER_NAMES_FROM,
 };
 use crate::scope::PermScopes;
@@ -430,8 +430,7 @@ pub struct User {
     pub service: bool,
 }
 
-/// An index into the snapshot's users.
-pub type UserIdx = u32;
+pub use crate::records::UserIdx;
 
 /// Users per chunk: a changed user copies 64 users, not a million.
 pub(crate) const USER_CHUNK_SHIFT: u32 = 6;
