@@ -7,7 +7,8 @@
 //! parses a request head with `httparse` (hyper's own parser), decides it with the same
 //! [`exchange::admit`], writes the CRM's request head itself on a pooled connection owned by
 //! this task for the call, and streams the CRM's answer back: one task, no channel, no
-//! header map for the answer.
+//! header map for the answer. The parsing and framing are the sans-I/O codec [`super::h1`];
+//! this module does the I/O, the timeouts and the pool around it.
 //!
 //! It serves only what it can serve exactly as hyper would; anything else hands the connection
 //! to hyper's HTTP/1.1 server, with the bytes already read, for the rest of its life:
