@@ -1,6 +1,6 @@
 //! The lane's HTTP/1.1 codec, sans I/O: bytes in, typed results and bytes to write out. No
 //! sockets, no tasks, no timers; the one clock is [`date_header`]'s (a cached `Date` value),
-//! which [`AnswerEdits::date`] lets a caller replace. [`super::lane`] drives it; the fuzz
+//! which [`AnswerEdits::date`] lets a caller replace. `plane::lane` drives it; the fuzz
 //! targets (`fuzz/`, `h1_request` and `h1_answer`) and the differential test against hyper
 //! (`tests/h1_differential.rs`) call it directly.
 //!
