@@ -43,6 +43,7 @@ use crate::reject::Rejection;
 
 mod fragments;
 mod gate;
+pub mod h1;
 mod handover;
 mod lane;
 mod pool;

@@ -48,6 +48,16 @@ fn bulk_filter_inputs() {
     replay("bulk_filter", checks::bulk_filter);
 }
 
+#[test]
+fn h1_request_inputs() {
+    replay("h1_request", checks::h1_request);
+}
+
+#[test]
+fn h1_answer_inputs() {
+    replay("h1_answer", checks::h1_answer);
+}
+
 /// A short bounded mutation run of each target, in every `cargo test` (CI included): the
 /// committed inputs mutated (byte flips, inserts, deletes, repeats, splices between inputs and
 /// tokens that matter to the parsers) and run through the same invariant. It needs no
@@ -89,6 +99,43 @@ fn mutate_run(target: &str, check: fn(&[u8])) {
         b"eyJhbGciOiJub25lIn0",
         b".",
     ];
+    // The HTTP/1 targets' own tokens (the others' runs stay as they were).
+    const H1_TOKENS: &[&[u8]] = &[
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\r\n\r\n",
+        b" ",
+        b"\t",
+        b":",
+        b";",
+        b",",
+        b"#",
+        b"\x00",
+        b"\xff",
+        b"content-length: 0\r\n",
+        b"Content-Length: 12\r\n",
+        b"transfer-encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"connection: close\r\n",
+        b"Connection: keep-alive, x-a\r\n",
+        b"expect: 100-continue\r\n",
+        b"upgrade: h2c\r\n",
+        b"HTTP/1.1 ",
+        b"HTTP/1.0 ",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b" 204 ",
+        b" 304 ",
+        b"0\r\n\r\n",
+        b"ffffffff",
+        b";ext=\"x\"",
+        b"x-trailer: 1\r\n",
+    ];
+    let tokens = if target.starts_with("h1_") {
+        H1_TOKENS
+    } else {
+        TOKENS
+    };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut inputs: Vec<Vec<u8>> = Vec::new();
     for dir in ["seeds", "regressions"] {
@@ -143,7 +190,7 @@ fn mutate_run(target: &str, check: fn(&[u8])) {
                     );
                 }
                 _ => {
-                    let t = TOKENS[rng.usize(..TOKENS.len())];
+                    let t = tokens[rng.usize(..tokens.len())];
                     data.splice(at..at, t.iter().copied());
                 }
             }
@@ -177,4 +224,14 @@ fn jwt_mutations() {
 #[test]
 fn bulk_filter_mutations() {
     mutate_run("bulk_filter", checks::bulk_filter);
+}
+
+#[test]
+fn h1_request_mutations() {
+    mutate_run("h1_request", checks::h1_request);
+}
+
+#[test]
+fn h1_answer_mutations() {
+    mutate_run("h1_answer", checks::h1_answer);
 }

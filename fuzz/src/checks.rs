@@ -6,6 +6,7 @@
 //! inputs on every `cargo test`, without cargo-fuzz. It may use only crates both have.
 
 use std::path::Path;
+
 use std::sync::OnceLock;
 
 use base64::Engine;
@@ -369,4 +370,359 @@ fn items_of(forwarded: &[u8], spec: &Items) -> Vec<RecordId> {
             },
         )
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// h1_request
+
+/// The lane's request-head parser never panics, and what it takes is what it says:
+/// - its length is the one `httparse` gives for the same bytes;
+/// - both `Content-Length` and `Transfer-Encoding` are never taken but to be refused
+///   (`ambiguous_framing`, or for a fragment in the target; the connection closed);
+/// - a target with a `#fragment` is never taken but to be refused (the connection closed, the
+///   decision's canonicalizer refuses the target);
+/// - anything else it takes is HTTP/1.1, origin-form, not `CONNECT`, without a body
+///   (`Content-Length: 0` at most), `Transfer-Encoding`, `Expect`, `Upgrade` or a `Connection`
+///   but a single `close`;
+/// - its method, target and headers written out again parse (by `httparse` and by itself) to the
+///   same.
+pub fn h1_request(data: &[u8]) {
+    use permgate::plane::h1::{self, Parsed};
+    let Parsed::Ready(head) = h1::parse_head(data) else {
+        return;
+    };
+    let mut slots = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    assert_eq!(
+        req.parse(data).ok(),
+        Some(httparse::Status::Complete(head.len)),
+        "{data:?}"
+    );
+    assert_eq!(req.version, Some(1), "{data:?}");
+    let target = &data[head.target.clone()];
+    assert_eq!(req.path.map(str::as_bytes), Some(target), "{data:?}");
+    assert!(target.starts_with(b"/"), "{data:?}");
+    assert_ne!(head.method, http::Method::CONNECT, "{data:?}");
+    let has = |name: &str| head.headers.contains_key(name);
+    let fragment = target.contains(&b'#');
+    // Both framings: refused as such, or for its fragment (the fragment is looked at first).
+    if has("content-length") && has("transfer-encoding") {
+        assert!(head.ambiguous_framing || fragment, "{data:?}");
+    }
+    if head.ambiguous_framing {
+        assert!(head.close, "{data:?}");
+        assert!(
+            has("content-length") && has("transfer-encoding"),
+            "{data:?}"
+        );
+    }
+    if fragment {
+        assert!(head.close, "{data:?}");
+        assert!(canon::canonicalize_target(target).is_err(), "{data:?}");
+        assert!(!head.uri.to_string().contains('#'), "{data:?}");
+    }
+    if !head.ambiguous_framing && !fragment {
+        for name in ["transfer-encoding", "expect", "upgrade"] {
+            assert!(!has(name), "{name}: {data:?}");
+        }
+        let lengths: Vec<_> = head.headers.get_all("content-length").iter().collect();
+        assert!(lengths.is_empty() || lengths == [&"0"], "{data:?}");
+        let connection: Vec<_> = head.headers.get_all("connection").iter().collect();
+        assert!(connection.len() <= 1, "{data:?}");
+        assert!(
+            connection
+                .iter()
+                .all(|v| v.as_bytes().eq_ignore_ascii_case(b"close")),
+            "{data:?}"
+        );
+        assert_eq!(head.close, connection.len() == 1, "{data:?}");
+    }
+    // Written out again: the same head.
+    let mut again = Vec::new();
+    again.extend_from_slice(head.method.as_str().as_bytes());
+    again.push(b' ');
+    again.extend_from_slice(target);
+    again.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        again.extend_from_slice(name.as_str().as_bytes());
+        again.extend_from_slice(b": ");
+        again.extend_from_slice(value.as_bytes());
+        again.extend_from_slice(b"\r\n");
+    }
+    again.extend_from_slice(b"\r\n");
+    let mut slots = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+    let mut re = httparse::Request::new(&mut slots);
+    assert_eq!(
+        re.parse(&again).ok(),
+        Some(httparse::Status::Complete(again.len())),
+        "{again:?}"
+    );
+    assert_eq!(re.method, Some(head.method.as_str()), "{again:?}");
+    assert_eq!(re.path.map(str::as_bytes), Some(target), "{again:?}");
+    assert_eq!(re.headers.len(), head.headers.len(), "{again:?}");
+    let Parsed::Ready(second) = h1::parse_head(&again) else {
+        panic!("written out again, not taken: {data:?} -> {again:?}");
+    };
+    assert_eq!(second.len, again.len());
+    assert_eq!(second.method, head.method, "{again:?}");
+    assert_eq!(second.uri, head.uri, "{again:?}");
+    assert_eq!(second.headers, head.headers, "{again:?}");
+    assert_eq!(
+        (second.close, second.ambiguous_framing),
+        (head.close, head.ambiguous_framing),
+        "{again:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// h1_answer
+
+/// An answer-side edit set with no context: drops and adds nothing, a fixed date.
+struct NoEdits;
+
+impl permgate::plane::h1::AnswerEdits for NoEdits {
+    fn drops(&self, _: &str) -> bool {
+        false
+    }
+    fn add(&self, _: &mut Vec<u8>) {}
+    fn date(&self, head: &mut Vec<u8>) {
+        head.extend_from_slice(b"date: D\r\n");
+    }
+}
+
+/// What a chunked body is, by a line-by-line reading of RFC 9112 §7.1 written apart from the
+/// lane's byte-at-a-time checker: `chunk-size [BWS] [; ext] CRLF data CRLF`…, `0`…, trailer
+/// lines, an empty line. A line ends at its first CR, which a LF must follow.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dechunked {
+    /// The body, and where the chunked stream ended.
+    Done(Vec<u8>, usize),
+    Incomplete,
+    Bad,
+}
+
+pub fn reference_dechunk(data: &[u8]) -> Dechunked {
+    // The next line from `at`: `(line, where the next starts)`.
+    fn line(data: &[u8], at: usize) -> Result<Option<(&[u8], usize)>, ()> {
+        let rest = &data[at..];
+        match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+            None => Ok(None),
+            Some(i) if rest[i] == b'\n' => Err(()),
+            Some(i) if i + 1 == rest.len() => Ok(None),
+            Some(i) if rest[i + 1] == b'\n' => Ok(Some((&rest[..i], at + i + 2))),
+            Some(_) => Err(()),
+        }
+    }
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let (size_line, next) = match line(data, at) {
+            Err(()) => return Dechunked::Bad,
+            Ok(None) => return Dechunked::Incomplete,
+            Ok(Some(l)) => l,
+        };
+        let digits = size_line
+            .iter()
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count();
+        if digits == 0 || digits > 15 {
+            return Dechunked::Bad;
+        }
+        let after = &size_line[digits..];
+        let ws = after
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        if !(after[ws..].is_empty() || after[ws] == b';') {
+            return Dechunked::Bad;
+        }
+        let hex = std::str::from_utf8(&size_line[..digits]).unwrap_or("0");
+        let size = u64::from_str_radix(hex, 16).unwrap_or(0) as usize;
+        at = next;
+        if size == 0 {
+            // Trailer lines, then the empty one.
+            loop {
+                match line(data, at) {
+                    Err(()) => return Dechunked::Bad,
+                    Ok(None) => return Dechunked::Incomplete,
+                    Ok(Some((l, next))) => {
+                        at = next;
+                        if l.is_empty() {
+                            return Dechunked::Done(body, at);
+                        }
+                    }
+                }
+            }
+        }
+        if data.len() - at < size {
+            return Dechunked::Incomplete;
+        }
+        body.extend_from_slice(&data[at..at + size]);
+        at += size;
+        match &data[at..] {
+            [] | [b'\r'] => return Dechunked::Incomplete,
+            [b'\r', b'\n', ..] => at += 2,
+            _ => return Dechunked::Bad,
+        }
+    }
+}
+
+/// The lane's chunk checker fed `data` in pieces of `piece` bytes: its verdict and output.
+fn lane_dechunk(data: &[u8], piece: usize) -> (Result<Option<usize>, &'static str>, Vec<u8>) {
+    let mut chunks = permgate::plane::h1::Chunks::default();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for p in data.chunks(piece.max(1)) {
+        match chunks.feed(p, &mut out) {
+            Ok(None) => at += p.len(),
+            Ok(Some(n)) => return (Ok(Some(at + n)), out),
+            Err(e) => return (Err(e), out),
+        }
+    }
+    (Ok(None), out)
+}
+
+/// The chunk checker agrees with [`reference_dechunk`] on `data` (never more lenient; as strict
+/// but for its bound on extensions and trailers), whatever the pieces it is fed in, and what it
+/// passes on is the same body, chunked again.
+fn check_chunks(data: &[u8], piece: usize) {
+    let (verdict, out) = lane_dechunk(data, piece);
+    let (whole, whole_out) = lane_dechunk(data, data.len());
+    assert_eq!(
+        verdict.is_ok(),
+        whole.is_ok(),
+        "pieces of {piece}: {data:?}"
+    );
+    if let (Ok(a), Ok(b)) = (verdict, whole) {
+        assert_eq!(a, b, "pieces of {piece}: {data:?}");
+        assert_eq!(out, whole_out, "pieces of {piece}: {data:?}");
+    }
+    let reference = reference_dechunk(data);
+    let small = data.len() <= permgate::plane::h1::MAX_CHUNK_META;
+    let taken = matches!(reference, Dechunked::Done(..));
+    match verdict {
+        Ok(Some(end)) => {
+            let Dechunked::Done(body, ref_end) = reference else {
+                panic!("the checker takes what the reference refuses: {data:?}");
+            };
+            assert_eq!(end, ref_end, "{data:?}");
+            assert_eq!(
+                reference_dechunk(&out),
+                Dechunked::Done(body, out.len()),
+                "passed on: {out:?} from {data:?}"
+            );
+        }
+        Ok(None) => assert_eq!(reference, Dechunked::Incomplete, "{data:?}"),
+        Err(_) if small => assert!(
+            !taken,
+            "the checker refuses what the reference takes: {data:?}"
+        ),
+        Err(_) => {}
+    }
+    if small && taken {
+        assert!(matches!(verdict, Ok(Some(_))), "{data:?}");
+    }
+}
+
+/// The answer-head parser never panics; a final answer's framing is consistent with its head
+/// and with the head written for the client (which parses, keeps the status, and holds no
+/// hop-by-hop header, one framing at most); 1xx answers before it are skipped; a chunked
+/// body is checked by [`check_chunks`]. The first byte picks: bit 0, the answer is to a HEAD;
+/// bit 1, the rest is a chunked body on its own; bits 2–7, the pieces the body is fed in.
+pub fn h1_answer(data: &[u8]) {
+    use permgate::plane::h1::{self, AnswerParse, Framing};
+    let Some((&first, mut rest)) = data.split_first() else {
+        return;
+    };
+    let head_request = first & 1 == 1;
+    let piece = usize::from(first >> 2) + 1;
+    if first & 2 == 2 {
+        check_chunks(rest, piece);
+        return;
+    }
+    let mut head = Vec::new();
+    let answer = loop {
+        match h1::parse_answer(rest, head_request, &NoEdits, &mut head) {
+            Ok(AnswerParse::Informational(n)) => {
+                assert!(n > 0 && n <= rest.len(), "{data:?}");
+                rest = &rest[n..];
+            }
+            Ok(AnswerParse::Final(a)) => break a,
+            Ok(AnswerParse::Partial) | Err(_) => return,
+        }
+    };
+    let mut slots = [httparse::EMPTY_HEADER; h1::MAX_RESPONSE_HEADERS];
+    let mut crm = httparse::Response::new(&mut slots);
+    assert_eq!(
+        crm.parse(rest).ok(),
+        Some(httparse::Status::Complete(answer.head_len)),
+        "{data:?}"
+    );
+    let status = crm.code.unwrap_or(0);
+    assert_eq!(status, answer.status);
+    assert!((200..=999).contains(&status), "{data:?}");
+    let crm_has = |name: &str| {
+        crm.headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name))
+    };
+    let no_body = head_request || status == 204 || status == 304;
+    assert_eq!(answer.framing == Framing::Empty, no_body, "{data:?}");
+    match answer.framing {
+        Framing::Chunked | Framing::UntilClose => assert!(!crm_has("content-length")),
+        Framing::Length(_) => assert!(!crm_has("transfer-encoding")),
+        Framing::Empty => {}
+    }
+    if answer.framing == Framing::Chunked {
+        assert!(crm_has("transfer-encoding"), "{data:?}");
+    }
+    if answer.framing == Framing::UntilClose {
+        assert!(!answer.reusable, "{data:?}");
+    }
+    // The client's head.
+    head.extend_from_slice(b"\r\n");
+    let mut slots = [httparse::EMPTY_HEADER; h1::MAX_RESPONSE_HEADERS + 4];
+    let mut client = httparse::Response::new(&mut slots);
+    assert_eq!(
+        client.parse(&head).ok(),
+        Some(httparse::Status::Complete(head.len())),
+        "{head:?} from {data:?}"
+    );
+    assert_eq!(client.code, Some(status));
+    let count = |name: &str| {
+        client
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    for hop in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        assert_eq!(count(hop), 0, "{hop} in {head:?}");
+    }
+    let (lengths, chunked) = (count("content-length"), count("transfer-encoding"));
+    match answer.framing {
+        Framing::Length(n) => {
+            assert_eq!((lengths, chunked), (1, 0), "{head:?}");
+            let written = client
+                .headers
+                .iter()
+                .find(|h| h.name == "content-length")
+                .map(|h| h.value);
+            assert_eq!(written, Some(n.to_string().as_bytes()), "{head:?}");
+        }
+        Framing::Chunked => assert_eq!((lengths, chunked), (0, 1), "{head:?}"),
+        Framing::UntilClose => assert_eq!((lengths, chunked), (0, 0), "{head:?}"),
+        Framing::Empty => assert!(lengths <= 1 && chunked == 0, "{head:?}"),
+    }
+    assert!(count("date") >= 1, "{head:?}");
+    if answer.framing == Framing::Chunked {
+        check_chunks(&rest[answer.head_len..], piece);
+    }
 }

@@ -7,7 +7,8 @@
 //! parses a request head with `httparse` (hyper's own parser), decides it with the same
 //! [`exchange::admit`], writes the CRM's request head itself on a pooled connection owned by
 //! this task for the call, and streams the CRM's answer back: one task, no channel, no
-//! header map for the answer.
+//! header map for the answer. The parsing and framing are the sans-I/O codec [`super::h1`];
+//! this module does the I/O, the timeouts and the pool around it.
 //!
 //! It serves only what it can serve exactly as hyper would; anything else hands the connection
 //! to hyper's HTTP/1.1 server, with the bytes already read, for the rest of its life:
@@ -36,17 +37,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING,
-    UPGRADE,
-};
+use http::header::HeaderName;
 use http::uri::Authority;
-use http::{Method, Response, Uri};
+use http::{Method, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::h1::{
+    self, date_header, header, number, parse_answer, parse_head, status_line, Answer, AnswerParse,
+    Chunks, Framing, Head, Parsed,
+};
 use super::pool::{Idle, Pooled};
 use super::{json, left, reject, Activity, Builders, Plane, RespBody, RespKind, Service, Tracked};
 use crate::exchange::{self, Admission, Ctx};
@@ -56,16 +58,11 @@ use crate::reject::Rejection;
 /// (a longer head goes to hyper, which applies `listen.max_header_bytes`).
 const FIRST_ROOM: usize = 4096;
 const MAX_HEAD: usize = 16 * 1024;
-/// Request headers parsed here at most (more: hyper's parser, then the decision's 431).
-const MAX_HEADERS: usize = 128;
-/// The CRM's answer head: at most this many headers and bytes (else 502; hyper's client
-/// takes about 400 KiB, legacy CRMs' cookies can be large).
-const MAX_RESPONSE_HEADERS: usize = 128;
+/// The CRM's answer head: at most this many bytes (else 502; hyper's client takes about
+/// 400 KiB, legacy CRMs' cookies can be large), and [`h1::MAX_RESPONSE_HEADERS`] headers.
 const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 /// Each pooled CRM connection's read buffer (grown for a larger answer head, then shrunk back).
 const UPSTREAM_ROOM: usize = 16 * 1024;
-/// Longest chunk extension or trailer section of a chunked answer.
-const MAX_CHUNK_META: usize = 16 * 1024;
 
 /// A decision taken here whose call hyper serves (a route that reads its body or filters
 /// its answer): the first request hyper parses from the handed-over bytes is this one.
@@ -246,138 +243,6 @@ impl Call<'_> {
         out.extend_from_slice(b"\r\n");
         !last
     }
-}
-
-/// A request head the lane serves.
-struct Head {
-    len: usize,
-    method: Method,
-    uri: Uri,
-    /// Where the request-target is in the head's bytes, exactly as sent (`uri` has dropped a
-    /// `#fragment`; the decision refuses one).
-    target: std::ops::Range<usize>,
-    headers: HeaderMap,
-    /// The client sent `Connection: close`: its last request on this connection (or the
-    /// target has a `#fragment`: refused, the connection closed, whatever follows unread).
-    close: bool,
-    /// Both `Content-Length` and `Transfer-Encoding`: refused here (400 `ambiguous_framing`)
-    /// and the connection closed, as the README promises, where hyper's server would drop
-    /// `Content-Length` and read the body as chunked.
-    ambiguous_framing: bool,
-}
-
-// Returned once per request and matched at once: boxing `Head` would cost an allocation.
-#[allow(clippy::large_enum_variant)]
-enum Parsed {
-    Ready(Head),
-    Partial,
-    /// Not for the lane: hyper serves it.
-    Other,
-}
-
-/// Parse a request head (`httparse`, as hyper does) and say whether the lane serves it.
-fn parse_head(bytes: &[u8]) -> Parsed {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(bytes) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
-    };
-    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
-        return Parsed::Other;
-    };
-    if !path.starts_with('/') {
-        return Parsed::Other;
-    }
-    // A fragment has no place in a request-target (the URI parser drops it silently): the
-    // lane refuses it itself whatever else the request holds, then closes the connection.
-    let fragment = path.contains('#');
-    let target = {
-        let at = path.as_ptr() as usize - bytes.as_ptr() as usize;
-        at..at + path.len()
-    };
-    let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), Uri::try_from(path)) else {
-        return Parsed::Other;
-    };
-    // No tunnels: hyper's path answers CONNECT with 405 before any decision.
-    if method == Method::CONNECT {
-        return Parsed::Other;
-    }
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(h.value),
-        ) else {
-            return Parsed::Other;
-        };
-        // Framing and connection-level requests are hyper's to handle, but for a single
-        // `Connection: close` (the connection ends after this call's answer).
-        let bodiless = name != CONTENT_LENGTH || (h.value == b"0" && !headers.contains_key(&name));
-        let close = name == CONNECTION
-            && h.value.eq_ignore_ascii_case(b"close")
-            && !headers.contains_key(&name);
-        if !fragment
-            && (!bodiless
-                || name == TRANSFER_ENCODING
-                || (name == CONNECTION && !close)
-                || name == EXPECT
-                || name == UPGRADE)
-        {
-            // Hyper's to serve, unless its framing is ambiguous: both framings are looked for
-            // only here, so a bodiless request without these headers pays nothing for it.
-            return ambiguous_framing(req.headers, len, method, uri, target);
-        }
-        headers.append(name, value);
-    }
-    let close = fragment || headers.contains_key(CONNECTION);
-    Parsed::Ready(Head {
-        len,
-        method,
-        uri,
-        target,
-        headers,
-        close,
-        ambiguous_framing: false,
-    })
-}
-
-/// A request head with a body: [`Parsed::Other`] (hyper serves it), or, when it has both
-/// `Content-Length` and `Transfer-Encoding` (in any order, any spelling of the name), a head
-/// the lane refuses itself: hyper's server would drop `Content-Length`, read the body as
-/// chunked and close after the answer; the documented answer is 400 `ambiguous_framing`.
-fn ambiguous_framing(
-    raw: &[httparse::Header<'_>],
-    len: usize,
-    method: Method,
-    uri: Uri,
-    target: std::ops::Range<usize>,
-) -> Parsed {
-    let has = |name: &str| raw.iter().any(|h| h.name.eq_ignore_ascii_case(name));
-    if !(has("content-length") && has("transfer-encoding")) {
-        return Parsed::Other;
-    }
-    let mut headers = HeaderMap::with_capacity(raw.len());
-    for h in raw {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(h.value),
-        ) else {
-            return Parsed::Other;
-        };
-        headers.append(name, value);
-    }
-    Parsed::Ready(Head {
-        len,
-        method,
-        uri,
-        target,
-        headers,
-        // Where its body ends cannot be known: the connection ends after the answer.
-        close: true,
-        ambiguous_framing: true,
-    })
 }
 
 impl Lane {
@@ -916,26 +781,34 @@ async fn connect(
     }
 }
 
-/// How the CRM's answer body is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// None (HEAD, 204, 304).
-    Empty,
-    Length(u64),
-    Chunked,
-    /// Until the CRM closes (the client's connection closes after it too).
-    UntilClose,
+/// What the lane changes in a forwarded answer's head: its request-id header replaces the
+/// CRM's, and with `[cors]` the gateway's CORS headers replace the CRM's.
+struct Edits<'a> {
+    ctx: &'a Ctx,
+    id_header: HeaderName,
+    cors: Option<&'a crate::cors::Cors>,
 }
 
-/// The CRM's answer head, turned into the client's.
-struct Answer {
-    status: u16,
-    framing: Framing,
-    /// Bytes of the head in the connection's buffer, and bytes buffered in all.
-    head_len: usize,
-    buffered: usize,
-    /// The CRM did not ask to close.
-    reusable: bool,
+impl h1::AnswerEdits for Edits<'_> {
+    fn drops(&self, name: &str) -> bool {
+        self.id_header.as_str().eq_ignore_ascii_case(name)
+            || (self.cors.is_some() && crate::cors::is_cors_header(name))
+    }
+
+    /// The request id (the removed-items headers are for checked bodies, which hyper serves)
+    /// and the CORS headers.
+    fn add(&self, head: &mut Vec<u8>) {
+        header(
+            head,
+            self.id_header.as_str().as_bytes(),
+            self.ctx.request_id.as_bytes(),
+        );
+        if let (Some(cors), Some(origin)) = (self.cors, &self.ctx.cors_origin) {
+            for (name, value) in cors.headers(origin, self.ctx.preflight) {
+                header(head, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+    }
 }
 
 enum HeadError {
@@ -955,6 +828,12 @@ async fn read_answer_head(
     // The whole head within one read timeout (and the total), as hyper's path waits for it.
     let until = tokio::time::Instant::now() + read_timeout.min(left(ctx.deadline));
     let (mut end, mut answered) = (0, false);
+    let edits = Edits {
+        ctx,
+        id_header: ctx.id_header(),
+        // `[cors]`: the CRM's own CORS headers are replaced by the gateway's.
+        cors: exchange::cors_of(ctx, true),
+    };
     loop {
         let read = tokio::time::timeout_at(until, up.stream.read(&mut up.buf[end..])).await;
         let n = match read {
@@ -968,7 +847,7 @@ async fn read_answer_head(
         answered = true;
         end += n;
         loop {
-            match parse_answer(&up.buf[..end], head_request, ctx, head) {
+            match parse_answer(&up.buf[..end], head_request, &edits, head) {
                 Err(why) => return Err(HeadError::Bad(why)),
                 Ok(AnswerParse::Partial) => break,
                 Ok(AnswerParse::Informational(len)) => {
@@ -990,419 +869,6 @@ async fn read_answer_head(
                 return Err(HeadError::Bad("the answer head is too large"));
             }
             up.buf.resize((up.buf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
-        }
-    }
-}
-
-enum AnswerParse {
-    Partial,
-    Informational(usize),
-    Final(Answer),
-}
-
-/// Headers never passed from the CRM to the client: the hop-by-hop ones (plus those the
-/// answer's `Connection` names, never a protected one), and the framing, which is written anew.
-fn not_passed(name: &str) -> bool {
-    crate::canon::FIXED_HOP_BY_HOP
-        .iter()
-        .any(|n| n.as_str().eq_ignore_ascii_case(name))
-        || name.eq_ignore_ascii_case("transfer-encoding")
-        || name.eq_ignore_ascii_case("content-length")
-}
-
-fn protected(name: &str) -> bool {
-    crate::canon::PROTECTED_HEADERS
-        .iter()
-        .any(|n| n.as_str().eq_ignore_ascii_case(name))
-}
-
-/// Parse the CRM's answer head; the client's head is written to `head`.
-fn parse_answer(
-    bytes: &[u8],
-    head_request: bool,
-    ctx: &Ctx,
-    head: &mut Vec<u8>,
-) -> Result<AnswerParse, &'static str> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(bytes) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(AnswerParse::Partial),
-        Err(_) => return Err("the answer head is not HTTP/1.1"),
-    };
-    let status = resp.code.ok_or("no status")?;
-    match status {
-        0..=99 => return Err("the answer's status is not a status"),
-        101 => return Err("101 Switching Protocols was not asked for"),
-        100..=199 => return Ok(AnswerParse::Informational(len)),
-        _ => {}
-    }
-    // Framing (RFC 9112 §6.3) and what `Connection` says.
-    let mut length: Option<u64> = None;
-    let mut chunked: Option<bool> = None;
-    let mut reusable = resp.version == Some(1);
-    let mut listed: Vec<&str> = Vec::new();
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or("bad Content-Length")?;
-            if length.is_some_and(|l| l != v) {
-                return Err("two different Content-Length values");
-            }
-            length = Some(v);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in std::str::from_utf8(h.value)
-                .map_err(|_| "bad Connection")?
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-            {
-                if token.eq_ignore_ascii_case("close") {
-                    reusable = false;
-                } else if !protected(token) {
-                    listed.push(token);
-                }
-            }
-        }
-    }
-    let no_body = head_request || status == 204 || status == 304;
-    let framing = match (no_body, chunked, length) {
-        (true, _, _) => Framing::Empty,
-        (false, Some(_), Some(_)) => return Err("both Transfer-Encoding and Content-Length"),
-        (false, Some(true), None) => Framing::Chunked,
-        (false, Some(false), None) | (false, None, None) => Framing::UntilClose,
-        (false, None, Some(n)) => Framing::Length(n),
-    };
-    let id_header = ctx.id_header();
-    // `[cors]`: the CRM's own CORS headers are replaced by the gateway's.
-    let cors = exchange::cors_of(ctx, true);
-    head.clear();
-    let reason = resp
-        .reason
-        .filter(|r| !r.is_empty())
-        .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason());
-    status_line(head, status, reason);
-    let mut dated = false;
-    for h in resp.headers.iter() {
-        let name = h.name;
-        if not_passed(name)
-            || listed.iter().any(|n| n.eq_ignore_ascii_case(name))
-            || id_header.as_str().eq_ignore_ascii_case(name)
-            || (cors.is_some() && crate::cors::is_cors_header(name))
-        {
-            continue;
-        }
-        dated |= name.eq_ignore_ascii_case("date");
-        let start = head.len();
-        head.extend_from_slice(name.as_bytes());
-        head[start..].make_ascii_lowercase();
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(h.value);
-        head.extend_from_slice(b"\r\n");
-    }
-    // What the gateway adds to a forwarded answer: the request id (the removed-items headers
-    // are for checked bodies, which hyper serves).
-    header(
-        head,
-        id_header.as_str().as_bytes(),
-        ctx.request_id.as_bytes(),
-    );
-    if let (Some(cors), Some(origin)) = (cors, &ctx.cors_origin) {
-        for (name, value) in cors.headers(origin, ctx.preflight) {
-            header(head, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    match framing {
-        Framing::Length(n) => number(head, b"content-length", n),
-        Framing::Chunked => header(head, b"transfer-encoding", b"chunked"),
-        // The connection closes after it (`Lane::forward` says so).
-        Framing::UntilClose => {}
-        // HEAD and 304 keep the length the CRM declared.
-        Framing::Empty => {
-            if let (Some(n), false) = (length, status == 204) {
-                number(head, b"content-length", n);
-            }
-        }
-    }
-    if !dated {
-        date_header(head);
-    }
-    // The head is ended by `Call::end_head`.
-    Ok(AnswerParse::Final(Answer {
-        status,
-        framing,
-        head_len: len,
-        buffered: 0,
-        reusable: reusable && framing != Framing::UntilClose,
-    }))
-}
-
-fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn number(out: &mut Vec<u8>, name: &[u8], n: u64) {
-    header(out, name, itoa::Buffer::new().format(n).as_bytes());
-}
-
-/// `date: <IMF-fixdate>`, formatted once a second per thread (as hyper does).
-fn date_header(out: &mut Vec<u8>) {
-    thread_local! {
-        static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
-    }
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    CACHED.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != secs || c.1.is_empty() {
-            *c = (secs, httpdate::fmt_http_date(now));
-        }
-        header(out, b"date", c.1.as_bytes());
-    });
-}
-
-/// Where a chunked body ends (RFC 9112 §7.1), checked as it streams through: sizes and line
-/// ends must be exact; chunk extensions and trailer fields are dropped (as hyper's path does).
-#[derive(Default)]
-struct Chunks {
-    state: ChunkState,
-    /// Bytes left in the current chunk, or the size being read.
-    size: u64,
-    digits: u8,
-    /// Bytes of this chunk's extensions, or of the trailer section, seen so far (bounded).
-    meta: usize,
-}
-
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    #[default]
-    Size,
-    SizeWs,
-    Ext,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line (or of the final empty line).
-    Trailer,
-    TrailerLine,
-    TrailerLf,
-    EndLf,
-}
-
-impl Chunks {
-    /// Take in `data`; what the client receives is appended to `out`. `Ok(Some(n))`: the body
-    /// ended after the first `n` bytes of `data`.
-    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, &'static str> {
-        use ChunkState::*;
-        let mut i = 0;
-        while i < data.len() {
-            let b = data[i];
-            match self.state {
-                Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let v = (b as char).to_digit(16).unwrap_or(0) as u64;
-                        self.digits += 1;
-                        if self.digits > 15 {
-                            return Err("chunk size too large");
-                        }
-                        self.size = self.size * 16 + v;
-                        out.push(b);
-                    }
-                    b';' if self.digits > 0 => self.state = Ext,
-                    b' ' | b'\t' if self.digits > 0 => self.state = SizeWs,
-                    b'\r' if self.digits > 0 => self.state = SizeLf,
-                    _ => return Err("bad chunk size"),
-                },
-                // Whitespace after the size: only more of it, an extension or the line end.
-                SizeWs => match b {
-                    b' ' | b'\t' => self.meta_byte()?,
-                    b';' => self.state = Ext,
-                    b'\r' => self.state = SizeLf,
-                    _ => return Err("bad chunk size"),
-                },
-                Ext => match b {
-                    b'\r' => self.state = SizeLf,
-                    b'\n' => return Err("bare LF in a chunk extension"),
-                    _ => self.meta_byte()?,
-                },
-                SizeLf => {
-                    if b != b'\n' {
-                        return Err("bad chunk size line end");
-                    }
-                    out.extend_from_slice(b"\r\n");
-                    (self.digits, self.meta) = (0, 0);
-                    self.state = if self.size == 0 { Trailer } else { Data };
-                }
-                Data => {
-                    let n = (self.size.min((data.len() - i) as u64)) as usize;
-                    out.extend_from_slice(&data[i..i + n]);
-                    self.size -= n as u64;
-                    i += n;
-                    if self.size == 0 {
-                        self.state = DataCr;
-                    }
-                    continue;
-                }
-                DataCr => {
-                    if b != b'\r' {
-                        return Err("chunk longer than its size");
-                    }
-                    self.state = DataLf;
-                }
-                DataLf => {
-                    if b != b'\n' {
-                        return Err("bad chunk data line end");
-                    }
-                    out.extend_from_slice(b"\r\n");
-                    self.state = Size;
-                }
-                Trailer => match b {
-                    b'\r' => self.state = EndLf,
-                    b'\n' => return Err("bare LF in the trailer section"),
-                    _ => {
-                        self.meta_byte()?;
-                        self.state = TrailerLine;
-                    }
-                },
-                TrailerLine => match b {
-                    b'\r' => self.state = TrailerLf,
-                    b'\n' => return Err("bare LF in a trailer field"),
-                    _ => self.meta_byte()?,
-                },
-                TrailerLf => {
-                    if b != b'\n' {
-                        return Err("bad trailer line end");
-                    }
-                    self.state = Trailer;
-                }
-                EndLf => {
-                    if b != b'\n' {
-                        return Err("bad last line end");
-                    }
-                    out.extend_from_slice(b"\r\n");
-                    return Ok(Some(i + 1));
-                }
-            }
-            i += 1;
-        }
-        Ok(None)
-    }
-
-    fn meta_byte(&mut self) -> Result<(), &'static str> {
-        self.meta += 1;
-        if self.meta > MAX_CHUNK_META {
-            return Err("chunk extensions or trailers too large");
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dechunk(pieces: &[&[u8]]) -> (Result<Option<usize>, &'static str>, Vec<u8>) {
-        let mut c = Chunks::default();
-        let mut out = Vec::new();
-        let mut last = Ok(None);
-        for p in pieces {
-            last = c.feed(p, &mut out);
-            if !matches!(last, Ok(None)) {
-                break;
-            }
-        }
-        (last, out)
-    }
-
-    #[test]
-    fn chunked_bodies_pass_whole_and_end_where_they_end() {
-        let body = b"5 \r\nhello\r\n6 ;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
-        let (end, out) = dechunk(&[body]);
-        assert_eq!(end, Ok(Some(body.len() - 4)));
-        assert_eq!(out, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
-        // The same, a byte at a time.
-        let pieces: Vec<&[u8]> = body[..body.len() - 4].chunks(1).collect();
-        let (end, out2) = dechunk(&pieces);
-        assert_eq!(end, Ok(Some(1)));
-        assert_eq!(out2, out);
-    }
-
-    #[test]
-    fn malformed_chunked_bodies_are_refused() {
-        for bad in [
-            &b"5\r\nhelloX\r\n0\r\n\r\n"[..],
-            b"g\r\n",
-            b"\r\n",
-            b"5\nhello\r\n",
-            b"ffffffffffffffff\r\n",
-            b"5 5\r\nhello\r\n0\r\n\r\n",
-            b"0\r\n\n",
-            b"0\r\nx: 1\n",
-        ] {
-            assert!(
-                dechunk(&[bad]).0.is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        // Unfinished is not an error: more is read.
-        assert_eq!(dechunk(&[b"5\r\nhel"]).0, Ok(None));
-    }
-
-    #[test]
-    fn the_lane_takes_only_plain_bodiless_http11_requests() {
-        let ready = |raw: &[u8]| matches!(parse_head(raw), Parsed::Ready(_));
-        assert!(ready(b"GET /a?b=1 HTTP/1.1\r\nhost: x\r\n\r\n"));
-        assert!(ready(
-            b"DELETE /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
-        ));
-        assert!(matches!(
-            parse_head(b"GET /a HTTP/1.1\r\nhost: x\r\nConnection: Close\r\n\r\n"),
-            Parsed::Ready(Head { close: true, .. })
-        ));
-        assert!(matches!(
-            parse_head(b"GET /a HTTP/1.1\r\nhost: x\r\n"),
-            Parsed::Partial
-        ));
-        for other in [
-            &b"GET /a HTTP/1.0\r\n\r\n"[..],
-            b"GET http://x/a HTTP/1.1\r\nhost: x\r\n\r\n",
-            b"CONNECT x:443 HTTP/1.1\r\nhost: x\r\n\r\n",
-            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nab",
-            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
-            b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, x-secret\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\nconnection: close\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nhost: x\r\nupgrade: h2c\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nhost: x\r\nbad header: 1\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nhost: x\r\nx: a\x01b\r\n\r\n",
-        ] {
-            assert!(
-                matches!(parse_head(other), Parsed::Other),
-                "{:?}",
-                String::from_utf8_lossy(other)
-            );
         }
     }
 }
