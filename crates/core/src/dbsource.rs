@@ -10,7 +10,7 @@
 //!
 //! The driver is `tokio-postgres` (the async PostgreSQL driver the Rust ecosystem settled on,
 //! pure Rust, on the tokio runtime we already run); this module holds the settings and the
-//! rows → snapshot step, which does no I/O ([`crate::control`] runs the queries).
+//! rows → snapshot step, which does no I/O (the server's control thread runs the queries).
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! - [`parse`]: bytes → [`Json`], or a [`JsonError`] with its status (400/413) and stable code.
 //! - [`Json`]: the parsed tree; objects keep their members in order, numbers keep their exact
 //!   literal, strings are decoded (borrowed from the body when they hold no escape).
-//! - [`write`] / [`to_vec`]: the tree back to compact JSON, with strings in one canonical
+//! - [`write()`] / [`to_vec`]: the tree back to compact JSON, with strings in one canonical
 //!   escaping, so the CRM receives exactly what was checked, in one spelling.
 //! - [`Pointer`]: an RFC 6901 JSON pointer (`/data/0/id`), parsed once at config load.
 //!
@@ -628,7 +628,7 @@ impl<E> From<JsonError> for StreamError<E> {
     }
 }
 
-/// Parse a body with exactly the rules of [`parse`] and write it back as [`write`] would, in
+/// Parse a body with exactly the rules of [`parse`] and write it back as [`write()`] would, in
 /// one pass and without building a tree: the bulk-trimming fast path. Each element of the
 /// `select.items` array is written, then offered to `keep(index, id)` with the scalar at
 /// `select.id_at` inside it (`None` when absent); when `keep` answers `false` the element is

@@ -1,6 +1,6 @@
 //! Keys from an identity provider's JWKS URL, or found by OIDC discovery from the issuer.
 //!
-//! The store is data only (no I/O): the control thread fetches ([`crate::control`]) and hands
+//! The store is data only (no I/O): the control thread fetches (the server's `control`) and hands
 //! the document to [`JwksStore::apply`]; the request path reads the current keys with one
 //! atomic load. It is refreshed every `jwks_refresh_seconds`, and early — at most once per
 //! `jwks_min_refresh_seconds` — when a token names a key id it does not know (a rotation at the

@@ -1,11 +1,23 @@
 //! The decision: one pure function from a request's parts, the config and the snapshot to a
-//! [`Permit`] or a [`Denied`]. No I/O; the proxy glue and (later) `explain` call the same code.
+//! [`Permit`] or a [`Denied`]. No I/O; every data plane, `explain` and `permgate test` call the
+//! same code.
 //!
-//! Order (README "How a decision is taken"):
-//! 1. header hygiene (400), 2. canonical path (400/414), 3. route match (unmatched: 404 or 403
-//!    as configured), 4. public route → allow, 5. snapshot loaded and fresh enough (else 503), 6. exactly one
-//!    valid credential (401/400), 7. known, enabled user (401/403), 8. the route's permission
-//!    through any of the user's roles (else 403 naming the permission).
+//! # The pipeline
+//!
+//! One request, top to bottom ([`decide`] reads in this order; README "How a decision is
+//! taken"), each step a function with its typed result:
+//!
+//! | step | function | result | refused with |
+//! |---|---|---|---|
+//! | 1. canonicalize | [`canonicalize`]: header hygiene, declared length, the one canonical target | [`CanonicalTarget`] | 400, 413, 414, 431 |
+//! | 2. route | [`route`]: the most specific route for method and path (a CORS preflight in `crm` mode, a public route: allowed here) | [`Routed`] | 404 or 403 (`unmatched`), 400 `body_not_allowed` |
+//! | 3. load the snapshot | the caller's one load per request ([`decide`]'s `snapshot`) | `&Snapshot` | 503 (none yet, or stale and `fail_closed`) |
+//! | 4. identify | [`crate::identity::Verifier::identify`]: exactly one valid credential | [`identity::Identified`] | 401, 400 |
+//! | 5. decide | [`authorize`]: a known, enabled user holding the route's permission, records in path and query in scope | [`Permit`] | 401, 403 (naming the permission) |
+//! | 6. inspect | [`crate::inspect::check_body`] and the list filter, run by the data plane on the body and the answer | trimmed body, filtered list | 403, 400, 413 |
+//!
+//! The server's `exchange::admit` runs steps 1–5 through [`decide`] (then rate limits and the
+//! choice of what to do with the body), and step 6 once the body is read.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -117,7 +129,7 @@ pub fn route_info(config: &Config, idx: usize) -> &RouteInfo {
     &config.routes.routes()[idx].value
 }
 
-/// Decide one request.
+/// Decide one request: steps 1 to 5 of the pipeline (module docs), in order.
 ///
 /// `snapshot` is the request's snapshot, or the rejection that stands for it (none loaded yet,
 /// or stale with `on_stale = fail_closed`); it only matters for protected routes.
@@ -126,18 +138,20 @@ pub fn decide(
     snapshot: Result<&Snapshot, Rejection>,
     req: &Request<'_>,
 ) -> Result<Permit, Denied> {
-    let (canonical, route_idx, permission) = match route_request(config, req)? {
+    let canonical = canonicalize(config, req)?;
+    let (canonical, route_idx, permission) = match route(config, req, canonical)? {
         Routed::Public(permit) => return Ok(permit),
         Routed::Protected(c, r, p) => (c, r, p),
     };
-    let who = snapshot.and_then(|s| {
-        let who = config.identity.identify(req.headers, req.peer)?;
-        Ok((s, who))
-    });
-    match who {
-        Ok((snapshot, who)) => authorize(config, snapshot, canonical, route_idx, permission, who),
-        Err(rejection) => Err(denied(rejection, route_idx, None, None, canonical)),
-    }
+    let snapshot = match snapshot {
+        Ok(s) => s,
+        Err(rejection) => return Err(denied(rejection, route_idx, None, None, canonical)),
+    };
+    let who = match config.identity.identify(req.headers, req.peer) {
+        Ok(who) => who,
+        Err(rejection) => return Err(denied(rejection, route_idx, None, None, canonical)),
+    };
+    authorize(config, snapshot, canonical, route_idx, permission, who)
 }
 
 /// Decide as a given user, without credentials (for `permgate explain` and `permgate test`):
@@ -150,16 +164,15 @@ pub fn decide_as(
     user: Option<&str>,
 ) -> Result<Permit, Denied> {
     let headers = HeaderMap::new();
-    let (canonical, route_idx, permission) = match route_request(
-        config,
-        &Request {
-            method,
-            target,
-            headers: &headers,
-            peer: None,
-            wire: Wire::default(),
-        },
-    )? {
+    let req = Request {
+        method,
+        target,
+        headers: &headers,
+        peer: None,
+        wire: Wire::default(),
+    };
+    let canonical = canonicalize(config, &req)?;
+    let (canonical, route_idx, permission) = match route(config, &req, canonical)? {
         Routed::Public(permit) => return Ok(permit),
         Routed::Protected(c, r, p) => (c, r, p),
     };
@@ -225,8 +238,9 @@ fn denied(
     }
 }
 
-/// The identified caller against the route's permission.
-fn authorize(
+/// Step 5: the identified caller against the route's permission and the records its path and
+/// query name.
+pub fn authorize(
     config: &Config,
     snapshot: &Snapshot,
     canonical: CanonicalTarget,
@@ -281,8 +295,11 @@ fn authorize(
     }
 }
 
-enum Routed {
+/// Step 2's result.
+pub enum Routed {
+    /// Allowed without a caller: a public route, or a CORS preflight the CRM answers.
     Public(Permit),
+    /// A route that needs its permission: the canonical target, the route, the permission.
     Protected(CanonicalTarget, usize, crate::catalog::PermId),
 }
 
@@ -328,21 +345,29 @@ fn refuse_body(route: Option<usize>) -> Denied {
     d
 }
 
-/// Header hygiene, canonical path and route match: everything before identity.
-fn route_request(config: &Config, req: &Request<'_>) -> Result<Routed, Denied> {
-    let l = &config.listen;
+/// Step 1: header hygiene, the declared length, the one canonical target (path and query).
+pub fn canonicalize(config: &Config, req: &Request<'_>) -> Result<CanonicalTarget, Denied> {
     hygiene(config, req).map_err(canon_denied)?;
     // A declared body over the gateway's limit is refused before anything is forwarded (a
-    // streamed body that grows past it is cut off by the proxy).
-    if canon::declared_length(req.headers).is_some_and(|n| n > l.max_body_bytes) {
+    // streamed body that grows past it is cut off by the data plane).
+    if canon::declared_length(req.headers).is_some_and(|n| n > config.listen.max_body_bytes) {
         return Err(Denied::bare(Rejection::body_too_large()));
     }
-    let canonical = canon::canonicalize_target(req.target)
+    canon::canonicalize_target(req.target)
         .and_then(|c| match &c.query {
             Some(q) => canon::check_query(q).map(|()| c),
             None => Ok(c),
         })
-        .map_err(canon_denied)?;
+        .map_err(canon_denied)
+}
+
+/// Step 2: the route for the method and canonical path; a public route (or a CORS preflight in
+/// `crm` mode) is allowed here.
+pub fn route(
+    config: &Config,
+    req: &Request<'_>,
+    canonical: CanonicalTarget,
+) -> Result<Routed, Denied> {
     let body_refused = req.wire.body && bodiless(req.method);
     // `[cors] mode = "crm"`: a preflight goes to the CRM without credentials (the caller is
     // nobody: the forwarded head carries none), and only one a browser could be sending for a

@@ -1,5 +1,6 @@
 //! Records in the snapshot: who owns which record, what is shared with whom, which related
-//! objects hang under which record; and the O(1) check of one record against a user's scope.
+//! objects hang under which record, as data ([`crate::access`] checks one record against a
+//! user's scope with it).
 //!
 //! # Layout
 //!
@@ -8,9 +9,9 @@
 //!   snapshot is built, without materialising a struct per record).
 //! - Compiled form: [`RecordStore`], built from a draft against the config's
 //!   [`RecordTypes`]; every lookup is one hash probe sequence in a flat table.
-//! - The decision: [`check_record`] → [`RecordDecision`] (allowed, with the grounds; denied,
-//!   with the reason; or unknown to the snapshot, which the route's [`UnknownRecord`] settles),
-//!   [`check_assignee`] for the new owner of a reassignment, and [`scope_of`].
+//! - The decision, in [`crate::access`]: `check_record` → `RecordDecision` (allowed, with the
+//!   grounds; denied, with the reason; or unknown to the snapshot, which the route's
+//!   `UnknownRecord` settles), `check_assignee` for the new owner of a reassignment, `scope_of`.
 //!
 //! # Source form
 //!
@@ -1584,7 +1585,7 @@ impl RecordStore {
     }
 
     /// Is the record shared with exactly this principal? (Not what a user reaches; see
-    /// [`RecordCheck`].)
+    /// [`crate::access::RecordCheck`].)
     pub fn has_share(&self, number: u32, p: Principal) -> bool {
         self.is_shared(number, p)
     }
