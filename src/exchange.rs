@@ -2,6 +2,9 @@
 //! state, the headers forwarded to the CRM and sent back to the caller, the media-type check of
 //! an inspected body, and the access log, decision log and counters at the end of a call.
 //!
+//! Why one file (~850 lines): it is the one place every data plane shares around a call; splitting
+//! it would let the planes drift again, which is what it exists to prevent.
+//!
 //! [`crate::proxy`] (Pingora) and [`crate::plane`] (hyper) both call these, so the two planes
 //! forward, answer and log a call the same way.
 

@@ -1,6 +1,9 @@
 //! The live state: the config and the snapshot compiled against it, behind one atomic pointer,
 //! and every way they change.
 //!
+//! Why one file (~950 lines): every way the live state changes takes the same writer lock and the
+//! same validate-then-swap path; one file keeps that path single.
+//!
 //! A request loads [`Live`] once and keeps it to the end, so a swap never changes a request in
 //! flight, and the config and snapshot it sees always belong together. Every change — a config
 //! reload, a new snapshot from a source, a batch of incremental changes — is validated and built

@@ -1,5 +1,8 @@
 //! The Pingora data plane: the only module that imports Pingora.
 //!
+//! Why one file (~970 lines): the only module that imports Pingora, built only with the `pingora`
+//! feature; kept whole so the optional engine stays in one place.
+//!
 //! Which decision happens in which phase (cf. Pingora's `docs/user_guide/phase.md`):
 //!
 //! | phase                     | what permgate does                                             |

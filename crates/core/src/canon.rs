@@ -1,6 +1,9 @@
 //! Request canonicalization: the one canonical path the gateway decides on, matches routes
 //! against, and forwards upstream — plus the request-header hygiene rules.
 //!
+//! Why one file (~930 lines without its tests): it is written as a spec, rule by rule, and read as
+//! one; every rule is a small pure function.
+//!
 //! Principle: *nothing unchecked reaches the CRM; ambiguous input is rejected with a clear 4xx,
 //! never guessed.* Everything here is a pure function over bytes and [`http`] types.
 //!

@@ -1,5 +1,8 @@
 //! Who is calling: a JWT bearer token, an API key, or an identity header from a trusted peer.
 //!
+//! Why one file (~1,050 lines without its tests): every credential kind is compiled and checked
+//! here so that "exactly one credential" is decided in one place.
+//!
 //! Exactly one credential must be presented; two kinds at once are ambiguous and refused (400),
 //! none is 401. JWTs are verified with a key picked by `kid` whose algorithm is pinned in the
 //! config (a token naming another algorithm is refused, so RS→HS confusion cannot happen);

@@ -1,5 +1,8 @@
 //! Routing and handlers for `/api/v1/...`.
 //!
+//! Why one file (~1,400 lines): the sample CRM's whole REST surface, one handler per endpoint, read
+//! like a legacy app's routes file; it is test and demo code, never on the gateway's path.
+//!
 //! Handlers are synchronous: all data is in memory, so a request takes the store lock, does its
 //! work and returns a [`Reply`]; the async shell in the parent module does the I/O. Every error
 //! is a `Reply` too (`Err` only to use `?`), so nothing on this path can panic or escape as a
