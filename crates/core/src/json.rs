@@ -3,8 +3,8 @@
 //!
 //! Why one file (~1,180 lines without its tests): the strict parser, the tree, the writer and the
 //! streaming canonicalizer share one grammar and one set of limits; our own rather than serde_json
-//! because serde_json silently keeps the last of duplicate keys and cannot keep an exact number
-//! literal.
+//! because serde_json's `Value` silently keeps the last of duplicate keys and keeps an exact
+//! number literal only with its crate-wide `arbitrary_precision` feature.
 //!
 //! # Layout
 //!
