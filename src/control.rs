@@ -323,51 +323,17 @@ async fn follow_database(state: Arc<State>) {
                 .is_none_or(|(c, k)| c.is_closed() || *k != key)
             {
                 conn = None;
-                let mut pg: tokio_postgres::Config =
-                    db.url.parse().map_err(|e| format!("the URL: {e}"))?;
-                pg.connect_timeout(Duration::from_secs(10))
-                    .keepalives_idle(Duration::from_secs(30));
-                let (client, connection) = pg
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| format!("cannot connect: {e}"))?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        warn!("database connection ended: {e}");
-                    }
-                });
-                client
-                    .batch_execute("SET statement_timeout = '30s'")
-                    .await
-                    .map_err(|e| format!("statement_timeout: {e}"))?;
-                for sql in &db.session_sql {
-                    client
-                        .batch_execute(sql)
-                        .await
-                        .map_err(|e| format!("session_sql: {e}"))?;
-                }
+                let client = connect_database(&db).await?;
                 conn = Some((client, key.clone()));
             }
             let Some((client, _)) = conn.as_ref() else {
                 return Err("no connection".into());
             };
-            // One consistent state for the cursor and every query of the load.
-            client
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await
-                .map_err(|e| format!("begin: {e}"))?;
-            let loaded = load_round(client, &db, &last_cursor, last_full).await;
-            client
-                .batch_execute(if loaded.is_ok() { "COMMIT" } else { "ROLLBACK" })
-                .await
-                .map_err(|e| format!("end of the transaction: {e}"))?;
+            let loaded = read_consistent(client, &db, &last_cursor, last_full).await;
             let Some((rows, cursor)) = loaded? else {
                 return Ok(());
             };
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let text = crate::dbsource::snapshot_text(&rows, format!("db-{now}"), now)?;
+            let text = db_snapshot_text(&rows)?;
             let s = state.clone();
             match tokio::task::spawn_blocking(move || s.replace_snapshot(&text, label)).await {
                 Ok(Ok(_)) => {
@@ -402,6 +368,87 @@ async fn follow_database(state: Arc<State>) {
         };
         tokio::time::sleep(wait).await;
     }
+}
+
+/// A connection to the source's database with its session set: the statement timeout (30 s)
+/// and the operator's `session_sql` (row-level-security context).
+async fn connect_database(
+    db: &crate::dbsource::DbSource,
+) -> Result<tokio_postgres::Client, String> {
+    let mut pg: tokio_postgres::Config = db.url.parse().map_err(|e| format!("the URL: {e}"))?;
+    pg.connect_timeout(Duration::from_secs(10))
+        .keepalives_idle(Duration::from_secs(30));
+    let (client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!("database connection ended: {e}");
+        }
+    });
+    client
+        .batch_execute("SET statement_timeout = '30s'")
+        .await
+        .map_err(|e| format!("statement_timeout: {e}"))?;
+    for sql in &db.session_sql {
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| format!("session_sql: {e}"))?;
+    }
+    Ok(client)
+}
+
+/// [`load_round`] inside one read-only repeatable-read transaction: one consistent state for
+/// the cursor and every query of the load.
+async fn read_consistent(
+    client: &tokio_postgres::Client,
+    db: &crate::dbsource::DbSource,
+    last_cursor: &Option<String>,
+    last_full: Option<std::time::Instant>,
+) -> Result<Option<(crate::dbsource::Rows, Option<String>)>, String> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| format!("begin: {e}"))?;
+    let loaded = load_round(client, db, last_cursor, last_full).await;
+    client
+        .batch_execute(if loaded.is_ok() { "COMMIT" } else { "ROLLBACK" })
+        .await
+        .map_err(|e| format!("end of the transaction: {e}"))?;
+    loaded
+}
+
+/// `permgate snapshot export`: one full load from the source's database, as the snapshot JSON
+/// the gateway would build from it (the caller validates it against the config).
+pub fn export_database(db: &crate::dbsource::DbSource) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let read = async {
+            let client = connect_database(db).await?;
+            read_consistent(&client, db, &None, None).await
+        };
+        let rows = match tokio::time::timeout(Duration::from_secs(120), read).await {
+            Ok(r) => r?,
+            Err(_) => return Err("no answer within 120 s".to_string()),
+        };
+        let Some((rows, _)) = rows else {
+            return Err("the database gave no rows".to_string());
+        };
+        db_snapshot_text(&rows)
+    })
+}
+
+/// The snapshot JSON of one load's rows, versioned by the time it was read.
+fn db_snapshot_text(rows: &crate::dbsource::Rows) -> Result<String, String> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    crate::dbsource::snapshot_text(rows, format!("db-{now}"), now)
 }
 
 /// One round inside the transaction: the cursor, and when a load is due the rows of every

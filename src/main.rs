@@ -95,10 +95,29 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+    /// Snapshot tools.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
     /// Run only the bundled sample CRM (for the bench harness or manual tests).
     SampleCrm {
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotAction {
+    /// Write the snapshot JSON the config's `[snapshot.database]` source would build now (one
+    /// full load, checked against the config's catalogue), for CI and debugging.
+    Export {
+        /// The config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Write here (replaced whole, only once the snapshot is valid) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -387,6 +406,20 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Snapshot {
+            action: SnapshotAction::Export { config, out },
+        } => match export_snapshot(&config, out.as_deref()) {
+            Ok(summary) => {
+                stderr_line(&summary);
+                ExitCode::SUCCESS
+            }
+            Err(lines) => {
+                for l in &lines {
+                    stderr_line(&format!("error: {l}"));
+                }
+                ExitCode::from(1)
+            }
+        },
         Command::SampleCrm { listen } => {
             init_logging();
             match permgate::demo::run_sample_crm(listen) {
@@ -398,6 +431,40 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `permgate snapshot export`: one full load from the database source, built and validated as
+/// the gateway would, then written whole (stdout, or `out` through a temporary file and a
+/// rename). `Err`: every problem, one per line.
+fn export_snapshot(config: &Path, out: Option<&Path>) -> Result<String, Vec<String>> {
+    let config = permgate::config::load(config)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let Some(db) = &config.snapshot.database else {
+        return Err(vec![format!(
+            "{}: snapshot.database: export reads the CRM's database; this config has no \
+             [snapshot.database] (a file or URL source already is the snapshot JSON)",
+            config.file
+        )]);
+    };
+    let text = control::export_database(db).map_err(|e| vec![format!("database: {e}")])?;
+    let snapshot = permgate::snapshot::Snapshot::build("database", &text, &config.catalog)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let summary = format!(
+        "snapshot {}: {} user(s), {} service principal(s)",
+        snapshot.version,
+        snapshot.user_count(),
+        snapshot.service_count()
+    );
+    match out {
+        None => permgate::print_stdout(&text).map_err(|e| vec![format!("stdout: {e}")])?,
+        Some(path) => {
+            let tmp = path.with_extension("tmp-export");
+            std::fs::write(&tmp, &text)
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        }
+    }
+    Ok(summary)
 }
 
 /// `GET /healthz` on the admin listener with a plain socket (no runtime, no TLS): the status line

@@ -219,11 +219,86 @@ async fn the_gateway_follows_the_crms_database() {
         .await
         .unwrap();
     assert!(follows("u-rep2", 500, 403).await, "a deleted lead");
+    // `permgate snapshot export`: the snapshot the source builds now, as JSON.
+    let dir = config_dir(&database_config(pg.port));
+    let export = |out: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_permgate"));
+        cmd.args(["snapshot", "export", "--config"])
+            .arg(dir.path().join("c.toml"));
+        if let Some(out) = out {
+            cmd.arg("--out").arg(out);
+        }
+        cmd.output().unwrap()
+    };
+    let out = export(None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let owners = json["records"]["owners"].to_string();
+    assert!(owners.contains(r#""id":"1","owner":"u-rep1""#), "{owners}");
+    assert!(owners.contains(r#""id":"2","owner":"u-rep2""#), "{owners}");
+    assert!(!owners.contains(r#""id":"500""#), "deleted: {owners}");
+    assert!(
+        !owners.contains(r#""id":"600""#),
+        "row-level security: {owners}"
+    );
+    let rep1 = json["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == "u-rep1")
+        .unwrap();
+    assert_eq!(rep1["roles"], serde_json::json!(["admin"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("user(s)"));
+    let file = dir.path().join("exported.json");
+    let out = export(Some(&file));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(written["records"], json["records"]);
     // The database goes away: the last good snapshot stays (u-rep1 still admin).
     drop(su);
     drop(pg);
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(get("u-rep1", 1).await, 200, "last good snapshot kept");
+    // Export cannot read it: an error, and the file written before is left as it was.
+    let out = export(Some(&file));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: database: cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(kept, written);
+}
+
+/// `permgate snapshot export` needs a database source: a config without one is refused, naming
+/// the setting.
+#[test]
+fn export_needs_a_database_source() {
+    let dir = config_dir(&config());
+    let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["snapshot", "export", "--config"])
+        .arg(dir.path().join("c.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("snapshot.database: export reads the CRM's database"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
 }
 
 /// A bad `[snapshot.database]` is refused at its line.

@@ -580,6 +580,16 @@ pub fn demo_key_token(claims: &serde_json::Value, kid: Option<&str>) -> String {
 
 /// `permgate check-config` on a config given as text (the demo snapshot beside it).
 pub fn check_config_text(text: &str) -> std::process::Output {
+    let dir = config_dir(text);
+    Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .arg("check-config")
+        .arg(dir.path().join("c.toml"))
+        .output()
+        .unwrap()
+}
+
+/// A folder holding `text` as `c.toml` and the demo snapshot as `snapshot.json`.
+pub fn config_dir(text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("c.toml"), text).unwrap();
     std::fs::write(
@@ -587,11 +597,7 @@ pub fn check_config_text(text: &str) -> std::process::Output {
         permgate::demo::DEMO_SNAPSHOT,
     )
     .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_permgate"))
-        .arg("check-config")
-        .arg(dir.path().join("c.toml"))
-        .output()
-        .unwrap()
+    dir
 }
 
 /// `GET /metrics` on an admin base URL (`http://127.0.0.1:port`), with the admin token.
