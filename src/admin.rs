@@ -40,8 +40,8 @@ use axum::Router;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use log::{info, warn};
 use serde_json::json;
+use tracing::{info, warn};
 
 use crate::changes::Change;
 use crate::live::State;

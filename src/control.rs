@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use log::{error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::live::{State, STALENESS_TICK};
 

@@ -99,7 +99,7 @@ pub fn run_sample_crm(listen: std::net::SocketAddr) -> Result<(), String> {
     #[cfg(feature = "demo")]
     {
         let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        log::info!("sample CRM listening on {listen}");
+        tracing::info!("sample CRM listening on {listen}");
         rt.block_on(crate::sample_crm::serve(
             listen,
             crate::sample_crm::CrmOptions::default(),

@@ -452,7 +452,7 @@ pub fn finish(state: &State, ctx: &Ctx, method: &http::Method, raw_target: &[u8]
     let to_log = disagrees || log.wants(outcome == Outcome::Allow);
     // The access line is debug-level (the decision log carries the same facts): build the
     // strings below only when someone will read them.
-    if !to_log && !log::log_enabled!(log::Level::Debug) {
+    if !to_log && !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
     let caller = ctx
@@ -499,9 +499,9 @@ pub fn finish(state: &State, ctx: &Ctx, method: &http::Method, raw_target: &[u8]
                 .and_then(|d| d.canonical.as_ref().map(|c| c.path.clone()))
         })
         .unwrap_or_else(|| String::from_utf8_lossy(raw_target).into_owned());
-    log::debug!(
-        "request_id={} method={} path={:?} status={status} decision={decision} code={reason} user={:?} route={:?}",
-        ctx.request_id,
+    tracing::debug!(
+        request_id = %ctx.request_id,
+        "method={} path={:?} status={status} decision={decision} code={reason} user={:?} route={:?}",
         method,
         path,
         user.as_deref().unwrap_or("-"),
@@ -764,9 +764,9 @@ fn over_limit(state: &State, live: &Live, ctx: &Ctx, permit: &Permit) -> Option<
             refused = Some(Rejection::rate_limited(limited == Limited::Route, wait));
             continue;
         }
-        log::info!(
-            "request_id={} shadow: over {} rate limit (429 rate_limited when enforced, retry after {wait}s)",
-            ctx.request_id,
+        tracing::info!(
+            request_id = %ctx.request_id,
+            "shadow: over {} rate limit (429 rate_limited when enforced, retry after {wait}s)",
             match limited {
                 Limited::Caller => "the caller's",
                 Limited::Route => "the route's",

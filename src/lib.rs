@@ -39,6 +39,8 @@
 //! - [`metrics`]: Prometheus counters and histograms (atomics; bounded labels).
 //! - [`decision_log`]: one JSON line per decision, from a bounded background writer.
 //! - [`demo`]: the `permgate demo` subcommand.
+//! - [`diagnostics`]: the gateway's own log lines (`tracing`, `RUST_LOG`), a request's id as a
+//!   field.
 #![forbid(unsafe_code)]
 
 pub use permgate_core::{
@@ -53,6 +55,7 @@ pub mod config;
 pub mod control;
 pub mod decision_log;
 pub mod demo;
+pub mod diagnostics;
 pub mod exchange;
 pub mod live;
 pub mod metrics;

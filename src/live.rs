@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use log::{error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::changes::Applied;
 use crate::changes::Change;

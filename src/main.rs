@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use log::error;
+use tracing::error;
 
 use permgate::config::{Config, ConfigError, Engine};
 use permgate::control;
@@ -235,9 +235,7 @@ fn load_offline(path: &Path) -> Result<(Config, permgate::snapshot::Snapshot), E
 }
 
 fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    permgate::diagnostics::init();
 }
 
 fn main() -> ExitCode {

@@ -2,6 +2,15 @@
 //! answers as the Pingora plane ([`crate::proxy`]), both built on [`crate::exchange`], with
 //! less CPU per request and less memory per open connection.
 //!
+//! Why one file (~1,960 lines): it is the parent of the engine's submodules, and they are built
+//! on its private items — the lane (`plane::lane`) answers with `json`/`reject`/
+//! `answer_preflight` and `RespBody`, maps failures with `Plane::upstream_failed` and
+//! `Failure`, waits on the CRM's cap with `Plane::enter`, and hands a decided request over to
+//! `Plane::handle`; the pool sends `ReqBody`. The listener, the connection driver
+//! (`Tracked`, `Activity`), the hyper service and the bodies are one engine over those
+//! types. The seam, when one is cut, is the call path (`impl Plane` with the bodies) apart from
+//! the listener; not before the lane's request-body work, which edits the same items.
+//!
 //! | step | what happens |
 //! |---|---|
 //! | accept | HTTP/1.1, h2c (`listen.h2c`) or HTTPS with HTTP/2 by ALPN (`listen.tls`); at most `listen.max_connections` open (beyond, new ones wait in the backlog, `listen.backlog`, not accepted); a write to the client that makes no progress for `listen.write_timeout_ms` closes the connection |
@@ -33,8 +42,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
-use log::{error, info, warn};
 use tokio::time::Sleep;
+use tracing::{error, info, warn, Instrument};
 
 use crate::exchange::{self, Admission, Ctx};
 use crate::live::State;
@@ -895,7 +904,11 @@ impl Plane {
             );
             reject(&rejection, &ctx, true)
         } else {
+            // Whatever is logged while deciding and forwarding names the request (debug only:
+            // see `diagnostics`).
+            let span = crate::diagnostics::request_span(&ctx.request_id);
             self.dispatch(req, peer, &mut ctx, admission, fragment)
+                .instrument(span)
                 .await
         };
         let status = response.status().as_u16();
@@ -972,7 +985,7 @@ impl Plane {
     fn upstream_authority(&self, ctx: &Ctx) -> Result<(Authority, Option<&Gate>), Rejection> {
         if let Some(b) = &self.balanced {
             let Some(instance) = b.pick() else {
-                warn!("request_id={} no healthy CRM instance", ctx.request_id);
+                warn!(request_id = %ctx.request_id, "no healthy CRM instance");
                 self.state
                     .metrics
                     .upstream_error(UpstreamError::Unavailable);
@@ -1017,7 +1030,7 @@ impl Plane {
             .as_ref()
             .map_or(&b"*"[..], |p| p.as_str().as_bytes());
         exchange::edit_upstream(&mut parts, raw, ctx).map_err(|why| {
-            error!("request_id={} not forwarded: {why}", ctx.request_id);
+            error!(request_id = %ctx.request_id, "not forwarded: {why}");
             Rejection::internal()
         })?;
         let path = parts
@@ -1175,7 +1188,7 @@ impl Plane {
                 Response::from_parts(parts, RespBody::full(Bytes::from(filtered)))
             }
             Err(Ok(why)) => {
-                warn!("request_id={} list not filtered: {why}", ctx.request_id);
+                warn!(request_id = %ctx.request_id, "list not filtered: {why}");
                 reject(
                     &Rejection::new(
                         502,
@@ -1252,8 +1265,8 @@ impl Plane {
             None => {
                 self.state.metrics.upstream_error(UpstreamError::Busy);
                 warn!(
-                    "request_id={} the CRM instance is at upstream.max_connections and its queue is full or the wait ran out; answering 503",
-                    ctx.request_id
+                    request_id = %ctx.request_id,
+                    "the CRM instance is at upstream.max_connections and its queue is full or the wait ran out; answering 503"
                 );
                 Err(Rejection::upstream_busy())
             }
@@ -1339,8 +1352,8 @@ impl Plane {
         };
         self.state.metrics.upstream_error(kind);
         warn!(
-            "request_id={} upstream failure: {why}; answering {}",
-            ctx.request_id, rejection.status
+            request_id = %ctx.request_id,
+            "upstream failure: {why}; answering {}", rejection.status
         );
         rejection
     }
@@ -1844,9 +1857,9 @@ mod upstream_tls {
     use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::TokioIo;
-    use log::{info, warn};
     use tokio_rustls::rustls::pki_types::ServerName;
     use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    use tracing::{info, warn};
 
     use crate::config::UpstreamTls;
     use crate::live::State;

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, WWW_AUTHENTICATE};
-use log::{info, warn};
 use pingora::apps::HttpServerOptions;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
@@ -33,6 +32,7 @@ use pingora::proxy::FailToProxy;
 use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::{ErrorSource, ErrorType};
+use tracing::{info, warn};
 
 use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::RoundRobin;
@@ -118,8 +118,8 @@ impl Gateway {
             Ok(done) => done,
             Err(Retry::Reused(e)) => {
                 warn!(
-                    "request_id={} retrying on another connection: {e}",
-                    ctx.request_id
+                    request_id = %ctx.request_id,
+                    "retrying on another connection: {e}"
                 );
                 self.exchange(&peer, &req, &body, ctx)
                     .await
@@ -140,7 +140,7 @@ impl Gateway {
             let filtered = match self.read_and_filter_list(&mut upstream, ctx).await? {
                 Ok(body) => body,
                 Err(why) => {
-                    warn!("request_id={} list not filtered: {why}", ctx.request_id);
+                    warn!(request_id = %ctx.request_id, "list not filtered: {why}");
                     let id_header = ctx.id_header();
                     // The CRM connection may hold the rest of that response: not reused.
                     upstream.shutdown().await;
@@ -712,16 +712,16 @@ impl ProxyHttp for Gateway {
             _ => {}
         }
         warn!(
-            "request_id={} upstream failure: {e}; answering {code}",
-            ctx.request_id
+            request_id = %ctx.request_id,
+            "upstream failure: {e}; answering {code}"
         );
         if let Some(r) = &rejection {
             if session.response_written().is_none() {
                 let header = ctx.id_header();
                 if let Err(err) = respond(session, r, &ctx.request_id, &header).await {
                     warn!(
-                        "request_id={} could not send the error response: {err}",
-                        ctx.request_id
+                        request_id = %ctx.request_id,
+                        "could not send the error response: {err}"
                     );
                 }
             }
@@ -730,6 +730,16 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Pingora's own request-path warnings and errors ("Fail to proxy: …") end with this: the
+    /// request id in the same `request_id=<id>` form as our lines' field.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        format!(
+            "{}, request_id={}",
+            session.as_ref().request_summary(),
+            ctx.request_id
+        )
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
@@ -774,7 +784,7 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
         match upstream_tls::watch(state) {
             Ok(material) => gateway.upstream_tls = material,
             Err(e) => {
-                log::error!("upstream.tls: {e}");
+                tracing::error!("upstream.tls: {e}");
                 std::process::exit(2);
             }
         }
@@ -795,7 +805,7 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
                 server.add_service(background);
             }
             Err(e) => {
-                log::error!("upstream.addresses: {e}");
+                tracing::error!("upstream.addresses: {e}");
                 std::process::exit(2);
             }
         }
@@ -826,7 +836,7 @@ pub fn run(state: Arc<State>, upgrade: bool) -> ! {
                     .l4_buffer(buffers),
             ),
             Err(e) => {
-                log::error!("listen.tls: {e}");
+                tracing::error!("listen.tls: {e}");
                 std::process::exit(2);
             }
         },
@@ -886,10 +896,10 @@ mod upstream_tls {
     use std::sync::Arc;
 
     use arc_swap::ArcSwap;
-    use log::{info, warn};
     use pingora::protocols::tls::CaType;
     use pingora::tls::{ClientConfig, CryptoProvider, RootCertStore};
     use pingora::utils::tls::{CertKey, WrappedX509};
+    use tracing::{info, warn};
 
     use crate::config::UpstreamTls;
     use crate::live::State;

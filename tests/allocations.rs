@@ -88,3 +88,30 @@ fn a_denied_decision_allocates_no_more_than_an_allowed_one() {
     assert_eq!(allowed, 1, "allowed decision");
     assert_eq!(denied, allowed, "denied decision");
 }
+
+/// Issue 15 item 5: every request's handling on hyper's path runs in a `request` span naming
+/// its id. At the default level (`info`) that span is off and must cost no allocation: making
+/// it, entering it and a debug line inside it allocate nothing, under the binary's own
+/// subscriber.
+#[test]
+fn a_request_span_allocates_nothing_at_the_default_level() {
+    let subscriber = permgate::diagnostics::subscriber("");
+    tracing::subscriber::with_default(subscriber, || {
+        let once = || {
+            let span = permgate::diagnostics::request_span("00ab34cd56ef7890");
+            let _in = span.enter();
+            tracing::debug!(target: "permgate::plane", "a pooled CRM connection closed");
+            span.is_disabled()
+        };
+        // The first use registers the callsites (once per process).
+        assert!(once());
+        let (n, disabled) = allocations_of(once);
+        assert!(disabled, "the request span is off at info");
+        assert_eq!(n, 0, "a disabled request span allocates nothing");
+    });
+    // The same span when debug is on: enabled, so the check above can fail.
+    let subscriber = permgate::diagnostics::subscriber("debug");
+    tracing::subscriber::with_default(subscriber, || {
+        assert!(!permgate::diagnostics::request_span("00ab34cd56ef7890").is_disabled());
+    });
+}

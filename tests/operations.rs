@@ -780,3 +780,46 @@ async fn admin_api_needs_the_token_everywhere_but_the_probes() {
     assert_eq!(get("/healthz", None).await.unwrap().status(), 200);
     assert_eq!(get("/readyz", None).await.unwrap().status(), 200);
 }
+
+/// Issue 15 item 5: a diagnostic about one request names it. The warning for a CRM that cannot
+/// be reached carries, as its `request_id` field, the id the client got in `x-request-id` and in
+/// the rejection's body; two calls, two ids, each in its own warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_failure_warning_names_the_request_id_the_client_got() {
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let h = Harness::start_custom(&demo_config(), Some(closed)).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = client()
+            .get(h.url("/api/v1/customers/1"))
+            .header("authorization", bearer("u-admin"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let header = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "upstream_unavailable");
+        assert_eq!(body["request_id"], header.as_str());
+        ids.push(header);
+    }
+    assert_ne!(ids[0], ids[1]);
+    for id in &ids {
+        let field = format!("request_id={id}");
+        let mut log = String::new();
+        let found = eventually(5, || {
+            log = h.log_text();
+            let found = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") && l.contains("upstream failure"))
+                .any(|l| l.contains(&field));
+            async move { found }
+        })
+        .await;
+        assert!(found, "no upstream failure warning names {id}:\n{log}");
+    }
+}

@@ -19,11 +19,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
-use log::{info, warn};
 use rustix::net::{
     recvmsg, sendmsg, sockopt, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
 };
+use tracing::{info, warn};
 
 const HELLO: &str = "permgate-listener ";
 /// How long the running process tries to reach the new one, and then waits for its answer.

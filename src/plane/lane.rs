@@ -659,9 +659,9 @@ impl Lane {
                     let fed = chunks.feed(&up.buf[at..end], &mut self.out);
                     let done = match fed {
                         Err(why) => {
-                            log::warn!(
-                                "request_id={} the CRM's chunked answer is malformed: {why}",
-                                ctx.request_id
+                            tracing::warn!(
+                                request_id = %ctx.request_id,
+                                "the CRM's chunked answer is malformed: {why}"
                             );
                             return (false, false);
                         }
@@ -746,9 +746,9 @@ async fn read_more(up: &mut Upconn, read_timeout: Duration, ctx: &Ctx) -> Option
         // A piece past the total timeout cuts the answer too (a CRM streaming steadily).
         Ok(Ok(n)) if n > 0 && !left(ctx.deadline).is_zero() => Some(n),
         _ => {
-            log::warn!(
-                "request_id={} the CRM's answer stopped short; the client's connection is closed",
-                ctx.request_id
+            tracing::warn!(
+                request_id = %ctx.request_id,
+                "the CRM's answer stopped short; the client's connection is closed"
             );
             None
         }

@@ -24,7 +24,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::rt::{Read, Write};
-use log::debug;
+use tracing::debug;
 
 use super::{BoxError, ReqBody};
 

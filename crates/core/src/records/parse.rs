@@ -9,17 +9,6 @@
 //! integer, `owner`, `user`, `team` and `role` may be `null` (absent). Every error names its
 //! place: the byte offset (the caller turns it into a line) and the entry
 //! (`records.owners[12].id`).
-//!
-//! Why keep a parser of our own (issue 15, decided with measurements): the snapshot target
-//! (1M users and 10M records built in about 3 s on two cores) is not met yet (about 4 s on a
-//! quiet machine), and this section is most of a large snapshot's text. Against serde with
-//! owned strings it was 3–14% faster in wall time and 0.3–0.8 s less CPU per build
-//! (bench/RESULTS.md, "own parser for the records section", 2026-11-23); against serde with
-//! borrowed strings (`&'a str` fields, the alternative the structure review proposed) serde was
-//! 34–63% slower at 1M users / 10M records (2026-12-06, measured on a branch that was not kept:
-//! the comparison code is not in the tree). It is tested to accept and refuse exactly what the
-//! serde form does, at every split point (`reads_what_serde_reads_at_every_split`,
-//! `refuses_what_serde_refuses_with_the_place`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
