@@ -29,8 +29,8 @@ pub use raw::{Engine, DEFAULT_ALLOW_HEADERS, DEFAULT_STRIP_HEADERS};
 
 mod raw;
 mod resource;
-pub use resource::summary as resource_summary;
 use crate::headers::RESERVED_HEADERS;
+pub use resource::summary as resource_summary;
 
 // ---- validated types ----------------------------------------------------------------------
 
@@ -1112,8 +1112,7 @@ impl Config {
         // Routes: those the resources expand to first (so a hand-written route that clashes
         // with one is the route reported), then the hand-written ones, all compiled alike.
         let mut specs = Vec::new();
-        let expanded =
-            resource::expand(file, text, &raw.resources, catalog.as_ref(), &mut errors);
+        let expanded = resource::expand(file, text, &raw.resources, catalog.as_ref(), &mut errors);
         let declared = expanded
             .iter()
             .map(|e| (e.line, e.field.clone(), &e.route, Some(e.resource.as_str())))

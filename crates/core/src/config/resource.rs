@@ -33,6 +33,10 @@
 //! A hand-written `[[route]]` with the same method and path shape as an expanded one is a config
 //! error naming both (two routes of equal specificity); to write one of a resource's routes by
 //! hand, leave its action out of `actions`.
+//!
+//! Why one file (~850 lines, its tests in `resource/tests.rs`): a resource, its bulk routes and
+//! its sub-routes resolve permissions, paths and record checks the same way, so the rules that
+//! make an expanded route what it is are read in one place.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -166,13 +170,18 @@ struct Errs<'a> {
 }
 
 impl Errs<'_> {
+    /// One error (the same one twice is reported once: a group's unknown `view` is the
+    /// list's and the read's).
     fn at(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
-        self.out.push(ConfigError::new(
+        let e = ConfigError::new(
             self.file,
             Some(line_of(self.text, span.start)),
             field,
             message,
-        ));
+        );
+        if !self.out.iter().any(|o| o.to_string() == e.to_string()) {
+            self.out.push(e);
+        }
         self.count += 1;
     }
 }
@@ -196,7 +205,9 @@ fn id_segment(param: &str, id: &str) -> Result<(String, Option<IdKind>), String>
             )),
             Some(re) if !re.is_empty() && !re.contains('/') => {
                 match regex::Regex::new(&format!("^(?:{re})$")) {
-                    Ok(_) if regex::Regex::new(re).is_ok() => Ok((format!("{{{param}:{re}}}"), None)),
+                    Ok(_) if regex::Regex::new(re).is_ok() => {
+                        Ok((format!("{{{param}:{re}}}"), None))
+                    }
                     _ => Err(format!("'{re}' is not a regex that compiles")),
                 }
             }
@@ -351,7 +362,9 @@ fn expand_one(
         errs.at(
             res.path.span(),
             &format!("{field}.path"),
-            format!("'{collection}' has an '{{id}}' parameter: the item's id is the resource's own"),
+            format!(
+                "'{collection}' has an '{{id}}' parameter: the item's id is the resource's own"
+            ),
         );
         return routes;
     }
@@ -418,14 +431,14 @@ fn expand_one(
         explicit: res.permissions.as_ref(),
         group: res.permission_group.as_ref(),
     };
-    let mut check = |p: &Perm, what: &str, errs: &mut Errs<'_>| -> bool {
+    let mut check = |p: &Perm, errs: &mut Errs<'_>| -> bool {
         let known = catalog.is_none_or(|c| c.permission(&p.name).is_some());
         if !known {
             errs.at(
                 p.span.clone(),
                 &p.field,
                 format!(
-                    "{what}: unknown permission '{}' (from {}; not in the catalogue)",
+                    "unknown permission '{}' (from {}; not in the catalogue)",
                     p.name, p.how
                 ),
             );
@@ -470,7 +483,7 @@ fn expand_one(
             );
             continue;
         };
-        if !check(&p, &format!("action '{}'", a.name()), errs) {
+        if !check(&p, errs) {
             continue;
         }
         let (recs, unknown) = if a.on_item() {
@@ -518,14 +531,22 @@ fn expand_one(
             format!("{field} ({name}.{})", a.name()),
         ));
     }
-    if let Some(l) = res.list.as_ref().filter(|_| !acts.contains(&ResourceAction::List)) {
+    if let Some(l) = res
+        .list
+        .as_ref()
+        .filter(|_| !acts.contains(&ResourceAction::List))
+    {
         errs.at(
             l.span(),
             &format!("{field}.list"),
             "the resource has no 'list' action to filter",
         );
     }
-    if let Some(u) = res.unknown_record.as_ref().filter(|_| record_type.is_none()) {
+    if let Some(u) = res
+        .unknown_record
+        .as_ref()
+        .filter(|_| record_type.is_none())
+    {
         errs.at(
             u.span(),
             &format!("{field}.unknown_record"),
@@ -596,7 +617,7 @@ fn bulk_route(
     record_type: Option<&str>,
     source: &PermSource<'_>,
     errs: &mut Errs<'_>,
-    check: &mut impl FnMut(&Perm, &str, &mut Errs<'_>) -> bool,
+    check: &mut impl FnMut(&Perm, &mut Errs<'_>) -> bool,
 ) -> Option<RawRoute> {
     if !relative(&b.path, &format!("{field}.path"), "collection", errs) {
         return None;
@@ -640,7 +661,7 @@ fn bulk_route(
             return None;
         }
     };
-    if !check(&perm, "bulk", errs) {
+    if !check(&perm, errs) {
         return None;
     }
     let last = match (&b.name, b.action) {
@@ -664,9 +685,10 @@ fn bulk_route(
         }
     };
     // The body is the point of a bulk route: on DELETE (a method without one) it is forwarded.
-    let allow_body = b.methods.iter().any(|m| {
-        http::Method::from_bytes(m.as_bytes()).is_ok_and(|m| crate::policy::bodiless(&m))
-    });
+    let allow_body = b
+        .methods
+        .iter()
+        .any(|m| http::Method::from_bytes(m.as_bytes()).is_ok_and(|m| crate::policy::bodiless(&m)));
     Some(RawRoute {
         name: Some(format!("{resource}.{last}")),
         methods: b.methods.clone(),
@@ -695,7 +717,7 @@ fn sub_routes(
     base: &str,
     parent: &PermSource<'_>,
     errs: &mut Errs<'_>,
-    check: &mut impl FnMut(&Perm, &str, &mut Errs<'_>) -> bool,
+    check: &mut impl FnMut(&Perm, &mut Errs<'_>) -> bool,
 ) -> Vec<(RawRoute, String)> {
     let sname = sub.name.get_ref();
     let prefix = format!("{resource}.{sname}");
@@ -712,7 +734,7 @@ fn sub_routes(
                 field: format!("{field}.permission"),
                 how: "permission".into(),
             };
-            if !check(&perm, "sub-route", errs) {
+            if !check(&perm, errs) {
                 return Vec::new();
             }
             vec![(
@@ -740,20 +762,27 @@ fn sub_routes(
             }
             let item = match &sub.id {
                 None => None,
-                Some(id) => match id_segment(&format!("{}_id", sname.replace('-', "_")), id.get_ref()) {
-                    Ok((seg, _)) => Some(item_path(base, &seg)),
-                    Err(e) => {
-                        errs.at(id.span(), &format!("{field}.id"), e);
-                        return Vec::new();
+                Some(id) => {
+                    match id_segment(&format!("{}_id", sname.replace('-', "_")), id.get_ref()) {
+                        Ok((seg, _)) => Some(item_path(base, &seg)),
+                        Err(e) => {
+                            errs.at(id.span(), &format!("{field}.id"), e);
+                            return Vec::new();
+                        }
                     }
-                },
+                }
             };
             let default: &[ResourceAction] = if item.is_some() {
                 &ALL_ACTIONS
             } else {
                 &[ResourceAction::List, ResourceAction::Create]
             };
-            let acts = actions(sub.actions.as_ref(), default, &format!("{field}.actions"), errs);
+            let acts = actions(
+                sub.actions.as_ref(),
+                default,
+                &format!("{field}.actions"),
+                errs,
+            );
             let own = PermSource {
                 field: field.to_string(),
                 explicit: sub.permissions.as_ref(),
@@ -793,7 +822,7 @@ fn sub_routes(
                     );
                     continue;
                 };
-                if !check(&p, &format!("action '{}'", a.name()), errs) {
+                if !check(&p, errs) {
                     continue;
                 }
                 let route_name = format!("{prefix}.{}", a.name());
@@ -875,3 +904,6 @@ pub fn summary(config: &Config) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests;
