@@ -877,28 +877,37 @@ pub fn summary(config: &Config) -> String {
     for (name, origin) in order {
         let origin = origin.rsplit(" at ").next().unwrap_or(origin);
         s.push_str(&format!("    {name} ({origin}):\n"));
-        for r in routes
+        let rows: Vec<[String; 4]> = routes
             .iter()
             .filter(|r| r.value.resource.as_deref() == Some(name))
-        {
-            let path = match &r.pattern {
-                crate::routes::PathPattern::Template(t) => t.as_str(),
-                crate::routes::PathPattern::Regex { regex, .. } => regex.as_str(),
-            };
-            let needs = match r.value.access {
-                Access::Public => "public".to_string(),
-                Access::Permission(p) => config.catalog.permission_name(p).to_string(),
-            };
-            s.push_str(&format!(
-                "      {:<11} {path}  {}  needs {needs}{}\n",
-                r.methods.names().join(","),
-                r.value.name,
-                match &r.value.inspect {
+            .map(|r| {
+                let path = match &r.pattern {
+                    crate::routes::PathPattern::Template(t) => t.clone(),
+                    crate::routes::PathPattern::Regex { regex, .. } => regex.clone(),
+                };
+                let needs = match r.value.access {
+                    Access::Public => "public".to_string(),
+                    Access::Permission(p) => config.catalog.permission_name(p).to_string(),
+                };
+                let checks = match &r.value.inspect {
                     Some(i) if i.bulk.is_some() => ", trims bulk items",
                     Some(i) if i.list.is_some() => ", filters the list",
                     Some(i) if !i.records.is_empty() => ", checks the record",
                     _ => "",
-                }
+                };
+                [
+                    r.methods.names().join(","),
+                    path,
+                    r.value.name.clone(),
+                    format!("needs {needs}{checks}"),
+                ]
+            })
+            .collect();
+        let width = |k: usize| rows.iter().map(|r| r[k].len()).max().unwrap_or(0);
+        let (w0, w1, w2) = (width(0), width(1), width(2));
+        for [methods, path, route, needs] in &rows {
+            s.push_str(&format!(
+                "      {methods:<w0$}  {path:<w1$}  {route:<w2$}  {needs}\n"
             ));
         }
     }
