@@ -272,7 +272,7 @@ fn main() -> ExitCode {
                     &format!(
                         "config {} (hash {}): OK\n  routes:      {}\n  permissions: {} in the \
                          catalogue\n  roles:       {} presets, {} custom\n  users:       {}{}\n  \
-                         snapshot:    {} ({})\n{}{}",
+                         snapshot:    {} ({})\n{}{}{}",
                         config.file,
                         config.hash,
                         config.routes.len(),
@@ -287,6 +287,7 @@ fn main() -> ExitCode {
                         config.snapshot.path.display(),
                         s.version,
                         passthrough_notes(&config),
+                        permgate::config::resource_summary(&config),
                         config
                             .identity
                             .notes()

@@ -28,7 +28,9 @@ use raw::*;
 pub use raw::{Engine, DEFAULT_ALLOW_HEADERS, DEFAULT_STRIP_HEADERS};
 
 mod raw;
+mod resource;
 use crate::headers::RESERVED_HEADERS;
+pub use resource::summary as resource_summary;
 
 // ---- validated types ----------------------------------------------------------------------
 
@@ -62,6 +64,8 @@ pub struct RouteInfo {
     /// `credentials = "passthrough"`: a public route whose `Authorization` and API-key header
     /// are forwarded untouched (never verified by permgate).
     pub passthrough: bool,
+    /// The `[[resource]]` this route was expanded from (`None`: a `[[route]]`).
+    pub resource: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1105,12 +1109,22 @@ impl Config {
             }
         };
 
-        // Routes.
+        // Routes: those the resources expand to first (so a hand-written route that clashes
+        // with one is the route reported), then the hand-written ones, all compiled alike.
         let mut specs = Vec::new();
-        for (i, r) in raw.routes.iter().enumerate() {
-            let line = line_of(text, r.span().start);
-            let route = r.get_ref();
-            let field = format!("route[{i}]");
+        let expanded = resource::expand(file, text, &raw.resources, catalog.as_ref(), &mut errors);
+        let declared = expanded
+            .iter()
+            .map(|e| (e.line, e.field.clone(), &e.route, Some(e.resource.as_str())))
+            .chain(raw.routes.iter().enumerate().map(|(i, r)| {
+                (
+                    line_of(text, r.span().start),
+                    format!("route[{i}]"),
+                    r.get_ref(),
+                    None,
+                )
+            }));
+        for (line, field, route, from_resource) in declared {
             let err = |m: String| ConfigError::new(file, Some(line), &field, m);
             let methods = match MethodSet::parse(&route.methods) {
                 Ok(m) => m,
@@ -1277,7 +1291,10 @@ impl Config {
             specs.push(RouteSpec {
                 methods,
                 pattern,
-                origin: format!("{file}:{line}"),
+                origin: match from_resource {
+                    Some(r) => format!("resource '{r}' at {file}:{line}"),
+                    None => format!("{file}:{line}"),
+                },
                 value: RouteInfo {
                     name,
                     access,
@@ -1287,15 +1304,16 @@ impl Config {
                     allow_body: route.allow_body,
                     allow_headers: route_allow,
                     passthrough,
+                    resource: from_resource.map(String::from),
                 },
             });
         }
-        if raw.routes.is_empty() {
+        if raw.routes.is_empty() && raw.resources.is_empty() {
             errors.push(ConfigError::new(
                 file,
                 None,
                 "route",
-                "no [[route]]: every call would be denied; add the CRM's routes",
+                "no [[route]] or [[resource]]: every call would be denied; add the CRM's routes",
             ));
         }
         let routes = match RouteTable::build(specs, trailing_slash) {

@@ -103,6 +103,8 @@ pub fn explain_with_body(
         json!({
             "name": spec.value.name,
             "declared_at": spec.origin,
+            // The `[[resource]]` the route was expanded from (null: a `[[route]]`).
+            "resource": spec.value.resource,
             "access": match spec.value.access {
                 // Public for permgate; the caller's credentials go to the CRM unverified.
                 Access::Public if spec.value.passthrough => "public, credentials passthrough".to_string(),

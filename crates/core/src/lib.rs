@@ -27,9 +27,9 @@
 //!
 //! Around it:
 //!
-//! - [`config`]: the TOML config: raw serde types, validated and compiled into
-//!   [`config::Config`]; [`error`]: the located errors (file, line, field) every file reader
-//!   reports with.
+//! - [`config`]: the TOML config: raw serde types (`[[resource]]` blocks expanded into routes),
+//!   validated and compiled into [`config::Config`]; [`error`]: the located errors (file,
+//!   line, field) every file reader reports with.
 //! - [`catalog`]: the permission catalogue and role presets, compiled into bitsets ([`perms`]);
 //!   [`ids`]: record types and canonical record ids.
 //! - [`changes`]: incremental changes to a snapshot, sharing every untouched part (on

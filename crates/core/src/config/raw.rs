@@ -36,6 +36,9 @@ pub(crate) struct RawConfig {
     pub(crate) record_types: Vec<Spanned<RawRecordType>>,
     #[serde(default, rename = "route")]
     pub(crate) routes: Vec<Spanned<RawRoute>>,
+    /// `[[resource]]`: a collection declared once, expanded into routes ([`super::resource`]).
+    #[serde(default, rename = "resource")]
+    pub(crate) resources: Vec<Spanned<RawResource>>,
 }
 
 #[derive(Deserialize)]
@@ -492,7 +495,7 @@ pub(crate) struct RawPolicy {
     pub(crate) candidate_config: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
     #[serde(default)]
@@ -540,6 +543,141 @@ pub(crate) struct RawRoute {
     /// Request headers this route forwards beside `forward.allow_headers` (allow-list mode).
     #[serde(default)]
     pub(crate) allow_headers: Vec<String>,
+}
+
+/// `[[resource]]` as written: a collection and its item, declared once ([`super::resource`]
+/// expands it into [`RawRoute`]s).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResource {
+    /// Route names are `<name>.<action>` (`leads.read`).
+    pub(crate) name: Spanned<String>,
+    /// The collection path (`/api/leads/`); the item path is `<path>{id:<id>}` (+ `/` when
+    /// `path` ends in one).
+    pub(crate) path: Spanned<String>,
+    /// The id parameter's type: `uuid`, `int` or `regex:<pattern>`.
+    pub(crate) id: Spanned<String>,
+    /// The record in the item path, checked on the item routes and the sub-routes.
+    #[serde(default)]
+    pub(crate) record_type: Option<Spanned<String>>,
+    /// `lead`: the actions' permissions are `lead.view`, `lead.create`, `lead.update`,
+    /// `lead.delete`.
+    #[serde(default)]
+    pub(crate) permission_group: Option<Spanned<String>>,
+    /// Per-action permissions, over `permission_group`.
+    #[serde(default)]
+    pub(crate) permissions: Option<RawActionPermissions>,
+    /// Default: all five.
+    #[serde(default)]
+    pub(crate) actions: Option<Spanned<Vec<ResourceAction>>>,
+    /// `unknown_record` of every route that checks the record.
+    #[serde(default)]
+    pub(crate) unknown_record: Option<Spanned<String>>,
+    /// List filtering on the list route (its type is `record_type`).
+    #[serde(default)]
+    pub(crate) list: Option<Spanned<RawResourceList>>,
+    #[serde(default)]
+    pub(crate) bulk: Vec<Spanned<RawResourceBulk>>,
+    #[serde(default)]
+    pub(crate) sub: Vec<Spanned<RawResourceSub>>,
+}
+
+/// The five actions of a resource (and of a sub-collection).
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ResourceAction {
+    /// `GET <path>`.
+    List,
+    /// `POST <path>`.
+    Create,
+    /// `GET <item>`.
+    Read,
+    /// `PUT` and `PATCH <item>`.
+    Update,
+    /// `DELETE <item>`.
+    Delete,
+}
+
+/// `permissions = { list = "…", read = "…" }`: one action's permission, by its full name.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawActionPermissions {
+    #[serde(default)]
+    pub(crate) list: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) create: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) read: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) update: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) delete: Option<Spanned<String>>,
+}
+
+/// A resource's `list = { items, item_id?, counts?, max_bytes? }` (a route's `list` without
+/// `type` and `permission`: the resource's record type and its list permission).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResourceList {
+    pub(crate) items: String,
+    #[serde(default)]
+    pub(crate) item_id: String,
+    #[serde(default)]
+    pub(crate) counts: Vec<String>,
+    #[serde(default)]
+    pub(crate) max_bytes: Option<usize>,
+}
+
+/// One of a resource's `bulk = [...]` routes: a route's `bulk` on a path under the collection.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResourceBulk {
+    /// The route name's last part (default `bulk_<action>`).
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    /// Relative to the collection path (`bulk/`).
+    pub(crate) path: Spanned<String>,
+    pub(crate) methods: Vec<String>,
+    /// The permission of this resource action, or `permission` (one of the two).
+    #[serde(default)]
+    pub(crate) action: Option<ResourceAction>,
+    #[serde(default)]
+    pub(crate) permission: Option<Spanned<String>>,
+    pub(crate) items: String,
+    #[serde(default)]
+    pub(crate) item_id: String,
+    #[serde(default)]
+    pub(crate) mode: Option<String>,
+    #[serde(default)]
+    pub(crate) duplicates: Option<String>,
+    #[serde(default)]
+    pub(crate) keys: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) new_owner: Option<RawNewOwner>,
+}
+
+/// `[[resource.sub]]`: routes under the item path (`/api/leads/{id}/comments/`), the parent
+/// record checked on each. Either a sub-collection (`actions`, `id`, permissions as for a
+/// resource; by default list and read need the parent's read permission, the others its update
+/// permission: related objects follow their parent) or one route (`methods` + `permission`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResourceSub {
+    pub(crate) name: Spanned<String>,
+    /// Relative to the item path (`comments/`).
+    pub(crate) path: Spanned<String>,
+    #[serde(default)]
+    pub(crate) id: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) actions: Option<Spanned<Vec<ResourceAction>>>,
+    #[serde(default)]
+    pub(crate) permission_group: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) permissions: Option<RawActionPermissions>,
+    #[serde(default)]
+    pub(crate) methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) permission: Option<Spanned<String>>,
 }
 
 /// `credentials` of a route.
