@@ -417,7 +417,10 @@ pub fn body_with_lists(
             o.insert("fields".into(), serde_json::json!(fields));
         }
         if !denied_assignees.is_empty() {
-            o.insert("denied_assignees".into(), serde_json::json!(denied_assignees));
+            o.insert(
+                "denied_assignees".into(),
+                serde_json::json!(denied_assignees),
+            );
         }
     }
     serde_json::to_vec(&v).unwrap_or(body)

@@ -217,7 +217,11 @@ pub fn scalar_text<'v>(v: Option<&'v Scalar<'_>>, at: &Pointer) -> Result<&'v st
 /// `max_items` distinct ids, each a string or a plain integer literal (as [`scalar_text`]).
 /// Anything else is refused, never guessed: a string (a CRM iterating it would read letters),
 /// an empty array (a CRM may read it as "nobody" or as "everyone"), a repeat.
-pub fn user_list(v: Option<&Json<'_>>, at: &Pointer, max_items: usize) -> Result<Vec<String>, BodyError> {
+pub fn user_list(
+    v: Option<&Json<'_>>,
+    at: &Pointer,
+    max_items: usize,
+) -> Result<Vec<String>, BodyError> {
     let bad = |at: String, message: String| BodyError::BadValue { at, message };
     let items = match v {
         Some(Json::Array(items)) => items,

@@ -1584,10 +1584,22 @@ mod tests {
         for (body, says) in [
             (r#"{"ids":[1],"assigned_to":"u-jr"}"#, "found a string"),
             (r#"{"ids":[1],"assigned_to":[]}"#, "empty list"),
-            (r#"{"ids":[1],"assigned_to":["u-jr",null]}"#, "'/assigned_to/1'"),
-            (r#"{"ids":[1],"assigned_to":["u-jr",["u-jr"]]}"#, "found an array"),
-            (r#"{"ids":[1],"assigned_to":["u-jr",1.5]}"#, "found a number"),
-            (r#"{"ids":[1],"assigned_to":["u-jr","u-jr"]}"#, "listed twice"),
+            (
+                r#"{"ids":[1],"assigned_to":["u-jr",null]}"#,
+                "'/assigned_to/1'",
+            ),
+            (
+                r#"{"ids":[1],"assigned_to":["u-jr",["u-jr"]]}"#,
+                "found an array",
+            ),
+            (
+                r#"{"ids":[1],"assigned_to":["u-jr",1.5]}"#,
+                "found a number",
+            ),
+            (
+                r#"{"ids":[1],"assigned_to":["u-jr","u-jr"]}"#,
+                "listed twice",
+            ),
             (r#"{"ids":[1],"assigned_to":null}"#, "found null"),
             (r#"{"ids":[1]}"#, "missing"),
         ] {
