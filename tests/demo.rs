@@ -440,3 +440,97 @@ fn every_line_the_demo_prints_does_what_it_says() {
         assert!(seen.contains(&want), "the tour lost its {want} stop");
     }
 }
+
+/// `new_owner = { at = "/assigned_to", list = true }` (the demo's `tasks.create`) through the
+/// real gateway: a list in scope is forwarded as sent; every refused assignee is named; the
+/// list's shape is strict; a route taking one new owner refuses a list. Refusals reach nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignee_lists_through_the_gateway() {
+    let h = common::Harness::demo().await;
+    let post = |path: &'static str, body: &'static str| {
+        let url = h.url(path);
+        async move {
+            let r = common::client()
+                .post(url)
+                .header("authorization", common::bearer("u-rep2"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Robin (task.create@own+team) assigns to himself and a teammate: forwarded as sent.
+    h.clear();
+    let (s, v) = post(
+        "/api/v1/tasks",
+        r#"{"title":"Call back","assigned_to":["u-rep2","u-rep1"]}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["assigned_to"], serde_json::json!(["u-rep2", "u-rep1"]));
+    assert_eq!(h.received().len(), 1);
+    // Two outside his team (one unknown): refused whole, both named, nothing forwarded.
+    for (body, status, code) in [
+        (
+            r#"{"title":"x","assigned_to":["u-rep1","u-csr","u-nobody"]}"#,
+            403,
+            "assignee_forbidden",
+        ),
+        (
+            r#"{"title":"x","assigned_to":"u-rep1"}"#,
+            400,
+            "invalid_body",
+        ),
+        (r#"{"title":"x","assigned_to":[]}"#, 400, "invalid_body"),
+        (
+            r#"{"title":"x","assigned_to":["u-rep1","u-rep1"]}"#,
+            400,
+            "invalid_body",
+        ),
+        (
+            r#"{"title":"x","assigned_to":["u-rep1",7.5]}"#,
+            400,
+            "invalid_body",
+        ),
+    ] {
+        h.clear();
+        let (s, v) = post("/api/v1/tasks", body).await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (status, Some(code)),
+            "{body}: {v}"
+        );
+        assert!(h.received().is_empty(), "{body}");
+        if status == 403 {
+            assert_eq!(
+                v["denied_assignees"],
+                serde_json::json!(["u-csr", "u-nobody"])
+            );
+            assert_eq!(v["permission"], "task.create");
+        }
+    }
+    // One new owner expected: a list is refused with its own code.
+    h.clear();
+    let (s, v) = post(
+        "/api/v1/deals/bulk-reassign",
+        r#"{"ids":[4],"owner_id":["u-rep1"]}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("assignee_list_not_allowed")),
+        "{v}"
+    );
+    assert!(h.received().is_empty());
+    // A single refused new owner is named too.
+    let (s, v) = post(
+        "/api/v1/deals/bulk-reassign",
+        r#"{"ids":[4],"owner_id":"u-admin"}"#,
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["denied_assignees"], serde_json::json!(["u-admin"]));
+}
