@@ -113,21 +113,122 @@ pub fn run_sample_crm(listen: std::net::SocketAddr) -> Result<(), String> {
     }
 }
 
-/// The text the demo prints: who is who, and curl lines that work as pasted.
+/// One stop of the tour the demo prints: what it shows, what answer to expect, the command.
+///
+/// `expect` is checked by a test (tests/demo.rs runs `permgate demo` and every printed line):
+/// a status, then optionally the error code, then claims separated by ", " — `names <perm>`
+/// (the refusal's permission), `<n> items` (a filtered list's length), `<header>: <value>` (an
+/// answer header), `denied_assignees: <a>,<b>` (the refusal's list). Keep prose in `shows`.
+struct Step {
+    shows: &'static str,
+    expect: &'static str,
+    curl: String,
+}
+
+/// The guided tour: each stop one curl line and what it shows.
+fn tour(base: &str) -> Vec<Step> {
+    let rep = "-H \"Authorization: Bearer $REP\"";
+    let json = "-H 'content-type: application/json'";
+    let step = |shows, expect, curl: String| Step {
+        shows,
+        expect,
+        curl,
+    };
+    vec![
+        step(
+            "Permissions: the rep's role may read customers",
+            "200",
+            format!("curl -i {base}/api/v1/customers/1 {rep}"),
+        ),
+        step(
+            "...but not delete a campaign; the refusal names what is missing",
+            "403 forbidden, names campaign.delete",
+            format!("curl -i -X DELETE {base}/api/v1/campaigns/1 {rep}"),
+        ),
+        step(
+            "Record scope: Robin reads his own deal",
+            "200",
+            format!("curl -i {base}/api/v1/deals/4 {rep}"),
+        ),
+        step(
+            "...not Riley's (outside his scope: own + shared)",
+            "403 record_forbidden",
+            format!("curl -i {base}/api/v1/deals/3 {rep}"),
+        ),
+        step(
+            "HEAD is decided like GET (curl -I: the status line only)",
+            "403",
+            format!("curl -I {base}/api/v1/deals/3 {rep}"),
+        ),
+        step(
+            "A filtered list: the CRM answers its 20 deals, Robin gets his 3 and 1 shared with his team",
+            "200, 4 items",
+            format!("curl -i {base}/api/v1/deals {rep}"),
+        ),
+        step(
+            "A bulk reassign, trimmed: deals 5 and 6 are not his team's, only 4 and 12 reach the CRM",
+            "200, x-permgate-removed-ids: 5,6",
+            format!(
+                "curl -i -X POST {base}/api/v1/deals/bulk-reassign {rep} {json} -d '{{\"ids\":[4,12,5,6],\"owner_id\":\"u-rep1\"}}'"
+            ),
+        ),
+        step(
+            "Assignees, each checked: a task for a teammate and the admin (outside his team) is refused whole",
+            "403 assignee_forbidden, denied_assignees: u-admin",
+            format!(
+                "curl -i -X POST {base}/api/v1/tasks {rep} {json} -d '{{\"title\":\"Call back\",\"assigned_to\":[\"u-rep1\",\"u-admin\"]}}'"
+            ),
+        ),
+        // Tenants (issue 16 item 2): the stop that shows a call into another tenant goes here.
+        step(
+            "An API key (the data analyst's)",
+            "200",
+            format!("curl -i {base}/api/v1/analytics -H \"x-api-key: $ANALYST_KEY\""),
+        ),
+        step(
+            "No credentials",
+            "401 missing_credentials",
+            format!("curl -i {base}/api/v1/customers/1"),
+        ),
+        step(
+            "A client's own identity header is removed: the CRM sees u-rep2, not u-admin",
+            "200",
+            format!("curl -i {base}/api/v1/customers/1 {rep} -H 'x-permgate-user: u-admin'"),
+        ),
+        step(
+            "Dot segments are resolved before matching: this is DELETE /api/v1/campaigns/1",
+            "403 forbidden, names campaign.delete",
+            format!("curl -i --path-as-is -X DELETE '{base}/api/v1/x/../campaigns/1' {rep}"),
+        ),
+        step(
+            "An encoded slash is ambiguous: refused, never guessed",
+            "400 encoded_slash",
+            format!("curl -i '{base}/api/v1/customers%2F1' {rep}"),
+        ),
+        step(
+            "No route for this path: deny by default",
+            "404 route_not_found",
+            format!("curl -i {base}/api/v2/anything -H \"Authorization: Bearer $ADMIN\""),
+        ),
+    ]
+}
+
+/// The text the demo prints: who is who, and a tour of curl lines that work as pasted.
 pub fn banner(listen: &str, crm: &str) -> String {
     let base = format!("http://{listen}");
     let ttl = 12 * 3600;
-    let mut s = String::new();
-    s.push_str(&format!(
+    let mut s = format!(
         "\npermgate demo: gateway on {base}, sample CRM on http://{crm} (never expose it)\n\
          config and snapshot: config/demo/ (embedded); tokens below are valid for 12 hours\n\n\
-         # 1. Paste these to get credentials (HS256 JWTs from the demo key):\n"
-    ));
+         # 1. Paste these to get credentials (HS256 JWTs from the demo key, and an API key):\n"
+    );
     for (var, user, who) in [
-        ("ADMIN", "u-admin", "Admin"),
-        ("MANAGER", "u-sm", "Sales Manager"),
-        ("REP", "u-rep1", "Sales Representative"),
-        ("CSR", "u-csr", "Customer Service Representative"),
+        ("ADMIN", "u-admin", "Ada, Admin: every permission, every record"),
+        (
+            "REP",
+            "u-rep2",
+            "Robin, sales rep limited to his own and shared deals (team sales-east, with Riley u-rep1)",
+        ),
     ] {
         s.push_str(&format!(
             "export {var}='{}'   # {user}, {who}\n",
@@ -135,27 +236,16 @@ pub fn banner(listen: &str, crm: &str) -> String {
         ));
     }
     s.push_str(&format!(
-        "export ANALYST_KEY='{DEMO_ANALYST_API_KEY}'   # u-da, Data Analyst (API key)\n"
+        "export ANALYST_KEY='{DEMO_ANALYST_API_KEY}'   # u-da, Dana, Data Analyst\n"
     ));
-    let lines: [(&str, String); 14] = [
-        ("Sales rep reads a customer → 200", format!("curl -i {base}/api/v1/customers/1 -H \"Authorization: Bearer $REP\"")),
-        ("Sales rep deletes a campaign → 403, names campaign.delete", format!("curl -i -X DELETE {base}/api/v1/campaigns/1 -H \"Authorization: Bearer $REP\"")),
-        ("Admin reads the same customer → 200", format!("curl -i {base}/api/v1/customers/1 -H \"Authorization: Bearer $ADMIN\"")),
-        ("Admin deletes the campaign → 204", format!("curl -i -X DELETE {base}/api/v1/campaigns/1 -H \"Authorization: Bearer $ADMIN\"")),
-        ("Sales manager views all threads → 200", format!("curl -i {base}/api/v1/threads -H \"Authorization: Bearer $MANAGER\"")),
-        ("Sales manager deletes a campaign → 403 (seed 000: all campaign rights but delete)", format!("curl -i -X DELETE {base}/api/v1/campaigns/2 -H \"Authorization: Bearer $MANAGER\"")),
-        ("Customer service sends a message → 200", format!("curl -i -X POST {base}/api/v1/threads/3/messages -H \"Authorization: Bearer $CSR\" -H 'content-type: application/json' -d '{{\"body\":\"Hello!\"}}'")),
-        ("Customer service reassigns leads → 403, names lead.reassign", format!("curl -i -X POST {base}/api/v1/leads/bulk-reassign -H \"Authorization: Bearer $CSR\" -H 'content-type: application/json' -d '{{\"ids\":[1,2],\"owner_id\":\"u-csr\"}}'")),
-        ("Analyst with an API key reads analytics → 200", format!("curl -i {base}/api/v1/analytics -H \"x-api-key: $ANALYST_KEY\"")),
-        ("No credentials → 401", format!("curl -i {base}/api/v1/customers/1")),
-        ("A spoofed identity header is removed before the CRM sees it → 200 as u-rep1", format!("curl -i {base}/api/v1/customers/1 -H \"Authorization: Bearer $REP\" -H 'x-permgate-user: u-admin'")),
-        ("Dot segments are resolved before matching: /api/v1/x/../campaigns/1 is /api/v1/campaigns/1 → 403", format!("curl -i --path-as-is -X DELETE '{base}/api/v1/x/../campaigns/1' -H \"Authorization: Bearer $REP\"")),
-        ("An encoded slash is ambiguous → 400", format!("curl -i '{base}/api/v1/customers%2F1' -H \"Authorization: Bearer $REP\"")),
-        ("No route for this path → 404 (deny by default)", format!("curl -i {base}/api/v2/anything -H \"Authorization: Bearer $ADMIN\"")),
-    ];
-    s.push_str("\n# 2. Then try:\n");
-    for (what, cmd) in lines {
-        s.push_str(&format!("# {what}\n{cmd}\n"));
+    s.push_str("\n# 2. Then the tour: each line shows one thing → the answer to expect\n");
+    for Step {
+        shows,
+        expect,
+        curl,
+    } in tour(&base)
+    {
+        s.push_str(&format!("# {shows} → {expect}\n{curl}\n"));
     }
     s.push_str("\nEvery answer carries x-request-id; the same id is in the decision log line (JSON) printed below. Ctrl-C stops.\n\n");
     s

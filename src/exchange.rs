@@ -395,15 +395,17 @@ pub fn check_json_media(headers: &HeaderMap) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// A rejection's JSON body with the lists a bulk or field denial names (`denied_ids`, `fields`).
+/// A rejection's JSON body with the lists a bulk, field or new-owner denial names
+/// (`denied_ids`, `fields`, `denied_assignees`).
 pub fn body_with_lists(
     rejection: &Rejection,
     request_id: &str,
     denied_ids: &[String],
     fields: &[String],
+    denied_assignees: &[String],
 ) -> Vec<u8> {
     let body = rejection.body(request_id);
-    if denied_ids.is_empty() && fields.is_empty() {
+    if denied_ids.is_empty() && fields.is_empty() && denied_assignees.is_empty() {
         return body;
     }
     let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -413,6 +415,12 @@ pub fn body_with_lists(
         }
         if !fields.is_empty() {
             o.insert("fields".into(), serde_json::json!(fields));
+        }
+        if !denied_assignees.is_empty() {
+            o.insert(
+                "denied_assignees".into(),
+                serde_json::json!(denied_assignees),
+            );
         }
     }
     serde_json::to_vec(&v).unwrap_or(body)
@@ -794,8 +802,11 @@ pub fn check_body(
     ctx: &mut Ctx,
     body: &[u8],
 ) -> Result<crate::inspect::Forward, (Rejection, Vec<u8>)> {
-    let fail = |ctx: &mut Ctx, rejection: Rejection, ids: &[String], fields: &[String]| {
-        let body = body_with_lists(&rejection, &ctx.request_id, ids, fields);
+    let fail = |ctx: &mut Ctx, rejection: Rejection, d: Option<&crate::inspect::Denial>| {
+        let (ids, fields, assignees) = d.map_or((&[][..], &[][..], &[][..]), |d| {
+            (&d.denied_ids[..], &d.fields[..], &d.denied_assignees[..])
+        });
+        let body = body_with_lists(&rejection, &ctx.request_id, ids, fields, assignees);
         let (route, caller) = ctx
             .permit
             .take()
@@ -811,12 +822,12 @@ pub fn check_body(
         Err((rejection, body))
     };
     let (Some(live), Some(inspect)) = (ctx.live.clone(), ctx.inspect()) else {
-        return fail(ctx, Rejection::internal(), &[], &[]);
+        return fail(ctx, Rejection::internal(), None);
     };
     let caller = ctx.permit.as_ref().and_then(|p| p.caller);
     let (Some(caller), Some(snapshot)) = (caller, live.snapshot.as_deref()) else {
         // A checking route always has a caller resolved through the snapshot.
-        return fail(ctx, Rejection::internal(), &[], &[]);
+        return fail(ctx, Rejection::internal(), None);
     };
     match crate::inspect::check_body(snapshot, &live.config.catalog, caller.user, inspect, body) {
         Ok(forward) => {
@@ -824,7 +835,7 @@ pub fn check_body(
             ctx.body_checked = true;
             Ok(forward)
         }
-        Err(d) => fail(ctx, d.rejection, &d.denied_ids, &d.fields),
+        Err(d) => fail(ctx, d.rejection.clone(), Some(&d)),
     }
 }
 

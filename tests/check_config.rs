@@ -24,7 +24,7 @@ fn check(path: &std::path::Path) -> (i32, String, String) {
 fn the_demo_config_checks_out() {
     let (code, out, err) = check(&demo_config());
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("routes:      87"), "{out}");
+    assert!(out.contains("routes:      88"), "{out}");
     assert!(out.contains("users:       9"), "{out}");
     assert!(out.contains("71 in the catalogue"), "{out}");
 }

@@ -372,7 +372,7 @@ async fn explain_and_test_agree_with_the_live_gateway() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("15 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("26 passed, 0 failed"), "{stdout}");
     // A wrong expectation fails the run.
     let dir = tempfile::tempdir().unwrap();
     let broken = std::fs::read_to_string(repo().join("config/demo/policy-tests.toml"))
@@ -392,7 +392,7 @@ async fn explain_and_test_agree_with_the_live_gateway() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains("14 passed, 1 failed") && stdout.contains("FAIL case[0]"),
+        stdout.contains("25 passed, 1 failed") && stdout.contains("FAIL case[0]"),
         "{stdout}"
     );
 }

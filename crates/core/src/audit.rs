@@ -195,11 +195,10 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
 
     #[test]
     fn diff_names_what_changed() {
-        let c = Catalog::builtin().unwrap();
+        let c = crate::demo::demo_catalog();
         let old = Snapshot::build("a", crate::demo::DEMO_SNAPSHOT, &c).unwrap();
         let text = crate::demo::DEMO_SNAPSHOT
             .replacen(
@@ -241,7 +240,7 @@ mod tests {
     /// Service principals are audited with the users: added, given other roles, removed.
     #[test]
     fn diff_names_service_principals() {
-        let c = Catalog::builtin().unwrap();
+        let c = crate::demo::demo_catalog();
         let with = |services: &str| {
             let mut v: serde_json::Value =
                 serde_json::from_str(crate::demo::DEMO_SNAPSHOT).unwrap();

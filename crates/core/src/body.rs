@@ -108,6 +108,10 @@ pub enum BodyError {
     TooManyItems {
         max: usize,
     },
+    /// A list of users where the route takes one new owner (`new_owner` without `list`).
+    AssigneeList {
+        at: String,
+    },
 }
 
 impl BodyError {
@@ -129,6 +133,7 @@ impl BodyError {
             BodyError::BadValue { .. } => "invalid_body",
             BodyError::UnexpectedKey { .. } => "unexpected_key",
             BodyError::TooManyItems { .. } => "too_many_items",
+            BodyError::AssigneeList { .. } => "assignee_list_not_allowed",
         }
     }
 }
@@ -154,6 +159,10 @@ impl std::fmt::Display for BodyError {
                     "the body holds more than {max} items; send several calls"
                 )
             }
+            BodyError::AssigneeList { at } => write!(
+                f,
+                "'{at}': this route takes one new owner (a user id), not a list"
+            ),
         }
     }
 }
@@ -191,6 +200,8 @@ pub fn scalar_text<'v>(v: Option<&'v Scalar<'_>>, at: &Pointer) -> Result<&'v st
             at: at.to_string(),
             message: "expected a string, found a number that is not a plain integer".into(),
         }),
+        // The kind names are `Json::kind`'s, which the streaming pass uses too.
+        Some(Scalar::Other("an array")) => Err(BodyError::AssigneeList { at: at.to_string() }),
         Some(Scalar::Other(k)) => Err(BodyError::BadValue {
             at: at.to_string(),
             message: format!("expected a string, found {k}"),
@@ -200,6 +211,58 @@ pub fn scalar_text<'v>(v: Option<&'v Scalar<'_>>, at: &Pointer) -> Result<&'v st
             message: "missing".into(),
         }),
     }
+}
+
+/// The user ids of a new owner list (`new_owner.list = true`): a non-empty array of at most
+/// `max_items` distinct ids, each a string or a plain integer literal (as [`scalar_text`]).
+/// Anything else is refused, never guessed: a string (a CRM iterating it would read letters),
+/// an empty array (a CRM may read it as "nobody" or as "everyone"), a repeat.
+pub fn user_list(
+    v: Option<&Json<'_>>,
+    at: &Pointer,
+    max_items: usize,
+) -> Result<Vec<String>, BodyError> {
+    let bad = |at: String, message: String| BodyError::BadValue { at, message };
+    let items = match v {
+        Some(Json::Array(items)) => items,
+        Some(other) => {
+            return Err(bad(
+                at.to_string(),
+                format!("expected a list of user ids, found {}", other.kind()),
+            ))
+        }
+        None => return Err(bad(at.to_string(), "missing".into())),
+    };
+    if items.is_empty() {
+        return Err(bad(
+            at.to_string(),
+            "an empty list of new owners is never forwarded".into(),
+        ));
+    }
+    if items.len() > max_items {
+        return Err(BodyError::TooManyItems { max: max_items });
+    }
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let who: &str = match item {
+            Json::String(s) => s,
+            Json::Number(n) if n.bytes().all(|b| b.is_ascii_digit()) => n,
+            other => {
+                return Err(bad(
+                    format!("{at}/{i}"),
+                    format!("expected a user id (a string), found {}", other.kind()),
+                ))
+            }
+        };
+        if out.iter().any(|o| o == who) {
+            return Err(bad(
+                format!("{at}/{i}"),
+                format!("the user '{who}' is listed twice"),
+            ));
+        }
+        out.push(who.to_string());
+    }
+    Ok(out)
 }
 
 /// The outcome of trimming, before the route's mode is applied.

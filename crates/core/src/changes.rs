@@ -1076,7 +1076,7 @@ mod change_tests {
 
     #[test]
     fn changes_apply_in_order_and_validate() {
-        let c = Catalog::builtin().unwrap();
+        let c = crate::demo::demo_catalog();
         let mut raw = RawSnapshot::parse(crate::demo::DEMO_SNAPSHOT).unwrap();
         let changes: Vec<Change> = serde_json::from_str(
             r#"[{"op":"set_roles","user":"u-rep1","roles":["sales_rep","campaign_cleaner"]},

@@ -40,3 +40,13 @@ pub fn demo_token(user: &str, ttl_secs: u64) -> String {
     )
     .unwrap_or_default()
 }
+
+/// The catalogue the demo config compiles: the built-in one plus the demo's record types, which
+/// the demo snapshot's `records` need.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn demo_catalog() -> crate::catalog::Catalog {
+    crate::config::Config::parse("permgate.toml", DEMO_CONFIG, &std::env::temp_dir())
+        .unwrap()
+        .catalog
+}

@@ -57,6 +57,7 @@ pub fn explain_with_body(
     // What a body denial names (the 403 body's `denied_ids` and `fields`).
     let mut denied_ids: Option<Vec<String>> = None;
     let mut denied_fields: Option<Vec<String>> = None;
+    let mut denied_assignees: Option<Vec<String>> = None;
     let result = match result {
         Ok(p) => {
             let inspect = p
@@ -79,6 +80,7 @@ pub fn explain_with_body(
                         Err(d) => {
                             denied_ids = Some(d.denied_ids.clone());
                             denied_fields = Some(d.fields.clone());
+                            denied_assignees = Some(d.denied_assignees.clone());
                             Err(crate::policy::Denied {
                                 rejection: d.rejection,
                                 route: p.route,
@@ -165,6 +167,7 @@ pub fn explain_with_body(
             "trimmed": trimmed,
             "denied_ids": denied_ids,
             "fields": denied_fields,
+            "denied_assignees": denied_assignees,
             "snapshot_version": snapshot.version,
             "config_hash": config.hash,
         }),
@@ -288,6 +291,9 @@ pub struct Case {
     /// For a field denial: the fields the 403 names, in any order.
     #[serde(default)]
     pub fields: Option<Vec<String>>,
+    /// For a new-owner denial: the new owners the 403 names, in any order.
+    #[serde(default)]
+    pub denied_assignees: Option<Vec<String>>,
 }
 
 /// The strings of a JSON array, sorted (`None` when it is not an array).
@@ -347,6 +353,7 @@ pub fn run_cases(config: &Config, snapshot: &Snapshot, cases: &[Case]) -> Vec<Re
                 ("trimmed", &c.trimmed),
                 ("denied_ids", &c.denied_ids),
                 ("fields", &c.fields),
+                ("denied_assignees", &c.denied_assignees),
             ] {
                 let Some(want) = want else { continue };
                 let mut want = want.clone();

@@ -52,6 +52,8 @@
 //! path = "/api/v1/leads/bulk-reassign"
 //! permission = "lead.reassign"
 //! new_owner = { at = "/owner_id" }           # the new owner must be within the caller's scope
+//!                           # list = true: `at` holds a list of user ids ("assigned_to":
+//!                           # ["u1", "u2"]), every one checked; see [`check_body`]
 //! bulk = { type = "lead", items = "/ids", keys = ["ids", "owner_id"] }
 //!                           # item_id = "/id" for object items; mode = "trim" | "all_or_nothing";
 //!                           # duplicates = "reject" | "first"; keys: the only top-level keys
@@ -83,7 +85,9 @@
 //! | the query names the id parameter twice (also as `id[]`, `%69d`, or after `;`) | 400 | `ambiguous_query` |
 //! | a record out of the caller's scope, or unknown to the snapshot with `unknown_record = "deny"` (the same answer, so existence does not leak) | 403 | `record_forbidden` |
 //! | a bulk call with no item left to forward (an empty list included), or `all_or_nothing` with a denied item | 403 | `bulk_forbidden` (+ `denied_ids`) |
-//! | a new owner outside the caller's scope, or unknown | 403 | `assignee_forbidden` |
+//! | a new owner outside the caller's scope, or unknown (every one of a list: any one → the call) | 403 | `assignee_forbidden` (+ `denied_assignees`) |
+//! | a list of users where the route takes one new owner (no `list = true`) | 400 | `assignee_list_not_allowed` |
+//! | `list = true` and not a list, an empty list, an item not a user id, a user listed twice | 400 | `invalid_body` |
 //! | a field the caller may not change, `on_denied_fields = "refuse"` | 403 | `field_forbidden` (+ `fields`) |
 //! | the caller lacks a permission a record or item check names | 403 | `forbidden` (+ `permission`) |
 //! | a top-level key a bulk route's `keys` does not list | 400 | `unexpected_key` |
@@ -201,13 +205,16 @@ pub struct RawList {
     pub permission: Option<String>,
 }
 
-/// `new_owner = { at, permission? }`.
+/// `new_owner = { at, permission?, list? }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNewOwner {
     pub at: String,
     #[serde(default)]
     pub permission: Option<String>,
+    /// `at` holds a list of user ids (`"assigned_to": ["u1", "u2"]`), each checked.
+    #[serde(default)]
+    pub list: bool,
 }
 
 /// `body = { max_bytes?, max_depth?, max_items? }`.
@@ -295,6 +302,8 @@ pub struct List {
 pub struct NewOwner {
     pub at: Pointer,
     pub permission: PermId,
+    /// `at` holds a non-empty array of distinct user ids (each checked), not one id.
+    pub list: bool,
 }
 
 /// What a route inspects, compiled.
@@ -551,6 +560,7 @@ pub fn compile(
         Some(NewOwner {
             at: at?,
             permission: p?,
+            list: n.list,
         })
     });
 
@@ -634,12 +644,14 @@ fn param_segment(template: &str, name: &str) -> Option<usize> {
 // ---- request time --------------------------------------------------------------------------
 
 /// A refused call: the rejection, plus the lists a 403 names (merged into the JSON body by the
-/// glue: `"denied_ids"`, `"fields"`).
+/// glue: `"denied_ids"`, `"fields"`, `"denied_assignees"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
     pub rejection: Rejection,
     pub denied_ids: Vec<String>,
     pub fields: Vec<String>,
+    /// The new owners refused (`assignee_forbidden`), in the body's order.
+    pub denied_assignees: Vec<String>,
 }
 
 impl Denial {
@@ -648,6 +660,7 @@ impl Denial {
             rejection,
             denied_ids: Vec::new(),
             fields: Vec::new(),
+            denied_assignees: Vec::new(),
         }
     }
 
@@ -887,10 +900,19 @@ pub struct Forward {
 /// longer body is 413 without reading further). Content type and encoding are the glue's to
 /// check before (only `application/json`, no `Content-Encoding`).
 ///
-/// Checks: the strict parse, records named in the body, the new owner, field permissions,
+/// Checks: the strict parse, records named in the body, the new owner(s), field permissions,
 /// bulk trimming. Nothing is forwarded on any failure. Routes without field rules take one
 /// streaming pass (parse, trim and re-serialize together, no tree); routes with field rules
-/// parse a tree, since stripping edits it.
+/// parse a tree, since stripping edits it, and so do routes whose new owner is a list (the
+/// streaming pass captures scalars only).
+///
+/// A new owner list (`new_owner.list = true`) must be a non-empty array of distinct user ids
+/// (strings, or plain integers), at most `body.max_items`; anything else is 400 `invalid_body`
+/// (a string is refused too: a CRM that iterates it would read its letters as user ids). Every
+/// listed user is checked like a single new owner; any one unknown or outside the caller's
+/// scope refuses the whole call (403 `assignee_forbidden`, `denied_assignees` naming each
+/// refused one): the assignees apply to every item of a bulk call, so no item could be kept.
+/// On a route without `list`, an array there is 400 `assignee_list_not_allowed`.
 pub fn check_body(
     snapshot: &Snapshot,
     catalog: &Catalog,
@@ -907,9 +929,12 @@ pub fn check_body(
             _ => None,
         })
         .collect();
-    if let Some(n) = &inspect.new_owner {
+    // A list of new owners is read from the tree (below), one new owner while streaming.
+    let owner_list = inspect.new_owner.as_ref().filter(|n| n.list);
+    if let Some(n) = inspect.new_owner.as_ref().filter(|n| !n.list) {
         wanted.push(&n.at);
     }
+    let mut assignees: Vec<String> = Vec::new();
     // A bulk permission the caller lacks entirely: say so rather than list every item.
     if let Some(b) = &inspect.bulk {
         if !snapshot.has_permission(user, b.permission) {
@@ -927,7 +952,7 @@ pub fn check_body(
 
     let allowed_keys = inspect.bulk.as_ref().and_then(|b| b.keys.as_deref());
     let (t, values, stripped_fields): (TrimResult, Vec<Option<Scalar<'_>>>, _) =
-        if inspect.fields.is_empty() {
+        if inspect.fields.is_empty() && owner_list.is_none() {
             let c = body::trim_capturing(body, &inspect.body_limits, bulk, &wanted, check)
                 .map_err(|e| Denial::body(&e))?;
             if let Some(allowed) = allowed_keys {
@@ -945,6 +970,10 @@ pub fn check_body(
                 body::check_keys(&keys, allowed).map_err(|e| Denial::body(&e))?;
             }
             let values = wanted.iter().map(|p| p.get(&doc).map(Scalar::of)).collect();
+            if let Some(n) = owner_list {
+                assignees = body::user_list(n.at.get(&doc), &n.at, inspect.body_limits.max_items)
+                    .map_err(|e| Denial::body(&e))?;
+            }
             let has = |p: PermId| snapshot.has_permission(user, p);
             let stripped =
                 match body::check_fields(&mut doc, &inspect.fields, inspect.field_mode, has) {
@@ -1001,32 +1030,14 @@ pub fn check_body(
         let id = body::scalar_id(v, r.kind).map_err(|e| Denial::bad_id(&what, e))?;
         check_one(snapshot, catalog, user, inspect.unknown, r, &id)?;
     }
-    // The new owner.
+    // The new owner(s).
     if let Some(n) = &inspect.new_owner {
-        let who = body::scalar_text(values.get(k).and_then(Option::as_ref), &n.at)
-            .map_err(|e| Denial::body(&e))?;
-        let refused = |m: String| {
-            let mut r = Rejection::new(403, "assignee_forbidden", m);
-            r.permission = Some(catalog.permission_shared(n.permission));
-            Denial::new(r)
-        };
-        let Some(target) = snapshot.user_index(who) else {
-            return Err(refused(format!(
-                "the new owner '{who}' is not a user known to the gateway"
-            )));
-        };
-        match check_assignee(snapshot, user, n.permission, target) {
-            Ok(()) => {}
-            Err(Refusal::NoPermission) => {
-                return Err(Denial::new(Rejection::forbidden(
-                    catalog.permission_shared(n.permission),
-                )))
-            }
-            Err(Refusal::OutOfScope) => {
-                return Err(refused(format!(
-                    "records can be assigned only within the caller's scope; '{who}' is outside it"
-                )))
-            }
+        if n.list {
+            check_new_owners(snapshot, catalog, user, n, &assignees)?;
+        } else {
+            let who = body::scalar_text(values.get(k).and_then(Option::as_ref), &n.at)
+                .map_err(|e| Denial::body(&e))?;
+            check_new_owners(snapshot, catalog, user, n, std::slice::from_ref(&who))?;
         }
     }
     let Some(b) = &inspect.bulk else {
@@ -1065,6 +1076,54 @@ pub fn check_body(
             Err(d)
         }
     }
+}
+
+/// Every new owner in the caller's scope for `n.permission`, or the denial naming each one
+/// that is not (unknown to the gateway, or outside the scope).
+fn check_new_owners<S: AsRef<str>>(
+    snapshot: &Snapshot,
+    catalog: &Catalog,
+    user: UserIdx,
+    n: &NewOwner,
+    who: &[S],
+) -> Result<(), Denial> {
+    let mut unknown = 0;
+    let mut denied: Vec<String> = Vec::new();
+    for w in who {
+        let w = w.as_ref();
+        let Some(target) = snapshot.user_index(w) else {
+            unknown += 1;
+            denied.push(w.to_string());
+            continue;
+        };
+        match check_assignee(snapshot, user, n.permission, target) {
+            Ok(()) => {}
+            Err(Refusal::NoPermission) => {
+                return Err(Denial::new(Rejection::forbidden(
+                    catalog.permission_shared(n.permission),
+                )))
+            }
+            Err(Refusal::OutOfScope) => denied.push(w.to_string()),
+        }
+    }
+    let message = match denied.as_slice() {
+        [] => return Ok(()),
+        [one] if unknown == 1 => {
+            format!("the new owner '{one}' is not a user known to the gateway")
+        }
+        [one] => format!(
+            "records can be assigned only within the caller's scope; '{one}' is outside it"
+        ),
+        several => format!(
+            "records can be assigned only within the caller's scope; these new owners are outside it or unknown to the gateway: '{}'",
+            several.join("', '")
+        ),
+    };
+    let mut r = Rejection::new(403, "assignee_forbidden", message);
+    r.permission = Some(catalog.permission_shared(n.permission));
+    let mut d = Denial::new(r);
+    d.denied_assignees = denied;
+    Err(d)
 }
 
 /// Phase 3: a list response (2xx, JSON, buffered up to `list.limits.max_bytes`) without the
@@ -1469,6 +1528,128 @@ mod tests {
 
     fn strings(ids: &[RecordId]) -> Vec<String> {
         ids.iter().map(ToString::to_string).collect()
+    }
+
+    /// `new_owner.list`: every listed user is checked; any one refused refuses the call and is
+    /// named; the list's shape is strict; a route without `list` refuses a list.
+    #[test]
+    fn new_owner_lists_check_every_assignee() {
+        let (c, s) = snapshot();
+        let u = |id| s.user_index(id).unwrap();
+        let list = inspect(
+            &c,
+            r#"new_owner = { at = "/assigned_to", list = true }
+               bulk = { type = "lead", items = "/ids" }"#,
+            "lead.reassign",
+            "/api/v1/leads/bulk-assign",
+        );
+        let run = |i: &Inspect, user, body: &str| check_body(&s, &c, u(user), i, body.as_bytes());
+        // rep1's scope for lead.reassign is subordinates: rep1 and jr are in it.
+        let f = run(
+            &list,
+            "u-rep1",
+            r#"{"ids":[1,2], "assigned_to":["u-rep1","u-jr"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(f.body).unwrap(),
+            r#"{"ids":[1],"assigned_to":["u-rep1","u-jr"]}"#,
+            "checked, trimmed and forwarded as the streaming path would"
+        );
+        assert_eq!(strings(&f.removed_ids), ["2"]);
+        // One outside the scope (a peer) and one unknown: the call is refused, both named.
+        let d = run(
+            &list,
+            "u-rep1",
+            r#"{"ids":[1],"assigned_to":["u-jr","u-rep2","u-ghost"]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (d.rejection.status, d.rejection.code),
+            (403, "assignee_forbidden")
+        );
+        assert_eq!(d.denied_assignees, ["u-rep2", "u-ghost"]);
+        assert!(d.denied_ids.is_empty());
+        let m = d.rejection.message();
+        assert!(m.contains("'u-rep2', 'u-ghost'"), "{m}");
+        assert_eq!(d.rejection.permission.as_deref(), Some("lead.reassign"));
+        // Only one refused: the message of a single new owner.
+        let d = run(&list, "u-rep1", r#"{"ids":[1],"assigned_to":["u-rep2"]}"#).unwrap_err();
+        assert_eq!(d.denied_assignees, ["u-rep2"]);
+        assert!(d.rejection.message().ends_with("'u-rep2' is outside it"));
+        // Without the permission at all: forbidden, as for one new owner.
+        let d = run(&list, "u-camp", r#"{"ids":[1],"assigned_to":["u-camp"]}"#).unwrap_err();
+        assert_eq!(d.rejection.code, "forbidden");
+        // The shape is strict: each of these is 400 invalid_body, nothing forwarded.
+        for (body, says) in [
+            (r#"{"ids":[1],"assigned_to":"u-jr"}"#, "found a string"),
+            (r#"{"ids":[1],"assigned_to":[]}"#, "empty list"),
+            (
+                r#"{"ids":[1],"assigned_to":["u-jr",null]}"#,
+                "'/assigned_to/1'",
+            ),
+            (
+                r#"{"ids":[1],"assigned_to":["u-jr",["u-jr"]]}"#,
+                "found an array",
+            ),
+            (
+                r#"{"ids":[1],"assigned_to":["u-jr",1.5]}"#,
+                "found a number",
+            ),
+            (
+                r#"{"ids":[1],"assigned_to":["u-jr","u-jr"]}"#,
+                "listed twice",
+            ),
+            (r#"{"ids":[1],"assigned_to":null}"#, "found null"),
+            (r#"{"ids":[1]}"#, "missing"),
+        ] {
+            let d = run(&list, "u-rep1", body).unwrap_err();
+            assert_eq!(
+                (d.rejection.status, d.rejection.code),
+                (400, "invalid_body"),
+                "{body}"
+            );
+            assert!(d.rejection.message().contains(says), "{body}: {d:?}");
+        }
+        // A list longer than body.max_items is 413, like a bulk list.
+        let short = inspect(
+            &c,
+            r#"new_owner = { at = "/to", list = true }
+               body = { max_items = 2 }"#,
+            "lead.reassign",
+            "/x",
+        );
+        let d = run(&short, "u-rep1", r#"{"to":["u-rep1","u-jr","u-x"]}"#).unwrap_err();
+        assert_eq!(
+            (d.rejection.status, d.rejection.code),
+            (413, "too_many_items")
+        );
+        // With field rules too (the same tree), and a list of one.
+        let fields = inspect(
+            &c,
+            r#"new_owner = { at = "/to", list = true }
+               fields = { "/phone" = "customer.edit_phone_number" }"#,
+            "lead.reassign",
+            "/x",
+        );
+        assert!(run(&fields, "u-rep1", r#"{"to":["u-jr"]}"#).is_ok());
+        // A route that takes one new owner refuses a list with its own code, and a single
+        // refused owner is named too.
+        let single = inspect(
+            &c,
+            r#"new_owner = { at = "/owner_id" }
+               bulk = { type = "lead", items = "/ids" }"#,
+            "lead.reassign",
+            "/api/v1/leads/bulk-reassign",
+        );
+        let d = run(&single, "u-rep1", r#"{"ids":[1],"owner_id":["u-jr"]}"#).unwrap_err();
+        assert_eq!(
+            (d.rejection.status, d.rejection.code),
+            (400, "assignee_list_not_allowed")
+        );
+        assert!(d.rejection.message().contains("'/owner_id'"), "{d:?}");
+        let d = run(&single, "u-rep1", r#"{"ids":[1],"owner_id":"u-rep2"}"#).unwrap_err();
+        assert_eq!(d.denied_assignees, ["u-rep2"]);
     }
 
     #[test]

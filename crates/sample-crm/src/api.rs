@@ -396,7 +396,8 @@ fn route(store: &RwLock<Store>, ctx: &Ctx<'_>) -> Res {
         ["export"] => create_export(store, ctx),
         ["export", id] => get_export(store, ctx, id),
         ["team-members", "invite"] => invite(store, ctx),
-        ["leads", "bulk-reassign"] => bulk_reassign(store, ctx),
+        ["leads", "bulk-reassign"] => bulk_reassign(store, ctx, Coll::Leads),
+        ["deals", "bulk-reassign"] => bulk_reassign(store, ctx, Coll::Deals),
         ["customers", "bulk-delete"] => bulk_delete(store, ctx),
         ["threads", "bulk-tag"] => bulk_tag(store, ctx),
         [coll] => {
@@ -1103,7 +1104,8 @@ fn partition_ids(st: &Store, coll: Coll, ids: &[Value]) -> (Vec<u64>, Vec<Value>
     (found, not_found)
 }
 
-fn bulk_reassign(store: &RwLock<Store>, ctx: &Ctx<'_>) -> Res {
+/// `POST /leads/bulk-reassign`, `POST /deals/bulk-reassign`: `{"ids": [...], "owner_id"}`.
+fn bulk_reassign(store: &RwLock<Store>, ctx: &Ctx<'_>, coll: Coll) -> Res {
     only(ctx.method, "POST")?;
     let body = json_body(ctx)?;
     let ids = id_list(&body, "ids")?;
@@ -1117,11 +1119,11 @@ fn bulk_reassign(store: &RwLock<Store>, ctx: &Ctx<'_>) -> Res {
         }
     };
     let mut st = write(store);
-    let (updated, not_found) = partition_ids(&st, Coll::Leads, ids);
+    let (updated, not_found) = partition_ids(&st, coll, ids);
     for &id in &updated {
-        if let Some(lead) = st.coll_mut(Coll::Leads).get_int_mut(id) {
-            lead.insert("owner_id".into(), owner.clone());
-            touch(lead);
+        if let Some(record) = st.coll_mut(coll).get_int_mut(id) {
+            record.insert("owner_id".into(), owner.clone());
+            touch(record);
         }
     }
     Ok(Reply::ok(json!({

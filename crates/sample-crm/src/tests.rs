@@ -453,6 +453,18 @@ async fn bulk_reassign_with_unknown_ids() {
     assert_eq!(body["error"], "invalid_request");
     let (status, _) = get(&crm, "/api/v1/leads/bulk-reassign").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    // Deals too (the demo's bulk route).
+    let (status, result) = post(
+        &crm,
+        "/api/v1/deals/bulk-reassign",
+        json!({"ids": [4, 12, 99], "owner_id": "u-rep1"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(result["updated"], json!([4, 12]));
+    assert_eq!(result["not_found"], json!([99]));
+    let (_, deal) = get(&crm, "/api/v1/deals/12").await;
+    assert_eq!(deal["owner_id"], "u-rep1");
 
     let (status, deleted) = post(
         &crm,
