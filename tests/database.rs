@@ -478,11 +478,9 @@ async fn incremental_queries_follow_the_crm_without_full_loads() {
     // A late commit: lead 800's row gets its updated_at, lead 801 commits after it and the
     // gateway reads 801's newer cursor; then 800 commits, older than that cursor.
     let late = pg.superuser().await;
-    late.batch_execute(
-        "BEGIN; INSERT INTO leads (id, org, owner) VALUES (800, 'acme', 'u-rep2')",
-    )
-    .await
-    .unwrap();
+    late.batch_execute("BEGIN; INSERT INTO leads (id, org, owner) VALUES (800, 'acme', 'u-rep2')")
+        .await
+        .unwrap();
     su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (801, 'acme', 'u-rep2')")
         .await
         .unwrap();
@@ -518,7 +516,10 @@ async fn incremental_queries_follow_the_crm_without_full_loads() {
     .await
     .unwrap();
     assert!(follows(&h, "u-rep2", 900, 200).await, "{}", h.log_text());
-    assert!(db_counters(admin).await.0 >= 2, "a full load after the refusal");
+    assert!(
+        db_counters(admin).await.0 >= 2,
+        "a full load after the refusal"
+    );
 }
 
 /// `notify_channel`: with a one-minute poll, a change followed by `NOTIFY` reaches the gateway
@@ -636,12 +637,16 @@ async fn tls_to_the_database() {
     let (code, err) = export("tls = \"require\"");
     assert_eq!(code, Some(0), "{err}");
     // A bad setting is refused at its line.
-    let out = check_config_text(
-        &follower_config(&ro_url(pg.port), "tls = \"yes\"", 1000).0,
-    );
+    let out = check_config_text(&follower_config(&ro_url(pg.port), "tls = \"yes\"", 1000).0);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("snapshot.database.tls: must be"), "{err}");
+    let out = check_config_text(
+        &follower_config(&format!("{}?sslmode=require", ro_url(pg.port)), "", 1000).0,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("sslmode in the URL is not followed"), "{err}");
     // The gateway follows over TLS.
     let (text, _) = follower_config(
         &ro_url(pg.port),
@@ -680,7 +685,10 @@ async fn a_fleet_of_two_replicas_converges() {
             1000,
         );
         // No start-up file: nothing is served before the first load.
-        (text.replacen("path = \"snapshot.json\"", "path = \"absent.json\"", 1), admin)
+        (
+            text.replacen("path = \"snapshot.json\"", "path = \"absent.json\"", 1),
+            admin,
+        )
     };
     let readyz = |admin: u16| async move {
         client()
@@ -694,7 +702,11 @@ async fn a_fleet_of_two_replicas_converges() {
     let (text_a, admin_a) = replica();
     let a = Harness::with_config_text(&text_a, &[]).await;
     assert!(eventually(10, || async { readyz(admin_a).await == 503 }).await);
-    assert_eq!(lead_call(&a, "u-rep1", 1).await, 503, "not ready: nothing allowed");
+    assert_eq!(
+        lead_call(&a, "u-rep1", 1).await,
+        503,
+        "not ready: nothing allowed"
+    );
     let pg = Postgres::start_on(port, None);
     let su = pg.superuser().await;
     su.batch_execute(SCHEMA).await.unwrap();
