@@ -562,4 +562,123 @@ mod tests {
             "users[0]: column 'id' is missing or NULL"
         );
     }
+
+    fn flagged(mut r: Row, column: &str, v: bool) -> Row {
+        r.flags.push((column.to_string(), v));
+        r
+    }
+
+    #[test]
+    fn incremental_rows_make_only_the_changes_the_snapshot_lacks() {
+        let (catalog, live) = crate::records::tests::snapshot();
+        let ops = |batch: &[Change]| {
+            batch
+                .iter()
+                .map(|c| {
+                    serde_json::to_value(c).unwrap()["op"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        };
+        // Rows restating what the snapshot holds (as the overlap window reads them again), and
+        // deletions of what it does not know: no change.
+        let same = Rows {
+            users: vec![row(
+                &[("id", "u-rep1"), ("manager", "u-sm")],
+                &[("roles", &["rep_limited"]), ("teams", &["east"])],
+            )],
+            owners: vec![
+                row(&[("type", "lead"), ("id", "1"), ("owner", "u-rep1")], &[]),
+                flagged(
+                    row(&[("type", "lead"), ("id", "999")], &[]),
+                    "deleted",
+                    true,
+                ),
+            ],
+            shares: vec![row(
+                &[("type", "lead"), ("id", "4"), ("user_id", "u-rep1")],
+                &[],
+            )],
+            related: vec![row(
+                &[
+                    ("type", "note"),
+                    ("id", "10"),
+                    ("parent_type", "lead"),
+                    ("parent_id", "1"),
+                ],
+                &[],
+            )],
+            ..Rows::default()
+        };
+        assert!(incremental_changes(&same, &live, &catalog)
+            .unwrap()
+            .is_empty());
+        // Changes: a new user, a role change, a reassignment, a new lead, a new share, an
+        // unshare, a soft-deleted lead, a note moved to another lead (its owner kept).
+        let changed = Rows {
+            users: vec![
+                row(&[("id", "u-new")], &[("roles", &["viewer_own"])]),
+                row(
+                    &[("id", "u-rep1"), ("manager", "u-sm")],
+                    &[("roles", &["viewer_own"]), ("teams", &["east"])],
+                ),
+            ],
+            owners: vec![
+                row(&[("type", "lead"), ("id", "2"), ("owner", "u-rep1")], &[]),
+                row(&[("type", "lead"), ("id", "77"), ("owner", "u-new")], &[]),
+                flagged(row(&[("type", "lead"), ("id", "3")], &[]), "deleted", true),
+            ],
+            shares: vec![
+                row(&[("type", "lead"), ("id", "77"), ("team", "east")], &[]),
+                flagged(
+                    row(&[("type", "lead"), ("id", "4"), ("user_id", "u-rep1")], &[]),
+                    "deleted",
+                    true,
+                ),
+            ],
+            related: vec![row(
+                &[
+                    ("type", "note"),
+                    ("id", "10"),
+                    ("parent_type", "lead"),
+                    ("parent_id", "2"),
+                ],
+                &[],
+            )],
+            ..Rows::default()
+        };
+        let batch = incremental_changes(&changed, &live, &catalog).unwrap();
+        assert_eq!(
+            ops(&batch),
+            [
+                "upsert_user",
+                "set_roles",
+                "upsert_record",
+                "upsert_record",
+                "upsert_record",
+                "share",
+                "unshare",
+                "remove_record"
+            ]
+        );
+        // The batch is one the changes API takes.
+        let mut raw = RawSnapshot::parse(crate::records::tests::SNAPSHOT).unwrap();
+        raw.apply(&batch, catalog.record_types()).unwrap();
+        let after = Snapshot::build("s.json", &raw.to_json(), &catalog).unwrap();
+        // Read again against the result: nothing left to do.
+        assert!(incremental_changes(&changed, &after, &catalog)
+            .unwrap()
+            .is_empty());
+        // A flag that is not a boolean is refused, naming the row.
+        let bad = Rows {
+            owners: vec![row(&[("type", "lead"), ("id", "1"), ("deleted", "1")], &[])],
+            ..Rows::default()
+        };
+        assert_eq!(
+            incremental_changes(&bad, &live, &catalog).unwrap_err(),
+            "owners[0]: column 'deleted' must be a boolean (cast it: deleted::boolean)"
+        );
+    }
 }
