@@ -218,7 +218,8 @@ async fn the_gateway_follows_the_crms_database() {
         "first load:\n{}",
         h.log_text()
     );
-    assert_eq!(get("u-rep1", 2).await, 403);
+    // (The start-up file's snapshot answers until the first load lands: wait for it.)
+    assert!(follows("u-rep1", 2, 403).await, "first load");
     // The CRM creates a lead: known at once after the next poll.
     assert_eq!(get("u-rep1", 500).await, 403);
     su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (500, 'acme', 'u-rep1')")
