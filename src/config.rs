@@ -72,6 +72,21 @@ fn server_checks(file: &str, text: &str) -> Vec<ConfigError> {
                 "must be a postgres:// URL (postgres://user:password@host:port/dbname)",
             ));
         }
+        // The URL's own sslmode is not how TLS is asked for here: say so, not a silent
+        // plain connection or a failing one.
+        let tls = get(&["snapshot", "database"], "tls").and_then(toml::Value::as_str);
+        let asks_tls = url
+            .parse::<tokio_postgres::Config>()
+            .is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Require);
+        if asks_tls && tls.is_none_or(|t| t == "off") {
+            errors.push(ConfigError::new(
+                file,
+                locate(text, "snapshot.database.url"),
+                "snapshot.database.url",
+                "sslmode in the URL is not followed: set snapshot.database.tls = \"require\" \
+                 or \"verify-full\" (with ca_file)",
+            ));
+        }
     }
     errors
 }

@@ -299,24 +299,32 @@ async fn pull_snapshot(state: Arc<State>) {
     }
 }
 
-/// Follow the CRM's own database ([`crate::dbsource`]): a full load at start, when the
-/// `cursor` query's value changes (checked every `poll_interval_ms`; without a cursor query every
-/// poll is a full load) and every `reconcile_interval_ms`. One connection, kept, re-opened after
-/// an error or when a reload changes its URL or session SQL. Each round reads one consistent
-/// state (a read-only repeatable-read transaction) within a deadline (connect 10 s; statement
-/// timeout 30 s unless `session_sql` sets another; the round at most `max(poll, 60 s)`);
-/// failures back off (at most 30 s more than the poll) and keep the last good snapshot.
+/// Follow the CRM's own database ([`crate::dbsource`]): a full load at start and every
+/// `reconcile_interval_ms`; in between, every `poll_interval_ms` (or at once when a
+/// notification on `notify_channel` arrives) a round reads the `cursor` query and, when it
+/// changed, either loads everything again (no `[snapshot.database.incremental]`) or applies the
+/// rows the incremental queries give as one change batch ([`incremental_round`]). One
+/// connection, kept, re-opened after an error or when a reload changes its settings. Each round
+/// reads one consistent state (a read-only repeatable-read transaction) within a deadline
+/// (connect 10 s; statement timeout 30 s unless `session_sql` sets another; the round at most
+/// `max(poll, 60 s)`); failures back off (at most 30 s more than the poll) and keep the last
+/// good snapshot. A refused batch makes the next round a full load.
 async fn follow_database(state: Arc<State>) {
     let mut conn: Option<(tokio_postgres::Client, String)> = None;
     let mut last_cursor: Option<String> = None;
     let mut last_full: Option<std::time::Instant> = None;
+    let mut force_full = false;
+    // The cursor values read by the rounds that succeeded, oldest first (see `Due::base`).
+    let mut seen: std::collections::VecDeque<(std::time::Instant, String)> = Default::default();
     let mut failures = 0u32;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(listen_for_wakeups(state.clone(), wake.clone()));
     let label = "database";
     loop {
         let Some(db) = state.live().config.snapshot.database.clone() else {
             return;
         };
-        let key = format!("{}\u{0}{}", db.url, db.session_sql.join("\u{0}"));
+        let key = connection_key(&db);
         let round = async {
             if conn
                 .as_ref()
@@ -329,22 +337,53 @@ async fn follow_database(state: Arc<State>) {
             let Some((client, _)) = conn.as_ref() else {
                 return Err("no connection".into());
             };
-            let loaded = read_consistent(client, &db, &last_cursor, last_full).await;
-            let Some((rows, cursor)) = loaded? else {
-                return Ok(());
+            let now = std::time::Instant::now();
+            let due = Due {
+                full: force_full
+                    || last_full.is_none_or(|t| now.duration_since(t) >= db.reconcile_interval),
+                last_cursor: last_cursor.clone(),
+                base: db
+                    .incremental
+                    .as_ref()
+                    .map(|inc| base_cursor(&seen, now, Duration::from_millis(inc.overlap_ms))),
             };
-            let text = db_snapshot_text(&rows)?;
-            let s = state.clone();
-            match tokio::task::spawn_blocking(move || s.replace_snapshot(&text, label)).await {
-                Ok(Ok(_)) => {
-                    last_full = Some(std::time::Instant::now());
-                    last_cursor = cursor;
-                    Ok(())
+            let (loaded, cursor) = read_consistent(client, &db, &due).await?;
+            let applied = match loaded {
+                Loaded::Nothing => Ok(()),
+                Loaded::Full(rows) => {
+                    let text = db_snapshot_text(&rows)?;
+                    let s = state.clone();
+                    match tokio::task::spawn_blocking(move || s.replace_snapshot(&text, label))
+                        .await
+                    {
+                        Ok(Ok(_)) => {
+                            last_full = Some(now);
+                            force_full = false;
+                            state
+                                .counters
+                                .database_full_loads
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Ok(())
+                        }
+                        // Refused by validation: already logged and counted.
+                        Ok(Err(_)) => Err(String::new()),
+                        Err(e) => Err(format!("build task failed: {e}")),
+                    }
                 }
-                // Refused by validation: already logged and counted.
-                Ok(Err(_)) => Err(String::new()),
-                Err(e) => Err(format!("build task failed: {e}")),
+                Loaded::Incremental(rows) => {
+                    let r = incremental_round(&state, rows, label).await;
+                    if r.is_err() {
+                        force_full = true;
+                    }
+                    r
+                }
+            };
+            applied?;
+            last_cursor = cursor.clone();
+            if let Some(c) = cursor {
+                seen.push_back((now, c));
             }
+            Ok(())
         };
         let deadline = db.poll_interval.max(Duration::from_secs(60));
         let outcome = match tokio::time::timeout(deadline, round).await {
@@ -361,13 +400,118 @@ async fn follow_database(state: Arc<State>) {
                 failures = failures.saturating_add(1);
             }
         }
+        // Keep the newest observation old enough to be a base, and everything after it.
+        if let Some(inc) = &db.incremental {
+            let overlap = Duration::from_millis(inc.overlap_ms);
+            let now = std::time::Instant::now();
+            while seen.len() > 1 && seen[1].0 + overlap <= now {
+                seen.pop_front();
+            }
+        }
         let wait = if failures == 0 {
             db.poll_interval
         } else {
             backoff(db.poll_interval, failures).min(db.poll_interval + Duration::from_secs(30))
         };
-        tokio::time::sleep(wait).await;
+        // A notification cuts the wait short; several while a round runs make one more round.
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified(), if failures == 0 => {}
+        }
     }
+}
+
+/// What a connection depends on: another value after a reload means a new connection.
+fn connection_key(db: &crate::dbsource::DbSource) -> String {
+    format!(
+        "{}\u{0}{}\u{0}{:?}\u{0}{:?}",
+        db.url,
+        db.session_sql.join("\u{0}"),
+        db.tls,
+        db.ca_file
+    )
+}
+
+/// What a round must read, decided before it knows the cursor.
+struct Due {
+    /// A full load is due (the first, the reconciliation, or after a refused batch).
+    full: bool,
+    /// The cursor of the last round that succeeded.
+    last_cursor: Option<String>,
+    /// With incremental queries: the cursor value read at least `overlap_ms` ago, the `$1`
+    /// of the queries (`Some(None)`: the follower is younger than that, so a change is a full
+    /// load); `None` without incremental queries.
+    base: Option<Option<String>>,
+}
+
+impl Due {
+    /// `permgate snapshot export`: one full load.
+    fn full_load() -> Due {
+        Due {
+            full: true,
+            last_cursor: None,
+            base: None,
+        }
+    }
+}
+
+/// The cursor rows are read from: the value the newest round at least `overlap` ago read. A
+/// transaction that committed after that round with an older cursor value is still read;
+/// one that commits more than `overlap` (less one poll interval) after writing its row is left
+/// to the next full load.
+fn base_cursor(
+    seen: &std::collections::VecDeque<(std::time::Instant, String)>,
+    now: std::time::Instant,
+    overlap: Duration,
+) -> Option<String> {
+    seen.iter()
+        .rev()
+        .find(|(t, _)| *t + overlap <= now)
+        .map(|(_, c)| c.clone())
+}
+
+/// What one round read.
+enum Loaded {
+    /// Nothing changed since the last round.
+    Nothing,
+    /// Every query's rows: the whole snapshot.
+    Full(crate::dbsource::Rows),
+    /// The incremental queries' rows: what changed since the base cursor.
+    Incremental(crate::dbsource::Rows),
+}
+
+/// Apply an incremental round's rows to the live snapshot: the changes they make
+/// ([`crate::dbsource::incremental_changes`]) as one batch through the path of the changes API
+/// (validated whole, journaled, audited, counted). No change: nothing is swapped.
+async fn incremental_round(
+    state: &Arc<State>,
+    rows: crate::dbsource::Rows,
+    label: &'static str,
+) -> Result<(), String> {
+    let s = state.clone();
+    let applied = tokio::task::spawn_blocking(move || {
+        let live = s.live();
+        let Some(snapshot) = live.snapshot.as_deref() else {
+            return Err("no snapshot is loaded to apply changes to".to_string());
+        };
+        let changes = crate::dbsource::incremental_changes(&rows, snapshot, &live.config.catalog)?;
+        if changes.is_empty() {
+            return Ok(false);
+        }
+        // Refused: already logged, counted and audited by the state.
+        s.apply_changes(&changes, label)
+            .map(|_| true)
+            .map_err(|_| String::new())
+    })
+    .await
+    .map_err(|e| format!("apply task failed: {e}"))??;
+    if applied {
+        state
+            .counters
+            .database_incremental_batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// A connection to the source's database with its session set: the statement timeout (30 s)
@@ -375,18 +519,7 @@ async fn follow_database(state: Arc<State>) {
 async fn connect_database(
     db: &crate::dbsource::DbSource,
 ) -> Result<tokio_postgres::Client, String> {
-    let mut pg: tokio_postgres::Config = db.url.parse().map_err(|e| format!("the URL: {e}"))?;
-    pg.connect_timeout(Duration::from_secs(10))
-        .keepalives_idle(Duration::from_secs(30));
-    let (client, connection) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            warn!("database connection ended: {e}");
-        }
-    });
+    let (client, _driver) = open_connection(db, None).await?;
     client
         .batch_execute("SET statement_timeout = '30s'")
         .await
@@ -400,19 +533,240 @@ async fn connect_database(
     Ok(client)
 }
 
+/// Open a connection as `tls` says, its messages driven by a task of its own (ended with the
+/// connection; its result is the reason). Notifications wake `wake` when given.
+async fn open_connection(
+    db: &crate::dbsource::DbSource,
+    wake: Option<Arc<tokio::sync::Notify>>,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), String>>,
+    ),
+    String,
+> {
+    use crate::dbsource::DbTls;
+    let mut pg: tokio_postgres::Config = db.url.parse().map_err(|e| format!("the URL: {e}"))?;
+    pg.connect_timeout(Duration::from_secs(10))
+        .keepalives_idle(Duration::from_secs(30));
+    match db.tls {
+        DbTls::Off => drive(&pg, tokio_postgres::NoTls, wake).await,
+        DbTls::Require | DbTls::VerifyFull => {
+            // TLS or nothing: never the plain fallback of `sslmode=prefer`.
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(database_tls(db)?);
+            drive(&pg, tls, wake).await
+        }
+    }
+}
+
+async fn drive<T>(
+    pg: &tokio_postgres::Config,
+    tls: T,
+    wake: Option<Arc<tokio::sync::Notify>>,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), String>>,
+    ),
+    String,
+>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    let (client, mut connection) = pg
+        .connect(tls)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                    if let Some(w) = &wake {
+                        w.notify_one();
+                    }
+                }
+                Some(Ok(_)) => {} // a notice
+                Some(Err(e)) => {
+                    warn!("database connection ended: {e}");
+                    return Err(e.to_string());
+                }
+                None => return Err("the connection closed".to_string()),
+            }
+        }
+    });
+    Ok((client, driver))
+}
+
+/// The rustls client settings of `tls`: `verify-full` checks the chain against `ca_file` (else
+/// the system's roots) and the URL's host; `require` encrypts without checking who answers
+/// (PostgreSQL's `sslmode=require`), the handshake's signatures still checked.
+fn database_tls(
+    db: &crate::dbsource::DbSource,
+) -> Result<tokio_rustls::rustls::ClientConfig, String> {
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let provider = crate::certs::provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    if db.tls == crate::dbsource::DbTls::Require {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = RootCertStore::empty();
+    match &db.ca_file {
+        Some(path) => {
+            for c in crate::pem::certificates(path)? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("'{}': {e}", path.display()))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs()
+                .map_err(|e| format!("the system's CA certificates: {e}"))?
+            {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// `tls = "require"`: any certificate is taken (no identity is checked; README says what that
+/// protects against and what not).
+#[derive(Debug)]
+struct Unverified(Arc<tokio_rustls::rustls::crypto::CryptoProvider>);
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
+    {
+        Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `notify_channel`: LISTEN on a connection of its own and wake the follower on every
+/// notification (the follower coalesces them: one round for a burst). Polling goes on beside
+/// it; a lost connection is opened again with backoff (1 s doubling, at most 30 s), and each
+/// new LISTEN wakes the follower once, for what was sent while nobody listened.
+async fn listen_for_wakeups(state: Arc<State>, wake: Arc<tokio::sync::Notify>) {
+    let mut failures = 0u32;
+    loop {
+        let Some(db) = state.live().config.snapshot.database.clone() else {
+            return;
+        };
+        let Some(channel) = db.notify_channel.clone() else {
+            // A reload may set one.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        };
+        let key = format!("{}\u{0}{channel}", connection_key(&db));
+        let outcome = async {
+            let (client, mut driver) = open_connection(&db, Some(wake.clone())).await?;
+            // The channel is checked to be a plain identifier; quoted, it is taken as written.
+            client
+                .batch_execute(&format!("LISTEN \"{channel}\""))
+                .await
+                .map_err(|e| format!("LISTEN: {e}"))?;
+            info!("database: listening on channel {channel}");
+            failures = 0;
+            wake.notify_one();
+            loop {
+                tokio::select! {
+                    ended = &mut driver => {
+                        return Err(match ended {
+                            Ok(Err(e)) => e,
+                            _ => "the connection ended".to_string(),
+                        });
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        let now = state.live().config.snapshot.database.clone();
+                        let same = now.is_some_and(|d| {
+                            d.notify_channel.as_deref() == Some(channel.as_str())
+                                && format!("{}\u{0}{channel}", connection_key(&d)) == key
+                        });
+                        if !same {
+                            driver.abort();
+                            return Ok::<(), String>(());
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(e) = outcome {
+            warn!("database: LISTEN {channel}: {e}; polling goes on, listening again soon");
+            failures = failures.saturating_add(1);
+            tokio::time::sleep(
+                backoff(Duration::from_secs(1), failures).min(Duration::from_secs(30)),
+            )
+            .await;
+        }
+    }
+}
+
 /// [`load_round`] inside one read-only repeatable-read transaction: one consistent state for
-/// the cursor and every query of the load.
+/// the cursor and every query of the round.
 async fn read_consistent(
     client: &tokio_postgres::Client,
     db: &crate::dbsource::DbSource,
-    last_cursor: &Option<String>,
-    last_full: Option<std::time::Instant>,
-) -> Result<Option<(crate::dbsource::Rows, Option<String>)>, String> {
+    due: &Due,
+) -> Result<(Loaded, Option<String>), String> {
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(|e| format!("begin: {e}"))?;
-    let loaded = load_round(client, db, last_cursor, last_full).await;
+    let loaded = load_round(client, db, due).await;
     client
         .batch_execute(if loaded.is_ok() { "COMMIT" } else { "ROLLBACK" })
         .await
@@ -430,13 +784,13 @@ pub fn export_database(db: &crate::dbsource::DbSource) -> Result<String, String>
     rt.block_on(async {
         let read = async {
             let client = connect_database(db).await?;
-            read_consistent(&client, db, &None, None).await
+            read_consistent(&client, db, &Due::full_load()).await
         };
-        let rows = match tokio::time::timeout(Duration::from_secs(120), read).await {
+        let loaded = match tokio::time::timeout(Duration::from_secs(120), read).await {
             Ok(r) => r?,
             Err(_) => return Err("no answer within 120 s".to_string()),
         };
-        let Some((rows, _)) = rows else {
+        let (Loaded::Full(rows), _) = loaded else {
             return Err("the database gave no rows".to_string());
         };
         db_snapshot_text(&rows)
@@ -451,18 +805,17 @@ fn db_snapshot_text(rows: &crate::dbsource::Rows) -> Result<String, String> {
     crate::dbsource::snapshot_text(rows, format!("db-{now}"), now)
 }
 
-/// One round inside the transaction: the cursor, and when a load is due the rows of every
-/// query (`None`: nothing changed).
+/// One round inside the transaction: the cursor, then what is due — every query (a full
+/// load), the incremental queries from the base cursor, or nothing.
 async fn load_round(
     client: &tokio_postgres::Client,
     db: &crate::dbsource::DbSource,
-    last_cursor: &Option<String>,
-    last_full: Option<std::time::Instant>,
-) -> Result<Option<(crate::dbsource::Rows, Option<String>)>, String> {
+    due: &Due,
+) -> Result<(Loaded, Option<String>), String> {
     let cursor = match &db.queries.cursor {
         None => None,
         Some(q) => {
-            let rows = query_rows(client, "cursor", q).await?;
+            let rows = query_rows(client, "cursor", q, None).await?;
             Some(
                 rows.first()
                     .and_then(|r| r.text.first().map(|(_, v)| v.clone()))
@@ -470,15 +823,34 @@ async fn load_round(
             )
         }
     };
-    let due = cursor.is_none()
-        || cursor != *last_cursor
-        || last_full.is_none_or(|t| t.elapsed() >= db.reconcile_interval);
-    if !due {
-        return Ok(None);
+    let changed = cursor.is_none() || cursor != due.last_cursor;
+    let incremental = match (&db.incremental, &due.base) {
+        (Some(inc), Some(Some(base))) if !due.full => Some((inc, base)),
+        _ => None,
+    };
+    if let Some((inc, base)) = incremental {
+        if cursor.as_deref() == Some(base.as_str()) {
+            return Ok((Loaded::Nothing, cursor));
+        }
+        let mut rows = crate::dbsource::Rows::default();
+        for (name, sql, into) in [
+            ("incremental.users", &inc.users, &mut rows.users),
+            ("incremental.owners", &inc.owners, &mut rows.owners),
+            ("incremental.shares", &inc.shares, &mut rows.shares),
+            ("incremental.related", &inc.related, &mut rows.related),
+        ] {
+            if let Some(sql) = sql {
+                *into = query_rows(client, name, sql, Some(base)).await?;
+            }
+        }
+        return Ok((Loaded::Incremental(rows), cursor));
+    }
+    if !due.full && !changed {
+        return Ok((Loaded::Nothing, cursor));
     }
     let q = &db.queries;
     let mut rows = crate::dbsource::Rows {
-        users: query_rows(client, "users", &q.users).await?,
+        users: query_rows(client, "users", &q.users, None).await?,
         ..Default::default()
     };
     for (name, sql, into) in [
@@ -489,24 +861,33 @@ async fn load_round(
         ("related", &q.related, &mut rows.related),
     ] {
         if let Some(sql) = sql {
-            *into = query_rows(client, name, sql).await?;
+            *into = query_rows(client, name, sql, None).await?;
         }
     }
-    Ok(Some((rows, cursor)))
+    Ok((Loaded::Full(rows), cursor))
 }
 
-/// Run one of the source's queries: its rows, text, text-array, boolean and integer columns by
-/// name (NULLs left out; other types refused, naming the column: cast them to text).
+/// Run one of the source's queries (`arg`: its `$1`, as text): its rows, text, text-array,
+/// boolean and integer columns by name (NULLs left out; other types refused, naming the
+/// column: cast them to text).
 async fn query_rows(
     client: &tokio_postgres::Client,
     name: &str,
     sql: &str,
+    arg: Option<&str>,
 ) -> Result<Vec<crate::dbsource::Row>, String> {
     use tokio_postgres::types::Type;
-    let rows = client
-        .query(sql, &[])
-        .await
-        .map_err(|e| format!("query '{name}': {e}"))?;
+    let rows = match arg {
+        None => client.query(sql, &[]).await,
+        Some(arg) => {
+            // `$1` is text whatever the SQL casts it to (`$1::timestamptz` casts the text).
+            match client.prepare_typed(sql, &[Type::TEXT]).await {
+                Ok(statement) => client.query(&statement, &[&arg]).await,
+                Err(e) => Err(e),
+            }
+        }
+    }
+    .map_err(|e| format!("query '{name}': {e}"))?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut r = crate::dbsource::Row::default();

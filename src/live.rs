@@ -101,6 +101,10 @@ pub struct Counters {
     pub source_not_modified: AtomicU64,
     /// Pulls that failed before a snapshot could be offered (network, status, signature).
     pub source_errors: AtomicU64,
+    /// `[snapshot.database]`: full loads swapped in.
+    pub database_full_loads: AtomicU64,
+    /// `[snapshot.database.incremental]`: change batches applied between full loads.
+    pub database_incremental_batches: AtomicU64,
 }
 
 /// The gateway's state, shared by the proxy, the admin API and the sources.
@@ -833,6 +837,8 @@ impl State {
                 "snapshot_update_failures": c.snapshot_update_failures.load(Ordering::Relaxed),
                 "source_not_modified": c.source_not_modified.load(Ordering::Relaxed),
                 "source_errors": c.source_errors.load(Ordering::Relaxed),
+                "database_full_loads": c.database_full_loads.load(Ordering::Relaxed),
+                "database_incremental_batches": c.database_incremental_batches.load(Ordering::Relaxed),
             },
             "last_errors": lock(&self.errors).iter().cloned().collect::<Vec<_>>(),
             "recent_changes": lock(&self.audit).iter().cloned().collect::<Vec<_>>(),
@@ -923,6 +929,18 @@ impl State {
                 "counter",
                 "Pulls that failed.",
                 load(&c.source_errors),
+            ),
+            (
+                "permgate_database_full_loads_total",
+                "counter",
+                "Full loads from [snapshot.database] swapped in.",
+                load(&c.database_full_loads),
+            ),
+            (
+                "permgate_database_incremental_batches_total",
+                "counter",
+                "Change batches from [snapshot.database.incremental] applied.",
+                load(&c.database_incremental_batches),
             ),
             (
                 "permgate_decision_log_written_total",

@@ -61,8 +61,30 @@ fn as_pg_user(program: &Path) -> Command {
 
 impl Postgres {
     fn start() -> Postgres {
+        Postgres::start_on(free_port(), None)
+    }
+
+    /// A server on `port`; with `tls` (certificate PEM, key PEM) it has `ssl = on` and takes
+    /// TCP connections only over TLS (`hostssl`; the superuser uses the Unix socket).
+    fn start_on(port: u16, tls: Option<(&str, &str)>) -> Postgres {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
+        let mut ssl_args: Vec<String> = Vec::new();
+        if let Some((cert, key)) = tls {
+            let (c, k) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&c, cert).unwrap();
+            std::fs::write(&k, key).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+            ssl_args = vec![
+                "-c".into(),
+                "ssl=on".into(),
+                "-c".into(),
+                format!("ssl_cert_file={}", c.display()),
+                "-c".into(),
+                format!("ssl_key_file={}", k.display()),
+            ];
+        }
         if is_root() {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -84,7 +106,13 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
+        if tls.is_some() {
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+        }
         let child = as_pg_user(&pg_bin("postgres"))
             .arg("-D")
             .arg(&data)
@@ -92,6 +120,7 @@ impl Postgres {
             .arg("-k")
             .arg(dir.path())
             .args(["-c", "fsync=off"])
+            .args(&ssl_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -113,7 +142,11 @@ impl Postgres {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match tokio_postgres::connect(
-                &format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
+                &format!(
+                    "host={} port={} user=postgres dbname=postgres",
+                    self._dir.path().display(),
+                    self.port
+                ),
                 tokio_postgres::NoTls,
             )
             .await
@@ -185,7 +218,8 @@ async fn the_gateway_follows_the_crms_database() {
         "first load:\n{}",
         h.log_text()
     );
-    assert_eq!(get("u-rep1", 2).await, 403);
+    // (The start-up file's snapshot answers until the first load lands: wait for it.)
+    assert!(follows("u-rep1", 2, 403).await, "first load");
     // The CRM creates a lead: known at once after the next poll.
     assert_eq!(get("u-rep1", 500).await, 403);
     su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (500, 'acme', 'u-rep1')")
@@ -328,4 +362,384 @@ fn database_settings_are_checked() {
         err.contains("snapshot.database.url: must be a postgres:// URL"),
         "{err}"
     );
+}
+
+/// Soft deletes for the incremental tests: a lead is marked, not deleted.
+const SOFT_DELETES: &str = "ALTER TABLE leads ADD COLUMN deleted boolean NOT NULL DEFAULT false";
+
+/// A gateway config following the CRM's database at `url` with incremental queries, plus its
+/// admin port. `settings`: more lines of `[snapshot.database]`.
+fn follower_config(url: &str, settings: &str, overlap_ms: u64) -> (String, u16) {
+    let (admin, admin_port) = admin_section();
+    let text = config()
+        + &admin
+        + &format!(
+            r#"
+[snapshot.database]
+url = "{url}"
+session_sql = ["SELECT set_config('app.current_org', 'acme', false)"]
+{settings}
+
+[snapshot.database.queries]
+users = "SELECT id, roles, teams, manager FROM crm_users"
+roles = "SELECT 'limited_rep' AS id, ARRAY['lead.view@own+shared'] AS permissions"
+owners = "SELECT 'lead' AS type, id::text AS id, owner FROM leads WHERE NOT deleted"
+cursor = "SELECT greatest((SELECT max(updated_at) FROM leads), (SELECT max(updated_at) FROM crm_users), '-infinity')::text"
+
+[snapshot.database.incremental]
+overlap_ms = {overlap_ms}
+users = "SELECT id, roles, teams, manager FROM crm_users WHERE updated_at > $1::timestamptz"
+owners = "SELECT 'lead' AS type, id::text AS id, owner, deleted FROM leads WHERE updated_at > $1::timestamptz"
+"#
+        );
+    (text, admin_port)
+}
+
+fn ro_url(port: u16) -> String {
+    format!("postgres://permgate_ro:ro@127.0.0.1:{port}/postgres")
+}
+
+/// `/status` counters of the database source: (full loads, incremental batches, refused).
+async fn db_counters(admin_port: u16) -> (u64, u64, u64) {
+    let v: serde_json::Value = client()
+        .get(format!("http://127.0.0.1:{admin_port}/status"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let c = &v["counters"];
+    (
+        c["database_full_loads"].as_u64().unwrap(),
+        c["database_incremental_batches"].as_u64().unwrap(),
+        c["snapshot_update_failures"].as_u64().unwrap(),
+    )
+}
+
+async fn follows(h: &Harness, user: &str, lead: u32, want: u16) -> bool {
+    eventually(10, || async { lead_call(h, user, lead).await == want }).await
+}
+
+/// Incremental queries: each change the CRM makes reaches the gateway as one change batch,
+/// with no full load (the full-load counter stays at the first load's 1): a created lead, a
+/// reassignment, a soft delete, a role change, a transaction that commits late with an older
+/// `updated_at` (the overlap window reads it); a batch the snapshot refuses keeps the last good
+/// one and makes the next round a full load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_queries_follow_the_crm_without_full_loads() {
+    let pg = Postgres::start();
+    let su = pg.superuser().await;
+    su.batch_execute(SCHEMA).await.unwrap();
+    su.batch_execute(SOFT_DELETES).await.unwrap();
+    let (text, admin) = follower_config(
+        &ro_url(pg.port),
+        "poll_interval_ms = 200\nreconcile_interval_ms = 600000",
+        3000,
+    );
+    let h = Harness::with_config_text(&text, &[]).await;
+    assert!(follows(&h, "u-rep1", 1, 200).await, "{}", h.log_text());
+    // Within the first overlap window a change would be a full load (no cursor old enough to
+    // read from yet): wait it out.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(db_counters(admin).await.0, 1, "the first load only");
+    // A created lead.
+    assert_eq!(lead_call(&h, "u-rep1", 500).await, 403);
+    su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (500, 'acme', 'u-rep1')")
+        .await
+        .unwrap();
+    assert!(follows(&h, "u-rep1", 500, 200).await, "a created lead");
+    let (full, batches, _) = db_counters(admin).await;
+    assert_eq!(full, 1, "no full load");
+    assert!(batches >= 1);
+    // Reassigned.
+    su.batch_execute(
+        "UPDATE leads SET owner = 'u-rep2', updated_at = clock_timestamp() WHERE id = 500",
+    )
+    .await
+    .unwrap();
+    assert!(follows(&h, "u-rep1", 500, 403).await, "a reassigned lead");
+    assert_eq!(lead_call(&h, "u-rep2", 500).await, 200);
+    // Soft-deleted: forgotten.
+    su.batch_execute(
+        "UPDATE leads SET deleted = true, updated_at = clock_timestamp() WHERE id = 500",
+    )
+    .await
+    .unwrap();
+    assert!(follows(&h, "u-rep2", 500, 403).await, "a soft-deleted lead");
+    // A role change.
+    assert_eq!(lead_call(&h, "u-rep1", 2).await, 403);
+    su.batch_execute(
+        "UPDATE crm_users SET roles = '{admin}', updated_at = clock_timestamp() WHERE id = 'u-rep1'",
+    )
+    .await
+    .unwrap();
+    assert!(follows(&h, "u-rep1", 2, 200).await, "a role change");
+    // A late commit: lead 800's row gets its updated_at, lead 801 commits after it and the
+    // gateway reads 801's newer cursor; then 800 commits, older than that cursor.
+    let late = pg.superuser().await;
+    late.batch_execute("BEGIN; INSERT INTO leads (id, org, owner) VALUES (800, 'acme', 'u-rep2')")
+        .await
+        .unwrap();
+    su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (801, 'acme', 'u-rep2')")
+        .await
+        .unwrap();
+    assert!(follows(&h, "u-rep2", 801, 200).await);
+    assert_eq!(lead_call(&h, "u-rep2", 800).await, 403);
+    late.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        follows(&h, "u-rep2", 800, 200).await,
+        "a late commit is read in the overlap window"
+    );
+    let (full, batches, refused) = db_counters(admin).await;
+    assert_eq!(full, 1, "still no full load");
+    assert!(batches >= 5, "{batches}");
+    let metrics = admin_metrics(&format!("http://127.0.0.1:{admin}")).await;
+    assert_eq!(metric(&metrics, "permgate_database_full_loads_total"), 1);
+    assert_eq!(
+        metric(&metrics, "permgate_database_incremental_batches_total"),
+        batches
+    );
+    // A lead owned by a user the snapshot does not have: the batch is refused, the last good
+    // snapshot stays, and the rounds go back to full loads until the data is right again.
+    su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (900, 'acme', 'u-ghost')")
+        .await
+        .unwrap();
+    assert!(
+        eventually(10, || async { db_counters(admin).await.2 > refused }).await,
+        "the batch is refused"
+    );
+    assert_eq!(lead_call(&h, "u-rep2", 800).await, 200, "last good kept");
+    su.batch_execute(
+        "UPDATE leads SET owner = 'u-rep2', updated_at = clock_timestamp() WHERE id = 900",
+    )
+    .await
+    .unwrap();
+    assert!(follows(&h, "u-rep2", 900, 200).await, "{}", h.log_text());
+    assert!(
+        db_counters(admin).await.0 >= 2,
+        "a full load after the refusal"
+    );
+}
+
+/// `notify_channel`: with a one-minute poll, a change followed by `NOTIFY` reaches the gateway
+/// at once; a LISTEN connection the server ends is opened again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_wakes_the_follower() {
+    let pg = Postgres::start();
+    let su = pg.superuser().await;
+    su.batch_execute(SCHEMA).await.unwrap();
+    su.batch_execute(SOFT_DELETES).await.unwrap();
+    let (text, admin) = follower_config(
+        &ro_url(pg.port),
+        "poll_interval_ms = 60000\nreconcile_interval_ms = 600000\nnotify_channel = \"permgate\"",
+        500,
+    );
+    let h = Harness::with_config_text(&text, &[]).await;
+    assert!(follows(&h, "u-rep1", 1, 200).await, "{}", h.log_text());
+    let listening = || async {
+        su.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'permgate_ro' \
+             AND query ILIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            == 1
+    };
+    assert!(eventually(10, listening).await, "{}", h.log_text());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    su.batch_execute(
+        "BEGIN; INSERT INTO leads (id, org, owner) VALUES (700, 'acme', 'u-rep1'); \
+         NOTIFY permgate; COMMIT",
+    )
+    .await
+    .unwrap();
+    // The next poll is a minute away: only the notification can make this happen in time.
+    assert!(follows(&h, "u-rep1", 700, 200).await, "{}", h.log_text());
+    let (full, batches, _) = db_counters(admin).await;
+    assert_eq!(full, 1);
+    assert!(batches >= 1);
+    // The LISTEN connection is ended by the server: it comes back.
+    su.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE usename = 'permgate_ro' AND query ILIKE 'LISTEN%'",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(eventually(20, listening).await, "{}", h.log_text());
+    su.batch_execute(
+        "BEGIN; INSERT INTO leads (id, org, owner) VALUES (701, 'acme', 'u-rep1'); \
+         NOTIFY permgate; COMMIT",
+    )
+    .await
+    .unwrap();
+    assert!(follows(&h, "u-rep1", 701, 200).await, "{}", h.log_text());
+}
+
+/// A test CA and a server certificate for 127.0.0.1 from it.
+fn test_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "permgate test database CA");
+    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (issuer.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// `tls`: a server that takes TCP connections only over TLS. Without `tls` nothing connects;
+/// `verify-full` connects with the right CA and not with another; `require` connects without
+/// checking; the gateway follows over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database() {
+    let (ca, cert, key) = test_ca();
+    let (other_ca, _, _) = test_ca();
+    let pg = Postgres::start_on(free_port(), Some((&cert, &key)));
+    let su = pg.superuser().await;
+    su.batch_execute(SCHEMA).await.unwrap();
+    su.batch_execute(SOFT_DELETES).await.unwrap();
+    let export = |settings: &str| {
+        let (text, _) = follower_config(
+            &ro_url(pg.port),
+            &format!("poll_interval_ms = 200\n{settings}"),
+            1000,
+        );
+        let dir = config_dir(&text);
+        std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
+        std::fs::write(dir.path().join("other.pem"), &other_ca).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
+            .args(["snapshot", "export", "--config"])
+            .arg(dir.path().join("c.toml"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = export("");
+    assert_eq!(code, Some(1), "plain TCP is refused: {err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    let (code, err) = export("tls = \"verify-full\"\nca_file = \"ca.pem\"");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = export("tls = \"verify-full\"\nca_file = \"other.pem\"");
+    assert_eq!(code, Some(1), "another CA: {err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    let (code, err) = export("tls = \"require\"");
+    assert_eq!(code, Some(0), "{err}");
+    // A bad setting is refused at its line.
+    let out = check_config_text(&follower_config(&ro_url(pg.port), "tls = \"yes\"", 1000).0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("snapshot.database.tls: must be"), "{err}");
+    let out = check_config_text(
+        &follower_config(&format!("{}?sslmode=require", ro_url(pg.port)), "", 1000).0,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("sslmode in the URL is not followed"), "{err}");
+    // The gateway follows over TLS.
+    let (text, _) = follower_config(
+        &ro_url(pg.port),
+        "poll_interval_ms = 200\ntls = \"verify-full\"\nca_file = \"ca.pem\"",
+        1000,
+    );
+    let h = Harness::with_config_text(&text, &[("ca.pem", &ca)]).await;
+    assert!(follows(&h, "u-rep1", 1, 200).await, "{}", h.log_text());
+    su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (500, 'acme', 'u-rep1')")
+        .await
+        .unwrap();
+    assert!(follows(&h, "u-rep1", 500, 200).await);
+    let tls_sessions: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE usename = 'permgate_ro' AND ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tls_sessions >= 1);
+}
+
+/// A fleet: two gateways with the same config follow one database and decide alike after each
+/// change, a hard delete included (the reconciliation's full load). A replica that has not
+/// finished its first load (no start-up file, the database not up yet) answers `/readyz` 503
+/// and refuses protected calls; it becomes ready with the first load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_two_replicas_converges() {
+    let port = free_port();
+    let replica = || {
+        let (text, admin) = follower_config(
+            &ro_url(port),
+            "poll_interval_ms = 200\nreconcile_interval_ms = 2000",
+            1000,
+        );
+        // No start-up file: nothing is served before the first load.
+        (
+            text.replacen("path = \"snapshot.json\"", "path = \"absent.json\"", 1),
+            admin,
+        )
+    };
+    let readyz = |admin: u16| async move {
+        client()
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let (text_a, admin_a) = replica();
+    let a = Harness::with_config_text(&text_a, &[]).await;
+    assert!(eventually(10, || async { readyz(admin_a).await == 503 }).await);
+    assert_eq!(
+        lead_call(&a, "u-rep1", 1).await,
+        503,
+        "not ready: nothing allowed"
+    );
+    let pg = Postgres::start_on(port, None);
+    let su = pg.superuser().await;
+    su.batch_execute(SCHEMA).await.unwrap();
+    su.batch_execute(SOFT_DELETES).await.unwrap();
+    assert!(
+        eventually(20, || async { readyz(admin_a).await == 200 }).await,
+        "{}",
+        a.log_text()
+    );
+    let (text_b, admin_b) = replica();
+    let b = Harness::with_config_text(&text_b, &[]).await;
+    assert!(eventually(20, || async { readyz(admin_b).await == 200 }).await);
+    let both = |user: &'static str, lead: u32, want: u16| {
+        let (a, b) = (&a, &b);
+        async move { follows(a, user, lead, want).await && follows(b, user, lead, want).await }
+    };
+    assert!(both("u-rep1", 1, 200).await);
+    assert!(both("u-rep1", 2, 403).await);
+    su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (500, 'acme', 'u-rep1')")
+        .await
+        .unwrap();
+    assert!(both("u-rep1", 500, 200).await, "an insert");
+    su.batch_execute(
+        "UPDATE leads SET owner = 'u-rep2', updated_at = clock_timestamp() WHERE id = 500",
+    )
+    .await
+    .unwrap();
+    assert!(both("u-rep1", 500, 403).await, "a reassignment");
+    assert!(both("u-rep2", 500, 200).await);
+    // A hard delete is in no incremental row: the reconciliation forgets it.
+    su.batch_execute("DELETE FROM leads WHERE id = 1")
+        .await
+        .unwrap();
+    assert!(both("u-rep1", 1, 403).await, "a hard delete");
 }

@@ -928,7 +928,69 @@ impl Config {
             if d.queries.users.trim().is_empty() {
                 bad("snapshot.database.queries.users", "must not be empty");
             }
+            if let Some(inc) = &d.incremental {
+                if d.queries.cursor.is_none() {
+                    bad(
+                        "snapshot.database.incremental",
+                        "needs snapshot.database.queries.cursor (its value is the queries' $1)",
+                    );
+                }
+                if inc.overlap_ms > d.reconcile_interval_ms {
+                    bad(
+                        "snapshot.database.incremental.overlap_ms",
+                        "must be at most reconcile_interval_ms",
+                    );
+                }
+                let none = [&inc.users, &inc.owners, &inc.shares, &inc.related]
+                    .iter()
+                    .all(|q| q.as_deref().is_none_or(|q| q.trim().is_empty()));
+                if none {
+                    bad(
+                        "snapshot.database.incremental",
+                        "names none of users, owners, shares, related",
+                    );
+                }
+            }
+            // A channel is an identifier: LISTEN quotes it, so no SQL reaches the server.
+            let channel_ok = |c: &str| {
+                !c.is_empty()
+                    && c.len() <= 63
+                    && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            };
+            if d.notify_channel.as_deref().is_some_and(|c| !channel_ok(c)) {
+                bad(
+                    "snapshot.database.notify_channel",
+                    "must be 1 to 63 ASCII letters, digits or _",
+                );
+            }
+            let tls = match d.tls.as_deref() {
+                None | Some("off") => crate::dbsource::DbTls::Off,
+                Some("require") => crate::dbsource::DbTls::Require,
+                Some("verify-full") => crate::dbsource::DbTls::VerifyFull,
+                Some(_) => {
+                    bad(
+                        "snapshot.database.tls",
+                        "must be \"off\", \"require\" or \"verify-full\"",
+                    );
+                    crate::dbsource::DbTls::Off
+                }
+            };
+            let ca_file = d.ca_file.as_ref().map(|f| base.join(f));
+            if let Some(f) = &ca_file {
+                if tls != crate::dbsource::DbTls::VerifyFull {
+                    bad(
+                        "snapshot.database.ca_file",
+                        "is used only with tls = \"verify-full\"",
+                    );
+                } else if let Err(e) = crate::pem::certificates(f) {
+                    bad("snapshot.database.ca_file", &e);
+                }
+            }
             crate::dbsource::DbSource {
+                incremental: d.incremental.clone(),
+                notify_channel: d.notify_channel.clone(),
+                tls,
+                ca_file,
                 url: d.url.clone(),
                 poll_interval: Duration::from_millis(d.poll_interval_ms),
                 reconcile_interval: Duration::from_millis(d.reconcile_interval_ms),

@@ -283,6 +283,15 @@ pub(crate) struct RawDatabase {
     #[serde(default)]
     pub(crate) session_sql: Vec<String>,
     pub(crate) queries: crate::dbsource::DbQueries,
+    #[serde(default)]
+    pub(crate) incremental: Option<crate::dbsource::DbIncremental>,
+    #[serde(default)]
+    pub(crate) notify_channel: Option<String>,
+    /// "off" (default), "require", "verify-full".
+    #[serde(default)]
+    pub(crate) tls: Option<String>,
+    #[serde(default)]
+    pub(crate) ca_file: Option<String>,
 }
 
 pub(crate) fn default_db_poll_ms() -> u64 {
