@@ -482,6 +482,8 @@ enum ChunkState {
     DataLf,
     /// At the start of a trailer line (or of the final empty line).
     Trailer,
+    /// In a trailer field's name (a token, then `:`).
+    TrailerName,
     TrailerLine,
     TrailerLf,
     EndLf,
@@ -555,18 +557,31 @@ impl Chunks {
                     out.extend_from_slice(b"\r\n");
                     self.state = Size;
                 }
+                // Trailer fields are dropped, but checked as hyper checks them (`httparse`): a
+                // token name, `:`, a value of visible bytes, spaces and tabs; no obs-fold.
                 Trailer => match b {
                     b'\r' => self.state = EndLf,
                     b'\n' => return Err("bare LF in the trailer section"),
-                    _ => {
+                    b' ' | b'\t' => return Err("obs-fold in the trailer section"),
+                    _ if is_tchar(b) => {
+                        self.meta_byte()?;
+                        self.state = TrailerName;
+                    }
+                    _ => return Err("bad trailer field name"),
+                },
+                TrailerName => match b {
+                    b':' => {
                         self.meta_byte()?;
                         self.state = TrailerLine;
                     }
+                    _ if is_tchar(b) => self.meta_byte()?,
+                    _ => return Err("bad trailer field name"),
                 },
                 TrailerLine => match b {
                     b'\r' => self.state = TrailerLf,
                     b'\n' => return Err("bare LF in a trailer field"),
-                    _ => self.meta_byte()?,
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => self.meta_byte()?,
+                    _ => return Err("control byte in a trailer field"),
                 },
                 TrailerLf => {
                     if b != b'\n' {
@@ -599,6 +614,11 @@ impl Chunks {
         }
         Ok(())
     }
+}
+
+/// A token byte (RFC 9110 §5.6.2), as a field name is spelled.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A request body on its way to the CRM (RFC 9112 §6.3), sans I/O: bytes of the client's
