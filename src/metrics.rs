@@ -155,8 +155,8 @@ pub struct Metrics {
     pub client_connection_limit_waits: AtomicU64,
     /// Client connections closed because a write made no progress (`listen.write_timeout_ms`).
     pub client_write_timeouts: AtomicU64,
-    /// Calls served by the HTTP/1.1 lane (`listen.h1_lane`), and of them those whose request
-    /// body the lane streamed to the CRM.
+    /// Calls served by the HTTP/1.1 lane (`listen.h1_lane`), and of them those it forwarded
+    /// with a request body (streamed to the CRM, or cut at a limit).
     pub lane_requests: AtomicU64,
     pub lane_bodies: AtomicU64,
 }
@@ -282,7 +282,7 @@ impl Metrics {
             (
                 "permgate_lane_request_bodies_total",
                 "counter",
-                "Request bodies the HTTP/1.1 lane streamed to the CRM.",
+                "Calls with a request body the HTTP/1.1 lane forwarded (the body streamed to the CRM, or cut at a limit).",
                 &self.lane_bodies,
             ),
         ] {

@@ -443,7 +443,10 @@ pub fn h1_request(data: &[u8]) {
             assert!(v.bytes().all(|b| b.is_ascii_digit()), "{data:?}");
             v.parse::<u64>().ok()
         });
-        assert!(codings.iter().all(|v| v.as_bytes() == b"chunked"), "{data:?}");
+        assert!(
+            codings.iter().all(|v| v.as_bytes() == b"chunked"),
+            "{data:?}"
+        );
         let expected = match (length, codings.len()) {
             (Some(Some(0)), _) | (None, 0) => h1::BodyFraming::None,
             (Some(Some(n)), _) => h1::BodyFraming::Length(n),
@@ -694,9 +697,8 @@ pub fn reference_dechunk(data: &[u8]) -> Dechunked {
                         let Some(colon) = l.iter().position(|&b| b == b':') else {
                             return Dechunked::Bad;
                         };
-                        let token = |b: &u8| {
-                            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b)
-                        };
+                        let token =
+                            |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
                         let value = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
                         if colon == 0
                             || !l[..colon].iter().all(token)

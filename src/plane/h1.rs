@@ -628,7 +628,10 @@ fn is_tchar(b: u8) -> bool {
 #[derive(Debug)]
 pub enum BodyReader {
     /// Bytes of a `Content-Length` body still to come.
-    Length { left: u64, seen: u64 },
+    Length {
+        left: u64,
+        seen: u64,
+    },
     Chunked(Chunks),
 }
 
@@ -764,7 +767,9 @@ mod tests {
             Some((BodyFraming::Chunked, false))
         );
         assert_eq!(
-            ready(b"PUT /a HTTP/1.1\r\nhost: x\r\nExpect: 100-Continue\r\ncontent-length: 3\r\n\r\n"),
+            ready(
+                b"PUT /a HTTP/1.1\r\nhost: x\r\nExpect: 100-Continue\r\ncontent-length: 3\r\n\r\n"
+            ),
             Some((BodyFraming::Length(3), true))
         );
         assert!(matches!(
@@ -825,7 +830,13 @@ mod tests {
     fn request_bodies_end_where_their_framing_says_and_the_rest_is_the_next_request() {
         assert!(BodyReader::new(BodyFraming::None).is_none());
         let (fed, out) = read_body(BodyFraming::Length(5), &[b"he", b"lloGET /"]);
-        assert_eq!(fed, Ok(Fed { used: 3, done: true }));
+        assert_eq!(
+            fed,
+            Ok(Fed {
+                used: 3,
+                done: true
+            })
+        );
         assert_eq!(out, b"hello");
         let raw = b"5;x=1\r\nhello\r\n0\r\nx-t: 1\r\n\r\nGET /";
         let (fed, out) = read_body(BodyFraming::Chunked, &[raw]);

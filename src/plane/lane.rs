@@ -486,7 +486,10 @@ impl Lane {
             return self.reject_with(rejection, ctx, call).await;
         }
         self.linger = true;
-        let last = Call { last: true, ..*call };
+        let last = Call {
+            last: true,
+            ..*call
+        };
         self.reject_with(rejection, ctx, &last).await
     }
 
@@ -496,10 +499,17 @@ impl Lane {
         let activity = call.activity;
         let mut body = BodyReader::new(head.body);
         if body.is_some() {
-            self.plane.state.metrics.lane_bodies.fetch_add(1, Ordering::Relaxed);
+            self.plane
+                .state
+                .metrics
+                .lane_bodies
+                .fetch_add(1, Ordering::Relaxed);
         }
         // Refused before the body is read whole: the connection's last answer.
-        let refused = Call { last: true, ..*call };
+        let refused = Call {
+            last: true,
+            ..*call
+        };
         let mut parts = http::Request::new(()).into_parts().0;
         parts.method = head.method;
         parts.uri = head.uri;
@@ -583,7 +593,9 @@ impl Lane {
                 self.linger = true;
                 return self.reject_with(rejection, ctx, &refused).await;
             }
-            Err(Failed::Upstream(rejection)) => return self.reject_with(rejection, ctx, call).await,
+            Err(Failed::Upstream(rejection)) => {
+                return self.reject_with(rejection, ctx, call).await
+            }
         };
         let status = answer.status;
         // The client's answer: its head is in `self.out`, then the body as it streams.
@@ -689,11 +701,7 @@ impl Lane {
                     retried = true;
                 }
                 Err(HeadError::TimedOut) => {
-                    return Err(up_failed(
-                        ctx,
-                        super::Failure::Timeout,
-                        "no answer in time",
-                    ))
+                    return Err(up_failed(ctx, super::Failure::Timeout, "no answer in time"))
                 }
                 Err(HeadError::ClosedEarly) => {
                     return Err(up_failed(
@@ -702,9 +710,7 @@ impl Lane {
                         "connection closed before an answer",
                     ))
                 }
-                Err(HeadError::Bad(why)) => {
-                    return Err(up_failed(ctx, super::Failure::Other, why))
-                }
+                Err(HeadError::Bad(why)) => return Err(up_failed(ctx, super::Failure::Other, why)),
             }
         }
     }
@@ -722,18 +728,24 @@ impl Lane {
         ctx: &Ctx,
         activity: &Activity,
     ) -> Result<(), BodyFault> {
-        let idle = ctx
-            .live
-            .as_ref()
-            .map_or(Duration::from_secs(30), |l| l.config.listen.body_read_timeout);
+        let idle = ctx.live.as_ref().map_or(Duration::from_secs(30), |l| {
+            l.config.listen.body_read_timeout
+        });
         let max = max_body_bytes(ctx);
         (self.start, self.end) = (0, 0);
         loop {
             let wait = idle.min(left(ctx.deadline));
             let n = match tokio::time::timeout(wait, self.stream.read(&mut self.buf)).await {
                 Err(_) => return Err(BodyFault::Client(Rejection::request_timeout())),
-                Ok(Ok(0)) => return Err(BodyFault::Client(unreadable(ctx, "the body stopped short"))),
-                Ok(Err(_)) => return Err(BodyFault::Client(unreadable(ctx, "the client's connection failed"))),
+                Ok(Ok(0)) => {
+                    return Err(BodyFault::Client(unreadable(ctx, "the body stopped short")))
+                }
+                Ok(Err(_)) => {
+                    return Err(BodyFault::Client(unreadable(
+                        ctx,
+                        "the client's connection failed",
+                    )))
+                }
                 Ok(Ok(_)) if left(ctx.deadline).is_zero() => {
                     return Err(BodyFault::Client(Rejection::request_timeout()))
                 }
@@ -750,7 +762,9 @@ impl Lane {
             let wait = write_timeout.min(left(ctx.deadline));
             match tokio::time::timeout(wait, up.stream.write_all(&self.out)).await {
                 Err(_) => return Err(BodyFault::Upstream(super::Failure::Timeout, "write".into())),
-                Ok(Err(e)) => return Err(BodyFault::Upstream(super::Failure::Other, e.to_string())),
+                Ok(Err(e)) => {
+                    return Err(BodyFault::Upstream(super::Failure::Other, e.to_string()))
+                }
                 Ok(Ok(())) => {}
             }
             if fed.done {
