@@ -7,9 +7,10 @@
 //! What it handles:
 //! - **The client's request head** ([`parse_head`]): parsed by `httparse` (hyper's own parser)
 //!   and sorted into what the lane serves ([`Parsed::Ready`]: HTTP/1.1, an origin-form target,
-//!   no body — `Content-Length: 0` at most — no `Transfer-Encoding`, `Expect` or `Upgrade`, no
-//!   `Connection` but a single `close`), what hyper serves ([`Parsed::Other`]: HTTP/1.0,
-//!   absolute-form, `CONNECT`, a body, a head `httparse` refuses, …) and the two heads the lane
+//!   no body or one framed in a plain spelling ([`BodyFraming`]), no `Upgrade`, no `Expect` but
+//!   a single `100-continue`, no `Connection` but a single `close`), what hyper serves
+//!   ([`Parsed::Other`]: HTTP/1.0, absolute-form, `CONNECT`, another spelling of the framing, a
+//!   head `httparse` refuses, …) and the two heads the lane
 //!   refuses itself whatever else they hold: both `Content-Length` and `Transfer-Encoding`
 //!   ([`Head::ambiguous_framing`], where hyper's server would read the body as chunked) and a
 //!   target with a `#fragment` (kept in [`Head::target`]; the decision refuses it). Both close
@@ -22,8 +23,12 @@
 //!   answer head written from it without the hop-by-hop headers (and those the CRM's
 //!   `Connection` names, never a protected one), the framing written anew, and what the caller
 //!   adds ([`AnswerEdits`]).
-//! - **Chunked answers** ([`Chunks`]): sizes and line ends checked exactly as they stream
-//!   through, extensions and trailers dropped, the end found.
+//! - **Request bodies** ([`BodyReader`]): a length passed as it is, chunks checked by
+//!   [`Chunks`], the end found (the next request starts there); fuzzed (`h1_request_body`) and
+//!   tested against hyper's server (`tests/h1_differential.rs`).
+//! - **Chunked bodies** ([`Chunks`], answers and requests): sizes and line ends checked exactly
+//!   as they stream through, trailer fields checked as `httparse` reads them, extensions and
+//!   trailers dropped, the end found.
 //! - **Answer head writing** ([`status_line`], [`header`], [`number`], [`date_header`]).
 
 use std::time::SystemTime;

@@ -18,11 +18,17 @@
 //!
 //! | request | served by |
 //! |---|---|
-//! | HTTP/1.1, origin-form target, no body (`Content-Length: 0` at most), no `Transfer-Encoding`, `Expect` or `Upgrade` header, no `Connection` header but a single `close` | this loop, when the decision is to forward as is (streamed) or to refuse |
+//! | HTTP/1.1, origin-form target, no body or one framed by a single plain `Content-Length` or a single `Transfer-Encoding: chunked`, no `Upgrade`, no `Expect` but one `100-continue`, no `Connection` header but a single `close` | this loop, when the decision is to forward as is (the body streamed) or to refuse |
 //! | a route that reads its body or filters its answer | hyper, with the decision already taken (not taken twice) |
-//! | anything else (a body, HTTP/1.0, an absolute-form target, a head hyper answers with its own 400/431, …) | hyper, from that request on |
+//! | anything else (another framing spelling, HTTP/1.0, an absolute-form target, a head hyper answers with its own 400/431, …) | hyper, from that request on |
 //! | HTTP/1.1, origin-form target, both `Content-Length` and `Transfer-Encoding` | this loop: 400 `ambiguous_framing`, then the connection closes (hyper's server would read it as chunked) |
 //! | an HTTP/1.1 origin-form target with a `#fragment` (whatever else the request holds) | this loop: refused (`invalid_character`), then the connection is closed |
+//!
+//! A request body streams to the CRM framed as it came ([`h1::BodyReader`]), capped as on
+//! hyper's path (`listen.max_body_bytes`: 413, `listen.body_read_timeout_ms` and the total
+//! timeout: 408, malformed: 400; the connection then closes); `Expect: 100-continue` is answered
+//! once the call is allowed. A call refused with its body unread closes the connection after
+//! the answer (the rest read and discarded).
 //!
 //! The CRM's answer: its status and headers minus the hop-by-hop ones and those the gateway
 //! sets, framed as it came (a length, chunked with the chunks checked as they pass and
