@@ -241,7 +241,10 @@ enum BodyExpect {
 
 /// What the lane reads of a request's body: the body bytes, and the next request's target,
 /// or why it refuses the body (`Err`; a body cut short is an error too: the connection ends).
-fn lane_body(raw: &[u8]) -> Option<(Result<Vec<u8>, String>, Option<String>)> {
+/// What the lane read of a body (or why it refused it), and the next request's target.
+type LaneBody = (Result<Vec<u8>, String>, Option<String>);
+
+fn lane_body(raw: &[u8]) -> Option<LaneBody> {
     let Parsed::Ready(head) = h1::parse_head(raw) else {
         return None;
     };
