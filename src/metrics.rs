@@ -155,6 +155,10 @@ pub struct Metrics {
     pub client_connection_limit_waits: AtomicU64,
     /// Client connections closed because a write made no progress (`listen.write_timeout_ms`).
     pub client_write_timeouts: AtomicU64,
+    /// Calls served by the HTTP/1.1 lane (`listen.h1_lane`), and of them those it forwarded
+    /// with a request body (streamed to the CRM, or cut at a limit).
+    pub lane_requests: AtomicU64,
+    pub lane_bodies: AtomicU64,
 }
 
 /// The counters of requests that matched no route.
@@ -268,6 +272,18 @@ impl Metrics {
                 "counter",
                 "Client connections closed because a write made no progress for listen.write_timeout_ms.",
                 &self.client_write_timeouts,
+            ),
+            (
+                "permgate_lane_requests_total",
+                "counter",
+                "Calls served by the HTTP/1.1 lane (listen.h1_lane) rather than hyper's server.",
+                &self.lane_requests,
+            ),
+            (
+                "permgate_lane_request_bodies_total",
+                "counter",
+                "Calls with a request body the HTTP/1.1 lane forwarded (the body streamed to the CRM, or cut at a limit).",
+                &self.lane_bodies,
             ),
         ] {
             let _ = writeln!(

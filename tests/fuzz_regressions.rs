@@ -54,6 +54,11 @@ fn h1_request_inputs() {
 }
 
 #[test]
+fn h1_request_body_inputs() {
+    replay("h1_request_body", checks::h1_request_body);
+}
+
+#[test]
 fn h1_answer_inputs() {
     replay("h1_answer", checks::h1_answer);
 }
@@ -229,6 +234,11 @@ fn bulk_filter_mutations() {
 #[test]
 fn h1_request_mutations() {
     mutate_run("h1_request", checks::h1_request);
+}
+
+#[test]
+fn h1_request_body_mutations() {
+    mutate_run("h1_request_body", checks::h1_request_body);
 }
 
 #[test]

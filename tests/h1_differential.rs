@@ -36,8 +36,13 @@ enum Served {
 }
 
 async fn hyper_server(raw: &[u8]) -> Served {
+    hyper_server_all(raw).await.remove(0)
+}
+
+/// Every request hyper's server serves from `raw` (the first refused or closed ends it).
+async fn hyper_server_all(raw: &[u8]) -> Vec<Served> {
     let (mut client, server) = tokio::io::duplex(1 << 20);
-    let seen: Arc<Mutex<Option<Served>>> = Arc::new(Mutex::new(None));
+    let seen: Arc<Mutex<Vec<Served>>> = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let record = record.clone();
@@ -49,8 +54,10 @@ async fn hyper_server(raw: &[u8]) -> Served {
                 .map(|c| c.to_bytes())
                 .map_err(|e| e.to_string());
             let target = parts.uri.to_string();
-            *record.lock().unwrap() =
-                Some(Served::Called(parts.method, target, parts.headers, body));
+            record
+                .lock()
+                .unwrap()
+                .push(Served::Called(parts.method, target, parts.headers, body));
             Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
         }
     });
@@ -68,16 +75,17 @@ async fn hyper_server(raw: &[u8]) -> Served {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut answer)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), served).await;
-    let called = seen.lock().unwrap().take();
-    called.unwrap_or_else(|| {
-        Served::Refused(
+    let mut called = std::mem::take(&mut *seen.lock().unwrap());
+    if called.is_empty() {
+        called.push(Served::Refused(
             String::from_utf8_lossy(&answer)
                 .lines()
                 .next()
                 .unwrap_or("closed")
                 .to_string(),
-        )
-    })
+        ));
+    }
+    called
 }
 
 /// How the lane and hyper are expected to compare on a request head.
@@ -152,9 +160,6 @@ async fn request_heads_agree_with_hyper_server() {
         ("TE + CL", b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 10\r\n\r\n0\r\n\r\n".to_vec(), Expect::RefusedAmbiguous),
         ("fragment", b"GET /a#frag HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), Expect::RefusedFragment),
         ("fragment with a body", b"POST /a?x#f HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nab".to_vec(), Expect::RefusedFragment),
-        ("a body", b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nab".to_vec(), Expect::Hyper),
-        ("chunked body", b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2;x=y\r\nab\r\n0\r\n\r\n".to_vec(), Expect::Hyper),
-        ("bad chunk size", b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n".to_vec(), Expect::Hyper),
         ("duplicate CL, same", b"GET /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n".to_vec(), Expect::Hyper),
         ("duplicate CL, different", b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec(), Expect::Hyper),
         ("CL list", b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0, 0\r\n\r\n".to_vec(), Expect::Hyper),
@@ -166,7 +171,8 @@ async fn request_heads_agree_with_hyper_server() {
         ("absolute-form", b"GET http://x/a HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), Expect::Hyper),
         ("asterisk-form", b"OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), Expect::Hyper),
         ("CONNECT", b"CONNECT x:443 HTTP/1.1\r\nhost: x:443\r\n\r\n".to_vec(), Expect::Hyper),
-        ("Expect", b"GET /a HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n".to_vec(), Expect::Hyper),
+        ("Expect: 100-continue, no body", b"GET /a HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n".to_vec(), Expect::Same),
+        ("another expectation", b"GET /a HTTP/1.1\r\nhost: x\r\nexpect: 200-ok\r\n\r\n".to_vec(), Expect::Hyper),
         ("Upgrade", b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n".to_vec(), Expect::Hyper),
         ("Connection keep-alive", b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\n\r\n".to_vec(), Expect::Hyper),
         ("two Connection: close", b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\nconnection: close\r\n\r\n".to_vec(), Expect::Hyper),
@@ -218,6 +224,368 @@ async fn request_heads_agree_with_hyper_server() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// How the lane and hyper's server compare on a request with a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyExpect {
+    /// The lane reads it: hyper reads the same body, or both refuse it (a malformed or cut
+    /// body); what follows the body is the same next request for both.
+    Same,
+    /// The lane hands it to hyper (an unusual framing spelling: hyper reads it, the decision
+    /// refuses it as `ambiguous_framing`, or hyper refuses it itself).
+    Hyper,
+    /// Deliberate difference: the lane refuses a body hyper reads — a chunk size of 16 hex
+    /// digits or more, leading zeros included (hyper: until it overflows a u64). Never the
+    /// other way round.
+    LaneStricter,
+}
+
+/// What the lane reads of a request's body: the body bytes, and the next request's target,
+/// or why it refuses the body (`Err`; a body cut short is an error too: the connection ends).
+/// What the lane read of a body (or why it refused it), and the next request's target.
+type LaneBody = (Result<Vec<u8>, String>, Option<String>);
+
+fn lane_body(raw: &[u8]) -> Option<LaneBody> {
+    let Parsed::Ready(head) = h1::parse_head(raw) else {
+        return None;
+    };
+    assert!(!head.ambiguous_framing);
+    let rest = &raw[head.len..];
+    let Some(mut reader) = h1::BodyReader::new(head.body) else {
+        return Some((Ok(Vec::new()), next_target(rest)));
+    };
+    // In two pieces, as reads may cut it.
+    let mut out = Vec::new();
+    let half = rest.len() / 2;
+    let mut used = 0;
+    let mut done = false;
+    for piece in [&rest[..half], &rest[half..]] {
+        match reader.feed(piece, &mut out) {
+            Err(why) => return Some((Err(why.to_string()), None)),
+            Ok(fed) => {
+                used += fed.used;
+                if fed.done {
+                    done = true;
+                    break;
+                }
+            }
+        }
+    }
+    if !done {
+        return Some((Err("cut short".into()), None));
+    }
+    // What the CRM receives is the same body again.
+    let body = match head.body {
+        h1::BodyFraming::Chunked => {
+            let mut again = h1::BodyReader::new(h1::BodyFraming::Chunked).unwrap();
+            let mut plain = Vec::new();
+            let fed = again.feed(&out, &mut plain).unwrap();
+            assert_eq!(fed.used, out.len());
+            assert!(fed.done);
+            assert_eq!(again.seen(), reader.seen());
+            dechunk_plain(&out)
+        }
+        _ => out,
+    };
+    Some((Ok(body), next_target(&rest[used..])))
+}
+
+/// The data of a well-formed chunked body (the lane's own output: no extensions, no trailers).
+fn dechunk_plain(mut raw: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line]).unwrap(), 16).unwrap();
+        raw = &raw[line + 2..];
+        if size == 0 {
+            assert_eq!(raw, b"\r\n");
+            return body;
+        }
+        body.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+fn next_target(rest: &[u8]) -> Option<String> {
+    match h1::parse_head(rest) {
+        Parsed::Ready(head) => Some(head.uri.to_string()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn request_bodies_agree_with_hyper_server() {
+    let post = |framing: &str, body: &str| {
+        format!("POST /a HTTP/1.1\r\nhost: x\r\n{framing}\r\n{body}").into_bytes()
+    };
+    let te = "transfer-encoding: chunked\r\n";
+    let next = "GET /next HTTP/1.1\r\nhost: x\r\n\r\n";
+    let huge_ext = format!("1;{}\r\na\r\n0\r\n\r\n", "e".repeat(20 * 1024));
+    let big = "b".repeat(100_000);
+    let cases: Vec<(&str, Vec<u8>, BodyExpect)> = vec![
+        (
+            "length",
+            post("content-length: 5\r\n", "hello"),
+            BodyExpect::Same,
+        ),
+        (
+            "length, then the next request",
+            post("content-length: 5\r\n", &format!("hello{next}")),
+            BodyExpect::Same,
+        ),
+        (
+            "length with leading zeros",
+            post("content-length: 005\r\n", &format!("hello{next}")),
+            BodyExpect::Same,
+        ),
+        (
+            "length, 100 kB",
+            post("content-length: 100000\r\n", &big),
+            BodyExpect::Same,
+        ),
+        (
+            "length cut short",
+            post("content-length: 10\r\n", "hello"),
+            BodyExpect::Same,
+        ),
+        (
+            "length 0 on POST",
+            post("content-length: 0\r\n", next),
+            BodyExpect::Same,
+        ),
+        (
+            "Expect: 100-continue",
+            post("expect: 100-continue\r\ncontent-length: 2\r\n", "ok"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked",
+            post(te, &format!("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n{next}")),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, extensions",
+            post(te, "5;a=b\r\nhello\r\n6 ; c=\"d\"\r\n world\r\n0;z\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, trailers",
+            post(te, &format!("2\r\nab\r\n0\r\nx-t: 1\r\nx-u:\r\n\r\n{next}")),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, upper-case hex and leading zeros",
+            post(te, "000A\r\n0123456789\r\n0\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, bad size",
+            post(te, "zz\r\nab\r\n0\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, negative size",
+            post(te, "-2\r\nab\r\n0\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, 0x size",
+            post(te, "0x2\r\nab\r\n0\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, space before the size",
+            post(te, " 2\r\nab\r\n0\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, two sizes",
+            post(te, "2 2\r\nab\r\n0\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, size overflows a u64",
+            post(te, "fffffffffffffffffff\r\nab\r\n0\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, 16-digit size",
+            post(te, "0000000000000002\r\nab\r\n0\r\n\r\n"),
+            BodyExpect::LaneStricter,
+        ),
+        (
+            "chunked, bare LF after the size",
+            post(te, "2\nab\r\n0\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, bare LF after the data",
+            post(te, "2\r\nab\n0\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, data longer than its size",
+            post(te, "1\r\nab\r\n0\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, data shorter than its size",
+            post(te, &format!("3\r\nab\r\n0\r\n\r\n{next}")),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, LF in an extension",
+            post(te, "2;a\nb\r\nab\r\n0\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, 20 KiB extension",
+            post(te, &huge_ext),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, obs-fold in a trailer",
+            post(te, "2\r\nab\r\n0\r\nx-t: 1\r\n 2\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, trailer without a colon",
+            post(te, "2\r\nab\r\n0\r\nbogus\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, trailer with a bad name",
+            post(te, "2\r\nab\r\n0\r\nx t: 1\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, control byte in a trailer",
+            post(te, "2\r\nab\r\n0\r\nx-t: a\x01b\r\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, bare LF in a trailer",
+            post(te, "2\r\nab\r\n0\r\nx-t: 1\n\r\n"),
+            BodyExpect::Same,
+        ),
+        (
+            "chunked, no last line",
+            post(te, "2\r\nab\r\n0\r\n"),
+            BodyExpect::Same,
+        ),
+        ("chunked, cut short", post(te, "5\r\nhel"), BodyExpect::Same),
+        (
+            "chunked, then a smuggled request",
+            post(te, &format!("0\r\n\r\n{next}")),
+            BodyExpect::Same,
+        ),
+        (
+            "Transfer-Encoding: Chunked",
+            post("transfer-encoding: Chunked\r\n", "2\r\nab\r\n0\r\n\r\n"),
+            BodyExpect::Hyper,
+        ),
+        (
+            "gzip, chunked",
+            post(
+                "transfer-encoding: gzip, chunked\r\n",
+                "2\r\nab\r\n0\r\n\r\n",
+            ),
+            BodyExpect::Hyper,
+        ),
+        (
+            "chunked twice",
+            post(
+                "transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n",
+                "2\r\nab\r\n0\r\n\r\n",
+            ),
+            BodyExpect::Hyper,
+        ),
+        (
+            "identity",
+            post("transfer-encoding: identity\r\n", "ab"),
+            BodyExpect::Hyper,
+        ),
+        (
+            "obs-fold in Transfer-Encoding",
+            post("transfer-encoding:\r\n chunked\r\n", "2\r\nab\r\n0\r\n\r\n"),
+            BodyExpect::Hyper,
+        ),
+        (
+            "obs-fold in Content-Length",
+            post("content-length:\r\n 2\r\n", "ab"),
+            BodyExpect::Hyper,
+        ),
+        (
+            "length twice, same",
+            post("content-length: 2\r\ncontent-length: 2\r\n", "ab"),
+            BodyExpect::Hyper,
+        ),
+        (
+            "length twice, different",
+            post("content-length: 2\r\ncontent-length: 3\r\n", "abc"),
+            BodyExpect::Hyper,
+        ),
+        (
+            "length list",
+            post("content-length: 2, 2\r\n", "ab"),
+            BodyExpect::Hyper,
+        ),
+        (
+            "length with a sign",
+            post("content-length: +2\r\n", "ab"),
+            BodyExpect::Hyper,
+        ),
+        (
+            "length in hex",
+            post("content-length: 0x2\r\n", "ab"),
+            BodyExpect::Hyper,
+        ),
+        (
+            "length overflows a u64",
+            post("content-length: 99999999999999999999\r\n", "ab"),
+            BodyExpect::Hyper,
+        ),
+        (
+            "another expectation",
+            post("expect: 200-ok\r\ncontent-length: 2\r\n", "ab"),
+            BodyExpect::Hyper,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, raw, expect) in &cases {
+        let lane = lane_body(raw);
+        let hyper = hyper_server_all(raw).await;
+        let hyper_body = match &hyper[0] {
+            Served::Called(.., Ok(body)) => Ok(body.to_vec()),
+            Served::Called(.., Err(e)) => Err(e.clone()),
+            Served::Refused(line) => Err(line.clone()),
+        };
+        let hyper_next = match hyper.get(1) {
+            Some(Served::Called(_, target, ..)) => Some(target.clone()),
+            _ => None,
+        };
+        let got = match &lane {
+            None => BodyExpect::Hyper,
+            Some((Ok(body), next)) => {
+                if hyper_body.as_ref() == Ok(body) && *next == hyper_next {
+                    BodyExpect::Same
+                } else {
+                    failures.push(format!("{name}: the lane reads {lane:?}, hyper {hyper:?}"));
+                    continue;
+                }
+            }
+            Some((Err(_), _)) if hyper_body.is_err() => BodyExpect::Same,
+            Some((Err(_), _)) => BodyExpect::LaneStricter,
+        };
+        println!("{name}: lane {lane:?}, hyper {hyper_body:?} then {hyper_next:?}");
+        if got != *expect {
+            failures.push(format!(
+                "{name}: {got:?} (expected {expect:?}): the lane reads {lane:?}, hyper {hyper:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 /// Every head in the fuzz seeds: what the lane serves, hyper serves the same way.
 #[tokio::test]
 async fn fuzz_seed_heads_the_lane_serves_hyper_serves_the_same() {
@@ -237,7 +605,9 @@ async fn fuzz_seed_heads_the_lane_serves_hyper_serves_the_same() {
                 assert_eq!(method, head.method);
                 assert_eq!(target, head.uri.to_string());
                 assert_eq!(headers, head.headers);
-                assert_eq!(body.unwrap().len(), 0);
+                if head.body == h1::BodyFraming::None {
+                    assert_eq!(body.unwrap().len(), 0);
+                }
             }
             refused => panic!("{}: {refused:?}", String::from_utf8_lossy(&raw)),
         }

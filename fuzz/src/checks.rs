@@ -422,11 +422,38 @@ pub fn h1_request(data: &[u8]) {
         assert!(!head.uri.to_string().contains('#'), "{data:?}");
     }
     if !head.ambiguous_framing && !fragment {
-        for name in ["transfer-encoding", "expect", "upgrade"] {
-            assert!(!has(name), "{name}: {data:?}");
-        }
+        assert!(!has("upgrade"), "{data:?}");
+        // One `Expect: 100-continue` at most.
+        let expects: Vec<_> = head.headers.get_all("expect").iter().collect();
+        assert!(expects.len() <= 1, "{data:?}");
+        assert!(
+            expects
+                .iter()
+                .all(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+            "{data:?}"
+        );
+        assert_eq!(head.expect_continue, expects.len() == 1, "{data:?}");
+        // The body's framing: one plain length, or one `chunked` alone; as the head says.
         let lengths: Vec<_> = head.headers.get_all("content-length").iter().collect();
-        assert!(lengths.is_empty() || lengths == [&"0"], "{data:?}");
+        let codings: Vec<_> = head.headers.get_all("transfer-encoding").iter().collect();
+        assert!(lengths.len() <= 1 && codings.len() <= 1, "{data:?}");
+        assert!(lengths.is_empty() || codings.is_empty(), "{data:?}");
+        let length = lengths.first().map(|v| {
+            let v = v.to_str().unwrap_or("x");
+            assert!(v.bytes().all(|b| b.is_ascii_digit()), "{data:?}");
+            v.parse::<u64>().ok()
+        });
+        assert!(
+            codings.iter().all(|v| v.as_bytes() == b"chunked"),
+            "{data:?}"
+        );
+        let expected = match (length, codings.len()) {
+            (Some(Some(0)), _) | (None, 0) => h1::BodyFraming::None,
+            (Some(Some(n)), _) => h1::BodyFraming::Length(n),
+            (None, _) => h1::BodyFraming::Chunked,
+            (Some(None), _) => panic!("a length that is not a u64 taken: {data:?}"),
+        };
+        assert_eq!(head.body, expected, "{data:?}");
         let connection: Vec<_> = head.headers.get_all("connection").iter().collect();
         assert!(connection.len() <= 1, "{data:?}");
         assert!(
@@ -472,6 +499,121 @@ pub fn h1_request(data: &[u8]) {
         (head.close, head.ambiguous_framing),
         "{again:?}"
     );
+    if !fragment {
+        assert_eq!(
+            (second.body, second.expect_continue),
+            (head.body, head.expect_continue),
+            "{again:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// h1_request_body
+
+/// A request (head, body, maybe the next request), the first byte picking the pieces the body
+/// is fed in: the lane's request-body reader (`plane::h1::BodyReader`) gives the same verdict
+/// and output whatever the pieces; a length body is its first `Content-Length` bytes, done
+/// exactly when they are all there; a chunked body is taken exactly when
+/// [`reference_dechunk`] takes it (but for the 16 KiB bound on extensions and trailers), ends
+/// where it ends, counts the same body bytes, and what the CRM receives dechunks to the same
+/// body. Nothing past the body's end is consumed.
+pub fn h1_request_body(data: &[u8]) {
+    use permgate::plane::h1::{self, BodyFraming, BodyReader, Fed, Parsed};
+    let Some((&first, raw)) = data.split_first() else {
+        return;
+    };
+    let piece = usize::from(first) + 1;
+    let Parsed::Ready(head) = h1::parse_head(raw) else {
+        return;
+    };
+    let Some(mut whole) = BodyReader::new(head.body) else {
+        return;
+    };
+    assert!(!head.ambiguous_framing, "{data:?}");
+    let rest = &raw[head.len..];
+    let mut out = Vec::new();
+    let verdict = whole.feed(rest, &mut out);
+    // In pieces.
+    let mut reader = BodyReader::new(head.body).unwrap_or_else(|| unreachable!());
+    let mut out_pieces = Vec::new();
+    let mut at = 0;
+    let mut pieces_verdict = Ok(Fed {
+        used: 0,
+        done: false,
+    });
+    for p in rest.chunks(piece) {
+        match reader.feed(p, &mut out_pieces) {
+            Ok(Fed { used, done: false }) => {
+                assert_eq!(used, p.len(), "{data:?}");
+                at += used;
+                pieces_verdict = Ok(Fed {
+                    used: at,
+                    done: false,
+                });
+            }
+            Ok(Fed { used, done: true }) => {
+                pieces_verdict = Ok(Fed {
+                    used: at + used,
+                    done: true,
+                });
+                break;
+            }
+            Err(e) => {
+                pieces_verdict = Err(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(verdict.is_ok(), pieces_verdict.is_ok(), "{data:?}");
+    if verdict.is_ok() {
+        assert_eq!(verdict, pieces_verdict, "pieces of {piece}: {data:?}");
+        assert_eq!(out, out_pieces, "pieces of {piece}: {data:?}");
+        assert_eq!(whole.seen(), reader.seen(), "{data:?}");
+    }
+    match head.body {
+        BodyFraming::None => unreachable!(),
+        BodyFraming::Length(n) => {
+            let take = rest.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            assert_eq!(
+                verdict,
+                Ok(Fed {
+                    used: take,
+                    done: take as u64 == n
+                }),
+                "{data:?}"
+            );
+            assert_eq!(out, &rest[..take], "{data:?}");
+            assert_eq!(whole.seen(), take as u64);
+        }
+        BodyFraming::Chunked => {
+            let reference = reference_dechunk(rest);
+            let small = rest.len() <= h1::MAX_CHUNK_META;
+            match verdict {
+                Ok(Fed { used, done: true }) => {
+                    let Dechunked::Done(body, end) = reference else {
+                        panic!("the reader takes what the reference refuses: {data:?}");
+                    };
+                    assert_eq!(used, end, "{data:?}");
+                    assert_eq!(whole.seen(), body.len() as u64, "{data:?}");
+                    assert_eq!(
+                        reference_dechunk(&out),
+                        Dechunked::Done(body, out.len()),
+                        "the CRM receives {out:?} from {data:?}"
+                    );
+                }
+                Ok(Fed { done: false, used }) => {
+                    assert_eq!(used, rest.len(), "{data:?}");
+                    assert_eq!(reference, Dechunked::Incomplete, "{data:?}");
+                }
+                Err(_) if small => assert!(
+                    !matches!(reference, Dechunked::Done(..)),
+                    "the reader refuses what the reference takes: {data:?}"
+                ),
+                Err(_) => {}
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -492,7 +634,7 @@ impl permgate::plane::h1::AnswerEdits for NoEdits {
 
 /// What a chunked body is, by a line-by-line reading of RFC 9112 §7.1 written apart from the
 /// lane's byte-at-a-time checker: `chunk-size [BWS] [; ext] CRLF data CRLF`…, `0`…, trailer
-/// lines, an empty line. A line ends at its first CR, which a LF must follow.
+/// fields, an empty line. A line ends at its first CR, which a LF must follow.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Dechunked {
     /// The body, and where the chunked stream ended.
@@ -549,6 +691,20 @@ pub fn reference_dechunk(data: &[u8]) -> Dechunked {
                         at = next;
                         if l.is_empty() {
                             return Dechunked::Done(body, at);
+                        }
+                        // A field: `token ":" value`, the value visible bytes, spaces and
+                        // tabs (as `httparse` reads hyper's trailers); no obs-fold.
+                        let Some(colon) = l.iter().position(|&b| b == b':') else {
+                            return Dechunked::Bad;
+                        };
+                        let token =
+                            |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+                        let value = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
+                        if colon == 0
+                            || !l[..colon].iter().all(token)
+                            || !l[colon + 1..].iter().all(value)
+                        {
+                            return Dechunked::Bad;
                         }
                     }
                 }

@@ -7,9 +7,10 @@
 //! What it handles:
 //! - **The client's request head** ([`parse_head`]): parsed by `httparse` (hyper's own parser)
 //!   and sorted into what the lane serves ([`Parsed::Ready`]: HTTP/1.1, an origin-form target,
-//!   no body — `Content-Length: 0` at most — no `Transfer-Encoding`, `Expect` or `Upgrade`, no
-//!   `Connection` but a single `close`), what hyper serves ([`Parsed::Other`]: HTTP/1.0,
-//!   absolute-form, `CONNECT`, a body, a head `httparse` refuses, …) and the two heads the lane
+//!   no body or one framed in a plain spelling ([`BodyFraming`]), no `Upgrade`, no `Expect` but
+//!   a single `100-continue`, no `Connection` but a single `close`), what hyper serves
+//!   ([`Parsed::Other`]: HTTP/1.0, absolute-form, `CONNECT`, another spelling of the framing, a
+//!   head `httparse` refuses, …) and the two heads the lane
 //!   refuses itself whatever else they hold: both `Content-Length` and `Transfer-Encoding`
 //!   ([`Head::ambiguous_framing`], where hyper's server would read the body as chunked) and a
 //!   target with a `#fragment` (kept in [`Head::target`]; the decision refuses it). Both close
@@ -22,8 +23,12 @@
 //!   answer head written from it without the hop-by-hop headers (and those the CRM's
 //!   `Connection` names, never a protected one), the framing written anew, and what the caller
 //!   adds ([`AnswerEdits`]).
-//! - **Chunked answers** ([`Chunks`]): sizes and line ends checked exactly as they stream
-//!   through, extensions and trailers dropped, the end found.
+//! - **Request bodies** ([`BodyReader`]): a length passed as it is, chunks checked by
+//!   [`Chunks`], the end found (the next request starts there); fuzzed (`h1_request_body`) and
+//!   tested against hyper's server (`tests/h1_differential.rs`).
+//! - **Chunked bodies** ([`Chunks`], answers and requests): sizes and line ends checked exactly
+//!   as they stream through, trailer fields checked as `httparse` reads them, extensions and
+//!   trailers dropped, the end found.
 //! - **Answer head writing** ([`status_line`], [`header`], [`number`], [`date_header`]).
 
 use std::time::SystemTime;
@@ -60,6 +65,24 @@ pub struct Head {
     /// and the connection closed, as the README promises, where hyper's server would drop
     /// `Content-Length` and read the body as chunked.
     pub ambiguous_framing: bool,
+    /// How the body that follows the head is framed ([`BodyFraming::None`] with
+    /// [`Head::ambiguous_framing`]: it cannot be known).
+    pub body: BodyFraming,
+    /// `Expect: 100-continue`: `100 Continue` is written before the body is read (as hyper's
+    /// server writes it when the body is first polled; never when the call is refused).
+    pub expect_continue: bool,
+}
+
+/// How a request body the lane serves is framed: only the plain spellings, which hyper's
+/// server and the decision's header checks (`canon::check_headers`) read the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body (`Content-Length: 0`, or no framing header).
+    None,
+    /// One `Content-Length` of plain digits, over 0.
+    Length(u64),
+    /// One `Transfer-Encoding: chunked`, exactly so spelled, and no `Content-Length`.
+    Chunked,
 }
 
 // Returned once per request and matched at once: boxing `Head` would cost an allocation.
@@ -105,6 +128,8 @@ pub fn parse_head(bytes: &[u8]) -> Parsed {
         return Parsed::Other;
     }
     let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut body = BodyFraming::None;
+    let mut expect_continue = false;
     for h in req.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(h.name.as_bytes()),
@@ -112,21 +137,45 @@ pub fn parse_head(bytes: &[u8]) -> Parsed {
         ) else {
             return Parsed::Other;
         };
-        // Framing and connection-level requests are hyper's to handle, but for a single
+        // The body's framing, in its plain spellings only (one header, one value): anything
+        // else is hyper's to read (and the decision's to refuse), as before.
+        let plain_framing = if name == CONTENT_LENGTH {
+            match (plain_length(h.value), body, headers.contains_key(&name)) {
+                (Some(0), BodyFraming::None, false) => true,
+                (Some(n), BodyFraming::None, false) => {
+                    body = BodyFraming::Length(n);
+                    true
+                }
+                _ => false,
+            }
+        } else if name == TRANSFER_ENCODING {
+            let single = h.value == b"chunked" && !headers.contains_key(&name);
+            if single && body == BodyFraming::None && !headers.contains_key(CONTENT_LENGTH) {
+                body = BodyFraming::Chunked;
+            }
+            single && body == BodyFraming::Chunked
+        } else {
+            true
+        };
+        // Connection-level requests are hyper's to handle, but for a single
         // `Connection: close` (the connection ends after this call's answer).
-        let bodiless = name != CONTENT_LENGTH || (h.value == b"0" && !headers.contains_key(&name));
         let close = name == CONNECTION
             && h.value.eq_ignore_ascii_case(b"close")
             && !headers.contains_key(&name);
+        // A single `Expect: 100-continue` as hyper's server reads it; any other expectation
+        // is hyper's.
+        let continues = name == EXPECT
+            && h.value.eq_ignore_ascii_case(b"100-continue")
+            && !headers.contains_key(&name);
+        expect_continue |= continues;
         if !fragment
-            && (!bodiless
-                || name == TRANSFER_ENCODING
+            && (!plain_framing
                 || (name == CONNECTION && !close)
-                || name == EXPECT
+                || (name == EXPECT && !continues)
                 || name == UPGRADE)
         {
             // Hyper's to serve, unless its framing is ambiguous: both framings are looked for
-            // only here, so a bodiless request without these headers pays nothing for it.
+            // only here, so a request without these headers pays nothing for it.
             return ambiguous_framing(req.headers, len, method, uri, target);
         }
         headers.append(name, value);
@@ -140,7 +189,19 @@ pub fn parse_head(bytes: &[u8]) -> Parsed {
         headers,
         close,
         ambiguous_framing: false,
+        // A fragment is refused before any body is read: the connection closes unread.
+        body: if fragment { BodyFraming::None } else { body },
+        expect_continue,
     })
+}
+
+/// A `Content-Length` value of plain digits fitting a `u64` (what `canon::check_headers`
+/// accepts; hyper's server accepts no less).
+fn plain_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// A request head with a body: [`Parsed::Other`] (hyper serves it), or, when it has both
@@ -177,6 +238,8 @@ fn ambiguous_framing(
         // Where its body ends cannot be known: the connection ends after the answer.
         close: true,
         ambiguous_framing: true,
+        body: BodyFraming::None,
+        expect_continue: false,
     })
 }
 
@@ -408,6 +471,8 @@ pub struct Chunks {
     digits: u8,
     /// Bytes of this chunk's extensions, or of the trailer section, seen so far (bounded).
     meta: usize,
+    /// Bytes of chunk data passed so far (the body's length without its framing).
+    data: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -422,6 +487,8 @@ enum ChunkState {
     DataLf,
     /// At the start of a trailer line (or of the final empty line).
     Trailer,
+    /// In a trailer field's name (a token, then `:`).
+    TrailerName,
     TrailerLine,
     TrailerLf,
     EndLf,
@@ -475,6 +542,7 @@ impl Chunks {
                     let n = (self.size.min((data.len() - i) as u64)) as usize;
                     out.extend_from_slice(&data[i..i + n]);
                     self.size -= n as u64;
+                    self.data += n as u64;
                     i += n;
                     if self.size == 0 {
                         self.state = DataCr;
@@ -494,18 +562,31 @@ impl Chunks {
                     out.extend_from_slice(b"\r\n");
                     self.state = Size;
                 }
+                // Trailer fields are dropped, but checked as hyper checks them (`httparse`): a
+                // token name, `:`, a value of visible bytes, spaces and tabs; no obs-fold.
                 Trailer => match b {
                     b'\r' => self.state = EndLf,
                     b'\n' => return Err("bare LF in the trailer section"),
-                    _ => {
+                    b' ' | b'\t' => return Err("obs-fold in the trailer section"),
+                    _ if is_tchar(b) => {
+                        self.meta_byte()?;
+                        self.state = TrailerName;
+                    }
+                    _ => return Err("bad trailer field name"),
+                },
+                TrailerName => match b {
+                    b':' => {
                         self.meta_byte()?;
                         self.state = TrailerLine;
                     }
+                    _ if is_tchar(b) => self.meta_byte()?,
+                    _ => return Err("bad trailer field name"),
                 },
                 TrailerLine => match b {
                     b'\r' => self.state = TrailerLf,
                     b'\n' => return Err("bare LF in a trailer field"),
-                    _ => self.meta_byte()?,
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => self.meta_byte()?,
+                    _ => return Err("control byte in a trailer field"),
                 },
                 TrailerLf => {
                     if b != b'\n' {
@@ -526,12 +607,89 @@ impl Chunks {
         Ok(None)
     }
 
+    /// Bytes of chunk data passed so far.
+    pub fn data_len(&self) -> u64 {
+        self.data
+    }
+
     fn meta_byte(&mut self) -> Result<(), &'static str> {
         self.meta += 1;
         if self.meta > MAX_CHUNK_META {
             return Err("chunk extensions or trailers too large");
         }
         Ok(())
+    }
+}
+
+/// A token byte (RFC 9110 §5.6.2), as a field name is spelled.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A request body on its way to the CRM (RFC 9112 §6.3), sans I/O: bytes of the client's
+/// connection in, the bytes the CRM receives out (a length passed as it is; chunks checked
+/// exactly as [`Chunks`] checks an answer's, their extensions and trailer fields dropped, as
+/// hyper's path drops them), and where the body ends — the next request starts there.
+#[derive(Debug)]
+pub enum BodyReader {
+    /// Bytes of a `Content-Length` body still to come.
+    Length {
+        left: u64,
+        seen: u64,
+    },
+    Chunked(Chunks),
+}
+
+/// What [`BodyReader::feed`] made of the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fed {
+    /// Bytes of the input taken (the rest belongs to the next request).
+    pub used: usize,
+    /// The body ended within them.
+    pub done: bool,
+}
+
+impl BodyReader {
+    /// `None` for [`BodyFraming::None`]: no body to read.
+    pub fn new(framing: BodyFraming) -> Option<Self> {
+        match framing {
+            BodyFraming::None => None,
+            BodyFraming::Length(n) => Some(BodyReader::Length { left: n, seen: 0 }),
+            BodyFraming::Chunked => Some(BodyReader::Chunked(Chunks::default())),
+        }
+    }
+
+    /// Take in what the client sent; what the CRM receives is appended to `out`. An error: the
+    /// body is malformed (a bad chunk size or line end, extensions or trailers over
+    /// [`MAX_CHUNK_META`]): the request is refused (400) and the connection closed.
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Fed, &'static str> {
+        match self {
+            BodyReader::Length { left, seen } => {
+                let n = (*left).min(data.len() as u64) as usize;
+                out.extend_from_slice(&data[..n]);
+                *left -= n as u64;
+                *seen += n as u64;
+                Ok(Fed {
+                    used: n,
+                    done: *left == 0,
+                })
+            }
+            BodyReader::Chunked(chunks) => Ok(match chunks.feed(data, out)? {
+                Some(used) => Fed { used, done: true },
+                None => Fed {
+                    used: data.len(),
+                    done: false,
+                },
+            }),
+        }
+    }
+
+    /// Bytes of the body (without its framing) taken so far: `listen.max_body_bytes` caps it.
+    pub fn seen(&self) -> u64 {
+        match self {
+            BodyReader::Length { seen, .. } => *seen,
+            BodyReader::Chunked(c) => c.data_len(),
+        }
     }
 }
 
@@ -588,12 +746,37 @@ mod tests {
     }
 
     #[test]
-    fn the_lane_takes_only_plain_bodiless_http11_requests() {
-        let ready = |raw: &[u8]| matches!(parse_head(raw), Parsed::Ready(_));
-        assert!(ready(b"GET /a?b=1 HTTP/1.1\r\nhost: x\r\n\r\n"));
-        assert!(ready(
-            b"DELETE /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
-        ));
+    fn the_lane_takes_plain_http11_requests_and_plain_body_framings() {
+        let ready = |raw: &[u8]| match parse_head(raw) {
+            Parsed::Ready(h) => Some((h.body, h.expect_continue)),
+            _ => None,
+        };
+        assert_eq!(
+            ready(b"GET /a?b=1 HTTP/1.1\r\nhost: x\r\n\r\n"),
+            Some((BodyFraming::None, false))
+        );
+        assert_eq!(
+            ready(b"DELETE /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"),
+            Some((BodyFraming::None, false))
+        );
+        assert_eq!(
+            ready(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nab"),
+            Some((BodyFraming::Length(2), false))
+        );
+        assert_eq!(
+            ready(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0002\r\n\r\nab"),
+            Some((BodyFraming::Length(2), false))
+        );
+        assert_eq!(
+            ready(b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Some((BodyFraming::Chunked, false))
+        );
+        assert_eq!(
+            ready(
+                b"PUT /a HTTP/1.1\r\nhost: x\r\nExpect: 100-Continue\r\ncontent-length: 3\r\n\r\n"
+            ),
+            Some((BodyFraming::Length(3), true))
+        );
         assert!(matches!(
             parse_head(b"GET /a HTTP/1.1\r\nhost: x\r\nConnection: Close\r\n\r\n"),
             Parsed::Ready(Head { close: true, .. })
@@ -606,12 +789,19 @@ mod tests {
             &b"GET /a HTTP/1.0\r\n\r\n"[..],
             b"GET http://x/a HTTP/1.1\r\nhost: x\r\n\r\n",
             b"CONNECT x:443 HTTP/1.1\r\nhost: x\r\n\r\n",
-            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nab",
             b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
-            b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nab",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2, 2\r\n\r\nab",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: +2\r\n\r\nab",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: Chunked\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: identity\r\n\r\n",
             b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, x-secret\r\n\r\n",
             b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\nconnection: close\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: x\r\nexpect: 200-ok\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\nexpect: 100-continue\r\n\r\n",
             b"GET /a HTTP/1.1\r\nhost: x\r\nupgrade: h2c\r\n\r\n",
             b"GET /a HTTP/1.1\r\nhost: x\r\nbad header: 1\r\n\r\n",
             b"GET /a HTTP/1.1\r\nhost: x\r\nx: a\x01b\r\n\r\n",
@@ -622,6 +812,52 @@ mod tests {
                 String::from_utf8_lossy(other)
             );
         }
+    }
+
+    /// Feed `pieces` to a reader for `framing`: (the last result, what the CRM gets).
+    fn read_body(framing: BodyFraming, pieces: &[&[u8]]) -> (Result<Fed, &'static str>, Vec<u8>) {
+        let mut reader = BodyReader::new(framing).unwrap();
+        let mut out = Vec::new();
+        let mut last = Ok(Fed {
+            used: 0,
+            done: false,
+        });
+        for p in pieces {
+            last = reader.feed(p, &mut out);
+            if !matches!(last, Ok(Fed { done: false, .. })) {
+                break;
+            }
+        }
+        (last, out)
+    }
+
+    #[test]
+    fn request_bodies_end_where_their_framing_says_and_the_rest_is_the_next_request() {
+        assert!(BodyReader::new(BodyFraming::None).is_none());
+        let (fed, out) = read_body(BodyFraming::Length(5), &[b"he", b"lloGET /"]);
+        assert_eq!(
+            fed,
+            Ok(Fed {
+                used: 3,
+                done: true
+            })
+        );
+        assert_eq!(out, b"hello");
+        let raw = b"5;x=1\r\nhello\r\n0\r\nx-t: 1\r\n\r\nGET /";
+        let (fed, out) = read_body(BodyFraming::Chunked, &[raw]);
+        assert_eq!(
+            fed,
+            Ok(Fed {
+                used: raw.len() - 5,
+                done: true
+            })
+        );
+        assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
+        let mut reader = BodyReader::new(BodyFraming::Chunked).unwrap();
+        let _ = reader.feed(b"3\r\nabc\r\n2\r\nd", &mut Vec::new());
+        assert_eq!(reader.seen(), 4);
+        let (fed, _) = read_body(BodyFraming::Chunked, &[b"3\r\nabcd\r\n"]);
+        assert!(fed.is_err());
     }
 
     /// The lane's edits, minus the context: drops `x-request-id`, adds one, a fixed date.

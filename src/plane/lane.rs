@@ -18,11 +18,17 @@
 //!
 //! | request | served by |
 //! |---|---|
-//! | HTTP/1.1, origin-form target, no body (`Content-Length: 0` at most), no `Transfer-Encoding`, `Expect` or `Upgrade` header, no `Connection` header but a single `close` | this loop, when the decision is to forward as is (streamed) or to refuse |
+//! | HTTP/1.1, origin-form target, no body or one framed by a single plain `Content-Length` or a single `Transfer-Encoding: chunked`, no `Upgrade`, no `Expect` but one `100-continue`, no `Connection` header but a single `close` | this loop, when the decision is to forward as is (the body streamed) or to refuse |
 //! | a route that reads its body or filters its answer | hyper, with the decision already taken (not taken twice) |
-//! | anything else (a body, HTTP/1.0, an absolute-form target, a head hyper answers with its own 400/431, …) | hyper, from that request on |
+//! | anything else (another framing spelling, HTTP/1.0, an absolute-form target, a head hyper answers with its own 400/431, …) | hyper, from that request on |
 //! | HTTP/1.1, origin-form target, both `Content-Length` and `Transfer-Encoding` | this loop: 400 `ambiguous_framing`, then the connection closes (hyper's server would read it as chunked) |
 //! | an HTTP/1.1 origin-form target with a `#fragment` (whatever else the request holds) | this loop: refused (`invalid_character`), then the connection is closed |
+//!
+//! A request body streams to the CRM framed as it came ([`h1::BodyReader`]), capped as on
+//! hyper's path (`listen.max_body_bytes`: 413, `listen.body_read_timeout_ms` and the total
+//! timeout: 408, malformed: 400; the connection then closes); `Expect: 100-continue` is answered
+//! once the call is allowed. A call refused with its body unread closes the connection after
+//! the answer (the rest read and discarded).
 //!
 //! The CRM's answer: its status and headers minus the hop-by-hop ones and those the gateway
 //! sets, framed as it came (a length, chunked with the chunks checked as they pass and
@@ -42,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use http::header::HeaderName;
+use http::header::{HeaderName, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::Authority;
 use http::{Method, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,7 +56,7 @@ use tokio::net::TcpStream;
 
 use super::h1::{
     self, date_header, header, number, parse_answer, parse_head, status_line, Answer, AnswerParse,
-    Chunks, Framing, Head, Parsed,
+    BodyFraming, BodyReader, Chunks, Framing, Head, Parsed,
 };
 use super::pool::{Idle, Pooled};
 use super::{json, left, reject, Activity, Builders, Plane, RespBody, RespKind, Service, Tracked};
@@ -226,6 +232,7 @@ struct Lane {
 }
 
 /// What one call's writes need to know of its connection.
+#[derive(Clone, Copy)]
 struct Call<'a> {
     activity: &'a Activity,
     /// Set by the idle watchdog or the drain: this answer is the connection's last.
@@ -284,13 +291,11 @@ impl Lane {
                         target: &self.buf[at + head.target.start..at + head.target.end],
                         headers: &head.headers,
                         peer: Some(self.peer),
-                        // HTTP/1.1 only. No body: a head with one is handed to hyper, unless
-                        // its target has a fragment, which the decision refuses before it
-                        // looks at bodies.
+                        // HTTP/1.1 only; a body declared as hyper's path sees it (a target
+                        // with a fragment is refused before bodies are looked at).
                         wire: crate::policy::Wire {
                             host_required: true,
-                            authority: None,
-                            body: false,
+                            ..crate::policy::Wire::from_head(&head.method, &head.headers)
                         },
                     },
                 )),
@@ -312,35 +317,48 @@ impl Lane {
                 admission => admission,
             };
             let method = head.method.clone();
+            // A body the lane does not read (the call refused or answered here): the answer
+            // is the connection's last, and what the client still sends is discarded.
+            let unread_body = head.body != BodyFraming::None;
             let call = Call {
                 activity,
                 closing,
                 head_request: method == Method::HEAD,
+                last: head.close || unread_body,
+            };
+            let forwarded = Call {
                 last: head.close,
+                ..call
             };
             let (status, keep) = match admission {
                 Err(answer) => {
                     self.start += head.len;
-                    self.linger = head.ambiguous_framing;
+                    self.linger = head.ambiguous_framing || unread_body;
                     self.answer(answer, &call).await
                 }
                 Ok(Admission::Stream) => {
                     self.start += head.len;
-                    self.forward(head, &mut ctx, &call).await
+                    self.forward(head, &mut ctx, &forwarded).await
                 }
                 Ok(Admission::Me(Ok(body))) => {
                     self.start += head.len;
+                    self.linger = unread_body;
                     self.answer(json(200, body, &ctx), &call).await
                 }
                 Ok(Admission::Me(Err(rejection)) | Admission::Deny(rejection)) => {
                     self.start += head.len;
-                    self.linger = head.ambiguous_framing;
+                    self.linger = head.ambiguous_framing || unread_body;
                     self.answer(reject(&rejection, &ctx, false), &call).await
                 }
                 Ok(admission @ (Admission::Buffer(_) | Admission::Check)) => {
                     return End::Handover(Some(Box::new(Pending { ctx, admission })));
                 }
             };
+            self.plane
+                .state
+                .metrics
+                .lane_requests
+                .fetch_add(1, Ordering::Relaxed);
             exchange::finish(
                 &self.plane.state,
                 &ctx,
@@ -461,21 +479,55 @@ impl Lane {
         self.answer(reject(&rejection, ctx, false), call).await
     }
 
-    /// Forward a permitted call (no body) and stream the CRM's answer back.
+    /// Refuse a call whose body is not read: the answer is the connection's last, and what
+    /// the client still sends is discarded.
+    async fn refuse_unread(
+        &mut self,
+        rejection: Rejection,
+        ctx: &Ctx,
+        call: &Call<'_>,
+        body: &Option<BodyReader>,
+    ) -> (u16, bool) {
+        if body.is_none() {
+            return self.reject_with(rejection, ctx, call).await;
+        }
+        self.linger = true;
+        let last = Call {
+            last: true,
+            ..*call
+        };
+        self.reject_with(rejection, ctx, &last).await
+    }
+
+    /// Forward a permitted call (its body streamed to the CRM, framed as it came) and stream
+    /// the CRM's answer back.
     async fn forward(&mut self, head: Head, ctx: &mut Ctx, call: &Call<'_>) -> (u16, bool) {
         let activity = call.activity;
+        let mut body = BodyReader::new(head.body);
+        if body.is_some() {
+            self.plane
+                .state
+                .metrics
+                .lane_bodies
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // Refused before the body is read whole: the connection's last answer.
+        let refused = Call {
+            last: true,
+            ..*call
+        };
         let mut parts = http::Request::new(()).into_parts().0;
         parts.method = head.method;
         parts.uri = head.uri;
         parts.headers = head.headers;
         let (parts, authority, gate) = match self.plane.upstream_head(parts, ctx) {
             Ok(p) => p,
-            Err(rejection) => return self.reject_with(rejection, ctx, call).await,
+            Err(rejection) => return self.refuse_unread(rejection, ctx, call, &body).await,
         };
         // Held until the CRM connection is back in the pool (or closed).
         let _permit = match self.plane.enter(gate, ctx).await {
             Ok(p) => p,
-            Err(rejection) => return self.reject_with(rejection, ctx, call).await,
+            Err(rejection) => return self.refuse_unread(rejection, ctx, call, &body).await,
         };
         self.out.clear();
         self.out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -484,16 +536,72 @@ impl Lane {
         self.out.extend_from_slice(target.as_bytes());
         self.out.extend_from_slice(b" HTTP/1.1\r\n");
         for (name, value) in &parts.headers {
+            // The framing is written anew from what the lane reads.
+            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+                continue;
+            }
             header(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
         }
+        match head.body {
+            BodyFraming::None => {}
+            BodyFraming::Length(n) => number(&mut self.out, b"content-length", n),
+            BodyFraming::Chunked => header(&mut self.out, b"transfer-encoding", b"chunked"),
+        }
         self.out.extend_from_slice(b"\r\n");
+        // What the client already sent of the body goes out with the head.
+        let mut body_done = true;
+        if let Some(reader) = body.as_mut() {
+            match reader.feed(&self.buf[self.start..self.end], &mut self.out) {
+                Ok(fed) => {
+                    self.start += fed.used;
+                    body_done = fed.done;
+                }
+                Err(why) => {
+                    self.linger = true;
+                    let rejection = unreadable(ctx, why);
+                    return self.reject_with(rejection, ctx, &refused).await;
+                }
+            }
+            if reader.seen() > max_body_bytes(ctx) {
+                self.linger = true;
+                return self
+                    .reject_with(Rejection::body_too_large(), ctx, &refused)
+                    .await;
+            }
+        }
+        // `Expect: 100-continue`: the call goes ahead, the client may send its body (hyper's
+        // server writes this when the body is first read, after the same decision).
+        if head.expect_continue && body.is_some() {
+            // A client gone is found when its body is read.
+            let _ = write_within(
+                &self.stream,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                self.write_timeout,
+                activity,
+            )
+            .await;
+        }
+        let rest = match (&mut body, body_done) {
+            (Some(reader), false) => Some(reader),
+            _ => None,
+        };
         let head_request = parts.method == Method::HEAD;
         let (mut up, answer) = match self
-            .exchange(&authority, &parts.method, head_request, ctx)
+            .exchange(&authority, &parts.method, head_request, rest, ctx, activity)
             .await
         {
             Ok(r) => r,
-            Err(rejection) => return self.reject_with(rejection, ctx, call).await,
+            Err(Failed::Body(rejection)) => {
+                self.linger = true;
+                return self.reject_with(rejection, ctx, &refused).await;
+            }
+            Err(Failed::Upstream(rejection)) if !body_done => {
+                self.linger = true;
+                return self.reject_with(rejection, ctx, &refused).await;
+            }
+            Err(Failed::Upstream(rejection)) => {
+                return self.reject_with(rejection, ctx, call).await
+            }
         };
         let status = answer.status;
         // The client's answer: its head is in `self.out`, then the body as it streams.
@@ -524,9 +632,13 @@ impl Lane {
         authority: &Authority,
         method: &Method,
         head_request: bool,
+        mut body: Option<&mut BodyReader>,
         ctx: &mut Ctx,
-    ) -> Result<(Upconn, Answer), Rejection> {
-        let plane = &self.plane;
+        activity: &Activity,
+    ) -> Result<(Upconn, Answer), Failed> {
+        // A body streamed from the client cannot be sent twice: only a bodiless call (or one
+        // whose body went out whole with the head) is retried once it may have reached the CRM.
+        let streamed = body.is_some();
         let (connect_timeout, write_timeout, read_timeout) = ctx.live.as_ref().map_or(
             (
                 Duration::from_secs(5),
@@ -538,6 +650,10 @@ impl Lane {
                 (u.connect_timeout, u.write_timeout, u.read_timeout)
             },
         );
+        let plane = self.plane.clone();
+        let up_failed = |ctx: &Ctx, failure: super::Failure, why: &str| {
+            Failed::Upstream(plane.upstream_failed(ctx, failure, why))
+        };
         let started = Instant::now();
         ctx.upstream_started = Some(started);
         let mut retried = false;
@@ -548,23 +664,28 @@ impl Lane {
                     let wait = connect_timeout.min(left(ctx.deadline));
                     match connect(authority, wait).await {
                         Ok(up) => (up, false),
-                        Err((failure, why)) => {
-                            return Err(plane.upstream_failed(ctx, failure, &why))
-                        }
+                        Err((failure, why)) => return Err(up_failed(ctx, failure, &why)),
                     }
                 }
             };
             let wait = write_timeout.min(left(ctx.deadline));
             match tokio::time::timeout(wait, up.stream.write_all(&self.out)).await {
-                Err(_) => return Err(plane.upstream_failed(ctx, super::Failure::Timeout, "write")),
+                Err(_) => return Err(up_failed(ctx, super::Failure::Timeout, "write")),
+                // Nothing of the client's was consumed beyond what is in `self.out`.
                 Ok(Err(_)) if reused && !retried => {
                     retried = true;
                     continue;
                 }
-                Ok(Err(e)) => {
-                    return Err(plane.upstream_failed(ctx, super::Failure::Other, &e.to_string()))
-                }
+                Ok(Err(e)) => return Err(up_failed(ctx, super::Failure::Other, &e.to_string())),
                 Ok(Ok(())) => {}
+            }
+            if let Some(reader) = body.take() {
+                self.send_body(&mut up, reader, write_timeout, ctx, activity)
+                    .await
+                    .map_err(|fault| match fault {
+                        BodyFault::Client(rejection) => Failed::Body(rejection),
+                        BodyFault::Upstream(failure, why) => up_failed(ctx, failure, &why),
+                    })?;
             }
             match read_answer_head(&mut up, read_timeout, head_request, ctx, &mut self.out).await {
                 Ok(answer) => {
@@ -577,6 +698,7 @@ impl Lane {
                 Err(HeadError::ClosedEarly)
                     if reused
                         && !retried
+                        && !streamed
                         && ctx
                             .live
                             .as_ref()
@@ -585,22 +707,76 @@ impl Lane {
                     retried = true;
                 }
                 Err(HeadError::TimedOut) => {
-                    return Err(plane.upstream_failed(
-                        ctx,
-                        super::Failure::Timeout,
-                        "no answer in time",
-                    ))
+                    return Err(up_failed(ctx, super::Failure::Timeout, "no answer in time"))
                 }
                 Err(HeadError::ClosedEarly) => {
-                    return Err(plane.upstream_failed(
+                    return Err(up_failed(
                         ctx,
                         super::Failure::Other,
                         "connection closed before an answer",
                     ))
                 }
-                Err(HeadError::Bad(why)) => {
-                    return Err(plane.upstream_failed(ctx, super::Failure::Other, why))
+                Err(HeadError::Bad(why)) => return Err(up_failed(ctx, super::Failure::Other, why)),
+            }
+        }
+    }
+
+    /// Stream the rest of the client's body to the CRM (what came with the head went out with
+    /// it), as hyper's path streams it: each wait for the client capped by
+    /// `listen.body_read_timeout_ms` and the total timeout (408 `request_timeout`), at most
+    /// `listen.max_body_bytes` (413 `body_too_large`), a malformed or cut body 400
+    /// `bad_request`; each write to the CRM by `upstream.write_timeout_ms`.
+    async fn send_body(
+        &mut self,
+        up: &mut Upconn,
+        reader: &mut BodyReader,
+        write_timeout: Duration,
+        ctx: &Ctx,
+        activity: &Activity,
+    ) -> Result<(), BodyFault> {
+        let idle = ctx.live.as_ref().map_or(Duration::from_secs(30), |l| {
+            l.config.listen.body_read_timeout
+        });
+        let max = max_body_bytes(ctx);
+        (self.start, self.end) = (0, 0);
+        loop {
+            let wait = idle.min(left(ctx.deadline));
+            let n = match tokio::time::timeout(wait, self.stream.read(&mut self.buf)).await {
+                Err(_) => return Err(BodyFault::Client(Rejection::request_timeout())),
+                Ok(Ok(0)) => {
+                    return Err(BodyFault::Client(unreadable(ctx, "the body stopped short")))
                 }
+                Ok(Err(_)) => {
+                    return Err(BodyFault::Client(unreadable(
+                        ctx,
+                        "the client's connection failed",
+                    )))
+                }
+                Ok(Ok(_)) if left(ctx.deadline).is_zero() => {
+                    return Err(BodyFault::Client(Rejection::request_timeout()))
+                }
+                Ok(Ok(n)) => n,
+            };
+            activity.touch();
+            self.out.clear();
+            let fed = reader
+                .feed(&self.buf[..n], &mut self.out)
+                .map_err(|why| BodyFault::Client(unreadable(ctx, why)))?;
+            if reader.seen() > max {
+                return Err(BodyFault::Client(Rejection::body_too_large()));
+            }
+            let wait = write_timeout.min(left(ctx.deadline));
+            match tokio::time::timeout(wait, up.stream.write_all(&self.out)).await {
+                Err(_) => return Err(BodyFault::Upstream(super::Failure::Timeout, "write".into())),
+                Ok(Err(e)) => {
+                    return Err(BodyFault::Upstream(super::Failure::Other, e.to_string()))
+                }
+                Ok(Ok(())) => {}
+            }
+            if fed.done {
+                // What follows is the next request's.
+                (self.start, self.end) = (fed.used, n);
+                return Ok(());
             }
         }
     }
@@ -753,6 +929,35 @@ async fn read_more(up: &mut Upconn, read_timeout: Duration, ctx: &Ctx) -> Option
             None
         }
     }
+}
+
+/// Why a call with a body was not answered by the CRM.
+enum Failed {
+    /// The client's body: too large, too slow, malformed or cut (the CRM connection is dropped).
+    Body(Rejection),
+    Upstream(Rejection),
+}
+
+/// A fault while the body streams to the CRM.
+enum BodyFault {
+    Client(Rejection),
+    Upstream(super::Failure, String),
+}
+
+/// `listen.max_body_bytes` of the call's config.
+fn max_body_bytes(ctx: &Ctx) -> u64 {
+    ctx.live
+        .as_ref()
+        .map_or(u64::MAX, |l| l.config.listen.max_body_bytes)
+}
+
+/// A request body that could not be read (malformed chunks, cut short): 400, as on hyper's path.
+fn unreadable(ctx: &Ctx, why: &str) -> Rejection {
+    log::warn!(
+        "request_id={} the request body could not be read: {why}",
+        ctx.request_id
+    );
+    Rejection::new(400, "bad_request", "the request could not be read")
 }
 
 async fn connect(

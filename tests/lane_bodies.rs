@@ -1,0 +1,364 @@
+//! Request bodies on the HTTP/1.1 lane (`listen.h1_lane`, on by default): a call with a body on
+//! a streamed route is served by the lane, its body streamed to the CRM, and the connection
+//! stays on the lane for the calls after it. Raw on the wire, one keep-alive connection. The
+//! suite also runs with the lane off (`PERMGATE_TEST_H1_LANE=off`): the same answers from
+//! hyper's server, and the lane's counters stay at 0 — so each answer here is hyper's too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+/// One answer read off `stream`: status, headers (names lowercase), body (de-chunked).
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn code(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!(
+                "{} {:?} {}",
+                self.status,
+                self.headers,
+                String::from_utf8_lossy(&self.body)
+            )
+        });
+        v["error"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// Reads answers off one connection, keeping what came after each.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn open(h: &Harness) -> Conn {
+        let stream = TcpStream::connect(h.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut piece = [0u8; 8192];
+        match self.stream.read(&mut piece) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&piece[..n]);
+                true
+            }
+        }
+    }
+
+    /// The connection is closed by the gateway (nothing more to read).
+    fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill()
+    }
+
+    /// The next answer (informational ones included).
+    fn answer(&mut self) -> Answer {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(self.fill(), "closed before an answer head");
+        };
+        let head = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+        self.buf.drain(..end);
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut answer = Answer {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if status < 200 {
+            return answer;
+        }
+        if let Some(n) = answer.header("content-length") {
+            let n: usize = n.parse().unwrap();
+            while self.buf.len() < n {
+                assert!(self.fill(), "closed in an answer body");
+            }
+            answer.body = self.buf.drain(..n).collect();
+        } else if answer.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let line = loop {
+                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.fill());
+                };
+                let size = std::str::from_utf8(&self.buf[..line]).unwrap();
+                let size = usize::from_str_radix(size.split(';').next().unwrap(), 16).unwrap();
+                while self.buf.len() < line + 2 + size + 2 {
+                    assert!(self.fill());
+                }
+                answer
+                    .body
+                    .extend_from_slice(&self.buf[line + 2..line + 2 + size]);
+                self.buf.drain(..line + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        }
+        answer
+    }
+}
+
+fn post_head(path: &str, user: &str, framing: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: crm\r\n{}\r\nContent-Type: application/json\r\n{framing}\r\n",
+        format_args!("Authorization: {}", bearer(user))
+    )
+}
+
+fn chunked(body: &[u8], piece: usize) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for p in body.chunks(piece) {
+        raw.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+        raw.extend_from_slice(p);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    raw
+}
+
+/// The demo config with `listen` lines, and an admin section for `/metrics`.
+async fn gateway(listen: &str) -> (Harness, String, tempfile::TempDir) {
+    let (admin, port) = admin_section();
+    let text =
+        demo_config_text().replacen("[listen]\n", &format!("[listen]\n{listen}\n"), 1) + &admin;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+    std::fs::write(
+        dir.path().join("snapshot.json"),
+        permgate::demo::DEMO_SNAPSHOT,
+    )
+    .unwrap();
+    let h = Harness::start_custom(&dir.path().join("permgate.toml"), None).await;
+    (h, format!("http://127.0.0.1:{port}"), dir)
+}
+
+/// (calls served by the lane, bodies it streamed).
+async fn lane_counters(admin: &str) -> (u64, u64) {
+    let m = admin_metrics(admin).await;
+    (
+        metric(&m, "permgate_lane_requests_total "),
+        metric(&m, "permgate_lane_request_bodies_total "),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_with_a_body_and_the_calls_after_it_stay_on_the_lane() {
+    let (h, admin, _dir) = gateway("").await;
+    let before = lane_counters(&admin).await;
+    let mut c = Conn::open(&h);
+    let path = "/api/v1/customers/1/subscribe";
+    // A length body, then a bodiless call, then a chunked body, then a length body and the
+    // next request in one write (pipelined), all on one connection.
+    let body = br#"{"list":"newsletter","note":"one"}"#;
+    let mut raw = post_head(
+        path,
+        "u-admin",
+        &format!("Content-Length: {}\r\n", body.len()),
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    c.send(&raw);
+    let a = c.answer();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_ne!(a.header("connection"), Some("close"));
+    c.send(
+        format!(
+            "GET /api/v1/customers/1 HTTP/1.1\r\nHost: crm\r\nAuthorization: {}\r\n\r\n",
+            bearer("u-admin")
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.answer().status, 200);
+    let chunked_body = br#"{"list":"newsletter","note":"a chunked body in pieces of 5 bytes"}"#;
+    let mut raw = post_head(path, "u-admin", "Transfer-Encoding: chunked\r\n").into_bytes();
+    raw.extend_from_slice(&chunked(chunked_body, 5));
+    c.send(&raw);
+    assert_eq!(c.answer().status, 200);
+    let mut raw = post_head(
+        path,
+        "u-admin",
+        &format!("Content-Length: {}\r\n", body.len()),
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    raw.extend_from_slice(
+        format!(
+            "GET /api/v1/customers/2 HTTP/1.1\r\nHost: crm\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            bearer("u-admin")
+        )
+        .as_bytes(),
+    );
+    c.send(&raw);
+    assert_eq!(c.answer().status, 200);
+    let last = c.answer();
+    assert_eq!(last.status, 200);
+    assert!(c.closed());
+    // The CRM got each body whole, framed by a length or chunked as it came.
+    let got = h.received();
+    let posts: Vec<_> = got.iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(posts.len(), 3, "{got:?}");
+    assert_eq!(posts[0].body.as_bytes(), body);
+    assert_eq!(
+        recorded_header(posts[0], "content-length"),
+        vec![body.len().to_string()]
+    );
+    assert_eq!(posts[1].body.as_bytes(), chunked_body);
+    assert_eq!(
+        recorded_header(posts[1], "transfer-encoding"),
+        vec!["chunked"]
+    );
+    assert!(recorded_header(posts[1], "content-length").is_empty());
+    assert_eq!(posts[2].body.as_bytes(), body);
+    assert_eq!(got.len(), 5, "{got:?}");
+    // Each call is counted before its connection moves on (the last: before it closes).
+    let after = lane_counters(&admin).await;
+    if h1_lane() {
+        // All five calls, three with a body, served by the lane: no hand-over to hyper.
+        assert_eq!((after.0 - before.0, after.1 - before.1), (5, 3));
+    } else {
+        assert_eq!(after, (0, 0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_refused_on_the_lane_as_on_hyper() {
+    let (h, admin, _dir) = gateway("max_body_bytes = 1000\nbody_read_timeout_ms = 300").await;
+    let path = "/api/v1/customers/1/subscribe";
+    let before = lane_counters(&admin).await;
+
+    // Over listen.max_body_bytes, declared: refused before it is read.
+    let mut c = Conn::open(&h);
+    c.send(post_head(path, "u-admin", "Content-Length: 5000\r\n").as_bytes());
+    let a = c.answer();
+    assert_eq!((a.status, a.code().as_str()), (413, "body_too_large"));
+    assert!(c.closed());
+
+    // Over the limit, chunked: cut once past it.
+    let mut c = Conn::open(&h);
+    let mut raw = post_head(path, "u-admin", "Transfer-Encoding: chunked\r\n").into_bytes();
+    raw.extend_from_slice(&chunked(&[b'x'; 3000], 500));
+    c.send(&raw);
+    let a = c.answer();
+    assert_eq!((a.status, a.code().as_str()), (413, "body_too_large"));
+    assert!(c.closed());
+
+    // A malformed chunk: 400, the connection closed, nothing after it read as a request.
+    let mut c = Conn::open(&h);
+    let mut raw = post_head(path, "u-admin", "Transfer-Encoding: chunked\r\n").into_bytes();
+    raw.extend_from_slice(b"2\r\n{}XX0\r\n\r\nGET /api/v1/smuggled HTTP/1.1\r\nHost: crm\r\n\r\n");
+    c.send(&raw);
+    let a = c.answer();
+    assert_eq!((a.status, a.code().as_str()), (400, "bad_request"));
+    assert!(c.closed());
+
+    // A body that stalls: 408 after listen.body_read_timeout_ms.
+    let mut c = Conn::open(&h);
+    let mut raw = post_head(path, "u-admin", "Content-Length: 100\r\n").into_bytes();
+    raw.extend_from_slice(b"{\"list\":");
+    c.send(&raw);
+    let a = c.answer();
+    assert_eq!((a.status, a.code().as_str()), (408, "request_timeout"));
+    assert!(c.closed());
+
+    // A call refused with its body unread: the answer closes the connection.
+    let mut c = Conn::open(&h);
+    let mut raw = post_head(path, "u-member", "Content-Length: 2\r\n").into_bytes();
+    raw.extend_from_slice(b"{}");
+    c.send(&raw);
+    let a = c.answer();
+    assert_eq!(a.status, 403, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.header("connection"), Some("close"));
+    assert!(c.closed());
+
+    // `Expect: 100-continue`: 100 Continue once the call is allowed, then the answer; none
+    // when it is refused.
+    let mut c = Conn::open(&h);
+    c.send(
+        post_head(
+            path,
+            "u-admin",
+            "Expect: 100-continue\r\nContent-Length: 2\r\n",
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.answer().status, 100);
+    c.send(b"{}");
+    let a = c.answer();
+    assert_eq!(a.status, 200);
+    let mut c = Conn::open(&h);
+    c.send(
+        post_head(
+            path,
+            "u-member",
+            "Expect: 100-continue\r\nContent-Length: 2\r\n",
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.answer().status, 403);
+
+    let posts: Vec<_> = h
+        .received()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    // The malformed and the stalled bodies may have reached the CRM in part (their calls
+    // were cut); the refused ones never did; the 100-continue one whole.
+    assert!(posts.iter().all(|r| r.body.len() <= 3000), "{posts:?}");
+    assert!(posts.iter().any(|r| r.body == "{}"), "{posts:?}");
+    if h1_lane() {
+        // All seven calls on the lane (each counted once its answer is written), the four
+        // that reached forwarding with their body.
+        let all = eventually(5, || async {
+            lane_counters(&admin).await == (before.0 + 7, before.1 + 4)
+        })
+        .await;
+        assert!(all, "{:?} then {:?}", before, lane_counters(&admin).await);
+    } else {
+        let after = lane_counters(&admin).await;
+        assert_eq!(after, (0, 0));
+    }
+}
