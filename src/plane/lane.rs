@@ -953,9 +953,9 @@ fn max_body_bytes(ctx: &Ctx) -> u64 {
 
 /// A request body that could not be read (malformed chunks, cut short): 400, as on hyper's path.
 fn unreadable(ctx: &Ctx, why: &str) -> Rejection {
-    log::warn!(
-        "request_id={} the request body could not be read: {why}",
-        ctx.request_id
+    tracing::warn!(
+        request_id = %ctx.request_id,
+        "the request body could not be read: {why}"
     );
     Rejection::new(400, "bad_request", "the request could not be read")
 }
