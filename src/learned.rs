@@ -117,7 +117,8 @@ impl Learned {
         if keys.is_empty() {
             return;
         }
-        lock(&self.pending).retain(|e| !keys.iter().any(|(t, i)| *t == e.record_type && *i == e.id));
+        lock(&self.pending)
+            .retain(|e| !keys.iter().any(|(t, i)| *t == e.record_type && *i == e.id));
     }
 
     /// A full load `loaded` is about to go live (the caller holds the writer lock): confirm
@@ -140,7 +141,9 @@ impl Learned {
                 settled.reapply.push(e.change.clone());
                 true
             } else {
-                settled.dropped.push(format!("{} '{}'", e.record_type, e.id));
+                settled
+                    .dropped
+                    .push(format!("{} '{}'", e.record_type, e.id));
                 false
             }
         });

@@ -44,8 +44,8 @@
 
 pub use permgate_core::{
     access, audit, body, canon, catalog, changes, chunked, cors, dbsource, error, explain, headers,
-    hierarchy, identity, ids, inspect, json, jwks, learn, limit, pem, policy, records, reject, routes,
-    scope, snapshot,
+    hierarchy, identity, ids, inspect, json, jwks, learn, limit, pem, policy, records, reject,
+    routes, scope, snapshot,
 };
 
 pub mod admin;

@@ -154,7 +154,11 @@ async fn a_lead_created_through_the_gateway_can_be_acted_on_at_once() {
         .unwrap();
     assert_eq!(direct.status(), 201);
     let unknown = id_of(&direct.bytes().await.unwrap());
-    assert_eq!(g.reassign(&[unknown]).await.0, 403, "unknown to the snapshot");
+    assert_eq!(
+        g.reassign(&[unknown]).await.0,
+        403,
+        "unknown to the snapshot"
+    );
 
     // Created through the gateway: learned before the answer reached the caller.
     let (s, body) = g.create("u-sm", "", r#"{"name":"Acme"}"#).await;
@@ -240,7 +244,11 @@ async fn the_location_header_and_a_parent_from_the_path() {
                 .as_u16()
         }
     };
-    assert_eq!(read_note("u-sm").await, 200, "the note of the manager's lead");
+    assert_eq!(
+        read_note("u-sm").await,
+        200,
+        "the note of the manager's lead"
+    );
     assert_eq!(read_note("u-rep1").await, 403, "not the rep's");
     assert_eq!(g.status().await["learned"]["learned"], 2);
 }
@@ -351,12 +359,11 @@ async fn a_full_load_confirms_a_learned_record_or_drops_it_once_old() {
     let (admin, _) = admin_section();
     let ttl_ms = 4000;
     let g = gateway(
-        learn_config("{ type = \"lead\", id = \"/id\" }", &admin)
-            .replacen(
-                "[snapshot]\n",
-                &format!("[snapshot]\nlearned_ttl_ms = {ttl_ms}\n"),
-                1,
-            ),
+        learn_config("{ type = \"lead\", id = \"/id\" }", &admin).replacen(
+            "[snapshot]\n",
+            &format!("[snapshot]\nlearned_ttl_ms = {ttl_ms}\n"),
+            1,
+        ),
         learn_snapshot("v1"),
     )
     .await;
@@ -398,18 +405,41 @@ async fn a_full_load_confirms_a_learned_record_or_drops_it_once_old() {
     let st = g.status().await;
     assert_eq!(st["learned"]["confirmed"], 1, "{st}");
     assert_eq!(st["learned"]["pending"], 0, "{st}");
-    assert_eq!(lead_call(&g.h, "u-rep1", confirmed as u32).await, 200, "the loaded owner");
-    assert_eq!(g.reassign(&[confirmed]).await.0, 200, "u-rep1 reports to u-sm");
+    assert_eq!(
+        lead_call(&g.h, "u-rep1", confirmed as u32).await,
+        200,
+        "the loaded owner"
+    );
+    assert_eq!(
+        g.reassign(&[confirmed]).await.0,
+        200,
+        "u-rep1 reports to u-sm"
+    );
 }
 
 #[test]
 fn creates_config_errors_are_located() {
     for (creates, says) in [
-        ("{ type = \"nope\", id = \"/id\" }", "creates.type: unknown record type 'nope'"),
-        ("{ type = \"lead\", id = \"id\" }", "creates.id: 'id' is neither"),
-        ("{ type = \"lead\", id = \"/id\", owner = \"admin\" }", "creates.owner"),
-        ("{ type = \"lead\", id = \"/id\", max_answer_bytes = 99999999 }", "creates.max_answer_bytes"),
-        ("{ type = \"lead\", id = \"/id\", extra = 1 }", "unknown field `extra`"),
+        (
+            "{ type = \"nope\", id = \"/id\" }",
+            "creates.type: unknown record type 'nope'",
+        ),
+        (
+            "{ type = \"lead\", id = \"id\" }",
+            "creates.id: 'id' is neither",
+        ),
+        (
+            "{ type = \"lead\", id = \"/id\", owner = \"admin\" }",
+            "creates.owner",
+        ),
+        (
+            "{ type = \"lead\", id = \"/id\", max_answer_bytes = 99999999 }",
+            "creates.max_answer_bytes",
+        ),
+        (
+            "{ type = \"lead\", id = \"/id\", extra = 1 }",
+            "unknown field `extra`",
+        ),
     ] {
         let text = learn_config(creates, "");
         let line = text
@@ -438,6 +468,8 @@ fn creates_config_errors_are_located() {
     );
     let out = check_config_text(&text);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("creates: permgate knows no caller")
-        || String::from_utf8_lossy(&out.stdout).contains("creates: permgate knows no caller"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("creates: permgate knows no caller")
+            || String::from_utf8_lossy(&out.stdout).contains("creates: permgate knows no caller")
+    );
 }

@@ -68,7 +68,9 @@ impl Plane {
         let why_not = if encoded {
             Some("the answer is compressed".to_string())
         } else if declared.is_some_and(|n| n > max as u64) {
-            Some(format!("the answer is over creates.max_answer_bytes ({max})"))
+            Some(format!(
+                "the answer is over creates.max_answer_bytes ({max})"
+            ))
         } else {
             None
         };
@@ -174,10 +176,13 @@ async fn learn(
     let described = match &change {
         crate::changes::Change::UpsertRecord {
             record_type, id, ..
-        } => format!("{record_type} '{}'", match id {
-            crate::records::RawId::Number(n) => n.to_string(),
-            crate::records::RawId::Text(t) => t.clone(),
-        }),
+        } => format!(
+            "{record_type} '{}'",
+            match id {
+                crate::records::RawId::Number(n) => n.to_string(),
+                crate::records::RawId::Text(t) => t.clone(),
+            }
+        ),
         _ => String::new(),
     };
     let source = format!("learned (request_id={})", ctx.request_id);

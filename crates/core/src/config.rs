@@ -1274,9 +1274,7 @@ impl Config {
                     ));
                     continue;
                 }
-                (Some(_), Some(_))
-                    if route.list.is_some() || route.bulk.is_some() =>
-                {
+                (Some(_), Some(_)) if route.list.is_some() || route.bulk.is_some() => {
                     errors.push(err(
                         "creates: a list or bulk route creates no single record; declare creates on the create route".into(),
                     ));

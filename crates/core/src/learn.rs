@@ -283,7 +283,12 @@ pub fn id_from_body(
         None => return Err(format!("the answer has nothing at '{at}'")),
         Some(Json::String(s)) => canonical_id(kind, s),
         Some(Json::Number(n)) => canonical_json_number(kind, n),
-        Some(other) => return Err(format!("the answer's '{at}' is {}, not an id", other.kind())),
+        Some(other) => {
+            return Err(format!(
+                "the answer's '{at}' is {}, not an id",
+                other.kind()
+            ))
+        }
     };
     id.map_err(|e| format!("the answer's '{at}': {e}"))
 }
@@ -365,15 +370,42 @@ mod tests {
     fn config_errors_name_the_field() {
         let t = types();
         let cases = [
-            ("type = \"deal\"\nid = \"/id\"", "creates.type: unknown record type 'deal'"),
-            ("type = \"lead\"\nid = \"id\"", "creates.id: 'id' is neither"),
-            ("type = \"lead\"\nid = \"/id\"\nowner = \"bob\"", "creates.owner"),
-            ("type = \"lead\"\nid = \"/id\"\nparent = \"{x}\"", "declares no parents"),
-            ("type = \"note\"\nid = \"/id\"\nparent = \"lead_id\"", "is not a path parameter"),
-            ("type = \"note\"\nid = \"/id\"\nparent = \"{nope}\"", "no '{nope}' segment"),
-            ("type = \"note\"\nid = \"/id\"\nparent = \"{lead_id}\"\nparent_type = \"note\"", "not among the parents"),
-            ("type = \"lead\"\nid = \"/id\"\nparent_type = \"lead\"", "needs creates.parent"),
-            ("type = \"lead\"\nid = \"/id\"\nmax_answer_bytes = 0", "creates.max_answer_bytes"),
+            (
+                "type = \"deal\"\nid = \"/id\"",
+                "creates.type: unknown record type 'deal'",
+            ),
+            (
+                "type = \"lead\"\nid = \"id\"",
+                "creates.id: 'id' is neither",
+            ),
+            (
+                "type = \"lead\"\nid = \"/id\"\nowner = \"bob\"",
+                "creates.owner",
+            ),
+            (
+                "type = \"lead\"\nid = \"/id\"\nparent = \"{x}\"",
+                "declares no parents",
+            ),
+            (
+                "type = \"note\"\nid = \"/id\"\nparent = \"lead_id\"",
+                "is not a path parameter",
+            ),
+            (
+                "type = \"note\"\nid = \"/id\"\nparent = \"{nope}\"",
+                "no '{nope}' segment",
+            ),
+            (
+                "type = \"note\"\nid = \"/id\"\nparent = \"{lead_id}\"\nparent_type = \"note\"",
+                "not among the parents",
+            ),
+            (
+                "type = \"lead\"\nid = \"/id\"\nparent_type = \"lead\"",
+                "needs creates.parent",
+            ),
+            (
+                "type = \"lead\"\nid = \"/id\"\nmax_answer_bytes = 0",
+                "creates.max_answer_bytes",
+            ),
         ];
         for (text, says) in cases {
             let e = compile(&raw(text), &post(), Some("/leads/{lead_id}/notes"), &t).unwrap_err();
@@ -393,7 +425,13 @@ mod tests {
     #[test]
     fn ids_come_from_the_body_or_the_location() {
         let t = types();
-        let c = compile(&raw("type = \"lead\"\nid = \"/data/id\""), &post(), None, &t).unwrap();
+        let c = compile(
+            &raw("type = \"lead\"\nid = \"/data/id\""),
+            &post(),
+            None,
+            &t,
+        )
+        .unwrap();
         assert_eq!(
             id_from_body(&c, &t, br#"{"data":{"id":42}}"#),
             Ok(RecordId::Int(42))
@@ -411,7 +449,11 @@ mod tests {
             b"<html>created</html>",
             b"",
         ] {
-            assert!(id_from_body(&c, &t, bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                id_from_body(&c, &t, bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let small = compile(
             &raw("type = \"lead\"\nid = \"/id\"\nmax_answer_bytes = 8"),
@@ -421,7 +463,13 @@ mod tests {
         )
         .unwrap();
         assert!(id_from_body(&small, &t, br#"{"id":4200000}"#).is_err());
-        let loc = compile(&raw("type = \"lead\"\nid = \"location\""), &post(), None, &t).unwrap();
+        let loc = compile(
+            &raw("type = \"lead\"\nid = \"location\""),
+            &post(),
+            None,
+            &t,
+        )
+        .unwrap();
         for (value, want) in [
             ("/api/v1/leads/17", Some(17)),
             ("http://crm.example:8080/api/v1/leads/17?x=1", Some(17)),
@@ -449,7 +497,9 @@ mod tests {
         )
         .unwrap();
         let id = canonical_id(t.kind(c.record_type), "0a0b0c0d0e0f00000000000000000001").unwrap();
-        let change = c.change(&t, &id, Some("u-1"), "/api/v1/leads/7/notes").unwrap();
+        let change = c
+            .change(&t, &id, Some("u-1"), "/api/v1/leads/7/notes")
+            .unwrap();
         let Change::UpsertRecord {
             record_type,
             id,
@@ -460,7 +510,10 @@ mod tests {
             panic!("not an upsert")
         };
         assert_eq!(record_type, "note");
-        assert_eq!(id, RawId::Text("0a0b0c0d-0e0f-0000-0000-000000000001".into()));
+        assert_eq!(
+            id,
+            RawId::Text("0a0b0c0d-0e0f-0000-0000-000000000001".into())
+        );
         assert_eq!(owner.as_deref(), Some("u-1"));
         assert_eq!(
             parent,
@@ -469,7 +522,9 @@ mod tests {
                 id: RawId::Text("7".into())
             })
         );
-        assert!(c.change(&t, &RecordId::Int(1), None, "/api/v1/leads/7/notes").is_err());
+        assert!(c
+            .change(&t, &RecordId::Int(1), None, "/api/v1/leads/7/notes")
+            .is_err());
         assert!(c
             .change(&t, &RecordId::Int(1), Some("u-1"), "/api/v1/leads/07/notes")
             .is_err());
