@@ -20,6 +20,7 @@
 //!   knows (which engines it has, which database URLs its driver takes).
 //! - [`live`]: the config + snapshot pair behind one atomic pointer, and every way it changes
 //!   (reload, new snapshot, incremental changes), validated off the request path.
+//! - [`learned`]: records learned from create answers until a full load confirms or drops them.
 //! - [`exchange`]: what every data plane shares around a call: `admit` (the one decision, rate
 //!   limits, what to do next), the edit of what the CRM receives, the headers answered, body
 //!   checks and list filtering, the decision log line and metrics (`finish`).
@@ -45,8 +46,8 @@
 
 pub use permgate_core::{
     access, audit, body, canon, catalog, changes, chunked, cors, dbsource, error, explain, headers,
-    hierarchy, identity, ids, inspect, json, jwks, limit, pem, policy, records, reject, routes,
-    scope, snapshot,
+    hierarchy, identity, ids, inspect, json, jwks, learn, limit, pem, policy, records, reject,
+    routes, scope, snapshot,
 };
 
 pub mod admin;
@@ -57,6 +58,7 @@ pub mod decision_log;
 pub mod demo;
 pub mod diagnostics;
 pub mod exchange;
+pub mod learned;
 pub mod live;
 pub mod metrics;
 pub mod plane;

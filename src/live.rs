@@ -128,6 +128,8 @@ pub struct State {
     pub callers: crate::limit::Callers,
     /// The time base of every rate-limit bucket.
     pub clock: crate::limit::Clock,
+    /// Records learned from create answers, until a full load confirms or drops them.
+    pub learned: crate::learned::Learned,
 }
 
 const KEEP_ERRORS: usize = 20;
@@ -333,7 +335,11 @@ impl State {
             clock: crate::limit::Clock::default(),
             audit: Mutex::new(VecDeque::new()),
             candidate: arc_swap::ArcSwapOption::empty(),
+            learned: Default::default(),
         };
+        if let Some(e) = pingora_learns(&state.live().config) {
+            return Err(vec![e]);
+        }
         let config = state.live.load().config.clone();
         match load_startup_snapshot(&config) {
             Startup::Source(s, text) => {
@@ -586,14 +592,62 @@ impl State {
         match Snapshot::build(source, text, &current.config.catalog) {
             Ok(s) => {
                 let version = s.version.clone();
+                let types = current.config.catalog.record_types();
+                let settled =
+                    self.learned
+                        .reconcile(&s, types, current.config.snapshot.learned_ttl);
+                for d in &settled.dropped {
+                    warn!(
+                        "learned record {d} dropped: the full load from {source} does not hold it and it is older than snapshot.learned_ttl_ms"
+                    );
+                }
                 self.store_snapshot(&current.config, s, Arc::from(text), source);
                 self.counters
                     .snapshot_updates
                     .fetch_add(1, Ordering::Relaxed);
-                Ok(version)
+                if settled.reapply.is_empty() {
+                    return Ok(version);
+                }
+                // Younger than the bound: put back on top of the load (crate::learned).
+                let label = format!("{source} + learned records");
+                match self.apply_locked(&settled.reapply, &label) {
+                    Ok(v) => Ok(v),
+                    Err(_) => {
+                        // One at a time: a record that no longer applies (its owner or parent
+                        // is gone) is dropped, the others stay.
+                        let mut last = version;
+                        for change in &settled.reapply {
+                            match self.apply_locked(std::slice::from_ref(change), &label) {
+                                Ok(v) => last = v,
+                                Err(_) => self.learned.drop_one(change, types),
+                            }
+                        }
+                        Ok(last)
+                    }
+                }
             }
             Err(e) => Err(self.refuse_snapshot(source, strings(&e))),
         }
+    }
+
+    /// Learn a record from a create answer ([`crate::learn`]): the `upsert_record` applied to
+    /// the live snapshot as an admin batch would be (validated, journaled, audited), then kept
+    /// until a full load confirms or drops it ([`crate::learned`]).
+    pub fn learn(&self, change: Change, source: &str) -> Result<String, Vec<String>> {
+        let _w = lock(&self.writer);
+        let current = self.live();
+        let types = current.config.catalog.record_types();
+        if let Some(snapshot) = &current.snapshot {
+            if crate::learned::known(snapshot, &change, types) {
+                // Only a new record is learned: what the snapshot already holds came from a
+                // full load or the operator, and a create answer does not change its owner.
+                return Err(vec!["the snapshot already holds this record".into()]);
+            }
+        }
+        let version = self.apply_locked(std::slice::from_ref(&change), source)?;
+        let live = self.live();
+        self.learned.add(change, live.config.catalog.record_types());
+        Ok(version)
     }
 
     /// A source could not deliver (network error, bad status, bad signature): logged, counted,
@@ -628,6 +682,18 @@ impl State {
     /// ([`crate::changes`]).
     pub fn apply_changes(&self, changes: &[Change], source: &str) -> Result<String, Vec<String>> {
         let _w = lock(&self.writer);
+        let applied = self.apply_locked(changes, source);
+        if applied.is_ok() {
+            // The operator's word on a learned record stands (crate::learned).
+            let live = self.live();
+            self.learned
+                .settle(changes, live.config.catalog.record_types());
+        }
+        applied
+    }
+
+    /// [`State::apply_changes`], the writer lock held by the caller.
+    fn apply_locked(&self, changes: &[Change], source: &str) -> Result<String, Vec<String>> {
         let current = self.live();
         let (Some(snapshot), Some(text)) = (&current.snapshot, &current.snapshot_text) else {
             return Err(self.refuse_snapshot(
@@ -708,6 +774,9 @@ impl State {
             Err(e) => return Err(refuse(strings(&e))),
         };
         self.overrides.apply(&mut config);
+        if let Some(e) = pingora_learns(&config) {
+            return Err(refuse(vec![e.to_string()]));
+        }
         if config.listen.address != current.config.listen.address
             || config.listen.h2c != current.config.listen.h2c
             || config.listen.threads != current.config.listen.threads
@@ -840,6 +909,7 @@ impl State {
                 "database_full_loads": c.database_full_loads.load(Ordering::Relaxed),
                 "database_incremental_batches": c.database_incremental_batches.load(Ordering::Relaxed),
             },
+            "learned": self.learned.status(),
             "last_errors": lock(&self.errors).iter().cloned().collect::<Vec<_>>(),
             "recent_changes": lock(&self.audit).iter().cloned().collect::<Vec<_>>(),
         })
@@ -943,6 +1013,36 @@ impl State {
                 load(&c.database_incremental_batches),
             ),
             (
+                "permgate_learned_records_total",
+                "counter",
+                "Records learned from the CRM's create answers (routes with creates).",
+                load(&self.learned.learned),
+            ),
+            (
+                "permgate_learn_skipped_total",
+                "counter",
+                "2xx create answers whose record was not learned (too large, not JSON, no or a bad id, refused).",
+                load(&self.learned.not_learned),
+            ),
+            (
+                "permgate_learned_confirmed_total",
+                "counter",
+                "Learned records a full load then held.",
+                load(&self.learned.confirmed),
+            ),
+            (
+                "permgate_learned_dropped_total",
+                "counter",
+                "Learned records dropped: absent from a full load once older than snapshot.learned_ttl_ms.",
+                load(&self.learned.dropped),
+            ),
+            (
+                "permgate_learned_pending",
+                "gauge",
+                "Learned records no full load has confirmed yet.",
+                self.learned.pending() as f64,
+            ),
+            (
                 "permgate_decision_log_written_total",
                 "counter",
                 "Decision log lines written.",
@@ -962,6 +1062,28 @@ impl State {
             ),
         ])
     }
+}
+
+/// A config whose engine (after the command line's overrides) is Pingora cannot learn records
+/// from answers: a route with `creates` is refused rather than silently not learned.
+fn pingora_learns(config: &Config) -> Option<ConfigError> {
+    if config.listen.engine != crate::config::Engine::Pingora {
+        return None;
+    }
+    let route = config
+        .routes
+        .routes()
+        .iter()
+        .find(|r| r.value.creates.is_some())?;
+    Some(ConfigError::new(
+        &config.file,
+        route.origin.rsplit(':').next().and_then(|l| l.parse().ok()),
+        "route",
+        format!(
+            "route '{}': creates is served by the hyper engine only (the Pingora engine learns no records); use --engine hyper or remove creates",
+            route.value.name
+        ),
+    ))
 }
 
 /// How often the staleness flag is recomputed.

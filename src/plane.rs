@@ -55,6 +55,7 @@ mod gate;
 pub mod h1;
 mod handover;
 mod lane;
+mod learn;
 mod pool;
 use gate::{Gate, Permit};
 use pool::{Failure as SendFailure, Lease, Pool};
@@ -1084,7 +1085,7 @@ impl Plane {
             .exchange(authority, gate, Request::from_parts(parts, body), ctx)
             .await
         {
-            Ok((response, lease)) => self.pass_back(response, lease, ctx),
+            Ok((response, lease)) => self.answer(response, lease, ctx).await,
             Err(rejection) => {
                 let rejection = match cut.map(|c| c.load(Ordering::Acquire)) {
                     Some(CUT_TOO_LARGE) => Rejection::body_too_large(),
@@ -1172,7 +1173,7 @@ impl Plane {
             && !head_request
             && response.status() != StatusCode::NO_CONTENT;
         if !lists {
-            return self.pass_back(response, lease, ctx);
+            return self.answer(response, lease, ctx).await;
         }
         match self.read_and_filter_list(response, lease, ctx).await {
             Ok((mut parts, filtered)) => {
@@ -1365,12 +1366,7 @@ impl Plane {
         lease: Lease,
         ctx: &Ctx,
     ) -> Response<RespBody> {
-        let (mut parts, incoming) = response.into_parts();
-        strip_response_hop_headers(&mut parts.headers);
-        for (name, value) in exchange::response_headers(ctx) {
-            parts.headers.insert(name, value);
-        }
-        exchange::cors_headers(ctx, &mut parts.headers, true);
+        let (parts, incoming) = response.into_parts();
         let read_timeout = ctx
             .live
             .as_ref()
@@ -1387,6 +1383,21 @@ impl Plane {
                 finish: None,
             }
         };
+        self.pass_back_with(parts, body, ctx)
+    }
+
+    /// The CRM's answer head with the gateway's headers, and this body.
+    fn pass_back_with(
+        &self,
+        mut parts: http::response::Parts,
+        body: RespBody,
+        ctx: &Ctx,
+    ) -> Response<RespBody> {
+        strip_response_hop_headers(&mut parts.headers);
+        for (name, value) in exchange::response_headers(ctx) {
+            parts.headers.insert(name, value);
+        }
+        exchange::cors_headers(ctx, &mut parts.headers, true);
         Response::from_parts(parts, body)
     }
 }
@@ -1722,6 +1733,8 @@ enum RespKind {
     /// timeout (past it, the response is cut off). Its connection goes back to the pool once
     /// the body has been read to its end.
     Stream(Paced, Option<Lease>),
+    /// Bytes already read from the CRM's answer, then the rest of it ([`learn`]).
+    Prefixed(Option<Bytes>, Box<RespBody>),
 }
 
 impl RespBody {
@@ -1774,6 +1787,10 @@ impl Body for RespBody {
                     "the CRM's response ran past the total timeout".into(),
                 ))),
             },
+            RespKind::Prefixed(first, rest) => match first.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Pin::new(&mut **rest).poll_frame(cx),
+            },
         }
     }
 
@@ -1781,6 +1798,7 @@ impl Body for RespBody {
         match &self.kind {
             RespKind::Full(b) => b.is_none(),
             RespKind::Stream(p, _) => p.inner.is_end_stream(),
+            RespKind::Prefixed(first, rest) => first.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -1788,6 +1806,16 @@ impl Body for RespBody {
         match &self.kind {
             RespKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RespKind::Stream(p, _) => p.inner.size_hint(),
+            RespKind::Prefixed(first, rest) => {
+                let n = first.as_ref().map_or(0, |b| b.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper.saturating_add(n));
+                }
+                hint.set_lower(inner.lower().saturating_add(n));
+                hint
+            }
         }
     }
 }

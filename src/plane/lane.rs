@@ -19,7 +19,7 @@
 //! | request | served by |
 //! |---|---|
 //! | HTTP/1.1, origin-form target, no body or one framed by a single plain `Content-Length` or a single `Transfer-Encoding: chunked`, no `Upgrade`, no `Expect` but one `100-continue`, no `Connection` header but a single `close` | this loop, when the decision is to forward as is (the body streamed) or to refuse |
-//! | a route that reads its body or filters its answer | hyper, with the decision already taken (not taken twice) |
+//! | a route that reads its body or filters its answer, or learns from it (`creates`) | hyper, with the decision already taken (not taken twice) |
 //! | anything else (another framing spelling, HTTP/1.0, an absolute-form target, a head hyper answers with its own 400/431, …) | hyper, from that request on |
 //! | HTTP/1.1, origin-form target, both `Content-Length` and `Transfer-Encoding` | this loop: 400 `ambiguous_framing`, then the connection closes (hyper's server would read it as chunked) |
 //! | an HTTP/1.1 origin-form target with a `#fragment` (whatever else the request holds) | this loop: refused (`invalid_character`), then the connection is closed |
@@ -335,6 +335,10 @@ impl Lane {
                     self.start += head.len;
                     self.linger = head.ambiguous_framing || unread_body;
                     self.answer(answer, &call).await
+                }
+                // A create route learns from its answer: hyper's path reads it ([`super::learn`]).
+                Ok(admission @ Admission::Stream) if super::learn::creates_of(&ctx).is_some() => {
+                    return End::Handover(Some(Box::new(Pending { ctx, admission })));
                 }
                 Ok(Admission::Stream) => {
                     self.start += head.len;

@@ -66,6 +66,9 @@ pub struct RouteInfo {
     pub passthrough: bool,
     /// The `[[resource]]` this route was expanded from (`None`: a `[[route]]`).
     pub resource: Option<String>,
+    /// What the route's 2xx answer creates, learned into the live snapshot at once
+    /// ([`crate::learn`]).
+    pub creates: Option<Box<crate::learn::Creates>>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +230,9 @@ pub struct SnapshotSource {
     pub public_key: Option<[u8; 32]>,
     /// The CRM's own database ([`crate::dbsource`]). When set, it is authoritative like `url`.
     pub database: Option<crate::dbsource::DbSource>,
+    /// A record learned from a create answer ([`crate::learn`]) that a full load does not hold
+    /// is put back on top of it while younger than this, then dropped.
+    pub learned_ttl: Duration,
 }
 
 /// The admin API: its own listener, never the traffic port.
@@ -1019,7 +1025,16 @@ impl Config {
             url_token: sn.url_token.clone(),
             public_key,
             database,
+            learned_ttl: Duration::from_millis(sn.learned_ttl_ms),
         };
+        if !(1..=86_400_000).contains(&sn.learned_ttl_ms) {
+            errors.push(ConfigError::new(
+                file,
+                locate(text, "snapshot.learned_ttl_ms"),
+                "snapshot.learned_ttl_ms",
+                "must be between 1 and 86400000",
+            ));
+        }
         let admin = match &raw.admin {
             None => None,
             Some(a) => {
@@ -1321,6 +1336,39 @@ impl Config {
             }
             let route_allow = (!route_allow.is_empty())
                 .then(|| HeaderSet::new(allow_headers.iter().cloned().chain(route_allow)));
+            let creates = match (&route.creates, catalog.as_ref()) {
+                (None, _) | (Some(_), None) => None,
+                (Some(_), Some(_)) if access == Access::Public => {
+                    errors.push(err(
+                        "creates: permgate knows no caller on a public route, so it learns nothing from it (give the route a permission)".into(),
+                    ));
+                    continue;
+                }
+                (Some(_), Some(_)) if *raw.listen.engine.get_ref() == Engine::Pingora => {
+                    errors.push(err(
+                        "creates: records are learned from answers by the hyper engine only: remove listen.engine = \"pingora\" or this route's creates".into(),
+                    ));
+                    continue;
+                }
+                (Some(_), Some(_)) if route.list.is_some() || route.bulk.is_some() => {
+                    errors.push(err(
+                        "creates: a list or bulk route creates no single record; declare creates on the create route".into(),
+                    ));
+                    continue;
+                }
+                (Some(c), Some(cat)) => match crate::learn::compile(
+                    c,
+                    &route.methods,
+                    route.path.as_deref(),
+                    cat.record_types(),
+                ) {
+                    Ok(c) => Some(Box::new(c)),
+                    Err(messages) => {
+                        errors.extend(messages.into_iter().map(&err));
+                        continue;
+                    }
+                },
+            };
             let name = route.name.clone().unwrap_or_else(|| {
                 format!(
                     "{} {}",
@@ -1367,6 +1415,7 @@ impl Config {
                     allow_headers: route_allow,
                     passthrough,
                     resource: from_resource.map(String::from),
+                    creates,
                 },
             });
         }

@@ -634,7 +634,7 @@ fn one_of<'v>(
 
 /// The segment index of `{name}` (or `{name:type}`) in a path template
 /// (`/api/v1/leads/{id}` → 3 for `id`).
-fn param_segment(template: &str, name: &str) -> Option<usize> {
+pub(crate) fn param_segment(template: &str, name: &str) -> Option<usize> {
     template
         .strip_prefix('/')?
         .split('/')

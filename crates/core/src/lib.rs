@@ -34,6 +34,8 @@
 //!   [`ids`]: record types and canonical record ids.
 //! - [`changes`]: incremental changes to a snapshot, sharing every untouched part (on
 //!   [`chunked`], a copy-on-write chunked vector), tested equal to a full rebuild.
+//! - [`learn`]: `creates` on a route: the record a create call's 2xx answer names, as an
+//!   `upsert_record` change the server applies at once.
 //! - [`cors`]: browser front ends on another origin: preflights and answer headers.
 //! - [`limit`]: rate limits (token buckets per caller and per route), bounded and lock-light.
 //! - [`audit`]: what a snapshot change did (roles, permissions, users), for access reviews.
@@ -68,6 +70,7 @@ pub mod ids;
 pub mod inspect;
 pub mod json;
 pub mod jwks;
+pub mod learn;
 pub mod limit;
 pub mod pem;
 pub mod perms;

@@ -361,7 +361,24 @@ async fn handle(
         };
         api::dispatch(&shared.store, &ctx)
     };
-    Ok(respond(reply))
+    // A created record is also named by `Location` (as REST CRMs answer a create).
+    let location = (!is_hook && reply.status == StatusCode::CREATED)
+        .then(|| reply.body.as_ref()?.get("id").cloned())
+        .flatten()
+        .and_then(|id| {
+            let id = match id {
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::String(s) => s,
+                _ => return None,
+            };
+            let base = parts.uri.path().trim_end_matches('/');
+            HeaderValue::from_str(&format!("{base}/{id}")).ok()
+        });
+    let mut response = respond(reply);
+    if let Some(l) = location {
+        response.headers_mut().insert(http::header::LOCATION, l);
+    }
+    Ok(response)
 }
 
 fn record(parts: &http::request::Parts, body: &[u8]) -> RecordedRequest {

@@ -269,6 +269,14 @@ pub(crate) struct RawSnapshot {
     pub(crate) public_key: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) database: Option<Spanned<RawDatabase>>,
+    /// How long a record learned from a create answer survives full loads that do not hold
+    /// it ([`crate::learn`]).
+    #[serde(default = "default_learned_ttl_ms")]
+    pub(crate) learned_ttl_ms: u64,
+}
+
+pub(crate) fn default_learned_ttl_ms() -> u64 {
+    60_000
 }
 
 /// `[snapshot.database]` as written ([`crate::dbsource`]).
@@ -552,6 +560,9 @@ pub(crate) struct RawRoute {
     /// Request headers this route forwards beside `forward.allow_headers` (allow-list mode).
     #[serde(default)]
     pub(crate) allow_headers: Vec<String>,
+    /// What a 2xx answer creates: learned into the live snapshot at once ([`crate::learn`]).
+    #[serde(default)]
+    pub(crate) creates: Option<crate::learn::RawCreates>,
 }
 
 /// `[[resource]]` as written: a collection and its item, declared once ([`super::resource`]
