@@ -44,7 +44,7 @@
 pub use permgate_core::{
     access, audit, body, canon, catalog, changes, chunked, cors, dbsource, error, explain, headers,
     hierarchy, identity, ids, inspect, json, jwks, limit, pem, policy, records, reject, routes,
-    scope, snapshot,
+    scope, snapshot, tenants,
 };
 
 pub mod admin;

@@ -62,6 +62,9 @@ pub struct RouteInfo {
     /// `credentials = "passthrough"`: a public route whose `Authorization` and API-key header
     /// are forwarded untouched (never verified by permgate).
     pub passthrough: bool,
+    /// `[tenants] from = "path:<param>"`: the segment of this route's path holding the
+    /// tenant (0-based after the leading `/`); `None`: the route's path names none.
+    pub tenant_segment: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +293,8 @@ pub struct Config {
     pub rate_limit: RateLimits,
     /// `[cors]` (boxed: most configs have none).
     pub cors: Option<Box<crate::cors::Cors>>,
+    /// `[tenants]`: where a call's tenant comes from; `None`: one implicit tenant.
+    pub tenants: Option<crate::tenants::TenantSources>,
 }
 
 impl fmt::Debug for Config {
@@ -561,12 +566,34 @@ impl Config {
             }
         }
 
-        let identity = match Verifier::build(&raw.identity, file, text, base) {
+        let mut identity = match Verifier::build(&raw.identity, file, text, base) {
             Ok(v) => Some(v),
             Err(mut e) => {
                 errors.append(&mut e);
                 None
             }
+        };
+        let tenants = match (&raw.tenants, identity.as_mut()) {
+            (Some(t), Some(identity)) => match t.build(identity) {
+                Ok(t) => {
+                    if let Some(claim) = &t.claim {
+                        identity.set_tenant_claim(claim);
+                    }
+                    Some(t)
+                }
+                Err(messages) => {
+                    for m in messages {
+                        errors.push(ConfigError::new(
+                            file,
+                            locate(text, "tenants.from"),
+                            "tenants.from",
+                            m,
+                        ));
+                    }
+                    None
+                }
+            },
+            _ => None,
         };
 
         let f = &raw.forward;
@@ -1287,6 +1314,13 @@ impl Config {
                     allow_body: route.allow_body,
                     allow_headers: route_allow,
                     passthrough,
+                    tenant_segment: tenants
+                        .as_ref()
+                        .and_then(|t| t.path.as_deref())
+                        .zip(route.path.as_deref())
+                        .and_then(|(name, template)| {
+                            crate::inspect::param_segment(template, name)
+                        }),
                 },
             });
         }
@@ -1404,6 +1438,7 @@ impl Config {
                     max_callers: raw.rate_limit.max_callers,
                 },
                 cors,
+                tenants,
             }),
             _ => {
                 if errors.is_empty() {

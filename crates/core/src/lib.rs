@@ -34,6 +34,8 @@
 //!   [`ids`]: record types and canonical record ids.
 //! - [`changes`]: incremental changes to a snapshot, sharing every untouched part (on
 //!   [`chunked`], a copy-on-write chunked vector), tested equal to a full rebuild.
+//! - [`tenants`]: where a call's tenant comes from (`[tenants]`); the snapshot's memberships
+//!   decide per tenant.
 //! - [`cors`]: browser front ends on another origin: preflights and answer headers.
 //! - [`limit`]: rate limits (token buckets per caller and per route), bounded and lock-light.
 //! - [`audit`]: what a snapshot change did (roles, permissions, users), for access reviews.
@@ -77,3 +79,4 @@ pub mod reject;
 pub mod routes;
 pub mod scope;
 pub mod snapshot;
+pub mod tenants;
