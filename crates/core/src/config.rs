@@ -1318,9 +1318,7 @@ impl Config {
                         .as_ref()
                         .and_then(|t| t.path.as_deref())
                         .zip(route.path.as_deref())
-                        .and_then(|(name, template)| {
-                            crate::inspect::param_segment(template, name)
-                        }),
+                        .and_then(|(name, template)| crate::inspect::param_segment(template, name)),
                 },
             });
         }

@@ -1806,8 +1806,14 @@ impl RecordStore {
                 ) else {
                     continue;
                 };
-                let pt = table.get(p.number as usize).copied().unwrap_or(RECORD_NO_TENANT);
-                let ct = table.get(c.number as usize).copied().unwrap_or(RECORD_NO_TENANT);
+                let pt = table
+                    .get(p.number as usize)
+                    .copied()
+                    .unwrap_or(RECORD_NO_TENANT);
+                let ct = table
+                    .get(c.number as usize)
+                    .copied()
+                    .unwrap_or(RECORD_NO_TENANT);
                 if pt == RECORD_NO_TENANT || ct == pt {
                     continue;
                 }

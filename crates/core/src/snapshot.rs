@@ -1422,26 +1422,26 @@ impl Snapshot {
                                 .map(|()| store)
                         })
                         .map_err(|errs| {
-                        let mut offsets: HashMap<&str, Vec<usize>> = HashMap::new();
-                        errs.into_iter()
-                            .map(|e| {
-                                let offs = offsets.entry(e.list).or_insert_with(|| {
-                                    nested_element_offsets(text, &["records", e.list])
-                                });
-                                let field = match (e.list, e.field) {
-                                    ("records", _) => "records".to_string(),
-                                    (l, "") => format!("records.{l}[{}]", e.index),
-                                    (l, f) => format!("records.{l}[{}].{f}", e.index),
-                                };
-                                ConfigError::new(
-                                    file,
-                                    offs.get(e.index).map(|o| line_of(text, *o)),
-                                    &field,
-                                    e.message,
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                    })?
+                            let mut offsets: HashMap<&str, Vec<usize>> = HashMap::new();
+                            errs.into_iter()
+                                .map(|e| {
+                                    let offs = offsets.entry(e.list).or_insert_with(|| {
+                                        nested_element_offsets(text, &["records", e.list])
+                                    });
+                                    let field = match (e.list, e.field) {
+                                        ("records", _) => "records".to_string(),
+                                        (l, "") => format!("records.{l}[{}]", e.index),
+                                        (l, f) => format!("records.{l}[{}].{f}", e.index),
+                                    };
+                                    ConfigError::new(
+                                        file,
+                                        offs.get(e.index).map(|o| line_of(text, *o)),
+                                        &field,
+                                        e.message,
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                        })?
                 }
             };
             // The owners' name table (tens of megabytes at scale): freed on another thread.

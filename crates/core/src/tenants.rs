@@ -62,7 +62,9 @@ impl RawTenants {
         let mut out = TenantSources::default();
         let mut errors = Vec::new();
         if list.is_empty() {
-            errors.push("name at least one source: claim:<name>, header:<name> or path:<param>".into());
+            errors.push(
+                "name at least one source: claim:<name>, header:<name> or path:<param>".into(),
+            );
         }
         for s in list {
             let (kind, name) = s.split_once(':').unwrap_or((s, ""));
@@ -182,7 +184,11 @@ pub fn tenant_of<'a>(
                 ));
             }
             let v = first.to_str().map_err(|_| {
-                Rejection::new(400, "tenant_invalid", "the tenant header is not visible ASCII")
+                Rejection::new(
+                    400,
+                    "tenant_invalid",
+                    "the tenant header is not visible ASCII",
+                )
             })?;
             offer(Cow::Borrowed(v.trim()))?;
         }
