@@ -1360,7 +1360,10 @@ trusted_cidrs = ["10.1.0.0/16"]
             Credential::User("u-1".into())
         );
         assert_eq!(
-            jwt.cache.get(t.as_bytes(), now() as u64, 0).as_deref(),
+            jwt.cache
+                .get(t.as_bytes(), now() as u64, 0)
+                .map(|(u, _)| u)
+                .as_deref(),
             Some("u-1")
         );
         // Past exp the entry is not used.

@@ -212,3 +212,180 @@ pub fn not_a_member(tenant: &str) -> Rejection {
         format!("the caller is not a member of tenant '{tenant}'"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::catalog::Catalog;
+    use crate::snapshot::{Snapshot, NO_TENANT};
+
+    fn build(text: &str) -> Result<Snapshot, Vec<String>> {
+        let c = Catalog::builtin().unwrap();
+        Snapshot::build("s.json", text, &c)
+            .map_err(|e| e.into_iter().map(|e| e.to_string()).collect())
+    }
+
+    const GOOD: &str = r#"{
+  "tenants": [{"id": "a"}, {"id": "b"}],
+  "users": [
+    {"id": "u", "memberships": [{"tenant": "b", "roles": ["sales_rep"], "teams": ["east"], "manager": "m"},
+                                {"tenant": "a", "roles": ["admin"]}]},
+    {"id": "m", "memberships": [{"tenant": "b", "roles": ["sales_manager"]}]}
+  ],
+  "services": [{"id": "svc", "roles": ["data_analyst"], "tenant": "a"}]
+}"#;
+
+    #[test]
+    fn memberships_are_principals_per_tenant() {
+        let s = build(GOOD).unwrap();
+        assert!(s.has_tenants());
+        assert_eq!(s.user_count(), 2, "memberships are not users");
+        assert_eq!(s.membership_count(), 3);
+        let (a, b) = (s.tenant_index("a").unwrap(), s.tenant_index("b").unwrap());
+        let u = s.user_index("u").unwrap();
+        let m = s.user_index("m").unwrap();
+        let ua = s.member(u, a).unwrap();
+        let ub = s.member(u, b).unwrap();
+        assert_ne!(ua, ub);
+        assert_eq!(&*s.user(ua).id, "u");
+        assert_eq!(s.user(ua).person, u);
+        assert_eq!(s.grant(s.user(ua)).roles_header.as_ref(), "admin");
+        assert_eq!(s.grant(s.user(ub)).roles_header.as_ref(), "sales_rep");
+        // The person holds nothing of its own: only through a membership.
+        assert!(s.grant(s.user(u)).roles.is_empty());
+        // The manager is the manager's membership of the same tenant.
+        let mb = s.member(m, b).unwrap();
+        assert_eq!(s.user(ub).manager, Some(mb));
+        assert!(s.hierarchy().is_at_or_below(mb, ub));
+        assert_eq!(s.member(m, a), None, "m is no member of a");
+        let svc = s.service_index("svc").unwrap();
+        assert_eq!(s.member(svc, a), Some(svc));
+        assert_eq!(s.member(svc, b), None);
+        // Without tenants: everyone stands for themselves.
+        let plain = build(r#"{"users":[{"id":"u","roles":["admin"]}]}"#).unwrap();
+        assert!(!plain.has_tenants());
+        let p = plain.user_index("u").unwrap();
+        assert_eq!(plain.member(p, NO_TENANT), Some(p));
+        assert_eq!(plain.user(p).tenant, NO_TENANT);
+    }
+
+    #[test]
+    fn bad_tenant_snapshots_are_refused_with_the_place() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"tenants":[{"id":"a"},{"id":"a"}],"users":[]}"#,
+                "tenants[1].id: tenant 'a' appears twice",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","memberships":[{"tenant":"x","roles":[]}]}]}"#,
+                "users[0].memberships[0].tenant: unknown tenant 'x'",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","memberships":[{"tenant":"a","roles":[]},{"tenant":"a","roles":["admin"]}]}]}"#,
+                "users[0].memberships[1].tenant: user 'u' has a second membership of tenant 'a'",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"},{"id":"b"}],"users":[{"id":"u","memberships":[{"tenant":"a","roles":[],"manager":"m"}]},{"id":"m","memberships":[{"tenant":"b","roles":[]}]}]}"#,
+                "users[0].memberships[0].manager: manager 'm' is not a member of tenant 'a'",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","memberships":[{"tenant":"a","roles":["nope"]}]}]}"#,
+                "users[0].memberships[0].roles[0]: unknown role 'nope'",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","roles":["admin"]}]}"#,
+                "users[0].roles: with tenants, roles, teams and manager are per membership",
+            ),
+            (
+                r#"{"users":[{"id":"u","roles":[],"memberships":[]}]}"#,
+                "users[0].memberships: memberships need the snapshot's tenants section",
+            ),
+            (
+                r#"{"users":[{"id":"u"}]}"#,
+                "users[0].roles: missing field `roles`",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[],"services":[{"id":"s","roles":[]}]}"#,
+                "services[0].tenant: with tenants, a service belongs to one",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","memberships":[{"tenant":"a","roles":[],"manager":"v"}]},{"id":"v","memberships":[{"tenant":"a","roles":[],"manager":"u"}]}]}"#,
+                "memberships[0].manager: the manager chain of 'u' loops back to itself",
+            ),
+        ];
+        for (text, want) in cases {
+            let errs = build(text).err().unwrap_or_default();
+            assert!(
+                errs.iter().any(|e| e.contains(want)),
+                "{text}\nwant: {want}\ngot: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_carry_their_tenant() {
+        let c = {
+            let text = "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:9\"\n[identity.api_keys]\nheader = \"x-api-key\"\n[snapshot]\npath = \"s.json\"\n[[record_type]]\nname = \"lead\"\nid = \"integer\"\n[[record_type]]\nname = \"note\"\nid = \"integer\"\nparents = [\"lead\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/x\"\npermission = \"lead.view\"\n";
+            crate::config::Config::parse("c.toml", text, std::path::Path::new(".")).unwrap()
+        };
+        let b = |records: &str| {
+            Snapshot::build(
+                "s.json",
+                &format!(
+                    r#"{{"tenants":[{{"id":"a"}},{{"id":"b"}}],"users":[{{"id":"u","memberships":[{{"tenant":"a","roles":["admin"]}}]}}],"records":{records}}}"#
+                ),
+                &c.catalog,
+            )
+            .map_err(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        };
+        let s = b(r#"{"owners":[{"type":"lead","id":"1","owner":"u","tenant":"a"},{"type":"lead","id":"2","tenant":"b"}],"related":[{"type":"note","id":"9","parent_type":"lead","parent_id":"2"}]}"#).unwrap();
+        let lead = c.catalog.record_types().get("lead").unwrap();
+        let note = c.catalog.record_types().get("note").unwrap();
+        let id = |k, t: &str| crate::ids::canonical_id(k, t).unwrap();
+        let kind = c.catalog.record_types().kind(lead);
+        let r = s.records();
+        let one = r.find(lead, &id(kind, "1")).unwrap();
+        let two = r.find(lead, &id(kind, "2")).unwrap();
+        let nine = r.find(note, &id(kind, "9")).unwrap();
+        assert_eq!(r.tenant_of(one.number), s.tenant_index("a").unwrap());
+        assert_eq!(r.tenant_of(two.number), s.tenant_index("b").unwrap());
+        assert_eq!(
+            r.tenant_of(nine.number),
+            s.tenant_index("b").unwrap(),
+            "a note takes its lead's"
+        );
+        // The admin of a may not reach b's lead, whatever its scope.
+        let u = s
+            .member(s.user_index("u").unwrap(), s.tenant_index("a").unwrap())
+            .unwrap();
+        let view = c.catalog.permission("lead.view").unwrap();
+        let check = crate::access::RecordCheck::new(&s, u, view, lead);
+        assert!(check.check(&id(kind, "1")).allows(Default::default()));
+        assert!(!check.check(&id(kind, "2")).allows(Default::default()));
+        // Errors: a record without a tenant, an unknown one, a tenant without tenants.
+        let e = b(r#"{"owners":[{"type":"lead","id":"1"}]}"#).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.contains("records.owners[0].tenant: missing field `tenant`")),
+            "{e:?}"
+        );
+        let e = b(r#"{"owners":[{"type":"lead","id":"1","tenant":"z"}]}"#).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.contains("records.owners[0].tenant: unknown tenant 'z'")),
+            "{e:?}"
+        );
+        let e = Snapshot::build(
+            "s.json",
+            r#"{"users":[],"records":{"owners":[{"type":"lead","id":"1","tenant":"a"}]}}"#,
+            &c.catalog,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.iter().any(|e| e
+                .to_string()
+                .contains("needs the snapshot's tenants section")),
+            "{e:?}"
+        );
+    }
+}
