@@ -25,6 +25,9 @@ pub struct Record {
     /// `service` when the caller is a service principal (left out for a person).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal: Option<&'static str>,
+    /// The tenant the call was decided in (with tenants; left out otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub roles: Option<String>,
     pub method: String,
     /// The canonical path (the raw target when it could not be canonicalized).

@@ -223,6 +223,9 @@ pub fn edit_upstream(
     // The names that depend on what the client sent (none, usually: no allocation).
     let headers = head.headers();
     let mut named = hop_headers_present(headers);
+    // `[tenants] from = "header:…"`: read from trusted peers only, and never forwarded (the
+    // CRM gets the tenant decided on, in `x-permgate-tenant`).
+    let tenant_header = config.tenants.as_ref().and_then(|t| t.header.as_ref());
     // The same names spelled with `_`, `.` or other punctuation (CGI and PHP read them as `-`).
     let sensitive = |folded: &str| {
         folded.starts_with(OWN_HEADER_PREFIX)
@@ -234,6 +237,7 @@ pub fn edit_upstream(
                 .identity
                 .credential_headers()
                 .any(|h| h.as_str() == folded)
+            || tenant_header.is_some_and(|h| h.as_str() == folded)
     };
     named.extend(crate::canon::disguised_copies(headers, sensitive));
     let route = permit.route.map(|r| policy::route_info(config, r));
@@ -270,6 +274,7 @@ pub fn edit_upstream(
             || *name == f.roles_header
             || *name == f.request_id_header
             || config.identity.credential_headers().any(|h| h == name)
+            || tenant_header == Some(name)
             || f.strip_headers.contains(name.as_str())
             || (drop_authorization && *name == AUTHORIZATION)
             || (drop_accept_encoding && *name == http::header::ACCEPT_ENCODING)
@@ -313,6 +318,12 @@ pub fn edit_upstream(
                 f.roles_header.clone(),
                 value(&snapshot.grant(user).roles_header)?,
             )?;
+            if user.tenant != crate::snapshot::NO_TENANT {
+                head.set(
+                    HeaderName::from_static(crate::tenants::TENANT_HEADER),
+                    value(snapshot.tenant_id(user.tenant))?,
+                )?;
+            }
         }
         (None, _) => {}
     }
@@ -529,6 +540,12 @@ pub fn finish(state: &State, ctx: &Ctx, method: &http::Method, raw_target: &[u8]
             },
             principal: match (caller, snapshot) {
                 (Some(c), Some(s)) if s.user(c.user).service => Some("service"),
+                _ => None,
+            },
+            tenant: match (caller, snapshot) {
+                (Some(c), Some(s)) if s.user(c.user).tenant != crate::snapshot::NO_TENANT => {
+                    Some(s.tenant_id(s.user(c.user).tenant).to_string())
+                }
                 _ => None,
             },
             user,

@@ -47,7 +47,7 @@
 pub use permgate_core::{
     access, audit, body, canon, catalog, changes, chunked, cors, dbsource, error, explain, headers,
     hierarchy, identity, ids, inspect, json, jwks, learn, limit, pem, policy, records, reject,
-    routes, scope, snapshot,
+    routes, scope, snapshot, tenants,
 };
 
 pub mod admin;

@@ -79,6 +79,9 @@ enum Command {
         /// The request body (a JSON file), for routes that inspect bodies.
         #[arg(long)]
         body: Option<PathBuf>,
+        /// The call's tenant (a tenant-aware config, `[tenants]`).
+        #[arg(long)]
+        tenant: Option<String>,
         method: String,
         /// The request target, e.g. /api/v1/campaigns/7
         path: String,
@@ -314,6 +317,7 @@ fn main() -> ExitCode {
             user,
             json,
             body,
+            tenant,
             method,
             path,
         } => match load_offline(&config) {
@@ -326,12 +330,13 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                let e = permgate::explain::explain_with_body(
+                let e = permgate::explain::explain_in(
                     &cfg,
                     &snapshot,
                     &method,
                     &path,
                     user.as_deref(),
+                    tenant.as_deref(),
                     body.as_deref(),
                 );
                 let text = if json {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, LOCATION};
 use http::Response;
 use hyper::body::Incoming;
-use log::{info, warn};
+use tracing::{info, warn};
 
 use super::pool::Lease;
 use super::{left, next_frame, Failure, Paced, Plane, RespBody, RespKind};
@@ -145,8 +145,8 @@ fn types(ctx: &Ctx) -> &crate::ids::RecordTypes {
 fn not_learned(state: &State, ctx: &Ctx, why: &str) {
     state.learned.not_learned.fetch_add(1, Ordering::Relaxed);
     warn!(
-        "request_id={} record not learned from the create answer: {why} (the answer is passed on unchanged)",
-        ctx.request_id
+        request_id = %ctx.request_id,
+        "record not learned from the create answer: {why} (the answer is passed on unchanged)"
     );
 }
 
@@ -189,8 +189,8 @@ async fn learn(
     let s = state.clone();
     match tokio::task::spawn_blocking(move || s.learn(change, &source)).await {
         Ok(Ok(version)) => info!(
-            "request_id={} learned {described} from the create answer (snapshot {version})",
-            ctx.request_id
+            request_id = %ctx.request_id,
+            "learned {described} from the create answer (snapshot {version})"
         ),
         Ok(Err(errors)) => not_learned(state, ctx, &format!("{described}: {}", errors.join("; "))),
         Err(e) => not_learned(state, ctx, &format!("{described}: {e}")),

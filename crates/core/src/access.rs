@@ -5,7 +5,7 @@ use crate::catalog::PermId;
 use crate::ids::{RecordId, RecordTypeId};
 use crate::records::*;
 use crate::scope::ScopeSet;
-use crate::snapshot::{Snapshot, UserIdx};
+use crate::snapshot::{Snapshot, UserIdx, NO_TENANT};
 
 /// What to do with a record the snapshot does not know (a route setting; deny by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,7 +73,12 @@ pub fn scope_of(snapshot: &Snapshot, user: UserIdx, perm: PermId) -> ScopeSet {
 /// build one per call and check every item with it.
 pub struct RecordCheck<'s> {
     snapshot: &'s Snapshot,
+    /// The caller in the call's tenant (a membership with tenants; the person without).
     user: UserIdx,
+    /// The person (or service) behind `user`: what record owners and user shares name.
+    person: UserIdx,
+    /// The call's tenant ([`NO_TENANT`] without tenants): a record of another is refused.
+    tenant: u32,
     scope: ScopeSet,
     record_type: RecordTypeId,
     teams: &'s [u32],
@@ -92,6 +97,8 @@ impl<'s> RecordCheck<'s> {
         RecordCheck {
             snapshot,
             user,
+            person: u.person,
+            tenant: u.tenant,
             scope: grant.scopes.get(perm),
             record_type,
             teams: &u.teams,
@@ -123,6 +130,9 @@ impl<'s> RecordCheck<'s> {
         if self.scope.is_empty() {
             return RecordDecision::Denied(Refusal::NoPermission);
         }
+        if self.tenant != NO_TENANT {
+            return self.check_in_tenant(id);
+        }
         if self.scope.is_all() {
             return RecordDecision::Allowed {
                 via: Via::All,
@@ -148,6 +158,38 @@ impl<'s> RecordCheck<'s> {
         RecordDecision::Denied(Refusal::OutOfScope)
     }
 
+    /// [`RecordCheck::check`] with tenants: the record must be known and of the call's
+    /// tenant, whatever the scope (an `all` scope is all of the tenant's records); a record
+    /// the snapshot does not know is left to the route's `unknown_record` setting.
+    fn check_in_tenant(&self, id: &RecordId) -> RecordDecision {
+        let store = self.snapshot.records();
+        let Some(found) = store.find(self.record_type, id) else {
+            return RecordDecision::Unknown;
+        };
+        if store.tenant_of(found.number) != self.tenant {
+            return RecordDecision::Denied(Refusal::OutOfScope);
+        }
+        if self.scope.is_all() {
+            return RecordDecision::Allowed {
+                via: Via::All,
+                through_parent: false,
+            };
+        }
+        if let Some(via) = self.admits(found) {
+            return RecordDecision::Allowed {
+                via,
+                through_parent: false,
+            };
+        }
+        if let Some(via) = store.parent(found).and_then(|p| self.admits(p)) {
+            return RecordDecision::Allowed {
+                via,
+                through_parent: true,
+            };
+        }
+        RecordDecision::Denied(Refusal::OutOfScope)
+    }
+
     /// [`RecordCheck::check`] settled with the route's setting for unknown records.
     pub fn allows(&self, id: &RecordId, unknown: UnknownRecord) -> bool {
         self.check(id).allows(unknown)
@@ -157,7 +199,7 @@ impl<'s> RecordCheck<'s> {
     fn admits(&self, found: Found) -> Option<Via> {
         let (s, user, scope) = (self.snapshot, self.user, self.scope);
         if let Some(owner) = found.owner {
-            if owner == user
+            if owner == self.person
                 && scope.intersects(
                     ScopeSet::OWN
                         .union(ScopeSet::TEAM)
@@ -166,19 +208,25 @@ impl<'s> RecordCheck<'s> {
             {
                 return Some(Via::Own);
             }
-            if scope.contains(ScopeSet::SUBORDINATES) && s.hierarchy().is_at_or_below(user, owner) {
-                return Some(Via::Subordinate);
-            }
-            if scope.contains(ScopeSet::TEAM)
-                && s.user(owner).teams.iter().any(|t| self.teams.contains(t))
-            {
-                return Some(Via::Team);
+            // The owner as a member of the call's tenant (the owner without tenants): the
+            // manager forest and the teams are per tenant.
+            if let Some(owner) = s.member(owner, self.tenant) {
+                if scope.contains(ScopeSet::SUBORDINATES)
+                    && s.hierarchy().is_at_or_below(user, owner)
+                {
+                    return Some(Via::Subordinate);
+                }
+                if scope.contains(ScopeSet::TEAM)
+                    && s.user(owner).teams.iter().any(|t| self.teams.contains(t))
+                {
+                    return Some(Via::Team);
+                }
             }
         }
         if scope.contains(ScopeSet::SHARED) && found.flags & HAS_SHARES != 0 {
             let store = s.records();
             let n = found.number;
-            if store.is_shared(n, Principal::User(user))
+            if store.is_shared(n, Principal::User(self.person))
                 || self
                     .teams
                     .iter()
@@ -223,6 +271,11 @@ pub fn check_assignee(
     if scope.is_empty() {
         return Err(Refusal::NoPermission);
     }
+    // With tenants, the new owner must be a member of the call's tenant (then decided as
+    // that member); without, `target` itself.
+    let Some(target) = snapshot.member(target, snapshot.user(user).tenant) else {
+        return Err(Refusal::OutOfScope);
+    };
     let ok = scope.is_all()
         || target == user
         || (scope.contains(ScopeSet::SUBORDINATES)

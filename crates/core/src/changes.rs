@@ -200,6 +200,11 @@ fn canonical(
     Ok((t, id))
 }
 
+/// Incremental changes to a snapshot with tenants (memberships) are not taken yet: a full
+/// snapshot replaces it.
+const TENANTS_UNSUPPORTED: &str =
+    "changes: the snapshot has tenants; incremental changes do not support tenants yet (send a full snapshot)";
+
 impl RawSnapshot {
     pub fn parse(text: &str) -> Result<RawSnapshot, String> {
         serde_json::from_str(text).map_err(|e| e.to_string())
@@ -209,6 +214,9 @@ impl RawSnapshot {
     /// because the caller works on a copy and validates the result with [`Snapshot::build`].
     /// Record references are matched by canonical id (`types`: the config's record types).
     pub fn apply(&mut self, changes: &[Change], types: &RecordTypes) -> Result<(), String> {
+        if !self.tenants.is_empty() && !changes.is_empty() {
+            return Err(TENANTS_UNSUPPORTED.into());
+        }
         // Teams shared with in this batch: they must have members once the batch is applied.
         let mut shared_teams: Vec<(usize, String)> = Vec::new();
         // Users named as owners or sharees in this batch: they must exist once it is applied,
@@ -295,6 +303,7 @@ impl RawSnapshot {
                             record_type: record_type.clone(),
                             id: id.clone(),
                             owner: owner.clone(),
+                            tenant: None,
                         });
                     } else {
                         return Err(format!(
@@ -394,6 +403,7 @@ impl RawSnapshot {
                             record_type: record_type.clone(),
                             id: id.clone(),
                             owner: owner.clone(),
+                            tenant: None,
                         }),
                     }
                 }
@@ -574,6 +584,7 @@ impl Snapshot {
                 .map(|d| format!("sha256:{}", hex::encode(d)))
                 .collect(),
             disabled: u.disabled,
+            memberships: Vec::new(),
         }
     }
 
@@ -611,6 +622,9 @@ impl Snapshot {
         changes: &'c [Change],
         catalog: &Catalog,
     ) -> Result<Applied, Vec<String>> {
+        if self.has_tenants() && !changes.is_empty() {
+            return Err(vec![TENANTS_UNSUPPORTED.into()]);
+        }
         let mut errors: Vec<String> = Vec::new();
         // Users in source form, touched in this batch: (index, or None for a new user; form).
         let mut touched: Vec<(Option<UserIdx>, RawUser)> = Vec::new();
@@ -821,6 +835,9 @@ impl Snapshot {
                     disabled: raw.disabled,
                     api_keys: digests.into_boxed_slice(),
                     service: false,
+                    tenant: crate::snapshot::NO_TENANT,
+                    person: idx,
+                    memberships: Box::default(),
                 },
             ));
         }
@@ -1040,6 +1057,9 @@ impl Snapshot {
                 hierarchy,
                 managers,
                 records,
+                tenants: self.tenants.clone(),
+                tenant_idx: self.tenant_idx.clone(),
+                membership_count: self.membership_count,
             },
             users_touched,
             record_changes: record_ops.len(),
@@ -1288,6 +1308,7 @@ mod equivalence {
                             manager,
                             api_keys,
                             disabled,
+                            memberships: Vec::new(),
                         },
                     }
                 }),

@@ -69,6 +69,9 @@ pub struct RouteInfo {
     /// What the route's 2xx answer creates, learned into the live snapshot at once
     /// ([`crate::learn`]).
     pub creates: Option<Box<crate::learn::Creates>>,
+    /// `[tenants] from = "path:<param>"`: the segment of this route's path holding the
+    /// tenant (0-based after the leading `/`); `None`: the route's path names none.
+    pub tenant_segment: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -300,6 +303,8 @@ pub struct Config {
     pub rate_limit: RateLimits,
     /// `[cors]` (boxed: most configs have none).
     pub cors: Option<Box<crate::cors::Cors>>,
+    /// `[tenants]`: where a call's tenant comes from; `None`: one implicit tenant.
+    pub tenants: Option<crate::tenants::TenantSources>,
 }
 
 impl fmt::Debug for Config {
@@ -571,12 +576,34 @@ impl Config {
             }
         }
 
-        let identity = match Verifier::build(&raw.identity, file, text, base) {
+        let mut identity = match Verifier::build(&raw.identity, file, text, base) {
             Ok(v) => Some(v),
             Err(mut e) => {
                 errors.append(&mut e);
                 None
             }
+        };
+        let tenants = match (&raw.tenants, identity.as_mut()) {
+            (Some(t), Some(identity)) => match t.build(identity) {
+                Ok(t) => {
+                    if let Some(claim) = &t.claim {
+                        identity.set_tenant_claim(claim);
+                    }
+                    Some(t)
+                }
+                Err(messages) => {
+                    for m in messages {
+                        errors.push(ConfigError::new(
+                            file,
+                            locate(text, "tenants.from"),
+                            "tenants.from",
+                            m,
+                        ));
+                    }
+                    None
+                }
+            },
+            _ => None,
         };
 
         let f = &raw.forward;
@@ -1416,6 +1443,11 @@ impl Config {
                     passthrough,
                     resource: from_resource.map(String::from),
                     creates,
+                    tenant_segment: tenants
+                        .as_ref()
+                        .and_then(|t| t.path.as_deref())
+                        .zip(route.path.as_deref())
+                        .and_then(|(name, template)| crate::inspect::param_segment(template, name)),
                 },
             });
         }
@@ -1533,6 +1565,7 @@ impl Config {
                     max_callers: raw.rate_limit.max_callers,
                 },
                 cors,
+                tenants,
             }),
             _ => {
                 if errors.is_empty() {

@@ -195,6 +195,7 @@ pub fn snapshot_text(rows: &Rows, version: String, generated_at: u64) -> Result<
             manager: r.text("manager").map(str::to_string),
             api_keys: Vec::new(),
             disabled: r.flag("disabled"),
+            memberships: Vec::new(),
         });
     }
     for (i, r) in rows.api_keys.iter().enumerate() {
@@ -227,6 +228,7 @@ pub fn snapshot_text(rows: &Rows, version: String, generated_at: u64) -> Result<
             record_type: r.need("owners", i, "type")?,
             id: id(r.need("owners", i, "id")?),
             owner: r.text("owner").map(str::to_string),
+            tenant: None,
         });
     }
     for (i, r) in rows.shares.iter().enumerate() {
@@ -256,6 +258,8 @@ pub fn snapshot_text(rows: &Rows, version: String, generated_at: u64) -> Result<
         records: has_records.then_some(records),
         // Service principals come from the snapshot file or a URL source, not yet from SQL.
         services: Vec::new(),
+        // Tenants (memberships) likewise: the database source's query is another piece of work.
+        tenants: Vec::new(),
     };
     Ok(raw.to_json())
 }
@@ -309,6 +313,7 @@ pub fn incremental_changes(
                         manager: r.text("manager").map(str::to_string),
                         api_keys: Vec::new(),
                         disabled: r.flag("disabled"),
+                        memberships: Vec::new(),
                     },
                 });
             }

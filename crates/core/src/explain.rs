@@ -43,6 +43,20 @@ pub fn explain_with_body(
     user: Option<&str>,
     body: Option<&[u8]>,
 ) -> Explanation {
+    explain_in(config, snapshot, method, target, user, None, body)
+}
+
+/// [`explain_with_body`] in a tenant (`--tenant`; a `path:` tenant source reads the path as
+/// the gateway does, and must agree).
+pub fn explain_in(
+    config: &Config,
+    snapshot: &Snapshot,
+    method: &str,
+    target: &str,
+    user: Option<&str>,
+    tenant: Option<&str>,
+    body: Option<&[u8]>,
+) -> Explanation {
     let Ok(m) = Method::from_bytes(method.as_bytes()) else {
         return Explanation {
             allowed: false,
@@ -51,7 +65,15 @@ pub fn explain_with_body(
             json: json!({"decision": "deny", "status": 400, "code": "bad_method"}),
         };
     };
-    let result = decide_as(config, snapshot, &m, target.as_bytes(), user);
+    let result = decide_as(config, snapshot, &m, target.as_bytes(), user, tenant);
+    // The tenant the call was decided in (the caller's membership's).
+    let decided_tenant = match &result {
+        Ok(p) => p.caller,
+        Err(d) => d.caller,
+    }
+    .map(|c| snapshot.user(c.user).tenant)
+    .filter(|t| *t != crate::snapshot::NO_TENANT)
+    .map(|t| snapshot.tenant_id(t).to_string());
     // The body checks the gateway runs on an inspected route, on the given body.
     let mut trimmed: Option<Vec<String>> = None;
     // What a body denial names (the 403 body's `denied_ids` and `fields`).
@@ -118,6 +140,12 @@ pub fn explain_with_body(
     let user_json = user.map(|u| match snapshot.user_index(u) {
         None => json!({"id": u, "known": false}),
         Some(i) => {
+            // With tenants: the roles of the membership the call was decided with.
+            let i = decided_tenant
+                .as_deref()
+                .and_then(|t| snapshot.tenant_index(t))
+                .and_then(|t| snapshot.member(i, t))
+                .unwrap_or(i);
             let rec = snapshot.user(i);
             let grant = snapshot.grant(rec);
             json!({
@@ -157,6 +185,7 @@ pub fn explain_with_body(
         code: code.clone(),
         json: json!({
             "request": {"method": method, "target": target, "canonical": canonical},
+            "tenant": decided_tenant.as_deref().or(tenant),
             "route": route_json,
             "user": user_json,
             "decision": if allowed { "allow" } else { "deny" },
@@ -186,6 +215,9 @@ impl Explanation {
         match j["request"]["canonical"].as_str() {
             Some(c) => s.push_str(&format!("canonical:  {c}\n")),
             None => s.push_str("canonical:  (refused before a canonical path was decided)\n"),
+        }
+        if let Some(t) = j["tenant"].as_str() {
+            s.push_str(&format!("tenant:     {t}\n"));
         }
         match j["route"].as_object() {
             Some(r) => s.push_str(&format!(
@@ -267,6 +299,9 @@ pub struct Case {
     /// The caller; omit for a call without credentials.
     #[serde(default)]
     pub user: Option<String>,
+    /// The call's tenant (with `[tenants]`; a `path:` source also reads the path).
+    #[serde(default)]
+    pub tenant: Option<String>,
     pub method: String,
     pub path: String,
     /// `allow` or `deny`.
@@ -313,12 +348,13 @@ pub fn run_cases(config: &Config, snapshot: &Snapshot, cases: &[Case]) -> Vec<Re
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let e = explain_with_body(
+            let e = explain_in(
                 config,
                 snapshot,
                 &c.method,
                 &c.path,
                 c.user.as_deref(),
+                c.tenant.as_deref(),
                 c.body.as_deref().map(str::as_bytes),
             );
             let who = c.user.as_deref().unwrap_or("(anonymous)");

@@ -158,6 +158,9 @@ struct JwtVerifier {
     jwks: Option<Arc<JwksStore>>,
     jwks_validation: [(Algorithm, Validation); 2],
     user_claim: String,
+    /// `[tenants] from = "claim:<name>"`: the claim read as the call's tenant (set after the
+    /// config's `[tenants]` is compiled, before any token is verified).
+    tenant_claim: Option<String>,
     cache: TokenCache,
     /// Whether `iss` / `aud` are checked (configured), for `check-config` to say so.
     checks_issuer: bool,
@@ -186,6 +189,8 @@ type Shard = std::sync::Mutex<HashMap<u64, CachedToken, PreHashed>>;
 struct CachedToken {
     token: Box<[u8]>,
     user: Arc<str>,
+    /// The tenant claim's value (`[tenants] from = "claim:…"`), when configured and present.
+    tenant: Option<Arc<str>>,
     /// The JWKS key set's epoch the token was verified under (0 without a JWKS): an entry of
     /// another epoch is a miss, so a token verified with a key the IdP withdrew is checked
     /// again (and refused) rather than answered from the cache.
@@ -213,18 +218,18 @@ impl TokenCache {
         (&self.shards[(h >> 60) as usize % CACHE_SHARDS], h)
     }
 
-    fn get(&self, token: &[u8], now: u64, epoch: u64) -> Option<Arc<str>> {
+    fn get(&self, token: &[u8], now: u64, epoch: u64) -> Option<(Arc<str>, Option<Arc<str>>)> {
         let (shard, h) = self.slot(token);
         let shard = shard.lock().ok()?;
         match shard.get(&h) {
             Some(c) if now < c.exp && c.epoch == epoch && *c.token == *token => {
-                Some(c.user.clone())
+                Some((c.user.clone(), c.tenant.clone()))
             }
             _ => None,
         }
     }
 
-    fn put(&self, token: &[u8], user: &Arc<str>, exp: u64, epoch: u64) {
+    fn put(&self, token: &[u8], user: &Arc<str>, tenant: &Option<Arc<str>>, exp: u64, epoch: u64) {
         let (shard, h) = self.slot(token);
         if let Ok(mut shard) = shard.lock() {
             if shard.len() >= CACHE_PER_SHARD {
@@ -235,6 +240,7 @@ impl TokenCache {
                 CachedToken {
                     token: token.into(),
                     user: user.clone(),
+                    tenant: tenant.clone(),
                     exp,
                     epoch,
                 },
@@ -318,6 +324,8 @@ pub enum Credential {
 pub struct Identified {
     pub credential: Credential,
     pub method: Method,
+    /// The token's tenant claim (`[tenants] from = "claim:…"`; JWT callers only).
+    pub tenant: Option<Arc<str>>,
 }
 
 /// The SHA-256 of an API key, as stored in the snapshot (`sha256:<hex>`).
@@ -628,6 +636,7 @@ impl Verifier {
                 jwks_validation: [Algorithm::RS256, Algorithm::ES256]
                     .map(|alg| (alg, validation_for(alg, j))),
                 user_claim: j.user_claim.clone(),
+                tenant_claim: None,
                 cache: TokenCache::new(),
                 checks_issuer: j.issuer.is_some(),
                 checks_audience: j.audience.is_some(),
@@ -771,7 +780,7 @@ impl Verifier {
     /// full checks in [`Verifier::identify`] reach the same answer for it: a cached token was
     /// verified through them, so it is visible ASCII with two dots, and `bearer` is the only
     /// scheme that reaches the verifier.
-    fn cached_jwt_user(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+    fn cached_jwt_user(&self, headers: &HeaderMap) -> Option<(Arc<str>, Option<Arc<str>>)> {
         let jwt = self.jwt.as_ref()?;
         let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
         let value = values.next()?;
@@ -800,6 +809,31 @@ impl Verifier {
         jwt.cache.get(token, now_unix(), jwt.epoch())
     }
 
+    /// Read `claim` of every JWT as the call's tenant (`[tenants] from = "claim:…"`).
+    pub fn set_tenant_claim(&mut self, claim: &str) {
+        if let Some(j) = self.jwt.as_mut() {
+            j.tenant_claim = Some(claim.to_string());
+        }
+    }
+
+    /// Whether JWTs are configured (a `claim:` tenant source needs them).
+    pub fn has_jwt(&self) -> bool {
+        self.jwt.is_some()
+    }
+
+    /// Is `peer` one the trusted identity header is accepted from? (`false` without a trusted
+    /// header: a `header:` tenant source is accepted under exactly the same rule.)
+    pub fn is_trusted_peer(&self, peer: Option<IpAddr>) -> bool {
+        self.trusted
+            .as_ref()
+            .is_some_and(|(_, nets)| peer.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))))
+    }
+
+    /// Whether a trusted identity header is configured.
+    pub fn has_trusted_header(&self) -> bool {
+        self.trusted.is_some()
+    }
+
     pub fn identify(
         &self,
         headers: &HeaderMap,
@@ -824,10 +858,11 @@ impl Verifier {
                 )
             })
         };
-        if let Some(user) = self.cached_jwt_user(headers) {
+        if let Some((user, tenant)) = self.cached_jwt_user(headers) {
             return Ok(Identified {
                 credential: Credential::User(user),
                 method: Method::Jwt,
+                tenant,
             });
         }
         let authorization = single(&http::header::AUTHORIZATION)?;
@@ -869,12 +904,14 @@ impl Verifier {
             return Ok(Identified {
                 credential: Credential::User(user.into()),
                 method: Method::TrustedHeader,
+                tenant: None,
             });
         }
         if let Some(key) = api_key {
             return Ok(Identified {
                 credential: Credential::ApiKey(api_key_digest(key.trim())),
                 method: Method::ApiKey,
+                tenant: None,
             });
         }
         let Some(auth) = authorization else {
@@ -896,9 +933,10 @@ impl Verifier {
         };
         if token.bytes().filter(|b| *b == b'.').count() == 2 {
             if let Some(jwt) = &self.jwt {
-                return jwt.verify(token).map(|user| Identified {
+                return jwt.verify(token).map(|(user, tenant)| Identified {
                     credential: Credential::User(user),
                     method: Method::Jwt,
+                    tenant,
                 });
             }
         }
@@ -906,6 +944,7 @@ impl Verifier {
             return Ok(Identified {
                 credential: Credential::ApiKey(api_key_digest(token)),
                 method: Method::ApiKey,
+                tenant: None,
             });
         }
         Err(unauthenticated(
@@ -936,21 +975,22 @@ impl JwtVerifier {
         self.jwks.as_ref().map_or(0, |s| s.epoch())
     }
 
-    fn verify(&self, token: &str) -> Result<Arc<str>, Rejection> {
+    fn verify(&self, token: &str) -> Result<(Arc<str>, Option<Arc<str>>), Rejection> {
         let now = now_unix();
         // Read before verifying: if the keys change meanwhile, the entry is of the old epoch
         // and never served.
         let epoch = self.epoch();
-        if let Some(user) = self.cache.get(token.as_bytes(), now, epoch) {
-            return Ok(user);
+        if let Some(hit) = self.cache.get(token.as_bytes(), now, epoch) {
+            return Ok(hit);
         }
-        let (user, exp) = self.verify_uncached(token)?;
+        let (user, tenant, exp) = self.verify_uncached(token)?;
         let user: Arc<str> = user.into();
-        self.cache.put(token.as_bytes(), &user, exp, epoch);
-        Ok(user)
+        let tenant: Option<Arc<str>> = tenant.map(Into::into);
+        self.cache.put(token.as_bytes(), &user, &tenant, exp, epoch);
+        Ok((user, tenant))
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<(String, u64), Rejection> {
+    fn verify_uncached(&self, token: &str) -> Result<(String, Option<String>, u64), Rejection> {
         use jsonwebtoken::errors::ErrorKind;
         let invalid = |m: &'static str| unauthenticated("invalid_token", m);
         let header = jsonwebtoken::decode_header(token)
@@ -1045,7 +1085,24 @@ impl JwtVerifier {
                 ))
             }
         };
-        Ok((user, exp))
+        // The tenant claim, when configured: a string or an integer like the user claim; absent
+        // is `None` (the call's tenant then comes from another source, or it is missing); any
+        // other value is a token we do not understand.
+        let tenant = match self.tenant_claim.as_ref().map(|c| data.claims.get(c)) {
+            None | Some(None) | Some(Some(serde_json::Value::Null)) => None,
+            Some(Some(serde_json::Value::String(s))) if !s.is_empty() && s.len() <= 256 => {
+                Some(s.clone())
+            }
+            Some(Some(serde_json::Value::Number(n))) if n.is_u64() || n.is_i64() => {
+                Some(n.to_string())
+            }
+            Some(Some(_)) => {
+                return Err(invalid(
+                    "the token's tenant claim is not a string or integer",
+                ))
+            }
+        };
+        Ok((user, tenant, exp))
     }
 }
 
@@ -1303,7 +1360,10 @@ trusted_cidrs = ["10.1.0.0/16"]
             Credential::User("u-1".into())
         );
         assert_eq!(
-            jwt.cache.get(t.as_bytes(), now() as u64, 0).as_deref(),
+            jwt.cache
+                .get(t.as_bytes(), now() as u64, 0)
+                .map(|(u, _)| u)
+                .as_deref(),
             Some("u-1")
         );
         // Past exp the entry is not used.

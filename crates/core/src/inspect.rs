@@ -1162,12 +1162,19 @@ pub fn effective_permissions(
             )
         })
         .collect();
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "user": &*u.id,
         "principal": if u.service { "service" } else { "user" },
         "roles": g.roles.iter().map(|r| snapshot.role_id(*r)).collect::<Vec<_>>(),
         "permissions": permissions,
-    })
+    });
+    // With tenants: the tenant these roles hold in (the call's).
+    if u.tenant != crate::snapshot::NO_TENANT {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("tenant".into(), snapshot.tenant_id(u.tenant).into());
+        }
+    }
+    v
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@
 //!   [`chunked`], a copy-on-write chunked vector), tested equal to a full rebuild.
 //! - [`learn`]: `creates` on a route: the record a create call's 2xx answer names, as an
 //!   `upsert_record` change the server applies at once.
+//! - [`tenants`]: where a call's tenant comes from (`[tenants]`); the snapshot's memberships
+//!   decide per tenant.
 //! - [`cors`]: browser front ends on another origin: preflights and answer headers.
 //! - [`limit`]: rate limits (token buckets per caller and per route), bounded and lock-light.
 //! - [`audit`]: what a snapshot change did (roles, permissions, users), for access reviews.
@@ -80,3 +82,4 @@ pub mod reject;
 pub mod routes;
 pub mod scope;
 pub mod snapshot;
+pub mod tenants;

@@ -151,7 +151,27 @@ pub fn decide(
         Ok(who) => who,
         Err(rejection) => return Err(denied(rejection, route_idx, None, None, canonical)),
     };
-    authorize(config, snapshot, canonical, route_idx, permission, who)
+    let segment = route_info(config, route_idx).tenant_segment;
+    let tenant = match crate::tenants::tenant_of(
+        config.tenants.as_ref(),
+        &config.identity,
+        &who,
+        req.headers,
+        req.peer,
+        segment.map(|s| (canonical.path.as_str(), s)),
+    ) {
+        Ok(t) => t.map(|t| Arc::<str>::from(&*t)),
+        Err(rejection) => return Err(denied(rejection, route_idx, None, None, canonical)),
+    };
+    authorize(
+        config,
+        snapshot,
+        canonical,
+        route_idx,
+        permission,
+        who,
+        tenant.as_deref(),
+    )
 }
 
 /// Decide as a given user, without credentials (for `permgate explain` and `permgate test`):
@@ -162,6 +182,7 @@ pub fn decide_as(
     method: &Method,
     target: &[u8],
     user: Option<&str>,
+    tenant: Option<&str>,
 ) -> Result<Permit, Denied> {
     let headers = HeaderMap::new();
     let req = Request {
@@ -192,8 +213,82 @@ pub fn decide_as(
     let who = identity::Identified {
         credential: Credential::User(user.into()),
         method: identity::Method::Jwt,
+        tenant: None,
     };
-    authorize(config, snapshot, canonical, route_idx, permission, who)
+    // The tenant given, else the route's path parameter (`[tenants] from = "path:…"`); the
+    // same strictness: both, differing, is ambiguous.
+    let from_path = route_info(config, route_idx)
+        .tenant_segment
+        .zip(config.tenants.as_ref())
+        .and_then(|(s, _)| {
+            canonical
+                .path
+                .strip_prefix('/')
+                .and_then(|p| p.split('/').nth(s))
+                .map(str::to_string)
+        });
+    let tenant = match (tenant, from_path.as_deref()) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(denied(
+                Rejection::new(
+                    400,
+                    "tenant_ambiguous",
+                    "this call names more than one tenant (its sources disagree, or a tenant header is repeated)",
+                ),
+                route_idx,
+                None,
+                None,
+                canonical,
+            ))
+        }
+        (Some(a), _) => Some(a.to_string()),
+        (None, b) => b.map(str::to_string),
+    };
+    if config.tenants.is_some() && tenant.is_none() {
+        return Err(denied(
+            Rejection::new(
+                400,
+                "tenant_missing",
+                "this call names no tenant (the gateway is tenant-aware: see [tenants] from)",
+            ),
+            route_idx,
+            None,
+            None,
+            canonical,
+        ));
+    }
+    authorize(
+        config,
+        snapshot,
+        canonical,
+        route_idx,
+        permission,
+        who,
+        tenant.as_deref(),
+    )
+}
+
+/// The principal that acts for `user` in the call's tenant: `user` itself without tenants
+/// (neither in the config nor in the snapshot); else its membership of the tenant, or
+/// `tenant_missing` / `not_a_member`. A tenant-aware config with a snapshot without tenants,
+/// or the reverse, refuses every call (fail closed): they are rolled out together.
+pub fn member_in(
+    snapshot: &Snapshot,
+    user: UserIdx,
+    tenant: Option<&str>,
+) -> Result<UserIdx, Rejection> {
+    match (tenant, snapshot.has_tenants()) {
+        (None, false) => Ok(user),
+        (None, true) => Err(Rejection::new(
+            400,
+            "tenant_missing",
+            "this call names no tenant (the snapshot has tenants: configure [tenants] from)",
+        )),
+        (Some(t), _) => snapshot
+            .tenant_index(t)
+            .and_then(|ti| snapshot.member(user, ti))
+            .ok_or_else(|| crate::tenants::not_a_member(t)),
+    }
 }
 
 /// The snapshot's user for a verified credential, or 401 (with the claimed id, for the logs).
@@ -247,10 +342,22 @@ pub fn authorize(
     route_idx: usize,
     permission: crate::catalog::PermId,
     who: identity::Identified,
+    tenant: Option<&str>,
 ) -> Result<Permit, Denied> {
-    let user = match resolve_user(snapshot, &who.credential) {
+    let person = match resolve_user(snapshot, &who.credential) {
         Ok(user) => user,
         Err((rejection, id)) => return Err(denied(rejection, route_idx, id, None, canonical)),
+    };
+    // The caller in the call's tenant (its membership): roles, teams, manager from there.
+    let user = match member_in(snapshot, person, tenant) {
+        Ok(m) => m,
+        Err(rejection) => {
+            let caller = Caller {
+                user: person,
+                method: who.method,
+            };
+            return Err(denied(rejection, route_idx, None, Some(caller), canonical));
+        }
     };
     let u = snapshot.user(user);
     let caller = Caller {
@@ -486,7 +593,23 @@ pub fn effective_permissions(
     hygiene(config, req).map_err(|e| Rejection::new(e.status(), e.code(), e.message()))?;
     let snapshot = snapshot?;
     let who = config.identity.identify(req.headers, req.peer)?;
-    let user = resolve_user(snapshot, &who.credential).map_err(|(r, _)| r)?;
+    let tenant = crate::tenants::tenant_of(
+        config.tenants.as_ref(),
+        &config.identity,
+        &who,
+        req.headers,
+        req.peer,
+        None,
+    )?;
+    let person = resolve_user(snapshot, &who.credential).map_err(|(r, _)| r)?;
+    if snapshot.user(person).disabled {
+        return Err(Rejection::new(
+            403,
+            "user_disabled",
+            "the caller's account is disabled",
+        ));
+    }
+    let user = member_in(snapshot, person, tenant.as_deref())?;
     if snapshot.user(user).disabled {
         return Err(Rejection::new(
             403,

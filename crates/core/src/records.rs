@@ -76,7 +76,13 @@ pub mod parse;
 /// An index into the snapshot's users.
 pub type UserIdx = u32;
 
+/// In [`RecordsDraft`]'s owner tenants: the entry names no tenant.
+const NO_TENANT_NAME: u32 = u32::MAX;
+
 // ---- source form ---------------------------------------------------------------------------
+
+/// A tenant id → its interned number (`None`: not a tenant of the snapshot).
+pub type TenantLookup<'a> = dyn Fn(&str) -> Option<u32> + 'a;
 
 /// The snapshot's `records` section, as written (module docs).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -106,6 +112,9 @@ pub struct RawOwner {
     pub id: RawId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The record's tenant (required when the snapshot has tenants, refused otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -321,6 +330,11 @@ pub struct RecordsDraft<'t> {
     last_type: Option<u32>,
     last_parent_type: Option<u32>,
     owners: Vec<(DraftRef, OwnerRef)>,
+    /// The owners' tenants, by owner entry (interned in `tenants`; [`NO_TENANT_NAME`]: none);
+    /// empty until an entry names one, then kept as long as `owners` (entries read by the
+    /// compact path, which never names one, are padded when the next one is pushed).
+    owner_tenants: Vec<u32>,
+    tenants: Interner,
     shares: Vec<(DraftRef, Result<DraftPrincipal, &'static str>)>,
     related: Vec<(DraftRef, DraftRef)>,
 }
@@ -337,6 +351,8 @@ impl<'t> RecordsDraft<'t> {
             last_type: None,
             last_parent_type: None,
             owners: Vec::new(),
+            owner_tenants: Vec::new(),
+            tenants: Interner::default(),
             shares: Vec::new(),
             related: Vec::new(),
         }
@@ -721,7 +737,14 @@ pub struct RecordStore {
     types: Vec<TypeTable>,
     parents: Arc<HashMap<u32, u32, NumState>>,
     shares: Arc<HashSet<u64, NumState>>,
+    /// With tenants: each record's tenant by record number (4 bytes per slot, no allocation
+    /// per record); `None` in a snapshot without tenants.
+    tenants: Option<Chunked<u32, SLOT_CHUNK_SHIFT>>,
 }
+
+/// A record's tenant in [`RecordStore`]'s table: none yet (a record the store holds must have
+/// one; an unplaced slot has this).
+pub const RECORD_NO_TENANT: u32 = u32::MAX;
 
 /// A problem with one entry of the `records` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1657,6 +1680,174 @@ impl RecordStore {
     }
 
     /// Look a record up. `None`: unknown to the snapshot (or an id of another kind).
+    /// The tenant of a record ([`RECORD_NO_TENANT`] without tenants).
+    #[inline]
+    pub fn tenant_of(&self, number: u32) -> u32 {
+        self.tenants
+            .as_ref()
+            .and_then(|t| t.get(number as usize).copied())
+            .unwrap_or(RECORD_NO_TENANT)
+    }
+
+    /// Set a record's tenant (incremental changes; a snapshot with tenants only).
+    #[allow(dead_code)] // for the changes API (tenants), next step
+    pub(crate) fn set_tenant(&mut self, number: u32, tenant: u32) {
+        if let Some(t) = self.tenants.as_mut() {
+            if let Some(slot) = t.get_mut(number as usize) {
+                *slot = tenant;
+            }
+        }
+    }
+
+    /// The number of record numbers (every type's slots).
+    fn number_space(&self) -> usize {
+        self.types
+            .iter()
+            .map(|t| t.base as usize + t.keys.size())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Give each record of a draft its tenant (a second pass once the store is built, only for
+    /// a snapshot with tenants): owners name theirs (required, known), a related object
+    /// without one takes its parent's, and one that names one must name its parent's. Without
+    /// tenants (`tenant` is `None`), an entry naming one is an error.
+    pub fn assign_tenants(
+        &mut self,
+        draft: &RecordsDraft<'_>,
+        types: &RecordTypes,
+        tenant: Option<&TenantLookup<'_>>,
+        max_errors: usize,
+    ) -> Result<(), Vec<RecordError>> {
+        let mut errors = Vec::new();
+        let push = |errors: &mut Vec<RecordError>, list, index, field, message: String| {
+            if errors.len() < max_errors {
+                errors.push(RecordError {
+                    list,
+                    index,
+                    field,
+                    message,
+                });
+            }
+        };
+        let Some(tenant) = tenant else {
+            if let Some(i) = draft
+                .owner_tenants
+                .iter()
+                .position(|t| *t != NO_TENANT_NAME)
+            {
+                push(
+                    &mut errors,
+                    "owners",
+                    i,
+                    "tenant",
+                    "a record's tenant needs the snapshot's tenants section".into(),
+                );
+                return Err(errors);
+            }
+            return Ok(());
+        };
+        let names: Vec<Option<u32>> = draft.tenants.names.iter().map(|n| tenant(n)).collect();
+        let mut table: Chunked<u32, SLOT_CHUNK_SHIFT> =
+            Chunked::filled(RECORD_NO_TENANT, self.number_space());
+        let canon = |r: &DraftRef| -> Option<(RecordTypeId, RecordId)> {
+            let name = draft.types.names.get(r.record_type as usize)?;
+            let t = types.get(name)?;
+            let text = draft.text(r);
+            let kind = types.kind(t);
+            let id = if r.number {
+                canonical_json_number(kind, text)
+            } else {
+                canonical_id(kind, text)
+            };
+            id.ok().map(|id| (t, id))
+        };
+        for (i, (r, _)) in draft.owners.iter().enumerate() {
+            let named = draft
+                .owner_tenants
+                .get(i)
+                .copied()
+                .unwrap_or(NO_TENANT_NAME);
+            let t = match names.get(named as usize) {
+                None => {
+                    push(
+                        &mut errors,
+                        "owners",
+                        i,
+                        "tenant",
+                        "missing field `tenant` (the snapshot has tenants: every record names its own)".into(),
+                    );
+                    continue;
+                }
+                Some(None) => {
+                    let n = draft.tenants.names.get(named as usize).map_or("", |n| &**n);
+                    push(
+                        &mut errors,
+                        "owners",
+                        i,
+                        "tenant",
+                        format!("unknown tenant '{n}'"),
+                    );
+                    continue;
+                }
+                Some(Some(t)) => *t,
+            };
+            if let Some(f) = canon(r).and_then(|(ty, id)| self.find(ty, &id)) {
+                if let Some(slot) = table.get_mut(f.number as usize) {
+                    *slot = t;
+                }
+            }
+        }
+        // Related objects: their parent's tenant (a child that is also an owner entry must
+        // name the same). Parents first in a chain: a few rounds settle children of children.
+        for _round in 0..8 {
+            let mut changed = false;
+            for (i, (child, parent)) in draft.related.iter().enumerate() {
+                let (Some(c), Some(p)) = (
+                    canon(child).and_then(|(ty, id)| self.find(ty, &id)),
+                    canon(parent).and_then(|(ty, id)| self.find(ty, &id)),
+                ) else {
+                    continue;
+                };
+                let pt = table
+                    .get(p.number as usize)
+                    .copied()
+                    .unwrap_or(RECORD_NO_TENANT);
+                let ct = table
+                    .get(c.number as usize)
+                    .copied()
+                    .unwrap_or(RECORD_NO_TENANT);
+                if pt == RECORD_NO_TENANT || ct == pt {
+                    continue;
+                }
+                if ct != RECORD_NO_TENANT {
+                    if _round == 0 {
+                        push(
+                            &mut errors,
+                            "related",
+                            i,
+                            "",
+                            "the related object's tenant is not its parent's".into(),
+                        );
+                    }
+                    continue;
+                }
+                if let Some(slot) = table.get_mut(c.number as usize) {
+                    *slot = pt;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        self.tenants = Some(table);
+        Ok(())
+    }
+
     pub fn find(&self, t: RecordTypeId, id: &RecordId) -> Option<Found> {
         let tt = self.types.get(t.index())?;
         let hash = self.hash_id(id);

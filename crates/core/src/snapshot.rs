@@ -71,6 +71,30 @@ pub struct RawSnapshot {
     /// Record ownership, shares and related objects ([`crate::records`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records: Option<RawRecords>,
+    /// The tenants (organisations); empty: one implicit tenant (module docs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<RawTenant>,
+}
+
+/// A tenant in source form.
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A user's membership of one tenant: their roles, teams and manager there.
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawMembership {
+    pub tenant: String,
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
 }
 
 /// The form [`Snapshot::build`] reads: [`RawSnapshot`] with the records read into a compact
@@ -83,6 +107,31 @@ struct BuildForm<'t> {
     users: Vec<UserForm<'t>>,
     services: Vec<ServiceForm<'t>>,
     records: Option<RecordsDraft<'t>>,
+    tenants: Vec<TenantForm<'t>>,
+}
+
+/// [`RawTenant`] as [`Snapshot::build`] reads it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantForm<'t> {
+    #[serde(borrow)]
+    id: Name<'t>,
+    #[serde(borrow, default, rename = "name")]
+    _name: Option<Name<'t>>,
+}
+
+/// [`RawMembership`] as [`Snapshot::build`] reads it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipForm<'t> {
+    #[serde(borrow)]
+    tenant: Name<'t>,
+    #[serde(borrow)]
+    roles: Vec<Name<'t>>,
+    #[serde(borrow, default)]
+    teams: Vec<Name<'t>>,
+    #[serde(borrow, default)]
+    manager: Option<Name<'t>>,
 }
 
 /// [`RawService`] as [`Snapshot::build`] reads it.
@@ -99,6 +148,9 @@ struct ServiceForm<'t> {
     api_keys: Vec<Name<'t>>,
     #[serde(default)]
     disabled: bool,
+    /// With tenants: the one tenant the service belongs to (required then).
+    #[serde(borrow, default)]
+    tenant: Option<Name<'t>>,
 }
 
 /// [`RawUser`] as [`Snapshot::build`] reads it: the strings borrowed from the text (copied only
@@ -112,8 +164,9 @@ struct UserForm<'t> {
     name: Option<Name<'t>>,
     #[serde(borrow, default, rename = "email")]
     _email: Option<Name<'t>>,
-    #[serde(borrow)]
-    roles: Vec<Name<'t>>,
+    /// Required without tenants; with tenants, roles are per membership.
+    #[serde(borrow, default)]
+    roles: Option<Vec<Name<'t>>>,
     #[serde(borrow, default)]
     teams: Vec<Name<'t>>,
     #[serde(borrow, default)]
@@ -122,6 +175,8 @@ struct UserForm<'t> {
     api_keys: Vec<Name<'t>>,
     #[serde(default)]
     disabled: bool,
+    #[serde(borrow, default)]
+    memberships: Option<Vec<MembershipForm<'t>>>,
 }
 
 /// A string of the snapshot text: borrowed, or decoded when it holds escapes.
@@ -159,13 +214,14 @@ impl<'de: 't, 't> Deserialize<'de> for Name<'t> {
     }
 }
 
-const BUILD_FIELDS: [&str; 6] = [
+const BUILD_FIELDS: [&str; 7] = [
     "version",
     "generated_at",
     "roles",
     "users",
     "records",
     "services",
+    "tenants",
 ];
 
 impl<'t> BuildForm<'t> {
@@ -212,6 +268,7 @@ impl<'t> BuildForm<'t> {
             users: Vec::new(),
             services: Vec::new(),
             records: None,
+            tenants: Vec::new(),
         };
         let mut seen = [false; BUILD_FIELDS.len()];
         if b.get(i) == Some(&b'}') {
@@ -230,7 +287,7 @@ impl<'t> BuildForm<'t> {
                 return Err(fail(
                     at,
                     format!(
-                        "unknown field `{}`, expected one of `version`, `generated_at`, `roles`, `users`, `records`, `services`",
+                        "unknown field `{}`, expected one of `version`, `generated_at`, `roles`, `users`, `records`, `services`, `tenants`",
                         key.escape_debug()
                     ),
                 ));
@@ -263,6 +320,10 @@ impl<'t> BuildForm<'t> {
                 })?,
                 5 => sub_value(file, text, i).map(|(v, n)| {
                     form.services = v;
+                    n
+                })?,
+                6 => sub_value(file, text, i).map(|(v, n)| {
+                    form.tenants = v;
                     n
                 })?,
                 _ => match RecordsDraft::parse(text, i) {
@@ -372,6 +433,8 @@ pub struct RawUser {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Empty with tenants (roles are per membership then).
+    #[serde(default)]
     pub roles: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub teams: Vec<String>,
@@ -381,6 +444,9 @@ pub struct RawUser {
     pub api_keys: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// With tenants: the user's roles, teams and manager per tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memberships: Vec<RawMembership>,
 }
 
 /// A service principal in source form (module docs).
@@ -395,6 +461,9 @@ pub struct RawService {
     pub api_keys: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// With tenants: the tenant the service belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// A role as the snapshot knows it (preset or custom).
@@ -432,6 +501,24 @@ pub struct User {
     /// A service principal (the snapshot's `services`), not a person: reached only by its
     /// API keys, never by id; no team, no manager, no record of its own.
     pub service: bool,
+    /// With tenants: the tenant of a membership or a service; [`NO_TENANT`] for a person (and
+    /// for everyone in a snapshot without tenants).
+    pub tenant: u32,
+    /// A membership's person (whose id, keys and records it stands for); the entry itself
+    /// otherwise.
+    pub person: UserIdx,
+    /// A person's memberships, `(tenant, membership)` sorted by tenant (empty without tenants).
+    pub memberships: Box<[(u32, UserIdx)]>,
+}
+
+/// [`User::tenant`] of a principal that belongs to no one tenant.
+pub const NO_TENANT: u32 = u32::MAX;
+
+impl User {
+    /// Is this entry one user's membership of one tenant (not a person, not a service)?
+    pub fn is_membership(&self) -> bool {
+        self.tenant != NO_TENANT && !self.service
+    }
 }
 
 pub use crate::records::UserIdx;
@@ -523,6 +610,11 @@ pub struct Snapshot {
     /// built from.
     pub(crate) managers: Arc<Vec<u32>>,
     pub(crate) records: RecordStore,
+    /// The tenants' ids (empty: no tenants, one implicit tenant) and their index.
+    pub(crate) tenants: Arc<Vec<Box<str>>>,
+    pub(crate) tenant_idx: Arc<HashMap<Box<str>, u32>>,
+    /// How many entries of `users` are memberships.
+    pub(crate) membership_count: usize,
 }
 
 /// The grant of a role combination (sorted, deduplicated): the existing one, or a new one.
@@ -860,6 +952,35 @@ impl Snapshot {
                 .map(|(i, r)| (r.id.as_str(), i as u16))
                 .collect();
 
+            // Tenants: ids, unique.
+            let mut tenant_idx: HashMap<Box<str>, u32> = HashMap::new();
+            let mut tenant_ids: Vec<Box<str>> = Vec::new();
+            let tenant_lines = std::cell::OnceCell::new();
+            for (i, t) in raw.tenants.iter().enumerate() {
+                let at = |m: String| {
+                    ConfigError::new(
+                        file,
+                        line(&tenant_lines, "tenants", i),
+                        &format!("tenants[{i}].id"),
+                        m,
+                    )
+                };
+                if !is_valid_user_id(&t.id) {
+                    errors.push(at(format!(
+                        "'{}' is not a valid tenant id (1–256 visible ASCII characters, no spaces or commas)",
+                        t.id.escape_debug()
+                    )));
+                } else if tenant_idx
+                    .insert((*t.id).into(), tenant_ids.len() as u32)
+                    .is_some()
+                {
+                    errors.push(at(format!("tenant '{}' appears twice", t.id)));
+                } else {
+                    tenant_ids.push((*t.id).into());
+                }
+            }
+            let tenanted = !raw.tenants.is_empty();
+
             // Users, first pass: ids.
             // The keyed fast hash of the records' names, not SipHash.
             let mut by_id: HashMap<Box<str>, UserIdx, KeyedState> =
@@ -953,8 +1074,34 @@ impl Snapshot {
                         m,
                     )
                 };
-                let grant = grant_of_roles(&u.roles, &at, &mut errors);
-                let manager = match &u.manager {
+                let no_roles: &[Name<'_>] = &[];
+                let role_names = match (&u.roles, tenanted) {
+                    (Some(r), false) => r.as_slice(),
+                    (None, false) => {
+                        errors.push(at("roles", "missing field `roles`".into()));
+                        no_roles
+                    }
+                    (r, true) => {
+                        if r.as_ref().is_some_and(|r| !r.is_empty())
+                            || !u.teams.is_empty()
+                            || u.manager.is_some()
+                        {
+                            errors.push(at(
+                                "roles",
+                                "with tenants, roles, teams and manager are per membership: write them in the user's memberships".into(),
+                            ));
+                        }
+                        no_roles
+                    }
+                };
+                if u.memberships.is_some() && !tenanted {
+                    errors.push(at(
+                        "memberships",
+                        "memberships need the snapshot's tenants section".into(),
+                    ));
+                }
+                let grant = grant_of_roles(role_names, &at, &mut errors);
+                let manager = match u.manager.as_ref().filter(|_| !tenanted) {
                     None => None,
                     Some(m) => match by_id.get(&**m) {
                         Some(idx) => Some(*idx),
@@ -965,7 +1112,7 @@ impl Snapshot {
                     },
                 };
                 let mut team_ids = Vec::with_capacity(u.teams.len());
-                for t in &u.teams {
+                for t in u.teams.iter().filter(|_| !tenanted) {
                     let id = match team_of.get(&**t) {
                         Some(id) => *id,
                         None => {
@@ -987,6 +1134,9 @@ impl Snapshot {
                     disabled: u.disabled,
                     api_keys,
                     service: false,
+                    tenant: NO_TENANT,
+                    person: i as UserIdx,
+                    memberships: Box::default(),
                 });
             }
             // Services: after the users, never in `by_id` (reached by key only), ids unique
@@ -1019,6 +1169,30 @@ impl Snapshot {
                     errors.push(at("id", format!("service '{}' appears twice", sv.id)));
                 }
                 let idx = (raw.users.len() + i) as UserIdx;
+                let tenant = match (&sv.tenant, tenanted) {
+                    (None, false) => NO_TENANT,
+                    (Some(_), false) => {
+                        errors.push(at(
+                            "tenant",
+                            "a tenant needs the snapshot's tenants section".into(),
+                        ));
+                        NO_TENANT
+                    }
+                    (None, true) => {
+                        errors.push(at(
+                            "tenant",
+                            "with tenants, a service belongs to one: name it".into(),
+                        ));
+                        NO_TENANT
+                    }
+                    (Some(t), true) => match tenant_idx.get(&**t) {
+                        Some(t) => *t,
+                        None => {
+                            errors.push(at("tenant", format!("unknown tenant '{t}'")));
+                            NO_TENANT
+                        }
+                    },
+                };
                 let grant = grant_of_roles(&sv.roles, &at, &mut errors);
                 let api_keys = digests_of(idx, &sv.api_keys, &at, &mut errors);
                 users.push(User {
@@ -1030,8 +1204,112 @@ impl Snapshot {
                     disabled: sv.disabled,
                     api_keys,
                     service: true,
+                    tenant,
+                    person: idx,
+                    memberships: Box::default(),
                 });
             }
+
+            // Memberships: one entry each, after the services, standing for its person in its
+            // tenant (roles, teams, manager of that tenant); each person lists theirs.
+            let first_membership = users.len();
+            // Where each membership was written (user, membership), for errors.
+            let mut membership_at: Vec<(usize, usize)> = Vec::new();
+            let mut manager_names: Vec<Option<&Name<'_>>> = Vec::new();
+            for (i, u) in raw.users.iter().enumerate() {
+                let Some(ms) = u.memberships.as_ref().filter(|_| tenanted) else {
+                    continue;
+                };
+                let mut mine: Vec<(u32, UserIdx)> = Vec::with_capacity(ms.len());
+                for (j, m) in ms.iter().enumerate() {
+                    let at = |field: &str, msg: String| {
+                        ConfigError::new(
+                            file,
+                            line(&user_lines, "users", i),
+                            &format!("users[{i}].memberships[{j}].{field}"),
+                            msg,
+                        )
+                    };
+                    let Some(t) = tenant_idx.get(&*m.tenant).copied() else {
+                        errors.push(at("tenant", format!("unknown tenant '{}'", m.tenant)));
+                        continue;
+                    };
+                    if mine.iter().any(|(x, _)| *x == t) {
+                        errors.push(at(
+                            "tenant",
+                            format!(
+                                "user '{}' has a second membership of tenant '{}'",
+                                u.id, m.tenant
+                            ),
+                        ));
+                        continue;
+                    }
+                    let grant = grant_of_roles(&m.roles, &at, &mut errors);
+                    let mut team_ids = Vec::with_capacity(m.teams.len());
+                    for t in &m.teams {
+                        let id = match team_of.get(&**t) {
+                            Some(id) => *id,
+                            None => {
+                                let next = teams.len() as u32;
+                                team_of.insert(t.to_string(), next);
+                                teams.push(t.to_string());
+                                next
+                            }
+                        };
+                        team_ids.push(id);
+                    }
+                    let idx = users.len() as UserIdx;
+                    mine.push((t, idx));
+                    membership_at.push((i, j));
+                    manager_names.push(m.manager.as_ref());
+                    users.push(User {
+                        id: (*u.id).into(),
+                        name: None,
+                        grant,
+                        manager: None,
+                        teams: team_ids.into_boxed_slice(),
+                        disabled: u.disabled,
+                        api_keys: Box::default(),
+                        service: false,
+                        tenant: t,
+                        person: i as UserIdx,
+                        memberships: Box::default(),
+                    });
+                }
+                mine.sort_unstable();
+                users[i].memberships = mine.into_boxed_slice();
+            }
+            // Managers within the tenant: the manager's own membership of it.
+            for (k, name) in manager_names.iter().enumerate() {
+                let Some(name) = name else { continue };
+                let idx = first_membership + k;
+                let (i, j) = membership_at[k];
+                let tenant = users[idx].tenant;
+                let found = by_id.get(&***name).and_then(|p| {
+                    users[*p as usize]
+                        .memberships
+                        .iter()
+                        .find(|(t, _)| *t == tenant)
+                        .map(|(_, m)| *m)
+                });
+                match found {
+                    Some(m) => users[idx].manager = Some(m),
+                    None => errors.push(ConfigError::new(
+                        file,
+                        line(&user_lines, "users", i),
+                        &format!("users[{i}].memberships[{j}].manager"),
+                        if by_id.contains_key(&***name) {
+                            format!(
+                                "manager '{name}' is not a member of tenant '{}'",
+                                tenant_ids.get(tenant as usize).map_or("", |t| t)
+                            )
+                        } else {
+                            format!("unknown user '{name}'")
+                        },
+                    )),
+                }
+            }
+            let membership_count = users.len() - first_membership;
 
             // The manager relation must be a forest: walk up from each user, with memoised colours.
             if errors.is_empty() {
@@ -1043,10 +1321,17 @@ impl Snapshot {
                         match state[c] {
                             2 => break,
                             1 => {
+                                let (u, field) = match c.checked_sub(first_membership) {
+                                    Some(k) => {
+                                        let (i, j) = membership_at[k];
+                                        (i, format!("users[{i}].memberships[{j}].manager"))
+                                    }
+                                    None => (c, format!("users[{c}].manager")),
+                                };
                                 errors.push(ConfigError::new(
                                     file,
-                                    line(&user_lines, "users", c),
-                                    &format!("users[{c}].manager"),
+                                    line(&user_lines, "users", u),
+                                    &field,
                                     format!(
                                         "the manager chain of '{}' loops back to itself",
                                         users[c].id
@@ -1109,7 +1394,11 @@ impl Snapshot {
                     let role = |id: &str| role_idx.get(id).copied();
                     // People only: a service owns no record and is shared none.
                     let user_ids = |f: &mut dyn FnMut(&str, UserIdx)| {
-                        for (i, u) in users.iter().enumerate().filter(|(_, u)| !u.service) {
+                        for (i, u) in users
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, u)| !u.service && !u.is_membership())
+                        {
                             f(&u.id, i as UserIdx);
                         }
                     };
@@ -1120,28 +1409,39 @@ impl Snapshot {
                         role: &role,
                         owner_names: owner_names.as_ref(),
                     };
+                    let tenant = |name: &str| tenant_idx.get(name).copied();
                     RecordStore::build(draft, catalog.record_types(), &resolve, MAX_RECORD_ERRORS)
-                        .map_err(|errs| {
-                        let mut offsets: HashMap<&str, Vec<usize>> = HashMap::new();
-                        errs.into_iter()
-                            .map(|e| {
-                                let offs = offsets.entry(e.list).or_insert_with(|| {
-                                    nested_element_offsets(text, &["records", e.list])
-                                });
-                                let field = match (e.list, e.field) {
-                                    ("records", _) => "records".to_string(),
-                                    (l, "") => format!("records.{l}[{}]", e.index),
-                                    (l, f) => format!("records.{l}[{}].{f}", e.index),
-                                };
-                                ConfigError::new(
-                                    file,
-                                    offs.get(e.index).map(|o| line_of(text, *o)),
-                                    &field,
-                                    e.message,
+                        .and_then(|mut store| {
+                            store
+                                .assign_tenants(
+                                    draft,
+                                    catalog.record_types(),
+                                    tenanted.then_some(&tenant as &dyn Fn(&str) -> Option<u32>),
+                                    MAX_RECORD_ERRORS,
                                 )
-                            })
-                            .collect::<Vec<_>>()
-                    })?
+                                .map(|()| store)
+                        })
+                        .map_err(|errs| {
+                            let mut offsets: HashMap<&str, Vec<usize>> = HashMap::new();
+                            errs.into_iter()
+                                .map(|e| {
+                                    let offs = offsets.entry(e.list).or_insert_with(|| {
+                                        nested_element_offsets(text, &["records", e.list])
+                                    });
+                                    let field = match (e.list, e.field) {
+                                        ("records", _) => "records".to_string(),
+                                        (l, "") => format!("records.{l}[{}]", e.index),
+                                        (l, f) => format!("records.{l}[{}].{f}", e.index),
+                                    };
+                                    ConfigError::new(
+                                        file,
+                                        offs.get(e.index).map(|o| line_of(text, *o)),
+                                        &field,
+                                        e.message,
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                        })?
                 }
             };
             // The owners' name table (tens of megabytes at scale): freed on another thread.
@@ -1179,6 +1479,9 @@ impl Snapshot {
                 hierarchy: Arc::new(hierarchy),
                 managers: Arc::new(managers),
                 records,
+                tenants: Arc::new(tenant_ids),
+                tenant_idx: Arc::new(tenant_idx),
+                membership_count,
             })
         });
         // The records draft's lists (hundreds of megabytes at scale) are freed on another
@@ -1240,9 +1543,54 @@ impl Snapshot {
         &self.teams[idx as usize]
     }
 
-    /// The people (not the service principals).
+    /// The people (not the service principals, not the memberships).
     pub fn users(&self) -> impl Iterator<Item = &User> + '_ {
-        self.users.iter().filter(|u| !u.service)
+        self.users
+            .iter()
+            .filter(|u| !u.service && !u.is_membership())
+    }
+
+    /// Does the snapshot declare tenants (else one implicit tenant)?
+    pub fn has_tenants(&self) -> bool {
+        !self.tenants.is_empty()
+    }
+
+    /// A tenant's index by id.
+    pub fn tenant_index(&self, id: &str) -> Option<u32> {
+        self.tenant_idx.get(id).copied()
+    }
+
+    /// A tenant's id ("" for [`NO_TENANT`]).
+    pub fn tenant_id(&self, idx: u32) -> &str {
+        self.tenants.get(idx as usize).map_or("", |t| t)
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn membership_count(&self) -> usize {
+        self.membership_count
+    }
+
+    /// The principal that acts for `idx` (a person or a service) in `tenant`: the person's
+    /// membership of it, the service itself if it belongs to it, else `None`. With
+    /// [`NO_TENANT`] (a snapshot without tenants), `idx` itself. A binary search in the
+    /// person's few memberships.
+    #[inline]
+    pub fn member(&self, idx: UserIdx, tenant: u32) -> Option<UserIdx> {
+        if tenant == NO_TENANT {
+            return Some(idx);
+        }
+        let u = self.user(idx);
+        if u.service || u.is_membership() {
+            return (u.tenant == tenant).then_some(idx);
+        }
+        u.memberships
+            .binary_search_by_key(&tenant, |(t, _)| *t)
+            .ok()
+            .and_then(|k| u.memberships.get(k))
+            .map(|(_, m)| *m)
     }
 
     /// The service principals.
@@ -1252,7 +1600,7 @@ impl Snapshot {
 
     /// The people (service principals not counted).
     pub fn user_count(&self) -> usize {
-        self.users.len() - self.services.len()
+        self.users.len() - self.services.len() - self.membership_count
     }
 
     /// A service principal by id (never found by [`Snapshot::user_index`]).

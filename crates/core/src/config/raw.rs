@@ -31,6 +31,9 @@ pub(crate) struct RawConfig {
     /// `[cors]`: browser front ends on another origin ([`crate::cors`]).
     #[serde(default)]
     pub(crate) cors: Option<crate::cors::RawCors>,
+    /// `[tenants]`: where the tenant of a call comes from ([`crate::tenants`]).
+    #[serde(default)]
+    pub(crate) tenants: Option<crate::tenants::RawTenants>,
     /// Record types, for routes that check records ([`crate::inspect`]).
     #[serde(default, rename = "record_type")]
     pub(crate) record_types: Vec<Spanned<RawRecordType>>,

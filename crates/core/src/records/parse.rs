@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{DraftPrincipal, DraftRef, OwnerRef, RecordsDraft, Span, IN_ARENA};
+use super::{DraftPrincipal, DraftRef, OwnerRef, RecordsDraft, Span, IN_ARENA, NO_TENANT_NAME};
 
 /// A syntax or shape error in the records section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -540,10 +540,16 @@ impl<'t> RecordsDraft<'t> {
     }
 
     fn owner_entry(&mut self, c: &mut Cursor<'t>) -> EntryResult<()> {
-        let [t, i, o] = c.entry(["type", "id", "owner"])?;
+        let [t, i, o, tn] = c.entry(["type", "id", "owner", "tenant"])?;
         let t = required_str(c, t, "type")?;
         let i = id(c, i, "id")?;
         let o = optional_str(c, o, "owner")?;
+        let tn = optional_str(c, tn, "tenant")?;
+        if let Some(tn) = tn {
+            let k = self.tenants.intern(tn.as_str());
+            self.owner_tenants.resize(self.owners.len(), NO_TENANT_NAME);
+            self.owner_tenants.push(k);
+        }
         let r = self.draft_ref(&t, &i);
         let owner = match o {
             None => OwnerRef::None,
@@ -722,6 +728,21 @@ impl<'t> RecordsDraft<'t> {
         let types: Vec<u32> = d.types.names.iter().map(|n| self.types.intern(n)).collect();
         self.last_type = None;
         let same_types = types.iter().enumerate().all(|(i, t)| *t as usize == i);
+        // The other draft's owner tenants, renumbered, in line with its owners.
+        if !d.owner_tenants.is_empty() {
+            let names: Vec<u32> = d
+                .tenants
+                .names
+                .iter()
+                .map(|n| self.tenants.intern(n))
+                .collect();
+            self.owner_tenants.resize(self.owners.len(), NO_TENANT_NAME);
+            for k in 0..d.owners.len() {
+                let t = d.owner_tenants.get(k).copied().unwrap_or(NO_TENANT_NAME);
+                self.owner_tenants
+                    .push(names.get(t as usize).copied().unwrap_or(NO_TENANT_NAME));
+            }
+        }
         if same_types
             && d.arena.is_empty()
             && d.users.names.is_empty()
@@ -1000,6 +1021,7 @@ mod tests {
                     record_type: ty(r),
                     id: id(r),
                     owner: (!matches!(o, OwnerRef::None)).then(|| d.owner_name(o).to_string()),
+                    tenant: None,
                 })
                 .collect(),
             shares: d

@@ -1,0 +1,391 @@
+//! Tenants: where the tenant of a call comes from (`[tenants]` in the config), and the call's
+//! tenant read from a request, strictly.
+//!
+//! ```toml
+//! [tenants]
+//! from = ["claim:org_id", "path:org"]   # or one string; claim:<jwt claim> | header:<name> | path:<param>
+//! ```
+//!
+//! Every source that gives a value must give the same one; none giving a value is
+//! `tenant_missing`, two values that differ (sources that disagree, a header sent twice) are
+//! `tenant_ambiguous` — never guessed. A `header:` source is read only from a peer the trusted
+//! identity header is accepted from (`[identity.trusted_header] trusted_cidrs`): from any other
+//! peer the header is refused (`untrusted_tenant_header`), and it is never forwarded (the CRM
+//! gets the tenant decided on in `x-permgate-tenant`). The snapshot's memberships then decide
+//! ([`crate::snapshot`]).
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName};
+use serde::Deserialize;
+
+use crate::identity::{Identified, Verifier};
+use crate::reject::Rejection;
+
+/// The header the CRM receives the call's tenant in (client copies removed, as every
+/// `x-permgate-*` header).
+pub const TENANT_HEADER: &str = "x-permgate-tenant";
+
+/// `[tenants]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenants {
+    from: OneOrMany,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The compiled `[tenants]` section: the sources of a call's tenant.
+#[derive(Debug, Clone, Default)]
+pub struct TenantSources {
+    /// A JWT claim (read by the identity's verifier, [`Identified::tenant`]).
+    pub claim: Option<String>,
+    /// A header set by a trusted peer.
+    pub header: Option<HeaderName>,
+    /// A path parameter of the matched route (its segment per route: `RouteInfo::tenant_segment`).
+    pub path: Option<String>,
+}
+
+impl RawTenants {
+    /// Compile; `Err`: the messages (the caller locates them at `tenants.from`).
+    pub fn build(&self, identity: &Verifier) -> Result<TenantSources, Vec<String>> {
+        let list: Vec<&str> = match &self.from {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        };
+        let mut out = TenantSources::default();
+        let mut errors = Vec::new();
+        if list.is_empty() {
+            errors.push(
+                "name at least one source: claim:<name>, header:<name> or path:<param>".into(),
+            );
+        }
+        for s in list {
+            let (kind, name) = s.split_once(':').unwrap_or((s, ""));
+            if name.is_empty() {
+                errors.push(format!(
+                    "'{s}' is not claim:<name>, header:<name> or path:<param>"
+                ));
+                continue;
+            }
+            let dup = match kind {
+                "claim" => {
+                    if !identity.has_jwt() {
+                        errors.push(format!("'{s}': a claim source needs [identity.jwt]"));
+                    }
+                    out.claim.replace(name.to_string()).is_some()
+                }
+                "header" => {
+                    if !identity.has_trusted_header() {
+                        errors.push(format!(
+                            "'{s}': a header source is trusted only from the peers of [identity.trusted_header] trusted_cidrs; configure it"
+                        ));
+                    }
+                    match HeaderName::from_bytes(name.as_bytes()) {
+                        Ok(h) if !h.as_str().starts_with(crate::headers::OWN_HEADER_PREFIX) => {
+                            out.header.replace(h).is_some()
+                        }
+                        _ => {
+                            errors.push(format!("'{s}': not a header name permgate can read (x-permgate-* are its own)"));
+                            false
+                        }
+                    }
+                }
+                "path" => out.path.replace(name.to_string()).is_some(),
+                _ => {
+                    errors.push(format!(
+                        "'{s}' is not claim:<name>, header:<name> or path:<param>"
+                    ));
+                    false
+                }
+            };
+            if dup {
+                errors.push(format!("'{kind}:' is named twice"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn missing() -> Rejection {
+    Rejection::new(
+        400,
+        "tenant_missing",
+        "this call names no tenant (the gateway is tenant-aware: see [tenants] from)",
+    )
+}
+
+fn ambiguous() -> Rejection {
+    Rejection::new(
+        400,
+        "tenant_ambiguous",
+        "this call names more than one tenant (its sources disagree, or a tenant header is repeated)",
+    )
+}
+
+/// The call's tenant, from every configured source: `Ok(None)` only without `[tenants]`.
+/// `path_segment`: the route's segment holding the `path:` parameter (0-based, after the
+/// leading `/`), `None` when the route has none or no route applies (`/_permgate/me`).
+pub fn tenant_of<'a>(
+    sources: Option<&TenantSources>,
+    identity: &Verifier,
+    who: &'a Identified,
+    headers: &'a HeaderMap,
+    peer: Option<IpAddr>,
+    path: Option<(&'a str, usize)>,
+) -> Result<Option<Cow<'a, str>>, Rejection> {
+    let Some(sources) = sources else {
+        return Ok(None);
+    };
+    let mut found: Option<Cow<'a, str>> = None;
+    let mut offer = |v: Cow<'a, str>| -> Result<(), Rejection> {
+        if v.is_empty() || v.len() > 256 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Rejection::new(
+                400,
+                "tenant_invalid",
+                "the call's tenant is empty, too long or not visible ASCII",
+            ));
+        }
+        match &found {
+            Some(f) if *f != v => Err(ambiguous()),
+            Some(_) => Ok(()),
+            None => {
+                found = Some(v);
+                Ok(())
+            }
+        }
+    };
+    if sources.claim.is_some() {
+        if let Some(t) = &who.tenant {
+            offer(Cow::Borrowed(t))?;
+        }
+    }
+    if let Some(h) = &sources.header {
+        let mut values = headers.get_all(h).iter();
+        if let Some(first) = values.next() {
+            if values.next().is_some() {
+                return Err(ambiguous());
+            }
+            if !identity.is_trusted_peer(peer) {
+                return Err(Rejection::new(
+                    401,
+                    "untrusted_tenant_header",
+                    "the tenant header is accepted only from trusted peers",
+                ));
+            }
+            let v = first.to_str().map_err(|_| {
+                Rejection::new(
+                    400,
+                    "tenant_invalid",
+                    "the tenant header is not visible ASCII",
+                )
+            })?;
+            offer(Cow::Borrowed(v.trim()))?;
+        }
+    }
+    if let Some((path, segment)) = path {
+        if let Some(v) = path
+            .strip_prefix('/')
+            .and_then(|p| p.split('/').nth(segment))
+        {
+            offer(Cow::Borrowed(v))?;
+        }
+    }
+    found.map(Some).ok_or_else(missing)
+}
+
+/// 403 `not_a_member`: the caller has no membership in the call's tenant.
+pub fn not_a_member(tenant: &str) -> Rejection {
+    Rejection::new(
+        403,
+        "not_a_member",
+        format!("the caller is not a member of tenant '{tenant}'"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::catalog::Catalog;
+    use crate::snapshot::{Snapshot, NO_TENANT};
+
+    fn build(text: &str) -> Result<Snapshot, Vec<String>> {
+        let c = Catalog::builtin().unwrap();
+        Snapshot::build("s.json", text, &c)
+            .map_err(|e| e.into_iter().map(|e| e.to_string()).collect())
+    }
+
+    const GOOD: &str = r#"{
+  "tenants": [{"id": "a"}, {"id": "b"}],
+  "users": [
+    {"id": "u", "memberships": [{"tenant": "b", "roles": ["sales_rep"], "teams": ["east"], "manager": "m"},
+                                {"tenant": "a", "roles": ["admin"]}]},
+    {"id": "m", "memberships": [{"tenant": "b", "roles": ["sales_manager"]}]}
+  ],
+  "services": [{"id": "svc", "roles": ["data_analyst"], "tenant": "a"}]
+}"#;
+
+    #[test]
+    fn memberships_are_principals_per_tenant() {
+        let s = build(GOOD).unwrap();
+        assert!(s.has_tenants());
+        assert_eq!(s.user_count(), 2, "memberships are not users");
+        assert_eq!(s.membership_count(), 3);
+        let (a, b) = (s.tenant_index("a").unwrap(), s.tenant_index("b").unwrap());
+        let u = s.user_index("u").unwrap();
+        let m = s.user_index("m").unwrap();
+        let ua = s.member(u, a).unwrap();
+        let ub = s.member(u, b).unwrap();
+        assert_ne!(ua, ub);
+        assert_eq!(&*s.user(ua).id, "u");
+        assert_eq!(s.user(ua).person, u);
+        assert_eq!(s.grant(s.user(ua)).roles_header.as_ref(), "admin");
+        assert_eq!(s.grant(s.user(ub)).roles_header.as_ref(), "sales_rep");
+        // The person holds nothing of its own: only through a membership.
+        assert!(s.grant(s.user(u)).roles.is_empty());
+        // The manager is the manager's membership of the same tenant.
+        let mb = s.member(m, b).unwrap();
+        assert_eq!(s.user(ub).manager, Some(mb));
+        assert!(s.hierarchy().is_at_or_below(mb, ub));
+        assert_eq!(s.member(m, a), None, "m is no member of a");
+        let svc = s.service_index("svc").unwrap();
+        assert_eq!(s.member(svc, a), Some(svc));
+        assert_eq!(s.member(svc, b), None);
+        // Without tenants: everyone stands for themselves.
+        let plain = build(r#"{"users":[{"id":"u","roles":["admin"]}]}"#).unwrap();
+        assert!(!plain.has_tenants());
+        let p = plain.user_index("u").unwrap();
+        assert_eq!(plain.member(p, NO_TENANT), Some(p));
+        assert_eq!(plain.user(p).tenant, NO_TENANT);
+    }
+
+    #[test]
+    fn bad_tenant_snapshots_are_refused_with_the_place() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"tenants":[{"id":"a"},{"id":"a"}],"users":[]}"#,
+                "tenants[1].id: tenant 'a' appears twice",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","memberships":[{"tenant":"x","roles":[]}]}]}"#,
+                "users[0].memberships[0].tenant: unknown tenant 'x'",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","memberships":[{"tenant":"a","roles":[]},{"tenant":"a","roles":["admin"]}]}]}"#,
+                "users[0].memberships[1].tenant: user 'u' has a second membership of tenant 'a'",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"},{"id":"b"}],"users":[{"id":"u","memberships":[{"tenant":"a","roles":[],"manager":"m"}]},{"id":"m","memberships":[{"tenant":"b","roles":[]}]}]}"#,
+                "users[0].memberships[0].manager: manager 'm' is not a member of tenant 'a'",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","memberships":[{"tenant":"a","roles":["nope"]}]}]}"#,
+                "users[0].memberships[0].roles[0]: unknown role 'nope'",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","roles":["admin"]}]}"#,
+                "users[0].roles: with tenants, roles, teams and manager are per membership",
+            ),
+            (
+                r#"{"users":[{"id":"u","roles":[],"memberships":[]}]}"#,
+                "users[0].memberships: memberships need the snapshot's tenants section",
+            ),
+            (
+                r#"{"users":[{"id":"u"}]}"#,
+                "users[0].roles: missing field `roles`",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[],"services":[{"id":"s","roles":[]}]}"#,
+                "services[0].tenant: with tenants, a service belongs to one",
+            ),
+            (
+                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","memberships":[{"tenant":"a","roles":[],"manager":"v"}]},{"id":"v","memberships":[{"tenant":"a","roles":[],"manager":"u"}]}]}"#,
+                "memberships[0].manager: the manager chain of 'u' loops back to itself",
+            ),
+        ];
+        for (text, want) in cases {
+            let errs = build(text).err().unwrap_or_default();
+            assert!(
+                errs.iter().any(|e| e.contains(want)),
+                "{text}\nwant: {want}\ngot: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_carry_their_tenant() {
+        let c = {
+            let text = "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:9\"\n[identity.api_keys]\nheader = \"x-api-key\"\n[snapshot]\npath = \"s.json\"\n[[record_type]]\nname = \"lead\"\nid = \"integer\"\n[[record_type]]\nname = \"note\"\nid = \"integer\"\nparents = [\"lead\"]\n[[route]]\nmethods = [\"GET\"]\npath = \"/x\"\npermission = \"lead.view\"\n";
+            crate::config::Config::parse("c.toml", text, std::path::Path::new(".")).unwrap()
+        };
+        let b = |records: &str| {
+            Snapshot::build(
+                "s.json",
+                &format!(
+                    r#"{{"tenants":[{{"id":"a"}},{{"id":"b"}}],"users":[{{"id":"u","memberships":[{{"tenant":"a","roles":["admin"]}}]}}],"records":{records}}}"#
+                ),
+                &c.catalog,
+            )
+            .map_err(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        };
+        let s = b(r#"{"owners":[{"type":"lead","id":"1","owner":"u","tenant":"a"},{"type":"lead","id":"2","tenant":"b"}],"related":[{"type":"note","id":"9","parent_type":"lead","parent_id":"2"}]}"#).unwrap();
+        let lead = c.catalog.record_types().get("lead").unwrap();
+        let note = c.catalog.record_types().get("note").unwrap();
+        let id = |k, t: &str| crate::ids::canonical_id(k, t).unwrap();
+        let kind = c.catalog.record_types().kind(lead);
+        let r = s.records();
+        let one = r.find(lead, &id(kind, "1")).unwrap();
+        let two = r.find(lead, &id(kind, "2")).unwrap();
+        let nine = r.find(note, &id(kind, "9")).unwrap();
+        assert_eq!(r.tenant_of(one.number), s.tenant_index("a").unwrap());
+        assert_eq!(r.tenant_of(two.number), s.tenant_index("b").unwrap());
+        assert_eq!(
+            r.tenant_of(nine.number),
+            s.tenant_index("b").unwrap(),
+            "a note takes its lead's"
+        );
+        // The admin of a may not reach b's lead, whatever its scope.
+        let u = s
+            .member(s.user_index("u").unwrap(), s.tenant_index("a").unwrap())
+            .unwrap();
+        let view = c.catalog.permission("lead.view").unwrap();
+        let check = crate::access::RecordCheck::new(&s, u, view, lead);
+        assert!(check.check(&id(kind, "1")).allows(Default::default()));
+        assert!(!check.check(&id(kind, "2")).allows(Default::default()));
+        // Errors: a record without a tenant, an unknown one, a tenant without tenants.
+        let e = b(r#"{"owners":[{"type":"lead","id":"1"}]}"#).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.contains("records.owners[0].tenant: missing field `tenant`")),
+            "{e:?}"
+        );
+        let e = b(r#"{"owners":[{"type":"lead","id":"1","tenant":"z"}]}"#).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.contains("records.owners[0].tenant: unknown tenant 'z'")),
+            "{e:?}"
+        );
+        let e = Snapshot::build(
+            "s.json",
+            r#"{"users":[],"records":{"owners":[{"type":"lead","id":"1","tenant":"a"}]}}"#,
+            &c.catalog,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.iter().any(|e| e
+                .to_string()
+                .contains("needs the snapshot's tenants section")),
+            "{e:?}"
+        );
+    }
+}
