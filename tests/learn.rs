@@ -280,6 +280,10 @@ async fn answering_crm() -> RawCrm {
                 "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{}",
                 chunked("{\"id\":44}")
             )
+        } else if line.contains("answer=existing") {
+            // Lead 5 is u-csr's in the snapshot.
+            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 8\r\n\r\n{\"id\":5}"
+                .to_string()
         } else if line.contains("answer=failed") {
             "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n{\"id\":45}"
                 .to_string()
@@ -310,6 +314,7 @@ async fn answers_that_cannot_be_learned_pass_unchanged() {
         ("?answer=big_length", 201, big.clone()),
         ("?answer=big_chunked", 201, big.clone()),
         ("?answer=failed", 500, "{\"id\":45}".to_string()),
+        ("?answer=existing", 201, "{\"id\":5}".to_string()),
     ] {
         let (s, got) = g.create("u-sm", query, "{}").await;
         assert_eq!(s, status, "{query}");
@@ -319,7 +324,8 @@ async fn answers_that_cannot_be_learned_pass_unchanged() {
             "{query}: the CRM's answer, byte for byte"
         );
     }
-    for lead in [42, 43, 45] {
+    // Lead 5 stays its owner's: a create answer never moves a known record to the caller.
+    for lead in [42, 43, 45, 5] {
         assert_eq!(
             lead_call(&g.h, "u-sm", lead).await,
             403,
@@ -339,14 +345,17 @@ async fn answers_that_cannot_be_learned_pass_unchanged() {
     assert_eq!(lead_call(&g.h, "u-sm", 44).await, 200, "learned");
     let st = g.status().await;
     assert_eq!(st["learned"]["learned"], 1, "{st}");
-    assert_eq!(st["learned"]["not_learned"], 3, "text, two large: {st}");
+    assert_eq!(
+        st["learned"]["not_learned"], 4,
+        "text, two large, known: {st}"
+    );
     let m = admin_metrics(&g.admin).await;
-    assert_eq!(metric(&m, "permgate_learn_skipped_total"), 3);
+    assert_eq!(metric(&m, "permgate_learn_skipped_total"), 4);
     // Each skip is logged with its request id.
     assert!(
         eventually(5, || {
             let n = g.h.log_text().matches("record not learned").count();
-            async move { n >= 3 }
+            async move { n >= 4 }
         })
         .await,
         "{}",
