@@ -180,23 +180,9 @@ pub fn snapshot_text(rows: &Rows, version: String, generated_at: u64) -> Result<
     for (i, r) in rows.users.iter().enumerate() {
         let id = r.need("users", i, "id")?;
         // A `disabled` that is not a boolean (1/0, 'Y') must not read as "enabled".
-        if r.text("disabled").is_some() || r.lists.iter().any(|(c, _)| c == "disabled") {
-            return Err(format!(
-                "users[{i}]: column 'disabled' must be a boolean (cast it: disabled::boolean)"
-            ));
-        }
+        check_flag(r, "users", i, "disabled")?;
         index.insert(id.clone(), users.len());
-        users.push(RawUser {
-            id,
-            name: r.text("name").map(str::to_string),
-            email: r.text("email").map(str::to_string),
-            roles: r.list("roles"),
-            teams: r.list("teams"),
-            manager: r.text("manager").map(str::to_string),
-            api_keys: Vec::new(),
-            disabled: r.flag("disabled"),
-            memberships: Vec::new(),
-        });
+        users.push(raw_user(r, id));
     }
     for (i, r) in rows.api_keys.iter().enumerate() {
         let user = r.need("api_keys", i, "user_id")?;
@@ -304,17 +290,7 @@ pub fn incremental_changes(
         let Some(idx) = live.user_index(&id) else {
             if !r.flag("deleted") {
                 new_users.push(Change::UpsertUser {
-                    user: RawUser {
-                        id,
-                        name: r.text("name").map(str::to_string),
-                        email: r.text("email").map(str::to_string),
-                        roles: r.list("roles"),
-                        teams: r.list("teams"),
-                        manager: r.text("manager").map(str::to_string),
-                        api_keys: Vec::new(),
-                        disabled: r.flag("disabled"),
-                        memberships: Vec::new(),
-                    },
+                    user: raw_user(r, id),
                 });
             }
             continue;
@@ -508,6 +484,22 @@ pub fn incremental_changes(
     }
     batch.append(&mut removed_users);
     Ok(batch)
+}
+
+/// A user row as the snapshot's user (API keys come from their own query, memberships are
+/// not read from the database yet).
+fn raw_user(r: &Row, id: String) -> RawUser {
+    RawUser {
+        id,
+        name: r.text("name").map(str::to_string),
+        email: r.text("email").map(str::to_string),
+        roles: r.list("roles"),
+        teams: r.list("teams"),
+        manager: r.text("manager").map(str::to_string),
+        api_keys: Vec::new(),
+        disabled: r.flag("disabled"),
+        memberships: Vec::new(),
+    }
 }
 
 /// A column read as a flag must be a boolean: `1`/`0` or `'Y'` must not read as "false".
