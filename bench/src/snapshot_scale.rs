@@ -3,7 +3,9 @@
 //! with a team, one note per 10 leads), then reports: the build time (median of `--runs`),
 //! resident bytes per record entry, the time to apply batches of incremental changes to it
 //! (each batch on the version the previous one produced), and a record check's cost on the
-//! changed version.
+//! changed version. With `--tenants N` every user is a member of one of N tenants (their
+//! roles, team and manager in that tenant: a 10-ary tree per tenant) and every lead belongs to
+//! its owner's tenant; a record check then runs as the owner-tenant member of the caller.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -32,6 +34,9 @@ pub struct SnapshotArgs {
     batches: usize,
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
+    /// Tenants (0: a snapshot without tenants). Users are spread over them round-robin.
+    #[arg(long, default_value_t = 0)]
+    tenants: usize,
 }
 
 fn catalog() -> Result<Catalog, String> {
@@ -58,12 +63,37 @@ fn catalog() -> Result<Catalog, String> {
 }
 
 /// The snapshot text (the same shape as the records module's scale test).
-fn generate(users: usize, records: usize) -> String {
+fn generate(users: usize, records: usize, tenants: usize) -> String {
     let mut t = String::with_capacity(records * 60 + users * 90);
-    t.push_str(r#"{"roles":[{"id":"rep_limited","permissions":["lead.view@subordinates+shared","lead.reassign@subordinates"]},{"id":"rep_team","permissions":["lead.view@team+shared"]}],"users":["#);
+    t.push_str(r#"{"roles":[{"id":"rep_limited","permissions":["lead.view@subordinates+shared","lead.reassign@subordinates"]},{"id":"rep_team","permissions":["lead.view@team+shared"]}],"#);
+    if tenants > 0 {
+        t.push_str(r#""tenants":["#);
+        for k in 0..tenants {
+            if k > 0 {
+                t.push(',');
+            }
+            let _ = write!(t, r#"{{"id":"o{k}"}}"#);
+        }
+        t.push_str("],");
+    }
+    t.push_str(r#""users":["#);
     for u in 0..users {
         if u > 0 {
             t.push(',');
+        }
+        if tenants > 0 {
+            // The k-th member of tenant u % tenants; its manager the ((k - 1) / 10)-th.
+            let (org, k) = (u % tenants, u / tenants);
+            let _ = write!(
+                t,
+                r#"{{"id":"u{u}","memberships":[{{"tenant":"o{org}","roles":["rep_limited"],"teams":["t{}"]"#,
+                u % 1000
+            );
+            if k > 0 {
+                let _ = write!(t, r#","manager":"u{}""#, ((k - 1) / 10) * tenants + org);
+            }
+            t.push_str("}]}");
+            continue;
         }
         let _ = write!(
             t,
@@ -80,11 +110,12 @@ fn generate(users: usize, records: usize) -> String {
         if i > 0 {
             t.push(',');
         }
-        let _ = write!(
-            t,
-            r#"{{"type":"lead","id":"{i}","owner":"u{}"}}"#,
-            (i * 7919) % users
-        );
+        let owner = (i * 7919) % users;
+        let _ = write!(t, r#"{{"type":"lead","id":"{i}","owner":"u{owner}""#);
+        if tenants > 0 {
+            let _ = write!(t, r#","tenant":"o{}""#, owner % tenants);
+        }
+        t.push('}');
     }
     t.push_str(r#"],"shares":["#);
     for i in (0..records).step_by(100) {
@@ -157,10 +188,15 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
     let c = catalog()?;
     let rss0 = procstat::rss(me).unwrap_or(0);
     let t0 = Instant::now();
-    let text = generate(a.users, a.records);
+    let text = generate(a.users, a.records, a.tenants);
     println!(
-        "generated {} users, {} leads (+{} notes, {} shares): {:.0} MB of JSON in {:.1} s",
+        "generated {} users{}, {} leads (+{} notes, {} shares): {:.0} MB of JSON in {:.1} s",
         a.users,
+        if a.tenants > 0 {
+            format!(" in {} tenants (one membership each)", a.tenants)
+        } else {
+            String::new()
+        },
         a.records,
         a.records.div_ceil(10),
         a.records.div_ceil(100),
@@ -205,7 +241,14 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
         peak as f64 / 1e6
     );
 
-    for managers in [true, false] {
+    // The batches name no tenant: on a tenant snapshot they would be refused.
+    let batch_kinds: &[bool] = if a.tenants > 0 {
+        println!("apply batches: not run with --tenants (the batches name no tenant)");
+        &[]
+    } else {
+        &[true, false]
+    };
+    for &managers in batch_kinds {
         let mut times = Vec::new();
         for round in 0..a.batches {
             let b = batch(
@@ -247,11 +290,26 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
             canonical_id(IdKind::Integer, &((i * 104_729) % a.records).to_string()).ok()
         })
         .collect();
+    // The callers, as the principal that acts in their tenant (their membership with tenants).
+    let callers: Vec<_> = (0..1009usize)
+        .filter_map(|k| {
+            let u = (k * 7_919 * 31) % a.users;
+            let person = s.user_index(&format!("u{u}"))?;
+            let tenant = match a.tenants {
+                0 => permgate::snapshot::NO_TENANT,
+                n => s.tenant_index(&format!("o{}", u % n))?,
+            };
+            s.member(person, tenant)
+        })
+        .collect();
+    if callers.is_empty() {
+        return Err("no caller found in the snapshot".into());
+    }
     let n = 2_000_000usize;
     let t0 = Instant::now();
     let mut allowed = 0usize;
     for i in 0..n {
-        let user = ((i * 31) % a.users) as u32;
+        let user = callers[i % callers.len()];
         if check_record(&s, user, perm, t, &ids[i % ids.len()]).allows(UnknownRecord::Deny) {
             allowed += 1;
         }
