@@ -732,6 +732,11 @@ impl State {
         if let Err(e) = raw.apply(changes, types) {
             return Err(self.refuse_snapshot(source, vec![e]));
         }
+        let member_roles =
+            crate::changes::check_member_roles(changes, &current.config.catalog, &raw);
+        if !member_roles.is_empty() {
+            return Err(self.refuse_snapshot(source, member_roles));
+        }
         raw.version = Some(crate::changes::next_version(&snapshot.version));
         raw.generated_at = Some(now_unix());
         let new_text = raw.to_json();
