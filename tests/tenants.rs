@@ -527,3 +527,110 @@ creates = { type = "case", id = "/id" }
     assert_eq!((s, me["roles"].clone()), (200, json!(["admin"])), "{me}");
     assert_eq!(case("w", "org-b", C2).await.1["error"], "not_a_member");
 }
+
+/// `permgate serve` with `config` and `snapshot`: it must exit (bounded wait); its exit code
+/// and stderr.
+fn serve_exits(config: &str, snapshot: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("permgate.toml"), config).unwrap();
+    std::fs::write(dir.path().join("snapshot.json"), snapshot).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.path().join("permgate.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("permgate started with a config and a snapshot that disagree on tenants");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code(), err)
+}
+
+const PLAIN_SNAPSHOT: &str = r#"{"users":[{"id":"u","roles":["admin"]}]}"#;
+
+/// A config with `[tenants]` and a snapshot without tenants (or the reverse) is refused when
+/// it is loaded, naming both: at start the gateway does not start; a snapshot pushed or a
+/// config reloaded that disagrees with the other is refused and the last good one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_and_a_snapshot_that_disagree_on_tenants_are_refused_at_load() {
+    let tenanted = config(r#"from = "claim:org_id""#, "");
+    let (code, err) = serve_exits(&tenanted, PLAIN_SNAPSHOT);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("snapshot.json"), "{err}");
+    assert!(err.contains("permgate.toml has [tenants]"), "{err}");
+    assert!(err.contains("the snapshot has no tenants"), "{err}");
+
+    let plain = tenanted.replace("[tenants]\nfrom = \"claim:org_id\"", "");
+    assert!(!plain.contains("[tenants]"));
+    let (code, err) = serve_exits(&plain, &snapshot());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("the snapshot has tenants"), "{err}");
+    assert!(err.contains("permgate.toml has no [tenants]"), "{err}");
+
+    // A running tenant-aware gateway: the disagreeing snapshot or config is refused.
+    let (admin, port) = admin_section();
+    let (h, dir) = start(&config(r#"from = "claim:org_id""#, &admin)).await;
+    let admin_call = |method: reqwest::Method, path: &'static str, body: Option<String>| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        async move {
+            let mut r = client()
+                .request(method, url)
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+            if let Some(b) = body {
+                r = r.body(b);
+            }
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (s, v) = admin_call(
+        reqwest::Method::PUT,
+        "/snapshot",
+        Some(PLAIN_SNAPSHOT.into()),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("the snapshot has no tenants"), "{v}");
+    let me = |org: &'static str| {
+        let h = &h;
+        async move { get(h, &token_in("u", Some(org)), "/_permgate/me").await }
+    };
+    let (s, body) = me("org-a").await;
+    assert_eq!(
+        (s, body["roles"].clone()),
+        (200, json!(["admin"])),
+        "last good kept"
+    );
+
+    let config_path = dir.path().join("permgate.toml");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        text.replace("[tenants]\nfrom = \"claim:org_id\"", ""),
+    )
+    .unwrap();
+    let (s, v) = admin_call(reqwest::Method::POST, "/reload", None).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("has no [tenants]"), "{v}");
+    let (s, body) = me("org-b").await;
+    assert_eq!(
+        (s, body["roles"].clone()),
+        (200, json!(["case_rep"])),
+        "last good config kept"
+    );
+}
