@@ -263,6 +263,25 @@ pub enum Startup {
     Persisted(Snapshot, Arc<str>, Vec<Arc<[Change]>>, Vec<String>),
     /// Nothing usable: the gateway starts not ready.
     Nothing(Vec<String>),
+    /// The config and its snapshot disagree on tenants (one has them, the other not): the
+    /// gateway does not start ([`tenants_mismatch`]).
+    Mismatch(Vec<String>),
+}
+
+/// A config with `[tenants]` and a snapshot without tenants, or the reverse: refused when the
+/// snapshot or the config is loaded (they are rolled out together), naming both.
+pub fn tenants_mismatch(config: &Config, snapshot: &Snapshot, source: &str) -> Option<String> {
+    match (config.tenants.is_some(), snapshot.has_tenants()) {
+        (true, false) => Some(format!(
+            "{source}: the snapshot has no tenants, but {} has [tenants]: a tenant-aware config needs a snapshot with `tenants` and users' `memberships` (roll them out together)",
+            config.file
+        )),
+        (false, true) => Some(format!(
+            "{source}: the snapshot has tenants, but {} has no [tenants]: say where a call's tenant comes from ([tenants] from), or load a snapshot without tenants",
+            config.file
+        )),
+        _ => None,
+    }
 }
 
 /// Read and build the snapshot a config names, falling back to the persisted last good one.
@@ -277,7 +296,12 @@ pub fn load_startup_snapshot(config: &Config) -> Startup {
                 .map_err(|e| strings(&e))
         });
     let errors = match primary {
-        Ok((s, text)) => return Startup::Source(s, text),
+        Ok((s, text)) => {
+            return match tenants_mismatch(config, &s, &file) {
+                Some(e) => Startup::Mismatch(vec![e]),
+                None => Startup::Source(s, text),
+            }
+        }
         Err(e) => e,
     };
     if let Some(persisted) = &config.snapshot.persist_path {
@@ -285,6 +309,11 @@ pub fn load_startup_snapshot(config: &Config) -> Startup {
         if let Ok(text) = std::fs::read_to_string(persisted) {
             match Snapshot::build(&pfile, &text, &config.catalog) {
                 Ok(s) => {
+                    if let Some(e) = tenants_mismatch(config, &s, &pfile) {
+                        let mut all = errors;
+                        all.push(e);
+                        return Startup::Mismatch(all);
+                    }
                     let (s, batches) = journal_replay(persisted, s, config);
                     return Startup::Persisted(s, Arc::from(text), batches, errors);
                 }
@@ -376,6 +405,12 @@ impl State {
                 error!("no valid snapshot: protected routes answer 503 until one is loaded");
                 state.record_error("startup", errors);
             }
+            Startup::Mismatch(errors) => {
+                return Err(errors
+                    .into_iter()
+                    .map(|e| ConfigError::new(&config.file, None, "tenants", e))
+                    .collect())
+            }
         }
         state.load_candidate(&config);
         Ok(state)
@@ -409,7 +444,7 @@ impl State {
                     snapshot_text: Some(text),
                     snapshot_changes: batches,
                 }),
-                Startup::Nothing(e) => Err(e),
+                Startup::Nothing(e) | Startup::Mismatch(e) => Err(e),
             },
         };
         match candidate {
@@ -589,7 +624,13 @@ impl State {
                 .map(|s| s.version.clone())
                 .unwrap_or_default());
         }
-        match Snapshot::build(source, text, &current.config.catalog) {
+        let built = Snapshot::build(source, text, &current.config.catalog)
+            .map_err(|e| strings(&e))
+            .and_then(|s| match tenants_mismatch(&current.config, &s, source) {
+                Some(e) => Err(vec![e]),
+                None => Ok(s),
+            });
+        match built {
             Ok(s) => {
                 let version = s.version.clone();
                 let types = current.config.catalog.record_types();
@@ -626,7 +667,7 @@ impl State {
                     }
                 }
             }
-            Err(e) => Err(self.refuse_snapshot(source, strings(&e))),
+            Err(e) => Err(self.refuse_snapshot(source, e)),
         }
     }
 
@@ -732,6 +773,11 @@ impl State {
         if let Err(e) = raw.apply(changes, types) {
             return Err(self.refuse_snapshot(source, vec![e]));
         }
+        let member_roles =
+            crate::changes::check_member_roles(changes, &current.config.catalog, &raw);
+        if !member_roles.is_empty() {
+            return Err(self.refuse_snapshot(source, member_roles));
+        }
         raw.version = Some(crate::changes::next_version(&snapshot.version));
         raw.generated_at = Some(now_unix());
         let new_text = raw.to_json();
@@ -814,7 +860,12 @@ impl State {
                     }
                     Ok(s)
                 }) {
-                Ok(s) => Some(Arc::new(s)),
+                Ok(s) => {
+                    if let Some(e) = tenants_mismatch(&config, &s, "live snapshot") {
+                        return Err(refuse(vec![e]));
+                    }
+                    Some(Arc::new(s))
+                }
                 Err(e) => {
                     let mut errors = vec![
                         "the live snapshot is not valid against the new config's catalogue"

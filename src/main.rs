@@ -228,7 +228,7 @@ fn load_offline(path: &Path) -> Result<(Config, permgate::snapshot::Snapshot), E
     })?;
     match load_startup_snapshot(&config) {
         Startup::Source(s, _) | Startup::Persisted(s, _, _, _) => Ok((config, s)),
-        Startup::Nothing(errors) => {
+        Startup::Nothing(errors) | Startup::Mismatch(errors) => {
             for e in &errors {
                 stderr_line(&format!("error: {e}"));
             }
@@ -300,7 +300,9 @@ fn main() -> ExitCode {
                     ),
                     ExitCode::SUCCESS,
                 ),
-                Startup::Persisted(_, _, _, errors) | Startup::Nothing(errors) => {
+                Startup::Persisted(_, _, _, errors)
+                | Startup::Nothing(errors)
+                | Startup::Mismatch(errors) => {
                     for e in &errors {
                         stderr_line(&format!("error: {e}"));
                     }

@@ -389,3 +389,248 @@ fn check_config_refuses_a_bad_tenant_snapshot() {
         "{text}"
     );
 }
+
+const C1: &str = "00000000-0000-0000-0000-0000000000c1";
+const C2: &str = "00000000-0000-0000-0000-0000000000c2";
+
+/// The admin changes API and learned records on a snapshot with tenants: memberships, record
+/// tenants and new tenants change in a batch; a bad change is one located error and the batch
+/// is refused whole; a case created through the gateway belongs to the call's tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_and_learned_records_follow_tenants() {
+    let (admin, port) = admin_section();
+    let text = config(r#"from = ["claim:org_id", "path:org"]"#, &admin)
+        + r#"
+[[route]]
+name = "cases.create"
+methods = ["POST"]
+path = "/api/orgs/{org}/cases"
+permission = "lead.create"
+creates = { type = "case", id = "/id" }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("permgate.toml"), text).unwrap();
+    let mut snap: serde_json::Value = serde_json::from_str(&snapshot()).unwrap();
+    snap["roles"][0]["permissions"] = json!(["lead.view@own", "lead.update@own", "lead.create"]);
+    std::fs::write(dir.path().join("snapshot.json"), snap.to_string()).unwrap();
+    // A CRM whose create answer names case C1; every other call gets 200 {}.
+    let (upstream, _crm) = raw_crm(|line| {
+        if line.starts_with("POST ") {
+            (
+                "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 45\r\n\r\n{\"id\":\"00000000-0000-0000-0000-0000000000c1\"}",
+                true,
+            )
+        } else {
+            (
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+                false,
+            )
+        }
+    })
+    .await;
+    let h = Harness::start_custom(&dir.path().join("permgate.toml"), Some(upstream)).await;
+    let admin = format!("http://127.0.0.1:{port}");
+    let changes = |batch: serde_json::Value| {
+        let admin = admin.clone();
+        async move {
+            let r = client()
+                .post(format!("{admin}/snapshot/changes"))
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+                .body(json!({ "changes": batch }).to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let case = |user: &'static str, org: &'static str, id: &'static str| {
+        let h = &h;
+        async move {
+            get(
+                h,
+                &token_in(user, Some(org)),
+                &format!("/api/orgs/{org}/cases/{id}"),
+            )
+            .await
+        }
+    };
+
+    // Learned: U (a rep in org B) creates case C1 in org B; it is U's, in org B, at once.
+    assert_eq!(case("u", "org-b", C1).await.0, 403, "unknown before");
+    let r = client()
+        .post(h.url("/api/orgs/org-b/cases"))
+        .header("authorization", token_in("u", Some("org-b")))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(case("u", "org-b", C1).await.0, 200, "create-then-act");
+    // Not in org A, where U is ADMIN: the case is org B's.
+    let (s, body) = case("u", "org-a", C1).await;
+    assert_eq!((s, body["error"].as_str()), (403, Some("record_forbidden")));
+
+    // A membership added and a record of it: W (org A only) joins org B.
+    assert_eq!(case("w", "org-b", B1).await.1["error"], "not_a_member");
+    let (s, v) = changes(json!([
+        {"op": "set_membership", "user": "w", "tenant": "org-b", "roles": ["case_rep"], "manager": "u"},
+        {"op": "upsert_record", "type": "case", "id": C2, "owner": "w", "tenant": "org-b"}
+    ]))
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(case("w", "org-b", C2).await.0, 200);
+    assert_eq!(case("w", "org-b", B1).await.1["error"], "record_forbidden");
+    // W's case of org B is not W's in org A (the record belongs to B).
+    assert_eq!(case("w", "org-a", C2).await.1["error"], "record_forbidden");
+    assert_eq!(case("w", "org-a", A1).await.0, 200, "org A unchanged");
+
+    // A bad change: one located error, the batch refused whole.
+    let (s, v) = changes(json!([
+        {"op": "set_roles", "user": "v", "tenant": "org-b", "roles": ["admin"]},
+        {"op": "upsert_record", "type": "case", "id": C2, "owner": "v"}
+    ]))
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("changes[1].tenant: missing"), "{v}");
+    let (_, me) = get(&h, &token_in("v", Some("org-b")), "/_permgate/me").await;
+    assert_eq!(me["roles"], json!(["case_rep"]), "nothing applied: {me}");
+    for (bad, says) in [
+        (
+            json!([{"op": "set_teams", "user": "v", "tenant": "org-a", "teams": ["east"]}]),
+            "changes[0]: user 'v' has no membership in tenant 'org-a'",
+        ),
+        (
+            json!([{"op": "upsert_record", "type": "case", "id": C2, "tenant": "org-zz"}]),
+            "changes[0].tenant: unknown tenant 'org-zz'",
+        ),
+        (
+            json!([{"op": "set_membership", "user": "v", "tenant": "org-a", "roles": ["nope"]}]),
+            "changes[0].roles[0]: unknown role 'nope'",
+        ),
+    ] {
+        let (s, v) = changes(bad.clone()).await;
+        assert_eq!(s, 422, "{bad}: {v}");
+        assert!(v.to_string().contains(says), "{bad}: {v}");
+    }
+
+    // A new tenant, and a membership of it; membership removed.
+    let (s, v) = changes(json!([
+        {"op": "upsert_tenant", "tenant": {"id": "org-c", "name": "New"}},
+        {"op": "set_membership", "user": "v", "tenant": "org-c", "roles": ["admin"]},
+        {"op": "remove_membership", "user": "w", "tenant": "org-b"}
+    ]))
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, me) = get(&h, &token_in("v", Some("org-c")), "/_permgate/me").await;
+    assert_eq!((s, me["roles"].clone()), (200, json!(["admin"])), "{me}");
+    assert_eq!(case("w", "org-b", C2).await.1["error"], "not_a_member");
+}
+
+/// `permgate serve` with `config` and `snapshot`: it must exit (bounded wait); its exit code
+/// and stderr.
+fn serve_exits(config: &str, snapshot: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("permgate.toml"), config).unwrap();
+    std::fs::write(dir.path().join("snapshot.json"), snapshot).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.path().join("permgate.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("permgate started with a config and a snapshot that disagree on tenants");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code(), err)
+}
+
+const PLAIN_SNAPSHOT: &str = r#"{"users":[{"id":"u","roles":["admin"]}]}"#;
+
+/// A config with `[tenants]` and a snapshot without tenants (or the reverse) is refused when
+/// it is loaded, naming both: at start the gateway does not start; a snapshot pushed or a
+/// config reloaded that disagrees with the other is refused and the last good one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_and_a_snapshot_that_disagree_on_tenants_are_refused_at_load() {
+    let tenanted = config(r#"from = "claim:org_id""#, "");
+    let (code, err) = serve_exits(&tenanted, PLAIN_SNAPSHOT);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("snapshot.json"), "{err}");
+    assert!(err.contains("permgate.toml has [tenants]"), "{err}");
+    assert!(err.contains("the snapshot has no tenants"), "{err}");
+
+    let plain = tenanted.replace("[tenants]\nfrom = \"claim:org_id\"", "");
+    assert!(!plain.contains("[tenants]"));
+    let (code, err) = serve_exits(&plain, &snapshot());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("the snapshot has tenants"), "{err}");
+    assert!(err.contains("permgate.toml has no [tenants]"), "{err}");
+
+    // A running tenant-aware gateway: the disagreeing snapshot or config is refused.
+    let (admin, port) = admin_section();
+    let (h, dir) = start(&config(r#"from = "claim:org_id""#, &admin)).await;
+    let admin_call = |method: reqwest::Method, path: &'static str, body: Option<String>| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        async move {
+            let mut r = client()
+                .request(method, url)
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+            if let Some(b) = body {
+                r = r.body(b);
+            }
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (s, v) = admin_call(
+        reqwest::Method::PUT,
+        "/snapshot",
+        Some(PLAIN_SNAPSHOT.into()),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("the snapshot has no tenants"), "{v}");
+    let me = |org: &'static str| {
+        let h = &h;
+        async move { get(h, &token_in("u", Some(org)), "/_permgate/me").await }
+    };
+    let (s, body) = me("org-a").await;
+    assert_eq!(
+        (s, body["roles"].clone()),
+        (200, json!(["admin"])),
+        "last good kept"
+    );
+
+    let config_path = dir.path().join("permgate.toml");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        text.replace("[tenants]\nfrom = \"claim:org_id\"", ""),
+    )
+    .unwrap();
+    let (s, v) = admin_call(reqwest::Method::POST, "/reload", None).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("has no [tenants]"), "{v}");
+    let (s, body) = me("org-b").await;
+    assert_eq!(
+        (s, body["roles"].clone()),
+        (200, json!(["case_rep"])),
+        "last good config kept"
+    );
+}

@@ -157,18 +157,26 @@ async fn learn(
     creates: &Creates,
     id: Result<crate::ids::RecordId, String>,
 ) {
-    let caller = match (&ctx.live, ctx.permit.as_ref().and_then(|p| p.caller)) {
-        (Some(live), Some(c)) => live
-            .snapshot
-            .as_ref()
-            .map(|s| s.user(c.user).id.to_string()),
-        _ => None,
+    // The caller (a person's id) and, with tenants, the tenant the call was allowed in (the
+    // caller's membership): the record belongs to it.
+    let (caller, tenant) = match (&ctx.live, ctx.permit.as_ref().and_then(|p| p.caller)) {
+        (Some(live), Some(c)) => match live.snapshot.as_ref() {
+            Some(s) => {
+                let u = s.user(c.user);
+                let tenant = (u.tenant != crate::snapshot::NO_TENANT)
+                    .then(|| s.tenant_id(u.tenant).to_string());
+                (Some(u.id.to_string()), tenant)
+            }
+            None => (None, None),
+        },
+        _ => (None, None),
     };
     let path = ctx
         .permit
         .as_ref()
         .map_or("", |p| p.canonical.path.as_str());
-    let change = id.and_then(|id| creates.change(types(ctx), &id, caller.as_deref(), path));
+    let change = id
+        .and_then(|id| creates.change(types(ctx), &id, caller.as_deref(), path, tenant.as_deref()));
     let change = match change {
         Ok(c) => c,
         Err(why) => return not_learned(state, ctx, &why),

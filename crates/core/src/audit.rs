@@ -31,6 +31,10 @@ impl<T> Default for Capped<T> {
 }
 
 impl<T> Capped<T> {
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     fn push(&mut self, item: T) {
         self.count += 1;
         if self.items.len() < LIST_CAP {
@@ -42,8 +46,19 @@ impl<T> Capped<T> {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RoleChange {
     pub user: String,
+    /// With tenants: the membership whose roles changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub before: Vec<String>,
     pub after: Vec<String>,
+}
+
+/// A user's membership of a tenant, with its roles (added: the new ones; removed: the last).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MembershipChange {
+    pub user: String,
+    pub tenant: String,
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -65,6 +80,13 @@ pub struct SnapshotDiff {
     pub custom_roles_added: Capped<String>,
     pub custom_roles_removed: Capped<String>,
     pub role_permissions_changed: Capped<PermissionChange>,
+    /// With tenants: memberships added to or removed from users (a membership's role change is
+    /// in `roles_changed` with its `tenant`; its manager change in `managers_changed` as
+    /// `<user> (tenant <id>)`).
+    #[serde(skip_serializing_if = "Capped::is_empty")]
+    pub memberships_added: Capped<MembershipChange>,
+    #[serde(skip_serializing_if = "Capped::is_empty")]
+    pub memberships_removed: Capped<MembershipChange>,
 }
 
 fn roles_of(s: &Snapshot, u: &crate::snapshot::User) -> Vec<String> {
@@ -91,17 +113,28 @@ fn diff_user(
     d: &mut SnapshotDiff,
 ) {
     match before {
-        None => d.users_added.push(u.id.to_string()),
+        None => {
+            d.users_added.push(u.id.to_string());
+            for (t, m) in memberships_of(new, u) {
+                d.memberships_added.push(MembershipChange {
+                    user: u.id.to_string(),
+                    tenant: t.to_string(),
+                    roles: roles_of(new, new.user(m)),
+                });
+            }
+        }
         Some(oi) => {
             let ou = old.user(oi);
             let (before, after) = (roles_of(old, ou), roles_of(new, u));
             if before != after {
                 d.roles_changed.push(RoleChange {
                     user: u.id.to_string(),
+                    tenant: None,
                     before,
                     after,
                 });
             }
+            diff_memberships(old, new, ou, u, d);
             match (ou.disabled, u.disabled) {
                 (false, true) => d.users_disabled.push(u.id.to_string()),
                 (true, false) => d.users_enabled.push(u.id.to_string()),
@@ -111,6 +144,64 @@ fn diff_user(
             if manager(old, ou.manager) != manager(new, u.manager) {
                 d.managers_changed.push(u.id.to_string());
             }
+        }
+    }
+}
+
+/// A person's memberships: (tenant id, the membership's index), in tenant order.
+fn memberships_of<'s>(
+    s: &'s Snapshot,
+    u: &crate::snapshot::User,
+) -> Vec<(&'s str, crate::snapshot::UserIdx)> {
+    u.memberships
+        .iter()
+        .map(|(t, m)| (s.tenant_id(*t), *m))
+        .collect()
+}
+
+/// One person's memberships in `old` (`ou`) against `new` (`u`): added, removed, roles and
+/// manager changed per tenant.
+fn diff_memberships(
+    old: &Snapshot,
+    new: &Snapshot,
+    ou: &crate::snapshot::User,
+    u: &crate::snapshot::User,
+    d: &mut SnapshotDiff,
+) {
+    let (before, after) = (memberships_of(old, ou), memberships_of(new, u));
+    let manager = |s: &Snapshot, m: Option<u32>| m.map(|i| s.user(i).id.to_string());
+    for (t, m) in &after {
+        let nm = new.user(*m);
+        match before.iter().find(|(ot, _)| ot == t) {
+            None => d.memberships_added.push(MembershipChange {
+                user: u.id.to_string(),
+                tenant: t.to_string(),
+                roles: roles_of(new, nm),
+            }),
+            Some((_, om)) => {
+                let om = old.user(*om);
+                let (rb, ra) = (roles_of(old, om), roles_of(new, nm));
+                if rb != ra {
+                    d.roles_changed.push(RoleChange {
+                        user: u.id.to_string(),
+                        tenant: Some(t.to_string()),
+                        before: rb,
+                        after: ra,
+                    });
+                }
+                if manager(old, om.manager) != manager(new, nm.manager) {
+                    d.managers_changed.push(format!("{} (tenant {t})", u.id));
+                }
+            }
+        }
+    }
+    for (t, om) in &before {
+        if !after.iter().any(|(nt, _)| nt == t) {
+            d.memberships_removed.push(MembershipChange {
+                user: u.id.to_string(),
+                tenant: t.to_string(),
+                roles: roles_of(old, old.user(*om)),
+            });
         }
     }
 }
@@ -257,5 +348,58 @@ mod tests {
         assert_eq!(d.users_added.count, 0);
         assert_eq!(diff(Some(&one), &none, &c).users_removed.items, ["svc"]);
         assert_eq!(diff(None, &one, &c).users_added.count, 10);
+    }
+
+    /// With tenants, per-tenant roles are audited with their tenant: a membership added or
+    /// removed, a membership's roles or manager changed.
+    #[test]
+    fn diff_names_memberships_with_their_tenant() {
+        let c = crate::catalog::Catalog::builtin().unwrap();
+        let build = |users: &str| {
+            let text = format!(r#"{{"tenants":[{{"id":"a"}},{{"id":"b"}}],"users":{users}}}"#);
+            Snapshot::build("s", &text, &c).unwrap()
+        };
+        let before = build(
+            r#"[{"id":"u","memberships":[{"tenant":"a","roles":["admin"]},{"tenant":"b","roles":["sales_rep"]}]},
+                {"id":"m","memberships":[{"tenant":"b","roles":["sales_manager"]}]}]"#,
+        );
+        let after = build(
+            r#"[{"id":"u","memberships":[{"tenant":"b","roles":["sales_manager"],"manager":"m"}]},
+                {"id":"m","memberships":[{"tenant":"b","roles":["sales_manager"]},{"tenant":"a","roles":["sales_rep"]}]}]"#,
+        );
+        let d = diff(Some(&before), &after, &c);
+        assert_eq!(
+            d.roles_changed.items,
+            [RoleChange {
+                user: "u".into(),
+                tenant: Some("b".into()),
+                before: vec!["sales_rep".into()],
+                after: vec!["sales_manager".into()],
+            }]
+        );
+        assert_eq!(
+            d.memberships_removed.items,
+            [MembershipChange {
+                user: "u".into(),
+                tenant: "a".into(),
+                roles: vec!["admin".into()],
+            }]
+        );
+        assert_eq!(
+            d.memberships_added.items,
+            [MembershipChange {
+                user: "m".into(),
+                tenant: "a".into(),
+                roles: vec!["sales_rep".into()],
+            }]
+        );
+        assert_eq!(d.managers_changed.items, ["u (tenant b)"]);
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["roles_changed"]["items"][0]["tenant"], "b");
+        // Without tenants, nothing new appears in the record.
+        let plain =
+            Snapshot::build("s", r#"{"users":[{"id":"u","roles":["admin"]}]}"#, &c).unwrap();
+        let json = serde_json::to_value(diff(Some(&plain), &plain, &c)).unwrap();
+        assert!(json.get("memberships_added").is_none(), "{json}");
     }
 }

@@ -30,8 +30,8 @@ use crate::hierarchy::{Hierarchy, NO_MANAGER};
 use crate::ids::{canonical_id, canonical_json_number, RecordId, RecordTypeId, RecordTypes};
 use crate::records::{Principal, RawId, RawOwner, RawRelated, RawShare};
 use crate::snapshot::{
-    grant_for, is_valid_user_id, parse_key_digest, RawRole, RawSnapshot, RawUser, Snapshot, User,
-    UserIdx,
+    grant_for, is_valid_user_id, parse_key_digest, RawMembership, RawRole, RawSnapshot, RawTenant,
+    RawUser, Snapshot, User, UserIdx,
 };
 
 /// One incremental change to a snapshot (admin API `POST /snapshot/changes`).
@@ -41,14 +41,42 @@ pub enum Change {
     SetRoles {
         user: String,
         roles: Vec<String>,
+        /// With tenants: the membership changed (required then; refused without tenants).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
     },
     SetManager {
         user: String,
         manager: Option<String>,
+        /// With tenants: the membership changed (required then; refused without tenants).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
     },
     SetTeams {
         user: String,
         teams: Vec<String>,
+        /// With tenants: the membership changed (required then; refused without tenants).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+    },
+    /// With tenants: a user's membership of a tenant (added, or replaced whole).
+    SetMembership {
+        user: String,
+        tenant: String,
+        roles: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        teams: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        manager: Option<String>,
+    },
+    /// With tenants: remove a user's membership of a tenant (it must exist).
+    RemoveMembership {
+        user: String,
+        tenant: String,
+    },
+    /// With tenants: add a tenant (or rename a known one).
+    UpsertTenant {
+        tenant: RawTenant,
     },
     Disable {
         user: String,
@@ -98,6 +126,9 @@ pub enum Change {
         owner: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<RecordRef>,
+        /// The record's tenant: required on a snapshot with tenants, refused on one without.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
     },
     /// A record the CRM deleted: it, its shares and its related objects are forgotten (a call
     /// naming it is then judged as for any unknown record).
@@ -145,6 +176,35 @@ impl Change {
                     ..
                 }
         )
+    }
+}
+
+impl Change {
+    /// On a snapshot without tenants: the error for a change that names a tenant, the same
+    /// the source form gives.
+    fn tenant_without_tenants(&self, i: usize) -> Option<String> {
+        match self {
+            Change::SetRoles {
+                tenant: Some(_), ..
+            }
+            | Change::SetManager {
+                tenant: Some(_), ..
+            }
+            | Change::SetTeams {
+                tenant: Some(_), ..
+            }
+            | Change::UpsertRecord {
+                tenant: Some(_), ..
+            }
+            | Change::SetMembership { .. }
+            | Change::RemoveMembership { .. } => Some(format!(
+                "changes[{i}].tenant: the snapshot has no tenants"
+            )),
+            Change::UpsertTenant { .. } => Some(format!(
+                "changes[{i}]: the snapshot has no tenants (a snapshot gains tenants only whole, with [tenants] in the config)"
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -200,23 +260,78 @@ fn canonical(
     Ok((t, id))
 }
 
-/// Incremental changes to a snapshot with tenants (memberships) are not taken yet: a full
-/// snapshot replaces it.
-const TENANTS_UNSUPPORTED: &str =
-    "changes: the snapshot has tenants; incremental changes do not support tenants yet (send a full snapshot)";
+/// The tenant of a known record in source form: its owner entry's, else (a related object
+/// declared only under its parent) its parent's, up a bounded chain.
+fn raw_record_tenant(
+    records: &crate::records::RawRecords,
+    types: &RecordTypes,
+    target: &(RecordTypeId, RecordId),
+) -> Option<String> {
+    let mut at = target.clone();
+    for _ in 0..8 {
+        let is = |t: &str, x: &RawId| canonical(types, t, x).ok().as_ref() == Some(&at);
+        if let Some(o) = records.owners.iter().find(|o| is(&o.record_type, &o.id)) {
+            if o.tenant.is_some() {
+                return o.tenant.clone();
+            }
+        }
+        let r = records.related.iter().find(|r| is(&r.record_type, &r.id))?;
+        at = canonical(types, &r.parent_type, &r.parent_id).ok()?;
+    }
+    None
+}
 
 impl RawSnapshot {
     pub fn parse(text: &str) -> Result<RawSnapshot, String> {
         serde_json::from_str(text).map_err(|e| e.to_string())
     }
 
+    /// The tenant a change names, checked: required with tenants, refused without, and a
+    /// tenant of the snapshot (as the batch has made it so far).
+    fn tenant_named<'a>(
+        &self,
+        i: usize,
+        tenanted: bool,
+        tenant: &'a Option<String>,
+    ) -> Result<Option<&'a str>, String> {
+        match (tenanted, tenant) {
+            (true, None) => Err(format!(
+                "changes[{i}].tenant: missing (the snapshot has tenants: name the membership or the record's tenant)"
+            )),
+            (false, Some(_)) => Err(format!(
+                "changes[{i}].tenant: the snapshot has no tenants"
+            )),
+            (true, Some(t)) if !self.tenants.iter().any(|x| &x.id == t) => {
+                Err(format!("changes[{i}].tenant: unknown tenant '{t}'"))
+            }
+            (_, t) => Ok(t.as_deref()),
+        }
+    }
+
+    /// User `u`'s membership of tenant `t`, which must exist.
+    fn membership(&mut self, i: usize, u: usize, t: &str) -> Result<&mut RawMembership, String> {
+        let user = &mut self.users[u];
+        let id = user.id.clone();
+        user.memberships
+            .iter_mut()
+            .find(|m| m.tenant == t)
+            .ok_or_else(|| {
+                format!(
+                    "changes[{i}]: user '{id}' has no membership in tenant '{t}' (set_membership adds one)"
+                )
+            })
+    }
+
     /// Apply a batch of changes, in order. An error names the change; nothing is half-applied
     /// because the caller works on a copy and validates the result with [`Snapshot::build`].
     /// Record references are matched by canonical id (`types`: the config's record types).
     pub fn apply(&mut self, changes: &[Change], types: &RecordTypes) -> Result<(), String> {
-        if !self.tenants.is_empty() && !changes.is_empty() {
-            return Err(TENANTS_UNSUPPORTED.into());
-        }
+        // With tenants or without is fixed for the batch (a snapshot gains or loses its tenants
+        // only whole, with a config to match).
+        let tenanted = !self.tenants.is_empty();
+        // Managers named in memberships in this batch: (change, tenant, manager); each must be
+        // a member of that tenant once the batch is applied.
+        let mut member_managers: Vec<(usize, String, String)> = Vec::new();
         // Teams shared with in this batch: they must have members once the batch is applied.
         let mut shared_teams: Vec<(usize, String)> = Vec::new();
         // Users named as owners or sharees in this batch: they must exist once it is applied,
@@ -233,17 +348,99 @@ impl RawSnapshot {
                     .ok_or_else(|| format!("changes[{i}]: unknown user '{id}'"))
             };
             match change {
-                Change::SetRoles { user: id, roles } => {
+                Change::SetRoles {
+                    user: id,
+                    roles,
+                    tenant,
+                } => {
                     let u = user(self, id)?;
-                    self.users[u].roles = roles.clone();
+                    match self.tenant_named(i, tenanted, tenant)? {
+                        None => self.users[u].roles = roles.clone(),
+                        Some(t) => self.membership(i, u, t)?.roles = roles.clone(),
+                    }
                 }
-                Change::SetManager { user: id, manager } => {
+                Change::SetManager {
+                    user: id,
+                    manager,
+                    tenant,
+                } => {
                     let u = user(self, id)?;
-                    self.users[u].manager = manager.clone();
+                    match self.tenant_named(i, tenanted, tenant)? {
+                        None => self.users[u].manager = manager.clone(),
+                        Some(t) => {
+                            if let Some(m) = manager {
+                                member_managers.push((i, t.to_string(), m.clone()));
+                            }
+                            self.membership(i, u, t)?.manager = manager.clone();
+                        }
+                    }
                 }
-                Change::SetTeams { user: id, teams } => {
+                Change::SetTeams {
+                    user: id,
+                    teams,
+                    tenant,
+                } => {
                     let u = user(self, id)?;
-                    self.users[u].teams = teams.clone();
+                    match self.tenant_named(i, tenanted, tenant)? {
+                        None => self.users[u].teams = teams.clone(),
+                        Some(t) => self.membership(i, u, t)?.teams = teams.clone(),
+                    }
+                }
+                Change::SetMembership {
+                    user: id,
+                    tenant,
+                    roles,
+                    teams,
+                    manager,
+                } => {
+                    let u = user(self, id)?;
+                    let t = self
+                        .tenant_named(i, tenanted, &Some(tenant.clone()))?
+                        .unwrap_or_default()
+                        .to_string();
+                    if let Some(m) = manager {
+                        member_managers.push((i, t.clone(), m.clone()));
+                    }
+                    let membership = RawMembership {
+                        tenant: t,
+                        roles: roles.clone(),
+                        teams: teams.clone(),
+                        manager: manager.clone(),
+                    };
+                    let list = &mut self.users[u].memberships;
+                    match list.iter_mut().find(|m| m.tenant == membership.tenant) {
+                        Some(m) => *m = membership,
+                        None => list.push(membership),
+                    }
+                }
+                Change::RemoveMembership { user: id, tenant } => {
+                    let u = user(self, id)?;
+                    self.tenant_named(i, tenanted, &Some(tenant.clone()))?;
+                    let list = &mut self.users[u].memberships;
+                    let before = list.len();
+                    list.retain(|m| &m.tenant != tenant);
+                    if list.len() == before {
+                        return Err(format!(
+                            "changes[{i}]: user '{id}' has no membership in tenant '{tenant}'"
+                        ));
+                    }
+                }
+                Change::UpsertTenant { tenant } => {
+                    if !tenanted {
+                        return Err(format!(
+                            "changes[{i}]: the snapshot has no tenants (a snapshot gains tenants only whole, with [tenants] in the config)"
+                        ));
+                    }
+                    if !crate::snapshot::is_valid_user_id(&tenant.id) {
+                        return Err(format!(
+                            "changes[{i}].tenant.id: '{}' is not a valid tenant id (1–256 visible ASCII characters, no spaces or commas)",
+                            tenant.id.escape_debug()
+                        ));
+                    }
+                    match self.tenants.iter_mut().find(|t| t.id == tenant.id) {
+                        Some(t) => *t = tenant.clone(),
+                        None => self.tenants.push(tenant.clone()),
+                    }
                 }
                 Change::Disable { user: id } => {
                     let u = user(self, id)?;
@@ -298,12 +495,18 @@ impl RawSnapshot {
                     {
                         o.owner = owner.clone();
                     } else if records.related.iter().any(|r| same(&r.record_type, &r.id)) {
-                        // A related object declared only under its parent: declare its owner.
+                        // A related object declared only under its parent: declare its owner
+                        // (and, with tenants, its parent's tenant, which it has).
+                        let tenant = if tenanted {
+                            raw_record_tenant(records, types, &target)
+                        } else {
+                            None
+                        };
                         records.owners.push(RawOwner {
                             record_type: record_type.clone(),
                             id: id.clone(),
                             owner: owner.clone(),
-                            tenant: None,
+                            tenant,
                         });
                     } else {
                         return Err(format!(
@@ -351,9 +554,11 @@ impl RawSnapshot {
                     id,
                     owner,
                     parent,
+                    tenant,
                 } => {
                     let target = canonical(types, record_type, id)
                         .map_err(|e| format!("changes[{i}]: {e}"))?;
+                    let tenant = self.tenant_named(i, tenanted, tenant)?.map(str::to_string);
                     let parent_target = match parent {
                         None => None,
                         Some(p) => Some(
@@ -383,6 +588,15 @@ impl RawSnapshot {
                                 pt.1
                             ));
                         }
+                        if let (Some(t), Some(of_parent)) =
+                            (&tenant, raw_record_tenant(records, types, pt))
+                        {
+                            if *t != of_parent {
+                                return Err(format!(
+                                    "changes[{i}].tenant: '{t}' is not the parent's tenant '{of_parent}'"
+                                ));
+                            }
+                        }
                         records.related.retain(|r| !same(&r.record_type, &r.id));
                         if let Some((pt_type, pt_id)) = p {
                             records.related.push(RawRelated {
@@ -398,12 +612,15 @@ impl RawSnapshot {
                         .iter_mut()
                         .find(|o| same(&o.record_type, &o.id))
                     {
-                        Some(o) => o.owner = owner.clone(),
+                        Some(o) => {
+                            o.owner = owner.clone();
+                            o.tenant = tenant;
+                        }
                         None => records.owners.push(RawOwner {
                             record_type: record_type.clone(),
                             id: id.clone(),
                             owner: owner.clone(),
-                            tenant: None,
+                            tenant,
                         }),
                     }
                 }
@@ -467,6 +684,22 @@ impl RawSnapshot {
                 return Err(format!("changes[{i}]: unknown user '{u}'"));
             }
         }
+        for (i, t, m) in member_managers {
+            let member = self
+                .users
+                .iter()
+                .find(|x| x.id == m)
+                .map(|x| x.memberships.iter().any(|ms| ms.tenant == t));
+            match member {
+                None => return Err(format!("changes[{i}].manager: unknown user '{m}'")),
+                Some(false) => {
+                    return Err(format!(
+                        "changes[{i}].manager: '{m}' is not a member of tenant '{t}'"
+                    ))
+                }
+                Some(true) => {}
+            }
+        }
         for (i, role) in removed_roles {
             if self.roles.iter().any(|r| r.id == role) {
                 continue; // upserted again later in the batch
@@ -474,7 +707,9 @@ impl RawSnapshot {
             let holders: Vec<&str> = self
                 .users
                 .iter()
-                .filter(|u| u.roles.contains(&role))
+                .filter(|u| {
+                    u.roles.contains(&role) || u.memberships.iter().any(|m| m.roles.contains(&role))
+                })
                 .map(|u| u.id.as_str())
                 .collect();
             if let Some(first) = holders.first() {
@@ -487,7 +722,11 @@ impl RawSnapshot {
             }
         }
         for (i, t) in shared_teams {
-            if !self.users.iter().any(|u| u.teams.contains(&t)) {
+            if !self
+                .users
+                .iter()
+                .any(|u| u.teams.contains(&t) || u.memberships.iter().any(|m| m.teams.contains(&t)))
+            {
                 return Err(format!("changes[{i}]: team '{t}' has no members"));
             }
         }
@@ -534,6 +773,30 @@ pub fn check_roles(changes: &[Change], catalog: &Catalog) -> Vec<String> {
         }
         if let Err((k, e)) = catalog.expand_scoped_at(&role.permissions) {
             errors.push(format!("changes[{i}].role.permissions[{k}]: {e}"));
+        }
+    }
+    errors
+}
+
+/// The roles a batch gives memberships (`set_roles` with a tenant, `set_membership`), checked
+/// against the catalogue and the custom roles of `raw` (the batch applied): one error per
+/// unknown role, naming the change and the field.
+pub fn check_member_roles(changes: &[Change], catalog: &Catalog, raw: &RawSnapshot) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        let roles = match change {
+            Change::SetRoles {
+                roles,
+                tenant: Some(_),
+                ..
+            }
+            | Change::SetMembership { roles, .. } => roles,
+            _ => continue,
+        };
+        for (k, r) in roles.iter().enumerate() {
+            if catalog.role(r).is_none() && !raw.roles.iter().any(|x| &x.id == r) {
+                errors.push(format!("changes[{i}].roles[{k}]: unknown role '{r}'"));
+            }
         }
     }
     errors
@@ -592,6 +855,10 @@ impl Snapshot {
     /// ([`Change::is_structural`]), and when the records it adds do not fit in the free slots
     /// of their type's table.
     pub fn needs_rebuild(&self, changes: &[Change], catalog: &Catalog) -> bool {
+        // With tenants, memberships and record tenants change through the source form.
+        if self.has_tenants() && !changes.is_empty() {
+            return true;
+        }
         if changes.iter().any(Change::is_structural) {
             return true;
         }
@@ -623,7 +890,17 @@ impl Snapshot {
         catalog: &Catalog,
     ) -> Result<Applied, Vec<String>> {
         if self.has_tenants() && !changes.is_empty() {
-            return Err(vec![TENANTS_UNSUPPORTED.into()]);
+            // [`Snapshot::needs_rebuild`] sends every batch on a snapshot with tenants through
+            // the source form.
+            return Err(vec![
+                "changes: a snapshot with tenants takes changes through a full build".into(),
+            ]);
+        }
+        // Without tenants, a change naming one is refused (as the source form refuses it).
+        for (i, change) in changes.iter().enumerate() {
+            if let Some(e) = change.tenant_without_tenants(i) {
+                return Err(vec![e]);
+            }
         }
         let mut errors: Vec<String> = Vec::new();
         // Users in source form, touched in this batch: (index, or None for a new user; form).
@@ -667,7 +944,10 @@ impl Snapshot {
                 | Change::UpsertRole { .. }
                 | Change::RemoveRole { .. }
                 | Change::UpsertRecord { .. }
-                | Change::RemoveRecord { .. } => {
+                | Change::RemoveRecord { .. }
+                | Change::SetMembership { .. }
+                | Change::RemoveMembership { .. }
+                | Change::UpsertTenant { .. } => {
                     return Err(vec![format!(
                         "changes[{i}]: a structural change needs a full build"
                     )]);
@@ -1281,12 +1561,27 @@ mod equivalence {
     fn change() -> impl Strategy<Value = Change> {
         let record = proptest::sample::select(RECORDS);
         prop_oneof![
-            (pick(USERS), proptest::collection::vec(pick(ROLES), 0..3))
-                .prop_map(|(user, roles)| Change::SetRoles { user, roles }),
-            (pick(USERS), proptest::option::of(pick(USERS)))
-                .prop_map(|(user, manager)| Change::SetManager { user, manager }),
-            (pick(USERS), proptest::collection::vec(pick(TEAMS), 0..3))
-                .prop_map(|(user, teams)| Change::SetTeams { user, teams }),
+            (pick(USERS), proptest::collection::vec(pick(ROLES), 0..3)).prop_map(
+                |(user, roles)| Change::SetRoles {
+                    user,
+                    roles,
+                    tenant: None,
+                }
+            ),
+            (pick(USERS), proptest::option::of(pick(USERS))).prop_map(|(user, manager)| {
+                Change::SetManager {
+                    user,
+                    manager,
+                    tenant: None,
+                }
+            }),
+            (pick(USERS), proptest::collection::vec(pick(TEAMS), 0..3)).prop_map(
+                |(user, teams)| Change::SetTeams {
+                    user,
+                    teams,
+                    tenant: None,
+                }
+            ),
             pick(USERS).prop_map(|user| Change::Disable { user }),
             pick(USERS).prop_map(|user| Change::Enable { user }),
             (
@@ -1334,6 +1629,7 @@ mod equivalence {
                     id: raw_id(id),
                     owner,
                     parent: None,
+                    tenant: None,
                 }
             }),
             (record, principal()).prop_map(|((t, id), (user, team, role))| Change::Unshare {

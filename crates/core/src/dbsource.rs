@@ -308,6 +308,7 @@ pub fn incremental_changes(
             .collect();
         if sorted(roles) != sorted(r.list("roles")) {
             user_changes.push(Change::SetRoles {
+                tenant: None,
                 user: id.clone(),
                 roles: r.list("roles"),
             });
@@ -319,6 +320,7 @@ pub fn incremental_changes(
             .collect();
         if sorted(teams) != sorted(r.list("teams")) {
             user_changes.push(Change::SetTeams {
+                tenant: None,
                 user: id.clone(),
                 teams: r.list("teams"),
             });
@@ -326,6 +328,7 @@ pub fn incremental_changes(
         let manager = r.text("manager").map(str::to_string);
         if u.manager.map(user_id) != manager {
             user_changes.push(Change::SetManager {
+                tenant: None,
                 user: id.clone(),
                 manager,
             });
@@ -382,6 +385,7 @@ pub fn incremental_changes(
             continue;
         }
         related_changes.push(Change::UpsertRecord {
+            tenant: None,
             record_type: key.0,
             id: RawId::Text(key.1),
             owner,
@@ -404,6 +408,7 @@ pub fn incremental_changes(
             continue;
         }
         record_changes.push(Change::UpsertRecord {
+            tenant: None,
             record_type: key.0,
             id: RawId::Text(key.1),
             owner,

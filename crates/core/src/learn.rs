@@ -295,14 +295,16 @@ pub fn id_from_body(
 
 impl Creates {
     /// The `upsert_record` change for a record of this route's type with this id, created by
-    /// `caller` (a user id) on the canonical `path`. `Err`: the parent's id in the path is not
-    /// canonical, or the owner would be the caller and there is none.
+    /// `caller` (a user id) on the canonical `path`, in the call's `tenant` (with tenants: the
+    /// record belongs to the tenant the call was allowed in). `Err`: the parent's id in the
+    /// path is not canonical, or the owner would be the caller and there is none.
     pub fn change(
         &self,
         types: &RecordTypes,
         id: &RecordId,
         caller: Option<&str>,
         path: &str,
+        tenant: Option<&str>,
     ) -> Result<Change, NotLearned> {
         let owner = match (self.owner_is_caller, caller) {
             (false, _) => None,
@@ -329,6 +331,7 @@ impl Creates {
             id: RawId::Text(id.to_string()),
             owner,
             parent,
+            tenant: tenant.map(str::to_string),
         })
     }
 }
@@ -498,13 +501,14 @@ mod tests {
         .unwrap();
         let id = canonical_id(t.kind(c.record_type), "0a0b0c0d0e0f00000000000000000001").unwrap();
         let change = c
-            .change(&t, &id, Some("u-1"), "/api/v1/leads/7/notes")
+            .change(&t, &id, Some("u-1"), "/api/v1/leads/7/notes", None)
             .unwrap();
         let Change::UpsertRecord {
             record_type,
             id,
             owner,
             parent,
+            ..
         } = change
         else {
             panic!("not an upsert")
@@ -523,10 +527,16 @@ mod tests {
             })
         );
         assert!(c
-            .change(&t, &RecordId::Int(1), None, "/api/v1/leads/7/notes")
+            .change(&t, &RecordId::Int(1), None, "/api/v1/leads/7/notes", None)
             .is_err());
         assert!(c
-            .change(&t, &RecordId::Int(1), Some("u-1"), "/api/v1/leads/07/notes")
+            .change(
+                &t,
+                &RecordId::Int(1),
+                Some("u-1"),
+                "/api/v1/leads/07/notes",
+                None
+            )
             .is_err());
     }
 }

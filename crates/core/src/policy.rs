@@ -271,7 +271,8 @@ pub fn decide_as(
 /// The principal that acts for `user` in the call's tenant: `user` itself without tenants
 /// (neither in the config nor in the snapshot); else its membership of the tenant, or
 /// `tenant_missing` / `not_a_member`. A tenant-aware config with a snapshot without tenants,
-/// or the reverse, refuses every call (fail closed): they are rolled out together.
+/// or the reverse, is refused when either is loaded (the server's `tenants_mismatch`); were
+/// one live anyway, every call would be refused here (fail closed).
 pub fn member_in(
     snapshot: &Snapshot,
     user: UserIdx,

@@ -389,3 +389,176 @@ mod tests {
         );
     }
 }
+
+/// The changes API on a snapshot with tenants ([`crate::changes`]): memberships, record
+/// tenants and new tenants, each bad change one located error.
+#[cfg(test)]
+mod change_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use crate::changes::Change;
+    use crate::ids::{canonical_id, RecordId};
+    use crate::records::tests::catalog;
+    use crate::snapshot::{RawSnapshot, Snapshot};
+
+    const BASE: &str = r#"{
+  "tenants": [{"id": "a"}, {"id": "b"}],
+  "users": [
+    {"id": "u", "memberships": [{"tenant": "a", "roles": ["admin"]}, {"tenant": "b", "roles": ["sales_rep"]}]},
+    {"id": "m", "memberships": [{"tenant": "b", "roles": ["sales_manager"]}]},
+    {"id": "w", "memberships": [{"tenant": "a", "roles": ["sales_rep"]}]}
+  ],
+  "records": {"owners": [{"type": "lead", "id": 1, "owner": "w", "tenant": "a"}],
+              "related": [{"type": "note", "id": 9, "parent_type": "lead", "parent_id": 1}]}
+}"#;
+
+    /// The source-form path the gateway takes on a snapshot with tenants.
+    fn apply(batch: &str) -> Result<Snapshot, String> {
+        let c = catalog();
+        let base = Snapshot::build("s.json", BASE, &c).unwrap();
+        let changes: Vec<Change> = serde_json::from_str(batch).map_err(|e| e.to_string())?;
+        assert!(
+            base.needs_rebuild(&changes, &c),
+            "tenants: always the full build"
+        );
+        assert!(base.apply(&changes, &c).is_err(), "the fast path refuses");
+        let mut raw = RawSnapshot::parse(BASE).unwrap();
+        raw.apply(&changes, c.record_types())?;
+        let roles = crate::changes::check_member_roles(&changes, &c, &raw);
+        if !roles.is_empty() {
+            return Err(roles.join("; "));
+        }
+        Snapshot::build("s.json", &raw.to_json(), &c).map_err(|e| {
+            e.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    fn roles(s: &Snapshot, user: &str, tenant: &str) -> Option<String> {
+        let m = s.member(s.user_index(user)?, s.tenant_index(tenant)?)?;
+        Some(s.grant(s.user(m)).roles_header.to_string())
+    }
+
+    fn lead_tenant(s: &Snapshot, id: u64) -> Option<String> {
+        let c = catalog();
+        let t = c.record_types().get("lead").unwrap();
+        let id: RecordId = canonical_id(c.record_types().kind(t), &id.to_string()).unwrap();
+        let f = s.records.find(t, &id)?;
+        Some(s.tenant_id(s.records.tenant_of(f.number)).to_string())
+    }
+
+    #[test]
+    fn memberships_records_and_tenants_change_in_a_batch() {
+        let s = apply(
+            r#"[{"op":"upsert_tenant","tenant":{"id":"c","name":"New org"}},
+                {"op":"set_membership","user":"w","tenant":"c","roles":["sales_manager"]},
+                {"op":"set_membership","user":"u","tenant":"c","roles":["sales_rep"],"manager":"w"},
+                {"op":"set_roles","user":"u","tenant":"b","roles":["sales_manager"]},
+                {"op":"remove_membership","user":"m","tenant":"b"},
+                {"op":"set_membership","user":"m","tenant":"a","roles":["sales_rep"]},
+                {"op":"upsert_record","type":"lead","id":2,"owner":"u","tenant":"c"},
+                {"op":"upsert_record","type":"note","id":10,"owner":"u","tenant":"a","parent":{"type":"lead","id":1}},
+                {"op":"set_owner","type":"note","id":9,"owner":"w"}]"#,
+        )
+        .unwrap();
+        assert_eq!(roles(&s, "w", "c").as_deref(), Some("sales_manager"));
+        assert_eq!(roles(&s, "u", "c").as_deref(), Some("sales_rep"));
+        assert_eq!(roles(&s, "u", "b").as_deref(), Some("sales_manager"));
+        assert_eq!(roles(&s, "u", "a").as_deref(), Some("admin"), "untouched");
+        assert_eq!(roles(&s, "m", "b"), None, "membership removed");
+        assert_eq!(roles(&s, "m", "a").as_deref(), Some("sales_rep"));
+        let (u, w, c) = (
+            s.user_index("u").unwrap(),
+            s.user_index("w").unwrap(),
+            s.tenant_index("c").unwrap(),
+        );
+        assert_eq!(s.user(s.member(u, c).unwrap()).manager, s.member(w, c));
+        assert_eq!(lead_tenant(&s, 2).as_deref(), Some("c"));
+        assert_eq!(lead_tenant(&s, 1).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn each_bad_change_is_one_located_error() {
+        for (batch, says) in [
+            (
+                r#"[{"op":"upsert_record","type":"lead","id":2,"owner":"u"}]"#,
+                "changes[0].tenant: missing",
+            ),
+            (
+                r#"[{"op":"upsert_record","type":"lead","id":2,"owner":"u","tenant":"zz"}]"#,
+                "changes[0].tenant: unknown tenant 'zz'",
+            ),
+            (
+                r#"[{"op":"upsert_tenant","tenant":{"id":"c"}},{"op":"set_roles","user":"u","roles":["admin"]}]"#,
+                "changes[1].tenant: missing",
+            ),
+            (
+                r#"[{"op":"set_teams","user":"w","tenant":"b","teams":["east"]}]"#,
+                "changes[0]: user 'w' has no membership in tenant 'b' (set_membership adds one)",
+            ),
+            (
+                r#"[{"op":"remove_membership","user":"w","tenant":"b"}]"#,
+                "changes[0]: user 'w' has no membership in tenant 'b'",
+            ),
+            (
+                r#"[{"op":"set_manager","user":"u","tenant":"b","manager":"w"}]"#,
+                "changes[0].manager: 'w' is not a member of tenant 'b'",
+            ),
+            (
+                r#"[{"op":"set_membership","user":"w","tenant":"b","roles":[],"manager":"nobody"}]"#,
+                "changes[0].manager: unknown user 'nobody'",
+            ),
+            (
+                r#"[{"op":"upsert_record","type":"note","id":10,"tenant":"b","parent":{"type":"lead","id":1}}]"#,
+                "changes[0].tenant: 'b' is not the parent's tenant 'a'",
+            ),
+            (
+                r#"[{"op":"set_membership","user":"w","tenant":"b","roles":["admin","nope"]}]"#,
+                "changes[0].roles[1]: unknown role 'nope'",
+            ),
+            (
+                r#"[{"op":"upsert_tenant","tenant":{"id":"has space"}}]"#,
+                "changes[0].tenant.id: 'has space' is not a valid tenant id",
+            ),
+        ] {
+            let e = apply(batch)
+                .err()
+                .unwrap_or_else(|| panic!("{batch}: accepted"));
+            assert!(e.contains(says), "{batch}: {e}");
+        }
+    }
+
+    #[test]
+    fn without_tenants_a_change_naming_one_is_refused_both_ways() {
+        let c = catalog();
+        let plain = r#"{"users":[{"id":"u","roles":["admin"]}]}"#;
+        let s = Snapshot::build("s.json", plain, &c).unwrap();
+        for (batch, says) in [
+            (
+                r#"[{"op":"set_roles","user":"u","roles":[],"tenant":"a"}]"#,
+                "changes[0].tenant: the snapshot has no tenants",
+            ),
+            (
+                r#"[{"op":"upsert_record","type":"lead","id":1,"owner":"u","tenant":"a"}]"#,
+                "changes[0].tenant: the snapshot has no tenants",
+            ),
+            (
+                r#"[{"op":"set_membership","user":"u","tenant":"a","roles":[]}]"#,
+                "changes[0].tenant: the snapshot has no tenants",
+            ),
+            (
+                r#"[{"op":"upsert_tenant","tenant":{"id":"a"}}]"#,
+                "changes[0]: the snapshot has no tenants",
+            ),
+        ] {
+            let changes: Vec<Change> = serde_json::from_str(batch).unwrap();
+            let fast = s.apply(&changes, &c).err().unwrap();
+            assert!(fast[0].contains(says), "{batch}: {fast:?}");
+            let mut raw = RawSnapshot::parse(plain).unwrap();
+            let slow = raw.apply(&changes, c.record_types()).err().unwrap();
+            assert!(slow.contains(says), "{batch}: {slow}");
+        }
+    }
+}
