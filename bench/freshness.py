@@ -397,7 +397,10 @@ class Gateway:
             self.proc.kill()
             self.proc.wait(5)
         self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if os.environ.get("FRESHBENCH_KEEP"):
+            log(f"kept {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def b64(b):
@@ -486,10 +489,11 @@ def commit_to_decision(pg, gateways, changes, kinds, samples, notify, gap_s, tim
                 with lock:
                     if st == s["want"]:
                         s["waiting"].discard(gw.name)
-                        results.append((s["kind"], gw.name, (now - s["committed"]) * 1000))
+                        results.append((s["kind"], gw.name, (now - s["committed"]) * 1000,
+                                        s["wall"]))
                     elif now - s["committed"] > timeout_s:
                         s["waiting"].discard(gw.name)
-                        results.append((s["kind"], gw.name, None))
+                        results.append((s["kind"], gw.name, None, s["wall"]))
             with lock:
                 pending[:] = [s for s in pending if s["waiting"]]
             time.sleep(0.005)
@@ -506,24 +510,27 @@ def commit_to_decision(pg, gateways, changes, kinds, samples, notify, gap_s, tim
         kind = kinds[i % len(kinds)]
         sql, u, lead, want = changes.make(kind, notify)
         tok = token(u)
-        # Before: the gateway must not already answer the new decision.
-        for g in gateways:
-            if g.call(tok, lead) == want:
-                wrong_before += 1
+        # Before: the gateway must not already answer the new decision (else the sample
+        # would measure nothing: it is skipped and counted).
+        if any(g.call(tok, lead) == want for g in gateways):
+            wrong_before += 1
+            continue
         pg.query(sql)
         committed = time.monotonic()
         with lock:
             pending.append({"kind": kind, "token": tok, "lead": lead, "want": want,
-                            "committed": committed, "waiting": {g.name for g in gateways}})
+                            "committed": committed, "wall": time.time(), "waiting": {g.name for g in gateways}})
         time.sleep(gap_s * random.uniform(0.5, 1.5))
     done.set()
     for t in threads:
         t.join(timeout_s + 10)
     out = {"samples": samples, "notify": notify, "replicas": len(gateways),
-           "already_before": wrong_before}
-    for kind in sorted(set(k for k, _, _ in results)) + ["all"]:
-        lat = [ms for k, _, ms in results if (k == kind or kind == "all") and ms is not None]
-        miss = sum(1 for k, _, ms in results if (k == kind or kind == "all") and ms is None)
+           "already_before": wrong_before,
+           "each": [(k, g, round(ms, 1) if ms is not None else None, round(w, 3))
+                    for k, g, ms, w in results]}
+    for kind in sorted(set(k for k, _, _, _ in results)) + ["all"]:
+        lat = [ms for k, _, ms, _ in results if (k == kind or kind == "all") and ms is not None]
+        miss = sum(1 for k, _, ms, _ in results if (k == kind or kind == "all") and ms is None)
         out[kind] = {"n": len(lat), "missed": miss,
                      "p50_ms": round(pct(lat, 0.5), 1) if lat else None,
                      "p99_ms": round(pct(lat, 0.99), 1) if lat else None,
@@ -607,13 +614,36 @@ def background_changes(pg, changes, stop, per_s, counter):
         stop.wait(1 / per_s)
 
 
+def mem_available_mib():
+    for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 1 << 30
+
+
+def memory_guard(gateways, floor_mib, low):
+    """The machine is shared: stop our gateways rather than let the OOM killer pick anyone."""
+    while True:
+        low[0] = min(low[0], mem_available_mib())
+        if low[0] < floor_mib:
+            log(f"MemAvailable {low[0]} MiB < {floor_mib} MiB: stopping the gateways")
+            for g in list(gateways):
+                try:
+                    g.proc.kill()
+                except OSError:
+                    pass
+            return
+        time.sleep(0.5)
+
+
 # ---- the run ----------------------------------------------------------------------------------
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scale", type=float, default=1.0, help="1 = 1M users, 10M leads")
     p.add_argument("--samples", type=int, default=120, help="commit->decision samples per set")
-    p.add_argument("--delete-samples", type=int, default=5)
+    p.add_argument("--delete-samples", type=int, default=3)
+    p.add_argument("--delete-timeout", type=float, default=600)
     p.add_argument("--gap-ms", type=float, default=250, help="mean time between commits")
     p.add_argument("--poll-ms", type=int, default=0, help="poll_interval_ms (0: the default)")
     p.add_argument("--reconcile-ms", type=int, default=7_200_000)
@@ -654,6 +684,8 @@ def main():
                                         f"127.0.0.1:{stub_port}"])
         changes = Changes(users, records)
         gateways = []
+        low = [mem_available_mib()]
+        threading.Thread(target=memory_guard, args=(gateways, 1500, low), daemon=True).start()
         # 1. One replica: the full load.
         a = Gateway(args, "a", stub_port, db_port=pg_port)
         gateways.append(a)
@@ -670,13 +702,6 @@ def main():
                                    args.gap_ms / 1000, 60)
             lat.append(r)
             log(f"commit->decision, 1 replica, notify={notify}: {r['all']} {r}")
-        # Soft deletes: remove_record rebuilds the snapshot (README: the source form and a full
-        # build), so they are measured one at a time.
-        r = commit_to_decision(pg, [a], changes, ["delete"], args.delete_samples, True,
-                               0.0, 300)
-        result["delete_1"] = r
-        log(f"soft delete, 1 replica, notify: {r}")
-        result["after_deletes"] = {"a": {**a.memory(), "counters": a.counters()}}
         # 3. Three replicas.
         for name in ("b", "c"):
             g = Gateway(args, name, stub_port, db_port=pg_port)
@@ -694,7 +719,7 @@ def main():
         result["steady"] = {g.name: {**g.memory(), "counters": g.counters()} for g in gateways}
         for g in gateways[1:]:
             g.stop()
-        gateways = gateways[:1]
+        del gateways[1:]
         # 4. Ordinary calls: polling (with changes arriving) against a static file.
         snap = os.path.join(work, "snapshot.json")
         s = time.monotonic()
@@ -706,6 +731,7 @@ def main():
                             "bytes": os.path.getsize(snap)}
         log(f"export: {result['export']}")
         static = Gateway(args, "static", stub_port, snapshot_file=snap)
+        gateways.append(static)
         result["full_load"]["static_file"] = static.wait_ready(args.ready_timeout)
         log(f"static gateway ready: {result['full_load']['static_file']}")
         scenario = os.path.join(work, "scenario.toml")
@@ -735,9 +761,20 @@ def main():
                 log(f"load {r['gateway']} round {rnd}: p50 {r['p50_ms']} p99 {r['p99_ms']} "
                     f"unexpected {r['unexpected']} errors {r['errors']} "
                     f"commits {counter[0]} batches {r['batches_during']}")
-        result["final_counters"] = {"a": a.counters()}
+        static.stop()
+        gateways.remove(static)
+        static = None
+        # Soft deletes last: remove_record goes through the source form and a full build
+        # (README), replaying every batch since the last full load; bounded.
+        before = a.counters()
+        r = commit_to_decision(pg, [a], changes, ["delete"], args.delete_samples, True,
+                               0.0, args.delete_timeout)
+        r["batches_since_full_load_before"] = before["database_incremental_batches"]
+        result["delete_1"] = r
+        log(f"soft delete, 1 replica, notify: {r}")
+        result["after_deletes"] = {"a": {**a.memory(), "counters": a.counters()}}
     finally:
-        for g in (gateways or []) + ([static] if static else []):
+        for g in list(gateways or []):
             try:
                 g.stop()
             except Exception as e:  # noqa: BLE001
@@ -751,6 +788,7 @@ def main():
             db.stop()
         shutil.rmtree(work, ignore_errors=True)
         result["loadavg_after"] = loadavg()
+        result["mem_available_min_mib"] = low[0] if "low" in locals() else None
         pathlib.Path(out_path).write_text(json.dumps(result, indent=2, default=str) + "\n")
         log(f"wrote {out_path}")
     print(markdown(result))
