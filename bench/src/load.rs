@@ -76,6 +76,8 @@ pub struct LoadOptions {
 pub struct TlsTarget {
     connector: tokio_rustls::TlsConnector,
     server_name: rustls::pki_types::ServerName<'static>,
+    config: Arc<rustls::ClientConfig>,
+    resume: bool,
 }
 
 impl std::fmt::Debug for TlsTarget {
@@ -139,10 +141,33 @@ impl TlsTarget {
         }];
         let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| format!("'{host}': {e}"))?;
+        let config = Arc::new(config);
         Ok(TlsTarget {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connector: tokio_rustls::TlsConnector::from(config.clone()),
             server_name,
+            config,
+            resume,
         })
+    }
+
+    /// The same target with a session cache of its own: each worker of a connection-per-call
+    /// run resumes from the tickets its own previous connection received, as one client
+    /// reconnecting would. (One cache shared by every worker runs dry: TLS 1.3 tickets are
+    /// used once, and a server may issue only one on a resumed connection while concurrent
+    /// connections take them.)
+    fn own_cache(&self) -> TlsTarget {
+        if !self.resume {
+            return self.clone();
+        }
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+        let config = Arc::new(config);
+        TlsTarget {
+            connector: tokio_rustls::TlsConnector::from(config.clone()),
+            server_name: self.server_name.clone(),
+            config,
+            resume: true,
+        }
     }
 }
 
@@ -369,6 +394,11 @@ async fn worker(ctx: WorkerCtx, sender: Option<Sender>) -> WorkerOut {
     let host = HeaderValue::from_str(&ctx.opts.authority)
         .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
     let mut sender = sender;
+    let own_tls = if ctx.opts.connection_per_call {
+        ctx.opts.tls.as_ref().map(TlsTarget::own_cache)
+    } else {
+        None
+    };
     let mut next_intended = ctx.schedule.map(|(t, _)| t);
     let record_err = |out: &mut WorkerOut, e: String, measured: bool| {
         if measured {
@@ -410,7 +440,7 @@ async fn worker(ctx: WorkerCtx, sender: Option<Sender>) -> WorkerOut {
         if ctx.opts.connection_per_call {
             // Handshakes inside the call's latency; the previous connection is closed.
             sender = None;
-            match connect_tls(ctx.opts.addr, ctx.opts.protocol, ctx.opts.tls.as_ref()).await {
+            match connect_tls(ctx.opts.addr, ctx.opts.protocol, own_tls.as_ref()).await {
                 Ok((s, resumed)) => {
                     sender = Some(s);
                     if let (true, Some(resumed)) = (measured, resumed) {
