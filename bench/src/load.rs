@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST};
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
@@ -62,8 +62,13 @@ pub struct LoadOptions {
     pub max_requests: Option<u64>,
     /// A progress line on stderr every second.
     pub progress: Option<String>,
-    /// `https://` targets: TLS on every connection (handshakes happen before measuring).
+    /// `https://` targets: TLS on every connection (handshakes happen before measuring,
+    /// unless `connection_per_call`).
     pub tls: Option<TlsTarget>,
+    /// A new connection for every call (TCP connect, TLS handshake if any, the call with
+    /// `Connection: close` on HTTP/1.1, close), all inside the call's measured latency: the
+    /// handshake cost per call. Off: keep-alive connections opened before the measured window.
+    pub connection_per_call: bool,
 }
 
 /// TLS toward the target: the rustls connector and the server name to send and verify.
@@ -71,6 +76,8 @@ pub struct LoadOptions {
 pub struct TlsTarget {
     connector: tokio_rustls::TlsConnector,
     server_name: rustls::pki_types::ServerName<'static>,
+    config: Arc<rustls::ClientConfig>,
+    resume: bool,
 }
 
 impl std::fmt::Debug for TlsTarget {
@@ -81,8 +88,20 @@ impl std::fmt::Debug for TlsTarget {
 
 impl TlsTarget {
     /// Trust the CAs in `ca_file` (PEM), else the system's roots; offer `h2` or `http/1.1` by
-    /// ALPN.
+    /// ALPN. Sessions are resumed when the server allows it (rustls' default client cache).
     pub fn new(host: &str, ca_file: Option<&std::path::Path>, h2: bool) -> Result<Self, String> {
+        Self::with_resumption(host, ca_file, h2, true)
+    }
+
+    /// [`TlsTarget::new`], with session resumption (`resume`: TLS 1.3 tickets, TLS 1.2 session
+    /// ids and tickets, from one in-memory cache shared by every connection) or without (every
+    /// handshake is a full one).
+    pub fn with_resumption(
+        host: &str,
+        ca_file: Option<&std::path::Path>,
+        h2: bool,
+        resume: bool,
+    ) -> Result<Self, String> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::CertificateDer;
         let mut roots = rustls::RootCertStore::empty();
@@ -112,6 +131,9 @@ impl TlsTarget {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        if !resume {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
         config.alpn_protocols = vec![if h2 {
             b"h2".to_vec()
         } else {
@@ -119,10 +141,33 @@ impl TlsTarget {
         }];
         let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| format!("'{host}': {e}"))?;
+        let config = Arc::new(config);
         Ok(TlsTarget {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connector: tokio_rustls::TlsConnector::from(config.clone()),
             server_name,
+            config,
+            resume,
         })
+    }
+
+    /// The same target with a session cache of its own: each worker of a connection-per-call
+    /// run resumes from the tickets its own previous connection received, as one client
+    /// reconnecting would. (One cache shared by every worker runs dry: TLS 1.3 tickets are
+    /// used once, and a server may issue only one on a resumed connection while concurrent
+    /// connections take them.)
+    fn own_cache(&self) -> TlsTarget {
+        if !self.resume {
+            return self.clone();
+        }
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+        let config = Arc::new(config);
+        TlsTarget {
+            connector: tokio_rustls::TlsConnector::from(config.clone()),
+            server_name: self.server_name.clone(),
+            config,
+            resume: true,
+        }
     }
 }
 
@@ -139,6 +184,9 @@ pub struct LoadResult {
     pub transport_errors: BTreeMap<String, u64>,
     /// Connections the server closed between requests, reopened.
     pub reconnects: u64,
+    /// TLS handshakes completed in the measured window, and how many of them resumed a session.
+    pub tls_handshakes: u64,
+    pub tls_resumed: u64,
     pub elapsed: Duration,
 }
 
@@ -214,19 +262,33 @@ async fn connect(
     protocol: Protocol,
     tls: Option<&TlsTarget>,
 ) -> Result<Sender, String> {
+    connect_tls(addr, protocol, tls).await.map(|(s, _)| s)
+}
+
+/// [`connect`], and whether the TLS handshake resumed a session (`None`: no TLS).
+async fn connect_tls(
+    addr: SocketAddr,
+    protocol: Protocol,
+    tls: Option<&TlsTarget>,
+) -> Result<(Sender, Option<bool>), String> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect:{:?}", e.kind()))?;
     let _ = stream.set_nodelay(true);
     match tls {
-        None => handshake(TokioIo::new(stream), protocol).await,
+        None => Ok((handshake(TokioIo::new(stream), protocol).await?, None)),
         Some(t) => {
             let stream = t
                 .connector
                 .connect(t.server_name.clone(), stream)
                 .await
                 .map_err(|e| format!("tls:{:?}", e.kind()))?;
-            handshake(TokioIo::new(stream), protocol).await
+            let resumed =
+                stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            Ok((
+                handshake(TokioIo::new(stream), protocol).await?,
+                Some(resumed),
+            ))
         }
     }
 }
@@ -268,6 +330,8 @@ struct WorkerOut {
     statuses: BTreeMap<u16, u64>,
     transport_errors: BTreeMap<String, u64>,
     reconnects: u64,
+    tls_handshakes: u64,
+    tls_resumed: u64,
 }
 
 struct WorkerCtx {
@@ -301,6 +365,9 @@ fn build_request(
     let mut b = Request::builder().method(e.method.clone()).uri(uri);
     if opts.protocol == Protocol::H1 {
         b = b.header(HOST, host.clone());
+        if opts.connection_per_call {
+            b = b.header(CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     if !e.credentials.is_empty() {
         let c = &e.credentials[rng.usize(0..e.credentials.len())];
@@ -327,6 +394,11 @@ async fn worker(ctx: WorkerCtx, sender: Option<Sender>) -> WorkerOut {
     let host = HeaderValue::from_str(&ctx.opts.authority)
         .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
     let mut sender = sender;
+    let own_tls = if ctx.opts.connection_per_call {
+        ctx.opts.tls.as_ref().map(TlsTarget::own_cache)
+    } else {
+        None
+    };
     let mut next_intended = ctx.schedule.map(|(t, _)| t);
     let record_err = |out: &mut WorkerOut, e: String, measured: bool| {
         if measured {
@@ -365,6 +437,25 @@ async fn worker(ctx: WorkerCtx, sender: Option<Sender>) -> WorkerOut {
             _ => Instant::now(),
         };
         let measured = start >= ctx.measure_from;
+        if ctx.opts.connection_per_call {
+            // Handshakes inside the call's latency; the previous connection is closed.
+            sender = None;
+            match connect_tls(ctx.opts.addr, ctx.opts.protocol, own_tls.as_ref()).await {
+                Ok((s, resumed)) => {
+                    sender = Some(s);
+                    if let (true, Some(resumed)) = (measured, resumed) {
+                        out.tls_handshakes += 1;
+                        out.tls_resumed += u64::from(resumed);
+                    }
+                }
+                Err(e) => {
+                    record_err(&mut out, e, measured);
+                    ctx.shared.failed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            }
+        }
         if sender.is_none() {
             match connect(ctx.opts.addr, ctx.opts.protocol, ctx.opts.tls.as_ref()).await {
                 Ok(s) => sender = Some(s),
@@ -459,9 +550,13 @@ pub async fn run(
         1
     };
     let workers = opts.connections.max(1) * streams;
-    // Connect first, so that handshakes are not in the measured window.
+    // Connect first, so that handshakes are not in the measured window (with a connection
+    // per call, every worker connects for each call instead).
     let mut senders = Vec::with_capacity(workers);
-    for _ in 0..opts.connections.max(1) {
+    if opts.connection_per_call {
+        senders.resize_with(workers, || None);
+    }
+    for _ in 0..opts.connections.max(1) * usize::from(!opts.connection_per_call) {
         match connect(opts.addr, opts.protocol, opts.tls.as_ref()).await {
             Ok(Sender::H2(s)) => {
                 for _ in 0..streams {
@@ -559,6 +654,8 @@ pub async fn run(
                 total.requests += w.requests;
                 total.unexpected += w.unexpected;
                 total.reconnects += w.reconnects;
+                total.tls_handshakes += w.tls_handshakes;
+                total.tls_resumed += w.tls_resumed;
                 for (k, v) in w.statuses {
                     *total.statuses.entry(k).or_insert(0) += v;
                 }
@@ -585,6 +682,8 @@ pub async fn run(
         statuses: total.statuses,
         transport_errors: total.transport_errors,
         reconnects: total.reconnects,
+        tls_handshakes: total.tls_handshakes,
+        tls_resumed: total.tls_resumed,
         elapsed,
     }
 }
@@ -715,11 +814,46 @@ mod tests {
                 tls: Some(
                     TlsTarget::new("localhost", Some(&ca), protocol == Protocol::H2).unwrap(),
                 ),
+                connection_per_call: false,
             };
             let r = run(plan.clone(), opts, |_| {}).await;
             assert!(r.requests >= 100, "{protocol:?}: {} requests", r.requests);
             assert!(r.transport_errors.is_empty(), "{:?}", r.transport_errors);
             assert_eq!(r.unexpected, 0, "{:?}", r.statuses);
+        }
+        // A new connection per call: every call a handshake, resumed only when asked.
+        for resume in [false, true] {
+            let opts = LoadOptions {
+                addr,
+                authority: format!("localhost:{}", addr.port()),
+                protocol: Protocol::H1,
+                mode: Mode::Closed,
+                connections: 2,
+                streams: 1,
+                warmup: Duration::ZERO,
+                duration: Duration::from_secs(10),
+                max_requests: Some(100),
+                progress: None,
+                tls: Some(
+                    TlsTarget::with_resumption("localhost", Some(&ca), false, resume).unwrap(),
+                ),
+                connection_per_call: true,
+            };
+            let r = run(plan.clone(), opts, |_| {}).await;
+            assert!(r.transport_errors.is_empty(), "{:?}", r.transport_errors);
+            assert!(r.requests >= 98, "{} requests", r.requests);
+            assert_eq!(r.tls_handshakes, r.requests, "one handshake per call");
+            if resume {
+                // Only the first connection(s), before any ticket came back, are full.
+                assert!(
+                    r.tls_resumed * 10 >= r.tls_handshakes * 9,
+                    "{} of {} resumed",
+                    r.tls_resumed,
+                    r.tls_handshakes
+                );
+            } else {
+                assert_eq!(r.tls_resumed, 0);
+            }
         }
         // An untrusted server is a transport error, never a silent success.
         let other = rcgen::KeyPair::generate().unwrap();

@@ -223,6 +223,7 @@ fn load_command(a: LoadArgs) -> Result<(), String> {
         max_requests: a.requests,
         progress: Some(scenario.name.clone()),
         tls,
+        connection_per_call: false,
     };
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let ticks = procstat::clock_ticks();
@@ -359,6 +360,7 @@ mod tests {
         let tuning = peers::GatewayTuning {
             threads: 1,
             pool_size: 64,
+            tls: None,
         };
         let config_text = peers::permgate_config(a, a, &tuning, true, "hyper").unwrap();
         let config = permgate::config::Config::parse("permgate.toml", &config_text, &tmp).unwrap();

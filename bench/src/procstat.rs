@@ -29,6 +29,49 @@ pub fn cpu_time(pid: u32, ticks: u64) -> Option<Duration> {
     ))
 }
 
+/// The direct children of `pid` (e.g. nginx's workers under its master).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // Field 4 (ppid), counted after the command name's closing ')'.
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// [`cpu_time`] of `pid` plus its direct children (a process with workers: nginx with
+/// `worker_processes` > 1). The same as `cpu_time` for a single process.
+pub fn cpu_time_tree(pid: u32, ticks: u64) -> Option<Duration> {
+    let own = cpu_time(pid, ticks)?;
+    Some(
+        children(pid)
+            .into_iter()
+            .filter_map(|c| cpu_time(c, ticks))
+            .fold(own, |a, b| a + b),
+    )
+}
+
+/// [`rss`] of `pid` plus its direct children (shared pages counted in each).
+pub fn rss_tree(pid: u32) -> Option<u64> {
+    let own = rss(pid)?;
+    Some(own + children(pid).into_iter().filter_map(rss).sum::<u64>())
+}
+
+/// [`peak_rss`] of `pid` plus its direct children.
+pub fn peak_rss_tree(pid: u32) -> Option<u64> {
+    let own = peak_rss(pid)?;
+    Some(own + children(pid).into_iter().filter_map(peak_rss).sum::<u64>())
+}
+
 /// A `Vm*` line of /proc/PID/status, in bytes.
 fn status_kb(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -68,6 +111,16 @@ mod tests {
             assert!(rss(pid).unwrap() > 0);
             assert!(peak_rss(pid).unwrap() >= rss(pid).unwrap() / 2);
             assert!(open_files_limit().unwrap() > 0);
+            // A child of ours is found, and its CPU counts in the tree's.
+            let mut child = std::process::Command::new("sleep")
+                .arg("5")
+                .spawn()
+                .unwrap();
+            assert!(children(pid).contains(&child.id()));
+            assert!(cpu_time_tree(pid, ticks).unwrap() >= cpu_time(pid, ticks).unwrap());
+            assert!(rss_tree(pid).unwrap() > rss(pid).unwrap());
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

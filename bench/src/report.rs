@@ -23,6 +23,9 @@ pub struct Round {
     pub p99_us: u64,
     pub unexpected: u64,
     pub reconnects: u64,
+    /// TLS handshakes in the measured window (connection per call), and how many resumed.
+    pub tls_handshakes: u64,
+    pub tls_resumed: u64,
     pub statuses: BTreeMap<u16, u64>,
     pub transport_errors: BTreeMap<String, u64>,
 }
@@ -44,6 +47,8 @@ impl Round {
             p99_us: r.quantile_us(0.99),
             unexpected: r.unexpected,
             reconnects: r.reconnects,
+            tls_handshakes: r.tls_handshakes,
+            tls_resumed: r.tls_resumed,
             statuses: r.statuses.clone(),
             transport_errors: r.transport_errors.clone(),
         }
@@ -71,6 +76,8 @@ pub struct Cell {
     pub unexpected: u64,
     pub transport_errors: u64,
     pub reconnects: u64,
+    pub tls_handshakes: u64,
+    pub tls_resumed: u64,
     pub statuses: BTreeMap<u16, u64>,
 }
 
@@ -144,6 +151,8 @@ impl Cell {
                 .map(|r| r.transport_errors.values().sum::<u64>())
                 .sum(),
             reconnects: rounds.iter().map(|r| r.reconnects).sum(),
+            tls_handshakes: rounds.iter().map(|r| r.tls_handshakes).sum(),
+            tls_resumed: rounds.iter().map(|r| r.tls_resumed).sum(),
             statuses,
             rounds,
         }
@@ -314,6 +323,22 @@ impl Report {
                 })
                 .collect();
             let _ = writeln!(s, "\nStatuses — {}\n", statuses.join("; "));
+            let resumed: Vec<String> = cells
+                .iter()
+                .filter(|c| c.tls_handshakes > 0)
+                .map(|c| {
+                    format!(
+                        "{}: {} of {} ({:.0}%)",
+                        c.variant,
+                        c.tls_resumed,
+                        c.tls_handshakes,
+                        100.0 * c.tls_resumed as f64 / c.tls_handshakes as f64
+                    )
+                })
+                .collect();
+            if !resumed.is_empty() {
+                let _ = writeln!(s, "TLS handshakes resumed — {}\n", resumed.join("; "));
+            }
         }
         if !self.memory.is_empty() {
             let _ = writeln!(s, "### Memory\n");
@@ -478,6 +503,8 @@ mod tests {
                 p99_us,
                 unexpected: 0,
                 reconnects: 0,
+                tls_handshakes: 0,
+                tls_resumed: 0,
                 statuses: BTreeMap::new(),
                 transport_errors: BTreeMap::new(),
             })

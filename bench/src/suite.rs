@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::load::{self, LoadOptions, Mode, Phase, Protocol};
-use crate::peers::{self, GatewayTuning, JwtKey, MintedTokens, Proc};
+use crate::peers::{self, GatewayTuning, JwtKey, MintedTokens, Proc, TlsFiles};
 use crate::procstat;
 use crate::report::{Cell, Machine, Memory, Report, Round};
 use crate::scenario::{merged_population, Credentials, Plan, Scenario, SnapshotSpec};
@@ -60,9 +60,20 @@ pub struct SuiteArgs {
     /// Needs `ulimit -n` above this plus a few hundred.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
-    /// Gateway worker threads (nginx and HAProxy run one worker/thread too).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Worker threads of every proxy: permgate `listen.threads`, nginx `worker_processes`,
+    /// HAProxy `nbthread`. A list (`1,2`) runs the whole suite once per count (peers restarted)
+    /// and ends with a scaling table: throughput and CPU per call at each count, and the ratio.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    threads: Vec<usize>,
+    /// Every proxy terminates TLS with one test certificate generated for the run (permgate
+    /// `[listen.tls]`, nginx `ssl`, HAProxy `ssl crt`); `direct` is left out.
+    #[arg(long)]
+    tls: bool,
+    /// With `--tls`: `keepalive` (calls on warm keep-alive connections), `full` (a new
+    /// connection per call, full handshake: the client keeps no session), `resume` (a new
+    /// connection per call, resuming a session: the client offers its cached tickets).
+    #[arg(long, value_delimiter = ',', default_value = "keepalive,full,resume")]
+    tls_modes: Vec<String>,
     /// Gateway upstream keep-alive pool size (≥ connections, or it reconnects).
     #[arg(long, default_value_t = 1024)]
     pool_size: usize,
@@ -103,6 +114,37 @@ struct Ctx {
     rt: tokio::runtime::Runtime,
     ticks: u64,
     upstream_pid: u32,
+    /// `--tls`: the test certificate, which the load generator trusts.
+    ca: Option<PathBuf>,
+}
+
+/// How the calls of a TLS round use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsMode {
+    KeepAlive,
+    Full,
+    Resume,
+}
+
+impl TlsMode {
+    fn parse(s: &str) -> Result<TlsMode, String> {
+        match s {
+            "keepalive" | "keep-alive" => Ok(TlsMode::KeepAlive),
+            "full" | "new" => Ok(TlsMode::Full),
+            "resume" | "resumed" => Ok(TlsMode::Resume),
+            other => Err(format!(
+                "unknown TLS mode '{other}' (keepalive, full, resume)"
+            )),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            TlsMode::KeepAlive => "keep-alive",
+            TlsMode::Full => "new connection per call, full handshake",
+            TlsMode::Resume => "new connection per call, session resumed",
+        }
+    }
 }
 
 /// Move every thread of `pid` to `cpus` (`taskset -a -p -c`).
@@ -139,15 +181,38 @@ impl Ctx {
         plan: &Arc<Plan>,
         protocol: Protocol,
         mode: Mode,
+        tls: Option<TlsMode>,
         round: usize,
     ) -> (Round, hdrhistogram::Histogram<u64>) {
         let addr = match protocol {
             Protocol::H1 => v.h1,
             Protocol::H2 => v.h2.unwrap_or(v.h1),
         };
+        // A fresh client (and session cache) per round: the warm-up fills it.
+        let target = match (tls, &self.ca) {
+            (Some(m), Some(ca)) => {
+                match load::TlsTarget::with_resumption(
+                    "localhost",
+                    Some(ca),
+                    protocol == Protocol::H2,
+                    m != TlsMode::Full,
+                ) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        eprintln!("  {}: TLS client: {e}", v.name);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let opts = LoadOptions {
             addr,
-            authority: addr.to_string(),
+            authority: if target.is_some() {
+                format!("localhost:{}", addr.port())
+            } else {
+                addr.to_string()
+            },
             protocol,
             mode,
             connections: self.args.connections,
@@ -156,21 +221,27 @@ impl Ctx {
             duration: Duration::from_secs_f64(self.args.duration.min(20.0)),
             max_requests: None,
             progress: Some(format!("{} r{}", v.name, round + 1)),
-            tls: None,
+            tls: target,
+            connection_per_call: matches!(tls, Some(TlsMode::Full | TlsMode::Resume)),
         };
         let mut samples = [(None, None); 2];
         let r = self.rt.block_on(load::run(plan.clone(), opts, |phase| {
             let i = usize::from(phase == Phase::Stop);
             samples[i] = (
-                procstat::cpu_time(v.pid, self.ticks),
-                procstat::cpu_time(self.upstream_pid, self.ticks),
+                procstat::cpu_time_tree(v.pid, self.ticks),
+                procstat::cpu_time_tree(self.upstream_pid, self.ticks),
             );
         }));
         let cpu = cpu_delta(samples[0].0, samples[1].0);
         let up = cpu_delta(samples[0].1, samples[1].1);
         let round = Round::new(round, &r, cpu, up);
+        let resumed = if r.tls_handshakes > 0 {
+            format!("  resumed {}/{}", r.tls_resumed, r.tls_handshakes)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "  {:<15} r{} {:>8.0} req/s  CPU {:>6} µs/req  p50 {:>6} µs  p99 {:>7} µs  unexpected {}  errors {}",
+            "  {:<15} r{} {:>8.0} req/s  CPU {:>6} µs/req  p50 {:>6} µs  p99 {:>7} µs  unexpected {}  errors {}{resumed}",
             v.name,
             round.round + 1,
             round.throughput,
@@ -191,6 +262,7 @@ impl Ctx {
         variants: &[&Variant],
         protocol: Protocol,
         mode: Mode,
+        tls: Option<TlsMode>,
     ) -> Vec<Cell> {
         let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); variants.len()];
         let mut hists: Vec<Option<hdrhistogram::Histogram<u64>>> = vec![None; variants.len()];
@@ -201,7 +273,7 @@ impl Ctx {
                 let Some(plan) = plans.get(&v.authorizing) else {
                     continue;
                 };
-                let (round, hist) = self.round(v, plan, protocol, mode, r);
+                let (round, hist) = self.round(v, plan, protocol, mode, tls, r);
                 rounds[i].push(round);
                 match &mut hists[i] {
                     Some(h) => {
@@ -211,9 +283,11 @@ impl Ctx {
                 }
             }
         }
-        let proto = match protocol {
-            Protocol::H1 => "HTTP/1.1",
-            Protocol::H2 => "h2c",
+        let proto = match (protocol, tls) {
+            (Protocol::H1, None) => "HTTP/1.1".to_string(),
+            (Protocol::H2, None) => "h2c".to_string(),
+            (Protocol::H1, Some(m)) => format!("HTTP/1.1 over TLS, {}", m.label()),
+            (Protocol::H2, Some(m)) => format!("h2 over TLS, {}", m.label()),
         };
         let mode_s = match mode {
             Mode::Closed => format!("closed loop, {} conns", self.args.connections),
@@ -229,7 +303,7 @@ impl Ctx {
                 let h = hists[i].take()?;
                 Some(Cell::summarize(
                     &scenario.name,
-                    proto,
+                    &proto,
                     &mode_s,
                     &v.name,
                     std::mem::take(&mut rounds[i]),
@@ -240,8 +314,11 @@ impl Ctx {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_peers(
     args: &SuiteArgs,
+    threads: usize,
+    tls: Option<&TlsFiles>,
     dir: &Path,
     snapshot: &str,
     key: &JwtKey,
@@ -304,7 +381,9 @@ fn start_peers(
     let upstream_pid = procs.last().map(|p| p.pid()).unwrap_or(0);
     notes.push(format!("upstream: {upstream_desc} on {crm_addr}"));
     let mut variants = Vec::new();
-    if want("direct") {
+    if want("direct") && tls.is_some() {
+        skipped.push("direct: the CRM does not terminate TLS (--tls)".into());
+    } else if want("direct") {
         variants.push(Variant {
             name: "direct".into(),
             authorizing: false,
@@ -318,8 +397,9 @@ fn start_peers(
 
     // permgate, with and without authorization.
     let tuning = GatewayTuning {
-        threads: args.threads,
+        threads,
         pool_size: args.pool_size.max(args.connections),
+        tls: tls.cloned(),
     };
     // Each engine (`listen.engine`) with and without authorization.
     for (name, authorize, engine) in [
@@ -372,7 +452,7 @@ fn start_peers(
                 let (h1, h2) = (peers::free_port()?, peers::free_port()?);
                 write(
                     &sub.join("nginx.conf"),
-                    &peers::nginx_config(&sub, h1, h2, crm_addr, max_conns),
+                    &peers::nginx_config(&sub, h1, h2, crm_addr, max_conns, threads, tls),
                 )?;
                 let mut cmd = Command::new(&bin);
                 cmd.arg("-p")
@@ -415,7 +495,16 @@ fn start_peers(
                 let plain = (peers::free_port()?, peers::free_port()?);
                 write(
                     &sub.join("haproxy.cfg"),
-                    &peers::haproxy_config(&sub, authz, plain, crm_addr, &key.secret, max_conns),
+                    &peers::haproxy_config(
+                        &sub,
+                        authz,
+                        plain,
+                        crm_addr,
+                        &key.secret,
+                        max_conns,
+                        threads,
+                        tls,
+                    ),
                 )?;
                 let mut cmd = Command::new(&bin);
                 cmd.arg("-db").arg("-f").arg(sub.join("haproxy.cfg"));
@@ -456,6 +545,92 @@ fn start_peers(
 }
 
 pub fn run(args: SuiteArgs) -> Result<(), String> {
+    let counts: Vec<usize> = if args.threads.is_empty() {
+        vec![1]
+    } else {
+        args.threads.iter().map(|t| (*t).max(1)).collect()
+    };
+    if args.pin && counts.iter().any(|t| *t > 1) {
+        return Err("--pin puts every proxy on one CPU: use it with --threads 1 only".into());
+    }
+    if counts.len() == 1 {
+        run_one(&args, counts[0], &args.out)?;
+        return Ok(());
+    }
+    let mut reports = Vec::new();
+    for &t in &counts {
+        eprintln!("=== threads = {t} ===");
+        let out = args.out.join(format!("threads-{t}"));
+        reports.push((t, run_one(&args, t, &out)?));
+    }
+    let md = scaling_markdown(&reports);
+    println!("{md}");
+    write(&args.out.join("scaling.md"), &md)?;
+    eprintln!(
+        "wrote {}/scaling.md (and threads-N/ per count)",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Throughput and CPU per call of each closed-loop cell at each thread count, and the ratio of
+/// the last count's throughput to the first's.
+fn scaling_markdown(reports: &[(usize, Report)]) -> String {
+    use std::fmt::Write as _;
+    let Some((first_t, first)) = reports.first() else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let counts: Vec<String> = reports.iter().map(|(t, _)| t.to_string()).collect();
+    let _ = writeln!(
+        s,
+        "### Scaling: threads {} (closed loop; each count a separate run, peers restarted)\n",
+        counts.join(" → ")
+    );
+    let mut head = String::from("| scenario · protocol | variant |");
+    let mut rule = String::from("|---|---|");
+    for (t, _) in reports {
+        let _ = write!(head, " req/s @{t} | CPU µs/call @{t} |");
+        rule.push_str("---:|---:|");
+    }
+    let last_t = reports.last().map_or(*first_t, |(t, _)| *t);
+    let _ = write!(head, " req/s @{last_t} ÷ @{first_t} |");
+    rule.push_str("---:|");
+    let _ = writeln!(s, "{head}\n{rule}");
+    for c in first.cells.iter().filter(|c| c.mode.starts_with("closed")) {
+        let same = |r: &Report| {
+            r.cells
+                .iter()
+                .find(|o| {
+                    o.scenario == c.scenario
+                        && o.protocol == c.protocol
+                        && o.variant == c.variant
+                        && o.mode.starts_with("closed")
+                })
+                .cloned()
+        };
+        let mut row = format!("| {} · {} | {} |", c.scenario, c.protocol, c.variant);
+        let mut last = None;
+        for (_, r) in reports {
+            match same(r) {
+                Some(o) => {
+                    let cpu = o.cpu_us_per_req.map_or("–".into(), |x| format!("{x:.1}"));
+                    let _ = write!(row, " {:.0} | {cpu} |", o.throughput);
+                    last = Some(o.throughput);
+                }
+                None => row.push_str(" – | – |"),
+            }
+        }
+        let ratio = match last {
+            Some(l) if c.throughput > 0.0 => format!("{:.2}×", l / c.throughput),
+            _ => "–".into(),
+        };
+        let _ = writeln!(s, "{row} {ratio} |");
+    }
+    s
+}
+
+fn run_one(args: &SuiteArgs, threads: usize, out: &Path) -> Result<Report, String> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut machine = Machine::probe();
     let mut scenarios = Scenario::load_dir(&args.scenarios)?;
@@ -508,13 +683,32 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
     } else {
         None
     };
+    let tls_files = if args.tls {
+        Some(TlsFiles::generate(&dir.join("tls"))?)
+    } else {
+        None
+    };
+    let tls_modes: Vec<Option<TlsMode>> = if args.tls {
+        args.tls_modes
+            .iter()
+            .map(|m| TlsMode::parse(m).map(Some))
+            .collect::<Result<_, _>>()?
+    } else {
+        vec![None]
+    };
+    if args.tls && idle > 0 {
+        notes.push("--tls: no idle-connection memory figure (it is measured in cleartext)".into());
+        idle = 0;
+    }
     let population = merged_population(&scenarios);
     let snapshot = peers::snapshot_for(&population, &SnapshotSpec::merged(&scenarios)?)?;
     let key = JwtKey::demo();
     let mut procs = Vec::new();
     let mut skipped = Vec::new();
     let (variants, upstream_pid) = start_peers(
-        &args,
+        args,
+        threads,
+        tls_files.as_ref(),
         &dir,
         &snapshot,
         &key,
@@ -552,6 +746,7 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
         rt,
         ticks: procstat::clock_ticks(),
         upstream_pid,
+        ca: tls_files.as_ref().map(|t| t.cert.clone()),
     };
     let creds = MintedTokens::new(key);
     let mut cells = Vec::new();
@@ -567,21 +762,27 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
             .iter()
             .filter(|v| v.authorizing || !scenario.authz_only)
             .collect();
-        for &protocol in &protocols {
+        for (&protocol, &tls) in protocols
+            .iter()
+            .flat_map(|p| tls_modes.iter().map(move |m| (p, m)))
+        {
             let vs: Vec<&Variant> = vs
                 .iter()
                 .copied()
                 .filter(|v| protocol == Protocol::H1 || v.h2.is_some())
                 .collect();
+            let tls_label = tls.map_or(String::new(), |m| format!(", TLS {}", m.label()));
             eprintln!(
-                "scenario {} ({:?}, closed loop): {} rounds × {} variants",
+                "scenario {} ({:?}{tls_label}, closed loop): {} rounds × {} variants",
                 scenario.name,
                 protocol,
                 args.rounds,
                 vs.len()
             );
-            let closed = ctx.matrix(scenario, &plans, &vs, protocol, Mode::Closed);
+            let closed = ctx.matrix(scenario, &plans, &vs, protocol, Mode::Closed, tls);
+            // The open loop on warm connections only.
             let open_rate = (args.open_loop_fraction > 0.0
+                && matches!(tls, None | Some(TlsMode::KeepAlive))
                 && scenario.name == args.open_loop_scenario)
                 .then(|| {
                     // The default engine's pass-through first (hyper), else the first
@@ -604,7 +805,7 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
                     "scenario {} ({:?}, open loop at {rate:.0} req/s)",
                     scenario.name, protocol
                 );
-                cells.extend(ctx.matrix(scenario, &plans, &vs, protocol, Mode::Open { rate }));
+                cells.extend(ctx.matrix(scenario, &plans, &vs, protocol, Mode::Open { rate }, tls));
             }
         }
     }
@@ -625,8 +826,8 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
             process: v.process.clone(),
             pid: v.pid,
             version: v.version.clone(),
-            peak_rss_bytes: procstat::peak_rss(v.pid),
-            rss_before_idle_bytes: procstat::rss(v.pid),
+            peak_rss_bytes: procstat::peak_rss_tree(v.pid),
+            rss_before_idle_bytes: procstat::rss_tree(v.pid),
             ..Default::default()
         };
         if idle > 0 && v.name != "direct" {
@@ -647,7 +848,7 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
                     &path,
                     auth,
                     idle,
-                    || procstat::rss(pid),
+                    || procstat::rss_tree(pid),
                 ));
                 m.idle_connections = held;
                 m.rss_idle_bytes = rss;
@@ -681,7 +882,8 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
         ("warmup_s", args.warmup.to_string()),
         ("connections", args.connections.to_string()),
         ("streams", args.streams.to_string()),
-        ("gateway_threads", args.threads.to_string()),
+        ("gateway_threads", threads.to_string()),
+        ("tls", args.tls.to_string()),
         ("pool_size", args.pool_size.to_string()),
         ("client_threads", args.client_threads.to_string()),
         ("pin", args.pin.to_string()),
@@ -713,13 +915,13 @@ pub fn run(args: SuiteArgs) -> Result<(), String> {
     let md = report.markdown();
     println!("{md}");
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    write(&args.out.join("results.json"), &json)?;
-    write(&args.out.join("results.md"), &md)?;
-    write(&args.out.join("latency.svg"), &report.svg())?;
+    write(&out.join("results.json"), &json)?;
+    write(&out.join("results.md"), &md)?;
+    write(&out.join("latency.svg"), &report.svg())?;
     eprintln!(
         "wrote {}/results.json, results.md, latency.svg",
-        args.out.display()
+        out.display()
     );
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(report)
 }

@@ -91,6 +91,7 @@ pub fn run(a: SwapsArgs) -> Result<(), String> {
     let tuning = GatewayTuning {
         threads: 1,
         pool_size: 1024,
+        tls: None,
     };
     let config = peers::permgate_config(listen, crm, &tuning, true, &a.engine)?
         + &format!("\n[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n");
@@ -128,6 +129,7 @@ pub fn run(a: SwapsArgs) -> Result<(), String> {
         max_requests: None,
         progress: None,
         tls: None,
+        connection_per_call: false,
     };
     let mut steady: Option<load::LoadResult> = None;
     let mut swapping: Option<load::LoadResult> = None;
