@@ -18,6 +18,8 @@ struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// The answer as it came on the wire.
+    raw: Vec<u8>,
 }
 
 impl Answer {
@@ -88,7 +90,7 @@ impl Conn {
             assert!(self.fill(), "closed before an answer head");
         };
         let head = String::from_utf8(self.buf[..end].to_vec()).unwrap();
-        self.buf.drain(..end);
+        let mut raw: Vec<u8> = self.buf.drain(..end).collect();
         let mut lines = head.split("\r\n");
         let status: u16 = lines
             .next()
@@ -106,8 +108,10 @@ impl Conn {
             status,
             headers,
             body: Vec::new(),
+            raw: Vec::new(),
         };
         if status < 200 {
+            answer.raw = raw;
             return answer;
         }
         if let Some(n) = answer.header("content-length") {
@@ -116,6 +120,7 @@ impl Conn {
                 assert!(self.fill(), "closed in an answer body");
             }
             answer.body = self.buf.drain(..n).collect();
+            raw.extend_from_slice(&answer.body);
         } else if answer.header("transfer-encoding") == Some("chunked") {
             loop {
                 let line = loop {
@@ -132,12 +137,13 @@ impl Conn {
                 answer
                     .body
                     .extend_from_slice(&self.buf[line + 2..line + 2 + size]);
-                self.buf.drain(..line + 2 + size + 2);
+                raw.extend(self.buf.drain(..line + 2 + size + 2));
                 if size == 0 {
                     break;
                 }
             }
         }
+        answer.raw = raw;
         answer
     }
 }
@@ -359,6 +365,246 @@ async fn bodies_refused_on_the_lane_as_on_hyper() {
         assert!(all, "{:?} then {:?}", before, lane_counters(&admin).await);
     } else {
         let after = lane_counters(&admin).await;
+        assert_eq!(after, (0, 0));
+    }
+}
+
+/// An answer's bytes with what differs from one gateway to another taken out: the request id
+/// (its header and in a JSON body) and the `Date` header; the header lines sorted (the lane
+/// writes the framing header after the others, hyper's server where the CRM had it: the
+/// order of fields with different names carries no meaning, RFC 9110 §5.3), each line and the
+/// body byte for byte.
+fn normalized(a: &Answer) -> String {
+    let mut text = String::from_utf8_lossy(&a.raw).to_string();
+    if let Some(id) = a.header("x-request-id") {
+        text = text.replace(id, "<id>");
+    }
+    let text = without_timestamps(&text);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().to_string();
+    let mut fields: Vec<&str> = lines
+        .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+        .collect();
+    fields.sort_unstable();
+    format!("{status}\r\n{}\r\n\r\n{body}", fields.join("\r\n"))
+}
+
+/// `text` with each RFC 3339 UTC timestamp (`2026-12-06T18:28:28Z`, the CRM's `created_at`)
+/// replaced: the two gateways' CRMs create their records a few seconds apart.
+fn without_timestamps(text: &str) -> String {
+    let shape = b"dddd-dd-ddTdd:dd:ddZ";
+    let fits = |w: &[u8]| {
+        w.iter().zip(shape).all(|(b, s)| {
+            if *s == b'd' {
+                b.is_ascii_digit()
+            } else {
+                b == s
+            }
+        })
+    };
+    let bytes = text.as_bytes();
+    let (mut out, mut i) = (Vec::with_capacity(bytes.len()), 0);
+    while i < bytes.len() {
+        if bytes.len() - i >= shape.len() && fits(&bytes[i..i + shape.len()]) {
+            out.extend_from_slice(b"<time>");
+            i += shape.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// A chunked body ending with `n` trailer fields.
+fn chunked_with_trailers(body: &[u8], n: usize) -> Vec<u8> {
+    let mut raw = chunked(body, 16);
+    raw.truncate(raw.len() - 2);
+    for i in 0..n {
+        raw.extend_from_slice(format!("x-t{i}: v\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw
+}
+
+/// Inspected routes (bulk trim, field checks) on the lane: the same raw calls to a gateway with
+/// the lane and to one without (`listen.h1_lane = false`, hyper's server) get the same answers
+/// byte for byte (but the request id and `Date`), and the lane keeps the connection after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checked_bodies_answer_on_the_lane_byte_for_byte_as_on_hyper() {
+    let (lane, admin, _d1) = gateway("body_read_timeout_ms = 300").await;
+    let (hyper, _, _d2) = gateway("body_read_timeout_ms = 300\nh1_lane = false").await;
+    let bulk = "/api/v1/deals/bulk-reassign";
+    let trim = br#"{"ids":[4,12,5,6],"owner_id":"u-rep1"}"#;
+    let length = |path: &str, body: &[u8], extra: &str| {
+        let mut raw = post_head(
+            path,
+            "u-rep2",
+            &format!("{extra}Content-Length: {}\r\n", body.len()),
+        )
+        .into_bytes();
+        raw.extend_from_slice(body);
+        raw
+    };
+    let with_chunks = |path: &str, body: Vec<u8>| {
+        let mut raw = post_head(path, "u-rep2", "Transfer-Encoding: chunked\r\n").into_bytes();
+        raw.extend_from_slice(&body);
+        raw
+    };
+    let get = format!(
+        "GET /api/v1/deals/4 HTTP/1.1\r\nHost: crm\r\nAuthorization: {}\r\n\r\n",
+        bearer("u-rep2")
+    );
+    // On one keep-alive connection: (request, expected status).
+    let kept: Vec<(Vec<u8>, u16)> = vec![
+        // A bulk trimmed (length, then chunked in pieces).
+        (length(bulk, trim, ""), 200),
+        (with_chunks(bulk, chunked(trim, 5)), 200),
+        // Field checks: a refused assignee (the body read: the connection stays), then allowed.
+        (
+            length(
+                "/api/v1/tasks",
+                br#"{"title":"x","assigned_to":["u-rep1","u-csr"]}"#,
+                "",
+            ),
+            403,
+        ),
+        (
+            length(
+                "/api/v1/tasks",
+                br#"{"title":"x","assigned_to":"u-rep1"}"#,
+                "",
+            ),
+            400,
+        ),
+        (
+            length(
+                "/api/v1/tasks",
+                br#"{"title":"Call back","assigned_to":["u-rep2"]}"#,
+                "",
+            ),
+            201,
+        ),
+        // A body that is not JSON on a checked route.
+        (length(bulk, b"{not json", ""), 400),
+        // 257 trailer fields are taken (hyper's cap), then a bodiless call.
+        (with_chunks(bulk, chunked_with_trailers(trim, 257)), 200),
+        (get.clone().into_bytes(), 200),
+    ];
+    // Each on its own connection, closed after its answer: (request, status, code).
+    let closing: Vec<(Vec<u8>, u16, &str)> = vec![
+        (
+            {
+                let mut raw = format!(
+                    "POST {bulk} HTTP/1.1\r\nHost: crm\r\nAuthorization: {}\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n{{}}",
+                    bearer("u-rep2")
+                )
+                .into_bytes();
+                raw.truncate(raw.len());
+                raw
+            },
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            post_head(bulk, "u-rep2", "Content-Length: 50000000\r\n").into_bytes(),
+            413,
+            "body_too_large",
+        ),
+        (
+            with_chunks(bulk, b"2\r\n{}XX0\r\n\r\n".to_vec()),
+            400,
+            "bad_request",
+        ),
+        // One trailer field over hyper's cap of 257: malformed, 400.
+        (
+            with_chunks(bulk, chunked_with_trailers(trim, 258)),
+            400,
+            "bad_request",
+        ),
+        // A body that stalls.
+        (
+            {
+                let mut raw = post_head(bulk, "u-rep2", "Content-Length: 100\r\n").into_bytes();
+                raw.extend_from_slice(b"{\"ids\":");
+                raw
+            },
+            408,
+            "request_timeout",
+        ),
+    ];
+    let before = lane_counters(&admin).await;
+    let mut answers: Vec<Vec<String>> = Vec::new();
+    for h in [&lane, &hyper] {
+        let mut seen = Vec::new();
+        let mut c = Conn::open(h);
+        for (raw, status) in &kept {
+            c.send(raw);
+            let a = c.answer();
+            assert_eq!(a.status, *status, "{}", String::from_utf8_lossy(&a.raw));
+            assert_ne!(a.header("connection"), Some("close"));
+            seen.push(normalized(&a));
+        }
+        // `Expect: 100-continue`: 100 Continue, then the answer.
+        c.send(
+            post_head(
+                bulk,
+                "u-rep2",
+                &format!("Expect: 100-continue\r\nContent-Length: {}\r\n", trim.len()),
+            )
+            .as_bytes(),
+        );
+        let a = c.answer();
+        assert_eq!(a.status, 100);
+        seen.push(normalized(&a));
+        c.send(trim);
+        let a = c.answer();
+        assert_eq!(a.status, 200);
+        seen.push(normalized(&a));
+        for (raw, status, code) in &closing {
+            let mut c = Conn::open(h);
+            c.send(raw);
+            let a = c.answer();
+            assert_eq!((a.status, a.code().as_str()), (*status, *code));
+            assert!(c.closed());
+            seen.push(normalized(&a));
+        }
+        answers.push(seen);
+    }
+    assert_eq!(answers[0].len(), answers[1].len());
+    for (l, h) in answers[0].iter().zip(&answers[1]) {
+        assert_eq!(l, h, "lane vs hyper");
+    }
+    // The trimmed calls: the removed deals named, the CRM got exactly the rest with its length.
+    assert!(
+        answers[0][0].contains("x-permgate-removed-count: "),
+        "{}",
+        answers[0][0]
+    );
+    for h in [&lane, &hyper] {
+        let posts: Vec<_> = h
+            .received()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.target == bulk)
+            .collect();
+        assert!(posts.len() >= 4, "{posts:?}");
+        for p in &posts[..2] {
+            assert_eq!(
+                recorded_header(p, "content-length"),
+                vec![p.body.len().to_string()]
+            );
+            assert!(recorded_header(p, "transfer-encoding").is_empty());
+        }
+        assert_eq!(posts[0].body, posts[1].body);
+        assert_ne!(posts[0].body.as_bytes(), trim, "trimmed");
+    }
+    let after = lane_counters(&admin).await;
+    if h1_lane() {
+        // Every call to the lane's gateway served by the lane: none handed over.
+        let calls = (kept.len() + 1 + closing.len()) as u64;
+        assert_eq!(after.0 - before.0, calls);
+    } else {
         assert_eq!(after, (0, 0));
     }
 }

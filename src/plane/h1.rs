@@ -46,6 +46,11 @@ pub const MAX_HEADERS: usize = 128;
 pub const MAX_RESPONSE_HEADERS: usize = 128;
 /// Longest chunk extension or trailer section of a chunked answer.
 pub const MAX_CHUNK_META: usize = 16 * 1024;
+/// Most trailer fields a chunked request body may end with: hyper's server counts them
+/// against its `max_headers` (257, as `plane::run` builds it); one more is malformed (400).
+pub const MAX_REQUEST_TRAILERS: usize = 257;
+/// Most trailer fields a chunked answer may end with (hyper's client: its default 100).
+pub const MAX_ANSWER_TRAILERS: usize = 100;
 
 /// A request head the lane serves (or refuses itself).
 #[derive(Debug)]
@@ -473,6 +478,13 @@ pub struct Chunks {
     meta: usize,
     /// Bytes of chunk data passed so far (the body's length without its framing).
     data: u64,
+    /// Trailer fields seen so far.
+    trailers: usize,
+    /// Pass only the chunks' data on (a body read whole), not the chunked framing.
+    bare: bool,
+    /// A chunked request body (its trailer fields capped at [`MAX_REQUEST_TRAILERS`]), not an
+    /// answer ([`MAX_ANSWER_TRAILERS`]).
+    request: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -511,7 +523,9 @@ impl Chunks {
                             return Err("chunk size too large");
                         }
                         self.size = self.size * 16 + v;
-                        out.push(b);
+                        if !self.bare {
+                            out.push(b);
+                        }
                     }
                     b';' if self.digits > 0 => self.state = Ext,
                     b' ' | b'\t' if self.digits > 0 => self.state = SizeWs,
@@ -534,7 +548,9 @@ impl Chunks {
                     if b != b'\n' {
                         return Err("bad chunk size line end");
                     }
-                    out.extend_from_slice(b"\r\n");
+                    if !self.bare {
+                        out.extend_from_slice(b"\r\n");
+                    }
                     (self.digits, self.meta) = (0, 0);
                     self.state = if self.size == 0 { Trailer } else { Data };
                 }
@@ -559,7 +575,9 @@ impl Chunks {
                     if b != b'\n' {
                         return Err("bad chunk data line end");
                     }
-                    out.extend_from_slice(b"\r\n");
+                    if !self.bare {
+                        out.extend_from_slice(b"\r\n");
+                    }
                     self.state = Size;
                 }
                 // Trailer fields are dropped, but checked as hyper checks them (`httparse`): a
@@ -592,13 +610,24 @@ impl Chunks {
                     if b != b'\n' {
                         return Err("bad trailer line end");
                     }
+                    self.trailers += 1;
+                    let max = if self.request {
+                        MAX_REQUEST_TRAILERS
+                    } else {
+                        MAX_ANSWER_TRAILERS
+                    };
+                    if self.trailers > max {
+                        return Err("too many trailer fields");
+                    }
                     self.state = Trailer;
                 }
                 EndLf => {
                     if b != b'\n' {
                         return Err("bad last line end");
                     }
-                    out.extend_from_slice(b"\r\n");
+                    if !self.bare {
+                        out.extend_from_slice(b"\r\n");
+                    }
                     return Ok(Some(i + 1));
                 }
             }
@@ -655,7 +684,23 @@ impl BodyReader {
         match framing {
             BodyFraming::None => None,
             BodyFraming::Length(n) => Some(BodyReader::Length { left: n, seen: 0 }),
-            BodyFraming::Chunked => Some(BodyReader::Chunked(Chunks::default())),
+            BodyFraming::Chunked => Some(BodyReader::Chunked(Chunks {
+                request: true,
+                ..Chunks::default()
+            })),
+        }
+    }
+
+    /// As [`BodyReader::new`], for a body read whole: only its bytes come out (a chunked
+    /// body's framing, extensions and trailers dropped).
+    pub fn bare(framing: BodyFraming) -> Option<Self> {
+        match framing {
+            BodyFraming::Chunked => Some(BodyReader::Chunked(Chunks {
+                request: true,
+                bare: true,
+                ..Chunks::default()
+            })),
+            other => Self::new(other),
         }
     }
 

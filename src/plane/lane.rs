@@ -19,7 +19,8 @@
 //! | request | served by |
 //! |---|---|
 //! | HTTP/1.1, origin-form target, no body or one framed by a single plain `Content-Length` or a single `Transfer-Encoding: chunked`, no `Upgrade`, no `Expect` but one `100-continue`, no `Connection` header but a single `close` | this loop, when the decision is to forward as is (the body streamed) or to refuse |
-//! | a route that reads its body or filters its answer, or learns from it (`creates`) | hyper, with the decision already taken (not taken twice) |
+//! | a route that checks its body (bulk trim, field checks; [`Lane::forward_checked`]) | this loop: the body read whole, checked, forwarded with its own length |
+//! | a route that filters its answer, or learns from it (`creates`) | hyper, with the decision already taken (not taken twice) |
 //! | anything else (another framing spelling, HTTP/1.0, an absolute-form target, a head hyper answers with its own 400/431, …) | hyper, from that request on |
 //! | HTTP/1.1, origin-form target, both `Content-Length` and `Transfer-Encoding` | this loop: 400 `ambiguous_framing`, then the connection closes (hyper's server would read it as chunked) |
 //! | an HTTP/1.1 origin-form target with a `#fragment` (whatever else the request holds) | this loop: refused (`invalid_character`), then the connection is closed |
@@ -48,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderName, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::uri::Authority;
 use http::{Method, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -354,6 +355,14 @@ impl Lane {
                     self.linger = head.ambiguous_framing || unread_body;
                     self.answer(reject(&rejection, &ctx, false), &call).await
                 }
+                // A checked body on a route that also filters its answer or learns from it:
+                // hyper's path reads the answer.
+                Ok(Admission::Check)
+                    if !ctx.filters_response() && super::learn::creates_of(&ctx).is_none() =>
+                {
+                    self.start += head.len;
+                    self.forward_checked(head, &mut ctx, &forwarded).await
+                }
                 Ok(admission @ (Admission::Buffer(_) | Admission::Check)) => {
                     return End::Handover(Some(Box::new(Pending { ctx, admission })));
                 }
@@ -533,25 +542,7 @@ impl Lane {
             Ok(p) => p,
             Err(rejection) => return self.refuse_unread(rejection, ctx, call, &body).await,
         };
-        self.out.clear();
-        self.out.extend_from_slice(parts.method.as_str().as_bytes());
-        self.out.push(b' ');
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        self.out.extend_from_slice(target.as_bytes());
-        self.out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
-            // The framing is written anew from what the lane reads.
-            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-                continue;
-            }
-            header(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
-        }
-        match head.body {
-            BodyFraming::None => {}
-            BodyFraming::Length(n) => number(&mut self.out, b"content-length", n),
-            BodyFraming::Chunked => header(&mut self.out, b"transfer-encoding", b"chunked"),
-        }
-        self.out.extend_from_slice(b"\r\n");
+        request_head(&mut self.out, &parts, head.body, false);
         // What the client already sent of the body goes out with the head.
         let mut body_done = true;
         if let Some(reader) = body.as_mut() {
@@ -590,7 +581,7 @@ impl Lane {
             _ => None,
         };
         let head_request = parts.method == Method::HEAD;
-        let (mut up, answer) = match self
+        let (up, answer) = match self
             .exchange(&authority, &parts.method, head_request, rest, ctx, activity)
             .await
         {
@@ -607,6 +598,20 @@ impl Lane {
                 return self.reject_with(rejection, ctx, call).await
             }
         };
+        self.relay(up, answer, authority, ctx, call).await
+    }
+
+    /// Pass the CRM's answer on (its head is in `self.out`), then the CRM connection back to
+    /// the pool when it is fit for another call. `(status, keep the client's connection)`.
+    async fn relay(
+        &mut self,
+        mut up: Upconn,
+        answer: Answer,
+        authority: Authority,
+        ctx: &Ctx,
+        call: &Call<'_>,
+    ) -> (u16, bool) {
+        let activity = call.activity;
         let status = answer.status;
         // The client's answer: its head is in `self.out`, then the body as it streams.
         let keep = if answer.framing == Framing::UntilClose {
@@ -625,6 +630,165 @@ impl Lane {
             self.pool.put(authority, up);
         }
         (status, done && keep)
+    }
+
+    /// A call on an inspected route (bulk trim, field checks) as hyper's path serves it
+    /// (`Plane::forward_checked`): the media type checked (415), the body read whole with the
+    /// lane's framing (at most the route's `body_limits.max_bytes`: 413; too slow: 408;
+    /// malformed or cut: 400; each refusal closes the connection), the core's check (a refusal
+    /// keeps it), then exactly the checked body with its own length, and the CRM's answer with
+    /// the `x-permgate-removed-*` headers.
+    async fn forward_checked(&mut self, head: Head, ctx: &mut Ctx, call: &Call<'_>) -> (u16, bool) {
+        let activity = call.activity;
+        let refused = Call {
+            last: true,
+            ..*call
+        };
+        let mut body = BodyReader::bare(head.body);
+        if body.is_some() {
+            self.plane
+                .state
+                .metrics
+                .lane_bodies
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let limit = ctx.inspect().map_or(0, |i| i.body_limits.max_bytes);
+        let early = match exchange::check_json_media(&head.headers) {
+            Err(rejection) => Some(rejection),
+            // A declared length over the limit: refused before it is read.
+            Ok(()) if matches!(head.body, BodyFraming::Length(n) if n > limit as u64) => {
+                Some(Rejection::body_too_large())
+            }
+            Ok(()) => None,
+        };
+        if let Some(rejection) = early {
+            self.linger = body.is_some();
+            let answered = self.reject_with(rejection.clone(), ctx, &refused).await;
+            ctx.deny_after_permit(rejection);
+            return answered;
+        }
+        let read = match body.as_mut() {
+            None => Ok(Vec::new()),
+            Some(reader) => {
+                if head.expect_continue {
+                    // As hyper's server when the body is first read.
+                    let _ = write_within(
+                        &self.stream,
+                        b"HTTP/1.1 100 Continue\r\n\r\n",
+                        self.write_timeout,
+                        activity,
+                    )
+                    .await;
+                }
+                self.read_whole(reader, limit, ctx, activity).await
+            }
+        };
+        let read = match read {
+            Ok(read) => read,
+            Err(rejection) => {
+                self.linger = true;
+                let answered = self.reject_with(rejection.clone(), ctx, &refused).await;
+                ctx.deny_after_permit(rejection);
+                return answered;
+            }
+        };
+        let checked = match exchange::check_body(ctx, &read) {
+            Ok(forward) => forward.body,
+            Err((rejection, body)) => {
+                let mut response = json(rejection.status, body, ctx);
+                if rejection.status == 401 {
+                    response.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer"),
+                    );
+                }
+                return self.answer(response, call).await;
+            }
+        };
+        drop(read);
+        let mut parts = http::Request::new(()).into_parts().0;
+        parts.method = head.method;
+        parts.uri = head.uri;
+        parts.headers = head.headers;
+        let (parts, authority, gate) = match self.plane.upstream_head(parts, ctx) {
+            Ok(p) => p,
+            Err(rejection) => return self.reject_with(rejection, ctx, call).await,
+        };
+        let _permit = match self.plane.enter(gate, ctx).await {
+            Ok(p) => p,
+            Err(rejection) => return self.reject_with(rejection, ctx, call).await,
+        };
+        // Sent whole with its head, right away: no `Expect`, exactly its own length.
+        request_head(
+            &mut self.out,
+            &parts,
+            BodyFraming::Length(checked.len() as u64),
+            true,
+        );
+        self.out.extend_from_slice(&checked);
+        drop(checked);
+        let head_request = parts.method == Method::HEAD;
+        let (up, answer) = match self
+            .exchange(&authority, &parts.method, head_request, None, ctx, activity)
+            .await
+        {
+            Ok(r) => r,
+            Err(Failed::Body(rejection) | Failed::Upstream(rejection)) => {
+                return self.reject_with(rejection, ctx, call).await
+            }
+        };
+        self.relay(up, answer, authority, ctx, call).await
+    }
+
+    /// Read a request body whole (what follows it stays in `self.buf`), at most `limit` bytes
+    /// (413), each wait capped by `listen.body_read_timeout_ms` and the total timeout (408),
+    /// a malformed or cut body 400, as `plane::read_body` reads one.
+    async fn read_whole(
+        &mut self,
+        reader: &mut BodyReader,
+        limit: usize,
+        ctx: &Ctx,
+        activity: &Activity,
+    ) -> Result<Vec<u8>, Rejection> {
+        let mut body = Vec::new();
+        let fed = reader
+            .feed(&self.buf[self.start..self.end], &mut body)
+            .map_err(|why| unreadable(ctx, why))?;
+        self.start += fed.used;
+        if body.len() > limit {
+            return Err(Rejection::body_too_large());
+        }
+        if fed.done {
+            return Ok(body);
+        }
+        let idle = ctx.live.as_ref().map_or(Duration::from_secs(30), |l| {
+            l.config.listen.body_read_timeout
+        });
+        (self.start, self.end) = (0, 0);
+        loop {
+            let wait = idle.min(left(ctx.deadline));
+            let n = match tokio::time::timeout(wait, self.stream.read(&mut self.buf)).await {
+                Err(_) => return Err(Rejection::request_timeout()),
+                Ok(Ok(0)) => return Err(unreadable(ctx, "the body stopped short")),
+                Ok(Err(_)) => return Err(unreadable(ctx, "the client's connection failed")),
+                Ok(Ok(_)) if left(ctx.deadline).is_zero() => {
+                    return Err(Rejection::request_timeout())
+                }
+                Ok(Ok(n)) => n,
+            };
+            activity.touch();
+            let fed = reader
+                .feed(&self.buf[..n], &mut body)
+                .map_err(|why| unreadable(ctx, why))?;
+            if body.len() > limit {
+                return Err(Rejection::body_too_large());
+            }
+            if fed.done {
+                // What follows is the next request's.
+                (self.start, self.end) = (fed.used, n);
+                return Ok(body);
+            }
+        }
     }
 
     /// Send the request head in `self.out` to the CRM and read its answer head. A pooled
@@ -889,6 +1053,29 @@ impl Lane {
     }
 }
 
+/// The CRM's request head from `parts`, framed by `body` (the client's framing is written
+/// anew from what the lane reads); `whole`: the body follows at once, so no `Expect`.
+fn request_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: BodyFraming, whole: bool) {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || (whole && name == EXPECT) {
+            continue;
+        }
+        header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match body {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => number(out, b"content-length", n),
+        BodyFraming::Chunked => header(out, b"transfer-encoding", b"chunked"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Write all of `bytes` to the client; `false` when it fails, or when a write makes no
 /// progress for `timeout` (a client that does not read its answer: `listen.write_timeout_ms`).
 /// No timer unless the socket is full.
@@ -1005,16 +1192,26 @@ impl h1::AnswerEdits for Edits<'_> {
     fn drops(&self, name: &str) -> bool {
         self.id_header.as_str().eq_ignore_ascii_case(name)
             || (self.cors.is_some() && crate::cors::is_cors_header(name))
+            || (self.ctx.body_checked
+                && (name.eq_ignore_ascii_case(exchange::REMOVED_COUNT)
+                    || name.eq_ignore_ascii_case(exchange::REMOVED_IDS)))
     }
 
-    /// The request id (the removed-items headers are for checked bodies, which hyper serves)
-    /// and the CORS headers.
+    /// The request id, the removed-items headers of a checked body (as hyper's path sets
+    /// them: [`exchange::response_headers`]) and the CORS headers.
     fn add(&self, head: &mut Vec<u8>) {
         header(
             head,
             self.id_header.as_str().as_bytes(),
             self.ctx.request_id.as_bytes(),
         );
+        if self.ctx.body_checked {
+            for (name, value) in exchange::response_headers(self.ctx) {
+                if name != self.id_header {
+                    header(head, name.as_str().as_bytes(), value.as_bytes());
+                }
+            }
+        }
         if let (Some(cors), Some(origin)) = (self.cors, &self.ctx.cors_origin) {
             for (name, value) in cors.headers(origin, self.ctx.preflight) {
                 header(head, name.as_str().as_bytes(), value.as_bytes());
