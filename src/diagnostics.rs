@@ -9,7 +9,7 @@
 //!   <fields>`, no colours, on stderr (stdout is the decision log's default target).
 //! - The request id: every warning or error about one request carries it as the field
 //!   `request_id` (the id the client got in `x-request-id` and the rejection body), on every data
-//!   plane. The hyper plane also runs each request's handling inside a [`request_span`], so a
+//!   plane. The hyper plane and its HTTP/1.1 lane also run each request's handling inside a [`request_span`], so a
 //!   debug line from code that does not know the request (the CRM connection pool, say) names it
 //!   too when debug is on.
 //!

@@ -54,6 +54,7 @@ use http::uri::Authority;
 use http::{Method, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use super::h1::{
     self, date_header, header, number, parse_answer, parse_head, status_line, Answer, AnswerParse,
@@ -331,11 +332,15 @@ impl Lane {
                 last: head.close,
                 ..call
             };
+            // Whatever is logged while answering and forwarding names the request, as on
+            // hyper's path (debug only: see `diagnostics`; at `info` the span is disabled and
+            // allocates nothing).
+            let span = crate::diagnostics::request_span(&ctx.request_id);
             let (status, keep) = match admission {
                 Err(answer) => {
                     self.start += head.len;
                     self.linger = head.ambiguous_framing || unread_body;
-                    self.answer(answer, &call).await
+                    self.answer(answer, &call).instrument(span).await
                 }
                 // A create route learns from its answer: hyper's path reads it ([`super::learn`]).
                 Ok(admission @ Admission::Stream) if super::learn::creates_of(&ctx).is_some() => {
@@ -343,17 +348,23 @@ impl Lane {
                 }
                 Ok(Admission::Stream) => {
                     self.start += head.len;
-                    self.forward(head, &mut ctx, &forwarded).await
+                    self.forward(head, &mut ctx, &forwarded)
+                        .instrument(span)
+                        .await
                 }
                 Ok(Admission::Me(Ok(body))) => {
                     self.start += head.len;
                     self.linger = unread_body;
-                    self.answer(json(200, body, &ctx), &call).await
+                    self.answer(json(200, body, &ctx), &call)
+                        .instrument(span)
+                        .await
                 }
                 Ok(Admission::Me(Err(rejection)) | Admission::Deny(rejection)) => {
                     self.start += head.len;
                     self.linger = head.ambiguous_framing || unread_body;
-                    self.answer(reject(&rejection, &ctx, false), &call).await
+                    self.answer(reject(&rejection, &ctx, false), &call)
+                        .instrument(span)
+                        .await
                 }
                 // A checked body on a route that also filters its answer or learns from it:
                 // hyper's path reads the answer.
@@ -361,7 +372,9 @@ impl Lane {
                     if !ctx.filters_response() && super::learn::creates_of(&ctx).is_none() =>
                 {
                     self.start += head.len;
-                    self.forward_checked(head, &mut ctx, &forwarded).await
+                    self.forward_checked(head, &mut ctx, &forwarded)
+                        .instrument(span)
+                        .await
                 }
                 Ok(admission @ (Admission::Buffer(_) | Admission::Check)) => {
                     return End::Handover(Some(Box::new(Pending { ctx, admission })));
@@ -512,11 +525,8 @@ impl Lane {
         self.reject_with(rejection, ctx, &last).await
     }
 
-    /// Forward a permitted call (its body streamed to the CRM, framed as it came) and stream
-    /// the CRM's answer back.
-    async fn forward(&mut self, head: Head, ctx: &mut Ctx, call: &Call<'_>) -> (u16, bool) {
-        let activity = call.activity;
-        let mut body = BodyReader::new(head.body);
+    /// Count a request body the lane reads itself (`permgate_lane_request_bodies_total`).
+    fn count_body(&self, body: &Option<BodyReader>) {
         if body.is_some() {
             self.plane
                 .state
@@ -524,6 +534,14 @@ impl Lane {
                 .lane_bodies
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Forward a permitted call (its body streamed to the CRM, framed as it came) and stream
+    /// the CRM's answer back.
+    async fn forward(&mut self, head: Head, ctx: &mut Ctx, call: &Call<'_>) -> (u16, bool) {
+        let activity = call.activity;
+        let mut body = BodyReader::new(head.body);
+        self.count_body(&body);
         // Refused before the body is read whole: the connection's last answer.
         let refused = Call {
             last: true,
@@ -645,13 +663,7 @@ impl Lane {
             ..*call
         };
         let mut body = BodyReader::bare(head.body);
-        if body.is_some() {
-            self.plane
-                .state
-                .metrics
-                .lane_bodies
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.count_body(&body);
         let limit = ctx.inspect().map_or(0, |i| i.body_limits.max_bytes);
         let early = match exchange::check_json_media(&head.headers) {
             Err(rejection) => Some(rejection),
