@@ -525,6 +525,18 @@ impl Lane {
         self.reject_with(rejection, ctx, &last).await
     }
 
+    /// `100 Continue` to a client that asked for it; a client gone is found when its body is
+    /// read.
+    async fn send_continue(&self, activity: &Activity) {
+        let _ = write_within(
+            &self.stream,
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            self.write_timeout,
+            activity,
+        )
+        .await;
+    }
+
     /// Count a request body the lane reads itself (`permgate_lane_request_bodies_total`).
     fn count_body(&self, body: &Option<BodyReader>) {
         if body.is_some() {
@@ -585,14 +597,7 @@ impl Lane {
         // `Expect: 100-continue`: the call goes ahead, the client may send its body (hyper's
         // server writes this when the body is first read, after the same decision).
         if head.expect_continue && body.is_some() {
-            // A client gone is found when its body is read.
-            let _ = write_within(
-                &self.stream,
-                b"HTTP/1.1 100 Continue\r\n\r\n",
-                self.write_timeout,
-                activity,
-            )
-            .await;
+            self.send_continue(activity).await;
         }
         let rest = match (&mut body, body_done) {
             (Some(reader), false) => Some(reader),
@@ -684,13 +689,7 @@ impl Lane {
             Some(reader) => {
                 if head.expect_continue {
                     // As hyper's server when the body is first read.
-                    let _ = write_within(
-                        &self.stream,
-                        b"HTTP/1.1 100 Continue\r\n\r\n",
-                        self.write_timeout,
-                        activity,
-                    )
-                    .await;
+                    self.send_continue(activity).await;
                 }
                 self.read_whole(reader, limit, ctx, activity).await
             }
