@@ -559,10 +559,7 @@ impl Lane {
             last: true,
             ..*call
         };
-        let mut parts = http::Request::new(()).into_parts().0;
-        parts.method = head.method;
-        parts.uri = head.uri;
-        parts.headers = head.headers;
+        let parts = request_parts(head.method, head.uri, head.headers);
         let (parts, authority, gate) = match self.plane.upstream_head(parts, ctx) {
             Ok(p) => p,
             Err(rejection) => return self.refuse_unread(rejection, ctx, call, &body).await,
@@ -717,10 +714,7 @@ impl Lane {
             }
         };
         drop(read);
-        let mut parts = http::Request::new(()).into_parts().0;
-        parts.method = head.method;
-        parts.uri = head.uri;
-        parts.headers = head.headers;
+        let parts = request_parts(head.method, head.uri, head.headers);
         let (parts, authority, gate) = match self.plane.upstream_head(parts, ctx) {
             Ok(p) => p,
             Err(rejection) => return self.reject_with(rejection, ctx, call).await,
@@ -1291,4 +1285,13 @@ async fn read_answer_head(
             up.buf.resize((up.buf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
         }
     }
+}
+
+/// The request's head as `http` parts, for the CRM's request head.
+fn request_parts(method: Method, uri: http::Uri, headers: http::HeaderMap) -> http::request::Parts {
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.headers = headers;
+    parts
 }
