@@ -943,7 +943,10 @@ async fn a_crms_own_tokens_without_iss_aud_nbf_kid() {
     let text = demo_text()
         .replace("issuer = \"https://crm.example.test\"\n", "")
         .replace("audience = \"crm-api\"\n", "")
-        .replace("user_claim = \"sub\"", "user_claim = \"user_id\"");
+        .replace(
+            "user_claim = \"sub\"",
+            "user_claim = \"user_id\"\nrequired_claims = { token_type = \"access\" }",
+        );
     assert!(!text.contains("issuer =") && text.contains("user_claim = \"user_id\""));
     let h = Harness::with_config_text(&text, &[]).await;
     let now = unix_now();
@@ -971,6 +974,31 @@ async fn a_crms_own_tokens_without_iss_aud_nbf_kid() {
     .await;
     assert_eq!(s, 401);
     assert_rejection(&v, &hd, "invalid_token");
+    // simplejwt signs its refresh tokens (a day's life) with the same key: only `token_type`
+    // tells them apart, and `required_claims` keeps them off the API.
+    for token_type in [
+        serde_json::json!("refresh"),
+        serde_json::json!(null),
+        serde_json::json!(["access"]),
+    ] {
+        let mut other = simplejwt.clone();
+        other["token_type"] = token_type;
+        h.clear();
+        let (s, v, hd) =
+            get_json(&h, "/api/v1/customers/1", &[("authorization", mint(other))]).await;
+        assert_eq!(s, 401, "{v}");
+        assert_rejection(&v, &hd, "invalid_token");
+        assert!(h.received().is_empty());
+    }
+    let mut without = simplejwt.clone();
+    without.as_object_mut().unwrap().remove("token_type");
+    let (s, _, _) = get_json(
+        &h,
+        "/api/v1/customers/1",
+        &[("authorization", mint(without))],
+    )
+    .await;
+    assert_eq!(s, 401);
 
     let out = check_config_text(&text);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -980,6 +1008,25 @@ async fn a_crms_own_tokens_without_iss_aud_nbf_kid() {
         "{stdout}"
     );
     assert!(stdout.contains("jwt: aud NOT checked"), "{stdout}");
+    assert!(
+        stdout.contains("jwt: token_type must be \"access\""),
+        "{stdout}"
+    );
+    for (bad, field) in [
+        ("{ exp = \"1\" }", "required_claims.exp"),
+        ("{ user_id = \"u\" }", "required_claims.user_id"),
+        ("{ token_type = \"\" }", "required_claims.token_type"),
+    ] {
+        let bad_text = text.replace("{ token_type = \"access\" }", bad);
+        let out = check_config_text(&bad_text);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{bad}");
+        assert!(said.contains(field), "{bad}: {said}");
+    }
 }
 
 /// Issue 16 item 5: typed route parameters through the real binary. `{id:uuid}` takes only a

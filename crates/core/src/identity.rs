@@ -69,6 +69,11 @@ struct RawJwt {
     jwks_refresh_seconds: u64,
     #[serde(default = "default_jwks_min_refresh")]
     jwks_min_refresh_seconds: u64,
+    /// Claims a token must carry with exactly these string values, e.g.
+    /// `{ token_type = "access" }`: a CRM that signs its access and refresh tokens with one key
+    /// (Django simplejwt) tells them apart only by such a claim.
+    #[serde(default)]
+    required_claims: std::collections::BTreeMap<String, String>,
 }
 
 fn default_jwks_refresh() -> u64 {
@@ -161,6 +166,8 @@ struct JwtVerifier {
     /// `[tenants] from = "claim:<name>"`: the claim read as the call's tenant (set after the
     /// config's `[tenants]` is compiled, before any token is verified).
     tenant_claim: Option<String>,
+    /// `identity.jwt.required_claims`: (claim, the exact string value it must hold).
+    required_claims: Vec<(String, String)>,
     cache: TokenCache,
     /// Whether `iss` / `aud` are checked (configured), for `check-config` to say so.
     checks_issuer: bool,
@@ -384,6 +391,9 @@ impl Verifier {
             "jwt: exp required; nbf and iat checked when present; user from '{}'",
             j.user_claim
         ));
+        for (claim, value) in &j.required_claims {
+            notes.push(format!("jwt: {claim} must be \"{value}\""));
+        }
         if let Some(s) = &j.jwks {
             notes.push(format!(
                 "jwt: keys also from {} (fetched when serving, not by check-config)",
@@ -622,6 +632,25 @@ impl Verifier {
                     "must not be empty",
                 ));
             }
+            for (claim, value) in &j.required_claims {
+                let problem = if claim.is_empty() || value.is_empty() {
+                    Some("a claim name and its value must not be empty")
+                } else if ["exp", "nbf", "iat", "iss", "aud"].contains(&claim.as_str()) {
+                    Some("exp, nbf and iat are always checked; iss and aud are set with issuer and audience")
+                } else if *claim == j.user_claim {
+                    Some("the user claim names the user; it cannot also be required to hold one value")
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    errors.push(ConfigError::new(
+                        file,
+                        crate::error::locate(text, "identity.jwt.required_claims").or(jline),
+                        &format!("identity.jwt.required_claims.{claim}"),
+                        problem,
+                    ));
+                }
+            }
             let jwks = match jwks_source {
                 Some((source, _)) if errors.is_empty() => Some(JwksStore::shared(
                     source,
@@ -637,6 +666,11 @@ impl Verifier {
                     .map(|alg| (alg, validation_for(alg, j))),
                 user_claim: j.user_claim.clone(),
                 tenant_claim: None,
+                required_claims: j
+                    .required_claims
+                    .iter()
+                    .map(|(c, v)| (c.clone(), v.clone()))
+                    .collect(),
                 cache: TokenCache::new(),
                 checks_issuer: j.issuer.is_some(),
                 checks_audience: j.audience.is_some(),
@@ -1075,6 +1109,18 @@ impl JwtVerifier {
                 }
             }
             Some(_) => return Err(invalid("the token's iat is not a number")),
+        }
+        // `required_claims`: each present, a string, exactly the configured value (a refresh
+        // token signed with the access tokens' key is not an access token).
+        for (claim, value) in &self.required_claims {
+            match data.claims.get(claim) {
+                Some(serde_json::Value::String(v)) if v == value => {}
+                _ => {
+                    return Err(invalid(
+                        "the token lacks a required claim value (identity.jwt.required_claims)",
+                    ))
+                }
+            }
         }
         let user = match data.claims.get(&self.user_claim) {
             Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
