@@ -1,7 +1,7 @@
 //! The live state: the config and the snapshot compiled against it, behind one atomic pointer,
 //! and every way they change.
 //!
-//! Why one file (~1,070 lines): every way the live state changes takes the same writer lock and the
+//! Why one file (~1,140 lines): every way the live state changes takes the same writer lock and the
 //! same validate-then-swap path; one file keeps that path single.
 //!
 //! A request loads [`Live`] once and keeps it to the end, so a swap never changes a request in

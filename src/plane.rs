@@ -2,14 +2,15 @@
 //! answers as the Pingora plane ([`crate::proxy`]), both built on [`crate::exchange`], with
 //! less CPU per request and less memory per open connection.
 //!
-//! Why one file (~1,960 lines): it is the parent of the engine's submodules, and they are built
+//! Why one file (~2,000 lines): it is the parent of the engine's submodules, and they are built
 //! on its private items — the lane (`plane::lane`) answers with `json`/`reject`/
 //! `answer_preflight` and `RespBody`, maps failures with `Plane::upstream_failed` and
 //! `Failure`, waits on the CRM's cap with `Plane::enter`, and hands a decided request over to
 //! `Plane::handle`; the pool sends `ReqBody`. The listener, the connection driver
 //! (`Tracked`, `Activity`), the hyper service and the bodies are one engine over those
 //! types. The seam, when one is cut, is the call path (`impl Plane` with the bodies) apart from
-//! the listener; not before the lane's request-body work, which edits the same items.
+//! the listener. The lane's request-body work, which the split waited for, has landed; the split
+//! itself is still to be made.
 //!
 //! | step | what happens |
 //! |---|---|

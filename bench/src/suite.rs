@@ -1,6 +1,12 @@
 //! The side-by-side run: every variant in front of the same upstream, in one process tree,
 //! scenarios run in alternating rounds (the variant order rotates each round, so no variant
 //! always runs first or last), ratios computed within the run.
+//!
+//! Why one file (~930 lines): one run is one sequence — the arguments, starting every peer with
+//! its generated config (`start_peers`, a quarter of the file), the alternating rounds, and the
+//! report with the thread-scaling table — over the same local state (the peers, the plans, the
+//! CPU pinning). The pieces that stand alone already live apart: the load generator
+//! ([`crate::load`]), the peers' configs ([`crate::peers`]), the report ([`crate::report`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -4,6 +4,11 @@
 //! This file is compiled twice: by the fuzz crate (`fuzz/src/lib.rs`, for cargo-fuzz) and by the
 //! root crate's `tests/fuzz_regressions.rs`, which replays the committed seeds and regression
 //! inputs on every `cargo test`, without cargo-fuzz. It may use only crates both have.
+//!
+//! Why one file (~880 lines): it is included whole, by path, by both crates, so every target's
+//! invariant is in the one file they share; each `pub fn` (one per target: canonicalize,
+//! route_match, jwt, bulk_filter, h1_request, h1_request_body, h1_answer, the dechunker's
+//! reference) is independent of the others and read on its own, with its helpers below it.
 
 use std::path::Path;
 

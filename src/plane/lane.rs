@@ -1,8 +1,9 @@
 //! permgate's own HTTP/1.1 loop (`listen.h1_lane`, on by default): plain HTTP/1.1 client
 //! connections toward a plain HTTP CRM, served without hyper.
 //!
-//! Why one file (~870 lines): one connection's loop, its CRM connection and its timeouts are one
-//! state machine; the pure parts are already in [`super::h1`].
+//! Why one file (~1,300 lines): one connection's loop, its CRM connection and its timeouts are one
+//! state machine, and the request bodies (streamed, or read whole and checked first) are steps of
+//! that machine; the pure parts are already in [`super::h1`].
 //!
 //! Why: the CPU a proxied call costs here is mostly the kernel's (the same two reads and two
 //! writes nginx makes); of the rest, hyper's server and client halves, the client's dispatch
