@@ -13,6 +13,8 @@
 //! - `permgate-sample-crm` (`crates/sample-crm`): a realistic legacy CRM for the demo, the
 //!   tests and the bench.
 //! - `permgate-bench` (`bench/`): the side-by-side bench harness.
+//! - `permgate-alloc-count` (`crates/alloc-count`): one test, the heap allocations of a
+//!   decision, counted by a global allocator (the only `unsafe` code in the workspace).
 //!
 //! This crate:
 //!

@@ -60,6 +60,7 @@
 //!   ignored. List filters: `owner_id, assignee_id, created_by, status, stage, kind, customer_id`.
 //! - Request bodies are capped at [`MAX_BODY_BYTES`] (413 beyond).
 //! - `x-crm-delay-ms: N` (0..=60000) delays the answer by N ms, after the request is recorded.
+#![forbid(unsafe_code)]
 
 mod api;
 mod seed;
