@@ -861,6 +861,20 @@ pub fn check_host(value: &[u8]) -> Result<(), CanonError> {
     Ok(())
 }
 
+/// Methods whose requests carry no body (RFC 9110 gives a body on them no meaning, and many
+/// legacy servers do not read one: they would take it for the next request).
+pub fn bodiless(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
 /// Does the head declare a body: a `Content-Length` over 0 or any `Transfer-Encoding`?
 pub fn declares_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)

@@ -66,18 +66,9 @@ impl Wire<'_> {
     }
 }
 
-/// Methods whose requests carry no body (RFC 9110 gives a body on them no meaning, and many
-/// legacy servers do not read one: they would take it for the next request).
-pub fn bodiless(method: &Method) -> bool {
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::DELETE,
-        Method::OPTIONS,
-        Method::TRACE,
-    ]
-    .contains(method)
-}
+/// Methods whose requests carry no body: [`canon::bodiless`], kept here too for the data
+/// planes (it lives in `canon`, a leaf, so that `config` can use it without a module cycle).
+pub use crate::canon::bodiless;
 
 /// An allowed call: what to forward, and who makes it.
 #[derive(Debug, Clone)]

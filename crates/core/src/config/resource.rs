@@ -688,7 +688,7 @@ fn bulk_route(
     let allow_body = b
         .methods
         .iter()
-        .any(|m| http::Method::from_bytes(m.as_bytes()).is_ok_and(|m| crate::policy::bodiless(&m)));
+        .any(|m| http::Method::from_bytes(m.as_bytes()).is_ok_and(|m| crate::canon::bodiless(&m)));
     Some(RawRoute {
         name: Some(format!("{resource}.{last}")),
         methods: b.methods.clone(),
