@@ -32,7 +32,8 @@
 //!   `plane::lane` serves plain HTTP/1.1 with its own loop, driving the sans-I/O codec
 //!   [`plane::h1`] (request head, answer head and framing, chunk checks; fuzzed, and tested
 //!   against hyper on the same bytes); `plane::fragments` watches what
-//!   hyper's HTTP/1 server reads for a `#fragment` its URI parser would drop.
+//!   hyper's HTTP/1 server reads for a `#fragment` its URI parser would drop; `plane::learn`
+//!   reads a create route's 2xx answer for the new record's id and learns it before answering.
 //! - `proxy`: the Pingora data plane (the only module importing Pingora), built only with the
 //!   `pingora` cargo feature.
 //! - [`certs`]: the certificate material that reloads itself.

@@ -8,20 +8,23 @@
 //!
 //! # Layout
 //!
-//! One request, top to bottom ([`policy::decide`] runs the first five steps):
+//! One request, top to bottom, in the order [`policy::decide`] takes them (it runs the first
+//! six steps; [`policy`]'s module docs have the table with each step's result and refusals):
 //!
 //! 1. [`canon`]: the one canonical path we decide on and forward, and the header hygiene rules
 //!    (ambiguous input is rejected, never guessed).
 //! 2. [`routes`]: the compiled route table; the most specific route wins, whatever the order.
-//! 3. [`identity`]: JWT bearer, API keys and trusted identity headers → a caller id
+//! 3. [`snapshot`] (the request's one load, done by the caller): who holds which role, compiled
+//!    for O(1) lookups; [`records`]: record ownership, shares and related objects;
+//!    [`hierarchy`]: the manager forest ("X is my report" in O(1)); [`scope`]: record scopes per
+//!    permission; [`access`]: the O(1) record check over all of them.
+//! 4. [`identity`]: JWT bearer, API keys and trusted identity headers → a caller id
 //!    ([`jwks`]: the keys an IdP publishes, as data; the server fetches them).
-//! 4. [`snapshot`]: who holds which role, compiled for O(1) lookups; [`records`]: record
-//!    ownership, shares and related objects; [`hierarchy`]: the manager forest ("X is my
-//!    report" in O(1)); [`scope`]: record scopes per permission; [`access`]: the O(1) record
-//!    check over all of them.
-//! 5. [`policy`]: the decision: allow, or a typed denial ([`reject`]: every rejection as a JSON
+//! 5. [`tenants`]: the call's tenant (`[tenants]`), from the token, a header or the path; the
+//!    snapshot's memberships decide per tenant.
+//! 6. [`policy`]: the decision: allow, or a typed denial ([`reject`]: every rejection as a JSON
 //!    body with a stable code).
-//! 6. [`inspect`]: what a route checks beyond its permission (records in path, query and body,
+//! 7. [`inspect`]: what a route checks beyond its permission (records in path, query and body,
 //!    bulk, list, fields); [`body`]: bulk trimming, list filtering and field permissions;
 //!    [`json`]: strict JSON and the streaming canonicalizer they run on.
 //!
@@ -36,16 +39,15 @@
 //!   [`chunked`], a copy-on-write chunked vector), tested equal to a full rebuild.
 //! - [`learn`]: `creates` on a route: the record a create call's 2xx answer names, as an
 //!   `upsert_record` change the server applies at once.
-//! - [`tenants`]: where a call's tenant comes from (`[tenants]`); the snapshot's memberships
-//!   decide per tenant.
 //! - [`cors`]: browser front ends on another origin: preflights and answer headers.
 //! - [`limit`]: rate limits (token buckets per caller and per route), bounded and lock-light.
 //! - [`audit`]: what a snapshot change did (roles, permissions, users), for access reviews.
 //! - [`explain`]: `permgate explain` / `permgate test`: the decision run offline as a user.
 //! - [`dbsource`]: `[snapshot.database]`: the rows of the CRM's own database → a snapshot (the
 //!   server runs the queries).
-//! - The leaves everything above shares (no module cycle in this crate): [`error`], [`perms`],
-//!   [`headers`], the keyed hash for client-chosen keys (foldhash, seeded per map).
+//! - The leaves everything above shares (no module cycle in this crate outside its tests):
+//!   [`error`], [`perms`], [`headers`], the keyed hash for client-chosen keys (foldhash, seeded
+//!   per map).
 //! - [`pem`]: PEM certificates and keys; [`headers`]: the names of the headers permgate sets;
 //!   [`decision_log`]: its settings; [`demo`]: the demo's config, snapshot and credentials.
 #![forbid(unsafe_code)]

@@ -13,11 +13,12 @@
 //! | 2. route | [`route`]: the most specific route for method and path (a CORS preflight in `crm` mode, a public route: allowed here) | [`Routed`] | 404 or 403 (`unmatched`), 400 `body_not_allowed` |
 //! | 3. load the snapshot | the caller's one load per request ([`decide`]'s `snapshot`) | `&Snapshot` | 503 (none yet, or stale and `fail_closed`) |
 //! | 4. identify | [`crate::identity::Verifier::identify`]: exactly one valid credential | [`identity::Identified`] | 401, 400 |
-//! | 5. decide | [`authorize`]: a known, enabled user holding the route's permission, records in path and query in scope | [`Permit`] | 401, 403 (naming the permission) |
-//! | 6. inspect | [`crate::inspect::check_body`] and the list filter, run by the data plane on the body and the answer | trimmed body, filtered list | 403, 400, 413 |
+//! | 5. tenant | [`crate::tenants::tenant_of`]: the call's tenant from every configured source (`[tenants]`; none without it) | `Option<Arc<str>>` | 400 (`tenant_missing`, `tenant_ambiguous`, `tenant_invalid`), 401 (`untrusted_tenant_header`) |
+//! | 6. decide | [`authorize`]: a known, enabled user holding the route's permission (in the call's tenant), records in path and query in scope | [`Permit`] | 401, 403 (naming the permission; `not_a_member`) |
+//! | 7. inspect | [`crate::inspect::check_body`] and the list filter, run by the data plane on the body and the answer | trimmed body, filtered list | 403, 400, 413 |
 //!
-//! The server's `exchange::admit` runs steps 1–5 through [`decide`] (then rate limits and the
-//! choice of what to do with the body), and step 6 once the body is read.
+//! The server's `exchange::admit` runs steps 1–6 through [`decide`] (then rate limits and the
+//! choice of what to do with the body), and step 7 once the body is read.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -120,7 +121,7 @@ pub fn route_info(config: &Config, idx: usize) -> &RouteInfo {
     &config.routes.routes()[idx].value
 }
 
-/// Decide one request: steps 1 to 5 of the pipeline (module docs), in order.
+/// Decide one request: steps 1 to 6 of the pipeline (module docs), in order.
 ///
 /// `snapshot` is the request's snapshot, or the rejection that stands for it (none loaded yet,
 /// or stale with `on_stale = fail_closed`); it only matters for protected routes.
