@@ -113,6 +113,14 @@ impl Ctx {
         )
     }
 
+    /// How long one wait for more of the client's request body may last
+    /// (`listen.body_read_timeout_ms`; 30 s before the config is known).
+    pub fn body_read_timeout(&self) -> Duration {
+        self.live.as_ref().map_or(Duration::from_secs(30), |l| {
+            l.config.listen.body_read_timeout
+        })
+    }
+
     /// The inspection settings of the permitted route, if it has any.
     pub fn inspect(&self) -> Option<&crate::inspect::Inspect> {
         let (live, permit) = (self.live.as_ref()?, self.permit.as_ref()?);

@@ -1091,9 +1091,7 @@ impl Plane {
                 let rejection = match cut.map(|c| c.load(Ordering::Acquire)) {
                     Some(CUT_TOO_LARGE) => Rejection::body_too_large(),
                     Some(CUT_TIMED_OUT) => Rejection::request_timeout(),
-                    Some(CUT_UNREADABLE) => {
-                        Rejection::new(400, "bad_request", "the request could not be read")
-                    }
+                    Some(CUT_UNREADABLE) => Rejection::body_unreadable(),
                     // The total timeout ran out while the client was still sending its body.
                     Some(0) if rejection.code == "upstream_timeout" => Rejection::request_timeout(),
                     _ => rejection,
@@ -1473,32 +1471,24 @@ async fn read_body(
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         drain(&mut incoming).await;
-        return Err(Rejection::body_too_large());
+        return Err(Rejection::route_body_too_large());
     }
     if incoming.is_end_stream() {
         return Ok((parts, None));
     }
-    let idle = ctx.live.as_ref().map_or(Duration::from_secs(30), |l| {
-        l.config.listen.body_read_timeout
-    });
+    let idle = ctx.body_read_timeout();
     let mut body = Vec::with_capacity(declared.unwrap_or(0));
     loop {
         let wait = idle.min(left(ctx.deadline));
         match tokio::time::timeout(wait, next_frame(&mut incoming)).await {
             Err(_) => return Err(Rejection::request_timeout()),
             Ok(None) => break,
-            Ok(Some(Err(_))) => {
-                return Err(Rejection::new(
-                    400,
-                    "bad_request",
-                    "the request could not be read",
-                ))
-            }
+            Ok(Some(Err(_))) => return Err(Rejection::body_unreadable()),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     if body.len() + data.len() > limit {
                         drain(&mut incoming).await;
-                        return Err(Rejection::body_too_large());
+                        return Err(Rejection::route_body_too_large());
                     }
                     body.extend_from_slice(&data);
                 }

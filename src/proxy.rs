@@ -388,13 +388,6 @@ async fn read_body(
     session: &mut Session,
     limit: usize,
 ) -> Result<std::result::Result<Option<Bytes>, Rejection>> {
-    let too_large = || {
-        Rejection::new(
-            413,
-            "body_too_large",
-            "the request body is over this route's limit",
-        )
-    };
     let headers = &session.req_header().headers;
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -402,7 +395,7 @@ async fn read_body(
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         drain(session).await;
-        return Ok(Err(too_large()));
+        return Ok(Err(Rejection::route_body_too_large()));
     }
     if session.as_mut().is_body_empty() {
         return Ok(Ok(None));
@@ -420,7 +413,7 @@ async fn read_body(
     while let Some(chunk) = session.read_request_body().await? {
         if body.len() + chunk.len() > limit {
             drain(session).await;
-            return Ok(Err(too_large()));
+            return Ok(Err(Rejection::route_body_too_large()));
         }
         body.extend_from_slice(&chunk);
     }
@@ -685,11 +678,7 @@ impl ProxyHttp for Gateway {
                 Some(Rejection::request_timeout())
             }
             (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
-            (ErrorSource::Downstream, _) => Some(Rejection::new(
-                400,
-                "bad_request",
-                "the request could not be read",
-            )),
+            (ErrorSource::Downstream, _) => Some(Rejection::body_unreadable()),
             (_, ConnectTimedout | ReadTimedout | WriteTimedout) => {
                 Some(Rejection::upstream_timeout())
             }

@@ -666,6 +666,9 @@ async fn request_bodies_over_the_gateway_limit() {
     assert_eq!(r.status(), 413);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "body_too_large");
+    // The gateway's limit, named as such (a route's `body.max_bytes` names itself).
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(message.contains("listen.max_body_bytes"), "{v}");
     assert!(h.received().is_empty());
 
     // Chunked, growing past the limit: cut off with 413; the CRM never gets the body whole.

@@ -672,7 +672,7 @@ impl Lane {
             Err(rejection) => Some(rejection),
             // A declared length over the limit: refused before it is read.
             Ok(()) if matches!(head.body, BodyFraming::Length(n) if n > limit as u64) => {
-                Some(Rejection::body_too_large())
+                Some(Rejection::route_body_too_large())
             }
             Ok(()) => None,
         };
@@ -762,14 +762,12 @@ impl Lane {
             .map_err(|why| unreadable(ctx, why))?;
         self.start += fed.used;
         if body.len() > limit {
-            return Err(Rejection::body_too_large());
+            return Err(Rejection::route_body_too_large());
         }
         if fed.done {
             return Ok(body);
         }
-        let idle = ctx.live.as_ref().map_or(Duration::from_secs(30), |l| {
-            l.config.listen.body_read_timeout
-        });
+        let idle = ctx.body_read_timeout();
         (self.start, self.end) = (0, 0);
         loop {
             let wait = idle.min(left(ctx.deadline));
@@ -787,7 +785,7 @@ impl Lane {
                 .feed(&self.buf[..n], &mut body)
                 .map_err(|why| unreadable(ctx, why))?;
             if body.len() > limit {
-                return Err(Rejection::body_too_large());
+                return Err(Rejection::route_body_too_large());
             }
             if fed.done {
                 // What follows is the next request's.
@@ -908,9 +906,7 @@ impl Lane {
         ctx: &Ctx,
         activity: &Activity,
     ) -> Result<(), BodyFault> {
-        let idle = ctx.live.as_ref().map_or(Duration::from_secs(30), |l| {
-            l.config.listen.body_read_timeout
-        });
+        let idle = ctx.body_read_timeout();
         let max = max_body_bytes(ctx);
         (self.start, self.end) = (0, 0);
         loop {
@@ -1154,7 +1150,7 @@ fn unreadable(ctx: &Ctx, why: &str) -> Rejection {
         request_id = %ctx.request_id,
         "the request body could not be read: {why}"
     );
-    Rejection::new(400, "bad_request", "the request could not be read")
+    Rejection::body_unreadable()
 }
 
 async fn connect(

@@ -127,7 +127,8 @@ impl Rejection {
         )
     }
 
-    /// The client stalled its request body (`listen.body_read_timeout_ms`).
+    /// 413 `body_too_large`: the request body is over `listen.max_body_bytes`, the gateway's
+    /// limit for any body.
     pub fn body_too_large() -> Self {
         Rejection::new(
             413,
@@ -136,6 +137,25 @@ impl Rejection {
         )
     }
 
+    /// 413 `body_too_large`: the body of a route that reads it whole to check it is over that
+    /// route's `body.max_bytes` (the same code as [`Rejection::body_too_large`], naming the
+    /// route's setting).
+    pub fn route_body_too_large() -> Self {
+        Rejection::new(
+            413,
+            "body_too_large",
+            "the request body is over this route's limit (body.max_bytes)",
+        )
+    }
+
+    /// 400 `bad_request`: the request body could not be read (malformed chunks, cut short, a
+    /// framing error), on every data plane.
+    pub fn body_unreadable() -> Self {
+        Rejection::new(400, "bad_request", "the request could not be read")
+    }
+
+    /// 408 `request_timeout`: the client stalled its request body
+    /// (`listen.body_read_timeout_ms`, or the total timeout ran out while it was sending).
     pub fn request_timeout() -> Self {
         Rejection::new(
             408,
