@@ -512,7 +512,9 @@ impl<'t> RecordsDraft<'t> {
         lit(b, &mut j, b"}")?;
         let t = self.compact_type(c.s.get(ty.0 as usize..(ty.0 + ty.1) as usize)?, false);
         if let Some((off, len)) = tenant {
-            let k = self.tenants.intern(c.s.get(off as usize..(off + len) as usize)?);
+            let k = self
+                .tenants
+                .intern(c.s.get(off as usize..(off + len) as usize)?);
             self.owner_tenants.resize(self.owners.len(), NO_TENANT_NAME);
             self.owner_tenants.push(k);
         }
