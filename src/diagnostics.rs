@@ -14,7 +14,7 @@
 //!   too when debug is on.
 //!
 //! The span is debug-level on purpose: at the default `info` it is disabled, which costs one
-//! relaxed load of the global max level and no allocation (tests/allocations.rs holds this); an
+//! relaxed load of the global max level and no allocation (crates/alloc-count/tests/allocations.rs holds this); an
 //! enabled span allocates its formatted fields per request, which only someone debugging pays.
 
 use tracing::Span;
