@@ -3,6 +3,9 @@
 //! tests run as root), a read-only role that is not a superuser, row-level security on the
 //! records table; ordinary SQL the way the CRM would write it; the gateway's decisions follow
 //! within the poll interval.
+//!
+//! Why one file (~1,000 lines): every test here starts its own PostgreSQL cluster with the
+//! helpers at the top; the tenant tests reuse the schema and the follower config.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
