@@ -4,7 +4,7 @@
 //!
 //! Why one file (~1,100 lines with its tests): each source's follower (file, URL, database)
 //! shares the backoff, the staleness rules and the swap; the database's SQL rounds sit beside
-//! them. A split would put `crate::control::database` next to this file, not change it.
+//! them.
 
 use std::path::Path;
 use std::sync::Arc;
