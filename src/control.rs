@@ -859,7 +859,11 @@ async fn load_round(
             rows.users = query_rows(client, "incremental.users", sql, Some(base)).await?;
         }
         for (name, sql, into) in [
-            ("incremental.memberships", &inc.memberships, &mut rows.memberships),
+            (
+                "incremental.memberships",
+                &inc.memberships,
+                &mut rows.memberships,
+            ),
             ("incremental.owners", &inc.owners, &mut rows.owners),
             ("incremental.shares", &inc.shares, &mut rows.shares),
             ("incremental.related", &inc.related, &mut rows.related),
@@ -930,7 +934,9 @@ async fn tenant_rows(
         }
         let mut rows = query_rows(client, name, sql, arg).await?;
         client
-            .batch_execute("ROLLBACK TO SAVEPOINT permgate_tenant; RELEASE SAVEPOINT permgate_tenant")
+            .batch_execute(
+                "ROLLBACK TO SAVEPOINT permgate_tenant; RELEASE SAVEPOINT permgate_tenant",
+            )
             .await
             .map_err(|e| format!("savepoint: {e}"))?;
         crate::dbsource::tag_tenant(&mut rows, name, tenant)?;

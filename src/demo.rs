@@ -46,7 +46,8 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
 /// the same IP.
 fn tenant_address(main: std::net::SocketAddr) -> std::net::SocketAddr {
     let next = std::net::SocketAddr::new(main.ip(), main.port().wrapping_add(1));
-    let free = |a: std::net::SocketAddr| std::net::TcpListener::bind(a).and_then(|l| l.local_addr());
+    let free =
+        |a: std::net::SocketAddr| std::net::TcpListener::bind(a).and_then(|l| l.local_addr());
     free(next)
         .or_else(|_| free(std::net::SocketAddr::new(main.ip(), 0)))
         .unwrap_or(next)
@@ -306,7 +307,11 @@ pub fn banner(listen: &str, tenant_listen: &str, crm: &str) -> String {
         "export ANALYST_KEY='{DEMO_ANALYST_API_KEY}'   # u-da, Dana, Data Analyst\n"
     ));
     for (var, org, who) in [
-        ("ROBIN_OWN", "robin-co", "the org Robin created, where he is ADMIN"),
+        (
+            "ROBIN_OWN",
+            "robin-co",
+            "the org Robin created, where he is ADMIN",
+        ),
         ("ROBIN_ACME", "acme", "Robin's employer, where he is a rep"),
     ] {
         s.push_str(&format!(
@@ -373,6 +378,9 @@ mod tests {
         assert!(crate::live::tenants_mismatch(&config, &s, "demo").is_none());
         // The tour's tokens name the organisation.
         let v: toml::Value = toml::from_str(DEMO_TENANT_CONFIG).unwrap();
-        assert_eq!(v["identity"]["jwt"]["keys"][0]["secret"].as_str(), Some(DEMO_SECRET));
+        assert_eq!(
+            v["identity"]["jwt"]["keys"][0]["secret"].as_str(),
+            Some(DEMO_SECRET)
+        );
     }
 }

@@ -864,11 +864,21 @@ async fn tenants_follow_the_crms_database() {
     };
     // The first load: U as ADMIN of acme reads u-rep2's lead 2; as a rep of globex, not
     // u-sm's lead 3.
-    assert!(follows("u-rep1", "acme", 2, "200").await, "{}", h.log_text());
-    assert_eq!(org_call(&h, "u-rep1", "globex", 3).await, "record_forbidden");
+    assert!(
+        follows("u-rep1", "acme", 2, "200").await,
+        "{}",
+        h.log_text()
+    );
+    assert_eq!(
+        org_call(&h, "u-rep1", "globex", 3).await,
+        "record_forbidden"
+    );
     // A lead of another organisation, whatever the role there.
     assert_eq!(org_call(&h, "u-rep1", "acme", 3).await, "record_forbidden");
-    assert_eq!(org_call(&h, "u-rep1", "globex", 1).await, "record_forbidden");
+    assert_eq!(
+        org_call(&h, "u-rep1", "globex", 1).await,
+        "record_forbidden"
+    );
     assert_eq!(org_call(&h, "u-rep2", "globex", 3).await, "not_a_member");
     // Wait out the first overlap window (a change in it is a full load), then follow.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -877,7 +887,10 @@ async fn tenants_follow_the_crms_database() {
     su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (40, 'globex', 'u-rep1')")
         .await
         .unwrap();
-    assert!(follows("u-rep1", "globex", 40, "200").await, "an inserted lead");
+    assert!(
+        follows("u-rep1", "globex", 40, "200").await,
+        "an inserted lead"
+    );
     assert_eq!(org_call(&h, "u-rep1", "acme", 40).await, "record_forbidden");
     // U's role in globex changes to admin: U reads u-sm's lead 3 there; acme's lead 1 stays
     // another organisation's.
@@ -888,13 +901,25 @@ async fn tenants_follow_the_crms_database() {
     .await
     .unwrap();
     assert!(follows("u-rep1", "globex", 3, "200").await, "a role change");
-    assert_eq!(org_call(&h, "u-rep1", "globex", 1).await, "record_forbidden");
-    assert_eq!(org_call(&h, "u-rep1", "acme", 2).await, "200", "acme unchanged");
+    assert_eq!(
+        org_call(&h, "u-rep1", "globex", 1).await,
+        "record_forbidden"
+    );
+    assert_eq!(
+        org_call(&h, "u-rep1", "acme", 2).await,
+        "200",
+        "acme unchanged"
+    );
     // A membership added: u-rep2 joins globex as admin.
-    su.batch_execute("INSERT INTO org_members (user_id, org, roles) VALUES ('u-rep2', 'globex', '{admin}')")
-        .await
-        .unwrap();
-    assert!(follows("u-rep2", "globex", 3, "200").await, "a membership added");
+    su.batch_execute(
+        "INSERT INTO org_members (user_id, org, roles) VALUES ('u-rep2', 'globex', '{admin}')",
+    )
+    .await
+    .unwrap();
+    assert!(
+        follows("u-rep2", "globex", 3, "200").await,
+        "a membership added"
+    );
     // ...and removed (soft delete): u-rep2 is no member of globex again.
     su.batch_execute(
         "UPDATE org_members SET deleted = true, updated_at = clock_timestamp() \
@@ -906,7 +931,11 @@ async fn tenants_follow_the_crms_database() {
         follows("u-rep2", "globex", 3, "not_a_member").await,
         "a membership removed"
     );
-    assert_eq!(org_call(&h, "u-rep2", "acme", 2).await, "200", "acme's stays");
+    assert_eq!(
+        org_call(&h, "u-rep2", "acme", 2).await,
+        "200",
+        "acme's stays"
+    );
     let (full, batches, _) = db_counters(admin).await;
     assert_eq!(full, 1, "the changes came as incremental batches");
     assert!(batches >= 4, "{batches}");

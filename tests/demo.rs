@@ -457,7 +457,11 @@ fn every_line_the_demo_prints_does_what_it_says() {
         if to == tenant_gateway {
             // The tenant stops: what reached the CRM names the call's tenant.
             if let Some(r) = reached.first() {
-                assert_eq!(crm_header(r, "x-permgate-tenant"), Some("robin-co"), "{what}");
+                assert_eq!(
+                    crm_header(r, "x-permgate-tenant"),
+                    Some("robin-co"),
+                    "{what}"
+                );
                 assert_eq!(crm_header(r, "x-permgate-roles"), Some("admin"), "{what}");
                 seen.push("tenant allowed");
             }

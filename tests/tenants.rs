@@ -681,7 +681,12 @@ async fn membership_changes_are_audited_with_their_tenant() {
     assert_eq!(me["roles"], json!(["admin"]), "{me}");
 
     let (_, st) = admin_call(reqwest::Method::GET, "/status", None).await;
-    let last = st["recent_changes"].as_array().unwrap().last().unwrap().clone();
+    let last = st["recent_changes"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(last["kind"], "snapshot", "{last}");
     assert_eq!(last["outcome"], "accepted", "{last}");
     let changes = &last["changes"];

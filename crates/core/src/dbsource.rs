@@ -451,9 +451,17 @@ pub fn incremental_changes(
     if live.has_tenants() {
         let mut named: Vec<(String, Option<String>)> = Vec::new();
         for (i, r) in rows.tenants.iter().enumerate() {
-            named.push((r.need("tenants", i, "id")?, r.text("name").map(str::to_string)));
+            named.push((
+                r.need("tenants", i, "id")?,
+                r.text("name").map(str::to_string),
+            ));
         }
-        for r in rows.memberships.iter().chain(&rows.owners).chain(&rows.related) {
+        for r in rows
+            .memberships
+            .iter()
+            .chain(&rows.owners)
+            .chain(&rows.related)
+        {
             if let Some(t) = r.text("tenant") {
                 named.push((t.to_string(), None));
             }
@@ -908,10 +916,21 @@ mod tests {
             ..DbQueries::default()
         };
         let membership = |user: &str, tenant: &str, roles: &[&str]| {
-            row(&[("user_id", user), ("tenant", tenant)], &[("roles", roles)])
+            row(
+                &[("user_id", user), ("tenant", tenant)],
+                &[("roles", roles)],
+            )
         };
         let lead = |id: &str, owner: &str, tenant: &str| {
-            row(&[("type", "lead"), ("id", id), ("owner", owner), ("tenant", tenant)], &[])
+            row(
+                &[
+                    ("type", "lead"),
+                    ("id", id),
+                    ("owner", owner),
+                    ("tenant", tenant),
+                ],
+                &[],
+            )
         };
         let rows = Rows {
             users: vec![row(&[("id", "u")], &[]), row(&[("id", "w")], &[])],
@@ -927,7 +946,10 @@ mod tests {
         let text = snapshot_text(&rows, &queries, "db-1".into(), 5).unwrap();
         let live = Snapshot::build("s.json", &text, &catalog).unwrap();
         assert_eq!(live.tenant_count(), 2);
-        let (u, b) = (live.user_index("u").unwrap(), live.tenant_index("org-b").unwrap());
+        let (u, b) = (
+            live.user_index("u").unwrap(),
+            live.tenant_index("org-b").unwrap(),
+        );
         let ub = live.user(live.member(u, b).unwrap());
         assert_eq!(live.grant(ub).roles_header.as_ref(), "viewer_own");
         // A tenants query is the list: a membership of another tenant is the build's error.
@@ -941,7 +963,10 @@ mod tests {
         };
         let text = snapshot_text(&listed, &q, "db-2".into(), 5).unwrap();
         let errors = Snapshot::build("s.json", &text, &catalog).unwrap_err();
-        assert!(errors[0].to_string().contains("unknown tenant 'org-b'"), "{errors:?}");
+        assert!(
+            errors[0].to_string().contains("unknown tenant 'org-b'"),
+            "{errors:?}"
+        );
         // A membership of an unknown user names the row.
         let stray = Rows {
             memberships: vec![membership("x", "org-a", &[])],
@@ -957,10 +982,17 @@ mod tests {
         let ops = |batch: &[Change]| {
             batch
                 .iter()
-                .map(|c| serde_json::to_value(c).unwrap()["op"].as_str().unwrap().to_string())
+                .map(|c| {
+                    serde_json::to_value(c).unwrap()["op"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
                 .collect::<Vec<_>>()
         };
-        assert!(incremental_changes(&rows, &live, &catalog).unwrap().is_empty());
+        assert!(incremental_changes(&rows, &live, &catalog)
+            .unwrap()
+            .is_empty());
         let changed = Rows {
             memberships: vec![
                 membership("u", "org-b", &["admin"]),
@@ -975,10 +1007,16 @@ mod tests {
         let batch = incremental_changes(&changed, &live, &catalog).unwrap();
         assert_eq!(
             ops(&batch),
-            ["upsert_tenant", "set_membership", "set_membership", "upsert_record", "remove_membership"]
+            [
+                "upsert_tenant",
+                "set_membership",
+                "set_membership",
+                "upsert_record",
+                "remove_membership"
+            ]
         );
-        let mut raw = RawSnapshot::parse(&snapshot_text(&rows, &queries, "db-1".into(), 5).unwrap())
-            .unwrap();
+        let mut raw =
+            RawSnapshot::parse(&snapshot_text(&rows, &queries, "db-1".into(), 5).unwrap()).unwrap();
         raw.apply(&batch, catalog.record_types()).unwrap();
         let after = Snapshot::build("s.json", &raw.to_json(), &catalog).unwrap();
         let ub = after.user(after.member(u, b).unwrap());
@@ -991,11 +1029,19 @@ mod tests {
             .records()
             .find(ty, &canonical_id(types.kind(ty), "3").unwrap())
             .unwrap();
-        assert_eq!(after.tenant_id(after.records().tenant_of(found.number)), "org-b");
-        assert!(incremental_changes(&changed, &after, &catalog).unwrap().is_empty());
+        assert_eq!(
+            after.tenant_id(after.records().tenant_of(found.number)),
+            "org-b"
+        );
+        assert!(incremental_changes(&changed, &after, &catalog)
+            .unwrap()
+            .is_empty());
 
         // A tenant's round that reads another tenant's row is refused.
-        let mut read = vec![lead("1", "w", "org-b"), row(&[("type", "lead"), ("id", "9")], &[])];
+        let mut read = vec![
+            lead("1", "w", "org-b"),
+            row(&[("type", "lead"), ("id", "9")], &[]),
+        ];
         assert_eq!(
             tag_tenant(&mut read, "owners", "org-a").unwrap_err(),
             "owners[0]: tenant 'org-b' read in the round of tenant 'org-a' (tenant_session_sql must restrict the query to its tenant)"
