@@ -936,8 +936,8 @@ mod tests {
             users: vec![row(&[("id", "u")], &[]), row(&[("id", "w")], &[])],
             memberships: vec![
                 membership("u", "org-a", &["admin"]),
-                membership("u", "org-b", &["viewer_own"]),
-                membership("w", "org-b", &["viewer_own"]),
+                membership("u", "org-b", &["sales_rep"]),
+                membership("w", "org-b", &["sales_rep"]),
             ],
             owners: vec![lead("1", "w", "org-b"), lead("2", "u", "org-a")],
             ..Rows::default()
@@ -951,7 +951,7 @@ mod tests {
             live.tenant_index("org-b").unwrap(),
         );
         let ub = live.user(live.member(u, b).unwrap());
-        assert_eq!(live.grant(ub).roles_header.as_ref(), "viewer_own");
+        assert_eq!(live.grant(ub).roles_header.as_ref(), "sales_rep");
         // A tenants query is the list: a membership of another tenant is the build's error.
         let listed = Rows {
             tenants: vec![row(&[("id", "org-a"), ("name", "A")], &[])],
@@ -996,7 +996,7 @@ mod tests {
         let changed = Rows {
             memberships: vec![
                 membership("u", "org-b", &["admin"]),
-                membership("w", "org-c", &["viewer_own"]),
+                membership("w", "org-c", &["sales_rep"]),
                 flagged(membership("w", "org-b", &[]), "deleted", true),
                 // Deleted and unknown: nothing to do.
                 flagged(membership("w", "org-a", &[]), "deleted", true),
