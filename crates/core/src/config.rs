@@ -922,8 +922,14 @@ impl Config {
         let database = sn.database.as_ref().map(|d| {
             let line = at(d.span());
             let d = d.get_ref();
+            // At the setting's own line when it is written, else the section's.
             let mut bad = |field: &str, m: &str| {
-                errors.push(ConfigError::new(file, line, field, m));
+                errors.push(ConfigError::new(
+                    file,
+                    locate(text, field).or(line),
+                    field,
+                    m,
+                ));
             };
             if sn.url.is_some() {
                 bad("snapshot.database", "set url or database, not both");
