@@ -2,12 +2,13 @@
 //! runtime, never on a proxy worker — the admin API, the snapshot file watcher or URL puller,
 //! SIGHUP config reloads and the staleness ticker.
 //!
-//! Why one file (~1,030 lines): each source of change (the snapshot file watcher, the URL
-//! puller, the database follower, the JWKS refresher, SIGHUP, the ticker) is a loop spawned by
-//! `spawn` that offers what it read to [`State`] and backs off the same way (`backoff`).
-//! The database follower (`follow_database` to `query_rows`, about 620 lines: connection, TLS,
-//! the LISTEN wake-ups, consistent reads, incremental rounds) is the seam when one is cut, as a
-//! `control::database` module; not while the database source's tenant work edits it.
+//! Why one file (~1,200 lines with its tests): each source of change (the snapshot file
+//! watcher, the URL puller, the database follower, the JWKS refresher, SIGHUP, the ticker) is a
+//! loop spawned by `spawn` that offers what it read to [`State`] and backs off the same way
+//! (`backoff`), with the same staleness rules and swap. The database follower (from
+//! `follow_database` to `query_rows`: connection, TLS, the LISTEN wake-ups, consistent reads,
+//! per-tenant reads, incremental rounds) is the seam when one is cut, as a `control::database`
+//! module.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -358,7 +359,7 @@ async fn follow_database(state: Arc<State>) {
             let applied = match loaded {
                 Loaded::Nothing => Ok(()),
                 Loaded::Full(rows) => {
-                    let text = db_snapshot_text(&rows)?;
+                    let text = db_snapshot_text(&rows, &db)?;
                     let s = state.clone();
                     match tokio::task::spawn_blocking(move || s.replace_snapshot(&text, label))
                         .await
@@ -800,20 +801,25 @@ pub fn export_database(db: &crate::dbsource::DbSource) -> Result<String, String>
         let (Loaded::Full(rows), _) = loaded else {
             return Err("the database gave no rows".to_string());
         };
-        db_snapshot_text(&rows)
+        db_snapshot_text(&rows, db)
     })
 }
 
 /// The snapshot JSON of one load's rows, versioned by the time it was read.
-fn db_snapshot_text(rows: &crate::dbsource::Rows) -> Result<String, String> {
+fn db_snapshot_text(
+    rows: &crate::dbsource::Rows,
+    db: &crate::dbsource::DbSource,
+) -> Result<String, String> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    crate::dbsource::snapshot_text(rows, format!("db-{now}"), now)
+    crate::dbsource::snapshot_text(rows, &db.queries, format!("db-{now}"), now)
 }
 
 /// One round inside the transaction: the cursor, then what is due — every query (a full
-/// load), the incremental queries from the base cursor, or nothing.
+/// load), the incremental queries from the base cursor, or nothing. The data queries
+/// (memberships, owners, shares, related) run once per tenant with `tenant_session_sql`
+/// ([`tenant_rows`]); the others with the connection's session.
 async fn load_round(
     client: &tokio_postgres::Client,
     db: &crate::dbsource::DbSource,
@@ -835,43 +841,112 @@ async fn load_round(
         (Some(inc), Some(Some(base))) if !due.full => Some((inc, base)),
         _ => None,
     };
+    if incremental.is_some_and(|(_, base)| cursor.as_deref() == Some(base.as_str()))
+        || (incremental.is_none() && !due.full && !changed)
+    {
+        return Ok((Loaded::Nothing, cursor));
+    }
+    let q = &db.queries;
+    let mut rows = crate::dbsource::Rows::default();
+    if let Some(sql) = &q.tenants {
+        rows.tenants = query_rows(client, "tenants", sql, None).await?;
+    }
+    // With per-tenant settings, the tenants the data queries run for.
+    let tenants = if db.tenant_session_sql.is_empty() {
+        None
+    } else {
+        Some(crate::dbsource::tenant_ids(&rows.tenants)?)
+    };
+    let tenants = tenants.as_deref();
     if let Some((inc, base)) = incremental {
-        if cursor.as_deref() == Some(base.as_str()) {
-            return Ok((Loaded::Nothing, cursor));
+        if let Some(sql) = &inc.users {
+            rows.users = query_rows(client, "incremental.users", sql, Some(base)).await?;
         }
-        let mut rows = crate::dbsource::Rows::default();
         for (name, sql, into) in [
-            ("incremental.users", &inc.users, &mut rows.users),
+            (
+                "incremental.memberships",
+                &inc.memberships,
+                &mut rows.memberships,
+            ),
             ("incremental.owners", &inc.owners, &mut rows.owners),
             ("incremental.shares", &inc.shares, &mut rows.shares),
             ("incremental.related", &inc.related, &mut rows.related),
         ] {
             if let Some(sql) = sql {
-                *into = query_rows(client, name, sql, Some(base)).await?;
+                *into = tenant_rows(client, db, tenants, name, sql, Some(base)).await?;
             }
         }
         return Ok((Loaded::Incremental(rows), cursor));
     }
-    if !due.full && !changed {
-        return Ok((Loaded::Nothing, cursor));
-    }
-    let q = &db.queries;
-    let mut rows = crate::dbsource::Rows {
-        users: query_rows(client, "users", &q.users, None).await?,
-        ..Default::default()
-    };
+    rows.users = query_rows(client, "users", &q.users, None).await?;
     for (name, sql, into) in [
         ("roles", &q.roles, &mut rows.roles),
         ("api_keys", &q.api_keys, &mut rows.api_keys),
-        ("owners", &q.owners, &mut rows.owners),
-        ("shares", &q.shares, &mut rows.shares),
-        ("related", &q.related, &mut rows.related),
     ] {
         if let Some(sql) = sql {
             *into = query_rows(client, name, sql, None).await?;
         }
     }
+    for (name, sql, into) in [
+        ("memberships", &q.memberships, &mut rows.memberships),
+        ("owners", &q.owners, &mut rows.owners),
+        ("shares", &q.shares, &mut rows.shares),
+        ("related", &q.related, &mut rows.related),
+    ] {
+        if let Some(sql) = sql {
+            *into = tenant_rows(client, db, tenants, name, sql, None).await?;
+        }
+    }
     Ok((Loaded::Full(rows), cursor))
+}
+
+/// A data query's rows: run once (`tenants` is `None`), or once per tenant after its
+/// `tenant_session_sql` (`$1` the tenant), inside a savepoint rolled back after the tenant so
+/// its settings do not reach the next one (the transaction's snapshot stays the same); the
+/// rows take the tenant ([`crate::dbsource::tag_tenant`]).
+async fn tenant_rows(
+    client: &tokio_postgres::Client,
+    db: &crate::dbsource::DbSource,
+    tenants: Option<&[String]>,
+    name: &str,
+    sql: &str,
+    arg: Option<&str>,
+) -> Result<Vec<crate::dbsource::Row>, String> {
+    let Some(tenants) = tenants else {
+        return query_rows(client, name, sql, arg).await;
+    };
+    let mut settings = Vec::with_capacity(db.tenant_session_sql.len());
+    for sql in &db.tenant_session_sql {
+        settings.push(
+            client
+                .prepare_typed(sql, &[tokio_postgres::types::Type::TEXT])
+                .await
+                .map_err(|e| format!("tenant_session_sql: {e}"))?,
+        );
+    }
+    let mut out = Vec::new();
+    for tenant in tenants {
+        client
+            .batch_execute("SAVEPOINT permgate_tenant")
+            .await
+            .map_err(|e| format!("savepoint: {e}"))?;
+        for statement in &settings {
+            client
+                .query(statement, &[tenant])
+                .await
+                .map_err(|e| format!("tenant_session_sql for tenant '{tenant}': {e}"))?;
+        }
+        let mut rows = query_rows(client, name, sql, arg).await?;
+        client
+            .batch_execute(
+                "ROLLBACK TO SAVEPOINT permgate_tenant; RELEASE SAVEPOINT permgate_tenant",
+            )
+            .await
+            .map_err(|e| format!("savepoint: {e}"))?;
+        crate::dbsource::tag_tenant(&mut rows, name, tenant)?;
+        out.append(&mut rows);
+    }
+    Ok(out)
 }
 
 /// Run one of the source's queries (`arg`: its `$1`, as text): its rows, text, text-array,

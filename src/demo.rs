@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use crate::live::Overrides;
 
 pub use permgate_core::demo::{
-    demo_token, DEMO_ANALYST_API_KEY, DEMO_AUDIENCE, DEMO_CONFIG, DEMO_ISSUER, DEMO_KID,
-    DEMO_SECRET, DEMO_SNAPSHOT,
+    demo_token, demo_token_in, DEMO_ANALYST_API_KEY, DEMO_AUDIENCE, DEMO_CONFIG, DEMO_ISSUER,
+    DEMO_KID, DEMO_SECRET, DEMO_SNAPSHOT, DEMO_TENANT_CONFIG, DEMO_TENANT_SNAPSHOT,
 };
 
 /// Write the demo files, start the sample CRM, and return the config to serve with its
@@ -20,10 +20,17 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
     std::fs::write(&config_path, DEMO_CONFIG).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("snapshot.json"), DEMO_SNAPSHOT).map_err(|e| e.to_string())?;
 
-    listen
+    let address = listen
         .parse::<std::net::SocketAddr>()
         .map_err(|_| format!("--listen '{listen}' is not an IP:port address"))?;
-    crate::print_stdout(&banner(listen, &crm.to_string()))
+    // The tenant stop's gateway: tenant-aware, beside the main one, in front of the same CRM.
+    let tenant_config = dir.join("tenants.toml");
+    std::fs::write(&tenant_config, DEMO_TENANT_CONFIG).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("tenants-snapshot.json"), DEMO_TENANT_SNAPSHOT)
+        .map_err(|e| e.to_string())?;
+    let tenant_listen = tenant_address(address).to_string();
+    start_tenant_gateway(&tenant_config, &tenant_listen, crm)?;
+    crate::print_stdout(&banner(listen, &tenant_listen, &crm.to_string()))
         .map_err(|e| format!("cannot write the banner: {e}"))?;
     Ok((
         config_path,
@@ -33,6 +40,49 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
             ..Overrides::default()
         },
     ))
+}
+
+/// The tenant gateway's address: the main one's port + 1 when it is free, else a free port on
+/// the same IP.
+fn tenant_address(main: std::net::SocketAddr) -> std::net::SocketAddr {
+    let next = std::net::SocketAddr::new(main.ip(), main.port().wrapping_add(1));
+    let free =
+        |a: std::net::SocketAddr| std::net::TcpListener::bind(a).and_then(|l| l.local_addr());
+    free(next)
+        .or_else(|_| free(std::net::SocketAddr::new(main.ip(), 0)))
+        .unwrap_or(next)
+}
+
+/// Serve the demo's tenant-aware config (`config/demo/tenants.toml`) on `listen`, in front of
+/// the sample CRM, on threads of its own for the life of the process (the main gateway's
+/// signals end both: they are one process).
+fn start_tenant_gateway(
+    config: &std::path::Path,
+    listen: &str,
+    crm: std::net::SocketAddr,
+) -> Result<(), String> {
+    let state = crate::live::State::load(
+        config,
+        Overrides {
+            listen: Some(listen.to_string()),
+            upstream: Some(crm),
+            ..Overrides::default()
+        },
+    )
+    .map_err(|errors| {
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        format!("the tenant gateway's config: {}", errors.join("; "))
+    })?;
+    let state = std::sync::Arc::new(state);
+    crate::control::spawn(state.clone(), false)
+        .map_err(|e| format!("the tenant gateway's control thread: {e}"))?;
+    std::thread::Builder::new()
+        .name("permgate-demo-tenants".into())
+        .spawn(move || {
+            let _ = crate::plane::run(state, false);
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Start the sample CRM on loopback, on a runtime and thread of its own (the gateway owns the
@@ -125,8 +175,9 @@ struct Step {
     curl: String,
 }
 
-/// The guided tour: each stop one curl line and what it shows.
-fn tour(base: &str) -> Vec<Step> {
+/// The guided tour: each stop one curl line and what it shows (`tenants`: the tenant-aware
+/// gateway's base URL).
+fn tour(base: &str, tenants: &str) -> Vec<Step> {
     let rep = "-H \"Authorization: Bearer $REP\"";
     let json = "-H 'content-type: application/json'";
     let step = |shows, expect, curl: String| Step {
@@ -179,7 +230,23 @@ fn tour(base: &str) -> Vec<Step> {
                 "curl -i -X POST {base}/api/v1/tasks {rep} {json} -d '{{\"title\":\"Call back\",\"assigned_to\":[\"u-rep1\",\"u-admin\"]}}'"
             ),
         ),
-        // Tenants (issue 16 item 2): the stop that shows a call into another tenant goes here.
+        // Tenants (issue 16 item 2), on the tenant-aware gateway: Robin is ADMIN in the org he
+        // created and a rep at his employer's; the token's org_id picks the membership.
+        step(
+            "Tenants (the second gateway; the token's org_id is the call's org): Robin is ADMIN of the org he created and reads its deal 7",
+            "200",
+            format!("curl -i {tenants}/api/v1/deals/7 -H \"Authorization: Bearer $ROBIN_OWN\""),
+        ),
+        step(
+            "...at his employer acme he is a rep: Riley's deal 3 is outside his scope there",
+            "403 record_forbidden",
+            format!("curl -i {tenants}/api/v1/deals/3 -H \"Authorization: Bearer $ROBIN_ACME\""),
+        ),
+        step(
+            "...and his ADMIN role stops at his own org: deal 3 is acme's",
+            "403 record_forbidden",
+            format!("curl -i {tenants}/api/v1/deals/3 -H \"Authorization: Bearer $ROBIN_OWN\""),
+        ),
         step(
             "An API key (the data analyst's)",
             "200",
@@ -214,8 +281,9 @@ fn tour(base: &str) -> Vec<Step> {
 }
 
 /// The text the demo prints: who is who, and a tour of curl lines that work as pasted.
-pub fn banner(listen: &str, crm: &str) -> String {
+pub fn banner(listen: &str, tenant_listen: &str, crm: &str) -> String {
     let base = format!("http://{listen}");
+    let tenants = format!("http://{tenant_listen}");
     let ttl = 12 * 3600;
     let mut s = format!(
         "\npermgate demo: gateway on {base}, sample CRM on http://{crm} (never expose it)\n\
@@ -238,12 +306,28 @@ pub fn banner(listen: &str, crm: &str) -> String {
     s.push_str(&format!(
         "export ANALYST_KEY='{DEMO_ANALYST_API_KEY}'   # u-da, Dana, Data Analyst\n"
     ));
+    for (var, org, who) in [
+        (
+            "ROBIN_OWN",
+            "robin-co",
+            "the org Robin created, where he is ADMIN",
+        ),
+        ("ROBIN_ACME", "acme", "Robin's employer, where he is a rep"),
+    ] {
+        s.push_str(&format!(
+            "export {var}='{}'   # u-rep2 in {org}: {who} (tenant gateway)\n",
+            demo_token_in("u-rep2", Some(org), ttl)
+        ));
+    }
+    s.push_str(&format!(
+        "# The tenant stops go to a second, tenant-aware gateway on {tenants} (config/demo/tenants.toml, embedded)\n"
+    ));
     s.push_str("\n# 2. Then the tour: each line shows one thing → the answer to expect\n");
     for Step {
         shows,
         expect,
         curl,
-    } in tour(&base)
+    } in tour(&base, &tenants)
     {
         s.push_str(&format!("# {shows} → {expect}\n{curl}\n"));
     }
@@ -277,5 +361,26 @@ mod tests {
             .unwrap();
         assert!(config.routes.len() > 80);
         assert_eq!(s.user_count(), 9);
+    }
+
+    #[test]
+    fn demo_tenant_config_and_snapshot_load_and_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            crate::config::Config::parse("tenants.toml", DEMO_TENANT_CONFIG, dir.path()).unwrap();
+        let s = crate::snapshot::Snapshot::build(
+            "tenants-snapshot.json",
+            DEMO_TENANT_SNAPSHOT,
+            &config.catalog,
+        )
+        .unwrap();
+        assert_eq!(s.tenant_count(), 2);
+        assert!(crate::live::tenants_mismatch(&config, &s, "demo").is_none());
+        // The tour's tokens name the organisation.
+        let v: toml::Value = toml::from_str(DEMO_TENANT_CONFIG).unwrap();
+        assert_eq!(
+            v["identity"]["jwt"]["keys"][0]["secret"].as_str(),
+            Some(DEMO_SECRET)
+        );
     }
 }

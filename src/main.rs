@@ -455,6 +455,9 @@ fn export_snapshot(config: &Path, out: Option<&Path>) -> Result<String, Vec<Stri
     let text = control::export_database(db).map_err(|e| vec![format!("database: {e}")])?;
     let snapshot = permgate::snapshot::Snapshot::build("database", &text, &config.catalog)
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    if let Some(e) = permgate::live::tenants_mismatch(&config, &snapshot, "database") {
+        return Err(vec![e]);
+    }
     let summary = format!(
         "snapshot {}: {} user(s), {} service principal(s)",
         snapshot.version,

@@ -3,6 +3,9 @@
 //! tests run as root), a read-only role that is not a superuser, row-level security on the
 //! records table; ordinary SQL the way the CRM would write it; the gateway's decisions follow
 //! within the poll interval.
+//!
+//! Why one file (~1,000 lines): every test here starts its own PostgreSQL cluster with the
+//! helpers at the top; the tenant tests reuse the schema and the follower config.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
@@ -742,4 +745,289 @@ async fn a_fleet_of_two_replicas_converges() {
         .await
         .unwrap();
     assert!(both("u-rep1", 1, 403).await, "a hard delete");
+}
+
+/// Tenants in the CRM's schema: organisations, per-organisation memberships (roles, manager)
+/// under row-level security like the leads, and a change marker the gateway's role may read
+/// across organisations (a `SECURITY DEFINER` function owned by the schema's owner, which row
+/// -level security does not restrict). U (`u-rep1`) is ADMIN in acme, a limited rep in globex.
+const TENANT_SCHEMA: &str = r#"
+CREATE TABLE orgs (id text PRIMARY KEY, name text NOT NULL);
+CREATE TABLE org_members (user_id text NOT NULL, org text NOT NULL, roles text[] NOT NULL,
+                          teams text[], manager text, deleted boolean NOT NULL DEFAULT false,
+                          updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                          PRIMARY KEY (user_id, org));
+ALTER TABLE org_members ENABLE ROW LEVEL SECURITY;
+CREATE POLICY per_org ON org_members USING (org = current_setting('app.current_org', true));
+GRANT SELECT ON orgs, org_members TO permgate_ro;
+CREATE FUNCTION crm_changes() RETURNS text LANGUAGE sql STABLE SECURITY DEFINER AS $$
+  SELECT greatest((SELECT max(updated_at) FROM leads), (SELECT max(updated_at) FROM org_members),
+                  (SELECT max(updated_at) FROM crm_users), '-infinity')::text
+$$;
+GRANT EXECUTE ON FUNCTION crm_changes() TO permgate_ro;
+INSERT INTO orgs VALUES ('acme', 'Acme, U''s own'), ('globex', 'Globex, U''s employer');
+INSERT INTO org_members (user_id, org, roles, manager) VALUES
+  ('u-rep1', 'acme', '{admin}', NULL),
+  ('u-rep2', 'acme', '{limited_rep}', 'u-rep1'),
+  ('u-rep1', 'globex', '{limited_rep}', 'u-sm'),
+  ('u-sm', 'globex', '{admin}', NULL);
+INSERT INTO leads (id, org, owner) VALUES (3, 'globex', 'u-sm');
+"#;
+
+/// A tenant-aware gateway (the call's tenant from the token's `org_id`) following the CRM's
+/// database: per-organisation session settings before the data queries, incremental queries
+/// for memberships and leads. `queries`: the lines of `[snapshot.database.queries]`.
+fn tenant_config(port: u16, queries: &str) -> (String, u16) {
+    let (admin, admin_port) = admin_section();
+    let text = config().replacen("path = \"snapshot.json\"", "path = \"absent.json\"", 1)
+        + &admin
+        + &format!(
+            r#"
+[tenants]
+from = "claim:org_id"
+
+[snapshot.database]
+url = "{url}"
+poll_interval_ms = 200
+reconcile_interval_ms = 600000
+tenant_session_sql = ["SELECT set_config('app.current_org', $1, false)"]
+
+[snapshot.database.queries]
+{queries}
+
+[snapshot.database.incremental]
+overlap_ms = 1000
+users = "SELECT id FROM crm_users WHERE updated_at > $1::timestamptz"
+memberships = "SELECT user_id, org AS tenant, roles, teams, manager, deleted FROM org_members WHERE updated_at > $1::timestamptz"
+owners = "SELECT 'lead' AS type, id::text AS id, owner, org AS tenant FROM leads WHERE updated_at > $1::timestamptz"
+"#,
+            url = ro_url(port)
+        );
+    (text, admin_port)
+}
+
+const TENANT_QUERIES: &str = r#"users = "SELECT id FROM crm_users"
+roles = "SELECT 'limited_rep' AS id, ARRAY['lead.view@own+shared'] AS permissions"
+tenants = "SELECT id, name FROM orgs ORDER BY id"
+memberships = "SELECT user_id, org AS tenant, roles, teams, manager FROM org_members WHERE NOT deleted"
+owners = "SELECT 'lead' AS type, id::text AS id, owner, org AS tenant FROM leads"
+cursor = "SELECT crm_changes()""#;
+
+/// GET lead `lead` as `user` in organisation `org`: "200" when it reached the CRM, else the
+/// gateway's error code.
+async fn org_call(h: &Harness, user: &str, org: &str, lead: u32) -> String {
+    let now = unix_now();
+    let claims = serde_json::json!({
+        "sub": user, "org_id": org, "iss": permgate::demo::DEMO_ISSUER,
+        "aud": permgate::demo::DEMO_AUDIENCE, "iat": now, "nbf": now - 60, "exp": now + 3600,
+    });
+    h.clear();
+    let r = client()
+        .get(h.url(&format!("/api/v1/leads/{lead}")))
+        .header(
+            "authorization",
+            format!("Bearer {}", demo_key_token(&claims, Some("demo-hs256"))),
+        )
+        .send()
+        .await
+        .unwrap();
+    if !h.received().is_empty() {
+        return "200".into();
+    }
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    body["error"]
+        .as_str()
+        .map_or_else(|| status.to_string(), str::to_string)
+}
+
+async fn org_follows(h: &Harness, user: &str, org: &str, lead: u32, want: &str) -> bool {
+    eventually(10, || async { org_call(h, user, org, lead).await == want }).await
+}
+
+/// Tenants from the CRM's database (issues 16 and 17): memberships per organisation read under
+/// row-level security (one session setting per organisation), leads with their organisation.
+/// U is ADMIN in acme and a limited rep in globex; a lead inserted in globex, U's role changed
+/// in globex, a membership added and removed (a soft delete) — the gateway's decisions follow
+/// within the poll interval, and a lead of another organisation is `record_forbidden` whatever
+/// the role. `snapshot export` writes the tenant snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_follow_the_crms_database() {
+    let pg = Postgres::start();
+    let su = pg.superuser().await;
+    su.batch_execute(SCHEMA).await.unwrap();
+    su.batch_execute(TENANT_SCHEMA).await.unwrap();
+    let (text, admin) = tenant_config(pg.port, TENANT_QUERIES);
+    let h = Harness::with_config_text(&text, &[]).await;
+    let follows = |user: &'static str, org: &'static str, lead: u32, want: &'static str| {
+        org_follows(&h, user, org, lead, want)
+    };
+    // The first load: U as ADMIN of acme reads u-rep2's lead 2; as a rep of globex, not
+    // u-sm's lead 3.
+    assert!(
+        follows("u-rep1", "acme", 2, "200").await,
+        "{}",
+        h.log_text()
+    );
+    assert_eq!(
+        org_call(&h, "u-rep1", "globex", 3).await,
+        "record_forbidden"
+    );
+    // A lead of another organisation, whatever the role there.
+    assert_eq!(org_call(&h, "u-rep1", "acme", 3).await, "record_forbidden");
+    assert_eq!(
+        org_call(&h, "u-rep1", "globex", 1).await,
+        "record_forbidden"
+    );
+    assert_eq!(org_call(&h, "u-rep2", "globex", 3).await, "not_a_member");
+    // Wait out the first overlap window (a change in it is a full load), then follow.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // A lead inserted in globex for U: U reads it there, not through acme.
+    su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (40, 'globex', 'u-rep1')")
+        .await
+        .unwrap();
+    assert!(
+        follows("u-rep1", "globex", 40, "200").await,
+        "an inserted lead"
+    );
+    assert_eq!(org_call(&h, "u-rep1", "acme", 40).await, "record_forbidden");
+    // U's role in globex changes to admin: U reads u-sm's lead 3 there; acme's lead 1 stays
+    // another organisation's.
+    su.batch_execute(
+        "UPDATE org_members SET roles = '{admin}', updated_at = clock_timestamp() \
+         WHERE user_id = 'u-rep1' AND org = 'globex'",
+    )
+    .await
+    .unwrap();
+    assert!(follows("u-rep1", "globex", 3, "200").await, "a role change");
+    assert_eq!(
+        org_call(&h, "u-rep1", "globex", 1).await,
+        "record_forbidden"
+    );
+    assert_eq!(
+        org_call(&h, "u-rep1", "acme", 2).await,
+        "200",
+        "acme unchanged"
+    );
+    // A membership added: u-rep2 joins globex as admin.
+    su.batch_execute(
+        "INSERT INTO org_members (user_id, org, roles) VALUES ('u-rep2', 'globex', '{admin}')",
+    )
+    .await
+    .unwrap();
+    assert!(
+        follows("u-rep2", "globex", 3, "200").await,
+        "a membership added"
+    );
+    // ...and removed (soft delete): u-rep2 is no member of globex again.
+    su.batch_execute(
+        "UPDATE org_members SET deleted = true, updated_at = clock_timestamp() \
+         WHERE user_id = 'u-rep2' AND org = 'globex'",
+    )
+    .await
+    .unwrap();
+    assert!(
+        follows("u-rep2", "globex", 3, "not_a_member").await,
+        "a membership removed"
+    );
+    assert_eq!(
+        org_call(&h, "u-rep2", "acme", 2).await,
+        "200",
+        "acme's stays"
+    );
+    let (full, batches, _) = db_counters(admin).await;
+    assert_eq!(full, 1, "the changes came as incremental batches");
+    assert!(batches >= 4, "{batches}");
+
+    // `permgate snapshot export`: the tenant snapshot.
+    let dir = config_dir(&text);
+    let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["snapshot", "export", "--config"])
+        .arg(dir.path().join("c.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["tenants"],
+        serde_json::json!([
+            {"id": "acme", "name": "Acme, U's own"},
+            {"id": "globex", "name": "Globex, U's employer"}
+        ])
+    );
+    let u = json["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == "u-rep1")
+        .unwrap();
+    assert_eq!(
+        u["memberships"],
+        serde_json::json!([
+            {"tenant": "acme", "roles": ["admin"]},
+            {"tenant": "globex", "roles": ["admin"], "manager": "u-sm"}
+        ]),
+        "{u}"
+    );
+    let rep2 = json["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == "u-rep2")
+        .unwrap();
+    assert_eq!(rep2["memberships"].as_array().unwrap().len(), 1, "{rep2}");
+    let owners = json["records"]["owners"].to_string();
+    assert!(
+        owners.contains(r#""id":"40","owner":"u-rep1","tenant":"globex""#),
+        "{owners}"
+    );
+    assert!(
+        owners.contains(r#""id":"1","owner":"u-rep1","tenant":"acme""#),
+        "{owners}"
+    );
+}
+
+/// The memberships query and `[tenants]` go together: either without the other is refused at
+/// load, naming the setting; so are per-tenant settings without the tenants they run for.
+#[test]
+fn tenant_database_settings_are_checked() {
+    let refused = |text: &str, says: &str| {
+        let out = check_config_text(text);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{says}: {err}");
+    };
+    let without = TENANT_QUERIES
+        .lines()
+        .filter(|l| !l.starts_with("memberships"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (text, _) = tenant_config(5432, &without);
+    let text = text.replace(
+        "\nmemberships = \"SELECT user_id, org AS tenant, roles, teams, manager, deleted FROM org_members WHERE updated_at > $1::timestamptz\"",
+        "",
+    );
+    refused(
+        &text,
+        "snapshot.database.queries.memberships: required with [tenants]",
+    );
+    let (text, _) = tenant_config(5432, TENANT_QUERIES);
+    refused(
+        &text.replace("[tenants]\nfrom = \"claim:org_id\"", ""),
+        "snapshot.database.queries.memberships: memberships need [tenants]",
+    );
+    let no_list = TENANT_QUERIES
+        .lines()
+        .filter(|l| !l.starts_with("tenants"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    refused(
+        &tenant_config(5432, &no_list).0,
+        "snapshot.database.tenant_session_sql: needs snapshot.database.queries.tenants",
+    );
 }

@@ -99,8 +99,13 @@ fn shell_words(line: &str, env: &BTreeMap<String, String>) -> Vec<String> {
     words
 }
 
-/// The request a printed curl line sends (only the options the tour uses; any other fails).
-fn curl_request(line: &str, env: &BTreeMap<String, String>, gateway: SocketAddr) -> CurlRequest {
+/// The request a printed curl line sends (only the options the tour uses; any other fails),
+/// and which of the demo's gateways it goes to.
+fn curl_request(
+    line: &str,
+    env: &BTreeMap<String, String>,
+    gateways: &[SocketAddr],
+) -> (SocketAddr, CurlRequest) {
     let words = shell_words(line, env);
     assert_eq!(words[0], "curl", "{line}");
     let mut method: Option<String> = None;
@@ -126,9 +131,10 @@ fn curl_request(line: &str, env: &BTreeMap<String, String>, gateway: SocketAddr)
         }
     }
     let url = url.unwrap_or_else(|| panic!("no URL: {line}"));
-    let rest = url
-        .strip_prefix(&format!("http://{gateway}"))
-        .unwrap_or_else(|| panic!("{url} is not the gateway's ({gateway})"));
+    let (gateway, rest) = gateways
+        .iter()
+        .find_map(|g| Some((*g, url.strip_prefix(&format!("http://{g}"))?)))
+        .unwrap_or_else(|| panic!("{url} is not a gateway's ({gateways:?})"));
     assert!(
         path_as_is || !(rest.contains("/./") || rest.contains("/../")),
         "curl would remove the dot segments of {rest} (use --path-as-is)"
@@ -152,12 +158,15 @@ fn curl_request(line: &str, env: &BTreeMap<String, String>, gateway: SocketAddr)
             "application/x-www-form-urlencoded".into(),
         ));
     }
-    CurlRequest {
-        method,
-        target: rest.to_string(),
-        headers,
-        body,
-    }
+    (
+        gateway,
+        CurlRequest {
+            method,
+            target: rest.to_string(),
+            headers,
+            body,
+        },
+    )
 }
 
 /// An answer: status, headers (lowercase names), body.
@@ -374,8 +383,17 @@ fn every_line_the_demo_prints_does_what_it_says() {
     }
     assert_eq!(
         env.keys().collect::<Vec<_>>(),
-        ["ADMIN", "ANALYST_KEY", "REP"]
+        ["ADMIN", "ANALYST_KEY", "REP", "ROBIN_ACME", "ROBIN_OWN"]
     );
+    // The tenant stops' gateway, beside the main one.
+    let tenant_gateway: SocketAddr = banner
+        .iter()
+        .find_map(|l| l.split("tenant-aware gateway on http://").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("no tenant gateway in {banner:#?}"))
+        .parse()
+        .unwrap();
+    assert_ne!(tenant_gateway, gateway);
     let steps: Vec<(&str, &str, &str)> = banner
         .windows(2)
         .filter_map(|w| {
@@ -389,16 +407,18 @@ fn every_line_the_demo_prints_does_what_it_says() {
     assert!(steps.len() >= 12, "{banner:#?}");
 
     let up = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect_timeout(&gateway, Duration::from_millis(100)).is_err() {
-        assert!(Instant::now() < up, "the demo gateway never listened");
-        std::thread::sleep(Duration::from_millis(50));
+    for g in [gateway, tenant_gateway] {
+        while TcpStream::connect_timeout(&g, Duration::from_millis(100)).is_err() {
+            assert!(Instant::now() < up, "the demo gateway {g} never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     let mut seen = Vec::new();
     for (what, expect, line) in &steps {
-        let req = curl_request(line, &env, gateway);
+        let (to, req) = curl_request(line, &env, &[gateway, tenant_gateway]);
         let before = crm_log(crm).len();
-        let a = send(gateway, &req);
+        let a = send(to, &req);
         check(what, expect, &a);
         assert!(a.header("x-request-id").is_some(), "{what}");
         let reached: Vec<serde_json::Value> = crm_log(crm).split_off(before);
@@ -434,9 +454,33 @@ fn every_line_the_demo_prints_does_what_it_says() {
         if expect.contains("assignee_forbidden") {
             seen.push("assignees");
         }
+        if to == tenant_gateway {
+            // The tenant stops: what reached the CRM names the call's tenant.
+            if let Some(r) = reached.first() {
+                assert_eq!(
+                    crm_header(r, "x-permgate-tenant"),
+                    Some("robin-co"),
+                    "{what}"
+                );
+                assert_eq!(crm_header(r, "x-permgate-roles"), Some("admin"), "{what}");
+                seen.push("tenant allowed");
+            }
+            if expect.contains("record_forbidden") {
+                seen.push("tenant refused");
+            }
+        }
     }
     // The tour shows the product: each of these is in it.
-    for want in ["scope", "head", "list", "bulk", "assignees", "spoof"] {
+    for want in [
+        "scope",
+        "head",
+        "list",
+        "bulk",
+        "assignees",
+        "spoof",
+        "tenant allowed",
+        "tenant refused",
+    ] {
         assert!(seen.contains(&want), "the tour lost its {want} stop");
     }
 }

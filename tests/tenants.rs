@@ -634,3 +634,83 @@ async fn a_config_and_a_snapshot_that_disagree_on_tenants_are_refused_at_load() 
         "last good config kept"
     );
 }
+
+/// The audit of a membership change, where the binary writes it (`/status` recent changes and
+/// the `permgate::audit` log): a membership added and one removed (`memberships_added`,
+/// `memberships_removed`, with the roles held) and a role changed in one tenant
+/// (`roles_changed` carrying the tenant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_are_audited_with_their_tenant() {
+    let (admin, port) = admin_section();
+    let (h, _dir) = start(&config(r#"from = "claim:org_id""#, &admin)).await;
+    let admin_call = |method: reqwest::Method, path: &'static str, body: Option<String>| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        async move {
+            let mut r = client()
+                .request(method, url)
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+            if let Some(b) = body {
+                r = r.body(b);
+            }
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let batch = json!({"changes": [
+        {"op": "set_roles", "user": "u", "tenant": "org-b", "roles": ["admin"]},
+        {"op": "set_membership", "user": "w", "tenant": "org-b", "roles": ["case_rep"]},
+        {"op": "remove_membership", "user": "u", "tenant": "org-a"}
+    ]});
+    let (s, v) = admin_call(
+        reqwest::Method::POST,
+        "/snapshot/changes",
+        Some(batch.to_string()),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    // The decisions follow: U is no member of org A any more, ADMIN in org B.
+    let (_, body) = get(
+        &h,
+        &token_in("u", Some("org-a")),
+        &format!("/api/orgs/org-a/cases/{A1}"),
+    )
+    .await;
+    assert_eq!(body["error"], "not_a_member", "{body}");
+    let (_, me) = get(&h, &token_in("u", Some("org-b")), "/_permgate/me").await;
+    assert_eq!(me["roles"], json!(["admin"]), "{me}");
+
+    let (_, st) = admin_call(reqwest::Method::GET, "/status", None).await;
+    let last = st["recent_changes"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["kind"], "snapshot", "{last}");
+    assert_eq!(last["outcome"], "accepted", "{last}");
+    let changes = &last["changes"];
+    assert_eq!(
+        changes["roles_changed"]["items"],
+        json!([{"user": "u", "tenant": "org-b", "before": ["case_rep"], "after": ["admin"]}]),
+        "{last}"
+    );
+    assert_eq!(
+        changes["memberships_added"]["items"],
+        json!([{"user": "w", "tenant": "org-b", "roles": ["case_rep"]}]),
+        "{last}"
+    );
+    assert_eq!(
+        changes["memberships_removed"]["items"],
+        json!([{"user": "u", "tenant": "org-a", "roles": ["admin"]}]),
+        "{last}"
+    );
+    // The same event in the log, as one JSON object under the audit target.
+    let log = h.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("permgate::audit") && l.contains("memberships_added"))
+        .unwrap_or_else(|| panic!("no audit line:\n{log}"));
+    assert!(line.contains("org-a"), "{line}");
+    assert!(line.contains("memberships_removed"), "{line}");
+}

@@ -922,8 +922,14 @@ impl Config {
         let database = sn.database.as_ref().map(|d| {
             let line = at(d.span());
             let d = d.get_ref();
+            // At the setting's own line when it is written, else the section's.
             let mut bad = |field: &str, m: &str| {
-                errors.push(ConfigError::new(file, line, field, m));
+                errors.push(ConfigError::new(
+                    file,
+                    locate(text, field).or(line),
+                    field,
+                    m,
+                ));
             };
             if sn.url.is_some() {
                 bad("snapshot.database", "set url or database, not both");
@@ -961,7 +967,39 @@ impl Config {
             if d.queries.users.trim().is_empty() {
                 bad("snapshot.database.queries.users", "must not be empty");
             }
+            // Tenants: the memberships query and `[tenants]` go together (the snapshot and the
+            // config must agree on tenants, `permgate::live::tenants_mismatch`).
+            let blank = |q: &Option<String>| q.as_deref().is_none_or(|q| q.trim().is_empty());
+            match (raw.tenants.is_some(), blank(&d.queries.memberships)) {
+                (true, true) => bad(
+                    "snapshot.database.queries.memberships",
+                    "required with [tenants]: the SQL yielding user_id, tenant, roles (and teams, manager) per membership",
+                ),
+                (false, false) => bad(
+                    "snapshot.database.queries.memberships",
+                    "memberships need [tenants] (where a call's tenant comes from); without tenants, roles come from the users query",
+                ),
+                _ => {}
+            }
+            if !d.tenant_session_sql.is_empty() && blank(&d.queries.tenants) {
+                bad(
+                    "snapshot.database.tenant_session_sql",
+                    "needs snapshot.database.queries.tenants (the tenants it runs for)",
+                );
+            }
+            if !blank(&d.queries.tenants) && raw.tenants.is_none() {
+                bad(
+                    "snapshot.database.queries.tenants",
+                    "tenants need [tenants] (where a call's tenant comes from)",
+                );
+            }
             if let Some(inc) = &d.incremental {
+                if !blank(&inc.memberships) && blank(&d.queries.memberships) {
+                    bad(
+                        "snapshot.database.incremental.memberships",
+                        "needs snapshot.database.queries.memberships",
+                    );
+                }
                 if d.queries.cursor.is_none() {
                     bad(
                         "snapshot.database.incremental",
@@ -974,13 +1012,19 @@ impl Config {
                         "must be at most reconcile_interval_ms",
                     );
                 }
-                let none = [&inc.users, &inc.owners, &inc.shares, &inc.related]
-                    .iter()
+                let none = [
+                    &inc.users,
+                    &inc.owners,
+                    &inc.shares,
+                    &inc.related,
+                    &inc.memberships,
+                ]
+                .iter()
                     .all(|q| q.as_deref().is_none_or(|q| q.trim().is_empty()));
                 if none {
                     bad(
                         "snapshot.database.incremental",
-                        "names none of users, owners, shares, related",
+                        "names none of users, memberships, owners, shares, related",
                     );
                 }
             }
@@ -1028,6 +1072,7 @@ impl Config {
                 poll_interval: Duration::from_millis(d.poll_interval_ms),
                 reconcile_interval: Duration::from_millis(d.reconcile_interval_ms),
                 session_sql: d.session_sql.clone(),
+                tenant_session_sql: d.tenant_session_sql.clone(),
                 queries: d.queries.clone(),
             }
         });

@@ -3,6 +3,16 @@
 //! related records; permgate builds the snapshot from the rows and swaps it in like any other
 //! (validated whole; a refused one leaves the last good snapshot live).
 //!
+//! With tenants (`[tenants]` in the config, issue 16), the `memberships` query gives each user's
+//! roles, teams and manager per tenant, and the `owners` rows a `tenant` column; the snapshot's
+//! tenants are the `tenants` query's rows, else every tenant those rows name. With
+//! `tenant_session_sql`, the data queries (memberships, owners, shares, related) run once per
+//! tenant of the `tenants` query, after that tenant's session settings (row-level security:
+//! `SELECT set_config('app.current_org', $1, false)`, `$1` the tenant), each tenant inside a
+//! savepoint rolled back after it, so no setting leaks into the next; their rows take that
+//! tenant (a row whose own `tenant` column names another is refused: the settings do not
+//! restrict the query).
+//!
 //! The gateway loads everything at start and every `reconcile_interval_ms`; in between, every
 //! `poll_interval_ms` it runs the `cursor` query (one value, e.g. `SELECT max(updated_at)::text
 //! FROM …`) and loads again as soon as that value changes. A database outage keeps the last good
@@ -11,6 +21,10 @@
 //! The driver is `tokio-postgres` (the async PostgreSQL driver the Rust ecosystem settled on,
 //! pure Rust, on the tokio runtime we already run); this module holds the settings and the
 //! rows → snapshot step, which does no I/O (the server's control thread runs the queries).
+//!
+//! Why one file (~730 lines without its tests): the full load and the incremental rounds turn
+//! the same rows into the same snapshot, the one as JSON and the other as change batches; they
+//! are read side by side so a column added to one is added to the other.
 
 use std::time::Duration;
 
@@ -20,7 +34,7 @@ use crate::ids::canonical_id;
 use crate::records::{
     Found, Principal, RawId, RawOwner, RawRecords, RawRelated, RawShare, UserIdx,
 };
-use crate::snapshot::{RawRole, RawSnapshot, RawUser, Snapshot};
+use crate::snapshot::{RawMembership, RawRole, RawSnapshot, RawTenant, RawUser, Snapshot};
 
 /// `[snapshot.database]`, validated.
 #[derive(Clone)]
@@ -32,6 +46,8 @@ pub struct DbSource {
     /// Run on the connection before the queries (`SET ROLE`, `set_config('app.current_org',
     /// …)` for row-level security, a statement timeout).
     pub session_sql: Vec<String>,
+    /// Run before the data queries of each tenant, `$1` the tenant's id (module docs).
+    pub tenant_session_sql: Vec<String>,
     pub queries: DbQueries,
     /// `[snapshot.database.incremental]`: between full loads, the rows changed since a cursor
     /// value are applied as one change batch (without it, a cursor change is a full load).
@@ -74,6 +90,10 @@ pub struct DbIncremental {
     pub shares: Option<String>,
     #[serde(default)]
     pub related: Option<String>,
+    /// With tenants: `user_id text, tenant text, roles text[]`, optional `teams text[]`,
+    /// `manager text`, `deleted bool` (a soft delete: the membership is removed).
+    #[serde(default)]
+    pub memberships: Option<String>,
     /// How far back each round reads: `$1` is the cursor value read at least this long ago,
     /// so a transaction that commits late with an older cursor value is still read (rows read
     /// again change nothing). Milliseconds.
@@ -111,7 +131,8 @@ pub struct DbQueries {
     /// `user_id text, sha256 text` (the hex SHA-256 of each API key).
     #[serde(default)]
     pub api_keys: Option<String>,
-    /// `type text, id text, owner text` (owner may be NULL).
+    /// `type text, id text, owner text` (owner may be NULL); with tenants also `tenant text`
+    /// (or the tenant of the round, with `tenant_session_sql`).
     #[serde(default)]
     pub owners: Option<String>,
     /// `type text, id text` and one of `user_id text`, `team text`, `role text`.
@@ -120,9 +141,19 @@ pub struct DbQueries {
     /// `type text, id text, parent_type text, parent_id text`.
     #[serde(default)]
     pub related: Option<String>,
-    /// One row, one value (cast to `text`) that changes when the data does.
+    /// One row, one value (cast to `text`) that changes when the data does. Run with the
+    /// connection's session (never a tenant's): it must see every tenant's changes.
     #[serde(default)]
     pub cursor: Option<String>,
+    /// With tenants: `id text`, optional `name text`: the tenants (else every tenant the
+    /// memberships and owners rows name). Required with `tenant_session_sql` (the tenants it
+    /// runs for).
+    #[serde(default)]
+    pub tenants: Option<String>,
+    /// With tenants (required then): `user_id text, tenant text, roles text[]`, optional
+    /// `teams text[]`, `manager text` (a user id, a member of the same tenant).
+    #[serde(default)]
+    pub memberships: Option<String>,
 }
 
 /// One row as the queries give it: column name → value (text, a text array, or a boolean;
@@ -135,7 +166,8 @@ pub struct Row {
 }
 
 impl Row {
-    fn text(&self, column: &str) -> Option<&str> {
+    /// A text column's value (`None`: absent or NULL).
+    pub fn text(&self, column: &str) -> Option<&str> {
         self.text
             .iter()
             .find(|(c, _)| c == column)
@@ -170,11 +202,49 @@ pub struct Rows {
     pub owners: Vec<Row>,
     pub shares: Vec<Row>,
     pub related: Vec<Row>,
+    pub tenants: Vec<Row>,
+    pub memberships: Vec<Row>,
+}
+
+/// The ids of the `tenants` query's rows (the tenants `tenant_session_sql` runs for).
+pub fn tenant_ids(rows: &[Row]) -> Result<Vec<String>, String> {
+    let mut ids: Vec<String> = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        let id = r.need("tenants", i, "id")?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Give each row of a tenant's round its tenant: a row without a `tenant` column takes
+/// `tenant`; one whose column names another is refused (the tenant's session settings did not
+/// restrict the query, so its rows cannot be told apart).
+pub fn tag_tenant(rows: &mut [Row], query: &str, tenant: &str) -> Result<(), String> {
+    for (i, r) in rows.iter_mut().enumerate() {
+        match r.text("tenant") {
+            None => r.text.push(("tenant".to_string(), tenant.to_string())),
+            Some(t) if t == tenant => {}
+            Some(t) => {
+                return Err(format!(
+                    "{query}[{i}]: tenant '{t}' read in the round of tenant '{tenant}' (tenant_session_sql must restrict the query to its tenant)"
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The snapshot the rows describe, as the JSON text every source hands over (so it is
-/// validated and built the one way). `version` names the load.
-pub fn snapshot_text(rows: &Rows, version: String, generated_at: u64) -> Result<String, String> {
+/// validated and built the one way). `version` names the load. With a `memberships` query
+/// (`queries`), the snapshot has tenants (module docs).
+pub fn snapshot_text(
+    rows: &Rows,
+    queries: &DbQueries,
+    version: String,
+    generated_at: u64,
+) -> Result<String, String> {
     let mut users = Vec::with_capacity(rows.users.len());
     let mut index = std::collections::HashMap::new();
     for (i, r) in rows.users.iter().enumerate() {
@@ -193,6 +263,40 @@ pub fn snapshot_text(rows: &Rows, version: String, generated_at: u64) -> Result<
         users[*u]
             .api_keys
             .push(format!("sha256:{}", digest.to_ascii_lowercase()));
+    }
+    for (i, r) in rows.memberships.iter().enumerate() {
+        let user = r.need("memberships", i, "user_id")?;
+        let u = index
+            .get(&user)
+            .ok_or_else(|| format!("memberships[{i}]: unknown user '{user}'"))?;
+        users[*u].memberships.push(raw_membership(r, i)?);
+    }
+    let mut tenants: Vec<RawTenant> = Vec::new();
+    if queries.memberships.is_some() {
+        for (i, r) in rows.tenants.iter().enumerate() {
+            let id = r.need("tenants", i, "id")?;
+            if !tenants.iter().any(|t| t.id == id) {
+                tenants.push(RawTenant {
+                    id,
+                    name: r.text("name").map(str::to_string),
+                });
+            }
+        }
+        if queries.tenants.is_none() {
+            // Every tenant the rows name, in a stable order.
+            let mut named: Vec<&str> = rows
+                .memberships
+                .iter()
+                .chain(&rows.owners)
+                .filter_map(|r| r.text("tenant"))
+                .collect();
+            named.sort_unstable();
+            named.dedup();
+            tenants.extend(named.into_iter().map(|id| RawTenant {
+                id: id.to_string(),
+                name: None,
+            }));
+        }
     }
     let roles = rows
         .roles
@@ -214,7 +318,7 @@ pub fn snapshot_text(rows: &Rows, version: String, generated_at: u64) -> Result<
             record_type: r.need("owners", i, "type")?,
             id: id(r.need("owners", i, "id")?),
             owner: r.text("owner").map(str::to_string),
-            tenant: None,
+            tenant: r.text("tenant").map(str::to_string),
         });
     }
     for (i, r) in rows.shares.iter().enumerate() {
@@ -244,8 +348,7 @@ pub fn snapshot_text(rows: &Rows, version: String, generated_at: u64) -> Result<
         records: has_records.then_some(records),
         // Service principals come from the snapshot file or a URL source, not yet from SQL.
         services: Vec::new(),
-        // Tenants (memberships) likewise: the database source's query is another piece of work.
-        tenants: Vec::new(),
+        tenants,
     };
     Ok(raw.to_json())
 }
@@ -259,9 +362,11 @@ type Key = (String, String);
 /// `live` does not know is skipped. Each row is the whole current state of what it names, as
 /// in the full query: a column left out or NULL is empty. An existing user's roles, teams,
 /// manager and `disabled` follow (`name`, `email` and API keys at the next full load); a new
-/// user comes with its name and email. Order: new users, user changes, records (owners, then
-/// related objects), shares, unshares, removed records (related objects first), removed users
-/// — so every change names what the batch has by then.
+/// user comes with its name and email. With tenants, a memberships row is a membership's whole
+/// state, and a record's tenant is its row's `tenant` (a related object's, else its parent's).
+/// Order: new tenants, new users, user changes, memberships, records (owners, then related
+/// objects), shares, unshares, removed records (related objects first), removed memberships,
+/// removed users — so every change names what the batch has by then.
 pub fn incremental_changes(
     rows: &Rows,
     live: &Snapshot,
@@ -340,7 +445,97 @@ pub fn incremental_changes(
         }
     }
 
+    // Tenants: a tenant the live snapshot does not know is added first (its name from the
+    // `tenants` rows when they give one), so the memberships and records below may name it.
+    let mut new_tenants: Vec<Change> = Vec::new();
+    if live.has_tenants() {
+        let mut named: Vec<(String, Option<String>)> = Vec::new();
+        for (i, r) in rows.tenants.iter().enumerate() {
+            named.push((
+                r.need("tenants", i, "id")?,
+                r.text("name").map(str::to_string),
+            ));
+        }
+        for r in rows
+            .memberships
+            .iter()
+            .chain(&rows.owners)
+            .chain(&rows.related)
+        {
+            if let Some(t) = r.text("tenant") {
+                named.push((t.to_string(), None));
+            }
+        }
+        for (id, name) in named {
+            let added = new_tenants
+                .iter()
+                .any(|c| matches!(c, Change::UpsertTenant { tenant } if tenant.id == id));
+            if live.tenant_index(&id).is_none() && !added {
+                new_tenants.push(Change::UpsertTenant {
+                    tenant: RawTenant { id, name },
+                });
+            }
+        }
+    }
+
+    // Memberships: each row is the membership's whole state (set when it differs), or a
+    // `deleted` one (removed when the snapshot has it).
+    let mut memberships = Vec::new();
+    let mut removed_memberships = Vec::new();
+    for (i, r) in rows.memberships.iter().enumerate() {
+        check_flag(r, "memberships", i, "deleted")?;
+        let user = r.need("memberships", i, "user_id")?;
+        let wanted = raw_membership(r, i)?;
+        let held = live
+            .user_index(&user)
+            .zip(live.tenant_index(&wanted.tenant))
+            .and_then(|(p, t)| live.member(p, t))
+            .map(|m| live.user(m));
+        if r.flag("deleted") {
+            if held.is_some() {
+                removed_memberships.push(Change::RemoveMembership {
+                    user,
+                    tenant: wanted.tenant,
+                });
+            }
+            continue;
+        }
+        let same = held.is_some_and(|m| {
+            let roles = live
+                .grant(m)
+                .roles
+                .iter()
+                .map(|x| live.role_id(*x).to_string())
+                .collect();
+            let teams = m
+                .teams
+                .iter()
+                .map(|t| live.team_name(*t).to_string())
+                .collect();
+            sorted(roles) == sorted(wanted.roles.clone())
+                && sorted(teams) == sorted(wanted.teams.clone())
+                && m.manager.map(user_id) == wanted.manager
+        });
+        if !same {
+            memberships.push(Change::SetMembership {
+                user,
+                tenant: wanted.tenant,
+                roles: wanted.roles,
+                teams: wanted.teams,
+                manager: wanted.manager,
+            });
+        }
+    }
+
     let mut owners: std::collections::HashMap<Key, Option<String>> = Default::default();
+    // The tenant each owners row names (with tenants), for its related objects.
+    let mut owner_tenants: std::collections::HashMap<Key, String> = Default::default();
+    // A record's tenant as the live snapshot has it.
+    let tenant_in_live = |f: Found| -> Option<String> {
+        let t = live.records().tenant_of(f.number);
+        (live.has_tenants() && (t as usize) < live.tenant_count())
+            .then(|| live.tenant_id(t).to_string())
+    };
     let mut removed: Vec<Key> = Vec::new();
     let mut removed_related: Vec<Key> = Vec::new();
     for (i, r) in rows.owners.iter().enumerate() {
@@ -349,6 +544,9 @@ pub fn incremental_changes(
         if r.flag("deleted") {
             removed.push(key);
         } else {
+            if let Some(t) = r.text("tenant") {
+                owner_tenants.insert(key.clone(), t.to_string());
+            }
             owners.insert(key, r.text("owner").map(str::to_string));
         }
     }
@@ -380,12 +578,22 @@ pub fn incremental_changes(
             .zip(find(&parent.0, &parent.1))
             .is_some_and(|(a, b)| a.number == b.number);
         let same_owner = found.is_some_and(|f| f.owner.map(user_id) == owner);
+        // With tenants: the row's own, else its parent's (this round's owners row, else the
+        // live snapshot's).
+        let tenant = if live.has_tenants() {
+            r.text("tenant")
+                .map(str::to_string)
+                .or_else(|| owner_tenants.get(&parent).cloned())
+                .or_else(|| find(&parent.0, &parent.1).and_then(tenant_in_live))
+        } else {
+            None
+        };
         merged.insert(key.clone());
-        if same_parent && same_owner {
+        if same_parent && same_owner && found.and_then(tenant_in_live) == tenant {
             continue;
         }
         related_changes.push(Change::UpsertRecord {
-            tenant: None,
+            tenant,
             record_type: key.0,
             id: RawId::Text(key.1),
             owner,
@@ -404,11 +612,14 @@ pub fn incremental_changes(
         let Some(owner) = owners.remove(&key) else {
             continue; // a second row for the same record: the first one stands
         };
-        if find(&key.0, &key.1).is_some_and(|f| f.owner.map(user_id) == owner) {
+        let tenant = owner_tenants.get(&key).cloned();
+        if find(&key.0, &key.1)
+            .is_some_and(|f| f.owner.map(user_id) == owner && tenant_in_live(f) == tenant)
+        {
             continue;
         }
         record_changes.push(Change::UpsertRecord {
-            tenant: None,
+            tenant,
             record_type: key.0,
             id: RawId::Text(key.1),
             owner,
@@ -472,8 +683,10 @@ pub fn incremental_changes(
         }
     }
 
-    let mut batch = new_users;
+    let mut batch = new_tenants;
+    batch.append(&mut new_users);
     batch.append(&mut user_changes);
+    batch.append(&mut memberships);
     batch.append(&mut record_changes);
     batch.append(&mut shares);
     batch.append(&mut unshares);
@@ -487,12 +700,23 @@ pub fn incremental_changes(
             });
         }
     }
+    batch.append(&mut removed_memberships);
     batch.append(&mut removed_users);
     Ok(batch)
 }
 
-/// A user row as the snapshot's user (API keys come from their own query, memberships are
-/// not read from the database yet).
+/// A memberships row as the snapshot's membership.
+fn raw_membership(r: &Row, i: usize) -> Result<RawMembership, String> {
+    Ok(RawMembership {
+        tenant: r.need("memberships", i, "tenant")?,
+        roles: r.list("roles"),
+        teams: r.list("teams"),
+        manager: r.text("manager").map(str::to_string),
+    })
+}
+
+/// A user row as the snapshot's user (API keys come from their own query, memberships from
+/// theirs).
 fn raw_user(r: &Row, id: String) -> RawUser {
     RawUser {
         id,
@@ -549,7 +773,7 @@ mod tests {
             owners: vec![row(&[("type", "lead"), ("id", "7"), ("owner", "u-2")], &[])],
             ..Rows::default()
         };
-        let text = snapshot_text(&rows, "db-1".into(), 5).unwrap();
+        let text = snapshot_text(&rows, &DbQueries::default(), "db-1".into(), 5).unwrap();
         let raw = RawSnapshot::parse(&text).unwrap();
         assert_eq!(raw.version.as_deref(), Some("db-1"));
         assert_eq!(raw.users[1].manager.as_deref(), Some("u-1"));
@@ -560,7 +784,7 @@ mod tests {
             ..Rows::default()
         };
         assert_eq!(
-            snapshot_text(&missing, "v".into(), 0).unwrap_err(),
+            snapshot_text(&missing, &DbQueries::default(), "v".into(), 0).unwrap_err(),
             "users[0]: column 'id' is missing or NULL"
         );
     }
@@ -682,5 +906,147 @@ mod tests {
             incremental_changes(&bad, &live, &catalog).unwrap_err(),
             "owners[0]: column 'deleted' must be a boolean (cast it: deleted::boolean)"
         );
+    }
+
+    #[test]
+    fn memberships_rows_make_tenants_and_follow_incrementally() {
+        let (catalog, _) = crate::records::tests::snapshot();
+        let queries = DbQueries {
+            memberships: Some("…".into()),
+            ..DbQueries::default()
+        };
+        let membership = |user: &str, tenant: &str, roles: &[&str]| {
+            row(
+                &[("user_id", user), ("tenant", tenant)],
+                &[("roles", roles)],
+            )
+        };
+        let lead = |id: &str, owner: &str, tenant: &str| {
+            row(
+                &[
+                    ("type", "lead"),
+                    ("id", id),
+                    ("owner", owner),
+                    ("tenant", tenant),
+                ],
+                &[],
+            )
+        };
+        let rows = Rows {
+            users: vec![row(&[("id", "u")], &[]), row(&[("id", "w")], &[])],
+            memberships: vec![
+                membership("u", "org-a", &["admin"]),
+                membership("u", "org-b", &["sales_rep"]),
+                membership("w", "org-b", &["sales_rep"]),
+            ],
+            owners: vec![lead("1", "w", "org-b"), lead("2", "u", "org-a")],
+            ..Rows::default()
+        };
+        // No tenants query: the tenants the rows name.
+        let text = snapshot_text(&rows, &queries, "db-1".into(), 5).unwrap();
+        let live = Snapshot::build("s.json", &text, &catalog).unwrap();
+        assert_eq!(live.tenant_count(), 2);
+        let (u, b) = (
+            live.user_index("u").unwrap(),
+            live.tenant_index("org-b").unwrap(),
+        );
+        let ub = live.user(live.member(u, b).unwrap());
+        assert_eq!(live.grant(ub).roles_header.as_ref(), "sales_rep");
+        // A tenants query is the list: a membership of another tenant is the build's error.
+        let listed = Rows {
+            tenants: vec![row(&[("id", "org-a"), ("name", "A")], &[])],
+            ..rows.clone()
+        };
+        let q = DbQueries {
+            tenants: Some("…".into()),
+            ..queries.clone()
+        };
+        let text = snapshot_text(&listed, &q, "db-2".into(), 5).unwrap();
+        let errors = Snapshot::build("s.json", &text, &catalog).unwrap_err();
+        assert!(
+            errors[0].to_string().contains("unknown tenant 'org-b'"),
+            "{errors:?}"
+        );
+        // A membership of an unknown user names the row.
+        let stray = Rows {
+            memberships: vec![membership("x", "org-a", &[])],
+            ..rows.clone()
+        };
+        assert_eq!(
+            snapshot_text(&stray, &queries, "v".into(), 0).unwrap_err(),
+            "memberships[0]: unknown user 'x'"
+        );
+
+        // Incremental: the same rows change nothing; a role change in B, a new membership in a
+        // new tenant, a removed one, a lead of B.
+        let ops = |batch: &[Change]| {
+            batch
+                .iter()
+                .map(|c| {
+                    serde_json::to_value(c).unwrap()["op"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(incremental_changes(&rows, &live, &catalog)
+            .unwrap()
+            .is_empty());
+        let changed = Rows {
+            memberships: vec![
+                membership("u", "org-b", &["admin"]),
+                membership("w", "org-c", &["sales_rep"]),
+                flagged(membership("w", "org-b", &[]), "deleted", true),
+                // Deleted and unknown: nothing to do.
+                flagged(membership("w", "org-a", &[]), "deleted", true),
+            ],
+            owners: vec![lead("3", "u", "org-b")],
+            ..Rows::default()
+        };
+        let batch = incremental_changes(&changed, &live, &catalog).unwrap();
+        assert_eq!(
+            ops(&batch),
+            [
+                "upsert_tenant",
+                "set_membership",
+                "set_membership",
+                "upsert_record",
+                "remove_membership"
+            ]
+        );
+        let mut raw =
+            RawSnapshot::parse(&snapshot_text(&rows, &queries, "db-1".into(), 5).unwrap()).unwrap();
+        raw.apply(&batch, catalog.record_types()).unwrap();
+        let after = Snapshot::build("s.json", &raw.to_json(), &catalog).unwrap();
+        let ub = after.user(after.member(u, b).unwrap());
+        assert_eq!(after.grant(ub).roles_header.as_ref(), "admin");
+        let w = after.user_index("w").unwrap();
+        assert_eq!(after.member(w, b), None, "removed");
+        let types = catalog.record_types();
+        let ty = types.get("lead").unwrap();
+        let found = after
+            .records()
+            .find(ty, &canonical_id(types.kind(ty), "3").unwrap())
+            .unwrap();
+        assert_eq!(
+            after.tenant_id(after.records().tenant_of(found.number)),
+            "org-b"
+        );
+        assert!(incremental_changes(&changed, &after, &catalog)
+            .unwrap()
+            .is_empty());
+
+        // A tenant's round that reads another tenant's row is refused.
+        let mut read = vec![
+            lead("1", "w", "org-b"),
+            row(&[("type", "lead"), ("id", "9")], &[]),
+        ];
+        assert_eq!(
+            tag_tenant(&mut read, "owners", "org-a").unwrap_err(),
+            "owners[0]: tenant 'org-b' read in the round of tenant 'org-a' (tenant_session_sql must restrict the query to its tenant)"
+        );
+        tag_tenant(&mut read[1..], "owners", "org-a").unwrap();
+        assert_eq!(read[1].text("tenant"), Some("org-a"));
     }
 }

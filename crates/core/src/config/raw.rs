@@ -293,6 +293,8 @@ pub(crate) struct RawDatabase {
     pub(crate) reconcile_interval_ms: u64,
     #[serde(default)]
     pub(crate) session_sql: Vec<String>,
+    #[serde(default)]
+    pub(crate) tenant_session_sql: Vec<String>,
     pub(crate) queries: crate::dbsource::DbQueries,
     #[serde(default)]
     pub(crate) incremental: Option<crate::dbsource::DbIncremental>,
