@@ -40,7 +40,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::time::Sleep;
 use tracing::{error, info, warn, Instrument};
@@ -57,7 +57,6 @@ mod handover;
 mod lane;
 mod learn;
 mod pool;
-mod streams;
 use gate::{Gate, Permit};
 use pool::{Failure as SendFailure, Lease, Pool};
 
@@ -280,10 +279,16 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
         .max_buf_size(max_h1_buf)
         .header_read_timeout(Duration::from_secs(listen.keepalive_timeout_seconds))
         .keep_alive(true);
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(listen.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(listen.max_header_bytes).unwrap_or(u32::MAX))
+        // No keep-alive pings: they would keep an idle connection busy; the idle watchdog
+        // ([`drive`]) closes connections that move no byte.
+        .keep_alive_interval(None);
     let builders = Arc::new(Builders {
         h1,
-        h2_max_streams: listen.h2_max_concurrent_streams,
-        h2_max_header_list: u32::try_from(listen.max_header_bytes).unwrap_or(u32::MAX),
+        h2,
         h2c: listen.h2c,
         max_head: max_h1_buf,
     });
@@ -720,11 +725,9 @@ impl tokio::io::AsyncWrite for Tracked {
 
 /// Serve one connection until it ends; after `idle` (to 1.5 × `idle`) without a byte either
 /// way (an idle keep-alive or HTTP/2 connection), or when the gateway drains, it is shut down
-/// gracefully (HTTP/2: GOAWAY; requests in flight finish). `streams`: an HTTP/2 connection's
-/// streams, run here with it (and to their end after it).
+/// gracefully (HTTP/2: GOAWAY; requests in flight finish).
 async fn drive<C: GracefulConnection>(
     conn: C,
-    streams: Option<&streams::Streams>,
     activity: &Activity,
     idle: Duration,
     mut drain: tokio::sync::watch::Receiver<bool>,
@@ -733,15 +736,11 @@ async fn drive<C: GracefulConnection>(
     let tick = (idle / 2).max(Duration::from_millis(50));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     let (mut seen, mut quiet) = (activity.count(), Duration::ZERO);
-    // `ended`: the connection is over (its streams may still be finishing).
-    let (mut closing, mut ended) = (false, false);
+    let mut closing = false;
     loop {
         tokio::select! {
-            _ = std::future::poll_fn(|cx| match streams {
-                Some(s) => s.poll_with(conn.as_mut(), &mut ended, cx),
-                None => conn.as_mut().poll(cx).map(|_| ()),
-            }) => return,
-            _ = ticks.tick(), if !closing && !ended => {
+            _ = conn.as_mut() => return,
+            _ = ticks.tick(), if !closing => {
                 let now = activity.count();
                 quiet = if now == seen { quiet + tick } else { Duration::ZERO };
                 seen = now;
@@ -750,7 +749,7 @@ async fn drive<C: GracefulConnection>(
                     closing = true;
                 }
             }
-            _ = drain.changed(), if !closing && !ended => {
+            _ = drain.changed(), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -761,10 +760,7 @@ async fn drive<C: GracefulConnection>(
 /// How client connections are served.
 struct Builders {
     h1: hyper::server::conn::http1::Builder,
-    /// HTTP/2: `listen.h2_max_concurrent_streams`, and `listen.max_header_bytes` as HPACK's
-    /// header list size (each connection's builder is made with its own [`streams::Streams`]).
-    h2_max_streams: u32,
-    h2_max_header_list: u32,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// HTTP/2 by prior knowledge on the plain listener (`listen.h2c`).
     h2c: bool,
     /// The largest HTTP/1.x head hyper reads (what [`fragments`] follows).
@@ -786,34 +782,15 @@ impl Builders {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         if h2 {
-            // The connection's streams run in its own task ([`streams`]).
-            let streams = streams::Streams::default();
-            let conn = self
-                .h2_builder(streams.clone())
-                .serve_connection(TokioIo::new(io), service);
-            Box::pin(drive(conn, Some(&streams), activity, idle, drain)).await;
+            let conn = self.h2.serve_connection(TokioIo::new(io), service);
+            Box::pin(drive(conn, activity, idle, drain)).await;
         } else {
             // hyper cuts a `#fragment` off the target silently: watched for, to refuse it.
             let (io, marks) = fragments::Watched::new(io, self.max_head);
             service.fragments = Some(marks);
             let conn = self.h1.serve_connection(TokioIo::new(io), service);
-            drive(conn, None, activity, idle, drain).await;
+            drive(conn, activity, idle, drain).await;
         }
-    }
-
-    /// hyper's HTTP/2 server for one connection, whose streams go to `streams`.
-    fn h2_builder(
-        &self,
-        streams: streams::Streams,
-    ) -> hyper::server::conn::http2::Builder<streams::Streams> {
-        let mut h2 = hyper::server::conn::http2::Builder::new(streams);
-        h2.timer(TokioTimer::new())
-            .max_concurrent_streams(self.h2_max_streams)
-            .max_header_list_size(self.h2_max_header_list)
-            // No keep-alive pings: they would keep an idle connection busy; the idle watchdog
-            // ([`drive`]) closes connections that move no byte.
-            .keep_alive_interval(None);
-        h2
     }
 }
 
