@@ -328,7 +328,8 @@ async fn http2_paths_and_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_of_one_connection_are_served_side_by_side() {
     let crm = RawCrm::start(|line, _| {
-        // `GET /api/v1/customers/ID HTTP/1.1`: the answer names ID; 999 is answered late.
+        // `GET /api/v1/customers/ID HTTP/1.1`: the answer names ID; 999 is answered late (4 s,
+        // within the demo config's 5 s `upstream.read_timeout_ms`).
         let id = line
             .split(' ')
             .nth(1)
@@ -341,7 +342,7 @@ async fn streams_of_one_connection_are_served_side_by_side() {
             body.len()
         );
         if id == "999" {
-            Reply::After(Duration::from_secs(8), answer)
+            Reply::After(Duration::from_secs(4), answer)
         } else {
             Reply::Send(answer)
         }
