@@ -386,10 +386,16 @@ async fn streams_of_one_connection_are_served_side_by_side() {
         let (status, body) = body_of(resp).await;
         assert_eq!(status, 200, "call {id}");
         let text = String::from_utf8(body).unwrap();
-        assert!(text.starts_with(&format!("{{\"id\":\"{id}\",")), "call {id}: {text}");
+        assert!(
+            text.starts_with(&format!("{{\"id\":\"{id}\",")),
+            "call {id}: {text}"
+        );
         assert_eq!(text.len(), 3018 + id.to_string().len(), "call {id}");
     }
-    assert!(!late.is_finished(), "the late answer came before the others");
+    assert!(
+        !late.is_finished(),
+        "the late answer came before the others"
+    );
     let resp = tokio::time::timeout(Duration::from_secs(20), late)
         .await
         .expect("the late call is answered")
