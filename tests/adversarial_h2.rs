@@ -321,3 +321,86 @@ async fn http2_paths_and_headers() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(client.current_max_send_streams(), 100);
 }
+
+/// The streams of one HTTP/2 connection are served side by side (they run in the
+/// connection's own task): a call the CRM answers late holds up none of the others, and
+/// many at once each get their own CRM answer, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_of_one_connection_are_served_side_by_side() {
+    let crm = RawCrm::start(|line, _| {
+        // `GET /api/v1/customers/ID HTTP/1.1`: the answer names ID; 999 is answered late (4 s,
+        // within the demo config's 5 s `upstream.read_timeout_ms`).
+        let id = line
+            .split(' ')
+            .nth(1)
+            .and_then(|t| t.rsplit('/').next())
+            .unwrap_or_default()
+            .to_string();
+        let body = format!("{{\"id\":\"{id}\",\"pad\":\"{}\"}}", "x".repeat(3000));
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if id == "999" {
+            Reply::After(Duration::from_secs(4), answer)
+        } else {
+            Reply::Send(answer)
+        }
+    })
+    .await;
+    let h = Harness::start_custom(&demo_config(), Some(crm.addr)).await;
+    let rep = bearer("u-rep1");
+    let get = |id: u32| {
+        http::Request::builder()
+            .uri(format!("http://crm/api/v1/customers/{id}"))
+            .header("authorization", rep.as_str())
+            .body(())
+            .unwrap()
+    };
+    async fn body_of(resp: http::Response<h2::RecvStream>) -> (u16, Vec<u8>) {
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        (status, bytes)
+    }
+    let mut client = connect(&h).await;
+    let (late, _) = client.send_request(get(999), true).unwrap();
+    let late = tokio::spawn(late);
+    let mut calls = Vec::new();
+    for id in 1..=40 {
+        client = client.ready().await.unwrap();
+        let (resp, _) = client.send_request(get(id), true).unwrap();
+        calls.push((id, tokio::spawn(resp)));
+    }
+    for (id, call) in calls {
+        let resp = tokio::time::timeout(Duration::from_secs(6), call)
+            .await
+            .unwrap_or_else(|_| panic!("call {id} waited behind the late one"))
+            .unwrap()
+            .unwrap();
+        let (status, body) = body_of(resp).await;
+        assert_eq!(status, 200, "call {id}");
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.starts_with(&format!("{{\"id\":\"{id}\",")),
+            "call {id}: {text}"
+        );
+        assert_eq!(text.len(), 3018 + id.to_string().len(), "call {id}");
+    }
+    assert!(
+        !late.is_finished(),
+        "the late answer came before the others"
+    );
+    let resp = tokio::time::timeout(Duration::from_secs(20), late)
+        .await
+        .expect("the late call is answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(body_of(resp).await.0, 200);
+    assert_eq!(crm.seen.count("GET /api/v1/customers/"), 41);
+}
