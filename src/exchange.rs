@@ -691,7 +691,12 @@ pub fn admit_request(state: &State, ctx: &mut Ctx, request: &policy::Request<'_>
     }
     let decided_at = Instant::now();
     let decision = policy::decide(&live.config, state.snapshot_for_request(&live), request);
-    state.metrics.decision_seconds.observe(decided_at.elapsed());
+    // One clock read for the decision's time and the start of the total timeout.
+    let decided = Instant::now();
+    state
+        .metrics
+        .decision_seconds
+        .observe(decided.saturating_duration_since(decided_at));
     // A candidate policy is judged on the same request, never enforced.
     if let Some(c) = state.candidate() {
         let verdict = policy::decide(
@@ -703,7 +708,7 @@ pub fn admit_request(state: &State, ctx: &mut Ctx, request: &policy::Request<'_>
         state.metrics.candidate(decision.is_ok(), candidate.is_ok());
         ctx.candidate = Some(candidate);
     }
-    ctx.deadline = Some(Instant::now() + live.config.upstream.total_timeout);
+    ctx.deadline = Some(decided + live.config.upstream.total_timeout);
     ctx.peer = peer;
     ctx.live = Some(live.clone());
     let inspect = |permit: &Permit| {

@@ -44,6 +44,9 @@ pub const MAX_HEADERS: usize = 128;
 /// The CRM's answer head: at most this many headers (else 502; hyper's client takes about
 /// 400 KiB of head, legacy CRMs' cookies can be large).
 pub const MAX_RESPONSE_HEADERS: usize = 128;
+/// Headers `exchange::edit_upstream` may add to a forwarded request (user, roles, principal,
+/// tenant, request id, `X-Forwarded-For`, `Host`): room kept for them in a parsed head's map.
+const ADDED_HEADERS: usize = 7;
 /// Longest chunk extension or trailer section of a chunked answer.
 pub const MAX_CHUNK_META: usize = 16 * 1024;
 /// Most trailer fields a chunked request body may end with: hyper's server counts them
@@ -132,7 +135,9 @@ pub fn parse_head(bytes: &[u8]) -> Parsed {
     if method == Method::CONNECT {
         return Parsed::Other;
     }
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    // Room for the headers the gateway adds before forwarding (the caller's id and roles, the
+    // request id, …): the map is not grown again per call.
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + ADDED_HEADERS);
     let mut body = BodyFraming::None;
     let mut expect_continue = false;
     for h in req.headers.iter() {
