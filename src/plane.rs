@@ -398,9 +398,8 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
                         lane::serve(plane, pool, conn, &activity, builders, idle, drain).await;
                     } else {
                         let io = Tracked::new(stream, activity.clone(), Vec::new(), write_timeout);
-                        builders
-                            .serve(io, h2, service, &activity, idle, drain)
-                            .await;
+                        // Boxed: a connection the lane serves does not carry hyper's state.
+                        Box::pin(builders.serve(io, h2, service, &activity, idle, drain)).await;
                     }
                     alive.end(&activity);
                 });

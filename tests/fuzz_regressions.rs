@@ -287,7 +287,15 @@ fn trailer_caps_on_the_committed_inputs() {
         let data = std::fs::read(root.join(file)).unwrap();
         let body = &data[1..];
         let verdict = Chunks::default().feed(body, &mut Vec::new());
-        assert_eq!(verdict, if taken { Ok(Some(body.len())) } else { Err("too many trailer fields") }, "{file}");
+        assert_eq!(
+            verdict,
+            if taken {
+                Ok(Some(body.len()))
+            } else {
+                Err("too many trailer fields")
+            },
+            "{file}"
+        );
         assert_eq!(
             taken_by_reference(body, h1::MAX_ANSWER_TRAILERS),
             taken,

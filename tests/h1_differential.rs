@@ -729,7 +729,8 @@ async fn answers_agree_with_hyper_client() {
     // Trailer fields after a chunked answer: hyper's client takes 100 (its default
     // `max_headers`), the lane too (`h1::MAX_ANSWER_TRAILERS`); one more fails on both.
     let trailers = |n: usize| {
-        let mut a = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n".to_vec();
+        let mut a =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n".to_vec();
         for i in 0..n {
             a.extend_from_slice(format!("x-t{i}: v\r\n").as_bytes());
         }

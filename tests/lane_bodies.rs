@@ -713,7 +713,11 @@ async fn an_early_crm_answer_mid_body_is_passed_on_as_on_hyper() {
     for (l, h) in answers[0].iter().zip(&answers[1]) {
         assert_eq!(l, h, "lane vs hyper");
     }
-    assert!(answers[0][1].contains("www-authenticate: Basic"), "{}", answers[0][1]);
+    assert!(
+        answers[0][1].contains("www-authenticate: Basic"),
+        "{}",
+        answers[0][1]
+    );
     let after = lane_counters(&admin).await;
     if h1_lane() {
         // Both calls served by the lane, each with its body streamed (in part).

@@ -124,7 +124,8 @@ impl Upconn {
             if self.buf.len() >= MAX_RESPONSE_HEAD {
                 return true;
             }
-            self.buf.resize((self.buf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
+            self.buf
+                .resize((self.buf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
         }
         match self.stream.try_read(&mut self.buf[*have..]) {
             Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
@@ -380,7 +381,8 @@ impl Lane {
             }
             // The call's state (its decision, the CRM exchange, the timers) is boxed for the
             // call: an idle connection's task holds only what waiting for a head needs.
-            if let Some(end) = Box::pin(self.call(head, activity, busy, closing)).await {
+            let call = Box::pin(self.call(head, activity, busy, closing));
+            if let Some(end) = call.await {
                 return end;
             }
             if self.start == self.end {
@@ -445,10 +447,7 @@ impl Lane {
         // said (header hygiene refuses it first: this only keeps it so).
         let admission = match admission {
             Ok(
-                Admission::Stream
-                | Admission::Buffer(_)
-                | Admission::Check
-                | Admission::Me(Ok(_)),
+                Admission::Stream | Admission::Buffer(_) | Admission::Check | Admission::Me(Ok(_)),
             ) if head.ambiguous_framing => {
                 let e = crate::canon::CanonError::AmbiguousFraming;
                 let rejection = Rejection::new(e.status(), e.code(), e.message());
@@ -1034,7 +1033,14 @@ impl Lane {
                 }
             }
             let have = early.unwrap_or(0);
-            let read = read_answer_head(&mut up, have, read_timeout, head_request, ctx, &mut self.out);
+            let read = read_answer_head(
+                &mut up,
+                have,
+                read_timeout,
+                head_request,
+                ctx,
+                &mut self.out,
+            );
             match read.await {
                 Ok(mut answer) => {
                     let elapsed = started.elapsed();
