@@ -1106,15 +1106,18 @@ impl Lane {
         let mut have = 0;
         loop {
             let wait = idle.min(left(ctx.deadline));
+            // The client's bytes first: when they are there, the CRM's connection is not even
+            // registered for a wake-up (the usual case costs nothing more); while the client is
+            // quiet, an early answer from the CRM is seen at once.
             let read = tokio::select! {
                 biased;
+                read = tokio::time::timeout(wait, self.stream.read(&mut self.buf)) => read,
                 _ = up.stream.readable() => {
                     if up.spoke(&mut have) {
                         return Ok(Sent::Early(have));
                     }
                     continue;
                 }
-                read = tokio::time::timeout(wait, self.stream.read(&mut self.buf)) => read,
             };
             let n = match read {
                 Err(_) => return Err(BodyFault::Client(Rejection::request_timeout())),
