@@ -399,9 +399,8 @@ async fn serve(state: Arc<State>, inherited: Option<std::net::TcpListener>) -> R
                         lane::serve(plane, pool, conn, &activity, builders, idle, drain).await;
                     } else {
                         let io = Tracked::new(stream, activity.clone(), Vec::new(), write_timeout);
-                        builders
-                            .serve(io, h2, service, &activity, idle, drain)
-                            .await;
+                        // Boxed: a connection the lane serves does not carry hyper's state.
+                        Box::pin(builders.serve(io, h2, service, &activity, idle, drain)).await;
                     }
                     alive.end(&activity);
                 });
@@ -1470,7 +1469,16 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        drain(&mut incoming).await;
+        // A client waiting for `100 Continue` gets the 413 instead (RFC 9110 §10.1.1), as on
+        // the lane: reading (draining) the body would have sent it the 100 first, asking for
+        // a body only to discard it. hyper's server then closes the connection.
+        let waits = parts
+            .headers
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits {
+            drain(&mut incoming).await;
+        }
         return Err(Rejection::route_body_too_large());
     }
     if incoming.is_end_stream() {

@@ -245,3 +245,61 @@ fn h1_request_body_mutations() {
 fn h1_answer_mutations() {
     mutate_run("h1_answer", checks::h1_answer);
 }
+
+/// The trailer-field caps on the committed inputs (`fuzz/regressions/`): hyper's server takes
+/// 257 fields after a chunked request body, its client 100 after a chunked answer; the last
+/// field allowed is taken, one more refused, by the lane's readers and the reference decoder
+/// alike.
+#[test]
+fn trailer_caps_on_the_committed_inputs() {
+    use permgate::plane::h1::{self, BodyReader, Chunks, Parsed};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let taken_by_reference = |data: &[u8], max: usize| {
+        matches!(
+            checks::reference_dechunk(data, max),
+            checks::Dechunked::Done(..)
+        )
+    };
+    for (file, taken) in [
+        ("h1_request_body/trailers-257-taken", true),
+        ("h1_request_body/trailers-258-refused", false),
+    ] {
+        let data = std::fs::read(root.join(file)).unwrap();
+        let raw = &data[1..];
+        let Parsed::Ready(head) = h1::parse_head(raw) else {
+            panic!("{file}: not a head the lane serves")
+        };
+        let body = &raw[head.len..];
+        let mut reader = BodyReader::new(head.body).unwrap();
+        let verdict = reader.feed(body, &mut Vec::new());
+        assert_eq!(verdict.is_ok_and(|f| f.done), taken, "{file}: {verdict:?}");
+        assert_eq!(verdict.is_err(), !taken, "{file}");
+        assert_eq!(
+            taken_by_reference(body, h1::MAX_REQUEST_TRAILERS),
+            taken,
+            "{file}"
+        );
+    }
+    for (file, taken) in [
+        ("h1_answer/trailers-100-taken", true),
+        ("h1_answer/trailers-101-refused", false),
+    ] {
+        let data = std::fs::read(root.join(file)).unwrap();
+        let body = &data[1..];
+        let verdict = Chunks::default().feed(body, &mut Vec::new());
+        assert_eq!(
+            verdict,
+            if taken {
+                Ok(Some(body.len()))
+            } else {
+                Err("too many trailer fields")
+            },
+            "{file}"
+        );
+        assert_eq!(
+            taken_by_reference(body, h1::MAX_ANSWER_TRAILERS),
+            taken,
+            "{file}"
+        );
+    }
+}

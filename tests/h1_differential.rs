@@ -726,7 +726,20 @@ async fn answers_agree_with_hyper_client() {
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;{}\r\na\r\n0\r\n\r\n",
         "e".repeat(20 * 1024)
     );
+    // Trailer fields after a chunked answer: hyper's client takes 100 (its default
+    // `max_headers`), the lane too (`h1::MAX_ANSWER_TRAILERS`); one more fails on both.
+    let trailers = |n: usize| {
+        let mut a =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n".to_vec();
+        for i in 0..n {
+            a.extend_from_slice(format!("x-t{i}: v\r\n").as_bytes());
+        }
+        a.extend_from_slice(b"\r\n");
+        a
+    };
     let cases: Vec<(&str, &Method, Vec<u8>, Verdict)> = vec![
+        ("chunked, 100 trailer fields", &get, trailers(100), Verdict::Same),
+        ("chunked, 101 trailer fields", &get, trailers(101), Verdict::Same),
         ("length", &get, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello".to_vec(), Verdict::Same),
         ("length, hop-by-hop", &get, b"HTTP/1.1 200 OK\r\nconnection: x-a, keep-alive\r\nx-a: 1\r\nkeep-alive: t=5\r\ncontent-length: 2\r\n\r\nok".to_vec(), Verdict::Same),
         ("length 0", &get, b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(), Verdict::Same),
@@ -781,4 +794,7 @@ async fn answers_agree_with_hyper_client() {
         println!("{name}: hyper {direct:?} / lane {lane:?}");
     }
     assert!(failures.is_empty(), "{failures:#?}");
+    // The trailer cases decide something: 100 fields taken, 101 refused (by both: above).
+    assert!(hyper_client(&get, &trailers(100)).await.is_ok());
+    assert!(hyper_client(&get, &trailers(101)).await.is_err());
 }

@@ -168,6 +168,14 @@ fn chunked(body: &[u8], piece: usize) -> Vec<u8> {
 
 /// The demo config with `listen` lines, and an admin section for `/metrics`.
 async fn gateway(listen: &str) -> (Harness, String, tempfile::TempDir) {
+    gateway_to(listen, None).await
+}
+
+/// [`gateway`], its calls sent to `upstream` when given (else to the harness's sample CRM).
+async fn gateway_to(
+    listen: &str,
+    upstream: Option<std::net::SocketAddr>,
+) -> (Harness, String, tempfile::TempDir) {
     let (admin, port) = admin_section();
     let text =
         demo_config_text().replacen("[listen]\n", &format!("[listen]\n{listen}\n"), 1) + &admin;
@@ -178,7 +186,7 @@ async fn gateway(listen: &str) -> (Harness, String, tempfile::TempDir) {
         permgate::demo::DEMO_SNAPSHOT,
     )
     .unwrap();
-    let h = Harness::start_custom(&dir.path().join("permgate.toml"), None).await;
+    let h = Harness::start_custom(&dir.path().join("permgate.toml"), upstream).await;
     (h, format!("http://127.0.0.1:{port}"), dir)
 }
 
@@ -345,6 +353,20 @@ async fn bodies_refused_on_the_lane_as_on_hyper() {
         .as_bytes(),
     );
     assert_eq!(c.answer().status, 403);
+    // A declared body over the limit with `Expect: 100-continue`: the 413 instead of 100
+    // Continue (RFC 9110 §10.1.1: no body asked for only to be discarded), then the close.
+    let mut c = Conn::open(&h);
+    c.send(
+        post_head(
+            path,
+            "u-admin",
+            "Expect: 100-continue\r\nContent-Length: 5000\r\n",
+        )
+        .as_bytes(),
+    );
+    let a = c.answer();
+    assert_eq!((a.status, a.code().as_str()), (413, "body_too_large"));
+    assert!(c.closed());
 
     let posts: Vec<_> = h
         .received()
@@ -356,10 +378,10 @@ async fn bodies_refused_on_the_lane_as_on_hyper() {
     assert!(posts.iter().all(|r| r.body.len() <= 3000), "{posts:?}");
     assert!(posts.iter().any(|r| r.body == "{}"), "{posts:?}");
     if h1_lane() {
-        // All seven calls on the lane (each counted once its answer is written), the four
+        // All eight calls on the lane (each counted once its answer is written), the four
         // that reached forwarding with their body.
         let all = eventually(5, || async {
-            lane_counters(&admin).await == (before.0 + 7, before.1 + 4)
+            lane_counters(&admin).await == (before.0 + 8, before.1 + 4)
         })
         .await;
         assert!(all, "{:?} then {:?}", before, lane_counters(&admin).await);
@@ -512,6 +534,18 @@ async fn checked_bodies_answer_on_the_lane_byte_for_byte_as_on_hyper() {
             413,
             "body_too_large",
         ),
+        // The same with `Expect: 100-continue`: the 413 instead of 100 Continue on both paths
+        // (RFC 9110 §10.1.1; the first answer read is the 413).
+        (
+            post_head(
+                bulk,
+                "u-rep2",
+                "Expect: 100-continue\r\nContent-Length: 50000000\r\n",
+            )
+            .into_bytes(),
+            413,
+            "body_too_large",
+        ),
         (
             with_chunks(bulk, b"2\r\n{}XX0\r\n\r\n".to_vec()),
             400,
@@ -606,5 +640,147 @@ async fn checked_bodies_answer_on_the_lane_byte_for_byte_as_on_hyper() {
         assert_eq!(after.0 - before.0, calls);
     } else {
         assert_eq!(after, (0, 0));
+    }
+}
+
+/// The CRM answers before it has read the whole body (a 413 or a 401 it sends right after the
+/// head, then it closes): hyper's client passes that answer on, and so does the lane (it was a
+/// 502 there). The same raw calls to a lane gateway and to one without the lane get the same
+/// answer (but the request id, `Date` and `Connection`: hyper's server names the close only
+/// when it saw the body dropped before writing the head, a race; the lane always does), and
+/// both close the connection after it, the rest of the body unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_crm_answer_mid_body_is_passed_on_as_on_hyper() {
+    let crm = RawCrm::start(|line, _| {
+        let answer = if line.contains("/unsubscribe") {
+            "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"crm\"\r\ncontent-type: application/json\r\ncontent-length: 17\r\n\r\n{\"error\":\"auth\"}\n"
+        } else {
+            "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n{\"error\":\"too_large\"}\n"
+        };
+        Reply::SendThenClose(answer.into())
+    })
+    .await;
+    let (lane, admin, _d1) = gateway_to("", Some(crm.addr)).await;
+    let (hyper, _, _d2) = gateway_to("h1_lane = false", Some(crm.addr)).await;
+    // (request as sent: a head and the start of its body, the status the CRM answers)
+    let calls: Vec<(Vec<u8>, u16)> = vec![
+        (
+            {
+                let mut raw = post_head(
+                    "/api/v1/customers/1/subscribe",
+                    "u-admin",
+                    "Content-Length: 100000\r\n",
+                )
+                .into_bytes();
+                raw.extend_from_slice(br#"{"list":"newsletter","note":""#);
+                raw
+            },
+            413,
+        ),
+        (
+            {
+                let mut raw = post_head(
+                    "/api/v1/customers/1/unsubscribe",
+                    "u-admin",
+                    "Transfer-Encoding: chunked\r\n",
+                )
+                .into_bytes();
+                raw.extend_from_slice(b"8\r\n{\"list\":\r\n");
+                raw
+            },
+            401,
+        ),
+    ];
+    let before = lane_counters(&admin).await;
+    let mut answers: Vec<Vec<String>> = Vec::new();
+    for h in [&lane, &hyper] {
+        let mut seen = Vec::new();
+        for (raw, status) in &calls {
+            let mut c = Conn::open(h);
+            c.send(raw);
+            let a = c.answer();
+            assert_eq!(a.status, *status, "{}", String::from_utf8_lossy(&a.raw));
+            assert!(c.closed(), "the connection closes after an early answer");
+            let text: Vec<String> = normalized(&a)
+                .split("\r\n")
+                .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                .map(str::to_string)
+                .collect();
+            seen.push(text.join("\r\n"));
+        }
+        answers.push(seen);
+    }
+    for (l, h) in answers[0].iter().zip(&answers[1]) {
+        assert_eq!(l, h, "lane vs hyper");
+    }
+    assert!(
+        answers[0][1].contains("www-authenticate: Basic"),
+        "{}",
+        answers[0][1]
+    );
+    let after = lane_counters(&admin).await;
+    if h1_lane() {
+        // Both calls served by the lane, each with its body streamed (in part).
+        assert_eq!((after.0 - before.0, after.1 - before.1), (2, 2));
+    } else {
+        assert_eq!(after, (0, 0));
+    }
+}
+
+/// A chunked answer's trailer fields: at most 100 (hyper's client's cap, the lane's
+/// `MAX_ANSWER_TRAILERS`). With 100 both gateways pass the body on whole (the trailer fields
+/// dropped); with 101 both cut the answer (its end never comes) and close the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_with_too_many_trailer_fields_is_cut_on_both_paths() {
+    fn answer(n: usize) -> String {
+        let mut a = String::from(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n",
+        );
+        for i in 0..n {
+            a.push_str(&format!("x-t{i}: v\r\n"));
+        }
+        a.push_str("\r\n");
+        a
+    }
+    let crm = RawCrm::start(|line, _| {
+        if line.contains("/customers/1 ") {
+            Reply::Send(answer(100))
+        } else {
+            Reply::Send(answer(101))
+        }
+    })
+    .await;
+    let (lane, _admin, _d1) = gateway_to("", Some(crm.addr)).await;
+    let (hyper, _, _d2) = gateway_to("h1_lane = false", Some(crm.addr)).await;
+    let get = |id: u32| {
+        format!(
+            "GET /api/v1/customers/{id} HTTP/1.1\r\nHost: crm\r\nAuthorization: {}\r\n\r\n",
+            bearer("u-admin")
+        )
+    };
+    for h in [&lane, &hyper] {
+        // 100 fields: the whole body, no trailer passed on, the connection kept.
+        let mut c = Conn::open(h);
+        c.send(get(1).as_bytes());
+        let a = c.answer();
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"hello"[..]));
+        assert!(!String::from_utf8_lossy(&a.raw).contains("x-t0"));
+        c.send(get(1).as_bytes());
+        assert_eq!(c.answer().status, 200);
+        // 101 fields: at most the head and what came of the body (nothing when the refusal
+        // came in the same read), then the connection closes without the body's end.
+        let mut c = Conn::open(h);
+        c.send(get(2).as_bytes());
+        while c.fill() {}
+        assert!(
+            c.buf.is_empty() || c.buf.starts_with(b"HTTP/1.1 200 "),
+            "{}",
+            String::from_utf8_lossy(&c.buf)
+        );
+        assert!(
+            !c.buf.ends_with(b"0\r\n\r\n"),
+            "the answer was not cut: {}",
+            String::from_utf8_lossy(&c.buf)
+        );
     }
 }

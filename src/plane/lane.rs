@@ -1,7 +1,7 @@
 //! permgate's own HTTP/1.1 loop (`listen.h1_lane`, on by default): plain HTTP/1.1 client
 //! connections toward a plain HTTP CRM, served without hyper.
 //!
-//! Why one file (~1,300 lines): one connection's loop, its CRM connection and its timeouts are one
+//! Why one file (~1,450 lines): one connection's loop, its CRM connection and its timeouts are one
 //! state machine, and the request bodies (streamed, or read whole and checked first) are steps of
 //! that machine; the pure parts are already in [`super::h1`].
 //!
@@ -30,7 +30,14 @@
 //! hyper's path (`listen.max_body_bytes`: 413, `listen.body_read_timeout_ms` and the total
 //! timeout: 408, malformed: 400; the connection then closes); `Expect: 100-continue` is answered
 //! once the call is allowed. A call refused with its body unread closes the connection after
-//! the answer (the rest read and discarded).
+//! the answer (the rest read and discarded). An answer the CRM sends before the body is whole
+//! (a 413 or a 401 right after the head) is passed on as hyper's client passes it on, as the
+//! connection's last: the rest of the body is discarded, the CRM connection not reused.
+//!
+//! An idle connection (between calls) holds no buffer: its read and write buffers go back to a
+//! per-thread spare list ([`spare`]) and are taken again when the client's next bytes are
+//! readable, and a call's state is boxed for the call ([`Lane::call`]), so the task of an idle
+//! keep-alive connection is small (issue 18: 10,000 idle connections).
 //!
 //! The CRM's answer: its status and headers minus the hop-by-hop ones and those the gateway
 //! sets, framed as it came (a length, chunked with the chunks checked as they pass and
@@ -65,6 +72,8 @@ use super::pool::{Idle, Pooled};
 use super::{json, left, reject, Activity, Builders, Plane, RespBody, RespKind, Service, Tracked};
 use crate::exchange::{self, Admission, Ctx};
 use crate::reject::Rejection;
+
+mod spare;
 
 /// A client's request head is read into this much room at first, at most [`MAX_HEAD`]
 /// (a longer head goes to hyper, which applies `listen.max_header_bytes`).
@@ -105,6 +114,102 @@ impl Pooled for Upconn {
     }
 }
 
+impl Upconn {
+    /// The CRM's connection turned readable while a request body is still going out: read
+    /// what it sent (without waiting) after the `have` bytes already read. `true`: the body
+    /// stops here and the answer head is read ([`read_answer_head`]): a final answer began,
+    /// or the CRM closed or failed, or what it sent is no answer (refused there). An
+    /// informational answer (`100 Continue`) is dropped, as [`read_answer_head`] drops it.
+    fn spoke(&mut self, have: &mut usize) -> bool {
+        if *have == self.buf.len() {
+            if self.buf.len() >= MAX_RESPONSE_HEAD {
+                return true;
+            }
+            self.buf
+                .resize((self.buf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
+        }
+        match self.stream.try_read(&mut self.buf[*have..]) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Ok(0) | Err(_) => return true,
+            Ok(n) => *have += n,
+        }
+        let mut scratch = Vec::new();
+        loop {
+            match parse_answer(&self.buf[..*have], false, &Unedited, &mut scratch) {
+                Ok(AnswerParse::Partial) => return false,
+                Ok(AnswerParse::Informational(len)) => {
+                    self.buf.copy_within(len..*have, 0);
+                    *have -= len;
+                    if *have == 0 {
+                        return false;
+                    }
+                }
+                Ok(AnswerParse::Final(_)) | Err(_) => return true,
+            }
+        }
+    }
+
+    /// Write a piece of a request body, within `wait`, unless the CRM answers first
+    /// (`Ok(false)`, as [`Upconn::spoke`] says). A write that fails is taken as the CRM having
+    /// closed: its answer, if it sent one before, is read next (else the call fails there).
+    async fn write_unless_answered(
+        &mut self,
+        mut bytes: &[u8],
+        wait: Duration,
+        have: &mut usize,
+    ) -> Result<bool, BodyFault> {
+        let until = tokio::time::Instant::now() + wait;
+        while !bytes.is_empty() {
+            match self.stream.try_write(bytes) {
+                Ok(0) => return Ok(false),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    tokio::select! {
+                        biased;
+                        _ = self.stream.readable() => {
+                            if self.spoke(have) {
+                                return Ok(false);
+                            }
+                        }
+                        writable = tokio::time::timeout_at(until, self.stream.writable()) => {
+                            match writable {
+                                Err(_) => {
+                                    return Err(BodyFault::Upstream(
+                                        super::Failure::Timeout,
+                                        "write".into(),
+                                    ))
+                                }
+                                Ok(Err(_)) => return Ok(false),
+                                Ok(Ok(())) => {}
+                            }
+                        }
+                    }
+                }
+                Err(_) => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// No edits: [`Upconn::spoke`] only asks whether an answer head is whole.
+struct Unedited;
+
+impl h1::AnswerEdits for Unedited {
+    fn drops(&self, _: &str) -> bool {
+        false
+    }
+    fn add(&self, _: &mut Vec<u8>) {}
+    fn date(&self, _: &mut Vec<u8>) {}
+}
+
+/// How a streamed request body went to the CRM.
+enum Sent {
+    Whole,
+    /// The CRM answered (or closed) first: this many bytes of its answer are buffered.
+    Early(usize),
+}
+
 /// The lane's CRM connections (one list per CRM instance).
 pub(super) type LanePool = Arc<Idle<Upconn>>;
 
@@ -143,7 +248,8 @@ pub(super) async fn serve(
         pool,
         stream,
         peer,
-        buf: vec![0; FIRST_ROOM],
+        // Taken when the client's first bytes are there ([`spare`]).
+        buf: Vec::new(),
         start: 0,
         end: 0,
         out: Vec::new(),
@@ -188,6 +294,7 @@ pub(super) async fn serve(
         if lane.linger {
             lane.discard_rest().await;
         }
+        lane.release();
         return;
     };
     let Lane {
@@ -211,9 +318,8 @@ pub(super) async fn serve(
         pending: pending.map(|p| Arc::new(Mutex::new(Some(p)))),
         fragments: None,
     };
-    builders
-        .serve(io, false, service, activity, idle, drain)
-        .await;
+    // Boxed: a connection the lane keeps does not carry hyper's connection state.
+    Box::pin(builders.serve(io, false, service, activity, idle, drain)).await;
 }
 
 /// One client connection in the lane.
@@ -271,146 +377,178 @@ impl Lane {
                 Ok(h) => h,
                 Err(end) => return end,
             };
-            let mut ctx = Ctx::new();
-            let target = head.uri.path_and_query().cloned();
-            let raw_target = target.as_ref().map_or("*", |p| p.as_str());
-            let at = self.start;
-            // A CORS preflight the gateway answers itself (`[cors]`): no decision.
-            let preflight = super::answer_preflight(
-                &self.plane.state,
-                &mut ctx,
-                &head.method,
-                &head.headers,
-                self.peer,
-                false,
-            );
-            let admission = match preflight {
-                Some(answer) => Err(answer),
-                None => Ok(exchange::admit_request(
-                    &self.plane.state,
-                    &mut ctx,
-                    &crate::policy::Request {
-                        method: &head.method,
-                        target: &self.buf[at + head.target.start..at + head.target.end],
-                        headers: &head.headers,
-                        peer: Some(self.peer),
-                        // HTTP/1.1 only; a body declared as hyper's path sees it (a target
-                        // with a fragment is refused before bodies are looked at).
-                        wire: crate::policy::Wire {
-                            host_required: true,
-                            ..crate::policy::Wire::from_head(&head.method, &head.headers)
-                        },
-                    },
-                )),
-            };
-            // Fail closed: a head with two framings is never forwarded, whatever the decision
-            // said (header hygiene refuses it first: this only keeps it so).
-            let admission = match admission {
-                Ok(
-                    Admission::Stream
-                    | Admission::Buffer(_)
-                    | Admission::Check
-                    | Admission::Me(Ok(_)),
-                ) if head.ambiguous_framing => {
-                    let e = crate::canon::CanonError::AmbiguousFraming;
-                    let rejection = Rejection::new(e.status(), e.code(), e.message());
-                    ctx.deny_after_permit(rejection.clone());
-                    Ok(Admission::Deny(rejection))
-                }
-                admission => admission,
-            };
-            let method = head.method.clone();
-            // A body the lane does not read (the call refused or answered here): the answer
-            // is the connection's last, and what the client still sends is discarded.
-            let unread_body = head.body != BodyFraming::None;
-            let call = Call {
-                activity,
-                closing,
-                head_request: method == Method::HEAD,
-                last: head.close || unread_body,
-            };
-            let forwarded = Call {
-                last: head.close,
-                ..call
-            };
-            // Whatever is logged while answering and forwarding names the request, as on
-            // hyper's path (debug only: see `diagnostics`; at `info` the span is disabled and
-            // allocates nothing).
-            let span = crate::diagnostics::request_span(&ctx.request_id);
-            let (status, keep) = match admission {
-                Err(answer) => {
-                    self.start += head.len;
-                    self.linger = head.ambiguous_framing || unread_body;
-                    self.answer(answer, &call).instrument(span).await
-                }
-                // A create route learns from its answer: hyper's path reads it ([`super::learn`]).
-                Ok(admission @ Admission::Stream) if super::learn::creates_of(&ctx).is_some() => {
-                    return End::Handover(Some(Box::new(Pending { ctx, admission })));
-                }
-                Ok(Admission::Stream) => {
-                    self.start += head.len;
-                    self.forward(head, &mut ctx, &forwarded)
-                        .instrument(span)
-                        .await
-                }
-                Ok(Admission::Me(Ok(body))) => {
-                    self.start += head.len;
-                    self.linger = unread_body;
-                    self.answer(json(200, body, &ctx), &call)
-                        .instrument(span)
-                        .await
-                }
-                Ok(Admission::Me(Err(rejection)) | Admission::Deny(rejection)) => {
-                    self.start += head.len;
-                    self.linger = head.ambiguous_framing || unread_body;
-                    self.answer(reject(&rejection, &ctx, false), &call)
-                        .instrument(span)
-                        .await
-                }
-                // A checked body on a route that also filters its answer or learns from it:
-                // hyper's path reads the answer.
-                Ok(Admission::Check)
-                    if !ctx.filters_response() && super::learn::creates_of(&ctx).is_none() =>
-                {
-                    self.start += head.len;
-                    self.forward_checked(head, &mut ctx, &forwarded)
-                        .instrument(span)
-                        .await
-                }
-                Ok(admission @ (Admission::Buffer(_) | Admission::Check)) => {
-                    return End::Handover(Some(Box::new(Pending { ctx, admission })));
-                }
-            };
-            self.plane
-                .state
-                .metrics
-                .lane_requests
-                .fetch_add(1, Ordering::Relaxed);
-            exchange::finish(
-                &self.plane.state,
-                &ctx,
-                &method,
-                raw_target.as_bytes(),
-                status,
-            );
-            busy.store(false, Ordering::Relaxed);
-            if self.out.capacity() > 4 * UPSTREAM_ROOM {
+            if self.out.capacity() == 0 {
+                self.out = spare::write_buf();
+            }
+            // The call's state (its decision, the CRM exchange, the timers) is boxed for the
+            // call: an idle connection's task holds only what waiting for a head needs.
+            let call = Box::pin(self.call(head, activity, busy, closing));
+            if let Some(end) = call.await {
+                return end;
+            }
+            if self.start == self.end {
+                // Nothing pipelined: the buffers go back until the client sends again.
+                self.release();
+            } else if self.out.capacity() > 4 * UPSTREAM_ROOM {
                 self.out = Vec::new();
             }
-            if !keep || closing.load(Ordering::Relaxed) {
-                return End::Closed;
-            }
         }
+    }
+
+    /// Give the connection's buffers back ([`spare`]); [`Lane::next_head`] takes a read buffer
+    /// again once the client's next bytes are there.
+    fn release(&mut self) {
+        spare::give_read(std::mem::take(&mut self.buf), FIRST_ROOM);
+        spare::give_write(std::mem::take(&mut self.out));
+        (self.start, self.end) = (0, 0);
+    }
+
+    /// Serve one request whose head was read. `Some`: how the connection's time in the lane
+    /// ends; `None`: the next request may follow.
+    async fn call(
+        &mut self,
+        head: Head,
+        activity: &Activity,
+        busy: &AtomicBool,
+        closing: &AtomicBool,
+    ) -> Option<End> {
+        let mut ctx = Ctx::new();
+        let target = head.uri.path_and_query().cloned();
+        let raw_target = target.as_ref().map_or("*", |p| p.as_str());
+        let at = self.start;
+        // A CORS preflight the gateway answers itself (`[cors]`): no decision.
+        let preflight = super::answer_preflight(
+            &self.plane.state,
+            &mut ctx,
+            &head.method,
+            &head.headers,
+            self.peer,
+            false,
+        );
+        let admission = match preflight {
+            Some(answer) => Err(answer),
+            None => Ok(exchange::admit_request(
+                &self.plane.state,
+                &mut ctx,
+                &crate::policy::Request {
+                    method: &head.method,
+                    target: &self.buf[at + head.target.start..at + head.target.end],
+                    headers: &head.headers,
+                    peer: Some(self.peer),
+                    // HTTP/1.1 only; a body declared as hyper's path sees it (a target
+                    // with a fragment is refused before bodies are looked at).
+                    wire: crate::policy::Wire {
+                        host_required: true,
+                        ..crate::policy::Wire::from_head(&head.method, &head.headers)
+                    },
+                },
+            )),
+        };
+        // Fail closed: a head with two framings is never forwarded, whatever the decision
+        // said (header hygiene refuses it first: this only keeps it so).
+        let admission = match admission {
+            Ok(
+                Admission::Stream | Admission::Buffer(_) | Admission::Check | Admission::Me(Ok(_)),
+            ) if head.ambiguous_framing => {
+                let e = crate::canon::CanonError::AmbiguousFraming;
+                let rejection = Rejection::new(e.status(), e.code(), e.message());
+                ctx.deny_after_permit(rejection.clone());
+                Ok(Admission::Deny(rejection))
+            }
+            admission => admission,
+        };
+        let method = head.method.clone();
+        // A body the lane does not read (the call refused or answered here): the answer
+        // is the connection's last, and what the client still sends is discarded.
+        let unread_body = head.body != BodyFraming::None;
+        let call = Call {
+            activity,
+            closing,
+            head_request: method == Method::HEAD,
+            last: head.close || unread_body,
+        };
+        let forwarded = Call {
+            last: head.close,
+            ..call
+        };
+        // Whatever is logged while answering and forwarding names the request, as on
+        // hyper's path (debug only: see `diagnostics`; at `info` the span is disabled and
+        // allocates nothing).
+        let span = crate::diagnostics::request_span(&ctx.request_id);
+        let (status, keep) = match admission {
+            Err(answer) => {
+                self.start += head.len;
+                self.linger = head.ambiguous_framing || unread_body;
+                self.answer(answer, &call).instrument(span).await
+            }
+            // A create route learns from its answer: hyper's path reads it ([`super::learn`]).
+            Ok(admission @ Admission::Stream) if super::learn::creates_of(&ctx).is_some() => {
+                return Some(End::Handover(Some(Box::new(Pending { ctx, admission }))));
+            }
+            Ok(Admission::Stream) => {
+                self.start += head.len;
+                self.forward(head, &mut ctx, &forwarded)
+                    .instrument(span)
+                    .await
+            }
+            Ok(Admission::Me(Ok(body))) => {
+                self.start += head.len;
+                self.linger = unread_body;
+                self.answer(json(200, body, &ctx), &call)
+                    .instrument(span)
+                    .await
+            }
+            Ok(Admission::Me(Err(rejection)) | Admission::Deny(rejection)) => {
+                self.start += head.len;
+                self.linger = head.ambiguous_framing || unread_body;
+                self.answer(reject(&rejection, &ctx, false), &call)
+                    .instrument(span)
+                    .await
+            }
+            // A checked body on a route that also filters its answer or learns from it:
+            // hyper's path reads the answer.
+            Ok(Admission::Check)
+                if !ctx.filters_response() && super::learn::creates_of(&ctx).is_none() =>
+            {
+                self.start += head.len;
+                self.forward_checked(head, &mut ctx, &forwarded)
+                    .instrument(span)
+                    .await
+            }
+            Ok(admission @ (Admission::Buffer(_) | Admission::Check)) => {
+                return Some(End::Handover(Some(Box::new(Pending { ctx, admission }))));
+            }
+        };
+        self.plane
+            .state
+            .metrics
+            .lane_requests
+            .fetch_add(1, Ordering::Relaxed);
+        exchange::finish(
+            &self.plane.state,
+            &ctx,
+            &method,
+            raw_target.as_bytes(),
+            status,
+        );
+        busy.store(false, Ordering::Relaxed);
+        if !keep || closing.load(Ordering::Relaxed) {
+            return Some(End::Closed);
+        }
+        None
     }
 
     /// Read and discard what the client still sends (at most [`super::MAX_DRAINED`] bytes, for
     /// at most 5 s), until it closes.
     async fn discard_rest(&mut self) {
-        let mut sink = std::mem::take(&mut self.buf);
+        if self.buf.is_empty() {
+            self.buf = spare::read_buf(FIRST_ROOM);
+        }
+        let (stream, sink) = (&mut self.stream, &mut self.buf);
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             let mut drained = 0;
             while drained < super::MAX_DRAINED {
-                match self.stream.read(&mut sink).await {
+                match stream.read(&mut sink[..]).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => drained += n,
                 }
@@ -445,6 +583,26 @@ impl Lane {
                 }
             } else {
                 (self.start, self.end) = (0, 0);
+            }
+            if self.buf.is_empty() {
+                // Idle: no buffer until the client's next bytes are there ([`spare`]).
+                if self.stream.readable().await.is_err() {
+                    return Err(End::Closed);
+                }
+                self.buf = spare::read_buf(FIRST_ROOM);
+                match self.stream.try_read(&mut self.buf) {
+                    Ok(0) => return Err(End::Closed),
+                    Ok(n) => {
+                        activity.touch();
+                        self.end = n;
+                    }
+                    // Woken for nothing: wait again, without the buffer.
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        spare::give_read(std::mem::take(&mut self.buf), FIRST_ROOM);
+                    }
+                    Err(_) => return Err(End::Closed),
+                }
+                continue;
             }
             if self.end == self.buf.len() {
                 if self.start > 0 {
@@ -602,7 +760,7 @@ impl Lane {
             _ => None,
         };
         let head_request = parts.method == Method::HEAD;
-        let (up, answer) = match self
+        let (up, answer, early) = match self
             .exchange(&authority, &parts.method, head_request, rest, ctx, activity)
             .await
         {
@@ -619,6 +777,14 @@ impl Lane {
                 return self.reject_with(rejection, ctx, call).await
             }
         };
+        if early {
+            // The CRM answered before the body was whole (hyper's client passes such an answer
+            // on too): the answer is the connection's last, the rest of the body discarded.
+            // (hyper's path goes on streaming the body to a CRM that keeps reading after its
+            // early answer, and may keep the connection; the lane never does.)
+            self.linger = true;
+            return self.relay(up, answer, authority, ctx, &refused).await;
+        }
         self.relay(up, answer, authority, ctx, call).await
     }
 
@@ -734,7 +900,7 @@ impl Lane {
         self.out.extend_from_slice(&checked);
         drop(checked);
         let head_request = parts.method == Method::HEAD;
-        let (up, answer) = match self
+        let (up, answer, _) = match self
             .exchange(&authority, &parts.method, head_request, None, ctx, activity)
             .await
         {
@@ -798,7 +964,8 @@ impl Lane {
     /// Send the request head in `self.out` to the CRM and read its answer head. A pooled
     /// connection found closed before any answer is replaced once (the methods of
     /// `upstream.retry_methods` only: any other call that may have reached the CRM is never
-    /// sent twice).
+    /// sent twice). With `.2`: the CRM answered before the streamed body was whole (the
+    /// client's body is not read on, the CRM connection not reused).
     async fn exchange(
         &mut self,
         authority: &Authority,
@@ -807,7 +974,7 @@ impl Lane {
         mut body: Option<&mut BodyReader>,
         ctx: &mut Ctx,
         activity: &Activity,
-    ) -> Result<(Upconn, Answer), Failed> {
+    ) -> Result<(Upconn, Answer, bool), Failed> {
         // A body streamed from the client cannot be sent twice: only a bodiless call (or one
         // whose body went out whole with the head) is retried once it may have reached the CRM.
         let streamed = body.is_some();
@@ -851,21 +1018,39 @@ impl Lane {
                 Ok(Err(e)) => return Err(up_failed(ctx, super::Failure::Other, &e.to_string())),
                 Ok(Ok(())) => {}
             }
+            let mut early = None;
             if let Some(reader) = body.take() {
-                self.send_body(&mut up, reader, write_timeout, ctx, activity)
+                let sent = self
+                    .send_body(&mut up, reader, write_timeout, ctx, activity)
                     .await
                     .map_err(|fault| match fault {
                         BodyFault::Client(rejection) => Failed::Body(rejection),
                         BodyFault::Upstream(failure, why) => up_failed(ctx, failure, &why),
                     })?;
+                if let Sent::Early(have) = sent {
+                    early = Some(have);
+                }
             }
-            match read_answer_head(&mut up, read_timeout, head_request, ctx, &mut self.out).await {
-                Ok(answer) => {
+            let have = early.unwrap_or(0);
+            let read = read_answer_head(
+                &mut up,
+                have,
+                read_timeout,
+                head_request,
+                ctx,
+                &mut self.out,
+            );
+            match read.await {
+                Ok(mut answer) => {
                     let elapsed = started.elapsed();
                     ctx.upstream_elapsed = Some(elapsed);
                     ctx.upstream_status = Some(answer.status);
                     plane.state.metrics.upstream_seconds.observe(elapsed);
-                    return Ok((up, answer));
+                    if early.is_some() {
+                        // The CRM still expects the rest of the body: never reused.
+                        answer.reusable = false;
+                    }
+                    return Ok((up, answer, early.is_some()));
                 }
                 Err(HeadError::ClosedEarly)
                     if reused
@@ -898,6 +1083,11 @@ impl Lane {
     /// `listen.body_read_timeout_ms` and the total timeout (408 `request_timeout`), at most
     /// `listen.max_body_bytes` (413 `body_too_large`), a malformed or cut body 400
     /// `bad_request`; each write to the CRM by `upstream.write_timeout_ms`.
+    ///
+    /// The CRM may answer before the body is whole (a 413 or a 401 it sends before reading
+    /// on, then maybe closing): hyper's client passes that answer on, and so does the lane.
+    /// `Ok(Sent::Early(n))`: the CRM spoke first, the first `n` bytes of its answer are in its
+    /// connection's buffer, and the rest of the body is not sent.
     async fn send_body(
         &mut self,
         up: &mut Upconn,
@@ -905,13 +1095,28 @@ impl Lane {
         write_timeout: Duration,
         ctx: &Ctx,
         activity: &Activity,
-    ) -> Result<(), BodyFault> {
+    ) -> Result<Sent, BodyFault> {
         let idle = ctx.body_read_timeout();
         let max = max_body_bytes(ctx);
         (self.start, self.end) = (0, 0);
+        // Bytes of an answer the CRM sent while the body was still going out.
+        let mut have = 0;
         loop {
             let wait = idle.min(left(ctx.deadline));
-            let n = match tokio::time::timeout(wait, self.stream.read(&mut self.buf)).await {
+            // The client's bytes first: when they are there, the CRM's connection is not even
+            // registered for a wake-up (the usual case costs nothing more); while the client is
+            // quiet, an early answer from the CRM is seen at once.
+            let read = tokio::select! {
+                biased;
+                read = tokio::time::timeout(wait, self.stream.read(&mut self.buf)) => read,
+                _ = up.stream.readable() => {
+                    if up.spoke(&mut have) {
+                        return Ok(Sent::Early(have));
+                    }
+                    continue;
+                }
+            };
+            let n = match read {
                 Err(_) => return Err(BodyFault::Client(Rejection::request_timeout())),
                 Ok(Ok(0)) => {
                     return Err(BodyFault::Client(unreadable(ctx, "the body stopped short")))
@@ -936,17 +1141,13 @@ impl Lane {
                 return Err(BodyFault::Client(Rejection::body_too_large()));
             }
             let wait = write_timeout.min(left(ctx.deadline));
-            match tokio::time::timeout(wait, up.stream.write_all(&self.out)).await {
-                Err(_) => return Err(BodyFault::Upstream(super::Failure::Timeout, "write".into())),
-                Ok(Err(e)) => {
-                    return Err(BodyFault::Upstream(super::Failure::Other, e.to_string()))
-                }
-                Ok(Ok(())) => {}
+            if !up.write_unless_answered(&self.out, wait, &mut have).await? {
+                return Ok(Sent::Early(have));
             }
             if fed.done {
                 // What follows is the next request's.
                 (self.start, self.end) = (fed.used, n);
-                return Ok(());
+                return Ok(Sent::Whole);
             }
         }
     }
@@ -1229,8 +1430,11 @@ enum HeadError {
     Bad(&'static str),
 }
 
+/// Read the CRM's answer head; `have`: bytes of it already in the connection's buffer (an
+/// answer that came while the request body was going out: [`Upconn::spoke`]).
 async fn read_answer_head(
     up: &mut Upconn,
+    have: usize,
     read_timeout: Duration,
     head_request: bool,
     ctx: &Ctx,
@@ -1238,7 +1442,7 @@ async fn read_answer_head(
 ) -> Result<Answer, HeadError> {
     // The whole head within one read timeout (and the total), as hyper's path waits for it.
     let until = tokio::time::Instant::now() + read_timeout.min(left(ctx.deadline));
-    let (mut end, mut answered) = (0, false);
+    let (mut end, mut answered) = (have, have > 0);
     let edits = Edits {
         ctx,
         id_header: ctx.id_header(),
@@ -1246,18 +1450,7 @@ async fn read_answer_head(
         cors: exchange::cors_of(ctx, true),
     };
     loop {
-        let read = tokio::time::timeout_at(until, up.stream.read(&mut up.buf[end..])).await;
-        let n = match read {
-            Err(_) => return Err(HeadError::TimedOut),
-            // Nothing came back: the request may be sent again on another connection.
-            Ok(Ok(0)) | Ok(Err(_)) if !answered => return Err(HeadError::ClosedEarly),
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Bad("the answer head stopped short")),
-            Ok(Ok(_)) if tokio::time::Instant::now() >= until => return Err(HeadError::TimedOut),
-            Ok(Ok(n)) => n,
-        };
-        answered = true;
-        end += n;
-        loop {
+        while end > 0 {
             match parse_answer(&up.buf[..end], head_request, &edits, head) {
                 Err(why) => return Err(HeadError::Bad(why)),
                 Ok(AnswerParse::Partial) => break,
@@ -1265,9 +1458,6 @@ async fn read_answer_head(
                     // 100 Continue, 102, 103: not passed on; the final answer follows.
                     up.buf.copy_within(len..end, 0);
                     end -= len;
-                    if end == 0 {
-                        break;
-                    }
                 }
                 Ok(AnswerParse::Final(mut answer)) => {
                     answer.buffered = end;
@@ -1281,6 +1471,17 @@ async fn read_answer_head(
             }
             up.buf.resize((up.buf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
         }
+        let read = tokio::time::timeout_at(until, up.stream.read(&mut up.buf[end..])).await;
+        let n = match read {
+            Err(_) => return Err(HeadError::TimedOut),
+            // Nothing came back: the request may be sent again on another connection.
+            Ok(Ok(0)) | Ok(Err(_)) if !answered => return Err(HeadError::ClosedEarly),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Bad("the answer head stopped short")),
+            Ok(Ok(_)) if tokio::time::Instant::now() >= until => return Err(HeadError::TimedOut),
+            Ok(Ok(n)) => n,
+        };
+        answered = true;
+        end += n;
     }
 }
 
