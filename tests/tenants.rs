@@ -581,23 +581,7 @@ async fn a_config_and_a_snapshot_that_disagree_on_tenants_are_refused_at_load() 
     // A running tenant-aware gateway: the disagreeing snapshot or config is refused.
     let (admin, port) = admin_section();
     let (h, dir) = start(&config(r#"from = "claim:org_id""#, &admin)).await;
-    let admin_call = |method: reqwest::Method, path: &'static str, body: Option<String>| {
-        let url = format!("http://127.0.0.1:{port}{path}");
-        async move {
-            let mut r = client()
-                .request(method, url)
-                .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
-            if let Some(b) = body {
-                r = r.body(b);
-            }
-            let r = r.send().await.unwrap();
-            let status = r.status().as_u16();
-            (
-                status,
-                r.json::<serde_json::Value>().await.unwrap_or_default(),
-            )
-        }
-    };
+    let admin_call = |method, path, body| admin_api(port, method, path, body);
     let (s, v) = admin_call(
         reqwest::Method::PUT,
         "/snapshot",
@@ -643,20 +627,7 @@ async fn a_config_and_a_snapshot_that_disagree_on_tenants_are_refused_at_load() 
 async fn membership_changes_are_audited_with_their_tenant() {
     let (admin, port) = admin_section();
     let (h, _dir) = start(&config(r#"from = "claim:org_id""#, &admin)).await;
-    let admin_call = |method: reqwest::Method, path: &'static str, body: Option<String>| {
-        let url = format!("http://127.0.0.1:{port}{path}");
-        async move {
-            let mut r = client()
-                .request(method, url)
-                .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
-            if let Some(b) = body {
-                r = r.body(b);
-            }
-            let r = r.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<serde_json::Value>().await.unwrap())
-        }
-    };
+    let admin_call = |method, path, body| admin_api(port, method, path, body);
     let batch = json!({"changes": [
         {"op": "set_roles", "user": "u", "tenant": "org-b", "roles": ["admin"]},
         {"op": "set_membership", "user": "w", "tenant": "org-b", "roles": ["case_rep"]},
@@ -713,4 +684,23 @@ async fn membership_changes_are_audited_with_their_tenant() {
         .unwrap_or_else(|| panic!("no audit line:\n{log}"));
     assert!(line.contains("org-a"), "{line}");
     assert!(line.contains("memberships_removed"), "{line}");
+}
+
+/// A call to the admin API with its token: the status and the JSON body (`null` when the body
+/// is not JSON).
+async fn admin_api(
+    port: u16,
+    method: reqwest::Method,
+    path: &'static str,
+    body: Option<String>,
+) -> (u16, serde_json::Value) {
+    let mut r = client()
+        .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+    if let Some(b) = body {
+        r = r.body(b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
 }

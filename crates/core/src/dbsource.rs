@@ -794,20 +794,22 @@ mod tests {
         r
     }
 
+    /// Each change's `op`, in order.
+    fn ops(batch: &[Change]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|c| {
+                serde_json::to_value(c).unwrap()["op"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
     #[test]
     fn incremental_rows_make_only_the_changes_the_snapshot_lacks() {
         let (catalog, live) = crate::records::tests::snapshot();
-        let ops = |batch: &[Change]| {
-            batch
-                .iter()
-                .map(|c| {
-                    serde_json::to_value(c).unwrap()["op"]
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                })
-                .collect::<Vec<_>>()
-        };
         // Rows restating what the snapshot holds (as the overlap window reads them again), and
         // deletions of what it does not know: no change.
         let same = Rows {
@@ -979,17 +981,6 @@ mod tests {
 
         // Incremental: the same rows change nothing; a role change in B, a new membership in a
         // new tenant, a removed one, a lead of B.
-        let ops = |batch: &[Change]| {
-            batch
-                .iter()
-                .map(|c| {
-                    serde_json::to_value(c).unwrap()["op"]
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                })
-                .collect::<Vec<_>>()
-        };
         assert!(incremental_changes(&rows, &live, &catalog)
             .unwrap()
             .is_empty());
