@@ -336,7 +336,7 @@ impl Snapshot {
                 Change::SetRoles { roles, tenant, .. } => match named_tenant(tenant)? {
                     None => u.roles = roles.clone(),
                     Some(t) => {
-                        member_roles.push((i, roles));
+                        member_roles.push((i, roles.as_slice()));
                         membership(i, u, &t)?.roles = roles.clone();
                     }
                 },
@@ -366,7 +366,7 @@ impl Snapshot {
                     if let Some(m) = manager {
                         member_managers.push((i, t.clone(), m.clone()));
                     }
-                    member_roles.push((i, roles));
+                    member_roles.push((i, roles.as_slice()));
                     let m = RawMembership {
                         tenant: t,
                         roles: roles.clone(),
@@ -571,7 +571,7 @@ impl Snapshot {
             // one no longer listed is detached (module docs).
             let mut mine: Vec<(u32, UserIdx)> = Vec::new();
             if tenanted {
-                let before: &[(u32, UserIdx)] = old.map_or(&[], |o| &o.memberships);
+                let before: &[(u32, UserIdx)] = old.map_or(&[][..], |o| &o.memberships[..]);
                 for (_, m) in before {
                     if let Some(e) = self.users.get(*m as usize) {
                         tables.leave(&e.teams);
@@ -726,7 +726,7 @@ impl Snapshot {
             let gone: HashSet<UserIdx> = detached.iter().copied().collect();
             for (k, m) in managers.iter().enumerate() {
                 if gone.contains(m) && errors.len() < MAX_ERRORS {
-                    let (u, t) = users.get(k as usize).map_or(("", ""), |u| {
+                    let (u, t) = users.get(k).map_or(("", ""), |u| {
                         (&*u.id, tenant_ids.get(u.tenant as usize).map_or("", |t| t))
                     });
                     let m = users.get(*m as usize).map_or("", |u| &*u.id);
