@@ -2339,6 +2339,51 @@ pub(crate) mod tests {
         assert!(st.heap_bytes > 0);
     }
 
+    /// A removed record is found no more, and every other record still is (its key stays in
+    /// the probe sequences it sits in); added again, it takes its old slot back with no share;
+    /// the counts follow.
+    #[test]
+    fn removed_records_keep_probe_sequences_whole() {
+        let c = catalog();
+        let owners: Vec<String> = (0..3000)
+            .map(|i| format!(r#"{{"type":"lead","id":{i},"owner":"u"}}"#))
+            .collect();
+        let shares: Vec<String> = (0..3000)
+            .step_by(7)
+            .map(|i| format!(r#"{{"type":"lead","id":{i},"user":"u"}}"#))
+            .collect();
+        let text = format!(
+            r#"{{"users":[{{"id":"u","roles":["admin"]}}],"records":{{"owners":[{}],"shares":[{}]}}}}"#,
+            owners.join(","),
+            shares.join(",")
+        );
+        let s = Snapshot::build("s.json", &text, &c).unwrap();
+        let t = c.record_types().get("lead").unwrap();
+        let mut store = s.records().clone();
+        let gone = |i: u64| i % 3 == 0;
+        for i in (0..3000u64).filter(|i| gone(*i)) {
+            let f = store.find(t, &RecordId::Int(i)).unwrap();
+            assert!(store.remove(f.number));
+            assert!(!store.remove(f.number), "removed once");
+        }
+        for i in 0..3000u64 {
+            assert_eq!(store.find(t, &RecordId::Int(i)).is_none(), gone(i), "lead {i}");
+        }
+        let st = store.stats();
+        assert_eq!(st.records, 2000);
+        assert_eq!(st.shares, (0..3000).step_by(7).filter(|i| !gone(*i)).count());
+        assert_eq!(s.records().stats().records, 3000, "the previous version is untouched");
+        // Back in its slot, without its shares; a new id still needs room.
+        let room = store.room(t);
+        assert!(store.add(t, &RecordId::Int(0), None));
+        let f = store.find(t, &RecordId::Int(0)).unwrap();
+        assert_eq!(f.owner, None);
+        assert!(!store.has_share(f.number, Principal::User(0)));
+        assert_eq!(store.room(t), room, "a removed slot stays taken");
+        assert!(!store.add(t, &RecordId::Int(1), None), "already there");
+        assert_eq!(store.stats().records, 2001);
+    }
+
     fn errors(records: &str) -> Vec<String> {
         let text = format!(
             "{{\n\"users\": [{{\"id\": \"a\", \"roles\": [\"admin\"]}}],\n\"records\": {records}\n}}"
