@@ -401,28 +401,35 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
 
     // Deletions (and tenant batches), on the path the gateway takes; one of each kind also
     // through the source form with `--full-path`.
-    let mut kinds: Vec<(&str, Vec<Vec<Change>>)> = vec![
+    // (what, batches, also through the source form with `--full-path`)
+    let mut kinds: Vec<(String, Vec<Vec<Change>>, bool)> = vec![
         (
-            "1 deletion (remove_record)",
+            "1 deletion (remove_record)".into(),
             (0..a.batches).map(|r| deletions(r, 1, a.records)).collect(),
+            true,
         ),
         (
-            "deletions only (remove_record)",
+            format!("{} deletions (remove_record)", a.batch_size),
             (0..a.batches)
                 .map(|r| deletions(r + 1000, a.batch_size, a.records))
                 .collect(),
+            false,
         ),
     ];
     if a.tenants > 0 {
         kinds.push((
-            "naming tenants (memberships, records, deletions)",
+            format!(
+                "{} changes naming tenants (memberships, records, deletions)",
+                a.batch_size
+            ),
             (0..a.batches)
                 .map(|r| tenant_batch(r, a.batch_size, a.users, a.records, a.tenants))
                 .collect(),
+            true,
         ));
     }
     let text = a.full_path.then(|| generate(a.users, a.records, a.tenants));
-    for (what, batches) in kinds {
+    for (what, batches, compare) in kinds {
         let mut times = Vec::new();
         let mut rebuilt = 0;
         let mut full = None;
@@ -430,7 +437,7 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
             if s.needs_rebuild(&b, &c) {
                 rebuilt += 1;
             }
-            if full.is_none() {
+            if full.is_none() && compare {
                 if let Some(text) = &text {
                     full = Some(full_path(text, &since, &b, &c)?);
                 }

@@ -24,19 +24,18 @@
 //! A batch is atomic: applied in order, validated as a whole against its final state (a
 //! change may name a user an earlier change of the same batch added), and refused whole.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::SystemTime;
-
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{is_valid_role_id, Catalog};
-use crate::hierarchy::{Hierarchy, NO_MANAGER};
 use crate::ids::{canonical_id, canonical_json_number, RecordId, RecordTypeId, RecordTypes};
-use crate::records::{Principal, RawId, RawOwner, RawRelated, RawShare};
-use crate::snapshot::{
-    grant_for, is_valid_user_id, parse_key_digest, RawMembership, RawRole, RawSnapshot, RawTenant,
-    RawUser, Snapshot, User, UserIdx,
+use crate::records::RawId;
+use crate::snapshot::{RawRole, RawSnapshot, RawTenant, RawUser, Snapshot};
+// The scanning source form (the reference) and the tests.
+#[cfg(test)]
+use {
+    crate::records::{RawOwner, RawRelated, RawShare},
+    crate::snapshot::{parse_key_digest, RawMembership, User},
+    std::sync::Arc,
 };
 
 /// One incremental change to a snapshot (admin API `POST /snapshot/changes`).

@@ -234,7 +234,7 @@ impl Snapshot {
     ) -> Result<Applied, Vec<String>> {
         let tenanted = self.has_tenants();
         // Without tenants, a change naming one is refused (as the source form refuses it).
-        for (i, change) in changes.iter().enumerate() {
+        for (i, change) in changes.iter().enumerate().filter(|_| !tenanted) {
             if let Some(e) = change.tenant_without_tenants(i) {
                 return Err(vec![e]);
             }
