@@ -772,8 +772,7 @@ impl State {
         };
         // The batches since the last full load, then this one: the source form is indexed
         // once for all of them (crate::changes).
-        let mut batches: Vec<&[Change]> =
-            current.snapshot_changes.iter().map(|b| &b[..]).collect();
+        let mut batches: Vec<&[Change]> = current.snapshot_changes.iter().map(|b| &b[..]).collect();
         batches.push(changes);
         if let Err(e) = raw.apply_all(&batches, types) {
             return Err(self.refuse_snapshot(source, vec![e]));

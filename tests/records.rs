@@ -1127,7 +1127,11 @@ async fn records_are_added_and_removed_through_the_admin_api() {
         changes(r#"{"changes":[{"op":"remove_record","type":"lead","id":500}]}"#.into()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(get("u-rep1", 500).await, 403, "removed");
-    assert_eq!(rebuilds().await, before, "a removal is applied incrementally");
+    assert_eq!(
+        rebuilds().await,
+        before,
+        "a removal is applied incrementally"
+    );
     let (s, v) =
         changes(r#"{"changes":[{"op":"remove_record","type":"note","id":900}]}"#.into()).await;
     assert_eq!(s, 422, "the note went with its lead: {v}");

@@ -210,7 +210,13 @@ fn deletions(round: usize, n: usize, records: usize) -> Vec<Change> {
 /// tenant, a removed membership (of a user with no reports: the upper half of the users, which
 /// the other changes leave alone), a disabled user, a new lead in its owner's tenant, owners,
 /// shares, a deletion; different for each `round`.
-fn tenant_batch(round: usize, n: usize, users: usize, records: usize, tenants: usize) -> Vec<Change> {
+fn tenant_batch(
+    round: usize,
+    n: usize,
+    users: usize,
+    records: usize,
+    tenants: usize,
+) -> Vec<Change> {
     let mut rng = fastrand::Rng::with_seed(round as u64 + 4242);
     let half_users = (users / 2).max(2);
     let half_leads = (records / 2).max(1);

@@ -2367,12 +2367,23 @@ pub(crate) mod tests {
             assert!(!store.remove(f.number), "removed once");
         }
         for i in 0..3000u64 {
-            assert_eq!(store.find(t, &RecordId::Int(i)).is_none(), gone(i), "lead {i}");
+            assert_eq!(
+                store.find(t, &RecordId::Int(i)).is_none(),
+                gone(i),
+                "lead {i}"
+            );
         }
         let st = store.stats();
         assert_eq!(st.records, 2000);
-        assert_eq!(st.shares, (0..3000).step_by(7).filter(|i| !gone(*i)).count());
-        assert_eq!(s.records().stats().records, 3000, "the previous version is untouched");
+        assert_eq!(
+            st.shares,
+            (0..3000).step_by(7).filter(|i| !gone(*i)).count()
+        );
+        assert_eq!(
+            s.records().stats().records,
+            3000,
+            "the previous version is untouched"
+        );
         // Back in its slot, without its shares; a new id still needs room.
         let room = store.room(t);
         assert!(store.add(t, &RecordId::Int(0), None));

@@ -430,7 +430,12 @@ mod change_tests {
         let changes: Vec<Change> = serde_json::from_str(batch).map_err(|e| e.to_string())?;
         let full = full_build(&changes);
         if let Some(fast) = fast_errors(batch) {
-            assert_eq!(fast.is_empty(), full.is_ok(), "{batch}: {fast:?} {:?}", full.as_ref().err());
+            assert_eq!(
+                fast.is_empty(),
+                full.is_ok(),
+                "{batch}: {fast:?} {:?}",
+                full.as_ref().err()
+            );
         }
         full
     }

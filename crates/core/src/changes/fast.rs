@@ -126,11 +126,14 @@ fn membership<'u>(
     t: &str,
 ) -> Result<&'u mut RawMembership, Vec<String>> {
     let id = u.id.clone();
-    u.memberships.iter_mut().find(|m| m.tenant == t).ok_or_else(|| {
-        vec![format!(
+    u.memberships
+        .iter_mut()
+        .find(|m| m.tenant == t)
+        .ok_or_else(|| {
+            vec![format!(
             "changes[{i}]: user '{id}' has no membership in tenant '{t}' (set_membership adds one)"
         )]
-    })
+        })
 }
 
 impl Snapshot {
@@ -679,7 +682,11 @@ impl Snapshot {
         for (idx, u) in &mut compiled {
             if let Some(m) = links.get(idx) {
                 u.manager = *m;
-                if self.users.get(*idx as usize).is_none_or(|o| o.manager != *m) {
+                if self
+                    .users
+                    .get(*idx as usize)
+                    .is_none_or(|o| o.manager != *m)
+                {
                     manager_changed = true;
                 }
             }

@@ -629,9 +629,9 @@ impl<'r> Replay<'r> {
                     let matching: Vec<usize> = live
                         .into_iter()
                         .filter(|p| {
-                            list.shares
-                                .get(*p)
-                                .is_some_and(|s| named(i, &s.user, &s.team, &s.role).ok() == Some(who))
+                            list.shares.get(*p).is_some_and(|s| {
+                                named(i, &s.user, &s.team, &s.role).ok() == Some(who)
+                            })
                         })
                         .collect();
                     if matching.is_empty() {
@@ -650,9 +650,12 @@ impl<'r> Replay<'r> {
             }
         }
         for (i, t, m) in member_managers {
-            let member = self
-                .position(&m)
-                .map(|p| self.raw.users[p].memberships.iter().any(|ms| ms.tenant == t));
+            let member = self.position(&m).map(|p| {
+                self.raw.users[p]
+                    .memberships
+                    .iter()
+                    .any(|ms| ms.tenant == t)
+            });
             match member {
                 None => return Err(format!("changes[{i}].manager: unknown user '{m}'")),
                 Some(false) => {

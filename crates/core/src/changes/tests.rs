@@ -115,13 +115,15 @@ fn tenant_change() -> impl Strategy<Value = Change> {
             teams(),
             proptest::option::of(pick(USERS))
         )
-            .prop_map(|(user, tenant, roles, teams, manager)| Change::SetMembership {
-                user,
-                tenant,
-                roles,
-                teams,
-                manager
-            }),
+            .prop_map(
+                |(user, tenant, roles, teams, manager)| Change::SetMembership {
+                    user,
+                    tenant,
+                    roles,
+                    teams,
+                    manager
+                }
+            ),
         (pick(USERS), pick(TENANTS))
             .prop_map(|(user, tenant)| Change::RemoveMembership { user, tenant }),
         prop_oneof![pick(TENANTS), Just("has space".to_string())].prop_map(|id| {
@@ -200,7 +202,11 @@ fn tenant_change() -> impl Strategy<Value = Change> {
 }
 
 /// The source form's answer: the batch applied, checked and built.
-fn slow(raw: &RawSnapshot, batch: &[Change], c: &Catalog) -> Result<(RawSnapshot, Snapshot), String> {
+fn slow(
+    raw: &RawSnapshot,
+    batch: &[Change],
+    c: &Catalog,
+) -> Result<(RawSnapshot, Snapshot), String> {
     let mut next = raw.clone();
     next.apply(batch, c.record_types())?;
     let roles = check_member_roles(batch, c, &next);
@@ -253,8 +259,11 @@ fn same_tenant_data(c: &Catalog, a: &Snapshot, b: &Snapshot) -> Result<(), TestC
             let mgr = |s: &Snapshot, m: Option<u32>| m.map(|m| s.user(m).id.to_string());
             prop_assert_eq!(mgr(a, ua.manager), mgr(b, ub.manager), "{} in {}", id, t);
             let names = |s: &Snapshot, u: &User| {
-                let mut v: Vec<String> =
-                    u.teams.iter().map(|t| s.team_name(*t).to_string()).collect();
+                let mut v: Vec<String> = u
+                    .teams
+                    .iter()
+                    .map(|t| s.team_name(*t).to_string())
+                    .collect();
                 v.sort();
                 v
             };
@@ -464,7 +473,10 @@ fn deletions_and_tenant_batches_take_the_fast_path() {
         "a new record in its tenant"
     );
     assert!(next
-        .member(next.user_index("x").unwrap(), next.tenant_index("a").unwrap())
+        .member(
+            next.user_index("x").unwrap(),
+            next.tenant_index("a").unwrap()
+        )
         .is_none());
     // Refusals, each as the source form refuses it.
     for (batch, says) in [
@@ -513,7 +525,10 @@ fn deletions_and_tenant_batches_take_the_fast_path() {
     let lead_view = c.permission("lead.view").unwrap();
     let t = c.record_types().get("lead").unwrap();
     let u_a = next
-        .member(next.user_index("u").unwrap(), next.tenant_index("a").unwrap())
+        .member(
+            next.user_index("u").unwrap(),
+            next.tenant_index("a").unwrap(),
+        )
         .unwrap();
     assert_eq!(
         check_record(&next, u_a, lead_view, t, &RecordId::Int(5)),
