@@ -3,6 +3,10 @@
 //! of their own, recompiled with their person) and for record removals (the slot keeps its
 //! key but no lookup finds it: [`crate::records::RecordStore::remove`]).
 //!
+//! Why one file (~1,000 lines): `Snapshot::apply` is one pass over a batch whose steps (users,
+//! memberships, managers, records) share its local state; splitting it would pass that state
+//! around, not simplify it.
+//!
 //! A membership a batch removes keeps its entry, detached: its person no longer lists it, so
 //! no call reaches it, and no other entry may name it as manager (the batch is refused as a
 //! full build refuses a manager outside the tenant). The next full build drops it.
