@@ -97,6 +97,9 @@ pub struct Counters {
     pub config_reload_failures: AtomicU64,
     pub snapshot_updates: AtomicU64,
     pub snapshot_update_failures: AtomicU64,
+    /// Change batches that went through the source form and a full build
+    /// ([`Snapshot::needs_rebuild`]) rather than the incremental path.
+    pub change_rebuilds: AtomicU64,
     /// Pulls answered 304 Not Modified (nothing parsed).
     pub source_not_modified: AtomicU64,
     /// Pulls that failed before a snapshot could be offered (network, status, signature).
@@ -718,8 +721,10 @@ impl State {
     }
 
     /// Apply a batch of incremental changes to the live snapshot and swap in the result. The
-    /// batch is validated whole; a batch of structural changes goes through the source form
-    /// and a full build, any other shares every untouched part with the live snapshot
+    /// batch is validated whole; a batch [`Snapshot::needs_rebuild`] names (structural changes,
+    /// records past their table's free slots, a record moved to another tenant) goes through
+    /// the source form and a full build, any other — record removals and batches on a snapshot
+    /// with tenants included — shares every untouched part with the live snapshot
     /// ([`crate::changes`]).
     pub fn apply_changes(&self, changes: &[Change], source: &str) -> Result<String, Vec<String>> {
         let _w = lock(&self.writer);
@@ -765,12 +770,11 @@ impl State {
             Ok(r) => r,
             Err(e) => return Err(self.refuse_snapshot(source, vec![e])),
         };
-        for batch in &current.snapshot_changes {
-            if let Err(e) = raw.apply(batch, types) {
-                return Err(self.refuse_snapshot(source, vec![e]));
-            }
-        }
-        if let Err(e) = raw.apply(changes, types) {
+        // The batches since the last full load, then this one: the source form is indexed
+        // once for all of them (crate::changes).
+        let mut batches: Vec<&[Change]> = current.snapshot_changes.iter().map(|b| &b[..]).collect();
+        batches.push(changes);
+        if let Err(e) = raw.apply_all(&batches, types) {
             return Err(self.refuse_snapshot(source, vec![e]));
         }
         let member_roles =
@@ -787,6 +791,9 @@ impl State {
                 self.store_snapshot(&current.config, s, Arc::from(new_text), source);
                 self.counters
                     .snapshot_updates
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .change_rebuilds
                     .fetch_add(1, Ordering::Relaxed);
                 Ok(version)
             }
@@ -955,6 +962,7 @@ impl State {
                 "config_reload_failures": c.config_reload_failures.load(Ordering::Relaxed),
                 "snapshot_updates": c.snapshot_updates.load(Ordering::Relaxed),
                 "snapshot_update_failures": c.snapshot_update_failures.load(Ordering::Relaxed),
+                "change_rebuilds": c.change_rebuilds.load(Ordering::Relaxed),
                 "source_not_modified": c.source_not_modified.load(Ordering::Relaxed),
                 "source_errors": c.source_errors.load(Ordering::Relaxed),
                 "database_full_loads": c.database_full_loads.load(Ordering::Relaxed),
@@ -1038,6 +1046,12 @@ impl State {
                 "counter",
                 "Snapshots refused.",
                 load(&c.snapshot_update_failures),
+            ),
+            (
+                "permgate_snapshot_change_rebuilds_total",
+                "counter",
+                "Change batches applied through a full build (not incrementally).",
+                load(&c.change_rebuilds),
             ),
             (
                 "permgate_snapshot_source_not_modified_total",

@@ -1124,10 +1124,21 @@ async fn records_are_added_and_removed_through_the_admin_api() {
     .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(get("u-rep1", 500).await, 200);
+    let rebuilds = || async {
+        let text = admin_metrics(&format!("http://127.0.0.1:{port}")).await;
+        metric(&text, "permgate_snapshot_change_rebuilds_total")
+    };
+    let before = rebuilds().await;
+    assert!(before >= 1, "the note with a parent took a full build");
     let (s, v) =
         changes(r#"{"changes":[{"op":"remove_record","type":"lead","id":500}]}"#.into()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(get("u-rep1", 500).await, 403, "removed");
+    assert_eq!(
+        rebuilds().await,
+        before,
+        "a removal is applied incrementally"
+    );
     let (s, v) =
         changes(r#"{"changes":[{"op":"remove_record","type":"note","id":900}]}"#.into()).await;
     assert_eq!(s, 422, "the note went with its lead: {v}");

@@ -472,6 +472,19 @@ creates = { type = "case", id = "/id" }
     let (s, body) = case("u", "org-a", C1).await;
     assert_eq!((s, body["error"].as_str()), (403, Some("record_forbidden")));
 
+    // Batches on a snapshot with tenants are applied incrementally: none below takes a full
+    // build (the metric counts those).
+    let rebuilds = || {
+        let admin = admin.clone();
+        async move {
+            metric(
+                &admin_metrics(&admin).await,
+                "permgate_snapshot_change_rebuilds_total",
+            )
+        }
+    };
+    let rebuilds_before = rebuilds().await;
+
     // A membership added and a record of it: W (org A only) joins org B.
     assert_eq!(case("w", "org-b", B1).await.1["error"], "not_a_member");
     let (s, v) = changes(json!([
@@ -526,6 +539,21 @@ creates = { type = "case", id = "/id" }
     let (s, me) = get(&h, &token_in("v", Some("org-c")), "/_permgate/me").await;
     assert_eq!((s, me["roles"].clone()), (200, json!(["admin"])), "{me}");
     assert_eq!(case("w", "org-b", C2).await.1["error"], "not_a_member");
+
+    // A deletion on a snapshot with tenants: U's learned case C1 is forgotten (a call naming
+    // it is judged as for any unknown record: refused here); a second removal is refused.
+    assert_eq!(case("u", "org-b", C1).await.0, 200);
+    let (s, v) = changes(json!([{"op": "remove_record", "type": "case", "id": C1}])).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(case("u", "org-b", C1).await.0, 403, "removed");
+    let (s, v) = changes(json!([{"op": "remove_record", "type": "case", "id": C1}])).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("unknown record case"), "{v}");
+    assert_eq!(
+        rebuilds().await,
+        rebuilds_before,
+        "every batch above was applied incrementally"
+    );
 }
 
 /// `permgate serve` with `config` and `snapshot`: it must exit (bounded wait); its exit code

@@ -6,6 +6,16 @@
 //! changed version. With `--tenants N` every user is a member of one of N tenants (their
 //! roles, team and manager in that tenant: a 10-ary tree per tenant) and every lead belongs to
 //! its owner's tenant; a record check then runs as the owner-tenant member of the caller.
+//!
+//! Batches: without tenants, mixed batches (with and without manager changes); then, with or
+//! without tenants, batches of deletions (`remove_record`, a tenth of the leads have a note
+//! that goes with them) and, with tenants, batches that name tenants (membership roles and
+//! teams, a second membership, a removed membership, new records in a tenant, owners, shares,
+//! deletions). Each is timed on the path the gateway takes (`Snapshot::needs_rebuild`
+//! decides; it is printed). With `--full-path`, one batch of each of the new kinds is also
+//! timed through the source form and a full build — what the gateway did for them before they
+//! took the incremental path: parse the last full load's text, replay the batches applied
+//! since, serialize, build.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -15,7 +25,8 @@ use permgate::access::{check_record, UnknownRecord};
 use permgate::catalog::Catalog;
 use permgate::changes::Change;
 use permgate::ids::{canonical_id, IdKind, RecordTypeSpec, RecordTypes};
-use permgate::snapshot::Snapshot;
+use permgate::records::RawId;
+use permgate::snapshot::{RawSnapshot, Snapshot};
 
 use crate::procstat;
 
@@ -37,6 +48,10 @@ pub struct SnapshotArgs {
     /// Tenants (0: a snapshot without tenants). Users are spread over them round-robin.
     #[arg(long, default_value_t = 0)]
     tenants: usize,
+    /// Also time one deletion batch (and with tenants one tenant batch) through the source
+    /// form and a full build (needs the snapshot's text again: several GB at 10M records).
+    #[arg(long)]
+    full_path: bool,
 }
 
 fn catalog() -> Result<Catalog, String> {
@@ -174,6 +189,115 @@ fn batch(round: usize, n: usize, users: usize, records: usize, managers: bool) -
     out
 }
 
+/// `n` deletions of distinct leads of the upper half of the ids (the other batches name the
+/// lower half), different for each `round`.
+fn deletions(round: usize, n: usize, records: usize) -> Vec<Change> {
+    let half = (records / 2).max(1);
+    (0..n)
+        .map(|k| {
+            // 104 729 is prime, so distinct indices give distinct leads (below `half`).
+            let lead = half + ((round * n + k) * 104_729) % half;
+            Change::RemoveRecord {
+                record_type: "lead".into(),
+                id: RawId::Text(lead.to_string()),
+            }
+        })
+        .collect()
+}
+
+/// A batch of `n` changes on a snapshot with tenants, naming each user's tenant (user `uK` is
+/// in tenant `o(K % tenants)`): membership roles and teams, a second membership in another
+/// tenant, a removed membership (of a user with no reports: the upper half of the users, which
+/// the other changes leave alone), a disabled user, a new lead in its owner's tenant, owners,
+/// shares, a deletion; different for each `round`.
+fn tenant_batch(
+    round: usize,
+    n: usize,
+    users: usize,
+    records: usize,
+    tenants: usize,
+) -> Vec<Change> {
+    let mut rng = fastrand::Rng::with_seed(round as u64 + 4242);
+    let half_users = (users / 2).max(2);
+    let half_leads = (records / 2).max(1);
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        let u = rng.usize(1..half_users);
+        let (user, org) = (format!("u{u}"), format!("o{}", u % tenants));
+        let lead = rng.usize(0..half_leads).to_string();
+        let change = match k % 10 {
+            0 | 1 => format!(
+                r#"{{"op":"set_roles","user":"{user}","tenant":"{org}","roles":["rep_team"]}}"#
+            ),
+            2 => format!(
+                r#"{{"op":"set_teams","user":"{user}","tenant":"{org}","teams":["t{}","t{}"]}}"#,
+                rng.usize(0..1000),
+                rng.usize(0..1000)
+            ),
+            3 => format!(
+                r#"{{"op":"set_membership","user":"{user}","tenant":"o{}","roles":["rep_limited"],"teams":["t7"]}}"#,
+                (u + 1) % tenants
+            ),
+            4 => {
+                // 7 919 is prime: distinct indices give distinct users of the upper half.
+                let leaf = half_users + ((round * n + k) * 7_919) % (users - half_users).max(1);
+                format!(
+                    r#"{{"op":"remove_membership","user":"u{leaf}","tenant":"o{}"}}"#,
+                    leaf % tenants
+                )
+            }
+            5 => format!(r#"{{"op":"disable","user":"{user}"}}"#),
+            6 => format!(
+                r#"{{"op":"upsert_record","type":"lead","id":"{}","owner":"{user}","tenant":"{org}"}}"#,
+                records + round * n + k
+            ),
+            7 => format!(r#"{{"op":"set_owner","type":"lead","id":"{lead}","owner":"{user}"}}"#),
+            8 => format!(r#"{{"op":"share","type":"lead","id":"{lead}","user":"{user}"}}"#),
+            _ => {
+                let gone = half_leads + ((round * n + k) * 104_729) % half_leads;
+                format!(r#"{{"op":"remove_record","type":"lead","id":"{gone}"}}"#)
+            }
+        };
+        out.push(serde_json::from_str(&change).expect("a valid change"));
+    }
+    out
+}
+
+/// The source-form path for `batch` after `since`: parse the text, replay, serialize, build
+/// (what the gateway's `apply_locked` does when `needs_rebuild` says so). Times each step.
+fn full_path(
+    text: &str,
+    since: &[Vec<Change>],
+    batch: &[Change],
+    c: &Catalog,
+) -> Result<String, String> {
+    let t0 = Instant::now();
+    let mut raw = RawSnapshot::parse(text)?;
+    let parsed = t0.elapsed();
+    let mut all: Vec<&[Change]> = since.iter().map(|b| &b[..]).collect();
+    all.push(batch);
+    let t1 = Instant::now();
+    raw.apply_all(&all, c.record_types())?;
+    let replayed = t1.elapsed();
+    let t2 = Instant::now();
+    let new_text = raw.to_json();
+    drop(raw);
+    let serialized = t2.elapsed();
+    let t3 = Instant::now();
+    let s = Snapshot::build("changed", &new_text, c).map_err(|e| format!("{:?}", &e[..1]))?;
+    let built = t3.elapsed();
+    drop(s);
+    Ok(format!(
+        "{:.1} s (parse {:.1} s, replay of {} batches {}, serialize {:.1} s, build {:.1} s)",
+        t0.elapsed().as_secs_f64(),
+        parsed.as_secs_f64(),
+        all.len(),
+        ms(replayed),
+        serialized.as_secs_f64(),
+        built.as_secs_f64()
+    ))
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
@@ -241,13 +365,11 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
         peak as f64 / 1e6
     );
 
-    // The batches name no tenant: on a tenant snapshot they would be refused.
-    let batch_kinds: &[bool] = if a.tenants > 0 {
-        println!("apply batches: not run with --tenants (the batches name no tenant)");
-        &[]
-    } else {
-        &[true, false]
-    };
+    // The mixed batches name no tenant: on a tenant snapshot they would be refused (the
+    // tenant batches below stand for them there).
+    let batch_kinds: &[bool] = if a.tenants > 0 { &[] } else { &[true, false] };
+    // Every batch applied since the build, for the source-form path's replay.
+    let mut since: Vec<Vec<Change>> = Vec::new();
     for &managers in batch_kinds {
         let mut times = Vec::new();
         for round in 0..a.batches {
@@ -266,6 +388,7 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
             // The previous version is dropped outside the timing, as the live state does once
             // requests in flight release it.
             s = applied.snapshot;
+            since.push(b);
         }
         let max = times.iter().max().copied().unwrap_or_default();
         println!(
@@ -281,6 +404,75 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
             a.batches
         );
     }
+
+    // Deletions (and tenant batches), on the path the gateway takes; one of each kind also
+    // through the source form with `--full-path`.
+    // (what, batches, also through the source form with `--full-path`)
+    let mut kinds: Vec<(String, Vec<Vec<Change>>, bool)> = vec![
+        (
+            "1 deletion (remove_record)".into(),
+            (0..a.batches).map(|r| deletions(r, 1, a.records)).collect(),
+            true,
+        ),
+        (
+            format!("{} deletions (remove_record)", a.batch_size),
+            (0..a.batches)
+                .map(|r| deletions(r + 1000, a.batch_size, a.records))
+                .collect(),
+            false,
+        ),
+    ];
+    if a.tenants > 0 {
+        kinds.push((
+            format!(
+                "{} changes naming tenants (memberships, records, deletions)",
+                a.batch_size
+            ),
+            (0..a.batches)
+                .map(|r| tenant_batch(r, a.batch_size, a.users, a.records, a.tenants))
+                .collect(),
+            true,
+        ));
+    }
+    let text = a.full_path.then(|| generate(a.users, a.records, a.tenants));
+    for (what, batches, compare) in kinds {
+        let mut times = Vec::new();
+        let mut rebuilt = 0;
+        let mut full = None;
+        for b in batches {
+            if s.needs_rebuild(&b, &c) {
+                rebuilt += 1;
+            }
+            if full.is_none() && compare {
+                if let Some(text) = &text {
+                    full = Some(full_path(text, &since, &b, &c)?);
+                }
+            }
+            let t = Instant::now();
+            let applied = s
+                .apply(&b, &c)
+                .map_err(|e| format!("{what}: {:?}", &e[..e.len().min(3)]))?;
+            times.push(t.elapsed());
+            s = applied.snapshot;
+            since.push(b);
+        }
+        let max = times.iter().max().copied().unwrap_or_default();
+        let n = times.len();
+        println!(
+            "apply a batch of {what}: median {}, max {} over {n} batches ({})",
+            ms(median(times)),
+            ms(max),
+            if rebuilt == 0 {
+                "incremental: needs_rebuild said no to each".to_string()
+            } else {
+                format!("needs_rebuild said yes to {rebuilt}: the gateway would rebuild those")
+            }
+        );
+        if let Some(f) = full {
+            println!("  the same kind through the source form and a full build (before): {f}");
+        }
+    }
+    drop(text);
 
     // A record check on the changed version (chunked tables and users).
     let t = c.record_types().get("lead").ok_or("lead")?;

@@ -437,6 +437,10 @@ const EMPTY: u32 = OWNER_BITS - 1;
 pub(crate) const HAS_SHARES: u32 = 1 << 30;
 /// The record is a related object (probe the parent map).
 const HAS_PARENT: u32 = 1 << 31;
+/// A slot whose record an incremental change removed ([`RecordStore::remove`]): its key stays
+/// so probe sequences through it still end where they did, but no lookup finds it (a free
+/// slot's owner with both flags: no live record has that value). The next full build drops it.
+const REMOVED: u32 = EMPTY | HAS_SHARES | HAS_PARENT;
 /// The most users a snapshot with records may hold (owners have 30 bits, two values reserved).
 pub const MAX_USERS_WITH_RECORDS: usize = (1 << 30) - 2;
 
@@ -676,7 +680,10 @@ struct TypeTable {
     keys: Keys,
     /// The record number of slot 0.
     base: u32,
+    /// Occupied slots (records, and the removed ones still holding their key).
     count: usize,
+    /// Of `count`, the slots of removed records ([`REMOVED`]).
+    removed: usize,
 }
 
 fn split_u64(v: u64) -> [u32; 2] {
@@ -993,6 +1000,7 @@ impl RecordStore {
                     keys,
                     base: base as u32,
                     count: 0,
+                    removed: 0,
                 });
                 base += size as u64;
             }
@@ -1543,7 +1551,7 @@ impl RecordStore {
         };
         let slot = (number - tt.base) as usize;
         if let Some(v) = tt.keys.val_mut(slot) {
-            if *v != EMPTY {
+            if *v != EMPTY && *v != REMOVED {
                 *v |= flag;
             }
         }
@@ -1571,7 +1579,7 @@ impl RecordStore {
         };
         let slot = (number - tt.base) as usize;
         if let Some(v) = tt.keys.val_mut(slot) {
-            if *v != EMPTY {
+            if *v != EMPTY && *v != REMOVED {
                 *v = (*v & !OWNER_BITS) | owner.map_or(NO_OWNER, |o| o & OWNER_BITS);
             }
         }
@@ -1588,11 +1596,96 @@ impl RecordStore {
     /// Add a record the store does not know, with its owner, in a new version: only the chunk
     /// holding its slot is copied, and no other record's number changes. `false`: no room
     /// ([`RecordStore::room`]) or already known.
+    /// A record removed earlier ([`RecordStore::remove`]) comes back in its old slot, with no
+    /// share and no parent (what a full build gives a record declared anew).
     pub(crate) fn add(&mut self, t: RecordTypeId, id: &RecordId, owner: Option<UserIdx>) -> bool {
-        self.room(t) > 0
-            && self
-                .insert(t, id, owner.map_or(NO_OWNER, |o| o & OWNER_BITS))
-                .is_ok()
+        let val = owner.map_or(NO_OWNER, |o| o & OWNER_BITS);
+        if let Some(slot) = self.slot_of(t, id) {
+            let Some(tt) = self.types.get_mut(t.index()) else {
+                return false;
+            };
+            return match tt.keys.val_mut(slot) {
+                Some(v) if *v == REMOVED => {
+                    *v = val;
+                    tt.removed -= 1;
+                    true
+                }
+                _ => false,
+            };
+        }
+        self.room(t) > 0 && self.insert(t, id, val).is_ok()
+    }
+
+    /// Remove a known record, in a new version: its slot keeps its key (probe sequences stay
+    /// whole) but no lookup finds it any more; its shares go with it (so a record added again
+    /// under its id starts with none). The caller removes its related objects. `false`: not a
+    /// known record.
+    pub(crate) fn remove(&mut self, number: u32) -> bool {
+        let Some(tt) = self.types.iter_mut().rev().find(|tt| tt.base <= number) else {
+            return false;
+        };
+        let slot = (number - tt.base) as usize;
+        let Some(v) = tt.keys.val_mut(slot) else {
+            return false;
+        };
+        if *v == EMPTY || *v == REMOVED {
+            return false;
+        }
+        let shared = *v & HAS_SHARES != 0;
+        *v = REMOVED;
+        tt.removed += 1;
+        if shared {
+            // One pass over the share set, only for a record that has shares (a share change
+            // copies the set once per version anyway).
+            Arc::make_mut(&mut self.shares).retain(|k| (k >> 32) as u32 != number);
+        }
+        true
+    }
+
+    /// The related objects whose parent is one of `parents` (record numbers), still in the
+    /// store: one pass over the parent map.
+    pub(crate) fn children_of(&self, parents: &HashSet<u32>) -> HashMap<u32, Vec<u32>> {
+        let mut out: HashMap<u32, Vec<u32>> = HashMap::new();
+        if parents.is_empty() {
+            return out;
+        }
+        for (child, parent) in self.parents.iter() {
+            if parents.contains(parent) && self.has_parent(*child) {
+                out.entry(*parent).or_default().push(*child);
+            }
+        }
+        for v in out.values_mut() {
+            v.sort_unstable();
+        }
+        out
+    }
+
+    /// Does this record number hold a related object, still in the store (a record removed,
+    /// or added again without its parent, is not one)?
+    pub(crate) fn has_parent(&self, number: u32) -> bool {
+        self.locate(number)
+            .and_then(|(tt, slot)| tt.keys.val(slot))
+            .is_some_and(|v| v != EMPTY && v != REMOVED && v & HAS_PARENT != 0)
+    }
+
+    /// The slot holding an id's key (a record, or a removed one), if any.
+    fn slot_of(&self, t: RecordTypeId, id: &RecordId) -> Option<usize> {
+        let tt = self.types.get(t.index())?;
+        let hash = self.hash_id(id);
+        match (&tt.keys, id) {
+            (Keys::Int(table), RecordId::Int(n)) => {
+                let k = split_u64(*n);
+                table.find(hash, |x| *x == k)
+            }
+            (Keys::Uuid(table), RecordId::Uuid(u)) => {
+                let k = split_u128(*u);
+                table.find(hash, |x| *x == k)
+            }
+            (Keys::Str { table, arena }, RecordId::Str(s)) => table.find(hash, |x| {
+                arena.get(x[0] as usize..x[0] as usize + x[1] as usize) == Some(&**s)
+            }),
+            _ => None,
+        }
     }
 
     /// Share a known record with a principal, in a new version (the share set is copied once
@@ -1690,7 +1783,6 @@ impl RecordStore {
     }
 
     /// Set a record's tenant (incremental changes; a snapshot with tenants only).
-    #[allow(dead_code)] // for the changes API (tenants), next step
     pub(crate) fn set_tenant(&mut self, number: u32, tenant: u32) {
         if let Some(t) = self.tenants.as_mut() {
             if let Some(slot) = t.get_mut(number as usize) {
@@ -1870,6 +1962,9 @@ impl RecordStore {
             }
             _ => return None,
         };
+        if val == REMOVED {
+            return None;
+        }
         Some(Found::from_slot(tt.base + slot as u32, val))
     }
 
@@ -1909,7 +2004,7 @@ impl RecordStore {
             buckets * (entry + 1)
         };
         RecordStats {
-            records: self.types.iter().map(|t| t.count).sum(),
+            records: self.types.iter().map(|t| t.count - t.removed).sum(),
             related: self.parents.len(),
             shares: self.shares.len(),
             heap_bytes: tables
@@ -2242,6 +2337,62 @@ pub(crate) mod tests {
             "the share to an empty team is kept: it reaches the team's first member"
         );
         assert!(st.heap_bytes > 0);
+    }
+
+    /// A removed record is found no more, and every other record still is (its key stays in
+    /// the probe sequences it sits in); added again, it takes its old slot back with no share;
+    /// the counts follow.
+    #[test]
+    fn removed_records_keep_probe_sequences_whole() {
+        let c = catalog();
+        let owners: Vec<String> = (0..3000)
+            .map(|i| format!(r#"{{"type":"lead","id":{i},"owner":"u"}}"#))
+            .collect();
+        let shares: Vec<String> = (0..3000)
+            .step_by(7)
+            .map(|i| format!(r#"{{"type":"lead","id":{i},"user":"u"}}"#))
+            .collect();
+        let text = format!(
+            r#"{{"users":[{{"id":"u","roles":["admin"]}}],"records":{{"owners":[{}],"shares":[{}]}}}}"#,
+            owners.join(","),
+            shares.join(",")
+        );
+        let s = Snapshot::build("s.json", &text, &c).unwrap();
+        let t = c.record_types().get("lead").unwrap();
+        let mut store = s.records().clone();
+        let gone = |i: u64| i % 3 == 0;
+        for i in (0..3000u64).filter(|i| gone(*i)) {
+            let f = store.find(t, &RecordId::Int(i)).unwrap();
+            assert!(store.remove(f.number));
+            assert!(!store.remove(f.number), "removed once");
+        }
+        for i in 0..3000u64 {
+            assert_eq!(
+                store.find(t, &RecordId::Int(i)).is_none(),
+                gone(i),
+                "lead {i}"
+            );
+        }
+        let st = store.stats();
+        assert_eq!(st.records, 2000);
+        assert_eq!(
+            st.shares,
+            (0..3000).step_by(7).filter(|i| !gone(*i)).count()
+        );
+        assert_eq!(
+            s.records().stats().records,
+            3000,
+            "the previous version is untouched"
+        );
+        // Back in its slot, without its shares; a new id still needs room.
+        let room = store.room(t);
+        assert!(store.add(t, &RecordId::Int(0), None));
+        let f = store.find(t, &RecordId::Int(0)).unwrap();
+        assert_eq!(f.owner, None);
+        assert!(!store.has_share(f.number, Principal::User(0)));
+        assert_eq!(store.room(t), room, "a removed slot stays taken");
+        assert!(!store.add(t, &RecordId::Int(1), None), "already there");
+        assert_eq!(store.stats().records, 2001);
     }
 
     fn errors(records: &str) -> Vec<String> {

@@ -613,8 +613,11 @@ pub struct Snapshot {
     /// The tenants' ids (empty: no tenants, one implicit tenant) and their index.
     pub(crate) tenants: Arc<Vec<Box<str>>>,
     pub(crate) tenant_idx: Arc<HashMap<Box<str>, u32>>,
-    /// How many entries of `users` are memberships.
+    /// How many entries of `users` are memberships (of a person who lists them).
     pub(crate) membership_count: usize,
+    /// How many entries of `users` are memberships an incremental change removed (detached
+    /// from their person, reached by nothing: [`crate::changes`]); 0 after a full build.
+    pub(crate) detached: usize,
 }
 
 /// The grant of a role combination (sorted, deduplicated): the existing one, or a new one.
@@ -1482,6 +1485,7 @@ impl Snapshot {
                 tenants: Arc::new(tenant_ids),
                 tenant_idx: Arc::new(tenant_idx),
                 membership_count,
+                detached: 0,
             })
         });
         // The records draft's lists (hundreds of megabytes at scale) are freed on another
@@ -1600,7 +1604,7 @@ impl Snapshot {
 
     /// The people (service principals not counted).
     pub fn user_count(&self) -> usize {
-        self.users.len() - self.services.len() - self.membership_count
+        self.users.len() - self.services.len() - self.membership_count - self.detached
     }
 
     /// A service principal by id (never found by [`Snapshot::user_index`]).
