@@ -121,6 +121,16 @@ impl Ctx {
         })
     }
 
+    /// How long the next wait for the client's request body may last: `listen.body_read_timeout`,
+    /// and never past the call's total deadline. Every body reader (hyper's path, the lane's
+    /// checked and streamed bodies) waits this long, then answers 408 `request_timeout`.
+    pub fn body_wait(&self) -> Duration {
+        let idle = self.body_read_timeout();
+        self.deadline.map_or(idle, |d| {
+            idle.min(d.saturating_duration_since(Instant::now()))
+        })
+    }
+
     /// The inspection settings of the permitted route, if it has any.
     pub fn inspect(&self) -> Option<&crate::inspect::Inspect> {
         let (live, permit) = (self.live.as_ref()?, self.permit.as_ref()?);

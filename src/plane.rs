@@ -67,6 +67,8 @@ type HandleFuture =
 
 /// Most bytes of a refused body read and discarded before answering.
 pub(super) const MAX_DRAINED: usize = 16 << 20;
+/// How long a refused request body is read and discarded at most (hyper's path and the lane).
+pub(super) const DRAIN_FOR: Duration = Duration::from_secs(5);
 
 /// Why a streamed request body was cut off (shared between the body and the handler).
 const CUT_TOO_LARGE: u8 = 1;
@@ -1484,11 +1486,9 @@ async fn read_body(
     if incoming.is_end_stream() {
         return Ok((parts, None));
     }
-    let idle = ctx.body_read_timeout();
     let mut body = Vec::with_capacity(declared.unwrap_or(0));
     loop {
-        let wait = idle.min(left(ctx.deadline));
-        match tokio::time::timeout(wait, next_frame(&mut incoming)).await {
+        match tokio::time::timeout(ctx.body_wait(), next_frame(&mut incoming)).await {
             Err(_) => return Err(Rejection::request_timeout()),
             Ok(None) => break,
             Ok(Some(Err(_))) => return Err(Rejection::body_unreadable()),
@@ -1509,7 +1509,7 @@ async fn read_body(
 /// Read and discard what is left of a refused request body (at most [`MAX_DRAINED`], for at
 /// most 5 s), so the caller, still sending, gets the answer rather than a reset connection.
 async fn drain(incoming: &mut Incoming) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
         let mut drained = 0;
         while drained < MAX_DRAINED {
             match next_frame(incoming).await {

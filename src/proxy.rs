@@ -421,6 +421,7 @@ async fn read_body(
 }
 
 /// Most bytes of a refused body read and discarded before answering.
+/// As the hyper engine's (`plane::MAX_DRAINED`; the Pingora engine is built only with its feature).
 const MAX_DRAINED: usize = 16 << 20;
 
 /// Read and discard what is left of a refused request body (at most [`MAX_DRAINED`]), so the

@@ -545,7 +545,7 @@ impl Lane {
             self.buf = spare::read_buf(FIRST_ROOM);
         }
         let (stream, sink) = (&mut self.stream, &mut self.buf);
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = tokio::time::timeout(super::DRAIN_FOR, async {
             let mut drained = 0;
             while drained < super::MAX_DRAINED {
                 match stream.read(&mut sink[..]).await {
@@ -933,19 +933,10 @@ impl Lane {
         if fed.done {
             return Ok(body);
         }
-        let idle = ctx.body_read_timeout();
         (self.start, self.end) = (0, 0);
         loop {
-            let wait = idle.min(left(ctx.deadline));
-            let n = match tokio::time::timeout(wait, self.stream.read(&mut self.buf)).await {
-                Err(_) => return Err(Rejection::request_timeout()),
-                Ok(Ok(0)) => return Err(unreadable(ctx, "the body stopped short")),
-                Ok(Err(_)) => return Err(unreadable(ctx, "the client's connection failed")),
-                Ok(Ok(_)) if left(ctx.deadline).is_zero() => {
-                    return Err(Rejection::request_timeout())
-                }
-                Ok(Ok(n)) => n,
-            };
+            let read = tokio::time::timeout(ctx.body_wait(), self.stream.read(&mut self.buf)).await;
+            let n = client_bytes(read, ctx)?;
             activity.touch();
             let fed = reader
                 .feed(&self.buf[..n], &mut body)
@@ -1096,13 +1087,12 @@ impl Lane {
         ctx: &Ctx,
         activity: &Activity,
     ) -> Result<Sent, BodyFault> {
-        let idle = ctx.body_read_timeout();
         let max = max_body_bytes(ctx);
         (self.start, self.end) = (0, 0);
         // Bytes of an answer the CRM sent while the body was still going out.
         let mut have = 0;
         loop {
-            let wait = idle.min(left(ctx.deadline));
+            let wait = ctx.body_wait();
             // The client's bytes first: when they are there, the CRM's connection is not even
             // registered for a wake-up (the usual case costs nothing more); while the client is
             // quiet, an early answer from the CRM is seen at once.
@@ -1116,22 +1106,7 @@ impl Lane {
                     continue;
                 }
             };
-            let n = match read {
-                Err(_) => return Err(BodyFault::Client(Rejection::request_timeout())),
-                Ok(Ok(0)) => {
-                    return Err(BodyFault::Client(unreadable(ctx, "the body stopped short")))
-                }
-                Ok(Err(_)) => {
-                    return Err(BodyFault::Client(unreadable(
-                        ctx,
-                        "the client's connection failed",
-                    )))
-                }
-                Ok(Ok(_)) if left(ctx.deadline).is_zero() => {
-                    return Err(BodyFault::Client(Rejection::request_timeout()))
-                }
-                Ok(Ok(n)) => n,
-            };
+            let n = client_bytes(read, ctx).map_err(BodyFault::Client)?;
             activity.touch();
             self.out.clear();
             let fed = reader
@@ -1343,6 +1318,22 @@ fn max_body_bytes(ctx: &Ctx) -> u64 {
     ctx.live
         .as_ref()
         .map_or(u64::MAX, |l| l.config.listen.max_body_bytes)
+}
+
+/// One read of the client's request body, as both of the lane's body readers (checked and
+/// streamed) take it: the wait over (`Ctx::body_wait`), or the total deadline passed during the
+/// read, is 408; an end or an error before the body is whole is 400. The bytes read otherwise.
+fn client_bytes(
+    read: Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
+    ctx: &Ctx,
+) -> Result<usize, Rejection> {
+    match read {
+        Err(_) => Err(Rejection::request_timeout()),
+        Ok(Ok(0)) => Err(unreadable(ctx, "the body stopped short")),
+        Ok(Err(_)) => Err(unreadable(ctx, "the client's connection failed")),
+        Ok(Ok(_)) if left(ctx.deadline).is_zero() => Err(Rejection::request_timeout()),
+        Ok(Ok(n)) => Ok(n),
+    }
 }
 
 /// A request body that could not be read (malformed chunks, cut short): 400, as on hyper's path.
