@@ -19,7 +19,7 @@ use crate::decision_log::{self, Record};
 use crate::identity;
 use crate::limit::CallerKey;
 use crate::live::{Live, State};
-use crate::metrics::{Limited, Outcome};
+use crate::metrics::{Limited, Outcome, UpstreamError};
 use crate::policy::{self, Denied, Permit};
 use crate::reject::Rejection;
 
@@ -936,5 +936,31 @@ mod tests {
         assert!(v.is_sensitive());
         // Not a header value: no header rather than a broken one.
         assert!(request_id_value("a\nb").is_none());
+    }
+}
+
+/// Why the CRM gave no answer, as every engine names it (hyper's path, the lane, Pingora).
+#[derive(Debug, Clone, Copy)]
+pub enum Failure {
+    /// No answer within `upstream.read_timeout` / `connect_timeout` / the total deadline.
+    Timeout,
+    /// No connection could be opened.
+    Connect,
+    /// The connection failed or the answer was not HTTP.
+    Other,
+}
+
+impl Failure {
+    /// The answer to the client (502/504) and the `permgate_upstream_errors_total` kind: one
+    /// mapping for every engine.
+    pub fn rejection(self) -> (Rejection, UpstreamError) {
+        match self {
+            Failure::Timeout => (Rejection::upstream_timeout(), UpstreamError::Timeout),
+            Failure::Connect => (
+                Rejection::upstream_unavailable(),
+                UpstreamError::Unavailable,
+            ),
+            Failure::Other => (Rejection::upstream_error(), UpstreamError::Other),
+        }
     }
 }

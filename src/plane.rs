@@ -1343,14 +1343,7 @@ impl Plane {
     }
 
     fn upstream_failed(&self, ctx: &Ctx, failure: Failure, why: &str) -> Rejection {
-        let (rejection, kind) = match failure {
-            Failure::Timeout => (Rejection::upstream_timeout(), UpstreamError::Timeout),
-            Failure::Connect => (
-                Rejection::upstream_unavailable(),
-                UpstreamError::Unavailable,
-            ),
-            Failure::Other => (Rejection::upstream_error(), UpstreamError::Other),
-        };
+        let (rejection, kind) = failure.rejection();
         self.state.metrics.upstream_error(kind);
         warn!(
             request_id = %ctx.request_id,
@@ -1402,11 +1395,7 @@ impl Plane {
     }
 }
 
-enum Failure {
-    Timeout,
-    Connect,
-    Other,
-}
+use crate::exchange::Failure;
 
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

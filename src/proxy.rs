@@ -39,9 +39,8 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::services::background::background_service;
 
-use crate::exchange::{self, Admission, Ctx};
+use crate::exchange::{self, Admission, Ctx, Failure};
 use crate::live::State;
-use crate::metrics::UpstreamError;
 use crate::reject::Rejection;
 
 pub use crate::exchange::OWN_HEADER_PREFIX;
@@ -59,6 +58,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The CRM gave no answer: the shared mapping to the client's answer, counted.
+    fn upstream_failed(&self, failure: Failure) -> Rejection {
+        let (rejection, kind) = failure.rejection();
+        self.state.metrics.upstream_error(kind);
+        rejection
+    }
+
     pub fn new(state: Arc<State>, conf: &ServerConf) -> Self {
         Gateway {
             state,
@@ -681,26 +687,17 @@ impl ProxyHttp for Gateway {
             (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
             (ErrorSource::Downstream, _) => Some(Rejection::body_unreadable()),
             (_, ConnectTimedout | ReadTimedout | WriteTimedout) => {
-                Some(Rejection::upstream_timeout())
+                Some(self.upstream_failed(Failure::Timeout))
             }
             (
                 ErrorSource::Upstream,
                 ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
                 | BindError,
-            ) => Some(Rejection::upstream_unavailable()),
-            (ErrorSource::Upstream, _) => Some(Rejection::upstream_error()),
+            ) => Some(self.upstream_failed(Failure::Connect)),
+            (ErrorSource::Upstream, _) => Some(self.upstream_failed(Failure::Other)),
             _ => Some(Rejection::internal()),
         };
         let code = rejection.as_ref().map_or(0, |r| r.status);
-        match rejection.as_ref().map(|r| r.code) {
-            Some("upstream_timeout") => self.state.metrics.upstream_error(UpstreamError::Timeout),
-            Some("upstream_unavailable") => self
-                .state
-                .metrics
-                .upstream_error(UpstreamError::Unavailable),
-            Some("upstream_error") => self.state.metrics.upstream_error(UpstreamError::Other),
-            _ => {}
-        }
         warn!(
             request_id = %ctx.request_id,
             "upstream failure: {e}; answering {code}"
