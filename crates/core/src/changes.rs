@@ -1,9 +1,10 @@
 //! Incremental changes to a snapshot (admin API `POST /snapshot/changes`), applied two ways
 //! that must agree:
 //!
-//! Why one file (~900 lines without its tests): the change types, their checks, and the
-//! scanning source-form path the indexed one is tested against sit together; the two paths
-//! live beside it (`changes/fast.rs`, `changes/replay.rs`) and are tested equal here.
+//! Why one file (~840 lines): the change types and their checks sit together; the two paths
+//! live beside it (`changes/fast.rs`, `changes/replay.rs`), the scanning implementation the
+//! indexed replay is tested against in `changes/scanning.rs` (tests only), and the tests that
+//! hold the paths equal in `changes/tests.rs`.
 //!
 //! - [`Snapshot::apply`] (`changes/fast.rs`): the fast path. The new version shares every part
 //!   of the previous one the batch did not touch — user chunks, record-table chunks, the id and
