@@ -121,6 +121,14 @@ impl Ctx {
         })
     }
 
+    /// How long one wait for the CRM's answer (or the next piece of it) may last
+    /// (`upstream.read_timeout_ms`; 30 s before the config is known).
+    pub fn upstream_read_timeout(&self) -> Duration {
+        self.live
+            .as_ref()
+            .map_or(Duration::from_secs(30), |l| l.config.upstream.read_timeout)
+    }
+
     /// How long the next wait for the client's request body may last: `listen.body_read_timeout`,
     /// and never past the call's total deadline. Every body reader (hyper's path, the lane's
     /// checked and streamed bodies) waits this long, then answers 408 `request_timeout`.

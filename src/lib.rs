@@ -29,7 +29,8 @@
 //! - [`plane`]: the default data plane (hyper and tokio): its listener (connection cap,
 //!   backlog, binary upgrade in `plane::handover`), hyper's HTTP/1.1 and HTTP/2 server, and
 //!   toward the CRM its own pool (`plane::pool`) behind a per-instance cap (`plane::gate`);
-//!   `plane::lane` serves plain HTTP/1.1 with its own loop, driving the sans-I/O codec
+//!   `plane::lane` serves plain HTTP/1.1 with its own loop (an idle connection keeps no buffer:
+//!   `plane::lane::spare`), driving the sans-I/O codec
 //!   [`plane::h1`] (request head, answer head and framing, chunk checks; fuzzed, and tested
 //!   against hyper on the same bytes); `plane::fragments` watches what
 //!   hyper's HTTP/1 server reads for a `#fragment` its URI parser would drop; `plane::learn`

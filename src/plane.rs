@@ -1221,10 +1221,7 @@ impl Plane {
         if encoded {
             return Err(Ok("the response is compressed".into()));
         }
-        let read_timeout = ctx
-            .live
-            .as_ref()
-            .map_or(Duration::from_secs(30), |l| l.config.upstream.read_timeout);
+        let read_timeout = ctx.upstream_read_timeout();
         let mut buffer = Vec::new();
         loop {
             let wait = read_timeout.min(left(ctx.deadline));
@@ -1360,10 +1357,7 @@ impl Plane {
         ctx: &Ctx,
     ) -> Response<RespBody> {
         let (parts, incoming) = response.into_parts();
-        let read_timeout = ctx
-            .live
-            .as_ref()
-            .map_or(Duration::from_secs(30), |l| l.config.upstream.read_timeout);
+        let read_timeout = ctx.upstream_read_timeout();
         let body = if incoming.is_end_stream() {
             lease.release();
             RespBody::empty()

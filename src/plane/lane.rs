@@ -1136,10 +1136,7 @@ impl Lane {
         ctx: &Ctx,
         activity: &Activity,
     ) -> (bool, bool) {
-        let read_timeout = ctx
-            .live
-            .as_ref()
-            .map_or(Duration::from_secs(30), |l| l.config.upstream.read_timeout);
+        let read_timeout = ctx.upstream_read_timeout();
         let (mut at, mut end) = (answer.head_len, answer.buffered);
         match answer.framing {
             Framing::Empty => {

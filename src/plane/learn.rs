@@ -9,7 +9,6 @@
 //! The HTTP/1.1 lane hands such a call to hyper with its decision taken (`lane.rs`).
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, LOCATION};
@@ -78,10 +77,7 @@ impl Plane {
             not_learned(&self.state, ctx, &why);
             return self.pass_back(Response::from_parts(parts, incoming), lease, ctx);
         }
-        let read_timeout = ctx
-            .live
-            .as_ref()
-            .map_or(Duration::from_secs(30), |l| l.config.upstream.read_timeout);
+        let read_timeout = ctx.upstream_read_timeout();
         let mut buffer: Vec<u8> = Vec::new();
         let mut lease = Some(lease);
         let complete = loop {

@@ -2,7 +2,7 @@
 //! into [`Config`]. A bad file gives every error, each naming the file, line and field; it is
 //! never half-applied and never panics.
 //!
-//! Why one file (~1,400 lines without its tests): [`Config::parse`] is one pass that gathers every
+//! Why one file (~1,620 lines without its tests): [`Config::parse`] is one pass that gathers every
 //! error of the file, each with its line, and its sections depend on each other (catalogue before
 //! routes and roles, forward rules before routes); the raw serde types are apart, in
 //! `config/raw.rs`.

@@ -15,7 +15,8 @@
 //!    (ambiguous input is rejected, never guessed).
 //! 2. [`routes`]: the compiled route table; the most specific route wins, whatever the order.
 //! 3. [`snapshot`] (the request's one load, done by the caller): who holds which role, compiled
-//!    for O(1) lookups; [`records`]: record ownership, shares and related objects;
+//!    for O(1) lookups; [`records`]: record ownership, shares and related objects (read by
+//!    their own fast parser, `records/parse.rs`);
 //!    [`hierarchy`]: the manager forest ("X is my report" in O(1)); [`scope`]: record scopes per
 //!    permission; [`access`]: the O(1) record check over all of them.
 //! 4. [`identity`]: JWT bearer, API keys and trusted identity headers → a caller id
@@ -36,7 +37,8 @@
 //! - [`catalog`]: the permission catalogue and role presets, compiled into bitsets ([`perms`]);
 //!   [`ids`]: record types and canonical record ids.
 //! - [`changes`]: incremental changes to a snapshot, sharing every untouched part (on
-//!   [`chunked`], a copy-on-write chunked vector), tested equal to a full rebuild.
+//!   [`chunked`], a copy-on-write chunked vector; the fast path in `changes/fast.rs`, the
+//!   indexed source-form replay in `changes/replay.rs`), tested equal to a full rebuild.
 //! - [`learn`]: `creates` on a route: the record a create call's 2xx answer names, as an
 //!   `upsert_record` change the server applies at once.
 //! - [`cors`]: browser front ends on another origin: preflights and answer headers.

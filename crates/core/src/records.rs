@@ -2,7 +2,7 @@
 //! objects hang under which record, as data ([`crate::access`] checks one record against a
 //! user's scope with it).
 //!
-//! Why one file (~1,700 lines without its tests): the record table's layout (packed slots, keyed
+//! Why one file (~2,000 lines without its tests): the record table's layout (packed slots, keyed
 //! probes, chunks shared between versions) is one data structure with its builder and its
 //! incremental edits; the decision over it is [`crate::access`], the parser of its source form
 //! `records/parse.rs`.

@@ -1,7 +1,7 @@
 //! The snapshot: who holds which role. Compiled once, off the request path, into flat tables
 //! with O(1) lookups, then swapped in whole; a request loads it once and keeps it to the end.
 //!
-//! Why one file (~1,270 lines without its tests): the source form, its validation and the compiled
+//! Why one file (~1,620 lines without its tests): the source form, its validation and the compiled
 //! tables of users and roles are one build step; records, changes and the record check are their
 //! own modules.
 //!
