@@ -402,9 +402,9 @@ fn ro_url(port: u16) -> String {
     format!("postgres://permgate_ro:ro@127.0.0.1:{port}/postgres")
 }
 
-/// `/status` counters of the database source: (full loads, incremental batches, refused).
-async fn db_counters(admin_port: u16) -> (u64, u64, u64) {
-    let v: serde_json::Value = client()
+/// The admin API's `/status`.
+async fn status(admin_port: u16) -> serde_json::Value {
+    client()
         .get(format!("http://127.0.0.1:{admin_port}/status"))
         .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
         .send()
@@ -412,7 +412,22 @@ async fn db_counters(admin_port: u16) -> (u64, u64, u64) {
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// `/status`: the sources' failures (`source_errors`: a round that could not read or use what
+/// it read) and the live snapshot's version.
+async fn source_errors_and_version(admin_port: u16) -> (u64, String) {
+    let v = status(admin_port).await;
+    (
+        v["counters"]["source_errors"].as_u64().unwrap(),
+        v["snapshot"]["version"].as_str().unwrap().to_string(),
+    )
+}
+
+/// `/status` counters of the database source: (full loads, incremental batches, refused).
+async fn db_counters(admin_port: u16) -> (u64, u64, u64) {
+    let v = status(admin_port).await;
     let c = &v["counters"];
     (
         c["database_full_loads"].as_u64().unwrap(),
@@ -816,6 +831,12 @@ cursor = "SELECT crm_changes()""#;
 /// GET lead `lead` as `user` in organisation `org`: "200" when it reached the CRM, else the
 /// gateway's error code.
 async fn org_call(h: &Harness, user: &str, org: &str, lead: u32) -> String {
+    org_answer(h, user, org, lead).await.1
+}
+
+/// [`org_call`] with the status: (200, "200") when the call reached the CRM, else the
+/// gateway's status and error code.
+async fn org_answer(h: &Harness, user: &str, org: &str, lead: u32) -> (u16, String) {
     let now = unix_now();
     let claims = serde_json::json!({
         "sub": user, "org_id": org, "iss": permgate::demo::DEMO_ISSUER,
@@ -832,13 +853,14 @@ async fn org_call(h: &Harness, user: &str, org: &str, lead: u32) -> String {
         .await
         .unwrap();
     if !h.received().is_empty() {
-        return "200".into();
+        return (200, "200".into());
     }
     let status = r.status().as_u16();
     let body: serde_json::Value = r.json().await.unwrap_or_default();
-    body["error"]
+    let code = body["error"]
         .as_str()
-        .map_or_else(|| status.to_string(), str::to_string)
+        .map_or_else(|| status.to_string(), str::to_string);
+    (status, code)
 }
 
 async fn org_follows(h: &Harness, user: &str, org: &str, lead: u32, want: &str) -> bool {
@@ -990,6 +1012,159 @@ async fn tenants_follow_the_crms_database() {
         owners.contains(r#""id":"1","owner":"u-rep1","tenant":"acme""#),
         "{owners}"
     );
+}
+
+/// Hard deletes with tenants: a membership row and a lead row deleted outright (a `DELETE`,
+/// not a soft delete) leave no row for an incremental query to read; the reconciliation (a
+/// full load every `reconcile_interval_ms`, short here) forgets them. Before: u-rep2 reads
+/// their own lead 2 in acme and U (a rep in globex) their lead 41 there; after: u-rep2 is no
+/// member of acme (403 `not_a_member`) and lead 41 is no longer U's (403 `record_forbidden`),
+/// with the full-load counter past the first load's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_deletes_go_at_the_reconciliation() {
+    let pg = Postgres::start();
+    let su = pg.superuser().await;
+    su.batch_execute(SCHEMA).await.unwrap();
+    su.batch_execute(TENANT_SCHEMA).await.unwrap();
+    su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (41, 'globex', 'u-rep1')")
+        .await
+        .unwrap();
+    let (text, admin) = tenant_config(pg.port, TENANT_QUERIES);
+    let text = text.replacen(
+        "reconcile_interval_ms = 600000",
+        "reconcile_interval_ms = 1500",
+        1,
+    );
+    let h = Harness::with_config_text(&text, &[]).await;
+    assert!(
+        org_follows(&h, "u-rep2", "acme", 2, "200").await,
+        "{}",
+        h.log_text()
+    );
+    assert_eq!(org_call(&h, "u-rep1", "globex", 41).await, "200");
+    assert_eq!(org_call(&h, "u-rep1", "acme", 1).await, "200");
+    let (full, _, _) = db_counters(admin).await;
+    su.batch_execute(
+        "DELETE FROM org_members WHERE user_id = 'u-rep2' AND org = 'acme'; \
+         DELETE FROM leads WHERE id = 41",
+    )
+    .await
+    .unwrap();
+    assert!(
+        org_follows(&h, "u-rep2", "acme", 2, "not_a_member").await,
+        "a hard-deleted membership: {}",
+        h.log_text()
+    );
+    assert_eq!(
+        org_answer(&h, "u-rep2", "acme", 2).await,
+        (403, "not_a_member".to_string())
+    );
+    assert!(
+        org_follows(&h, "u-rep1", "globex", 41, "record_forbidden").await,
+        "a hard-deleted lead"
+    );
+    assert_eq!(org_answer(&h, "u-rep1", "globex", 41).await.0, 403);
+    // What was not deleted stays.
+    assert_eq!(org_call(&h, "u-rep1", "acme", 1).await, "200");
+    assert_eq!(org_call(&h, "u-rep1", "acme", 2).await, "200");
+    assert!(
+        db_counters(admin).await.0 > full,
+        "forgotten by a full load (the reconciliation)"
+    );
+}
+
+/// A row naming another tenant fails the round (issue 17, `tenant_session_sql`): a policy
+/// added on `leads` that lets every row through (permissive policies are OR'ed, so the per-org
+/// one no longer restricts the query) makes acme's owners query return globex's leads. Both
+/// kinds of round refuse that as a whole — a gateway with incremental queries, and one where
+/// every cursor change is a full load: the round fails, counted in `source_errors` and
+/// `permgate_snapshot_source_errors_total` and listed in `last_errors` naming both tenants; the
+/// live snapshot's version stays, and what the same transaction changed in globex (U made
+/// admin there, a lead created for U) is not half-applied. The policy dropped, both follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_of_another_tenant_fails_the_round() {
+    let pg = Postgres::start();
+    let su = pg.superuser().await;
+    su.batch_execute(SCHEMA).await.unwrap();
+    su.batch_execute(TENANT_SCHEMA).await.unwrap();
+    let (text, admin) = tenant_config(pg.port, TENANT_QUERIES);
+    let inc = Harness::with_config_text(&text, &[]).await;
+    let (text, full_admin) = tenant_config(pg.port, TENANT_QUERIES);
+    let full_only = text
+        .split("[snapshot.database.incremental]")
+        .next()
+        .unwrap()
+        .to_string();
+    let full = Harness::with_config_text(&full_only, &[]).await;
+    let gateways = [(&inc, admin), (&full, full_admin)];
+    for (h, _) in gateways {
+        assert!(
+            org_follows(h, "u-rep1", "globex", 1, "record_forbidden").await,
+            "{}",
+            h.log_text()
+        );
+        assert_eq!(org_call(h, "u-rep1", "acme", 2).await, "200");
+        assert_eq!(org_call(h, "u-rep1", "globex", 3).await, "record_forbidden");
+    }
+    // Past the first overlap window: the incremental gateway's rounds are incremental.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut before = Vec::new();
+    for (_, admin) in gateways {
+        before.push(source_errors_and_version(admin).await);
+    }
+    su.batch_execute(
+        "BEGIN; \
+         CREATE POLICY open_to_all ON leads USING (true); \
+         UPDATE org_members SET roles = '{admin}', updated_at = clock_timestamp() \
+           WHERE user_id = 'u-rep1' AND org = 'globex'; \
+         INSERT INTO leads (id, org, owner) VALUES (41, 'globex', 'u-rep1'); \
+         COMMIT",
+    )
+    .await
+    .unwrap();
+    for ((h, admin), (errors, version)) in gateways.into_iter().zip(&before) {
+        assert!(
+            eventually(10, || async {
+                source_errors_and_version(admin).await.0 > *errors
+            })
+            .await,
+            "the round fails: {}",
+            h.log_text()
+        );
+        // A few more rounds: each fails the same way, nothing is applied.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let s = status(admin).await;
+        let last = s["last_errors"].to_string();
+        assert!(
+            last.contains("tenant 'globex' read in the round of tenant 'acme'"),
+            "{last}"
+        );
+        assert_eq!(s["snapshot"]["version"].as_str(), Some(version.as_str()));
+        assert_eq!(s["ready"], true, "the last good snapshot serves");
+        assert_eq!(
+            org_call(h, "u-rep1", "globex", 3).await,
+            "record_forbidden",
+            "the role change in the failed round is not applied"
+        );
+        assert_ne!(org_call(h, "u-rep1", "globex", 41).await, "200");
+        assert_eq!(org_call(h, "u-rep1", "acme", 2).await, "200");
+        let metrics = admin_metrics(&format!("http://127.0.0.1:{admin}")).await;
+        assert!(metric(&metrics, "permgate_snapshot_source_errors_total") > *errors);
+        assert!(h.log_text().contains("read in the round of tenant 'acme'"));
+    }
+    su.batch_execute("DROP POLICY open_to_all ON leads")
+        .await
+        .unwrap();
+    for ((h, admin), (_, version)) in gateways.into_iter().zip(&before) {
+        assert!(
+            org_follows(h, "u-rep1", "globex", 3, "200").await,
+            "the policy fixed: {}",
+            h.log_text()
+        );
+        assert_eq!(org_call(h, "u-rep1", "globex", 41).await, "200");
+        assert_eq!(org_call(h, "u-rep1", "acme", 3).await, "record_forbidden");
+        assert_ne!(source_errors_and_version(admin).await.1, *version);
+    }
 }
 
 /// The memberships query and `[tenants]` go together: either without the other is refused at
