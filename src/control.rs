@@ -312,7 +312,8 @@ async fn pull_snapshot(state: Arc<State>) {
 /// notification on `notify_channel` arrives) a round reads the `cursor` query and, when it
 /// changed, either loads everything again (no `[snapshot.database.incremental]`) or applies the
 /// rows the incremental queries give as one change batch ([`incremental_round`]). One
-/// connection, kept, re-opened after an error or when a reload changes its settings. Each round
+/// connection, kept, re-opened after an error, when a reload changes its settings or when the
+/// `ca_file` changes on disk ([`connection_key`]). Each round
 /// reads one consistent state (a read-only repeatable-read transaction) within a deadline
 /// (connect 10 s; statement timeout 30 s unless `session_sql` sets another; the round at most
 /// `max(poll, 60 s)`); failures back off (at most 30 s more than the poll) and keep the last
@@ -429,14 +430,22 @@ async fn follow_database(state: Arc<State>) {
     }
 }
 
-/// What a connection depends on: another value after a reload means a new connection.
+/// What a connection depends on: another value after a reload means a new connection. The
+/// `ca_file`'s version on disk is part of it: a CA file replaced or rewritten (a rotation)
+/// makes the next round connect again and check the server against the file's new CAs, rather
+/// than keep a connection the file no longer vouches for (a wrong file fails closed there).
 fn connection_key(db: &crate::dbsource::DbSource) -> String {
+    let ca_version = match (&db.tls, &db.ca_file) {
+        (crate::dbsource::DbTls::VerifyFull, Some(path)) => stamp(path),
+        _ => None,
+    };
     format!(
-        "{}\u{0}{}\u{0}{:?}\u{0}{:?}",
+        "{}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{:?}",
         db.url,
         db.session_sql.join("\u{0}"),
         db.tls,
-        db.ca_file
+        db.ca_file,
+        ca_version
     )
 }
 

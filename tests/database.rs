@@ -4,8 +4,9 @@
 //! records table; ordinary SQL the way the CRM would write it; the gateway's decisions follow
 //! within the poll interval.
 //!
-//! Why one file (~1,000 lines): every test here starts its own PostgreSQL cluster with the
-//! helpers at the top; the tenant tests reuse the schema and the follower config.
+//! Why one file (~1,350 lines): every test here starts its own PostgreSQL cluster with the
+//! helpers at the top; the tenant, hard-delete and CA-rotation tests reuse the schema, the
+//! follower config and the TLS server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may
 
 mod common;
@@ -139,6 +140,15 @@ impl Postgres {
             std::thread::sleep(Duration::from_millis(50));
         }
         pg
+    }
+
+    /// A new server certificate and key (a server started with `tls`), written over the old
+    /// files, then the configuration reloaded: new connections get the new certificate, open
+    /// ones keep their session.
+    async fn rotate_tls(&self, su: &tokio_postgres::Client, cert: &str, key: &str) {
+        std::fs::write(self._dir.path().join("server.crt"), cert).unwrap();
+        std::fs::write(self._dir.path().join("server.key"), key).unwrap();
+        su.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     }
 
     async fn superuser(&self) -> tokio_postgres::Client {
@@ -688,6 +698,142 @@ async fn tls_to_the_database() {
         .unwrap()
         .get(0);
     assert!(tls_sessions >= 1);
+}
+
+/// `permgate snapshot export` over TLS checked against `ca` (PEM): whether it connected.
+fn export_trusting(port: u16, ca: &str) -> bool {
+    let (text, _) = follower_config(
+        &ro_url(port),
+        "tls = \"verify-full\"\nca_file = \"ca.pem\"",
+        1000,
+    );
+    let dir = config_dir(&text);
+    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["snapshot", "export", "--config"])
+        .arg(dir.path().join("c.toml"))
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Rotating the database's CA (`tls = "verify-full"`, `ca_file`), as an operator does it with
+/// the gateway running: the server gets a certificate from a new CA, and the file at `ca_file`
+/// is replaced (a new file renamed over it, as deploy tools and secret mounts do). While the
+/// file holds only the old CA, a new connection is refused: the follower fails closed (the last
+/// good snapshot stays, the failure is counted and listed) and a new row is not followed; once
+/// the file holds the new CA the next connection takes it and the follower catches up, without
+/// a restart. A `ca_file` changed under a healthy connection is acted on at the next round:
+/// the follower reconnects against the file's CAs (here a CA that signed nothing: refused, fail
+/// closed) rather than keep a connection the file no longer vouches for; a bundle with both
+/// CAs connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_database_ca_is_followed() {
+    let (ca1, cert1, key1) = test_ca();
+    let (ca2, cert2, key2) = test_ca();
+    let (ca3, _, _) = test_ca();
+    let pg = Postgres::start_on(free_port(), Some((&cert1, &key1)));
+    let su = pg.superuser().await;
+    su.batch_execute(SCHEMA).await.unwrap();
+    su.batch_execute(SOFT_DELETES).await.unwrap();
+    let (text, admin) = follower_config(
+        &ro_url(pg.port),
+        "poll_interval_ms = 200\ntls = \"verify-full\"\nca_file = \"ca.pem\"",
+        1000,
+    );
+    let dir = config_dir(&text);
+    let ca_file = dir.path().join("ca.pem");
+    let put_ca = |pem: &str| {
+        let tmp = dir.path().join("ca.pem.new");
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(&tmp, &ca_file).unwrap();
+    };
+    put_ca(&ca1);
+    let h = Harness::start_with(&dir.path().join("c.toml")).await;
+    assert!(follows(&h, "u-rep1", 1, 200).await, "{}", h.log_text());
+    let tls_sessions = || async {
+        su.query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE usename = 'permgate_ro' AND ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    assert_eq!(tls_sessions().await, 1);
+    let insert = |id: u32| {
+        let su = &su;
+        async move {
+            su.batch_execute(&format!(
+                "INSERT INTO leads (id, org, owner) VALUES ({id}, 'acme', 'u-rep1')"
+            ))
+            .await
+            .unwrap();
+        }
+    };
+    let errors = || async { source_errors_and_version(admin).await.0 };
+    let last_error = || async { status(admin).await["last_errors"].to_string() };
+
+    // The server gets a certificate from a new CA; the open connection keeps its session and
+    // the follower keeps following on it.
+    pg.rotate_tls(&su, &cert2, &key2).await;
+    assert!(
+        eventually(10, || async { export_trusting(pg.port, &ca2) }).await,
+        "the server presents the new certificate"
+    );
+    assert!(!export_trusting(pg.port, &ca1));
+    insert(500).await;
+    assert!(follows(&h, "u-rep1", 500, 200).await, "{}", h.log_text());
+
+    // The connection ends (a server restart would do the same): with the old CA only in the
+    // file, the next connection is refused. Fail closed: last good snapshot, counted, listed.
+    let e0 = errors().await;
+    su.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'permgate_ro'",
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(10, || async { errors().await > e0 }).await,
+        "{}",
+        h.log_text()
+    );
+    assert!(last_error().await.contains("cannot connect"));
+    insert(501).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(lead_call(&h, "u-rep1", 501).await, 403, "not followed");
+    assert_eq!(lead_call(&h, "u-rep1", 500).await, 200, "last good kept");
+    assert_eq!(tls_sessions().await, 0);
+
+    // The file now holds the new CA: the next connection reads it; no restart.
+    put_ca(&ca2);
+    assert!(
+        follows(&h, "u-rep1", 501, 200).await,
+        "the new CA is taken: {}",
+        h.log_text()
+    );
+    assert_eq!(tls_sessions().await, 1);
+
+    // The file changed under a healthy connection, to a CA that signed nothing here: the
+    // follower reconnects against it at its next round, is refused, and fails closed.
+    let e1 = errors().await;
+    put_ca(&ca3);
+    assert!(
+        eventually(10, || async { errors().await > e1 }).await,
+        "a changed ca_file is acted on: {}",
+        h.log_text()
+    );
+    assert!(eventually(10, || async { tls_sessions().await == 0 }).await);
+    insert(502).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(lead_call(&h, "u-rep1", 502).await, 403, "not followed");
+    assert_eq!(lead_call(&h, "u-rep1", 501).await, 200, "last good kept");
+
+    // A bundle of the old and the new CA: connects and catches up.
+    put_ca(&format!("{ca1}{ca2}"));
+    assert!(follows(&h, "u-rep1", 502, 200).await, "{}", h.log_text());
 }
 
 /// A fleet: two gateways with the same config follow one database and decide alike after each
