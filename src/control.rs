@@ -313,11 +313,11 @@ async fn pull_snapshot(state: Arc<State>) {
 /// changed, either loads everything again (no `[snapshot.database.incremental]`) or applies the
 /// rows the incremental queries give as one change batch ([`incremental_round`]). One
 /// connection, kept, re-opened after an error, when a reload changes its settings or when the
-/// `ca_file` changes on disk ([`connection_key`]). Each round
-/// reads one consistent state (a read-only repeatable-read transaction) within a deadline
-/// (connect 10 s; statement timeout 30 s unless `session_sql` sets another; the round at most
-/// `max(poll, 60 s)`); failures back off (at most 30 s more than the poll) and keep the last
-/// good snapshot. A refused batch makes the next round a full load.
+/// `ca_file` changes on disk ([`connection_key`]). Each round reads one consistent state (a
+/// read-only repeatable-read transaction) within a deadline (connect 10 s; statement timeout
+/// 30 s unless `session_sql` sets another; the round at most `max(poll, 60 s)`); failures back
+/// off (at most 30 s more than the poll) and keep the last good snapshot. A refused batch makes
+/// the next round a full load.
 async fn follow_database(state: Arc<State>) {
     let mut conn: Option<(tokio_postgres::Client, String)> = None;
     let mut last_cursor: Option<String> = None;
