@@ -725,7 +725,7 @@ fn export_trusting(port: u16, ca: &str) -> bool {
 /// good snapshot stays, the failure is counted and listed) and a new row is not followed; once
 /// the file holds the new CA the next connection takes it and the follower catches up, without
 /// a restart. A `ca_file` changed under a healthy connection is acted on at the next round:
-/// the follower reconnects against the file's CAs (here a CA that signed nothing: refused, fail
+/// the follower (and its LISTEN connection) reconnects against the file's CAs (here a CA that signed nothing: refused, fail
 /// closed) rather than keep a connection the file no longer vouches for; a bundle with both
 /// CAs connects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -739,7 +739,8 @@ async fn a_rotated_database_ca_is_followed() {
     su.batch_execute(SOFT_DELETES).await.unwrap();
     let (text, admin) = follower_config(
         &ro_url(pg.port),
-        "poll_interval_ms = 200\ntls = \"verify-full\"\nca_file = \"ca.pem\"",
+        "poll_interval_ms = 200\ntls = \"verify-full\"\nca_file = \"ca.pem\"\n\
+         notify_channel = \"permgate\"",
         1000,
     );
     let dir = config_dir(&text);
@@ -762,7 +763,8 @@ async fn a_rotated_database_ca_is_followed() {
         .unwrap()
         .get::<_, i64>(0)
     };
-    assert_eq!(tls_sessions().await, 1);
+    // The follower's connection and the LISTEN one.
+    assert!(eventually(10, || async { tls_sessions().await == 2 }).await);
     let insert = |id: u32| {
         let su = &su;
         async move {
@@ -787,7 +789,7 @@ async fn a_rotated_database_ca_is_followed() {
     insert(500).await;
     assert!(follows(&h, "u-rep1", 500, 200).await, "{}", h.log_text());
 
-    // The connection ends (a server restart would do the same): with the old CA only in the
+    // The connections end (a server restart would do the same): with the old CA only in the
     // file, the next connection is refused. Fail closed: last good snapshot, counted, listed.
     let e0 = errors().await;
     su.batch_execute(
@@ -814,10 +816,14 @@ async fn a_rotated_database_ca_is_followed() {
         "the new CA is taken: {}",
         h.log_text()
     );
-    assert_eq!(tls_sessions().await, 1);
+    assert!(
+        eventually(20, || async { tls_sessions().await == 2 }).await,
+        "the LISTEN connection too"
+    );
 
-    // The file changed under a healthy connection, to a CA that signed nothing here: the
-    // follower reconnects against it at its next round, is refused, and fails closed.
+    // The file changed under healthy connections, to a CA that signed nothing here: the
+    // follower reconnects against it at its next round, is refused, and fails closed; the
+    // LISTEN connection is dropped and refused the same way.
     let e1 = errors().await;
     put_ca(&ca3);
     assert!(
