@@ -506,29 +506,27 @@ async fn incremental_round(
     label: &'static str,
 ) -> Result<(), String> {
     let s = state.clone();
-    let applied = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let live = s.live();
         let Some(snapshot) = live.snapshot.as_deref() else {
             return Err("no snapshot is loaded to apply changes to".to_string());
         };
         let changes = crate::dbsource::incremental_changes(&rows, snapshot, &live.config.catalog)?;
         if changes.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         // Refused: already logged, counted and audited by the state.
         s.apply_changes(&changes, label)
-            .map(|_| true)
-            .map_err(|_| String::new())
-    })
-    .await
-    .map_err(|e| format!("apply task failed: {e}"))??;
-    if applied {
-        state
-            .counters
+            .map_err(|_| String::new())?;
+        // Counted at once, on the thread that swapped the snapshot in (not after a hop back to
+        // the follower's task), so the counter lags a decision it made by as little as can be.
+        s.counters
             .database_incremental_batches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
+    .map_err(|e| format!("apply task failed: {e}"))?
 }
 
 /// A connection to the source's database with its session set: the statement timeout (30 s)
@@ -912,7 +910,7 @@ async fn load_round(
 /// A data query's rows: run once (`tenants` is `None`), or once per tenant after its
 /// `tenant_session_sql` (`$1` the tenant), inside a savepoint rolled back after the tenant so
 /// its settings do not reach the next one (the transaction's snapshot stays the same); the
-/// rows take the tenant ([`crate::dbsource::tag_tenant`]).
+/// rows must each name that tenant ([`crate::dbsource::check_tenant`]).
 async fn tenant_rows(
     client: &tokio_postgres::Client,
     db: &crate::dbsource::DbSource,
@@ -952,7 +950,7 @@ async fn tenant_rows(
             )
             .await
             .map_err(|e| format!("savepoint: {e}"))?;
-        crate::dbsource::tag_tenant(&mut rows, name, tenant)?;
+        crate::dbsource::check_tenant(&rows, name, tenant)?;
         out.append(&mut rows);
     }
     Ok(out)

@@ -9,9 +9,9 @@
 //! `tenant_session_sql`, the data queries (memberships, owners, shares, related) run once per
 //! tenant of the `tenants` query, after that tenant's session settings (row-level security:
 //! `SELECT set_config('app.current_org', $1, false)`, `$1` the tenant), each tenant inside a
-//! savepoint rolled back after it, so no setting leaks into the next; their rows take that
-//! tenant (a row whose own `tenant` column names another is refused: the settings do not
-//! restrict the query).
+//! savepoint rolled back after it, so no setting leaks into the next; every row they read must
+//! name its tenant in a `tenant` column, and a row without one or naming another is refused
+//! (the settings did not restrict the query).
 //!
 //! The gateway loads everything at start and every `reconcile_interval_ms`; in between, every
 //! `poll_interval_ms` it runs the `cursor` query (one value, e.g. `SELECT max(updated_at)::text
@@ -132,7 +132,7 @@ pub struct DbQueries {
     #[serde(default)]
     pub api_keys: Option<String>,
     /// `type text, id text, owner text` (owner may be NULL); with tenants also `tenant text`
-    /// (or the tenant of the round, with `tenant_session_sql`).
+    /// (every data query's rows need it with `tenant_session_sql`).
     #[serde(default)]
     pub owners: Option<String>,
     /// `type text, id text` and one of `user_id text`, `team text`, `role text`.
@@ -218,13 +218,20 @@ pub fn tenant_ids(rows: &[Row]) -> Result<Vec<String>, String> {
     Ok(ids)
 }
 
-/// Give each row of a tenant's round its tenant: a row without a `tenant` column takes
-/// `tenant`; one whose column names another is refused (the tenant's session settings did not
-/// restrict the query, so its rows cannot be told apart).
-pub fn tag_tenant(rows: &mut [Row], query: &str, tenant: &str) -> Result<(), String> {
-    for (i, r) in rows.iter_mut().enumerate() {
+/// Check each row of a tenant's round against its tenant: every row must name its tenant in a
+/// `tenant` column, and one that names another is refused (the tenant's session settings did
+/// not restrict the query, so its rows cannot be told apart). A row without the column is
+/// refused too: taking the round's tenant for it would file a row the settings failed to hide
+/// under the wrong tenant (a membership or a record in an organisation it is not in), which is
+/// exactly the mistake this check is there to catch.
+pub fn check_tenant(rows: &[Row], query: &str, tenant: &str) -> Result<(), String> {
+    for (i, r) in rows.iter().enumerate() {
         match r.text("tenant") {
-            None => r.text.push(("tenant".to_string(), tenant.to_string())),
+            None => {
+                return Err(format!(
+                    "{query}[{i}]: no 'tenant' (the column is missing or NULL) in the round of tenant '{tenant}' (with tenant_session_sql every row must name its tenant, e.g. `org AS tenant`, so a row the settings failed to hide is caught)"
+                ))
+            }
             Some(t) if t == tenant => {}
             Some(t) => {
                 return Err(format!(
@@ -1034,10 +1041,16 @@ mod tests {
             row(&[("type", "lead"), ("id", "9")], &[]),
         ];
         assert_eq!(
-            tag_tenant(&mut read, "owners", "org-a").unwrap_err(),
+            check_tenant(&read, "owners", "org-a").unwrap_err(),
             "owners[0]: tenant 'org-b' read in the round of tenant 'org-a' (tenant_session_sql must restrict the query to its tenant)"
         );
-        tag_tenant(&mut read[1..], "owners", "org-a").unwrap();
-        assert_eq!(read[1].text("tenant"), Some("org-a"));
+        // A row that does not name its tenant is refused as well: it cannot be told apart.
+        assert_eq!(
+            check_tenant(&read[1..], "owners", "org-a").unwrap_err(),
+            "owners[0]: no 'tenant' (the column is missing or NULL) in the round of tenant 'org-a' (with tenant_session_sql every row must name its tenant, e.g. `org AS tenant`, so a row the settings failed to hide is caught)"
+        );
+        let own = vec![lead("9", "w", "org-a")];
+        check_tenant(&own, "owners", "org-a").unwrap();
+        assert_eq!(own[0].text("tenant"), Some("org-a"));
     }
 }
