@@ -561,9 +561,11 @@ async fn tickets_resume_sessions_for_more_clients_than_a_session_cache_holds() {
             .await
             .unwrap();
         let kind = tls.get_ref().1.handshake_kind();
-        tls.write_all(b"GET /api/v1/customers/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        tls.write_all(
+            b"GET /api/v1/customers/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(10),
