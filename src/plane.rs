@@ -1848,6 +1848,14 @@ mod tls {
         // HTTP/1.0 too (served by the HTTP/1.1 server, as nginx does): a client offering only
         // `http/1.0` is not refused at the handshake.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+        // Resumption by stateless tickets (TLS 1.3 tickets and TLS 1.2 tickets), encrypted with
+        // a key rustls rotates every 6 hours (the previous key still opens tickets issued before
+        // the switch). rustls's default is stateful: every ticket an entry in a 256-session
+        // cache, so beyond ~128 clients resuming in turn (2 tickets each per connection) tickets
+        // were evicted before their use and those clients fell back to full handshakes. TLS 1.2
+        // clients resuming by session id still use that bounded cache.
+        config.ticketer =
+            tokio_rustls::rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }

@@ -517,6 +517,75 @@ async fn an_inspected_call_crosses_mutual_tls_to_the_crm() {
     assert_eq!(forwarded["ids"], serde_json::json!([3, 11]));
 }
 
+/// Session resumption for many clients: 300 clients connect once each, then each reconnects
+/// offering the ticket it got. Every reconnection must resume. (With rustls's default stateful
+/// tickets, a 256-entry cache holding 2 tickets per connection, the first ~170 clients' tickets
+/// were evicted before their turn and those clients fell back to full handshakes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_resume_sessions_for_more_clients_than_a_session_cache_holds() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, ClientConfig, HandshakeKind, RootCertStore};
+
+    if engine() == "pingora" {
+        return; // the hyper engine's acceptor
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("permgate test CA");
+    let (h, _) = https_gateway(dir.path(), &ca, "").await;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let base =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    // Each client its own session cache, as separate client machines would have.
+    let clients: Vec<tokio_rustls::TlsConnector> = (0..300)
+        .map(|_| {
+            let mut c = base.clone();
+            c.resumption = rustls::client::Resumption::in_memory_sessions(4);
+            tokio_rustls::TlsConnector::from(Arc::new(c))
+        })
+        .collect();
+    // One call per connection; reading the answer to the end also reads the tickets.
+    let addr = h.addr;
+    let call = |connector: tokio_rustls::TlsConnector| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let kind = tls.get_ref().1.handshake_kind();
+        tls.write_all(
+            b"GET /api/v1/customers/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tls.read_to_end(&mut answer),
+        )
+        .await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+        kind
+    };
+    for c in &clients {
+        assert_eq!(call(c.clone()).await, Some(HandshakeKind::Full));
+    }
+    let mut resumed = 0;
+    for c in &clients {
+        resumed += usize::from(call(c.clone()).await == Some(HandshakeKind::Resumed));
+    }
+    assert_eq!(resumed, clients.len(), "reconnections that resumed");
+}
+
 /// Write raw HTTP/1.1 bytes over TLS (no ALPN: HTTP/1.1, hyper's own server, never the lane)
 /// and read until the gateway closes.
 async fn raw_over_tls(h: &Harness, ca: &Ca, request: &[u8]) -> String {
