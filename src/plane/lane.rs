@@ -339,7 +339,6 @@ struct Lane {
     linger: bool,
     write_timeout: Duration,
 }
-
 /// What one call's writes need to know of its connection.
 #[derive(Clone, Copy)]
 struct Call<'a> {
@@ -413,6 +412,7 @@ impl Lane {
         closing: &AtomicBool,
     ) -> Option<End> {
         let mut ctx = Ctx::new();
+        let started = ctx.started;
         let target = head.uri.path_and_query().cloned();
         let raw_target = target.as_ref().map_or("*", |p| p.as_str());
         let at = self.start;
@@ -427,7 +427,8 @@ impl Lane {
         );
         let admission = match preflight {
             Some(answer) => Err(answer),
-            None => Ok(exchange::admit_request(
+            // The decision's clock starts at the call's (read just above): one read fewer.
+            None => Ok(exchange::admit_request_since(
                 &self.plane.state,
                 &mut ctx,
                 &crate::policy::Request {
@@ -442,6 +443,7 @@ impl Lane {
                         ..crate::policy::Wire::from_head(&head.method, &head.headers)
                     },
                 },
+                started,
             )),
         };
         // Fail closed: a head with two framings is never forwarded, whatever the decision
@@ -984,26 +986,33 @@ impl Lane {
         let up_failed = |ctx: &Ctx, failure: super::Failure, why: &str| {
             Failed::Upstream(plane.upstream_failed(ctx, failure, why))
         };
+        // The exchange's clock reading: its start, and the base of the write's and the answer
+        // head's deadlines (issue 18: one reading rather than one per `timeout` and `left`).
         let started = Instant::now();
         ctx.upstream_started = Some(started);
+        let mut now = started;
         let mut retried = false;
         loop {
             let (mut up, reused) = match self.pool.take(authority) {
                 Some(up) => (up, true),
                 None => {
-                    let wait = connect_timeout.min(left(ctx.deadline));
-                    match connect(authority, wait).await {
+                    let wait = connect_timeout.min(left_at(ctx.deadline, now));
+                    let up = match connect(authority, wait).await {
                         Ok(up) => (up, false),
                         Err((failure, why)) => return Err(up_failed(ctx, failure, &why)),
-                    }
+                    };
+                    now = Instant::now();
+                    up
                 }
             };
-            let wait = write_timeout.min(left(ctx.deadline));
-            match tokio::time::timeout(wait, up.stream.write_all(&self.out)).await {
+            let until = after(now, write_timeout.min(left_at(ctx.deadline, now)));
+            let write = tokio::time::timeout_at(until.into(), up.stream.write_all(&self.out));
+            match write.await {
                 Err(_) => return Err(up_failed(ctx, super::Failure::Timeout, "write")),
                 // Nothing of the client's was consumed beyond what is in `self.out`.
                 Ok(Err(_)) if reused && !retried => {
                     retried = true;
+                    now = Instant::now();
                     continue;
                 }
                 Ok(Err(e)) => return Err(up_failed(ctx, super::Failure::Other, &e.to_string())),
@@ -1023,17 +1032,19 @@ impl Lane {
                 }
             }
             let have = early.unwrap_or(0);
+            // The answer head's wait starts once the request is out.
+            now = Instant::now();
             let read = read_answer_head(
                 &mut up,
                 have,
-                read_timeout,
+                (now, read_timeout),
                 head_request,
                 ctx,
                 &mut self.out,
             );
             match read.await {
-                Ok(mut answer) => {
-                    let elapsed = started.elapsed();
+                Ok((mut answer, answered)) => {
+                    let elapsed = answered.saturating_duration_since(started);
                     ctx.upstream_elapsed = Some(elapsed);
                     ctx.upstream_status = Some(answer.status);
                     plane.state.metrics.upstream_seconds.observe(elapsed);
@@ -1053,6 +1064,7 @@ impl Lane {
                             .is_some_and(|l| l.config.upstream.retry_methods.contains(method)) =>
                 {
                     retried = true;
+                    now = Instant::now();
                 }
                 Err(HeadError::TimedOut) => {
                     return Err(up_failed(ctx, super::Failure::Timeout, "no answer in time"))
@@ -1419,17 +1431,20 @@ enum HeadError {
 }
 
 /// Read the CRM's answer head; `have`: bytes of it already in the connection's buffer (an
-/// answer that came while the request body was going out: [`Upconn::spoke`]).
+/// answer that came while the request body was going out: [`Upconn::spoke`]); `(since,
+/// read_timeout)`: the wait starts at `since` (a clock reading the caller has). With the
+/// answer: the clock read when its head was whole (the one reading after the wait).
 async fn read_answer_head(
     up: &mut Upconn,
     have: usize,
-    read_timeout: Duration,
+    (since, read_timeout): (Instant, Duration),
     head_request: bool,
     ctx: &Ctx,
     head: &mut Vec<u8>,
-) -> Result<Answer, HeadError> {
+) -> Result<(Answer, Instant), HeadError> {
     // The whole head within one read timeout (and the total), as hyper's path waits for it.
-    let until = tokio::time::Instant::now() + read_timeout.min(left(ctx.deadline));
+    let until = after(since, read_timeout.min(left_at(ctx.deadline, since)));
+    let mut read_at = None;
     let (mut end, mut answered) = (have, have > 0);
     let edits = Edits {
         ctx,
@@ -1449,7 +1464,7 @@ async fn read_answer_head(
                 }
                 Ok(AnswerParse::Final(mut answer)) => {
                     answer.buffered = end;
-                    return Ok(answer);
+                    return Ok((answer, read_at.unwrap_or_else(Instant::now)));
                 }
             }
         }
@@ -1459,18 +1474,33 @@ async fn read_answer_head(
             }
             up.buf.resize((up.buf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
         }
-        let read = tokio::time::timeout_at(until, up.stream.read(&mut up.buf[end..])).await;
+        let read = tokio::time::timeout_at(until.into(), up.stream.read(&mut up.buf[end..])).await;
         let n = match read {
             Err(_) => return Err(HeadError::TimedOut),
             // Nothing came back: the request may be sent again on another connection.
             Ok(Ok(0)) | Ok(Err(_)) if !answered => return Err(HeadError::ClosedEarly),
             Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Bad("the answer head stopped short")),
-            Ok(Ok(_)) if tokio::time::Instant::now() >= until => return Err(HeadError::TimedOut),
             Ok(Ok(n)) => n,
         };
+        let now = Instant::now();
+        if now >= until {
+            return Err(HeadError::TimedOut);
+        }
+        read_at = Some(now);
         answered = true;
         end += n;
     }
+}
+
+/// Time left before the total timeout at `now` (a clock reading the caller has).
+fn left_at(deadline: Option<Instant>, now: Instant) -> Duration {
+    deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(now))
+}
+
+/// `now + wait`, a wait past any real deadline (no deadline: `Duration::MAX`) capped at a year.
+fn after(now: Instant, wait: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    now.checked_add(wait.min(YEAR)).unwrap_or(now)
 }
 
 /// The request's head as `http` parts, for the CRM's request head.
