@@ -255,6 +255,7 @@ pub(super) async fn serve(
         out: Vec::new(),
         linger: false,
         write_timeout,
+        timer: Timer::default(),
     };
     let busy = AtomicBool::new(false);
     let closing = AtomicBool::new(false);
@@ -338,7 +339,35 @@ struct Lane {
     /// before closing, so the client gets the answer rather than a reset connection.
     linger: bool,
     write_timeout: Duration,
+    /// The connection's one timer for its waits on the CRM ([`Timer`]).
+    timer: Timer,
 }
+
+/// One timer per client connection for its waits on the CRM's answer (issue 18), moved on
+/// for each wait rather than a tokio timer created, registered in the time driver's wheel and
+/// dropped per read. tokio moves a registered timer's deadline later with one atomic store,
+/// without the wheel's lock, and without waking its driver to re-arm (an `eventfd` write and
+/// an extra `epoll_wait` when the new deadline was the earliest): a call's wait deadline is
+/// usually later than the last one's. Made on the connection's first wait (a connection that
+/// never forwards holds none); when an old deadline passes while no wait is on (the
+/// connection idle), tokio wakes the task once for nothing.
+#[derive(Default)]
+struct Timer(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl Timer {
+    /// The timer, set to fire at `until`: a future that completes then.
+    fn until(&mut self, until: Instant) -> std::pin::Pin<&mut tokio::time::Sleep> {
+        let until = tokio::time::Instant::from_std(until);
+        let sleep = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if sleep.deadline() != until {
+            sleep.as_mut().reset(until);
+        }
+        sleep.as_mut()
+    }
+}
+
 /// What one call's writes need to know of its connection.
 #[derive(Clone, Copy)]
 struct Call<'a> {
@@ -1036,6 +1065,7 @@ impl Lane {
             now = Instant::now();
             let read = read_answer_head(
                 &mut up,
+                &mut self.timer,
                 have,
                 (now, read_timeout),
                 head_request,
@@ -1178,7 +1208,7 @@ impl Lane {
                     if remaining == 0 {
                         return (true, clean);
                     }
-                    match read_more(up, read_timeout, ctx).await {
+                    match read_more(up, &mut self.timer, read_timeout, ctx).await {
                         Some(n) => (at, end) = (0, n),
                         None => return (false, false),
                     }
@@ -1208,7 +1238,7 @@ impl Lane {
                     if let Some(clean) = done {
                         return (true, clean);
                     }
-                    match read_more(up, read_timeout, ctx).await {
+                    match read_more(up, &mut self.timer, read_timeout, ctx).await {
                         Some(n) => (at, end) = (0, n),
                         None => return (false, false),
                     }
@@ -1220,10 +1250,16 @@ impl Lane {
                     return (false, false);
                 }
                 loop {
-                    let wait = read_timeout.min(left(ctx.deadline));
-                    match tokio::time::timeout(wait, up.stream.read(&mut up.buf)).await {
-                        Ok(Ok(0)) => return (true, false),
-                        Ok(Ok(n)) if !left(ctx.deadline).is_zero() => {
+                    let now = Instant::now();
+                    let until = after(now, read_timeout.min(left_at(ctx.deadline, now)));
+                    let read = tokio::select! {
+                        biased;
+                        read = up.stream.read(&mut up.buf) => Some(read),
+                        () = self.timer.until(until) => None,
+                    };
+                    match read {
+                        Some(Ok(0)) => return (true, false),
+                        Some(Ok(n)) if !left(ctx.deadline).is_zero() => {
                             let piece = &up.buf[..n];
                             if !write_within(&self.stream, piece, self.write_timeout, activity)
                                 .await
@@ -1294,11 +1330,22 @@ async fn write_within(
 
 /// Read the next piece of an answer body into the connection's buffer (`None`: the CRM
 /// closed, failed or was too slow; the client's connection is then closed, its answer cut).
-async fn read_more(up: &mut Upconn, read_timeout: Duration, ctx: &Ctx) -> Option<usize> {
-    let wait = read_timeout.min(left(ctx.deadline));
-    match tokio::time::timeout(wait, up.stream.read(&mut up.buf)).await {
+async fn read_more(
+    up: &mut Upconn,
+    timer: &mut Timer,
+    read_timeout: Duration,
+    ctx: &Ctx,
+) -> Option<usize> {
+    let now = Instant::now();
+    let until = after(now, read_timeout.min(left_at(ctx.deadline, now)));
+    let read = tokio::select! {
+        biased;
+        read = up.stream.read(&mut up.buf) => Some(read),
+        () = timer.until(until) => None,
+    };
+    match read {
         // A piece past the total timeout cuts the answer too (a CRM streaming steadily).
-        Ok(Ok(n)) if n > 0 && !left(ctx.deadline).is_zero() => Some(n),
+        Some(Ok(n)) if n > 0 && !left(ctx.deadline).is_zero() => Some(n),
         _ => {
             tracing::warn!(
                 request_id = %ctx.request_id,
@@ -1436,6 +1483,7 @@ enum HeadError {
 /// answer: the clock read when its head was whole (the one reading after the wait).
 async fn read_answer_head(
     up: &mut Upconn,
+    timer: &mut Timer,
     have: usize,
     (since, read_timeout): (Instant, Duration),
     head_request: bool,
@@ -1474,13 +1522,16 @@ async fn read_answer_head(
             }
             up.buf.resize((up.buf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
         }
-        let read = tokio::time::timeout_at(until.into(), up.stream.read(&mut up.buf[end..])).await;
+        let read = tokio::select! {
+            biased;
+            read = up.stream.read(&mut up.buf[end..]) => read,
+            () = timer.until(until) => return Err(HeadError::TimedOut),
+        };
         let n = match read {
-            Err(_) => return Err(HeadError::TimedOut),
             // Nothing came back: the request may be sent again on another connection.
-            Ok(Ok(0)) | Ok(Err(_)) if !answered => return Err(HeadError::ClosedEarly),
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Bad("the answer head stopped short")),
-            Ok(Ok(n)) => n,
+            Ok(0) | Err(_) if !answered => return Err(HeadError::ClosedEarly),
+            Ok(0) | Err(_) => return Err(HeadError::Bad("the answer head stopped short")),
+            Ok(n) => n,
         };
         let now = Instant::now();
         if now >= until {
