@@ -149,21 +149,28 @@ impl Upconn {
         }
     }
 
-    /// Write a piece of a request body, within `wait`, unless the CRM answers first
-    /// (`Ok(false)`, as [`Upconn::spoke`] says). A write that fails is taken as the CRM having
-    /// closed: its answer, if it sent one before, is read next (else the call fails there).
+    /// Write a piece of a request body, each wait for room within `write_timeout` (and the
+    /// total `deadline`), unless the CRM answers first (`Ok(false)`, as [`Upconn::spoke`]
+    /// says). A write that fails is taken as the CRM having closed: its answer, if it sent one
+    /// before, is read next (else the call fails there). The clock is read and the timer set
+    /// only when the socket is full (issue 18).
     async fn write_unless_answered(
         &mut self,
         mut bytes: &[u8],
-        wait: Duration,
+        (write_timeout, deadline): (Duration, Option<Instant>),
         have: &mut usize,
+        timer: &mut Timer,
     ) -> Result<bool, BodyFault> {
-        let until = tokio::time::Instant::now() + wait;
+        let mut until = None;
         while !bytes.is_empty() {
             match self.stream.try_write(bytes) {
                 Ok(0) => return Ok(false),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let until = *until.get_or_insert_with(|| {
+                        let now = Instant::now();
+                        after(now, write_timeout.min(left_at(deadline, now)))
+                    });
                     tokio::select! {
                         biased;
                         _ = self.stream.readable() => {
@@ -171,17 +178,13 @@ impl Upconn {
                                 return Ok(false);
                             }
                         }
-                        writable = tokio::time::timeout_at(until, self.stream.writable()) => {
-                            match writable {
-                                Err(_) => {
-                                    return Err(BodyFault::Upstream(
-                                        super::Failure::Timeout,
-                                        "write".into(),
-                                    ))
-                                }
-                                Ok(Err(_)) => return Ok(false),
-                                Ok(Ok(())) => {}
+                        writable = self.stream.writable() => {
+                            if writable.is_err() {
+                                return Ok(false);
                             }
+                        }
+                        () = timer.until(until) => {
+                            return Err(BodyFault::Upstream(super::Failure::Timeout, "write".into()))
                         }
                     }
                 }
@@ -1034,21 +1037,25 @@ impl Lane {
                     up
                 }
             };
+            // Most requests go out at once: the write's timer is set only when the socket is
+            // full (issue 18).
             let until = after(now, write_timeout.min(left_at(ctx.deadline, now)));
-            let write = tokio::time::timeout_at(until.into(), up.stream.write_all(&self.out));
-            match write.await {
-                Err(_) => return Err(up_failed(ctx, super::Failure::Timeout, "write")),
+            let mut waited = match write_all_within(&up.stream, &self.out, &mut self.timer, until)
+                .await
+            {
+                Err(None) => return Err(up_failed(ctx, super::Failure::Timeout, "write")),
                 // Nothing of the client's was consumed beyond what is in `self.out`.
-                Ok(Err(_)) if reused && !retried => {
+                Err(Some(_)) if reused && !retried => {
                     retried = true;
                     now = Instant::now();
                     continue;
                 }
-                Ok(Err(e)) => return Err(up_failed(ctx, super::Failure::Other, &e.to_string())),
-                Ok(Ok(())) => {}
-            }
+                Err(Some(e)) => return Err(up_failed(ctx, super::Failure::Other, &e.to_string())),
+                Ok(waited) => waited,
+            };
             let mut early = None;
             if let Some(reader) = body.take() {
+                waited = true;
                 let sent = self
                     .send_body(&mut up, reader, write_timeout, ctx, activity)
                     .await
@@ -1061,8 +1068,11 @@ impl Lane {
                 }
             }
             let have = early.unwrap_or(0);
-            // The answer head's wait starts once the request is out.
-            now = Instant::now();
+            // The answer head's wait starts once the request is out: at the exchange's one
+            // clock reading when it went out at once.
+            if waited {
+                now = Instant::now();
+            }
             let read = read_answer_head(
                 &mut up,
                 &mut self.timer,
@@ -1157,8 +1167,9 @@ impl Lane {
             if reader.seen() > max {
                 return Err(BodyFault::Client(Rejection::body_too_large()));
             }
-            let wait = write_timeout.min(left(ctx.deadline));
-            if !up.write_unless_answered(&self.out, wait, &mut have).await? {
+            let limits = (write_timeout, ctx.deadline);
+            let written = up.write_unless_answered(&self.out, limits, &mut have, &mut self.timer);
+            if !written.await? {
                 return Ok(Sent::Early(have));
             }
             if fed.done {
@@ -1326,6 +1337,33 @@ async fn write_within(
         }
     }
     true
+}
+
+/// Write all of `bytes` to the CRM, waiting for room until `until` (`Err(None)` then): `Ok(true)`
+/// when it had to wait. No timer, no clock reading when the socket takes it all at once.
+async fn write_all_within(
+    stream: &TcpStream,
+    mut bytes: &[u8],
+    timer: &mut Timer,
+    until: Instant,
+) -> Result<bool, Option<std::io::Error>> {
+    let mut waited = false;
+    while !bytes.is_empty() {
+        match stream.try_write(bytes) {
+            Ok(0) => return Err(Some(ErrorKind::WriteZero.into())),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                waited = true;
+                tokio::select! {
+                    biased;
+                    writable = stream.writable() => writable.map_err(Some)?,
+                    () = timer.until(until) => return Err(None),
+                }
+            }
+            Err(e) => return Err(Some(e)),
+        }
+    }
+    Ok(waited)
 }
 
 /// Read the next piece of an answer body into the connection's buffer (`None`: the CRM
