@@ -1,7 +1,7 @@
 //! permgate's own HTTP/1.1 loop (`listen.h1_lane`, on by default): plain HTTP/1.1 client
 //! connections toward a plain HTTP CRM, served without hyper.
 //!
-//! Why one file (~1,450 lines): one connection's loop, its CRM connection and its timeouts are one
+//! Why one file (~1,600 lines): one connection's loop, its CRM connection and its timeouts are one
 //! state machine, and the request bodies (streamed, or read whole and checked first) are steps of
 //! that machine; the pure parts are already in [`super::h1`].
 //!
