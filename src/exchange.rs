@@ -687,6 +687,17 @@ pub fn admit(
 /// a swap never changes a call in flight), the decision, the candidate policy's verdict, and
 /// what the data plane must do next.
 pub fn admit_request(state: &State, ctx: &mut Ctx, request: &policy::Request<'_>) -> Admission {
+    admit_request_since(state, ctx, request, Instant::now())
+}
+
+/// [`admit_request`] with the decision's start already read: `since` (the HTTP/1.1 lane
+/// passes `ctx.started`, read just before: one clock read fewer per call, issue 18).
+pub fn admit_request_since(
+    state: &State,
+    ctx: &mut Ctx,
+    request: &policy::Request<'_>,
+    since: Instant,
+) -> Admission {
     let live = state.live();
     let (method, target, peer) = (request.method, request.target, request.peer);
     if let Some(cors) = &live.config.cors {
@@ -707,7 +718,7 @@ pub fn admit_request(state: &State, ctx: &mut Ctx, request: &policy::Request<'_>
         ctx.live = Some(live);
         return Admission::Me(answer);
     }
-    let decided_at = Instant::now();
+    let decided_at = since;
     let decision = policy::decide(&live.config, state.snapshot_for_request(&live), request);
     // One clock read for the decision's time and the start of the total timeout.
     let decided = Instant::now();

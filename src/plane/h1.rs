@@ -128,7 +128,20 @@ pub fn parse_head(bytes: &[u8]) -> Parsed {
         let at = path.as_ptr() as usize - bytes.as_ptr() as usize;
         at..at + path.len()
     };
-    let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), Uri::try_from(path)) else {
+    // One copy of the head, shared by the target and every header value (issue 18: one
+    // allocation rather than one per value; the same checks as `HeaderValue::from_bytes`).
+    let shared = bytes::Bytes::copy_from_slice(&bytes[..len]);
+    let share = |part: &[u8]| {
+        let at = (part.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+        match at.checked_add(part.len()) {
+            Some(end) if !part.is_empty() && end <= len => shared.slice(at..end),
+            _ => bytes::Bytes::copy_from_slice(part),
+        }
+    };
+    let (Ok(method), Ok(uri)) = (
+        Method::from_bytes(method.as_bytes()),
+        Uri::from_maybe_shared(share(path.as_bytes())),
+    ) else {
         return Parsed::Other;
     };
     // No tunnels: hyper's path answers CONNECT with 405 before any decision.
@@ -143,7 +156,7 @@ pub fn parse_head(bytes: &[u8]) -> Parsed {
     for h in req.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(h.value),
+            HeaderValue::from_maybe_shared(share(h.value)),
         ) else {
             return Parsed::Other;
         };

@@ -1,7 +1,7 @@
 //! permgate's own HTTP/1.1 loop (`listen.h1_lane`, on by default): plain HTTP/1.1 client
 //! connections toward a plain HTTP CRM, served without hyper.
 //!
-//! Why one file (~1,450 lines): one connection's loop, its CRM connection and its timeouts are one
+//! Why one file (~1,600 lines): one connection's loop, its CRM connection and its timeouts are one
 //! state machine, and the request bodies (streamed, or read whole and checked first) are steps of
 //! that machine; the pure parts are already in [`super::h1`].
 //!
@@ -149,21 +149,28 @@ impl Upconn {
         }
     }
 
-    /// Write a piece of a request body, within `wait`, unless the CRM answers first
-    /// (`Ok(false)`, as [`Upconn::spoke`] says). A write that fails is taken as the CRM having
-    /// closed: its answer, if it sent one before, is read next (else the call fails there).
+    /// Write a piece of a request body, each wait for room within `write_timeout` (and the
+    /// total `deadline`), unless the CRM answers first (`Ok(false)`, as [`Upconn::spoke`]
+    /// says). A write that fails is taken as the CRM having closed: its answer, if it sent one
+    /// before, is read next (else the call fails there). The clock is read and the timer set
+    /// only when the socket is full (issue 18).
     async fn write_unless_answered(
         &mut self,
         mut bytes: &[u8],
-        wait: Duration,
+        (write_timeout, deadline): (Duration, Option<Instant>),
         have: &mut usize,
+        timer: &mut Timer,
     ) -> Result<bool, BodyFault> {
-        let until = tokio::time::Instant::now() + wait;
+        let mut until = None;
         while !bytes.is_empty() {
             match self.stream.try_write(bytes) {
                 Ok(0) => return Ok(false),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let until = *until.get_or_insert_with(|| {
+                        let now = Instant::now();
+                        after(now, write_timeout.min(left_at(deadline, now)))
+                    });
                     tokio::select! {
                         biased;
                         _ = self.stream.readable() => {
@@ -171,17 +178,13 @@ impl Upconn {
                                 return Ok(false);
                             }
                         }
-                        writable = tokio::time::timeout_at(until, self.stream.writable()) => {
-                            match writable {
-                                Err(_) => {
-                                    return Err(BodyFault::Upstream(
-                                        super::Failure::Timeout,
-                                        "write".into(),
-                                    ))
-                                }
-                                Ok(Err(_)) => return Ok(false),
-                                Ok(Ok(())) => {}
+                        writable = self.stream.writable() => {
+                            if writable.is_err() {
+                                return Ok(false);
                             }
+                        }
+                        () = timer.until(until) => {
+                            return Err(BodyFault::Upstream(super::Failure::Timeout, "write".into()))
                         }
                     }
                 }
@@ -255,6 +258,7 @@ pub(super) async fn serve(
         out: Vec::new(),
         linger: false,
         write_timeout,
+        timer: Timer::default(),
     };
     let busy = AtomicBool::new(false);
     let closing = AtomicBool::new(false);
@@ -338,6 +342,33 @@ struct Lane {
     /// before closing, so the client gets the answer rather than a reset connection.
     linger: bool,
     write_timeout: Duration,
+    /// The connection's one timer for its waits on the CRM ([`Timer`]).
+    timer: Timer,
+}
+
+/// One timer per client connection for its waits on the CRM's answer (issue 18), moved on
+/// for each wait rather than a tokio timer created, registered in the time driver's wheel and
+/// dropped per read. tokio moves a registered timer's deadline later with one atomic store,
+/// without the wheel's lock, and without waking its driver to re-arm (an `eventfd` write and
+/// an extra `epoll_wait` when the new deadline was the earliest): a call's wait deadline is
+/// usually later than the last one's. Made on the connection's first wait (a connection that
+/// never forwards holds none); when an old deadline passes while no wait is on (the
+/// connection idle), tokio wakes the task once for nothing.
+#[derive(Default)]
+struct Timer(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl Timer {
+    /// The timer, set to fire at `until`: a future that completes then.
+    fn until(&mut self, until: Instant) -> std::pin::Pin<&mut tokio::time::Sleep> {
+        let until = tokio::time::Instant::from_std(until);
+        let sleep = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if sleep.deadline() != until {
+            sleep.as_mut().reset(until);
+        }
+        sleep.as_mut()
+    }
 }
 
 /// What one call's writes need to know of its connection.
@@ -413,6 +444,7 @@ impl Lane {
         closing: &AtomicBool,
     ) -> Option<End> {
         let mut ctx = Ctx::new();
+        let started = ctx.started;
         let target = head.uri.path_and_query().cloned();
         let raw_target = target.as_ref().map_or("*", |p| p.as_str());
         let at = self.start;
@@ -427,7 +459,8 @@ impl Lane {
         );
         let admission = match preflight {
             Some(answer) => Err(answer),
-            None => Ok(exchange::admit_request(
+            // The decision's clock starts at the call's (read just above): one read fewer.
+            None => Ok(exchange::admit_request_since(
                 &self.plane.state,
                 &mut ctx,
                 &crate::policy::Request {
@@ -442,6 +475,7 @@ impl Lane {
                         ..crate::policy::Wire::from_head(&head.method, &head.headers)
                     },
                 },
+                started,
             )),
         };
         // Fail closed: a head with two framings is never forwarded, whatever the decision
@@ -984,33 +1018,44 @@ impl Lane {
         let up_failed = |ctx: &Ctx, failure: super::Failure, why: &str| {
             Failed::Upstream(plane.upstream_failed(ctx, failure, why))
         };
+        // The exchange's clock reading: its start, and the base of the write's and the answer
+        // head's deadlines (issue 18: one reading rather than one per `timeout` and `left`).
         let started = Instant::now();
         ctx.upstream_started = Some(started);
+        let mut now = started;
         let mut retried = false;
         loop {
             let (mut up, reused) = match self.pool.take(authority) {
                 Some(up) => (up, true),
                 None => {
-                    let wait = connect_timeout.min(left(ctx.deadline));
-                    match connect(authority, wait).await {
+                    let wait = connect_timeout.min(left_at(ctx.deadline, now));
+                    let up = match connect(authority, wait).await {
                         Ok(up) => (up, false),
                         Err((failure, why)) => return Err(up_failed(ctx, failure, &why)),
-                    }
+                    };
+                    now = Instant::now();
+                    up
                 }
             };
-            let wait = write_timeout.min(left(ctx.deadline));
-            match tokio::time::timeout(wait, up.stream.write_all(&self.out)).await {
-                Err(_) => return Err(up_failed(ctx, super::Failure::Timeout, "write")),
+            // Most requests go out at once: the write's timer is set only when the socket is
+            // full (issue 18).
+            let until = after(now, write_timeout.min(left_at(ctx.deadline, now)));
+            let mut waited = match write_all_within(&up.stream, &self.out, &mut self.timer, until)
+                .await
+            {
+                Err(None) => return Err(up_failed(ctx, super::Failure::Timeout, "write")),
                 // Nothing of the client's was consumed beyond what is in `self.out`.
-                Ok(Err(_)) if reused && !retried => {
+                Err(Some(_)) if reused && !retried => {
                     retried = true;
+                    now = Instant::now();
                     continue;
                 }
-                Ok(Err(e)) => return Err(up_failed(ctx, super::Failure::Other, &e.to_string())),
-                Ok(Ok(())) => {}
-            }
+                Err(Some(e)) => return Err(up_failed(ctx, super::Failure::Other, &e.to_string())),
+                Ok(waited) => waited,
+            };
             let mut early = None;
             if let Some(reader) = body.take() {
+                waited = true;
                 let sent = self
                     .send_body(&mut up, reader, write_timeout, ctx, activity)
                     .await
@@ -1023,17 +1068,23 @@ impl Lane {
                 }
             }
             let have = early.unwrap_or(0);
+            // The answer head's wait starts once the request is out: at the exchange's one
+            // clock reading when it went out at once.
+            if waited {
+                now = Instant::now();
+            }
             let read = read_answer_head(
                 &mut up,
+                &mut self.timer,
                 have,
-                read_timeout,
+                (now, read_timeout),
                 head_request,
                 ctx,
                 &mut self.out,
             );
             match read.await {
-                Ok(mut answer) => {
-                    let elapsed = started.elapsed();
+                Ok((mut answer, answered)) => {
+                    let elapsed = answered.saturating_duration_since(started);
                     ctx.upstream_elapsed = Some(elapsed);
                     ctx.upstream_status = Some(answer.status);
                     plane.state.metrics.upstream_seconds.observe(elapsed);
@@ -1053,6 +1104,7 @@ impl Lane {
                             .is_some_and(|l| l.config.upstream.retry_methods.contains(method)) =>
                 {
                     retried = true;
+                    now = Instant::now();
                 }
                 Err(HeadError::TimedOut) => {
                     return Err(up_failed(ctx, super::Failure::Timeout, "no answer in time"))
@@ -1115,8 +1167,9 @@ impl Lane {
             if reader.seen() > max {
                 return Err(BodyFault::Client(Rejection::body_too_large()));
             }
-            let wait = write_timeout.min(left(ctx.deadline));
-            if !up.write_unless_answered(&self.out, wait, &mut have).await? {
+            let limits = (write_timeout, ctx.deadline);
+            let written = up.write_unless_answered(&self.out, limits, &mut have, &mut self.timer);
+            if !written.await? {
                 return Ok(Sent::Early(have));
             }
             if fed.done {
@@ -1166,7 +1219,7 @@ impl Lane {
                     if remaining == 0 {
                         return (true, clean);
                     }
-                    match read_more(up, read_timeout, ctx).await {
+                    match read_more(up, &mut self.timer, read_timeout, ctx).await {
                         Some(n) => (at, end) = (0, n),
                         None => return (false, false),
                     }
@@ -1196,7 +1249,7 @@ impl Lane {
                     if let Some(clean) = done {
                         return (true, clean);
                     }
-                    match read_more(up, read_timeout, ctx).await {
+                    match read_more(up, &mut self.timer, read_timeout, ctx).await {
                         Some(n) => (at, end) = (0, n),
                         None => return (false, false),
                     }
@@ -1208,10 +1261,16 @@ impl Lane {
                     return (false, false);
                 }
                 loop {
-                    let wait = read_timeout.min(left(ctx.deadline));
-                    match tokio::time::timeout(wait, up.stream.read(&mut up.buf)).await {
-                        Ok(Ok(0)) => return (true, false),
-                        Ok(Ok(n)) if !left(ctx.deadline).is_zero() => {
+                    let now = Instant::now();
+                    let until = after(now, read_timeout.min(left_at(ctx.deadline, now)));
+                    let read = tokio::select! {
+                        biased;
+                        read = up.stream.read(&mut up.buf) => Some(read),
+                        () = self.timer.until(until) => None,
+                    };
+                    match read {
+                        Some(Ok(0)) => return (true, false),
+                        Some(Ok(n)) if !left(ctx.deadline).is_zero() => {
                             let piece = &up.buf[..n];
                             if !write_within(&self.stream, piece, self.write_timeout, activity)
                                 .await
@@ -1280,13 +1339,51 @@ async fn write_within(
     true
 }
 
+/// Write all of `bytes` to the CRM, waiting for room until `until` (`Err(None)` then): `Ok(true)`
+/// when it had to wait. No timer, no clock reading when the socket takes it all at once.
+async fn write_all_within(
+    stream: &TcpStream,
+    mut bytes: &[u8],
+    timer: &mut Timer,
+    until: Instant,
+) -> Result<bool, Option<std::io::Error>> {
+    let mut waited = false;
+    while !bytes.is_empty() {
+        match stream.try_write(bytes) {
+            Ok(0) => return Err(Some(ErrorKind::WriteZero.into())),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                waited = true;
+                tokio::select! {
+                    biased;
+                    writable = stream.writable() => writable.map_err(Some)?,
+                    () = timer.until(until) => return Err(None),
+                }
+            }
+            Err(e) => return Err(Some(e)),
+        }
+    }
+    Ok(waited)
+}
+
 /// Read the next piece of an answer body into the connection's buffer (`None`: the CRM
 /// closed, failed or was too slow; the client's connection is then closed, its answer cut).
-async fn read_more(up: &mut Upconn, read_timeout: Duration, ctx: &Ctx) -> Option<usize> {
-    let wait = read_timeout.min(left(ctx.deadline));
-    match tokio::time::timeout(wait, up.stream.read(&mut up.buf)).await {
+async fn read_more(
+    up: &mut Upconn,
+    timer: &mut Timer,
+    read_timeout: Duration,
+    ctx: &Ctx,
+) -> Option<usize> {
+    let now = Instant::now();
+    let until = after(now, read_timeout.min(left_at(ctx.deadline, now)));
+    let read = tokio::select! {
+        biased;
+        read = up.stream.read(&mut up.buf) => Some(read),
+        () = timer.until(until) => None,
+    };
+    match read {
         // A piece past the total timeout cuts the answer too (a CRM streaming steadily).
-        Ok(Ok(n)) if n > 0 && !left(ctx.deadline).is_zero() => Some(n),
+        Some(Ok(n)) if n > 0 && !left(ctx.deadline).is_zero() => Some(n),
         _ => {
             tracing::warn!(
                 request_id = %ctx.request_id,
@@ -1419,17 +1516,21 @@ enum HeadError {
 }
 
 /// Read the CRM's answer head; `have`: bytes of it already in the connection's buffer (an
-/// answer that came while the request body was going out: [`Upconn::spoke`]).
+/// answer that came while the request body was going out: [`Upconn::spoke`]); `(since,
+/// read_timeout)`: the wait starts at `since` (a clock reading the caller has). With the
+/// answer: the clock read when its head was whole (the one reading after the wait).
 async fn read_answer_head(
     up: &mut Upconn,
+    timer: &mut Timer,
     have: usize,
-    read_timeout: Duration,
+    (since, read_timeout): (Instant, Duration),
     head_request: bool,
     ctx: &Ctx,
     head: &mut Vec<u8>,
-) -> Result<Answer, HeadError> {
+) -> Result<(Answer, Instant), HeadError> {
     // The whole head within one read timeout (and the total), as hyper's path waits for it.
-    let until = tokio::time::Instant::now() + read_timeout.min(left(ctx.deadline));
+    let until = after(since, read_timeout.min(left_at(ctx.deadline, since)));
+    let mut read_at = None;
     let (mut end, mut answered) = (have, have > 0);
     let edits = Edits {
         ctx,
@@ -1449,7 +1550,7 @@ async fn read_answer_head(
                 }
                 Ok(AnswerParse::Final(mut answer)) => {
                     answer.buffered = end;
-                    return Ok(answer);
+                    return Ok((answer, read_at.unwrap_or_else(Instant::now)));
                 }
             }
         }
@@ -1459,18 +1560,36 @@ async fn read_answer_head(
             }
             up.buf.resize((up.buf.len() * 2).min(MAX_RESPONSE_HEAD), 0);
         }
-        let read = tokio::time::timeout_at(until, up.stream.read(&mut up.buf[end..])).await;
-        let n = match read {
-            Err(_) => return Err(HeadError::TimedOut),
-            // Nothing came back: the request may be sent again on another connection.
-            Ok(Ok(0)) | Ok(Err(_)) if !answered => return Err(HeadError::ClosedEarly),
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Bad("the answer head stopped short")),
-            Ok(Ok(_)) if tokio::time::Instant::now() >= until => return Err(HeadError::TimedOut),
-            Ok(Ok(n)) => n,
+        let read = tokio::select! {
+            biased;
+            read = up.stream.read(&mut up.buf[end..]) => read,
+            () = timer.until(until) => return Err(HeadError::TimedOut),
         };
+        let n = match read {
+            // Nothing came back: the request may be sent again on another connection.
+            Ok(0) | Err(_) if !answered => return Err(HeadError::ClosedEarly),
+            Ok(0) | Err(_) => return Err(HeadError::Bad("the answer head stopped short")),
+            Ok(n) => n,
+        };
+        let now = Instant::now();
+        if now >= until {
+            return Err(HeadError::TimedOut);
+        }
+        read_at = Some(now);
         answered = true;
         end += n;
     }
+}
+
+/// Time left before the total timeout at `now` (a clock reading the caller has).
+fn left_at(deadline: Option<Instant>, now: Instant) -> Duration {
+    deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(now))
+}
+
+/// `now + wait`, a wait past any real deadline (no deadline: `Duration::MAX`) capped at a year.
+fn after(now: Instant, wait: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    now.checked_add(wait.min(YEAR)).unwrap_or(now)
 }
 
 /// The request's head as `http` parts, for the CRM's request head.
