@@ -316,7 +316,8 @@ async fn pull_snapshot(state: Arc<State>) {
 /// connection, kept, re-opened after an error or when a reload changes its settings. Each round
 /// reads one consistent state (a read-only repeatable-read transaction) within a deadline
 /// (connect 10 s; statement timeout 30 s unless `session_sql` sets another; the round at most
-/// `max(poll, 60 s)`); failures back off (at most 30 s more than the poll) and keep the last
+/// `max(poll, 60 s)`, a full load at most [`FULL_LOAD_BOUND`] with its statements too);
+/// failures back off (at most 30 s more than the poll) and keep the last
 /// good snapshot. A refused batch makes the next round a full load.
 async fn follow_database(state: Arc<State>) {
     let mut conn: Option<(tokio_postgres::Client, String)> = None;
@@ -334,6 +335,9 @@ async fn follow_database(state: Arc<State>) {
             return;
         };
         let key = connection_key(&db);
+        let now = std::time::Instant::now();
+        let full_due =
+            force_full || last_full.is_none_or(|t| now.duration_since(t) >= db.reconcile_interval);
         let round = async {
             if conn
                 .as_ref()
@@ -346,10 +350,8 @@ async fn follow_database(state: Arc<State>) {
             let Some((client, _)) = conn.as_ref() else {
                 return Err("no connection".into());
             };
-            let now = std::time::Instant::now();
             let due = Due {
-                full: force_full
-                    || last_full.is_none_or(|t| now.duration_since(t) >= db.reconcile_interval),
+                full: full_due,
                 last_cursor: last_cursor.clone(),
                 base: db
                     .incremental
@@ -405,7 +407,12 @@ async fn follow_database(state: Arc<State>) {
             }
             Ok(())
         };
-        let deadline = db.poll_interval.max(Duration::from_secs(60));
+        // A full load streams millions of rows and builds: bounded apart (FULL_LOAD_BOUND).
+        let deadline = if full_due {
+            FULL_LOAD_BOUND
+        } else {
+            db.poll_interval.max(Duration::from_secs(60))
+        };
         let outcome = match tokio::time::timeout(deadline, round).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {} s", deadline.as_secs())),
@@ -533,6 +540,18 @@ async fn incremental_round(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// The most a full load may take, its queries and the build (a round that reads only the
+/// cursor or incremental rows has `max(poll, 60 s)`).
+const FULL_LOAD_BOUND: Duration = Duration::from_secs(600);
+
+/// A database error with the server's message (`db error` alone says nothing).
+fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{e}: {}", d.message()),
+        None => e.to_string(),
+    }
 }
 
 /// A connection to the source's database with its session set: the statement timeout (30 s)
@@ -787,6 +806,25 @@ async fn read_consistent(
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(|e| format!("begin: {e}"))?;
+    if due.full {
+        // Rows are read as they are used, so a full load's statement lasts as long as the
+        // load (tens of seconds at ten million rows): our 30 s default would cancel it. A
+        // statement timeout the operator's session_sql set is kept.
+        let current = client
+            .query_one("SELECT current_setting('statement_timeout')", &[])
+            .await
+            .and_then(|r| r.try_get::<_, String>(0))
+            .map_err(|e| format!("statement_timeout: {}", db_error(&e)))?;
+        if current == "30s" {
+            client
+                .batch_execute(&format!(
+                    "SET LOCAL statement_timeout = '{}s'",
+                    FULL_LOAD_BOUND.as_secs()
+                ))
+                .await
+                .map_err(|e| format!("statement_timeout: {}", db_error(&e)))?;
+        }
+    }
     let loaded = load_round(client, db, due).await;
     client
         .batch_execute(if loaded.is_ok() { "COMMIT" } else { "ROLLBACK" })
@@ -807,9 +845,9 @@ pub fn export_database(db: &crate::dbsource::DbSource) -> Result<String, String>
             let client = connect_database(db).await?;
             read_consistent(&client, db, &Due::full_load()).await
         };
-        let loaded = match tokio::time::timeout(Duration::from_secs(120), read).await {
+        let loaded = match tokio::time::timeout(FULL_LOAD_BOUND, read).await {
             Ok(r) => r?,
-            Err(_) => return Err("no answer within 120 s".to_string()),
+            Err(_) => return Err(format!("no answer within {} s", FULL_LOAD_BOUND.as_secs())),
         };
         let (Loaded::Full(rows, records), _) = loaded else {
             return Err("the database gave no rows".to_string());
@@ -964,6 +1002,10 @@ type EachRow<'f> = dyn FnMut(&tokio_postgres::Row, &[Column], Option<(&str, usiz
     + Send
     + 'f;
 
+/// What [`for_each_row`] hands each row: the row and its columns.
+type EachPlainRow<'f> =
+    dyn FnMut(&tokio_postgres::Row, &[Column]) -> Result<(), String> + Send + 'f;
+
 /// [`tenant_rows`] row by row, as they arrive (nothing collected).
 async fn tenant_each(
     client: &tokio_postgres::Client,
@@ -1092,11 +1134,11 @@ async fn for_each_row(
     name: &str,
     sql: &str,
     arg: Option<&str>,
-    each: &mut (dyn FnMut(&tokio_postgres::Row, &[Column]) -> Result<(), String> + Send + '_),
+    each: &mut EachPlainRow<'_>,
 ) -> Result<(), String> {
     use futures_util::TryStreamExt;
     use tokio_postgres::types::{ToSql, Type};
-    let failed = |e: tokio_postgres::Error| format!("query '{name}': {e}");
+    let failed = |e: tokio_postgres::Error| format!("query '{name}': {}", db_error(&e));
     let stream = match arg {
         None => client
             .query_raw(sql, std::iter::empty::<&(dyn ToSql + Sync)>())
