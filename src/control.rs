@@ -2,7 +2,7 @@
 //! runtime, never on a proxy worker — the admin API, the snapshot file watcher or URL puller,
 //! SIGHUP config reloads and the staleness ticker.
 //!
-//! Why one file (~1,100 lines with its tests): each source of change (the snapshot file
+//! Why one file (~1,360 lines with its tests): each source of change (the snapshot file
 //! watcher, the URL puller, the database follower, the JWKS refresher, SIGHUP, the ticker) is a
 //! loop spawned by `spawn` that offers what it read to [`State`] and backs off the same way
 //! (`backoff`), with the same staleness rules and swap. The database follower (from

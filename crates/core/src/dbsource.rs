@@ -22,7 +22,7 @@
 //! pure Rust, on the tokio runtime we already run); this module holds the settings and the
 //! rows → snapshot step, which does no I/O (the server's control thread runs the queries).
 //!
-//! Why one file (~730 lines without its tests): the full load and the incremental rounds turn
+//! Why one file (~910 lines without its tests): the full load and the incremental rounds turn
 //! the same rows into the same snapshot, the one as JSON and the other as change batches; they
 //! are read side by side so a column added to one is added to the other.
 
