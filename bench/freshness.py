@@ -22,7 +22,10 @@ It measures:
    statements per second (pg_stat_database, pg_stat_statements) over an idle minute;
 4. ordinary calls while polling (and changes arrive) against a gateway on a static snapshot file
    of the same data (`permgate snapshot export`): `permgate-bench load`, open loop, p50/p99, and
-   every status checked.
+   every status checked;
+5. a reconciliation while serving (unless --no-reconcile-check): a new replica with
+   reconcile_interval ~2.2x its first load, the same load run across its first reconciliation:
+   p50/p99, statuses, how long the reconciliation took (/status database_full_load_ms) and RSS.
 
 A minimal PostgreSQL wire-protocol client (trust auth, simple queries) keeps this script to the
 standard library: commit time is when the server's ReadyForQuery after COMMIT arrives.
@@ -300,7 +303,7 @@ shares = "SELECT 'lead' AS type, lead_id::text AS id, user_id, team, deleted FRO
 
 
 class Gateway:
-    def __init__(self, args, name, upstream, db_port=None, snapshot_file=None):
+    def __init__(self, args, name, upstream, db_port=None, snapshot_file=None, reconcile_ms=None):
         self.name = name
         self.port, self.admin = free_port(), free_port()
         self.dir = tempfile.mkdtemp(prefix=f"freshbench-{name}-")
@@ -309,7 +312,8 @@ class Gateway:
         text += f'\n[admin]\nlisten = "127.0.0.1:{self.admin}"\ntoken = "{ADMIN_TOKEN}"\n'
         text += "max_snapshot_mb = 4096\n"
         if db_port:
-            settings = f"reconcile_interval_ms = {args.reconcile_ms}\nnotify_channel = \"permgate\""
+            settings = (f"reconcile_interval_ms = {reconcile_ms or args.reconcile_ms}\n"
+                        "notify_channel = \"permgate\"")
             if args.poll_ms:
                 settings += f"\npoll_interval_ms = {args.poll_ms}"
             text += DB_SECTION.format(port=db_port, settings=settings)
@@ -363,7 +367,8 @@ class Gateway:
     def counters(self):
         status, body = self.admin_get("/status")
         c = json.loads(body)["counters"] if status == 200 else {}
-        keys = ("database_full_loads", "database_incremental_batches", "snapshot_update_failures")
+        keys = ("database_full_loads", "database_incremental_batches", "snapshot_update_failures",
+                "database_full_load_ms")
         return {k: c.get(k) for k in keys}
 
     def log_tail(self):
@@ -582,12 +587,13 @@ def load_scenario(path, users):
     pathlib.Path(path).write_text("\n".join(lines) + "\n")
 
 
-def run_load(args, gw, scenario, out_json):
+def run_load(args, gw, scenario, out_json, duration=None):
+    duration = duration or args.load_duration
     cmd = NICE + [args.bench_bin, "load", "--target", f"http://127.0.0.1:{gw.port}",
                   "--scenario", scenario, "--rate", str(args.rate), "--duration",
-                  str(args.load_duration), "--connections", "20", "--json", out_json,
+                  str(duration), "--connections", "20", "--json", out_json,
                   "--pid", str(gw.proc.pid)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.load_duration + 120)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
     if out.returncode != 0:
         raise RuntimeError(f"load: {out.stderr}{out.stdout}")
     return json.loads(pathlib.Path(out_json).read_text())
@@ -656,6 +662,8 @@ def main():
     p.add_argument("--permgate-bin", default=None)
     p.add_argument("--bench-bin", default=None)
     p.add_argument("--json", default=None, help="default bench/results/freshness-<scale>.json")
+    p.add_argument("--no-reconcile-check", dest="reconcile_check", action="store_false",
+                   help="skip 5.: the load across a reconciliation (a full load while serving)")
     args = p.parse_args()
     users, records = int(1_000_000 * args.scale), int(10_000_000 * args.scale)
     for name, attr in (("permgate", "permgate_bin"), ("permgate-bench", "bench_bin")):
@@ -773,6 +781,31 @@ def main():
         result["delete_1"] = r
         log(f"soft delete, 1 replica, notify: {r}")
         result["after_deletes"] = {"a": {**a.memory(), "counters": a.counters()}}
+        if args.reconcile_check:
+            # 5. A reconciliation (a full load while serving): replica a gives way to one whose
+            # reconcile_interval is a little more than twice its first load, and the load runs
+            # across its first reconciliation.
+            first = max(result["full_load"]["a"]["ready_s"], 5)
+            interval = round(2.2 * first, 1)
+            a.stop()
+            gateways.remove(a)
+            r_gw = Gateway(args, "reconcile", stub_port, db_port=pg_port,
+                           reconcile_ms=int(interval * 1000))
+            gateways.append(r_gw)
+            ready = r_gw.wait_ready(args.ready_timeout)
+            duration = round(interval + 2 * first, 1)
+            log(f"reconcile replica ready: {ready}; load for {duration} s, interval {interval} s")
+            r = summarize_load(run_load(args, r_gw, scenario,
+                                        os.path.join(work, "load-reconcile.json"), duration))
+            after = r_gw.counters()
+            r.update({"gateway": "polling, reconciling", "round": "reconcile",
+                      "interval_s": interval, "ready": ready, "after": after,
+                      "memory_after": r_gw.memory(),
+                      "full_loads_during": (after["database_full_loads"] or 0)
+                      - (ready["counters"]["database_full_loads"] or 0),
+                      "reconcile_ms": after.get("database_full_load_ms")})
+            result["reconcile"] = r
+            log(f"reconcile: {r}")
     finally:
         for g in list(gateways or []):
             try:
@@ -811,7 +844,7 @@ def markdown(r):
     for k in ("idle_1", "idle_3"):
         if k in r:
             out.append(f"\nidle {k[-1]} replica(s): {r[k]}")
-    for l in r.get("load", []):
+    for l in r.get("load", []) + ([r["reconcile"]] if "reconcile" in r else []):
         out.append(f"load {l['gateway']} r{l['round']}: p50 {l['p50_ms']} ms p99 {l['p99_ms']} ms "
                    f"requests {l['requests']} unexpected {l['unexpected']} errors {l['errors']}")
     return "\n".join(out)

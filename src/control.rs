@@ -2,11 +2,11 @@
 //! runtime, never on a proxy worker — the admin API, the snapshot file watcher or URL puller,
 //! SIGHUP config reloads and the staleness ticker.
 //!
-//! Why one file (~1,100 lines with its tests): each source of change (the snapshot file
+//! Why one file (~1,360 lines with its tests): each source of change (the snapshot file
 //! watcher, the URL puller, the database follower, the JWKS refresher, SIGHUP, the ticker) is a
 //! loop spawned by `spawn` that offers what it read to [`State`] and backs off the same way
 //! (`backoff`), with the same staleness rules and swap. The database follower (from
-//! `follow_database` to `query_rows`: connection, TLS, the LISTEN wake-ups, consistent reads,
+//! `follow_database` to `PgText`: connection, TLS, the LISTEN wake-ups, consistent reads,
 //! per-tenant reads, incremental rounds) is the seam when one is cut, as a `control::database`
 //! module.
 
@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{error, info, warn};
 
+use crate::dbsource::RecordQuery;
 use crate::live::{State, STALENESS_TICK};
 
 /// What identifies one version of a file on disk.
@@ -315,9 +316,10 @@ async fn pull_snapshot(state: Arc<State>) {
 /// connection, kept, re-opened after an error, when a reload changes its settings or when the
 /// `ca_file` changes on disk ([`connection_key`]). Each round reads one consistent state (a
 /// read-only repeatable-read transaction) within a deadline (connect 10 s; statement timeout
-/// 30 s unless `session_sql` sets another; the round at most `max(poll, 60 s)`); failures back
-/// off (at most 30 s more than the poll) and keep the last good snapshot. A refused batch makes
-/// the next round a full load.
+/// 30 s unless `session_sql` sets another; the round at most `max(poll, 60 s)`, a full load at
+/// most [`FULL_LOAD_BOUND`] with its statements too); failures back off (at most 30 s more
+/// than the poll) and keep the last good snapshot. A refused batch makes the next round a full
+/// load.
 async fn follow_database(state: Arc<State>) {
     let mut conn: Option<(tokio_postgres::Client, String)> = None;
     let mut last_cursor: Option<String> = None;
@@ -334,6 +336,9 @@ async fn follow_database(state: Arc<State>) {
             return;
         };
         let key = connection_key(&db);
+        let now = std::time::Instant::now();
+        let full_due =
+            force_full || last_full.is_none_or(|t| now.duration_since(t) >= db.reconcile_interval);
         let round = async {
             if conn
                 .as_ref()
@@ -346,10 +351,8 @@ async fn follow_database(state: Arc<State>) {
             let Some((client, _)) = conn.as_ref() else {
                 return Err("no connection".into());
             };
-            let now = std::time::Instant::now();
             let due = Due {
-                full: force_full
-                    || last_full.is_none_or(|t| now.duration_since(t) >= db.reconcile_interval),
+                full: full_due,
                 last_cursor: last_cursor.clone(),
                 base: db
                     .incremental
@@ -359,11 +362,17 @@ async fn follow_database(state: Arc<State>) {
             let (loaded, cursor) = read_consistent(client, &db, &due).await?;
             let applied = match loaded {
                 Loaded::Nothing => Ok(()),
-                Loaded::Full(rows) => {
-                    let text = db_snapshot_text(&rows, &db)?;
+                Loaded::Full(rows, records) => {
+                    let text = crate::dbsource::finish_snapshot_text(&rows, records, &db.queries)?;
+                    drop(rows);
+                    // The text is kept as the source form: one copy of it, made before the
+                    // build (not beside the build's own memory after it).
+                    let text = Arc::<str>::from(text);
                     let s = state.clone();
-                    match tokio::task::spawn_blocking(move || s.replace_snapshot(&text, label))
-                        .await
+                    match tokio::task::spawn_blocking(move || {
+                        s.replace_snapshot_shared(text, label)
+                    })
+                    .await
                     {
                         Ok(Ok(_)) => {
                             last_full = Some(now);
@@ -372,6 +381,11 @@ async fn follow_database(state: Arc<State>) {
                                 .counters
                                 .database_full_loads
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let ms = u64::try_from(now.elapsed().as_millis()).unwrap_or(u64::MAX);
+                            state
+                                .counters
+                                .database_full_load_ms
+                                .store(ms, std::sync::atomic::Ordering::Relaxed);
                             Ok(())
                         }
                         // Refused by validation: already logged and counted.
@@ -394,7 +408,12 @@ async fn follow_database(state: Arc<State>) {
             }
             Ok(())
         };
-        let deadline = db.poll_interval.max(Duration::from_secs(60));
+        // A full load streams millions of rows and builds: bounded apart (FULL_LOAD_BOUND).
+        let deadline = if full_due {
+            FULL_LOAD_BOUND
+        } else {
+            db.poll_interval.max(Duration::from_secs(60))
+        };
         let outcome = match tokio::time::timeout(deadline, round).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {} s", deadline.as_secs())),
@@ -491,8 +510,9 @@ fn base_cursor(
 enum Loaded {
     /// Nothing changed since the last round.
     Nothing,
-    /// Every query's rows: the whole snapshot.
-    Full(crate::dbsource::Rows),
+    /// Every query's rows: the whole snapshot (the record rows already written into its
+    /// text as they arrived).
+    Full(crate::dbsource::Rows, crate::dbsource::RecordsText),
     /// The incremental queries' rows: what changed since the base cursor.
     Incremental(crate::dbsource::Rows),
 }
@@ -527,6 +547,18 @@ async fn incremental_round(
     })
     .await
     .map_err(|e| format!("apply task failed: {e}"))?
+}
+
+/// The most a full load may take, its queries and the build (a round that reads only the
+/// cursor or incremental rows has `max(poll, 60 s)`).
+const FULL_LOAD_BOUND: Duration = Duration::from_secs(600);
+
+/// A database error with the server's message (`db error` alone says nothing).
+fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{e}: {}", d.message()),
+        None => e.to_string(),
+    }
 }
 
 /// A connection to the source's database with its session set: the statement timeout (30 s)
@@ -781,6 +813,25 @@ async fn read_consistent(
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(|e| format!("begin: {e}"))?;
+    if due.full {
+        // Rows are read as they are used, so a full load's statement lasts as long as the
+        // load (tens of seconds at ten million rows): our 30 s default would cancel it. A
+        // statement timeout the operator's session_sql set is kept.
+        let current = client
+            .query_one("SELECT current_setting('statement_timeout')", &[])
+            .await
+            .and_then(|r| r.try_get::<_, String>(0))
+            .map_err(|e| format!("statement_timeout: {}", db_error(&e)))?;
+        if current == "30s" {
+            client
+                .batch_execute(&format!(
+                    "SET LOCAL statement_timeout = '{}s'",
+                    FULL_LOAD_BOUND.as_secs()
+                ))
+                .await
+                .map_err(|e| format!("statement_timeout: {}", db_error(&e)))?;
+        }
+    }
     let loaded = load_round(client, db, due).await;
     client
         .batch_execute(if loaded.is_ok() { "COMMIT" } else { "ROLLBACK" })
@@ -801,26 +852,23 @@ pub fn export_database(db: &crate::dbsource::DbSource) -> Result<String, String>
             let client = connect_database(db).await?;
             read_consistent(&client, db, &Due::full_load()).await
         };
-        let loaded = match tokio::time::timeout(Duration::from_secs(120), read).await {
+        let loaded = match tokio::time::timeout(FULL_LOAD_BOUND, read).await {
             Ok(r) => r?,
-            Err(_) => return Err("no answer within 120 s".to_string()),
+            Err(_) => return Err(format!("no answer within {} s", FULL_LOAD_BOUND.as_secs())),
         };
-        let (Loaded::Full(rows), _) = loaded else {
+        let (Loaded::Full(rows, records), _) = loaded else {
             return Err("the database gave no rows".to_string());
         };
-        db_snapshot_text(&rows, db)
+        crate::dbsource::finish_snapshot_text(&rows, records, &db.queries)
     })
 }
 
-/// The snapshot JSON of one load's rows, versioned by the time it was read.
-fn db_snapshot_text(
-    rows: &crate::dbsource::Rows,
-    db: &crate::dbsource::DbSource,
-) -> Result<String, String> {
+/// The start of a full load's snapshot text, versioned by the time it is read.
+fn db_records_text() -> crate::dbsource::RecordsText {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    crate::dbsource::snapshot_text(rows, &db.queries, format!("db-{now}"), now)
+    crate::dbsource::RecordsText::new(&format!("db-{now}"), now)
 }
 
 /// One round inside the transaction: the cursor, then what is due — every query (a full
@@ -894,17 +942,32 @@ async fn load_round(
             *into = query_rows(client, name, sql, None).await?;
         }
     }
-    for (name, sql, into) in [
-        ("memberships", &q.memberships, &mut rows.memberships),
-        ("owners", &q.owners, &mut rows.owners),
-        ("shares", &q.shares, &mut rows.shares),
-        ("related", &q.related, &mut rows.related),
+    if let Some(sql) = &q.memberships {
+        rows.memberships = tenant_rows(client, db, tenants, "memberships", sql, None).await?;
+    }
+    // The record rows (the millions) go straight into the snapshot text as they arrive.
+    let mut records = db_records_text();
+    for (query, sql) in [
+        (RecordQuery::Owners, &q.owners),
+        (RecordQuery::Shares, &q.shares),
+        (RecordQuery::Related, &q.related),
     ] {
         if let Some(sql) = sql {
-            *into = tenant_rows(client, db, tenants, name, sql, None).await?;
+            tenant_each(
+                client,
+                db,
+                tenants,
+                query.name(),
+                sql,
+                None,
+                &mut |row, columns, round| {
+                    records.push(query, &PgText::read(query.name(), row, columns)?, round)
+                },
+            )
+            .await?;
         }
     }
-    Ok((Loaded::Full(rows), cursor))
+    Ok((Loaded::Full(rows, records), cursor))
 }
 
 /// A data query's rows: run once (`tenants` is `None`), or once per tenant after its
@@ -919,8 +982,52 @@ async fn tenant_rows(
     sql: &str,
     arg: Option<&str>,
 ) -> Result<Vec<crate::dbsource::Row>, String> {
+    let mut out = Vec::new();
+    tenant_each(
+        client,
+        db,
+        tenants,
+        name,
+        sql,
+        arg,
+        &mut |row, columns, round| {
+            let r = to_row(name, row, columns)?;
+            if let Some((tenant, i)) = round {
+                crate::dbsource::round_tenant(r.text("tenant"), name, tenant, i)?;
+            }
+            out.push(r);
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(out)
+}
+
+/// What [`tenant_each`] hands each row: the row, its columns, and with per-tenant settings the
+/// tenant of the round and the row's index in it.
+type EachRow<'f> = dyn FnMut(&tokio_postgres::Row, &[Column], Option<(&str, usize)>) -> Result<(), String>
+    + Send
+    + 'f;
+
+/// What [`for_each_row`] hands each row: the row and its columns.
+type EachPlainRow<'f> =
+    dyn FnMut(&tokio_postgres::Row, &[Column]) -> Result<(), String> + Send + 'f;
+
+/// [`tenant_rows`] row by row, as they arrive (nothing collected).
+async fn tenant_each(
+    client: &tokio_postgres::Client,
+    db: &crate::dbsource::DbSource,
+    tenants: Option<&[String]>,
+    name: &str,
+    sql: &str,
+    arg: Option<&str>,
+    each: &mut EachRow<'_>,
+) -> Result<(), String> {
     let Some(tenants) = tenants else {
-        return query_rows(client, name, sql, arg).await;
+        return for_each_row(client, name, sql, arg, &mut |row, columns| {
+            each(row, columns, None)
+        })
+        .await;
     };
     let mut settings = Vec::with_capacity(db.tenant_session_sql.len());
     for sql in &db.tenant_session_sql {
@@ -931,7 +1038,6 @@ async fn tenant_rows(
                 .map_err(|e| format!("tenant_session_sql: {e}"))?,
         );
     }
-    let mut out = Vec::new();
     for tenant in tenants {
         client
             .batch_execute("SAVEPOINT permgate_tenant")
@@ -943,17 +1049,20 @@ async fn tenant_rows(
                 .await
                 .map_err(|e| format!("tenant_session_sql for tenant '{tenant}': {e}"))?;
         }
-        let mut rows = query_rows(client, name, sql, arg).await?;
+        let mut i = 0usize;
+        for_each_row(client, name, sql, arg, &mut |row, columns| {
+            i += 1;
+            each(row, columns, Some((tenant.as_str(), i - 1)))
+        })
+        .await?;
         client
             .batch_execute(
                 "ROLLBACK TO SAVEPOINT permgate_tenant; RELEASE SAVEPOINT permgate_tenant",
             )
             .await
             .map_err(|e| format!("savepoint: {e}"))?;
-        crate::dbsource::check_tenant(&rows, name, tenant)?;
-        out.append(&mut rows);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Run one of the source's queries (`arg`: its `$1`, as text): its rows, text, text-array,
@@ -965,54 +1074,191 @@ async fn query_rows(
     sql: &str,
     arg: Option<&str>,
 ) -> Result<Vec<crate::dbsource::Row>, String> {
+    let mut out = Vec::new();
+    for_each_row(client, name, sql, arg, &mut |row, columns| {
+        out.push(to_row(name, row, columns)?);
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// How a column is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ColumnKind {
+    Text,
+    TextArray,
+    Bool,
+    Int8,
+    Int4,
+}
+
+/// A query's column, resolved once per query (not once per row).
+struct Column {
+    name: String,
+    kind: ColumnKind,
+}
+
+/// The columns of a query's rows; a type permgate does not read is refused, naming the column.
+fn columns(name: &str, row: &tokio_postgres::Row) -> Result<Vec<Column>, String> {
     use tokio_postgres::types::Type;
-    let rows = match arg {
-        None => client.query(sql, &[]).await,
+    row.columns()
+        .iter()
+        .map(|col| {
+            let t = col.type_();
+            let kind = if *t == Type::TEXT
+                || *t == Type::VARCHAR
+                || *t == Type::NAME
+                || *t == Type::BPCHAR
+            {
+                ColumnKind::Text
+            } else if *t == Type::TEXT_ARRAY || *t == Type::VARCHAR_ARRAY {
+                ColumnKind::TextArray
+            } else if *t == Type::BOOL {
+                ColumnKind::Bool
+            } else if *t == Type::INT8 {
+                ColumnKind::Int8
+            } else if *t == Type::INT4 {
+                ColumnKind::Int4
+            } else {
+                return Err(format!(
+                    "query '{name}', column '{}': type {t} (cast it to text)",
+                    col.name()
+                ));
+            };
+            Ok(Column {
+                name: col.name().to_string(),
+                kind,
+            })
+        })
+        .collect()
+}
+
+/// Run a query and hand each row to `each` as it arrives (the rows are streamed, never all
+/// held: a full load's ten million record rows would be gigabytes).
+async fn for_each_row(
+    client: &tokio_postgres::Client,
+    name: &str,
+    sql: &str,
+    arg: Option<&str>,
+    each: &mut EachPlainRow<'_>,
+) -> Result<(), String> {
+    use futures_util::TryStreamExt;
+    use tokio_postgres::types::{ToSql, Type};
+    let failed = |e: tokio_postgres::Error| format!("query '{name}': {}", db_error(&e));
+    let stream = match arg {
+        None => client
+            .query_raw(sql, std::iter::empty::<&(dyn ToSql + Sync)>())
+            .await
+            .map_err(failed)?,
         Some(arg) => {
             // `$1` is text whatever the SQL casts it to (`$1::timestamptz` casts the text).
-            match client.prepare_typed(sql, &[Type::TEXT]).await {
-                Ok(statement) => client.query(&statement, &[&arg]).await,
-                Err(e) => Err(e),
-            }
+            let statement = client
+                .prepare_typed(sql, &[Type::TEXT])
+                .await
+                .map_err(failed)?;
+            client
+                .query_raw(&statement, [&arg as &(dyn ToSql + Sync)])
+                .await
+                .map_err(failed)?
         }
+    };
+    let mut stream = std::pin::pin!(stream);
+    let mut cols: Option<Vec<Column>> = None;
+    while let Some(row) = stream.try_next().await.map_err(failed)? {
+        let cols = match &mut cols {
+            Some(c) => c,
+            None => cols.insert(columns(name, &row)?),
+        };
+        each(&row, cols)?;
     }
-    .map_err(|e| format!("query '{name}': {e}"))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let mut r = crate::dbsource::Row::default();
-        for (i, col) in row.columns().iter().enumerate() {
-            let c = col.name().to_string();
-            let bad = |e: tokio_postgres::Error| format!("query '{name}', column '{c}': {e}");
-            let t = col.type_();
-            if *t == Type::TEXT || *t == Type::VARCHAR || *t == Type::NAME || *t == Type::BPCHAR {
+    Ok(())
+}
+
+/// A row as [`crate::dbsource::Row`]: its columns by name, NULLs left out.
+fn to_row(
+    name: &str,
+    row: &tokio_postgres::Row,
+    columns: &[Column],
+) -> Result<crate::dbsource::Row, String> {
+    let mut r = crate::dbsource::Row::default();
+    for (i, col) in columns.iter().enumerate() {
+        let c = col.name.clone();
+        let bad = |e: tokio_postgres::Error| format!("query '{name}', column '{c}': {e}");
+        match col.kind {
+            ColumnKind::Text => {
                 if let Some(v) = row.try_get::<_, Option<String>>(i).map_err(bad)? {
                     r.text.push((c, v));
                 }
-            } else if *t == Type::TEXT_ARRAY || *t == Type::VARCHAR_ARRAY {
+            }
+            ColumnKind::TextArray => {
                 let v: Option<Vec<Option<String>>> = row.try_get(i).map_err(bad)?;
                 r.lists
                     .push((c, v.unwrap_or_default().into_iter().flatten().collect()));
-            } else if *t == Type::BOOL {
+            }
+            ColumnKind::Bool => {
                 if let Some(v) = row.try_get::<_, Option<bool>>(i).map_err(bad)? {
                     r.flags.push((c, v));
                 }
-            } else if *t == Type::INT8 {
+            }
+            ColumnKind::Int8 => {
                 if let Some(v) = row.try_get::<_, Option<i64>>(i).map_err(bad)? {
                     r.text.push((c, v.to_string()));
                 }
-            } else if *t == Type::INT4 {
+            }
+            ColumnKind::Int4 => {
                 if let Some(v) = row.try_get::<_, Option<i32>>(i).map_err(bad)? {
                     r.text.push((c, v.to_string()));
                 }
-            } else {
-                return Err(format!(
-                    "query '{name}', column '{c}': type {t} (cast it to text)"
-                ));
             }
         }
-        out.push(r);
     }
-    Ok(out)
+    Ok(r)
+}
+
+/// A record row's text columns, borrowed from the row (integers formatted; arrays and
+/// booleans are not read from record rows): no owned column names per row.
+struct PgText<'r> {
+    columns: &'r [Column],
+    values: Vec<Option<std::borrow::Cow<'r, str>>>,
+}
+
+impl<'r> PgText<'r> {
+    fn read(
+        name: &str,
+        row: &'r tokio_postgres::Row,
+        columns: &'r [Column],
+    ) -> Result<PgText<'r>, String> {
+        use std::borrow::Cow;
+        let mut values = Vec::with_capacity(columns.len());
+        for (i, col) in columns.iter().enumerate() {
+            let bad =
+                |e: tokio_postgres::Error| format!("query '{name}', column '{}': {e}", col.name);
+            values.push(match col.kind {
+                ColumnKind::Text => row
+                    .try_get::<_, Option<&str>>(i)
+                    .map_err(bad)?
+                    .map(Cow::Borrowed),
+                ColumnKind::Int8 => row
+                    .try_get::<_, Option<i64>>(i)
+                    .map_err(bad)?
+                    .map(|v| Cow::Owned(v.to_string())),
+                ColumnKind::Int4 => row
+                    .try_get::<_, Option<i32>>(i)
+                    .map_err(bad)?
+                    .map(|v| Cow::Owned(v.to_string())),
+                ColumnKind::TextArray | ColumnKind::Bool => None,
+            });
+        }
+        Ok(PgText { columns, values })
+    }
+}
+
+impl crate::dbsource::TextColumns for PgText<'_> {
+    fn text(&self, column: &str) -> Option<&str> {
+        let i = self.columns.iter().position(|c| c.name == column)?;
+        self.values.get(i)?.as_deref()
+    }
 }
 
 /// Keep the live config's JWKS keys fresh ([`crate::jwks`]): a fetch when the store says one is

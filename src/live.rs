@@ -108,6 +108,8 @@ pub struct Counters {
     pub database_full_loads: AtomicU64,
     /// `[snapshot.database.incremental]`: change batches applied between full loads.
     pub database_incremental_batches: AtomicU64,
+    /// `[snapshot.database]`: how long the last full load took, read and build (ms).
+    pub database_full_load_ms: AtomicU64,
 }
 
 /// The gateway's state, shared by the proxy, the admin API and the sources.
@@ -617,6 +619,25 @@ impl State {
     /// Validate and swap in a new snapshot (from a file, a URL or the admin API). On error the
     /// live one stays and the errors are returned, logged and counted.
     pub fn replace_snapshot(&self, text: &str, source: &str) -> Result<String, Vec<String>> {
+        self.replace_snapshot_with(text, || Arc::from(text), source)
+    }
+
+    /// [`State::replace_snapshot`] of a text already shared (a database load's: kept as the
+    /// source form without another copy).
+    pub fn replace_snapshot_shared(
+        &self,
+        text: Arc<str>,
+        source: &str,
+    ) -> Result<String, Vec<String>> {
+        self.replace_snapshot_with(&text, || text.clone(), source)
+    }
+
+    fn replace_snapshot_with(
+        &self,
+        text: &str,
+        shared: impl FnOnce() -> Arc<str>,
+        source: &str,
+    ) -> Result<String, Vec<String>> {
         let _w = lock(&self.writer);
         let current = self.live();
         if current.snapshot_changes.is_empty() && current.snapshot_text.as_deref() == Some(text) {
@@ -645,7 +666,7 @@ impl State {
                         "learned record {d} dropped: the full load from {source} does not hold it and it is older than snapshot.learned_ttl_ms"
                     );
                 }
-                self.store_snapshot(&current.config, s, Arc::from(text), source);
+                self.store_snapshot(&current.config, s, shared(), source);
                 self.counters
                     .snapshot_updates
                     .fetch_add(1, Ordering::Relaxed);
@@ -967,6 +988,7 @@ impl State {
                 "source_errors": c.source_errors.load(Ordering::Relaxed),
                 "database_full_loads": c.database_full_loads.load(Ordering::Relaxed),
                 "database_incremental_batches": c.database_incremental_batches.load(Ordering::Relaxed),
+                "database_full_load_ms": c.database_full_load_ms.load(Ordering::Relaxed),
             },
             "learned": self.learned.status(),
             "last_errors": lock(&self.errors).iter().cloned().collect::<Vec<_>>(),
@@ -1076,6 +1098,12 @@ impl State {
                 "counter",
                 "Change batches from [snapshot.database.incremental] applied.",
                 load(&c.database_incremental_batches),
+            ),
+            (
+                "permgate_database_full_load_seconds",
+                "gauge",
+                "How long the last full load from [snapshot.database] took, read and build.",
+                load(&c.database_full_load_ms) / 1000.0,
             ),
             (
                 "permgate_learned_records_total",

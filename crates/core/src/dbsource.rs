@@ -22,7 +22,7 @@
 //! pure Rust, on the tokio runtime we already run); this module holds the settings and the
 //! rows → snapshot step, which does no I/O (the server's control thread runs the queries).
 //!
-//! Why one file (~730 lines without its tests): the full load and the incremental rounds turn
+//! Why one file (~910 lines without its tests): the full load and the incremental rounds turn
 //! the same rows into the same snapshot, the one as JSON and the other as change batches; they
 //! are read side by side so a column added to one is added to the other.
 
@@ -31,9 +31,7 @@ use std::time::Duration;
 use crate::catalog::Catalog;
 use crate::changes::{Change, RecordRef};
 use crate::ids::canonical_id;
-use crate::records::{
-    Found, Principal, RawId, RawOwner, RawRecords, RawRelated, RawShare, UserIdx,
-};
+use crate::records::{Found, Principal, RawId, UserIdx};
 use crate::snapshot::{RawMembership, RawRole, RawSnapshot, RawTenant, RawUser, Snapshot};
 
 /// `[snapshot.database]`, validated.
@@ -218,29 +216,36 @@ pub fn tenant_ids(rows: &[Row]) -> Result<Vec<String>, String> {
     Ok(ids)
 }
 
-/// Check each row of a tenant's round against its tenant: every row must name its tenant in a
-/// `tenant` column, and one that names another is refused (the tenant's session settings did
-/// not restrict the query, so its rows cannot be told apart). A row without the column is
-/// refused too: taking the round's tenant for it would file a row the settings failed to hide
-/// under the wrong tenant (a membership or a record in an organisation it is not in), which is
-/// exactly the mistake this check is there to catch.
+/// Check each row of a tenant's round against its tenant ([`round_tenant`]).
 pub fn check_tenant(rows: &[Row], query: &str, tenant: &str) -> Result<(), String> {
     for (i, r) in rows.iter().enumerate() {
-        match r.text("tenant") {
-            None => {
-                return Err(format!(
-                    "{query}[{i}]: no 'tenant' (the column is missing or NULL) in the round of tenant '{tenant}' (with tenant_session_sql every row must name its tenant, e.g. `org AS tenant`, so a row the settings failed to hide is caught)"
-                ))
-            }
-            Some(t) if t == tenant => {}
-            Some(t) => {
-                return Err(format!(
-                    "{query}[{i}]: tenant '{t}' read in the round of tenant '{tenant}' (tenant_session_sql must restrict the query to its tenant)"
-                ))
-            }
-        }
+        round_tenant(r.text("tenant"), query, tenant, i)?;
     }
     Ok(())
+}
+
+/// The tenant row `i` of `query` names in its `tenant` column (`named`), checked against the
+/// round of `tenant` (`tenant_session_sql`): every row must name its tenant, and one that names
+/// another is refused (the tenant's session settings did not restrict the query, so its rows
+/// cannot be told apart). A row without the column is refused too: taking the round's tenant
+/// for it would file a row the settings failed to hide under the wrong tenant (a membership or
+/// a record in an organisation it is not in), which is exactly the mistake this check is there
+/// to catch.
+pub fn round_tenant<'a>(
+    named: Option<&'a str>,
+    query: &str,
+    tenant: &str,
+    i: usize,
+) -> Result<&'a str, String> {
+    match named {
+        None => Err(format!(
+            "{query}[{i}]: no 'tenant' (the column is missing or NULL) in the round of tenant '{tenant}' (with tenant_session_sql every row must name its tenant, e.g. `org AS tenant`, so a row the settings failed to hide is caught)"
+        )),
+        Some(t) if t == tenant => Ok(t),
+        Some(t) => Err(format!(
+            "{query}[{i}]: tenant '{t}' read in the round of tenant '{tenant}' (tenant_session_sql must restrict the query to its tenant)"
+        )),
+    }
 }
 
 /// The snapshot the rows describe, as the JSON text every source hands over (so it is
@@ -251,6 +256,27 @@ pub fn snapshot_text(
     queries: &DbQueries,
     version: String,
     generated_at: u64,
+) -> Result<String, String> {
+    let mut records = RecordsText::new(&version, generated_at);
+    for (query, list) in [
+        (RecordQuery::Owners, &rows.owners),
+        (RecordQuery::Shares, &rows.shares),
+        (RecordQuery::Related, &rows.related),
+    ] {
+        for r in list {
+            records.push(query, r, None)?;
+        }
+    }
+    finish_snapshot_text(rows, records, queries)
+}
+
+/// The snapshot text of a full load whose record rows went into `records` as they came (the
+/// owners, shares and related rows of `rows` are not read): the other rows' users, roles,
+/// API keys, memberships and tenants are added to it.
+pub fn finish_snapshot_text(
+    rows: &Rows,
+    records: RecordsText,
+    queries: &DbQueries,
 ) -> Result<String, String> {
     let mut users = Vec::with_capacity(rows.users.len());
     let mut index = std::collections::HashMap::new();
@@ -278,6 +304,7 @@ pub fn snapshot_text(
             .ok_or_else(|| format!("memberships[{i}]: unknown user '{user}'"))?;
         users[*u].memberships.push(raw_membership(r, i)?);
     }
+    drop(index);
     let mut tenants: Vec<RawTenant> = Vec::new();
     if queries.memberships.is_some() {
         for (i, r) in rows.tenants.iter().enumerate() {
@@ -294,8 +321,8 @@ pub fn snapshot_text(
             let mut named: Vec<&str> = rows
                 .memberships
                 .iter()
-                .chain(&rows.owners)
                 .filter_map(|r| r.text("tenant"))
+                .chain(records.tenants.iter().map(String::as_str))
                 .collect();
             named.sort_unstable();
             named.dedup();
@@ -318,46 +345,186 @@ pub fn snapshot_text(
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let id = |s: String| RawId::Text(s);
-    let mut records = RawRecords::default();
-    for (i, r) in rows.owners.iter().enumerate() {
-        records.owners.push(RawOwner {
-            record_type: r.need("owners", i, "type")?,
-            id: id(r.need("owners", i, "id")?),
-            owner: r.text("owner").map(str::to_string),
-            tenant: r.text("tenant").map(str::to_string),
-        });
-    }
-    for (i, r) in rows.shares.iter().enumerate() {
-        records.shares.push(RawShare {
-            record_type: r.need("shares", i, "type")?,
-            id: id(r.need("shares", i, "id")?),
-            user: r.text("user_id").map(str::to_string),
-            team: r.text("team").map(str::to_string),
-            role: r.text("role").map(str::to_string),
-        });
-    }
-    for (i, r) in rows.related.iter().enumerate() {
-        records.related.push(RawRelated {
-            record_type: r.need("related", i, "type")?,
-            id: id(r.need("related", i, "id")?),
-            parent_type: r.need("related", i, "parent_type")?,
-            parent_id: id(r.need("related", i, "parent_id")?),
-        });
-    }
-    let has_records =
-        !(records.owners.is_empty() && records.shares.is_empty() && records.related.is_empty());
-    let raw = RawSnapshot {
-        version: Some(version),
-        generated_at: Some(generated_at),
+    // Version and records are in `records` already: the rest follows them.
+    let rest = RawSnapshot {
+        version: None,
+        generated_at: None,
         roles,
         users,
-        records: has_records.then_some(records),
+        records: None,
         // Service principals come from the snapshot file or a URL source, not yet from SQL.
         services: Vec::new(),
         tenants,
     };
-    Ok(raw.to_json())
+    Ok(records.finish(&rest))
+}
+
+/// A row's text columns by name (`None`: absent or NULL): what a record row is read through,
+/// so the full load can write its record rows (the millions: owners, shares, related) into
+/// the snapshot text as they arrive, without a [`Row`] of each ([`RecordsText`]).
+pub trait TextColumns {
+    fn text(&self, column: &str) -> Option<&str>;
+}
+
+impl TextColumns for Row {
+    fn text(&self, column: &str) -> Option<&str> {
+        Row::text(self, column)
+    }
+}
+
+/// The record queries of a full load, in the order their rows are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordQuery {
+    Owners,
+    Shares,
+    Related,
+}
+
+impl RecordQuery {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordQuery::Owners => "owners",
+            RecordQuery::Shares => "shares",
+            RecordQuery::Related => "related",
+        }
+    }
+
+    fn section(self) -> u8 {
+        self as u8 + 1
+    }
+}
+
+/// A full load's snapshot text while its record rows arrive: the version, then the `records`
+/// section written row by row (compact JSON; owners, then shares, then related), closed by
+/// [`RecordsText::finish`] with the rest of the snapshot. What a row says is what the same
+/// row said through [`crate::records::RawOwner`], [`crate::records::RawShare`] and
+/// [`crate::records::RawRelated`] (tests compare them).
+#[derive(Debug)]
+pub struct RecordsText {
+    text: String,
+    /// The array being written: 0 none yet, else [`RecordQuery::section`].
+    section: u8,
+    /// Rows written per query (the index in an error).
+    rows: [usize; 3],
+    /// The tenants the owners rows name.
+    tenants: std::collections::BTreeSet<String>,
+}
+
+impl RecordsText {
+    pub fn new(version: &str, generated_at: u64) -> RecordsText {
+        let mut text = String::from("{\"version\":");
+        push_json_str(&mut text, version);
+        text.push_str(&format!(",\"generated_at\":{generated_at}"));
+        RecordsText {
+            text,
+            section: 0,
+            rows: [0; 3],
+            tenants: Default::default(),
+        }
+    }
+
+    /// One row of `query`. `round`: the tenant of a `tenant_session_sql` round and the row's
+    /// index in it: the row must name that tenant ([`round_tenant`]).
+    pub fn push(
+        &mut self,
+        query: RecordQuery,
+        r: &impl TextColumns,
+        round: Option<(&str, usize)>,
+    ) -> Result<(), String> {
+        let name = query.name();
+        let i = self.rows[query as usize];
+        let tenant = match round {
+            Some((tenant, j)) => Some(round_tenant(r.text("tenant"), name, tenant, j)?),
+            None => r.text("tenant"),
+        };
+        let need = |column: &str| {
+            r.text(column)
+                .ok_or_else(|| format!("{name}[{i}]: column '{column}' is missing or NULL"))
+        };
+        let (record_type, id) = (need("type")?, need("id")?);
+        let fields: [(&str, Option<&str>); 3] = match query {
+            RecordQuery::Owners => [("owner", r.text("owner")), ("tenant", tenant), ("", None)],
+            RecordQuery::Shares => [
+                ("user", r.text("user_id")),
+                ("team", r.text("team")),
+                ("role", r.text("role")),
+            ],
+            RecordQuery::Related => [
+                ("parent_type", Some(need("parent_type")?)),
+                ("parent_id", Some(need("parent_id")?)),
+                ("", None),
+            ],
+        };
+        let section = query.section();
+        if section < self.section {
+            return Err(format!(
+                "{name}: rows after those of a later query (owners, shares, related)"
+            ));
+        }
+        if section > self.section {
+            self.text.push_str(if self.section == 0 {
+                ",\"records\":{\""
+            } else {
+                "],\""
+            });
+            self.text.push_str(name);
+            self.text.push_str("\":[");
+            self.section = section;
+        } else {
+            self.text.push(',');
+        }
+        self.text.push_str("{\"type\":");
+        push_json_str(&mut self.text, record_type);
+        self.text.push_str(",\"id\":");
+        push_json_str(&mut self.text, id);
+        for (key, value) in fields {
+            if let Some(v) = value {
+                self.text.push_str(",\"");
+                self.text.push_str(key);
+                self.text.push_str("\":");
+                push_json_str(&mut self.text, v);
+            }
+        }
+        self.text.push('}');
+        if query == RecordQuery::Owners {
+            if let Some(t) = tenant.filter(|t| !self.tenants.contains(*t)) {
+                self.tenants.insert(t.to_string());
+            }
+        }
+        self.rows[query as usize] += 1;
+        Ok(())
+    }
+
+    /// The snapshot text: what was written, then `rest` (its fields other than the version,
+    /// `generated_at` and the records).
+    fn finish(mut self, rest: &RawSnapshot) -> String {
+        if self.section > 0 {
+            self.text.push_str("]}");
+        }
+        // Serializing plain strings, vectors and booleans cannot fail; an object always (its
+        // roles and users are always written).
+        let rest = serde_json::to_string(rest).unwrap_or_default();
+        if let Some(fields) = rest.strip_prefix('{').filter(|f| f.len() > 1) {
+            self.text.reserve_exact(fields.len() + 1);
+            self.text.push(',');
+            self.text.push_str(fields);
+        } else {
+            self.text.push('}');
+        }
+        self.text
+    }
+}
+
+/// `s` as a JSON string.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // Escaping a string cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
 }
 
 /// What one row of an incremental query names: a record by type and id.
@@ -794,6 +961,115 @@ mod tests {
             snapshot_text(&missing, &DbQueries::default(), "v".into(), 0).unwrap_err(),
             "users[0]: column 'id' is missing or NULL"
         );
+    }
+
+    #[test]
+    fn record_rows_are_written_as_the_source_form_says() {
+        use crate::records::{RawOwner, RawRecords, RawRelated, RawShare};
+        let rows = Rows {
+            users: vec![row(&[("id", "u\"1")], &[("roles", &["admin"])])],
+            owners: vec![
+                row(&[("type", "lead"), ("id", "7"), ("owner", "u\"1")], &[]),
+                row(&[("type", "lead"), ("id", "8\\\n")], &[]),
+            ],
+            shares: vec![row(
+                &[
+                    ("type", "lead"),
+                    ("id", "7"),
+                    ("team", "east"),
+                    ("role", "r"),
+                ],
+                &[],
+            )],
+            related: vec![row(
+                &[
+                    ("type", "note"),
+                    ("id", "1"),
+                    ("parent_type", "lead"),
+                    ("parent_id", "7"),
+                ],
+                &[],
+            )],
+            ..Rows::default()
+        };
+        let text = snapshot_text(&rows, &DbQueries::default(), "db-\"9".into(), 5).unwrap();
+        let raw = RawSnapshot::parse(&text).unwrap();
+        let id = |s: &str| RawId::Text(s.to_string());
+        assert_eq!(raw.version.as_deref(), Some("db-\"9"));
+        assert_eq!(raw.generated_at, Some(5));
+        assert_eq!(raw.users[0].id, "u\"1");
+        assert_eq!(
+            raw.records,
+            Some(RawRecords {
+                owners: vec![
+                    RawOwner {
+                        record_type: "lead".into(),
+                        id: id("7"),
+                        owner: Some("u\"1".into()),
+                        tenant: None,
+                    },
+                    RawOwner {
+                        record_type: "lead".into(),
+                        id: id("8\\\n"),
+                        owner: None,
+                        tenant: None,
+                    },
+                ],
+                shares: vec![RawShare {
+                    record_type: "lead".into(),
+                    id: id("7"),
+                    user: None,
+                    team: Some("east".into()),
+                    role: Some("r".into()),
+                }],
+                related: vec![RawRelated {
+                    record_type: "note".into(),
+                    id: id("1"),
+                    parent_type: "lead".into(),
+                    parent_id: id("7"),
+                }],
+            })
+        );
+        // No record rows: no records section, as before.
+        let bare = Rows {
+            users: rows.users.clone(),
+            ..Rows::default()
+        };
+        let raw = RawSnapshot::parse(
+            &snapshot_text(&bare, &DbQueries::default(), "v".into(), 0).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(raw.records, None);
+        // Streamed in a tenant's round: the row takes the round's tenant, or is refused when
+        // it names another; rows out of query order are refused.
+        let mut records = RecordsText::new("v", 0);
+        records
+            .push(RecordQuery::Owners, &rows.owners[0], Some(("org-a", 0)))
+            .unwrap();
+        let other = row(&[("type", "lead"), ("id", "9"), ("tenant", "org-b")], &[]);
+        assert_eq!(
+            records
+                .push(RecordQuery::Owners, &other, Some(("org-a", 1)))
+                .unwrap_err(),
+            "owners[1]: tenant 'org-b' read in the round of tenant 'org-a' (tenant_session_sql must restrict the query to its tenant)"
+        );
+        records
+            .push(RecordQuery::Related, &rows.related[0], None)
+            .unwrap();
+        assert!(records
+            .push(RecordQuery::Shares, &rows.shares[0], None)
+            .is_err());
+        let queries = DbQueries {
+            memberships: Some("…".into()),
+            ..DbQueries::default()
+        };
+        let raw =
+            RawSnapshot::parse(&finish_snapshot_text(&bare, records, &queries).unwrap()).unwrap();
+        let records = raw.records.unwrap();
+        assert_eq!(records.owners[0].tenant.as_deref(), Some("org-a"));
+        assert!(records.shares.is_empty());
+        assert_eq!(records.related.len(), 1);
+        assert_eq!(raw.tenants.len(), 1, "the tenant the owners name");
     }
 
     fn flagged(mut r: Row, column: &str, v: bool) -> Row {
