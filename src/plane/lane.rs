@@ -114,6 +114,30 @@ impl Pooled for Upconn {
     }
 }
 
+/// One non-blocking read of `stream` into `buf`, as `try_read`, but a short read (fewer bytes
+/// than `buf` had room for: the socket is drained) also clears the reactor's readiness, as
+/// tokio's own `poll_read` does. `try_read` clears it only on `WouldBlock`, so after a call
+/// whose request came in one short read the next wait for a request returned at once and the
+/// read after it found nothing: one wasted syscall (and a spare-buffer round trip) per call.
+/// tokio clears readiness only if no new event came since it was seen, so bytes that arrive
+/// meanwhile still wake the next wait.
+fn drain_read(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut read = None;
+    let outcome = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = stream.try_read(buf)?;
+        read = Some(n);
+        if n > 0 && n < buf.len() {
+            Err(ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match read {
+        Some(n) => Ok(n),
+        None => outcome,
+    }
+}
+
 impl Upconn {
     /// The CRM's connection turned readable while a request body is still going out: read
     /// what it sent (without waiting) after the `have` bytes already read. `true`: the body
@@ -492,9 +516,20 @@ impl Lane {
             admission => admission,
         };
         let method = head.method.clone();
-        // A body the lane does not read (the call refused or answered here): the answer
-        // is the connection's last, and what the client still sends is discarded.
-        let unread_body = head.body != BodyFraming::None;
+        // A body the lane does not forward (the call refused or answered here). One declared
+        // by a plain `Content-Length` and already wholly in the buffer (the usual small JSON
+        // body) is skipped and the connection goes on, as if it had been read: its end is
+        // known exactly, so nothing after it can be read two ways. Any other such body
+        // (chunked, not all there yet, two framings) makes the answer the connection's last,
+        // and what the client still sends is discarded.
+        let buffered_body = match head.body {
+            BodyFraming::Length(n) if !head.ambiguous_framing => usize::try_from(n)
+                .ok()
+                .filter(|n| self.end - self.start >= head.len.saturating_add(*n)),
+            _ => None,
+        };
+        let unread_body = head.body != BodyFraming::None && buffered_body.is_none();
+        let skipped = head.len + buffered_body.unwrap_or(0);
         let call = Call {
             activity,
             closing,
@@ -511,7 +546,7 @@ impl Lane {
         let span = crate::diagnostics::request_span(&ctx.request_id);
         let (status, keep) = match admission {
             Err(answer) => {
-                self.start += head.len;
+                self.start += skipped;
                 self.linger = head.ambiguous_framing || unread_body;
                 self.answer(answer, &call).instrument(span).await
             }
@@ -526,14 +561,14 @@ impl Lane {
                     .await
             }
             Ok(Admission::Me(Ok(body))) => {
-                self.start += head.len;
+                self.start += skipped;
                 self.linger = unread_body;
                 self.answer(json(200, body, &ctx), &call)
                     .instrument(span)
                     .await
             }
             Ok(Admission::Me(Err(rejection)) | Admission::Deny(rejection)) => {
-                self.start += head.len;
+                self.start += skipped;
                 self.linger = head.ambiguous_framing || unread_body;
                 self.answer(reject(&rejection, &ctx, false), &call)
                     .instrument(span)
@@ -624,7 +659,7 @@ impl Lane {
                     return Err(End::Closed);
                 }
                 self.buf = spare::read_buf(FIRST_ROOM);
-                match self.stream.try_read(&mut self.buf) {
+                match drain_read(&self.stream, &mut self.buf) {
                     Ok(0) => return Err(End::Closed),
                     Ok(n) => {
                         activity.touch();
