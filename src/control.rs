@@ -363,8 +363,16 @@ async fn follow_database(state: Arc<State>) {
             let applied = match loaded {
                 Loaded::Nothing => Ok(()),
                 Loaded::Full(rows, records) => {
-                    let text = crate::dbsource::finish_snapshot_text(&rows, records, &db.queries)?;
+                    let (text, dropped) =
+                        crate::dbsource::finish_snapshot_text(&rows, records, &db.queries)?;
                     drop(rows);
+                    for line in &dropped {
+                        tracing::warn!("snapshot source database: {line}");
+                    }
+                    state
+                        .counters
+                        .database_dangling_references
+                        .fetch_add(dropped.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     // The text is kept as the source form: one copy of it, made before the
                     // build (not beside the build's own memory after it).
                     let text = Arc::<str>::from(text);
@@ -859,7 +867,11 @@ pub fn export_database(db: &crate::dbsource::DbSource) -> Result<String, String>
         let (Loaded::Full(rows, records), _) = loaded else {
             return Err("the database gave no rows".to_string());
         };
-        crate::dbsource::finish_snapshot_text(&rows, records, &db.queries)
+        let (text, dropped) = crate::dbsource::finish_snapshot_text(&rows, records, &db.queries)?;
+        for line in &dropped {
+            eprintln!("permgate snapshot export: {line}");
+        }
+        Ok(text)
     })
 }
 

@@ -110,6 +110,9 @@ pub struct Counters {
     pub database_incremental_batches: AtomicU64,
     /// `[snapshot.database]`: how long the last full load took, read and build (ms).
     pub database_full_load_ms: AtomicU64,
+    /// `[snapshot.database]`: managers dropped from full loads because they named no user (or,
+    /// with tenants, no member of that tenant): [`crate::dbsource::finish_snapshot_text`].
+    pub database_dangling_references: AtomicU64,
 }
 
 /// The gateway's state, shared by the proxy, the admin API and the sources.
@@ -989,6 +992,7 @@ impl State {
                 "database_full_loads": c.database_full_loads.load(Ordering::Relaxed),
                 "database_incremental_batches": c.database_incremental_batches.load(Ordering::Relaxed),
                 "database_full_load_ms": c.database_full_load_ms.load(Ordering::Relaxed),
+                "database_dangling_references": c.database_dangling_references.load(Ordering::Relaxed),
             },
             "learned": self.learned.status(),
             "last_errors": lock(&self.errors).iter().cloned().collect::<Vec<_>>(),
@@ -1104,6 +1108,12 @@ impl State {
                 "gauge",
                 "How long the last full load from [snapshot.database] took, read and build.",
                 load(&c.database_full_load_ms) / 1000.0,
+            ),
+            (
+                "permgate_database_dangling_references_total",
+                "counter",
+                "Managers dropped from full loads from [snapshot.database]: no such user, or no member of the tenant.",
+                load(&c.database_dangling_references),
             ),
             (
                 "permgate_learned_records_total",

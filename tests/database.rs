@@ -1179,6 +1179,54 @@ async fn tenants_follow_the_crms_database() {
     );
 }
 
+/// A manager leaves an organisation (their membership soft-deleted) while a member there
+/// still names them as manager: the gateway goes on following. The change batch that removes
+/// the membership is refused (the member's manager would dangle), so a full load follows; in
+/// it the dangling manager is dropped from that membership (it granted nothing: a manager who
+/// is no member sees nothing there) and counted, where the snapshot used to be refused, and so
+/// every load after it, with nothing the CRM changed landing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_who_left_the_organisation_does_not_stop_the_follower() {
+    let pg = Postgres::start();
+    let su = pg.superuser().await;
+    su.batch_execute(SCHEMA).await.unwrap();
+    su.batch_execute(TENANT_SCHEMA).await.unwrap();
+    let (text, admin) = tenant_config(pg.port, TENANT_QUERIES);
+    let h = Harness::with_config_text(&text, &[]).await;
+    assert!(
+        org_follows(&h, "u-sm", "globex", 3, "200").await,
+        "{}",
+        h.log_text()
+    );
+    su.batch_execute(
+        "UPDATE org_members SET deleted = true, updated_at = clock_timestamp() \
+         WHERE user_id = 'u-sm' AND org = 'globex'",
+    )
+    .await
+    .unwrap();
+    assert!(
+        org_follows(&h, "u-sm", "globex", 3, "not_a_member").await,
+        "{}",
+        h.log_text()
+    );
+    // Later changes land.
+    su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (60, 'acme', 'u-rep2')")
+        .await
+        .unwrap();
+    assert!(
+        org_follows(&h, "u-rep2", "acme", 60, "200").await,
+        "{}",
+        h.log_text()
+    );
+    assert_eq!(org_call(&h, "u-rep1", "acme", 1).await, "200");
+    let s = status(admin).await;
+    assert!(
+        s["counters"]["database_dangling_references"].as_u64() >= Some(1),
+        "{s}"
+    );
+    assert!(h.log_text().contains("manager 'u-sm'"), "{}", h.log_text());
+}
+
 /// Hard deletes with tenants: a membership row and a lead row deleted outright (a `DELETE`,
 /// not a soft delete) leave no row for an incremental query to read; the reconciliation (a
 /// full load every `reconcile_interval_ms`, short here) forgets them. Before: u-rep2 reads

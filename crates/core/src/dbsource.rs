@@ -267,17 +267,25 @@ pub fn snapshot_text(
             records.push(query, r, None)?;
         }
     }
-    finish_snapshot_text(rows, records, queries)
+    finish_snapshot_text(rows, records, queries).map(|(text, _)| text)
 }
 
 /// The snapshot text of a full load whose record rows went into `records` as they came (the
 /// owners, shares and related rows of `rows` are not read): the other rows' users, roles,
-/// API keys, memberships and tenants are added to it.
+/// API keys, memberships and tenants are added to it; with the managers it dropped, each said
+/// in a line.
+///
+/// A manager that names no user (or, with tenants, no member of the membership's tenant) is
+/// dropped rather than refused, unlike in a snapshot file: a CRM keeps a member's manager after
+/// the manager left the organisation, and the database is the source of truth. Such a manager
+/// grants nothing where it is named (a non-member sees nothing in that tenant), so dropping it
+/// takes no access away; refusing would fail this load and every later one, until someone
+/// edited the CRM's data, with nothing it changed landing meanwhile.
 pub fn finish_snapshot_text(
     rows: &Rows,
     records: RecordsText,
     queries: &DbQueries,
-) -> Result<String, String> {
+) -> Result<(String, Vec<String>), String> {
     let mut users = Vec::with_capacity(rows.users.len());
     let mut index = std::collections::HashMap::new();
     for (i, r) in rows.users.iter().enumerate() {
@@ -304,6 +312,7 @@ pub fn finish_snapshot_text(
             .ok_or_else(|| format!("memberships[{i}]: unknown user '{user}'"))?;
         users[*u].memberships.push(raw_membership(r, i)?);
     }
+    let dropped = drop_dangling_managers(&mut users, &index);
     drop(index);
     let mut tenants: Vec<RawTenant> = Vec::new();
     if queries.memberships.is_some() {
@@ -356,7 +365,60 @@ pub fn finish_snapshot_text(
         services: Vec::new(),
         tenants,
     };
-    Ok(records.finish(&rest))
+    Ok((records.finish(&rest), dropped))
+}
+
+/// Drop the managers that name no user (`index`: the users by id) or, in a membership, no
+/// member of its tenant ([`finish_snapshot_text`]); what was dropped, a line each.
+fn drop_dangling_managers(
+    users: &mut [RawUser],
+    index: &std::collections::HashMap<String, usize>,
+) -> Vec<String> {
+    let mut dangling: Vec<(usize, Option<usize>)> = Vec::new();
+    {
+        let members: std::collections::HashSet<(&str, &str)> = users
+            .iter()
+            .flat_map(|u| {
+                u.memberships
+                    .iter()
+                    .map(move |m| (u.id.as_str(), m.tenant.as_str()))
+            })
+            .collect();
+        for (i, u) in users.iter().enumerate() {
+            if u.manager.as_ref().is_some_and(|m| !index.contains_key(m)) {
+                dangling.push((i, None));
+            }
+            for (j, m) in u.memberships.iter().enumerate() {
+                if let Some(manager) = &m.manager {
+                    if !members.contains(&(manager.as_str(), m.tenant.as_str())) {
+                        dangling.push((i, Some(j)));
+                    }
+                }
+            }
+        }
+    }
+    dangling
+        .into_iter()
+        .map(|(i, j)| {
+            let u = &mut users[i];
+            match j {
+                None => format!(
+                    "user '{}': manager '{}' is no user: dropped",
+                    u.id,
+                    u.manager.take().unwrap_or_default()
+                ),
+                Some(j) => {
+                    let m = &mut u.memberships[j];
+                    format!(
+                        "user '{}' in tenant '{}': manager '{}' is no member there: dropped",
+                        u.id,
+                        m.tenant,
+                        m.manager.take().unwrap_or_default()
+                    )
+                }
+            }
+        })
+        .collect()
 }
 
 /// A row's text columns by name (`None`: absent or NULL): what a record row is read through,
@@ -1040,11 +1102,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(raw.records, None);
-        // Streamed in a tenant's round: the row takes the round's tenant, or is refused when
-        // it names another; rows out of query order are refused.
+        // Streamed in a tenant's round: the row must name the round's tenant (refused when it
+        // names none or another); rows out of query order are refused.
         let mut records = RecordsText::new("v", 0);
-        records
+        assert!(records
             .push(RecordQuery::Owners, &rows.owners[0], Some(("org-a", 0)))
+            .unwrap_err()
+            .starts_with("owners[0]: no 'tenant' (the column is missing or NULL)"));
+        let mut own = rows.owners[0].clone();
+        own.text.push(("tenant".to_string(), "org-a".to_string()));
+        records
+            .push(RecordQuery::Owners, &own, Some(("org-a", 0)))
             .unwrap();
         let other = row(&[("type", "lead"), ("id", "9"), ("tenant", "org-b")], &[]);
         assert_eq!(
@@ -1064,12 +1132,61 @@ mod tests {
             ..DbQueries::default()
         };
         let raw =
-            RawSnapshot::parse(&finish_snapshot_text(&bare, records, &queries).unwrap()).unwrap();
+            RawSnapshot::parse(&finish_snapshot_text(&bare, records, &queries).unwrap().0).unwrap();
         let records = raw.records.unwrap();
         assert_eq!(records.owners[0].tenant.as_deref(), Some("org-a"));
         assert!(records.shares.is_empty());
         assert_eq!(records.related.len(), 1);
         assert_eq!(raw.tenants.len(), 1, "the tenant the owners name");
+    }
+
+    /// A manager who is no user, or no member of the membership's tenant, is dropped from a
+    /// full load and said; a manager who is one stays.
+    #[test]
+    fn dangling_managers_are_dropped_from_a_full_load() {
+        let plain = Rows {
+            users: vec![
+                row(&[("id", "a")], &[]),
+                row(&[("id", "b"), ("manager", "a")], &[]),
+                row(&[("id", "c"), ("manager", "gone")], &[]),
+            ],
+            ..Rows::default()
+        };
+        let (text, dropped) =
+            finish_snapshot_text(&plain, RecordsText::new("v", 0), &DbQueries::default()).unwrap();
+        assert_eq!(dropped, ["user 'c': manager 'gone' is no user: dropped"]);
+        let raw = RawSnapshot::parse(&text).unwrap();
+        assert_eq!(raw.users[1].manager.as_deref(), Some("a"));
+        assert_eq!(raw.users[2].manager, None);
+
+        let member = |user: &str, tenant: &str, manager: Option<&str>| {
+            let mut text = vec![("user_id", user), ("tenant", tenant)];
+            text.extend(manager.map(|m| ("manager", m)));
+            row(&text, &[("roles", &["admin"])])
+        };
+        let tenanted = Rows {
+            users: vec![row(&[("id", "a")], &[]), row(&[("id", "b")], &[])],
+            memberships: vec![
+                member("a", "t1", None),
+                member("b", "t1", Some("a")),
+                member("b", "t2", Some("a")),
+            ],
+            ..Rows::default()
+        };
+        let queries = DbQueries {
+            memberships: Some("…".into()),
+            ..DbQueries::default()
+        };
+        let (text, dropped) =
+            finish_snapshot_text(&tenanted, RecordsText::new("v", 0), &queries).unwrap();
+        assert_eq!(
+            dropped,
+            ["user 'b' in tenant 't2': manager 'a' is no member there: dropped"]
+        );
+        let raw = RawSnapshot::parse(&text).unwrap();
+        let b = &raw.users[1].memberships;
+        assert_eq!(b[0].manager.as_deref(), Some("a"));
+        assert_eq!(b[1].manager, None);
     }
 
     fn flagged(mut r: Row, column: &str, v: bool) -> Row {
