@@ -540,6 +540,17 @@ creates = { type = "case", id = "/id" }
     assert_eq!((s, me["roles"].clone()), (200, json!(["admin"])), "{me}");
     assert_eq!(case("w", "org-b", C2).await.1["error"], "not_a_member");
 
+    // A known record moved to another tenant (it has no related objects): A2, W's in org A,
+    // becomes V's in org B, incrementally too.
+    assert_eq!(case("w", "org-a", A2).await.0, 200);
+    let (s, v) = changes(json!([
+        {"op": "upsert_record", "type": "case", "id": A2, "owner": "v", "tenant": "org-b"}
+    ]))
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(case("v", "org-b", A2).await.0, 200, "moved: V's, in org B");
+    assert_eq!(case("w", "org-a", A2).await.1["error"], "record_forbidden");
+
     // A deletion on a snapshot with tenants: U's learned case C1 is forgotten (a call naming
     // it is judged as for any unknown record: refused here); a second removal is refused.
     assert_eq!(case("u", "org-b", C1).await.0, 200);

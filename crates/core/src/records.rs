@@ -747,6 +747,11 @@ pub struct RecordStore {
     /// With tenants: each record's tenant by record number (4 bytes per slot, no allocation
     /// per record); `None` in a snapshot without tenants.
     tenants: Option<Chunked<u32, SLOT_CHUNK_SHIFT>>,
+    /// While building, when the draft's owners name tenants: by record number, the tenant
+    /// name (interned in the draft) its owner entry gave ([`NO_TENANT_NAME`]: none), written
+    /// as each entry is placed, so [`RecordStore::assign_tenants`] needs no second lookup of
+    /// ten million ids. Emptied by it.
+    owner_tenant_names: Vec<u32>,
 }
 
 /// A record's tenant in [`RecordStore`]'s table: none yet (a record the store holds must have
@@ -832,6 +837,8 @@ struct Pending {
     /// Its home slot in [`RecordStore::owners_in_slot_order`]'s numbering of all tables' slots.
     pos: u32,
     val: u32,
+    /// The tenant name its owner entry gave (interned in the draft; [`NO_TENANT_NAME`]: none).
+    tenant: u32,
 }
 
 /// The chunks of one integer table one range writes: local slots `from..` (a chunk boundary).
@@ -844,6 +851,8 @@ struct Part<'a> {
     from: usize,
     chunks: &'a mut [Arc<[Slot<2>]>],
     placed: usize,
+    /// [`RecordStore::owner_tenant_names`] for the local slots `from..` (empty when not kept).
+    tenants: &'a mut [u32],
 }
 
 impl Part<'_> {
@@ -877,6 +886,9 @@ impl Part<'_> {
             if s.val == EMPTY {
                 *s = Slot { key, val: p.val };
                 self.placed += 1;
+                if let Some(t) = self.tenants.get_mut(local) {
+                    *t = p.tenant;
+                }
                 return Some(true);
             }
             if s.key == key {
@@ -1007,6 +1019,15 @@ impl RecordStore {
             (store, base)
         };
         let (mut store, base) = fresh();
+        // The owners' tenant names by record number, when any owner names one (module docs
+        // of the field).
+        let tenant_names = || {
+            if draft.owner_tenants.is_empty() {
+                Vec::new()
+            } else {
+                vec![NO_TENANT_NAME; base as usize]
+            }
+        };
         if base >= u64::from(u32::MAX) {
             err(
                 "owners",
@@ -1016,6 +1037,7 @@ impl RecordStore {
             );
             return Err(errors);
         }
+        store.owner_tenant_names = tenant_names();
 
         // Owners' names → users: through a table built from the users when there are many
         // owners (one probe each, read ahead), else through the resolver.
@@ -1059,6 +1081,7 @@ impl RecordStore {
         if !fast && !draft.owners.is_empty() {
             if draft.owners.len() >= OWNER_NAMES_FROM {
                 store = fresh().0;
+                store.owner_tenant_names = tenant_names();
             }
             store.owners_one_by_one(draft, &canon, &owner_val, types, &mut err);
         }
@@ -1297,7 +1320,15 @@ impl RecordStore {
                 continue;
             };
             match self.insert(t, &id, val) {
-                Ok(_) => {}
+                Ok(slot) => {
+                    let named = draft.owner_tenants.get(i).copied();
+                    let number = self.types.get(t.index()).map(|tt| tt.base as usize + slot);
+                    if let (Some(named), Some(number)) = (named, number) {
+                        if let Some(x) = self.owner_tenant_names.get_mut(number) {
+                            *x = named;
+                        }
+                    }
+                }
                 Err(usize::MAX) => err(
                     "owners",
                     i,
@@ -1363,55 +1394,62 @@ impl RecordStore {
         // name probes back to back, so their cache misses overlap (the crate forbids unsafe
         // code, so no prefetch instruction). Counts the entries per bucket on the way.
         const BLOCK: usize = 32;
-        let prepare = |part: &[(DraftRef, OwnerRef)]| -> Option<(Vec<Pending>, Vec<usize>)> {
-            let mut out = Vec::with_capacity(part.len());
-            let mut counts = vec![0usize; buckets];
-            let mut slots = [None; BLOCK];
-            for block in part.chunks(BLOCK) {
-                let first = out.len();
-                for ((r, o), slot) in block.iter().zip(slots.iter_mut()) {
-                    let t = (*type_of.get(r.record_type as usize)?)?;
-                    let (vbase, size) = (*layout.get(t.index())?)?;
-                    let text = draft.text(r);
-                    let id = if r.number {
-                        canonical_json_number(IdKind::Integer, text)
-                    } else {
-                        canonical_id(IdKind::Integer, text)
-                    };
-                    let Ok(RecordId::Int(key)) = id else {
-                        return None;
-                    };
-                    let home = ((u128::from(hasher.int(key)) * size as u128) >> 64) as u32;
-                    let p = Pending {
-                        key,
-                        pos: vbase + home,
-                        val: NO_OWNER,
-                    };
-                    *counts.get_mut(chunk(&p))? += 1;
-                    out.push(p);
-                    *slot = match (o, names) {
-                        (OwnerRef::None, _) | (_, None) => None,
-                        (_, Some(n)) => n.locate(draft.owner_name(o)),
-                    };
+        // `first`: the index of the part's first entry in the draft's owners.
+        let prepare =
+            |part: &[(DraftRef, OwnerRef)], first: usize| -> Option<(Vec<Pending>, Vec<usize>)> {
+                let mut out = Vec::with_capacity(part.len());
+                let mut counts = vec![0usize; buckets];
+                let mut slots = [None; BLOCK];
+                for block in part.chunks(BLOCK) {
+                    let at = out.len();
+                    for ((r, o), slot) in block.iter().zip(slots.iter_mut()) {
+                        let t = (*type_of.get(r.record_type as usize)?)?;
+                        let (vbase, size) = (*layout.get(t.index())?)?;
+                        let text = draft.text(r);
+                        let id = if r.number {
+                            canonical_json_number(IdKind::Integer, text)
+                        } else {
+                            canonical_id(IdKind::Integer, text)
+                        };
+                        let Ok(RecordId::Int(key)) = id else {
+                            return None;
+                        };
+                        let home = ((u128::from(hasher.int(key)) * size as u128) >> 64) as u32;
+                        let p = Pending {
+                            key,
+                            pos: vbase + home,
+                            val: NO_OWNER,
+                            tenant: draft
+                                .owner_tenants
+                                .get(first + out.len())
+                                .copied()
+                                .unwrap_or(NO_TENANT_NAME),
+                        };
+                        *counts.get_mut(chunk(&p))? += 1;
+                        out.push(p);
+                        *slot = match (o, names) {
+                            (OwnerRef::None, _) | (_, None) => None,
+                            (_, Some(n)) => n.locate(draft.owner_name(o)),
+                        };
+                    }
+                    let pending = out.get_mut(at..)?;
+                    for ((p, (_, o)), slot) in pending.iter_mut().zip(block).zip(&slots) {
+                        p.val = match (slot, names) {
+                            (Some((k, home)), Some(n)) => n.probe(k, *home)?,
+                            _ => owner_val(o)?,
+                        };
+                    }
                 }
-                let pending = out.get_mut(first..)?;
-                for ((p, (_, o)), slot) in pending.iter_mut().zip(block).zip(&slots) {
-                    p.val = match (slot, names) {
-                        (Some((k, home)), Some(n)) => n.probe(k, *home)?,
-                        _ => owner_val(o)?,
-                    };
-                }
-            }
-            Some((out, counts))
-        };
+                Some((out, counts))
+            };
         let (a, b) = draft.owners.split_at(draft.owners.len() / 2);
         let (pa, pb) = std::thread::scope(|s| {
-            match std::thread::Builder::new().spawn_scoped(s, || prepare(b)) {
+            match std::thread::Builder::new().spawn_scoped(s, || prepare(b, a.len())) {
                 Ok(h) => {
-                    let pa = prepare(a);
+                    let pa = prepare(a, 0);
                     (pa, h.join().ok().flatten())
                 }
-                Err(_) => (prepare(a), prepare(b)),
+                Err(_) => (prepare(a, 0), prepare(b, a.len())),
             }
         });
         let ((pa, ca), (pb, cb)) = (pa?, pb?);
@@ -1432,6 +1470,11 @@ impl RecordStore {
         }
         // Each range's tables: the chunks it writes (a table cut in two has a part in each).
         let mut ranges: (Vec<Part<'_>>, Vec<Part<'_>>) = (Vec::new(), Vec::new());
+        // The owners' tenant names by record number, cut as the tables are (the tables'
+        // numbers rise with their index). Empty when not kept.
+        let keep = !self.owner_tenant_names.is_empty();
+        let mut rest: &mut [u32] = &mut self.owner_tenant_names;
+        let mut at = 0usize;
         for (t, tt) in self.types.iter_mut().enumerate() {
             let (Some(Some((vbase, size))), Keys::Int(table)) = (layout.get(t), &mut tt.keys)
             else {
@@ -1441,7 +1484,19 @@ impl RecordStore {
             let first = (*vbase as usize) >> SLOT_CHUNK_SHIFT;
             let (lo, hi) = chunks.split_at_mut(cut.saturating_sub(first).min(chunks.len()));
             let from = lo.len() * CHUNK;
-            for (range, from, chunks) in [(&mut ranges.0, 0, lo), (&mut ranges.1, from, hi)] {
+            let (tlo, thi): (&mut [u32], &mut [u32]) = if keep {
+                let skip = (tt.base as usize).checked_sub(at)?;
+                let (_, r) = std::mem::take(&mut rest).split_at_mut_checked(skip)?;
+                let (mine, r) = r.split_at_mut_checked(*size)?;
+                rest = r;
+                at = tt.base as usize + *size;
+                mine.split_at_mut_checked(from.min(*size))?
+            } else {
+                (&mut [], &mut [])
+            };
+            for (range, from, chunks, tenants) in
+                [(&mut ranges.0, 0, lo, tlo), (&mut ranges.1, from, hi, thi)]
+            {
                 if !chunks.is_empty() {
                     range.push(Part {
                         table: t,
@@ -1450,6 +1505,7 @@ impl RecordStore {
                         from,
                         chunks,
                         placed: 0,
+                        tenants,
                     });
                 }
             }
@@ -1519,10 +1575,13 @@ impl RecordStore {
                 return None;
             };
             let k = split_u64(p.key);
-            table
+            let slot = table
                 .insert_at((p.pos - vbase) as usize, k, p.val, |x| *x == k)
                 .ok()?;
             tt.count += 1;
+            if let Some(x) = self.owner_tenant_names.get_mut(tt.base as usize + slot) {
+                *x = p.tenant;
+            }
         }
         // Hundreds of megabytes at scale: returned to the allocator on another thread, off
         // the build's path (dropped here if no thread can be started).
@@ -1649,8 +1708,22 @@ impl RecordStore {
         if parents.is_empty() {
             return out;
         }
+        // The parents as a bitmap: a million entries tested with one load each, not a hash
+        // each (this pass is most of a small batch's time at ten million records).
+        let top = parents.iter().max().map_or(0, |m| *m as usize + 1);
+        let mut wanted = vec![0u64; top.div_ceil(64)];
+        for p in parents {
+            if let Some(w) = wanted.get_mut(*p as usize / 64) {
+                *w |= 1 << (p % 64);
+            }
+        }
+        let is_wanted = |p: u32| {
+            wanted
+                .get(p as usize / 64)
+                .is_some_and(|w| w & (1 << (p % 64)) != 0)
+        };
         for (child, parent) in self.parents.iter() {
-            if parents.contains(parent) && self.has_parent(*child) {
+            if is_wanted(*parent) && self.has_parent(*child) {
                 out.entry(*parent).or_default().push(*child);
             }
         }
@@ -1811,6 +1884,7 @@ impl RecordStore {
         tenant: Option<&TenantLookup<'_>>,
         max_errors: usize,
     ) -> Result<(), Vec<RecordError>> {
+        let by_name = std::mem::take(&mut self.owner_tenant_names);
         let mut errors = Vec::new();
         let push = |errors: &mut Vec<RecordError>, list, index, field, message: String| {
             if errors.len() < max_errors {
@@ -1840,6 +1914,13 @@ impl RecordStore {
             return Ok(());
         };
         let names: Vec<Option<u32>> = draft.tenants.names.iter().map(|n| tenant(n)).collect();
+        // Without a problem, from the tenant names the build kept by record number (no
+        // lookup); any problem (or none kept): entry by entry below, which reports it.
+        if let Some(table) = self.tenants_by_number(draft, &names, &by_name) {
+            self.tenants = Some(table);
+            return Ok(());
+        }
+        drop(by_name);
         let mut table: Chunked<u32, SLOT_CHUNK_SHIFT> =
             Chunked::filled(RECORD_NO_TENANT, self.number_space());
         let canon = |r: &DraftRef| -> Option<(RecordTypeId, RecordId)> {
@@ -1938,6 +2019,65 @@ impl RecordStore {
         }
         self.tenants = Some(table);
         Ok(())
+    }
+
+    /// [`RecordStore::assign_tenants`] from the owners' tenant names by record number
+    /// (`by_name`, kept by the build): each record its owner entry's tenant, a related object
+    /// without one its parent's. `None` when nothing was kept or any entry has a problem (an
+    /// owner without a known tenant, a related object in another tenant than its parent's).
+    fn tenants_by_number(
+        &self,
+        draft: &RecordsDraft<'_>,
+        names: &[Option<u32>],
+        by_name: &[u32],
+    ) -> Option<Chunked<u32, SLOT_CHUNK_SHIFT>> {
+        let space = self.number_space();
+        if by_name.len() < space
+            || draft.owner_tenants.len() != draft.owners.len()
+            || !draft
+                .owner_tenants
+                .iter()
+                .all(|k| names.get(*k as usize).is_some_and(Option::is_some))
+        {
+            return None;
+        }
+        let mut kept = 0usize;
+        let mut table: Vec<u32> = by_name
+            .get(..space)?
+            .iter()
+            .map(|k| match names.get(*k as usize) {
+                Some(Some(t)) => {
+                    kept += 1;
+                    *t
+                }
+                _ => RECORD_NO_TENANT,
+            })
+            .collect();
+        // Every owner entry is one record (a duplicate fails the build before this).
+        if kept != draft.owners.len() {
+            return None;
+        }
+        // Related objects: their parent's (one level: a parent type has no parents; the
+        // rounds as the entry-by-entry pass makes them).
+        for _round in 0..8 {
+            let mut changed = false;
+            for (child, parent) in self.parents.iter() {
+                let pt = *table.get(*parent as usize)?;
+                let ct = table.get_mut(*child as usize)?;
+                if pt == RECORD_NO_TENANT || *ct == pt {
+                    continue;
+                }
+                if *ct != RECORD_NO_TENANT {
+                    return None;
+                }
+                *ct = pt;
+                changed = true;
+            }
+            if !changed {
+                break;
+            }
+        }
+        Some(Chunked::from_vec(table))
     }
 
     pub fn find(&self, t: RecordTypeId, id: &RecordId) -> Option<Found> {
@@ -2470,6 +2610,130 @@ pub(crate) mod tests {
     /// same parents and shares (slot numbers may differ where an entry crossed the cut, and
     /// differ anyway from build to build with the random hash keys). Built until some entries
     /// crossed the cut (at load 0.75 most builds have some), each build compared.
+    /// The records' tenants from the names the build keeps by record number (on each owners
+    /// path) are the tenants the entry-by-entry lookup gives: owners their own, related objects
+    /// (declared only as such, or also owners) their parent's. With a problem, the lookup's
+    /// errors (the kept names are not used).
+    #[test]
+    fn tenants_kept_by_number_are_the_lookups_tenants() {
+        let c = catalog();
+        let types = c.record_types();
+        let t = |n: &str| types.get(n).unwrap();
+        let (lead, note, task) = (t("lead"), t("note"), t("task"));
+        let users: Vec<String> = (0..50).map(|u| format!("u{u}")).collect();
+        let tenants = ["o0", "o1", "o2", "o3", "o4", "o5", "o6"];
+        let owners = |bad: Option<usize>| {
+            let mut o: Vec<String> = (0..20_000u64)
+                .map(|i| {
+                    // Every 9th owner in the general (non-compact) writing.
+                    let tn = match bad {
+                        Some(b) if b as u64 == i => "nowhere",
+                        _ => tenants[(i % 7) as usize],
+                    };
+                    if i % 9 == 0 {
+                        format!(
+                            r#"{{"tenant": "{tn}", "type":"lead","id":{i},"owner":"u{}"}}"#,
+                            i % 50
+                        )
+                    } else {
+                        format!(
+                            r#"{{"type":"lead","id":{i},"owner":"u{}","tenant":"{tn}"}}"#,
+                            i % 50
+                        )
+                    }
+                })
+                .collect();
+            // Tasks that are also owner entries, in their parent lead's tenant.
+            o.extend((0..1_000u64).map(|i| {
+                format!(
+                    r#"{{"type":"task","id":"{i}","tenant":"{}"}}"#,
+                    tenants[(i % 7) as usize]
+                )
+            }));
+            o
+        };
+        let mut related: Vec<String> = (0..3_000u64)
+            .map(|i| {
+                let p = i * 5;
+                format!(r#"{{"type":"note","id":"{i}","parent_type":"lead","parent_id":{p}}}"#)
+            })
+            .collect();
+        related.extend((0..1_000u64).map(|i| {
+            format!(r#"{{"type":"task","id":"{i}","parent_type":"lead","parent_id":"{i}"}}"#)
+        }));
+        let user = |id: &str| users.iter().position(|u| u == id).map(|i| i as UserIdx);
+        let user_ids = |f: &mut dyn FnMut(&str, UserIdx)| {
+            for (i, u) in users.iter().enumerate() {
+                f(u, i as UserIdx);
+            }
+        };
+        let (team, role) = (|_: &str| None, |_: &str| None);
+        let resolve = Resolve {
+            user: &user,
+            user_ids: &user_ids,
+            team: &team,
+            role: &role,
+            owner_names: None,
+        };
+        let tenant = |n: &str| tenants.iter().position(|t| *t == n).map(|i| i as u32);
+        for bad in [None, Some(777)] {
+            let text = format!(
+                r#"{{"owners":[{}],"related":[{}]}}"#,
+                owners(bad).join(","),
+                related.join(",")
+            );
+            let draft = RecordsDraft::parse(&text, 0).unwrap().0.unwrap();
+            let view = |s: &RecordStore| {
+                let mut v = Vec::new();
+                for (ty, n) in [(lead, 20_000u64), (task, 1_000), (note, 3_000)] {
+                    for i in 0..n {
+                        let f = s.find(ty, &RecordId::Int(i)).unwrap();
+                        v.push(s.tenant_of(f.number));
+                    }
+                }
+                v
+            };
+            let mut want = None;
+            for path in [
+                OwnersPath::OneByOne,
+                OwnersPath::OneRange,
+                OwnersPath::TwoRanges,
+            ] {
+                let mut deferred = 0;
+                let store =
+                    RecordStore::build_with(&draft, types, &resolve, 10, path, &mut deferred)
+                        .unwrap();
+                assert!(!store.owner_tenant_names.is_empty(), "{path:?}: names kept");
+                // The entry-by-entry lookup (nothing kept).
+                let mut looked_up = store.clone();
+                looked_up.owner_tenant_names = Vec::new();
+                let mut kept = store;
+                let a = looked_up.assign_tenants(&draft, types, Some(&tenant), 10);
+                let b = kept.assign_tenants(&draft, types, Some(&tenant), 10);
+                assert!(kept.owner_tenant_names.is_empty(), "emptied");
+                match bad {
+                    None => {
+                        assert!(a.is_ok() && b.is_ok(), "{path:?}: {a:?} {b:?}");
+                        let v = view(&kept);
+                        assert_eq!(v, view(&looked_up), "{path:?}");
+                        assert!(v.iter().all(|t| (*t as usize) < tenants.len()));
+                        // A note takes its lead's tenant: lead 5i is in tenant 5i % 7.
+                        assert_eq!(v[20_000 + 1_000 + 3], 15 % 7);
+                        if let Some(w) = &want {
+                            assert_eq!(&v, w, "{path:?}");
+                        }
+                        want = Some(v);
+                    }
+                    Some(_) => {
+                        let (a, b) = (a.unwrap_err(), b.unwrap_err());
+                        assert_eq!(a, b, "{path:?}");
+                        assert_eq!((a[0].list, a[0].index), ("owners", 777));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn owners_in_two_ranges_build_what_one_range_builds() {
         let c = catalog();

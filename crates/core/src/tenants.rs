@@ -554,6 +554,82 @@ mod change_tests {
         }
     }
 
+    /// A known record moved to another tenant: here when it has no related objects (the
+    /// same snapshot as a full build's), through a full build when it has (they follow it
+    /// there), also to a tenant the batch adds.
+    #[test]
+    fn a_record_moves_here_unless_related_objects_follow_it() {
+        let c = catalog();
+        let base_text = BASE.replace(
+            r#""owners": [{"type": "lead", "id": 1, "owner": "w", "tenant": "a"}]"#,
+            r#""owners": [{"type": "lead", "id": 1, "owner": "w", "tenant": "a"},
+                          {"type": "lead", "id": 3, "owner": "w", "tenant": "a"}]"#,
+        );
+        assert_ne!(base_text, BASE);
+        let base = Snapshot::build("s.json", &base_text, &c).unwrap();
+        let full = |changes: &[Change]| {
+            let mut raw = RawSnapshot::parse(&base_text).unwrap();
+            raw.apply(changes, c.record_types()).unwrap();
+            Snapshot::build("s.json", &raw.to_json(), &c).unwrap()
+        };
+        let batch = |text: &str| serde_json::from_str::<Vec<Change>>(text).unwrap();
+        // Lead 3 (no note): here, as a full build makes it.
+        let moved = batch(
+            r#"[{"op":"upsert_record","type":"lead","id":3,"owner":"u","tenant":"b"},
+                {"op":"set_owner","type":"note","id":9,"owner":"u"}]"#,
+        );
+        assert!(!base.needs_rebuild(&moved, &c));
+        let fast = base.apply(&moved, &c).unwrap().snapshot;
+        let slow = full(&moved);
+        for s in [&fast, &slow] {
+            assert_eq!(lead_tenant(s, 3).as_deref(), Some("b"));
+            assert_eq!(lead_tenant(s, 1).as_deref(), Some("a"));
+        }
+        let (lead, c_types) = (c.record_types().get("lead").unwrap(), c.record_types());
+        let id3: RecordId = canonical_id(c_types.kind(lead), "3").unwrap();
+        let view = c.permission("lead.view").unwrap();
+        for (user, tenant) in [("u", "a"), ("u", "b"), ("w", "a")] {
+            let decide = |s: &Snapshot| {
+                let m = s.member(s.user_index(user).unwrap(), s.tenant_index(tenant).unwrap());
+                m.map(|m| {
+                    crate::access::RecordCheck::new(s, m, view, lead)
+                        .check(&id3)
+                        .allows(Default::default())
+                })
+            };
+            assert_eq!(decide(&fast), decide(&slow), "{user} in {tenant}");
+        }
+        // Lead 1 has a note: a full build, also when the tenant is new in the batch.
+        for text in [
+            r#"[{"op":"upsert_record","type":"lead","id":1,"owner":"u","tenant":"b"}]"#,
+            r#"[{"op":"upsert_tenant","tenant":{"id":"c"}},
+                {"op":"upsert_record","type":"lead","id":1,"owner":"u","tenant":"c"}]"#,
+        ] {
+            let moved = batch(text);
+            assert!(base.needs_rebuild(&moved, &c), "{text}");
+            let slow = full(&moved);
+            let to = lead_tenant(&slow, 1).unwrap();
+            assert_ne!(to, "a");
+            let c_types = c.record_types();
+            let note = c_types.get("note").unwrap();
+            let nine = slow
+                .records
+                .find(note, &canonical_id(c_types.kind(note), "9").unwrap())
+                .unwrap();
+            assert_eq!(
+                slow.tenant_id(slow.records.tenant_of(nine.number)),
+                to,
+                "the note follows"
+            );
+        }
+        // A move to the same tenant, and a new lead: no build.
+        let same = batch(
+            r#"[{"op":"upsert_record","type":"lead","id":1,"owner":"u","tenant":"a"},
+                {"op":"upsert_record","type":"lead","id":4,"owner":"u","tenant":"b"}]"#,
+        );
+        assert!(!base.needs_rebuild(&same, &c));
+    }
+
     #[test]
     fn without_tenants_a_change_naming_one_is_refused_both_ways() {
         let c = catalog();

@@ -190,8 +190,9 @@ impl Snapshot {
 
     /// Does this batch need the source form and a full build? Yes for a structural change
     /// ([`Change::is_structural`]), when the records it adds do not fit in the free slots of
-    /// their type's table, and when it moves a known record to another tenant (its related
-    /// objects follow it only through a build).
+    /// their type's table, and when it moves a known record that has related objects to
+    /// another tenant (they follow it only through a build, which also judges those declared
+    /// as owners with a tenant of their own). A record without related objects moves here.
     pub fn needs_rebuild(&self, changes: &[Change], catalog: &Catalog) -> bool {
         if changes.iter().any(Change::is_structural) {
             return true;
@@ -199,6 +200,8 @@ impl Snapshot {
         let types = catalog.record_types();
         let mut adding: HashMap<RecordTypeId, usize> = HashMap::new();
         let mut seen: HashSet<(RecordTypeId, RecordId)> = HashSet::new();
+        // Known records moved to another tenant, of a type others hang under.
+        let mut moved: HashSet<u32> = HashSet::new();
         for change in changes {
             if let Change::UpsertRecord {
                 record_type,
@@ -211,12 +214,15 @@ impl Snapshot {
                 if let Ok((t, rid)) = canonical(types, record_type, id) {
                     match self.records.find(t, &rid) {
                         Some(found) => {
-                            let moved = tenant
-                                .as_deref()
-                                .and_then(|x| self.tenant_index(x))
-                                .is_some_and(|x| x != self.records.tenant_of(found.number));
-                            if moved {
-                                return true;
+                            // (A tenant the snapshot does not know yet is one the batch adds,
+                            // or an error either way.)
+                            let elsewhere = tenant.as_deref().is_some_and(|x| {
+                                self.tenant_index(x)
+                                    .is_none_or(|x| x != self.records.tenant_of(found.number))
+                            });
+                            let is_parent = types.ids().any(|c| types.info(c).parents.contains(&t));
+                            if elsewhere && is_parent {
+                                moved.insert(found.number);
                             }
                         }
                         None => {
@@ -227,6 +233,9 @@ impl Snapshot {
                     }
                 }
             }
+        }
+        if !moved.is_empty() && !self.records.children_of(&moved).is_empty() {
+            return true;
         }
         adding.into_iter().any(|(t, n)| self.records.room(t) < n)
     }
@@ -734,9 +743,16 @@ impl Snapshot {
                     *x = NO_MANAGER;
                 }
             }
-            let gone: HashSet<UserIdx> = detached.iter().copied().collect();
+            // A bitmap of the detached entries: the scan of two million managers below tests
+            // each with one load, not a hash.
+            let mut gone = vec![false; users.len()];
+            for d in &detached {
+                if let Some(g) = gone.get_mut(*d as usize) {
+                    *g = true;
+                }
+            }
             for (k, m) in managers.iter().enumerate() {
-                if gone.contains(m) && errors.len() < MAX_ERRORS {
+                if gone.get(*m as usize) == Some(&true) && errors.len() < MAX_ERRORS {
                     let (u, t) = users.get(k).map_or(("", ""), |u| {
                         (&*u.id, tenant_ids.get(u.tenant as usize).map_or("", |t| t))
                     });
@@ -814,12 +830,15 @@ impl Snapshot {
             };
             Ok::<_, String>((who, p))
         };
-        // The related objects of the records this batch removes (their types may be parents):
-        // one pass over the parent map, only when there are any.
+        // The related objects of the records this batch removes or upserts (their types may
+        // be parents): one pass over the parent map, only when there are any.
         let removing: HashSet<u32> = record_ops
             .iter()
             .filter_map(|(_, c)| match c {
-                Change::RemoveRecord { record_type, id } => {
+                Change::RemoveRecord { record_type, id }
+                | Change::UpsertRecord {
+                    record_type, id, ..
+                } => {
                     let (t, rid) = canonical(types, record_type, id).ok()?;
                     let is_parent = types.ids().any(|c| types.info(c).parents.contains(&t));
                     is_parent.then(|| self.records.find(t, &rid).map(|f| f.number))?
@@ -906,9 +925,11 @@ impl Snapshot {
                             errors.push(format!(
                                 "changes[{i}].tenant: '{name}' is not the parent's tenant '{of_parent}'"
                             ));
-                        } else if !records
-                            .children_of(&HashSet::from([found.number]))
-                            .is_empty()
+                        } else if children
+                            .get(&found.number)
+                            .into_iter()
+                            .flatten()
+                            .any(|c| records.has_parent(*c))
                         {
                             // Its related objects follow it only through a full build
                             // ([`Snapshot::needs_rebuild`] sends such a batch there).

@@ -497,8 +497,10 @@ fn deletions_and_tenant_batches_take_the_fast_path() {
             "manager 'm' is not a member of tenant 'b'",
         ),
         (
+            // Another tenant than its parent's: refused here (it has no related objects of
+            // its own, so no full build is needed to refuse it).
             r#"[{"op":"upsert_record","type":"note","id":9,"owner":"u","tenant":"b"}]"#,
-            "", // another tenant than its parent's: a full build, which refuses it
+            "changes[0].tenant: 'b' is not the parent's tenant 'a'",
         ),
         (
             r#"[{"op":"remove_record","type":"lead","id":404}]"#,
