@@ -339,6 +339,13 @@ async fn follow_database(state: Arc<State>) {
         let now = std::time::Instant::now();
         let full_due =
             force_full || last_full.is_none_or(|t| now.duration_since(t) >= db.reconcile_interval);
+        let base = db
+            .incremental
+            .as_ref()
+            .map(|inc| base_cursor(&seen, now, Duration::from_millis(inc.overlap_ms)));
+        // A round may be a full load without one being due: every cursor change without
+        // incremental queries, or one while the follower is younger than the overlap.
+        let may_load_all = full_due || !matches!(base, Some(Some(_)));
         let round = async {
             if conn
                 .as_ref()
@@ -354,10 +361,7 @@ async fn follow_database(state: Arc<State>) {
             let due = Due {
                 full: full_due,
                 last_cursor: last_cursor.clone(),
-                base: db
-                    .incremental
-                    .as_ref()
-                    .map(|inc| base_cursor(&seen, now, Duration::from_millis(inc.overlap_ms))),
+                base,
             };
             let (loaded, cursor) = read_consistent(client, &db, &due).await?;
             let applied = match loaded {
@@ -369,10 +373,6 @@ async fn follow_database(state: Arc<State>) {
                     for line in &dropped {
                         tracing::warn!("snapshot source database: {line}");
                     }
-                    state
-                        .counters
-                        .database_dangling_references
-                        .fetch_add(dropped.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     // The text is kept as the source form: one copy of it, made before the
                     // build (not beside the build's own memory after it).
                     let text = Arc::<str>::from(text);
@@ -389,6 +389,11 @@ async fn follow_database(state: Arc<State>) {
                                 .counters
                                 .database_full_loads
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            // Counted once the load is in (README: once per load that drops).
+                            state.counters.database_dangling_references.fetch_add(
+                                dropped.len() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
                             let ms = u64::try_from(now.elapsed().as_millis()).unwrap_or(u64::MAX);
                             state
                                 .counters
@@ -417,7 +422,7 @@ async fn follow_database(state: Arc<State>) {
             Ok(())
         };
         // A full load streams millions of rows and builds: bounded apart (FULL_LOAD_BOUND).
-        let deadline = if full_due {
+        let deadline = if may_load_all {
             FULL_LOAD_BOUND
         } else {
             db.poll_interval.max(Duration::from_secs(60))
@@ -539,13 +544,20 @@ async fn incremental_round(
         let Some(snapshot) = live.snapshot.as_deref() else {
             return Err("no snapshot is loaded to apply changes to".to_string());
         };
-        let changes = crate::dbsource::incremental_changes(&rows, snapshot, &live.config.catalog)?;
+        let (changes, dropped) =
+            crate::dbsource::incremental_changes_said(&rows, snapshot, &live.config.catalog)?;
+        for line in &dropped {
+            tracing::warn!("snapshot source database: {line}");
+        }
         if changes.is_empty() {
             return Ok(());
         }
         // Refused: already logged, counted and audited by the state.
         s.apply_changes(&changes, label)
             .map_err(|_| String::new())?;
+        s.counters
+            .database_dangling_references
+            .fetch_add(dropped.len() as u64, std::sync::atomic::Ordering::Relaxed);
         // Counted at once, on the thread that swapped the snapshot in (not after a hop back to
         // the follower's task), so the counter lags a decision it made by as little as can be.
         s.counters
@@ -821,25 +833,6 @@ async fn read_consistent(
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(|e| format!("begin: {e}"))?;
-    if due.full {
-        // Rows are read as they are used, so a full load's statement lasts as long as the
-        // load (tens of seconds at ten million rows): our 30 s default would cancel it. A
-        // statement timeout the operator's session_sql set is kept.
-        let current = client
-            .query_one("SELECT current_setting('statement_timeout')", &[])
-            .await
-            .and_then(|r| r.try_get::<_, String>(0))
-            .map_err(|e| format!("statement_timeout: {}", db_error(&e)))?;
-        if current == "30s" {
-            client
-                .batch_execute(&format!(
-                    "SET LOCAL statement_timeout = '{}s'",
-                    FULL_LOAD_BOUND.as_secs()
-                ))
-                .await
-                .map_err(|e| format!("statement_timeout: {}", db_error(&e)))?;
-        }
-    }
     let loaded = load_round(client, db, due).await;
     client
         .batch_execute(if loaded.is_ok() { "COMMIT" } else { "ROLLBACK" })
@@ -912,6 +905,26 @@ async fn load_round(
         || (incremental.is_none() && !due.full && !changed)
     {
         return Ok((Loaded::Nothing, cursor));
+    }
+    if incremental.is_none() {
+        // A full load (due, or every change without incremental queries). Rows are read as
+        // they are used, so its statement lasts as long as the load (tens of seconds at ten
+        // million rows): our 30 s default would cancel it. A statement timeout the operator's
+        // session_sql set is kept. (SET LOCAL: until the end of this transaction.)
+        let current = client
+            .query_one("SELECT current_setting('statement_timeout')", &[])
+            .await
+            .and_then(|r| r.try_get::<_, String>(0))
+            .map_err(|e| format!("statement_timeout: {}", db_error(&e)))?;
+        if current == "30s" {
+            client
+                .batch_execute(&format!(
+                    "SET LOCAL statement_timeout = '{}s'",
+                    FULL_LOAD_BOUND.as_secs()
+                ))
+                .await
+                .map_err(|e| format!("statement_timeout: {}", db_error(&e)))?;
+        }
     }
     let q = &db.queries;
     let mut rows = crate::dbsource::Rows::default();

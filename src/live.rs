@@ -110,8 +110,9 @@ pub struct Counters {
     pub database_incremental_batches: AtomicU64,
     /// `[snapshot.database]`: how long the last full load took, read and build (ms).
     pub database_full_load_ms: AtomicU64,
-    /// `[snapshot.database]`: managers dropped from full loads because they named no user (or,
-    /// with tenants, no member of that tenant): [`crate::dbsource::finish_snapshot_text`].
+    /// `[snapshot.database]`: managers dropped because they named no user (or, with tenants,
+    /// no member of that tenant): from full loads ([`crate::dbsource::finish_snapshot_text`])
+    /// and incremental batches ([`crate::dbsource::incremental_changes_said`]).
     pub database_dangling_references: AtomicU64,
 }
 
@@ -1112,7 +1113,7 @@ impl State {
             (
                 "permgate_database_dangling_references_total",
                 "counter",
-                "Managers dropped from full loads from [snapshot.database]: no such user, or no member of the tenant.",
+                "Managers dropped from loads and batches from [snapshot.database]: no such user, or no member of the tenant.",
                 load(&c.database_dangling_references),
             ),
             (

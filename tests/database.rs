@@ -1184,7 +1184,8 @@ async fn tenants_follow_the_crms_database() {
 /// the membership is refused (the member's manager would dangle), so a full load follows; in
 /// it the dangling manager is dropped from that membership (it granted nothing: a manager who
 /// is no member sees nothing there) and counted, where the snapshot used to be refused, and so
-/// every load after it, with nothing the CRM changed landing again.
+/// every load after it, with nothing the CRM changed landing again. A later change to that
+/// member lands incrementally, the manager dropped from it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_who_left_the_organisation_does_not_stop_the_follower() {
     let pg = Postgres::start();
@@ -1198,6 +1199,9 @@ async fn a_manager_who_left_the_organisation_does_not_stop_the_follower() {
         "{}",
         h.log_text()
     );
+    // Past the first overlap window: rounds are incremental (and u-rep1's row, unchanged, is
+    // no longer read again by the overlap).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     su.batch_execute(
         "UPDATE org_members SET deleted = true, updated_at = clock_timestamp() \
          WHERE user_id = 'u-sm' AND org = 'globex'",
@@ -1225,6 +1229,33 @@ async fn a_manager_who_left_the_organisation_does_not_stop_the_follower() {
         "{s}"
     );
     assert!(h.log_text().contains("manager 'u-sm'"), "{}", h.log_text());
+    // A later change to the member whose manager left (U made admin in globex, the row still
+    // naming u-sm) lands as an incremental batch: the manager is dropped from it too, where
+    // each such batch was refused and a full load followed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (full, _, refused) = db_counters(admin).await;
+    assert_eq!(
+        org_call(&h, "u-rep1", "globex", 3).await,
+        "record_forbidden"
+    );
+    su.batch_execute(
+        "UPDATE org_members SET roles = '{admin}', updated_at = clock_timestamp() \
+         WHERE user_id = 'u-rep1' AND org = 'globex'",
+    )
+    .await
+    .unwrap();
+    assert!(
+        org_follows(&h, "u-rep1", "globex", 3, "200").await,
+        "{}",
+        h.log_text()
+    );
+    let (full_after, _, refused_after) = db_counters(admin).await;
+    assert_eq!(
+        (full_after, refused_after),
+        (full, refused),
+        "no refused batch, no full load: {}",
+        h.log_text()
+    );
 }
 
 /// Hard deletes with tenants: a membership row and a lead row deleted outright (a `DELETE`,
@@ -1314,11 +1345,12 @@ async fn a_row_of_another_tenant_fails_the_round() {
     // A third gateway whose owners queries do not name each row's tenant: a row the settings
     // failed to hide could not be told apart, so its rounds fail and no load ever lands.
     let (text, untagged_admin) = tenant_config(pg.port, TENANT_QUERIES);
-    let untagged = Harness::with_config_text(
-        &text.replace("owner, org AS tenant FROM leads", "owner FROM leads"),
-        &[],
-    )
-    .await;
+    let untagged_text = text.replace("owner, org AS tenant FROM leads", "owner FROM leads");
+    assert_ne!(
+        untagged_text, text,
+        "the owners queries lose their tenant column"
+    );
+    let untagged = Harness::with_config_text(&untagged_text, &[]).await;
     let gateways = [(&inc, admin), (&full, full_admin)];
     for (h, _) in gateways {
         assert!(

@@ -830,20 +830,32 @@ impl Snapshot {
             };
             Ok::<_, String>((who, p))
         };
-        // The related objects of the records this batch removes or upserts (their types may
-        // be parents): one pass over the parent map, only when there are any.
+        // The related objects of the records this batch removes, or moves to another tenant
+        // (their types may be parents): one pass over the parent map, only when there are any.
+        // An upsert that keeps its record's tenant (an ordinary reassignment) needs none.
         let removing: HashSet<u32> = record_ops
             .iter()
-            .filter_map(|(_, c)| match c {
-                Change::RemoveRecord { record_type, id }
-                | Change::UpsertRecord {
-                    record_type, id, ..
-                } => {
-                    let (t, rid) = canonical(types, record_type, id).ok()?;
-                    let is_parent = types.ids().any(|c| types.info(c).parents.contains(&t));
-                    is_parent.then(|| self.records.find(t, &rid).map(|f| f.number))?
+            .filter_map(|(_, c)| {
+                let (record_type, id, moves) = match c {
+                    Change::RemoveRecord { record_type, id } => (record_type, id, None),
+                    Change::UpsertRecord {
+                        record_type,
+                        id,
+                        tenant,
+                        ..
+                    } if tenanted => (record_type, id, Some(tenant)),
+                    _ => return None,
+                };
+                let (t, rid) = canonical(types, record_type, id).ok()?;
+                if !types.ids().any(|c| types.info(c).parents.contains(&t)) {
+                    return None;
                 }
-                _ => None,
+                let found = self.records.find(t, &rid)?;
+                let stays = moves.is_some_and(|tenant| {
+                    tenant.as_deref().and_then(|x| self.tenant_index(x))
+                        == Some(self.records.tenant_of(found.number))
+                });
+                (!stays).then_some(found.number)
             })
             .collect();
         let children = self.records.children_of(&removing);
