@@ -522,14 +522,16 @@ impl Lane {
         // known exactly, so nothing after it can be read two ways. Any other such body
         // (chunked, not all there yet, two framings) makes the answer the connection's last,
         // and what the client still sends is discarded.
+        // Only a refusal of the caller's authority (401, 403, 404, 429) keeps the connection
+        // so: a body refused for itself (400 `body_not_allowed`: a body on a bodiless method,
+        // often a smuggling attempt) or any other answer here still closes it.
         let buffered_body = match head.body {
             BodyFraming::Length(n) if !head.ambiguous_framing => usize::try_from(n)
                 .ok()
                 .filter(|n| self.end - self.start >= head.len.saturating_add(*n)),
             _ => None,
         };
-        let unread_body = head.body != BodyFraming::None && buffered_body.is_none();
-        let skipped = head.len + buffered_body.unwrap_or(0);
+        let unread_body = head.body != BodyFraming::None;
         let call = Call {
             activity,
             closing,
@@ -546,7 +548,7 @@ impl Lane {
         let span = crate::diagnostics::request_span(&ctx.request_id);
         let (status, keep) = match admission {
             Err(answer) => {
-                self.start += skipped;
+                self.start += head.len;
                 self.linger = head.ambiguous_framing || unread_body;
                 self.answer(answer, &call).instrument(span).await
             }
@@ -561,16 +563,20 @@ impl Lane {
                     .await
             }
             Ok(Admission::Me(Ok(body))) => {
-                self.start += skipped;
+                self.start += head.len;
                 self.linger = unread_body;
                 self.answer(json(200, body, &ctx), &call)
                     .instrument(span)
                     .await
             }
             Ok(Admission::Me(Err(rejection)) | Admission::Deny(rejection)) => {
-                self.start += skipped;
-                self.linger = head.ambiguous_framing || unread_body;
-                self.answer(reject(&rejection, &ctx, false), &call)
+                let skip =
+                    buffered_body.filter(|_| matches!(rejection.status, 401 | 403 | 404 | 429));
+                self.start += head.len + skip.unwrap_or(0);
+                let unread = unread_body && skip.is_none();
+                self.linger = head.ambiguous_framing || unread;
+                let call = if unread { &call } else { &forwarded };
+                self.answer(reject(&rejection, &ctx, false), call)
                     .instrument(span)
                     .await
             }
