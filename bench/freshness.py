@@ -664,6 +664,9 @@ def main():
     p.add_argument("--json", default=None, help="default bench/results/freshness-<scale>.json")
     p.add_argument("--no-reconcile-check", dest="reconcile_check", action="store_false",
                    help="skip 5.: the load across a reconciliation (a full load while serving)")
+    p.add_argument("--load-only", action="store_true",
+                   help="only 1., 4. (without the soft deletes) and 5.: the full load, the load "
+                        "against a static file and the load across a reconciliation")
     args = p.parse_args()
     users, records = int(1_000_000 * args.scale), int(10_000_000 * args.scale)
     for name, attr in (("permgate", "permgate_bin"), ("permgate-bench", "bench_bin")):
@@ -701,33 +704,34 @@ def main():
         log(f"replica a ready: {result['full_load']['a']}")
         # The first overlap window (10 s) makes a change a full load: wait it out.
         time.sleep(11)
-        result["idle_1"] = idle_cost(pg, db, args.idle_seconds)
-        log(f"idle, 1 replica: {result['idle_1']}")
-        kinds = ["insert", "reassign", "share"]
-        lat = result["latency"] = []
-        for notify in (False, True):
-            r = commit_to_decision(pg, [a], changes, kinds, args.samples, notify,
-                                   args.gap_ms / 1000, 60)
-            lat.append(r)
-            log(f"commit->decision, 1 replica, notify={notify}: {r['all']} {r}")
-        # 3. Three replicas.
-        for name in ("b", "c"):
-            g = Gateway(args, name, stub_port, db_port=pg_port)
-            gateways.append(g)
-            result["full_load"][name] = g.wait_ready(args.ready_timeout)
-            log(f"replica {name} ready: {result['full_load'][name]}")
-        time.sleep(11)
-        result["idle_3"] = idle_cost(pg, db, args.idle_seconds)
-        log(f"idle, 3 replicas: {result['idle_3']}")
-        for notify in (False, True):
-            r = commit_to_decision(pg, gateways, changes, kinds, args.samples, notify,
-                                   args.gap_ms / 1000, 60)
-            lat.append(r)
-            log(f"commit->decision, 3 replicas, notify={notify}: {r['all']}")
-        result["steady"] = {g.name: {**g.memory(), "counters": g.counters()} for g in gateways}
-        for g in gateways[1:]:
-            g.stop()
-        del gateways[1:]
+        if not args.load_only:
+            result["idle_1"] = idle_cost(pg, db, args.idle_seconds)
+            log(f"idle, 1 replica: {result['idle_1']}")
+            kinds = ["insert", "reassign", "share"]
+            lat = result["latency"] = []
+            for notify in (False, True):
+                r = commit_to_decision(pg, [a], changes, kinds, args.samples, notify,
+                                       args.gap_ms / 1000, 60)
+                lat.append(r)
+                log(f"commit->decision, 1 replica, notify={notify}: {r['all']} {r}")
+            # 3. Three replicas.
+            for name in ("b", "c"):
+                g = Gateway(args, name, stub_port, db_port=pg_port)
+                gateways.append(g)
+                result["full_load"][name] = g.wait_ready(args.ready_timeout)
+                log(f"replica {name} ready: {result['full_load'][name]}")
+            time.sleep(11)
+            result["idle_3"] = idle_cost(pg, db, args.idle_seconds)
+            log(f"idle, 3 replicas: {result['idle_3']}")
+            for notify in (False, True):
+                r = commit_to_decision(pg, gateways, changes, kinds, args.samples, notify,
+                                       args.gap_ms / 1000, 60)
+                lat.append(r)
+                log(f"commit->decision, 3 replicas, notify={notify}: {r['all']}")
+            result["steady"] = {g.name: {**g.memory(), "counters": g.counters()} for g in gateways}
+            for g in gateways[1:]:
+                g.stop()
+            del gateways[1:]
         # 4. Ordinary calls: polling (with changes arriving) against a static file.
         snap = os.path.join(work, "snapshot.json")
         s = time.monotonic()
@@ -772,15 +776,16 @@ def main():
         static.stop()
         gateways.remove(static)
         static = None
-        # Soft deletes last: remove_record goes through the source form and a full build
-        # (README), replaying every batch since the last full load; bounded.
-        before = a.counters()
-        r = commit_to_decision(pg, [a], changes, ["delete"], args.delete_samples, True,
-                               0.0, args.delete_timeout)
-        r["batches_since_full_load_before"] = before["database_incremental_batches"]
-        result["delete_1"] = r
-        log(f"soft delete, 1 replica, notify: {r}")
-        result["after_deletes"] = {"a": {**a.memory(), "counters": a.counters()}}
+        if not args.load_only:
+            # Soft deletes last: remove_record goes through the source form and a full build
+            # (README), replaying every batch since the last full load; bounded.
+            before = a.counters()
+            r = commit_to_decision(pg, [a], changes, ["delete"], args.delete_samples, True,
+                                   0.0, args.delete_timeout)
+            r["batches_since_full_load_before"] = before["database_incremental_batches"]
+            result["delete_1"] = r
+            log(f"soft delete, 1 replica, notify: {r}")
+            result["after_deletes"] = {"a": {**a.memory(), "counters": a.counters()}}
         if args.reconcile_check:
             # 5. A reconciliation (a full load while serving): replica a gives way to one whose
             # reconcile_interval is a little more than twice its first load, and the load runs

@@ -139,6 +139,64 @@ pub struct State {
     pub clock: crate::limit::Clock,
     /// Records learned from create answers, until a full load confirms or drops them.
     pub learned: crate::learned::Learned,
+    /// Where a replaced live state goes to be freed ([`Reaper`]).
+    reaper: Reaper,
+}
+
+/// Frees replaced live states on a thread of its own. A request holds the live state it
+/// started with (`load_full`) until it has answered; when a new snapshot is swapped in, the
+/// last of those requests to finish would otherwise free the old snapshot on a data-plane
+/// thread: at 10M records that is hundreds of milliseconds of one request's (and every
+/// request queued behind it on that thread's) latency. The reaper keeps a reference to every
+/// replaced state and drops it once it holds the only one; it looks every [`REAP_EVERY`].
+struct Reaper {
+    to: Option<Mutex<std::sync::mpsc::Sender<Arc<Live>>>>,
+}
+
+const REAP_EVERY: Duration = Duration::from_millis(20);
+
+impl Reaper {
+    fn start() -> Reaper {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Live>>();
+        let spawned = std::thread::Builder::new()
+            .name("permgate-reaper".into())
+            .spawn(move || {
+                use std::sync::mpsc::RecvTimeoutError;
+                let mut held: Vec<Arc<Live>> = Vec::new();
+                loop {
+                    let next = if held.is_empty() {
+                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    } else {
+                        rx.recv_timeout(REAP_EVERY)
+                    };
+                    match next {
+                        Ok(old) => held.push(old),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    // Only this thread holds it: nothing can take a new reference to a state
+                    // that is no longer live, so it is freed here, not on a request's thread.
+                    held.retain(|l| Arc::strong_count(l) > 1);
+                }
+            });
+        match spawned {
+            Ok(_) => Reaper {
+                to: Some(Mutex::new(tx)),
+            },
+            Err(e) => {
+                warn!("no reaper thread ({e}): replaced snapshots are freed where last held");
+                Reaper { to: None }
+            }
+        }
+    }
+
+    /// Hand a replaced live state over to be freed once nothing else holds it.
+    fn retire(&self, old: Arc<Live>) {
+        if let Some(to) = &self.to {
+            // A send fails only if the thread is gone: the state is then dropped here.
+            let _ = lock(to).send(old);
+        }
+    }
 }
 
 const KEEP_ERRORS: usize = 20;
@@ -374,6 +432,7 @@ impl State {
             audit: Mutex::new(VecDeque::new()),
             candidate: arc_swap::ArcSwapOption::empty(),
             learned: Default::default(),
+            reaper: Reaper::start(),
         };
         if let Some(e) = pingora_learns(&state.live().config) {
             return Err(vec![e]);
@@ -398,13 +457,13 @@ impl State {
                 if !batches.is_empty() {
                     // Already on disk: keep the journal, and the batches as the live state's.
                     let live = state.live();
-                    state.live.store(Arc::new(Live {
+                    state.swap_live(Live {
                         route_counters: live.route_counters.clone(),
                         config: live.config.clone(),
                         snapshot: live.snapshot.clone(),
                         snapshot_text: live.snapshot_text.clone(),
                         snapshot_changes: batches,
-                    }));
+                    });
                 }
             }
             Startup::Nothing(errors) => {
@@ -433,7 +492,7 @@ impl State {
     /// (Re)load the candidate named by `config`; a bad candidate is logged and dropped.
     fn load_candidate(&self, config: &Config) {
         let Some(path) = &config.candidate_config else {
-            self.candidate.store(None);
+            self.swap_candidate(None);
             return;
         };
         let candidate = match crate::config::load(path) {
@@ -462,14 +521,14 @@ impl State {
                     "candidate policy {} (hash {}) evaluated beside the live one",
                     live.config.file, live.config.hash
                 );
-                self.candidate.store(Some(Arc::new(live)));
+                self.swap_candidate(Some(live));
             }
             Err(errors) => {
                 for e in &errors {
                     error!("candidate policy refused: {e}");
                 }
                 self.record_error("candidate", errors);
-                self.candidate.store(None);
+                self.swap_candidate(None);
             }
         }
     }
@@ -477,6 +536,20 @@ impl State {
     /// The live config and snapshot: one atomic load.
     pub fn live(&self) -> Arc<Live> {
         self.live.load_full()
+    }
+
+    /// Make `new` the live state; the replaced one is freed by the reaper, not by whichever
+    /// request drops it last.
+    fn swap_live(&self, new: Live) {
+        let old = self.live.swap(Arc::new(new));
+        self.reaper.retire(old);
+    }
+
+    /// Set (or clear) the candidate policy; the replaced one goes to the reaper as well.
+    fn swap_candidate(&self, new: Option<Live>) {
+        if let Some(old) = self.candidate.swap(new.map(Arc::new)) {
+            self.reaper.retire(old);
+        }
     }
 
     /// The snapshot as a request may use it, or the rejection that stands for it.
@@ -566,13 +639,13 @@ impl State {
             "version_after": snapshot.version,
             "changes": changes,
         }));
-        self.live.store(Arc::new(Live {
+        self.swap_live(Live {
             route_counters: counters_for(&self.metrics, config),
             config: config.clone(),
             snapshot: Some(Arc::new(snapshot)),
             snapshot_text: Some(text),
             snapshot_changes: Vec::new(),
-        }));
+        });
         self.update_staleness();
     }
 
@@ -610,13 +683,13 @@ impl State {
         }));
         let mut batches = current.snapshot_changes.clone();
         batches.push(Arc::from(batch));
-        self.live.store(Arc::new(Live {
+        self.swap_live(Live {
             route_counters: current.route_counters.clone(),
             config: config.clone(),
             snapshot: Some(Arc::new(snapshot)),
             snapshot_text: current.snapshot_text.clone(),
             snapshot_changes: batches,
-        }));
+        });
         self.update_staleness();
     }
 
@@ -914,13 +987,13 @@ impl State {
             config.file
         );
         let config = Arc::new(config);
-        self.live.store(Arc::new(Live {
+        self.swap_live(Live {
             route_counters: counters_for(&self.metrics, &config),
             config,
             snapshot,
             snapshot_text: current.snapshot_text.clone(),
             snapshot_changes: current.snapshot_changes.clone(),
-        }));
+        });
         self.counters.config_reloads.fetch_add(1, Ordering::Relaxed);
         self.update_staleness();
         let live = self.live();
@@ -1192,3 +1265,54 @@ fn pingora_learns(config: &Config) -> Option<ConfigError> {
 
 /// How often the staleness flag is recomputed.
 pub const STALENESS_TICK: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_snapshot_is_freed_by_the_reaper_not_by_its_last_request() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("snapshot.json"), crate::demo::DEMO_SNAPSHOT).unwrap();
+        let config = format!(
+            "{}\n[decision_log]\ntarget = \"off\"\n",
+            crate::demo::DEMO_CONFIG
+        );
+        std::fs::write(dir.path().join("permgate.toml"), config).unwrap();
+        let state = State::load(&dir.path().join("permgate.toml"), Overrides::default()).unwrap();
+        // A request in flight holds the live state it started with.
+        let request = state.live();
+        let old = Arc::downgrade(&request);
+        assert!(request.snapshot.is_some());
+        // (Another text: an unchanged one is not swapped.)
+        state
+            .replace_snapshot(&format!("{} ", crate::demo::DEMO_SNAPSHOT), "test")
+            .unwrap();
+        assert!(!Arc::ptr_eq(&request, &state.live()));
+        // The reaper holds the replaced state too, so the request's drop is not the last one.
+        assert_eq!(Arc::strong_count(&request), 2);
+        drop(request);
+        // And it frees it soon after (bounded wait).
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while old.upgrade().is_some() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the replaced state was never freed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A state nobody else holds goes at the reaper's next look.
+        let old = Arc::downgrade(&state.live());
+        state
+            .replace_snapshot(&format!("{}  ", crate::demo::DEMO_SNAPSHOT), "test")
+            .unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while old.upgrade().is_some() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the replaced state was never freed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
