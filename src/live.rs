@@ -162,6 +162,7 @@ impl Reaper {
             .name("permgate-reaper".into())
             .spawn(move || {
                 use std::sync::mpsc::RecvTimeoutError;
+                crate::control::yield_to_calls();
                 let mut held: Vec<Arc<Live>> = Vec::new();
                 loop {
                     let next = if held.is_empty() {

@@ -823,3 +823,62 @@ async fn an_upstream_failure_warning_names_the_request_id_the_client_got() {
         assert!(found, "no upstream failure warning names {id}:\n{log}");
     }
 }
+
+/// The nice value and name of each thread of process `pid` (Linux /proc).
+fn thread_nices(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ... : fields after the closing parenthesis; nice is field 19.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        out.push((name, rest[16].parse().unwrap()));
+    }
+    out
+}
+
+/// Snapshot loads and builds, the admin API and the freeing of replaced snapshots run at a
+/// lower CPU priority than the calls, so a reconciliation does not take CPU from them.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_work_runs_below_the_calls_priority() {
+    let gw = gateway(|t| t).await;
+    let (status, _) = gw.call("GET", "/api/v1/customers/1", Some("u-admin")).await;
+    assert_eq!(status, 200);
+    // A snapshot swap, so the reaper has run too.
+    let r = client()
+        .post(format!("{}/reload", gw.admin))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let threads = thread_nices(gw.h.gateway.id());
+    let nice_of = |prefix: &str| -> Vec<i64> {
+        threads
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    let main = nice_of("permgate");
+    let control = nice_of("permgate-contr");
+    let reaper = nice_of("permgate-reape");
+    assert_eq!(control.len(), 1, "{threads:?}");
+    assert_eq!(reaper.len(), 1, "{threads:?}");
+    let base = threads
+        .iter()
+        .find(|(n, _)| n == "permgate")
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no main thread: {threads:?} {main:?}"));
+    assert_eq!(control[0], (base + 10).min(19), "{threads:?}");
+    assert_eq!(reaper[0], (base + 10).min(19), "{threads:?}");
+}
