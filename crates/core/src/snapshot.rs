@@ -949,7 +949,7 @@ impl Snapshot {
             if roles.len() > usize::from(u16::MAX) {
                 errors.push(ConfigError::new(file, None, "roles", "too many roles"));
             }
-            let role_idx: HashMap<&str, u16> = roles
+            let role_idx: HashMap<&str, u16, KeyedState> = roles
                 .iter()
                 .enumerate()
                 .map(|(i, r)| (r.id.as_str(), i as u16))
@@ -1024,6 +1024,7 @@ impl Snapshot {
             };
             // What users and services share: roles → grant, then keys → digests (located
             // errors, in the order of one pass: roles, manager, keys).
+            let mut last_grant: Option<(Vec<u16>, u32)> = None;
             let mut grant_of_roles =
                 |role_names: &[Name<'_>],
                  at: &dyn Fn(&str, String) -> ConfigError,
@@ -1038,7 +1039,16 @@ impl Snapshot {
                     }
                     combo.sort_unstable();
                     combo.dedup();
-                    grant_for(&mut grants, &mut grant_of, &roles, catalog, &combo)
+                    // Users come in long runs of one role combination (every person of a
+                    // snapshot with tenants holds none): the last one's grant, unhashed.
+                    if let Some((last, g)) = &last_grant {
+                        if *last == combo {
+                            return *g;
+                        }
+                    }
+                    let g = grant_for(&mut grants, &mut grant_of, &roles, catalog, &combo);
+                    last_grant = Some((combo.clone(), g));
+                    g
                 };
             let mut digests_of = |idx: UserIdx,
                                   keys: &[Name<'_>],
@@ -1216,6 +1226,12 @@ impl Snapshot {
             // Memberships: one entry each, after the services, standing for its person in its
             // tenant (roles, teams, manager of that tenant); each person lists theirs.
             let first_membership = users.len();
+            // The tenants by id for the memberships' lookups (one each): the keyed fast hash.
+            let tenant_fast: HashMap<&str, u32, KeyedState> = tenant_ids
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (&**t, i as u32))
+                .collect();
             // Where each membership was written (user, membership), for errors.
             let mut membership_at: Vec<(usize, usize)> = Vec::new();
             let mut manager_names: Vec<Option<&Name<'_>>> = Vec::new();
@@ -1233,7 +1249,7 @@ impl Snapshot {
                             msg,
                         )
                     };
-                    let Some(t) = tenant_idx.get(&*m.tenant).copied() else {
+                    let Some(t) = tenant_fast.get(&*m.tenant).copied() else {
                         errors.push(at("tenant", format!("unknown tenant '{}'", m.tenant)));
                         continue;
                     };
@@ -1314,8 +1330,18 @@ impl Snapshot {
             }
             let membership_count = users.len() - first_membership;
 
-            // The manager relation must be a forest: walk up from each user, with memoised colours.
-            if errors.is_empty() {
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+            let managers: Vec<u32> = users
+                .iter()
+                .map(|u| u.manager.unwrap_or(crate::hierarchy::NO_MANAGER))
+                .collect();
+            // The manager relation must be a forest: it is when the tour from the entries
+            // without a manager reaches every entry. When it does not, walk up from each user,
+            // with memoised colours, to name the loops.
+            let (hierarchy, forest) = Hierarchy::build_flat_reaching(&managers);
+            if !forest {
                 let mut state = vec![0u8; users.len()]; // 0 unvisited, 1 on the current path, 2 done
                 for start in 0..users.len() {
                     let mut path = Vec::new();
@@ -1358,12 +1384,6 @@ impl Snapshot {
             if !errors.is_empty() {
                 return Err(errors);
             }
-
-            let managers: Vec<u32> = users
-                .iter()
-                .map(|u| u.manager.unwrap_or(crate::hierarchy::NO_MANAGER))
-                .collect();
-            let hierarchy = Hierarchy::build_flat(&managers);
             let mut team_members = vec![0u32; teams.len()];
             for u in &users {
                 for t in u.teams.iter() {

@@ -743,15 +743,32 @@ impl Snapshot {
                     *x = NO_MANAGER;
                 }
             }
+            // No entry names one when none did before (no report in the hierarchy) and no
+            // entry changed here does: then the scan below is not needed.
+            let named_before = detached.iter().any(|d| !self.hierarchy.is_leaf(*d));
+            let mut sorted = detached.clone();
+            sorted.sort_unstable();
+            let named_now = touched_entries.iter().any(|k| {
+                managers
+                    .get(*k as usize)
+                    .is_some_and(|m| sorted.binary_search(m).is_ok())
+            });
             // A bitmap of the detached entries: the scan of two million managers below tests
             // each with one load, not a hash.
-            let mut gone = vec![false; users.len()];
+            let mut gone = vec![
+                false;
+                if named_before || named_now {
+                    users.len()
+                } else {
+                    0
+                }
+            ];
             for d in &detached {
                 if let Some(g) = gone.get_mut(*d as usize) {
                     *g = true;
                 }
             }
-            for (k, m) in managers.iter().enumerate() {
+            for (k, m) in managers.iter().enumerate().filter(|_| !gone.is_empty()) {
                 if gone.get(*m as usize) == Some(&true) && errors.len() < MAX_ERRORS {
                     let (u, t) = users.get(k).map_or(("", ""), |u| {
                         (&*u.id, tenant_ids.get(u.tenant as usize).map_or("", |t| t))
@@ -801,7 +818,21 @@ impl Snapshot {
             if !errors.is_empty() {
                 return Err(errors);
             }
-            Arc::new(Hierarchy::build_flat(&managers))
+            // Entries added without a manager and leaves that lost theirs (a membership added
+            // or removed, most often) keep the numbering; anything else, a new tour.
+            let changed: Vec<UserIdx> = touched_entries
+                .iter()
+                .chain(&detached)
+                .copied()
+                .filter(|k| {
+                    let k = *k as usize;
+                    k < self.managers.len() && self.managers.get(k) != managers.get(k)
+                })
+                .collect();
+            match self.hierarchy.with_new_roots(&managers, &changed) {
+                Some(h) => Arc::new(h),
+                None => Arc::new(Hierarchy::build_flat(&managers)),
+            }
         } else {
             self.hierarchy.clone()
         };
