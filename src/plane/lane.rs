@@ -69,7 +69,10 @@ use super::h1::{
     BodyFraming, BodyReader, Chunks, Framing, Head, Parsed,
 };
 use super::pool::{Idle, Pooled};
-use super::{json, left, reject, Activity, Builders, Plane, RespBody, RespKind, Service, Tracked};
+use super::{
+    after, json, left, left_at, reject, Activity, Builders, Plane, RespBody, RespKind, Service,
+    Tracked,
+};
 use crate::exchange::{self, Admission, Ctx};
 use crate::reject::Rejection;
 
@@ -96,6 +99,9 @@ pub(super) struct Pending {
 pub(super) struct Upconn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The last clock reading of the call on it (its answer head's, or a body piece's): back
+    /// in the pool, it is idle since then (issue 18: the pool reads no clock of its own).
+    at: Instant,
 }
 
 impl Pooled for Upconn {
@@ -889,7 +895,8 @@ impl Lane {
                 up.buf.truncate(UPSTREAM_ROOM);
                 up.buf.shrink_to_fit();
             }
-            self.pool.put(authority, up);
+            let at = up.at;
+            self.pool.put(authority, up, at);
         }
         (status, done && keep)
     }
@@ -1066,16 +1073,16 @@ impl Lane {
         let mut now = started;
         let mut retried = false;
         loop {
-            let (mut up, reused) = match self.pool.take(authority) {
+            let (mut up, reused) = match self.pool.take(authority, now) {
                 Some(up) => (up, true),
                 None => {
                     let wait = connect_timeout.min(left_at(ctx.deadline, now));
                     let up = match connect(authority, wait).await {
-                        Ok(up) => (up, false),
+                        Ok(up) => up,
                         Err((failure, why)) => return Err(up_failed(ctx, failure, &why)),
                     };
-                    now = Instant::now();
-                    up
+                    now = up.at;
+                    (up, false)
                 }
             };
             // Most requests go out at once: the write's timer is set only when the socket is
@@ -1125,6 +1132,7 @@ impl Lane {
             );
             match read.await {
                 Ok((mut answer, answered)) => {
+                    up.at = answered;
                     let elapsed = answered.saturating_duration_since(started);
                     ctx.upstream_elapsed = Some(elapsed);
                     ctx.upstream_status = Some(answer.status);
@@ -1422,9 +1430,13 @@ async fn read_more(
         read = up.stream.read(&mut up.buf) => Some(read),
         () = timer.until(until) => None,
     };
+    // The piece's time (the one reading after the wait): its deadline check, and the
+    // connection's idle time if this was the answer's last piece.
+    let at = Instant::now();
+    up.at = at;
     match read {
         // A piece past the total timeout cuts the answer too (a CRM streaming steadily).
-        Some(Ok(n)) if n > 0 && !left(ctx.deadline).is_zero() => Some(n),
+        Some(Ok(n)) if n > 0 && !left_at(ctx.deadline, at).is_zero() => Some(n),
         _ => {
             tracing::warn!(
                 request_id = %ctx.request_id,
@@ -1504,6 +1516,8 @@ async fn connect(
             Ok(Upconn {
                 stream,
                 buf: vec![0; UPSTREAM_ROOM],
+                // Read once connected: the exchange's deadlines start here.
+                at: Instant::now(),
             })
         }
     }
@@ -1620,17 +1634,6 @@ async fn read_answer_head(
         answered = true;
         end += n;
     }
-}
-
-/// Time left before the total timeout at `now` (a clock reading the caller has).
-fn left_at(deadline: Option<Instant>, now: Instant) -> Duration {
-    deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(now))
-}
-
-/// `now + wait`, a wait past any real deadline (no deadline: `Duration::MAX`) capped at a year.
-fn after(now: Instant, wait: Duration) -> Instant {
-    const YEAR: Duration = Duration::from_secs(365 * 86_400);
-    now.checked_add(wait.min(YEAR)).unwrap_or(now)
 }
 
 /// The request's head as `http` parts, for the CRM's request head.
