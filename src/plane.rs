@@ -58,6 +58,7 @@ mod handover;
 mod lane;
 mod learn;
 mod pool;
+mod watch;
 use gate::{Gate, Permit};
 use pool::{Failure as SendFailure, Lease, Pool};
 
@@ -740,24 +741,40 @@ async fn drive<C: GracefulConnection>(
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     let (mut seen, mut quiet) = (activity.count(), Duration::ZERO);
     let mut closing = false;
-    loop {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = ticks.tick(), if !closing => {
-                let now = activity.count();
-                quiet = if now == seen { quiet + tick } else { Duration::ZERO };
-                seen = now;
-                if quiet >= idle {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-            _ = drain.changed(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
+    let drained = drain.changed();
+    tokio::pin!(drained);
+    // The ticks and the drain are polled only when they woke the task ([`watch`]).
+    let watch = watch::Watch::new();
+    std::future::poll_fn(|cx| loop {
+        if conn.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
         }
-    }
+        if closing {
+            return Poll::Pending;
+        }
+        let Some(mut wcx) = watch.woken(cx.waker()) else {
+            return Poll::Pending;
+        };
+        let mut quiet_too_long = false;
+        while !quiet_too_long && ticks.poll_tick(&mut wcx).is_ready() {
+            let now = activity.count();
+            quiet = if now == seen {
+                quiet + tick
+            } else {
+                Duration::ZERO
+            };
+            seen = now;
+            quiet_too_long = quiet >= idle;
+        }
+        if !quiet_too_long && drained.as_mut().poll(&mut wcx).is_pending() {
+            return Poll::Pending;
+        }
+        // Idle too long, or the gateway drains: shut down gracefully, and poll the
+        // connection again at once (it sends GOAWAY, or closes once idle).
+        conn.as_mut().graceful_shutdown();
+        closing = true;
+    })
+    .await;
 }
 
 /// How client connections are served.

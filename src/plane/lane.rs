@@ -50,6 +50,7 @@
 //! for `listen.write_timeout_ms` closes the connection; the idle watchdog and the drain as
 //! [`super::drive`].
 
+use std::future::Future;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -299,28 +300,41 @@ pub(super) async fn serve(
         let tick = (idle / 2).max(Duration::from_millis(50));
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         let (mut seen, mut quiet) = (activity.count(), Duration::ZERO);
-        loop {
-            tokio::select! {
-                end = run.as_mut() => break end,
-                _ = ticks.tick() => {
-                    let now = activity.count();
-                    quiet = if now == seen { quiet + tick } else { Duration::ZERO };
-                    seen = now;
-                    if quiet >= idle {
-                        if !busy.load(Ordering::Relaxed) {
-                            break End::Closed;
-                        }
-                        closing.store(true, Ordering::Relaxed);
-                    }
-                }
-                _ = drain.changed(), if !closing.load(Ordering::Relaxed) => {
-                    closing.store(true, Ordering::Relaxed);
+        let drained = drain.changed();
+        tokio::pin!(drained);
+        // The ticks and the drain are polled only when they woke the task ([`super::watch`]).
+        let watch = super::watch::Watch::new();
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(end) = run.as_mut().poll(cx) {
+                return Poll::Ready(end);
+            }
+            let Some(mut wcx) = watch.woken(cx.waker()) else {
+                return Poll::Pending;
+            };
+            while ticks.poll_tick(&mut wcx).is_ready() {
+                let now = activity.count();
+                quiet = if now == seen {
+                    quiet + tick
+                } else {
+                    Duration::ZERO
+                };
+                seen = now;
+                if quiet >= idle {
                     if !busy.load(Ordering::Relaxed) {
-                        break End::Closed;
+                        return Poll::Ready(End::Closed);
                     }
+                    closing.store(true, Ordering::Relaxed);
                 }
             }
-        }
+            if !closing.load(Ordering::Relaxed) && drained.as_mut().poll(&mut wcx).is_ready() {
+                closing.store(true, Ordering::Relaxed);
+                if !busy.load(Ordering::Relaxed) {
+                    return Poll::Ready(End::Closed);
+                }
+            }
+            Poll::Pending
+        })
+        .await
     };
     let End::Handover(pending) = end else {
         // FIN after the last answer, rather than leaving it to the drop.
