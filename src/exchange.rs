@@ -405,6 +405,18 @@ pub fn request_id_value(request_id: &str) -> Option<HeaderValue> {
     Some(v)
 }
 
+/// [`response_headers`] inserted into `headers`; the usual answer (no checked body) gets its
+/// request id without the list being built (issue 18: one allocation fewer per call).
+pub fn insert_response_headers(ctx: &Ctx, headers: &mut HeaderMap) {
+    if ctx.body_checked {
+        for (name, value) in response_headers(ctx) {
+            headers.insert(name, value);
+        }
+    } else if let Some(v) = request_id_value(&ctx.request_id) {
+        headers.insert(ctx.id_header(), v);
+    }
+}
+
 /// Headers the gateway adds to a forwarded call's response: the request id, and on a checked
 /// bulk call how many items were removed, and which (the documented contract of a trimmed call).
 pub fn response_headers(ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> {

@@ -1405,9 +1405,7 @@ impl Plane {
         ctx: &Ctx,
     ) -> Response<RespBody> {
         strip_response_hop_headers(&mut parts.headers);
-        for (name, value) in exchange::response_headers(ctx) {
-            parts.headers.insert(name, value);
-        }
+        exchange::insert_response_headers(ctx, &mut parts.headers);
         exchange::cors_headers(ctx, &mut parts.headers, true);
         Response::from_parts(parts, body)
     }
