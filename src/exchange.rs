@@ -40,7 +40,7 @@ pub fn hop_headers_present(headers: &HeaderMap) -> Vec<HeaderName> {
     };
     headers
         .keys()
-        .filter(|n| crate::canon::FIXED_HOP_BY_HOP.contains(n) || listed.contains(n))
+        .filter(|n| crate::canon::is_fixed_hop_by_hop(n) || listed.contains(n))
         .cloned()
         .collect()
 }
@@ -83,10 +83,21 @@ impl Default for Ctx {
     }
 }
 
+/// A request id: `n` as 16 lowercase hex digits (as `format!("{n:016x}")`, without the
+/// formatting machinery: a few hundred instructions fewer per call, issue 18).
+fn request_id(n: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    String::from_utf8_lossy(&digits).into_owned()
+}
+
 impl Ctx {
     pub fn new() -> Self {
         Ctx {
-            request_id: format!("{:016x}", fastrand::u64(..)),
+            request_id: request_id(fastrand::u64(..)),
             body_seen: 0,
             peer: None,
             deadline: None,
@@ -321,7 +332,7 @@ pub fn edit_upstream(
         if let Some(ip) = ctx.peer {
             head.set(
                 HeaderName::from_static(X_FORWARDED_FOR),
-                value(&ip.to_string())?,
+                forwarded_for(ip).ok_or("the peer is not a header value")?,
             )?;
         }
     }
@@ -357,6 +368,34 @@ pub fn edit_upstream(
     Ok(())
 }
 
+/// The peer's address as an `X-Forwarded-For` value, as `ip.to_string()` spells it; an IPv4
+/// one written out by hand (std's `Display` for it costs over a thousand instructions, per
+/// forwarded call: issue 18).
+fn forwarded_for(ip: IpAddr) -> Option<HeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).ok();
+    };
+    let mut out = [0u8; 15];
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            out[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            out[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        out[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    HeaderValue::from_bytes(&out[..n]).ok()
+}
+
 /// The request id as a response header value. Marked never-indexed: HPACK (HTTP/2) would
 /// otherwise look every new id up in the connection's table, insert it and evict another entry
 /// to make room, for a value that never comes again.
@@ -364,6 +403,18 @@ pub fn request_id_value(request_id: &str) -> Option<HeaderValue> {
     let mut v = HeaderValue::from_str(request_id).ok()?;
     v.set_sensitive(true);
     Some(v)
+}
+
+/// [`response_headers`] inserted into `headers`; the usual answer (no checked body) gets its
+/// request id without the list being built (issue 18: one allocation fewer per call).
+pub fn insert_response_headers(ctx: &Ctx, headers: &mut HeaderMap) {
+    if ctx.body_checked {
+        for (name, value) in response_headers(ctx) {
+            headers.insert(name, value);
+        }
+    } else if let Some(v) = request_id_value(&ctx.request_id) {
+        headers.insert(ctx.id_header(), v);
+    }
 }
 
 /// Headers the gateway adds to a forwarded call's response: the request id, and on a checked
@@ -925,6 +976,42 @@ pub fn list_limit(ctx: &Ctx) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_spells_addresses_as_display_does() {
+        let mut ips: Vec<IpAddr> = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.0.100.9",
+            "255.255.255.255",
+            "1.22.103.240",
+            "::1",
+            "::ffff:10.1.2.3",
+            "2001:db8::8:800:200c:417a",
+        ]
+        .iter()
+        .map(|s| s.parse().expect("ip"))
+        .collect();
+        ips.extend((0..200).map(|_| IpAddr::from(fastrand::u32(..).to_be_bytes())));
+        for ip in ips {
+            let v = forwarded_for(ip).expect("a value");
+            assert_eq!(v.to_str().expect("ascii"), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn request_ids_are_16_hex_digits() {
+        for n in [
+            0,
+            1,
+            0xabc,
+            u64::MAX,
+            0x0123_4567_89ab_cdef,
+            fastrand::u64(..),
+        ] {
+            assert_eq!(request_id(n), format!("{n:016x}"));
+        }
+    }
 
     #[test]
     fn hop_by_hop_answer_headers() {

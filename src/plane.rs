@@ -58,6 +58,7 @@ mod handover;
 mod lane;
 mod learn;
 mod pool;
+mod watch;
 use gate::{Gate, Permit};
 use pool::{Failure as SendFailure, Lease, Pool};
 
@@ -90,10 +91,11 @@ impl Upstream {
         authority: Authority,
         request: Request<ReqBody>,
         retryable: bool,
+        now: Instant,
     ) -> Result<(Response<Incoming>, Lease), SendFailure> {
         match self {
-            Upstream::Plain(p) => p.send(authority, request, retryable).await,
-            Upstream::Tls(p) => p.send(authority, request, retryable).await,
+            Upstream::Plain(p) => p.send(authority, request, retryable, now).await,
+            Upstream::Tls(p) => p.send(authority, request, retryable, now).await,
         }
     }
 }
@@ -739,24 +741,40 @@ async fn drive<C: GracefulConnection>(
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     let (mut seen, mut quiet) = (activity.count(), Duration::ZERO);
     let mut closing = false;
-    loop {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = ticks.tick(), if !closing => {
-                let now = activity.count();
-                quiet = if now == seen { quiet + tick } else { Duration::ZERO };
-                seen = now;
-                if quiet >= idle {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-            _ = drain.changed(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
+    let drained = drain.changed();
+    tokio::pin!(drained);
+    // The ticks and the drain are polled only when they woke the task ([`watch`]).
+    let watch = watch::Watch::new();
+    std::future::poll_fn(|cx| loop {
+        if conn.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
         }
-    }
+        if closing {
+            return Poll::Pending;
+        }
+        let Some(mut wcx) = watch.woken(cx.waker()) else {
+            return Poll::Pending;
+        };
+        let mut quiet_too_long = false;
+        while !quiet_too_long && ticks.poll_tick(&mut wcx).is_ready() {
+            let now = activity.count();
+            quiet = if now == seen {
+                quiet + tick
+            } else {
+                Duration::ZERO
+            };
+            seen = now;
+            quiet_too_long = quiet >= idle;
+        }
+        if !quiet_too_long && drained.as_mut().poll(&mut wcx).is_pending() {
+            return Poll::Pending;
+        }
+        // Idle too long, or the gateway drains: shut down gracefully, and poll the
+        // connection again at once (it sends GOAWAY, or closes once idle).
+        conn.as_mut().graceful_shutdown();
+        closing = true;
+    })
+    .await;
 }
 
 /// How client connections are served.
@@ -1258,7 +1276,8 @@ impl Plane {
         let Some(gate) = gate else {
             return Ok(None);
         };
-        match gate.enter(left(ctx.deadline)).await {
+        // The call's deadline, not the time left: the clock is read only if it has to wait.
+        match gate.enter(ctx.deadline).await {
             Some(permit) => Ok(Some(permit)),
             None => {
                 self.state.metrics.upstream_error(UpstreamError::Busy);
@@ -1291,11 +1310,13 @@ impl Plane {
         let read_timeout = upstream.read_timeout;
         let retryable = upstream.retry_methods.contains(request.method());
         let head_request = request.method() == Method::HEAD;
+        // The exchange's one clock reading: its start, the pool's idle check and the answer
+        // head's deadline (issue 18: not one per `left`, `timeout` and pool step).
         let started = Instant::now();
         ctx.upstream_started = Some(started);
-        let wait = read_timeout.min(left(ctx.deadline));
-        let result =
-            tokio::time::timeout(wait, self.client.send(authority, request, retryable)).await;
+        let until = after(started, read_timeout.min(left_at(ctx.deadline, started)));
+        let sent = self.client.send(authority, request, retryable, started);
+        let result = tokio::time::timeout_at(until.into(), sent).await;
         let (response, mut lease) = match result {
             Err(_) => return Err(self.upstream_failed(ctx, Failure::Timeout, "no answer in time")),
             Ok(Err(SendFailure::Connect(e))) => {
@@ -1317,7 +1338,10 @@ impl Plane {
             Ok(Ok(r)) => r,
         };
         lease.permit = permit;
-        let elapsed = started.elapsed();
+        let answered = Instant::now();
+        // Back in the pool, the connection is idle from here at the latest.
+        lease.at = answered;
+        let elapsed = answered.saturating_duration_since(started);
         ctx.upstream_elapsed = Some(elapsed);
         ctx.upstream_status = Some(response.status().as_u16());
         self.state.metrics.upstream_seconds.observe(elapsed);
@@ -1381,9 +1405,7 @@ impl Plane {
         ctx: &Ctx,
     ) -> Response<RespBody> {
         strip_response_hop_headers(&mut parts.headers);
-        for (name, value) in exchange::response_headers(ctx) {
-            parts.headers.insert(name, value);
-        }
+        exchange::insert_response_headers(ctx, &mut parts.headers);
         exchange::cors_headers(ctx, &mut parts.headers, true);
         Response::from_parts(parts, body)
     }
@@ -1428,6 +1450,17 @@ fn left(deadline: Option<Instant>) -> Duration {
     deadline.map_or(Duration::MAX, |d| {
         d.saturating_duration_since(Instant::now())
     })
+}
+
+/// Time left before the total timeout at `now` (a clock reading the caller has).
+fn left_at(deadline: Option<Instant>, now: Instant) -> Duration {
+    deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(now))
+}
+
+/// `now + wait`, a wait past any real deadline (no deadline: `Duration::MAX`) capped at a year.
+fn after(now: Instant, wait: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    now.checked_add(wait.min(YEAR)).unwrap_or(now)
 }
 
 fn has_body(req: &Request<Incoming>) -> bool {
@@ -1593,6 +1626,8 @@ struct Paced {
     idle: Duration,
     deadline: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The clock read when the last piece came (with a deadline to check it against).
+    read_at: Option<Instant>,
 }
 
 /// Why a [`Paced`] body stopped short.
@@ -1612,6 +1647,7 @@ impl Paced {
             idle,
             deadline,
             sleep: None,
+            read_at: None,
         }
     }
 
@@ -1619,8 +1655,12 @@ impl Paced {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.sleep = None;
-                if left(self.deadline).is_zero() {
-                    return Poll::Ready(Some(Err(Halt::PastDeadline)));
+                if let Some(deadline) = self.deadline {
+                    let now = Instant::now();
+                    self.read_at = Some(now);
+                    if now >= deadline {
+                        return Poll::Ready(Some(Err(Halt::PastDeadline)));
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -1749,14 +1789,14 @@ impl Body for RespBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     if paced.inner.is_end_stream() {
                         if let Some(lease) = lease.take() {
-                            lease.release();
+                            lease.release_at(paced.read_at);
                         }
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(None) => {
                     if let Some(lease) = lease.take() {
-                        lease.release();
+                        lease.release_at(paced.read_at);
                     }
                     Poll::Ready(None)
                 }

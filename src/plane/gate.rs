@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -38,9 +38,10 @@ impl Gate {
         })
     }
 
-    /// A permit now, or after waiting in the queue at most `queue_timeout` (and `left`);
-    /// `None`: the queue is full or the wait ran out.
-    pub async fn enter(&self, left: Duration) -> Option<Permit> {
+    /// A permit now, or after waiting in the queue at most `queue_timeout` (and until
+    /// `deadline`, the call's total timeout); `None`: the queue is full or the wait ran out.
+    /// The clock is read only when the call has to wait (issue 18: not per call).
+    pub async fn enter(&self, deadline: Option<Instant>) -> Option<Permit> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Some(permit);
         }
@@ -50,7 +51,10 @@ impl Gate {
         if place.ahead >= self.queue_size {
             return None;
         }
-        let wait = self.queue_timeout.min(left);
+        let wait = deadline.map_or(self.queue_timeout, |d| {
+            self.queue_timeout
+                .min(d.saturating_duration_since(Instant::now()))
+        });
         match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Some(permit),
             _ => None,
@@ -87,23 +91,23 @@ mod tests {
         let Some(gate) = Gate::new(1, 1, Duration::from_millis(50)) else {
             panic!("a cap of 1 is a gate");
         };
-        let held = gate.enter(Duration::MAX).await;
+        let held = gate.enter(None).await;
         assert!(held.is_some());
         // One waits (and times out); the next finds the queue full at once.
-        let (waited, refused) = tokio::join!(gate.enter(Duration::MAX), async {
+        let (waited, refused) = tokio::join!(gate.enter(None), async {
             tokio::task::yield_now().await;
             let t = std::time::Instant::now();
-            (gate.enter(Duration::MAX).await, t.elapsed())
+            (gate.enter(None).await, t.elapsed())
         });
         assert!(waited.is_none());
         assert!(refused.0.is_none());
         assert!(refused.1 < Duration::from_millis(40));
         // A call dropped while it waits leaves the queue.
-        let dropped = tokio::time::timeout(Duration::from_millis(10), gate.enter(Duration::MAX));
+        let dropped = tokio::time::timeout(Duration::from_millis(10), gate.enter(None));
         assert!(dropped.await.is_err());
         assert_eq!(gate.waiting.load(Ordering::Acquire), 0);
         drop(held);
-        assert!(gate.enter(Duration::MAX).await.is_some());
+        assert!(gate.enter(None).await.is_some());
         assert!(Gate::new(0, 10, Duration::from_secs(1)).is_none());
     }
 }

@@ -50,6 +50,7 @@
 //! for `listen.write_timeout_ms` closes the connection; the idle watchdog and the drain as
 //! [`super::drive`].
 
+use std::future::Future;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,7 +70,10 @@ use super::h1::{
     BodyFraming, BodyReader, Chunks, Framing, Head, Parsed,
 };
 use super::pool::{Idle, Pooled};
-use super::{json, left, reject, Activity, Builders, Plane, RespBody, RespKind, Service, Tracked};
+use super::{
+    after, json, left, left_at, reject, Activity, Builders, Plane, RespBody, RespKind, Service,
+    Tracked,
+};
 use crate::exchange::{self, Admission, Ctx};
 use crate::reject::Rejection;
 
@@ -96,6 +100,9 @@ pub(super) struct Pending {
 pub(super) struct Upconn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The last clock reading of the call on it (its answer head's, or a body piece's): back
+    /// in the pool, it is idle since then (issue 18: the pool reads no clock of its own).
+    at: Instant,
 }
 
 impl Pooled for Upconn {
@@ -293,28 +300,41 @@ pub(super) async fn serve(
         let tick = (idle / 2).max(Duration::from_millis(50));
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         let (mut seen, mut quiet) = (activity.count(), Duration::ZERO);
-        loop {
-            tokio::select! {
-                end = run.as_mut() => break end,
-                _ = ticks.tick() => {
-                    let now = activity.count();
-                    quiet = if now == seen { quiet + tick } else { Duration::ZERO };
-                    seen = now;
-                    if quiet >= idle {
-                        if !busy.load(Ordering::Relaxed) {
-                            break End::Closed;
-                        }
-                        closing.store(true, Ordering::Relaxed);
-                    }
-                }
-                _ = drain.changed(), if !closing.load(Ordering::Relaxed) => {
-                    closing.store(true, Ordering::Relaxed);
+        let drained = drain.changed();
+        tokio::pin!(drained);
+        // The ticks and the drain are polled only when they woke the task ([`super::watch`]).
+        let watch = super::watch::Watch::new();
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(end) = run.as_mut().poll(cx) {
+                return Poll::Ready(end);
+            }
+            let Some(mut wcx) = watch.woken(cx.waker()) else {
+                return Poll::Pending;
+            };
+            while ticks.poll_tick(&mut wcx).is_ready() {
+                let now = activity.count();
+                quiet = if now == seen {
+                    quiet + tick
+                } else {
+                    Duration::ZERO
+                };
+                seen = now;
+                if quiet >= idle {
                     if !busy.load(Ordering::Relaxed) {
-                        break End::Closed;
+                        return Poll::Ready(End::Closed);
                     }
+                    closing.store(true, Ordering::Relaxed);
                 }
             }
-        }
+            if !closing.load(Ordering::Relaxed) && drained.as_mut().poll(&mut wcx).is_ready() {
+                closing.store(true, Ordering::Relaxed);
+                if !busy.load(Ordering::Relaxed) {
+                    return Poll::Ready(End::Closed);
+                }
+            }
+            Poll::Pending
+        })
+        .await
     };
     let End::Handover(pending) = end else {
         // FIN after the last answer, rather than leaving it to the drop.
@@ -889,7 +909,8 @@ impl Lane {
                 up.buf.truncate(UPSTREAM_ROOM);
                 up.buf.shrink_to_fit();
             }
-            self.pool.put(authority, up);
+            let at = up.at;
+            self.pool.put(authority, up, at);
         }
         (status, done && keep)
     }
@@ -1066,16 +1087,16 @@ impl Lane {
         let mut now = started;
         let mut retried = false;
         loop {
-            let (mut up, reused) = match self.pool.take(authority) {
+            let (mut up, reused) = match self.pool.take(authority, now) {
                 Some(up) => (up, true),
                 None => {
                     let wait = connect_timeout.min(left_at(ctx.deadline, now));
                     let up = match connect(authority, wait).await {
-                        Ok(up) => (up, false),
+                        Ok(up) => up,
                         Err((failure, why)) => return Err(up_failed(ctx, failure, &why)),
                     };
-                    now = Instant::now();
-                    up
+                    now = up.at;
+                    (up, false)
                 }
             };
             // Most requests go out at once: the write's timer is set only when the socket is
@@ -1125,6 +1146,7 @@ impl Lane {
             );
             match read.await {
                 Ok((mut answer, answered)) => {
+                    up.at = answered;
                     let elapsed = answered.saturating_duration_since(started);
                     ctx.upstream_elapsed = Some(elapsed);
                     ctx.upstream_status = Some(answer.status);
@@ -1422,9 +1444,13 @@ async fn read_more(
         read = up.stream.read(&mut up.buf) => Some(read),
         () = timer.until(until) => None,
     };
+    // The piece's time (the one reading after the wait): its deadline check, and the
+    // connection's idle time if this was the answer's last piece.
+    let at = Instant::now();
+    up.at = at;
     match read {
         // A piece past the total timeout cuts the answer too (a CRM streaming steadily).
-        Some(Ok(n)) if n > 0 && !left(ctx.deadline).is_zero() => Some(n),
+        Some(Ok(n)) if n > 0 && !left_at(ctx.deadline, at).is_zero() => Some(n),
         _ => {
             tracing::warn!(
                 request_id = %ctx.request_id,
@@ -1504,6 +1530,8 @@ async fn connect(
             Ok(Upconn {
                 stream,
                 buf: vec![0; UPSTREAM_ROOM],
+                // Read once connected: the exchange's deadlines start here.
+                at: Instant::now(),
             })
         }
     }
@@ -1620,17 +1648,6 @@ async fn read_answer_head(
         answered = true;
         end += n;
     }
-}
-
-/// Time left before the total timeout at `now` (a clock reading the caller has).
-fn left_at(deadline: Option<Instant>, now: Instant) -> Duration {
-    deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(now))
-}
-
-/// `now + wait`, a wait past any real deadline (no deadline: `Duration::MAX`) capped at a year.
-fn after(now: Instant, wait: Duration) -> Instant {
-    const YEAR: Duration = Duration::from_secs(365 * 86_400);
-    now.checked_add(wait.min(YEAR)).unwrap_or(now)
 }
 
 /// The request's head as `http` parts, for the CRM's request head.

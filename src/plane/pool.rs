@@ -78,28 +78,30 @@ impl<T: Pooled> Idle<T> {
         idle
     }
 
-    /// The newest idle connection to `authority` that is still open and not idle for too long.
-    pub fn take(&self, authority: &Authority) -> Option<T> {
+    /// The newest idle connection to `authority` that is still open and not idle for too long
+    /// at `now` (the call's clock reading: the pool reads none itself).
+    pub fn take(&self, authority: &Authority, now: Instant) -> Option<T> {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        let list = &mut lists.iter_mut().find(|(a, _)| a == authority)?.1;
+        let list = &mut lists.iter_mut().find(|(a, _)| same(a, authority))?.1;
         while let Some((sender, since)) = list.pop() {
-            if !sender.is_closed() && since.elapsed() < self.timeout {
+            if !sender.is_closed() && now.saturating_duration_since(since) < self.timeout {
                 return Some(sender);
             }
         }
         None
     }
 
-    pub fn put(&self, authority: Authority, sender: T) {
+    /// Keep `sender` as idle since `at` (the last clock reading of its call: a little before
+    /// it is put back, so it counts as idle a little longer than it is, never shorter).
+    pub fn put(&self, authority: Authority, sender: T, at: Instant) {
         if sender.is_closed() || self.max == 0 {
             return;
         }
-        let now = Instant::now();
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        match lists.iter_mut().find(|(a, _)| *a == authority) {
-            Some((_, list)) if list.len() < self.max => list.push((sender, now)),
+        match lists.iter_mut().find(|(a, _)| same(a, &authority)) {
+            Some((_, list)) if list.len() < self.max => list.push((sender, at)),
             Some(_) => {}
-            None => lists.push((authority, vec![(sender, now)])),
+            None => lists.push((authority, vec![(sender, at)])),
         }
     }
 
@@ -113,6 +115,14 @@ impl<T: Pooled> Idle<T> {
     }
 }
 
+/// The same CRM instance: `Authority`'s `==` compares case-insensitively (~250 instructions
+/// per compare, two per call); the authorities here come from the config, spelled the same
+/// every time, so the exact bytes are compared first and the case-insensitive compare is left
+/// for the rare miss (a second instance, or another spelling of the same one).
+fn same(a: &Authority, b: &Authority) -> bool {
+    a.as_str() == b.as_str() || a == b
+}
+
 /// A connection lent to one call. [`Lease::release`] once its response has been read to the
 /// end puts it back; dropped otherwise, it closes the connection (hyper closes an HTTP/1.1
 /// connection whose exchange did not finish).
@@ -122,11 +132,22 @@ pub struct Lease {
     idle: Arc<Idle<Sender>>,
     /// The call's place at the CRM ([`super::gate`]), given up after the connection is back.
     pub permit: Option<super::gate::Permit>,
+    /// The call's last clock reading (its answer head's, then a body piece's): the time the
+    /// connection is idle from once released.
+    pub at: Instant,
 }
 
 impl Lease {
     pub fn release(self) {
-        self.idle.put(self.authority, self.sender);
+        self.idle.put(self.authority, self.sender, self.at);
+    }
+
+    /// [`Lease::release`], idle since `at` when the body's reads read the clock later.
+    pub fn release_at(mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            self.at = self.at.max(at);
+        }
+        self.release();
     }
 }
 
@@ -156,14 +177,16 @@ where
 
     /// Send `request` (origin-form target, `Host` set) to the instance at `authority` and wait
     /// for the response head. The lease comes back with it. `retryable`: the request may be
-    /// sent again after it may have reached the CRM (`upstream.retry_methods`).
+    /// sent again after it may have reached the CRM (`upstream.retry_methods`). `now`: the
+    /// caller's clock reading (the lease's time until the caller sets a later one).
     pub async fn send(
         &self,
         authority: Authority,
         mut request: Request<ReqBody>,
         retryable: bool,
+        now: Instant,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
-        while let Some(mut sender) = self.idle.take(&authority) {
+        while let Some(mut sender) = self.idle.take(&authority, now) {
             // Just put back, its connection task may still be finishing the last exchange
             // (microseconds). Longer means it is still sending an earlier client's body that
             // the CRM answered early: not worth waiting for; dropped, it closes when done.
@@ -179,7 +202,7 @@ where
             // a kept-alive connection as the call arrives): only for a retryable call.
             let mut spare = if retryable { copy(&request) } else { None };
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, self.lease(sender, authority))),
+                Ok(response) => return Ok((response, self.lease(sender, authority, now))),
                 Err(mut e) => match (e.take_message(), spare.take()) {
                     // Not sent: the connection closed in the meantime. The next one.
                     (Some(r), _) => request = r,
@@ -196,17 +219,18 @@ where
         }
         let mut sender = self.connect(&authority).await?;
         match sender.send_request(request).await {
-            Ok(response) => Ok((response, self.lease(sender, authority))),
+            Ok(response) => Ok((response, self.lease(sender, authority, now))),
             Err(e) => Err(Failure::Exchange(e)),
         }
     }
 
-    fn lease(&self, sender: Sender, authority: Authority) -> Lease {
+    fn lease(&self, sender: Sender, authority: Authority, at: Instant) -> Lease {
         Lease {
             sender,
             authority,
             idle: self.idle.clone(),
             permit: None,
+            at,
         }
     }
 
@@ -331,7 +355,9 @@ mod tests {
 
     /// Send one call, read its body whole, and give the connection back.
     async fn call(pool: &Pool<HttpConnector>, authority: &Authority) -> Vec<u8> {
-        let result = pool.send(authority.clone(), request(authority), true).await;
+        let result = pool
+            .send(authority.clone(), request(authority), true, Instant::now())
+            .await;
         let Ok((response, lease)) = result else {
             panic!("the call failed");
         };
@@ -360,7 +386,7 @@ mod tests {
         let (authority, accepted) = server(usize::MAX).await;
         let pool = pool(Duration::from_secs(60));
         let result = pool
-            .send(authority.clone(), request(&authority), true)
+            .send(authority.clone(), request(&authority), true, Instant::now())
             .await;
         let Ok((response, lease)) = result else {
             panic!("the call failed");
@@ -440,7 +466,10 @@ mod tests {
             .header(http::header::CONTENT_LENGTH, 64 << 20)
             .body(ReqBody::Full(Some(Bytes::from(vec![b'x'; 64 << 20]))))
             .expect("request");
-        let Ok((response, lease)) = pool.send(authority.clone(), big, false).await else {
+        let Ok((response, lease)) = pool
+            .send(authority.clone(), big, false, Instant::now())
+            .await
+        else {
             panic!("the first call failed");
         };
         let body = response
@@ -478,7 +507,7 @@ mod tests {
         drop(listener);
         let pool = pool(Duration::from_secs(60));
         let result = pool
-            .send(authority.clone(), request(&authority), true)
+            .send(authority.clone(), request(&authority), true, Instant::now())
             .await;
         assert!(matches!(result, Err(Failure::Connect(_))));
     }

@@ -913,6 +913,23 @@ pub fn check_header_limits(
     Ok(())
 }
 
+/// Is `name` one of [`FIXED_HOP_BY_HOP`]? The same answer as `FIXED_HOP_BY_HOP.contains(name)`
+/// (names are lowercase), by one match on the spelling rather than eight `HeaderName`
+/// compares: it runs for every header of every forwarded request and answer (issue 18).
+pub fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
+}
+
 /// Names of headers a proxy must not forward: the fixed hop-by-hop list plus every name listed
 /// in `Connection` (lowercased, deduplicated; invalid names ignored). Never includes `host`,
 /// `content-length`, `transfer-encoding` or `authorization`.
@@ -966,6 +983,28 @@ mod query_override_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fixed_hop_by_hop_match_is_the_list() {
+        for name in &FIXED_HOP_BY_HOP {
+            assert!(is_fixed_hop_by_hop(name), "{name}");
+        }
+        for name in [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "authorization",
+            "x-connection",
+            "connections",
+            "t",
+            "upgrade-insecure-requests",
+            "proxy-authorization2",
+        ] {
+            let name = HeaderName::from_static(name);
+            assert!(!is_fixed_hop_by_hop(&name), "{name}");
+            assert!(!FIXED_HOP_BY_HOP.contains(&name), "{name}");
+        }
+    }
     use http::HeaderValue;
     use proptest::prelude::*;
 
