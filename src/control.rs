@@ -112,21 +112,36 @@ async fn staleness_ticker(state: Arc<State>) {
 /// load runs at full speed.
 const CONTROL_NICE: i32 = 10;
 
-/// Lower the calling thread's CPU priority by [`CONTROL_NICE`] (at most to 19): the control
+/// The calling thread's nice value (Linux; per thread), or 0 where it cannot be read.
+pub(crate) fn own_nice() -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(0)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
+/// Put the calling thread [`CONTROL_NICE`] below `base`, the calls' own nice value read on
+/// the thread that starts the data plane (an absolute value: a thread started by a control
+/// thread inherits its nice, and must not go lower still). At most 19. Used by the control
 /// thread (admin API, snapshot loads and builds, the database follower), its blocking threads,
-/// and the reaper that frees replaced snapshots. Linux only (per-thread nice); elsewhere, and
-/// when the call fails, the thread keeps its priority.
-pub(crate) fn yield_to_calls() {
+/// and the reaper that frees replaced snapshots. Linux only; elsewhere, and when the call
+/// fails, the thread keeps its priority.
+pub(crate) fn below_calls(base: i32) {
     #[cfg(target_os = "linux")]
     {
         let tid = rustix::thread::gettid();
-        let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
         if let Err(e) =
-            rustix::process::setpriority_process(Some(tid), (now + CONTROL_NICE).min(19))
+            rustix::process::setpriority_process(Some(tid), (base + CONTROL_NICE).min(19))
         {
             tracing::debug!("control thread priority unchanged: {e}");
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = base;
 }
 
 /// Start the control thread. Binds the admin listener first, so a port problem is an error
@@ -135,10 +150,11 @@ pub(crate) fn yield_to_calls() {
 /// `upgrade`: the previous process still holds the admin port while it drains, so the port is
 /// taken over when it frees (retried every 200 ms) instead of failing the start.
 pub fn spawn(state: Arc<State>, upgrade: bool) -> std::io::Result<()> {
+    let calls = own_nice();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // The blocking threads that parse and build snapshots.
-        .on_thread_start(yield_to_calls)
+        .on_thread_start(move || below_calls(calls))
         .build()?;
     let admin = state.live().config.admin.clone();
     let bind = |addr: std::net::SocketAddr| -> std::io::Result<std::net::TcpListener> {
@@ -157,7 +173,7 @@ pub fn spawn(state: Arc<State>, upgrade: bool) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("permgate-control".into())
         .spawn(move || {
-            yield_to_calls();
+            below_calls(calls);
             rt.block_on(async move {
                 let serve = |l: std::net::TcpListener, state: Arc<State>| match tokio::net::TcpListener::from_std(l) {
                     Ok(l) => {

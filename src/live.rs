@@ -158,11 +158,12 @@ const REAP_EVERY: Duration = Duration::from_millis(20);
 impl Reaper {
     fn start() -> Reaper {
         let (tx, rx) = std::sync::mpsc::channel::<Arc<Live>>();
+        let calls = crate::control::own_nice();
         let spawned = std::thread::Builder::new()
             .name("permgate-reaper".into())
             .spawn(move || {
                 use std::sync::mpsc::RecvTimeoutError;
-                crate::control::yield_to_calls();
+                crate::control::below_calls(calls);
                 let mut held: Vec<Arc<Live>> = Vec::new();
                 loop {
                     let next = if held.is_empty() {
@@ -394,6 +395,16 @@ pub fn load_startup_snapshot(config: &Config) -> Startup {
         }
     }
     Startup::Nothing(errors)
+}
+
+/// A snapshot built from `text` and checked against `config`'s tenants.
+fn build_checked(config: &Config, text: &str, source: &str) -> Result<Snapshot, Vec<String>> {
+    Snapshot::build(source, text, &config.catalog)
+        .map_err(|e| strings(&e))
+        .and_then(|s| match tenants_mismatch(config, &s, source) {
+            Some(e) => Err(vec![e]),
+            None => Ok(s),
+        })
 }
 
 impl State {
@@ -716,22 +727,80 @@ impl State {
         shared: impl FnOnce() -> Arc<str>,
         source: &str,
     ) -> Result<String, Vec<String>> {
-        let _w = lock(&self.writer);
-        let current = self.live();
-        if current.snapshot_changes.is_empty() && current.snapshot_text.as_deref() == Some(text) {
+        // The build (seconds; tens at 10M records) runs before the writer lock is taken: it
+        // runs on a control thread below the calls' priority (crate::control::below_calls),
+        // and a create answer's learn waits on the data plane for that lock
+        // (crate::plane::learn). Batches applied meanwhile are put back on top below.
+        let start = self.live();
+        if start.snapshot_changes.is_empty() && start.snapshot_text.as_deref() == Some(text) {
             // Unchanged content: nothing to rebuild.
-            return Ok(current
+            return Ok(start
                 .snapshot
                 .as_ref()
                 .map(|s| s.version.clone())
                 .unwrap_or_default());
         }
-        let built = Snapshot::build(source, text, &current.config.catalog)
-            .map_err(|e| strings(&e))
-            .and_then(|s| match tenants_mismatch(&current.config, &s, source) {
-                Some(e) => Err(vec![e]),
-                None => Ok(s),
-            });
+        let early = build_checked(&start.config, text, source);
+        self.replace_built(&start, early, text, shared, source)
+    }
+
+    /// The second half of [`State::replace_snapshot_with`]: `early` was built from `text`
+    /// against `start`'s config, without the writer lock; swap it in under the lock.
+    fn replace_built(
+        &self,
+        start: &Live,
+        early: Result<Snapshot, Vec<String>>,
+        text: &str,
+        shared: impl FnOnce() -> Arc<str>,
+        source: &str,
+    ) -> Result<String, Vec<String>> {
+        let _w = lock(&self.writer);
+        let current = self.live();
+        let built = if Arc::ptr_eq(&current.config, &start.config) {
+            early
+        } else {
+            // The config was reloaded meanwhile: build against the live one (under the lock,
+            // as rare as a reload during a load).
+            drop(early);
+            build_checked(&current.config, text, source)
+        };
+        // Batches applied while it was built, which the load replaces: as if they had waited
+        // for the lock, they go back on top (an admin batch, a learned record, an incremental
+        // round of another source).
+        let since: Vec<Change> = match (&current.snapshot_text, &start.snapshot_text) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => current
+                .snapshot_changes
+                .get(start.snapshot_changes.len()..)
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|b| b.iter().cloned())
+                .collect(),
+            _ => current
+                .snapshot_changes
+                .iter()
+                .flat_map(|b| b.iter().cloned())
+                .collect(),
+        };
+        let replayed = |this: &State, version: String| -> String {
+            if since.is_empty() {
+                return version;
+            }
+            let label = format!("{source} + changes applied during the load");
+            match this.apply_locked(&since, &label) {
+                Ok(v) => v,
+                Err(_) => {
+                    // One at a time: a change that no longer applies on top of the load is
+                    // dropped (logged and listed in last_errors by apply_locked).
+                    let mut last = version;
+                    for change in &since {
+                        if let Ok(v) = this.apply_locked(std::slice::from_ref(change), &label) {
+                            last = v;
+                        }
+                    }
+                    last
+                }
+            }
+        };
         match built {
             Ok(s) => {
                 let version = s.version.clone();
@@ -748,6 +817,7 @@ impl State {
                 self.counters
                     .snapshot_updates
                     .fetch_add(1, Ordering::Relaxed);
+                let version = replayed(self, version);
                 if settled.reapply.is_empty() {
                     return Ok(version);
                 }
@@ -1270,6 +1340,46 @@ pub const STALENESS_TICK: Duration = Duration::from_secs(1);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch applied while a full load was being built (without the writer lock) is put
+    /// back on top of the load when it is swapped in, as if it had waited for the lock.
+    #[test]
+    fn changes_applied_during_a_full_load_stay() {
+        let (_dir, state) = demo_state();
+        let start = state.live();
+        let text = format!("{} ", crate::demo::DEMO_SNAPSHOT);
+        let early = build_checked(&start.config, &text, "test");
+        let change = Change::SetOwner {
+            record_type: "deal".into(),
+            id: crate::records::RawId::Text("1".into()),
+            owner: Some("u-rep1".into()),
+        };
+        state
+            .apply_changes(std::slice::from_ref(&change), "admin")
+            .unwrap();
+        state
+            .replace_built(&start, early, &text, || Arc::from(text.as_str()), "test")
+            .unwrap();
+        let live = state.live();
+        assert_eq!(live.snapshot_text.as_deref(), Some(text.as_str()));
+        assert_eq!(live.snapshot_changes.len(), 1);
+        assert_eq!(
+            format!("{:?}", &live.snapshot_changes[0][..]),
+            format!("{:?}", std::slice::from_ref(&change))
+        );
+    }
+
+    fn demo_state() -> (tempfile::TempDir, State) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("snapshot.json"), crate::demo::DEMO_SNAPSHOT).unwrap();
+        let config = format!(
+            "{}\n[decision_log]\ntarget = \"off\"\n",
+            crate::demo::DEMO_CONFIG
+        );
+        std::fs::write(dir.path().join("permgate.toml"), config).unwrap();
+        let state = State::load(&dir.path().join("permgate.toml"), Overrides::default()).unwrap();
+        (dir, state)
+    }
 
     #[test]
     fn a_replaced_snapshot_is_freed_by_the_reaper_not_by_its_last_request() {

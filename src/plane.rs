@@ -740,39 +740,40 @@ async fn drive<C: GracefulConnection>(
     let tick = (idle / 2).max(Duration::from_millis(50));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     let (mut seen, mut quiet) = (activity.count(), Duration::ZERO);
-    let mut closing = false;
+    // Draining already (a connection the lane handed over after it saw the drain, which
+    // `changed` below would not report again).
+    let mut closing = *drain.borrow_and_update();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
     let drained = drain.changed();
     tokio::pin!(drained);
-    // The ticks and the drain are polled only when they woke the task ([`watch`]).
+    // The ticks and the drain are polled only when they woke the task ([`watch`]), and then
+    // before the connection (see `lane::serve`: a busy connection must not starve them).
     let watch = watch::Watch::new();
-    std::future::poll_fn(|cx| loop {
-        if conn.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
+    std::future::poll_fn(|cx| {
+        if !closing {
+            if let Some(mut wcx) = watch.woken(cx.waker()) {
+                let mut quiet_too_long = false;
+                while !quiet_too_long && ticks.poll_tick(&mut wcx).is_ready() {
+                    let now = activity.count();
+                    quiet = if now == seen {
+                        quiet + tick
+                    } else {
+                        Duration::ZERO
+                    };
+                    seen = now;
+                    quiet_too_long = quiet >= idle;
+                }
+                if quiet_too_long || drained.as_mut().poll(&mut wcx).is_ready() {
+                    // Idle too long, or the gateway drains: shut down gracefully (it sends
+                    // GOAWAY, or closes once idle), polled below at once.
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
         }
-        if closing {
-            return Poll::Pending;
-        }
-        let Some(mut wcx) = watch.woken(cx.waker()) else {
-            return Poll::Pending;
-        };
-        let mut quiet_too_long = false;
-        while !quiet_too_long && ticks.poll_tick(&mut wcx).is_ready() {
-            let now = activity.count();
-            quiet = if now == seen {
-                quiet + tick
-            } else {
-                Duration::ZERO
-            };
-            seen = now;
-            quiet_too_long = quiet >= idle;
-        }
-        if !quiet_too_long && drained.as_mut().poll(&mut wcx).is_pending() {
-            return Poll::Pending;
-        }
-        // Idle too long, or the gateway drains: shut down gracefully, and poll the
-        // connection again at once (it sends GOAWAY, or closes once idle).
-        conn.as_mut().graceful_shutdown();
-        closing = true;
+        conn.as_mut().poll(cx).map(|_| ())
     })
     .await;
 }

@@ -302,37 +302,36 @@ pub(super) async fn serve(
         let (mut seen, mut quiet) = (activity.count(), Duration::ZERO);
         let drained = drain.changed();
         tokio::pin!(drained);
-        // The ticks and the drain are polled only when they woke the task ([`super::watch`]).
+        // The ticks and the drain are polled only when they woke the task ([`super::watch`]),
+        // and then before the connection: a connection that spends tokio's budget in every
+        // poll (a long answer streamed, pipelined calls) would otherwise leave them none, and
+        // never see the idle limit or the drain.
         let watch = super::watch::Watch::new();
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(end) = run.as_mut().poll(cx) {
-                return Poll::Ready(end);
-            }
-            let Some(mut wcx) = watch.woken(cx.waker()) else {
-                return Poll::Pending;
-            };
-            while ticks.poll_tick(&mut wcx).is_ready() {
-                let now = activity.count();
-                quiet = if now == seen {
-                    quiet + tick
-                } else {
-                    Duration::ZERO
-                };
-                seen = now;
-                if quiet >= idle {
+            if let Some(mut wcx) = watch.woken(cx.waker()) {
+                while ticks.poll_tick(&mut wcx).is_ready() {
+                    let now = activity.count();
+                    quiet = if now == seen {
+                        quiet + tick
+                    } else {
+                        Duration::ZERO
+                    };
+                    seen = now;
+                    if quiet >= idle {
+                        if !busy.load(Ordering::Relaxed) {
+                            return Poll::Ready(End::Closed);
+                        }
+                        closing.store(true, Ordering::Relaxed);
+                    }
+                }
+                if !closing.load(Ordering::Relaxed) && drained.as_mut().poll(&mut wcx).is_ready() {
+                    closing.store(true, Ordering::Relaxed);
                     if !busy.load(Ordering::Relaxed) {
                         return Poll::Ready(End::Closed);
                     }
-                    closing.store(true, Ordering::Relaxed);
                 }
             }
-            if !closing.load(Ordering::Relaxed) && drained.as_mut().poll(&mut wcx).is_ready() {
-                closing.store(true, Ordering::Relaxed);
-                if !busy.load(Ordering::Relaxed) {
-                    return Poll::Ready(End::Closed);
-                }
-            }
-            Poll::Pending
+            run.as_mut().poll(cx)
         })
         .await
     };
