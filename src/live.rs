@@ -1383,14 +1383,7 @@ mod tests {
 
     #[test]
     fn a_replaced_snapshot_is_freed_by_the_reaper_not_by_its_last_request() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("snapshot.json"), crate::demo::DEMO_SNAPSHOT).unwrap();
-        let config = format!(
-            "{}\n[decision_log]\ntarget = \"off\"\n",
-            crate::demo::DEMO_CONFIG
-        );
-        std::fs::write(dir.path().join("permgate.toml"), config).unwrap();
-        let state = State::load(&dir.path().join("permgate.toml"), Overrides::default()).unwrap();
+        let (_dir, state) = demo_state();
         // A request in flight holds the live state it started with.
         let request = state.live();
         let old = Arc::downgrade(&request);

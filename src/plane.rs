@@ -739,7 +739,7 @@ async fn drive<C: GracefulConnection>(
     tokio::pin!(conn);
     let tick = (idle / 2).max(Duration::from_millis(50));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-    let (mut seen, mut quiet) = (activity.count(), Duration::ZERO);
+    let mut quiet = watch::Quiet::new(activity.count());
     // Draining already (a connection the lane handed over after it saw the drain, which
     // `changed` below would not report again).
     let mut closing = *drain.borrow_and_update();
@@ -756,14 +756,7 @@ async fn drive<C: GracefulConnection>(
             if let Some(mut wcx) = watch.woken(cx.waker()) {
                 let mut quiet_too_long = false;
                 while !quiet_too_long && ticks.poll_tick(&mut wcx).is_ready() {
-                    let now = activity.count();
-                    quiet = if now == seen {
-                        quiet + tick
-                    } else {
-                        Duration::ZERO
-                    };
-                    seen = now;
-                    quiet_too_long = quiet >= idle;
+                    quiet_too_long = quiet.tick(activity.count(), tick) >= idle;
                 }
                 if quiet_too_long || drained.as_mut().poll(&mut wcx).is_ready() {
                     // Idle too long, or the gateway drains: shut down gracefully (it sends

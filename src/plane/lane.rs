@@ -299,7 +299,7 @@ pub(super) async fn serve(
         // The idle watchdog and the drain, as `drive`: a call in flight finishes first.
         let tick = (idle / 2).max(Duration::from_millis(50));
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-        let (mut seen, mut quiet) = (activity.count(), Duration::ZERO);
+        let mut quiet = super::watch::Quiet::new(activity.count());
         let drained = drain.changed();
         tokio::pin!(drained);
         // The ticks and the drain are polled only when they woke the task ([`super::watch`]),
@@ -310,14 +310,7 @@ pub(super) async fn serve(
         std::future::poll_fn(|cx| {
             if let Some(mut wcx) = watch.woken(cx.waker()) {
                 while ticks.poll_tick(&mut wcx).is_ready() {
-                    let now = activity.count();
-                    quiet = if now == seen {
-                        quiet + tick
-                    } else {
-                        Duration::ZERO
-                    };
-                    seen = now;
-                    if quiet >= idle {
+                    if quiet.tick(activity.count(), tick) >= idle {
                         if !busy.load(Ordering::Relaxed) {
                             return Poll::Ready(End::Closed);
                         }

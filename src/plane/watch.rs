@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Wake, Waker};
+use std::time::Duration;
 
 /// The flag the watchdog's futures raise, and the task to wake.
 struct Flag {
@@ -67,6 +68,34 @@ impl Watch {
             .woken
             .swap(false, Ordering::AcqRel)
             .then(|| Context::from_waker(&self.waker))
+    }
+}
+
+/// How long a connection has gone without a byte either way, as its idle watchdog's ticks see
+/// it (the lane's and hyper's connections alike).
+pub(super) struct Quiet {
+    seen: u64,
+    quiet: Duration,
+}
+
+impl Quiet {
+    /// From the connection's activity count now.
+    pub(super) fn new(seen: u64) -> Self {
+        Quiet {
+            seen,
+            quiet: Duration::ZERO,
+        }
+    }
+
+    /// At a tick (`tick` after the last): the activity count now; how long it has been quiet.
+    pub(super) fn tick(&mut self, now: u64, tick: Duration) -> Duration {
+        self.quiet = if now == self.seen {
+            self.quiet + tick
+        } else {
+            Duration::ZERO
+        };
+        self.seen = now;
+        self.quiet
     }
 }
 
