@@ -1369,6 +1369,18 @@ mod tests {
         );
     }
 
+    /// Waits (at most 10 s) for the reaper to free `old`.
+    fn freed_soon(old: &std::sync::Weak<Live>) {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while old.upgrade().is_some() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the replaced state was never freed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn demo_state() -> (tempfile::TempDir, State) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("snapshot.json"), crate::demo::DEMO_SNAPSHOT).unwrap();
@@ -1397,26 +1409,12 @@ mod tests {
         assert_eq!(Arc::strong_count(&request), 2);
         drop(request);
         // And it frees it soon after (bounded wait).
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while old.upgrade().is_some() {
-            assert!(
-                std::time::Instant::now() < until,
-                "the replaced state was never freed"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        freed_soon(&old);
         // A state nobody else holds goes at the reaper's next look.
         let old = Arc::downgrade(&state.live());
         state
             .replace_snapshot(&format!("{}  ", crate::demo::DEMO_SNAPSHOT), "test")
             .unwrap();
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while old.upgrade().is_some() {
-            assert!(
-                std::time::Instant::now() < until,
-                "the replaced state was never freed"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        freed_soon(&old);
     }
 }
