@@ -18,6 +18,10 @@
 // (no unsafe, at forbid) hold here as everywhere.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// The gateway's allocator (bench/Cargo.toml says why).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod load;
 mod peers;
 mod procstat;
