@@ -52,6 +52,9 @@ pub struct SnapshotArgs {
     /// form and a full build (needs the snapshot's text again: several GB at 10M records).
     #[arg(long)]
     full_path: bool,
+    /// Give the snapshot a version (as the database source does): no content hash is made.
+    #[arg(long)]
+    versioned: bool,
 }
 
 fn catalog() -> Result<Catalog, String> {
@@ -78,9 +81,13 @@ fn catalog() -> Result<Catalog, String> {
 }
 
 /// The snapshot text (the same shape as the records module's scale test).
-fn generate(users: usize, records: usize, tenants: usize) -> String {
+fn generate(users: usize, records: usize, tenants: usize, versioned: bool) -> String {
     let mut t = String::with_capacity(records * 60 + users * 90);
-    t.push_str(r#"{"roles":[{"id":"rep_limited","permissions":["lead.view@subordinates+shared","lead.reassign@subordinates"]},{"id":"rep_team","permissions":["lead.view@team+shared"]}],"#);
+    t.push('{');
+    if versioned {
+        t.push_str(r#""version":"bench","#);
+    }
+    t.push_str(r#""roles":[{"id":"rep_limited","permissions":["lead.view@subordinates+shared","lead.reassign@subordinates"]},{"id":"rep_team","permissions":["lead.view@team+shared"]}],"#);
     if tenants > 0 {
         t.push_str(r#""tenants":["#);
         for k in 0..tenants {
@@ -312,7 +319,7 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
     let c = catalog()?;
     let rss0 = procstat::rss(me).unwrap_or(0);
     let t0 = Instant::now();
-    let text = generate(a.users, a.records, a.tenants);
+    let text = generate(a.users, a.records, a.tenants, a.versioned);
     println!(
         "generated {} users{}, {} leads (+{} notes, {} shares): {:.0} MB of JSON in {:.1} s",
         a.users,
@@ -434,7 +441,9 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
             true,
         ));
     }
-    let text = a.full_path.then(|| generate(a.users, a.records, a.tenants));
+    let text = a
+        .full_path
+        .then(|| generate(a.users, a.records, a.tenants, a.versioned));
     for (what, batches, compare) in kinds {
         let mut times = Vec::new();
         let mut rebuilt = 0;
