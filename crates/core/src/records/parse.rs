@@ -512,10 +512,16 @@ impl<'t> RecordsDraft<'t> {
         lit(b, &mut j, b"}")?;
         let t = self.compact_type(c.s.get(ty.0 as usize..(ty.0 + ty.1) as usize)?, false);
         if let Some((off, len)) = tenant {
+            let (off, end) = (off as usize, (off + len) as usize);
+            // The span is between two quotes of a `str`: character boundaries, so the `str`
+            // is sliced only for a new name.
+            let src = c.s;
             let k = self
                 .tenants
-                .intern(c.s.get(off as usize..(off + len) as usize)?);
-            self.owner_tenants.resize(self.owners.len(), NO_TENANT_NAME);
+                .intern_bytes(b.get(off..end)?, || src.get(off..end).unwrap_or(""));
+            if self.owner_tenants.len() != self.owners.len() {
+                self.owner_tenants.resize(self.owners.len(), NO_TENANT_NAME);
+            }
             self.owner_tenants.push(k);
         }
         let owner = owner.map_or(OwnerRef::None, |(off, len)| {
