@@ -162,10 +162,10 @@ impl Interner {
     /// [`Interner::intern`] of a name given as its bytes (from a span of the text: no
     /// `str` slicing per record); `s` gives it as a `str` when it is new (read only then).
     #[inline]
-    fn intern_bytes<'s>(&mut self, b: &[u8], s: impl AsStr<'s>) -> u32 {
+    fn intern_bytes<'s>(&mut self, b: &[u8], s: impl IntoStr<'s>) -> u32 {
         let Some(k) = NameTable::key_of(b) else {
             // Empty, or 24 bytes and more.
-            return self.intern_long(s.as_str());
+            return self.intern_long(s.into_str());
         };
         if 2 * (self.short_len + 1) > self.short.len() {
             self.grow();
@@ -180,7 +180,7 @@ impl Interner {
                 let next = self.names.len() as u32;
                 *slot = NameSlot { name: k, idx: next };
                 self.short_len += 1;
-                self.names.push(s.as_str().into());
+                self.names.push(s.into_str().into());
                 return next;
             }
             if slot.name == k {
@@ -189,7 +189,7 @@ impl Interner {
             i = if i + 1 == len { 0 } else { i + 1 };
         }
         // Unreachable (the load stays at most 1/2).
-        self.intern_long(s.as_str())
+        self.intern_long(s.into_str())
     }
 
     fn intern_long(&mut self, s: &str) -> u32 {
@@ -230,18 +230,18 @@ impl Interner {
 }
 
 /// A name for [`Interner::intern_bytes`]: a `str` at hand, or one made when asked.
-trait AsStr<'s> {
-    fn as_str(self) -> &'s str;
+trait IntoStr<'s> {
+    fn into_str(self) -> &'s str;
 }
 
-impl<'s> AsStr<'s> for &'s str {
-    fn as_str(self) -> &'s str {
+impl<'s> IntoStr<'s> for &'s str {
+    fn into_str(self) -> &'s str {
         self
     }
 }
 
-impl<'s, F: FnOnce() -> &'s str> AsStr<'s> for F {
-    fn as_str(self) -> &'s str {
+impl<'s, F: FnOnce() -> &'s str> IntoStr<'s> for F {
+    fn into_str(self) -> &'s str {
         self()
     }
 }

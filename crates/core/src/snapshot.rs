@@ -711,7 +711,7 @@ pub struct Snapshot {
     /// Team names: those of users, and those named by shares (so a share made before a team's
     /// first member reaches that member, as a rebuild would).
     pub(crate) teams: Arc<Vec<String>>,
-    pub(crate) team_of: Arc<HashMap<String, u32>>,
+    pub(crate) team_of: Arc<HashMap<String, u32, KeyedState>>,
     /// How many users list each team (a change may share only with a team that has members).
     pub(crate) team_members: Arc<Vec<u32>>,
     pub(crate) by_id: Layered<Box<str>>,
@@ -1123,7 +1123,8 @@ impl Snapshot {
             let mut grants: Vec<Grant> = Vec::new();
             let mut grant_of: HashMap<Box<[u16]>, u32> = HashMap::new();
             let mut teams: Vec<String> = Vec::new();
-            let mut team_of: HashMap<String, u32> = HashMap::new();
+            // The keyed fast hash (a lookup per user or membership), not SipHash.
+            let mut team_of: HashMap<String, u32, KeyedState> = HashMap::default();
             let mut api_keys: HashMap<[u8; 32], UserIdx, KeyedState> = HashMap::default();
             // Room for the memberships too (they follow the services): a million more entries
             // were a doubling of the whole array, copied.

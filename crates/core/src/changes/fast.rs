@@ -17,6 +17,7 @@ use std::time::SystemTime;
 
 use super::{canonical, named, next_version, Applied, Change, Named, MAX_ERRORS};
 use crate::catalog::Catalog;
+use crate::hash::KeyedState;
 use crate::hierarchy::{Hierarchy, NO_MANAGER};
 use crate::ids::{RecordId, RecordTypeId};
 use crate::records::Principal;
@@ -30,7 +31,7 @@ struct Tables {
     grants: Arc<Vec<Grant>>,
     grant_of: Arc<HashMap<Box<[u16]>, u32>>,
     teams: Arc<Vec<String>>,
-    team_of: Arc<HashMap<String, u32>>,
+    team_of: Arc<HashMap<String, u32, KeyedState>>,
     team_members: Arc<Vec<u32>>,
 }
 
