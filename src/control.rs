@@ -371,6 +371,10 @@ async fn follow_database(state: Arc<State>) {
     let mut force_full = false;
     // The cursor values read by the rounds that succeeded, oldest first (see `Due::base`).
     let mut seen: std::collections::VecDeque<(std::time::Instant, String)> = Default::default();
+    // The memberships whose manager was dropped (no member of the tenant), by the manager
+    // their row names: given back when that manager joins in a round. A full load replaces it;
+    // a round's batch updates it once applied.
+    let dangling: Arc<std::sync::Mutex<crate::dbsource::DroppedManagers>> = Default::default();
     let mut failures = 0u32;
     let wake = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(listen_for_wakeups(state.clone(), wake.clone()));
@@ -411,7 +415,7 @@ async fn follow_database(state: Arc<State>) {
             let applied = match loaded {
                 Loaded::Nothing => Ok(()),
                 Loaded::Full(rows, records) => {
-                    let (text, dropped) =
+                    let (text, dropped, remembered) =
                         crate::dbsource::finish_snapshot_text(&rows, records, &db.queries)?;
                     drop(rows);
                     for line in &dropped {
@@ -429,6 +433,9 @@ async fn follow_database(state: Arc<State>) {
                         Ok(Ok(_)) => {
                             last_full = Some(now);
                             force_full = false;
+                            *dangling
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) = remembered;
                             state
                                 .counters
                                 .database_full_loads
@@ -451,7 +458,7 @@ async fn follow_database(state: Arc<State>) {
                     }
                 }
                 Loaded::Incremental(rows) => {
-                    let r = incremental_round(&state, rows, label).await;
+                    let r = incremental_round(&state, rows, label, dangling.clone()).await;
                     if r.is_err() {
                         force_full = true;
                     }
@@ -575,12 +582,16 @@ enum Loaded {
 }
 
 /// Apply an incremental round's rows to the live snapshot: the changes they make
-/// ([`crate::dbsource::incremental_changes`]) as one batch through the path of the changes API
-/// (validated whole, journaled, audited, counted). No change: nothing is swapped.
+/// ([`crate::dbsource::incremental_changes_said`]) as one batch through the path of the changes
+/// API (validated whole, journaled, audited, counted). No change: nothing is swapped.
+/// `dangling`: the memberships whose manager was dropped, given back when the manager joins;
+/// updated only once the batch is applied (a refused one changes nothing, and the full load
+/// after it recomputes them).
 async fn incremental_round(
     state: &Arc<State>,
     rows: crate::dbsource::Rows,
     label: &'static str,
+    dangling: Arc<std::sync::Mutex<crate::dbsource::DroppedManagers>>,
 ) -> Result<(), String> {
     let s = state.clone();
     tokio::task::spawn_blocking(move || {
@@ -588,20 +599,34 @@ async fn incremental_round(
         let Some(snapshot) = live.snapshot.as_deref() else {
             return Err("no snapshot is loaded to apply changes to".to_string());
         };
-        let (changes, dropped) =
-            crate::dbsource::incremental_changes_said(&rows, snapshot, &live.config.catalog)?;
-        for line in &dropped {
+        // Held until the batch is in: what it remembers is what the batch made of it.
+        let mut dangling = dangling
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let round = crate::dbsource::incremental_changes_said(
+            &rows,
+            snapshot,
+            &live.config.catalog,
+            &dangling,
+        )?;
+        for line in &round.dropped {
             tracing::warn!("snapshot source database: {line}");
         }
-        if changes.is_empty() {
+        if round.changes.is_empty() {
+            dangling.update(round.remember);
             return Ok(());
         }
         // Refused: already logged, counted and audited by the state.
-        s.apply_changes(&changes, label)
+        s.apply_changes(&round.changes, label)
             .map_err(|_| String::new())?;
-        s.counters
-            .database_dangling_references
-            .fetch_add(dropped.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        dangling.update(round.remember);
+        for line in &round.restored {
+            tracing::info!("snapshot source database: {line}");
+        }
+        s.counters.database_dangling_references.fetch_add(
+            round.dropped.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // Counted at once, on the thread that swapped the snapshot in (not after a hop back to
         // the follower's task), so the counter lags a decision it made by as little as can be.
         s.counters
@@ -904,7 +929,8 @@ pub fn export_database(db: &crate::dbsource::DbSource) -> Result<String, String>
         let (Loaded::Full(rows, records), _) = loaded else {
             return Err("the database gave no rows".to_string());
         };
-        let (text, dropped) = crate::dbsource::finish_snapshot_text(&rows, records, &db.queries)?;
+        let (text, dropped, _) =
+            crate::dbsource::finish_snapshot_text(&rows, records, &db.queries)?;
         for line in &dropped {
             eprintln!("permgate snapshot export: {line}");
         }

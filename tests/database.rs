@@ -1181,11 +1181,10 @@ async fn tenants_follow_the_crms_database() {
 
 /// A manager leaves an organisation (their membership soft-deleted) while a member there
 /// still names them as manager: the gateway goes on following. The change batch that removes
-/// the membership is refused (the member's manager would dangle), so a full load follows; in
-/// it the dangling manager is dropped from that membership (it granted nothing: a manager who
-/// is no member sees nothing there) and counted, where the snapshot used to be refused, and so
-/// every load after it, with nothing the CRM changed landing again. A later change to that
-/// member lands incrementally, the manager dropped from it too.
+/// the membership drops the manager from the member's membership in the same batch (it granted
+/// nothing: a manager who is no member sees nothing there) and counts it, where the batch used
+/// to be refused and the snapshot after it too, with nothing the CRM changed landing again. A
+/// later change to that member lands incrementally, the manager dropped from it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_who_left_the_organisation_does_not_stop_the_follower() {
     let pg = Postgres::start();
@@ -1256,6 +1255,115 @@ async fn a_manager_who_left_the_organisation_does_not_stop_the_follower() {
         "no refused batch, no full load: {}",
         h.log_text()
     );
+}
+
+/// A manager who leaves an organisation and rejoins it gets their reports back at once
+/// (issue 16), with no full load. In globex u-admin manages u-sm, who manages U (`u-rep1`),
+/// both managers with `lead.view@subordinates`; U owns lead 70. u-sm leaves (membership
+/// soft-deleted): U's membership loses its manager in that batch (counted), so u-admin no
+/// longer reads lead 70 (403 `record_forbidden`) and u-sm is no member (403 `not_a_member`).
+/// u-sm rejoins (the row undeleted; U's row, unchanged, is not read again): the same batch
+/// gives U's membership u-sm back, and u-sm and u-admin read lead 70 again (200). The
+/// full-load and refused-batch counters do not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_who_rejoins_gets_their_reports_back_at_once() {
+    let pg = Postgres::start();
+    let su = pg.superuser().await;
+    su.batch_execute(SCHEMA).await.unwrap();
+    su.batch_execute(TENANT_SCHEMA).await.unwrap();
+    su.batch_execute(
+        "UPDATE org_members SET roles = '{lead_manager}', manager = 'u-admin' \
+         WHERE user_id = 'u-sm' AND org = 'globex'; \
+         INSERT INTO org_members (user_id, org, roles) VALUES ('u-admin', 'globex', '{lead_manager}'); \
+         INSERT INTO leads (id, org, owner) VALUES (70, 'globex', 'u-rep1')",
+    )
+    .await
+    .unwrap();
+    let roles =
+        r#"roles = "SELECT 'limited_rep' AS id, ARRAY['lead.view@own+shared'] AS permissions""#;
+    let queries = TENANT_QUERIES.replacen(
+        roles,
+        r#"roles = "SELECT * FROM (VALUES ('limited_rep', ARRAY['lead.view@own+shared']), ('lead_manager', ARRAY['lead.view@subordinates'])) AS r(id, permissions)""#,
+        1,
+    );
+    assert_ne!(queries, TENANT_QUERIES);
+    let (text, admin) = tenant_config(pg.port, &queries);
+    let h = Harness::with_config_text(&text, &[]).await;
+    assert!(
+        org_follows(&h, "u-sm", "globex", 70, "200").await,
+        "{}",
+        h.log_text()
+    );
+    assert_eq!(
+        org_call(&h, "u-admin", "globex", 70).await,
+        "200",
+        "two levels up"
+    );
+    // Past the first overlap window: rounds are incremental, and U's row (unchanged) is not
+    // read again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (full, batches, refused) = db_counters(admin).await;
+    let dangling = |s: &serde_json::Value| s["counters"]["database_dangling_references"].as_u64();
+    let before = dangling(&status(admin).await);
+
+    // u-sm leaves globex.
+    su.batch_execute(
+        "UPDATE org_members SET deleted = true, updated_at = clock_timestamp() \
+         WHERE user_id = 'u-sm' AND org = 'globex'",
+    )
+    .await
+    .unwrap();
+    assert!(
+        org_follows(&h, "u-admin", "globex", 70, "record_forbidden").await,
+        "U's manager dropped: {}",
+        h.log_text()
+    );
+    assert_eq!(
+        org_answer(&h, "u-admin", "globex", 70).await,
+        (403, "record_forbidden".to_string())
+    );
+    assert_eq!(
+        org_answer(&h, "u-sm", "globex", 70).await,
+        (403, "not_a_member".to_string())
+    );
+    assert!(batches_reach(admin, batches + 1).await);
+    let s = status(admin).await;
+    assert_eq!(dangling(&s), before.map(|n| n + 1), "{s}");
+    assert!(
+        h.log_text()
+            .contains("user 'u-rep1' in tenant 'globex': manager 'u-sm' left the tenant: dropped"),
+        "{}",
+        h.log_text()
+    );
+
+    // u-sm rejoins globex: U gets u-sm back in the same round.
+    su.batch_execute(
+        "UPDATE org_members SET deleted = false, updated_at = clock_timestamp() \
+         WHERE user_id = 'u-sm' AND org = 'globex'",
+    )
+    .await
+    .unwrap();
+    assert!(
+        org_follows(&h, "u-sm", "globex", 70, "200").await,
+        "{}",
+        h.log_text()
+    );
+    assert_eq!(org_call(&h, "u-admin", "globex", 70).await, "200");
+    assert!(
+        h.log_text().contains(
+            "user 'u-rep1' in tenant 'globex': manager 'u-sm' is a member again: given back"
+        ),
+        "{}",
+        h.log_text()
+    );
+    let (full_after, batches_after, refused_after) = db_counters(admin).await;
+    assert_eq!(
+        (full_after, refused_after),
+        (full, refused),
+        "no full load, no refused batch: {}",
+        h.log_text()
+    );
+    assert!(batches_after >= batches + 2, "{batches} → {batches_after}");
 }
 
 /// Hard deletes with tenants: a membership row and a lead row deleted outright (a `DELETE`,

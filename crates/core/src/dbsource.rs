@@ -22,9 +22,10 @@
 //! pure Rust, on the tokio runtime we already run); this module holds the settings and the
 //! rows → snapshot step, which does no I/O (the server's control thread runs the queries).
 //!
-//! Why one file (~910 lines without its tests): the full load and the incremental rounds turn
+//! Why one file (~1,270 lines without its tests): the full load and the incremental rounds turn
 //! the same rows into the same snapshot, the one as JSON and the other as change batches; they
-//! are read side by side so a column added to one is added to the other.
+//! are read side by side so a column added to one is added to the other. The managers both drop
+//! (and the rounds give back, [`DroppedManagers`]) sit between them for the same reason.
 
 use std::time::Duration;
 
@@ -267,13 +268,14 @@ pub fn snapshot_text(
             records.push(query, r, None)?;
         }
     }
-    finish_snapshot_text(rows, records, queries).map(|(text, _)| text)
+    finish_snapshot_text(rows, records, queries).map(|(text, _, _)| text)
 }
 
 /// The snapshot text of a full load whose record rows went into `records` as they came (the
 /// owners, shares and related rows of `rows` are not read): the other rows' users, roles,
 /// API keys, memberships and tenants are added to it; with the managers it dropped, each said
-/// in a line.
+/// in a line, and the memberships' dropped managers remembered ([`DroppedManagers`]: the
+/// follower's, replaced by each full load).
 ///
 /// A manager that names no user (or, with tenants, no member of the membership's tenant) is
 /// dropped rather than refused, unlike in a snapshot file: a CRM keeps a member's manager after
@@ -285,7 +287,7 @@ pub fn finish_snapshot_text(
     rows: &Rows,
     records: RecordsText,
     queries: &DbQueries,
-) -> Result<(String, Vec<String>), String> {
+) -> Result<(String, Vec<String>, DroppedManagers), String> {
     let mut users = Vec::with_capacity(rows.users.len());
     let mut index = std::collections::HashMap::new();
     for (i, r) in rows.users.iter().enumerate() {
@@ -312,7 +314,7 @@ pub fn finish_snapshot_text(
             .ok_or_else(|| format!("memberships[{i}]: unknown user '{user}'"))?;
         users[*u].memberships.push(raw_membership(r, i)?);
     }
-    let dropped = drop_dangling_managers(&mut users, &index);
+    let (dropped, remembered) = drop_dangling_managers(&mut users, &index);
     drop(index);
     let mut tenants: Vec<RawTenant> = Vec::new();
     if queries.memberships.is_some() {
@@ -365,15 +367,16 @@ pub fn finish_snapshot_text(
         services: Vec::new(),
         tenants,
     };
-    Ok((records.finish(&rest), dropped))
+    Ok((records.finish(&rest), dropped, remembered))
 }
 
 /// Drop the managers that name no user (`index`: the users by id) or, in a membership, no
-/// member of its tenant ([`finish_snapshot_text`]); what was dropped, a line each.
+/// member of its tenant ([`finish_snapshot_text`]); what was dropped, a line each, and the
+/// memberships' dropped managers, remembered ([`DroppedManagers`]).
 fn drop_dangling_managers(
     users: &mut [RawUser],
     index: &std::collections::HashMap<String, usize>,
-) -> Vec<String> {
+) -> (Vec<String>, DroppedManagers) {
     let mut dangling: Vec<(usize, Option<usize>)> = Vec::new();
     {
         let members: std::collections::HashSet<(&str, &str)> = users
@@ -397,7 +400,8 @@ fn drop_dangling_managers(
             }
         }
     }
-    dangling
+    let mut remembered = DroppedManagers::default();
+    let lines = dangling
         .into_iter()
         .map(|(i, j)| {
             let u = &mut users[i];
@@ -409,16 +413,102 @@ fn drop_dangling_managers(
                 ),
                 Some(j) => {
                     let m = &mut u.memberships[j];
-                    format!(
-                        "user '{}' in tenant '{}': manager '{}' is no member there: dropped",
-                        u.id,
-                        m.tenant,
-                        m.manager.take().unwrap_or_default()
-                    )
+                    let manager = m.manager.take().unwrap_or_default();
+                    let line = format!(
+                        "user '{}' in tenant '{}': manager '{manager}' is no member there: dropped",
+                        u.id, m.tenant,
+                    );
+                    remembered.set(&u.id, &m.tenant, Some(manager));
+                    line
                 }
             }
         })
-        .collect()
+        .collect();
+    (lines, remembered)
+}
+
+/// The memberships whose manager was dropped because the manager was no member of the
+/// membership's tenant ([`finish_snapshot_text`], [`incremental_changes_said`]), by the
+/// manager their latest row names: when that manager (re)joins the tenant in an incremental
+/// round, the round gives them back their manager (`set_manager`) in the same batch, where they
+/// would otherwise keep none until their own row changed or the next full load.
+///
+/// The follower keeps it beside its cursor: a full load replaces it whole (recomputed from
+/// every row); a round's changes to it ([`Incremental::remember`]) are taken only once its
+/// batch is applied. Bounded by the memberships: one entry per membership at most, gone when
+/// that membership's row arrives again without a dropped manager, is deleted, its user is
+/// removed, or its manager is given back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DroppedManagers {
+    /// (user, tenant) → the manager the membership's row names.
+    named: std::collections::HashMap<(String, String), String>,
+    /// (tenant, manager) → the users whose membership of the tenant names them.
+    reports: std::collections::HashMap<(String, String), std::collections::BTreeSet<String>>,
+}
+
+impl DroppedManagers {
+    /// How many memberships have a dropped manager remembered.
+    pub fn len(&self) -> usize {
+        self.named.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty()
+    }
+
+    /// The dropped manager remembered for `user`'s membership of `tenant`.
+    pub fn manager_of(&self, user: &str, tenant: &str) -> Option<&str> {
+        self.named
+            .get(&(user.to_string(), tenant.to_string()))
+            .map(String::as_str)
+    }
+
+    /// The users whose membership of `tenant` names `manager`, dropped.
+    fn reports_of(&self, tenant: &str, manager: &str) -> impl Iterator<Item = &str> + '_ {
+        self.reports
+            .get(&(tenant.to_string(), manager.to_string()))
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+
+    /// Remember (`Some`) or forget (`None`) the dropped manager of `user`'s membership of
+    /// `tenant`.
+    fn set(&mut self, user: &str, tenant: &str, manager: Option<String>) {
+        let key = (user.to_string(), tenant.to_string());
+        if let Some(old) = self.named.remove(&key) {
+            let by = (tenant.to_string(), old);
+            if let Some(set) = self.reports.get_mut(&by) {
+                set.remove(user);
+                if set.is_empty() {
+                    self.reports.remove(&by);
+                }
+            }
+        }
+        if let Some(m) = manager {
+            self.reports
+                .entry((tenant.to_string(), m.clone()))
+                .or_default()
+                .insert(user.to_string());
+            self.named.insert(key, m);
+        }
+    }
+
+    /// Take a round's changes, in order (once its batch is applied).
+    pub fn update(&mut self, remember: Vec<Remember>) {
+        for r in remember {
+            self.set(&r.user, &r.tenant, r.manager);
+        }
+    }
+}
+
+/// One change to [`DroppedManagers`]: `user`'s membership of `tenant` has `manager` dropped
+/// (`None`: no dropped manager any more).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remember {
+    pub user: String,
+    pub tenant: String,
+    pub manager: Option<String>,
 }
 
 /// A row's text columns by name (`None`: absent or NULL): what a record row is read through,
@@ -608,19 +698,52 @@ pub fn incremental_changes(
     live: &Snapshot,
     catalog: &Catalog,
 ) -> Result<Vec<Change>, String> {
-    incremental_changes_said(rows, live, catalog).map(|(batch, _)| batch)
+    incremental_changes_said(rows, live, catalog, &DroppedManagers::default())
+        .map(|round| round.changes)
 }
 
-/// [`incremental_changes`], with the managers it dropped, each said in a line: a membership's
-/// manager who is no member of that tenant once the batch is applied is dropped, as a full
-/// load drops it ([`finish_snapshot_text`]), so a member whose manager left does not get
-/// every batch that touches them refused.
+/// What an incremental round makes of its rows ([`incremental_changes_said`]).
+#[derive(Debug, Clone, Default)]
+pub struct Incremental {
+    /// The batch (empty: nothing to change).
+    pub changes: Vec<Change>,
+    /// The managers dropped, a line each (a warning, counted).
+    pub dropped: Vec<String>,
+    /// The managers given back, a line each.
+    pub restored: Vec<String>,
+    /// The changes to the follower's [`DroppedManagers`], in order, to take once the batch is
+    /// applied (or at once when it is empty).
+    pub remember: Vec<Remember>,
+}
+
+/// [`incremental_changes`], with the managers it dropped and gave back, each said in a line.
+///
+/// - Dropped: a membership's manager who is no member of that tenant once the batch is
+///   applied, as a full load drops it ([`finish_snapshot_text`]), so a member whose manager
+///   left does not get every batch that touches them refused. That is a manager the row
+///   names, and a manager who leaves in this round (their membership deleted, or their user)
+///   while members of the tenant whose rows this round does not read still have them: those
+///   members' manager is dropped in the same batch (`set_manager` to none, before the
+///   membership goes), where the batch used to be refused and a full load to follow.
+/// - Given back: a manager who is a member of the tenant once the batch is applied, named by
+///   a membership row this round reads, gets back the memberships `dropped` remembers for
+///   them (their rows named them while they were no member), by a `set_manager` after the
+///   manager's own membership in the batch; a membership this round has a row of is decided
+///   by its row, and one whose manager was set since (it has one) is left alone. A manager
+///   loop that makes is refused as any batch's is (the whole batch; the next round is a full
+///   load).
+///
+/// What `dropped` should remember after the batch comes back in [`Incremental::remember`]
+/// (the function does not change it: a refused batch changes nothing).
 pub fn incremental_changes_said(
     rows: &Rows,
     live: &Snapshot,
     catalog: &Catalog,
-) -> Result<(Vec<Change>, Vec<String>), String> {
+    remembered: &DroppedManagers,
+) -> Result<Incremental, String> {
     let mut dropped = Vec::new();
+    let mut restored = Vec::new();
+    let mut remember: Vec<Remember> = Vec::new();
     let types = catalog.record_types();
     let find = |t: &str, id: &str| -> Option<Found> {
         let ty = types.get(t)?;
@@ -731,42 +854,85 @@ pub fn incremental_changes_said(
     // `deleted` one (removed when the snapshot has it).
     let mut memberships = Vec::new();
     let mut removed_memberships = Vec::new();
+    // The users this batch removes (their memberships go with them).
+    let gone_users: std::collections::HashSet<&str> = removed_users
+        .iter()
+        .filter_map(|c| match c {
+            Change::RemoveUser { user } => Some(user.as_str()),
+            _ => None,
+        })
+        .collect();
     // The memberships this batch's rows name: (user, tenant) → deleted.
     let in_rows: std::collections::HashMap<(&str, &str), bool> = rows
         .memberships
         .iter()
         .filter_map(|r| Some(((r.text("user_id")?, r.text("tenant")?), r.flag("deleted"))))
         .collect();
-    let member_after = |user: &str, tenant: &str| match in_rows.get(&(user, tenant)) {
-        Some(deleted) => !deleted,
-        None => live
-            .user_index(user)
+    // A membership's entry in the live snapshot.
+    let live_member = |user: &str, tenant: &str| {
+        live.user_index(user)
             .zip(live.tenant_index(tenant))
             .and_then(|(p, t)| live.member(p, t))
-            .is_some(),
     };
+    let member_after = |user: &str, tenant: &str| {
+        !gone_users.contains(user)
+            && match in_rows.get(&(user, tenant)) {
+                Some(deleted) => !deleted,
+                None => live_member(user, tenant).is_some(),
+            }
+    };
+    // The live memberships leaving in this batch: their entry → (user, tenant).
+    let mut leaving: std::collections::HashMap<UserIdx, (String, String)> = Default::default();
+    for user in &gone_users {
+        if let Some(p) = live.user_index(user) {
+            for (t, m) in &live.user(p).memberships {
+                let tenant = live.tenant_id(*t).to_string();
+                remember.push(Remember {
+                    user: user.to_string(),
+                    tenant: tenant.clone(),
+                    manager: None,
+                });
+                leaving.insert(*m, (user.to_string(), tenant));
+            }
+        }
+    }
+    // The managers named by this batch's rows who are members once it is applied: their
+    // remembered reports get them back (deduplicated: a row read twice gives back once).
+    let mut joined: Vec<(String, String)> = Vec::new();
     for (i, r) in rows.memberships.iter().enumerate() {
         check_flag(r, "memberships", i, "deleted")?;
         let user = r.need("memberships", i, "user_id")?;
         let mut wanted = raw_membership(r, i)?;
         if !r.flag("deleted") {
-            if let Some(m) = wanted
+            let gone = wanted
                 .manager
-                .take_if(|m| !member_after(m.as_str(), &wanted.tenant))
-            {
+                .take_if(|m| !member_after(m.as_str(), &wanted.tenant));
+            if let Some(m) = &gone {
                 dropped.push(format!(
                     "user '{user}' in tenant '{}': manager '{m}' is no member there: dropped",
                     wanted.tenant
                 ));
             }
+            if member_after(&user, &wanted.tenant) {
+                joined.push((wanted.tenant.clone(), user.clone()));
+            }
+            remember.push(Remember {
+                user: user.clone(),
+                tenant: wanted.tenant.clone(),
+                manager: gone,
+            });
+        } else {
+            remember.push(Remember {
+                user: user.clone(),
+                tenant: wanted.tenant.clone(),
+                manager: None,
+            });
         }
-        let held = live
-            .user_index(&user)
-            .zip(live.tenant_index(&wanted.tenant))
-            .and_then(|(p, t)| live.member(p, t))
-            .map(|m| live.user(m));
+        let entry = live_member(&user, &wanted.tenant);
+        let held = entry.map(|m| live.user(m));
         if r.flag("deleted") {
-            if held.is_some() {
+            if let Some(e) = entry {
+                leaving.insert(e, (user.clone(), wanted.tenant.clone()));
                 removed_memberships.push(Change::RemoveMembership {
                     user,
                     tenant: wanted.tenant,
@@ -797,6 +963,94 @@ pub fn incremental_changes_said(
                 roles: wanted.roles,
                 teams: wanted.teams,
                 manager: wanted.manager,
+            });
+        }
+    }
+    // A membership whose manager this batch changes without a row of its own: neither read
+    // this round nor going with its user.
+    let untouched = |user: &str, tenant: &str| {
+        !in_rows.contains_key(&(user, tenant)) && !gone_users.contains(user)
+    };
+    // Managers leaving: the live memberships that name them lose them (the rows read this
+    // round dropped theirs above). One pass over the managers, only when a leaving entry has
+    // reports.
+    let mut manager_changes = Vec::new();
+    // The memberships those changes are for: (user, tenant).
+    let mut changed: std::collections::HashSet<(String, String)> = Default::default();
+    leaving.retain(|e, _| !live.hierarchy().is_leaf(*e));
+    if !leaving.is_empty() {
+        // The managers are the entries' (one each; `take` keeps an index in range).
+        for (k, m) in live.managers.iter().enumerate().take(live.users.len()) {
+            let Some((manager, tenant)) = leaving.get(m) else {
+                continue;
+            };
+            let Ok(k) = UserIdx::try_from(k) else {
+                continue;
+            };
+            let u = live.user(k);
+            // A membership its person still has (not one a change detached).
+            if !u.is_membership() || live.member(u.person, u.tenant) != Some(k) {
+                continue;
+            }
+            // A membership's entry carries its person's id.
+            let report = u.id.to_string();
+            if !untouched(&report, tenant) || member_after(manager, tenant) {
+                continue;
+            }
+            dropped.push(format!(
+                "user '{report}' in tenant '{tenant}': manager '{manager}' left the tenant: dropped"
+            ));
+            remember.push(Remember {
+                user: report.clone(),
+                tenant: tenant.clone(),
+                manager: Some(manager.clone()),
+            });
+            changed.insert((report.clone(), tenant.clone()));
+            manager_changes.push(Change::SetManager {
+                user: report,
+                manager: None,
+                tenant: Some(tenant.clone()),
+            });
+        }
+    }
+    // Managers (re)joining: the memberships remembered as naming them get them back.
+    joined.sort_unstable();
+    joined.dedup();
+    for (tenant, manager) in &joined {
+        for report in remembered.reports_of(tenant, manager) {
+            if !untouched(report, tenant) || changed.contains(&(report.to_string(), tenant.clone()))
+            {
+                continue;
+            }
+            // Gone, or given a manager since (not by its row): nothing to give back.
+            let Some(entry) = live_member(report, tenant) else {
+                remember.push(Remember {
+                    user: report.to_string(),
+                    tenant: tenant.clone(),
+                    manager: None,
+                });
+                continue;
+            };
+            if live.user(entry).manager.is_some() {
+                remember.push(Remember {
+                    user: report.to_string(),
+                    tenant: tenant.clone(),
+                    manager: None,
+                });
+                continue;
+            }
+            restored.push(format!(
+                "user '{report}' in tenant '{tenant}': manager '{manager}' is a member again: given back"
+            ));
+            remember.push(Remember {
+                user: report.to_string(),
+                tenant: tenant.clone(),
+                manager: None,
+            });
+            manager_changes.push(Change::SetManager {
+                user: report.to_string(),
+                manager: Some(manager.clone()),
+                tenant: Some(tenant.clone()),
             });
         }
     }
@@ -961,6 +1215,8 @@ pub fn incremental_changes_said(
     batch.append(&mut new_users);
     batch.append(&mut user_changes);
     batch.append(&mut memberships);
+    // After the memberships: a manager given back is a member by then.
+    batch.append(&mut manager_changes);
     batch.append(&mut record_changes);
     batch.append(&mut shares);
     batch.append(&mut unshares);
@@ -976,7 +1232,12 @@ pub fn incremental_changes_said(
     }
     batch.append(&mut removed_memberships);
     batch.append(&mut removed_users);
-    Ok((batch, dropped))
+    Ok(Incremental {
+        changes: batch,
+        dropped,
+        restored,
+        remember,
+    })
 }
 
 /// A memberships row as the snapshot's membership.
@@ -1190,9 +1451,11 @@ mod tests {
             ],
             ..Rows::default()
         };
-        let (text, dropped) =
+        let (text, dropped, remembered) =
             finish_snapshot_text(&plain, RecordsText::new("v", 0), &DbQueries::default()).unwrap();
         assert_eq!(dropped, ["user 'c': manager 'gone' is no user: dropped"]);
+        // Without tenants nothing is remembered: no membership to give a manager back to.
+        assert!(remembered.is_empty());
         let raw = RawSnapshot::parse(&text).unwrap();
         assert_eq!(raw.users[1].manager.as_deref(), Some("a"));
         assert_eq!(raw.users[2].manager, None);
@@ -1215,12 +1478,16 @@ mod tests {
             memberships: Some("…".into()),
             ..DbQueries::default()
         };
-        let (text, dropped) =
+        let (text, dropped, remembered) =
             finish_snapshot_text(&tenanted, RecordsText::new("v", 0), &queries).unwrap();
         assert_eq!(
             dropped,
             ["user 'b' in tenant 't2': manager 'a' is no member there: dropped"]
         );
+        // Remembered, so that 'a' joining 't2' gives it back.
+        assert_eq!(remembered.len(), 1);
+        assert_eq!(remembered.manager_of("b", "t2"), Some("a"));
+        assert_eq!(remembered.manager_of("b", "t1"), None);
         let raw = RawSnapshot::parse(&text).unwrap();
         let b = &raw.users[1].memberships;
         assert_eq!(b[0].manager.as_deref(), Some("a"));
@@ -1482,5 +1749,243 @@ mod tests {
         );
         let own = vec![lead("9", "w", "org-a")];
         check_tenant(&own, "owners", "org-a").unwrap();
+    }
+
+    /// A membership's manager in a snapshot (`None`: none), by ids.
+    fn manager_in(s: &Snapshot, user: &str, tenant: &str) -> Option<String> {
+        let entry = s
+            .member(s.user_index(user).unwrap(), s.tenant_index(tenant).unwrap())
+            .unwrap();
+        s.user(entry).manager.map(|m| s.user(m).id.to_string())
+    }
+
+    /// A dropped manager is remembered and given back when they join again (issue 16): from
+    /// a full load, from a manager who leaves in a round (the members naming them lose them in
+    /// the same batch, where the batch was refused), from a report's row read while the
+    /// manager is away. Given back after the manager's membership in the batch, by
+    /// `set_manager`; a report with a row of its own in the round follows its row; a report
+    /// given a manager since is left alone; a loop the giving back makes is refused as any
+    /// batch's; a deleted report is forgotten. The fast path (the gateway's) and the source
+    /// form and build agree on every batch.
+    #[test]
+    fn a_manager_who_rejoins_gets_their_reports_back() {
+        let (catalog, _) = crate::records::tests::snapshot();
+        let types = catalog.record_types();
+        let queries = DbQueries {
+            memberships: Some("…".into()),
+            ..DbQueries::default()
+        };
+        let member = |user: &str, tenant: &str, roles: &[&str], manager: Option<&str>| {
+            let mut text = vec![("user_id", user), ("tenant", tenant)];
+            text.extend(manager.map(|m| ("manager", m)));
+            row(&text, &[("roles", roles)])
+        };
+        let gone =
+            |user: &str, tenant: &str| flagged(member(user, tenant, &[], None), "deleted", true);
+        let rows = Rows {
+            users: ["s", "m", "r", "q", "x"]
+                .iter()
+                .map(|u| row(&[("id", u)], &[]))
+                .collect(),
+            memberships: vec![
+                member("s", "t", &["admin"], None),
+                member("m", "t", &["admin"], Some("s")),
+                member("r", "t", &["sales_rep"], Some("m")),
+                member("x", "t", &["sales_rep"], Some("q")),
+                member("q", "t2", &["admin"], None),
+            ],
+            ..Rows::default()
+        };
+        let (text, dropped, mut remembered) =
+            finish_snapshot_text(&rows, RecordsText::new("db-1", 0), &queries).unwrap();
+        assert_eq!(
+            dropped,
+            ["user 'x' in tenant 't': manager 'q' is no member there: dropped"]
+        );
+        let mut raw = RawSnapshot::parse(&text).unwrap();
+        let mut live = Snapshot::build("s.json", &text, &catalog).unwrap();
+        // Apply a round's batch both ways; they must agree. The round's remembering is taken
+        // once the batch is in.
+        let mut apply = |live: &mut Snapshot,
+                         remembered: &mut DroppedManagers,
+                         round: Incremental|
+         -> Result<(), String> {
+            let mut next = raw.clone();
+            let slow = next.apply(&round.changes, types).and_then(|()| {
+                Snapshot::build("s.json", &next.to_json(), &catalog).map_err(|e| format!("{e:?}"))
+            });
+            // The gateway's way: the fast path, unless the batch needs a full build.
+            let applied = if live.needs_rebuild(&round.changes, &catalog) {
+                slow
+            } else {
+                let fast = live
+                    .apply(&round.changes, &catalog)
+                    .map(|a| a.snapshot)
+                    .map_err(|e| e.join("; "));
+                assert_eq!(
+                    fast.is_ok(),
+                    slow.is_ok(),
+                    "the paths disagree: {:?} / {:?}",
+                    fast.as_ref().err(),
+                    slow.as_ref().err()
+                );
+                fast
+            };
+            let s = applied?;
+            *live = s;
+            raw = next;
+            remembered.update(round.remember);
+            Ok(())
+        };
+
+        // q joins t: x gets q back, after q's membership.
+        let joins = Rows {
+            memberships: vec![member("q", "t", &["sales_rep"], None)],
+            ..Rows::default()
+        };
+        let round = incremental_changes_said(&joins, &live, &catalog, &remembered).unwrap();
+        assert_eq!(ops(&round.changes), ["set_membership", "set_manager"]);
+        assert_eq!(
+            round.restored,
+            ["user 'x' in tenant 't': manager 'q' is a member again: given back"]
+        );
+        assert!(round.dropped.is_empty());
+        // Without what the follower remembers, nothing is given back (as before).
+        assert_eq!(
+            ops(&incremental_changes(&joins, &live, &catalog).unwrap()),
+            ["set_membership"]
+        );
+        apply(&mut live, &mut remembered, round).unwrap();
+        assert_eq!(manager_in(&live, "x", "t").as_deref(), Some("q"));
+        assert!(remembered.is_empty(), "{remembered:?}");
+        // Read again (the overlap window): nothing to do.
+        let round = incremental_changes_said(&joins, &live, &catalog, &remembered).unwrap();
+        assert!(round.changes.is_empty() && round.restored.is_empty());
+
+        // m leaves t: r loses m in the same batch (the batch used to be refused).
+        let leaves = Rows {
+            memberships: vec![gone("m", "t")],
+            ..Rows::default()
+        };
+        let round = incremental_changes_said(&leaves, &live, &catalog, &remembered).unwrap();
+        assert_eq!(ops(&round.changes), ["set_manager", "remove_membership"]);
+        assert_eq!(
+            round.dropped,
+            ["user 'r' in tenant 't': manager 'm' left the tenant: dropped"]
+        );
+        apply(&mut live, &mut remembered, round).unwrap();
+        assert_eq!(manager_in(&live, "r", "t"), None);
+        assert_eq!(remembered.manager_of("r", "t"), Some("m"));
+        let (s_t, r_t) = (
+            live.member(live.user_index("s").unwrap(), 0).unwrap(),
+            live.member(live.user_index("r").unwrap(), 0).unwrap(),
+        );
+        assert_eq!(live.tenant_id(0), "t");
+        assert!(!live.hierarchy().is_at_or_below(s_t, r_t));
+        // r's row, read while m is away, still names m: dropped again, still remembered.
+        let still = Rows {
+            memberships: vec![member("r", "t", &["sales_rep"], Some("m"))],
+            ..Rows::default()
+        };
+        let round = incremental_changes_said(&still, &live, &catalog, &remembered).unwrap();
+        assert!(round.changes.is_empty());
+        assert_eq!(
+            round.dropped,
+            ["user 'r' in tenant 't': manager 'm' is no member there: dropped"]
+        );
+        apply(&mut live, &mut remembered, round).unwrap();
+        assert_eq!(remembered.manager_of("r", "t"), Some("m"));
+
+        // m rejoins t under s: r gets m back; s sees r again through m.
+        let rejoins = Rows {
+            memberships: vec![member("m", "t", &["admin"], Some("s"))],
+            ..Rows::default()
+        };
+        let round = incremental_changes_said(&rejoins, &live, &catalog, &remembered).unwrap();
+        assert_eq!(ops(&round.changes), ["set_membership", "set_manager"]);
+        // ...unless r's own row is in the round: its row decides.
+        let with_row = Rows {
+            memberships: vec![
+                member("m", "t", &["admin"], Some("s")),
+                member("r", "t", &["sales_rep"], None),
+            ],
+            ..Rows::default()
+        };
+        let decided = incremental_changes_said(&with_row, &live, &catalog, &remembered).unwrap();
+        assert_eq!(ops(&decided.changes), ["set_membership"]);
+        assert!(decided.restored.is_empty());
+        assert!(decided.remember.contains(&Remember {
+            user: "r".into(),
+            tenant: "t".into(),
+            manager: None
+        }));
+        // ...and a loop it would make (m rejoining under r) is refused whole, as any batch's.
+        let looped = Rows {
+            memberships: vec![member("m", "t", &["admin"], Some("r"))],
+            ..Rows::default()
+        };
+        let refused = incremental_changes_said(&looped, &live, &catalog, &remembered).unwrap();
+        assert_eq!(ops(&refused.changes), ["set_membership", "set_manager"]);
+        let error = apply(&mut live, &mut remembered, refused).unwrap_err();
+        assert!(error.contains("loops back to itself"), "{error}");
+        assert_eq!(
+            remembered.manager_of("r", "t"),
+            Some("m"),
+            "refused: unchanged"
+        );
+        apply(&mut live, &mut remembered, round).unwrap();
+        assert_eq!(manager_in(&live, "r", "t").as_deref(), Some("m"));
+        let (s_t, r_t) = (
+            live.member(live.user_index("s").unwrap(), 0).unwrap(),
+            live.member(live.user_index("r").unwrap(), 0).unwrap(),
+        );
+        assert!(live.hierarchy().is_at_or_below(s_t, r_t));
+        assert!(remembered.is_empty(), "{remembered:?}");
+
+        // m's user removed: r loses m in every tenant (the batch used to be refused).
+        let removed = Rows {
+            users: vec![flagged(row(&[("id", "m")], &[]), "deleted", true)],
+            ..Rows::default()
+        };
+        let round = incremental_changes_said(&removed, &live, &catalog, &remembered).unwrap();
+        assert_eq!(ops(&round.changes), ["set_manager", "remove_user"]);
+        apply(&mut live, &mut remembered, round).unwrap();
+        assert_eq!(manager_in(&live, "r", "t"), None);
+        assert_eq!(remembered.manager_of("r", "t"), Some("m"));
+        // r given a manager since (the admin API: s): m coming back leaves it alone.
+        let by_admin = vec![Change::SetManager {
+            user: "r".into(),
+            manager: Some("s".into()),
+            tenant: Some("t".into()),
+        }];
+        live = live.apply(&by_admin, &catalog).unwrap().snapshot;
+        raw.apply(&by_admin, types).unwrap();
+        let back = Rows {
+            users: vec![row(&[("id", "m")], &[])],
+            memberships: vec![member("m", "t", &["admin"], Some("s"))],
+            ..Rows::default()
+        };
+        let round = incremental_changes_said(&back, &live, &catalog, &remembered).unwrap();
+        assert_eq!(ops(&round.changes), ["upsert_user", "set_membership"]);
+        assert!(round.restored.is_empty());
+        let mut forgets = remembered.clone();
+        forgets.update(round.remember);
+        assert!(forgets.is_empty(), "{forgets:?}");
+
+        // A report deleted while its manager is away is forgotten.
+        let mut once = DroppedManagers::default();
+        once.set("r", "t", Some("m".into()));
+        once.set("x", "t", Some("m".into()));
+        let deleted = Rows {
+            memberships: vec![gone("r", "t")],
+            ..Rows::default()
+        };
+        let round = incremental_changes_said(&deleted, &live, &catalog, &once).unwrap();
+        once.update(round.remember);
+        assert_eq!(once.len(), 1);
+        assert_eq!(once.manager_of("x", "t"), Some("m"));
+        assert_eq!(once.reports_of("t", "m").collect::<Vec<_>>(), ["x"]);
+        once.set("x", "t", None);
+        assert!(once.is_empty() && once.reports.is_empty(), "{once:?}");
     }
 }
