@@ -425,17 +425,23 @@ async fn follow_database(state: Arc<State>) {
                     // build (not beside the build's own memory after it).
                     let text = Arc::<str>::from(text);
                     let s = state.clone();
+                    let d = dangling.clone();
                     match tokio::task::spawn_blocking(move || {
-                        s.replace_snapshot_shared(text, label)
+                        // The remembered managers change with the snapshot, under the lock a
+                        // round holds (one still applying after a timed-out wait lands first;
+                        // never waited for on this runtime).
+                        let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let r = s.replace_snapshot_shared(text, label);
+                        if r.is_ok() {
+                            *d = remembered;
+                        }
+                        r
                     })
                     .await
                     {
                         Ok(Ok(_)) => {
                             last_full = Some(now);
                             force_full = false;
-                            *dangling
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner) = remembered;
                             state
                                 .counters
                                 .database_full_loads
@@ -595,14 +601,16 @@ async fn incremental_round(
 ) -> Result<(), String> {
     let s = state.clone();
     tokio::task::spawn_blocking(move || {
+        // Held until the batch is in: what it remembers is what the batch made of it. Taken
+        // before the snapshot is read, so a round still applying (its wait timed out) lands
+        // first and this one diffs against what it made.
+        let mut dangling = dangling
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let live = s.live();
         let Some(snapshot) = live.snapshot.as_deref() else {
             return Err("no snapshot is loaded to apply changes to".to_string());
         };
-        // Held until the batch is in: what it remembers is what the batch made of it.
-        let mut dangling = dangling
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let round = crate::dbsource::incremental_changes_said(
             &rows,
             snapshot,

@@ -919,7 +919,8 @@ pub fn incremental_changes_said(
             remember.push(Remember {
                 user: user.clone(),
                 tenant: wanted.tenant.clone(),
-                manager: gone,
+                // A user this batch removes is remembered with nothing (the removal's entry).
+                manager: gone.filter(|_| !gone_users.contains(user.as_str())),
             });
         } else {
             remember.push(Remember {
@@ -1000,10 +1001,15 @@ pub fn incremental_changes_said(
             dropped.push(format!(
                 "user '{report}' in tenant '{tenant}': manager '{manager}' left the tenant: dropped"
             ));
+            // The manager the report's rows last named: one remembered from before (the live
+            // manager may be one the changes API gave since), else this one.
+            let named = remembered
+                .manager_of(&report, tenant)
+                .map_or_else(|| manager.clone(), str::to_string);
             remember.push(Remember {
                 user: report.clone(),
                 tenant: tenant.clone(),
-                manager: Some(manager.clone()),
+                manager: Some(named),
             });
             changed.insert((report.clone(), tenant.clone()));
             manager_changes.push(Change::SetManager {
@@ -1987,5 +1993,30 @@ mod tests {
         assert_eq!(once.reports_of("t", "m").collect::<Vec<_>>(), ["x"]);
         once.set("x", "t", None);
         assert!(once.is_empty() && once.reports.is_empty(), "{once:?}");
+
+        // s, whom the admin API made r's manager, leaves t: r is remembered with the manager
+        // its rows named (m), not with s.
+        let s_leaves = Rows {
+            memberships: vec![gone("s", "t")],
+            ..Rows::default()
+        };
+        let round = incremental_changes_said(&s_leaves, &live, &catalog, &remembered).unwrap();
+        assert!(round.remember.contains(&Remember {
+            user: "r".into(),
+            tenant: "t".into(),
+            manager: Some("m".into())
+        }));
+        // A user removed in the round whose membership row names an absent manager is not
+        // remembered.
+        let x_goes = Rows {
+            users: vec![flagged(row(&[("id", "x")], &[]), "deleted", true)],
+            memberships: vec![member("x", "t", &["sales_rep"], Some("nobody"))],
+            ..Rows::default()
+        };
+        let mut after = DroppedManagers::default();
+        after.set("x", "t", Some("q".into()));
+        let round = incremental_changes_said(&x_goes, &live, &catalog, &after).unwrap();
+        after.update(round.remember);
+        assert_eq!(after.manager_of("x", "t"), None, "{after:?}");
     }
 }
