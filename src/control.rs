@@ -434,6 +434,10 @@ async fn follow_database(state: Arc<State>) {
                         let r = s.replace_snapshot_shared(text, label);
                         if r.is_ok() {
                             *d = remembered;
+                            // Counted on the thread that swapped it in, as a round's batch is.
+                            s.counters
+                                .database_full_loads
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         r
                     })
@@ -442,10 +446,6 @@ async fn follow_database(state: Arc<State>) {
                         Ok(Ok(_)) => {
                             last_full = Some(now);
                             force_full = false;
-                            state
-                                .counters
-                                .database_full_loads
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             // Counted once the load is in (README: once per load that drops).
                             state.counters.database_dangling_references.fetch_add(
                                 dropped.len() as u64,

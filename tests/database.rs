@@ -550,8 +550,9 @@ async fn incremental_queries_follow_the_crm_without_full_loads() {
     .await
     .unwrap();
     assert!(follows(&h, "u-rep2", 900, 200).await, "{}", h.log_text());
+    // (The counter is bumped just after the swap that the call above saw.)
     assert!(
-        db_counters(admin).await.0 >= 2,
+        eventually(10, || async { db_counters(admin).await.0 >= 2 }).await,
         "a full load after the refusal"
     );
 }
@@ -692,16 +693,20 @@ async fn tls_to_the_database() {
         .await
         .unwrap();
     assert!(follows(&h, "u-rep1", 500, 200).await);
-    let tls_sessions: i64 = su
-        .query_one(
+    // The follower's session is over TLS (waited for, as the other checks here: on a loaded
+    // machine a single read was seen to miss it, 2 runs in 7; not traced).
+    let tls_session = || async {
+        su.query_one(
             "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
              WHERE usename = 'permgate_ro' AND ssl",
             &[],
         )
         .await
         .unwrap()
-        .get(0);
-    assert!(tls_sessions >= 1);
+        .get::<_, i64>(0)
+            >= 1
+    };
+    assert!(eventually(10, tls_session).await, "{}", h.log_text());
 }
 
 /// `permgate snapshot export` over TLS checked against `ca` (PEM): whether it connected.
@@ -1025,6 +1030,15 @@ async fn org_follows(h: &Harness, user: &str, org: &str, lead: u32, want: &str) 
     eventually(10, || async { org_call(h, user, org, lead).await == want }).await
 }
 
+/// [`org_follows`], asserted (the gateway's log in the message).
+async fn expect_follows(h: &Harness, user: &str, org: &str, lead: u32, want: &str) {
+    assert!(
+        org_follows(h, user, org, lead, want).await,
+        "{user} in {org} reading lead {lead} never got {want}: {}",
+        h.log_text()
+    );
+}
+
 /// Tenants from the CRM's database (issues 16 and 17): memberships per organisation read under
 /// row-level security (one session setting per organisation), leads with their organisation.
 /// U is ADMIN in acme and a limited rep in globex; a lead inserted in globex, U's role changed
@@ -1193,11 +1207,7 @@ async fn a_manager_who_left_the_organisation_does_not_stop_the_follower() {
     su.batch_execute(TENANT_SCHEMA).await.unwrap();
     let (text, admin) = tenant_config(pg.port, TENANT_QUERIES);
     let h = Harness::with_config_text(&text, &[]).await;
-    assert!(
-        org_follows(&h, "u-sm", "globex", 3, "200").await,
-        "{}",
-        h.log_text()
-    );
+    expect_follows(&h, "u-sm", "globex", 3, "200").await;
     // Past the first overlap window: rounds are incremental (and u-rep1's row, unchanged, is
     // no longer read again by the overlap).
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1207,20 +1217,12 @@ async fn a_manager_who_left_the_organisation_does_not_stop_the_follower() {
     )
     .await
     .unwrap();
-    assert!(
-        org_follows(&h, "u-sm", "globex", 3, "not_a_member").await,
-        "{}",
-        h.log_text()
-    );
+    expect_follows(&h, "u-sm", "globex", 3, "not_a_member").await;
     // Later changes land.
     su.batch_execute("INSERT INTO leads (id, org, owner) VALUES (60, 'acme', 'u-rep2')")
         .await
         .unwrap();
-    assert!(
-        org_follows(&h, "u-rep2", "acme", 60, "200").await,
-        "{}",
-        h.log_text()
-    );
+    expect_follows(&h, "u-rep2", "acme", 60, "200").await;
     assert_eq!(org_call(&h, "u-rep1", "acme", 1).await, "200");
     let s = status(admin).await;
     assert!(
@@ -1243,11 +1245,7 @@ async fn a_manager_who_left_the_organisation_does_not_stop_the_follower() {
     )
     .await
     .unwrap();
-    assert!(
-        org_follows(&h, "u-rep1", "globex", 3, "200").await,
-        "{}",
-        h.log_text()
-    );
+    expect_follows(&h, "u-rep1", "globex", 3, "200").await;
     let (full_after, _, refused_after) = db_counters(admin).await;
     assert_eq!(
         (full_after, refused_after),
@@ -1289,11 +1287,7 @@ async fn a_manager_who_rejoins_gets_their_reports_back_at_once() {
     assert_ne!(queries, TENANT_QUERIES);
     let (text, admin) = tenant_config(pg.port, &queries);
     let h = Harness::with_config_text(&text, &[]).await;
-    assert!(
-        org_follows(&h, "u-sm", "globex", 70, "200").await,
-        "{}",
-        h.log_text()
-    );
+    expect_follows(&h, "u-sm", "globex", 70, "200").await;
     assert_eq!(
         org_call(&h, "u-admin", "globex", 70).await,
         "200",
@@ -1343,11 +1337,7 @@ async fn a_manager_who_rejoins_gets_their_reports_back_at_once() {
     )
     .await
     .unwrap();
-    assert!(
-        org_follows(&h, "u-sm", "globex", 70, "200").await,
-        "{}",
-        h.log_text()
-    );
+    expect_follows(&h, "u-sm", "globex", 70, "200").await;
     assert_eq!(org_call(&h, "u-admin", "globex", 70).await, "200");
     assert!(
         h.log_text().contains(
@@ -1388,11 +1378,7 @@ async fn hard_deletes_go_at_the_reconciliation() {
         1,
     );
     let h = Harness::with_config_text(&text, &[]).await;
-    assert!(
-        org_follows(&h, "u-rep2", "acme", 2, "200").await,
-        "{}",
-        h.log_text()
-    );
+    expect_follows(&h, "u-rep2", "acme", 2, "200").await;
     assert_eq!(org_call(&h, "u-rep1", "globex", 41).await, "200");
     assert_eq!(org_call(&h, "u-rep1", "acme", 1).await, "200");
     let (full, _, _) = db_counters(admin).await;
