@@ -374,7 +374,11 @@ async fn follow_database(state: Arc<State>) {
     // The memberships whose manager was dropped (no member of the tenant), by the manager
     // their row names: given back when that manager joins in a round. A full load replaces it;
     // a round's batch updates it once applied.
-    let dangling: Arc<std::sync::Mutex<crate::dbsource::DroppedManagers>> = Default::default();
+    // With it, the number of the last round that changed the snapshot: each round gets the
+    // next one when it starts, and one still applying after its wait timed out, which gets the
+    // lock after a newer round, changes nothing (its rows are older than what is in).
+    let dangling: Applied = Default::default();
+    let mut round_no = 0u64;
     let mut failures = 0u32;
     let wake = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(listen_for_wakeups(state.clone(), wake.clone()));
@@ -394,6 +398,8 @@ async fn follow_database(state: Arc<State>) {
         // A round may be a full load without one being due: every cursor change without
         // incremental queries, or one while the follower is younger than the overlap.
         let may_load_all = full_due || !matches!(base, Some(Some(_)));
+        round_no += 1;
+        let this_round = round_no;
         let round = async {
             if conn
                 .as_ref()
@@ -431,9 +437,12 @@ async fn follow_database(state: Arc<State>) {
                         // round holds (one still applying after a timed-out wait lands first;
                         // never waited for on this runtime).
                         let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if d.1 > this_round {
+                            return Err(Vec::new()); // a newer round is in
+                        }
                         let r = s.replace_snapshot_shared(text, label);
                         if r.is_ok() {
-                            *d = remembered;
+                            *d = (remembered, this_round);
                             // Counted on the thread that swapped it in, as a round's batch is.
                             s.counters
                                 .database_full_loads
@@ -464,7 +473,8 @@ async fn follow_database(state: Arc<State>) {
                     }
                 }
                 Loaded::Incremental(rows) => {
-                    let r = incremental_round(&state, rows, label, dangling.clone()).await;
+                    let r =
+                        incremental_round(&state, rows, label, dangling.clone(), this_round).await;
                     if r.is_err() {
                         force_full = true;
                     }
@@ -587,26 +597,37 @@ enum Loaded {
     Incremental(crate::dbsource::Rows),
 }
 
+/// The follower's memberships with a dropped manager (given back when the manager joins) and
+/// the number of the last round that changed the snapshot, under one lock.
+type Applied = Arc<std::sync::Mutex<(crate::dbsource::DroppedManagers, u64)>>;
+
 /// Apply an incremental round's rows to the live snapshot: the changes they make
 /// ([`crate::dbsource::incremental_changes_said`]) as one batch through the path of the changes
 /// API (validated whole, journaled, audited, counted). No change: nothing is swapped.
 /// `dangling`: the memberships whose manager was dropped, given back when the manager joins;
 /// updated only once the batch is applied (a refused one changes nothing, and the full load
-/// after it recomputes them).
+/// after it recomputes them). `this_round`: the round's number ([`Applied`]).
 async fn incremental_round(
     state: &Arc<State>,
     rows: crate::dbsource::Rows,
     label: &'static str,
-    dangling: Arc<std::sync::Mutex<crate::dbsource::DroppedManagers>>,
+    dangling: Applied,
+    this_round: u64,
 ) -> Result<(), String> {
     let s = state.clone();
     tokio::task::spawn_blocking(move || {
         // Held until the batch is in: what it remembers is what the batch made of it. Taken
         // before the snapshot is read, so a round still applying (its wait timed out) lands
-        // first and this one diffs against what it made.
-        let mut dangling = dangling
+        // first and this one diffs against what it made; one that gets it after a newer round
+        // changed the snapshot changes nothing.
+        let mut guard = dangling
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.1 > this_round {
+            return Ok(());
+        }
+        guard.1 = this_round;
+        let dangling = &mut guard.0;
         let live = s.live();
         let Some(snapshot) = live.snapshot.as_deref() else {
             return Err("no snapshot is loaded to apply changes to".to_string());
@@ -615,7 +636,7 @@ async fn incremental_round(
             &rows,
             snapshot,
             &live.config.catalog,
-            &dangling,
+            dangling,
         )?;
         for line in &round.dropped {
             tracing::warn!("snapshot source database: {line}");

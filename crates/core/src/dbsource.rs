@@ -1006,15 +1006,24 @@ pub fn incremental_changes_said(
             let named = remembered
                 .manager_of(&report, tenant)
                 .map_or_else(|| manager.clone(), str::to_string);
+            // That one a member once the batch is applied (rejoining in this round): given back
+            // here (the manager changes come after the memberships; a loop is refused with
+            // the batch).
+            let back = named != *manager && named != report && member_after(&named, tenant);
+            if back {
+                restored.push(format!(
+                    "user '{report}' in tenant '{tenant}': manager '{named}' is a member again: given back"
+                ));
+            }
             remember.push(Remember {
                 user: report.clone(),
                 tenant: tenant.clone(),
-                manager: Some(named),
+                manager: (!back).then(|| named.clone()),
             });
             changed.insert((report.clone(), tenant.clone()));
             manager_changes.push(Change::SetManager {
                 user: report,
-                manager: None,
+                manager: back.then_some(named),
                 tenant: Some(tenant.clone()),
             });
         }
@@ -2018,5 +2027,27 @@ mod tests {
         let round = incremental_changes_said(&x_goes, &live, &catalog, &after).unwrap();
         after.update(round.remember);
         assert_eq!(after.manager_of("x", "t"), None, "{after:?}");
+        // s leaves while m (whom r's rows name) rejoins, in one round: r gets m, nothing is
+        // left remembered.
+        let swap = Rows {
+            users: vec![row(&[("id", "m")], &[])],
+            memberships: vec![gone("s", "t"), member("m", "t", &["admin"], None)],
+            ..Rows::default()
+        };
+        let round = incremental_changes_said(&swap, &live, &catalog, &remembered).unwrap();
+        assert_eq!(
+            round.restored,
+            ["user 'r' in tenant 't': manager 'm' is a member again: given back"]
+        );
+        // Both ways (the source form is where the admin change left it).
+        let mut next = raw.clone();
+        next.apply(&round.changes, types).unwrap();
+        let slow = Snapshot::build("s.json", &next.to_json(), &catalog).unwrap();
+        live = live.apply(&round.changes, &catalog).unwrap().snapshot;
+        remembered.update(round.remember);
+        for s in [&live, &slow] {
+            assert_eq!(manager_in(s, "r", "t").as_deref(), Some("m"));
+        }
+        assert_eq!(remembered.manager_of("r", "t"), None, "{remembered:?}");
     }
 }
