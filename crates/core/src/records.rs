@@ -2166,25 +2166,19 @@ impl RecordStore {
         if kept != draft.owners.len() {
             return None;
         }
-        // Related objects: their parent's (one level: a parent type has no parents; the
-        // rounds as the entry-by-entry pass makes them).
-        for _round in 0..8 {
-            let mut changed = false;
-            for (child, parent) in self.parents.iter() {
-                let pt = *table.get(*parent as usize)?;
-                let ct = table.get_mut(*child as usize)?;
-                if pt == RECORD_NO_TENANT || *ct == pt {
-                    continue;
-                }
-                if *ct != RECORD_NO_TENANT {
-                    return None;
-                }
-                *ct = pt;
-                changed = true;
+        // Related objects: their parent's. One pass is all it takes: a parent type has no
+        // parents (the record types refuse one, ids.rs), so no parent's tenant is set here and
+        // each is final before the pass.
+        for (child, parent) in self.parents.iter() {
+            let pt = *table.get(*parent as usize)?;
+            let ct = table.get_mut(*child as usize)?;
+            if pt == RECORD_NO_TENANT || *ct == pt {
+                continue;
             }
-            if !changed {
-                break;
+            if *ct != RECORD_NO_TENANT {
+                return None;
             }
+            *ct = pt;
         }
         Some(Chunked::from_vec(table))
     }

@@ -321,6 +321,46 @@ mod tests {
         }
     }
 
+    /// Several membership errors at once come in the order of the text (the memberships are
+    /// numbered in a pass of their own before their entries are written), managers' last.
+    #[test]
+    fn membership_errors_come_in_the_texts_order() {
+        let text = r#"{"tenants":[{"id":"a"},{"id":"b"}],"users":[
+            {"id":"u","memberships":[{"tenant":"a","roles":["nope"],"manager":"ghost"},{"tenant":"x","roles":[]},{"tenant":"b","roles":["nope2"]}]},
+            {"id":"v","memberships":[{"tenant":"b","roles":[]},{"tenant":"b","roles":[]},{"tenant":"a","roles":[],"manager":"w"}]},
+            {"id":"w","memberships":[{"tenant":"b","roles":[]}]}]}"#;
+        let errs = build(text).err().unwrap_or_default();
+        let want = [
+            "users[0].memberships[0].roles[0]: unknown role 'nope'",
+            "users[0].memberships[1].tenant: unknown tenant 'x'",
+            "users[0].memberships[2].roles[0]: unknown role 'nope2'",
+            "users[1].memberships[1].tenant: user 'v' has a second membership of tenant 'b'",
+            "users[0].memberships[0].manager: unknown user 'ghost'",
+            "users[1].memberships[2].manager: manager 'w' is not a member of tenant 'a'",
+        ];
+        let at: Vec<Option<usize>> = want
+            .iter()
+            .map(|w| errs.iter().position(|e| e.contains(w)))
+            .collect();
+        assert!(
+            at.iter().all(Option::is_some),
+            "want {want:?}\ngot {errs:?}"
+        );
+        assert!(at.windows(2).all(|p| p[0] < p[1]), "order: {errs:?}");
+        assert_eq!(errs.len(), want.len(), "{errs:?}");
+        // A manager with memberships in two tenants is found in each (read from the person).
+        let ok = r#"{"tenants":[{"id":"a"},{"id":"b"}],"users":[
+            {"id":"r","memberships":[{"tenant":"b","roles":[],"manager":"m"},{"tenant":"a","roles":[],"manager":"m"}]},
+            {"id":"m","memberships":[{"tenant":"a","roles":[]},{"tenant":"b","roles":[]}]}]}"#;
+        let s = build(ok).unwrap_or_else(|e| panic!("{e:?}"));
+        let (r, m) = (s.user_index("r").unwrap(), s.user_index("m").unwrap());
+        for t in [0, 1] {
+            let (rt, mt) = (s.member(r, t).unwrap(), s.member(m, t).unwrap());
+            assert_eq!(s.user(rt).manager, Some(mt), "tenant {t}");
+            assert_eq!((s.user(rt).tenant, s.user(mt).tenant), (t, t));
+        }
+    }
+
     #[test]
     fn records_carry_their_tenant() {
         let c = {
