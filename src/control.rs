@@ -438,7 +438,9 @@ async fn follow_database(state: Arc<State>) {
                         // never waited for on this runtime).
                         let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         if d.1 > this_round {
-                            return Err(Vec::new()); // a newer round is in
+                            // A newer round is in (this load's wait timed out; nothing
+                            // reads this result): swap nothing.
+                            return Err(Vec::new());
                         }
                         let r = s.replace_snapshot_shared(text, label);
                         if r.is_ok() {
@@ -598,7 +600,10 @@ enum Loaded {
 }
 
 /// The follower's memberships with a dropped manager (given back when the manager joins) and
-/// the number of the last round that changed the snapshot, under one lock.
+/// the number of the last round that took this lock (applied, empty or refused alike: a later
+/// round read the database later), under one lock. Rounds run one after another; a higher
+/// number is only seen by a round whose wait timed out and which was left running: it then
+/// changes nothing (its result reaches no one: the follower moved on without it).
 type Applied = Arc<std::sync::Mutex<(crate::dbsource::DroppedManagers, u64)>>;
 
 /// Apply an incremental round's rows to the live snapshot: the changes they make

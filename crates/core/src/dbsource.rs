@@ -998,21 +998,24 @@ pub fn incremental_changes_said(
             if !untouched(&report, tenant) || member_after(manager, tenant) {
                 continue;
             }
-            dropped.push(format!(
-                "user '{report}' in tenant '{tenant}': manager '{manager}' left the tenant: dropped"
-            ));
             // The manager the report's rows last named: one remembered from before (the live
             // manager may be one the changes API gave since), else this one.
             let named = remembered
                 .manager_of(&report, tenant)
                 .map_or_else(|| manager.clone(), str::to_string);
-            // That one a member once the batch is applied (rejoining in this round): given back
-            // here (the manager changes come after the memberships; a loop is refused with
-            // the batch).
+            // That one a member once the batch is applied (rejoining in this round, or a
+            // member already: the report's rows name them, as a full load would read them):
+            // given back here (the manager changes come after the memberships; a loop is
+            // refused with the batch). The leaving manager is then replaced, not dropped: no
+            // dangling line, none counted.
             let back = named != *manager && named != report && member_after(&named, tenant);
             if back {
                 restored.push(format!(
-                    "user '{report}' in tenant '{tenant}': manager '{named}' is a member again: given back"
+                    "user '{report}' in tenant '{tenant}': manager '{manager}' left the tenant; manager '{named}' the rows name is a member: given back"
+                ));
+            } else {
+                dropped.push(format!(
+                    "user '{report}' in tenant '{tenant}': manager '{manager}' left the tenant: dropped"
                 ));
             }
             remember.push(Remember {
@@ -2037,8 +2040,10 @@ mod tests {
         let round = incremental_changes_said(&swap, &live, &catalog, &remembered).unwrap();
         assert_eq!(
             round.restored,
-            ["user 'r' in tenant 't': manager 'm' is a member again: given back"]
+            ["user 'r' in tenant 't': manager 's' left the tenant; manager 'm' the rows name is a member: given back"]
         );
+        // Replaced, not dropped: no dangling line (the dangling counter counts those).
+        assert!(round.dropped.is_empty(), "{:?}", round.dropped);
         // Both ways (the source form is where the admin change left it).
         let mut next = raw.clone();
         next.apply(&round.changes, types).unwrap();

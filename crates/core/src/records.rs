@@ -2764,7 +2764,9 @@ pub(crate) mod tests {
         let (lead, note, task) = (t("lead"), t("note"), t("task"));
         let users: Vec<String> = (0..50).map(|u| format!("u{u}")).collect();
         let tenants = ["o0", "o1", "o2", "o3", "o4", "o5", "o6"];
-        let owners = |bad: Option<usize>| {
+        // `bad`: an owner naming an unknown tenant; `off`: a task (an owner entry too) in
+        // another tenant than its parent lead's.
+        let owners = |bad: Option<usize>, off: Option<u64>| {
             let mut o: Vec<String> = (0..20_000u64)
                 .map(|i| {
                     // Every 9th owner in the general (non-compact) writing.
@@ -2787,9 +2789,10 @@ pub(crate) mod tests {
                 .collect();
             // Tasks that are also owner entries, in their parent lead's tenant.
             o.extend((0..1_000u64).map(|i| {
+                let k = i + u64::from(off == Some(i));
                 format!(
                     r#"{{"type":"task","id":"{i}","tenant":"{}"}}"#,
-                    tenants[(i % 7) as usize]
+                    tenants[(k % 7) as usize]
                 )
             }));
             o
@@ -2818,10 +2821,10 @@ pub(crate) mod tests {
             owner_names: None,
         };
         let tenant = |n: &str| tenants.iter().position(|t| *t == n).map(|i| i as u32);
-        for bad in [None, Some(777)] {
+        for (bad, off) in [(None, None), (Some(777), None), (None, Some(5))] {
             let text = format!(
                 r#"{{"owners":[{}],"related":[{}]}}"#,
-                owners(bad).join(","),
+                owners(bad, off).join(","),
                 related.join(",")
             );
             let draft = RecordsDraft::parse(&text, 0).unwrap().0.unwrap();
@@ -2853,8 +2856,8 @@ pub(crate) mod tests {
                 let a = looked_up.assign_tenants(&draft, types, Some(&tenant), 10);
                 let b = kept.assign_tenants(&draft, types, Some(&tenant), 10);
                 assert!(kept.owner_tenant_names.is_empty(), "emptied");
-                match bad {
-                    None => {
+                match (bad, off) {
+                    (None, None) => {
                         assert!(a.is_ok() && b.is_ok(), "{path:?}: {a:?} {b:?}");
                         let v = view(&kept);
                         assert_eq!(v, view(&looked_up), "{path:?}");
@@ -2866,10 +2869,21 @@ pub(crate) mod tests {
                         }
                         want = Some(v);
                     }
-                    Some(_) => {
+                    (Some(_), _) => {
                         let (a, b) = (a.unwrap_err(), b.unwrap_err());
                         assert_eq!(a, b, "{path:?}");
                         assert_eq!((a[0].list, a[0].index), ("owners", 777));
+                    }
+                    (None, Some(i)) => {
+                        // The kept names' pass gives up on the conflict; the lookup names it.
+                        let (a, b) = (a.unwrap_err(), b.unwrap_err());
+                        assert_eq!(a, b, "{path:?}");
+                        assert_eq!(a.len(), 1, "{a:?}");
+                        assert_eq!((a[0].list, a[0].index), ("related", 3_000 + i as usize));
+                        assert_eq!(
+                            a[0].message,
+                            "the related object's tenant is not its parent's"
+                        );
                     }
                 }
             }
