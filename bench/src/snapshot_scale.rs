@@ -361,6 +361,15 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // The last build's phases (the critical path, the build's own thread).
+    println!(
+        "build phases (last run): {}",
+        s.build_phases()
+            .iter()
+            .map(|(name, d)| format!("{name} {:.0} ms", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!(
         "resident: {:.1} B per record entry for the whole snapshot ({:.0} MB RSS growth: users, \
          hierarchy and records, the JSON text dropped; {} record entries); record tables alone \

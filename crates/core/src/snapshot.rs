@@ -36,7 +36,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -731,6 +731,31 @@ pub struct Snapshot {
     /// How many entries of `users` are memberships an incremental change removed (detached
     /// from their person, reached by nothing: [`crate::changes`]); 0 after a full build.
     pub(crate) detached: usize,
+    /// How long each phase of the full build that made this version took, in order
+    /// ([`Snapshot::build_phases`]); empty for a version an incremental batch made.
+    pub(crate) build_phases: Arc<[(&'static str, Duration)]>,
+}
+
+/// The clock of a full build: each phase's time, taken when it ends ([`Snapshot::build_phases`]).
+struct PhaseClock {
+    last: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl PhaseClock {
+    fn start() -> Self {
+        PhaseClock {
+            last: Instant::now(),
+            phases: Vec::with_capacity(12),
+        }
+    }
+
+    /// The phase `name` ends now.
+    fn end(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.phases.push((name, now.duration_since(self.last)));
+        self.last = now;
+    }
 }
 
 /// The grant of a role combination (sorted, deduplicated): the existing one, or a new one.
@@ -977,7 +1002,9 @@ impl Snapshot {
         catalog: &Catalog,
         content_hash: impl FnOnce() -> String,
     ) -> Result<Snapshot, Vec<ConfigError>> {
+        let mut clock = PhaseClock::start();
         let mut form = BuildForm::parse(file, text).map_err(|e| vec![e])?;
+        clock.end("parse");
         let raw = &form;
         let built = std::thread::scope(|scope| {
             // A large draft's owners are resolved through a table of the user ids: made on
@@ -1119,6 +1146,7 @@ impl Snapshot {
                 }
             }
 
+            clock.end("tenants and user ids");
             // Second pass: roles, grants, managers, keys.
             let mut grants: Vec<Grant> = Vec::new();
             let mut grant_of: HashMap<Box<[u16]>, u32> = HashMap::new();
@@ -1348,6 +1376,7 @@ impl Snapshot {
                 });
             }
 
+            clock.end("users and services");
             // Memberships: one entry each, after the services, standing for its person in its
             // tenant (roles, teams, manager of that tenant); each person lists theirs.
             let first_membership = users.len();
@@ -1473,6 +1502,7 @@ impl Snapshot {
                 }
             }
             let membership_count = users.len() - first_membership;
+            clock.end("memberships");
 
             if !errors.is_empty() {
                 return Err(errors);
@@ -1528,6 +1558,7 @@ impl Snapshot {
             if !errors.is_empty() {
                 return Err(errors);
             }
+            clock.end("hierarchy");
             let mut team_members = vec![0u32; teams.len()];
             for u in &users {
                 for t in u.teams.iter() {
@@ -1544,7 +1575,9 @@ impl Snapshot {
                     }
                 }
             }
+            clock.end("teams");
             let owner_names = owner_names.and_then(|h| h.join().ok());
+            clock.end("owner names (wait)");
             let records = match &raw.records {
                 None => RecordStore::default(),
                 Some(_) if users.len() >= MAX_USERS_WITH_RECORDS => {
@@ -1579,6 +1612,7 @@ impl Snapshot {
                     let tenant = |name: &str| tenant_idx.get(name).copied();
                     RecordStore::build(draft, catalog.record_types(), &resolve, MAX_RECORD_ERRORS)
                         .and_then(|mut store| {
+                            clock.end("records");
                             store
                                 .assign_tenants(
                                     draft,
@@ -1611,6 +1645,9 @@ impl Snapshot {
                         })?
                 }
             };
+            if raw.records.is_some() {
+                clock.end("record tenants");
+            }
             // The owners' name table (tens of megabytes at scale): freed on another thread.
             if let Some(n) = owner_names {
                 let _ = std::thread::Builder::new().spawn(move || drop(n));
@@ -1619,6 +1656,7 @@ impl Snapshot {
                 Some(v) if !v.is_empty() => v.clone(),
                 _ => content_hash(),
             };
+            clock.end("version");
             let loaded_at = SystemTime::now();
             let produced_at = raw
                 .generated_at
@@ -1650,6 +1688,7 @@ impl Snapshot {
                 tenant_idx: Arc::new(tenant_idx),
                 membership_count,
                 detached: 0,
+                build_phases: std::mem::take(&mut clock.phases).into(),
             })
         });
         // The records draft's lists (hundreds of megabytes at scale) are freed on another
@@ -1735,6 +1774,14 @@ impl Snapshot {
 
     pub fn tenant_count(&self) -> usize {
         self.tenants.len()
+    }
+
+    /// How long each phase of the full build that made this version took, in order (parse,
+    /// tenants and user ids, users and services, memberships, hierarchy, teams, the wait for
+    /// the owners' name table, records, record tenants, version); empty for a version an
+    /// incremental batch made. For benches and the next person who makes a build faster.
+    pub fn build_phases(&self) -> &[(&'static str, Duration)] {
+        &self.build_phases
     }
 
     pub fn membership_count(&self) -> usize {

@@ -321,6 +321,45 @@ mod tests {
         }
     }
 
+    /// A full build says how long each of its phases took, in order; without records, no
+    /// record phases.
+    #[test]
+    fn a_full_build_times_its_phases() {
+        let started = std::time::Instant::now();
+        let s = build(GOOD).unwrap_or_else(|e| panic!("{e:?}"));
+        let took = started.elapsed();
+        let names: Vec<&str> = s.build_phases().iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "parse",
+                "tenants and user ids",
+                "users and services",
+                "memberships",
+                "hierarchy",
+                "teams",
+                "owner names (wait)",
+                "version"
+            ]
+        );
+        let sum: std::time::Duration = s.build_phases().iter().map(|(_, d)| *d).sum();
+        assert!(sum <= took, "{sum:?} > {took:?}");
+        let text = "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:9\"\n[identity.api_keys]\nheader = \"x-api-key\"\n[snapshot]\npath = \"s.json\"\n[[record_type]]\nname = \"lead\"\nid = \"integer\"\n[[route]]\nmethods = [\"GET\"]\npath = \"/x\"\npermission = \"lead.view\"\n";
+        let c = crate::config::Config::parse("c.toml", text, std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let r = Snapshot::build(
+            "s.json",
+            r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","memberships":[{"tenant":"a","roles":["admin"]}]}],"records":{"owners":[{"type":"lead","id":"1","owner":"u","tenant":"a"}]}}"#,
+            &c.catalog,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let names: Vec<&str> = r.build_phases().iter().map(|(n, _)| *n).collect();
+        assert!(
+            names.ends_with(&["records", "record tenants", "version"]),
+            "{names:?}"
+        );
+    }
+
     /// Several membership errors at once come in the order of the text (the memberships are
     /// numbered in a pass of their own before their entries are written), managers' last.
     #[test]

@@ -1084,6 +1084,7 @@ impl Snapshot {
                 tenant_idx,
                 membership_count: self.membership_count + added_members - detached.len(),
                 detached: self.detached + detached.len(),
+                build_phases: Arc::default(),
             },
             users_touched,
             record_changes: record_ops.len(),
