@@ -321,6 +321,42 @@ mod tests {
         }
     }
 
+    /// Without tenants: ids and managers are looked up in passes of their own (the keys made
+    /// first, the managers looked up before the users are written); a manager named before
+    /// their own entry is found, and the errors come in the text's order.
+    #[test]
+    fn ids_and_managers_without_tenants() {
+        let ok = build(
+            r#"{"users":[{"id":"a","roles":[],"manager":"b"},{"id":"b","roles":[],"manager":"c"},{"id":"c","roles":[]}]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let idx = |id: &str| ok.user_index(id).unwrap();
+        assert_eq!(ok.user(idx("a")).manager, Some(idx("b")));
+        assert_eq!(ok.user(idx("b")).manager, Some(idx("c")));
+        assert_eq!(ok.user(idx("c")).manager, None);
+        let errs = build(
+            r#"{"users":[{"id":"a","roles":[],"manager":"ghost"},{"id":"b c","roles":[]},{"id":"a","roles":[],"manager":"a"},{"id":"d","roles":["nope"],"manager":"zed"}]}"#,
+        )
+        .err()
+        .unwrap_or_default();
+        let want = [
+            "users[1].id: 'b c' is not a valid user id",
+            "users[2].id: user 'a' appears twice",
+            "users[0].manager: unknown user 'ghost'",
+            "users[3].roles[0]: unknown role 'nope'",
+            "users[3].manager: unknown user 'zed'",
+        ];
+        let at: Vec<Option<usize>> = want
+            .iter()
+            .map(|w| errs.iter().position(|e| e.contains(w)))
+            .collect();
+        assert!(
+            at.iter().all(Option::is_some),
+            "want {want:?}\ngot {errs:?}"
+        );
+        assert!(at.windows(2).all(|p| p[0] < p[1]), "order: {errs:?}");
+    }
+
     /// A full build says how long each of its phases took, in order; without records, no
     /// record phases.
     #[test]
