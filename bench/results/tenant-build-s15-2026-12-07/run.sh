@@ -6,3 +6,8 @@ for r in 1 2; do for v in "" "--versioned"; do for t in 10000 0; do
   echo "t=$t $v $($BIN snapshot --users 1000000 --records 10000000 --runs 1 --batches 0 --tenants $t $v 2>&1 \
     | grep -E "build:|build phases" | sed 's/(runs: [0-9.]*)//' | tr '\n' ' ')"
 done; done; done
+# Whole builds, OLD against NEW interleaved, 5 rounds (final-ab.txt; ids-first-ab.txt is the
+# same with the phases line, 3 rounds):
+# for r in 1 2 3 4 5; do for t in 10000 0; do for b in $OLD $NEW; do
+#   echo "$b t=$t $($b snapshot --users 1000000 --records 10000000 --runs 1 --batches 0 --tenants $t 2>&1 | grep -oE 'build: median [0-9.]+ s')"
+# done; done; done
