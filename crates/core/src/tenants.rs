@@ -224,6 +224,19 @@ mod tests {
             .map_err(|e| e.into_iter().map(|e| e.to_string()).collect())
     }
 
+    /// Each of `want` is in `errs` (a substring of one), in that order.
+    fn in_order(errs: &[String], want: &[&str]) {
+        let at: Vec<Option<usize>> = want
+            .iter()
+            .map(|w| errs.iter().position(|e| e.contains(w)))
+            .collect();
+        assert!(
+            at.iter().all(Option::is_some),
+            "want {want:?}\ngot {errs:?}"
+        );
+        assert!(at.windows(2).all(|p| p[0] < p[1]), "order: {errs:?}");
+    }
+
     const GOOD: &str = r#"{
   "tenants": [{"id": "a"}, {"id": "b"}],
   "users": [
@@ -346,15 +359,7 @@ mod tests {
             "users[3].roles[0]: unknown role 'nope'",
             "users[3].manager: unknown user 'zed'",
         ];
-        let at: Vec<Option<usize>> = want
-            .iter()
-            .map(|w| errs.iter().position(|e| e.contains(w)))
-            .collect();
-        assert!(
-            at.iter().all(Option::is_some),
-            "want {want:?}\ngot {errs:?}"
-        );
-        assert!(at.windows(2).all(|p| p[0] < p[1]), "order: {errs:?}");
+        in_order(&errs, &want);
     }
 
     /// A full build says how long each of its phases took, in order; without records, no
@@ -413,15 +418,7 @@ mod tests {
             "users[0].memberships[0].manager: unknown user 'ghost'",
             "users[1].memberships[2].manager: manager 'w' is not a member of tenant 'a'",
         ];
-        let at: Vec<Option<usize>> = want
-            .iter()
-            .map(|w| errs.iter().position(|e| e.contains(w)))
-            .collect();
-        assert!(
-            at.iter().all(Option::is_some),
-            "want {want:?}\ngot {errs:?}"
-        );
-        assert!(at.windows(2).all(|p| p[0] < p[1]), "order: {errs:?}");
+        in_order(&errs, &want);
         assert_eq!(errs.len(), want.len(), "{errs:?}");
         // A manager with memberships in two tenants is found in each (read from the person).
         let ok = r#"{"tenants":[{"id":"a"},{"id":"b"}],"users":[
