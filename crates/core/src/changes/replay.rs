@@ -228,6 +228,16 @@ impl<'r> Replay<'r> {
         None
     }
 
+    /// The tenant of a related object's parent (`None`: not a related object, or a parent
+    /// of no known tenant).
+    fn parent_tenant(&mut self, target: &Key) -> Option<String> {
+        let at = self.records().related.first(target)?;
+        let r = self.list().related.get(at)?;
+        let (pt, pid) = (r.parent_type.clone(), r.parent_id.clone());
+        let parent = self.canon(&pt, &pid)?;
+        self.record_tenant(&parent)
+    }
+
     /// The tenant a change names, checked: required with tenants, refused without, and a
     /// tenant of the snapshot (as the batch has made it so far).
     fn tenant_named<'a>(
@@ -527,6 +537,17 @@ impl<'r> Replay<'r> {
                     };
                     if let Some(o) = owner {
                         named_users.push((i, o.clone()));
+                    }
+                    // Without a parent named, a related object keeps its parent, and so its
+                    // parent's tenant (as the incremental path holds, change by change).
+                    if let (None, Some(t)) = (&parent_target, &tenant) {
+                        if let Some(of_parent) = self.parent_tenant(&target) {
+                            if *t != of_parent {
+                                return Err(format!(
+                                    "changes[{i}].tenant: '{t}' is not the parent's tenant '{of_parent}'"
+                                ));
+                            }
+                        }
                     }
                     if let (Some(pt), Some(p)) = (&parent_target, parent) {
                         if *pt == target {

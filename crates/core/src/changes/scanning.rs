@@ -297,6 +297,23 @@ impl RawSnapshot {
                     let records = self.records.get_or_insert_with(Default::default);
                     let same =
                         |t: &str, x: &RawId| canonical(types, t, x).ok() == Some(target.clone());
+                    // Without a parent named, a related object keeps its parent, and so its
+                    // parent's tenant (as the incremental path holds, change by change).
+                    if let (None, Some(t)) = (&parent_target, &tenant) {
+                        let of_parent = records
+                            .related
+                            .iter()
+                            .find(|r| same(&r.record_type, &r.id))
+                            .and_then(|r| canonical(types, &r.parent_type, &r.parent_id).ok())
+                            .and_then(|pt| raw_record_tenant(records, types, &pt));
+                        if let Some(of_parent) = of_parent {
+                            if *t != of_parent {
+                                return Err(format!(
+                                    "changes[{i}].tenant: '{t}' is not the parent's tenant '{of_parent}'"
+                                ));
+                            }
+                        }
+                    }
                     if let Some(pt) = &parent_target {
                         if *pt == target {
                             return Err(format!("changes[{i}]: a record cannot be its own parent"));
