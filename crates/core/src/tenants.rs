@@ -380,7 +380,8 @@ mod tests {
                 "hierarchy",
                 "teams",
                 "owner names (wait)",
-                "version"
+                "version",
+                "assemble"
             ]
         );
         let sum: std::time::Duration = s.build_phases().iter().map(|(_, d)| *d).sum();
@@ -396,7 +397,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e:?}"));
         let names: Vec<&str> = r.build_phases().iter().map(|(n, _)| *n).collect();
         assert!(
-            names.ends_with(&["records", "record tenants", "version"]),
+            names.ends_with(&["records", "record tenants", "version", "assemble"]),
             "{names:?}"
         );
     }
@@ -644,6 +645,12 @@ mod change_tests {
             ),
             (
                 r#"[{"op":"upsert_record","type":"note","id":10,"tenant":"b","parent":{"type":"lead","id":1}}]"#,
+                "changes[0].tenant: 'b' is not the parent's tenant 'a'",
+            ),
+            (
+                // No parent named: note 9 keeps lead 1, and so tenant a, even when a later
+                // change of the batch removes it (the source form held this only at the end).
+                r#"[{"op":"upsert_record","type":"note","id":9,"tenant":"b"},{"op":"remove_record","type":"note","id":9}]"#,
                 "changes[0].tenant: 'b' is not the parent's tenant 'a'",
             ),
             (
