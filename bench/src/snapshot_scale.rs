@@ -336,11 +336,18 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
     );
     let mut builds = Vec::new();
     let mut snapshot = None;
+    let ticks = procstat::clock_ticks();
+    let mut cost = None;
     for _ in 0..a.runs.max(1) {
         drop(snapshot.take());
+        let before = procstat::cpu_split(me, ticks);
         let t = Instant::now();
         let s = Snapshot::build("scale.json", &text, &c).map_err(|e| format!("{:?}", &e[..1]))?;
-        builds.push(t.elapsed());
+        let took = t.elapsed();
+        builds.push(took);
+        cost = before
+            .zip(procstat::cpu_split(me, ticks))
+            .map(|((u0, s0, f0), (u1, s1, f1))| (took, u1 - u0, s1 - s0, f1 - f0));
         snapshot = Some(s);
     }
     let Some(mut s) = snapshot else {
@@ -370,6 +377,17 @@ pub fn run(a: SnapshotArgs) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // The last build's CPU, both cores: what a second core could still take (wall × 2 less
+    // user + system), and how much went to fresh pages (system time, minor faults).
+    if let Some((wall, user, sys, faults)) = cost {
+        println!(
+            "build CPU (last run): user {:.2} s, system {:.2} s ({:.2} cores busy on average), \
+             {faults} minor page faults",
+            user.as_secs_f64(),
+            sys.as_secs_f64(),
+            (user + sys).as_secs_f64() / wall.as_secs_f64().max(1e-9)
+        );
+    }
     println!(
         "resident: {:.1} B per record entry for the whole snapshot ({:.0} MB RSS growth: users, \
          hierarchy and records, the JSON text dropped; {} record entries); record tables alone \
