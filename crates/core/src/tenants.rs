@@ -397,6 +397,17 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e:?}"));
         let names: Vec<&str> = r.build_phases().iter().map(|(n, _)| *n).collect();
         assert!(
+            names.starts_with(&[
+                "parse (to the records)",
+                "tenants and user ids",
+                "users and services",
+                "memberships",
+                "records read (wait)",
+                "hierarchy"
+            ]),
+            "{names:?}"
+        );
+        assert!(
             names.ends_with(&["records", "record tenants", "version", "assemble"]),
             "{names:?}"
         );
