@@ -1232,12 +1232,13 @@ impl RecordStore {
             };
             match std::mem::replace(c, Err(String::new())) {
                 Ok((t, id)) => {
-                    let number = match store.find(t, &id) {
-                        Some(f) => Some(f.number),
-                        None => store.insert(t, &id, NO_OWNER).ok().and_then(|slot| {
-                            store.types.get(t.index()).map(|tt| tt.base + slot as u32)
-                        }),
-                    };
+                    // Inserted, or found already there (an owner entry too): one probe.
+                    let number = match store.insert(t, &id, NO_OWNER) {
+                        Ok(slot) => Some(slot),
+                        Err(usize::MAX) => None,
+                        Err(slot) => Some(slot),
+                    }
+                    .and_then(|slot| store.types.get(t.index()).map(|tt| tt.base + slot as u32));
                     children.push(number.map(|n| (n, t)));
                 }
                 Err(m) => {

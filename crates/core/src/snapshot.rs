@@ -70,12 +70,13 @@ pub struct RawSnapshot {
     /// Principals that are not people (org or integration keys), decided like users.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<RawService>,
-    /// Record ownership, shares and related objects ([`crate::records`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub records: Option<RawRecords>,
     /// The tenants (organisations); empty: one implicit tenant (module docs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<RawTenant>,
+    /// Record ownership, shares and related objects ([`crate::records`]). Written last: the
+    /// build reads the records on another thread while it compiles what comes before them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<RawRecords>,
 }
 
 /// A tenant in source form.
@@ -356,7 +357,9 @@ fn records_error(file: &str, text: &str, e: crate::records::parse::ParseError) -
 impl<'t> BuildForm<'t> {
     /// Parse a snapshot text: the top-level object by hand, each field's value with serde
     /// except `records` (its own parser). An error is located (line, and column in the
-    /// message) in the whole text.
+    /// message) in the whole text. (The build reads the records aside: [`Snapshot::build`];
+    /// this one pass is what the tests compare it with.)
+    #[cfg(test)]
     fn parse(file: &str, text: &'t str) -> Result<BuildForm<'t>, ConfigError> {
         let (mut form, at) = Self::start(file, text)?;
         form.fields(file, text, at, false)?;
@@ -394,6 +397,32 @@ impl<'t> BuildForm<'t> {
             rest.fields(file, text, i, false)?;
         }
         Ok(rest)
+    }
+
+    /// The fields `rest` read (its `seen` started as this form's), moved in: the form
+    /// [`BuildForm::parse`] makes of the whole text.
+    fn absorb(&mut self, rest: BuildForm<'t>) {
+        let new = |k: usize| rest.seen[k] && !self.seen[k];
+        if new(0) {
+            self.version = rest.version;
+        }
+        if new(1) {
+            self.generated_at = rest.generated_at;
+        }
+        if new(2) {
+            self.roles = rest.roles;
+        }
+        if new(3) {
+            self.users = rest.users;
+        }
+        if new(5) {
+            self.services = rest.services;
+        }
+        if new(6) {
+            self.tenants = rest.tenants;
+        }
+        self.records = rest.records;
+        self.seen = rest.seen;
     }
 
     /// A form with nothing read, `seen` the fields read elsewhere.
@@ -1071,8 +1100,28 @@ fn nested_element_offsets(text: &str, path: &[&str]) -> Vec<usize> {
     out
 }
 
-/// The records and the fields after them, read on another thread (where they start, and the
-/// call that waits for them).
+/// What [`Snapshot::compile`] made: the snapshot, or the rest of the text to merge into the
+/// head (it held fields the compile needed).
+enum Built<'t> {
+    Done(Box<Snapshot>),
+    Merge(Box<BuildForm<'t>>),
+}
+
+impl<'t> Built<'t> {
+    fn done(self) -> Option<Snapshot> {
+        match self {
+            Built::Done(s) => Some(*s),
+            Built::Merge(_) => None,
+        }
+    }
+    #[cfg(test)]
+    fn unwrap(self) -> Snapshot {
+        self.done().unwrap()
+    }
+}
+
+/// The records and the fields after them, read on another thread: the call that waits for
+/// them.
 type RestOfText<'a, 't> = &'a mut dyn FnMut() -> Result<BuildForm<'t>, ConfigError>;
 
 /// [`Snapshot::compile`] of a whole form never asks for the text again; were it to, this is
@@ -1106,9 +1155,9 @@ impl Snapshot {
         })
     }
 
-    fn build_with(
+    fn build_with<'t>(
         file: &str,
-        text: &str,
+        text: &'t str,
         catalog: &Catalog,
         content_hash: impl FnOnce() -> String,
     ) -> Result<Snapshot, Vec<ConfigError>> {
@@ -1120,18 +1169,34 @@ impl Snapshot {
         };
         // The text up to the records here; the records (and what follows them) on another
         // thread, while this one compiles the users (the draft is independent of them).
-        let (head, records_at) = BuildForm::parse_until_records(file, text).map_err(|e| vec![e])?;
+        let (mut head, records_at) =
+            BuildForm::parse_until_records(file, text).map_err(|e| vec![e])?;
         clock.end(if records_at.is_some() {
             "parse (to the records)"
         } else {
             "parse"
         });
+        let whole = |form: &mut BuildForm<'t>,
+                     clock: &mut PhaseClock,
+                     version: &mut dyn FnMut() -> String| {
+            let built = Self::compile(file, text, catalog, form, None, clock, version);
+            if let Some(d) = form.records.as_mut() {
+                d.free_elsewhere();
+            }
+            built.and_then(|s| s.done().ok_or_else(|| unread(file)))
+        };
         let Some(at) = records_at else {
-            return Self::compile(file, text, catalog, &head, None, &mut clock, &mut version)
-                .and_then(|s| s.ok_or_else(|| unread(file)));
+            return whole(&mut head, &mut clock, &mut version);
         };
         let seen = head.seen;
         let read_rest = move || BuildForm::rest_from_records(file, text, at, seen);
+        // No users before the records (the database source writes its records first): nothing
+        // to compile meanwhile, so the rest is read here and the form compiled whole.
+        if !head.seen[3] {
+            head.absorb(read_rest().map_err(|e| vec![e])?);
+            clock.end("records and the rest read");
+            return whole(&mut head, &mut clock, &mut version);
+        }
         let built = std::thread::scope(|scope| {
             let mut reader = Some(std::thread::Builder::new().spawn_scoped(scope, read_rest));
             let mut rest = || match reader.take() {
@@ -1149,25 +1214,25 @@ impl Snapshot {
             )
         })?;
         match built {
-            Some(s) => Ok(s),
-            // Users, roles, services or tenants after the records (the users were compiled
-            // without them): the whole text again, in one pass.
-            None => {
-                drop(head);
-                let mut clock = PhaseClock::start();
-                let form = BuildForm::parse(file, text).map_err(|e| vec![e])?;
-                clock.end("parse");
-                Self::compile(file, text, catalog, &form, None, &mut clock, &mut version)
-                    .and_then(|s| s.ok_or_else(|| unread(file)))
+            Built::Done(s) => Ok(*s),
+            // Roles, services or tenants after the records (the users were compiled without
+            // them): the head and the rest make the one-pass form (each field is in exactly
+            // one of them), compiled again whole. Our own writers put the records last.
+            Built::Merge(rest) => {
+                head.absorb(*rest);
+                clock.end("merge (roles, services or tenants after the records)");
+                whole(&mut head, &mut clock, &mut version)
             }
         }
     }
 
-    /// Compile a parsed form. `rest`: the form holds the text up to its records, and this
-    /// gives the records and the fields after them (read on another thread meanwhile); a
-    /// parse error there wins over the users' errors, as in one pass. `Ok(None)`: the rest
-    /// holds users, roles, services or tenants, which the compile did not see (the caller
-    /// reads the text again).
+    /// Compile a parsed form. `rest`: the form holds the text up to its records (where they
+    /// start), and this gives the records and the fields after them (read on another thread
+    /// meanwhile); a parse error there wins over the users' errors, as in one pass.
+    /// [`Built::Merge`]: the rest holds roles, services or tenants (or users), which the
+    /// compile did not see (the caller merges it into the form and compiles that). With
+    /// `rest`, the records draft is freed on another thread here; without, the caller frees
+    /// the form's.
     fn compile<'t>(
         file: &str,
         text: &'t str,
@@ -1176,12 +1241,13 @@ impl Snapshot {
         rest: Option<(usize, RestOfText<'_, 't>)>,
         clock: &mut PhaseClock,
         content_hash: &mut dyn FnMut() -> String,
-    ) -> Result<Option<Snapshot>, Vec<ConfigError>> {
+    ) -> Result<Built<'t>, Vec<ConfigError>> {
         // The records (and fields after them) read by the other thread, once joined.
         let mut tail: Option<BuildForm<'t>> = None;
-        // With the rest to come, a records section long enough for 4,096 owners (an entry is
-        // at least 16 bytes) gets the owners' name table: speculative, unused when it holds
-        // fewer owners.
+        // With the rest to come, the owners' name table is made when the text from the
+        // records on could hold 4,096 owners (an entry is at least 16 bytes): speculative, and
+        // unused when the owners list is shorter (the shares, the related objects and the
+        // fields after the records count in that text too).
         let many_owners = match &rest {
             Some((at, _)) => text.len().saturating_sub(*at) >= OWNER_NAMES_FROM * 16,
             None => raw
@@ -1192,15 +1258,20 @@ impl Snapshot {
         let built = std::thread::scope(|scope| {
             // A large draft's owners are resolved through a table of the user ids: made on
             // another core while this one compiles the users.
-            let owner_names = many_owners.then(|| {
-                scope.spawn(|| {
-                    OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
-                        for (i, u) in raw.users.iter().enumerate() {
-                            f(&u.id, i as UserIdx);
-                        }
-                    })
+            // (None when no thread can be started: the records build makes it then.)
+            let owner_names = many_owners
+                .then(|| {
+                    std::thread::Builder::new()
+                        .spawn_scoped(scope, || {
+                            OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
+                                for (i, u) in raw.users.iter().enumerate() {
+                                    f(&u.id, i as UserIdx);
+                                }
+                            })
+                        })
+                        .ok()
                 })
-            });
+                .flatten();
             // Where each user and role starts, for locating errors: a scan of the whole text, so
             // made only when there is an error to locate.
             let user_lines = std::cell::OnceCell::new();
@@ -1702,9 +1773,9 @@ impl Snapshot {
             // after them) are reported before the users' errors, as in one pass.
             if let Some((_, rest)) = rest {
                 let t = rest().map_err(|e| vec![e])?;
-                // Fields the users' compile needed, after the records: read again whole.
+                // Fields the users' compile needed, after the records: merged by the caller.
                 if [2, 3, 5, 6].iter().any(|k| t.seen[*k] && !raw.seen[*k]) {
-                    return Ok(None);
+                    return Ok(Built::Merge(Box::new(t)));
                 }
                 tail = Some(t);
                 clock.end("records read (wait)");
@@ -1882,7 +1953,7 @@ impl Snapshot {
             let by_id = Layered::new(by_id);
             let api_keys = Layered::new(api_keys);
             clock.end("assemble");
-            Ok(Some(Snapshot {
+            Ok(Built::Done(Box::new(Snapshot {
                 version,
                 loaded_at,
                 produced_at,
@@ -1905,7 +1976,7 @@ impl Snapshot {
                 membership_count,
                 detached: 0,
                 build_phases: std::mem::take(&mut clock.phases).into(),
-            }))
+            })))
         });
         // The records draft's lists (hundreds of megabytes at scale) are freed on another
         // thread; the rest of the parsed form here.

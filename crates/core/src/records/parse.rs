@@ -687,15 +687,24 @@ impl<'t> RecordsDraft<'t> {
     /// bytes for [`RESERVE_AFTER`] entries) and the text left (`rest` bytes): a list grown by
     /// doubling copied itself into fresh pages at each step, and the second reader's entries
     /// were appended to a list that then grew again (`perf`: a third of the build's page
-    /// faults with 10,000 tenants). Room never used is address space, not memory (its pages
-    /// are never touched); both readers of a split list reserve up to the end of the text, so
+    /// faults with 10,000 tenants). Room never used is address space, not memory, where the
+    /// system overcommits (Linux's default: its pages are never touched), and it is at most
+    /// about the bytes of text left (an entry is counted at least its own size); both
+    /// readers of a split list reserve up to the end of the text, so
     /// the first one's list also holds the second one's entries when they are appended. Best
     /// effort: when the room cannot be had, the list grows as before.
     fn reserve_for_rest(&mut self, list: List, read: usize, rest: usize) {
         if rest < RESERVE_FROM_BYTES {
             return;
         }
-        let per_entry = read.div_ceil(RESERVE_AFTER).max(1);
+        // At least an entry's own size: the room is then at most about the text left, in
+        // bytes, whatever the first entries were.
+        let held = match list {
+            List::Owners => std::mem::size_of::<(DraftRef, OwnerRef)>() + 4,
+            List::Shares => std::mem::size_of::<(DraftRef, Result<DraftPrincipal, &str>)>(),
+            List::Related => std::mem::size_of::<(DraftRef, DraftRef)>(),
+        };
+        let per_entry = read.div_ceil(RESERVE_AFTER).max(held);
         let more = rest / per_entry;
         let more = more + more / 16;
         let _ = match list {
