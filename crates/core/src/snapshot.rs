@@ -1124,15 +1124,21 @@ impl<'t> Built<'t> {
 /// them.
 type RestOfText<'a, 't> = &'a mut dyn FnMut() -> Result<BuildForm<'t>, ConfigError>;
 
-/// [`Snapshot::compile`] of a whole form never asks for the text again; were it to, this is
-/// the error rather than a snapshot half read.
-fn unread(file: &str) -> Vec<ConfigError> {
+/// A build that cannot finish for a reason of its own (never seen): this error rather than a
+/// snapshot half made.
+fn internal(file: &str, what: &str) -> Vec<ConfigError> {
     vec![ConfigError::new(
         file,
         None,
         "",
-        "the snapshot was not read whole (an internal error: please report it)",
+        format!("{what} (an internal error: please report it)"),
     )]
+}
+
+/// [`Snapshot::compile`] of a whole form never asks for the text again; were it to, this is
+/// the error.
+fn unread(file: &str) -> Vec<ConfigError> {
+    internal(file, "the snapshot was not read whole")
 }
 
 impl Snapshot {
@@ -1257,21 +1263,27 @@ impl Snapshot {
         };
         let built = std::thread::scope(|scope| {
             // A large draft's owners are resolved through a table of the user ids: made on
-            // another core while this one compiles the users.
+            // another core while this one compiles the users. With the records being read, it
+            // starts with the memberships, when the reader is nearly done (started with the
+            // compile, it took a share of both cores while they were busiest, and the other
+            // core then had nothing to do while this one finished the users).
             // (None when no thread can be started: the records build makes it then.)
-            let owner_names = many_owners
-                .then(|| {
-                    std::thread::Builder::new()
-                        .spawn_scoped(scope, || {
-                            OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
-                                for (i, u) in raw.users.iter().enumerate() {
-                                    f(&u.id, i as UserIdx);
-                                }
-                            })
+            let names_table = || {
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, || {
+                        OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
+                            for (i, u) in raw.users.iter().enumerate() {
+                                f(&u.id, i as UserIdx);
+                            }
                         })
-                        .ok()
-                })
-                .flatten();
+                    })
+                    .ok()
+            };
+            let mut owner_names = if many_owners && rest.is_none() {
+                names_table()
+            } else {
+                None
+            };
             // Where each user and role starts, for locating errors: a scan of the whole text, so
             // made only when there is an error to locate.
             let user_lines = std::cell::OnceCell::new();
@@ -1643,6 +1655,9 @@ impl Snapshot {
             }
 
             clock.end("users and services");
+            if many_owners && owner_names.is_none() {
+                owner_names = names_table();
+            }
             // Memberships: one entry each, after the services, standing for its person in its
             // tenant (roles, teams, manager of that tenant); each person lists theirs.
             let first_membership = users.len();
@@ -1859,11 +1874,27 @@ impl Snapshot {
                 }
             }
             clock.end("teams");
+            // The users into their chunks (a copy of the whole array, 200 MB at the scale
+            // target) on another thread while the records are built; here when no thread can
+            // be started.
+            let user_count = users.len();
+            let (to_chunker, chunker_gets) = std::sync::mpsc::channel::<Vec<User>>();
+            let chunker = std::thread::Builder::new()
+                .spawn_scoped(scope, move || {
+                    chunker_gets.recv().ok().map(Chunked::from_vec)
+                })
+                .ok();
+            let mut users = Some(users);
+            if chunker.is_some() {
+                if let Some(u) = users.take() {
+                    users = to_chunker.send(u).err().map(|back| back.0);
+                }
+            }
             let owner_names = owner_names.and_then(|h| h.join().ok());
             clock.end("owner names (wait)");
             let records = match draft {
                 None => RecordStore::default(),
-                Some(_) if users.len() >= MAX_USERS_WITH_RECORDS => {
+                Some(_) if user_count >= MAX_USERS_WITH_RECORDS => {
                     return Err(vec![ConfigError::new(
                         file,
                         None,
@@ -1876,12 +1907,9 @@ impl Snapshot {
                     let team = |name: &str| team_of.get(name).copied();
                     let role = |id: &str| role_idx.get(id).copied();
                     // People only: a service owns no record and is shared none.
+                    // (The persons: the users' first entries, in the form's order.)
                     let user_ids = |f: &mut dyn FnMut(&str, UserIdx)| {
-                        for (i, u) in users
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, u)| !u.service && !u.is_membership())
-                        {
+                        for (i, u) in raw.users.iter().enumerate() {
                             f(&u.id, i as UserIdx);
                         }
                     };
@@ -1948,8 +1976,14 @@ impl Snapshot {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
-            // The users in their chunks (a copy of the whole array) and the tables shared.
-            let users = Chunked::from_vec(users);
+            // The users in their chunks and the tables shared.
+            let users = match (users, chunker) {
+                (Some(u), _) => Chunked::from_vec(u),
+                (None, Some(h)) => h.join().ok().flatten().ok_or_else(|| {
+                    internal(file, "the users were lost on their way into chunks")
+                })?,
+                (None, None) => return Err(internal(file, "the users were not kept")),
+            };
             let by_id = Layered::new(by_id);
             let api_keys = Layered::new(api_keys);
             clock.end("assemble");
