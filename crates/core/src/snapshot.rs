@@ -2101,12 +2101,15 @@ impl Snapshot {
     /// tenants and user ids, users and services, memberships, hierarchy, teams, the wait for
     /// the owners' name table, records, record tenants, version, assemble); empty for a
     /// version an incremental batch made. With records, the parse is of the text up to them
-    /// ("parse (to the records)"): the records are read on another thread while the users
-    /// are compiled, and "records read (wait)" follows "memberships" (the wait for that
-    /// thread; the three phases before it share the cores with it). They cover the build
-    /// from its parse to the snapshot made (the caller's content-hash thread and the drop of
-    /// the parsed form are not in them). For benches and the next person who makes a build
-    /// faster.
+    /// ("parse (to the records)"). With users before the records, the records are read on
+    /// another thread while the users are compiled, and "records read (wait)" follows
+    /// "memberships" (the wait for that thread; the three phases before it share the cores
+    /// with it). Without, "records and the rest read" follows the parse. When roles, services
+    /// or tenants follow the records, the phases of the compile that could not be used come
+    /// first, then "merge (…)" and the whole compile's. "assemble" waits for the users' chunks,
+    /// made on another thread during the records. They cover the build from its parse to the
+    /// snapshot made (the caller's content-hash thread and the drop of the parsed form are not
+    /// in them). For benches and the next person who makes a build faster.
     pub fn build_phases(&self) -> &[(&'static str, Duration)] {
         &self.build_phases
     }
@@ -2440,6 +2443,41 @@ mod tests {
         for text in &cases {
             assert_eq!(aside(text), one_pass(text), "{text}");
         }
+        // Which way each went, by its phases: read aside, in place (no users before the
+        // records), merged (tenants after them).
+        let phases = |text: &str| -> Vec<&'static str> {
+            let s = Snapshot::build("s.json", text, &c).unwrap();
+            s.build_phases().iter().map(|(n, _)| *n).collect()
+        };
+        let aside_phases = phases(&cases[0]);
+        assert_eq!(
+            aside_phases[..2],
+            ["parse (to the records)", "tenants and user ids"]
+        );
+        assert!(aside_phases.contains(&"records read (wait)"));
+        assert!(!aside_phases.iter().any(|p| p.starts_with("merge")));
+        let in_place = phases(&cases[1]);
+        assert_eq!(
+            in_place[..3],
+            [
+                "parse (to the records)",
+                "records and the rest read",
+                "tenants and user ids"
+            ]
+        );
+        assert!(!in_place.contains(&"records read (wait)"));
+        let merged = phases(&cases[7]);
+        assert_eq!(
+            merged[..6],
+            [
+                "parse (to the records)",
+                "tenants and user ids",
+                "users and services",
+                "memberships",
+                "merge (roles, services or tenants after the records)",
+                "tenants and user ids"
+            ]
+        );
         // A records section long enough for the owners' name table (made while the users
         // compile), its version after it.
         let many: Vec<String> = (0..5000)
