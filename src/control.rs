@@ -972,12 +972,13 @@ pub fn export_database(db: &crate::dbsource::DbSource) -> Result<String, String>
     })
 }
 
-/// The start of a full load's snapshot text, versioned by the time it is read.
-fn db_records_text() -> crate::dbsource::RecordsText {
+/// The start of a full load's snapshot text, versioned by the time it is read, with its
+/// other rows (`people`) before its records.
+fn db_records_text(people: crate::dbsource::People) -> crate::dbsource::RecordsText {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    crate::dbsource::RecordsText::new(&format!("db-{now}"), now)
+    crate::dbsource::RecordsText::with_people(&format!("db-{now}"), now, people)
 }
 
 /// One round inside the transaction: the cursor, then what is due — every query (a full
@@ -1074,8 +1075,10 @@ async fn load_round(
     if let Some(sql) = &q.memberships {
         rows.memberships = tenant_rows(client, db, tenants, "memberships", sql, None).await?;
     }
-    // The record rows (the millions) go straight into the snapshot text as they arrive.
-    let mut records = db_records_text();
+    // The other rows checked and written first (the build then compiles the users while it
+    // reads the records); the record rows (the millions) go straight into the snapshot text
+    // as they arrive.
+    let mut records = db_records_text(crate::dbsource::people(&rows, q)?);
     for (query, sql) in [
         (RecordQuery::Owners, &q.owners),
         (RecordQuery::Shares, &q.shares),

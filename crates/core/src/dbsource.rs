@@ -258,7 +258,7 @@ pub fn snapshot_text(
     version: String,
     generated_at: u64,
 ) -> Result<String, String> {
-    let mut records = RecordsText::new(&version, generated_at);
+    let mut records = RecordsText::with_people(&version, generated_at, people(rows, queries)?);
     for (query, list) in [
         (RecordQuery::Owners, &rows.owners),
         (RecordQuery::Shares, &rows.shares),
@@ -272,10 +272,39 @@ pub fn snapshot_text(
 }
 
 /// The snapshot text of a full load whose record rows went into `records` as they came (the
-/// owners, shares and related rows of `rows` are not read): the other rows' users, roles,
-/// API keys, memberships and tenants are added to it; with the managers it dropped, each said
-/// in a line, and the memberships' dropped managers remembered ([`DroppedManagers`]: the
-/// follower's, replaced by each full load).
+/// owners, shares and related rows of `rows` are not read): with the users, roles, API keys,
+/// memberships and tenants of the other rows ([`people`]: written before the records when
+/// `records` was made with them, [`RecordsText::with_people`], else after them here); with
+/// the managers it dropped, each said in a line, and the memberships' dropped managers
+/// remembered ([`DroppedManagers`]: the follower's, replaced by each full load).
+pub fn finish_snapshot_text(
+    rows: &Rows,
+    mut records: RecordsText,
+    queries: &DbQueries,
+) -> Result<(String, Vec<String>, DroppedManagers), String> {
+    let (people, written) = match records.people.take() {
+        Some(p) => (*p, true),
+        None => (people(rows, queries)?, false),
+    };
+    Ok(records.finish(people, written))
+}
+
+/// What a full load's rows other than the records say, checked ([`people`]).
+#[derive(Debug)]
+pub struct People {
+    /// The snapshot's roles, users and (when known before the records) tenants, as JSON
+    /// fields, each after a comma.
+    fields: String,
+    /// With tenants and no tenants query: the tenants listed (none: their query did not
+    /// run) and those the memberships name, to which the owners' are added; written after the
+    /// records (only they know the owners').
+    derived: Option<(Vec<RawTenant>, Vec<String>)>,
+    dropped: Vec<String>,
+    remembered: DroppedManagers,
+}
+
+/// The users, roles, API keys, memberships and tenants of a full load's rows (their record
+/// rows are not read), checked.
 ///
 /// A manager that names no user (or, with tenants, no member of the membership's tenant) is
 /// dropped rather than refused, unlike in a snapshot file: a CRM keeps a member's manager after
@@ -283,11 +312,7 @@ pub fn snapshot_text(
 /// grants nothing where it is named (a non-member sees nothing in that tenant), so dropping it
 /// takes no access away; refusing would fail this load and every later one, until someone
 /// edited the CRM's data, with nothing it changed landing meanwhile.
-pub fn finish_snapshot_text(
-    rows: &Rows,
-    records: RecordsText,
-    queries: &DbQueries,
-) -> Result<(String, Vec<String>, DroppedManagers), String> {
+pub fn people(rows: &Rows, queries: &DbQueries) -> Result<People, String> {
     let mut users = Vec::with_capacity(rows.users.len());
     let mut index = std::collections::HashMap::new();
     for (i, r) in rows.users.iter().enumerate() {
@@ -317,6 +342,7 @@ pub fn finish_snapshot_text(
     let (dropped, remembered) = drop_dangling_managers(&mut users, &index);
     drop(index);
     let mut tenants: Vec<RawTenant> = Vec::new();
+    let mut derived = None;
     if queries.memberships.is_some() {
         for (i, r) in rows.tenants.iter().enumerate() {
             let id = r.need("tenants", i, "id")?;
@@ -328,19 +354,13 @@ pub fn finish_snapshot_text(
             }
         }
         if queries.tenants.is_none() {
-            // Every tenant the rows name, in a stable order.
-            let mut named: Vec<&str> = rows
-                .memberships
-                .iter()
-                .filter_map(|r| r.text("tenant"))
-                .chain(records.tenants.iter().map(String::as_str))
-                .collect();
-            named.sort_unstable();
-            named.dedup();
-            tenants.extend(named.into_iter().map(|id| RawTenant {
-                id: id.to_string(),
-                name: None,
-            }));
+            derived = Some(
+                rows.memberships
+                    .iter()
+                    .filter_map(|r| r.text("tenant"))
+                    .map(str::to_string)
+                    .collect(),
+            );
         }
     }
     let roles = rows
@@ -356,8 +376,9 @@ pub fn finish_snapshot_text(
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    // Version and records are in `records` already: the rest follows them.
-    let rest = RawSnapshot {
+    // Version and records are in the records' text; tenants derived from the rows follow the
+    // records (the listed ones, if any, are written with them there).
+    let fields = RawSnapshot {
         version: None,
         generated_at: None,
         roles,
@@ -365,9 +386,25 @@ pub fn finish_snapshot_text(
         records: None,
         // Service principals come from the snapshot file or a URL source, not yet from SQL.
         services: Vec::new(),
-        tenants,
+        tenants: if derived.is_some() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut tenants)
+        },
     };
-    Ok((records.finish(&rest), dropped, remembered))
+    // Serializing plain strings, vectors and booleans cannot fail; an object always (its
+    // roles and users are always written).
+    let fields = serde_json::to_string(&fields).unwrap_or_default();
+    let fields = match fields.strip_prefix('{').and_then(|f| f.strip_suffix('}')) {
+        Some(f) if !f.is_empty() => format!(",{f}"),
+        _ => String::new(),
+    };
+    Ok(People {
+        fields,
+        derived: derived.map(|named| (tenants, named)),
+        dropped,
+        remembered,
+    })
 }
 
 /// Drop the managers that name no user (`index`: the users by id) or, in a membership, no
@@ -560,9 +597,14 @@ pub struct RecordsText {
     rows: [usize; 3],
     /// The tenants the owners rows name.
     tenants: std::collections::BTreeSet<String>,
+    /// The other rows, written before the records ([`RecordsText::with_people`]; their
+    /// `fields` emptied).
+    people: Option<Box<People>>,
 }
 
 impl RecordsText {
+    /// The text of a load whose other rows are added after its records
+    /// ([`finish_snapshot_text`]).
     pub fn new(version: &str, generated_at: u64) -> RecordsText {
         let mut text = String::from("{\"version\":");
         push_json_str(&mut text, version);
@@ -572,7 +614,21 @@ impl RecordsText {
             section: 0,
             rows: [0; 3],
             tenants: Default::default(),
+            people: None,
         }
+    }
+
+    /// The text of a load whose other rows were read first ([`people`]): written before the
+    /// records, so the build compiles the users while it reads the records (a text with its
+    /// records first is read whole before anything is compiled).
+    pub fn with_people(version: &str, generated_at: u64, people: People) -> RecordsText {
+        let mut records = RecordsText::new(version, generated_at);
+        records.text.push_str(&people.fields);
+        records.people = Some(Box::new(People {
+            fields: String::new(),
+            ..people
+        }));
+        records
     }
 
     /// One row of `query`. `round`: the tenant of a `tenant_session_sql` round and the row's
@@ -647,23 +703,38 @@ impl RecordsText {
         Ok(())
     }
 
-    /// The snapshot text: what was written, then `rest` (its fields other than the version,
-    /// `generated_at` and the records).
-    fn finish(mut self, rest: &RawSnapshot) -> String {
+    /// The snapshot text: what was written, then the fields of `people` not yet written
+    /// (all of them unless `written`) and the tenants derived from the rows; with the managers
+    /// dropped and remembered.
+    fn finish(mut self, people: People, written: bool) -> (String, Vec<String>, DroppedManagers) {
         if self.section > 0 {
             self.text.push_str("]}");
         }
-        // Serializing plain strings, vectors and booleans cannot fail; an object always (its
-        // roles and users are always written).
-        let rest = serde_json::to_string(rest).unwrap_or_default();
-        if let Some(fields) = rest.strip_prefix('{').filter(|f| f.len() > 1) {
-            self.text.reserve_exact(fields.len() + 1);
-            self.text.push(',');
-            self.text.push_str(fields);
-        } else {
-            self.text.push('}');
+        if !written {
+            self.text.push_str(&people.fields);
         }
-        self.text
+        if let Some((mut tenants, named)) = people.derived {
+            // Every tenant the rows name, in a stable order, after the listed ones.
+            let mut named: Vec<&str> = named
+                .iter()
+                .map(String::as_str)
+                .chain(self.tenants.iter().map(String::as_str))
+                .collect();
+            named.sort_unstable();
+            named.dedup();
+            tenants.extend(named.into_iter().map(|id| RawTenant {
+                id: id.to_string(),
+                name: None,
+            }));
+            if !tenants.is_empty() {
+                // Plain strings: serializing cannot fail.
+                let list = serde_json::to_string(&tenants).unwrap_or_default();
+                self.text.push_str(",\"tenants\":");
+                self.text.push_str(&list);
+            }
+        }
+        self.text.push('}');
+        (self.text, people.dropped, people.remembered)
     }
 }
 
@@ -1785,6 +1856,100 @@ mod tests {
     /// given a manager since is left alone; a loop the giving back makes is refused as any
     /// batch's; a deleted report is forgotten. The fast path (the gateway's) and the source
     /// form and build agree on every batch.
+    /// A full load writes its users, roles and listed tenants before its records (the build
+    /// compiles them while it reads the records), and tenants it derives from the rows after
+    /// them; either way the snapshot is the one the records-first text makes.
+    #[test]
+    fn people_are_written_before_the_records() {
+        let (catalog, _) = crate::records::tests::snapshot();
+        let membership = |user: &str, tenant: &str| {
+            row(
+                &[("user_id", user), ("tenant", tenant)],
+                &[("roles", &["sales_rep"])],
+            )
+        };
+        let lead = |id: &str, owner: &str, tenant: &str| {
+            row(
+                &[
+                    ("type", "lead"),
+                    ("id", id),
+                    ("owner", owner),
+                    ("tenant", tenant),
+                ],
+                &[],
+            )
+        };
+        let rows = Rows {
+            users: vec![row(&[("id", "u")], &[]), row(&[("id", "w")], &[])],
+            memberships: vec![membership("u", "org-a"), membership("w", "org-b")],
+            // org-c: named by a record only (no member).
+            owners: vec![
+                lead("1", "w", "org-b"),
+                lead("2", "u", "org-a"),
+                lead("3", "u", "org-c"),
+            ],
+            tenants: vec![
+                row(&[("id", "org-a"), ("name", "A")], &[]),
+                row(&[("id", "org-b")], &[]),
+                row(&[("id", "org-c")], &[]),
+            ],
+            ..Rows::default()
+        };
+        let derived = DbQueries {
+            memberships: Some("…".into()),
+            ..DbQueries::default()
+        };
+        let listed = DbQueries {
+            tenants: Some("…".into()),
+            ..derived.clone()
+        };
+        // Without a tenants query there are no tenant rows.
+        let unlisted = Rows {
+            tenants: Vec::new(),
+            ..rows.clone()
+        };
+        let records_first = |rows: &Rows, queries: &DbQueries| {
+            let mut records = RecordsText::new("v", 0);
+            for r in &rows.owners {
+                records.push(RecordQuery::Owners, r, None).unwrap();
+            }
+            finish_snapshot_text(rows, records, queries).unwrap().0
+        };
+        let at = |text: &str, field: &str| text.find(&format!("\"{field}\":")).unwrap();
+        for (rows, queries, tenants_first) in [(&rows, &listed, true), (&unlisted, &derived, false)]
+        {
+            let text = snapshot_text(rows, queries, "v".into(), 0).unwrap();
+            assert!(at(&text, "users") < at(&text, "records"), "{text}");
+            assert_eq!(
+                at(&text, "tenants") < at(&text, "records"),
+                tenants_first,
+                "{text}"
+            );
+            let old = records_first(rows, queries);
+            assert!(at(&old, "records") < at(&old, "users"), "{old}");
+            let (a, b) = (
+                Snapshot::build("s.json", &text, &catalog).unwrap(),
+                Snapshot::build("s.json", &old, &catalog).unwrap(),
+            );
+            assert_eq!(a.tenant_count(), 3);
+            for s in [&a, &b] {
+                let phases: Vec<&str> = s.build_phases().iter().map(|(n, _)| *n).collect();
+                // Users first: read aside (with the tenants after the records, then merged);
+                // records first: read in place.
+                let aside = phases.contains(&"records read (wait)")
+                    || phases.iter().any(|p| p.starts_with("merge"));
+                assert_eq!(aside, std::ptr::eq(s, &a), "{phases:?}");
+            }
+            for id in ["u", "w"] {
+                let (x, y) = (a.user_index(id).unwrap(), b.user_index(id).unwrap());
+                assert_eq!(format!("{:?}", a.user(x)), format!("{:?}", b.user(y)));
+            }
+            for t in ["org-a", "org-b", "org-c"] {
+                assert_eq!(a.tenant_index(t), b.tenant_index(t), "{t}");
+            }
+        }
+    }
+
     #[test]
     fn a_manager_who_rejoins_gets_their_reports_back() {
         let (catalog, _) = crate::records::tests::snapshot();
