@@ -274,7 +274,8 @@ pub fn snapshot_text(
 /// The snapshot text of a full load whose record rows went into `records` as they came (the
 /// owners, shares and related rows of `rows` are not read): with the users, roles, API keys,
 /// memberships and tenants of the other rows ([`people`]: written before the records when
-/// `records` was made with them, [`RecordsText::with_people`], else after them here); with
+/// `records` was made with them and the tenants are not derived from the rows,
+/// [`RecordsText::with_people`], else after them here); with
 /// the managers it dropped, each said in a line, and the memberships' dropped managers
 /// remembered ([`DroppedManagers`]: the follower's, replaced by each full load).
 pub fn finish_snapshot_text(
@@ -282,11 +283,11 @@ pub fn finish_snapshot_text(
     mut records: RecordsText,
     queries: &DbQueries,
 ) -> Result<(String, Vec<String>, DroppedManagers), String> {
-    let (people, written) = match records.people.take() {
-        Some(p) => (*p, true),
-        None => (people(rows, queries)?, false),
+    let people = match records.people.take() {
+        Some(p) => *p,
+        None => people(rows, queries)?,
     };
-    Ok(records.finish(people, written))
+    Ok(records.finish(people))
 }
 
 /// What a full load's rows other than the records say, checked ([`people`]).
@@ -597,8 +598,8 @@ pub struct RecordsText {
     rows: [usize; 3],
     /// The tenants the owners rows name.
     tenants: std::collections::BTreeSet<String>,
-    /// The other rows, written before the records ([`RecordsText::with_people`]; their
-    /// `fields` emptied).
+    /// The other rows, given before the records ([`RecordsText::with_people`]; their
+    /// `fields` emptied when written before them).
     people: Option<Box<People>>,
 }
 
@@ -620,14 +621,22 @@ impl RecordsText {
 
     /// The text of a load whose other rows were read first ([`people`]): written before the
     /// records, so the build compiles the users while it reads the records (a text with its
-    /// records first is read whole before anything is compiled).
+    /// records first is read whole before anything is compiled). Not when the tenants are
+    /// derived from the rows: they follow the records (only the owners' rows know them all),
+    /// and users before tenants would have the build compile the users twice, so the users
+    /// follow the records too.
     pub fn with_people(version: &str, generated_at: u64, people: People) -> RecordsText {
         let mut records = RecordsText::new(version, generated_at);
-        records.text.push_str(&people.fields);
-        records.people = Some(Box::new(People {
-            fields: String::new(),
-            ..people
-        }));
+        let people = if people.derived.is_none() {
+            records.text.push_str(&people.fields);
+            People {
+                fields: String::new(),
+                ..people
+            }
+        } else {
+            people
+        };
+        records.people = Some(Box::new(people));
         records
     }
 
@@ -704,15 +713,13 @@ impl RecordsText {
     }
 
     /// The snapshot text: what was written, then the fields of `people` not yet written
-    /// (all of them unless `written`) and the tenants derived from the rows; with the managers
+    /// (emptied when they were) and the tenants derived from the rows; with the managers
     /// dropped and remembered.
-    fn finish(mut self, people: People, written: bool) -> (String, Vec<String>, DroppedManagers) {
+    fn finish(mut self, people: People) -> (String, Vec<String>, DroppedManagers) {
         if self.section > 0 {
             self.text.push_str("]}");
         }
-        if !written {
-            self.text.push_str(&people.fields);
-        }
+        self.text.push_str(&people.fields);
         if let Some((mut tenants, named)) = people.derived {
             // Every tenant the rows name, in a stable order, after the listed ones.
             let mut named: Vec<&str> = named
@@ -1856,9 +1863,10 @@ mod tests {
     /// given a manager since is left alone; a loop the giving back makes is refused as any
     /// batch's; a deleted report is forgotten. The fast path (the gateway's) and the source
     /// form and build agree on every batch.
-    /// A full load writes its users, roles and listed tenants before its records (the build
-    /// compiles them while it reads the records), and tenants it derives from the rows after
-    /// them; either way the snapshot is the one the records-first text makes.
+    /// A full load with listed tenants (or none) writes its users, roles and tenants before
+    /// its records (the build compiles them while it reads the records); with tenants derived
+    /// from the rows, which follow the records, the users follow them too (read whole, not
+    /// compiled twice). Either way the snapshot is the one the records-first text makes.
     #[test]
     fn people_are_written_before_the_records() {
         let (catalog, _) = crate::records::tests::snapshot();
@@ -1916,35 +1924,46 @@ mod tests {
             finish_snapshot_text(rows, records, queries).unwrap().0
         };
         let at = |text: &str, field: &str| text.find(&format!("\"{field}\":")).unwrap();
-        for (rows, queries, tenants_first) in [(&rows, &listed, true), (&unlisted, &derived, false)]
-        {
+        // Without tenants: no memberships, records of no tenant.
+        let plain = Rows {
+            users: rows.users.clone(),
+            owners: vec![row(&[("type", "lead"), ("id", "1"), ("owner", "w")], &[])],
+            ..Rows::default()
+        };
+        let none = DbQueries::default();
+        for (rows, queries, first) in [
+            (&rows, &listed, true),
+            (&unlisted, &derived, false),
+            (&plain, &none, true),
+        ] {
             let text = snapshot_text(rows, queries, "v".into(), 0).unwrap();
-            assert!(at(&text, "users") < at(&text, "records"), "{text}");
-            assert_eq!(
-                at(&text, "tenants") < at(&text, "records"),
-                tenants_first,
-                "{text}"
-            );
+            assert_eq!(at(&text, "users") < at(&text, "records"), first, "{text}");
+            if queries.memberships.is_some() {
+                assert_eq!(at(&text, "tenants") < at(&text, "records"), first, "{text}");
+            }
             let old = records_first(rows, queries);
             assert!(at(&old, "records") < at(&old, "users"), "{old}");
             let (a, b) = (
                 Snapshot::build("s.json", &text, &catalog).unwrap(),
                 Snapshot::build("s.json", &old, &catalog).unwrap(),
             );
-            assert_eq!(a.tenant_count(), 3);
+            let tenants = if queries.memberships.is_some() { 3 } else { 0 };
+            assert_eq!(a.tenant_count(), tenants);
             for s in [&a, &b] {
                 let phases: Vec<&str> = s.build_phases().iter().map(|(n, _)| *n).collect();
-                // Users first: read aside (with the tenants after the records, then merged);
-                // records first: read in place.
-                let aside = phases.contains(&"records read (wait)")
-                    || phases.iter().any(|p| p.starts_with("merge"));
-                assert_eq!(aside, std::ptr::eq(s, &a), "{phases:?}");
+                // Users first: read aside, never merged; records first: read in place.
+                assert_eq!(
+                    phases.contains(&"records read (wait)"),
+                    first && std::ptr::eq(s, &a),
+                    "{phases:?}"
+                );
+                assert!(!phases.iter().any(|p| p.starts_with("merge")), "{phases:?}");
             }
             for id in ["u", "w"] {
                 let (x, y) = (a.user_index(id).unwrap(), b.user_index(id).unwrap());
                 assert_eq!(format!("{:?}", a.user(x)), format!("{:?}", b.user(y)));
             }
-            for t in ["org-a", "org-b", "org-c"] {
+            for t in ["org-a", "org-b", "org-c"].iter().take(tenants) {
                 assert_eq!(a.tenant_index(t), b.tenant_index(t), "{t}");
             }
         }

@@ -1196,9 +1196,12 @@ impl Snapshot {
         };
         let seen = head.seen;
         let read_rest = move || BuildForm::rest_from_records(file, text, at, seen);
-        // No users before the records (the database source writes its records first): nothing
-        // to compile meanwhile, so the rest is read here and the form compiled whole.
-        if !head.seen[3] {
+        // No users before the records (a text written records first): nothing to compile
+        // meanwhile, so the rest is read here and the form compiled whole. The same when the
+        // users have memberships and no tenants came first: the tenants follow the records
+        // (or the text is refused), and a compile without them would be done again.
+        let tenants_after = !head.seen[6] && head.users.iter().any(|u| u.memberships.is_some());
+        if !head.seen[3] || tenants_after {
             head.absorb(read_rest().map_err(|e| vec![e])?);
             clock.end("records and the rest read");
             return whole(&mut head, &mut clock, &mut version);
@@ -2101,10 +2104,11 @@ impl Snapshot {
     /// tenants and user ids, users and services, memberships, hierarchy, teams, the wait for
     /// the owners' name table, records, record tenants, version, assemble); empty for a
     /// version an incremental batch made. With records, the parse is of the text up to them
-    /// ("parse (to the records)"). With users before the records, the records are read on
-    /// another thread while the users are compiled, and "records read (wait)" follows
-    /// "memberships" (the wait for that thread; the three phases before it share the cores
-    /// with it). Without, "records and the rest read" follows the parse. When roles, services
+    /// ("parse (to the records)"). With users before the records (and, when they have
+    /// memberships, the tenants), the records are read on another thread while the users are
+    /// compiled, and "records read (wait)" follows "memberships" (the wait for that thread;
+    /// the three phases before it share the cores with it). Otherwise "records and the rest
+    /// read" follows the parse. When roles, services
     /// or tenants follow the records, the phases of the compile that could not be used come
     /// first, then "merge (…)" and the whole compile's. "assemble" waits for the users' chunks,
     /// made on another thread during the records. They cover the build from its parse to the
@@ -2444,7 +2448,7 @@ mod tests {
             assert_eq!(aside(text), one_pass(text), "{text}");
         }
         // Which way each went, by its phases: read aside, in place (no users before the
-        // records), merged (tenants after them).
+        // records), merged (roles after them).
         let phases = |text: &str| -> Vec<&'static str> {
             let s = Snapshot::build("s.json", text, &c).unwrap();
             s.build_phases().iter().map(|(n, _)| *n).collect()
@@ -2466,7 +2470,9 @@ mod tests {
             ]
         );
         assert!(!in_place.contains(&"records read (wait)"));
-        let merged = phases(&cases[7]);
+        // Memberships and no tenants before the records: in place too (the tenants follow).
+        assert_eq!(phases(&cases[7])[1], "records and the rest read");
+        let merged = phases(&cases[3]);
         assert_eq!(
             merged[..6],
             [
