@@ -1718,23 +1718,7 @@ mod tests {
             memberships: Some("…".into()),
             ..DbQueries::default()
         };
-        let membership = |user: &str, tenant: &str, roles: &[&str]| {
-            row(
-                &[("user_id", user), ("tenant", tenant)],
-                &[("roles", roles)],
-            )
-        };
-        let lead = |id: &str, owner: &str, tenant: &str| {
-            row(
-                &[
-                    ("type", "lead"),
-                    ("id", id),
-                    ("owner", owner),
-                    ("tenant", tenant),
-                ],
-                &[],
-            )
-        };
+        let (membership, lead) = (membership_row, tenant_lead);
         let rows = Rows {
             users: vec![row(&[("id", "u")], &[]), row(&[("id", "w")], &[])],
             memberships: vec![
@@ -1863,6 +1847,27 @@ mod tests {
     /// given a manager since is left alone; a loop the giving back makes is refused as any
     /// batch's; a deleted report is forgotten. The fast path (the gateway's) and the source
     /// form and build agree on every batch.
+    /// A memberships row: the user's roles in the tenant.
+    fn membership_row(user: &str, tenant: &str, roles: &[&str]) -> Row {
+        row(
+            &[("user_id", user), ("tenant", tenant)],
+            &[("roles", roles)],
+        )
+    }
+
+    /// An owners row of a lead in a tenant.
+    fn tenant_lead(id: &str, owner: &str, tenant: &str) -> Row {
+        row(
+            &[
+                ("type", "lead"),
+                ("id", id),
+                ("owner", owner),
+                ("tenant", tenant),
+            ],
+            &[],
+        )
+    }
+
     /// A full load with listed tenants (or none) writes its users, roles and tenants before
     /// its records (the build compiles them while it reads the records); with tenants derived
     /// from the rows, which follow the records, the users follow them too (read whole, not
@@ -1870,23 +1875,8 @@ mod tests {
     #[test]
     fn people_are_written_before_the_records() {
         let (catalog, _) = crate::records::tests::snapshot();
-        let membership = |user: &str, tenant: &str| {
-            row(
-                &[("user_id", user), ("tenant", tenant)],
-                &[("roles", &["sales_rep"])],
-            )
-        };
-        let lead = |id: &str, owner: &str, tenant: &str| {
-            row(
-                &[
-                    ("type", "lead"),
-                    ("id", id),
-                    ("owner", owner),
-                    ("tenant", tenant),
-                ],
-                &[],
-            )
-        };
+        let membership = |user: &str, tenant: &str| membership_row(user, tenant, &["sales_rep"]);
+        let lead = tenant_lead;
         let rows = Rows {
             users: vec![row(&[("id", "u")], &[]), row(&[("id", "w")], &[])],
             memberships: vec![membership("u", "org-a"), membership("w", "org-b")],
