@@ -905,8 +905,8 @@ const PARALLEL_PARENTS_FROM: usize = if cfg!(test) { 1024 } else { 65_536 };
 pub const OWNER_NAMES_FROM: usize = 4096;
 
 /// User ids → users, to resolve a large draft's owners (ids up to 23 bytes held in the table,
-/// longer ones through [`Resolve::user`]). The snapshot makes it on another core while it
-/// compiles its users.
+/// longer ones through [`Resolve::user`]). The snapshot makes it on another core during its
+/// users' compile (from the memberships on, when the records are read meanwhile).
 pub struct OwnerNames(NameTable);
 
 impl OwnerNames {

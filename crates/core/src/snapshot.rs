@@ -937,6 +937,20 @@ fn content_hash(text: &str) -> String {
     )
 }
 
+/// The byte offsets of a text's newlines ([`line_in`]).
+fn newline_offsets(text: &str) -> Vec<usize> {
+    text.bytes()
+        .enumerate()
+        .filter(|(_, b)| *b == b'\n')
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// [`line_of`] through the text's [`newline_offsets`]: the 1-based line of a byte offset.
+fn line_in(newlines: &[usize], offset: usize) -> usize {
+    newlines.partition_point(|n| *n < offset) + 1
+}
+
 /// Byte offsets of the elements of the top-level array `key` in a JSON text, so errors about
 /// `users[12]` can name a line. Best effort: returns nothing on text it does not understand.
 fn element_offsets(text: &str, key: &str) -> Vec<usize> {
@@ -1287,15 +1301,18 @@ impl Snapshot {
             } else {
                 None
             };
-            // Where each user and role starts, for locating errors: a scan of the whole text, so
-            // made only when there is an error to locate.
+            // Where each user and role starts, and where the text's lines start, for locating
+            // errors: scans of the whole text, so made only when there is an error to locate,
+            // once (a scan per error made a snapshot with an error per user quadratic: hours
+            // at a million users).
             let user_lines = std::cell::OnceCell::new();
             let role_lines = std::cell::OnceCell::new();
+            let newlines: std::cell::OnceCell<Vec<usize>> = std::cell::OnceCell::new();
             let line = |offsets: &std::cell::OnceCell<Vec<usize>>, key: &str, i: usize| {
                 offsets
                     .get_or_init(|| element_offsets(text, key))
                     .get(i)
-                    .map(|o| line_of(text, *o))
+                    .map(|o| line_in(newlines.get_or_init(|| newline_offsets(text)), *o))
             };
             let mut errors = Vec::new();
 
@@ -1658,7 +1675,8 @@ impl Snapshot {
             }
 
             clock.end("users and services");
-            if many_owners && owner_names.is_none() {
+            // (Not for a compile already refused: the scope would wait for it.)
+            if many_owners && owner_names.is_none() && errors.is_empty() {
                 owner_names = names_table();
             }
             // Memberships: one entry each, after the services, standing for its person in its
@@ -1877,10 +1895,17 @@ impl Snapshot {
                 }
             }
             clock.end("teams");
+            if draft.is_some() && users.len() >= MAX_USERS_WITH_RECORDS {
+                return Err(vec![ConfigError::new(
+                    file,
+                    None,
+                    "records",
+                    "a snapshot with records holds fewer than 2^30 users",
+                )]);
+            }
             // The users into their chunks (a copy of the whole array, 200 MB at the scale
             // target) on another thread while the records are built; here when no thread can
             // be started.
-            let user_count = users.len();
             let (to_chunker, chunker_gets) = std::sync::mpsc::channel::<Vec<User>>();
             let chunker = std::thread::Builder::new()
                 .spawn_scoped(scope, move || {
@@ -1893,18 +1918,12 @@ impl Snapshot {
                     users = to_chunker.send(u).err().map(|back| back.0);
                 }
             }
+            // (The only message: the chunker's `recv` ends either way.)
+            drop(to_chunker);
             let owner_names = owner_names.and_then(|h| h.join().ok());
             clock.end("owner names (wait)");
             let records = match draft {
                 None => RecordStore::default(),
-                Some(_) if user_count >= MAX_USERS_WITH_RECORDS => {
-                    return Err(vec![ConfigError::new(
-                        file,
-                        None,
-                        "records",
-                        "a snapshot with records holds fewer than 2^30 users",
-                    )])
-                }
                 Some(draft) => {
                     let user = |id: &str| by_id.get(id).copied();
                     let team = |name: &str| team_of.get(name).copied();
@@ -2348,6 +2367,32 @@ mod tests {
         }
     }
 
+    /// An error per user, each located on its own line (one newline index for all: a scan of
+    /// the text per error was quadratic), roles after the records too (the compile that runs
+    /// while the records are read, then again once they are).
+    #[test]
+    fn every_users_error_names_its_line() {
+        let c = crate::records::tests::catalog();
+        let users: Vec<String> = (0..3000)
+            .map(|i| format!(r#"{{"id":"u{i}","roles":["nope"]}}"#))
+            .collect();
+        for (before, after) in [(r#""roles":[],"#, ""), ("", r#","roles":[]"#)] {
+            let text = format!(
+                "{{{before}\n\"users\":[\n{}\n],\n\"records\":{{\"owners\":[]}}{after}}}",
+                users.join(",\n")
+            );
+            let errors = Snapshot::build("s.json", &text, &c).unwrap_err();
+            assert_eq!(errors.len(), 3000);
+            for (i, e) in errors.iter().enumerate() {
+                assert_eq!(e.line, Some(i + 3), "{e}");
+                assert!(
+                    e.to_string().contains(&format!("users[{i}].roles[0]")),
+                    "{e}"
+                );
+            }
+        }
+    }
+
     /// What a build made, to compare two builds: the version, every entry of the users (with
     /// its grant's roles), the tenants, the records' sizes, each lead's owner and flags, and
     /// `generated_at`.
@@ -2383,7 +2428,7 @@ mod tests {
     /// The records are read on another thread while the users are compiled: the result,
     /// errors included, is the one-pass result (the whole form parsed, then compiled) wherever
     /// the records are and whatever follows them (users, roles, services or tenants after
-    /// them: the text is read again).
+    /// them: read in place, or merged and compiled again).
     #[test]
     fn records_read_aside_build_what_one_pass_builds() {
         let c = crate::records::tests::catalog();
@@ -2484,8 +2529,8 @@ mod tests {
                 "tenants and user ids"
             ]
         );
-        // A records section long enough for the owners' name table (made while the users
-        // compile), its version after it.
+        // A records section long enough for the owners' name table (made on another thread
+        // during the users' compile), its version after it.
         let many: Vec<String> = (0..5000)
             .map(|i| {
                 format!(
