@@ -12,6 +12,9 @@
 #   fix-ab.txt: 3ce1a3b, 4e75784, fddfc13, 3 rounds (a busier half hour: the same build 2.7 -> 3.7 s)
 #   final-ab.txt: d692489 against fddfc13, 5 rounds, with and without tenants
 #   more-ab.txt: fddfc13 against a0da5b0, 5 rounds, tenants
+#   last-ab.txt: fddfc13 ("bin-final") against 3041374 ("bin-last"), 3 rounds, with and without tenants
+#   last2-ab.txt: 3041374 against the fix after it ("bin-last2": without tenants the owners' name
+#     table starts with the compile), 3 rounds, no tenants (a busier moment: compare the waits)
 # Timelines (which thread does what, 100 ms windows): a build with frame pointers
 #   RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release -p permgate-bench
 #   perf record -F 1000 --call-graph=fp -o cyc.data target/release/permgate-bench snapshot \

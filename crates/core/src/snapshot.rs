@@ -1280,10 +1280,12 @@ impl Snapshot {
         };
         let built = std::thread::scope(|scope| {
             // A large draft's owners are resolved through a table of the user ids: made on
-            // another core while this one compiles the users. With the records being read, it
-            // starts with the memberships, when the reader is nearly done (started with the
-            // compile, it took a share of both cores while they were busiest, and the other
-            // core then had nothing to do while this one finished the users).
+            // another core while this one compiles the users. With the records being read and
+            // tenants, it starts with the memberships, when the reader is nearly done (started
+            // with the compile, it took a share of both cores while they were busiest, and the
+            // other core then had nothing to do while this one finished the users). Without
+            // tenants there is no memberships phase to hide it: it starts with the compile
+            // (started late, it was waited for, 80 ms).
             // (None when no thread can be started: the records build makes it then.)
             let names_table = || {
                 std::thread::Builder::new()
@@ -1296,7 +1298,7 @@ impl Snapshot {
                     })
                     .ok()
             };
-            let mut owner_names = if many_owners && rest.is_none() {
+            let mut owner_names = if many_owners && (rest.is_none() || raw.tenants.is_empty()) {
                 names_table()
             } else {
                 None
