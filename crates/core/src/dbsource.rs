@@ -719,6 +719,9 @@ impl RecordsText {
         if self.section > 0 {
             self.text.push_str("]}");
         }
+        // Exactly the room the fields need: the text is hundreds of MB at scale, and grown by
+        // doubling it would be copied whole once more.
+        self.text.reserve_exact(people.fields.len() + 1);
         self.text.push_str(&people.fields);
         if let Some((mut tenants, named)) = people.derived {
             // Every tenant the rows name, in a stable order, after the listed ones.
@@ -736,6 +739,7 @@ impl RecordsText {
             if !tenants.is_empty() {
                 // Plain strings: serializing cannot fail.
                 let list = serde_json::to_string(&tenants).unwrap_or_default();
+                self.text.reserve_exact(list.len() + 12);
                 self.text.push_str(",\"tenants\":");
                 self.text.push_str(&list);
             }
