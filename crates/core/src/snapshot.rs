@@ -1240,7 +1240,9 @@ impl Snapshot {
             Built::Done(s) => Ok(*s),
             // Roles, services or tenants after the records (the users were compiled without
             // them): the head and the rest make the one-pass form (each field is in exactly
-            // one of them), compiled again whole. Our own writers put the records last.
+            // one of them), compiled again whole. Our own writers never come here: the
+            // database source and `RawSnapshot` write roles, services and tenants before the
+            // records, or (derived tenants) the records first, which is read in place above.
             Built::Merge(rest) => {
                 head.absorb(*rest);
                 clock.end("merge (roles, services or tenants after the records)");
