@@ -340,10 +340,19 @@ fn every_line_the_demo_prints_does_what_it_says() {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    // The demo's log, kept to say why a gateway did not listen (drained so it never blocks).
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            kept.lock().unwrap().push(line);
+        }
+    });
     let _demo = Demo(child);
     // Read the banner; keep draining stdout (the decision log) so the gateway never blocks.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -409,7 +418,11 @@ fn every_line_the_demo_prints_does_what_it_says() {
     let up = Instant::now() + Duration::from_secs(20);
     for g in [gateway, tenant_gateway] {
         while TcpStream::connect_timeout(&g, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < up, "the demo gateway {g} never listened");
+            assert!(
+                Instant::now() < up,
+                "the demo gateway {g} never listened; the demo's log: {:#?}",
+                log.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
