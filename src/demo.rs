@@ -28,8 +28,14 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
     std::fs::write(&tenant_config, DEMO_TENANT_CONFIG).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("tenants-snapshot.json"), DEMO_TENANT_SNAPSHOT)
         .map_err(|e| e.to_string())?;
-    let tenant_listen = tenant_address(address).to_string();
-    start_tenant_gateway(&tenant_config, &tenant_listen, crm)?;
+    // Bound here, before the banner names it, and handed to the tenant gateway: a port only
+    // checked free could be taken before that gateway's thread binds it (a flake seen in CI).
+    let tenant_listener = tenant_listener(address)?;
+    let tenant_listen = tenant_listener
+        .local_addr()
+        .map_err(|e| format!("the tenant gateway's socket: {e}"))?
+        .to_string();
+    start_tenant_gateway(&tenant_config, &tenant_listen, tenant_listener, crm)?;
     crate::print_stdout(&banner(listen, &tenant_listen, &crm.to_string()))
         .map_err(|e| format!("cannot write the banner: {e}"))?;
     Ok((
@@ -42,23 +48,26 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
     ))
 }
 
-/// The tenant gateway's address: the main one's port + 1 when it is free, else a free port on
-/// the same IP.
-fn tenant_address(main: std::net::SocketAddr) -> std::net::SocketAddr {
+/// The tenant gateway's socket, listening: on the main one's port + 1 when it is free, else on
+/// a free port of the same IP.
+fn tenant_listener(main: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
     let next = std::net::SocketAddr::new(main.ip(), main.port().wrapping_add(1));
-    let free =
-        |a: std::net::SocketAddr| std::net::TcpListener::bind(a).and_then(|l| l.local_addr());
-    free(next)
-        .or_else(|_| free(std::net::SocketAddr::new(main.ip(), 0)))
-        .unwrap_or(next)
+    let listener = std::net::TcpListener::bind(next)
+        .or_else(|_| std::net::TcpListener::bind(std::net::SocketAddr::new(main.ip(), 0)))
+        .map_err(|e| format!("the tenant gateway cannot listen on {}: {e}", main.ip()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("the tenant gateway's socket: {e}"))?;
+    Ok(listener)
 }
 
-/// Serve the demo's tenant-aware config (`config/demo/tenants.toml`) on `listen`, in front of
-/// the sample CRM, on threads of its own for the life of the process (the main gateway's
-/// signals end both: they are one process).
+/// Serve the demo's tenant-aware config (`config/demo/tenants.toml`) on `listener` (bound to
+/// `listen`), in front of the sample CRM, on threads of its own for the life of the process
+/// (the main gateway's signals end both: they are one process).
 fn start_tenant_gateway(
     config: &std::path::Path,
     listen: &str,
+    listener: std::net::TcpListener,
     crm: std::net::SocketAddr,
 ) -> Result<(), String> {
     let state = crate::live::State::load(
@@ -79,7 +88,8 @@ fn start_tenant_gateway(
     std::thread::Builder::new()
         .name("permgate-demo-tenants".into())
         .spawn(move || {
-            let _ = crate::plane::run(state, false);
+            // Its errors are logged by `run_on`; the main gateway goes on without it.
+            let _ = crate::plane::run_on(state, Some(listener));
         })
         .map_err(|e| e.to_string())?;
     Ok(())

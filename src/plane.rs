@@ -200,6 +200,15 @@ pub fn run(state: Arc<State>, upgrade: bool) -> std::process::ExitCode {
     } else {
         None
     };
+    run_on(state, inherited)
+}
+
+/// [`run`] on a socket already listening (`None`: bind `listen.address`). The socket must be in
+/// non-blocking mode.
+pub fn run_on(
+    state: Arc<State>,
+    inherited: Option<std::net::TcpListener>,
+) -> std::process::ExitCode {
     let threads = state.live().config.listen.threads;
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()

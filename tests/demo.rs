@@ -415,6 +415,11 @@ fn every_line_the_demo_prints_does_what_it_says() {
     assert_eq!(steps.len(), curl_lines, "every curl line follows its claim");
     assert!(steps.len() >= 12, "{banner:#?}");
 
+    // Its socket is bound before the banner names it (a port only checked free could be taken
+    // meanwhile): it accepts at once, before that gateway's runtime has started.
+    TcpStream::connect_timeout(&tenant_gateway, Duration::from_secs(5)).unwrap_or_else(|e| {
+        panic!("the tenant gateway {tenant_gateway} named by the banner refuses: {e}")
+    });
     let up = Instant::now() + Duration::from_secs(20);
     for g in [gateway, tenant_gateway] {
         while TcpStream::connect_timeout(&g, Duration::from_millis(100)).is_err() {
