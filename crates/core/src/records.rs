@@ -1018,6 +1018,18 @@ impl RecordStore {
         resolve: &Resolve<'_>,
         max_errors: usize,
     ) -> Result<RecordStore, Vec<RecordError>> {
+        Self::build_timed(draft, types, resolve, max_errors, &mut |_| {})
+    }
+
+    /// [`RecordStore::build`], calling `lap` as each of its parts ends: `record owners`,
+    /// `related records`, `record shares` (the snapshot's build phases).
+    pub fn build_timed(
+        draft: &RecordsDraft<'_>,
+        types: &RecordTypes,
+        resolve: &Resolve<'_>,
+        max_errors: usize,
+        lap: &mut dyn FnMut(&'static str),
+    ) -> Result<RecordStore, Vec<RecordError>> {
         Self::build_with(
             draft,
             types,
@@ -1025,6 +1037,7 @@ impl RecordStore {
             max_errors,
             OwnersPath::TwoRanges,
             &mut 0,
+            lap,
         )
     }
 
@@ -1037,6 +1050,7 @@ impl RecordStore {
         max_errors: usize,
         path: OwnersPath,
         deferred: &mut usize,
+        lap: &mut dyn FnMut(&'static str),
     ) -> Result<RecordStore, Vec<RecordError>> {
         let mut errors: Vec<RecordError> = Vec::new();
         let mut dropped = 0usize;
@@ -1194,6 +1208,7 @@ impl RecordStore {
             }
             store.owners_one_by_one(draft, &canon, &owner_val, types, &mut err);
         }
+        lap("record owners");
         // Related children (declared unless already an owner entry), then their parents. The
         // ids of both first: read-only, so on both cores for a large draft, half each (filled
         // in place).
@@ -1330,6 +1345,7 @@ impl RecordStore {
             let lists = (children, child_ids, parent_ids, found);
             let _ = std::thread::Builder::new().spawn(move || drop(lists));
         }
+        lap("related records");
         // Shares.
         for (i, (r, p)) in draft.shares.iter().enumerate() {
             let (t, id) = match canon(r) {
@@ -1383,6 +1399,7 @@ impl RecordStore {
                 .insert((u64::from(found.number) << 32) | u64::from(principal.code()));
             store.flag(found.number, HAS_SHARES);
         }
+        lap("record shares");
         if dropped > 0 {
             errors.push(RecordError {
                 list: "records",
@@ -2846,9 +2863,16 @@ pub(crate) mod tests {
                 OwnersPath::TwoRanges,
             ] {
                 let mut deferred = 0;
-                let store =
-                    RecordStore::build_with(&draft, types, &resolve, 10, path, &mut deferred)
-                        .unwrap();
+                let store = RecordStore::build_with(
+                    &draft,
+                    types,
+                    &resolve,
+                    10,
+                    path,
+                    &mut deferred,
+                    &mut |_| {},
+                )
+                .unwrap();
                 assert!(!store.owner_tenant_names.is_empty(), "{path:?}: names kept");
                 // The entry-by-entry lookup (nothing kept).
                 let mut looked_up = store.clone();
@@ -2943,7 +2967,15 @@ pub(crate) mod tests {
         };
         let build = |path| {
             let mut deferred = 0;
-            let s = RecordStore::build_with(&draft, types, &resolve, 10, path, &mut deferred);
+            let s = RecordStore::build_with(
+                &draft,
+                types,
+                &resolve,
+                10,
+                path,
+                &mut deferred,
+                &mut |_| {},
+            );
             (s.unwrap(), deferred)
         };
         // What a store holds, by ids: each record's owner and flags, its parent's id, its shares.

@@ -870,7 +870,7 @@ impl PhaseClock {
     fn start() -> Self {
         PhaseClock {
             last: Instant::now(),
-            phases: Vec::with_capacity(12),
+            phases: Vec::with_capacity(16),
         }
     }
 
@@ -1947,39 +1947,44 @@ impl Snapshot {
                         owner_names: owner_names.as_ref(),
                     };
                     let tenant = |name: &str| tenant_idx.get(name).copied();
-                    RecordStore::build(draft, catalog.record_types(), &resolve, MAX_RECORD_ERRORS)
-                        .and_then(|mut store| {
-                            clock.end("records");
-                            store
-                                .assign_tenants(
-                                    draft,
-                                    catalog.record_types(),
-                                    tenanted.then_some(&tenant as &dyn Fn(&str) -> Option<u32>),
-                                    MAX_RECORD_ERRORS,
+                    RecordStore::build_timed(
+                        draft,
+                        catalog.record_types(),
+                        &resolve,
+                        MAX_RECORD_ERRORS,
+                        &mut |lap| clock.end(lap),
+                    )
+                    .and_then(|mut store| {
+                        store
+                            .assign_tenants(
+                                draft,
+                                catalog.record_types(),
+                                tenanted.then_some(&tenant as &dyn Fn(&str) -> Option<u32>),
+                                MAX_RECORD_ERRORS,
+                            )
+                            .map(|()| store)
+                    })
+                    .map_err(|errs| {
+                        let mut offsets: HashMap<&str, Vec<usize>> = HashMap::new();
+                        errs.into_iter()
+                            .map(|e| {
+                                let offs = offsets.entry(e.list).or_insert_with(|| {
+                                    nested_element_offsets(text, &["records", e.list])
+                                });
+                                let field = match (e.list, e.field) {
+                                    ("records", _) => "records".to_string(),
+                                    (l, "") => format!("records.{l}[{}]", e.index),
+                                    (l, f) => format!("records.{l}[{}].{f}", e.index),
+                                };
+                                ConfigError::new(
+                                    file,
+                                    offs.get(e.index).map(|o| line_of(text, *o)),
+                                    &field,
+                                    e.message,
                                 )
-                                .map(|()| store)
-                        })
-                        .map_err(|errs| {
-                            let mut offsets: HashMap<&str, Vec<usize>> = HashMap::new();
-                            errs.into_iter()
-                                .map(|e| {
-                                    let offs = offsets.entry(e.list).or_insert_with(|| {
-                                        nested_element_offsets(text, &["records", e.list])
-                                    });
-                                    let field = match (e.list, e.field) {
-                                        ("records", _) => "records".to_string(),
-                                        (l, "") => format!("records.{l}[{}]", e.index),
-                                        (l, f) => format!("records.{l}[{}].{f}", e.index),
-                                    };
-                                    ConfigError::new(
-                                        file,
-                                        offs.get(e.index).map(|o| line_of(text, *o)),
-                                        &field,
-                                        e.message,
-                                    )
-                                })
-                                .collect::<Vec<_>>()
-                        })?
+                            })
+                            .collect::<Vec<_>>()
+                    })?
                 }
             };
             if draft.is_some() {
@@ -2125,14 +2130,14 @@ impl Snapshot {
 
     /// How long each phase of the full build that made this version took, in order (parse,
     /// tenants and user ids, users and services, memberships, hierarchy, teams, the wait for
-    /// the owners' name table, records, record tenants, version, assemble); empty for a
+    /// the owners' name table, record owners, related records, record shares, record tenants,
+    /// version, assemble); empty for a
     /// version an incremental batch made. With records, the parse is of the text up to them
     /// ("parse (to the records)"). With users before the records (and, when they have
     /// memberships, the tenants), the records are read on another thread while the users are
     /// compiled, and "records read (wait)" follows "memberships" (the wait for that thread;
     /// the three phases before it share the cores with it). Otherwise "records and the rest
-    /// read" follows the parse. When roles, services
-    /// or tenants follow the records, the phases of the compile that could not be used come
+    /// read" follows the parse. When roles, services or tenants follow the records, the phases of the compile that could not be used come
     /// first, then "merge (…)" and the whole compile's. "assemble" waits for the users' chunks,
     /// made on another thread during the records. They cover the build from its parse to the
     /// snapshot made (the caller's content-hash thread and the drop of the parsed form are not

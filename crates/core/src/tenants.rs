@@ -408,7 +408,14 @@ mod tests {
             "{names:?}"
         );
         assert!(
-            names.ends_with(&["records", "record tenants", "version", "assemble"]),
+            names.ends_with(&[
+                "record owners",
+                "related records",
+                "record shares",
+                "record tenants",
+                "version",
+                "assemble"
+            ]),
             "{names:?}"
         );
     }
