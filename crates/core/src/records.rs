@@ -1009,6 +1009,65 @@ impl Part<'_> {
     }
 }
 
+/// A related object's parent, found for the entry `index` of the draft's related list.
+#[derive(Debug, Clone, Copy, Default)]
+struct ParentPair {
+    child: u32,
+    parent: u32,
+    index: u32,
+}
+
+/// Parent maps of at least this many entries are filled in the order of their buckets.
+const PARENTS_IN_BUCKET_ORDER_FROM: usize = if cfg!(test) { 64 } else { 16_384 };
+
+/// Put each pair's child → parent in `map`; the indexes of the entries whose child already had
+/// one, ascending (the first entry of a child keeps its parent). A large list goes in the
+/// order of the map's buckets (a counting sort by the hash's bucket, coarse: each bin a few
+/// kilobytes of the table), so the inserts walk the table instead of each missing the cache;
+/// within a bin the entries keep their order, so of two entries for one child the earlier
+/// still comes first. The order changes only speed: the map holds the same pairs.
+fn insert_parents(map: &mut HashMap<u32, u32, NumState>, pairs: Vec<ParentPair>) -> Vec<usize> {
+    map.reserve(pairs.len());
+    // The map's buckets: a power of two of which the capacity is seven eighths (hashbrown's
+    // layout; a wrong guess would only make the order less useful). A bin: 512 buckets.
+    let buckets = (map.capacity() / 7 * 8).next_power_of_two().max(1);
+    let mut twice = Vec::new();
+    let mut put = |p: &ParentPair| {
+        if map.insert(p.child, p.parent).is_some() {
+            twice.push(p.index as usize);
+        }
+    };
+    if pairs.len() < PARENTS_IN_BUCKET_ORDER_FROM {
+        pairs.iter().for_each(&mut put);
+        return twice;
+    }
+    let shift = 9u32.min(buckets.trailing_zeros());
+    let bins = (buckets >> shift).max(1);
+    let bin = |child: u32| (NumState.hash_one(child) as usize & (buckets - 1)) >> shift;
+    let mut next = vec![0usize; bins + 1];
+    for p in &pairs {
+        if let Some(c) = next.get_mut(bin(p.child) + 1) {
+            *c += 1;
+        }
+    }
+    for i in 1..next.len() {
+        next[i] += next[i - 1];
+    }
+    let mut sorted = vec![ParentPair::default(); pairs.len()];
+    for p in &pairs {
+        if let Some(at) = next.get_mut(bin(p.child)) {
+            if let Some(s) = sorted.get_mut(*at) {
+                *s = *p;
+            }
+            *at += 1;
+        }
+    }
+    drop(pairs);
+    sorted.iter().for_each(&mut put);
+    twice.sort_unstable();
+    twice
+}
+
 impl RecordStore {
     /// Resolve a draft against the record types and the snapshot's users, teams and roles.
     /// Every problem is reported (at most `max_errors`, then one line counting the rest).
@@ -1235,7 +1294,8 @@ impl RecordStore {
             ids(&draft.related, &mut child_ids, &mut parent_ids);
         }
         // The children's inserts, each reading the home slot of the child `AHEAD` places on
-        // first (a random slot of a large table: so the cache misses overlap).
+        // first (a random slot of a large table: so the cache misses overlap). (In the order of
+        // their home slots instead, the entries' own reads missed as often: no faster.)
         const AHEAD: usize = 16;
         let mut children = Vec::with_capacity(n);
         for i in 0..n {
@@ -1247,11 +1307,22 @@ impl RecordStore {
             };
             match std::mem::replace(c, Err(String::new())) {
                 Ok((t, id)) => {
-                    // Inserted, or found already there (an owner entry too): one probe.
-                    let number = match store.insert(t, &id, NO_OWNER) {
+                    // Inserted, or found already there (an owner entry too): one probe. Its
+                    // parent flag is set now, while the slot is in cache: a child left without
+                    // a parent below is an error, which fails the build.
+                    let number = match store.insert(t, &id, NO_OWNER | HAS_PARENT) {
                         Ok(slot) => Some(slot),
                         Err(usize::MAX) => None,
-                        Err(slot) => Some(slot),
+                        Err(slot) => {
+                            if let Some(v) = store
+                                .types
+                                .get_mut(t.index())
+                                .and_then(|tt| tt.keys.val_mut(slot))
+                            {
+                                *v |= HAS_PARENT;
+                            }
+                            Some(slot)
+                        }
                     }
                     .and_then(|slot| store.types.get(t.index()).map(|tt| tt.base + slot as u32));
                     children.push(number.map(|n| (n, t)));
@@ -1282,8 +1353,21 @@ impl RecordStore {
         if !both {
             fill(&parent_ids, &mut found);
         }
-        Arc::make_mut(&mut store.parents).reserve(draft.related.len());
-        for i in 0..draft.related.len() {
+        // Each entry's checks in order; its problem (at most one per entry) kept with its
+        // index, so the parents' duplicates found after can be reported among them in order.
+        // Past `max_errors` problems, no message is made: those are only counted (merging in
+        // the duplicates moves none of them forward).
+        let mut problems: Vec<(usize, &'static str, String)> = Vec::new();
+        let mut problem = |i: usize, field: &'static str, message: &dyn Fn() -> String| {
+            let m = if problems.len() < max_errors {
+                message()
+            } else {
+                String::new()
+            };
+            problems.push((i, field, m));
+        };
+        let mut pairs: Vec<ParentPair> = Vec::with_capacity(n);
+        for i in 0..n {
             let Some(Some((child, child_type))) = children.get(i).copied() else {
                 continue;
             };
@@ -1293,15 +1377,12 @@ impl RecordStore {
             let (pt, pid) = match std::mem::replace(p, Err(String::new())) {
                 Ok(x) => x,
                 Err(m) => {
-                    err("related", i, "parent_id", m);
+                    problem(i, "parent_id", &|| m.clone());
                     continue;
                 }
             };
             if !types.info(child_type).parents.contains(&pt) {
-                err(
-                    "related",
-                    i,
-                    "parent_type",
+                problem(i, "parent_type", &|| {
                     format!(
                         "a {} does not hang under a {} (the config's parents for '{}': {})",
                         types.name(child_type),
@@ -1314,31 +1395,36 @@ impl RecordStore {
                             .map(|p| types.name(*p))
                             .collect::<Vec<_>>()
                             .join(", ")
-                    ),
-                );
+                    )
+                });
                 continue;
             }
             let Some(parent) = found.get(i).copied().flatten() else {
-                err(
-                    "related",
-                    i,
-                    "parent_id",
-                    format!("{} '{pid}' is not in the snapshot's owners", types.name(pt)),
-                );
+                problem(i, "parent_id", &|| {
+                    format!("{} '{pid}' is not in the snapshot's owners", types.name(pt))
+                });
                 continue;
             };
-            if Arc::make_mut(&mut store.parents)
-                .insert(child, parent.number)
-                .is_some()
-            {
-                err(
-                    "related",
+            pairs.push(ParentPair {
+                child,
+                parent: parent.number,
+                index: i as u32,
+            });
+        }
+        // A child given a parent twice: the later entry is the duplicate.
+        let twice = insert_parents(Arc::make_mut(&mut store.parents), pairs);
+        if !twice.is_empty() {
+            problems.extend(twice.into_iter().map(|i| {
+                (
                     i,
                     "id",
                     "this related object already has a parent".to_string(),
-                );
-            }
-            store.flag(child, HAS_PARENT);
+                )
+            }));
+            problems.sort_by_key(|p| p.0);
+        }
+        for (i, field, message) in problems {
+            err("related", i, field, message);
         }
         // The lookups' lists (tens of megabytes at scale): freed on another thread.
         if n >= PARALLEL_PARENTS_FROM {
@@ -3109,6 +3195,80 @@ pub(crate) mod tests {
             );
         }
         assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    /// Related errors come in entry order, a child given a parent twice among the others (the
+    /// parents are put in the map in another order when there are many: 64 under test), and
+    /// the first entry of a child keeps its parent.
+    #[test]
+    fn related_errors_in_entry_order_and_the_first_parent_kept() {
+        for n in [10, 200] {
+            let owners: Vec<String> = (1..=n)
+                .map(|i| format!(r#"{{"type": "lead", "id": "{i}", "owner": "a"}}"#))
+                .collect();
+            let mut related: Vec<String> = (1..=n)
+                .map(|i| {
+                    format!(
+                        r#"{{"type": "note", "id": "{i}", "parent_type": "lead", "parent_id": "{i}"}}"#
+                    )
+                })
+                .collect();
+            let text = |related: &[String]| {
+                format!(
+                    r#"{{"owners": [{}], "related": [{}]}}"#,
+                    owners.join(",\n"),
+                    related.join(",\n")
+                )
+            };
+            let good = format!(
+                "{{\n\"users\": [{{\"id\": \"a\", \"roles\": [\"admin\"]}}],\n\"records\": {}\n}}",
+                text(&related)
+            );
+            let s = Snapshot::build("s.json", &good, &catalog()).unwrap();
+            let types = catalog();
+            let types = types.record_types();
+            let (lead, note) = (types.get("lead").unwrap(), types.get("note").unwrap());
+            for i in 1..=n {
+                let child = s.records().find(note, &RecordId::Int(i)).unwrap();
+                let parent = s.records().parent(child).unwrap();
+                assert_eq!(
+                    Some(parent.number),
+                    s.records().find(lead, &RecordId::Int(i)).map(|f| f.number)
+                );
+            }
+            // Entries 3, 6 and 8 (and 150, 190 in the long list) go wrong.
+            let dup = |child: u64, parent: u64| {
+                format!(
+                    r#"{{"type": "note", "id": "{child}", "parent_type": "lead", "parent_id": "{parent}"}}"#
+                )
+            };
+            related[3] = dup(1, 2);
+            related[6] =
+                r#"{"type": "note", "id": "999", "parent_type": "lead", "parent_id": "404"}"#
+                    .to_string();
+            related[8] = dup(1, 3);
+            if n > 100 {
+                related[150] = dup(100, 1);
+                related[190] =
+                    r#"{"type": "note", "id": "998", "parent_type": "note", "parent_id": "1"}"#
+                        .to_string();
+            }
+            let e = errors(&text(&related));
+            let places: Vec<&str> = e.iter().filter_map(|m| m.split(": ").nth(1)).collect();
+            let mut want = vec![
+                "records.related[3].id",
+                "records.related[6].parent_id",
+                "records.related[8].id",
+            ];
+            if n > 100 {
+                want.extend([
+                    "records.related[150].id",
+                    "records.related[190].parent_type",
+                ]);
+            }
+            assert_eq!(places, want, "{e:#?}");
+            assert!(e[0].contains("already has a parent"), "{e:#?}");
+        }
     }
 
     #[test]
