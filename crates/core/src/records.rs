@@ -1325,6 +1325,18 @@ impl RecordStore {
                         }
                     }
                     .and_then(|slot| store.types.get(t.index()).map(|tt| tt.base + slot as u32));
+                    if number.is_none() {
+                        // As for an owner entry (it was skipped without a word).
+                        err(
+                            "related",
+                            i,
+                            "id",
+                            format!(
+                                "{} '{id}' cannot be stored (too many string ids)",
+                                types.name(t)
+                            ),
+                        );
+                    }
                     children.push(number.map(|n| (n, t)));
                 }
                 Err(m) => {
