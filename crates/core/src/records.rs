@@ -2377,6 +2377,20 @@ impl RecordStore {
 pub(crate) mod tests {
     use super::*;
 
+    /// [`RecordStore::build_with`] on `path`, at most 10 errors: the store and how many
+    /// owners the two ranges deferred.
+    fn build_on(
+        path: OwnersPath,
+        draft: &RecordsDraft<'_>,
+        types: &RecordTypes,
+        resolve: &Resolve<'_>,
+    ) -> (Result<RecordStore, Vec<RecordError>>, usize) {
+        let mut deferred = 0;
+        let s =
+            RecordStore::build_with(draft, types, resolve, 10, path, &mut deferred, &mut |_| {});
+        (s, deferred)
+    }
+
     /// The interner gives each name one number, and different names different numbers, as a
     /// map would: names of every length around the inline limit (23 bytes), NULs, growth.
     #[test]
@@ -2960,17 +2974,7 @@ pub(crate) mod tests {
                 OwnersPath::OneRange,
                 OwnersPath::TwoRanges,
             ] {
-                let mut deferred = 0;
-                let store = RecordStore::build_with(
-                    &draft,
-                    types,
-                    &resolve,
-                    10,
-                    path,
-                    &mut deferred,
-                    &mut |_| {},
-                )
-                .unwrap();
+                let store = build_on(path, &draft, types, &resolve).0.unwrap();
                 assert!(!store.owner_tenant_names.is_empty(), "{path:?}: names kept");
                 // The entry-by-entry lookup (nothing kept).
                 let mut looked_up = store.clone();
@@ -3064,16 +3068,7 @@ pub(crate) mod tests {
             owner_names: None,
         };
         let build = |path| {
-            let mut deferred = 0;
-            let s = RecordStore::build_with(
-                &draft,
-                types,
-                &resolve,
-                10,
-                path,
-                &mut deferred,
-                &mut |_| {},
-            );
+            let (s, deferred) = build_on(path, &draft, types, &resolve);
             (s.unwrap(), deferred)
         };
         // What a store holds, by ids: each record's owner and flags, its parent's id, its shares.
