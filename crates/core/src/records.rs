@@ -1032,10 +1032,11 @@ fn insert_parents(map: &mut HashMap<u32, u32, NumState>, pairs: Vec<ParentPair>)
     // layout; a wrong guess would only make the order less useful). A bin: 512 buckets.
     let buckets = (map.capacity() / 7 * 8).next_power_of_two().max(1);
     let mut twice = Vec::new();
-    let mut put = |p: &ParentPair| {
-        if map.insert(p.child, p.parent).is_some() {
-            twice.push(p.index as usize);
+    let mut put = |p: &ParentPair| match map.entry(p.child) {
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(p.parent);
         }
+        std::collections::hash_map::Entry::Occupied(_) => twice.push(p.index as usize),
     };
     if pairs.len() < PARENTS_IN_BUCKET_ORDER_FROM {
         pairs.iter().for_each(&mut put);
@@ -1293,6 +1294,20 @@ impl RecordStore {
         if !both {
             ids(&draft.related, &mut child_ids, &mut parent_ids);
         }
+        // Each entry's problem (at most one: an entry with one goes no further) kept with its
+        // index, the children's here and their parents' below, so that the parents'
+        // duplicates, found after, are reported among them in entry order. Past `max_errors`
+        // problems, no message is made: those are only counted (merging in the duplicates
+        // moves none of them forward).
+        let mut problems: Vec<(usize, &'static str, String)> = Vec::new();
+        let mut problem = |i: usize, field: &'static str, message: &dyn Fn() -> String| {
+            let m = if problems.len() < max_errors {
+                message()
+            } else {
+                String::new()
+            };
+            problems.push((i, field, m));
+        };
         // The children's inserts, each reading the home slot of the child `AHEAD` places on
         // first (a random slot of a large table: so the cache misses overlap). (In the order of
         // their home slots instead, the entries' own reads missed as often: no faster.)
@@ -1327,20 +1342,17 @@ impl RecordStore {
                     .and_then(|slot| store.types.get(t.index()).map(|tt| tt.base + slot as u32));
                     if number.is_none() {
                         // As for an owner entry (it was skipped without a word).
-                        err(
-                            "related",
-                            i,
-                            "id",
+                        problem(i, "id", &|| {
                             format!(
                                 "{} '{id}' cannot be stored (too many string ids)",
                                 types.name(t)
-                            ),
-                        );
+                            )
+                        });
                     }
                     children.push(number.map(|n| (n, t)));
                 }
                 Err(m) => {
-                    err("related", i, "id", m);
+                    problem(i, "id", &|| m.clone());
                     children.push(None);
                 }
             }
@@ -1365,19 +1377,6 @@ impl RecordStore {
         if !both {
             fill(&parent_ids, &mut found);
         }
-        // Each entry's checks in order; its problem (at most one per entry) kept with its
-        // index, so the parents' duplicates found after can be reported among them in order.
-        // Past `max_errors` problems, no message is made: those are only counted (merging in
-        // the duplicates moves none of them forward).
-        let mut problems: Vec<(usize, &'static str, String)> = Vec::new();
-        let mut problem = |i: usize, field: &'static str, message: &dyn Fn() -> String| {
-            let m = if problems.len() < max_errors {
-                message()
-            } else {
-                String::new()
-            };
-            problems.push((i, field, m));
-        };
         let mut pairs: Vec<ParentPair> = Vec::with_capacity(n);
         for i in 0..n {
             let Some(Some((child, child_type))) = children.get(i).copied() else {
@@ -3204,11 +3203,40 @@ pub(crate) mod tests {
         assert_eq!(e.len(), want.len(), "{e:#?}");
     }
 
-    /// Related errors come in entry order, a child given a parent twice among the others (the
-    /// parents are put in the map in another order when there are many: 64 under test), and
-    /// the first entry of a child keeps its parent.
+    /// The parents' map, in entry order or in the order of its buckets (from 64 pairs under
+    /// test): the first entry of a child keeps its parent, the later ones are the duplicates,
+    /// ascending.
     #[test]
-    fn related_errors_in_entry_order_and_the_first_parent_kept() {
+    fn the_first_parent_of_a_child_is_kept() {
+        for n in [10u32, 1000] {
+            let mut pairs: Vec<ParentPair> = (0..n)
+                .map(|i| ParentPair {
+                    child: i,
+                    parent: 1_000_000 + i,
+                    index: i,
+                })
+                .collect();
+            // Entries n.., each a child already given a parent: the one of entry k.
+            for (j, k) in [3u32, 7, 3, 9].iter().enumerate() {
+                pairs.push(ParentPair {
+                    child: *k,
+                    parent: 2_000_000 + j as u32,
+                    index: n + j as u32,
+                });
+            }
+            let mut map: HashMap<u32, u32, NumState> = HashMap::with_hasher(NumState);
+            let twice = insert_parents(&mut map, pairs);
+            assert_eq!(twice, (n..n + 4).map(|i| i as usize).collect::<Vec<_>>());
+            assert_eq!(map.len(), n as usize);
+            assert!((0..n).all(|i| map.get(&i) == Some(&(1_000_000 + i))), "{n}");
+        }
+    }
+
+    /// Related errors come in entry order (a child's own id among its parents' errors, a child
+    /// given a parent twice among the others: the parents are put in the map in another order
+    /// when there are many, 64 under test), and each child gets its parent.
+    #[test]
+    fn related_errors_come_in_entry_order() {
         for n in [10, 200] {
             let owners: Vec<String> = (1..=n)
                 .map(|i| format!(r#"{{"type": "lead", "id": "{i}", "owner": "a"}}"#))
@@ -3254,6 +3282,9 @@ pub(crate) mod tests {
                 r#"{"type": "note", "id": "999", "parent_type": "lead", "parent_id": "404"}"#
                     .to_string();
             related[8] = dup(1, 3);
+            // A child's own id error, after an earlier entry's parent error.
+            related[7] = r#"{"type": "note", "id": "07", "parent_type": "lead", "parent_id": "7"}"#
+                .to_string();
             if n > 100 {
                 related[150] = dup(100, 1);
                 related[190] =
@@ -3265,6 +3296,7 @@ pub(crate) mod tests {
             let mut want = vec![
                 "records.related[3].id",
                 "records.related[6].parent_id",
+                "records.related[7].id",
                 "records.related[8].id",
             ];
             if n > 100 {
