@@ -13,6 +13,15 @@ pub use permgate_core::demo::{
 /// Write the demo files, start the sample CRM, and return the config to serve with its
 /// overrides (listen address, the CRM's address).
 pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
+    let address = listen
+        .parse::<std::net::SocketAddr>()
+        .map_err(|_| format!("--listen '{listen}' is not an IP:port address"))?;
+    if address.port() == 0 {
+        // The banner's curl lines name the port before the gateway listens.
+        return Err(format!(
+            "--listen '{listen}': the demo needs a port of its own (its curl lines name it), not 0"
+        ));
+    }
     let crm = start_sample_crm()?;
     let dir = std::env::temp_dir().join(format!("permgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -20,9 +29,6 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
     std::fs::write(&config_path, DEMO_CONFIG).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("snapshot.json"), DEMO_SNAPSHOT).map_err(|e| e.to_string())?;
 
-    let address = listen
-        .parse::<std::net::SocketAddr>()
-        .map_err(|_| format!("--listen '{listen}' is not an IP:port address"))?;
     // The tenant stop's gateway: tenant-aware, beside the main one, in front of the same CRM.
     let tenant_config = dir.join("tenants.toml");
     std::fs::write(&tenant_config, DEMO_TENANT_CONFIG).map_err(|e| e.to_string())?;
@@ -51,10 +57,16 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
 /// The tenant gateway's socket, listening: on the main one's port + 1 when it is free, else on
 /// a free port of the same IP.
 fn tenant_listener(main: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
-    let next = std::net::SocketAddr::new(main.ip(), main.port().wrapping_add(1));
+    let any = std::net::SocketAddr::new(main.ip(), 0);
+    let next = match main.port() {
+        u16::MAX => any,
+        p => std::net::SocketAddr::new(main.ip(), p + 1),
+    };
     let listener = std::net::TcpListener::bind(next)
-        .or_else(|_| std::net::TcpListener::bind(std::net::SocketAddr::new(main.ip(), 0)))
-        .map_err(|e| format!("the tenant gateway cannot listen on {}: {e}", main.ip()))?;
+        .or_else(|first| {
+            std::net::TcpListener::bind(any).map_err(|e| format!("{next}: {first}; {any}: {e}"))
+        })
+        .map_err(|e| format!("the tenant gateway cannot listen: {e}"))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("the tenant gateway's socket: {e}"))?;

@@ -596,3 +596,20 @@ async fn assignee_lists_through_the_gateway() {
     assert_eq!(s, 403, "{v}");
     assert_eq!(v["denied_assignees"], serde_json::json!(["u-admin"]));
 }
+
+/// Port 0 is refused before anything starts: the banner's curl lines name the port.
+#[test]
+fn the_demo_refuses_port_zero() {
+    let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--listen '127.0.0.1:0': the demo needs a port of its own"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "no banner: {:?}", out.stdout);
+}
