@@ -24,3 +24,6 @@
 #     the host's THP is "madvise" and the tables are not madvised)
 # Timeline of 16f8961 (frame pointers; see ../tenant-build-s16-2026-12-07/run.sh for the commands):
 #   timeline-16f8961.txt
+# review-fix-ab.txt: 16f8961 ("rel") against the review's fixes (4 commits later, "head": the
+#   first entry of a child keeps its parent through the map's entry API; the children's id
+#   errors merged in entry order): the same within noise, 3 rounds
