@@ -2049,7 +2049,14 @@ impl RecordStore {
             (Keys::Str { table, arena }, RecordId::Str(s)) => {
                 let off = arena.len();
                 if off + s.len() > u32::MAX as usize {
-                    return Err(usize::MAX); // 4 GiB of string ids: refused, reported
+                    // 4 GiB of string ids: a new one is refused, reported; one already there
+                    // is found, as below.
+                    let a: &String = arena;
+                    return Err(table
+                        .find(hash, |x| {
+                            a.get(x[0] as usize..x[0] as usize + x[1] as usize) == Some(&**s)
+                        })
+                        .unwrap_or(usize::MAX));
                 }
                 let key = [off as u32, s.len() as u32];
                 let a: &String = arena;
