@@ -1294,20 +1294,8 @@ impl RecordStore {
         if !both {
             ids(&draft.related, &mut child_ids, &mut parent_ids);
         }
-        // Each entry's problem (at most one: an entry with one goes no further) kept with its
-        // index, the children's here and their parents' below, so that the parents'
-        // duplicates, found after, are reported among them in entry order. Past `max_errors`
-        // problems, no message is made: those are only counted (merging in the duplicates
-        // moves none of them forward).
-        let mut problems: Vec<(usize, &'static str, String)> = Vec::new();
-        let mut problem = |i: usize, field: &'static str, message: &dyn Fn() -> String| {
-            let m = if problems.len() < max_errors {
-                message()
-            } else {
-                String::new()
-            };
-            problems.push((i, field, m));
-        };
+        // The children's own problems, by entry (reported with their parents' below).
+        let mut child_problems: Vec<(usize, String)> = Vec::new();
         // The children's inserts, each reading the home slot of the child `AHEAD` places on
         // first (a random slot of a large table: so the cache misses overlap). (In the order of
         // their home slots instead, the entries' own reads missed as often: no faster.)
@@ -1342,17 +1330,18 @@ impl RecordStore {
                     .and_then(|slot| store.types.get(t.index()).map(|tt| tt.base + slot as u32));
                     if number.is_none() {
                         // As for an owner entry (it was skipped without a word).
-                        problem(i, "id", &|| {
+                        child_problems.push((
+                            i,
                             format!(
                                 "{} '{id}' cannot be stored (too many string ids)",
                                 types.name(t)
-                            )
-                        });
+                            ),
+                        ));
                     }
                     children.push(number.map(|n| (n, t)));
                 }
                 Err(m) => {
-                    problem(i, "id", &|| m.clone());
+                    child_problems.push((i, m));
                     children.push(None);
                 }
             }
@@ -1377,9 +1366,26 @@ impl RecordStore {
         if !both {
             fill(&parent_ids, &mut found);
         }
+        // Each entry's problem (at most one: an entry with one goes no further) kept with its
+        // index, in entry order, so that the parents' duplicates, found after, are reported
+        // among them in entry order. Past `max_errors` problems, no message is made: those are
+        // only counted (merging in the duplicates moves none of them forward).
+        let mut problems: Vec<(usize, &'static str, String)> = Vec::new();
+        let mut problem = |i: usize, field: &'static str, message: &dyn Fn() -> String| {
+            let m = if problems.len() < max_errors {
+                message()
+            } else {
+                String::new()
+            };
+            problems.push((i, field, m));
+        };
+        let mut child_problems = child_problems.into_iter().peekable();
         let mut pairs: Vec<ParentPair> = Vec::with_capacity(n);
         for i in 0..n {
             let Some(Some((child, child_type))) = children.get(i).copied() else {
+                if let Some((_, m)) = child_problems.next_if(|(j, _)| *j == i) {
+                    problem(i, "id", &|| m.clone());
+                }
                 continue;
             };
             let Some(p) = parent_ids.get_mut(i) else {
@@ -3315,6 +3321,60 @@ pub(crate) mod tests {
             assert_eq!(places, want, "{e:#?}");
             assert!(e[0].contains("already has a parent"), "{e:#?}");
         }
+    }
+
+    /// Without a duplicate too, and at the cap: a child's own id error after its neighbours'
+    /// parent errors is reported in its place, and every error shown has its message.
+    #[test]
+    fn related_errors_in_order_without_duplicates_and_at_the_cap() {
+        let note = |id: &str, parent: &str| {
+            format!(
+                r#"{{"type": "note", "id": "{id}", "parent_type": "lead", "parent_id": "{parent}"}}"#
+            )
+        };
+        let owners = r#"{"type": "lead", "id": "1", "owner": "a"}"#;
+        // Few: 6 a parent error, 7 a child id error.
+        let related: Vec<String> = (0..10)
+            .map(|i| match i {
+                6 => note("6", "404"),
+                7 => note("07", "1"),
+                _ => note(&i.to_string(), "1"),
+            })
+            .collect();
+        let e = errors(&format!(
+            r#"{{"owners": [{owners}], "related": [{}]}}"#,
+            related.join(",\n")
+        ));
+        let places: Vec<&str> = e.iter().filter_map(|m| m.split(": ").nth(1)).collect();
+        assert_eq!(
+            places,
+            ["records.related[6].parent_id", "records.related[7].id"],
+            "{e:#?}"
+        );
+        // Many: 0..120 parent errors (the cap is 100), a child id error at 150, a duplicate
+        // at 160.
+        let related: Vec<String> = (0..170)
+            .map(|i| match i {
+                0..120 => note(&i.to_string(), "404"),
+                150 => note("0150", "1"),
+                160 => note("130", "1"),
+                _ => note(&i.to_string(), "1"),
+            })
+            .collect();
+        let e = errors(&format!(
+            r#"{{"owners": [{owners}], "related": [{}]}}"#,
+            related.join(",\n")
+        ));
+        assert_eq!(e.len(), 101, "{e:#?}");
+        for (k, m) in e.iter().take(100).enumerate() {
+            assert!(
+                m.contains(&format!(
+                    "records.related[{k}].parent_id: lead '404' is not"
+                )),
+                "{m}"
+            );
+        }
+        assert!(e[100].contains("and 22 more errors"), "{}", e[100]);
     }
 
     #[test]
