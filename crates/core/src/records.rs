@@ -974,6 +974,55 @@ impl Part<'_> {
         (self.from + (self.chunks.len() << SLOT_CHUNK_SHIFT)).min(self.size)
     }
 
+    /// Insert a run of entries whose home slots are in one chunk, that chunk taken for writing
+    /// once (not at each probe step); an entry whose probe runs past the chunk's end goes
+    /// through [`Part::insert`] after the run (those slots stay full, so it lands where it
+    /// would have, and before the next chunk's run), or into `left`. `None` as there.
+    fn insert_run(&mut self, run: &[Pending], left: &mut Vec<Pending>) -> Option<()> {
+        const MASK: usize = (1 << SLOT_CHUNK_SHIFT) - 1;
+        let Some(first) = run.first() else {
+            return Some(());
+        };
+        let c = ((first.pos - self.vbase) as usize).checked_sub(self.from)? >> SLOT_CHUNK_SHIFT;
+        let at = c << SLOT_CHUNK_SHIFT;
+        let mut spill = Vec::new();
+        let chunk = Arc::make_mut(self.chunks.get_mut(c)?);
+        for p in run {
+            let local = ((p.pos - self.vbase) as usize).checked_sub(self.from)?;
+            if local >> SLOT_CHUNK_SHIFT != c {
+                return None;
+            }
+            let mut j = local & MASK;
+            loop {
+                let Some(s) = chunk.get_mut(j) else {
+                    spill.push(*p);
+                    break;
+                };
+                if s.val == EMPTY {
+                    *s = Slot {
+                        key: p.key,
+                        val: p.val,
+                    };
+                    self.placed += 1;
+                    if let Some(t) = self.tenants.get_mut(at + j) {
+                        *t = p.tenant;
+                    }
+                    break;
+                }
+                if s.key == p.key {
+                    return None;
+                }
+                j += 1;
+            }
+        }
+        for p in &spill {
+            if !self.insert(p)? {
+                left.push(*p);
+            }
+        }
+        Some(())
+    }
+
     /// Insert with linear probing within the chunks held: `Some(false)` when the probe would
     /// leave them (the entry is placed later, by the ordinary insert), `None` for a key
     /// already there (or a full table).
@@ -1758,13 +1807,15 @@ impl RecordStore {
             }
             let mut left = Vec::new();
             let mut i = 0;
-            for p in &sorted {
+            // A bucket is one chunk of one table.
+            for run in sorted.chunk_by(|a, b| chunk(a) == chunk(b)) {
+                let Some(p) = run.first() else {
+                    continue;
+                };
                 while parts.get(i)?.end() <= p.pos {
                     i += 1;
                 }
-                if !parts.get_mut(i)?.insert(p)? {
-                    left.push(*p);
-                }
+                parts.get_mut(i)?.insert_run(run, &mut left)?;
             }
             Some((sorted, left))
         };
