@@ -27,6 +27,7 @@
 # review-fix-ab.txt: 16f8961 ("rel") against the review's fixes (4 commits later, "head": the
 #   first entry of a child keeps its parent through the map's entry API; the children's id
 #   errors merged in entry order): the same within noise, 3 rounds
-# insert-run-ab.txt: 744c3aa ("head") against the owners' place step taking each table chunk once
+# insert-run-ab.txt: 744c3aa ("head"; the two commits after it touch only error paths) against
+#   95bf8d2, the owners' place step taking each table chunk once
 #   per run of entries (Part::insert_run; "run"), 8 rounds: record owners median ~934 -> ~724 ms,
 #   build median 2.55 -> 2.38 s (the first rounds right after a CI run, noisier)

@@ -976,8 +976,10 @@ impl Part<'_> {
 
     /// Insert a run of entries whose home slots are in one chunk, that chunk taken for writing
     /// once (not at each probe step); an entry whose probe runs past the chunk's end goes
-    /// through [`Part::insert`] after the run (those slots stay full, so it lands where it
-    /// would have, and before the next chunk's run), or into `left`. `None` as there.
+    /// through [`Part::insert`] after the run, before the next chunk's run, or into `left`.
+    /// Each entry is still placed by probing from its home to the first free slot, so every
+    /// key stays findable (the layout differs from entry-by-entry insertion only when such an
+    /// entry wraps round into its own chunk). `None` as there.
     fn insert_run(&mut self, run: &[Pending], left: &mut Vec<Pending>) -> Option<()> {
         const MASK: usize = (1 << SLOT_CHUNK_SHIFT) - 1;
         let Some(first) = run.first() else {
@@ -3371,6 +3373,140 @@ pub(crate) mod tests {
             }
             assert_eq!(places, want, "{e:#?}");
             assert!(e[0].contains("already has a parent"), "{e:#?}");
+        }
+    }
+
+    /// The owners' place step, a chunk's run at a time, finds what entry-by-entry insertion
+    /// finds: the same `None` for a duplicate, every key reachable from its home with its
+    /// value and tenant, the same count placed and left. Homes crowd the chunks' ends and the
+    /// table's end (spills past a chunk, wrap-around), in tables of one chunk, of a short last
+    /// chunk, and of several, whole or cut at a chunk (`from` > 0).
+    #[test]
+    fn a_chunks_run_places_what_entry_by_entry_places() {
+        const CHUNK: usize = 1 << SLOT_CHUNK_SHIFT;
+        let mut x: u64 = 0x243F_6A88_85A3_08D3;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // (table entries, part start in chunks, duplicates)
+        for (n, from_chunks, dup) in [
+            (500, 0, false),
+            (500, 0, true),
+            (808, 0, false),
+            (2_300, 0, false),
+            (2_300, 1, false),
+            (2_300, 0, true),
+            (5_000, 2, true),
+        ] {
+            for round in 0..20u32 {
+                let size = FlatTable::<2>::with_capacity(n).slots.len();
+                let from = from_chunks * CHUNK;
+                let count = (size - from) * 7 / 10;
+                let vbase = 4 * CHUNK as u32;
+                let mut entries: Vec<Pending> = (0..count)
+                    .map(|i| {
+                        let r = next();
+                        // Half the homes in the last 8 slots of a chunk or of the table.
+                        let home = match r % 4 {
+                            0 => size - 1 - (r >> 8) as usize % 8,
+                            1 => {
+                                let c = from / CHUNK
+                                    + (r >> 8) as usize % (size - from).div_ceil(CHUNK);
+                                ((c + 1) * CHUNK).min(size) - 1 - (r >> 20) as usize % 8
+                            }
+                            _ => from + (r >> 8) as usize % (size - from),
+                        };
+                        Pending {
+                            key: split_u64(i as u64 * 1_000 + u64::from(round)),
+                            pos: vbase + home.max(from) as u32,
+                            val: i as u32,
+                            tenant: i as u32 + 7,
+                        }
+                    })
+                    .collect();
+                if dup {
+                    let k = (next() as usize) % count;
+                    let mut d = entries[k];
+                    d.val = u32::MAX - 1;
+                    entries.insert((next() as usize) % count, d);
+                }
+                // Sorted by chunk, stable, as the place step sorts them.
+                entries.sort_by_key(|p| (p.pos - vbase) as usize / CHUNK);
+                let place = |by_run: bool| {
+                    let mut table = FlatTable::<2>::with_capacity(n);
+                    let mut tenants = vec![u32::MAX; size - from];
+                    let mut left = Vec::new();
+                    let placed = {
+                        let chunks = table.slots.chunks_mut();
+                        let mut part = Part {
+                            table: 0,
+                            vbase,
+                            size,
+                            from,
+                            chunks: &mut chunks[from_chunks..],
+                            placed: 0,
+                            tenants: &mut tenants,
+                        };
+                        let ok = if by_run {
+                            entries
+                                .chunk_by(|a, b| {
+                                    (a.pos - vbase) as usize / CHUNK
+                                        == (b.pos - vbase) as usize / CHUNK
+                                })
+                                .try_for_each(|run| part.insert_run(run, &mut left))
+                        } else {
+                            entries.iter().try_for_each(|p| {
+                                if !part.insert(p)? {
+                                    left.push(*p);
+                                }
+                                Some(())
+                            })
+                        };
+                        ok.map(|()| part.placed)
+                    };
+                    (placed, left, table, tenants)
+                };
+                let (old, new) = (place(false), place(true));
+                // (On `None` the caller throws the left list away.)
+                assert_eq!(old.0, new.0, "{n} {from_chunks} {dup} {round}");
+                if new.0.is_some() {
+                    assert_eq!(old.1.len(), new.1.len(), "{n} {from_chunks} {round}");
+                }
+                if dup {
+                    // Abandoned, or both copies left for the ordinary insert (which fails).
+                    let twice = |l: &[Pending]| {
+                        l.iter()
+                            .any(|p| l.iter().filter(|q| q.key == p.key).count() == 2)
+                    };
+                    assert!(new.0.is_none() || twice(&new.1), "{n} {round}");
+                    continue;
+                }
+                let (table, tenants) = (&new.2, &new.3);
+                let placed = new.0.unwrap();
+                assert_eq!(placed + new.1.len(), entries.len());
+                // Every placed key, from its home (wrapping at the table's end).
+                let mut found = 0;
+                for p in &entries {
+                    let mut i = (p.pos - vbase) as usize;
+                    for _ in 0..size {
+                        let s = table.slots.get(i).unwrap();
+                        if s.val == EMPTY {
+                            break;
+                        }
+                        if s.key == p.key {
+                            assert_eq!(s.val, p.val);
+                            assert_eq!(tenants[i - from], p.tenant);
+                            found += 1;
+                            break;
+                        }
+                        i = if i + 1 == size { 0 } else { i + 1 };
+                    }
+                }
+                assert_eq!(found, placed, "{n} {from_chunks} {round}");
+            }
         }
     }
 
