@@ -3519,19 +3519,25 @@ pub(crate) mod tests {
                 r#"{{"type": "note", "id": "{id}", "parent_type": "lead", "parent_id": "{parent}"}}"#
             )
         };
-        let owners = r#"{"type": "lead", "id": "1", "owner": "a"}"#;
+        // The errors of `n` related entries, `bad` saying which id and parent entry i has.
+        let errors_of = |n: usize, bad: &dyn Fn(usize) -> Option<(String, &'static str)>| {
+            let related: Vec<String> = (0..n)
+                .map(|i| match bad(i) {
+                    Some((id, parent)) => note(&id, parent),
+                    None => note(&i.to_string(), "1"),
+                })
+                .collect();
+            errors(&format!(
+                r#"{{"owners": [{{"type": "lead", "id": "1", "owner": "a"}}], "related": [{}]}}"#,
+                related.join(",\n")
+            ))
+        };
         // Few: 6 a parent error, 7 a child id error.
-        let related: Vec<String> = (0..10)
-            .map(|i| match i {
-                6 => note("6", "404"),
-                7 => note("07", "1"),
-                _ => note(&i.to_string(), "1"),
-            })
-            .collect();
-        let e = errors(&format!(
-            r#"{{"owners": [{owners}], "related": [{}]}}"#,
-            related.join(",\n")
-        ));
+        let e = errors_of(10, &|i| match i {
+            6 => Some(("6".into(), "404")),
+            7 => Some(("07".into(), "1")),
+            _ => None,
+        });
         let places: Vec<&str> = e.iter().filter_map(|m| m.split(": ").nth(1)).collect();
         assert_eq!(
             places,
@@ -3540,18 +3546,12 @@ pub(crate) mod tests {
         );
         // Many: 0..120 parent errors (the cap is 100), a child id error at 150, a duplicate
         // at 160.
-        let related: Vec<String> = (0..170)
-            .map(|i| match i {
-                0..120 => note(&i.to_string(), "404"),
-                150 => note("0150", "1"),
-                160 => note("130", "1"),
-                _ => note(&i.to_string(), "1"),
-            })
-            .collect();
-        let e = errors(&format!(
-            r#"{{"owners": [{owners}], "related": [{}]}}"#,
-            related.join(",\n")
-        ));
+        let e = errors_of(170, &|i| match i {
+            0..120 => Some((i.to_string(), "404")),
+            150 => Some(("0150".into(), "1")),
+            160 => Some(("130".into(), "1")),
+            _ => None,
+        });
         assert_eq!(e.len(), 101, "{e:#?}");
         for (k, m) in e.iter().take(100).enumerate() {
             assert!(
