@@ -49,6 +49,19 @@ impl<T: Clone, const SHIFT: u32> Chunked<T, SHIFT> {
         Chunked { chunks, len }
     }
 
+    /// Each element of `src` mapped by `f`, in order: written straight into the chunks (no
+    /// vector of the whole first, then copied).
+    pub fn map_slice<S>(src: &[S], mut f: impl FnMut(&S) -> T) -> Self {
+        let chunks = src
+            .chunks(Self::SIZE)
+            .map(|c| c.iter().map(&mut f).collect::<Arc<[T]>>())
+            .collect();
+        Chunked {
+            chunks,
+            len: src.len(),
+        }
+    }
+
     /// `n` copies of `value`. The full chunks all share one allocation until written (copy on
     /// write, as between versions), so a large table costs its memory, and its first touch,
     /// where and when it is filled: on whichever thread writes it.
@@ -179,5 +192,22 @@ mod tests {
         assert_eq!(g.shared_chunks(&f), 2);
         let e: Chunked<u8, 3> = Chunked::from_vec(Vec::new());
         assert!(e.is_empty() && e.get(0).is_none());
+    }
+
+    #[test]
+    fn a_mapped_slice_is_the_mapped_vector() {
+        for n in [0usize, 1, 3, 4, 5, 9] {
+            let src: Vec<u32> = (0..n as u32).collect();
+            let m: Chunked<u64, 2> = Chunked::map_slice(&src, |x| u64::from(*x) * 3 + 1);
+            let v: Chunked<u64, 2> =
+                Chunked::from_vec(src.iter().map(|x| u64::from(*x) * 3 + 1).collect());
+            assert_eq!(m.len(), n);
+            assert_eq!(m.chunk_count(), n.div_ceil(4));
+            assert_eq!(
+                m.iter().collect::<Vec<_>>(),
+                v.iter().collect::<Vec<_>>(),
+                "{n} elements"
+            );
+        }
     }
 }

@@ -865,6 +865,59 @@ pub struct RecordStore {
 /// one; an unplaced slot has this).
 pub const RECORD_NO_TENANT: u32 = u32::MAX;
 
+/// The draft's tenant names (interned) → tenant indexes, by `tenant`.
+fn tenant_indexes(draft: &RecordsDraft<'_>, tenant: &TenantLookup<'_>) -> Vec<Option<u32>> {
+    draft.tenants.names.iter().map(|n| tenant(n)).collect()
+}
+
+/// How [`RecordStore::build_with`] goes (tests compare the ways), and what it tells back.
+struct Way<'a, 'n> {
+    /// How a large draft's owners are placed.
+    path: OwnersPath,
+    /// How many entries the two ranges left to be placed after them.
+    deferred: &'a mut usize,
+    /// With tenants: the owners' tenants, mapped aside.
+    early: Option<&'a mut EarlyTenants<'n>>,
+}
+
+/// The owners' tenants, mapped by [`RecordStore::build_with`] while it inserts the related
+/// objects: from `names` ([`tenant_indexes`]).
+struct EarlyTenants<'n> {
+    names: &'n [Option<u32>],
+    mapped: Option<Chunked<u32, SLOT_CHUNK_SHIFT>>,
+}
+
+/// Each record's tenant by record number (`space` of them) from its owner entry's tenant name
+/// (`by_name`, kept by the build; [`RECORD_NO_TENANT`] where none), mapped through `names`.
+/// `None` when nothing was kept or an owner names no known tenant (entry by entry then, which
+/// reports it).
+fn owners_tenants(
+    draft: &RecordsDraft<'_>,
+    names: &[Option<u32>],
+    by_name: &[u32],
+    space: usize,
+) -> Option<Chunked<u32, SLOT_CHUNK_SHIFT>> {
+    if by_name.len() < space
+        || draft.owner_tenants.len() != draft.owners.len()
+        || !draft
+            .owner_tenants
+            .iter()
+            .all(|k| names.get(*k as usize).is_some_and(Option::is_some))
+    {
+        return None;
+    }
+    let mut kept = 0usize;
+    let table = Chunked::map_slice(by_name.get(..space)?, |k| match names.get(*k as usize) {
+        Some(Some(t)) => {
+            kept += 1;
+            *t
+        }
+        _ => RECORD_NO_TENANT,
+    });
+    // Every owner entry is one record (a duplicate fails the build before this).
+    (kept == draft.owners.len()).then_some(table)
+}
+
 /// A problem with one entry of the `records` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordError {
@@ -1146,23 +1199,62 @@ impl RecordStore {
             types,
             resolve,
             max_errors,
-            OwnersPath::TwoRanges,
-            &mut 0,
+            Way {
+                path: OwnersPath::TwoRanges,
+                deferred: &mut 0,
+                early: None,
+            },
             lap,
         )
     }
 
-    /// [`RecordStore::build`], the owners of a large draft placed as `path` says (tests compare
-    /// the paths); `deferred`: how many entries the two ranges left to be placed after them.
+    /// [`RecordStore::build_timed`], then [`RecordStore::assign_tenants`] with `tenant`. When
+    /// the owners name tenants, their tenants by record number are mapped on another core while
+    /// this one inserts the related objects (one core's work otherwise idle).
+    pub fn build_with_tenants(
+        draft: &RecordsDraft<'_>,
+        types: &RecordTypes,
+        resolve: &Resolve<'_>,
+        tenant: Option<&TenantLookup<'_>>,
+        max_errors: usize,
+        lap: &mut dyn FnMut(&'static str),
+    ) -> Result<RecordStore, Vec<RecordError>> {
+        let names = tenant.map(|f| tenant_indexes(draft, f));
+        let mut early = names.as_deref().map(|names| EarlyTenants {
+            names,
+            mapped: None,
+        });
+        let mut store = Self::build_with(
+            draft,
+            types,
+            resolve,
+            max_errors,
+            Way {
+                path: OwnersPath::TwoRanges,
+                deferred: &mut 0,
+                early: early.as_mut(),
+            },
+            lap,
+        )?;
+        let mapped = early.and_then(|e| e.mapped);
+        store.assign_tenants_mapped(draft, types, tenant, names, mapped, max_errors)?;
+        Ok(store)
+    }
+
+    /// [`RecordStore::build`], the way `way` says (tests compare the owners' paths).
     fn build_with(
         draft: &RecordsDraft<'_>,
         types: &RecordTypes,
         resolve: &Resolve<'_>,
         max_errors: usize,
-        path: OwnersPath,
-        deferred: &mut usize,
+        way: Way<'_, '_>,
         lap: &mut dyn FnMut(&'static str),
     ) -> Result<RecordStore, Vec<RecordError>> {
+        let Way {
+            path,
+            deferred,
+            early,
+        } = way;
         let mut errors: Vec<RecordError> = Vec::new();
         let mut dropped = 0usize;
         let mut err = |list, index, field, message: String| {
@@ -1352,49 +1444,83 @@ impl RecordStore {
         // their home slots instead, the entries' own reads missed as often: no faster.)
         const AHEAD: usize = 16;
         let mut children = Vec::with_capacity(n);
-        for i in 0..n {
-            if let Some(Ok((t, id))) = child_ids.get(i + AHEAD) {
-                store.touch(*t, id);
+        // With tenants, the owners' tenants by record number are mapped on another core
+        // meanwhile (the inserts below are one core's; the mapping reads only the tenant names
+        // the owners' placement kept, which no insert below writes: a child's insert never
+        // moves a record, so the record numbers hold).
+        let space = store.number_space();
+        let by_name = match &early {
+            Some(_) if draft.owners.len() >= OWNER_NAMES_FROM => {
+                std::mem::take(&mut store.owner_tenant_names)
             }
-            let Some(c) = child_ids.get_mut(i) else {
-                break;
+            _ => Vec::new(),
+        };
+        let mapped = std::thread::scope(|s| {
+            let aside = match (&early, by_name.is_empty()) {
+                (Some(e), false) => {
+                    let names = e.names;
+                    let by_name = &by_name;
+                    std::thread::Builder::new()
+                        .spawn_scoped(s, move || owners_tenants(draft, names, by_name, space))
+                        .ok()
+                }
+                _ => None,
             };
-            match std::mem::replace(c, Err(String::new())) {
-                Ok((t, id)) => {
-                    // Inserted, or found already there (an owner entry too): one probe. Its
-                    // parent flag is set now, while the slot is in cache: a child left without
-                    // a parent below is an error, which fails the build.
-                    let number = match store.insert(t, &id, NO_OWNER | HAS_PARENT) {
-                        Ok(slot) => Some(slot),
-                        Err(usize::MAX) => None,
-                        Err(slot) => {
-                            if let Some(v) = store
-                                .types
-                                .get_mut(t.index())
-                                .and_then(|tt| tt.keys.val_mut(slot))
-                            {
-                                *v |= HAS_PARENT;
+            for i in 0..n {
+                if let Some(Ok((t, id))) = child_ids.get(i + AHEAD) {
+                    store.touch(*t, id);
+                }
+                let Some(c) = child_ids.get_mut(i) else {
+                    break;
+                };
+                match std::mem::replace(c, Err(String::new())) {
+                    Ok((t, id)) => {
+                        // Inserted, or found already there (an owner entry too): one probe. Its
+                        // parent flag is set now, while the slot is in cache: a child left without
+                        // a parent below is an error, which fails the build.
+                        let number = match store.insert(t, &id, NO_OWNER | HAS_PARENT) {
+                            Ok(slot) => Some(slot),
+                            Err(usize::MAX) => None,
+                            Err(slot) => {
+                                if let Some(v) = store
+                                    .types
+                                    .get_mut(t.index())
+                                    .and_then(|tt| tt.keys.val_mut(slot))
+                                {
+                                    *v |= HAS_PARENT;
+                                }
+                                Some(slot)
                             }
-                            Some(slot)
                         }
+                        .and_then(|slot| {
+                            store.types.get(t.index()).map(|tt| tt.base + slot as u32)
+                        });
+                        if number.is_none() {
+                            // As for an owner entry (it was skipped without a word).
+                            child_problems.push((
+                                i,
+                                format!(
+                                    "{} '{id}' cannot be stored (too many string ids)",
+                                    types.name(t)
+                                ),
+                            ));
+                        }
+                        children.push(number.map(|n| (n, t)));
                     }
-                    .and_then(|slot| store.types.get(t.index()).map(|tt| tt.base + slot as u32));
-                    if number.is_none() {
-                        // As for an owner entry (it was skipped without a word).
-                        child_problems.push((
-                            i,
-                            format!(
-                                "{} '{id}' cannot be stored (too many string ids)",
-                                types.name(t)
-                            ),
-                        ));
+                    Err(m) => {
+                        child_problems.push((i, m));
+                        children.push(None);
                     }
-                    children.push(number.map(|n| (n, t)));
                 }
-                Err(m) => {
-                    child_problems.push((i, m));
-                    children.push(None);
-                }
+            }
+            aside.and_then(|h| h.join().ok()).flatten()
+        });
+        if let Some(e) = early {
+            match mapped {
+                Some(m) => e.mapped = Some(m),
+                // Not mapped aside (too small, no thread, or a problem): as before, in
+                // `assign_tenants`, which reports any problem.
+                None => store.owner_tenant_names = by_name,
             }
         }
         // The parents' lookups back to back (each a random slot of a large table: in a loop
@@ -2174,6 +2300,20 @@ impl RecordStore {
         tenant: Option<&TenantLookup<'_>>,
         max_errors: usize,
     ) -> Result<(), Vec<RecordError>> {
+        self.assign_tenants_mapped(draft, types, tenant, None, None, max_errors)
+    }
+
+    /// [`RecordStore::assign_tenants`]; `names` and `mapped` as [`EarlyTenants`] holds them when
+    /// the build mapped the owners' tenants aside (both made from this `tenant`).
+    fn assign_tenants_mapped(
+        &mut self,
+        draft: &RecordsDraft<'_>,
+        types: &RecordTypes,
+        tenant: Option<&TenantLookup<'_>>,
+        names: Option<Vec<Option<u32>>>,
+        mapped: Option<Chunked<u32, SLOT_CHUNK_SHIFT>>,
+        max_errors: usize,
+    ) -> Result<(), Vec<RecordError>> {
         let by_name = std::mem::take(&mut self.owner_tenant_names);
         let mut errors = Vec::new();
         let push = |errors: &mut Vec<RecordError>, list, index, field, message: String| {
@@ -2203,10 +2343,14 @@ impl RecordStore {
             }
             return Ok(());
         };
-        let names: Vec<Option<u32>> = draft.tenants.names.iter().map(|n| tenant(n)).collect();
+        let names = names.unwrap_or_else(|| tenant_indexes(draft, tenant));
         // Without a problem, from the tenant names the build kept by record number (no
         // lookup); any problem (or none kept): entry by entry below, which reports it.
-        if let Some(table) = self.tenants_by_number(draft, &names, &by_name) {
+        let owners = match mapped {
+            Some(m) => Some(m),
+            None => owners_tenants(draft, &names, &by_name, self.number_space()),
+        };
+        if let Some(table) = owners.and_then(|t| self.with_parents_tenants(t)) {
             self.tenants = Some(table);
             return Ok(());
         }
@@ -2311,45 +2455,15 @@ impl RecordStore {
         Ok(())
     }
 
-    /// [`RecordStore::assign_tenants`] from the owners' tenant names by record number
-    /// (`by_name`, kept by the build): each record its owner entry's tenant, a related object
-    /// without one its parent's. `None` when nothing was kept or any entry has a problem (an
-    /// owner without a known tenant, a related object in another tenant than its parent's).
-    fn tenants_by_number(
+    /// The related objects' tenants (their parent's) written into the owners' tenants by
+    /// record number ([`owners_tenants`]). One pass is all it takes: a parent type has no
+    /// parents (the record types refuse one, ids.rs), so no parent's tenant is set here and
+    /// each is final before the pass. `None` when a related object is in another tenant than
+    /// its parent's (an owner entry too, naming another).
+    fn with_parents_tenants(
         &self,
-        draft: &RecordsDraft<'_>,
-        names: &[Option<u32>],
-        by_name: &[u32],
+        mut table: Chunked<u32, SLOT_CHUNK_SHIFT>,
     ) -> Option<Chunked<u32, SLOT_CHUNK_SHIFT>> {
-        let space = self.number_space();
-        if by_name.len() < space
-            || draft.owner_tenants.len() != draft.owners.len()
-            || !draft
-                .owner_tenants
-                .iter()
-                .all(|k| names.get(*k as usize).is_some_and(Option::is_some))
-        {
-            return None;
-        }
-        let mut kept = 0usize;
-        let mut table: Vec<u32> = by_name
-            .get(..space)?
-            .iter()
-            .map(|k| match names.get(*k as usize) {
-                Some(Some(t)) => {
-                    kept += 1;
-                    *t
-                }
-                _ => RECORD_NO_TENANT,
-            })
-            .collect();
-        // Every owner entry is one record (a duplicate fails the build before this).
-        if kept != draft.owners.len() {
-            return None;
-        }
-        // Related objects: their parent's. One pass is all it takes: a parent type has no
-        // parents (the record types refuse one, ids.rs), so no parent's tenant is set here and
-        // each is final before the pass.
         for (child, parent) in self.parents.iter() {
             let pt = *table.get(*parent as usize)?;
             let ct = table.get_mut(*child as usize)?;
@@ -2361,7 +2475,7 @@ impl RecordStore {
             }
             *ct = pt;
         }
-        Some(Chunked::from_vec(table))
+        Some(table)
     }
 
     pub fn find(&self, t: RecordTypeId, id: &RecordId) -> Option<Found> {
@@ -2451,8 +2565,18 @@ pub(crate) mod tests {
         resolve: &Resolve<'_>,
     ) -> (Result<RecordStore, Vec<RecordError>>, usize) {
         let mut deferred = 0;
-        let s =
-            RecordStore::build_with(draft, types, resolve, 10, path, &mut deferred, &mut |_| {});
+        let s = RecordStore::build_with(
+            draft,
+            types,
+            resolve,
+            10,
+            Way {
+                path,
+                deferred: &mut deferred,
+                early: None,
+            },
+            &mut |_| {},
+        );
         (s, deferred)
     }
 
@@ -3078,6 +3202,56 @@ pub(crate) mod tests {
                         );
                     }
                 }
+            }
+            // The build with the owners' tenants mapped aside while the related objects are
+            // inserted: the same tenants, or the same errors.
+            let names = tenant_indexes(&draft, &tenant);
+            let mut early = EarlyTenants {
+                names: &names,
+                mapped: None,
+            };
+            let store = RecordStore::build_with(
+                &draft,
+                types,
+                &resolve,
+                10,
+                Way {
+                    path: OwnersPath::TwoRanges,
+                    deferred: &mut 0,
+                    early: Some(&mut early),
+                },
+                &mut |_| {},
+            )
+            .unwrap();
+            assert_eq!(
+                early.mapped.is_some(),
+                bad.is_none(),
+                "mapped aside unless an owner names an unknown tenant"
+            );
+            assert_eq!(
+                store.owner_tenant_names.is_empty(),
+                bad.is_none(),
+                "the names are kept for the entry-by-entry pass when not mapped"
+            );
+            let whole = RecordStore::build_with_tenants(
+                &draft,
+                types,
+                &resolve,
+                Some(&tenant),
+                10,
+                &mut |_| {},
+            );
+            let mut one = build_on(OwnersPath::TwoRanges, &draft, types, &resolve)
+                .0
+                .unwrap();
+            let alone = one.assign_tenants(&draft, types, Some(&tenant), 10);
+            match (whole, alone) {
+                (Ok(w), Ok(())) => {
+                    assert_eq!(view(&w), view(&one));
+                    assert_eq!(Some(&view(&w)), want.as_ref());
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "{bad:?} {off:?}"),
+                (w, a) => panic!("{bad:?} {off:?}: {:?} against {a:?}", w.map(|_| ())),
             }
         }
     }

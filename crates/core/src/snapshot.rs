@@ -1946,23 +1946,14 @@ impl Snapshot {
                         owner_names: owner_names.as_ref(),
                     };
                     let tenant = |name: &str| tenant_idx.get(name).copied();
-                    RecordStore::build_timed(
+                    RecordStore::build_with_tenants(
                         draft,
                         catalog.record_types(),
                         &resolve,
+                        tenanted.then_some(&tenant as &dyn Fn(&str) -> Option<u32>),
                         MAX_RECORD_ERRORS,
                         &mut |lap| clock.end(lap),
                     )
-                    .and_then(|mut store| {
-                        store
-                            .assign_tenants(
-                                draft,
-                                catalog.record_types(),
-                                tenanted.then_some(&tenant as &dyn Fn(&str) -> Option<u32>),
-                                MAX_RECORD_ERRORS,
-                            )
-                            .map(|()| store)
-                    })
                     .map_err(|errs| {
                         let mut offsets: HashMap<&str, Vec<usize>> = HashMap::new();
                         errs.into_iter()
