@@ -406,7 +406,7 @@ mod change_tests {
     fn versions_count_batches_and_stay_bounded() {
         assert_eq!(next_version("2026-11-23.1"), "2026-11-23.1+1");
         assert_eq!(next_version("2026-11-23.1+1"), "2026-11-23.1+2");
-        assert_eq!(next_version("sha256:0123+9"), "sha256:0123+10");
+        assert_eq!(next_version("blake3:0123+9"), "blake3:0123+10");
         // Not a count: `+` with no base, a leading zero, no digits, or past u64.
         assert_eq!(next_version("+5"), "+5+1");
         assert_eq!(next_version("v+05"), "v+05+1");

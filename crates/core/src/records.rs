@@ -857,7 +857,8 @@ pub struct RecordStore {
     /// While building, when the draft's owners name tenants: by record number, the tenant
     /// name (interned in the draft) its owner entry gave ([`NO_TENANT_NAME`]: none), written
     /// as each entry is placed, so [`RecordStore::assign_tenants`] needs no second lookup of
-    /// ten million ids. Emptied by it.
+    /// ten million ids. Emptied by it, or taken by the build when it maps them aside
+    /// ([`EarlyTenants`]).
     owner_tenant_names: Vec<u32>,
 }
 
@@ -1518,9 +1519,11 @@ impl RecordStore {
         if let Some(e) = early {
             match mapped {
                 Some(m) => e.mapped = Some(m),
-                // Not mapped aside (too small, no thread, or a problem): as before, in
-                // `assign_tenants`, which reports any problem.
-                None => store.owner_tenant_names = by_name,
+                // Taken but not mapped (no thread, or a problem): put back for
+                // `assign_tenants`, which maps them or reports the problem, as before. (Not
+                // taken, for a small draft: still in place.)
+                None if !by_name.is_empty() => store.owner_tenant_names = by_name,
+                None => {}
             }
         }
         // The parents' lookups back to back (each a random slot of a large table: in a loop
@@ -2459,7 +2462,8 @@ impl RecordStore {
     /// record number ([`owners_tenants`]). One pass is all it takes: a parent type has no
     /// parents (the record types refuse one, ids.rs), so no parent's tenant is set here and
     /// each is final before the pass. `None` when a related object is in another tenant than
-    /// its parent's (an owner entry too, naming another).
+    /// its parent's (an owner entry too, naming another), or a record number is past the
+    /// table (never, for a table of this store).
     fn with_parents_tenants(
         &self,
         mut table: Chunked<u32, SLOT_CHUNK_SHIFT>,
@@ -3233,6 +3237,38 @@ pub(crate) mod tests {
                 bad.is_none(),
                 "the names are kept for the entry-by-entry pass when not mapped"
             );
+            if bad.is_none() && off.is_none() {
+                // A small draft is not mapped aside: its kept names stay for assign_tenants
+                // (a review found them overwritten with nothing, so it went entry by entry).
+                let few = owners(None, None);
+                let small = format!(r#"{{"owners":[{}]}}"#, few[..100].join(","));
+                let d = RecordsDraft::parse(&small, 0).unwrap().0.unwrap();
+                let names = tenant_indexes(&d, &tenant);
+                let mut early = EarlyTenants {
+                    names: &names,
+                    mapped: None,
+                };
+                let mut s = RecordStore::build_with(
+                    &d,
+                    types,
+                    &resolve,
+                    10,
+                    Way {
+                        path: OwnersPath::TwoRanges,
+                        deferred: &mut 0,
+                        early: Some(&mut early),
+                    },
+                    &mut |_| {},
+                )
+                .unwrap();
+                assert!(early.mapped.is_none(), "too small to map aside");
+                assert_eq!(s.owner_tenant_names.len(), s.number_space(), "names kept");
+                let by_name = s.owner_tenant_names.clone();
+                assert!(owners_tenants(&d, &names, &by_name, s.number_space()).is_some());
+                s.assign_tenants(&d, types, Some(&tenant), 10).unwrap();
+                let f = s.find(lead, &RecordId::Int(12)).unwrap();
+                assert_eq!(s.tenant_of(f.number), 12 % 7);
+            }
             let whole = RecordStore::build_with_tenants(
                 &draft,
                 types,
