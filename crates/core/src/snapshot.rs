@@ -1833,13 +1833,55 @@ impl Snapshot {
                 .iter()
                 .map(|u| u.manager.unwrap_or(crate::hierarchy::NO_MANAGER))
                 .collect();
+            let mut team_members = vec![0u32; teams.len()];
+            for u in &users {
+                for t in u.teams.iter() {
+                    team_members[*t as usize] += 1;
+                }
+            }
+            let user_count = users.len();
+            // The users into their chunks (a copy of the whole array, 200 MB at the scale
+            // target) on another thread while the hierarchy and the records are built (the
+            // other core had nothing to do during the hierarchy); here when no thread can be
+            // started.
+            let (to_chunker, chunker_gets) = std::sync::mpsc::channel::<Vec<User>>();
+            let chunker = std::thread::Builder::new()
+                .spawn_scoped(scope, move || {
+                    chunker_gets.recv().ok().map(Chunked::from_vec)
+                })
+                .ok();
+            let mut users = Some(users);
+            if chunker.is_some() {
+                if let Some(u) = users.take() {
+                    users = to_chunker.send(u).err().map(|back| back.0);
+                }
+            }
+            // (The only message: the chunker's `recv` ends either way.)
+            drop(to_chunker);
+            // Entry `c`'s id, from the form (the users are with the chunker by now): a person's,
+            // a service's (never in a manager chain), or a membership's person's.
+            let id_of = |c: usize| -> &str {
+                match c.checked_sub(first_membership) {
+                    Some(k) => membership_at
+                        .get(k)
+                        .and_then(|(i, _)| raw.users.get(*i))
+                        .map_or("", |u| &*u.id),
+                    None => match raw.users.get(c) {
+                        Some(u) => &u.id,
+                        None => raw
+                            .services
+                            .get(c - raw.users.len())
+                            .map_or("", |sv| &*sv.id),
+                    },
+                }
+            };
             // The manager relation must be a forest: it is when the tour from the entries
             // without a manager reaches every entry. When it does not, walk up from each user,
             // with memoised colours, to name the loops.
             let (hierarchy, forest) = Hierarchy::build_flat_reaching(&managers);
             if !forest {
-                let mut state = vec![0u8; users.len()]; // 0 unvisited, 1 on the current path, 2 done
-                for start in 0..users.len() {
+                let mut state = vec![0u8; user_count]; // 0 unvisited, 1 on the current path, 2 done
+                for start in 0..user_count {
                     let mut path = Vec::new();
                     let mut cur = Some(start);
                     while let Some(c) = cur {
@@ -1859,7 +1901,7 @@ impl Snapshot {
                                     &field,
                                     format!(
                                         "the manager chain of '{}' loops back to itself",
-                                        users[c].id
+                                        id_of(c)
                                     ),
                                 ));
                                 break;
@@ -1867,7 +1909,10 @@ impl Snapshot {
                             _ => {
                                 state[c] = 1;
                                 path.push(c);
-                                cur = users[c].manager.map(|m| m as usize);
+                                cur = managers
+                                    .get(c)
+                                    .filter(|m| **m != crate::hierarchy::NO_MANAGER)
+                                    .map(|m| *m as usize);
                             }
                         }
                     }
@@ -1881,12 +1926,6 @@ impl Snapshot {
                 return Err(errors);
             }
             clock.end("hierarchy");
-            let mut team_members = vec![0u32; teams.len()];
-            for u in &users {
-                for t in u.teams.iter() {
-                    team_members[*t as usize] += 1;
-                }
-            }
             // Teams named by shares get an index too (module docs of `Snapshot::teams`).
             if let Some(draft) = draft {
                 for name in draft.team_names() {
@@ -1898,7 +1937,7 @@ impl Snapshot {
                 }
             }
             clock.end("teams");
-            if draft.is_some() && users.len() >= MAX_USERS_WITH_RECORDS {
+            if draft.is_some() && user_count >= MAX_USERS_WITH_RECORDS {
                 return Err(vec![ConfigError::new(
                     file,
                     None,
@@ -1906,23 +1945,6 @@ impl Snapshot {
                     "a snapshot with records holds fewer than 2^30 users",
                 )]);
             }
-            // The users into their chunks (a copy of the whole array, 200 MB at the scale
-            // target) on another thread while the records are built; here when no thread can
-            // be started.
-            let (to_chunker, chunker_gets) = std::sync::mpsc::channel::<Vec<User>>();
-            let chunker = std::thread::Builder::new()
-                .spawn_scoped(scope, move || {
-                    chunker_gets.recv().ok().map(Chunked::from_vec)
-                })
-                .ok();
-            let mut users = Some(users);
-            if chunker.is_some() {
-                if let Some(u) = users.take() {
-                    users = to_chunker.send(u).err().map(|back| back.0);
-                }
-            }
-            // (The only message: the chunker's `recv` ends either way.)
-            drop(to_chunker);
             let owner_names = owner_names.and_then(|h| h.join().ok());
             clock.end("owner names (wait)");
             let records = match draft {
@@ -2223,6 +2245,27 @@ mod tests {
             "sales_rep,deleter"
         );
         assert!(s.version.starts_with("blake3:"));
+    }
+
+    /// A manager loop is named by its first person, whose id is read from the form (the
+    /// users are on their way into chunks by then), with a service among the entries.
+    #[test]
+    fn a_manager_loop_is_named_by_its_person() {
+        let c = catalog();
+        let text = r#"{"users":[{"id":"a","roles":[],"manager":"b"},{"id":"b","roles":[],"manager":"a"},
+            {"id":"c","roles":[],"manager":"a"}],"services":[{"id":"s","roles":[]}]}"#;
+        let errs: Vec<String> = Snapshot::build("s.json", text, &c)
+            .err()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("users[0].manager")
+                && errs[0].contains("the manager chain of 'a' loops back to itself"),
+            "{errs:?}"
+        );
     }
 
     /// The version of a snapshot without one: the first 8 bytes of the BLAKE3 hash of its text
