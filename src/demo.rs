@@ -11,8 +11,8 @@ pub use permgate_core::demo::{
 };
 
 /// Write the demo files, start the sample CRM, and return the config to serve with its
-/// overrides (listen address, the CRM's address).
-pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
+/// overrides (listen address, the CRM's address) and the gateway's socket, listening.
+pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides, std::net::TcpListener), String> {
     let address = listen
         .parse::<std::net::SocketAddr>()
         .map_err(|_| format!("--listen '{listen}' is not an IP:port address"))?;
@@ -22,6 +22,11 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
             "--listen '{listen}': the demo needs a port of its own (its curl lines name it), not 0"
         ));
     }
+    // Bound before anything starts and before the banner names it: a port in use is an error
+    // here, not after the banner (then the curl lines would name a gateway that is not there).
+    let listener = std::net::TcpListener::bind(address)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| format!("the gateway cannot listen on {listen}: {e}"))?;
     let crm = start_sample_crm()?;
     let dir = std::env::temp_dir().join(format!("permgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -51,6 +56,7 @@ pub fn prepare(listen: &str) -> Result<(PathBuf, Overrides), String> {
             upstream: Some(crm),
             ..Overrides::default()
         },
+        listener,
     ))
 }
 

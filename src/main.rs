@@ -197,6 +197,17 @@ fn overrides(
 
 /// Load the config and snapshot, start the control thread, and run the proxy.
 fn serve(config: &Path, overrides: Overrides, upgrade: bool) -> ExitCode {
+    serve_on(config, overrides, upgrade, None)
+}
+
+/// [`serve`]; the hyper engine on `listener` when given (already listening: the demo binds its
+/// port before it prints the port in its banner).
+fn serve_on(
+    config: &Path,
+    overrides: Overrides,
+    upgrade: bool,
+    listener: Option<std::net::TcpListener>,
+) -> ExitCode {
     let state = match State::load(config, overrides) {
         Ok(s) => Arc::new(s),
         Err(errors) => {
@@ -215,9 +226,19 @@ fn serve(config: &Path, overrides: Overrides, upgrade: bool) -> ExitCode {
             stderr_line("[cors] is served by the hyper engine only; nothing was started");
             return ExitCode::from(2);
         }
+        if listener.is_some() {
+            // (Never from the demo, whose embedded config is the hyper engine's.)
+            stderr_line(
+                "a socket already bound is served by the hyper engine only; nothing was started",
+            );
+            return ExitCode::from(2);
+        }
         permgate::proxy::run(state, upgrade);
     }
-    plane::run(state, upgrade)
+    match listener {
+        Some(l) => plane::run_on(state, Some(l)),
+        None => plane::run(state, upgrade),
+    }
 }
 
 /// Load a config and its snapshot for the offline tools; errors are printed.
@@ -398,7 +419,7 @@ fn main() -> ExitCode {
         Command::Demo { listen } => {
             init_logging();
             match permgate::demo::prepare(&listen) {
-                Ok((config, o)) => serve(&config, o, false),
+                Ok((config, o, listener)) => serve_on(&config, o, false, Some(listener)),
                 Err(e) => {
                     stderr_line(&format!("error: {e}"));
                     ExitCode::from(2)

@@ -597,6 +597,27 @@ async fn assignee_lists_through_the_gateway() {
     assert_eq!(v["denied_assignees"], serde_json::json!(["u-admin"]));
 }
 
+/// A port in use is refused before the banner: the curl lines would name a gateway that is not
+/// there (the main gateway's port was bound after the banner before).
+#[test]
+fn the_demo_refuses_a_port_in_use_before_its_banner() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
+        .args(["demo", "--listen", &listen])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the gateway cannot listen on {listen}")),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "no banner: {:?}", out.stdout);
+    drop(taken);
+}
+
 /// Port 0 is refused before anything starts: the banner's curl lines name the port.
 #[test]
 fn the_demo_refuses_port_zero() {
