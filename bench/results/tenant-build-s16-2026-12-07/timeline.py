@@ -14,7 +14,7 @@ bstart=min(t for tid,t,syms in samples if any('Snapshot::build' in x for x in sy
 bend=max(t for tid,t,syms in samples if tid==main and any('Snapshot::build' in x for x in syms))
 print('build window',bend-bstart)
 W=float(sys.argv[2]) if len(sys.argv)>2 else 0.1
-keys=['compact::user','content_hash','sha2','NameTable::new','RecordsDraft>::entries','RecordsDraft>::list','adopt','BuildForm::fields','owners_in_slot_order','assign_tenants','tenants_by_number','Hierarchy','RecordStore::touch','RecordStore::find','RecordStore::insert','RecordStore::build_with','from_vec','Snapshot::compile','Snapshot::build_with','drop_in_place']
+keys=['compact::user','content_hash','sha2','blake3','NameTable::new','RecordsDraft>::entries','RecordsDraft>::list','adopt','BuildForm::fields','owners_in_slot_order','assign_tenants','tenants_by_number','Hierarchy','RecordStore::touch','RecordStore::find','RecordStore::insert','RecordStore::build_with','from_vec','Snapshot::compile','Snapshot::build_with','drop_in_place']
 def label(syms):
     for x in syms:
         for key in keys:
