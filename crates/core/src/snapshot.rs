@@ -1840,6 +1840,14 @@ impl Snapshot {
                 }
             }
             let user_count = users.len();
+            if draft.is_some() && user_count >= MAX_USERS_WITH_RECORDS {
+                return Err(vec![ConfigError::new(
+                    file,
+                    None,
+                    "records",
+                    "a snapshot with records holds fewer than 2^30 users",
+                )]);
+            }
             // The users into their chunks (a copy of the whole array, 200 MB at the scale
             // target) on another thread while the hierarchy and the records are built (the
             // other core had nothing to do during the hierarchy); here when no thread can be
@@ -1856,7 +1864,8 @@ impl Snapshot {
                     users = to_chunker.send(u).err().map(|back| back.0);
                 }
             }
-            // (The only message: the chunker's `recv` ends either way.)
+            // (The only message: the chunker's `recv` ends either way.) A refusal after this
+            // (a manager loop) waits for the chunker: rare, and a refusal.
             drop(to_chunker);
             // Entry `c`'s id, from the form (the users are with the chunker by now): a person's,
             // a service's (never in a manager chain), or a membership's person's.
@@ -1937,14 +1946,6 @@ impl Snapshot {
                 }
             }
             clock.end("teams");
-            if draft.is_some() && user_count >= MAX_USERS_WITH_RECORDS {
-                return Err(vec![ConfigError::new(
-                    file,
-                    None,
-                    "records",
-                    "a snapshot with records holds fewer than 2^30 users",
-                )]);
-            }
             let owner_names = owner_names.and_then(|h| h.join().ok());
             clock.end("owner names (wait)");
             let records = match draft {

@@ -321,7 +321,8 @@ mod tests {
                 "services[0].tenant: with tenants, a service belongs to one",
             ),
             (
-                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","memberships":[{"tenant":"a","roles":[],"manager":"v"}]},{"id":"v","memberships":[{"tenant":"a","roles":[],"manager":"u"}]}]}"#,
+                r#"{"tenants":[{"id":"a"}],"users":[{"id":"u","memberships":[{"tenant":"a","roles":[],"manager":"v"}]},{"id":"v","memberships":[{"tenant":"a","roles":[],"manager":"u"}]}],
+                   "services":[{"id":"s","roles":[],"tenant":"a"}]}"#,
                 "memberships[0].manager: the manager chain of 'u' loops back to itself",
             ),
         ];
