@@ -603,34 +603,29 @@ async fn assignee_lists_through_the_gateway() {
 fn the_demo_refuses_a_port_in_use_before_its_banner() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = taken.local_addr().unwrap().to_string();
+    demo_refuses(&listen, &format!("the gateway cannot listen on {listen}"));
+    drop(taken);
+}
+
+/// `permgate demo --listen <listen>` exits with code 2, its error saying `want`, and prints no
+/// banner.
+fn demo_refuses(listen: &str, want: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
-        .args(["demo", "--listen", &listen])
+        .args(["demo", "--listen", listen])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("the gateway cannot listen on {listen}")),
-        "{err}"
-    );
+    assert!(err.contains(want), "{err}");
     assert!(out.stdout.is_empty(), "no banner: {:?}", out.stdout);
-    drop(taken);
 }
 
 /// Port 0 is refused before anything starts: the banner's curl lines name the port.
 #[test]
 fn the_demo_refuses_port_zero() {
-    let out = Command::new(env!("CARGO_BIN_EXE_permgate"))
-        .args(["demo", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--listen '127.0.0.1:0': the demo needs a port of its own"),
-        "{err}"
+    demo_refuses(
+        "127.0.0.1:0",
+        "--listen '127.0.0.1:0': the demo needs a port of its own",
     );
-    assert!(out.stdout.is_empty(), "no banner: {:?}", out.stdout);
 }

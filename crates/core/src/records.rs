@@ -881,6 +881,17 @@ struct Way<'a, 'n> {
     early: Option<&'a mut EarlyTenants<'n>>,
 }
 
+impl<'a, 'n> Way<'a, 'n> {
+    /// The build's own way: a large draft's owners placed in two ranges.
+    fn two_ranges(deferred: &'a mut usize, early: Option<&'a mut EarlyTenants<'n>>) -> Self {
+        Way {
+            path: OwnersPath::TwoRanges,
+            deferred,
+            early,
+        }
+    }
+}
+
 /// The owners' tenants, mapped by [`RecordStore::build_with`] while it inserts the related
 /// objects: from `names` ([`tenant_indexes`]).
 struct EarlyTenants<'n> {
@@ -1200,11 +1211,7 @@ impl RecordStore {
             types,
             resolve,
             max_errors,
-            Way {
-                path: OwnersPath::TwoRanges,
-                deferred: &mut 0,
-                early: None,
-            },
+            Way::two_ranges(&mut 0, None),
             lap,
         )
     }
@@ -1230,11 +1237,7 @@ impl RecordStore {
             types,
             resolve,
             max_errors,
-            Way {
-                path: OwnersPath::TwoRanges,
-                deferred: &mut 0,
-                early: early.as_mut(),
-            },
+            Way::two_ranges(&mut 0, early.as_mut()),
             lap,
         )?;
         let mapped = early.and_then(|e| e.mapped);
@@ -3208,27 +3211,21 @@ pub(crate) mod tests {
                 }
             }
             // The build with the owners' tenants mapped aside while the related objects are
-            // inserted: the same tenants, or the same errors.
-            let names = tenant_indexes(&draft, &tenant);
-            let mut early = EarlyTenants {
-                names: &names,
-                mapped: None,
+            // inserted: the same tenants, or the same errors. (The store, and whether they were.)
+            let build_early = |d: &RecordsDraft<'_>| {
+                let names = tenant_indexes(d, &tenant);
+                let mut early = EarlyTenants {
+                    names: &names,
+                    mapped: None,
+                };
+                let mut deferred = 0;
+                let way = Way::two_ranges(&mut deferred, Some(&mut early));
+                let store = RecordStore::build_with(d, types, &resolve, 10, way, &mut |_| {});
+                (store.unwrap(), early.mapped.is_some())
             };
-            let store = RecordStore::build_with(
-                &draft,
-                types,
-                &resolve,
-                10,
-                Way {
-                    path: OwnersPath::TwoRanges,
-                    deferred: &mut 0,
-                    early: Some(&mut early),
-                },
-                &mut |_| {},
-            )
-            .unwrap();
+            let (store, mapped) = build_early(&draft);
             assert_eq!(
-                early.mapped.is_some(),
+                mapped,
                 bad.is_none(),
                 "mapped aside unless an owner names an unknown tenant"
             );
@@ -3243,26 +3240,10 @@ pub(crate) mod tests {
                 let few = owners(None, None);
                 let small = format!(r#"{{"owners":[{}]}}"#, few[..100].join(","));
                 let d = RecordsDraft::parse(&small, 0).unwrap().0.unwrap();
-                let names = tenant_indexes(&d, &tenant);
-                let mut early = EarlyTenants {
-                    names: &names,
-                    mapped: None,
-                };
-                let mut s = RecordStore::build_with(
-                    &d,
-                    types,
-                    &resolve,
-                    10,
-                    Way {
-                        path: OwnersPath::TwoRanges,
-                        deferred: &mut 0,
-                        early: Some(&mut early),
-                    },
-                    &mut |_| {},
-                )
-                .unwrap();
-                assert!(early.mapped.is_none(), "too small to map aside");
+                let (mut s, mapped) = build_early(&d);
+                assert!(!mapped, "too small to map aside");
                 assert_eq!(s.owner_tenant_names.len(), s.number_space(), "names kept");
+                let names = tenant_indexes(&d, &tenant);
                 let by_name = s.owner_tenant_names.clone();
                 assert!(owners_tenants(&d, &names, &by_name, s.number_space()).is_some());
                 s.assign_tenants(&d, types, Some(&tenant), 10).unwrap();
