@@ -16,6 +16,7 @@
 # ./ab.sh 6 10000 blake=BIN aside=BIN     > aside-ab.txt    (19:33-19:35 UTC)
 #   record tenants ~72 -> ~55 ms; build median 2.23 -> 2.19 s (within noise)
 # ./series.sh 30 old=HEAD_BIN new=H217_BIN > series.txt     (19:47-20:17 UTC)
+# ./series.sh 30 old=HEAD_BIN new=H0553_BIN > series2.txt  (21:01-21:31 UTC; 0553df8, the final build)
 #   a half hour, the session's first build against 217a7f8, interleaved
 #
 # Timeline of 4934f0c (frame pointers; commands in ../tenant-build-s16-2026-12-07/run.sh, and
