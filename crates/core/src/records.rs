@@ -892,11 +892,37 @@ impl<'a, 'n> Way<'a, 'n> {
     }
 }
 
-/// The owners' tenants, mapped by [`RecordStore::build_with`] while it inserts the related
-/// objects: from `names` ([`tenant_indexes`]).
+/// Every record's tenant by record number, mapped by [`RecordStore::build_with`] on another
+/// core: the owners' (from `names`, [`tenant_indexes`]) while it inserts the related objects,
+/// then the related objects' (their parents') while it fills the parent map. `None` after the
+/// build when anything stood in the way (the entry-by-entry pass then finds and reports it).
 struct EarlyTenants<'n> {
     names: &'n [Option<u32>],
     mapped: Option<Chunked<u32, SLOT_CHUNK_SHIFT>>,
+}
+
+/// The related objects' tenants (their parents') written into `table`, the owners' tenants by
+/// record number, for each `(child, parent)`. One pass is all it takes: a parent type has no
+/// parents (the record types refuse one, ids.rs), so no parent's tenant is set here and each
+/// is final before the pass. `None` when a related object is in another tenant than its
+/// parent's (an owner entry too, naming another), or a record number is past the table (never,
+/// for a table of this store).
+fn parents_tenants(
+    mut table: Chunked<u32, SLOT_CHUNK_SHIFT>,
+    pairs: impl Iterator<Item = (u32, u32)>,
+) -> Option<Chunked<u32, SLOT_CHUNK_SHIFT>> {
+    for (child, parent) in pairs {
+        let pt = *table.get(parent as usize)?;
+        let ct = table.get_mut(child as usize)?;
+        if pt == RECORD_NO_TENANT || *ct == pt {
+            continue;
+        }
+        if *ct != RECORD_NO_TENANT {
+            return None;
+        }
+        *ct = pt;
+    }
+    Some(table)
 }
 
 /// Each record's tenant by record number (`space` of them) from its owner entry's tenant name
@@ -956,8 +982,8 @@ pub struct Resolve<'a> {
     /// Every user's id and index (the owners of a large draft are resolved through a table
     /// built from these; ids the table does not hold go through `user`).
     pub user_ids: &'a EachUser<'a>,
-    pub team: &'a dyn Fn(&str) -> Option<u32>,
-    pub role: &'a dyn Fn(&str) -> Option<u16>,
+    pub team: &'a (dyn Fn(&str) -> Option<u32> + Sync),
+    pub role: &'a (dyn Fn(&str) -> Option<u16> + Sync),
     /// The table of `user_ids`, when the caller made it already (else made here when needed).
     pub owner_names: Option<&'a OwnerNames>,
 }
@@ -1133,6 +1159,69 @@ struct ParentPair {
     index: u32,
 }
 
+/// A share entry resolved: its record and principal, or why it has none.
+enum ShareFound {
+    /// `principal`: [`Principal::code`].
+    Add { number: u32, principal: u32 },
+    /// A team nobody is in: it reaches nobody.
+    Nobody,
+    /// The entry's field and the problem.
+    Problem(&'static str, String),
+}
+
+/// Resolve one share entry against the built store (read-only).
+#[allow(clippy::too_many_arguments)]
+fn share_found(
+    store: &RecordStore,
+    canon: &Canon<'_>,
+    r: &DraftRef,
+    p: &Result<DraftPrincipal, &str>,
+    draft: &RecordsDraft<'_>,
+    user_of: &[Option<UserIdx>],
+    team: &(dyn Fn(&str) -> Option<u32> + Sync),
+    role: &(dyn Fn(&str) -> Option<u16> + Sync),
+    types: &RecordTypes,
+) -> ShareFound {
+    let (t, id) = match canon(r) {
+        Ok(x) => x,
+        Err(m) => return ShareFound::Problem("id", m),
+    };
+    let Some(found) = store.find(t, &id) else {
+        return ShareFound::Problem(
+            "id",
+            format!("{} '{id}' is not in the snapshot's owners", types.name(t)),
+        );
+    };
+    let principal = match p {
+        Err(m) => return ShareFound::Problem("", (*m).to_string()),
+        Ok(DraftPrincipal::User(u)) => match user_of.get(*u as usize).copied().flatten() {
+            Some(u) => Principal::User(u),
+            None => {
+                let name = draft.users.names.get(*u as usize).map_or("", |n| &**n);
+                return ShareFound::Problem("user", format!("unknown user '{name}'"));
+            }
+        },
+        Ok(DraftPrincipal::Team(t)) => {
+            let name = draft.teams.names.get(*t as usize).map_or("", |n| &**n);
+            match team(name) {
+                Some(t) => Principal::Team(t),
+                None => return ShareFound::Nobody,
+            }
+        }
+        Ok(DraftPrincipal::Role(r)) => {
+            let name = draft.roles.names.get(*r as usize).map_or("", |n| &**n);
+            match role(name) {
+                Some(r) => Principal::Role(r),
+                None => return ShareFound::Problem("role", format!("unknown role '{name}'")),
+            }
+        }
+    };
+    ShareFound::Add {
+        number: found.number,
+        principal: principal.code(),
+    }
+}
+
 /// Parent maps of at least this many entries are filled in the order of their buckets.
 const PARENTS_IN_BUCKET_ORDER_FROM: usize = if cfg!(test) { 64 } else { 16_384 };
 
@@ -1142,7 +1231,7 @@ const PARENTS_IN_BUCKET_ORDER_FROM: usize = if cfg!(test) { 64 } else { 16_384 }
 /// kilobytes of the table), so the inserts walk the table instead of each missing the cache;
 /// within a bin the entries keep their order, so of two entries for one child the earlier
 /// still comes first. The order changes only speed: the map holds the same pairs.
-fn insert_parents(map: &mut HashMap<u32, u32, NumState>, pairs: Vec<ParentPair>) -> Vec<usize> {
+fn insert_parents(map: &mut HashMap<u32, u32, NumState>, pairs: &[ParentPair]) -> Vec<usize> {
     map.reserve(pairs.len());
     // The map's buckets: a power of two of which the capacity is seven eighths (hashbrown's
     // layout; a wrong guess would only make the order less useful). A bin: 512 buckets.
@@ -1162,7 +1251,7 @@ fn insert_parents(map: &mut HashMap<u32, u32, NumState>, pairs: Vec<ParentPair>)
     let bins = (buckets >> shift).max(1);
     let bin = |child: u32| (NumState.hash_one(child) as usize & (buckets - 1)) >> shift;
     let mut next = vec![0usize; bins + 1];
-    for p in &pairs {
+    for p in pairs {
         if let Some(c) = next.get_mut(bin(p.child) + 1) {
             *c += 1;
         }
@@ -1171,7 +1260,7 @@ fn insert_parents(map: &mut HashMap<u32, u32, NumState>, pairs: Vec<ParentPair>)
         next[i] += next[i - 1];
     }
     let mut sorted = vec![ParentPair::default(); pairs.len()];
-    for p in &pairs {
+    for p in pairs {
         if let Some(at) = next.get_mut(bin(p.child)) {
             if let Some(s) = sorted.get_mut(*at) {
                 *s = *p;
@@ -1179,7 +1268,6 @@ fn insert_parents(map: &mut HashMap<u32, u32, NumState>, pairs: Vec<ParentPair>)
             *at += 1;
         }
     }
-    drop(pairs);
     sorted.iter().for_each(&mut put);
     twice.sort_unstable();
     twice
@@ -1519,15 +1607,11 @@ impl RecordStore {
             }
             aside.and_then(|h| h.join().ok()).flatten()
         });
-        if let Some(e) = early {
-            match mapped {
-                Some(m) => e.mapped = Some(m),
-                // Taken but not mapped (no thread, or a problem): put back for
-                // `assign_tenants`, which maps them or reports the problem, as before. (Not
-                // taken, for a small draft: still in place.)
-                None if !by_name.is_empty() => store.owner_tenant_names = by_name,
-                None => {}
-            }
+        // Taken but not mapped (no thread, or a problem): put back for `assign_tenants`, which
+        // maps them or reports the problem, as before. (Not taken, for a small draft: still in
+        // place.) Mapped: the related objects' tenants are added below.
+        if mapped.is_none() && !by_name.is_empty() {
+            store.owner_tenant_names = by_name;
         }
         // The parents' lookups back to back (each a random slot of a large table: in a loop
         // of their own, the cache misses overlap), on both cores for a large draft.
@@ -1611,8 +1695,54 @@ impl RecordStore {
                 index: i as u32,
             });
         }
-        // A child given a parent twice: the later entry is the duplicate.
-        let twice = insert_parents(Arc::make_mut(&mut store.parents), pairs);
+        // The shares' records and principals (read-only: made aside below for a large draft).
+        let (team, role) = (resolve.team, resolve.role);
+        let shares_of = |store: &RecordStore| -> Vec<ShareFound> {
+            let mut out = Vec::with_capacity(draft.shares.len());
+            for (r, p) in &draft.shares {
+                out.push(share_found(
+                    store, &canon, r, p, draft, &user_of, team, role, types,
+                ));
+            }
+            out
+        };
+        // The related objects' tenants: their parents', into the owners' mapped above.
+        let tenants_of = |m: Option<Chunked<u32, SLOT_CHUNK_SHIFT>>| {
+            m.and_then(|m| parents_tenants(m, pairs.iter().map(|p| (p.child, p.parent))))
+        };
+        // A child given a parent twice: the later entry is the duplicate. The parent map is
+        // filled on this core while, for a large draft, another gives the related objects
+        // their tenants (then this one looks up the shares: the two sides take about as long)
+        // or, without tenants to give, looks up the shares. Neither reads the parent map.
+        let mut parents = std::mem::take(&mut store.parents);
+        let big = n >= PARALLEL_PARENTS_FROM || draft.shares.len() >= PARALLEL_PARENTS_FROM;
+        let (twice, tenants, shares) = if big {
+            std::thread::scope(|s| {
+                let store = &store;
+                let tenants_aside = mapped.is_some();
+                let aside = std::thread::Builder::new().spawn_scoped(s, move || {
+                    if tenants_aside {
+                        (tenants_of(mapped), None)
+                    } else {
+                        (None, Some(shares_of(store)))
+                    }
+                });
+                let twice = insert_parents(Arc::make_mut(&mut parents), &pairs);
+                let here = tenants_aside.then(|| shares_of(store));
+                // (No thread, or it failed: the tenants entry by entry, the shares here.)
+                match aside.ok().and_then(|h| h.join().ok()) {
+                    Some((t, f)) => (twice, t, here.or(f)),
+                    None => (twice, None, here),
+                }
+            })
+        } else {
+            let twice = insert_parents(Arc::make_mut(&mut parents), &pairs);
+            (twice, tenants_of(mapped), None)
+        };
+        store.parents = parents;
+        if let Some(e) = early {
+            e.mapped = tenants;
+        }
         if !twice.is_empty() {
             problems.extend(twice.into_iter().map(|i| {
                 (
@@ -1628,62 +1758,22 @@ impl RecordStore {
         }
         // The lookups' lists (tens of megabytes at scale): freed on another thread.
         if n >= PARALLEL_PARENTS_FROM {
-            let lists = (children, child_ids, parent_ids, found);
+            let lists = (children, child_ids, parent_ids, found, pairs);
             let _ = std::thread::Builder::new().spawn(move || drop(lists));
         }
         lap("related records");
         // Shares.
-        for (i, (r, p)) in draft.shares.iter().enumerate() {
-            let (t, id) = match canon(r) {
-                Ok(x) => x,
-                Err(m) => {
-                    err("shares", i, "id", m);
-                    continue;
+        let shares = shares.unwrap_or_else(|| shares_of(&store));
+        for (i, f) in shares.into_iter().enumerate() {
+            match f {
+                ShareFound::Add { number, principal } => {
+                    Arc::make_mut(&mut store.shares)
+                        .insert((u64::from(number) << 32) | u64::from(principal));
+                    store.flag(number, HAS_SHARES);
                 }
-            };
-            let Some(found) = store.find(t, &id) else {
-                err(
-                    "shares",
-                    i,
-                    "id",
-                    format!("{} '{id}' is not in the snapshot's owners", types.name(t)),
-                );
-                continue;
-            };
-            let principal = match p {
-                Err(m) => {
-                    err("shares", i, "", (*m).to_string());
-                    continue;
-                }
-                Ok(DraftPrincipal::User(u)) => match user_of.get(*u as usize).copied().flatten() {
-                    Some(u) => Principal::User(u),
-                    None => {
-                        let name = draft.users.names.get(*u as usize).map_or("", |n| &**n);
-                        err("shares", i, "user", format!("unknown user '{name}'"));
-                        continue;
-                    }
-                },
-                Ok(DraftPrincipal::Team(t)) => {
-                    let name = draft.teams.names.get(*t as usize).map_or("", |n| &**n);
-                    match (resolve.team)(name) {
-                        Some(t) => Principal::Team(t),
-                        None => continue, // a team nobody is in: reaches nobody
-                    }
-                }
-                Ok(DraftPrincipal::Role(r)) => {
-                    let name = draft.roles.names.get(*r as usize).map_or("", |n| &**n);
-                    match (resolve.role)(name) {
-                        Some(r) => Principal::Role(r),
-                        None => {
-                            err("shares", i, "role", format!("unknown role '{name}'"));
-                            continue;
-                        }
-                    }
-                }
-            };
-            Arc::make_mut(&mut store.shares)
-                .insert((u64::from(found.number) << 32) | u64::from(principal.code()));
-            store.flag(found.number, HAS_SHARES);
+                ShareFound::Nobody => {}
+                ShareFound::Problem(field, message) => err("shares", i, field, message),
+            }
         }
         lap("record shares");
         if dropped > 0 {
@@ -2310,7 +2400,7 @@ impl RecordStore {
     }
 
     /// [`RecordStore::assign_tenants`]; `names` and `mapped` as [`EarlyTenants`] holds them when
-    /// the build mapped the owners' tenants aside (both made from this `tenant`).
+    /// the build mapped every record's tenant aside (both made from this `tenant`).
     fn assign_tenants_mapped(
         &mut self,
         draft: &RecordsDraft<'_>,
@@ -2350,12 +2440,14 @@ impl RecordStore {
             return Ok(());
         };
         let names = names.unwrap_or_else(|| tenant_indexes(draft, tenant));
-        // Without a problem, from the tenant names the build kept by record number (no
-        // lookup); any problem (or none kept): entry by entry below, which reports it.
-        let owners = match mapped {
-            Some(m) => Some(m),
-            None => owners_tenants(draft, &names, &by_name, self.number_space()),
-        };
+        // Mapped by the build: every record's, done. Else, without a problem, from the tenant
+        // names the build kept by record number (no lookup); any problem (or none kept): entry
+        // by entry below, which reports it.
+        if let Some(table) = mapped {
+            self.tenants = Some(table);
+            return Ok(());
+        }
+        let owners = owners_tenants(draft, &names, &by_name, self.number_space());
         if let Some(table) = owners.and_then(|t| self.with_parents_tenants(t)) {
             self.tenants = Some(table);
             return Ok(());
@@ -2461,28 +2553,13 @@ impl RecordStore {
         Ok(())
     }
 
-    /// The related objects' tenants (their parent's) written into the owners' tenants by
-    /// record number ([`owners_tenants`]). One pass is all it takes: a parent type has no
-    /// parents (the record types refuse one, ids.rs), so no parent's tenant is set here and
-    /// each is final before the pass. `None` when a related object is in another tenant than
-    /// its parent's (an owner entry too, naming another), or a record number is past the
-    /// table (never, for a table of this store).
+    /// [`parents_tenants`] from this store's parent map into the owners' tenants by record
+    /// number ([`owners_tenants`]).
     fn with_parents_tenants(
         &self,
-        mut table: Chunked<u32, SLOT_CHUNK_SHIFT>,
+        table: Chunked<u32, SLOT_CHUNK_SHIFT>,
     ) -> Option<Chunked<u32, SLOT_CHUNK_SHIFT>> {
-        for (child, parent) in self.parents.iter() {
-            let pt = *table.get(*parent as usize)?;
-            let ct = table.get_mut(*child as usize)?;
-            if pt == RECORD_NO_TENANT || *ct == pt {
-                continue;
-            }
-            if *ct != RECORD_NO_TENANT {
-                return None;
-            }
-            *ct = pt;
-        }
-        Some(table)
+        parents_tenants(table, self.parents.iter().map(|(c, p)| (*c, *p)))
     }
 
     pub fn find(&self, t: RecordTypeId, id: &RecordId) -> Option<Found> {
@@ -3013,6 +3090,86 @@ pub(crate) mod tests {
         }
     }
 
+    /// With many related objects the shares are looked up on another core while the parent
+    /// map is filled: the same errors, in the same places and order, as a small draft's (one
+    /// pass), and the same shares held and flagged.
+    #[test]
+    fn shares_looked_up_aside_are_what_one_pass_finds() {
+        let shares = r#"[
+  {"type": "lead", "id": "1", "user": "a"},
+  {"type": "lead", "id": "404", "user": "a"},
+  {"type": "lead", "id": "2", "team": "nobody"},
+  {"type": "lead", "id": "2", "role": "no_such_role"},
+  {"type": "lead", "id": "3", "user": "a", "role": "admin"},
+  {"type": "lead", "id": "4", "user": "ghost"},
+  {"type": "opportunity", "id": "4", "user": "a"},
+  {"type": "lead", "id": "5", "role": "admin"}
+]"#;
+        let owners: Vec<String> = (1..=9)
+            .map(|i| format!(r#"{{"type": "lead", "id": "{i}", "owner": "a"}}"#))
+            .collect();
+        let records = |shares: &str, related: usize| {
+            let related: Vec<String> = (0..related)
+                .map(|i| {
+                    format!(r#"{{"type":"note","id":"{i}","parent_type":"lead","parent_id":"1"}}"#)
+                })
+                .collect();
+            // The related objects last: the shares' lines are the same either way.
+            format!(
+                "{{\"owners\": [{}],\n\"shares\": {shares},\n\"related\": [{}]}}",
+                owners.join(","),
+                related.join(",")
+            )
+        };
+        let big = PARALLEL_PARENTS_FROM + 10;
+        let (one, aside) = (errors(&records(shares, 3)), errors(&records(shares, big)));
+        assert_eq!(one, aside);
+        let want = [
+            (
+                "records.shares[1].id",
+                "lead '404' is not in the snapshot's owners",
+            ),
+            ("records.shares[3].role", "unknown role 'no_such_role'"),
+            ("records.shares[4]", "exactly one of user, team, role"),
+            ("records.shares[5].user", "unknown user 'ghost'"),
+            ("records.shares[6].id", "unknown record type 'opportunity'"),
+        ];
+        assert_eq!(aside.len(), want.len(), "{aside:?}");
+        for (e, (field, message)) in aside.iter().zip(want) {
+            assert!(
+                e.contains(field) && e.contains(message),
+                "{e} ({field}: {message})"
+            );
+        }
+        // Without the problems: the same shares held, each record flagged.
+        let good = r#"[{"type": "lead", "id": "1", "user": "a"},
+  {"type": "lead", "id": "2", "team": "nobody"},
+  {"type": "lead", "id": "5", "role": "admin"}]"#;
+        let c = catalog();
+        let lead = c.record_types().get("lead").unwrap();
+        let held = |related: usize| {
+            let text = format!(
+                "{{\"users\": [{{\"id\": \"a\", \"roles\": [\"admin\"]}}], \"records\": {}}}",
+                records(good, related)
+            );
+            let s = Snapshot::build("s.json", &text, &c).unwrap();
+            let (r, a) = (s.records(), s.user_index("a").unwrap());
+            let admin = (0..s.roles().len() as u16)
+                .find(|i| s.role_id(*i) == "admin")
+                .unwrap();
+            let number = |i: u64| r.find(lead, &RecordId::Int(i)).unwrap().number;
+            (
+                r.stats().shares,
+                r.is_shared(number(1), Principal::User(a)),
+                r.is_shared(number(5), Principal::Role(admin)),
+                r.is_shared(number(2), Principal::User(a)),
+            )
+        };
+        // (A team named only by a share is still a team: its share is held.)
+        assert_eq!(held(3), (3, true, true, false));
+        assert_eq!(held(big), held(3));
+    }
+
     /// A draft large enough for the fast path: owners resolved through the name table (and,
     /// for ids it does not hold, the resolver), and errors still reported entry by entry with
     /// their exact places.
@@ -3210,8 +3367,9 @@ pub(crate) mod tests {
                     }
                 }
             }
-            // The build with the owners' tenants mapped aside while the related objects are
-            // inserted: the same tenants, or the same errors. (The store, and whether they were.)
+            // The build with every record's tenant mapped aside (the owners' while the related
+            // objects are inserted, theirs while the parent map is filled): the same tenants,
+            // or the same errors. (The store, and whether they were.)
             let build_early = |d: &RecordsDraft<'_>| {
                 let names = tenant_indexes(d, &tenant);
                 let mut early = EarlyTenants {
@@ -3226,8 +3384,9 @@ pub(crate) mod tests {
             let (store, mapped) = build_early(&draft);
             assert_eq!(
                 mapped,
-                bad.is_none(),
-                "mapped aside unless an owner names an unknown tenant"
+                bad.is_none() && off.is_none(),
+                "mapped aside unless an owner names an unknown tenant or a related object is \
+                 in another tenant than its parent"
             );
             assert_eq!(
                 store.owner_tenant_names.is_empty(),
@@ -3482,7 +3641,7 @@ pub(crate) mod tests {
                 });
             }
             let mut map: HashMap<u32, u32, NumState> = HashMap::with_hasher(NumState);
-            let twice = insert_parents(&mut map, pairs);
+            let twice = insert_parents(&mut map, &pairs);
             assert_eq!(twice, (n..n + 4).map(|i| i as usize).collect::<Vec<_>>());
             assert_eq!(map.len(), n as usize);
             assert!((0..n).all(|i| map.get(&i) == Some(&(1_000_000 + i))), "{n}");
