@@ -552,7 +552,7 @@ fn fold(a: u64, b: u64) -> u64 {
 }
 
 /// The keyed hash of record ids (random keys per snapshot build).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct IdHasher([u64; 4]);
 
 impl Default for IdHasher {
@@ -879,6 +879,8 @@ struct Way<'a, 'n> {
     deferred: &'a mut usize,
     /// With tenants: the owners' tenants, mapped aside.
     early: Option<&'a mut EarlyTenants<'n>>,
+    /// Owner pieces prepared before the build ([`RecordStore::prepare_owners`]).
+    prepared: Option<PreparedOwners>,
 }
 
 impl<'a, 'n> Way<'a, 'n> {
@@ -888,6 +890,7 @@ impl<'a, 'n> Way<'a, 'n> {
             path: OwnersPath::TwoRanges,
             deferred,
             early,
+            prepared: None,
         }
     }
 }
@@ -1026,6 +1029,167 @@ enum OwnersPath {
     OneRange,
     /// The same in two ranges of table chunks, one per core.
     TwoRanges,
+}
+
+/// Owner entries are prepared for their placement in pieces of this many: the piece is what
+/// the two cores share out, and where a preparation started early stops
+/// ([`RecordStore::prepare_owners`]).
+const OWNER_PIECE: usize = if cfg!(test) { 1024 } else { 1 << 17 };
+
+/// One piece of owner entries prepared: the entries, and how many fall in each bucket (table
+/// chunk).
+type Prepared = (Vec<Pending>, Vec<u32>);
+
+/// What fixes where a draft's records go, before any table is made: each draft type's record
+/// type, the entries per record type (the tables' sizes), and the hash keys.
+struct OwnersPlan {
+    hasher: IdHasher,
+    type_of: Vec<Option<RecordTypeId>>,
+    per_type: Vec<usize>,
+}
+
+impl OwnersPlan {
+    fn new(draft: &RecordsDraft<'_>, types: &RecordTypes, hasher: IdHasher) -> OwnersPlan {
+        let type_of: Vec<Option<RecordTypeId>> =
+            draft.types.names.iter().map(|n| types.get(n)).collect();
+        // Owners and related children: an upper bound of each type's records.
+        let mut per_type = vec![0usize; types.len()];
+        for r in draft
+            .owners
+            .iter()
+            .map(|(r, _)| r)
+            .chain(draft.related.iter().map(|(c, _)| c))
+        {
+            if let Some(Some(t)) = type_of.get(r.record_type as usize) {
+                per_type[t.index()] += 1;
+            }
+        }
+        OwnersPlan {
+            hasher,
+            type_of,
+            per_type,
+        }
+    }
+
+    /// A table's size (slots) for `n` entries: [`FlatTable::with_capacity`]'s, with room for
+    /// records the CRM creates between two full builds ([`RecordStore::add`]).
+    fn table_size(n: usize) -> usize {
+        let n = n + GROWTH_ROOM;
+        n + n / 3 + 1
+    }
+
+    /// Per record type, when its ids are integers: where its slots start in one numbering of
+    /// all integer tables' slots, each table starting at a chunk boundary (so a sort bucket is
+    /// one table chunk), and the table's size; and the number of buckets. `None` past `u32`.
+    fn int_layout(sizes: impl Iterator<Item = Option<usize>>) -> Option<IntLayout> {
+        const CHUNK: usize = 1 << SLOT_CHUNK_SHIFT;
+        let mut vnext = 0u64;
+        let layout = sizes
+            .map(|size| {
+                size.map(|size| {
+                    let v = vnext;
+                    vnext += (size.div_ceil(CHUNK) * CHUNK) as u64;
+                    (v as u32, size)
+                })
+            })
+            .collect();
+        (vnext < u64::from(u32::MAX)).then_some((layout, (vnext >> SLOT_CHUNK_SHIFT) as usize))
+    }
+
+    /// [`OwnersPlan::int_layout`] of the tables this plan makes.
+    fn layout(&self, types: &RecordTypes) -> Option<IntLayout> {
+        Self::int_layout(types.ids().map(|t| {
+            matches!(types.kind(t), IdKind::Integer)
+                .then(|| Self::table_size(self.per_type.get(t.index()).copied().unwrap_or(0)))
+        }))
+    }
+}
+
+/// [`OwnersPlan::int_layout`]: per record type `(first slot, size)` for integer tables, and
+/// the number of buckets.
+type IntLayout = (Vec<Option<(u32, usize)>>, usize);
+
+/// A draft's first owner pieces, prepared before the build ([`RecordStore::prepare_owners`]).
+pub struct PreparedOwners {
+    plan: OwnersPlan,
+    /// Pieces `0..len`, in order; `None`: a piece this preparation could not make (an owner
+    /// id the name table does not hold), made again by the build, which has every resolver.
+    pieces: Vec<Option<Prepared>>,
+}
+
+impl PreparedOwners {
+    /// How many pieces were prepared (made or tried).
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+}
+
+/// Prepare owner entries `part` (the first one the draft's `first`) for their placement: each
+/// canonical integer id and home slot, its owner resolved, its tenant name; counted by bucket.
+/// `None` for anything the fast path does not take (a non-integer id, an unknown owner, …).
+/// In blocks: first the ids and the owners' name slots (sequential reads), then the name
+/// probes back to back, so their cache misses overlap (the crate forbids unsafe code, so no
+/// prefetch instruction).
+#[allow(clippy::too_many_arguments)]
+fn prepare_owners_part(
+    draft: &RecordsDraft<'_>,
+    type_of: &[Option<RecordTypeId>],
+    (layout, buckets): (&[Option<(u32, usize)>], usize),
+    hasher: IdHasher,
+    names: Option<&NameTable>,
+    owner_val: &(dyn Fn(&OwnerRef) -> Option<u32> + Sync),
+    part: &[(DraftRef, OwnerRef)],
+    first: usize,
+) -> Option<Prepared> {
+    const BLOCK: usize = 32;
+    let mut out = Vec::with_capacity(part.len());
+    let mut counts = vec![0u32; buckets];
+    let mut slots = [None; BLOCK];
+    for block in part.chunks(BLOCK) {
+        let at = out.len();
+        for ((r, o), slot) in block.iter().zip(slots.iter_mut()) {
+            let t = (*type_of.get(r.record_type as usize)?)?;
+            let (vbase, size) = (*layout.get(t.index())?)?;
+            let text = draft.text(r);
+            let id = if r.number {
+                canonical_json_number(IdKind::Integer, text)
+            } else {
+                canonical_id(IdKind::Integer, text)
+            };
+            let Ok(RecordId::Int(key)) = id else {
+                return None;
+            };
+            let home = ((u128::from(hasher.int(key)) * size as u128) >> 64) as u32;
+            let p = Pending {
+                key: split_u64(key),
+                pos: vbase + home,
+                val: NO_OWNER,
+                tenant: draft
+                    .owner_tenants
+                    .get(first + out.len())
+                    .copied()
+                    .unwrap_or(NO_TENANT_NAME),
+            };
+            *counts.get_mut((p.pos >> SLOT_CHUNK_SHIFT) as usize)? += 1;
+            out.push(p);
+            *slot = match (o, names) {
+                (OwnerRef::None, _) | (_, None) => None,
+                (_, Some(n)) => n.locate(draft.owner_name(o)),
+            };
+        }
+        let pending = out.get_mut(at..)?;
+        for ((p, (_, o)), slot) in pending.iter_mut().zip(block).zip(&slots) {
+            p.val = match (slot, names) {
+                (Some((k, home)), Some(n)) => n.probe(k, *home)?,
+                _ => owner_val(o)?,
+            };
+        }
+    }
+    Some((out, counts))
 }
 
 /// An owner entry ready to be placed (integer id, owner resolved).
@@ -1307,11 +1471,14 @@ impl RecordStore {
     /// [`RecordStore::build_timed`], then [`RecordStore::assign_tenants`] with `tenant`. When
     /// the owners name tenants, their tenants by record number are mapped on another core while
     /// this one inserts the related objects (one core's work otherwise idle).
+    /// `prepared`: the draft's owners prepared ahead ([`RecordStore::prepare_owners`]), which
+    /// the build takes rather than make again.
     pub fn build_with_tenants(
         draft: &RecordsDraft<'_>,
         types: &RecordTypes,
         resolve: &Resolve<'_>,
         tenant: Option<&TenantLookup<'_>>,
+        prepared: Option<PreparedOwners>,
         max_errors: usize,
         lap: &mut dyn FnMut(&'static str),
     ) -> Result<RecordStore, Vec<RecordError>> {
@@ -1320,17 +1487,57 @@ impl RecordStore {
             names,
             mapped: None,
         });
-        let mut store = Self::build_with(
-            draft,
-            types,
-            resolve,
-            max_errors,
-            Way::two_ranges(&mut 0, early.as_mut()),
-            lap,
-        )?;
+        let mut deferred = 0;
+        let way = Way {
+            prepared,
+            ..Way::two_ranges(&mut deferred, early.as_mut())
+        };
+        let mut store = Self::build_with(draft, types, resolve, max_errors, way, lap)?;
         let mapped = early.and_then(|e| e.mapped);
         store.assign_tenants_mapped(draft, types, tenant, names, mapped, max_errors)?;
         Ok(store)
+    }
+
+    /// Prepare a large draft's owners for its build ahead of it, piece by piece, until
+    /// `stop` is set: the snapshot does this on a core that would be idle while its users'
+    /// compile ends. The build ([`RecordStore::build_with_tenants`]) takes the pieces made and
+    /// makes the rest, on both cores. Owners are resolved through `names` only: a piece with
+    /// an owner id it does not hold (longer than 23 bytes, or unknown) is left to the build,
+    /// which has the snapshot's resolver and reports what is wrong. `None` for a draft whose
+    /// owners the build does not prepare so (a small one).
+    pub fn prepare_owners(
+        draft: &RecordsDraft<'_>,
+        types: &RecordTypes,
+        names: &OwnerNames,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Option<PreparedOwners> {
+        if draft.owners.len() < OWNER_NAMES_FROM {
+            return None;
+        }
+        let plan = OwnersPlan::new(draft, types, IdHasher::default());
+        let (layout, buckets) = plan.layout(types)?;
+        let n = &names.0;
+        let owner_val = |o: &OwnerRef| match o {
+            OwnerRef::None => Some(NO_OWNER),
+            _ => n.get(draft.owner_name(o)).ok().flatten(),
+        };
+        let mut pieces = Vec::new();
+        for (k, part) in draft.owners.chunks(OWNER_PIECE).enumerate() {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            pieces.push(prepare_owners_part(
+                draft,
+                &plan.type_of,
+                (&layout, buckets),
+                plan.hasher,
+                Some(n),
+                &owner_val,
+                part,
+                k * OWNER_PIECE,
+            ));
+        }
+        Some(PreparedOwners { plan, pieces })
     }
 
     /// [`RecordStore::build`], the way `way` says (tests compare the owners' paths).
@@ -1346,6 +1553,7 @@ impl RecordStore {
             path,
             deferred,
             early,
+            prepared,
         } = way;
         let mut errors: Vec<RecordError> = Vec::new();
         let mut dropped = 0usize;
@@ -1361,8 +1569,20 @@ impl RecordStore {
                 dropped += 1;
             }
         };
-        let type_of: Vec<Option<RecordTypeId>> =
-            draft.types.names.iter().map(|n| types.get(n)).collect();
+        // The plan the owners were prepared with ahead of the build, if they were.
+        let (plan, early_pieces) = match prepared {
+            Some(p) => (p.plan, p.pieces),
+            None => (
+                OwnersPlan::new(draft, types, IdHasher::default()),
+                Vec::new(),
+            ),
+        };
+        let early_layout = plan.layout(types);
+        let OwnersPlan {
+            hasher,
+            type_of,
+            per_type,
+        } = plan;
         let user_of: Vec<Option<UserIdx>> = draft
             .users
             .names
@@ -1393,20 +1613,8 @@ impl RecordStore {
                 .map_err(|e| format!("{name} id '{}': {e}", text.escape_debug()))
         };
 
-        // Size each type's table: owners and related children, an upper bound.
-        let mut per_type = vec![0usize; types.len()];
-        for (r, _) in &draft.owners {
-            if let Some(Some(t)) = type_of.get(r.record_type as usize) {
-                per_type[t.index()] += 1;
-            }
-        }
-        for (r, _) in &draft.related {
-            if let Some(Some(t)) = type_of.get(r.record_type as usize) {
-                per_type[t.index()] += 1;
-            }
-        }
-        // Empty tables, sized for every entry (built again if the fast path below bails out).
-        let hasher = IdHasher::default();
+        // Empty tables, sized for every entry (owners and related children, an upper bound;
+        // built again if the fast path below bails out).
         let fresh = || {
             let mut store = RecordStore {
                 hasher,
@@ -1493,6 +1701,8 @@ impl RecordStore {
                     &owner_val,
                     names,
                     path == OwnersPath::TwoRanges,
+                    early_pieces,
+                    early_layout,
                 )
                 .map(|d| *deferred = d)
                 .is_some();
@@ -1862,6 +2072,7 @@ impl RecordStore {
     /// second copy's probe). `None` (the tables then hold a part of the entries: the caller
     /// starts over with empty ones) at the first entry of another kind or with a problem,
     /// which [`RecordStore::owners_one_by_one`] reports.
+    #[allow(clippy::too_many_arguments)]
     fn owners_in_slot_order(
         &mut self,
         draft: &RecordsDraft<'_>,
@@ -1869,97 +2080,68 @@ impl RecordStore {
         owner_val: &(dyn Fn(&OwnerRef) -> Option<u32> + Sync),
         names: Option<&NameTable>,
         two: bool,
+        early: Vec<Option<Prepared>>,
+        early_layout: Option<IntLayout>,
     ) -> Option<usize> {
         const CHUNK: usize = 1 << SLOT_CHUNK_SHIFT;
-        // Per type index, when its ids are integers: where its slots start in one numbering
-        // of all integer tables' slots, each table starting at a chunk boundary (so a sort
-        // bucket is one table chunk), and the table's size.
-        let mut vnext = 0u64;
-        let layout: Vec<Option<(u32, usize)>> = self
-            .types
-            .iter()
-            .map(|tt| match &tt.keys {
-                Keys::Int(t) => {
-                    let (v, size) = (vnext, t.slots.len());
-                    vnext += (size.div_ceil(CHUNK) * CHUNK) as u64;
-                    Some((v as u32, size))
-                }
+        let (layout, buckets) =
+            OwnersPlan::int_layout(self.types.iter().map(|tt| match &tt.keys {
+                Keys::Int(t) => Some(t.slots.len()),
                 _ => None,
-            })
-            .collect();
-        if vnext >= u64::from(u32::MAX) {
-            return None;
-        }
-        let buckets = (vnext >> SLOT_CHUNK_SHIFT) as usize;
+            }))?;
+        // Pieces prepared before the build hold for these tables (they always do: the tables
+        // were made from the same plan; else they are made again).
+        let early = if early_layout.as_ref() == Some(&(layout.clone(), buckets)) {
+            early
+        } else {
+            Vec::new()
+        };
         let chunk = |p: &Pending| (p.pos >> SLOT_CHUNK_SHIFT) as usize;
         let hasher = self.hasher;
-        // In blocks: first the ids and the owners' name slots (sequential reads), then the
-        // name probes back to back, so their cache misses overlap (the crate forbids unsafe
-        // code, so no prefetch instruction). Counts the entries per bucket on the way.
-        const BLOCK: usize = 32;
-        // `first`: the index of the part's first entry in the draft's owners.
-        let prepare =
-            |part: &[(DraftRef, OwnerRef)], first: usize| -> Option<(Vec<Pending>, Vec<usize>)> {
-                let mut out = Vec::with_capacity(part.len());
-                let mut counts = vec![0usize; buckets];
-                let mut slots = [None; BLOCK];
-                for block in part.chunks(BLOCK) {
-                    let at = out.len();
-                    for ((r, o), slot) in block.iter().zip(slots.iter_mut()) {
-                        let t = (*type_of.get(r.record_type as usize)?)?;
-                        let (vbase, size) = (*layout.get(t.index())?)?;
-                        let text = draft.text(r);
-                        let id = if r.number {
-                            canonical_json_number(IdKind::Integer, text)
-                        } else {
-                            canonical_id(IdKind::Integer, text)
-                        };
-                        let Ok(RecordId::Int(key)) = id else {
-                            return None;
-                        };
-                        let home = ((u128::from(hasher.int(key)) * size as u128) >> 64) as u32;
-                        let p = Pending {
-                            key: split_u64(key),
-                            pos: vbase + home,
-                            val: NO_OWNER,
-                            tenant: draft
-                                .owner_tenants
-                                .get(first + out.len())
-                                .copied()
-                                .unwrap_or(NO_TENANT_NAME),
-                        };
-                        *counts.get_mut(chunk(&p))? += 1;
-                        out.push(p);
-                        *slot = match (o, names) {
-                            (OwnerRef::None, _) | (_, None) => None,
-                            (_, Some(n)) => n.locate(draft.owner_name(o)),
-                        };
-                    }
-                    let pending = out.get_mut(at..)?;
-                    for ((p, (_, o)), slot) in pending.iter_mut().zip(block).zip(&slots) {
-                        p.val = match (slot, names) {
-                            (Some((k, home)), Some(n)) => n.probe(k, *home)?,
-                            _ => owner_val(o)?,
-                        };
-                    }
-                }
-                Some((out, counts))
-            };
-        let (a, b) = draft.owners.split_at(draft.owners.len() / 2);
-        let (pa, pb) = std::thread::scope(|s| {
-            match std::thread::Builder::new().spawn_scoped(s, || prepare(b, a.len())) {
+        let prepare = |k: usize| {
+            let part = draft.owners.chunks(OWNER_PIECE).nth(k)?;
+            prepare_owners_part(
+                draft,
+                type_of,
+                (&layout, buckets),
+                hasher,
+                names,
+                owner_val,
+                part,
+                k * OWNER_PIECE,
+            )
+        };
+        // The pieces not prepared before, half on each core.
+        let count = draft.owners.len().div_ceil(OWNER_PIECE);
+        let mut pieces = early;
+        pieces.resize_with(count, || None);
+        let todo: Vec<usize> = (0..count).filter(|k| pieces[*k].is_none()).collect();
+        let (ta, tb) = todo.split_at(todo.len() / 2);
+        let run = |ks: &[usize]| -> Vec<(usize, Option<Prepared>)> {
+            ks.iter().map(|k| (*k, prepare(*k))).collect()
+        };
+        let made = std::thread::scope(|s| {
+            match std::thread::Builder::new().spawn_scoped(s, || run(tb)) {
                 Ok(h) => {
-                    let pa = prepare(a, 0);
-                    (pa, h.join().ok().flatten())
+                    let mut a = run(ta);
+                    a.extend(h.join().ok()?);
+                    Some(a)
                 }
-                Err(_) => (prepare(a, 0), prepare(b, a.len())),
+                Err(_) => Some(todo.iter().map(|k| (*k, prepare(*k))).collect()),
             }
-        });
-        let ((pa, ca), (pb, cb)) = (pa?, pb?);
-        let counts: Vec<usize> = ca.iter().zip(&cb).map(|(x, y)| x + y).collect();
-        drop((ca, cb));
+        })?;
+        for (k, p) in made {
+            *pieces.get_mut(k)? = Some(p?);
+        }
+        let pieces: Vec<Prepared> = pieces.into_iter().collect::<Option<_>>()?;
+        let mut counts = vec![0usize; buckets];
+        for (_, c) in &pieces {
+            for (x, y) in counts.iter_mut().zip(c) {
+                *x += *y as usize;
+            }
+        }
+        let total: usize = pieces.iter().map(|(p, _)| p.len()).sum();
         // The first bucket of the second range: about half the entries before it.
-        let total = pa.len() + pb.len();
         let mut cut = buckets;
         if two {
             let mut before = 0;
@@ -2014,7 +2196,7 @@ impl RecordStore {
             }
         }
         // One range: its entries sorted by bucket (counting sort, stable), then inserted.
-        let (pa, pb) = (&pa, &pb);
+        let all = || pieces.iter().flat_map(|(p, _)| p);
         let counts = &counts;
         let place = |buckets: std::ops::Range<usize>, parts: &mut [Part<'_>]| {
             let mut next = vec![0usize; buckets.len() + 1];
@@ -2022,7 +2204,7 @@ impl RecordStore {
                 next[i + 1] = next[i] + c;
             }
             let mut sorted = vec![Pending::default(); *next.last()?];
-            for p in pa.iter().chain(pb) {
+            for p in all() {
                 if buckets.contains(&chunk(p)) {
                     let at = next.get_mut(chunk(p) - buckets.start)?;
                     *sorted.get_mut(*at)? = *p;
@@ -2090,7 +2272,7 @@ impl RecordStore {
         }
         // Hundreds of megabytes at scale: returned to the allocator on another thread, off
         // the build's path (dropped here if no thread can be started).
-        let _ = std::thread::Builder::new().spawn(move || drop((sa, sb, la, lb)));
+        let _ = std::thread::Builder::new().spawn(move || drop((pieces, sa, sb, la, lb)));
         Some(left)
     }
 
@@ -2658,6 +2840,7 @@ pub(crate) mod tests {
                 path,
                 deferred: &mut deferred,
                 early: None,
+                prepared: None,
             },
             &mut |_| {},
         );
@@ -3414,6 +3597,7 @@ pub(crate) mod tests {
                 types,
                 &resolve,
                 Some(&tenant),
+                None,
                 10,
                 &mut |_| {},
             );
@@ -3541,6 +3725,118 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(crossed, 3, "builds where entries crossed the cut");
+    }
+
+    /// Owners prepared ahead of the build (all of them, the first few pieces, none, or with a
+    /// piece the preparation could not make: an owner id longer than the name table holds)
+    /// build what the build alone builds; an unknown owner is the same error either way.
+    #[test]
+    fn owners_prepared_ahead_build_what_the_build_alone_builds() {
+        let c = catalog();
+        let types = c.record_types();
+        let lead = types.get("lead").unwrap();
+        let long = "a-user-id-longer-than-23-bytes";
+        let mut users: Vec<String> = (0..50).map(|u| format!("u{u}")).collect();
+        users.push(long.to_string());
+        let text = |unknown: Option<u64>| {
+            let owners: Vec<String> = (0..5_000u64)
+                .map(|i| {
+                    let owner = match i {
+                        _ if unknown == Some(i) => "zz".to_string(),
+                        // In the third piece (1,024 entries a piece under test).
+                        2_100..=2_110 => long.to_string(),
+                        _ => format!("u{}", i % 50),
+                    };
+                    format!(r#"{{"type":"lead","id":{i},"owner":"{owner}"}}"#)
+                })
+                .collect();
+            let related: Vec<String> = (0..2_000u64)
+                .map(|i| {
+                    format!(r#"{{"type":"note","id":"{i}","parent_type":"lead","parent_id":{i}}}"#)
+                })
+                .collect();
+            format!(
+                r#"{{"owners":[{}],"related":[{}]}}"#,
+                owners.join(","),
+                related.join(",")
+            )
+        };
+        let user = |id: &str| users.iter().position(|u| u == id).map(|i| i as UserIdx);
+        let user_ids = |f: &mut dyn FnMut(&str, UserIdx)| {
+            for (i, u) in users.iter().enumerate() {
+                f(u, i as UserIdx);
+            }
+        };
+        let (team, role) = (|_: &str| None, |_: &str| None);
+        let names = OwnerNames::new(&user_ids);
+        let resolve = Resolve {
+            user: &user,
+            user_ids: &user_ids,
+            team: &team,
+            role: &role,
+            owner_names: Some(&names),
+        };
+        let build = |draft: &RecordsDraft<'_>, prepared: Option<PreparedOwners>| {
+            let mut deferred = 0;
+            let way = Way {
+                prepared,
+                ..Way::two_ranges(&mut deferred, None)
+            };
+            RecordStore::build_with(draft, types, &resolve, 10, way, &mut |_| {})
+        };
+        let view = |s: &RecordStore| {
+            let v: Vec<_> = (0..5_000u64)
+                .map(|i| s.find(lead, &RecordId::Int(i)).map(|f| (f.owner, f.flags)))
+                .collect();
+            (v, s.stats().records, s.stats().related)
+        };
+        let t = text(None);
+        let draft = RecordsDraft::parse(&t, 0).unwrap().0.unwrap();
+        let want = view(&build(&draft, None).unwrap());
+        assert_eq!(want.0[2_105].map(|w| w.0), Some(Some(50)), "the long id's");
+        assert_eq!((want.1, want.2), (7_000, 2_000));
+        let prepare = || {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            RecordStore::prepare_owners(&draft, types, &names, &stop).unwrap()
+        };
+        let all = prepare();
+        assert_eq!(all.len(), 5);
+        let made: Vec<bool> = all.pieces.iter().map(Option::is_some).collect();
+        assert_eq!(made, [true, true, false, true, true], "the long id's piece");
+        assert_eq!(view(&build(&draft, Some(all)).unwrap()), want, "all");
+        // The prepared pieces are what the build places (not made again): one altered shows.
+        let mut altered = prepare();
+        if let Some(Some((entries, _))) = altered.pieces.get_mut(1) {
+            entries[0].val = 7;
+        }
+        let got = view(&build(&draft, Some(altered)).unwrap());
+        assert_eq!(got.0[1_024].map(|f| f.0), Some(Some(7)));
+        assert_ne!(want.0[1_024].map(|f| f.0), Some(Some(7)));
+        for k in [0, 1, 2, 3] {
+            let mut p = prepare();
+            p.pieces.truncate(k);
+            assert_eq!(view(&build(&draft, Some(p)).unwrap()), want, "{k} pieces");
+        }
+        // Stopped before it began: nothing prepared, the same build.
+        let stop = std::sync::atomic::AtomicBool::new(true);
+        let none = RecordStore::prepare_owners(&draft, types, &names, &stop).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(view(&build(&draft, Some(none)).unwrap()), want, "stopped");
+        // An unknown owner (in the second piece): the build's error, prepared or not.
+        let t = text(Some(1_500));
+        let draft = RecordsDraft::parse(&t, 0).unwrap().0.unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let p = RecordStore::prepare_owners(&draft, types, &names, &stop).unwrap();
+        assert!(p.pieces[1].is_none());
+        let (a, b) = (
+            build(&draft, Some(p)).unwrap_err(),
+            build(&draft, None).unwrap_err(),
+        );
+        assert_eq!(a, b);
+        assert_eq!(
+            (a[0].list, a[0].index, a[0].field),
+            ("owners", 1_500, "owner")
+        );
     }
 
     #[test]

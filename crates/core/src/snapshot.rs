@@ -46,8 +46,8 @@ use crate::error::{line_of, ConfigError};
 use crate::hash::KeyedState;
 use crate::hierarchy::Hierarchy;
 use crate::records::{
-    OwnerNames, RawRecords, RecordStore, RecordsDraft, Resolve, MAX_USERS_WITH_RECORDS,
-    OWNER_NAMES_FROM,
+    OwnerNames, PreparedOwners, RawRecords, RecordStore, RecordsDraft, Resolve,
+    MAX_USERS_WITH_RECORDS, OWNER_NAMES_FROM,
 };
 use crate::scope::PermScopes;
 
@@ -400,6 +400,12 @@ impl<'t> BuildForm<'t> {
 
     /// The fields `rest` read (its `seen` started as this form's), moved in: the form
     /// [`BuildForm::parse`] makes of the whole text.
+    /// The rest (from the records on) holds fields the users' compile needed: roles,
+    /// services, tenants, or users (the head and the rest are compiled again as one form).
+    fn needs_merge(head: &BuildForm<'t>, rest: &BuildForm<'t>) -> bool {
+        [2, 3, 5, 6].iter().any(|k| rest.seen[*k] && !head.seen[*k])
+    }
+
     fn absorb(&mut self, rest: BuildForm<'t>) {
         let new = |k: usize| rest.seen[k] && !self.seen[k];
         if new(0) {
@@ -1135,7 +1141,13 @@ impl<'t> Built<'t> {
 
 /// The records and the fields after them, read on another thread: the call that waits for
 /// them.
-type RestOfText<'a, 't> = &'a mut dyn FnMut() -> Result<BuildForm<'t>, ConfigError>;
+type RestOfText<'a, 't> =
+    &'a mut dyn FnMut() -> Result<(BuildForm<'t>, Option<Ahead>), ConfigError>;
+
+/// What the records' reader made after reading, for a large draft with tenants (while the
+/// users' compile ended on the other core): the owners' name table, and the owners prepared
+/// until the compile called for the records.
+type Ahead = (OwnerNames, Option<PreparedOwners>);
 
 /// A build that cannot finish for a reason of its own (never seen): this error rather than a
 /// snapshot half made.
@@ -1219,13 +1231,49 @@ impl Snapshot {
             clock.end("records and the rest read");
             return whole(&mut head, &mut clock, &mut version);
         }
-        let built = std::thread::scope(|scope| {
-            let mut reader = Some(std::thread::Builder::new().spawn_scoped(scope, read_rest));
-            let mut rest = || match reader.take() {
-                Some(Ok(h)) => h.join().unwrap_or_else(|_| read_rest()),
-                _ => read_rest(),
+        // With tenants, a large draft's owners are resolved through a table of the user ids
+        // made by the reader once it is done, and prepared for their placement there until
+        // the compile calls for the records: the other core is otherwise idle while the users'
+        // compile ends (the memberships). (Without tenants the compile makes the table from
+        // its start: there is no such wait.) Not when the rest holds fields the compile needs
+        // (it is compiled again whole).
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let ahead_wanted =
+            !head.tenants.is_empty() && text.len().saturating_sub(at) >= OWNER_NAMES_FROM * 16;
+        let head_ref = &head;
+        let stop_ref = &stop;
+        let read_ahead = move || -> Result<(BuildForm<'t>, Option<Ahead>), ConfigError> {
+            let rest = read_rest()?;
+            let ahead = match rest.records.as_ref() {
+                Some(d)
+                    if ahead_wanted
+                        && d.owners_len() >= OWNER_NAMES_FROM
+                        && !BuildForm::needs_merge(head_ref, &rest) =>
+                {
+                    let names = OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
+                        for (i, u) in head_ref.users.iter().enumerate() {
+                            f(&u.id, i as UserIdx);
+                        }
+                    });
+                    let prepared =
+                        RecordStore::prepare_owners(d, catalog.record_types(), &names, stop_ref);
+                    Some((names, prepared))
+                }
+                _ => None,
             };
-            Self::compile(
+            Ok((rest, ahead))
+        };
+        let built = std::thread::scope(|scope| {
+            let mut reader = Some(std::thread::Builder::new().spawn_scoped(scope, read_ahead));
+            let mut rest = || {
+                // The owners' preparation ends with the piece in hand.
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                match reader.take() {
+                    Some(Ok(h)) => h.join().unwrap_or_else(|_| read_rest().map(|r| (r, None))),
+                    _ => read_rest().map(|r| (r, None)),
+                }
+            };
+            let built = Self::compile(
                 file,
                 text,
                 catalog,
@@ -1233,7 +1281,11 @@ impl Snapshot {
                 Some((at, &mut rest)),
                 &mut clock,
                 &mut version,
-            )
+            );
+            // (A compile refused before it called for the records: the reader's preparation
+            // ends now, not after every piece.)
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            built
         })?;
         match built {
             Built::Done(s) => Ok(*s),
@@ -1282,11 +1334,10 @@ impl Snapshot {
         let built = std::thread::scope(|scope| {
             // A large draft's owners are resolved through a table of the user ids: made on
             // another core while this one compiles the users. With the records being read and
-            // tenants, it starts with the memberships, when the reader is nearly done (started
-            // with the compile, it took a share of both cores while they were busiest, and the
-            // other core then had nothing to do while this one finished the users). Without
-            // tenants there is no memberships phase to hide it: it starts with the compile
-            // (started late, it was waited for, 80 ms).
+            // tenants, the reader makes it once done (`Ahead`; on a thread of its own started
+            // with the compile, it took a share of both cores while they were busiest).
+            // Without tenants there is no memberships phase to hide it: it starts with the
+            // compile (started late, it was waited for, 80 ms).
             // (None when no thread can be started: the records build makes it then.)
             let names_table = || {
                 std::thread::Builder::new()
@@ -1299,11 +1350,13 @@ impl Snapshot {
                     })
                     .ok()
             };
-            let mut owner_names = if many_owners && (rest.is_none() || raw.tenants.is_empty()) {
+            let owner_names = if many_owners && (rest.is_none() || raw.tenants.is_empty()) {
                 names_table()
             } else {
                 None
             };
+            // The reader's (with tenants).
+            let mut ahead: Option<Ahead> = None;
             // Where each user and role starts, and where the text's lines start, for locating
             // errors: scans of the whole text, so made only when there is an error to locate,
             // once (a scan per error made a snapshot with an error per user quadratic: hours
@@ -1678,10 +1731,6 @@ impl Snapshot {
             }
 
             clock.end("users and services");
-            // (Not for a compile already refused: the scope would wait for it.)
-            if many_owners && owner_names.is_none() && errors.is_empty() {
-                owner_names = names_table();
-            }
             // Memberships: one entry each, after the services, standing for its person in its
             // tenant (roles, teams, manager of that tenant); each person lists theirs.
             let first_membership = users.len();
@@ -1811,12 +1860,13 @@ impl Snapshot {
             // The records: read by now, or waited for. Their parse errors (and the text's
             // after them) are reported before the users' errors, as in one pass.
             if let Some((_, rest)) = rest {
-                let t = rest().map_err(|e| vec![e])?;
+                let (t, made) = rest().map_err(|e| vec![e])?;
                 // Fields the users' compile needed, after the records: merged by the caller.
-                if [2, 3, 5, 6].iter().any(|k| t.seen[*k] && !raw.seen[*k]) {
+                if BuildForm::needs_merge(raw, &t) {
                     return Ok(Built::Merge(Box::new(t)));
                 }
                 tail = Some(t);
+                ahead = made;
                 clock.end("records read (wait)");
             }
             let tail = tail.as_ref();
@@ -1946,7 +1996,11 @@ impl Snapshot {
                 }
             }
             clock.end("teams");
-            let owner_names = owner_names.and_then(|h| h.join().ok());
+            let (ahead_names, prepared) = match ahead {
+                Some((n, p)) => (Some(n), p),
+                None => (None, None),
+            };
+            let owner_names = owner_names.and_then(|h| h.join().ok()).or(ahead_names);
             clock.end("owner names (wait)");
             let records = match draft {
                 None => RecordStore::default(),
@@ -1974,6 +2028,7 @@ impl Snapshot {
                         catalog.record_types(),
                         &resolve,
                         tenanted.then_some(&tenant as &dyn Fn(&str) -> Option<u32>),
+                        prepared,
                         MAX_RECORD_ERRORS,
                         &mut |lap| clock.end(lap),
                     )
@@ -2621,6 +2676,87 @@ mod tests {
             "{built:?}"
         );
         assert_eq!(built, one_pass(&text));
+    }
+
+    /// With tenants, the reader makes the owners' name table and prepares the owners while
+    /// the users' compile ends: the snapshot is the one-pass snapshot (owners, flags, each
+    /// record's tenant), with an owner id longer than the table holds, and an unknown owner
+    /// is the one-pass error.
+    #[test]
+    fn owners_prepared_by_the_reader_build_what_one_pass_builds() {
+        let c = crate::records::tests::catalog();
+        let long = "a-user-id-longer-than-23-bytes";
+        let one_pass = |text: &str| {
+            let form = BuildForm::parse("s.json", text).unwrap();
+            let mut clock = PhaseClock::start();
+            let mut hash = || content_hash(text);
+            Snapshot::compile("s.json", text, &c, &form, None, &mut clock, &mut hash)
+                .map(|b| b.unwrap())
+        };
+        let view = |s: &Snapshot| {
+            let t = c.record_types().get("lead").unwrap();
+            let leads: Vec<_> = (0..6_000u64)
+                .map(|i| {
+                    s.records()
+                        .find(t, &crate::ids::RecordId::Int(i))
+                        .map(|f| (f.owner, f.flags, s.records().tenant_of(f.number)))
+                })
+                .collect();
+            (summary(s, &c), leads)
+        };
+        let text = |unknown: Option<usize>| {
+            // Enough users that the compile is still going when the reader is done (so that
+            // the reader prepares pieces: all of them, in a debug build here).
+            let users: Vec<String> = (0..30_000)
+                .map(|i| format!("u{i}"))
+                .chain([long.to_string()])
+                .map(|id| {
+                    format!(
+                        r#"{{"id":"{id}","memberships":[{{"tenant":"o{}","roles":["rep"]}}]}}"#,
+                        id.len() % 3
+                    )
+                })
+                .collect();
+            let owners: Vec<String> = (0..6_000usize)
+                .map(|i| {
+                    let owner = match i {
+                        _ if unknown == Some(i) => "zz".to_string(),
+                        3_000..=3_020 => long.to_string(),
+                        _ => format!("u{}", i % 300),
+                    };
+                    let tenant = owner.len() % 3;
+                    format!(r#"{{"type":"lead","id":{i},"owner":"{owner}","tenant":"o{tenant}"}}"#)
+                })
+                .collect();
+            let related: Vec<String> = (0..1_500)
+                .map(|i| {
+                    format!(r#"{{"type":"note","id":"{i}","parent_type":"lead","parent_id":{i}}}"#)
+                })
+                .collect();
+            format!(
+                r#"{{"tenants":[{{"id":"o0"}},{{"id":"o1"}},{{"id":"o2"}}],"roles":[{{"id":"rep","permissions":["lead.view@own"]}}],"users":[{}],"records":{{"owners":[{}],"related":[{}]}},"version":"v"}}"#,
+                users.join(","),
+                owners.join(","),
+                related.join(",")
+            )
+        };
+        let t = text(None);
+        let want = view(&one_pass(&t).unwrap());
+        assert_eq!(want.1[3_010].map(|l| l.2), Some((long.len() % 3) as u32));
+        // The reader's preparation stops wherever the compile is: several builds.
+        for _ in 0..5 {
+            assert!(view(&Snapshot::build("s.json", &t, &c).unwrap()) == want);
+        }
+        let t = text(Some(4_500));
+        let strings = |e: Vec<ConfigError>| e.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let (a, b) = (
+            Snapshot::build("s.json", &t, &c)
+                .map(|_| ())
+                .map_err(strings),
+            one_pass(&t).map(|_| ()).map_err(strings),
+        );
+        assert_eq!(a, b);
+        assert!(a.is_err_and(|e| e.len() == 1 && e[0].contains("unknown user 'zz'")));
     }
 
     /// The top level is read by hand, each field's value by serde (the records by their own
