@@ -552,7 +552,7 @@ fn fold(a: u64, b: u64) -> u64 {
 }
 
 /// The keyed hash of record ids (random keys per snapshot build).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct IdHasher([u64; 4]);
 
 impl Default for IdHasher {
@@ -895,9 +895,9 @@ impl<'a, 'n> Way<'a, 'n> {
     }
 }
 
-/// Every record's tenant by record number, mapped by [`RecordStore::build_with`] on another
-/// core: the owners' (from `names`, [`tenant_indexes`]) while it inserts the related objects,
-/// then the related objects' (their parents') while it fills the parent map. `None` after the
+/// Every record's tenant by record number, mapped by [`RecordStore::build_with`] (for a large
+/// draft on another core): the owners' (from `names`, [`tenant_indexes`]) while it inserts the
+/// related objects, then the related objects' (their parents') while it fills the parent map. `None` after the
 /// build when anything stood in the way (the entry-by-entry pass then finds and reports it).
 struct EarlyTenants<'n> {
     names: &'n [Option<u32>],
@@ -1110,7 +1110,10 @@ impl OwnersPlan {
 type IntLayout = (Vec<Option<(u32, usize)>>, usize);
 
 /// A draft's first owner pieces, prepared before the build ([`RecordStore::prepare_owners`]).
-pub struct PreparedOwners {
+pub(crate) struct PreparedOwners {
+    /// The draft's owners list (where it is, how long): a build of another draft does not
+    /// take these pieces.
+    of: (usize, usize),
     plan: OwnersPlan,
     /// Pieces `0..len`, in order; `None`: a piece this preparation could not make (an owner
     /// id the name table does not hold), made again by the build, which has every resolver.
@@ -1119,12 +1122,14 @@ pub struct PreparedOwners {
 
 impl PreparedOwners {
     /// How many pieces were prepared (made or tried).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.pieces.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.pieces.is_empty()
+    /// The identity of a draft's owners list.
+    fn of(draft: &RecordsDraft<'_>) -> (usize, usize) {
+        (draft.owners.as_ptr() as usize, draft.owners.len())
     }
 }
 
@@ -1473,7 +1478,7 @@ impl RecordStore {
     /// this one inserts the related objects (one core's work otherwise idle).
     /// `prepared`: the draft's owners prepared ahead ([`RecordStore::prepare_owners`]), which
     /// the build takes rather than make again.
-    pub fn build_with_tenants(
+    pub(crate) fn build_with_tenants(
         draft: &RecordsDraft<'_>,
         types: &RecordTypes,
         resolve: &Resolve<'_>,
@@ -1505,7 +1510,7 @@ impl RecordStore {
     /// an owner id it does not hold (longer than 23 bytes, or unknown) is left to the build,
     /// which has the snapshot's resolver and reports what is wrong. `None` for a draft whose
     /// owners the build does not prepare so (a small one).
-    pub fn prepare_owners(
+    pub(crate) fn prepare_owners(
         draft: &RecordsDraft<'_>,
         types: &RecordTypes,
         names: &OwnerNames,
@@ -1537,7 +1542,11 @@ impl RecordStore {
                 k * OWNER_PIECE,
             ));
         }
-        Some(PreparedOwners { plan, pieces })
+        Some(PreparedOwners {
+            of: PreparedOwners::of(draft),
+            plan,
+            pieces,
+        })
     }
 
     /// [`RecordStore::build`], the way `way` says (tests compare the owners' paths).
@@ -1569,10 +1578,11 @@ impl RecordStore {
                 dropped += 1;
             }
         };
-        // The plan the owners were prepared with ahead of the build, if they were.
+        // The plan the owners were prepared with ahead of the build, if they were (for this
+        // draft: always, from the snapshot).
         let (plan, early_pieces) = match prepared {
-            Some(p) => (p.plan, p.pieces),
-            None => (
+            Some(p) if p.of == PreparedOwners::of(draft) => (p.plan, p.pieces),
+            _ => (
                 OwnersPlan::new(draft, types, IdHasher::default()),
                 Vec::new(),
             ),
@@ -2089,8 +2099,9 @@ impl RecordStore {
                 Keys::Int(t) => Some(t.slots.len()),
                 _ => None,
             }))?;
-        // Pieces prepared before the build hold for these tables (they always do: the tables
-        // were made from the same plan; else they are made again).
+        // Pieces prepared before the build were made for these tables (the build made them
+        // from the pieces' plan): a check, should the two ever part (the pieces are then made
+        // again).
         let early = if early_layout.as_ref() == Some(&(layout.clone(), buckets)) {
             early
         } else {
@@ -3812,6 +3823,17 @@ pub(crate) mod tests {
         let got = view(&build(&draft, Some(altered)).unwrap());
         assert_eq!(got.0[1_024].map(|f| f.0), Some(Some(7)));
         assert_ne!(want.0[1_024].map(|f| f.0), Some(Some(7)));
+        // Pieces of another draft (the same text, read again) are not taken.
+        let mut other = prepare();
+        if let Some(Some((entries, _))) = other.pieces.get_mut(1) {
+            entries[0].val = 7;
+        }
+        let again = RecordsDraft::parse(&t, 0).unwrap().0.unwrap();
+        assert_eq!(
+            view(&build(&again, Some(other)).unwrap()),
+            want,
+            "another draft's"
+        );
         for k in [0, 1, 2, 3] {
             let mut p = prepare();
             p.pieces.truncate(k);
@@ -3820,7 +3842,7 @@ pub(crate) mod tests {
         // Stopped before it began: nothing prepared, the same build.
         let stop = std::sync::atomic::AtomicBool::new(true);
         let none = RecordStore::prepare_owners(&draft, types, &names, &stop).unwrap();
-        assert!(none.is_empty());
+        assert_eq!(none.len(), 0);
         assert_eq!(view(&build(&draft, Some(none)).unwrap()), want, "stopped");
         // An unknown owner (in the second piece): the build's error, prepared or not.
         let t = text(Some(1_500));

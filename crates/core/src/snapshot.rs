@@ -398,14 +398,14 @@ impl<'t> BuildForm<'t> {
         Ok(rest)
     }
 
-    /// The fields `rest` read (its `seen` started as this form's), moved in: the form
-    /// [`BuildForm::parse`] makes of the whole text.
     /// The rest (from the records on) holds fields the users' compile needed: roles,
     /// services, tenants, or users (the head and the rest are compiled again as one form).
     fn needs_merge(head: &BuildForm<'t>, rest: &BuildForm<'t>) -> bool {
         [2, 3, 5, 6].iter().any(|k| rest.seen[*k] && !head.seen[*k])
     }
 
+    /// The fields `rest` read (its `seen` started as this form's), moved in: the form
+    /// [`BuildForm::parse`] makes of the whole text.
     fn absorb(&mut self, rest: BuildForm<'t>) {
         let new = |k: usize| rest.seen[k] && !self.seen[k];
         if new(0) {
@@ -1232,16 +1232,34 @@ impl Snapshot {
             return whole(&mut head, &mut clock, &mut version);
         }
         // With tenants, a large draft's owners are resolved through a table of the user ids
-        // made by the reader once it is done, and prepared for their placement there until
-        // the compile calls for the records: the other core is otherwise idle while the users'
-        // compile ends (the memberships). (Without tenants the compile makes the table from
-        // its start: there is no such wait.) Not when the rest holds fields the compile needs
-        // (it is compiled again whole).
+        // made on a thread of its own from the memberships on (the compile says when: started
+        // with the compile, it took a share of both cores while they were busiest), and the
+        // reader, once done, prepares the owners for their placement with it until the
+        // compile calls for the records: the other core is otherwise idle while the users'
+        // compile ends. (Without tenants the compile makes the table from its start: there is
+        // no such wait.) Not when the rest holds fields the compile needs (it is compiled again
+        // whole).
         let stop = std::sync::atomic::AtomicBool::new(false);
         let ahead_wanted =
             !head.tenants.is_empty() && text.len().saturating_sub(at) >= OWNER_NAMES_FROM * 16;
+        let (names_go, names_asked) = std::sync::mpsc::channel::<()>();
+        let (names_made, names_got) = std::sync::mpsc::channel::<OwnerNames>();
         let head_ref = &head;
         let stop_ref = &stop;
+        let names_of_head = move || {
+            OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
+                for (i, u) in head_ref.users.iter().enumerate() {
+                    f(&u.id, i as UserIdx);
+                }
+            })
+        };
+        // Waits for the compile's word (none: it ended first, the sender dropped), then
+        // makes the table for the reader.
+        let names_thread = move || {
+            if names_asked.recv().is_ok() {
+                let _ = names_made.send(names_of_head());
+            }
+        };
         let read_ahead = move || -> Result<(BuildForm<'t>, Option<Ahead>), ConfigError> {
             let rest = read_rest()?;
             let ahead = match rest.records.as_ref() {
@@ -1250,23 +1268,36 @@ impl Snapshot {
                         && d.owners_len() >= OWNER_NAMES_FROM
                         && !BuildForm::needs_merge(head_ref, &rest) =>
                 {
-                    let names = OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
-                        for (i, u) in head_ref.users.iter().enumerate() {
-                            f(&u.id, i as UserIdx);
-                        }
-                    });
-                    let prepared =
-                        RecordStore::prepare_owners(d, catalog.record_types(), &names, stop_ref);
-                    Some((names, prepared))
+                    // (No table: its thread could not start, or the compile ended first.)
+                    names_got.recv().ok().map(|names| {
+                        let prepared = RecordStore::prepare_owners(
+                            d,
+                            catalog.record_types(),
+                            &names,
+                            stop_ref,
+                        );
+                        (names, prepared)
+                    })
                 }
                 _ => None,
             };
             Ok((rest, ahead))
         };
         let built = std::thread::scope(|scope| {
+            if ahead_wanted {
+                let _ = std::thread::Builder::new().spawn_scoped(scope, names_thread);
+            }
             let mut reader = Some(std::thread::Builder::new().spawn_scoped(scope, read_ahead));
+            // (Dropped when this closure ends, before the scope waits for its threads: a table
+            // thread never told to start then ends.)
+            let names_go = names_go;
+            let go = || {
+                let _ = names_go.send(());
+            };
             let mut rest = || {
-                // The owners' preparation ends with the piece in hand.
+                // The table made first if the compile has not asked yet (the reader may wait
+                // for it); the owners' preparation ends with the piece in hand.
+                go();
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 match reader.take() {
                     Some(Ok(h)) => h.join().unwrap_or_else(|_| read_rest().map(|r| (r, None))),
@@ -1278,7 +1309,7 @@ impl Snapshot {
                 text,
                 catalog,
                 &head,
-                Some((at, &mut rest)),
+                Some((at, &mut rest, &go)),
                 &mut clock,
                 &mut version,
             );
@@ -1314,7 +1345,7 @@ impl Snapshot {
         text: &'t str,
         catalog: &Catalog,
         raw: &BuildForm<'t>,
-        rest: Option<(usize, RestOfText<'_, 't>)>,
+        rest: Option<(usize, RestOfText<'_, 't>, &dyn Fn())>,
         clock: &mut PhaseClock,
         content_hash: &mut dyn FnMut() -> String,
     ) -> Result<Built<'t>, Vec<ConfigError>> {
@@ -1325,7 +1356,7 @@ impl Snapshot {
         // unused when the owners list is shorter (the shares, the related objects and the
         // fields after the records count in that text too).
         let many_owners = match &rest {
-            Some((at, _)) => text.len().saturating_sub(*at) >= OWNER_NAMES_FROM * 16,
+            Some((at, _, _)) => text.len().saturating_sub(*at) >= OWNER_NAMES_FROM * 16,
             None => raw
                 .records
                 .as_ref()
@@ -1731,6 +1762,11 @@ impl Snapshot {
             }
 
             clock.end("users and services");
+            // With the records read aside and tenants: the owners' name table is made now
+            // (`Ahead`).
+            if let Some((_, _, names_go)) = &rest {
+                names_go();
+            }
             // Memberships: one entry each, after the services, standing for its person in its
             // tenant (roles, teams, manager of that tenant); each person lists theirs.
             let first_membership = users.len();
@@ -1859,7 +1895,7 @@ impl Snapshot {
             clock.end("memberships");
             // The records: read by now, or waited for. Their parse errors (and the text's
             // after them) are reported before the users' errors, as in one pass.
-            if let Some((_, rest)) = rest {
+            if let Some((_, rest, _)) = rest {
                 let (t, made) = rest().map_err(|e| vec![e])?;
                 // Fields the users' compile needed, after the records: merged by the caller.
                 if BuildForm::needs_merge(raw, &t) {
