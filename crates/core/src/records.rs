@@ -1111,8 +1111,8 @@ type IntLayout = (Vec<Option<(u32, usize)>>, usize);
 
 /// A draft's first owner pieces, prepared before the build ([`RecordStore::prepare_owners`]).
 pub(crate) struct PreparedOwners {
-    /// The draft's owners list (where it is, how long): a build of another draft does not
-    /// take these pieces.
+    /// The draft's owners list (where it is, how long): a build of another draft alive
+    /// meanwhile does not take these pieces. (The snapshot hands them only to their own.)
     of: (usize, usize),
     plan: OwnersPlan,
     /// Pieces `0..len`, in order; `None`: a piece this preparation could not make (an owner

@@ -35,6 +35,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -1144,9 +1145,10 @@ impl<'t> Built<'t> {
 type RestOfText<'a, 't> =
     &'a mut dyn FnMut() -> Result<(BuildForm<'t>, Option<Ahead>), ConfigError>;
 
-/// What the records' reader made after reading, for a large draft with tenants (while the
-/// users' compile ended on the other core): the owners' name table, and the owners prepared
-/// until the compile called for the records.
+/// What the records' reader hands over with the records, for a large draft with tenants: the
+/// owners' name table (made on a thread of its own from the memberships on), and the owners
+/// it prepared with it (while the users' compile ended on the other core) until the compile
+/// called for the records.
 type Ahead = (OwnerNames, Option<PreparedOwners>);
 
 /// A build that cannot finish for a reason of its own (never seen): this error rather than a
@@ -1244,8 +1246,11 @@ impl Snapshot {
             !head.tenants.is_empty() && text.len().saturating_sub(at) >= OWNER_NAMES_FROM * 16;
         let (names_go, names_asked) = std::sync::mpsc::channel::<()>();
         let (names_made, names_got) = std::sync::mpsc::channel::<OwnerNames>();
+        // Set when the reader will not use the table (then not made, if not begun).
+        let unwanted = std::sync::atomic::AtomicBool::new(false);
         let head_ref = &head;
         let stop_ref = &stop;
+        let unwanted_ref = &unwanted;
         let names_of_head = move || {
             OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
                 for (i, u) in head_ref.users.iter().enumerate() {
@@ -1253,22 +1258,28 @@ impl Snapshot {
                 }
             })
         };
-        // Waits for the compile's word (none: it ended first, the sender dropped), then
-        // makes the table for the reader.
+        // Waits for the compile's word (none: the sender was dropped, the compile had errors
+        // or called for the records first), then makes the table for the reader.
         let names_thread = move || {
-            if names_asked.recv().is_ok() {
+            if names_asked.recv().is_ok() && !unwanted_ref.load(Ordering::Relaxed) {
                 let _ = names_made.send(names_of_head());
             }
         };
         let read_ahead = move || -> Result<(BuildForm<'t>, Option<Ahead>), ConfigError> {
-            let rest = read_rest()?;
-            let ahead = match rest.records.as_ref() {
-                Some(d)
-                    if ahead_wanted
-                        && d.owners_len() >= OWNER_NAMES_FROM
-                        && !BuildForm::needs_merge(head_ref, &rest) =>
-                {
-                    // (No table: its thread could not start, or the compile ended first.)
+            let rest = read_rest();
+            let draft = match &rest {
+                Ok(r) if ahead_wanted && !BuildForm::needs_merge(head_ref, r) => r
+                    .records
+                    .as_ref()
+                    .filter(|d| d.owners_len() >= OWNER_NAMES_FROM),
+                _ => None,
+            };
+            if draft.is_none() {
+                unwanted_ref.store(true, Ordering::Relaxed);
+            }
+            let ahead = match draft {
+                Some(d) => {
+                    // (No table: its thread could not start, or no word came.)
                     names_got.recv().ok().map(|names| {
                         let prepared = RecordStore::prepare_owners(
                             d,
@@ -1279,26 +1290,35 @@ impl Snapshot {
                         (names, prepared)
                     })
                 }
-                _ => None,
+                None => None,
             };
-            Ok((rest, ahead))
+            Ok((rest?, ahead))
         };
         let built = std::thread::scope(|scope| {
-            if ahead_wanted {
-                let _ = std::thread::Builder::new().spawn_scoped(scope, names_thread);
-            }
+            let names = if ahead_wanted {
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, names_thread)
+                    .ok()
+            } else {
+                None
+            };
             let mut reader = Some(std::thread::Builder::new().spawn_scoped(scope, read_ahead));
-            // (Dropped when this closure ends, before the scope waits for its threads: a table
-            // thread never told to start then ends.)
-            let names_go = names_go;
+            if !matches!(reader, Some(Ok(_))) {
+                unwanted.store(true, Ordering::Relaxed);
+            }
+            // The compile's word to the table's thread: sent once, or the sender dropped.
+            let names_go = std::cell::Cell::new(Some(names_go));
             let go = || {
-                let _ = names_go.send(());
+                if let Some(tx) = names_go.take() {
+                    let _ = tx.send(());
+                }
             };
             let mut rest = || {
-                // The table made first if the compile has not asked yet (the reader may wait
-                // for it); the owners' preparation ends with the piece in hand.
-                go();
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                // No word sent yet (the compile had errors): none now (the sender dropped, so
+                // the table's thread and the reader, waiting on it, go on). The owners'
+                // preparation ends with the piece in hand.
+                drop(names_go.take());
+                stop.store(true, Ordering::Relaxed);
                 match reader.take() {
                     Some(Ok(h)) => h.join().unwrap_or_else(|_| read_rest().map(|r| (r, None))),
                     _ => read_rest().map(|r| (r, None)),
@@ -1314,8 +1334,15 @@ impl Snapshot {
                 &mut version,
             );
             // (A compile refused before it called for the records: the reader's preparation
-            // ends now, not after every piece.)
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            // ends now, not after every piece, and a table not begun is not made.)
+            stop.store(true, Ordering::Relaxed);
+            unwanted.store(true, Ordering::Relaxed);
+            drop(names_go.take());
+            // Joined here, so that a panic there is this build's to ignore (it made its own
+            // table then), not the scope's.
+            if let Some(h) = names {
+                let _ = h.join();
+            }
             built
         })?;
         match built {
@@ -1365,8 +1392,9 @@ impl Snapshot {
         let built = std::thread::scope(|scope| {
             // A large draft's owners are resolved through a table of the user ids: made on
             // another core while this one compiles the users. With the records being read and
-            // tenants, the reader makes it once done (`Ahead`; on a thread of its own started
-            // with the compile, it took a share of both cores while they were busiest).
+            // tenants, the build's own thread makes it from the memberships on and the reader
+            // hands it over (`Ahead`; started with the compile, it took a share of both cores
+            // while they were busiest).
             // Without tenants there is no memberships phase to hide it: it starts with the
             // compile (started late, it was waited for, 80 ms).
             // (None when no thread can be started: the records build makes it then.)
@@ -1763,9 +1791,11 @@ impl Snapshot {
 
             clock.end("users and services");
             // With the records read aside and tenants: the owners' name table is made now
-            // (`Ahead`).
+            // (`Ahead`), unless the compile is refused anyway.
             if let Some((_, _, names_go)) = &rest {
-                names_go();
+                if errors.is_empty() {
+                    names_go();
+                }
             }
             // Memberships: one entry each, after the services, standing for its person in its
             // tenant (roles, teams, manager of that tenant); each person lists theirs.
@@ -2793,6 +2823,21 @@ mod tests {
         );
         assert_eq!(a, b);
         assert!(a.is_err_and(|e| e.len() == 1 && e[0].contains("unknown user 'zz'")));
+        // A user's error: the compile never asks for the table; the build ends, with the
+        // one-pass errors.
+        let t = text(None).replacen(
+            r#""memberships":[{"tenant":"o1""#,
+            r#""memberships":[{"tenant":"o9""#,
+            1,
+        );
+        let (a, b) = (
+            Snapshot::build("s.json", &t, &c)
+                .map(|_| ())
+                .map_err(strings),
+            one_pass(&t).map(|_| ()).map_err(strings),
+        );
+        assert_eq!(a, b);
+        assert!(a.is_err_and(|e| e.len() == 1 && e[0].contains("unknown tenant 'o9'")));
     }
 
     /// The top level is read by hand, each field's value by serde (the records by their own
