@@ -653,10 +653,15 @@ impl<const N: usize> Default for FlatTable<N> {
     }
 }
 
+/// The slots of a [`FlatTable`] made for `n` entries: always at least one free, so every
+/// probe sequence ends.
+fn slots_for(n: usize) -> usize {
+    n + n / 3 + 1
+}
+
 impl<const N: usize> FlatTable<N> {
     fn with_capacity(n: usize) -> Self {
-        // Always at least one free slot, so every probe sequence ends.
-        let size = n + n / 3 + 1;
+        let size = slots_for(n);
         FlatTable {
             slots: Chunked::filled(
                 Slot {
@@ -1071,11 +1076,14 @@ impl OwnersPlan {
         }
     }
 
-    /// A table's size (slots) for `n` entries: [`FlatTable::with_capacity`]'s, with room for
-    /// records the CRM creates between two full builds ([`RecordStore::add`]).
+    /// The table made for `n` entries of a type: room for them and for records the CRM creates
+    /// between two full builds ([`RecordStore::add`]); its size in slots.
+    fn room(n: usize) -> usize {
+        n + GROWTH_ROOM
+    }
+
     fn table_size(n: usize) -> usize {
-        let n = n + GROWTH_ROOM;
-        n + n / 3 + 1
+        slots_for(Self::room(n))
     }
 
     /// Per record type, when its ids are integers: where its slots start in one numbering of
@@ -1632,9 +1640,7 @@ impl RecordStore {
             };
             let mut base: u64 = 0;
             for t in types.ids() {
-                // Room for records the CRM creates between two full builds
-                // ([`RecordStore::add`]).
-                let n = per_type[t.index()] + GROWTH_ROOM;
+                let n = OwnersPlan::room(per_type[t.index()]);
                 let keys = match types.kind(t) {
                     IdKind::Integer => Keys::Int(FlatTable::with_capacity(n)),
                     IdKind::Uuid => Keys::Uuid(FlatTable::with_capacity(n)),
@@ -1643,7 +1649,7 @@ impl RecordStore {
                         arena: Arc::new(String::new()),
                     },
                 };
-                let size = n + n / 3 + 1;
+                let size = slots_for(n);
                 store.types.push(TypeTable {
                     keys,
                     base: base as u32,

@@ -1140,6 +1140,15 @@ impl<'t> Built<'t> {
     }
 }
 
+/// The owners' name table of a form's users (the persons, in the form's order).
+fn owner_names(users: &Chunks<UserForm<'_>>) -> OwnerNames {
+    OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
+        for (i, u) in users.iter().enumerate() {
+            f(&u.id, i as UserIdx);
+        }
+    })
+}
+
 /// The records and the fields after them, read on another thread: the call that waits for
 /// them.
 type RestOfText<'a, 't> =
@@ -1251,18 +1260,11 @@ impl Snapshot {
         let head_ref = &head;
         let stop_ref = &stop;
         let unwanted_ref = &unwanted;
-        let names_of_head = move || {
-            OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
-                for (i, u) in head_ref.users.iter().enumerate() {
-                    f(&u.id, i as UserIdx);
-                }
-            })
-        };
         // Waits for the compile's word (none: the sender was dropped, the compile had errors
         // or called for the records first), then makes the table for the reader.
         let names_thread = move || {
             if names_asked.recv().is_ok() && !unwanted_ref.load(Ordering::Relaxed) {
-                let _ = names_made.send(names_of_head());
+                let _ = names_made.send(owner_names(&head_ref.users));
             }
         };
         let read_ahead = move || -> Result<(BuildForm<'t>, Option<Ahead>), ConfigError> {
@@ -1400,13 +1402,7 @@ impl Snapshot {
             // (None when no thread can be started: the records build makes it then.)
             let names_table = || {
                 std::thread::Builder::new()
-                    .spawn_scoped(scope, || {
-                        OwnerNames::new(&|f: &mut dyn FnMut(&str, UserIdx)| {
-                            for (i, u) in raw.users.iter().enumerate() {
-                                f(&u.id, i as UserIdx);
-                            }
-                        })
-                    })
+                    .spawn_scoped(scope, || owner_names(&raw.users))
                     .ok()
             };
             let owner_names = if many_owners && (rest.is_none() || raw.tenants.is_empty()) {
