@@ -26,6 +26,9 @@ S=../tenant-build-s18-2026-12-07
 # $S/series.sh 30 old=BASE_BIN new=F967E5A_BIN      > series.txt     (22:55-23:25 UTC)
 #   201 builds each: old median 2.40 s (p90 2.88, p99 3.13, max 3.18, 9 at 3 s or more),
 #   new median 2.28 s (p90 2.65, p99 2.93, max 2.96, none at 3 s or more)
+# $S/series.sh 30 old=BASE_BIN new=1568FB9_BIN      > series2.txt    (23:51-00:21 UTC)
+#   211 builds each: old median 2.30 s (p90 2.80, p99 3.11, max 3.30, 8 at 3 s or more),
+#   new median 2.22 s (p90 2.53, p99 2.83, max 3.07, 1 at 3 s or more)
 # $S/ab.sh 5 10000 f967e5a=BIN h1568=BIN           > final-ab.txt   (23:31-23:33 UTC, a fast stretch)
 #   1568fb9 (helper-57's review: the table not made when unwanted; its thread joined): build
 #   2.18 -> 2.10 s median, record owners 644 -> 604 ms (the same path when all goes well)
